@@ -1,0 +1,230 @@
+package config
+
+import (
+	"flag"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+func golden(t *testing.T, path string, got []byte) {
+	t.Helper()
+	if *update {
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test -update to create it)", err)
+	}
+	if string(got) != string(want) {
+		t.Errorf("%s differs:\n--- got\n%s\n--- want\n%s", path, got, want)
+	}
+}
+
+func TestValidGolden(t *testing.T) {
+	files, _ := filepath.Glob("testdata/valid/*.yaml")
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			cfg, err := Load(f)
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			out, err := cfg.YAML()
+			if err != nil {
+				t.Fatal(err)
+			}
+			golden(t, strings.TrimSuffix(f, ".yaml")+".golden", out)
+
+			// The normalized form must load back to the same config.
+			raw, err := DecodeYAML(out)
+			if err != nil {
+				t.Fatalf("normalized output does not decode: %v", err)
+			}
+			again, err := Normalize(raw)
+			if err != nil {
+				t.Fatalf("normalized output does not validate: %v", err)
+			}
+			if !reflect.DeepEqual(cfg, again) {
+				t.Errorf("round trip changed the config:\n%+v\n%+v", cfg, again)
+			}
+		})
+	}
+}
+
+func TestInvalidGolden(t *testing.T) {
+	files, _ := filepath.Glob("testdata/invalid/*.yaml")
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			_, err := Load(f)
+			if err == nil {
+				t.Fatal("Load succeeded, want errors")
+			}
+			if _, ok := err.(Errors); !ok {
+				t.Fatalf("error is %T, want Errors", err)
+			}
+			golden(t, strings.TrimSuffix(f, ".yaml")+".golden", []byte(err.Error()+"\n"))
+		})
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	cfg, err := Load("testdata/valid/minimal.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := cfg.Listeners[0]
+	if l.Name != "tcp-8080" || l.Protocol != TCP || l.IdleTimeout != 350*time.Second || l.UDPIdleTimeout != 120*time.Second {
+		t.Errorf("listener defaults: %+v", l)
+	}
+	if len(l.Bind) != 1 || !l.Bind[0].IP.IsUnspecified() {
+		t.Errorf("bind without zones = %v, want 0.0.0.0", l.Bind)
+	}
+	g := cfg.TargetGroups[0]
+	h := g.HealthCheck
+	if h.Protocol != HealthTCP || h.Interval != 30*time.Second || h.Timeout != 10*time.Second || h.HealthyThreshold != 5 || h.UnhealthyThreshold != 2 {
+		t.Errorf("health defaults: %+v", h)
+	}
+	a := g.Attributes
+	if a.DeregistrationDelay != 300*time.Second || !a.UnhealthyConnectionTermination || a.UnhealthyRoutingMinHealthyCount != 1 || a.CrossZone != CrossZoneInherit {
+		t.Errorf("attribute defaults: %+v", a)
+	}
+	if cfg.Admin.Listen != "127.0.0.1:9900" || cfg.ShutdownTimeout != 30*time.Second {
+		t.Errorf("admin or shutdown defaults: %+v %v", cfg.Admin, cfg.ShutdownTimeout)
+	}
+}
+
+func TestZoneBinds(t *testing.T) {
+	cfg, err := Load("testdata/valid/full.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := cfg.Listeners[0].Bind
+	if len(b) != 2 || b[0].Zone != "a" || b[1].Zone != "b" || b[0].IP.String() != "10.0.1.5" {
+		t.Errorf("binds = %+v, want every zone IP with its zone", b)
+	}
+	if !cfg.TargetGroups[0].CrossZoneEnabled(false) || cfg.TargetGroups[1].CrossZoneEnabled(false) {
+		t.Error("cross-zone attribute not resolved against the load balancer setting")
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func TestFlags(t *testing.T) {
+	f := Flags{
+		Listen:              []string{"tcp://127.0.0.1:8080"},
+		Targets:             []string{"127.0.0.1:9001", "127.0.0.1:9002,weight=2"},
+		HealthCheck:         ptr("http://:9100/health"),
+		HealthInterval:      ptr("200ms"),
+		UnhealthyThreshold:  ptr(3),
+		IdleTimeout:         ptr("2s"),
+		DeregistrationDelay: ptr("1500ms"),
+		Stickiness:          ptr("source_ip"),
+		Admin:               ptr("off"),
+	}
+	raw := &Raw{}
+	if err := f.Apply(raw); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Normalize(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, g := cfg.Listeners[0], cfg.TargetGroups[0]
+	if l.TargetGroup != "default" || l.IdleTimeout != 2*time.Second || l.Bind[0].IP.String() != "127.0.0.1" {
+		t.Errorf("listener from flags: %+v", l)
+	}
+	if len(g.Targets) != 2 || g.Targets[1].Weight != 2 {
+		t.Errorf("targets from flags: %+v", g.Targets)
+	}
+	if g.HealthCheck.Protocol != HealthHTTP || g.HealthCheck.Port != 9100 || g.HealthCheck.Path != "/health" || g.HealthCheck.Interval != 200*time.Millisecond || g.HealthCheck.Timeout != 200*time.Millisecond || g.HealthCheck.UnhealthyThreshold != 3 {
+		t.Errorf("health check from flags: %+v", g.HealthCheck)
+	}
+	if g.Attributes.DeregistrationDelay != 2*time.Second || !g.Attributes.Stickiness {
+		t.Errorf("attributes from flags: %+v", g.Attributes)
+	}
+	if cfg.Admin.Listen != "" {
+		t.Errorf("--admin off gave %q", cfg.Admin.Listen)
+	}
+}
+
+func TestFlagErrorsNameTheFlag(t *testing.T) {
+	f := Flags{
+		Listen:      []string{"sctp://:1", "tcp://:0", "tcp://nohost:80"},
+		Targets:     []string{"somewhere", "127.0.0.1:1,colour=red"},
+		Zones:       []string{"a"},
+		HealthCheck: ptr("ftp://x/"),
+	}
+	err := f.Apply(&Raw{})
+	errs, ok := err.(Errors)
+	if !ok {
+		t.Fatalf("err = %v, want Errors", err)
+	}
+	for _, want := range []string{"--listen[0]", "--listen[1]", "--listen[2]", "--target[0]", "--target[1]", "--zone[0]", "--health-check"} {
+		found := false
+		for _, e := range errs {
+			found = found || e.Path == want
+		}
+		if !found {
+			t.Errorf("no error for %s in:\n%v", want, err)
+		}
+	}
+}
+
+func TestFlagsOverrideFile(t *testing.T) {
+	raw, err := LoadRaw("testdata/valid/minimal.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := Flags{IdleTimeout: ptr("9s"), HealthyThreshold: ptr(2)}
+	if err := f.Apply(raw); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Normalize(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Listeners[0].IdleTimeout != 9*time.Second || cfg.TargetGroups[0].HealthCheck.HealthyThreshold != 2 {
+		t.Errorf("flags did not override the file: %+v %+v", cfg.Listeners[0], cfg.TargetGroups[0].HealthCheck)
+	}
+}
+
+// FuzzConfig feeds arbitrary documents to the decoder and validator: they may
+// refuse, never panic, and whatever they accept must survive a round trip.
+func FuzzConfig(f *testing.F) {
+	for _, dir := range []string{"testdata/valid/*.yaml", "testdata/invalid/*.yaml"} {
+		files, _ := filepath.Glob(dir)
+		for _, file := range files {
+			b, _ := os.ReadFile(file)
+			f.Add(b)
+		}
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		raw, err := DecodeYAML(data)
+		if err != nil {
+			return
+		}
+		cfg, err := Normalize(raw)
+		if err != nil {
+			return
+		}
+		out, err := cfg.YAML()
+		if err != nil {
+			t.Fatalf("YAML: %v", err)
+		}
+		raw2, err := DecodeYAML(out)
+		if err != nil {
+			t.Fatalf("normalized output does not decode: %v\n%s", err, out)
+		}
+		if _, err := Normalize(raw2); err != nil {
+			t.Fatalf("normalized output does not validate: %v\n%s", err, out)
+		}
+	})
+}

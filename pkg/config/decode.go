@@ -1,0 +1,300 @@
+package config
+
+import (
+	"fmt"
+	"reflect"
+	"sort"
+	"strconv"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Raw is the configuration as written: strings where the file has durations,
+// addresses and enums, pointers where "absent" differs from zero. Flags and the
+// file both produce a Raw; Normalize turns it into a Config.
+type Raw struct {
+	Admin        *RawAdmin           `yaml:"admin,omitempty"`
+	Zones        map[string][]string `yaml:"zones,omitempty"`
+	LoadBalancer RawLoadBalancer     `yaml:"load_balancer,omitempty"`
+	Listeners    []RawListener       `yaml:"listeners,omitempty"`
+	TargetGroups []RawTargetGroup    `yaml:"target_groups,omitempty"`
+}
+
+// RawAdmin is the admin section as written.
+type RawAdmin struct {
+	Listen    *string `yaml:"listen,omitempty"`
+	TokenFile string  `yaml:"token_file,omitempty"`
+}
+
+// RawLoadBalancer is the load_balancer section as written.
+type RawLoadBalancer struct {
+	CrossZone       *bool  `yaml:"cross_zone,omitempty"`
+	ShutdownTimeout string `yaml:"shutdown_timeout,omitempty"`
+}
+
+// RawListener is one listener as written.
+type RawListener struct {
+	Name                    string          `yaml:"name,omitempty"`
+	Protocol                string          `yaml:"protocol,omitempty"`
+	Port                    *int            `yaml:"port,omitempty"`
+	Bind                    []string        `yaml:"bind,omitempty"`
+	TargetGroup             string          `yaml:"target_group,omitempty"`
+	Forward                 []RawForward    `yaml:"forward,omitempty"`
+	Rules                   []RawRule       `yaml:"rules,omitempty"`
+	IdleTimeout             string          `yaml:"idle_timeout,omitempty"`
+	UDPIdleTimeout          string          `yaml:"udp_idle_timeout,omitempty"`
+	Allow                   []string        `yaml:"allow,omitempty"`
+	Deny                    []string        `yaml:"deny,omitempty"`
+	MaxConnectionsPerSource *int            `yaml:"max_connections_per_source,omitempty"`
+	ProxyProtocolAccept     *RawProxyAccept `yaml:"proxy_protocol_accept,omitempty"`
+	TLS                     *RawTLS         `yaml:"tls,omitempty"`
+}
+
+// RawForward is one weighted target group as written.
+type RawForward struct {
+	TargetGroup string `yaml:"target_group,omitempty"`
+	Weight      *int   `yaml:"weight,omitempty"`
+}
+
+// RawRule is one SNI rule as written.
+type RawRule struct {
+	SNI         []string `yaml:"sni,omitempty"`
+	TargetGroup string   `yaml:"target_group,omitempty"`
+}
+
+// RawProxyAccept lists the sources trusted to send PROXY headers.
+type RawProxyAccept struct {
+	From []string `yaml:"from,omitempty"`
+}
+
+// RawTLS is a listener's tls section as written.
+type RawTLS struct {
+	Certificates   []RawCertificate `yaml:"certificates,omitempty"`
+	SecurityPolicy string           `yaml:"security_policy,omitempty"`
+	ALPNPolicy     string           `yaml:"alpn_policy,omitempty"`
+}
+
+// RawCertificate is one certificate pair as written.
+type RawCertificate struct {
+	Cert string `yaml:"cert,omitempty"`
+	Key  string `yaml:"key,omitempty"`
+}
+
+// RawTargetGroup is one target group as written.
+type RawTargetGroup struct {
+	Name        string            `yaml:"name,omitempty"`
+	Protocol    string            `yaml:"protocol,omitempty"`
+	Port        *int              `yaml:"port,omitempty"`
+	Targets     []RawTarget       `yaml:"targets,omitempty"`
+	HealthCheck *RawHealthCheck   `yaml:"health_check,omitempty"`
+	Attributes  map[string]string `yaml:"attributes,omitempty"`
+}
+
+// RawTarget is one target as written.
+type RawTarget struct {
+	Address string `yaml:"address,omitempty"`
+	Zone    string `yaml:"zone,omitempty"`
+	Weight  *int   `yaml:"weight,omitempty"`
+}
+
+// RawHealthCheck is a health_check section as written.
+type RawHealthCheck struct {
+	Protocol           string `yaml:"protocol,omitempty"`
+	Port               string `yaml:"port,omitempty"`
+	Path               string `yaml:"path,omitempty"`
+	Interval           string `yaml:"interval,omitempty"`
+	Timeout            string `yaml:"timeout,omitempty"`
+	HealthyThreshold   *int   `yaml:"healthy_threshold,omitempty"`
+	UnhealthyThreshold *int   `yaml:"unhealthy_threshold,omitempty"`
+	Matcher            string `yaml:"matcher,omitempty"`
+}
+
+// FieldError is one problem with one field.
+type FieldError struct {
+	Path string
+	Msg  string
+}
+
+func (e FieldError) Error() string { return e.Path + ": " + e.Msg }
+
+// Errors is every problem found in a configuration, in file order.
+type Errors []FieldError
+
+func (e Errors) Error() string {
+	lines := make([]string, len(e))
+	for i, fe := range e {
+		lines[i] = fe.Error()
+	}
+	return strings.Join(lines, "\n")
+}
+
+func (e *Errors) add(path, format string, args ...any) {
+	*e = append(*e, FieldError{Path: path, Msg: fmt.Sprintf(format, args...)})
+}
+
+// err returns nil for no errors, so callers can return it directly.
+func (e Errors) err() error {
+	if len(e) == 0 {
+		return nil
+	}
+	return e
+}
+
+// DecodeYAML decodes a YAML document into a Raw. Unknown keys and values of the
+// wrong kind are reported with their path; the rest of the document is still
+// decoded, so one run reports every problem.
+func DecodeYAML(data []byte) (*Raw, error) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return nil, Errors{{Path: "(file)", Msg: err.Error()}}
+	}
+	raw := &Raw{}
+	if len(doc.Content) == 0 {
+		return raw, nil
+	}
+	var errs Errors
+	decodeNode(doc.Content[0], reflect.ValueOf(raw).Elem(), "", &errs)
+	return raw, errs.err() // raw holds what decoded, even with errors
+}
+
+func join(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
+
+// decodeNode walks n into v by the yaml tags of v's type. It is stricter than
+// yaml.v3's own decoder where that one is silent (unknown keys) and names the
+// path where yaml.v3 names a line.
+func decodeNode(n *yaml.Node, v reflect.Value, path string, errs *Errors) {
+	if n.Kind == yaml.AliasNode {
+		n = n.Alias
+	}
+	null := n.Kind == yaml.ScalarNode && n.Tag == "!!null"
+	if null {
+		return
+	}
+	where := func() string {
+		if path == "" {
+			return "(file)"
+		}
+		return path
+	}
+	switch v.Kind() {
+	case reflect.Pointer:
+		p := reflect.New(v.Type().Elem())
+		decodeNode(n, p.Elem(), path, errs)
+		v.Set(p)
+	case reflect.Struct:
+		if n.Kind != yaml.MappingNode {
+			errs.add(where(), "want a mapping, got %s", kindName(n))
+			return
+		}
+		fields := map[string]int{}
+		for i := 0; i < v.NumField(); i++ {
+			tag, _, _ := strings.Cut(v.Type().Field(i).Tag.Get("yaml"), ",")
+			fields[tag] = i
+		}
+		seen := map[string]bool{}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			key := n.Content[i].Value
+			f, ok := fields[key]
+			switch {
+			case !ok:
+				errs.add(join(path, key), "unknown key (valid: %s)", strings.Join(sortedKeys(fields), ", "))
+			case seen[key]:
+				errs.add(join(path, key), "given twice")
+			default:
+				seen[key] = true
+				decodeNode(n.Content[i+1], v.Field(f), join(path, key), errs)
+			}
+		}
+	case reflect.Map:
+		if n.Kind != yaml.MappingNode {
+			errs.add(where(), "want a mapping, got %s", kindName(n))
+			return
+		}
+		m := reflect.MakeMap(v.Type())
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			key := n.Content[i].Value
+			if m.MapIndex(reflect.ValueOf(key)).IsValid() {
+				errs.add(join(path, key), "given twice")
+				continue
+			}
+			e := reflect.New(v.Type().Elem()).Elem()
+			decodeNode(n.Content[i+1], e, join(path, key), errs)
+			m.SetMapIndex(reflect.ValueOf(key), e)
+		}
+		v.Set(m)
+	case reflect.Slice:
+		if n.Kind != yaml.SequenceNode {
+			errs.add(where(), "want a list, got %s", kindName(n))
+			return
+		}
+		s := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
+		for i, c := range n.Content {
+			decodeNode(c, s.Index(i), fmt.Sprintf("%s[%d]", path, i), errs)
+		}
+		v.Set(s)
+	case reflect.String:
+		if n.Kind != yaml.ScalarNode {
+			errs.add(where(), "want a single value, got %s", kindName(n))
+			return
+		}
+		v.SetString(n.Value)
+	case reflect.Int:
+		i, err := strconv.Atoi(n.Value)
+		if n.Kind != yaml.ScalarNode || err != nil {
+			errs.add(where(), "want a whole number, got %s", describe(n))
+			return
+		}
+		v.SetInt(int64(i))
+	case reflect.Bool:
+		b, err := parseBool(n.Value)
+		if n.Kind != yaml.ScalarNode || err != nil {
+			errs.add(where(), "want true or false, got %s", describe(n))
+			return
+		}
+		v.SetBool(b)
+	default:
+		panic("config: cannot decode into " + v.Type().String())
+	}
+}
+
+func parseBool(s string) (bool, error) {
+	switch strings.ToLower(s) {
+	case "true":
+		return true, nil
+	case "false":
+		return false, nil
+	}
+	return false, fmt.Errorf("%q is not true or false", s)
+}
+
+func kindName(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	}
+	return fmt.Sprintf("%q", n.Value)
+}
+
+func describe(n *yaml.Node) string {
+	if n.Kind == yaml.ScalarNode {
+		return strconv.Quote(n.Value)
+	}
+	return kindName(n)
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return ks
+}

@@ -1,0 +1,142 @@
+package config
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// YAML renders the normalized config with every default spelled out, in the
+// file's own format, so `l4lb validate` shows what will run.
+func (c *Config) YAML() ([]byte, error) {
+	return yaml.Marshal(c.ToRaw())
+}
+
+// ToRaw turns a Config back into its written form. Normalize(ToRaw(c)) gives c.
+func (c *Config) ToRaw() *Raw {
+	r := &Raw{}
+	listen := c.Admin.Listen
+	if listen == "" {
+		listen = "off"
+	}
+	r.Admin = &RawAdmin{Listen: &listen, TokenFile: c.Admin.TokenFile}
+	if len(c.Zones) > 0 {
+		r.Zones = map[string][]string{}
+		for _, z := range c.Zones {
+			for _, ip := range z.IPs {
+				r.Zones[z.Name] = append(r.Zones[z.Name], ip.String())
+			}
+		}
+	}
+	cz := c.CrossZone
+	r.LoadBalancer = RawLoadBalancer{CrossZone: &cz, ShutdownTimeout: dur(c.ShutdownTimeout)}
+	for _, l := range c.Listeners {
+		port := int(l.Port)
+		maxc := l.MaxConnectionsPerSource
+		rl := RawListener{
+			Name: l.Name, Protocol: l.Protocol.String(), Port: &port,
+			TargetGroup: l.TargetGroup, IdleTimeout: dur(l.IdleTimeout), UDPIdleTimeout: dur(l.UDPIdleTimeout),
+			Allow: prefixStrings(l.Allow), Deny: prefixStrings(l.Deny), MaxConnectionsPerSource: &maxc,
+		}
+		for _, b := range l.Bind {
+			rl.Bind = append(rl.Bind, b.IP.String())
+		}
+		for _, f := range l.Forward {
+			w := f.Weight
+			rl.Forward = append(rl.Forward, RawForward{TargetGroup: f.TargetGroup, Weight: &w})
+		}
+		for _, rule := range l.Rules {
+			rl.Rules = append(rl.Rules, RawRule(rule))
+		}
+		if len(l.ProxyProtocolAccept) > 0 {
+			rl.ProxyProtocolAccept = &RawProxyAccept{From: prefixStrings(l.ProxyProtocolAccept)}
+		}
+		if l.TLS != nil {
+			t := &RawTLS{SecurityPolicy: l.TLS.SecurityPolicy, ALPNPolicy: l.TLS.ALPNPolicy.String()}
+			for _, cert := range l.TLS.Certificates {
+				t.Certificates = append(t.Certificates, RawCertificate(cert))
+			}
+			rl.TLS = t
+		}
+		r.Listeners = append(r.Listeners, rl)
+	}
+	for _, g := range c.TargetGroups {
+		rg := RawTargetGroup{Name: g.Name, Protocol: g.Protocol.String()}
+		if g.Port != 0 {
+			port := int(g.Port)
+			rg.Port = &port
+		}
+		for _, t := range g.Targets {
+			w := t.Weight
+			rg.Targets = append(rg.Targets, RawTarget{Address: t.Address.String(), Zone: t.Zone, Weight: &w})
+		}
+		h := g.HealthCheck
+		hi, ui := h.HealthyThreshold, h.UnhealthyThreshold
+		rh := &RawHealthCheck{
+			Protocol: h.Protocol.String(), Port: "traffic-port", Path: h.Path,
+			Interval: dur(h.Interval), Timeout: dur(h.Timeout),
+			HealthyThreshold: &hi, UnhealthyThreshold: &ui, Matcher: matcherString(h.Matcher),
+		}
+		if h.Port != 0 {
+			rh.Port = strconv.Itoa(int(h.Port))
+		}
+		rg.HealthCheck = rh
+		rg.Attributes = g.Attributes.strings()
+		r.TargetGroups = append(r.TargetGroups, rg)
+	}
+	return r
+}
+
+func (a *Attributes) strings() map[string]string {
+	off := func(i int) string {
+		if i == 0 {
+			return "off"
+		}
+		return strconv.Itoa(i)
+	}
+	return map[string]string{
+		AttrDeregistrationDelay:           strconv.Itoa(int(a.DeregistrationDelay / time.Second)),
+		AttrDeregistrationTermination:     strconv.FormatBool(a.DeregistrationConnectionTermination),
+		AttrPreserveClientIP:              strconv.FormatBool(a.PreserveClientIP),
+		AttrProxyProtocolV2:               strconv.FormatBool(a.ProxyProtocolV2),
+		AttrStickiness:                    strconv.FormatBool(a.Stickiness),
+		AttrStickinessType:                a.StickinessType,
+		AttrCrossZone:                     a.CrossZone.String(),
+		AttrUnhealthyTermination:          strconv.FormatBool(a.UnhealthyConnectionTermination),
+		AttrUnhealthyDrainingInterval:     strconv.Itoa(int(a.UnhealthyDrainingInterval / time.Second)),
+		AttrUnhealthyRoutingMinCount:      off(a.UnhealthyRoutingMinHealthyCount),
+		AttrUnhealthyRoutingMinPercentage: off(a.UnhealthyRoutingMinHealthyPercentage),
+		AttrDNSFailoverMinCount:           off(a.DNSFailoverMinHealthyCount),
+		AttrDNSFailoverMinPercentage:      off(a.DNSFailoverMinHealthyPercentage),
+	}
+}
+
+func matcherString(rs []StatusRange) string {
+	parts := make([]string, len(rs))
+	for i, r := range rs {
+		if r.Lo == r.Hi {
+			parts[i] = strconv.Itoa(r.Lo)
+		} else {
+			parts[i] = fmt.Sprintf("%d-%d", r.Lo, r.Hi)
+		}
+	}
+	return strings.Join(parts, ",")
+}
+
+func dur(d time.Duration) string {
+	if d == 0 {
+		return ""
+	}
+	return d.String()
+}
+
+func prefixStrings[T fmt.Stringer](ps []T) []string {
+	out := make([]string, len(ps))
+	for i, p := range ps {
+		out[i] = p.String()
+	}
+	return out
+}

@@ -1,0 +1,635 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Load reads, decodes and normalizes a YAML config file.
+func Load(path string) (*Config, error) {
+	raw, err := LoadRaw(path)
+	var decodeErrs Errors
+	if !errors.As(err, &decodeErrs) || raw == nil {
+		if err != nil {
+			return nil, err
+		}
+	}
+	cfg, err := Normalize(raw)
+	if len(decodeErrs) == 0 {
+		return cfg, err
+	}
+	// Report what the decoder found and what validation found beyond it, but
+	// not twice for one field.
+	var more Errors
+	errors.As(err, &more)
+	for _, e := range more {
+		if !slices.ContainsFunc(decodeErrs, func(d FieldError) bool { return d.Path == e.Path }) {
+			decodeErrs = append(decodeErrs, e)
+		}
+	}
+	return nil, decodeErrs
+}
+
+// LoadRaw reads and decodes a YAML config file without normalizing it, so that
+// flags can be laid over it first. With field errors it still returns the part
+// it could decode.
+func LoadRaw(path string) (*Raw, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading config: %w", err)
+	}
+	return DecodeYAML(data)
+}
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
+
+// Normalize applies defaults to raw and validates it. On failure it returns an
+// Errors with every problem found.
+func Normalize(raw *Raw) (*Config, error) {
+	n := normalizer{raw: raw}
+	cfg := n.run()
+	if err := n.errs.err(); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+type normalizer struct {
+	raw    *Raw
+	errs   Errors
+	zoneOf map[netip.Addr]string
+}
+
+func (n *normalizer) run() *Config {
+	cfg := &Config{}
+	n.admin(cfg)
+	n.zones(cfg)
+	if n.raw.LoadBalancer.CrossZone != nil {
+		cfg.CrossZone = *n.raw.LoadBalancer.CrossZone
+	}
+	cfg.ShutdownTimeout = n.duration("load_balancer.shutdown_timeout", n.raw.LoadBalancer.ShutdownTimeout, DefaultShutdownTimeout)
+	groups := map[string]bool{}
+	for i := range n.raw.TargetGroups {
+		tg := n.targetGroup(fmt.Sprintf("target_groups[%d]", i), &n.raw.TargetGroups[i], cfg)
+		if groups[tg.Name] {
+			n.errs.add(fmt.Sprintf("target_groups[%d].name", i), "%q is used by another target group", tg.Name)
+		}
+		groups[tg.Name] = true
+		cfg.TargetGroups = append(cfg.TargetGroups, tg)
+	}
+	names := map[string]bool{}
+	binds := map[string]string{}
+	for i := range n.raw.Listeners {
+		path := fmt.Sprintf("listeners[%d]", i)
+		l := n.listener(path, &n.raw.Listeners[i], cfg)
+		if names[l.Name] {
+			n.errs.add(path+".name", "%q is used by another listener", l.Name)
+		}
+		names[l.Name] = true
+		for _, b := range l.Bind {
+			for _, proto := range []string{"tcp", "udp"} {
+				if (proto == "tcp" && !l.Protocol.HasTCP()) || (proto == "udp" && !l.Protocol.HasUDP()) {
+					continue
+				}
+				key := proto + " " + netip.AddrPortFrom(b.IP, l.Port).String()
+				if other, ok := binds[key]; ok {
+					n.errs.add(path+".port", "%s is also bound by listener %q", key, other)
+				}
+				binds[key] = l.Name
+			}
+		}
+		cfg.Listeners = append(cfg.Listeners, l)
+	}
+	if len(cfg.Listeners) == 0 {
+		n.errs.add("listeners", "at least one listener is required")
+	}
+	return cfg
+}
+
+func (n *normalizer) admin(cfg *Config) {
+	cfg.Admin.Listen = DefaultAdminListen
+	if n.raw.Admin == nil {
+		return
+	}
+	cfg.Admin.TokenFile = n.raw.Admin.TokenFile
+	if n.raw.Admin.Listen != nil {
+		cfg.Admin.Listen = *n.raw.Admin.Listen
+	}
+	if cfg.Admin.Listen == "off" {
+		cfg.Admin.Listen = ""
+		return
+	}
+	host, port, err := net.SplitHostPort(cfg.Admin.Listen)
+	if err != nil {
+		n.errs.add("admin.listen", "want HOST:PORT or \"off\", got %q", cfg.Admin.Listen)
+		return
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		n.errs.add("admin.listen", "bad port %q", port)
+	}
+	loopback := host == "localhost"
+	if ip, err := netip.ParseAddr(host); err == nil {
+		loopback = ip.IsLoopback()
+	} else if host != "localhost" {
+		n.errs.add("admin.listen", "want an IP address or localhost, got %q", host)
+	}
+	if !loopback && cfg.Admin.TokenFile == "" {
+		n.errs.add("admin.token_file", "required when admin.listen (%s) is not a loopback address", cfg.Admin.Listen)
+	}
+}
+
+func (n *normalizer) zones(cfg *Config) {
+	n.zoneOf = map[netip.Addr]string{}
+	for _, name := range sortedKeys(n.raw.Zones) {
+		path := "zones." + name
+		if !nameRE.MatchString(name) {
+			n.errs.add(path, "zone name must be letters, digits, '-', '_' or '.'")
+		}
+		z := Zone{Name: name}
+		for i, s := range n.raw.Zones[name] {
+			ip, err := netip.ParseAddr(s)
+			if err != nil {
+				n.errs.add(fmt.Sprintf("%s[%d]", path, i), "want an IP address, got %q", s)
+				continue
+			}
+			if other, ok := n.zoneOf[ip]; ok {
+				n.errs.add(fmt.Sprintf("%s[%d]", path, i), "%s already belongs to zone %q", ip, other)
+				continue
+			}
+			n.zoneOf[ip] = name
+			z.IPs = append(z.IPs, ip)
+		}
+		if len(z.IPs) == 0 {
+			n.errs.add(path, "a zone needs at least one IP")
+		}
+		cfg.Zones = append(cfg.Zones, z)
+	}
+}
+
+func (n *normalizer) listener(path string, r *RawListener, cfg *Config) Listener {
+	l := Listener{Name: r.Name}
+	l.Protocol = n.protocol(path+".protocol", r.Protocol)
+	if r.Port == nil {
+		n.errs.add(path+".port", "required")
+	} else if *r.Port < 1 || *r.Port > 65535 {
+		n.errs.add(path+".port", "%d is outside 1-65535", *r.Port)
+	} else {
+		l.Port = uint16(*r.Port)
+	}
+	if l.Name == "" {
+		l.Name = fmt.Sprintf("%s-%d", strings.ToLower(l.Protocol.String()), l.Port)
+	} else if !nameRE.MatchString(l.Name) {
+		n.errs.add(path+".name", "%q: use letters, digits, '-', '_' or '.', at most 63", l.Name)
+	}
+
+	if len(r.Bind) == 0 {
+		for _, z := range cfg.Zones {
+			for _, ip := range z.IPs {
+				l.Bind = append(l.Bind, BindAddr{IP: ip, Zone: z.Name})
+			}
+		}
+		if len(l.Bind) == 0 {
+			l.Bind = []BindAddr{{IP: netip.IPv4Unspecified()}}
+		}
+	}
+	for i, s := range r.Bind {
+		ip, err := netip.ParseAddr(s)
+		if err != nil {
+			n.errs.add(fmt.Sprintf("%s.bind[%d]", path, i), "want an IP address, got %q", s)
+			continue
+		}
+		l.Bind = append(l.Bind, BindAddr{IP: ip, Zone: n.zoneOf[ip]})
+	}
+
+	switch {
+	case r.TargetGroup != "" && len(r.Forward) > 0:
+		n.errs.add(path+".forward", "give target_group or forward, not both")
+	case r.TargetGroup == "" && len(r.Forward) == 0:
+		n.errs.add(path+".target_group", "required (or forward)")
+	case r.TargetGroup != "":
+		l.TargetGroup = r.TargetGroup
+		n.groupRef(path+".target_group", r.TargetGroup, l.Protocol, cfg)
+	default:
+		total := 0
+		for i, f := range r.Forward {
+			fp := fmt.Sprintf("%s.forward[%d]", path, i)
+			w := 1
+			if f.Weight != nil {
+				w = *f.Weight
+			}
+			if w < 0 || w > 999 {
+				n.errs.add(fp+".weight", "%d is outside 0-999", w)
+			}
+			total += w
+			n.groupRef(fp+".target_group", f.TargetGroup, l.Protocol, cfg)
+			l.Forward = append(l.Forward, Forward{TargetGroup: f.TargetGroup, Weight: w})
+		}
+		if total == 0 {
+			n.errs.add(path+".forward", "weights add up to 0; at least one group needs traffic")
+		}
+	}
+	for i, rule := range r.Rules {
+		rp := fmt.Sprintf("%s.rules[%d]", path, i)
+		if l.Protocol != TCP {
+			n.errs.add(rp, "SNI rules apply to TCP listeners only")
+		}
+		if len(rule.SNI) == 0 {
+			n.errs.add(rp+".sni", "at least one host name is required")
+		}
+		for j, h := range rule.SNI {
+			if !validSNI(h) {
+				n.errs.add(fmt.Sprintf("%s.sni[%d]", rp, j), "%q is not a host name or *.domain pattern", h)
+			}
+		}
+		n.groupRef(rp+".target_group", rule.TargetGroup, l.Protocol, cfg)
+		l.Rules = append(l.Rules, Rule{SNI: lowerAll(rule.SNI), TargetGroup: rule.TargetGroup})
+	}
+	l.IdleTimeout = n.duration(path+".idle_timeout", r.IdleTimeout, DefaultIdleTimeout)
+	l.UDPIdleTimeout = n.duration(path+".udp_idle_timeout", r.UDPIdleTimeout, DefaultUDPIdleTimeout)
+	l.Allow = n.prefixes(path+".allow", r.Allow)
+	if r.Allow == nil {
+		l.Allow = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}
+	}
+	l.Deny = n.prefixes(path+".deny", r.Deny)
+	if r.MaxConnectionsPerSource != nil {
+		if *r.MaxConnectionsPerSource < 0 {
+			n.errs.add(path+".max_connections_per_source", "%d is negative (0 means unlimited)", *r.MaxConnectionsPerSource)
+		}
+		l.MaxConnectionsPerSource = *r.MaxConnectionsPerSource
+	}
+	if r.ProxyProtocolAccept != nil {
+		l.ProxyProtocolAccept = n.prefixes(path+".proxy_protocol_accept.from", r.ProxyProtocolAccept.From)
+	}
+	n.listenerTLS(path, r, &l)
+	return l
+}
+
+func (n *normalizer) listenerTLS(path string, r *RawListener, l *Listener) {
+	if l.Protocol != TLS {
+		if r.TLS != nil {
+			n.errs.add(path+".tls", "only TLS listeners take a tls section")
+		}
+		return
+	}
+	if r.TLS == nil || len(r.TLS.Certificates) == 0 {
+		n.errs.add(path+".tls.certificates", "a TLS listener needs at least one certificate")
+		return
+	}
+	t := &ListenerTLS{SecurityPolicy: DefaultSecurityPolicy, ALPNPolicy: ALPNNone}
+	for i, c := range r.TLS.Certificates {
+		cp := fmt.Sprintf("%s.tls.certificates[%d]", path, i)
+		if c.Cert == "" {
+			n.errs.add(cp+".cert", "required")
+		}
+		if c.Key == "" {
+			n.errs.add(cp+".key", "required")
+		}
+		t.Certificates = append(t.Certificates, Certificate(c))
+	}
+	if r.TLS.SecurityPolicy != "" {
+		if !slices.Contains(securityPolicies, r.TLS.SecurityPolicy) {
+			n.errs.add(path+".tls.security_policy", "%q is not one of %s", r.TLS.SecurityPolicy, strings.Join(securityPolicies, ", "))
+		}
+		t.SecurityPolicy = r.TLS.SecurityPolicy
+	}
+	if r.TLS.ALPNPolicy != "" {
+		p, err := parseEnum(alpnNames, r.TLS.ALPNPolicy)
+		if err != nil {
+			n.errs.add(path+".tls.alpn_policy", "%v", err)
+		}
+		t.ALPNPolicy = ALPNPolicy(p)
+	}
+	l.TLS = t
+}
+
+// groupRef checks that a listener's group exists and speaks a protocol the
+// listener can forward to, as NLB pairs them.
+func (n *normalizer) groupRef(path, name string, lp Protocol, cfg *Config) {
+	if name == "" {
+		n.errs.add(path, "required")
+		return
+	}
+	g := cfg.TargetGroup(name)
+	if g == nil {
+		n.errs.add(path, "no target group named %q", name)
+		return
+	}
+	ok := map[Protocol][]Protocol{
+		TCP:    {TCP, TCPUDP},
+		UDP:    {UDP, TCPUDP},
+		TCPUDP: {TCPUDP},
+		TLS:    {TCP, TLS},
+	}[lp]
+	if lp != 0 && g.Protocol != 0 && !slices.Contains(ok, g.Protocol) {
+		n.errs.add(path, "a %s listener cannot forward to %s target group %q", lp, g.Protocol, name)
+	}
+}
+
+func (n *normalizer) targetGroup(path string, r *RawTargetGroup, cfg *Config) TargetGroup {
+	g := TargetGroup{Name: r.Name}
+	if g.Name == "" {
+		n.errs.add(path+".name", "required")
+	} else if !nameRE.MatchString(g.Name) {
+		n.errs.add(path+".name", "%q: use letters, digits, '-', '_' or '.', at most 63", g.Name)
+	}
+	g.Protocol = n.protocol(path+".protocol", r.Protocol)
+	if r.Port != nil {
+		if *r.Port < 1 || *r.Port > 65535 {
+			n.errs.add(path+".port", "%d is outside 1-65535", *r.Port)
+		} else {
+			g.Port = uint16(*r.Port)
+		}
+	}
+	seen := map[netip.AddrPort]bool{}
+	for i, rt := range r.Targets {
+		tp := fmt.Sprintf("%s.targets[%d]", path, i)
+		t, err := ParseTargetAddress(rt.Address, g.Port)
+		if err != nil {
+			n.errs.add(tp+".address", "%v", err)
+			continue
+		}
+		if seen[t] {
+			n.errs.add(tp+".address", "%s is registered twice", t)
+		}
+		seen[t] = true
+		tgt := Target{Address: t, Zone: rt.Zone, Weight: DefaultTargetWeight}
+		if rt.Zone != "" && len(cfg.Zones) > 0 && !slices.ContainsFunc(cfg.Zones, func(z Zone) bool { return z.Name == rt.Zone }) {
+			n.errs.add(tp+".zone", "no zone named %q", rt.Zone)
+		}
+		if rt.Weight != nil {
+			if *rt.Weight < 1 || *rt.Weight > MaxTargetWeight {
+				n.errs.add(tp+".weight", "%d is outside 1-%d", *rt.Weight, MaxTargetWeight)
+			}
+			tgt.Weight = *rt.Weight
+		}
+		g.Targets = append(g.Targets, tgt)
+	}
+	n.healthCheck(path+".health_check", r.HealthCheck, &g)
+	n.attributes(path+".attributes", r.Attributes, &g)
+	return g
+}
+
+// ParseTargetAddress parses "IP:PORT", or a bare IP that takes defaultPort.
+func ParseTargetAddress(s string, defaultPort uint16) (netip.AddrPort, error) {
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		if ap.Port() == 0 {
+			return ap, fmt.Errorf("%q: port 0 is not a target port", s)
+		}
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+	}
+	ip, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("want IP:PORT or IP, got %q", s)
+	}
+	if defaultPort == 0 {
+		return netip.AddrPort{}, fmt.Errorf("%q has no port and the target group has none", s)
+	}
+	return netip.AddrPortFrom(ip.Unmap(), defaultPort), nil
+}
+
+func (n *normalizer) healthCheck(path string, r *RawHealthCheck, g *TargetGroup) {
+	if r == nil {
+		r = &RawHealthCheck{}
+	}
+	h := &g.HealthCheck
+	h.Protocol = HealthTCP
+	if r.Protocol != "" {
+		p, err := parseEnum(healthProtocolNames, r.Protocol)
+		if err != nil {
+			n.errs.add(path+".protocol", "%v", err)
+		}
+		h.Protocol = HealthProtocol(p)
+	}
+	http := h.Protocol == HealthHTTP || h.Protocol == HealthHTTPS
+	if r.Port != "" && r.Port != "traffic-port" {
+		p, err := strconv.Atoi(r.Port)
+		if err != nil || p < 1 || p > 65535 {
+			n.errs.add(path+".port", "want traffic-port or 1-65535, got %q", r.Port)
+		} else {
+			h.Port = uint16(p)
+		}
+	}
+	if http {
+		h.Path = DefaultHealthPath
+		if r.Path != "" {
+			if !strings.HasPrefix(r.Path, "/") || strings.ContainsAny(r.Path, " \r\n") {
+				n.errs.add(path+".path", "%q must start with / and hold no spaces", r.Path)
+			}
+			h.Path = r.Path
+		}
+		m := r.Matcher
+		if m == "" {
+			m = DefaultMatcher
+		}
+		ranges, err := ParseMatcher(m)
+		if err != nil {
+			n.errs.add(path+".matcher", "%v", err)
+		}
+		h.Matcher = ranges
+	} else {
+		if r.Path != "" {
+			n.errs.add(path+".path", "only HTTP and HTTPS checks take a path")
+		}
+		if r.Matcher != "" {
+			n.errs.add(path+".matcher", "only HTTP and HTTPS checks take a matcher")
+		}
+	}
+	h.Interval = n.duration(path+".interval", r.Interval, DefaultHealthInterval)
+	defTimeout := DefaultHealthTimeoutTCP
+	if http {
+		defTimeout = DefaultHealthTimeoutHTTP
+	}
+	h.Timeout = n.duration(path+".timeout", r.Timeout, defTimeout)
+	if r.Timeout == "" && h.Timeout > h.Interval {
+		h.Timeout = h.Interval // a short interval shortens the default timeout with it
+	}
+	if h.Timeout > h.Interval {
+		n.errs.add(path+".timeout", "%s is longer than the interval %s", h.Timeout, h.Interval)
+	}
+	h.HealthyThreshold = n.threshold(path+".healthy_threshold", r.HealthyThreshold, DefaultHealthyThreshold)
+	h.UnhealthyThreshold = n.threshold(path+".unhealthy_threshold", r.UnhealthyThreshold, DefaultUnhealthyThreshold)
+}
+
+func (n *normalizer) threshold(path string, v *int, def int) int {
+	if v == nil {
+		return def
+	}
+	if *v < 1 || *v > 10 {
+		n.errs.add(path, "%d is outside 1-10", *v)
+	}
+	return *v
+}
+
+// ParseMatcher parses an HTTP success-code matcher: "200", "200,202",
+// "200-399", or a mix, each code within 100-599.
+func ParseMatcher(s string) ([]StatusRange, error) {
+	var out []StatusRange
+	for _, part := range strings.Split(s, ",") {
+		lo, hi, isRange := strings.Cut(strings.TrimSpace(part), "-")
+		if !isRange {
+			hi = lo
+		}
+		l, err1 := strconv.Atoi(lo)
+		h, err2 := strconv.Atoi(hi)
+		if err1 != nil || err2 != nil || l < 100 || h > 599 || l > h {
+			return nil, fmt.Errorf("%q: want codes or ranges within 100-599, such as 200-399 or 200,202", s)
+		}
+		out = append(out, StatusRange{Lo: l, Hi: h})
+	}
+	return out, nil
+}
+
+func (n *normalizer) attributes(path string, given map[string]string, g *TargetGroup) {
+	for _, k := range sortedKeys(given) {
+		if _, ok := defaultAttributes[k]; !ok {
+			n.errs.add(join(path, k), "unknown attribute (valid: %s)", strings.Join(sortedKeys(defaultAttributes), ", "))
+		}
+	}
+	get := func(k string) (string, string) {
+		if v, ok := given[k]; ok {
+			return v, join(path, k)
+		}
+		return defaultAttributes[k], join(path, k)
+	}
+	a := &g.Attributes
+	a.DeregistrationDelay = time.Duration(n.intAttr(get(AttrDeregistrationDelay))(0, maxDeregistrationDelaySecs, false)) * time.Second
+	a.DeregistrationConnectionTermination = n.boolAttr(get(AttrDeregistrationTermination))
+	a.PreserveClientIP = n.boolAttr(get(AttrPreserveClientIP))
+	a.ProxyProtocolV2 = n.boolAttr(get(AttrProxyProtocolV2))
+	a.Stickiness = n.boolAttr(get(AttrStickiness))
+	if v, p := get(AttrStickinessType); v != "source_ip" {
+		n.errs.add(p, "%q: the only stickiness type of a network load balancer is source_ip", v)
+	}
+	a.StickinessType = "source_ip"
+	cz, czPath := get(AttrCrossZone)
+	m, err := parseEnum(crossZoneNames, cz)
+	if err != nil {
+		n.errs.add(czPath, "%v", err)
+	}
+	a.CrossZone = CrossZoneMode(m)
+	a.UnhealthyConnectionTermination = n.boolAttr(get(AttrUnhealthyTermination))
+	a.UnhealthyDrainingInterval = time.Duration(n.intAttr(get(AttrUnhealthyDrainingInterval))(0, maxDrainingIntervalSecs, false)) * time.Second
+	if a.UnhealthyDrainingInterval > 0 && a.UnhealthyConnectionTermination {
+		_, p := get(AttrUnhealthyDrainingInterval)
+		n.errs.add(p, "takes effect only when %s is false", AttrUnhealthyTermination)
+	}
+	a.UnhealthyRoutingMinHealthyCount = n.intAttr(get(AttrUnhealthyRoutingMinCount))(1, 1<<16, true)
+	a.UnhealthyRoutingMinHealthyPercentage = n.intAttr(get(AttrUnhealthyRoutingMinPercentage))(1, 100, true)
+	a.DNSFailoverMinHealthyCount = n.intAttr(get(AttrDNSFailoverMinCount))(1, 1<<16, true)
+	a.DNSFailoverMinHealthyPercentage = n.intAttr(get(AttrDNSFailoverMinPercentage))(1, 100, true)
+}
+
+// intAttr parses an integer attribute within [lo, hi]; with off, "off" is
+// accepted and read as 0.
+func (n *normalizer) intAttr(v, path string) func(lo, hi int, off bool) int {
+	return func(lo, hi int, off bool) int {
+		if off && v == "off" {
+			return 0
+		}
+		i, err := strconv.Atoi(v)
+		if err != nil || i < lo || i > hi {
+			alt := ""
+			if off {
+				alt = " or \"off\""
+			}
+			n.errs.add(path, "want a whole number within %d-%d%s, got %q", lo, hi, alt, v)
+			return lo
+		}
+		return i
+	}
+}
+
+func (n *normalizer) boolAttr(v, path string) bool {
+	b, err := parseBool(v)
+	if err != nil {
+		n.errs.add(path, "want true or false, got %q", v)
+	}
+	return b
+}
+
+func (n *normalizer) protocol(path, s string) Protocol {
+	if s == "" {
+		return TCP
+	}
+	p, err := parseEnum(protocolNames, s)
+	if err != nil {
+		n.errs.add(path, "%v", err)
+	}
+	return Protocol(p)
+}
+
+func (n *normalizer) duration(path, s string, def time.Duration) time.Duration {
+	if s == "" {
+		return def
+	}
+	d, err := time.ParseDuration(s)
+	switch {
+	case err != nil:
+		n.errs.add(path, "want a duration such as 500ms, 30s or 2m, got %q", s)
+		return def
+	case d <= 0:
+		n.errs.add(path, "%s must be positive", s)
+	case d > maxDuration:
+		n.errs.add(path, "%s is longer than %s", s, maxDuration)
+	}
+	return d
+}
+
+func (n *normalizer) prefixes(path string, ss []string) []netip.Prefix {
+	var out []netip.Prefix
+	for i, s := range ss {
+		p, err := ParsePrefix(s)
+		if err != nil {
+			n.errs.add(fmt.Sprintf("%s[%d]", path, i), "%v", err)
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// ParsePrefix parses a CIDR, or a bare IP as a host prefix.
+func ParsePrefix(s string) (netip.Prefix, error) {
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return p.Masked(), nil
+	}
+	ip, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("want a CIDR such as 10.0.0.0/8 or an IP, got %q", s)
+	}
+	return netip.PrefixFrom(ip, ip.BitLen()), nil
+}
+
+func validSNI(h string) bool {
+	h = strings.TrimPrefix(h, "*.")
+	if h == "" || len(h) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(h, ".") {
+		if label == "" || len(label) > 63 {
+			return false
+		}
+		for _, c := range label {
+			if !(c == '-' || c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func lowerAll(ss []string) []string {
+	out := make([]string, len(ss))
+	for i, s := range ss {
+		out[i] = strings.ToLower(s)
+	}
+	return out
+}

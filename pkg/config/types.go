@@ -1,0 +1,163 @@
+// Package config is l4lb's model of listeners, target groups and zones: decoded
+// from YAML (or built from serve flags), given NLB's defaults in one place, and
+// validated into typed values with the field's path in every error.
+//
+//	cfg, err := config.Load("l4lb.yaml")
+//	if err != nil {
+//		// err is an *Errors: one "path.to.field: problem" line per fault.
+//	}
+//	for _, l := range cfg.Listeners { ... }
+package config
+
+import (
+	"net/netip"
+	"time"
+)
+
+// Config is a validated configuration. Every field holds its final value:
+// defaults are applied and strings are parsed.
+type Config struct {
+	Admin           Admin
+	Zones           []Zone // sorted by name; empty means one unnamed zone
+	CrossZone       bool   // load_balancer.cross_zone
+	ShutdownTimeout time.Duration
+	Listeners       []Listener
+	TargetGroups    []TargetGroup
+}
+
+// Admin is the admin API endpoint. Listen is empty when the API is off.
+type Admin struct {
+	Listen    string
+	TokenFile string
+}
+
+// Zone is an availability zone and the static IPs this host owns in it.
+type Zone struct {
+	Name string
+	IPs  []netip.Addr
+}
+
+// Listener is one front-end port on one or more bind addresses.
+type Listener struct {
+	Name     string
+	Protocol Protocol
+	Port     uint16
+	// Bind holds the addresses to listen on, each with the zone that owns it
+	// ("" for an address outside every zone, such as 0.0.0.0).
+	Bind        []BindAddr
+	TargetGroup string    // set when the listener forwards to one group
+	Forward     []Forward // set instead of TargetGroup for weighted groups
+	Rules       []Rule
+	// IdleTimeout ends a TCP or TLS flow with no bytes in either direction;
+	// UDPIdleTimeout does the same for UDP flows.
+	IdleTimeout             time.Duration
+	UDPIdleTimeout          time.Duration
+	Allow                   []netip.Prefix
+	Deny                    []netip.Prefix
+	MaxConnectionsPerSource int // 0 means unlimited
+	ProxyProtocolAccept     []netip.Prefix
+	TLS                     *ListenerTLS // nil unless Protocol is TLS
+}
+
+// BindAddr is a listening address and the zone it belongs to.
+type BindAddr struct {
+	IP   netip.Addr
+	Zone string
+}
+
+// Forward is one weighted target group of a listener.
+type Forward struct {
+	TargetGroup string
+	Weight      int
+}
+
+// Rule sends TCP connections whose ClientHello names one of SNI to TargetGroup.
+type Rule struct {
+	SNI         []string
+	TargetGroup string
+}
+
+// ListenerTLS is the TLS termination of a TLS listener.
+type ListenerTLS struct {
+	Certificates   []Certificate // the first is the default
+	SecurityPolicy string
+	ALPNPolicy     ALPNPolicy
+}
+
+// Certificate is a PEM certificate chain and its key, as file paths.
+type Certificate struct {
+	Cert string
+	Key  string
+}
+
+// TargetGroup is a set of targets with one health check and NLB's attributes.
+type TargetGroup struct {
+	Name        string
+	Protocol    Protocol
+	Port        uint16 // 0 when every target names its own port
+	Targets     []Target
+	HealthCheck HealthCheck
+	Attributes  Attributes
+}
+
+// Target is one registered backend.
+type Target struct {
+	Address netip.AddrPort
+	Zone    string // "" means reachable from every zone
+	Weight  int
+}
+
+// HealthCheck configures the active checks of a target group.
+type HealthCheck struct {
+	Protocol           HealthProtocol
+	Port               uint16 // 0 means the target's traffic port
+	Path               string // HTTP and HTTPS only
+	Interval           time.Duration
+	Timeout            time.Duration
+	HealthyThreshold   int
+	UnhealthyThreshold int
+	Matcher            []StatusRange // HTTP and HTTPS only
+}
+
+// StatusRange is an inclusive range of HTTP status codes.
+type StatusRange struct{ Lo, Hi int }
+
+// Attributes are NLB's target group attributes, parsed. Zero in an "off"-able
+// count or percentage means off.
+type Attributes struct {
+	DeregistrationDelay                  time.Duration
+	DeregistrationConnectionTermination  bool
+	PreserveClientIP                     bool
+	ProxyProtocolV2                      bool
+	Stickiness                           bool
+	StickinessType                       string
+	CrossZone                            CrossZoneMode
+	UnhealthyConnectionTermination       bool
+	UnhealthyDrainingInterval            time.Duration
+	UnhealthyRoutingMinHealthyCount      int
+	UnhealthyRoutingMinHealthyPercentage int
+	DNSFailoverMinHealthyCount           int
+	DNSFailoverMinHealthyPercentage      int
+}
+
+// CrossZoneEnabled resolves the group's cross-zone attribute against the load
+// balancer's setting.
+func (g *TargetGroup) CrossZoneEnabled(lb bool) bool {
+	switch g.Attributes.CrossZone {
+	case CrossZoneOn:
+		return true
+	case CrossZoneOff:
+		return false
+	}
+	return lb
+}
+
+// TargetGroup returns the group named name, or nil.
+func (c *Config) TargetGroup(name string) *TargetGroup {
+	for i := range c.TargetGroups {
+		if c.TargetGroups[i].Name == name {
+			return &c.TargetGroups[i]
+		}
+	}
+	return nil
+}
