@@ -1,0 +1,78 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/l4lb/l4lb/lb"
+	"github.com/l4lb/l4lb/pkg/config"
+)
+
+const demoListen = "127.0.0.1:8080"
+
+func newDemo() *cobra.Command {
+	var listen, adminAddr, logLevel string
+	cmd := &cobra.Command{
+		Use:   "demo",
+		Short: "Run l4lb on 127.0.0.1:8080 in front of three built-in demo targets",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			out := cmd.OutOrStdout()
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			var targets []string
+			var servers []*http.Server
+			for i := 1; i <= 3; i++ {
+				ln, err := net.Listen("tcp", "127.0.0.1:0")
+				if err != nil {
+					return err
+				}
+				addr := ln.Addr().String()
+				name := fmt.Sprintf("demo-target-%d", i)
+				hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					fmt.Fprintf(w, "hello from %s (%s); you are %s\n", name, addr, r.RemoteAddr)
+				})}
+				go hs.Serve(ln)
+				servers = append(servers, hs)
+				targets = append(targets, addr)
+			}
+			defer func() {
+				for _, s := range servers {
+					s.Close()
+				}
+			}()
+			o := serveOpts{flags: config.Flags{Listen: []string{"tcp://" + listen}, Targets: targets, Admin: &adminAddr}}
+			cfg, err := loadServeConfig(&o)
+			if err != nil {
+				return err
+			}
+			log, err := newLogger(logLevel, "console", cmd.ErrOrStderr())
+			if err != nil {
+				return usageError{err}
+			}
+			return serve(ctx, cfg, log, lb.DefaultConnectTimeout, func(*lb.Server) {
+				fmt.Fprintf(out, `
+l4lb demo is up: listener %s -> targets %v
+Try:
+  curl http://%s/                         # answered by one of the three demo targets
+  for i in $(seq 6); do curl -s http://%s/; done   # new connections spread over the targets
+  curl http://%s/metrics | grep l4lb_      # Prometheus metrics
+  curl http://%s/readyz                    # admin API
+A dead target never fails a client: a refused connect is retried on the next
+target of the flow's Maglev preference list.
+Press Ctrl-C to stop (in-flight requests finish first).
+`, listen, targets, listen, listen, adminAddr, adminAddr)
+			})
+		},
+	}
+	cmd.Flags().StringVar(&listen, "listen", demoListen, "address of the demo listener")
+	cmd.Flags().StringVar(&adminAddr, "admin", config.DefaultAdminListen, "admin API address, or off")
+	cmd.Flags().StringVar(&logLevel, "log-level", "info", "debug|info|warn|error")
+	return cmd
+}

@@ -1,0 +1,174 @@
+package lb
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"runtime/debug"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/l4lb/l4lb/lb/balance"
+)
+
+// flow is one proxied TCP connection: the client side, the target side and
+// the two directions between them. Flows are pooled, and each pooled flow keeps
+// the callbacks its directions bound once, so serving a flow allocates nothing
+// of l4lb's own beyond what the net package does for accept and connect.
+type flow struct {
+	srv    *Server
+	l      *listener
+	id     uint64
+	client *net.TCPConn
+	target *net.TCPConn
+	idle   time.Duration
+	last   atomic.Int64 // unix nanoseconds of the last byte moved
+	ended  atomic.Int32 // directions finished; the second one releases the flow
+	halves [2]halfFlow  // 0: client to target, 1: target to client
+}
+
+var flowIDs atomic.Uint64 // process-wide flow numbering; only ever incremented
+
+func newFlow(s *Server) any {
+	f := &flow{srv: s}
+	for i := range f.halves {
+		f.halves[i].f = f
+		f.halves[i].bind()
+	}
+	return f
+}
+
+func (f *flow) touch() { f.last.Store(time.Now().UnixNano()) }
+
+func (f *flow) lastActive() time.Time { return time.Unix(0, f.last.Load()) }
+
+// abort resets both sides (SO_LINGER 0 sends RST), ending both directions.
+func (f *flow) abort() {
+	f.client.SetLinger(0)
+	f.target.SetLinger(0)
+	f.client.Close()
+	f.target.Close()
+}
+
+// serveConn takes an accepted connection through admission, target choice and
+// connect, then copies client to target itself while a second goroutine copies
+// target to client.
+func (s *Server) serveConn(l *listener, c *net.TCPConn) {
+	defer func() {
+		if p := recover(); p != nil {
+			s.log.Error("panic serving connection", zap.Any("panic", p), zap.ByteString("stack", debug.Stack()))
+			c.Close()
+		}
+	}()
+	src := c.RemoteAddr().(*net.TCPAddr).AddrPort()
+	if !l.acl.permits(src.Addr()) {
+		l.rejectACL.Inc()
+		c.SetLinger(0)
+		c.Close()
+		return
+	}
+	dst := c.LocalAddr().(*net.TCPAddr).AddrPort()
+	r := l.route.Load()
+	key := balance.FlowHash(balance.ProtoTCP, src, dst)
+	g := r.pick(key)
+	if g.Stickiness {
+		key = balance.SourceHash(src.Addr())
+	}
+	var buf [1 + balance.Retries]int
+	prefs := g.Pick(l.zone, key, buf[:])
+	var t *net.TCPConn
+	for _, i := range prefs {
+		var err error
+		t, err = s.dialer.DialTCP(context.Background(), "tcp", netip.AddrPort{}, g.Targets[i].Addr)
+		if err == nil {
+			break
+		}
+		s.m.Counter(connectErrors, g.Name, g.Targets[i].Addr.String()).Inc()
+		s.log.Debug("connect to target failed", zap.String(logListener, l.cfg.Name), zap.Stringer(logTarget, g.Targets[i].Addr), zap.Error(err))
+	}
+	if t == nil {
+		// No target took the flow: reset the client, as NLB does.
+		l.rejectNoTgt.Inc()
+		l.lbResets.Inc()
+		c.SetLinger(0)
+		c.Close()
+		return
+	}
+
+	f := s.flowPool.Get().(*flow)
+	f.l, f.client, f.target, f.idle = l, c, t, l.cfg.IdleTimeout
+	f.id = flowIDs.Add(1)
+	f.ended.Store(0)
+	f.touch()
+	if err := f.setup(); err != nil {
+		c.Close()
+		t.Close()
+		s.flowPool.Put(f)
+		return
+	}
+	s.flows.add(f)
+	l.newFlows.Inc()
+	l.active.Inc()
+	if s.closing.Load() {
+		f.abort() // shutdown began while this flow was connecting
+	}
+	go f.copyTargetToClient()
+	f.copyClientToTarget()
+}
+
+func (f *flow) setup() error {
+	crc, err := f.client.SyscallConn()
+	if err != nil {
+		return err
+	}
+	trc, err := f.target.SyscallConn()
+	if err != nil {
+		return err
+	}
+	up, down := &f.halves[0], &f.halves[1]
+	up.src, up.dst, up.srcRC, up.dstRC = f.client, f.target, crc, trc
+	down.src, down.dst, down.srcRC, down.dstRC = f.target, f.client, trc, crc
+	for _, h := range []*halfFlow{up, down} {
+		h.n, h.inPipe, h.err, h.eof = 0, 0, nil, false
+	}
+	return nil
+}
+
+// The two directions run in functions of their own so that a stack dump says
+// which way a stuck flow is waiting.
+func (f *flow) copyClientToTarget() { f.finish(&f.halves[0], f.halves[0].run()) }
+func (f *flow) copyTargetToClient() { f.finish(&f.halves[1], f.halves[1].run()) }
+
+func (f *flow) finish(h *halfFlow, how copyErr) {
+	l := f.l
+	if h == &f.halves[0] {
+		l.bytesIn.Add(float64(h.n))
+	} else {
+		l.bytesOut.Add(float64(h.n))
+	}
+	switch how {
+	case endIdle:
+		l.lbResets.Inc()
+		f.abort()
+	case endReset:
+		if h == &f.halves[0] {
+			l.clientRsts.Inc()
+		}
+		// Pass the reset on to the other side.
+		f.abort()
+	}
+	if f.ended.Add(1) < 2 {
+		return
+	}
+	f.client.Close()
+	f.target.Close()
+	f.srv.flows.remove(f)
+	l.active.Dec()
+	f.client, f.target, f.l = nil, nil, nil
+	for i := range f.halves {
+		f.halves[i].src, f.halves[i].dst, f.halves[i].srcRC, f.halves[i].dstRC = nil, nil, nil, nil
+	}
+	f.srv.flowPool.Put(f)
+}

@@ -1,0 +1,138 @@
+package lb
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/l4lb/l4lb/pkg/config"
+	"github.com/l4lb/l4lb/pkg/metrics"
+)
+
+// listener is one listener on one bind address: SocketsPerAddr SO_REUSEPORT
+// sockets, each with its own accept loop, so the kernel spreads connections
+// over cores.
+type listener struct {
+	srv   *Server
+	cfg   *config.Listener
+	bindA config.BindAddr
+	zone  string
+	route atomic.Pointer[route]
+	acl   acl
+	socks []*net.TCPListener
+
+	// Counters resolved once, so the data path never looks up labels.
+	newFlows    prometheus.Counter
+	active      prometheus.Gauge
+	bytesIn     prometheus.Counter
+	bytesOut    prometheus.Counter
+	lbResets    prometheus.Counter
+	clientRsts  prometheus.Counter
+	rejectACL   prometheus.Counter
+	rejectNoTgt prometheus.Counter
+}
+
+func newListener(s *Server, lc *config.Listener, b config.BindAddr, r *route) *listener {
+	l := &listener{srv: s, cfg: lc, bindA: b, zone: b.Zone, acl: newACL(lc)}
+	l.route.Store(r)
+	m := s.m
+	lbl := []string{lc.Name, "TCP", b.Zone}
+	l.newFlows = m.Counter(func(m *metrics.Metrics) *prometheus.CounterVec { return m.NewFlows }, lbl...)
+	l.active = m.Gauge(func(m *metrics.Metrics) *prometheus.GaugeVec { return m.ActiveFlows }, lbl...)
+	l.bytesIn = m.Counter(func(m *metrics.Metrics) *prometheus.CounterVec { return m.ProcessedBytes }, append(lbl, "in")...)
+	l.bytesOut = m.Counter(func(m *metrics.Metrics) *prometheus.CounterVec { return m.ProcessedBytes }, append(lbl, "out")...)
+	l.lbResets = m.Counter(func(m *metrics.Metrics) *prometheus.CounterVec { return m.TCPLBResets }, lbl...)
+	l.clientRsts = m.Counter(func(m *metrics.Metrics) *prometheus.CounterVec { return m.TCPClientResets }, lbl...)
+	l.rejectACL = m.Counter(func(m *metrics.Metrics) *prometheus.CounterVec { return m.RejectedFlows }, append(lbl, "acl")...)
+	l.rejectNoTgt = m.Counter(func(m *metrics.Metrics) *prometheus.CounterVec { return m.RejectedFlows }, append(lbl, "no_target")...)
+	return l
+}
+
+// Addr is the address the listener is bound to.
+func (l *listener) Addr() net.Addr {
+	if len(l.socks) == 0 {
+		return nil
+	}
+	return l.socks[0].Addr()
+}
+
+// listenControl sets SO_REUSEPORT, so several sockets (and a new l4lb during
+// an upgrade) share the port, and IP_FREEBIND, so a zone's static IP may be
+// bound before it is configured on the host.
+func listenControl(network, _ string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); serr != nil {
+			return
+		}
+		if network == "tcp6" || network == "udp6" {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_FREEBIND, 1)
+		} else {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_FREEBIND, 1)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}
+
+func (l *listener) bind() error {
+	lc := net.ListenConfig{Control: listenControl, KeepAlive: 15 * time.Second}
+	port := l.cfg.Port // 0 (tests only): the first socket picks, the rest follow
+	network := "tcp4"
+	if l.bindA.IP.Is6() {
+		network = "tcp6"
+	}
+	for range l.srv.opts.SocketsPerAddr {
+		addr := netip.AddrPortFrom(l.bindA.IP, port).String()
+		ln, err := lc.Listen(context.Background(), network, addr)
+		if err != nil {
+			return fmt.Errorf("listener %s: binding %s: %w", l.cfg.Name, addr, err)
+		}
+		tl := ln.(*net.TCPListener)
+		l.socks = append(l.socks, tl)
+		port = tl.Addr().(*net.TCPAddr).AddrPort().Port()
+	}
+	return nil
+}
+
+func (l *listener) close() {
+	for _, s := range l.socks {
+		s.Close()
+	}
+}
+
+// acceptLoop follows net/http's Server.Serve: shutdown is checked before the
+// error, temporary errors (out of descriptors) back off instead of spinning.
+func (s *Server) acceptLoop(l *listener, sock *net.TCPListener) {
+	defer s.loops.Done()
+	var delay time.Duration
+	for {
+		c, err := sock.AcceptTCP()
+		if err != nil {
+			if s.closing.Load() || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			if delay == 0 {
+				delay = 5 * time.Millisecond
+			} else {
+				delay = min(2*delay, time.Second)
+			}
+			s.log.Warn("accept failed; retrying", zap.String(logListener, l.cfg.Name), zap.Error(err), zap.Duration("retry_in", delay))
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		go s.serveConn(l, c)
+	}
+}

@@ -1,0 +1,129 @@
+package lb
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/l4lb/l4lb/lb/balance"
+	"github.com/l4lb/l4lb/pkg/config"
+	"github.com/l4lb/l4lb/pkg/metrics"
+)
+
+// route is what a listener forwards to: one target group, or several weighted
+// ones. It is immutable; listeners swap whole routes.
+type route struct {
+	groups []*balance.Group
+	cum    []int // cumulative forward weights, parallel to groups
+	total  int
+}
+
+// pick chooses the group of a flow from its hash, so a flow (and, with
+// stickiness, a client) always lands in the same group.
+func (r *route) pick(h uint64) *balance.Group {
+	if len(r.groups) == 1 {
+		return r.groups[0]
+	}
+	// Rehash so the group choice is independent of the slot within a table.
+	v := int(balance.Rehash(h) % uint64(r.total))
+	for i, c := range r.cum {
+		if v < c {
+			return r.groups[i]
+		}
+	}
+	return r.groups[len(r.groups)-1]
+}
+
+// buildGroups builds every target group of cfg with all its targets usable.
+func buildGroups(cfg *config.Config) (map[string]*balance.Group, error) {
+	out := map[string]*balance.Group{}
+	for i := range cfg.TargetGroups {
+		tg := &cfg.TargetGroups[i]
+		spec := balance.GroupSpec{
+			Name:       tg.Name,
+			CrossZone:  tg.CrossZoneEnabled(cfg.CrossZone),
+			Stickiness: tg.Attributes.Stickiness,
+		}
+		for _, t := range tg.Targets {
+			spec.Targets = append(spec.Targets, balance.Target{Addr: t.Address, Zone: t.Zone, Weight: t.Weight})
+		}
+		g, err := balance.NewGroup(spec)
+		if err != nil {
+			return nil, err
+		}
+		out[tg.Name] = g
+	}
+	return out, nil
+}
+
+func buildRoute(l *config.Listener, groups map[string]*balance.Group) (*route, error) {
+	r := &route{}
+	add := func(name string, w int) error {
+		g, ok := groups[name]
+		if !ok {
+			return fmt.Errorf("listener %s: no target group %q", l.Name, name)
+		}
+		if w == 0 {
+			return nil
+		}
+		r.total += w
+		r.groups = append(r.groups, g)
+		r.cum = append(r.cum, r.total)
+		return nil
+	}
+	if l.TargetGroup != "" {
+		if err := add(l.TargetGroup, 1); err != nil {
+			return nil, err
+		}
+	}
+	for _, f := range l.Forward {
+		if err := add(f.TargetGroup, f.Weight); err != nil {
+			return nil, err
+		}
+	}
+	if len(r.groups) == 0 {
+		return nil, fmt.Errorf("listener %s: forwards to no target group", l.Name)
+	}
+	return r, nil
+}
+
+// acl is a listener's source filter: deny wins over allow.
+type acl struct {
+	allow, deny []netip.Prefix
+	allowAll    bool
+}
+
+func newACL(l *config.Listener) acl {
+	a := acl{allow: l.Allow, deny: l.Deny}
+	// allowAll skips the allow scan when both families are fully allowed.
+	v4, v6 := false, false
+	for _, p := range l.Allow {
+		if p.Bits() == 0 {
+			v4 = v4 || p.Addr().Is4()
+			v6 = v6 || p.Addr().Is6()
+		}
+	}
+	a.allowAll = v4 && v6
+	return a
+}
+
+func (a *acl) permits(ip netip.Addr) bool {
+	ip = ip.Unmap()
+	for _, p := range a.deny {
+		if p.Contains(ip) {
+			return false
+		}
+	}
+	if a.allowAll {
+		return true
+	}
+	for _, p := range a.allow {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+func connectErrors(m *metrics.Metrics) *prometheus.CounterVec { return m.TargetConnectErrors }

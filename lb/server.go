@@ -1,0 +1,171 @@
+// Package lb is l4lb's data plane: listeners, flow routing and zero-copy TCP
+// proxying.
+//
+//	srv, err := lb.New(cfg, lb.Options{Logger: log, Metrics: m})
+//	if err := srv.Start(); err != nil { ... }
+//	...
+//	srv.Shutdown(ctx) // stop accepting, drain flows until ctx ends, close the rest
+package lb
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/l4lb/l4lb/pkg/config"
+	"github.com/l4lb/l4lb/pkg/metrics"
+)
+
+// Log keys, declared once.
+const (
+	logListener = "listener"
+	logAddr     = "addr"
+	logTarget   = "target"
+	logClient   = "client"
+	logFlows    = "flows"
+	logSockets  = "sockets"
+)
+
+// DefaultConnectTimeout bounds one connect to a target before the flow moves
+// on to the next target of its preference list.
+const DefaultConnectTimeout = 3 * time.Second
+
+// Options are the injected parts of a Server. The zero value works: a no-op
+// logger, no metrics, DefaultConnectTimeout and one socket per core.
+type Options struct {
+	Logger         *zap.Logger
+	Metrics        *metrics.Metrics // nil: no metrics
+	ConnectTimeout time.Duration    // 0: DefaultConnectTimeout
+	SocketsPerAddr int              // 0: GOMAXPROCS, one accept loop per core
+	// PipeSize sets the splice pipes' capacity (F_SETPIPE_SZ); 0 keeps the
+	// kernel's 64 KiB.
+	PipeSize int
+}
+
+// Server runs the listeners of one configuration.
+type Server struct {
+	cfg       *config.Config
+	log       *zap.Logger
+	m         *metrics.Metrics
+	opts      Options
+	dialer    net.Dialer
+	listeners []*listener
+	pipes     pipePool
+	flows     tracker
+	flowPool  sync.Pool
+	closing   atomic.Bool
+	loops     sync.WaitGroup
+}
+
+// New prepares a server for cfg without binding anything.
+func New(cfg *config.Config, opts Options) (*Server, error) {
+	if opts.Logger == nil {
+		opts.Logger = zap.NewNop()
+	}
+	if opts.ConnectTimeout == 0 {
+		opts.ConnectTimeout = DefaultConnectTimeout
+	}
+	if opts.SocketsPerAddr == 0 {
+		opts.SocketsPerAddr = runtime.GOMAXPROCS(0)
+	}
+	s := &Server{cfg: cfg, log: opts.Logger, m: opts.Metrics, opts: opts}
+	s.dialer = net.Dialer{Timeout: opts.ConnectTimeout, KeepAlive: 15 * time.Second}
+	s.pipes = pipePool{max: 1024, size: opts.PipeSize}
+	s.flows.init()
+	s.flowPool.New = func() any { return newFlow(s) }
+	groups, err := buildGroups(cfg)
+	if err != nil {
+		return nil, err
+	}
+	for i := range cfg.Listeners {
+		lc := &cfg.Listeners[i]
+		if lc.Protocol != config.TCP {
+			return nil, fmt.Errorf("listener %s: %s listeners are not supported by this build yet", lc.Name, lc.Protocol)
+		}
+		r, err := buildRoute(lc, groups)
+		if err != nil {
+			return nil, err
+		}
+		for _, b := range lc.Bind {
+			l := newListener(s, lc, b, r)
+			s.listeners = append(s.listeners, l)
+		}
+	}
+	return s, nil
+}
+
+// Start binds every listener and starts its accept loops. On error nothing is
+// left bound.
+func (s *Server) Start() error {
+	for _, l := range s.listeners {
+		if err := l.bind(); err != nil {
+			for _, o := range s.listeners {
+				o.close()
+			}
+			return err
+		}
+	}
+	for _, l := range s.listeners {
+		for _, sock := range l.socks {
+			s.loops.Add(1)
+			go s.acceptLoop(l, sock)
+		}
+		s.log.Info("listener up", zap.String(logListener, l.cfg.Name), zap.Stringer(logAddr, l.Addr()), zap.Int(logSockets, len(l.socks)))
+	}
+	return nil
+}
+
+// Addrs returns the bound addresses of the named listener, one per bind IP.
+func (s *Server) Addrs(name string) []net.Addr {
+	var out []net.Addr
+	for _, l := range s.listeners {
+		if l.cfg.Name == name && len(l.socks) > 0 {
+			out = append(out, l.Addr())
+		}
+	}
+	return out
+}
+
+// ActiveFlows is the number of flows open now.
+func (s *Server) ActiveFlows() int { return s.flows.count() }
+
+// Shutdown stops accepting, waits for open flows to end until ctx is done,
+// then closes the rest. It returns ctx's error if flows had to be cut.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.closing.Store(true)
+	for _, l := range s.listeners {
+		l.close()
+	}
+	s.loops.Wait()
+	n := s.flows.count()
+	s.log.Info("drain start", zap.Int(logFlows, n))
+	var err error
+	select {
+	case <-s.flows.idle():
+	case <-ctx.Done():
+		err = ctx.Err()
+		cut := s.flows.closeAll()
+		s.log.Warn("drain deadline reached, closing flows", zap.Int(logFlows, cut))
+		<-s.flows.idle()
+	}
+	s.pipes.drain()
+	s.log.Info("drain end")
+	return err
+}
+
+// Close stops everything at once.
+func (s *Server) Close() error {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := s.Shutdown(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,86 @@
+package lb
+
+import (
+	"sync"
+)
+
+// tracker knows every open flow, so that shutdown can wait for them and, at
+// its deadline, close the rest (traefik's connection tracker). It is sharded to
+// keep the per-flow lock short under many cores.
+type tracker struct {
+	shards [16]trackerShard
+	mu     sync.Mutex // guards n and waiters
+	n      int
+	waiter chan struct{}
+}
+
+type trackerShard struct {
+	mu    sync.Mutex
+	flows map[*flow]struct{}
+}
+
+func (t *tracker) init() {
+	for i := range t.shards {
+		t.shards[i].flows = map[*flow]struct{}{}
+	}
+}
+
+func (t *tracker) add(f *flow) {
+	sh := &t.shards[f.id%uint64(len(t.shards))]
+	sh.mu.Lock()
+	sh.flows[f] = struct{}{}
+	sh.mu.Unlock()
+	t.mu.Lock()
+	t.n++
+	t.mu.Unlock()
+}
+
+func (t *tracker) remove(f *flow) {
+	sh := &t.shards[f.id%uint64(len(t.shards))]
+	sh.mu.Lock()
+	delete(sh.flows, f)
+	sh.mu.Unlock()
+	t.mu.Lock()
+	t.n--
+	if t.n == 0 && t.waiter != nil {
+		close(t.waiter)
+		t.waiter = nil
+	}
+	t.mu.Unlock()
+}
+
+func (t *tracker) count() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.n
+}
+
+// idle returns a channel closed once no flow is open.
+func (t *tracker) idle() <-chan struct{} {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	ch := make(chan struct{})
+	if t.n == 0 {
+		close(ch)
+		return ch
+	}
+	if t.waiter == nil {
+		t.waiter = make(chan struct{})
+	}
+	return t.waiter
+}
+
+// closeAll resets every open flow and returns how many it closed.
+func (t *tracker) closeAll() int {
+	n := 0
+	for i := range t.shards {
+		sh := &t.shards[i]
+		sh.mu.Lock()
+		for f := range sh.flows {
+			f.abort()
+			n++
+		}
+		sh.mu.Unlock()
+	}
+	return n
+}
