@@ -47,9 +47,9 @@ func newServe() *cobra.Command {
 	var o serveOpts
 	var f struct {
 		healthCheck, healthInterval, healthTimeout, stickiness, idle, udpIdle, dereg string
-		alpn, policy, admin, tokenFile, shutdown                                       string
-		healthy, unhealthy                                                             int
-		ppv2, preserve, crossZone                                                      bool
+		alpn, policy, admin, tokenFile, shutdown                                     string
+		healthy, unhealthy                                                           int
+		ppv2, preserve, crossZone                                                    bool
 	}
 	cmd := &cobra.Command{
 		Use:   "serve [--config FILE] [flags]",

@@ -1,0 +1,389 @@
+package lb
+
+import (
+	"context"
+	"errors"
+	"hash/crc32"
+	"io"
+	"math"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/l4lb/l4lb/pkg/config"
+)
+
+func TestWeightedSpread(t *testing.T) {
+	var es []*echoTarget
+	var ts []config.Target
+	for i, w := range []int{1, 1, 2} {
+		e := startEcho(t)
+		es = append(es, e)
+		ts = append(ts, config.Target{Address: e.addr, Weight: w})
+		_ = i
+	}
+	_, addr := startServer(t, testConfig(ts, nil), Options{})
+	const n = 3000
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 32)
+	for range n {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			roundTrip(t, addr, "x")
+		}()
+	}
+	wg.Wait()
+	shares := []float64{0.25, 0.25, 0.5}
+	for i, e := range es {
+		got := len(e.hits)
+		want := shares[i] * n
+		if math.Abs(float64(got)-want) > 0.1*want {
+			t.Errorf("target %d (weight share %.2f) got %d of %d connections, want %.0f ±10%%", i, shares[i], got, n, want)
+		}
+	}
+}
+
+// A gibibyte each way through one flow, checked end to end.
+func TestBulkIntegrity(t *testing.T) {
+	size := int64(1 << 30)
+	if testing.Short() {
+		size = 64 << 20
+	}
+	e := startEcho(t)
+	_, addr := startServer(t, testConfig([]config.Target{{Address: e.addr, Weight: 1}}, nil), Options{})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(3 * time.Minute))
+	sent := crc32.New(crc32.MakeTable(crc32.Castagnoli))
+	got := crc32.New(crc32.MakeTable(crc32.Castagnoli))
+	errc := make(chan error, 1)
+	go func() {
+		src := io.LimitReader(rand.NewChaCha8([32]byte{1, 2, 3}), size)
+		_, err := io.CopyBuffer(io.MultiWriter(c, sent), src, make([]byte, 256<<10))
+		c.(*net.TCPConn).CloseWrite()
+		errc <- err
+	}()
+	n, err := io.CopyBuffer(got, c, make([]byte, 256<<10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	if n != size || got.Sum32() != sent.Sum32() {
+		t.Fatalf("received %d bytes crc %08x, sent %d crc %08x", n, got.Sum32(), size, sent.Sum32())
+	}
+}
+
+// A client that shuts its write side right after the request still gets the
+// whole reply (half-close passes through).
+func TestHalfClose(t *testing.T) {
+	const reply = 8 << 20
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.Copy(io.Discard, c) // the whole request, to EOF
+				io.Copy(c, io.LimitReader(rand.NewChaCha8([32]byte{9}), reply))
+			}()
+		}
+	}()
+	_, addr := startServer(t, testConfig([]config.Target{{Address: ln.Addr().(*net.TCPAddr).AddrPort(), Weight: 1}}, nil), Options{})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	c.Write([]byte("request"))
+	c.(*net.TCPConn).CloseWrite()
+	n, err := io.Copy(io.Discard, c)
+	if err != nil || n != reply {
+		t.Fatalf("after half-close got %d bytes (err %v), want %d", n, err, reply)
+	}
+}
+
+// Killing one of three targets during a stream of new connections fails none:
+// refused connects move to the next target of the preference list.
+func TestTargetKilledMidStream(t *testing.T) {
+	var es []*echoTarget
+	var ts []config.Target
+	for range 3 {
+		e := startEcho(t)
+		es = append(es, e)
+		ts = append(ts, config.Target{Address: e.addr, Weight: 1})
+	}
+	_, addr := startServer(t, testConfig(ts, nil), Options{})
+	const n = 900
+	var failed atomic.Int32
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	for i := range n {
+		if i == n/3 {
+			es[1].ln.Close()
+			for len(es[1].hits) > 0 {
+				<-es[1].hits
+			}
+		}
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+			if err != nil {
+				failed.Add(1)
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			c.Write([]byte("ping"))
+			c.(*net.TCPConn).CloseWrite()
+			b, err := io.ReadAll(c)
+			if err != nil || string(b) != "ping" {
+				failed.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if f := failed.Load(); f != 0 {
+		t.Fatalf("%d of %d connections failed after a target died", f, n)
+	}
+	if len(es[0].hits)+len(es[2].hits) < n*2/3 {
+		t.Fatalf("surviving targets served %d connections", len(es[0].hits)+len(es[2].hits))
+	}
+}
+
+// blackhole returns an address whose accept queue is full, so new SYNs are
+// dropped and connects to it time out instead of being refused.
+func blackhole(t *testing.T) netip.AddrPort {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, _ := unix.Getsockname(fd)
+	ap := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(sa.(*unix.SockaddrInet4).Port))
+	// Fill the queue; the listener never accepts.
+	for range 4 {
+		c, err := net.DialTimeout("tcp", ap.String(), 200*time.Millisecond)
+		if err == nil {
+			t.Cleanup(func() { c.Close() })
+		}
+	}
+	return ap
+}
+
+func TestBlackholedTargetIsRetried(t *testing.T) {
+	e := startEcho(t)
+	bh := blackhole(t)
+	refused := func() netip.AddrPort { // a port nobody listens on
+		ln, _ := net.Listen("tcp", "127.0.0.1:0")
+		ap := ln.Addr().(*net.TCPAddr).AddrPort()
+		ln.Close()
+		return ap
+	}()
+	ts := []config.Target{{Address: bh, Weight: 1}, {Address: refused, Weight: 1}, {Address: e.addr, Weight: 1}}
+	_, addr := startServer(t, testConfig(ts, nil), Options{ConnectTimeout: 150 * time.Millisecond})
+	for range 20 {
+		roundTrip(t, addr, "still served")
+	}
+}
+
+func TestIdleTimeout(t *testing.T) {
+	e := startEcho(t)
+	idle := 300 * time.Millisecond
+	srv, addr := startServer(t, testConfig([]config.Target{{Address: e.addr, Weight: 1}}, func(l *config.Listener, _ *config.TargetGroup) {
+		l.IdleTimeout = idle
+	}), Options{})
+
+	// An active flow outlives the timeout...
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	buf := make([]byte, 4)
+	var last time.Time
+	for range 8 {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Write([]byte("tick")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, buf); err != nil {
+			t.Fatalf("active flow was closed: %v", err)
+		}
+		last = time.Now()
+		time.Sleep(idle / 3)
+	}
+	// ...and is closed once it idles, after the timeout and not long after.
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	_, err = c.Read(buf)
+	waited := time.Since(last)
+	if err == nil {
+		t.Fatal("read on an idle flow returned data")
+	}
+	if errors.Is(err, context.DeadlineExceeded) || waited < idle-50*time.Millisecond || waited > idle+3*time.Second {
+		t.Fatalf("idle flow closed after %v (err %v), want about %v", waited, err, idle)
+	}
+	// A client that connects and sends nothing is closed too.
+	c2, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	c2.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c2.Read(buf); err == nil || errors.Is(err, syscall.ETIMEDOUT) {
+		t.Fatalf("silent client: read returned %v, want the flow closed", err)
+	}
+	waitFor(t, func() bool { return srv.ActiveFlows() == 0 })
+}
+
+// waitFor polls cond briefly; the flow table updates just after sockets close.
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 5s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Shutdown stops accepting at once but lets an in-flight transfer finish.
+func TestShutdownDrains(t *testing.T) {
+	e := startEcho(t)
+	srv, addr := startServer(t, testConfig([]config.Target{{Address: e.addr, Weight: 1}}, nil), Options{})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	if _, err := c.Write([]byte("first")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(c, buf); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		done <- srv.Shutdown(ctx)
+	}()
+	waitFor(t, func() bool {
+		_, err := net.DialTimeout("tcp", addr, time.Second)
+		return err != nil
+	})
+	// The established flow still carries a transfer to its end.
+	const size = 32 << 20
+	go func() {
+		io.Copy(c, io.LimitReader(rand.NewChaCha8([32]byte{7}), size))
+		c.(*net.TCPConn).CloseWrite()
+	}()
+	n, err := io.Copy(io.Discard, c)
+	if err != nil || n != size {
+		t.Fatalf("in-flight transfer got %d bytes (err %v), want %d", n, err, size)
+	}
+	c.Close()
+	if err := <-done; err != nil {
+		t.Fatalf("Shutdown = %v, want a clean drain", err)
+	}
+}
+
+func TestShutdownDeadlineCutsFlows(t *testing.T) {
+	e := startEcho(t)
+	srv, addr := startServer(t, testConfig([]config.Target{{Address: e.addr, Weight: 1}}, nil), Options{})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	waitFor(t, func() bool { return srv.ActiveFlows() == 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if err := srv.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Shutdown = %v, want the deadline error", err)
+	}
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Fatal("flow still open after the shutdown deadline")
+	}
+}
+
+func TestACLDeny(t *testing.T) {
+	e := startEcho(t)
+	_, addr := startServer(t, testConfig([]config.Target{{Address: e.addr, Weight: 1}}, func(l *config.Listener, _ *config.TargetGroup) {
+		l.Deny = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+	}), Options{})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Fatal("denied source was served")
+	}
+	if len(e.hits) != 0 {
+		t.Fatal("denied flow reached the target")
+	}
+}
+
+// The data path allocates nothing per chunk: a bulk flow's allocations do not
+// grow with the bytes moved.
+func TestNoAllocationPerChunk(t *testing.T) {
+	e := startEcho(t)
+	_, addr := startServer(t, testConfig([]config.Target{{Address: e.addr, Weight: 1}}, nil), Options{})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	buf := make([]byte, 64<<10)
+	exchange := func(rounds int) {
+		for range rounds {
+			c.Write(buf)
+			io.ReadFull(c, buf)
+		}
+	}
+	exchange(10)
+	small := testing.AllocsPerRun(3, func() { exchange(10) })
+	large := testing.AllocsPerRun(3, func() { exchange(200) })
+	// The client side (this test) allocates nothing either, so growth would be
+	// the proxy's.
+	if large > small+20 {
+		t.Fatalf("allocations grow with traffic: %.0f for 10 round trips, %.0f for 200", small, large)
+	}
+}
