@@ -61,11 +61,12 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(newServe(), newValidate(), newVersion(), newDemo())
 	// Unknown subcommands and bad arguments are usage errors too.
-	root.Args = func(_ *cobra.Command, args []string) error {
+	root.Args = cobra.ArbitraryArgs
+	root.RunE = func(cmd *cobra.Command, args []string) error {
 		if len(args) > 0 {
-			return usageError{fmt.Errorf("unknown command %q", strings.Join(args, " "))}
+			return usageError{fmt.Errorf("unknown command %q (see l4lb --help)", strings.Join(args, " "))}
 		}
-		return nil
+		return cmd.Help()
 	}
 	return root
 }
