@@ -130,9 +130,8 @@ func (f *flow) setup() error {
 	up, down := &f.halves[0], &f.halves[1]
 	up.src, up.dst, up.srcRC, up.dstRC = f.client, f.target, crc, trc
 	down.src, down.dst, down.srcRC, down.dstRC = f.target, f.client, trc, crc
-	for _, h := range []*halfFlow{up, down} {
-		h.n, h.inPipe, h.err, h.eof = 0, 0, nil, false
-	}
+	up.reset()
+	down.reset()
 	return nil
 }
 
@@ -143,6 +142,8 @@ func (f *flow) copyTargetToClient() { f.finish(&f.halves[1], f.halves[1].run()) 
 
 func (f *flow) finish(h *halfFlow, how copyErr) {
 	l := f.l
+	f.srv.spliced.Add(h.spliced)
+	f.srv.moved.Add(h.n)
 	if h == &f.halves[0] {
 		l.bytesIn.Add(float64(h.n))
 	} else {

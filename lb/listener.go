@@ -87,7 +87,7 @@ func listenControl(network, _ string, c syscall.RawConn) error {
 }
 
 func (l *listener) bind() error {
-	lc := net.ListenConfig{Control: listenControl, KeepAlive: 15 * time.Second}
+	lc := net.ListenConfig{Control: listenControl, KeepAlive: -1}
 	port := l.cfg.Port // 0 (tests only): the first socket picks, the rest follow
 	network := "tcp4"
 	if l.bindA.IP.Is6() {

@@ -60,7 +60,7 @@ func TestBulkIntegrity(t *testing.T) {
 		size = 64 << 20
 	}
 	e := startEcho(t)
-	_, addr := startServer(t, testConfig([]config.Target{{Address: e.addr, Weight: 1}}, nil), Options{})
+	srv, addr := startServer(t, testConfig([]config.Target{{Address: e.addr, Weight: 1}}, nil), Options{})
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -85,6 +85,13 @@ func TestBulkIntegrity(t *testing.T) {
 	}
 	if n != size || got.Sum32() != sent.Sum32() {
 		t.Fatalf("received %d bytes crc %08x, sent %d crc %08x", n, got.Sum32(), size, sent.Sum32())
+	}
+	// Bulk bytes move by splice(2), not through user space.
+	c.Close()
+	waitFor(t, func() bool { return srv.ActiveFlows() == 0 })
+	total, spliced := srv.MovedBytes()
+	if total != 2*size || float64(spliced) < 0.9*float64(total) {
+		t.Fatalf("moved %d bytes, %d by splice; want %d, at least 90%% spliced", total, spliced, 2*size)
 	}
 }
 

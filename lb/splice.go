@@ -4,32 +4,82 @@ import (
 	"errors"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 )
 
-// maxChunk bounds one splice(2) call, as the standard library does.
-const maxChunk = 1 << 20
+const (
+	// maxChunk bounds one splice(2) call, as the standard library does.
+	maxChunk = 1 << 20
+	// bufSize is the user-space buffer of small exchanges. A read that fills
+	// it marks the direction as bulk, and it switches to splice(2).
+	bufSize = 16 << 10
+	// spliceMin: a splice that moves less than this switches the direction
+	// back to read/write, which costs fewer cycles for small messages.
+	spliceMin = 4 << 10
+)
 
-// halfFlow moves bytes in one direction of a flow with splice(2), through the
-// socket descriptors Go's poller already owns (syscall.RawConn), so the data
-// never enters user space and a waiting direction holds no pipe. Its callbacks
-// are bound once per pooled flow, so moving bytes allocates nothing.
+// bufPool holds the 16 KiB buffers of directions that are moving small
+// messages; a direction holds one only while bytes are in flight. A plain
+// free list rather than sync.Pool: the buffers must survive GC cycles, or a
+// steady flow would allocate again after each one.
+type bufPool struct {
+	mu   sync.Mutex
+	free []*[]byte
+	max  int
+}
+
+func (b *bufPool) get() *[]byte {
+	b.mu.Lock()
+	if n := len(b.free); n > 0 {
+		buf := b.free[n-1]
+		b.free = b.free[:n-1]
+		b.mu.Unlock()
+		return buf
+	}
+	b.mu.Unlock()
+	buf := make([]byte, bufSize)
+	return &buf
+}
+
+func (b *bufPool) put(buf *[]byte) {
+	b.mu.Lock()
+	if len(b.free) < b.max {
+		b.free = append(b.free, buf)
+	}
+	b.mu.Unlock()
+}
+
+// halfFlow moves bytes in one direction of a flow, through the socket
+// descriptors Go's poller already owns (syscall.RawConn), so the poller does
+// the waiting. Like HAProxy's splice-auto it copies small messages through a
+// user-space buffer (one read, one write) and moves bulk data with splice(2)
+// through a pipe, where the payload never enters user space. Buffer and pipe
+// are held only while bytes are in flight, so an idle flow holds neither. The
+// callbacks are bound once per pooled flow: moving bytes allocates nothing.
 type halfFlow struct {
 	f        *flow
 	src, dst *net.TCPConn
 	srcRC    syscall.RawConn
 	dstRC    syscall.RawConn
-	p        pipe
-	hasPipe  bool
-	inPipe   int   // bytes read into the pipe and not yet written out
-	n        int64 // bytes moved
-	err      error // set by the callbacks
-	eof      bool
-	onRead   func(fd uintptr) bool
-	onWrite  func(fd uintptr) bool
+
+	bulk    bool // splice mode
+	p       pipe
+	hasPipe bool
+	inPipe  int // bytes spliced into the pipe, not yet out
+
+	buf     *[]byte
+	bufOff  int // buf[bufOff:bufEnd] is read, not yet written
+	bufEnd  int
+	n       int64 // bytes moved
+	err     error // set by the callbacks
+	eof     bool
+	onRead  func(fd uintptr) bool
+	onWrite func(fd uintptr) bool
+	spliced int64 // bytes of n that moved by splice(2)
 }
 
 func (h *halfFlow) bind() {
@@ -37,10 +87,45 @@ func (h *halfFlow) bind() {
 	h.onWrite = h.writeReady
 }
 
-// readReady splices what the source has into the pipe. It returns false to
-// park on the poller when there is nothing to read, first handing an empty
-// pipe back so that idle flows hold none.
+func (h *halfFlow) reset() {
+	h.n, h.spliced, h.inPipe, h.bufOff, h.bufEnd, h.err, h.eof, h.bulk = 0, 0, 0, 0, 0, nil, false, false
+}
+
+func (h *halfFlow) pending() int { return h.inPipe + h.bufEnd - h.bufOff }
+
+// readReady reads what the source has. It returns false to park on the poller
+// when there is nothing, first handing back buffer or pipe.
 func (h *halfFlow) readReady(fd uintptr) bool {
+	if h.bulk {
+		return h.spliceIn(fd)
+	}
+	if h.buf == nil {
+		h.buf = h.f.srv.bufs.get()
+	}
+	for {
+		n, err := unix.Read(int(fd), *h.buf)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			h.f.srv.bufs.put(h.buf)
+			h.buf = nil
+			return false
+		case err != nil:
+			h.err = err
+		case n == 0:
+			h.eof = true
+		default:
+			h.bufOff, h.bufEnd = 0, n
+			if n == len(*h.buf) {
+				h.bulk = true // more is waiting: splice from the next read on
+			}
+		}
+		return true
+	}
+}
+
+func (h *halfFlow) spliceIn(fd uintptr) bool {
 	if !h.hasPipe {
 		p, err := h.f.srv.pipes.get()
 		if err != nil {
@@ -64,12 +149,15 @@ func (h *halfFlow) readReady(fd uintptr) bool {
 			h.eof = true
 		default:
 			h.inPipe = int(n)
+			if n < spliceMin {
+				h.bulk = false // the burst is over: small messages again
+			}
 		}
 		return true
 	}
 }
 
-// writeReady splices the pipe's bytes to the destination until it is empty.
+// writeReady writes what is pending to the destination until none is left.
 func (h *halfFlow) writeReady(fd uintptr) bool {
 	for h.inPipe > 0 {
 		n, err := unix.Splice(h.p.r, nil, int(fd), nil, h.inPipe, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
@@ -84,6 +172,21 @@ func (h *halfFlow) writeReady(fd uintptr) bool {
 		}
 		h.inPipe -= int(n)
 		h.n += n
+		h.spliced += n
+	}
+	for h.bufOff < h.bufEnd {
+		n, err := unix.Write(int(fd), (*h.buf)[h.bufOff:h.bufEnd])
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			return false
+		case err != nil:
+			h.err = err
+			return true
+		}
+		h.bufOff += n
+		h.n += int64(n)
 	}
 	return true
 }
@@ -110,25 +213,26 @@ func (h *halfFlow) run() copyErr {
 	for {
 		h.err = nil
 		var err error
-		if h.inPipe == 0 {
+		if h.pending() == 0 {
 			h.eof = false
 			err = h.srcRC.Read(h.onRead)
 			if err == nil {
 				err = h.err
 			}
 			if err == nil && h.eof {
-				h.releasePipe()
+				h.release()
 				h.dst.CloseWrite()
 				return endEOF
 			}
 		}
-		if err == nil && h.inPipe > 0 {
+		if err == nil && h.pending() > 0 {
 			err = h.dstRC.Write(h.onWrite)
 			if err == nil {
 				err = h.err
 			}
 			if err == nil {
 				f.touch()
+				h.releaseBuf()
 			}
 		}
 		if err == nil {
@@ -138,16 +242,16 @@ func (h *halfFlow) run() copyErr {
 			if last := f.lastActive(); time.Since(last) < idle {
 				// The flow moved bytes (maybe the other way) since the
 				// deadline was set: push it out and carry on, keeping any
-				// bytes still in the pipe.
+				// bytes still pending.
 				deadline = last.Add(idle)
 				h.src.SetReadDeadline(deadline)
 				h.dst.SetWriteDeadline(deadline)
 				continue
 			}
-			h.releasePipe()
+			h.release()
 			return endIdle
 		}
-		h.releasePipe()
+		h.release()
 		if errors.Is(err, net.ErrClosed) {
 			return endShutdown
 		}
@@ -155,16 +259,30 @@ func (h *halfFlow) run() copyErr {
 	}
 }
 
-// releasePipe returns the pipe if it is empty, or closes it if bytes were left
-// in it by a failed write.
-func (h *halfFlow) releasePipe() {
-	if !h.hasPipe {
-		return
+// releaseBuf hands the buffer back once it is drained, so that a direction
+// waiting for its next message holds none.
+func (h *halfFlow) releaseBuf() {
+	if h.buf != nil && h.bufOff == h.bufEnd {
+		h.f.srv.bufs.put(h.buf)
+		h.buf = nil
+		h.bufOff, h.bufEnd = 0, 0
 	}
-	if h.inPipe == 0 {
-		h.f.srv.pipes.put(h.p)
-	} else {
-		h.p.close()
+}
+
+// release gives back pipe and buffer; a pipe that still holds bytes (a write
+// failed) is closed instead, and a buffer is simply dropped.
+func (h *halfFlow) release() {
+	if h.hasPipe {
+		if h.inPipe == 0 {
+			h.f.srv.pipes.put(h.p)
+		} else {
+			h.p.close()
+		}
+		h.hasPipe = false
 	}
-	h.hasPipe = false
+	if h.buf != nil && h.bufOff == h.bufEnd {
+		h.f.srv.bufs.put(h.buf)
+	}
+	h.buf = nil
+	h.inPipe, h.bufOff, h.bufEnd = 0, 0, 0
 }

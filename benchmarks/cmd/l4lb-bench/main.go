@@ -38,8 +38,11 @@ func main() {
 	dur := flag.Duration("duration", 3*time.Second, "length of each timed test")
 	bulk := flag.Int64("bulk-bytes", 4<<30, "bytes sent on the single bulk stream")
 	conns := flag.Int("concurrency", 16, "client workers for the rate tests")
-	idle := flag.Int("idle-conns", 4000, "idle connections for the memory test")
+	idle := flag.Int("idle-conns", 3000, "idle connections for the memory test")
+	tests := flag.String("tests", "bulk,conn,rr,idle", "tests to run")
+	adminAddr := flag.String("l4lb-admin", "off", "admin address of the l4lb under test (for profiling)")
 	flag.Parse()
+	run := func(name string) bool { return strings.Contains(","+*tests+",", ","+name+",") }
 
 	echo := startBackend(echoConn)
 	sink := startBackend(sinkConn)
@@ -56,7 +59,7 @@ func main() {
 	}()
 	for _, mk := range []func(string, string, string) (*exec.Cmd, error){
 		func(e, s, d string) (*exec.Cmd, error) { return startHAProxy(*haproxy, e, s, d) },
-		func(e, s, d string) (*exec.Cmd, error) { return startL4LB(*bin, e, s) },
+		func(e, s, d string) (*exec.Cmd, error) { return startL4LB(*bin, e, s, *adminAddr) },
 	} {
 		cmd, err := mk(echo, sink, dir)
 		if err != nil {
@@ -82,10 +85,16 @@ func main() {
 			echoAddr, sinkAddr = p.addr, bump(p.addr)
 		}
 		var r result
-		r.gbps = bulkTest(sinkAddr, *bulk)
-		r.cps = connTest(echoAddr, *conns, *dur)
-		r.rps, r.p99us = rrTest(echoAddr, *conns, *dur)
-		if p.pid != 0 {
+		if run("bulk") {
+			r.gbps = bulkTest(sinkAddr, *bulk)
+		}
+		if run("conn") {
+			r.cps = connTest(echoAddr, *conns, *dur)
+		}
+		if run("rr") {
+			r.rps, r.p99us = rrTest(echoAddr, *conns, *dur)
+		}
+		if p.pid != 0 && run("idle") {
 			r.idleKB = idleTest(echoAddr, p.pid, *idle)
 		}
 		results[p.name] = r
@@ -197,15 +206,15 @@ backend be_sink
 	return cmd, nil
 }
 
-func startL4LB(bin, echo, sink string) (*exec.Cmd, error) {
-	cfg := fmt.Sprintf(`admin: {listen: "off"}
+func startL4LB(bin, echo, sink, adminAddr string) (*exec.Cmd, error) {
+	cfg := fmt.Sprintf(`admin: {listen: "%s"}
 listeners:
   - {name: echo, port: 18500, bind: [127.0.0.1], target_group: echo}
   - {name: sink, port: 18501, bind: [127.0.0.1], target_group: sink}
 target_groups:
   - {name: echo, targets: [{address: "%s"}]}
   - {name: sink, targets: [{address: "%s"}]}
-`, echo, sink)
+`, adminAddr, echo, sink)
 	f, err := os.CreateTemp("", "l4lb-bench-*.yaml")
 	if err != nil {
 		return nil, err
