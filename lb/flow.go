@@ -114,8 +114,10 @@ func (s *Server) serveConn(l *listener, c *net.TCPConn) {
 	if s.closing.Load() {
 		f.abort() // shutdown began while this flow was connecting
 	}
+	// Both directions get fresh goroutines: this one's stack grew while
+	// dialing and would stay that size for the life of an idle flow.
 	go f.copyTargetToClient()
-	f.copyClientToTarget()
+	go f.copyClientToTarget()
 }
 
 func (f *flow) setup() error {
