@@ -18,15 +18,17 @@ import (
 // the callbacks its directions bound once, so serving a flow allocates nothing
 // of l4lb's own beyond what the net package does for accept and connect.
 type flow struct {
-	srv    *Server
-	l      *listener
-	id     uint64
-	client *net.TCPConn
-	target *net.TCPConn
-	idle   time.Duration
-	last   atomic.Int64 // unix nanoseconds of the last byte moved
-	ended  atomic.Int32 // directions finished; the second one releases the flow
-	halves [2]halfFlow  // 0: client to target, 1: target to client
+	srv       *Server
+	l         *listener
+	id        uint64
+	client    *net.TCPConn
+	target    *net.TCPConn
+	idle      time.Duration
+	parkAfter time.Duration // quiet time after which a direction parks
+	aborted   atomic.Bool
+	last      atomic.Int64 // unix nanoseconds of the last byte moved
+	ended     atomic.Int32 // directions finished; the second one releases the flow
+	halves    [2]halfFlow  // 0: client to target, 1: target to client
 }
 
 var flowIDs atomic.Uint64 // process-wide flow numbering; only ever incremented
@@ -45,11 +47,28 @@ func (f *flow) touch() { f.last.Store(time.Now().UnixNano()) }
 func (f *flow) lastActive() time.Time { return time.Unix(0, f.last.Load()) }
 
 // abort resets both sides (SO_LINGER 0 sends RST), ending both directions.
-func (f *flow) abort() {
+// Parked directions are resumed first, while their descriptors are open. It
+// reports whether this call was the one that aborted the flow.
+func (f *flow) abort() bool {
+	if !f.aborted.CompareAndSwap(false, true) {
+		return false
+	}
+	f.srv.parker.unpark(&f.halves[0])
+	f.srv.parker.unpark(&f.halves[1])
 	f.client.SetLinger(0)
 	f.target.SetLinger(0)
 	f.client.Close()
 	f.target.Close()
+	return true
+}
+
+// resume continues a parked direction on a fresh goroutine.
+func (f *flow) resume(h *halfFlow) {
+	if h == &f.halves[0] {
+		go f.copyClientToTarget()
+	} else {
+		go f.copyTargetToClient()
+	}
 }
 
 // serveConn takes an accepted connection through admission, target choice and
@@ -99,6 +118,8 @@ func (s *Server) serveConn(l *listener, c *net.TCPConn) {
 
 	f := s.flowPool.Get().(*flow)
 	f.l, f.client, f.target, f.idle = l, c, t, l.cfg.IdleTimeout
+	f.parkAfter = min(time.Second, f.idle/4)
+	f.aborted.Store(false)
 	f.id = flowIDs.Add(1)
 	f.ended.Store(0)
 	f.touch()
@@ -134,13 +155,25 @@ func (f *flow) setup() error {
 	down.src, down.dst, down.srcRC, down.dstRC = f.target, f.client, trc, crc
 	up.reset()
 	down.reset()
+	if err := crc.Control(up.onFD); err != nil {
+		return err
+	}
+	if err := trc.Control(down.onFD); err != nil {
+		return err
+	}
 	return nil
 }
 
 // The two directions run in functions of their own so that a stack dump says
 // which way a stuck flow is waiting.
-func (f *flow) copyClientToTarget() { f.finish(&f.halves[0], f.halves[0].run()) }
-func (f *flow) copyTargetToClient() { f.finish(&f.halves[1], f.halves[1].run()) }
+func (f *flow) copyClientToTarget() { f.drive(&f.halves[0]) }
+func (f *flow) copyTargetToClient() { f.drive(&f.halves[1]) }
+
+func (f *flow) drive(h *halfFlow) {
+	if how, isParked := h.run(); !isParked {
+		f.finish(h, how)
+	}
+}
 
 func (f *flow) finish(h *halfFlow, how copyErr) {
 	l := f.l
@@ -153,8 +186,9 @@ func (f *flow) finish(h *halfFlow, how copyErr) {
 	}
 	switch how {
 	case endIdle:
-		l.lbResets.Inc()
-		f.abort()
+		if f.abort() {
+			l.lbResets.Inc()
+		}
 	case endReset:
 		if h == &f.halves[0] {
 			l.clientRsts.Inc()

@@ -60,11 +60,13 @@ type Server struct {
 	pipes     pipePool
 	bufs      bufPool
 	flows     tracker
+	parker    *parker
 	flowPool  sync.Pool
 	closing   atomic.Bool
 	moved     atomic.Int64 // bytes moved by finished flows
 	spliced   atomic.Int64 // the part of moved that splice(2) carried
 	loops     sync.WaitGroup
+	scan      time.Duration // parker's idle-expiry scan interval
 }
 
 // New prepares a server for cfg without binding anything.
@@ -78,7 +80,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	if opts.SocketsPerAddr == 0 {
 		opts.SocketsPerAddr = runtime.GOMAXPROCS(0)
 	}
-	s := &Server{cfg: cfg, log: opts.Logger, m: opts.Metrics, opts: opts}
+	s := &Server{cfg: cfg, log: opts.Logger, m: opts.Metrics, opts: opts, scan: time.Second}
 	// No TCP keepalives (NLB sends none; the idle timeout ends dead flows):
 	// that saves four setsockopt calls per socket per flow.
 	s.dialer = net.Dialer{Timeout: opts.ConnectTimeout, KeepAlive: -1}
@@ -86,6 +88,11 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	s.bufs = bufPool{max: 4096}
 	s.flows.init()
 	s.flowPool.New = func() any { return newFlow(s) }
+	scan := time.Second
+	for _, l := range cfg.Listeners {
+		scan = min(scan, max(l.IdleTimeout/4, 10*time.Millisecond))
+	}
+	s.scan = scan
 	groups, err := buildGroups(cfg)
 	if err != nil {
 		return nil, err
@@ -110,6 +117,11 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 // Start binds every listener and starts its accept loops. On error nothing is
 // left bound.
 func (s *Server) Start() error {
+	p, err := newParker(s.scan)
+	if err != nil {
+		return fmt.Errorf("creating the idle-flow epoll set: %w", err)
+	}
+	s.parker = p
 	for _, l := range s.listeners {
 		if err := l.bind(); err != nil {
 			for _, o := range s.listeners {
@@ -143,6 +155,10 @@ func (s *Server) Addrs(name string) []net.Addr {
 // them moved by splice(2) without entering user space.
 func (s *Server) MovedBytes() (total, spliced int64) { return s.moved.Load(), s.spliced.Load() }
 
+// ParkedDirections is the number of flow directions waiting without a
+// goroutine (idle for a while).
+func (s *Server) ParkedDirections() int { return s.parker.count() }
+
 // ActiveFlows is the number of flows open now.
 func (s *Server) ActiveFlows() int { return s.flows.count() }
 
@@ -165,6 +181,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.log.Warn("drain deadline reached, closing flows", zap.Int(logFlows, cut))
 		<-s.flows.idle()
 	}
+	s.parker.close()
 	s.pipes.drain()
 	s.log.Info("drain end")
 	return err

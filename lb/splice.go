@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -79,13 +80,21 @@ type halfFlow struct {
 	eof     bool
 	onRead  func(fd uintptr) bool
 	onWrite func(fd uintptr) bool
+	onFD    func(fd uintptr)
 	spliced int64 // bytes of n that moved by splice(2)
+
+	fd    int          // the source socket's descriptor, for parking
+	slot  int32        // parker slot while parked
+	state atomic.Int32 // running or parked
 }
 
 func (h *halfFlow) bind() {
 	h.onRead = h.readReady
 	h.onWrite = h.writeReady
+	h.onFD = h.setFD
 }
+
+func (h *halfFlow) setFD(fd uintptr) { h.fd = int(fd) }
 
 func (h *halfFlow) reset() {
 	h.n, h.spliced, h.inPipe, h.bufOff, h.bufEnd, h.err, h.eof, h.bulk = 0, 0, 0, 0, 0, nil, false, false
@@ -201,15 +210,22 @@ const (
 	endShutdown                // the flow was closed from outside
 )
 
-// run copies until EOF, an error or the idle timeout. Deadlines are armed once
-// and re-armed only when they fire on a flow that was active meanwhile, so a
-// busy flow does not touch its timers per read.
-func (h *halfFlow) run() copyErr {
+// run copies until EOF, an error or the idle timeout, or until it parks the
+// direction (parked true: the goroutine must exit without touching h).
+//
+// One deadline per side serves both timers: it fires parkAfter after it was
+// armed (or at the idle timeout, if sooner). A direction that moved nothing
+// since the last firing parks; one that did is re-armed. So a busy flow
+// touches its timers once per parkAfter, never per read.
+func (h *halfFlow) run() (how copyErr, isParked bool) {
 	f := h.f
-	idle := f.idle
-	deadline := time.Now().Add(idle)
-	h.src.SetReadDeadline(deadline)
-	h.dst.SetWriteDeadline(deadline)
+	now := time.Now()
+	if now.Sub(f.lastActive()) >= f.idle {
+		h.release()
+		return endIdle, false
+	}
+	h.arm(now)
+	mark := h.n
 	for {
 		h.err = nil
 		var err error
@@ -222,7 +238,7 @@ func (h *halfFlow) run() copyErr {
 			if err == nil && h.eof {
 				h.release()
 				h.dst.CloseWrite()
-				return endEOF
+				return endEOF, false
 			}
 		}
 		if err == nil && h.pending() > 0 {
@@ -239,24 +255,40 @@ func (h *halfFlow) run() copyErr {
 			continue
 		}
 		if errors.Is(err, os.ErrDeadlineExceeded) {
-			if last := f.lastActive(); time.Since(last) < idle {
-				// The flow moved bytes (maybe the other way) since the
-				// deadline was set: push it out and carry on, keeping any
-				// bytes still pending.
-				deadline = last.Add(idle)
-				h.src.SetReadDeadline(deadline)
-				h.dst.SetWriteDeadline(deadline)
-				continue
+			now := time.Now()
+			if now.Sub(f.lastActive()) >= f.idle {
+				h.release()
+				return endIdle, false
 			}
-			h.release()
-			return endIdle
+			// Park a direction that moved nothing since the last firing, or
+			// whose whole flow has been quiet for parkAfter.
+			if h.pending() == 0 && (h.n == mark || now.Sub(f.lastActive()) >= f.parkAfter) {
+				h.release()
+				if f.srv.parker.park(h) {
+					return 0, true
+				}
+			}
+			mark = h.n
+			h.arm(now)
+			continue
 		}
 		h.release()
 		if errors.Is(err, net.ErrClosed) {
-			return endShutdown
+			return endShutdown, false
 		}
-		return endReset
+		return endReset, false
 	}
+}
+
+// arm sets both sides' deadlines parkAfter from now, or to the flow's idle
+// expiry if that comes first.
+func (h *halfFlow) arm(now time.Time) {
+	d := now.Add(h.f.parkAfter)
+	if exp := h.f.lastActive().Add(h.f.idle); exp.Before(d) {
+		d = exp
+	}
+	h.src.SetReadDeadline(d)
+	h.dst.SetWriteDeadline(d)
 }
 
 // releaseBuf hands the buffer back once it is drained, so that a direction
