@@ -1,6 +1,7 @@
 package lb
 
 import (
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,7 +39,20 @@ type parker struct {
 	closed atomic.Bool
 	done   chan struct{}
 	due    []*halfFlow // scratch for the expiry scan, owned by loop
+
+	// Parking frees goroutine stacks, but the runtime only returns their
+	// spans at the next GC, and an idle proxy allocates too little to cause
+	// one, and the scavenger hands pages back to the OS slowly. After many
+	// parks the loop frees memory to the OS (at most every gcEvery), so idle
+	// flows stop costing their old stacks.
+	parks  atomic.Int64
+	lastGC time.Time
 }
+
+const (
+	gcAfterParks = 4096
+	gcEvery      = 10 * time.Second
+)
 
 func newParker(scan time.Duration) (*parker, error) {
 	fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
@@ -86,6 +100,7 @@ func (p *parker) park(h *halfFlow) bool {
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: slot}
 	err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, fd, &ev)
 	if err == nil && h.state.CompareAndSwap(parking, parked) {
+		p.parks.Add(1)
 		return true
 	}
 	// Refused, or an abort came while registering: stay on this goroutine.
@@ -156,6 +171,11 @@ func (p *parker) loop() {
 		if now := time.Now(); now.Sub(lastScan) >= p.scan {
 			lastScan = now
 			p.expire(now)
+			if p.parks.Load() >= gcAfterParks && now.Sub(p.lastGC) >= gcEvery {
+				p.parks.Store(0)
+				p.lastGC = now
+				debug.FreeOSMemory()
+			}
 		}
 	}
 }

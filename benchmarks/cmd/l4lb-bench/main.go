@@ -39,6 +39,7 @@ func main() {
 	bulk := flag.Int64("bulk-bytes", 4<<30, "bytes sent on the single bulk stream")
 	conns := flag.Int("concurrency", 16, "client workers for the rate tests")
 	idle := flag.Int("idle-conns", 3000, "idle connections for the memory test")
+	settle := flag.Duration("idle-settle", 5*time.Second, "wait before reading the proxy's memory in the idle test")
 	tests := flag.String("tests", "bulk,conn,rr,idle", "tests to run")
 	adminAddr := flag.String("l4lb-admin", "off", "admin address of the l4lb under test (for profiling)")
 	flag.Parse()
@@ -95,7 +96,7 @@ func main() {
 			r.rps, r.p99us = rrTest(echoAddr, *conns, *dur)
 		}
 		if p.pid != 0 && run("idle") {
-			r.idleKB = idleTest(echoAddr, p.pid, *idle)
+			r.idleKB = idleTest(echoAddr, p.pid, *idle, *settle)
 		}
 		results[p.name] = r
 		fmt.Fprintf(os.Stderr, "%-8s done\n", p.name)
@@ -332,7 +333,7 @@ func rrTest(addr string, workers int, d time.Duration) (float64, float64) {
 
 // idleTest opens n proxied connections, makes sure each reached the target,
 // and reports the proxy's resident memory growth per connection.
-func idleTest(addr string, pid, n int) float64 {
+func idleTest(addr string, pid, n int, settle time.Duration) float64 {
 	before := rssKB(pid)
 	conns := make([]net.Conn, 0, n)
 	defer func() {
@@ -354,7 +355,9 @@ func idleTest(addr string, pid, n int) float64 {
 		}
 		conns = append(conns, c)
 	}
-	time.Sleep(500 * time.Millisecond) // let the proxy settle before reading its RSS
+	// Let the proxy settle (l4lb parks idle directions after a second of
+	// quiet, and frees their goroutines) before reading its RSS.
+	time.Sleep(settle)
 	after := rssKB(pid)
 	if len(conns) == 0 {
 		return 0
