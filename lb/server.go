@@ -37,6 +37,12 @@ const (
 // on to the next target of its preference list.
 const DefaultConnectTimeout = 3 * time.Second
 
+// DefaultPipeSize is the capacity of a bulk direction's splice pipe: 1 MiB
+// (the unprivileged maximum, fs.pipe-max-size) moves about 1.5x as much per
+// wakeup as the kernel's 64 KiB on one stream. A pipe holds pages only while
+// bytes are in it, and only bulk directions hold a pipe at all.
+const DefaultPipeSize = 1 << 20
+
 // Options are the injected parts of a Server. The zero value works: a no-op
 // logger, no metrics, DefaultConnectTimeout and one socket per core.
 type Options struct {
@@ -44,8 +50,8 @@ type Options struct {
 	Metrics        *metrics.Metrics // nil: no metrics
 	ConnectTimeout time.Duration    // 0: DefaultConnectTimeout
 	SocketsPerAddr int              // 0: GOMAXPROCS, one accept loop per core
-	// PipeSize sets the splice pipes' capacity (F_SETPIPE_SZ); 0 keeps the
-	// kernel's 64 KiB.
+	// PipeSize sets the splice pipes' capacity (F_SETPIPE_SZ); 0 means
+	// DefaultPipeSize, negative keeps the kernel's 64 KiB.
 	PipeSize int
 }
 
@@ -84,7 +90,11 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	// No TCP keepalives (NLB sends none; the idle timeout ends dead flows):
 	// that saves four setsockopt calls per socket per flow.
 	s.dialer = net.Dialer{Timeout: opts.ConnectTimeout, KeepAlive: -1}
-	s.pipes = pipePool{max: 1024, size: opts.PipeSize}
+	if opts.PipeSize == 0 {
+		opts.PipeSize = DefaultPipeSize
+	}
+	s.pipes = pipePool{max: 1024, size: max(opts.PipeSize, 0)}
+	s.opts.PipeSize = opts.PipeSize
 	s.bufs = bufPool{max: 4096}
 	s.flows.init()
 	s.flowPool.New = func() any { return newFlow(s) }
