@@ -135,10 +135,10 @@ func (s *Server) serveConn(l *listener, c *net.TCPConn) {
 	if s.closing.Load() {
 		f.abort() // shutdown began while this flow was connecting
 	}
-	// Both directions get fresh goroutines: this one's stack grew while
-	// dialing and would stay that size for the life of an idle flow.
+	// This goroutine carries on as the client-to-target direction; its stack
+	// grew while dialing, but an idle direction parks and lets it go.
 	go f.copyTargetToClient()
-	go f.copyClientToTarget()
+	f.copyClientToTarget()
 }
 
 func (f *flow) setup() error {
