@@ -23,6 +23,8 @@ type flow struct {
 	id        uint64
 	client    *net.TCPConn
 	target    *net.TCPConn
+	tgt       *target // the registered target it reached
+	start     time.Time
 	idle      time.Duration
 	parkAfter time.Duration // quiet time after which a direction parks
 	aborted   atomic.Bool
@@ -89,23 +91,24 @@ func (s *Server) serveConn(l *listener, c *net.TCPConn) {
 		return
 	}
 	dst := c.LocalAddr().(*net.TCPAddr).AddrPort()
-	r := l.route.Load()
-	key := balance.FlowHash(balance.ProtoTCP, src, dst)
-	g := r.pick(key)
-	if g.Stickiness {
-		key = balance.SourceHash(src.Addr())
-	}
+	g, snap, key := l.route.Load().lookup(src, dst)
 	var buf [1 + balance.Retries]int
-	prefs := g.Pick(l.zone, key, buf[:])
+	prefs := snap.bal.Pick(l.zone, key, buf[:])
 	var t *net.TCPConn
+	var tgt *target
 	for _, i := range prefs {
+		cand := snap.targets[i]
 		var err error
-		t, err = s.dialer.DialTCP(context.Background(), "tcp", netip.AddrPort{}, g.Targets[i].Addr)
+		t, err = s.dialer.DialTCP(context.Background(), "tcp", netip.AddrPort{}, cand.addr)
 		if err == nil {
+			tgt = cand
 			break
 		}
-		s.m.Counter(connectErrors, g.Name, g.Targets[i].Addr.String()).Inc()
-		s.log.Debug("connect to target failed", zap.String(logListener, l.cfg.Name), zap.Stringer(logTarget, g.Targets[i].Addr), zap.Error(err))
+		cand.connectErrs.Inc()
+		if s.health != nil {
+			s.health.PassiveFailure(g.cfg.Name, cand.addr)
+		}
+		s.log.Debug("connect to target failed", zap.String(logListener, l.cfg.Name), zap.String(logTarget, cand.name), zap.Error(err))
 	}
 	if t == nil {
 		// No target took the flow: reset the client, as NLB does.
@@ -116,8 +119,12 @@ func (s *Server) serveConn(l *listener, c *net.TCPConn) {
 		return
 	}
 
+	if snap.counted {
+		g.unhealthyRouting.Inc()
+	}
 	f := s.flowPool.Get().(*flow)
 	f.l, f.client, f.target, f.idle = l, c, t, l.cfg.IdleTimeout
+	f.tgt, f.start = tgt, time.Now()
 	f.parkAfter = min(time.Second, f.idle/4)
 	f.aborted.Store(false)
 	f.id = flowIDs.Add(1)
@@ -130,6 +137,7 @@ func (s *Server) serveConn(l *listener, c *net.TCPConn) {
 		return
 	}
 	s.flows.add(f)
+	tgt.addFlow(f)
 	l.newFlows.Inc()
 	l.active.Inc()
 	if s.closing.Load() {
@@ -201,9 +209,10 @@ func (f *flow) finish(h *halfFlow, how copyErr) {
 	}
 	f.client.Close()
 	f.target.Close()
+	f.tgt.removeFlow(f)
 	f.srv.flows.remove(f)
 	l.active.Dec()
-	f.client, f.target, f.l = nil, nil, nil
+	f.client, f.target, f.l, f.tgt = nil, nil, nil, nil
 	for i := range f.halves {
 		f.halves[i].src, f.halves[i].dst, f.halves[i].srcRC, f.halves[i].dstRC = nil, nil, nil, nil
 	}

@@ -136,3 +136,11 @@ func (s *Server) acceptLoop(l *listener, sock *net.TCPListener) {
 		go s.serveConn(l, c)
 	}
 }
+
+// port is the bound port (the configured one, or the kernel's pick).
+func (l *listener) port() uint16 {
+	if len(l.socks) == 0 {
+		return l.cfg.Port
+	}
+	return l.socks[0].Addr().(*net.TCPAddr).AddrPort().Port()
+}

@@ -14,14 +14,14 @@ import (
 // route is what a listener forwards to: one target group, or several weighted
 // ones. It is immutable; listeners swap whole routes.
 type route struct {
-	groups []*balance.Group
+	groups []*group
 	cum    []int // cumulative forward weights, parallel to groups
 	total  int
 }
 
 // pick chooses the group of a flow from its hash, so a flow (and, with
 // stickiness, a client) always lands in the same group.
-func (r *route) pick(h uint64) *balance.Group {
+func (r *route) pick(h uint64) *group {
 	if len(r.groups) == 1 {
 		return r.groups[0]
 	}
@@ -35,29 +35,7 @@ func (r *route) pick(h uint64) *balance.Group {
 	return r.groups[len(r.groups)-1]
 }
 
-// buildGroups builds every target group of cfg with all its targets usable.
-func buildGroups(cfg *config.Config) (map[string]*balance.Group, error) {
-	out := map[string]*balance.Group{}
-	for i := range cfg.TargetGroups {
-		tg := &cfg.TargetGroups[i]
-		spec := balance.GroupSpec{
-			Name:       tg.Name,
-			CrossZone:  tg.CrossZoneEnabled(cfg.CrossZone),
-			Stickiness: tg.Attributes.Stickiness,
-		}
-		for _, t := range tg.Targets {
-			spec.Targets = append(spec.Targets, balance.Target{Addr: t.Address, Zone: t.Zone, Weight: t.Weight})
-		}
-		g, err := balance.NewGroup(spec)
-		if err != nil {
-			return nil, err
-		}
-		out[tg.Name] = g
-	}
-	return out, nil
-}
-
-func buildRoute(l *config.Listener, groups map[string]*balance.Group) (*route, error) {
+func buildRoute(l *config.Listener, groups map[string]*group) (*route, error) {
 	r := &route{}
 	add := func(name string, w int) error {
 		g, ok := groups[name]
@@ -127,3 +105,15 @@ func (a *acl) permits(ip netip.Addr) bool {
 }
 
 func connectErrors(m *metrics.Metrics) *prometheus.CounterVec { return m.TargetConnectErrors }
+
+// lookup picks the group and snapshot of a flow and its Maglev key: the
+// 5-tuple hash, or the source IP's with stickiness.
+func (r *route) lookup(src, dst netip.AddrPort) (*group, *groupSnap, uint64) {
+	key := balance.FlowHash(balance.ProtoTCP, src, dst)
+	g := r.pick(key)
+	snap := g.snap.Load()
+	if snap.bal.Stickiness {
+		key = balance.SourceHash(src.Addr())
+	}
+	return g, snap, key
+}

@@ -50,6 +50,9 @@ type Options struct {
 	Metrics        *metrics.Metrics // nil: no metrics
 	ConnectTimeout time.Duration    // 0: DefaultConnectTimeout
 	SocketsPerAddr int              // 0: GOMAXPROCS, one accept loop per core
+	// Health receives every target to check and live connect failures; nil
+	// means no health checks (targets stay initial; routing fails open).
+	Health HealthWatcher
 	// PipeSize sets the splice pipes' capacity (F_SETPIPE_SZ); 0 means
 	// DefaultPipeSize, negative keeps the kernel's 64 KiB.
 	PipeSize int
@@ -67,6 +70,8 @@ type Server struct {
 	bufs      bufPool
 	flows     tracker
 	parker    *parker
+	groups    map[string]*group // fixed at New; each group changes inside
+	health    HealthWatcher
 	flowPool  sync.Pool
 	closing   atomic.Bool
 	moved     atomic.Int64 // bytes moved by finished flows
@@ -86,7 +91,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	if opts.SocketsPerAddr == 0 {
 		opts.SocketsPerAddr = runtime.GOMAXPROCS(0)
 	}
-	s := &Server{cfg: cfg, log: opts.Logger, m: opts.Metrics, opts: opts, scan: time.Second}
+	s := &Server{cfg: cfg, log: opts.Logger, m: opts.Metrics, opts: opts, scan: time.Second, health: opts.Health}
 	// No TCP keepalives (NLB sends none; the idle timeout ends dead flows):
 	// that saves four setsockopt calls per socket per flow.
 	s.dialer = net.Dialer{Timeout: opts.ConnectTimeout, KeepAlive: -1}
@@ -103,16 +108,20 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		scan = min(scan, max(l.IdleTimeout/4, 10*time.Millisecond))
 	}
 	s.scan = scan
-	groups, err := buildGroups(cfg)
-	if err != nil {
-		return nil, err
+	s.groups = map[string]*group{}
+	for i := range cfg.TargetGroups {
+		g, err := newGroup(s, &cfg.TargetGroups[i], cfg.CrossZone)
+		if err != nil {
+			return nil, err
+		}
+		s.groups[g.cfg.Name] = g
 	}
 	for i := range cfg.Listeners {
 		lc := &cfg.Listeners[i]
 		if lc.Protocol != config.TCP {
 			return nil, fmt.Errorf("listener %s: %s listeners are not supported by this build yet", lc.Name, lc.Protocol)
 		}
-		r, err := buildRoute(lc, groups)
+		r, err := buildRoute(lc, s.groups)
 		if err != nil {
 			return nil, err
 		}
@@ -138,6 +147,15 @@ func (s *Server) Start() error {
 				o.close()
 			}
 			return err
+		}
+	}
+	if s.health != nil {
+		for _, g := range s.groups {
+			g.mu.Lock()
+			for _, t := range g.targets {
+				s.health.Watch(g.cfg.Name, t.addr, g.cfg.HealthCheck)
+			}
+			g.mu.Unlock()
 		}
 	}
 	for _, l := range s.listeners {

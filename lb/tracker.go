@@ -84,3 +84,19 @@ func (t *tracker) closeAll() int {
 	}
 	return n
 }
+
+// each calls fn for open flows until it returns false. Flows seen under a
+// shard's lock have not finished, so their fields are stable.
+func (t *tracker) each(fn func(*flow) bool) {
+	for i := range t.shards {
+		sh := &t.shards[i]
+		sh.mu.Lock()
+		for f := range sh.flows {
+			if !fn(f) {
+				sh.mu.Unlock()
+				return
+			}
+		}
+		sh.mu.Unlock()
+	}
+}

@@ -1,0 +1,97 @@
+package healthcheck
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"strconv"
+
+	"github.com/l4lb/l4lb/pkg/api"
+	"github.com/l4lb/l4lb/pkg/config"
+)
+
+// Result is the outcome of one check.
+type Result struct {
+	Pass   bool
+	Reason string // NLB reason code when failed
+	Detail string
+}
+
+// checker runs single checks. Its HTTP client keeps no connections, so every
+// check opens a fresh one, as NLB's do.
+type checker struct {
+	dialer net.Dialer
+	client *http.Client
+}
+
+func newChecker() *checker {
+	tr := &http.Transport{
+		DisableKeepAlives: true,
+		// NLB does not verify target certificates on HTTPS checks.
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true},
+		Proxy:           nil,
+	}
+	return &checker{client: &http.Client{
+		Transport: tr,
+		// A redirect is an answer; the matcher judges its code.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}}
+}
+
+// check probes target once, within spec.Timeout.
+func (c *checker) check(ctx context.Context, spec *config.HealthCheck, target netip.AddrPort) Result {
+	ctx, cancel := context.WithTimeout(ctx, spec.Timeout)
+	defer cancel()
+	port := target.Port()
+	if spec.Port != 0 {
+		port = spec.Port
+	}
+	addr := netip.AddrPortFrom(target.Addr(), port)
+	switch spec.Protocol {
+	case config.HealthHTTP, config.HealthHTTPS:
+		return c.checkHTTP(ctx, spec, addr)
+	}
+	conn, err := c.dialer.DialContext(ctx, "tcp", addr.String())
+	if err != nil {
+		return failure(err)
+	}
+	conn.Close()
+	return Result{Pass: true}
+}
+
+func (c *checker) checkHTTP(ctx context.Context, spec *config.HealthCheck, addr netip.AddrPort) Result {
+	scheme := "http"
+	if spec.Protocol == config.HealthHTTPS {
+		scheme = "https"
+	}
+	url := scheme + "://" + addr.String() + spec.Path
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return Result{Reason: api.ReasonFailedHealthChecks, Detail: err.Error()}
+	}
+	req.Header.Set("User-Agent", "l4lb-health-check")
+	resp, err := c.client.Do(req)
+	if err != nil {
+		return failure(err)
+	}
+	resp.Body.Close()
+	for _, r := range spec.Matcher {
+		if resp.StatusCode >= r.Lo && resp.StatusCode <= r.Hi {
+			return Result{Pass: true}
+		}
+	}
+	return Result{Reason: api.ReasonResponseCodeMismatch, Detail: "Health checks failed with these codes: [" + strconv.Itoa(resp.StatusCode) + "]"}
+}
+
+func failure(err error) Result {
+	var ne net.Error
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {
+		return Result{Reason: api.ReasonTimeout, Detail: "Request timed out"}
+	}
+	return Result{Reason: api.ReasonFailedHealthChecks, Detail: fmt.Sprintf("Health checks failed: %v", err)}
+}

@@ -1,0 +1,205 @@
+package lb
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/l4lb/l4lb/lb/balance"
+	"github.com/l4lb/l4lb/pkg/api"
+	"github.com/l4lb/l4lb/pkg/config"
+)
+
+// TargetGroups describes every group, sorted by name.
+func (s *Server) TargetGroups() []api.TargetGroup {
+	names := make([]string, 0, len(s.groups))
+	for n := range s.groups {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	out := make([]api.TargetGroup, 0, len(names))
+	for _, n := range names {
+		tg, _ := s.TargetGroup(n)
+		out = append(out, tg)
+	}
+	return out
+}
+
+// TargetGroup describes one group and its targets' health.
+func (s *Server) TargetGroup(name string) (api.TargetGroup, error) {
+	g := s.groups[name]
+	if g == nil {
+		return api.TargetGroup{}, fmt.Errorf("%w: no target group %q", api.ErrNotFound, name)
+	}
+	out := api.TargetGroup{Name: name, Protocol: g.cfg.Protocol.String(), Port: int(g.cfg.Port), Targets: []api.TargetHealth{}}
+	g.mu.Lock()
+	out.FailOpen = g.snap.Load().failOpen
+	for _, t := range g.targets {
+		out.Targets = append(out.Targets, g.describe(t))
+	}
+	g.mu.Unlock()
+	for _, l := range s.cfg.Listeners {
+		if l.TargetGroup == name || slices.ContainsFunc(l.Forward, func(f config.Forward) bool { return f.TargetGroup == name }) ||
+			slices.ContainsFunc(l.Rules, func(r config.Rule) bool { return r.TargetGroup == name }) {
+			out.Listeners = append(out.Listeners, l.Name)
+		}
+	}
+	return out, nil
+}
+
+// findListener returns the bound listener called name whose address is dst
+// (any of them when dst is not given).
+func (s *Server) findListener(name string, dst netip.Addr) *listener {
+	var first *listener
+	for _, l := range s.listeners {
+		if l.cfg.Name != name {
+			continue
+		}
+		if first == nil {
+			first = l
+		}
+		if dst.IsValid() && l.bindA.IP == dst.Unmap() {
+			return l
+		}
+	}
+	return first
+}
+
+// Route answers which target a new flow from src to dst would get, and why,
+// by the same computation as a real connection.
+func (s *Server) Route(listenerName, src, dst, protocol string) (api.Route, error) {
+	if protocol == "" {
+		protocol = "tcp"
+	}
+	if protocol != "tcp" {
+		return api.Route{}, fmt.Errorf("%w: protocol: only tcp listeners exist in this build", api.ErrInvalid)
+	}
+	srcAP, err := netip.ParseAddrPort(src)
+	if err != nil {
+		return api.Route{}, fmt.Errorf("%w: src: want IP:PORT, got %q", api.ErrInvalid, src)
+	}
+	var dstAP netip.AddrPort
+	if dst != "" {
+		if dstAP, err = netip.ParseAddrPort(dst); err != nil {
+			return api.Route{}, fmt.Errorf("%w: dst: want IP:PORT, got %q", api.ErrInvalid, dst)
+		}
+	}
+	l := s.findListener(listenerName, dstAP.Addr())
+	if l == nil {
+		return api.Route{}, fmt.Errorf("%w: no listener %q", api.ErrNotFound, listenerName)
+	}
+	if !dstAP.IsValid() {
+		dstAP = netip.AddrPortFrom(l.bindA.IP, l.port())
+		if l.bindA.IP.IsUnspecified() {
+			return api.Route{}, fmt.Errorf("%w: dst: listener %q binds every address; say which one the client reaches", api.ErrInvalid, listenerName)
+		}
+	}
+	srcAP = netip.AddrPortFrom(srcAP.Addr().Unmap(), srcAP.Port())
+	dstAP = netip.AddrPortFrom(dstAP.Addr().Unmap(), dstAP.Port())
+	g, snap, key := l.route.Load().lookup(srcAP, dstAP)
+	out := api.Route{Listener: listenerName, Protocol: protocol, Source: srcAP.String(), Destination: dstAP.String(),
+		Zone: l.zone, TargetGroup: g.cfg.Name, Key: "5-tuple", Hash: fmt.Sprintf("%#016x", key), FailOpen: snap.failOpen}
+	if snap.bal.Stickiness {
+		out.Key = "source_ip"
+	}
+	var buf [1 + balance.Retries]int
+	for _, i := range snap.bal.Pick(l.zone, key, buf[:]) {
+		out.Preference = append(out.Preference, snap.targets[i].name)
+	}
+	if len(out.Preference) == 0 {
+		out.Why = "no target can take new flows: the client would be reset"
+		return out, nil
+	}
+	out.Target = out.Preference[0]
+	why := []string{fmt.Sprintf("%s hash %s owns slot %d of the Maglev table", out.Key, out.Hash, key%65537)}
+	if len(s.cfg.Zones) > 0 && l.zone != "" && !g.crossZone {
+		why = append(why, fmt.Sprintf("built from zone %s's targets (cross-zone off)", l.zone))
+	}
+	if snap.failOpen {
+		why = append(why, "too few healthy targets: routing fails open to every registered target")
+	} else {
+		why = append(why, "built from the healthy targets")
+	}
+	if len(out.Preference) > 1 {
+		why = append(why, "a refused connect retries "+strings.Join(out.Preference[1:], ", "))
+	}
+	out.Why = strings.Join(why, "; ")
+	return out, nil
+}
+
+// Flows lists up to limit active flows (of one listener when named).
+func (s *Server) Flows(listenerName string, limit int) ([]api.Flow, error) {
+	if listenerName != "" && s.findListener(listenerName, netip.Addr{}) == nil {
+		return nil, fmt.Errorf("%w: no listener %q", api.ErrNotFound, listenerName)
+	}
+	if limit <= 0 {
+		limit = 100
+	}
+	out := []api.Flow{}
+	now := time.Now()
+	s.flows.each(func(f *flow) bool {
+		if listenerName != "" && f.l.cfg.Name != listenerName {
+			return true
+		}
+		out = append(out, api.Flow{Listener: f.l.cfg.Name, Protocol: "TCP", Client: f.client.RemoteAddr().String(),
+			Target: f.tgt.name, TargetGroup: f.tgt.g.cfg.Name, AgeSeconds: now.Sub(f.start).Seconds()})
+		return len(out) < limit
+	})
+	return out, nil
+}
+
+// ZoneHealth reports whether every listener bound in zone can reach a healthy
+// target there, counting against the dns_failover minimum when one is set.
+func (s *Server) ZoneHealth(zone string) (api.ZoneHealth, error) {
+	if !slices.ContainsFunc(s.cfg.Zones, func(z config.Zone) bool { return z.Name == zone }) {
+		return api.ZoneHealth{}, fmt.Errorf("%w: no zone %q", api.ErrNotFound, zone)
+	}
+	out := api.ZoneHealth{Zone: zone, Healthy: true, Listeners: map[string]string{}}
+	for _, l := range s.listeners {
+		if l.zone != zone {
+			continue
+		}
+		status := "ok"
+		for _, g := range l.route.Load().groups {
+			if why := g.zoneProblem(zone); why != "" {
+				status = why
+			}
+		}
+		if status != "ok" {
+			out.Healthy = false
+		}
+		out.Listeners[l.cfg.Name] = status
+	}
+	return out, nil
+}
+
+// zoneProblem says why the group cannot serve zone, or "" if it can.
+func (g *group) zoneProblem(zone string) string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	healthy, total := 0, 0
+	for _, t := range g.targets {
+		if !g.crossZone && t.zone != "" && t.zone != zone {
+			continue
+		}
+		if t.state == api.StateDraining || t.state == api.StateUnused {
+			continue
+		}
+		total++
+		if t.state == api.StateHealthy {
+			healthy++
+		}
+	}
+	a := &g.cfg.Attributes
+	need := max(a.DNSFailoverMinHealthyCount, 1)
+	if healthy < need {
+		return fmt.Sprintf("target group %s: %d healthy targets, need %d", g.cfg.Name, healthy, need)
+	}
+	if p := a.DNSFailoverMinHealthyPercentage; p > 0 && healthy*100 < p*total {
+		return fmt.Sprintf("target group %s: %d of %d targets healthy, need %d%%", g.cfg.Name, healthy, total, p)
+	}
+	return ""
+}

@@ -1,0 +1,99 @@
+// Package api holds the JSON types of the admin API, shared by the server side
+// (lb fills them, pkg/admin serves them) and the CLI client.
+package api
+
+import "errors"
+
+// Target states, as NLB names them.
+const (
+	StateInitial           = "initial"
+	StateHealthy           = "healthy"
+	StateUnhealthy         = "unhealthy"
+	StateUnhealthyDraining = "unhealthy.draining"
+	StateDraining          = "draining"
+	StateUnused            = "unused"
+)
+
+// Reason codes, as NLB names them.
+const (
+	ReasonRegistrationInProgress   = "Elb.RegistrationInProgress"
+	ReasonInitialHealthChecking    = "Elb.InitialHealthChecking"
+	ReasonResponseCodeMismatch     = "Target.ResponseCodeMismatch"
+	ReasonTimeout                  = "Target.Timeout"
+	ReasonFailedHealthChecks       = "Target.FailedHealthChecks"
+	ReasonDeregistrationInProgress = "Target.DeregistrationInProgress"
+	ReasonNotInUse                 = "Target.NotInUse"
+)
+
+// Errors the registry returns; the admin API maps them to status codes.
+var (
+	ErrNotFound = errors.New("not found") // 404
+	ErrInvalid  = errors.New("invalid")   // 400
+	ErrConflict = errors.New("conflict")  // 409
+)
+
+// TargetHealth is one row of describe-target-health.
+type TargetHealth struct {
+	Address     string `json:"address"`
+	Zone        string `json:"zone,omitempty"`
+	Weight      int    `json:"weight"`
+	State       string `json:"state"`
+	Reason      string `json:"reason,omitempty"`
+	Description string `json:"description,omitempty"`
+	ActiveFlows int64  `json:"active_flows"`
+}
+
+// TargetGroup is a group with its targets.
+type TargetGroup struct {
+	Name      string         `json:"name"`
+	Protocol  string         `json:"protocol"`
+	Port      int            `json:"port,omitempty"`
+	FailOpen  bool           `json:"fail_open"` // routing to all targets: too few are healthy
+	Targets   []TargetHealth `json:"targets"`
+	Listeners []string       `json:"listeners,omitempty"`
+}
+
+// RegisterRequest is the body of POST /v1/target-groups/{name}/targets.
+type RegisterRequest struct {
+	Address string `json:"address"`
+	Zone    string `json:"zone,omitempty"`
+	Weight  int    `json:"weight,omitempty"`
+}
+
+// Route says which target a flow would get, and why.
+type Route struct {
+	Listener    string   `json:"listener"`
+	Protocol    string   `json:"protocol"`
+	Source      string   `json:"source"`
+	Destination string   `json:"destination"`
+	Zone        string   `json:"zone,omitempty"`
+	TargetGroup string   `json:"target_group"`
+	Target      string   `json:"target"`
+	Preference  []string `json:"preference"` // the target, then the retry order
+	Key         string   `json:"key"`        // "5-tuple" or "source_ip"
+	Hash        string   `json:"hash"`
+	FailOpen    bool     `json:"fail_open"`
+	Why         string   `json:"why"`
+}
+
+// Flow is one active flow.
+type Flow struct {
+	Listener    string  `json:"listener"`
+	Protocol    string  `json:"protocol"`
+	Client      string  `json:"client"`
+	Target      string  `json:"target"`
+	TargetGroup string  `json:"target_group"`
+	AgeSeconds  float64 `json:"age_seconds"`
+}
+
+// ZoneHealth answers GET /v1/zones/{zone}/health.
+type ZoneHealth struct {
+	Zone      string            `json:"zone"`
+	Healthy   bool              `json:"healthy"`
+	Listeners map[string]string `json:"listeners"` // listener -> "ok" or why not
+}
+
+// Error is the body of every error response.
+type Error struct {
+	Error string `json:"error"`
+}
