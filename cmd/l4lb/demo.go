@@ -47,7 +47,10 @@ func newDemo() *cobra.Command {
 					s.Close()
 				}
 			}()
-			o := serveOpts{flags: config.Flags{Listen: []string{"tcp://" + listen}, Targets: targets, Admin: &adminAddr}}
+			interval, timeout := "1s", "500ms"
+			check, rise := "http:///", 2
+			o := serveOpts{flags: config.Flags{Listen: []string{"tcp://" + listen}, Targets: targets, Admin: &adminAddr,
+				HealthCheck: &check, HealthInterval: &interval, HealthTimeout: &timeout, HealthyThreshold: &rise}}
 			cfg, err := loadServeConfig(&o)
 			if err != nil {
 				return err
@@ -63,11 +66,14 @@ Try:
   curl http://%s/                         # answered by one of the three demo targets
   for i in $(seq 6); do curl -s http://%s/; done   # new connections spread over the targets
   curl http://%s/metrics | grep l4lb_      # Prometheus metrics
-  curl http://%s/readyz                    # admin API
+  bin/l4lb targets describe-health --target-group default   # state, reason, flows
+  bin/l4lb route --listener tcp-8080 --src 127.0.0.9:5555     # which target, and why
+  bin/l4lb targets deregister --target-group default --target %s   # drain one
 A dead target never fails a client: a refused connect is retried on the next
-target of the flow's Maglev preference list.
+target of the flow's Maglev preference list, and health checks (HTTP every 1s)
+take it out of rotation.
 Press Ctrl-C to stop (in-flight requests finish first).
-`, listen, targets, listen, listen, adminAddr, adminAddr)
+`, listen, targets, listen, listen, adminAddr, targets[0])
 			})
 		},
 	}

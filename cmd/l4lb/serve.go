@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strings"
@@ -18,6 +19,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/l4lb/l4lb/healthcheck"
 	"github.com/l4lb/l4lb/lb"
 	"github.com/l4lb/l4lb/pkg/admin"
 	"github.com/l4lb/l4lb/pkg/config"
@@ -182,14 +184,21 @@ func serve(ctx context.Context, cfg *config.Config, log *zap.Logger, connectTime
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m := metrics.New(reg)
-	srv, err := lb.New(cfg, lb.Options{Logger: log, Metrics: m, ConnectTimeout: connectTimeout})
+	// The checks report to the server and the server feeds the checks; the
+	// reporter is bound once both exist.
+	var srv *lb.Server
+	checks := healthcheck.NewScheduler(reporterFunc(func(g string, t netip.AddrPort, ok bool, reason, detail string) {
+		srv.SetHealth(g, t, ok, reason, detail)
+	}), healthcheck.Options{Logger: log, Metrics: m})
+	defer checks.Close()
+	srv, err := lb.New(cfg, lb.Options{Logger: log, Metrics: m, ConnectTimeout: connectTimeout, Health: checks})
 	if err != nil {
 		return usageError{err}
 	}
 	if err := srv.Start(); err != nil {
 		return err
 	}
-	stopAdmin, err := startAdmin(cfg, log, reg)
+	stopAdmin, err := startAdmin(cfg, log, reg, srv)
 	if err != nil {
 		srv.Close()
 		return err
@@ -217,7 +226,14 @@ func serve(ctx context.Context, cfg *config.Config, log *zap.Logger, connectTime
 	return nil
 }
 
-func startAdmin(cfg *config.Config, log *zap.Logger, reg *prometheus.Registry) (func(), error) {
+// reporterFunc adapts a function to healthcheck.Reporter.
+type reporterFunc func(group string, target netip.AddrPort, healthy bool, reason, detail string)
+
+func (f reporterFunc) SetHealth(group string, target netip.AddrPort, healthy bool, reason, detail string) {
+	f(group, target, healthy, reason, detail)
+}
+
+func startAdmin(cfg *config.Config, log *zap.Logger, reg *prometheus.Registry, srv *lb.Server) (func(), error) {
 	if cfg.Admin.Listen == "" {
 		return func() {}, nil
 	}
@@ -237,7 +253,7 @@ func startAdmin(cfg *config.Config, log *zap.Logger, reg *prometheus.Registry) (
 		return nil, fmt.Errorf("admin API: %w", err)
 	}
 	hs := &http.Server{
-		Handler:           admin.Handler(admin.Options{Gatherer: reg, Token: token}),
+		Handler:           admin.Handler(admin.Options{Registry: srv, Gatherer: reg, Token: token}),
 		ReadHeaderTimeout: 5 * time.Second,
 	}
 	go hs.Serve(ln)

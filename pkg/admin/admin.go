@@ -1,7 +1,8 @@
-// Package admin serves l4lb's admin API over HTTP. This part carries the
-// process endpoints: liveness, readiness, Prometheus metrics and pprof.
+// Package admin serves l4lb's admin API over HTTP/JSON: liveness and
+// readiness, target groups and their health, register and deregister, route
+// explanations, flows, zone health, Prometheus metrics and pprof.
 //
-//	h := admin.Handler(admin.Options{Gatherer: reg, Ready: srv.Ready})
+//	h := admin.Handler(admin.Options{Registry: srv, Gatherer: reg, Token: token})
 //	http.Serve(ln, h)
 package admin
 
@@ -20,6 +21,7 @@ import (
 // means always ready; an empty Token means no authentication (loopback only,
 // which the config enforces).
 type Options struct {
+	Registry Registry // nil serves no /v1 endpoints
 	Gatherer prometheus.Gatherer
 	Ready    func() bool
 	Token    string
@@ -38,6 +40,9 @@ func Handler(o Options) http.Handler {
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 	})
+	if o.Registry != nil {
+		registryRoutes(mux, o.Registry)
+	}
 	if o.Gatherer != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{}))
 	}
@@ -53,7 +58,7 @@ func Handler(o Options) http.Handler {
 		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(o.Token)) != 1 {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="l4lb"`)
-			writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "missing or wrong bearer token"})
+			writeError(w, http.StatusUnauthorized, "missing or wrong bearer token")
 			return
 		}
 		mux.ServeHTTP(w, r)

@@ -1,0 +1,257 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/l4lb/l4lb/pkg/api"
+	"github.com/l4lb/l4lb/pkg/config"
+)
+
+// adminClient talks to a running l4lb's admin API.
+type adminClient struct {
+	base   string
+	token  string
+	output string
+	http   *http.Client
+}
+
+func addClientFlags(cmd *cobra.Command, c *adminClient) {
+	cmd.Flags().StringVar(&c.base, "admin", "http://"+config.DefaultAdminListen, "admin API URL or host:port")
+	tokenFile := cmd.Flags().String("token-file", "", "file holding the admin API bearer token")
+	cmd.Flags().StringVarP(&c.output, "output", "o", "table", "table|json")
+	cmd.PreRunE = func(*cobra.Command, []string) error {
+		if c.output != "table" && c.output != "json" {
+			return usageError{fmt.Errorf("--output: %q is not table or json", c.output)}
+		}
+		if !strings.Contains(c.base, "://") {
+			c.base = "http://" + c.base
+		}
+		c.base = strings.TrimRight(c.base, "/")
+		if *tokenFile != "" {
+			b, err := os.ReadFile(*tokenFile)
+			if err != nil {
+				return usageError{fmt.Errorf("--token-file: %w", err)}
+			}
+			c.token = strings.TrimSpace(string(b))
+		}
+		c.http = &http.Client{Timeout: 10 * time.Second}
+		return nil
+	}
+}
+
+// do sends a request and decodes a 2xx JSON answer into out; other answers
+// become errors carrying the server's reason.
+func (c *adminClient) do(method, path string, body, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, c.base+path, rd)
+	if err != nil {
+		return usageError{fmt.Errorf("--admin: %w", err)}
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("admin API: %w", err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return fmt.Errorf("admin API: %w", err)
+	}
+	if resp.StatusCode/100 != 2 {
+		var e api.Error
+		if json.Unmarshal(data, &e) == nil && e.Error != "" {
+			err = fmt.Errorf("admin API: %s: %s", resp.Status, e.Error)
+		} else {
+			err = fmt.Errorf("admin API: %s", resp.Status)
+		}
+		if resp.StatusCode == http.StatusBadRequest || resp.StatusCode == http.StatusNotFound {
+			return usageError{err}
+		}
+		return err
+	}
+	if out == nil {
+		return nil
+	}
+	return json.Unmarshal(data, out)
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func newTargets() *cobra.Command {
+	cmd := &cobra.Command{Use: "targets", Short: "Describe, register and deregister targets", Args: cobra.NoArgs}
+	cmd.AddCommand(newDescribeHealth(), newRegister(), newDeregister())
+	return cmd
+}
+
+func newDescribeHealth() *cobra.Command {
+	var c adminClient
+	var group string
+	cmd := &cobra.Command{
+		Use:   "describe-health --target-group NAME",
+		Short: "Show each target's state, reason and active flows",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var ths []api.TargetHealth
+			if err := c.do(http.MethodGet, "/v1/target-groups/"+url.PathEscape(group)+"/targets", nil, &ths); err != nil {
+				return err
+			}
+			if c.output == "json" {
+				return printJSON(cmd.OutOrStdout(), ths)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "TARGET\tZONE\tWEIGHT\tSTATE\tREASON\tFLOWS\tDESCRIPTION")
+			for _, t := range ths {
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%d\t%s\n", t.Address, dash(t.Zone), t.Weight, t.State, dash(t.Reason), t.ActiveFlows, t.Description)
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().StringVar(&group, "target-group", "", "target group name (required)")
+	cmd.MarkFlagRequired("target-group")
+	addClientFlags(cmd, &c)
+	return cmd
+}
+
+func newRegister() *cobra.Command {
+	var c adminClient
+	var group, spec string
+	cmd := &cobra.Command{
+		Use:   "register --target-group NAME --target ADDR[,zone=Z][,weight=W]",
+		Short: "Register a target",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			req, err := parseTargetSpec(spec)
+			if err != nil {
+				return usageError{fmt.Errorf("--target: %w", err)}
+			}
+			var th api.TargetHealth
+			if err := c.do(http.MethodPost, "/v1/target-groups/"+url.PathEscape(group)+"/targets", req, &th); err != nil {
+				return err
+			}
+			if c.output == "json" {
+				return printJSON(cmd.OutOrStdout(), th)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "registered %s in %s: %s (%s)\n", th.Address, group, th.State, dash(th.Reason))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&group, "target-group", "", "target group name (required)")
+	cmd.Flags().StringVar(&spec, "target", "", "ADDR[,zone=Z][,weight=W] (required)")
+	cmd.MarkFlagRequired("target-group")
+	cmd.MarkFlagRequired("target")
+	addClientFlags(cmd, &c)
+	return cmd
+}
+
+func newDeregister() *cobra.Command {
+	var c adminClient
+	var group, target string
+	cmd := &cobra.Command{
+		Use:   "deregister --target-group NAME --target ADDR",
+		Short: "Deregister a target: no new flows at once, existing ones drain",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := c.do(http.MethodDelete, "/v1/target-groups/"+url.PathEscape(group)+"/targets/"+url.PathEscape(target), nil, nil); err != nil {
+				return err
+			}
+			if c.output == "json" {
+				return printJSON(cmd.OutOrStdout(), map[string]string{"target": target, "state": api.StateDraining})
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "deregistered %s from %s: draining\n", target, group)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&group, "target-group", "", "target group name (required)")
+	cmd.Flags().StringVar(&target, "target", "", "target address (required)")
+	cmd.MarkFlagRequired("target-group")
+	cmd.MarkFlagRequired("target")
+	addClientFlags(cmd, &c)
+	return cmd
+}
+
+func newRoute() *cobra.Command {
+	var c adminClient
+	var listener, src, dst, proto string
+	cmd := &cobra.Command{
+		Use:   "route --listener NAME --src IP:PORT [--dst IP:PORT] [--protocol tcp|udp]",
+		Short: "Show which target a flow would get, and why",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			q := url.Values{"listener": {listener}, "src": {src}, "protocol": {proto}}
+			if dst != "" {
+				q.Set("dst", dst)
+			}
+			var rt api.Route
+			if err := c.do(http.MethodGet, "/v1/route?"+q.Encode(), nil, &rt); err != nil {
+				return err
+			}
+			if c.output == "json" {
+				return printJSON(cmd.OutOrStdout(), rt)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintf(tw, "flow\t%s %s -> %s (listener %s, zone %s)\n", rt.Protocol, rt.Source, rt.Destination, rt.Listener, dash(rt.Zone))
+			fmt.Fprintf(tw, "target\t%s\n", dash(rt.Target))
+			fmt.Fprintf(tw, "target group\t%s\n", rt.TargetGroup)
+			fmt.Fprintf(tw, "retry order\t%s\n", strings.Join(rt.Preference, ", "))
+			fmt.Fprintf(tw, "why\t%s\n", rt.Why)
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().StringVar(&listener, "listener", "", "listener name (required)")
+	cmd.Flags().StringVar(&src, "src", "", "client IP:PORT (required)")
+	cmd.Flags().StringVar(&dst, "dst", "", "listener IP:PORT the client reaches (default: the listener's address)")
+	cmd.Flags().StringVar(&proto, "protocol", "tcp", "tcp|udp")
+	cmd.MarkFlagRequired("listener")
+	cmd.MarkFlagRequired("src")
+	addClientFlags(cmd, &c)
+	return cmd
+}
+
+func parseTargetSpec(s string) (api.RegisterRequest, error) {
+	var f config.Flags
+	f.Targets = []string{s}
+	raw := &config.Raw{}
+	if err := f.Apply(raw); err != nil {
+		return api.RegisterRequest{}, fmt.Errorf("want ADDR[,zone=Z][,weight=W], got %q", s)
+	}
+	t := raw.TargetGroups[0].Targets[0]
+	req := api.RegisterRequest{Address: t.Address, Zone: t.Zone}
+	if t.Weight != nil {
+		req.Weight = *t.Weight
+	}
+	return req, nil
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
