@@ -2,6 +2,7 @@ package lb
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/netip"
@@ -103,3 +104,5 @@ func TestSequentialFlows(t *testing.T) {
 	}
 	_ = context.Background
 }
+
+func errorsIs(err, target error) bool { return errors.Is(err, target) }

@@ -95,7 +95,7 @@ func TestServeSIGTERMDrains(t *testing.T) {
 	addrc := make(chan string, 1)
 	done := make(chan error, 1)
 	go func() {
-		done <- serve(context.Background(), cfg, zap.NewNop(), time.Second, func(s *lb.Server) {
+		done <- serve(context.Background(), cfg, zap.NewNop(), time.Second, func(s *lb.Server, _ net.Addr) {
 			addrc <- s.Addrs(cfg.Listeners[0].Name)[0].String()
 		})
 	}()

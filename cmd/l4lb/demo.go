@@ -59,7 +59,7 @@ func newDemo() *cobra.Command {
 			if err != nil {
 				return usageError{err}
 			}
-			return serve(ctx, cfg, log, lb.DefaultConnectTimeout, func(*lb.Server) {
+			return serve(ctx, cfg, log, lb.DefaultConnectTimeout, func(*lb.Server, net.Addr) {
 				fmt.Fprintf(out, `
 l4lb demo is up: listener %s -> targets %v
 Try:

@@ -176,7 +176,7 @@ func newLogger(level, format string, w interface{ Write([]byte) (int, error) }) 
 
 // serve runs cfg until SIGTERM or SIGINT (or ctx ends), then drains. ready, if
 // not nil, is called once the listeners are up.
-func serve(ctx context.Context, cfg *config.Config, log *zap.Logger, connectTimeout time.Duration, ready func(*lb.Server)) error {
+func serve(ctx context.Context, cfg *config.Config, log *zap.Logger, connectTimeout time.Duration, ready func(*lb.Server, net.Addr)) error {
 	if ctx == nil {
 		ctx = context.Background()
 	}
@@ -198,7 +198,7 @@ func serve(ctx context.Context, cfg *config.Config, log *zap.Logger, connectTime
 	if err := srv.Start(); err != nil {
 		return err
 	}
-	stopAdmin, err := startAdmin(cfg, log, reg, srv)
+	adminAddr, stopAdmin, err := startAdmin(cfg, log, reg, srv)
 	if err != nil {
 		srv.Close()
 		return err
@@ -206,7 +206,7 @@ func serve(ctx context.Context, cfg *config.Config, log *zap.Logger, connectTime
 	defer stopAdmin()
 	log.Info("l4lb started", zap.Int("listeners", len(cfg.Listeners)), zap.Int("target_groups", len(cfg.TargetGroups)))
 	if ready != nil {
-		ready(srv)
+		ready(srv, adminAddr)
 	}
 
 	sigs := make(chan os.Signal, 1)
@@ -233,24 +233,24 @@ func (f reporterFunc) SetHealth(group string, target netip.AddrPort, healthy boo
 	f(group, target, healthy, reason, detail)
 }
 
-func startAdmin(cfg *config.Config, log *zap.Logger, reg *prometheus.Registry, srv *lb.Server) (func(), error) {
+func startAdmin(cfg *config.Config, log *zap.Logger, reg *prometheus.Registry, srv *lb.Server) (net.Addr, func(), error) {
 	if cfg.Admin.Listen == "" {
-		return func() {}, nil
+		return nil, func() {}, nil
 	}
 	token := ""
 	if cfg.Admin.TokenFile != "" {
 		b, err := os.ReadFile(cfg.Admin.TokenFile)
 		if err != nil {
-			return nil, usageError{fmt.Errorf("admin.token_file: %w", err)}
+			return nil, nil, usageError{fmt.Errorf("admin.token_file: %w", err)}
 		}
 		token = strings.TrimSpace(string(b))
 		if token == "" {
-			return nil, usageError{fmt.Errorf("admin.token_file: %s is empty", cfg.Admin.TokenFile)}
+			return nil, nil, usageError{fmt.Errorf("admin.token_file: %s is empty", cfg.Admin.TokenFile)}
 		}
 	}
 	ln, err := net.Listen("tcp", cfg.Admin.Listen)
 	if err != nil {
-		return nil, fmt.Errorf("admin API: %w", err)
+		return nil, nil, fmt.Errorf("admin API: %w", err)
 	}
 	hs := &http.Server{
 		Handler:           admin.Handler(admin.Options{Registry: srv, Gatherer: reg, Token: token}),
@@ -258,7 +258,7 @@ func startAdmin(cfg *config.Config, log *zap.Logger, reg *prometheus.Registry, s
 	}
 	go hs.Serve(ln)
 	log.Info("admin API up", zap.Stringer("addr", ln.Addr()))
-	return func() { hs.Close() }, nil
+	return ln.Addr(), func() { hs.Close() }, nil
 }
 
 // raiseFileLimit lifts RLIMIT_NOFILE to its hard limit: every flow holds two

@@ -1,0 +1,234 @@
+package lb
+
+import (
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/l4lb/l4lb/pkg/api"
+	"github.com/l4lb/l4lb/pkg/config"
+	"github.com/l4lb/l4lb/pkg/metrics"
+)
+
+// openFlow connects through addr and returns the connection with the target
+// its flow reached.
+func openFlow(t *testing.T, srv *Server, addr string) (net.Conn, string) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	echoOnce(t, c)
+	local := c.LocalAddr().String()
+	var tgt string
+	waitFor(t, func() bool {
+		fl, _ := srv.Flows("", 1000)
+		for _, f := range fl {
+			if f.Client == local {
+				tgt = f.Target
+				return true
+			}
+		}
+		return false
+	})
+	return c, tgt
+}
+
+func echoOnce(t *testing.T, c net.Conn) {
+	t.Helper()
+	if _, err := c.Write([]byte("ping")); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	b := make([]byte, 4)
+	if _, err := io.ReadFull(c, b); err != nil {
+		t.Fatalf("flow is gone: %v", err)
+	}
+}
+
+func testDeregister(t *testing.T, terminate bool) {
+	a, b := startEcho(t), startEcho(t)
+	cfg := testConfig([]config.Target{{Address: a.addr, Weight: 1}, {Address: b.addr, Weight: 1}}, func(_ *config.Listener, g *config.TargetGroup) {
+		g.Attributes.DeregistrationDelay = time.Second
+		g.Attributes.DeregistrationConnectionTermination = terminate
+		g.Attributes.UnhealthyRoutingMinHealthyCount = 1
+	})
+	srv, addr := startServer(t, cfg, Options{})
+	// A long-lived flow on target a.
+	var long net.Conn
+	for long == nil {
+		c, tgt := openFlow(t, srv, addr)
+		if tgt == a.addr.String() {
+			long = c
+		} else {
+			c.Close()
+		}
+	}
+	if err := srv.Deregister("tg", a.addr.String()); err != nil {
+		t.Fatal(err)
+	}
+	deregistered := time.Now()
+	tg, _ := srv.TargetGroup("tg")
+	if tg.Targets[0].State != api.StateDraining || tg.Targets[0].Reason != api.ReasonDeregistrationInProgress {
+		t.Fatalf("deregistered target: %+v", tg.Targets[0])
+	}
+	// No new flow reaches it...
+	for range 50 {
+		c, tgt := openFlow(t, srv, addr)
+		if tgt != b.addr.String() {
+			t.Fatalf("new flow went to %s after deregistration", tgt)
+		}
+		c.Close()
+	}
+	// ...while its own flow runs on during the delay.
+	echoOnce(t, long)
+	if time.Since(deregistered) > 900*time.Millisecond {
+		t.Skip("machine too slow to check the flow inside the 1s delay")
+	}
+	if terminate {
+		// Reset once the delay is over.
+		long.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := long.Read(make([]byte, 1)); err == nil {
+			t.Fatal("flow got data instead of a reset")
+		}
+		if d := time.Since(deregistered); d < time.Second {
+			t.Fatalf("flow closed after %v, before the 1s deregistration delay", d)
+		}
+	} else {
+		time.Sleep(1500 * time.Millisecond) // past the delay: the point of the test
+		echoOnce(t, long)
+	}
+	// The target is forgotten after the delay either way.
+	waitFor(t, func() bool { tg, _ := srv.TargetGroup("tg"); return len(tg.Targets) == 1 })
+}
+
+func TestDeregisterTerminates(t *testing.T)    { testDeregister(t, true) }
+func TestDeregisterLetsFlowsLive(t *testing.T) { testDeregister(t, false) }
+
+// The test reports health transitions itself, as the checks would (the checks
+// against real endpoints are tested in healthcheck and end to end in cmd).
+func TestFailOpenWhenAllUnhealthy(t *testing.T) {
+	a, b := startEcho(t), startEcho(t)
+	reg := prometheus.NewRegistry()
+	m := metrics.New(reg)
+	cfg := testConfig([]config.Target{{Address: a.addr, Weight: 1}, {Address: b.addr, Weight: 1}}, func(_ *config.Listener, g *config.TargetGroup) {
+		g.Attributes.UnhealthyRoutingMinHealthyCount = 1
+		g.Attributes.UnhealthyConnectionTermination = true
+	})
+	srv, addr := startServer(t, cfg, Options{Metrics: m})
+	srv.SetHealth("tg", a.addr, true, "", "")
+	srv.SetHealth("tg", b.addr, true, "", "")
+	// Healthy: not fail-open, nothing counted.
+	c, _ := openFlow(t, srv, addr)
+	c.Close()
+	if v := counterValue(t, reg, "l4lb_unhealthy_routing_flows_total"); v != 0 {
+		t.Fatalf("unhealthy routing counted %v with healthy targets", v)
+	}
+	// One unhealthy: flows go to the other only.
+	srv.SetHealth("tg", a.addr, false, api.ReasonFailedHealthChecks, "")
+	for range 20 {
+		c, tgt := openFlow(t, srv, addr)
+		if tgt != b.addr.String() {
+			t.Fatalf("flow went to unhealthy %s", tgt)
+		}
+		c.Close()
+	}
+	// Both unhealthy while their ports serve: traffic keeps flowing to both.
+	srv.SetHealth("tg", b.addr, false, api.ReasonResponseCodeMismatch, "")
+	seen := map[string]bool{}
+	for range 40 {
+		c, tgt := openFlow(t, srv, addr)
+		seen[tgt] = true
+		c.Close()
+	}
+	if len(seen) != 2 {
+		t.Fatalf("fail-open used %v, want both targets", seen)
+	}
+	if v := counterValue(t, reg, "l4lb_unhealthy_routing_flows_total"); v < 40 {
+		t.Fatalf("unhealthy_routing_flows_total = %v, want at least 40", v)
+	}
+	tg, _ := srv.TargetGroup("tg")
+	if !tg.FailOpen {
+		t.Fatal("group does not say it fails open")
+	}
+}
+
+// A target that turns unhealthy has its flows reset (the default), unless the
+// group is failing open.
+func TestUnhealthyTerminatesFlows(t *testing.T) {
+	a, b := startEcho(t), startEcho(t)
+	cfg := testConfig([]config.Target{{Address: a.addr, Weight: 1}, {Address: b.addr, Weight: 1}}, func(_ *config.Listener, g *config.TargetGroup) {
+		g.Attributes.UnhealthyRoutingMinHealthyCount = 1
+		g.Attributes.UnhealthyConnectionTermination = true
+	})
+	srv, addr := startServer(t, cfg, Options{})
+	srv.SetHealth("tg", a.addr, true, "", "")
+	srv.SetHealth("tg", b.addr, true, "", "")
+	var onA net.Conn
+	for onA == nil {
+		c, tgt := openFlow(t, srv, addr)
+		if tgt == a.addr.String() {
+			onA = c
+		}
+	}
+	srv.SetHealth("tg", a.addr, false, api.ReasonFailedHealthChecks, "")
+	onA.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := onA.Read(make([]byte, 1)); err == nil {
+		t.Fatal("flow to an unhealthy target was not reset")
+	}
+}
+
+func TestRegisterValidation(t *testing.T) {
+	e := startEcho(t)
+	srv, _ := startServer(t, testConfig([]config.Target{{Address: e.addr, Weight: 1}}, nil), Options{})
+	for _, tc := range []struct {
+		group string
+		req   api.RegisterRequest
+		want  error
+	}{
+		{"nope", api.RegisterRequest{Address: "127.0.0.1:1"}, api.ErrNotFound},
+		{"tg", api.RegisterRequest{Address: "not an address"}, api.ErrInvalid},
+		{"tg", api.RegisterRequest{Address: "127.0.0.1:1", Weight: 5000}, api.ErrInvalid},
+		{"tg", api.RegisterRequest{Address: "127.0.0.1"}, api.ErrInvalid}, // no port, group has none
+	} {
+		if _, err := srv.Register(tc.group, tc.req); err == nil || !errorsIs(err, tc.want) {
+			t.Errorf("Register(%s, %+v) = %v, want %v", tc.group, tc.req, err, tc.want)
+		}
+	}
+	th, err := srv.Register("tg", api.RegisterRequest{Address: "127.0.0.1:1", Weight: 2})
+	if err != nil || th.State != api.StateInitial || th.Reason != api.ReasonInitialHealthChecking {
+		t.Fatalf("Register = %+v, %v", th, err)
+	}
+	if err := srv.Deregister("tg", "127.0.0.9:9"); !errorsIs(err, api.ErrNotFound) {
+		t.Fatalf("deregistering an unknown target: %v", err)
+	}
+}
+
+func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, m := range mf.GetMetric() {
+				sum += metricValue(m)
+			}
+		}
+	}
+	return sum
+}
+
+func metricValue(m *dto.Metric) float64 {
+	if m.Counter != nil {
+		return m.Counter.GetValue()
+	}
+	return m.Gauge.GetValue()
+}
