@@ -36,7 +36,11 @@ func (s *Server) TargetGroup(name string) (api.TargetGroup, error) {
 	}
 	out := api.TargetGroup{Name: name, Protocol: g.cfg.Protocol.String(), Port: int(g.cfg.Port), Targets: []api.TargetHealth{}}
 	g.mu.Lock()
-	out.FailOpen = g.snap.Load().failOpen
+	snap := g.snap.Load()
+	out.FailOpen = snap.all.failOpen
+	for _, z := range snap.zones {
+		out.FailOpen = out.FailOpen || z.failOpen
+	}
 	for _, t := range g.targets {
 		out.Targets = append(out.Targets, g.describe(t))
 	}
@@ -99,7 +103,7 @@ func (s *Server) Route(listenerName, src, dst, protocol string) (api.Route, erro
 	}
 	srcAP = netip.AddrPortFrom(srcAP.Addr().Unmap(), srcAP.Port())
 	dstAP = netip.AddrPortFrom(dstAP.Addr().Unmap(), dstAP.Port())
-	g, snap, key := l.route.Load().lookup(srcAP, dstAP)
+	g, snap, key := l.route.Load().lookup(l.zone, srcAP, dstAP)
 	out := api.Route{Listener: listenerName, Protocol: protocol, Source: srcAP.String(), Destination: dstAP.String(),
 		Zone: l.zone, TargetGroup: g.cfg.Name, Key: "5-tuple", Hash: fmt.Sprintf("%#016x", key), FailOpen: snap.failOpen}
 	if snap.bal.Stickiness {

@@ -91,7 +91,7 @@ func (s *Server) serveConn(l *listener, c *net.TCPConn) {
 		return
 	}
 	dst := c.LocalAddr().(*net.TCPAddr).AddrPort()
-	g, snap, key := l.route.Load().lookup(src, dst)
+	g, snap, key := l.route.Load().lookup(l.zone, src, dst)
 	var buf [1 + balance.Retries]int
 	prefs := snap.bal.Pick(l.zone, key, buf[:])
 	var t *net.TCPConn

@@ -46,13 +46,34 @@ type target struct {
 	connectErrs prometheus.Counter
 }
 
-// groupSnap is the immutable routing view of a group: the Maglev tables over
-// the targets that may take new flows.
+// groupSnap is the immutable routing view of a group: per zone, the Maglev
+// table over the targets that may take new flows there.
 type groupSnap struct {
+	all   *zoneSnap            // cross-zone, or a listener outside every zone
+	zones map[string]*zoneSnap // without cross-zone: each zone's own view
+}
+
+// zoneSnap is the view from one zone.
+type zoneSnap struct {
 	bal      *balance.Group
 	targets  []*target // parallel to bal.Targets
-	failOpen bool      // too few healthy targets: routing to all of them
+	failOpen bool      // too few healthy targets: routing to all live ones
 	counted  bool      // failOpen with unhealthy targets: count such flows
+}
+
+// forZoneOf is the view that routes to t.
+func (s *groupSnap) forZoneOf(t *target) *zoneSnap {
+	if t.zone == "" {
+		return s.all
+	}
+	return s.forZone(t.zone)
+}
+
+func (s *groupSnap) forZone(zone string) *zoneSnap {
+	if z, ok := s.zones[zone]; ok {
+		return z
+	}
+	return s.all
 }
 
 // group is a target group: its registered targets (guarded by mu) and the
@@ -90,10 +111,64 @@ func (g *group) newTarget(addr netip.AddrPort, zone string, weight int) *target 
 // rebuild computes a new snapshot from the targets' states. Called with g.mu
 // held (or before the group is shared).
 func (g *group) rebuild() error {
+	all, err := g.view(g.targets)
+	if err != nil {
+		return err
+	}
+	snap := &groupSnap{all: all, zones: map[string]*zoneSnap{}}
+	if !g.crossZone {
+		// Without cross-zone each zone routes among its own targets (and
+		// zone-less ones), failing open within the zone as NLB's nodes do.
+		// A zone with no targets at all uses the group-wide view.
+		names := map[string]bool{}
+		for _, z := range g.srv.cfg.Zones {
+			names[z.Name] = true
+		}
+		for _, t := range g.targets {
+			if t.zone != "" {
+				names[t.zone] = true
+			}
+		}
+		for z := range names {
+			var in []*target
+			for _, t := range g.targets {
+				if t.zone == z || t.zone == "" {
+					in = append(in, t)
+				}
+			}
+			if len(in) == 0 {
+				continue
+			}
+			if snap.zones[z], err = g.view(in); err != nil {
+				return err
+			}
+		}
+	}
+	g.snap.Store(snap)
+	if m := g.srv.m; m != nil {
+		healthy, unhealthy := 0, 0
+		for _, t := range g.targets {
+			switch t.state {
+			case api.StateHealthy:
+				healthy++
+			case api.StateUnhealthy, api.StateUnhealthyDraining:
+				unhealthy++
+			}
+		}
+		m.HealthyTargets.WithLabelValues(g.cfg.Name, "").Set(float64(healthy))
+		m.UnhealthyTargets.WithLabelValues(g.cfg.Name, "").Set(float64(unhealthy))
+	}
+	return nil
+}
+
+// view builds the routing view over targets: the healthy ones, or, below the
+// minimum healthy count or percentage (NLB's unhealthy state routing), every
+// live one.
+func (g *group) view(targets []*target) (*zoneSnap, error) {
 	a := &g.cfg.Attributes
 	var healthy, live []*target
 	unhealthy := 0
-	for _, t := range g.targets {
+	for _, t := range targets {
 		switch t.state {
 		case api.StateHealthy:
 			healthy = append(healthy, t)
@@ -105,29 +180,21 @@ func (g *group) rebuild() error {
 			unhealthy++
 		}
 	}
-	// NLB's unhealthy state routing: below the minimum healthy count or
-	// percentage, route to every live target rather than to too few.
 	failOpen := len(healthy) < max(a.UnhealthyRoutingMinHealthyCount, 1) ||
 		(a.UnhealthyRoutingMinHealthyPercentage > 0 && len(healthy)*100 < a.UnhealthyRoutingMinHealthyPercentage*len(live))
 	use := healthy
 	if failOpen {
 		use = live
 	}
-	spec := balance.GroupSpec{Name: g.cfg.Name, CrossZone: g.crossZone, Stickiness: a.Stickiness}
+	spec := balance.GroupSpec{Name: g.cfg.Name, CrossZone: true, Stickiness: a.Stickiness}
 	for _, t := range use {
 		spec.Targets = append(spec.Targets, balance.Target{Addr: t.addr, Zone: t.zone, Weight: t.weight})
 	}
 	bal, err := balance.NewGroup(spec)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	g.snap.Store(&groupSnap{bal: bal, targets: use, failOpen: failOpen, counted: failOpen && unhealthy > 0})
-	m := g.srv.m
-	if m != nil {
-		m.HealthyTargets.WithLabelValues(g.cfg.Name, "").Set(float64(len(healthy)))
-		m.UnhealthyTargets.WithLabelValues(g.cfg.Name, "").Set(float64(unhealthy))
-	}
-	return nil
+	return &zoneSnap{bal: bal, targets: use, failOpen: failOpen, counted: failOpen && unhealthy > 0}, nil
 }
 
 func (g *group) find(addr netip.AddrPort) *target {
@@ -241,7 +308,7 @@ func (s *Server) SetHealth(groupName string, addr netip.AddrPort, healthy bool, 
 	g.rebuild()
 	a := &g.cfg.Attributes
 	switch {
-	case g.snap.Load().failOpen:
+	case g.snap.Load().forZoneOf(t).failOpen:
 		// Its flows would come straight back to it: leave them be.
 	case a.UnhealthyConnectionTermination:
 		t.terminate("target unhealthy")

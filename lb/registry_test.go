@@ -3,6 +3,8 @@ package lb
 import (
 	"io"
 	"net"
+	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -231,4 +233,37 @@ func metricValue(m *dto.Metric) float64 {
 		return m.Counter.GetValue()
 	}
 	return m.Gauge.GetValue()
+}
+
+// Zone health follows the healthy targets each zone's listener can use; with
+// cross-zone off, a zone whose own targets are all down reports 503-worthy.
+func TestZoneHealth(t *testing.T) {
+	a, b := startEcho(t), startEcho(t)
+	cfg := testConfig([]config.Target{{Address: a.addr, Zone: "a", Weight: 1}, {Address: b.addr, Zone: "b", Weight: 1}}, func(l *config.Listener, g *config.TargetGroup) {
+		l.Bind = []config.BindAddr{{IP: netip.MustParseAddr("127.0.0.1"), Zone: "a"}, {IP: netip.MustParseAddr("127.0.0.2"), Zone: "b"}}
+		g.Attributes.UnhealthyRoutingMinHealthyCount = 1
+	})
+	cfg.Zones = []config.Zone{{Name: "a", IPs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}}, {Name: "b", IPs: []netip.Addr{netip.MustParseAddr("127.0.0.2")}}}
+	srv, _ := startServer(t, cfg, Options{})
+	srv.SetHealth("tg", a.addr, true, "", "")
+	srv.SetHealth("tg", b.addr, false, api.ReasonFailedHealthChecks, "")
+	za, err := srv.ZoneHealth("a")
+	if err != nil || !za.Healthy {
+		t.Fatalf("zone a: %+v %v", za, err)
+	}
+	zb, err := srv.ZoneHealth("b")
+	if err != nil || zb.Healthy || !strings.Contains(zb.Listeners["test"], "0 healthy") {
+		t.Fatalf("zone b: %+v %v", zb, err)
+	}
+	if _, err := srv.ZoneHealth("c"); !errorsIs(err, api.ErrNotFound) {
+		t.Fatalf("unknown zone: %v", err)
+	}
+	// Zone b's listener still routes only to zone b's target (fail-open
+	// within the zone's table), never across zones.
+	for range 10 {
+		rt, err := srv.Route("test", "192.0.2.1:1000", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), srv.findListener("test", netip.MustParseAddr("127.0.0.2")).port()).String(), "tcp")
+		if err != nil || rt.Target != b.addr.String() {
+			t.Fatalf("route in zone b: %+v %v", rt, err)
+		}
+	}
 }

@@ -106,12 +106,13 @@ func (a *acl) permits(ip netip.Addr) bool {
 
 func connectErrors(m *metrics.Metrics) *prometheus.CounterVec { return m.TargetConnectErrors }
 
-// lookup picks the group and snapshot of a flow and its Maglev key: the
-// 5-tuple hash, or the source IP's with stickiness.
-func (r *route) lookup(src, dst netip.AddrPort) (*group, *groupSnap, uint64) {
+// lookup picks the group of a flow, the routing view of the zone it arrived
+// in, and its Maglev key: the 5-tuple hash, or the source IP's with
+// stickiness.
+func (r *route) lookup(zone string, src, dst netip.AddrPort) (*group, *zoneSnap, uint64) {
 	key := balance.FlowHash(balance.ProtoTCP, src, dst)
 	g := r.pick(key)
-	snap := g.snap.Load()
+	snap := g.snap.Load().forZone(zone)
 	if snap.bal.Stickiness {
 		key = balance.SourceHash(src.Addr())
 	}

@@ -343,3 +343,45 @@ func TestAdminAPIErrors(t *testing.T) {
 		t.Errorf("describe-health with the token: exit %d %s %s", code, out, errs)
 	}
 }
+
+// Every target failing its health check while its traffic port serves:
+// routing fails open, traffic keeps flowing, and the flows are counted.
+func TestFailOpenEndToEnd(t *testing.T) {
+	ts := []*idTarget{startIDTarget(t), startIDTarget(t)}
+	ts[0].code.Store(503) // the shared health endpoint fails for everyone
+	r := startServe(t, groupYAML(freePort(t), ts, true, ""))
+	waitUntil(t, "all unhealthy", func() bool {
+		for _, th := range describe(t, r.admin) {
+			if th.State != api.StateUnhealthy {
+				return false
+			}
+		}
+		return true
+	})
+	for range 20 {
+		c, err := net.DialTimeout("tcp", r.addr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(c, make([]byte, 21)); err != nil {
+			t.Fatalf("fail-open flow: %v", err)
+		}
+		c.Close()
+	}
+	resp, err := http.Get(r.admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var n float64
+	for _, line := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(line, `l4lb_unhealthy_routing_flows_total{target_group="web"}`) {
+			fmt.Sscanf(line[strings.LastIndex(line, " ")+1:], "%g", &n)
+		}
+	}
+	if n < 20 {
+		t.Fatalf("l4lb_unhealthy_routing_flows_total = %v, want at least 20", n)
+	}
+}
