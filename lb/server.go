@@ -66,6 +66,7 @@ type Server struct {
 	opts      Options
 	dialer    net.Dialer
 	listeners []*listener
+	udp       []*udpFront
 	pipes     pipePool
 	bufs      bufPool
 	flows     tracker
@@ -118,16 +119,20 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	}
 	for i := range cfg.Listeners {
 		lc := &cfg.Listeners[i]
-		if lc.Protocol != config.TCP {
-			return nil, fmt.Errorf("listener %s: %s listeners are not supported by this build yet", lc.Name, lc.Protocol)
+		if lc.Protocol == config.TLS {
+			return nil, fmt.Errorf("listener %s: TLS listeners are not supported by this build yet", lc.Name)
 		}
 		r, err := buildRoute(lc, s.groups)
 		if err != nil {
 			return nil, err
 		}
 		for _, b := range lc.Bind {
-			l := newListener(s, lc, b, r)
-			s.listeners = append(s.listeners, l)
+			if lc.Protocol.HasTCP() {
+				s.listeners = append(s.listeners, newListener(s, lc, b, r))
+			}
+			if lc.Protocol.HasUDP() {
+				s.udp = append(s.udp, newUDPFront(s, lc, b, r))
+			}
 		}
 	}
 	return s, nil
@@ -141,12 +146,23 @@ func (s *Server) Start() error {
 		return fmt.Errorf("creating the idle-flow epoll set: %w", err)
 	}
 	s.parker = p
+	fail := func(err error) error {
+		for _, o := range s.listeners {
+			o.close()
+		}
+		for _, u := range s.udp {
+			u.close()
+		}
+		return err
+	}
 	for _, l := range s.listeners {
 		if err := l.bind(); err != nil {
-			for _, o := range s.listeners {
-				o.close()
-			}
-			return err
+			return fail(err)
+		}
+	}
+	for _, u := range s.udp {
+		if err := u.bind(); err != nil {
+			return fail(err)
 		}
 	}
 	if s.health != nil {
@@ -163,7 +179,11 @@ func (s *Server) Start() error {
 			s.loops.Add(1)
 			go s.acceptLoop(l, sock)
 		}
-		s.log.Info("listener up", zap.String(logListener, l.cfg.Name), zap.Stringer(logAddr, l.Addr()), zap.Int(logSockets, len(l.socks)))
+		s.log.Info("listener up", zap.String(logListener, l.cfg.Name), zap.String("protocol", "TCP"), zap.Stringer(logAddr, l.Addr()), zap.Int(logSockets, len(l.socks)))
+	}
+	for _, u := range s.udp {
+		u.start()
+		s.log.Info("listener up", zap.String(logListener, u.cfg.Name), zap.String("protocol", "UDP"), zap.Stringer(logAddr, u.Addr()), zap.Int(logSockets, len(u.socks)))
 	}
 	return nil
 }
@@ -187,6 +207,26 @@ func (s *Server) MovedBytes() (total, spliced int64) { return s.moved.Load(), s.
 // goroutine (idle for a while).
 func (s *Server) ParkedDirections() int { return s.parker.count() }
 
+// UDPAddrs returns the bound UDP addresses of the named listener.
+func (s *Server) UDPAddrs(name string) []net.Addr {
+	var out []net.Addr
+	for _, u := range s.udp {
+		if u.cfg.Name == name && len(u.socks) > 0 {
+			out = append(out, u.Addr())
+		}
+	}
+	return out
+}
+
+// UDPFlows is the number of entries in the UDP flow tables.
+func (s *Server) UDPFlows() int {
+	n := 0
+	for _, u := range s.udp {
+		n += u.table.Len()
+	}
+	return n
+}
+
 // ActiveFlows is the number of flows open now.
 func (s *Server) ActiveFlows() int { return s.flows.count() }
 
@@ -196,6 +236,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.closing.Store(true)
 	for _, l := range s.listeners {
 		l.close()
+	}
+	for _, u := range s.udp {
+		u.close()
 	}
 	s.loops.Wait()
 	n := s.flows.count()

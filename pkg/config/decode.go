@@ -31,6 +31,7 @@ type RawAdmin struct {
 type RawLoadBalancer struct {
 	CrossZone       *bool  `yaml:"cross_zone,omitempty"`
 	ShutdownTimeout string `yaml:"shutdown_timeout,omitempty"`
+	MaxFlows        *int   `yaml:"max_flows,omitempty"`
 }
 
 // RawListener is one listener as written.

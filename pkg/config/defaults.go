@@ -6,6 +6,7 @@ import "time"
 const (
 	DefaultAdminListen         = "127.0.0.1:9900"
 	DefaultShutdownTimeout     = 30 * time.Second
+	DefaultMaxFlows            = 65536
 	DefaultIdleTimeout         = 350 * time.Second
 	DefaultUDPIdleTimeout      = 120 * time.Second
 	DefaultHealthInterval      = 30 * time.Second

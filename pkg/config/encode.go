@@ -32,7 +32,8 @@ func (c *Config) ToRaw() *Raw {
 		}
 	}
 	cz := c.CrossZone
-	r.LoadBalancer = RawLoadBalancer{CrossZone: &cz, ShutdownTimeout: dur(c.ShutdownTimeout)}
+	mf := c.MaxFlows
+	r.LoadBalancer = RawLoadBalancer{CrossZone: &cz, ShutdownTimeout: dur(c.ShutdownTimeout), MaxFlows: &mf}
 	for _, l := range c.Listeners {
 		port := int(l.Port)
 		maxc := l.MaxConnectionsPerSource

@@ -76,6 +76,13 @@ func (n *normalizer) run() *Config {
 		cfg.CrossZone = *n.raw.LoadBalancer.CrossZone
 	}
 	cfg.ShutdownTimeout = n.duration("load_balancer.shutdown_timeout", n.raw.LoadBalancer.ShutdownTimeout, DefaultShutdownTimeout)
+	cfg.MaxFlows = DefaultMaxFlows
+	if m := n.raw.LoadBalancer.MaxFlows; m != nil {
+		if *m < 1 || *m > 1<<24 {
+			n.errs.add("load_balancer.max_flows", "%d is outside 1-%d", *m, 1<<24)
+		}
+		cfg.MaxFlows = *m
+	}
 	groups := map[string]bool{}
 	for i := range n.raw.TargetGroups {
 		tg := n.targetGroup(fmt.Sprintf("target_groups[%d]", i), &n.raw.TargetGroups[i], cfg)

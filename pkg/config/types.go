@@ -21,8 +21,11 @@ type Config struct {
 	Zones           []Zone // sorted by name; empty means one unnamed zone
 	CrossZone       bool   // load_balancer.cross_zone
 	ShutdownTimeout time.Duration
-	Listeners       []Listener
-	TargetGroups    []TargetGroup
+	// MaxFlows bounds each UDP listener address's flow table; new flows
+	// beyond it are refused and counted (load_balancer.max_flows).
+	MaxFlows     int
+	Listeners    []Listener
+	TargetGroups []TargetGroup
 }
 
 // Admin is the admin API endpoint. Listen is empty when the API is off.

@@ -1,0 +1,451 @@
+package lb
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/l4lb/l4lb/lb/balance"
+	flowtable "github.com/l4lb/l4lb/lb/flow"
+	"github.com/l4lb/l4lb/pkg/config"
+	"github.com/l4lb/l4lb/pkg/metrics"
+)
+
+const (
+	udpBatch   = 32
+	udpBufSize = 65536 // the largest UDP payload, so nothing is truncated
+)
+
+// udpFront is a UDP listener on one bind address: SocketsPerAddr
+// SO_REUSEPORT sockets, each with a read goroutine taking datagrams in
+// batches (recvmmsg), and one reply goroutine that waits on every flow's
+// upstream socket in an epoll set and sends replies back in batches
+// (sendmmsg) from the address the client sent to.
+type udpFront struct {
+	srv      *Server
+	cfg      *config.Listener
+	bindA    config.BindAddr
+	zone     string
+	route    atomic.Pointer[route]
+	acl      acl
+	socks    []*net.UDPConn
+	sendFD   int // raw descriptor replies leave from
+	wildcard bool
+	table    *flowtable.Table[*udpFlow]
+
+	epfd  int
+	wake  int
+	mu    sync.Mutex // guards slots and free
+	slots []*udpFlow
+	free  []int32
+	done  chan struct{}
+
+	newFlows, rejectFull, rejectACL, rejectNoTgt prometheus.Counter
+	pktsIn, pktsOut, bytesIn, bytesOut           prometheus.Counter
+	dropped                                      prometheus.Counter
+	active, entries                              prometheus.Gauge
+}
+
+// udpFlow is one client 5-tuple with its connected upstream socket.
+type udpFlow struct {
+	key     flowtable.Key
+	fd      int // connected, non-blocking; owned by the front's reply loop
+	slot    int32
+	tgt     *target
+	start   time.Time
+	name    unix.RawSockaddrInet6 // the client, ready for sendmmsg
+	namelen uint32
+	src     netip.Addr // reply source for wildcard listeners
+
+	mu     sync.RWMutex // writers hold it shared; close holds it exclusively
+	closed bool
+}
+
+func newUDPFront(s *Server, lc *config.Listener, b config.BindAddr, r *route) *udpFront {
+	u := &udpFront{srv: s, cfg: lc, bindA: b, zone: b.Zone, acl: newACL(lc), wildcard: b.IP.IsUnspecified(),
+		table: flowtable.NewTable[*udpFlow](flowtable.Options{Max: s.cfg.MaxFlows, Idle: lc.UDPIdleTimeout}), done: make(chan struct{})}
+	u.route.Store(r)
+	m := s.m
+	lbl := []string{lc.Name, "UDP", b.Zone}
+	c := func(f func(*metrics.Metrics) *prometheus.CounterVec, extra ...string) prometheus.Counter {
+		return m.Counter(f, append(append([]string{}, lbl...), extra...)...)
+	}
+	u.newFlows = c(func(m *metrics.Metrics) *prometheus.CounterVec { return m.NewFlows })
+	u.rejectFull = c(func(m *metrics.Metrics) *prometheus.CounterVec { return m.RejectedFlows }, "flow_table_full")
+	u.rejectACL = c(func(m *metrics.Metrics) *prometheus.CounterVec { return m.RejectedFlows }, "acl")
+	u.rejectNoTgt = c(func(m *metrics.Metrics) *prometheus.CounterVec { return m.RejectedFlows }, "no_target")
+	u.dropped = c(func(m *metrics.Metrics) *prometheus.CounterVec { return m.RejectedFlows }, "datagram_dropped")
+	u.pktsIn = c(func(m *metrics.Metrics) *prometheus.CounterVec { return m.ProcessedPackets }, "in")
+	u.pktsOut = c(func(m *metrics.Metrics) *prometheus.CounterVec { return m.ProcessedPackets }, "out")
+	u.bytesIn = c(func(m *metrics.Metrics) *prometheus.CounterVec { return m.ProcessedBytes }, "in")
+	u.bytesOut = c(func(m *metrics.Metrics) *prometheus.CounterVec { return m.ProcessedBytes }, "out")
+	u.active = m.Gauge(func(m *metrics.Metrics) *prometheus.GaugeVec { return m.ActiveFlows }, lbl...)
+	u.entries = m.Gauge(func(m *metrics.Metrics) *prometheus.GaugeVec { return m.FlowTableEntries }, lc.Name)
+	return u
+}
+
+func (u *udpFront) bind() error {
+	lc := net.ListenConfig{Control: func(network, address string, c syscall.RawConn) error {
+		if err := listenControl(network, address, c); err != nil {
+			return err
+		}
+		if !u.wildcard {
+			return nil
+		}
+		var serr error
+		c.Control(func(fd uintptr) {
+			if network == "udp6" {
+				serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_RECVPKTINFO, 1)
+			} else {
+				serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_PKTINFO, 1)
+			}
+		})
+		return serr
+	}}
+	network := "udp4"
+	if u.bindA.IP.Is6() {
+		network = "udp6"
+	}
+	port := u.cfg.Port
+	for range u.srv.opts.SocketsPerAddr {
+		addr := netip.AddrPortFrom(u.bindA.IP, port).String()
+		pc, err := lc.ListenPacket(context.Background(), network, addr)
+		if err != nil {
+			return fmt.Errorf("listener %s: binding udp %s: %w", u.cfg.Name, addr, err)
+		}
+		uc := pc.(*net.UDPConn)
+		u.socks = append(u.socks, uc)
+		port = uc.LocalAddr().(*net.UDPAddr).AddrPort().Port()
+	}
+	rc, _ := u.socks[0].SyscallConn()
+	rc.Control(func(fd uintptr) { u.sendFD = int(fd) })
+	var err error
+	if u.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
+		return err
+	}
+	if u.wake, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
+		return err
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: -1}
+	return unix.EpollCtl(u.epfd, unix.EPOLL_CTL_ADD, u.wake, &ev)
+}
+
+func (u *udpFront) Addr() net.Addr {
+	if len(u.socks) == 0 {
+		return nil
+	}
+	return u.socks[0].LocalAddr()
+}
+
+func (u *udpFront) start() {
+	for _, sock := range u.socks {
+		u.srv.loops.Add(1)
+		go u.readLoop(sock)
+	}
+	go u.replyLoop()
+}
+
+// close stops reading; the reply loop closes every flow and exits.
+func (u *udpFront) close() {
+	for _, s := range u.socks {
+		s.Close()
+	}
+	if u.epfd > 0 {
+		unix.Write(u.wake, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+		<-u.done
+		unix.Close(u.epfd)
+		unix.Close(u.wake)
+	}
+}
+
+// readLoop takes client datagrams in batches and forwards each on its flow's
+// upstream socket, creating the flow on its first datagram.
+func (u *udpFront) readLoop(sock *net.UDPConn) {
+	defer u.srv.loops.Done()
+	rc, err := sock.SyscallConn()
+	if err != nil {
+		return
+	}
+	b := newBatch(udpBatch, udpBufSize)
+	var localDst netip.AddrPort
+	if !u.wildcard {
+		localDst = sock.LocalAddr().(*net.UDPAddr).AddrPort()
+	}
+	port := sock.LocalAddr().(*net.UDPAddr).AddrPort().Port()
+	read := func(fd uintptr) bool {
+		for {
+			b.prepRecv(udpBatch, u.wildcard)
+			n, err := recvmmsg(int(fd), b, udpBatch)
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil || n == 0 {
+				return err != unix.EAGAIN // wait for more, or give up on a real error
+			}
+			now := time.Now()
+			var pkts, bytes int
+			for i := range n {
+				dst := localDst
+				if u.wildcard {
+					ip, ok := b.dst(i)
+					if !ok {
+						u.dropped.Inc()
+						continue
+					}
+					dst = netip.AddrPortFrom(ip, port)
+				}
+				size := int(b.hdrs[i].len)
+				if b.hdrs[i].hdr.Flags&unix.MSG_TRUNC != 0 {
+					u.dropped.Inc() // cannot happen with 64 KiB buffers; counted if it does
+					continue
+				}
+				if u.forward(b.addr(i), dst, b.bufs[i][:size], now) {
+					pkts++
+					bytes += size
+				}
+			}
+			u.pktsIn.Add(float64(pkts))
+			u.bytesIn.Add(float64(bytes))
+		}
+	}
+	for {
+		if err := rc.Read(read); err != nil {
+			if errors.Is(err, net.ErrClosed) || u.srv.closing.Load() {
+				return
+			}
+			u.srv.log.Warn("udp read failed", zap.String(logListener, u.cfg.Name), zap.Error(err))
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+}
+
+// forward sends one datagram on its flow, making the flow if it is new.
+func (u *udpFront) forward(src, dst netip.AddrPort, data []byte, now time.Time) bool {
+	key := flowtable.Key{Proto: balance.ProtoUDP, Src: src, Dst: dst}
+	f, ok := u.table.Get(key, now)
+	if !ok {
+		if f = u.newFlow(key, now); f == nil {
+			return false
+		}
+	}
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if f.closed {
+		u.dropped.Inc()
+		return false
+	}
+	if _, err := unix.Write(f.fd, data); err != nil {
+		// A full socket buffer or an ICMP error from the target: UDP
+		// drops, and so do we, counting it.
+		u.dropped.Inc()
+		return false
+	}
+	return true
+}
+
+func (u *udpFront) newFlow(key flowtable.Key, now time.Time) *udpFlow {
+	if !u.acl.permits(key.Src.Addr()) {
+		u.rejectACL.Inc()
+		return nil
+	}
+	hash := balance.FlowHash(balance.ProtoUDP, key.Src, key.Dst)
+	g := u.route.Load().pick(hash)
+	snap := g.snap.Load().forZone(u.zone)
+	if snap.bal.Stickiness {
+		hash = balance.SourceHash(key.Src.Addr())
+	}
+	var buf [1]int
+	prefs := snap.bal.Pick(u.zone, hash, buf[:])
+	if len(prefs) == 0 {
+		u.rejectNoTgt.Inc()
+		return nil
+	}
+	tgt := snap.targets[prefs[0]]
+	fd, err := dialUDP(tgt.addr)
+	if err != nil {
+		tgt.connectErrs.Inc()
+		u.rejectNoTgt.Inc()
+		return nil
+	}
+	f := &udpFlow{key: key, fd: fd, tgt: tgt, start: now}
+	f.name, f.namelen = sockaddr(key.Src)
+	if u.wildcard {
+		f.src = key.Dst.Addr()
+	}
+	got, created, err := u.table.Insert(key, f, now)
+	if err != nil || !created {
+		unix.Close(fd)
+		if err != nil {
+			u.rejectFull.Inc()
+		}
+		return got // nil when full; the winner of a race otherwise
+	}
+	if snap.counted {
+		g.unhealthyRouting.Inc()
+	}
+	u.mu.Lock()
+	if n := len(u.free); n > 0 {
+		f.slot = u.free[n-1]
+		u.free = u.free[:n-1]
+		u.slots[f.slot] = f
+	} else {
+		f.slot = int32(len(u.slots))
+		u.slots = append(u.slots, f)
+	}
+	u.mu.Unlock()
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: f.slot}
+	if err := unix.EpollCtl(u.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		u.table.Delete(key)
+		u.release(f)
+		return nil
+	}
+	u.newFlows.Inc()
+	u.active.Inc()
+	u.entries.Inc()
+	return f
+}
+
+// dialUDP opens a non-blocking UDP socket connected to the target, outside
+// Go's poller: the front's reply loop waits on it.
+func dialUDP(t netip.AddrPort) (int, error) {
+	family := unix.AF_INET
+	if t.Addr().Is6() {
+		family = unix.AF_INET6
+	}
+	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	var sa unix.Sockaddr
+	if family == unix.AF_INET {
+		sa = &unix.SockaddrInet4{Port: int(t.Port()), Addr: t.Addr().As4()}
+	} else {
+		sa = &unix.SockaddrInet6{Port: int(t.Port()), Addr: t.Addr().As16()}
+	}
+	if err := unix.Connect(fd, sa); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
+}
+
+// release closes a flow's socket once no writer holds it and frees its slot.
+func (u *udpFront) release(f *udpFlow) {
+	f.mu.Lock()
+	if !f.closed {
+		f.closed = true
+		unix.EpollCtl(u.epfd, unix.EPOLL_CTL_DEL, f.fd, nil)
+		unix.Close(f.fd)
+	}
+	f.mu.Unlock()
+	u.mu.Lock()
+	if int(f.slot) < len(u.slots) && u.slots[f.slot] == f {
+		u.slots[f.slot] = nil
+		u.free = append(u.free, f.slot)
+	}
+	u.mu.Unlock()
+}
+
+// replyLoop sends targets' replies back to their clients and expires idle
+// flows. It is the only closer of flow sockets.
+func (u *udpFront) replyLoop() {
+	defer close(u.done)
+	events := make([]unix.EpollEvent, 128)
+	b := newBatch(udpBatch, udpBufSize)
+	scan := min(time.Second, max(u.cfg.UDPIdleTimeout/4, 10*time.Millisecond))
+	lastScan := time.Now()
+	var expired []*udpFlow
+	for {
+		n, err := unix.EpollWait(u.epfd, events, int(scan/time.Millisecond))
+		if err != nil && err != unix.EINTR {
+			return
+		}
+		if u.srv.closing.Load() {
+			u.table.Range(func(_ flowtable.Key, f *udpFlow) bool { u.release(f); return true })
+			return
+		}
+		now := time.Now()
+		for i := range max(n, 0) {
+			slot := events[i].Fd
+			if slot < 0 {
+				continue
+			}
+			u.mu.Lock()
+			var f *udpFlow
+			if int(slot) < len(u.slots) {
+				f = u.slots[slot]
+			}
+			u.mu.Unlock()
+			if f != nil {
+				u.reply(f, b, now)
+			}
+		}
+		if now.Sub(lastScan) >= scan {
+			lastScan = now
+			expired = u.table.Expire(now, expired[:0])
+			for _, f := range expired {
+				u.release(f)
+				u.active.Dec()
+				u.entries.Dec()
+			}
+		}
+	}
+}
+
+// reply drains a flow's upstream socket to its client.
+func (u *udpFront) reply(f *udpFlow, b *batch, now time.Time) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if f.closed {
+		return
+	}
+	u.table.Get(f.key, now) // replies keep the flow alive too
+	for {
+		b.prepRecv(udpBatch, false)
+		n, err := recvmmsg(f.fd, b, udpBatch)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || n == 0 {
+			return // EAGAIN, or an ICMP error queued on the socket
+		}
+		bytes := 0
+		for i := range n {
+			size := int(b.hdrs[i].len)
+			bytes += size
+			b.setSend(i, size, &f.name, f.namelen, f.src)
+		}
+		sent := 0
+		for sent < n {
+			m, err := sendmmsg(u.sendFD, sliceBatch(b, sent), n-sent)
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil || m == 0 {
+				u.dropped.Add(float64(n - sent))
+				break
+			}
+			sent += m
+		}
+		u.pktsOut.Add(float64(sent))
+		u.bytesOut.Add(float64(bytes))
+	}
+}
+
+// sliceBatch is b from slot i on, sharing its memory.
+func sliceBatch(b *batch, i int) *batch {
+	if i == 0 {
+		return b
+	}
+	return &batch{hdrs: b.hdrs[i:]}
+}

@@ -1,0 +1,255 @@
+package lb
+
+import (
+	"bytes"
+	"math"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/l4lb/l4lb/pkg/api"
+	"github.com/l4lb/l4lb/pkg/config"
+	"github.com/l4lb/l4lb/pkg/metrics"
+)
+
+// udpTarget is a real UDP echo target that remembers which client addresses
+// (flows) it has seen.
+type udpTarget struct {
+	conn *net.UDPConn
+	addr netip.AddrPort
+	mu   sync.Mutex
+	seen map[netip.AddrPort]int
+	mute bool // never answers
+}
+
+func startUDPTarget(t *testing.T, mute bool) *udpTarget {
+	t.Helper()
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := &udpTarget{conn: c, addr: c.LocalAddr().(*net.UDPAddr).AddrPort(), seen: map[netip.AddrPort]int{}, mute: mute}
+	go func() {
+		buf := make([]byte, 65536)
+		for {
+			n, from, err := c.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			u.mu.Lock()
+			u.seen[from]++
+			u.mu.Unlock()
+			if !mute {
+				c.WriteToUDPAddrPort(buf[:n], from)
+			}
+		}
+	}()
+	t.Cleanup(func() { c.Close() })
+	return u
+}
+
+func (u *udpTarget) flows() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return len(u.seen)
+}
+
+func udpConfig(targets []config.Target, mod func(*config.Listener, *config.TargetGroup)) *config.Config {
+	cfg := testConfig(targets, func(l *config.Listener, g *config.TargetGroup) {
+		l.Protocol, g.Protocol = config.UDP, config.UDP
+		l.UDPIdleTimeout = config.DefaultUDPIdleTimeout
+		if mod != nil {
+			mod(l, g)
+		}
+	})
+	cfg.MaxFlows = config.DefaultMaxFlows
+	return cfg
+}
+
+func startUDPServer(t *testing.T, cfg *config.Config, opts Options) (*Server, string) {
+	t.Helper()
+	srv, err := New(cfg, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	return srv, srv.UDPAddrs("test")[0].String()
+}
+
+// exchange sends msg on c and waits for the echo.
+func exchange(t *testing.T, c net.Conn, msg []byte) {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 65536)
+	n, err := c.Read(buf)
+	if err != nil {
+		t.Fatalf("no reply: %v", err)
+	}
+	if !bytes.Equal(buf[:n], msg) {
+		t.Fatalf("reply of %d bytes differs from the %d sent", n, len(msg))
+	}
+}
+
+func TestUDPWeightedFlows(t *testing.T) {
+	var ts []*udpTarget
+	var cts []config.Target
+	for _, w := range []int{1, 1, 2} {
+		u := startUDPTarget(t, false)
+		ts = append(ts, u)
+		cts = append(cts, config.Target{Address: u.addr, Weight: w})
+	}
+	_, addr := startUDPServer(t, udpConfig(cts, nil), Options{})
+	const n = 1000
+	for range n {
+		c, err := net.Dial("udp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		exchange(t, c, []byte("q"))
+		c.Close()
+	}
+	for i, share := range []float64{0.25, 0.25, 0.5} {
+		want := share * n
+		if got := float64(ts[i].flows()); math.Abs(got-want) > 0.1*want {
+			t.Errorf("target %d got %.0f flows, want %.0f ±10%%", i, got, want)
+		}
+	}
+}
+
+// Every datagram of a flow reaches the same target, also after targets are
+// added; replies come from the address the client sent to.
+func TestUDPFlowPinned(t *testing.T) {
+	a, b := startUDPTarget(t, false), startUDPTarget(t, false)
+	srv, addr := startUDPServer(t, udpConfig([]config.Target{{Address: a.addr, Weight: 1}, {Address: b.addr, Weight: 1}}, nil), Options{})
+	c, err := net.Dial("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for range 50 {
+		exchange(t, c, []byte("same flow"))
+	}
+	var more []*udpTarget
+	for range 5 {
+		u := startUDPTarget(t, false)
+		more = append(more, u)
+		if _, err := srv.Register("tg", api.RegisterRequest{Address: u.addr.String()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 50 {
+		exchange(t, c, []byte("same flow"))
+	}
+	total := 0
+	for _, u := range append([]*udpTarget{a, b}, more...) {
+		u.mu.Lock()
+		for _, cnt := range u.seen {
+			if cnt != 0 && cnt != 100 {
+				t.Errorf("target %s got %d of the flow's 100 datagrams", u.addr, cnt)
+			}
+			total += cnt
+		}
+		u.mu.Unlock()
+	}
+	if total != 100 {
+		t.Fatalf("targets saw %d datagrams, want 100", total)
+	}
+}
+
+func TestUDPIdleExpiry(t *testing.T) {
+	a := startUDPTarget(t, false)
+	srv, addr := startUDPServer(t, udpConfig([]config.Target{{Address: a.addr, Weight: 1}}, func(l *config.Listener, _ *config.TargetGroup) {
+		l.UDPIdleTimeout = 200 * time.Millisecond
+	}), Options{})
+	c, err := net.Dial("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	exchange(t, c, []byte("1"))
+	if srv.UDPFlows() != 1 {
+		t.Fatalf("%d flows after one datagram", srv.UDPFlows())
+	}
+	waitFor(t, func() bool { return srv.UDPFlows() == 0 })
+	exchange(t, c, []byte("2")) // a new flow after expiry works
+	if srv.UDPFlows() != 1 {
+		t.Fatal("no new flow after expiry")
+	}
+}
+
+// At the table bound, new flows are refused and counted; a target that never
+// answers costs one entry until idle expiry.
+func TestUDPTableBound(t *testing.T) {
+	mute := startUDPTarget(t, true)
+	reg := prometheus.NewRegistry()
+	cfg := udpConfig([]config.Target{{Address: mute.addr, Weight: 1}}, func(l *config.Listener, _ *config.TargetGroup) {
+		l.UDPIdleTimeout = 500 * time.Millisecond
+	})
+	cfg.MaxFlows = 50
+	srv, addr := startUDPServer(t, cfg, Options{Metrics: metrics.New(reg)})
+	for range 200 {
+		c, err := net.Dial("udp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write([]byte("hello?"))
+		c.Close()
+	}
+	waitFor(t, func() bool {
+		return counterValue(t, reg, "l4lb_rejected_flows_total") >= 150
+	})
+	if n := srv.UDPFlows(); n != 50 {
+		t.Fatalf("%d flows, want the bound of 50", n)
+	}
+	if got := mute.flows(); got != 50 {
+		t.Fatalf("target saw %d flows, want 50", got)
+	}
+	waitFor(t, func() bool { return srv.UDPFlows() == 0 })
+}
+
+func TestUDPLargeDatagram(t *testing.T) {
+	a := startUDPTarget(t, false)
+	_, addr := startUDPServer(t, udpConfig([]config.Target{{Address: a.addr, Weight: 1}}, nil), Options{})
+	c, err := net.Dial("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	big := bytes.Repeat([]byte{0xab}, 65507) // the largest IPv4 UDP payload
+	exchange(t, c, big)
+	exchange(t, c, []byte{}) // and the smallest
+}
+
+// A listener bound to 0.0.0.0 answers from the address the client sent to.
+func TestUDPWildcardRepliesFromDestination(t *testing.T) {
+	a := startUDPTarget(t, false)
+	cfg := udpConfig([]config.Target{{Address: a.addr, Weight: 1}}, func(l *config.Listener, _ *config.TargetGroup) {
+		l.Bind = []config.BindAddr{{IP: netip.IPv4Unspecified()}}
+	})
+	srv, _ := startUDPServer(t, cfg, Options{})
+	port := srv.UDPAddrs("test")[0].(*net.UDPAddr).Port
+	for _, ip := range []string{"127.0.0.1", "127.0.0.3"} {
+		// Dial connects the client socket: the kernel drops replies from any
+		// other source address, so an answer proves the source.
+		c, err := net.Dial("udp", net.JoinHostPort(ip, itoa(port)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		exchange(t, c, []byte("who answers?"))
+		c.Close()
+	}
+}
+
+func itoa(i int) string {
+	return netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(i)).String()[len("0.0.0.0:"):]
+}
