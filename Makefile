@@ -3,7 +3,7 @@ BIN     := bin/l4lb
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 # Debian packages the integration tests and benchmarks drive.
-DEB_PKGS := haproxy iproute2 ca-certificates
+DEB_PKGS := haproxy unbound dnsperf nginx-light libnginx-mod-stream iproute2 ca-certificates
 
 .PHONY: all build run test deps lint bench fuzz clean
 
