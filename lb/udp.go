@@ -177,6 +177,8 @@ func (u *udpFront) readLoop(sock *net.UDPConn) {
 		return
 	}
 	b := newBatch(udpBatch, udpBufSize)
+	out := newSendBatch(udpBatch)
+	var flows [udpBatch]*udpFlow
 	var localDst netip.AddrPort
 	if !u.wildcard {
 		localDst = sock.LocalAddr().(*net.UDPAddr).AddrPort()
@@ -194,7 +196,10 @@ func (u *udpFront) readLoop(sock *net.UDPConn) {
 			}
 			now := time.Now()
 			var pkts, bytes int
+			// Resolve each datagram's flow, then hand each flow its
+			// datagrams in one sendmmsg on its connected socket.
 			for i := range n {
+				flows[i] = nil
 				dst := localDst
 				if u.wildcard {
 					ip, ok := b.dst(i)
@@ -204,15 +209,31 @@ func (u *udpFront) readLoop(sock *net.UDPConn) {
 					}
 					dst = netip.AddrPortFrom(ip, port)
 				}
-				size := int(b.hdrs[i].len)
 				if b.hdrs[i].hdr.Flags&unix.MSG_TRUNC != 0 {
 					u.dropped.Inc() // cannot happen with 64 KiB buffers; counted if it does
 					continue
 				}
-				if u.forward(b.addr(i), dst, b.bufs[i][:size], now) {
-					pkts++
-					bytes += size
+				flows[i] = u.lookup(b.addr(i), dst, now)
+			}
+			for i := range n {
+				f := flows[i]
+				if f == nil {
+					continue
 				}
+				k := 0
+				for j := i; j < n; j++ {
+					if flows[j] != f {
+						continue
+					}
+					flows[j] = nil
+					size := int(b.hdrs[j].len)
+					out.iovs[k] = unix.Iovec{Base: &b.bufs[j][0]}
+					out.iovs[k].SetLen(size)
+					bytes += size
+					k++
+				}
+				sent := u.send(f, out, k)
+				pkts += sent
 			}
 			u.pktsIn.Add(float64(pkts))
 			u.bytesIn.Add(float64(bytes))
@@ -229,28 +250,38 @@ func (u *udpFront) readLoop(sock *net.UDPConn) {
 	}
 }
 
-// forward sends one datagram on its flow, making the flow if it is new.
-func (u *udpFront) forward(src, dst netip.AddrPort, data []byte, now time.Time) bool {
+// lookup finds a datagram's flow, making it if it is new; nil means drop.
+func (u *udpFront) lookup(src, dst netip.AddrPort, now time.Time) *udpFlow {
 	key := flowtable.Key{Proto: balance.ProtoUDP, Src: src, Dst: dst}
-	f, ok := u.table.Get(key, now)
-	if !ok {
-		if f = u.newFlow(key, now); f == nil {
-			return false
-		}
+	if f, ok := u.table.Get(key, now); ok {
+		return f
 	}
+	return u.newFlow(key, now)
+}
+
+// send writes the first k datagrams of out on f's upstream socket and
+// returns how many went. What the socket refuses (a full buffer, an ICMP
+// error from the target) is dropped and counted, as UDP would.
+func (u *udpFront) send(f *udpFlow, out *batch, k int) int {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	if f.closed {
-		u.dropped.Inc()
-		return false
+		u.dropped.Add(float64(k))
+		return 0
 	}
-	if _, err := unix.Write(f.fd, data); err != nil {
-		// A full socket buffer or an ICMP error from the target: UDP
-		// drops, and so do we, counting it.
-		u.dropped.Inc()
-		return false
+	sent := 0
+	for sent < k {
+		m, err := sendmmsg(f.fd, sliceBatch(out, sent), k-sent)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || m == 0 {
+			u.dropped.Add(float64(k - sent))
+			break
+		}
+		sent += m
 	}
-	return true
+	return sent
 }
 
 func (u *udpFront) newFlow(key flowtable.Key, now time.Time) *udpFlow {
@@ -439,6 +470,9 @@ func (u *udpFront) reply(f *udpFlow, b *batch, now time.Time) {
 		}
 		u.pktsOut.Add(float64(sent))
 		u.bytesOut.Add(float64(bytes))
+		if n < udpBatch {
+			return // drained; epoll is level-triggered and says if more came
+		}
 	}
 }
 
@@ -448,4 +482,15 @@ func sliceBatch(b *batch, i int) *batch {
 		return b
 	}
 	return &batch{hdrs: b.hdrs[i:]}
+}
+
+// newSendBatch is a batch of iovec-only slots for a connected socket: the
+// iovecs point into a receive batch's buffers, so nothing is copied.
+func newSendBatch(n int) *batch {
+	b := &batch{hdrs: make([]mmsghdr, n), iovs: make([]unix.Iovec, n)}
+	for i := range n {
+		b.hdrs[i].hdr.Iov = &b.iovs[i]
+		b.hdrs[i].hdr.Iovlen = 1
+	}
+	return b
 }
