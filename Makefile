@@ -29,6 +29,7 @@ deps:
 test: deps lint
 	$(GO) test -race -count=1 -timeout 10m ./...
 	$(GO) test -run '^$$' -fuzz FuzzConfig -fuzztime 10s ./pkg/config
+	$(GO) test -run '^$$' -fuzz FuzzReadHeader -fuzztime 10s ./pkg/proxyproto
 
 lint:
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/l4lb/l4lb/lb/balance"
+	"github.com/l4lb/l4lb/pkg/proxyproto"
 )
 
 // flow is one proxied TCP connection: the client side, the target side and
@@ -23,7 +24,9 @@ type flow struct {
 	id        uint64
 	client    *net.TCPConn
 	target    *net.TCPConn
-	tgt       *target // the registered target it reached
+	tgt       *target        // the registered target it reached
+	src       netip.AddrPort // the client: the peer, or a trusted PROXY header's source
+	checkPP   bool           // refuse a PROXY header in the first bytes (untrusted peer)
 	start     time.Time
 	idle      time.Duration
 	parkAfter time.Duration // quiet time after which a direction parks
@@ -64,6 +67,9 @@ func (f *flow) abort() bool {
 	return true
 }
 
+// ProxyHeaderTimeout bounds reading a PROXY header from a trusted upstream.
+const ProxyHeaderTimeout = 5 * time.Second
+
 // resume continues a parked direction on a fresh goroutine.
 func (f *flow) resume(h *halfFlow) {
 	if h == &f.halves[0] {
@@ -84,13 +90,33 @@ func (s *Server) serveConn(l *listener, c *net.TCPConn) {
 		}
 	}()
 	src := c.RemoteAddr().(*net.TCPAddr).AddrPort()
+	dst := c.LocalAddr().(*net.TCPAddr).AddrPort()
+	checkPP := false
+	if len(l.cfg.ProxyProtocolAccept) > 0 {
+		if l.trusted(src.Addr()) {
+			// A trusted upstream must send a header (go-proxyproto's
+			// REQUIRE); the flow's client is then the header's source.
+			hsrc, _, err := proxyproto.ReadHeader(c, c, time.Now().Add(ProxyHeaderTimeout))
+			if err != nil {
+				l.rejectPP.Inc()
+				s.log.Debug("bad PROXY header", zap.String(logListener, l.cfg.Name), zap.Stringer(logClient, src), zap.Error(err))
+				c.SetLinger(0)
+				c.Close()
+				return
+			}
+			if hsrc.IsValid() { // a LOCAL header keeps the peer's address
+				src = hsrc
+			}
+		} else {
+			checkPP = true // anyone else's header is refused (REJECT)
+		}
+	}
 	if !l.acl.permits(src.Addr()) {
 		l.rejectACL.Inc()
 		c.SetLinger(0)
 		c.Close()
 		return
 	}
-	dst := c.LocalAddr().(*net.TCPAddr).AddrPort()
 	g, snap, key := l.route.Load().lookup(l.zone, src, dst)
 	var buf [1 + balance.Retries]int
 	prefs := snap.bal.Pick(l.zone, key, buf[:])
@@ -125,9 +151,27 @@ func (s *Server) serveConn(l *listener, c *net.TCPConn) {
 	f := s.flowPool.Get().(*flow)
 	f.l, f.client, f.target, f.idle = l, c, t, l.cfg.IdleTimeout
 	f.tgt, f.start = tgt, time.Now()
+	f.id = flowIDs.Add(1)
+	f.src, f.checkPP = src, checkPP
+	if g.cfg.Attributes.ProxyProtocolV2 {
+		// The header goes first, written whole before the copy starts; the
+		// sockets stay plain TCP, so the copy still splices.
+		hdr, err := proxyproto.V2(false, src, dst, proxyproto.TLVs{FlowID: f.id})
+		if err == nil {
+			t.SetWriteDeadline(time.Now().Add(s.opts.ConnectTimeout))
+			_, err = t.Write(hdr)
+		}
+		if err != nil {
+			l.lbResets.Inc()
+			c.SetLinger(0)
+			c.Close()
+			t.Close()
+			s.flowPool.Put(f)
+			return
+		}
+	}
 	f.parkAfter = min(time.Second, f.idle/4)
 	f.aborted.Store(false)
-	f.id = flowIDs.Add(1)
 	f.ended.Store(0)
 	f.touch()
 	if err := f.setup(); err != nil {
@@ -163,6 +207,7 @@ func (f *flow) setup() error {
 	down.src, down.dst, down.srcRC, down.dstRC = f.target, f.client, trc, crc
 	up.reset()
 	down.reset()
+	up.checkPP = f.checkPP
 	if err := crc.Control(up.onFD); err != nil {
 		return err
 	}

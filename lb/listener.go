@@ -39,6 +39,18 @@ type listener struct {
 	clientRsts  prometheus.Counter
 	rejectACL   prometheus.Counter
 	rejectNoTgt prometheus.Counter
+	rejectPP    prometheus.Counter // malformed or untrusted PROXY headers
+}
+
+// trusted reports whether ip may send a PROXY header (proxy_protocol_accept).
+func (l *listener) trusted(ip netip.Addr) bool {
+	ip = ip.Unmap()
+	for _, p := range l.cfg.ProxyProtocolAccept {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
 }
 
 func newListener(s *Server, lc *config.Listener, b config.BindAddr, r *route) *listener {
@@ -54,6 +66,7 @@ func newListener(s *Server, lc *config.Listener, b config.BindAddr, r *route) *l
 	l.clientRsts = m.Counter(func(m *metrics.Metrics) *prometheus.CounterVec { return m.TCPClientResets }, lbl...)
 	l.rejectACL = m.Counter(func(m *metrics.Metrics) *prometheus.CounterVec { return m.RejectedFlows }, append(lbl, "acl")...)
 	l.rejectNoTgt = m.Counter(func(m *metrics.Metrics) *prometheus.CounterVec { return m.RejectedFlows }, append(lbl, "no_target")...)
+	l.rejectPP = m.Counter(func(m *metrics.Metrics) *prometheus.CounterVec { return m.RejectedFlows }, append(lbl, "proxy_protocol")...)
 	return l
 }
 

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/l4lb/l4lb/pkg/proxyproto"
 )
 
 const (
@@ -82,6 +84,7 @@ type halfFlow struct {
 	onWrite func(fd uintptr) bool
 	onFD    func(fd uintptr)
 	spliced int64 // bytes of n that moved by splice(2)
+	checkPP bool  // the first bytes must not be a PROXY header (untrusted client)
 
 	fd    int          // the source socket's descriptor, for parking
 	slot  int32        // parker slot while parked
@@ -126,6 +129,15 @@ func (h *halfFlow) readReady(fd uintptr) bool {
 			h.eof = true
 		default:
 			h.bufOff, h.bufEnd = 0, n
+			if h.checkPP {
+				h.checkPP = false
+				if proxyproto.IsHeader((*h.buf)[:n]) {
+					h.f.l.rejectPP.Inc()
+					h.err = errUntrustedHeader
+					h.bufOff, h.bufEnd = 0, 0 // forward none of it
+					return true
+				}
+			}
 			if n == len(*h.buf) {
 				h.bulk = true // more is waiting: splice from the next read on
 			}
@@ -199,6 +211,10 @@ func (h *halfFlow) writeReady(fd uintptr) bool {
 	}
 	return true
 }
+
+// errUntrustedHeader ends a flow whose client, not trusted to, sent a PROXY
+// header.
+var errUntrustedHeader = errors.New("PROXY header from an untrusted client")
 
 // copyErr says how a direction ended.
 type copyErr uint8

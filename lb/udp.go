@@ -19,6 +19,7 @@ import (
 	flowtable "github.com/l4lb/l4lb/lb/flow"
 	"github.com/l4lb/l4lb/pkg/config"
 	"github.com/l4lb/l4lb/pkg/metrics"
+	"github.com/l4lb/l4lb/pkg/proxyproto"
 )
 
 const (
@@ -66,6 +67,7 @@ type udpFlow struct {
 	name    unix.RawSockaddrInet6 // the client, ready for sendmmsg
 	namelen uint32
 	src     netip.Addr // reply source for wildcard listeners
+	pp      []byte     // PROXY v2 header sent before every datagram, or nil
 
 	mu     sync.RWMutex // writers hold it shared; close holds it exclusively
 	closed bool
@@ -227,8 +229,7 @@ func (u *udpFront) readLoop(sock *net.UDPConn) {
 					}
 					flows[j] = nil
 					size := int(b.hdrs[j].len)
-					out.iovs[k] = unix.Iovec{Base: &b.bufs[j][0]}
-					out.iovs[k].SetLen(size)
+					out.setPayload(k, f.pp, b.bufs[j][:size])
 					bytes += size
 					k++
 				}
@@ -309,6 +310,13 @@ func (u *udpFront) newFlow(key flowtable.Key, now time.Time) *udpFlow {
 		return nil
 	}
 	f := &udpFlow{key: key, fd: fd, tgt: tgt, start: now}
+	if g.cfg.Attributes.ProxyProtocolV2 {
+		if f.pp, err = proxyproto.V2(true, key.Src, key.Dst, proxyproto.TLVs{FlowID: flowIDs.Add(1)}); err != nil {
+			unix.Close(fd)
+			u.rejectNoTgt.Inc()
+			return nil
+		}
+	}
 	f.name, f.namelen = sockaddr(key.Src)
 	if u.wildcard {
 		f.src = key.Dst.Addr()
@@ -485,12 +493,30 @@ func sliceBatch(b *batch, i int) *batch {
 }
 
 // newSendBatch is a batch of iovec-only slots for a connected socket: the
-// iovecs point into a receive batch's buffers, so nothing is copied.
+// iovecs point into a receive batch's buffers, so nothing is copied. Each
+// slot has two iovecs: a PROXY header, when the flow sends one, and the
+// datagram.
 func newSendBatch(n int) *batch {
-	b := &batch{hdrs: make([]mmsghdr, n), iovs: make([]unix.Iovec, n)}
+	b := &batch{hdrs: make([]mmsghdr, n), iovs: make([]unix.Iovec, 2*n)}
 	for i := range n {
-		b.hdrs[i].hdr.Iov = &b.iovs[i]
-		b.hdrs[i].hdr.Iovlen = 1
+		b.hdrs[i].hdr.Iov = &b.iovs[2*i]
 	}
 	return b
+}
+
+// setPayload points slot k at header (may be empty) and payload.
+func (b *batch) setPayload(k int, header, payload []byte) {
+	iov := b.iovs[2*k : 2*k+2]
+	n := 0
+	if len(header) > 0 {
+		iov[0] = unix.Iovec{Base: &header[0]}
+		iov[0].SetLen(len(header))
+		n++
+	}
+	if len(payload) > 0 {
+		iov[n] = unix.Iovec{Base: &payload[0]}
+		iov[n].SetLen(len(payload))
+		n++
+	}
+	b.hdrs[k].hdr.Iovlen = uint64(n)
 }

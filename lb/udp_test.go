@@ -5,6 +5,8 @@ import (
 	"math"
 	"net"
 	"net/netip"
+	"os"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -116,7 +118,7 @@ func TestUDPWeightedFlows(t *testing.T) {
 			t.Fatal(err)
 		}
 		exchange(t, c, []byte("q"))
-		c.Close()
+		defer c.Close() // open until the end, so every flow has its own port
 	}
 	for i, share := range []float64{0.25, 0.25, 0.5} {
 		want := share * n
@@ -193,27 +195,57 @@ func TestUDPTableBound(t *testing.T) {
 	mute := startUDPTarget(t, true)
 	reg := prometheus.NewRegistry()
 	cfg := udpConfig([]config.Target{{Address: mute.addr, Weight: 1}}, func(l *config.Listener, _ *config.TargetGroup) {
-		l.UDPIdleTimeout = 500 * time.Millisecond
+		l.UDPIdleTimeout = time.Minute // no expiry while the sources arrive
 	})
 	cfg.MaxFlows = 50
 	srv, addr := startUDPServer(t, cfg, Options{Metrics: metrics.New(reg)})
-	for range 200 {
+	// One new source at a time, each seen as a flow or a refusal before the
+	// next (UDP on loopback can still drop a datagram under load: resend).
+	for i := range 200 {
 		c, err := net.Dial("udp", addr)
 		if err != nil {
 			t.Fatal(err)
 		}
-		c.Write([]byte("hello?"))
-		c.Close()
+		deadline := time.Now().Add(5 * time.Second)
+		for srv.UDPFlows()+int(counterValue(t, reg, "l4lb_rejected_flows_total")) < i+1 {
+			if time.Now().After(deadline) {
+				buf := make([]byte, 1<<20)
+				n := runtime.Stack(buf, true)
+				os.WriteFile("/tmp/stack.txt", buf[:n], 0o644)
+				t.Fatalf("source %d was neither served nor refused (flows %d, refused %v, table %d)", i, srv.UDPFlows(), counterValue(t, reg, "l4lb_rejected_flows_total"), mute.flows())
+			}
+			c.Write([]byte("hello?"))
+			time.Sleep(2 * time.Millisecond)
+		}
+		defer c.Close() // kept open: a closed socket's port could come back as a "new" source
 	}
-	waitFor(t, func() bool {
-		return counterValue(t, reg, "l4lb_rejected_flows_total") >= 150
-	})
+	if r := counterValue(t, reg, "l4lb_rejected_flows_total"); r != 150 {
+		t.Fatalf("%v flows refused, want 150", r)
+	}
 	if n := srv.UDPFlows(); n != 50 {
 		t.Fatalf("%d flows, want the bound of 50", n)
 	}
 	if got := mute.flows(); got != 50 {
 		t.Fatalf("target saw %d flows, want 50", got)
 	}
+}
+
+// A target that never answers costs its flow one table entry, until the idle
+// timeout frees it.
+func TestUDPSilentTargetExpires(t *testing.T) {
+	mute := startUDPTarget(t, true)
+	srv, addr := startUDPServer(t, udpConfig([]config.Target{{Address: mute.addr, Weight: 1}}, func(l *config.Listener, _ *config.TargetGroup) {
+		l.UDPIdleTimeout = 300 * time.Millisecond
+	}), Options{})
+	c, err := net.Dial("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for range 5 {
+		c.Write([]byte("anyone?"))
+	}
+	waitFor(t, func() bool { return srv.UDPFlows() == 1 })
 	waitFor(t, func() bool { return srv.UDPFlows() == 0 })
 }
 

@@ -1,0 +1,149 @@
+package proxyproto
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"hash/crc32"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	pp "github.com/pires/go-proxyproto"
+)
+
+func TestV2RoundTrip(t *testing.T) {
+	src := netip.MustParseAddrPort("198.18.0.7:40000")
+	dst := netip.MustParseAddrPort("10.0.1.5:443")
+	b, err := V2(false, src, dst, TLVs{FlowID: 0x0102030405060708, EndpointID: "vpce-0123456789"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := pp.Read(bufio.NewReader(bytes.NewReader(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, d, _ := h.TCPAddrs()
+	if s.AddrPort() != src || d.AddrPort() != dst || h.Command != pp.PROXY {
+		t.Fatalf("header says %v -> %v (%v)", s, d, h.Command)
+	}
+	tlvs, err := h.TLVs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := map[pp.PP2Type][]byte{}
+	for _, tl := range tlvs {
+		found[tl.Type] = tl.Value
+	}
+	if binary.BigEndian.Uint64(found[pp.PP2_TYPE_UNIQUE_ID]) != 0x0102030405060708 {
+		t.Errorf("unique id TLV = %x", found[pp.PP2_TYPE_UNIQUE_ID])
+	}
+	if v := found[TypeAWS]; len(v) < 2 || v[0] != AWSSubtypeVPCEID || string(v[1:]) != "vpce-0123456789" {
+		t.Errorf("AWS TLV = %q", v)
+	}
+	// The CRC32C covers the header with its own field zeroed.
+	crc := found[pp.PP2_TYPE_CRC32C]
+	zeroed := append([]byte(nil), b...)
+	copy(zeroed[len(zeroed)-4:], []byte{0, 0, 0, 0})
+	if binary.BigEndian.Uint32(crc) != crc32.Checksum(zeroed, crc32.MakeTable(crc32.Castagnoli)) {
+		t.Error("CRC32C TLV does not match the header")
+	}
+}
+
+func TestV2UDPAndMixedFamilies(t *testing.T) {
+	b, err := V2(true, netip.MustParseAddrPort("[2001:db8::1]:53"), netip.MustParseAddrPort("127.0.0.1:53"), TLVs{FlowID: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, payload, err := pp.ParseUDPDatagram(append(b, "query"...))
+	if err != nil || string(payload) != "query" || h.TransportProtocol != pp.UDPv6 {
+		t.Fatalf("UDP header: %v %q %v", h, payload, err)
+	}
+}
+
+// pipeConn gives ReadHeader a net.Conn whose deadlines work.
+func pipeConn(t *testing.T, data []byte) (net.Conn, func() []byte) {
+	a, b := net.Pipe()
+	go func() { b.Write(data); b.Close() }()
+	t.Cleanup(func() { a.Close() })
+	return a, func() []byte {
+		rest := new(bytes.Buffer)
+		rest.ReadFrom(a)
+		return rest.Bytes()
+	}
+}
+
+func TestReadHeaderConsumesExactlyTheHeader(t *testing.T) {
+	src := netip.MustParseAddrPort("192.0.2.9:1234")
+	dst := netip.MustParseAddrPort("127.0.0.1:80")
+	v2, _ := V2(false, src, dst, TLVs{FlowID: 7})
+	v1 := []byte("PROXY TCP4 192.0.2.9 127.0.0.1 1234 80\r\n")
+	for name, hdr := range map[string][]byte{"v1": v1, "v2": v2} {
+		c, rest := pipeConn(t, append(append([]byte(nil), hdr...), "GET / HTTP/1.0\r\n\r\n"...))
+		s, d, err := ReadHeader(c, c, time.Now().Add(time.Second))
+		if err != nil || s != src || d != dst {
+			t.Fatalf("%s: %v %v %v", name, s, d, err)
+		}
+		if got := string(rest()); got != "GET / HTTP/1.0\r\n\r\n" {
+			t.Fatalf("%s: after the header the stream holds %q", name, got)
+		}
+	}
+}
+
+func TestReadHeaderRefusesJunk(t *testing.T) {
+	for name, data := range map[string][]byte{
+		"no header":      []byte("GET / HTTP/1.1\r\n\r\n"),
+		"bad v1":         []byte("PROXY TCP9 nonsense\r\n"),
+		"endless v1":     append([]byte("PROXY "), bytes.Repeat([]byte("x"), 200)...),
+		"short v2":       pp.SIGV2,
+		"v2 bad version": append(append([]byte(nil), pp.SIGV2...), 0x31, 0x11, 0, 0),
+	} {
+		c, _ := pipeConn(t, data)
+		if _, _, err := ReadHeader(c, c, time.Now().Add(time.Second)); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+func TestHasSignature(t *testing.T) {
+	v2, _ := V2(false, netip.MustParseAddrPort("1.2.3.4:5"), netip.MustParseAddrPort("5.6.7.8:9"), TLVs{})
+	for _, b := range [][]byte{v2, v2[:3], []byte("PROXY TCP4"), []byte("PRO")} {
+		if !HasSignature(b) {
+			t.Errorf("%q: no signature found", b)
+		}
+	}
+	for _, b := range [][]byte{[]byte("GET /"), {0x16, 0x03, 0x01}, nil} {
+		if HasSignature(b) {
+			t.Errorf("%q: signature found", b)
+		}
+	}
+}
+
+func TestPolicy(t *testing.T) {
+	trusted := func(a netip.Addr) bool { return a == netip.MustParseAddr("10.0.0.1") }
+	p := Policy(trusted)
+	if got, _ := p(pp.ConnPolicyOptions{Upstream: &net.TCPAddr{IP: net.ParseIP("10.0.0.1"), Port: 1}}); got != pp.REQUIRE {
+		t.Errorf("trusted upstream: %v", got)
+	}
+	if got, _ := p(pp.ConnPolicyOptions{Upstream: &net.TCPAddr{IP: net.ParseIP("10.0.0.2"), Port: 1}}); got != pp.REJECT {
+		t.Errorf("untrusted upstream: %v", got)
+	}
+}
+
+// FuzzReadHeader: any bytes are read as a header or refused, never a panic,
+// and an accepted header never takes more bytes than the input holds.
+func FuzzReadHeader(f *testing.F) {
+	v2, _ := V2(false, netip.MustParseAddrPort("1.2.3.4:5"), netip.MustParseAddrPort("5.6.7.8:9"), TLVs{FlowID: 3, EndpointID: "e"})
+	f.Add(v2)
+	f.Add([]byte("PROXY TCP4 192.0.2.9 127.0.0.1 1234 80\r\n"))
+	f.Add([]byte("PROXY UNKNOWN\r\n"))
+	f.Add(Local())
+	f.Fuzz(func(t *testing.T, data []byte) {
+		r := bytes.NewReader(data)
+		c, _ := net.Pipe()
+		defer c.Close()
+		ReadHeader(c, r, time.Now().Add(time.Second))
+		HasSignature(data)
+	})
+}
