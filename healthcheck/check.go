@@ -10,9 +10,11 @@ import (
 	"net/netip"
 	"os"
 	"strconv"
+	"time"
 
 	"github.com/l4lb/l4lb/pkg/api"
 	"github.com/l4lb/l4lb/pkg/config"
+	"github.com/l4lb/l4lb/pkg/proxyproto"
 )
 
 // Result is the outcome of one check.
@@ -25,22 +27,53 @@ type Result struct {
 // checker runs single checks. Its HTTP client keeps no connections, so every
 // check opens a fresh one, as NLB's do.
 type checker struct {
-	dialer net.Dialer
-	client *http.Client
+	dialer  net.Dialer
+	client  *http.Client
+	ppLocal *http.Client // the same, opening each connection with a PROXY LOCAL header
 }
 
 func newChecker() *checker {
+	c := &checker{}
+	c.client = c.httpClient(false)
+	c.ppLocal = c.httpClient(true)
+	return c
+}
+
+func (c *checker) httpClient(local bool) *http.Client {
 	tr := &http.Transport{
 		DisableKeepAlives: true,
 		// NLB does not verify target certificates on HTTPS checks.
 		TLSClientConfig: &tls.Config{InsecureSkipVerify: true},
 		Proxy:           nil,
 	}
-	return &checker{client: &http.Client{
+	if local {
+		tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return c.dial(ctx, addr, true)
+		}
+	}
+	return &http.Client{
 		Transport: tr,
 		// A redirect is an answer; the matcher judges its code.
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}}
+	}
+}
+
+// dial connects, and with local first sends a PROXY v2 LOCAL header, which
+// tells a PROXY-expecting target that this connection is the balancer's own.
+func (c *checker) dial(ctx context.Context, addr string, local bool) (net.Conn, error) {
+	conn, err := c.dialer.DialContext(ctx, "tcp", addr)
+	if err != nil || !local {
+		return conn, err
+	}
+	if d, ok := ctx.Deadline(); ok {
+		conn.SetWriteDeadline(d)
+	}
+	if _, err := conn.Write(proxyproto.Local()); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	conn.SetWriteDeadline(time.Time{})
+	return conn, nil
 }
 
 // check probes target once, within spec.Timeout.
@@ -56,7 +89,7 @@ func (c *checker) check(ctx context.Context, spec *config.HealthCheck, target ne
 	case config.HealthHTTP, config.HealthHTTPS:
 		return c.checkHTTP(ctx, spec, addr)
 	}
-	conn, err := c.dialer.DialContext(ctx, "tcp", addr.String())
+	conn, err := c.dial(ctx, addr.String(), spec.SendProxyLocal)
 	if err != nil {
 		return failure(err)
 	}
@@ -75,7 +108,11 @@ func (c *checker) checkHTTP(ctx context.Context, spec *config.HealthCheck, addr 
 		return Result{Reason: api.ReasonFailedHealthChecks, Detail: err.Error()}
 	}
 	req.Header.Set("User-Agent", "l4lb-health-check")
-	resp, err := c.client.Do(req)
+	client := c.client
+	if spec.SendProxyLocal {
+		client = c.ppLocal
+	}
+	resp, err := client.Do(req)
 	if err != nil {
 		return failure(err)
 	}

@@ -364,7 +364,7 @@ func (s *Server) Register(groupName string, req api.RegisterRequest) (api.Target
 		return api.TargetHealth{}, err
 	}
 	if s.health != nil {
-		s.health.Watch(g.cfg.Name, addr, g.cfg.HealthCheck)
+		s.health.Watch(g.cfg.Name, addr, g.checkSpec())
 	}
 	s.log.Info("target registered", zap.String("target_group", groupName), zap.String(logTarget, addr.String()))
 	return th, nil
@@ -415,4 +415,12 @@ func (s *Server) Deregister(groupName, address string) error {
 func (g *group) describe(t *target) api.TargetHealth {
 	return api.TargetHealth{Address: t.name, Zone: t.zone, Weight: t.weight, State: t.state,
 		Reason: t.reason, Description: t.detail, ActiveFlows: t.activeFlows()}
+}
+
+// checkSpec is the group's health check as the checker runs it: with a PROXY
+// LOCAL header when the targets expect PROXY v2, as NLB's checks do.
+func (g *group) checkSpec() config.HealthCheck {
+	spec := g.cfg.HealthCheck
+	spec.SendProxyLocal = g.cfg.Attributes.ProxyProtocolV2
+	return spec
 }

@@ -169,7 +169,7 @@ func (s *Server) Start() error {
 		for _, g := range s.groups {
 			g.mu.Lock()
 			for _, t := range g.targets {
-				s.health.Watch(g.cfg.Name, t.addr, g.cfg.HealthCheck)
+				s.health.Watch(g.cfg.Name, t.addr, g.checkSpec())
 			}
 			g.mu.Unlock()
 		}

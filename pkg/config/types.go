@@ -120,6 +120,9 @@ type HealthCheck struct {
 	HealthyThreshold   int
 	UnhealthyThreshold int
 	Matcher            []StatusRange // HTTP and HTTPS only
+	// SendProxyLocal makes checks open with a PROXY v2 LOCAL header; it is
+	// set from the group's proxy_protocol_v2.enabled, not written in YAML.
+	SendProxyLocal bool
 }
 
 // StatusRange is an inclusive range of HTTP status codes.

@@ -1,0 +1,299 @@
+package lb
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	pp "github.com/pires/go-proxyproto"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/l4lb/l4lb/pkg/config"
+	"github.com/l4lb/l4lb/pkg/metrics"
+	"github.com/l4lb/l4lb/pkg/proxyproto"
+)
+
+func withPPv2(_ *config.Listener, g *config.TargetGroup) { g.Attributes.ProxyProtocolV2 = true }
+
+// dialFrom connects to addr from the loopback address src (not 127.0.0.1),
+// so a target that reports 127.0.0.1 is provably wrong.
+func dialFrom(t *testing.T, src, addr string) net.Conn {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	return c
+}
+
+func httpGet(t *testing.T, c net.Conn) string {
+	t.Helper()
+	fmt.Fprintf(c, "GET / HTTP/1.0\r\nHost: l4lb.test\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return strings.TrimSpace(string(b))
+}
+
+func waitTCP(t *testing.T, addr string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nothing listens on %s", addr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func startProc(t *testing.T, name string, args ...string) {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+}
+
+// nginx with `listen ... proxy_protocol` sees and logs the client's own
+// address, sent by l4lb in a PROXY v2 header.
+func TestProxyV2ToNginx(t *testing.T) {
+	bin := needBinary(t, "nginx")
+	dir := t.TempDir()
+	port := freeTCPUDPPort(t)
+	conf := fmt.Sprintf(`daemon off;
+master_process off;
+user root;
+pid %[1]s/nginx.pid;
+error_log %[1]s/error.log;
+events {}
+http {
+  client_body_temp_path %[1]s;
+  proxy_temp_path %[1]s;
+  fastcgi_temp_path %[1]s;
+  uwsgi_temp_path %[1]s;
+  scgi_temp_path %[1]s;
+  log_format pp '$proxy_protocol_addr:$proxy_protocol_port via $remote_addr';
+  access_log %[1]s/access.log pp;
+  server {
+    listen 127.0.0.1:%[2]d proxy_protocol;
+    location / { return 200 "$proxy_protocol_addr\n"; }
+  }
+}
+`, dir, port)
+	os.WriteFile(filepath.Join(dir, "nginx.conf"), []byte(conf), 0o644)
+	startProc(t, bin, "-c", filepath.Join(dir, "nginx.conf"), "-p", dir)
+	target := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)
+	waitTCP(t, target.String())
+	_, addr := startServer(t, testConfig([]config.Target{{Address: target, Weight: 1}}, withPPv2), Options{})
+	c := dialFrom(t, "127.0.0.7", addr)
+	if got := httpGet(t, c); got != "127.0.0.7" {
+		t.Fatalf("nginx saw client %q, want 127.0.0.7", got)
+	}
+	c.Close()
+	var log []byte
+	waitFor(t, func() bool {
+		log, _ = os.ReadFile(filepath.Join(dir, "access.log"))
+		return len(log) > 0
+	})
+	if !strings.HasPrefix(string(log), "127.0.0.7:") {
+		t.Fatalf("nginx access log: %q", log)
+	}
+}
+
+// HAProxy with accept-proxy sees the client's address too.
+func TestProxyV2ToHAProxy(t *testing.T) {
+	bin := needBinary(t, "haproxy")
+	dir := t.TempDir()
+	port := freeTCPUDPPort(t)
+	conf := fmt.Sprintf(`global
+    maxconn 100
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 5s
+    timeout server 5s
+frontend fe
+    bind 127.0.0.1:%d accept-proxy
+    http-request return status 200 content-type text/plain lf-string "%%[src]\n"
+`, port)
+	os.WriteFile(filepath.Join(dir, "haproxy.cfg"), []byte(conf), 0o644)
+	startProc(t, bin, "-db", "-f", filepath.Join(dir, "haproxy.cfg"))
+	target := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)
+	waitTCP(t, target.String())
+	_, addr := startServer(t, testConfig([]config.Target{{Address: target, Weight: 1}}, withPPv2), Options{})
+	c := dialFrom(t, "127.0.0.8", addr)
+	if got := httpGet(t, c); got != "127.0.0.8" {
+		t.Fatalf("HAProxy saw client %q, want 127.0.0.8", got)
+	}
+}
+
+// A UDP target gets a PROXY v2 header in every datagram.
+func TestProxyV2UDP(t *testing.T) {
+	tc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	go func() {
+		buf := make([]byte, 65536)
+		for {
+			n, from, err := tc.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			h, payload, err := pp.ParseUDPDatagram(buf[:n])
+			if err != nil {
+				tc.WriteToUDPAddrPort([]byte("no header: "+err.Error()), from)
+				continue
+			}
+			s, _, _ := h.UDPAddrs()
+			tc.WriteToUDPAddrPort([]byte(s.String()+" "+string(payload)), from)
+		}
+	}()
+	cfg := udpConfig([]config.Target{{Address: tc.LocalAddr().(*net.UDPAddr).AddrPort(), Weight: 1}}, withPPv2)
+	_, addr := startUDPServer(t, cfg, Options{})
+	d := net.Dialer{LocalAddr: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 9)}}
+	c, err := d.Dial("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for i := range 5 {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintf(c, "datagram %d", i)
+		buf := make([]byte, 1500)
+		n, err := c.Read(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := fmt.Sprintf("%s datagram %d", c.LocalAddr(), i)
+		if string(buf[:n]) != want {
+			t.Fatalf("target replied %q, want %q", buf[:n], want)
+		}
+	}
+}
+
+// ppEcho is a target that reads the PROXY header, reports its source, then
+// echoes (and counts nothing else: the rest is spliced to it).
+func ppEcho(t *testing.T) netip.AddrPort {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				src, _, err := proxyproto.ReadHeader(c, c, time.Now().Add(5*time.Second))
+				if err != nil {
+					return
+				}
+				fmt.Fprintf(c, "%-21s", src)
+				io.Copy(c, c)
+				c.(*net.TCPConn).CloseWrite()
+			}()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).AddrPort()
+}
+
+// After the header, bulk bytes still move by splice(2).
+func TestProxyV2StillSplices(t *testing.T) {
+	srv, addr := startServer(t, testConfig([]config.Target{{Address: ppEcho(t), Weight: 1}}, withPPv2), Options{})
+	c := dialFrom(t, "127.0.0.10", addr)
+	id := make([]byte, 21)
+	c.Write([]byte("x"))
+	if _, err := io.ReadFull(c, id); err != nil || !strings.HasPrefix(string(id), "127.0.0.10:") {
+		t.Fatalf("target saw %q (%v)", id, err)
+	}
+	const size = 64 << 20
+	go func() {
+		io.Copy(c, io.LimitReader(rand.NewChaCha8([32]byte{5}), size))
+		c.(*net.TCPConn).CloseWrite()
+	}()
+	n, _ := io.Copy(io.Discard, c)
+	if n != size+1 {
+		t.Fatalf("echoed %d bytes, want %d", n, size+1)
+	}
+	c.Close()
+	waitFor(t, func() bool { return srv.ActiveFlows() == 0 })
+	total, spliced := srv.MovedBytes()
+	if float64(spliced) < 0.9*float64(total) {
+		t.Fatalf("%d of %d bytes spliced after a PROXY header", spliced, total)
+	}
+}
+
+// A trusted upstream's header makes its source the flow's client (for the
+// onward header too); a malformed header from it, or any header from an
+// untrusted client, closes that connection, is counted, and reaches nothing.
+func TestProxyAccept(t *testing.T) {
+	target := ppEcho(t)
+	reg := prometheus.NewRegistry()
+	cfg := testConfig([]config.Target{{Address: target, Weight: 1}}, func(l *config.Listener, g *config.TargetGroup) {
+		g.Attributes.ProxyProtocolV2 = true
+		l.ProxyProtocolAccept = []netip.Prefix{netip.MustParsePrefix("127.0.0.20/32")}
+	})
+	_, addr := startServer(t, cfg, Options{Metrics: metrics.New(reg)})
+
+	// Trusted, v1 and v2.
+	c := dialFrom(t, "127.0.0.20", addr)
+	fmt.Fprintf(c, "PROXY TCP4 203.0.113.9 127.0.0.1 5555 80\r\nx")
+	id := make([]byte, 21)
+	if _, err := io.ReadFull(c, id); err != nil || strings.TrimSpace(string(id)) != "203.0.113.9:5555" {
+		t.Fatalf("target saw %q (%v), want the header's source", id, err)
+	}
+	hdr, _ := proxyproto.V2(false, netip.MustParseAddrPort("[2001:db8::5]:6000"), netip.MustParseAddrPort("[2001:db8::1]:80"), proxyproto.TLVs{FlowID: 1})
+	c2 := dialFrom(t, "127.0.0.20", addr)
+	c2.Write(append(hdr, 'y'))
+	if _, err := io.ReadFull(c2, id); err != nil || strings.TrimSpace(string(id)) != "[2001:db8::5]:6000" {
+		t.Fatalf("target saw %q (%v), want the v2 header's source", id, err)
+	}
+
+	refused := func(src string, first []byte) {
+		t.Helper()
+		c := dialFrom(t, src, addr)
+		c.Write(first)
+		if n, err := c.Read(make([]byte, 64)); err == nil {
+			t.Fatalf("%s: got %d bytes, want the connection closed", src, n)
+		}
+	}
+	refused("127.0.0.20", []byte("PROXY TCP4 bogus\r\n"))                          // trusted, malformed
+	refused("127.0.0.20", []byte("GET / HTTP/1.0\r\n\r\n"))                        // trusted, no header
+	refused("127.0.0.21", []byte("PROXY TCP4 203.0.113.9 127.0.0.1 5555 80\r\nx")) // untrusted
+	refused("127.0.0.21", hdr)                                                     // untrusted, v2
+	waitFor(t, func() bool { return counterValue(t, reg, "l4lb_rejected_flows_total") == 4 })
+
+	// An untrusted client that sends no header is served as usual.
+	c3 := dialFrom(t, "127.0.0.21", addr)
+	c3.Write([]byte("z"))
+	if _, err := io.ReadFull(c3, id); err != nil || !strings.HasPrefix(string(id), "127.0.0.21:") {
+		t.Fatalf("plain client: target saw %q (%v)", id, err)
+	}
+}
