@@ -1,7 +1,6 @@
 package lb
 
 import (
-	"context"
 	"net"
 	"net/netip"
 	"runtime/debug"
@@ -125,7 +124,7 @@ func (s *Server) serveConn(l *listener, c *net.TCPConn) {
 	for _, i := range prefs {
 		cand := snap.targets[i]
 		var err error
-		t, err = s.dialer.DialTCP(context.Background(), "tcp", netip.AddrPort{}, cand.addr)
+		t, err = s.dialTarget(cand, src, g.cfg.Attributes.PreserveClientIP)
 		if err == nil {
 			tgt = cand
 			break

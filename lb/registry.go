@@ -44,6 +44,7 @@ type target struct {
 	flows map[*flow]struct{}
 
 	connectErrs prometheus.Counter
+	portErrs    prometheus.Counter
 }
 
 // groupSnap is the immutable routing view of a group: per zone, the Maglev
@@ -105,6 +106,7 @@ func (g *group) newTarget(addr netip.AddrPort, zone string, weight int) *target 
 	t := &target{g: g, addr: addr, name: addr.String(), zone: zone, weight: weight,
 		state: api.StateInitial, reason: api.ReasonInitialHealthChecking, flows: map[*flow]struct{}{}}
 	t.connectErrs = g.srv.m.Counter(connectErrors, g.cfg.Name, t.name)
+	t.portErrs = g.srv.m.Counter(func(m *metrics.Metrics) *prometheus.CounterVec { return m.PortAllocationErrors }, g.cfg.Name, t.name)
 	return t
 }
 

@@ -65,6 +65,7 @@ type Server struct {
 	m         *metrics.Metrics
 	opts      Options
 	dialer    net.Dialer
+	tdialer   net.Dialer // transparent: binds the client's address
 	listeners []*listener
 	udp       []*udpFront
 	pipes     pipePool
@@ -96,6 +97,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	// No TCP keepalives (NLB sends none; the idle timeout ends dead flows):
 	// that saves four setsockopt calls per socket per flow.
 	s.dialer = net.Dialer{Timeout: opts.ConnectTimeout, KeepAlive: -1}
+	s.tdialer = net.Dialer{Timeout: opts.ConnectTimeout, KeepAlive: -1, Control: transparentControl}
 	if opts.PipeSize == 0 {
 		opts.PipeSize = DefaultPipeSize
 	}

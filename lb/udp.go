@@ -303,7 +303,11 @@ func (u *udpFront) newFlow(key flowtable.Key, now time.Time) *udpFlow {
 		return nil
 	}
 	tgt := snap.targets[prefs[0]]
-	fd, err := dialUDP(tgt.addr)
+	var client netip.AddrPort
+	if g.cfg.Attributes.PreserveClientIP {
+		client = key.Src
+	}
+	fd, err := dialUDP(tgt, client)
 	if err != nil {
 		tgt.connectErrs.Inc()
 		u.rejectNoTgt.Inc()
@@ -355,8 +359,10 @@ func (u *udpFront) newFlow(key flowtable.Key, now time.Time) *udpFlow {
 }
 
 // dialUDP opens a non-blocking UDP socket connected to the target, outside
-// Go's poller: the front's reply loop waits on it.
-func dialUDP(t netip.AddrPort) (int, error) {
+// Go's poller: the front's reply loop waits on it. With a valid client it is
+// bound to the client's own address first (preserve_client_ip).
+func dialUDP(tgt *target, client netip.AddrPort) (int, error) {
+	t := tgt.addr
 	family := unix.AF_INET
 	if t.Addr().Is6() {
 		family = unix.AF_INET6
@@ -364,6 +370,16 @@ func dialUDP(t netip.AddrPort) (int, error) {
 	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return -1, err
+	}
+	if client.IsValid() {
+		if client.Addr().Is4() != t.Addr().Is4() {
+			unix.Close(fd)
+			return -1, errors.New("cannot preserve the client's address across IP families")
+		}
+		if err := bindTransparent(fd, client, tgt); err != nil {
+			unix.Close(fd)
+			return -1, err
+		}
 	}
 	var sa unix.Sockaddr
 	if family == unix.AF_INET {

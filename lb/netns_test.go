@@ -1,0 +1,231 @@
+package lb
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/l4lb/l4lb/pkg/config"
+)
+
+// The transparent-mode test runs three hosts in network namespaces made for
+// it, joined by veth pairs, with addresses from 198.18.0.0/15:
+//
+//	client 198.18.0.2 --- 198.18.0.1 [l4lb] 198.18.1.1 --- 198.18.1.2 target
+//
+// The l4lb and the target are this test binary again, started inside their
+// namespace in a helper role (TestNetnsHelper).
+const (
+	nsClientIP = "198.18.0.2"
+	nsLBFront  = "198.18.0.1"
+	nsLBBack   = "198.18.1.1"
+	nsTargetIP = "198.18.1.2"
+)
+
+func run(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+}
+
+func TestTransparentModeInNamespaces(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("transparent mode needs network namespaces and CAP_NET_ADMIN: run as root")
+	}
+	ipBin, err := exec.LookPath("ip")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("ip (iproute2) is not installed; make deps installs it")
+		}
+		t.Skip("ip (iproute2) is not installed")
+	}
+	id := os.Getpid() % 100000
+	nsC, nsL, nsT := fmt.Sprintf("l4c%d", id), fmt.Sprintf("l4l%d", id), fmt.Sprintf("l4t%d", id)
+	for _, ns := range []string{nsC, nsL, nsT} {
+		run(t, ipBin, "netns", "add", ns)
+		t.Cleanup(func() { exec.Command(ipBin, "netns", "del", ns).Run() })
+	}
+	in := func(ns string, args ...string) {
+		t.Helper()
+		run(t, append([]string{ipBin, "netns", "exec", ns}, args...)...)
+	}
+	vc, vlc, vt, vlt := fmt.Sprintf("c%d", id), fmt.Sprintf("lc%d", id), fmt.Sprintf("t%d", id), fmt.Sprintf("lt%d", id)
+	run(t, ipBin, "link", "add", vc, "netns", nsC, "type", "veth", "peer", "name", vlc, "netns", nsL)
+	run(t, ipBin, "link", "add", vt, "netns", nsT, "type", "veth", "peer", "name", vlt, "netns", nsL)
+	in(nsC, "ip", "addr", "add", nsClientIP+"/24", "dev", vc)
+	in(nsC, "ip", "link", "set", vc, "up")
+	in(nsC, "ip", "link", "set", "lo", "up")
+	in(nsC, "ip", "route", "add", "default", "via", nsLBFront)
+	in(nsT, "ip", "addr", "add", nsTargetIP+"/24", "dev", vt)
+	in(nsT, "ip", "link", "set", vt, "up")
+	in(nsT, "ip", "link", "set", "lo", "up")
+	in(nsT, "ip", "route", "add", "default", "via", nsLBBack) // answers to clients go back through l4lb
+	in(nsL, "ip", "addr", "add", nsLBFront+"/24", "dev", vlc)
+	in(nsL, "ip", "addr", "add", nsLBBack+"/24", "dev", vlt)
+	in(nsL, "ip", "link", "set", vlc, "up")
+	in(nsL, "ip", "link", "set", vlt, "up")
+	in(nsL, "ip", "link", "set", "lo", "up")
+	// deploy/transparent.sh's nft-free variant: what arrives from the
+	// targets is for this host's (transparent) sockets.
+	in(nsL, "ip", "rule", "add", "iif", vlt, "lookup", "100")
+	in(nsL, "ip", "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", "100")
+
+	helper := func(ns, role string, env ...string) *bufio.Reader {
+		cmd := exec.Command(ipBin, "netns", "exec", ns, os.Args[0], "-test.run=^TestNetnsHelper$")
+		cmd.Env = append(os.Environ(), append(env, "L4LB_NETNS_ROLE="+role)...)
+		cmd.Stderr = os.Stderr
+		out, _ := cmd.StdoutPipe()
+		stdin, _ := cmd.StdinPipe() // closing it ends the helper
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { stdin.Close(); cmd.Process.Kill(); cmd.Wait() })
+		r := bufio.NewReader(out)
+		line, err := r.ReadString('\n')
+		if err != nil || strings.TrimSpace(line) != "ready" {
+			t.Fatalf("%s helper: %q %v", role, line, err)
+		}
+		return r
+	}
+	helper(nsT, "target")
+	helper(nsL, "serve")
+
+	// The client runs in its namespace too: this binary again.
+	cmd := exec.Command(ipBin, "netns", "exec", nsC, os.Args[0], "-test.run=^TestNetnsHelper$")
+	cmd.Env = append(os.Environ(), "L4LB_NETNS_ROLE=client")
+	res, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("client: %v\n%s", err, res)
+	}
+	got := string(res)
+	for _, want := range []string{"tcp " + nsClientIP + ":", "udp " + nsClientIP + ":"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("target did not see the client's own address (%q) in:\n%s", want, got)
+		}
+	}
+}
+
+// TestNetnsHelper is a role of the namespace test, not a test by itself.
+func TestNetnsHelper(t *testing.T) {
+	role := os.Getenv("L4LB_NETNS_ROLE")
+	if role == "" {
+		t.Skip("helper of TestTransparentModeInNamespaces")
+	}
+	switch role {
+	case "target":
+		netnsTarget()
+	case "serve":
+		netnsServe()
+	case "client":
+		netnsClient()
+	}
+	os.Exit(0)
+}
+
+// netnsTarget answers each TCP connection and UDP datagram with the peer
+// address it sees.
+func netnsTarget() {
+	ln, err := net.Listen("tcp", nsTargetIP+":9000")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	uc, err := net.ListenPacket("udp", nsTargetIP+":9000")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			fmt.Fprintf(c, "tcp %s\n", c.RemoteAddr())
+			c.Close()
+		}
+	}()
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			_, from, err := uc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			uc.WriteTo([]byte("udp "+from.String()+"\n"), from)
+		}
+	}()
+	fmt.Println("ready")
+	waitForParent()
+}
+
+func netnsServe() {
+	target := netip.MustParseAddrPort(nsTargetIP + ":9000")
+	cfg := testConfig([]config.Target{{Address: target, Weight: 1}}, func(l *config.Listener, g *config.TargetGroup) {
+		l.Protocol, g.Protocol = config.TCPUDP, config.TCPUDP
+		l.Bind = []config.BindAddr{{IP: netip.MustParseAddr(nsLBFront)}}
+		l.Port = 8080
+		l.UDPIdleTimeout = config.DefaultUDPIdleTimeout
+		g.Attributes.PreserveClientIP = true
+	})
+	cfg.MaxFlows = 100
+	srv, err := New(cfg, Options{ConnectTimeout: 2 * time.Second})
+	if err == nil {
+		err = srv.Start()
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	fmt.Println("ready")
+	waitForParent()
+	srv.Close()
+}
+
+func netnsClient() {
+	c, err := net.DialTimeout("tcp", nsLBFront+":8080", 5*time.Second)
+	if err != nil {
+		fmt.Println("tcp error:", err)
+		os.Exit(1)
+	}
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	b, _ := io.ReadAll(c)
+	c.Close()
+	fmt.Print(string(b))
+	u, err := net.Dial("udp", nsLBFront+":8080")
+	if err != nil {
+		fmt.Println("udp error:", err)
+		os.Exit(1)
+	}
+	u.SetDeadline(time.Now().Add(5 * time.Second))
+	u.Write([]byte("who am I?"))
+	buf := make([]byte, 1500)
+	n, err := u.Read(buf)
+	if err != nil {
+		fmt.Println("udp error:", err)
+		os.Exit(1)
+	}
+	fmt.Print(string(buf[:n]))
+}
+
+// waitForParent blocks until the test closes our stdin or signals us.
+func waitForParent() {
+	done := make(chan struct{})
+	go func() { io.Copy(io.Discard, os.Stdin); close(done) }()
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	select {
+	case <-done:
+	case <-sig:
+	}
+}

@@ -1,0 +1,72 @@
+package lb
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// transparentControl sets IP_TRANSPARENT (IPV6_TRANSPARENT), which lets a
+// socket bind the client's address although it is not local: targets then
+// see the client's own IP (preserve_client_ip.enabled). It needs
+// CAP_NET_ADMIN and policy routing that delivers the targets' replies to this
+// host (deploy/transparent.sh).
+func transparentControl(network, _ string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) { serr = setTransparent(int(fd), network == "tcp6" || network == "udp6") })
+	if err != nil {
+		return err
+	}
+	return serr
+}
+
+func setTransparent(fd int, v6 bool) error {
+	if v6 {
+		return unix.SetsockoptInt(fd, unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1)
+	}
+	return unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_TRANSPARENT, 1)
+}
+
+// dialTarget connects to target, from the client's own address when the
+// group preserves client IPs. The client's port is tried first; if this host
+// already uses it towards anyone, another port of the client's IP is taken
+// and the collision counted (port_allocation_errors_total).
+func (s *Server) dialTarget(t *target, client netip.AddrPort, preserve bool) (*net.TCPConn, error) {
+	if !preserve {
+		return s.dialer.DialTCP(context.Background(), "tcp", netip.AddrPort{}, t.addr)
+	}
+	if client.Addr().Is4() != t.addr.Addr().Is4() {
+		return nil, errors.New("cannot preserve an IPv4 client's address towards an IPv6 target, or the reverse")
+	}
+	c, err := s.tdialer.DialTCP(context.Background(), "tcp", client, t.addr)
+	if errors.Is(err, syscall.EADDRINUSE) || errors.Is(err, syscall.EADDRNOTAVAIL) {
+		t.portErrs.Inc()
+		c, err = s.tdialer.DialTCP(context.Background(), "tcp", netip.AddrPortFrom(client.Addr(), 0), t.addr)
+	}
+	return c, err
+}
+
+// bindTransparent binds a UDP socket to the client's address (its port, or
+// another if taken) for preserve_client_ip.
+func bindTransparent(fd int, client netip.AddrPort, t *target) error {
+	v6 := client.Addr().Is6()
+	if err := setTransparent(fd, v6); err != nil {
+		return err
+	}
+	bind := func(port uint16) error {
+		if v6 {
+			return unix.Bind(fd, &unix.SockaddrInet6{Port: int(port), Addr: client.Addr().As16()})
+		}
+		return unix.Bind(fd, &unix.SockaddrInet4{Port: int(port), Addr: client.Addr().As4()})
+	}
+	err := bind(client.Port())
+	if errors.Is(err, unix.EADDRINUSE) {
+		t.portErrs.Inc()
+		err = bind(0)
+	}
+	return err
+}
