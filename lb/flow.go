@@ -155,7 +155,7 @@ func (s *Server) serveConn(l *listener, c *net.TCPConn) {
 	if g.cfg.Attributes.ProxyProtocolV2 {
 		// The header goes first, written whole before the copy starts; the
 		// sockets stay plain TCP, so the copy still splices.
-		hdr, err := proxyproto.V2(false, src, dst, proxyproto.TLVs{FlowID: f.id})
+		hdr, err := proxyproto.V2(false, src, dst, proxyproto.TLVs{FlowID: f.id, EndpointID: s.cfg.EndpointID})
 		if err == nil {
 			t.SetWriteDeadline(time.Now().Add(s.opts.ConnectTimeout))
 			_, err = t.Write(hdr)

@@ -297,3 +297,56 @@ func TestProxyAccept(t *testing.T) {
 		t.Fatalf("plain client: target saw %q (%v)", id, err)
 	}
 }
+
+// The header carries the flow's unique ID and, when configured, the AWS-style
+// endpoint TLV, and its CRC32C checks out at the receiver.
+func TestProxyV2TLVsReachTarget(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan string, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		h, err := pp.Read(bufio.NewReader(c))
+		if err != nil {
+			got <- "error: " + err.Error()
+			return
+		}
+		tlvs, err := h.TLVs()
+		if err != nil {
+			got <- "error: " + err.Error()
+			return
+		}
+		var parts []string
+		for _, tl := range tlvs {
+			switch tl.Type {
+			case proxyproto.TypeAWS:
+				parts = append(parts, "aws="+string(tl.Value[1:]))
+			case pp.PP2_TYPE_UNIQUE_ID:
+				parts = append(parts, fmt.Sprintf("id=%d", len(tl.Value)))
+			case pp.PP2_TYPE_CRC32C:
+				parts = append(parts, "crc")
+			}
+		}
+		got <- strings.Join(parts, " ")
+	}()
+	cfg := testConfig([]config.Target{{Address: ln.Addr().(*net.TCPAddr).AddrPort(), Weight: 1}}, withPPv2)
+	cfg.EndpointID = "vpce-0123"
+	_, addr := startServer(t, cfg, Options{})
+	c := dialFrom(t, "127.0.0.11", addr)
+	c.Write([]byte("x"))
+	select {
+	case s := <-got:
+		if s != "id=8 aws=vpce-0123 crc" {
+			t.Fatalf("target saw TLVs %q", s)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("target got no header")
+	}
+}

@@ -32,6 +32,7 @@ type RawLoadBalancer struct {
 	CrossZone       *bool  `yaml:"cross_zone,omitempty"`
 	ShutdownTimeout string `yaml:"shutdown_timeout,omitempty"`
 	MaxFlows        *int   `yaml:"max_flows,omitempty"`
+	EndpointID      string `yaml:"endpoint_id,omitempty"`
 }
 
 // RawListener is one listener as written.

@@ -33,7 +33,7 @@ func (c *Config) ToRaw() *Raw {
 	}
 	cz := c.CrossZone
 	mf := c.MaxFlows
-	r.LoadBalancer = RawLoadBalancer{CrossZone: &cz, ShutdownTimeout: dur(c.ShutdownTimeout), MaxFlows: &mf}
+	r.LoadBalancer = RawLoadBalancer{CrossZone: &cz, ShutdownTimeout: dur(c.ShutdownTimeout), MaxFlows: &mf, EndpointID: c.EndpointID}
 	for _, l := range c.Listeners {
 		port := int(l.Port)
 		maxc := l.MaxConnectionsPerSource

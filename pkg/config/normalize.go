@@ -76,6 +76,10 @@ func (n *normalizer) run() *Config {
 		cfg.CrossZone = *n.raw.LoadBalancer.CrossZone
 	}
 	cfg.ShutdownTimeout = n.duration("load_balancer.shutdown_timeout", n.raw.LoadBalancer.ShutdownTimeout, DefaultShutdownTimeout)
+	cfg.EndpointID = n.raw.LoadBalancer.EndpointID
+	if len(cfg.EndpointID) > 255 {
+		n.errs.add("load_balancer.endpoint_id", "longer than 255 bytes")
+	}
 	cfg.MaxFlows = DefaultMaxFlows
 	if m := n.raw.LoadBalancer.MaxFlows; m != nil {
 		if *m < 1 || *m > 1<<24 {

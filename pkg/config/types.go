@@ -23,7 +23,11 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// MaxFlows bounds each UDP listener address's flow table; new flows
 	// beyond it are refused and counted (load_balancer.max_flows).
-	MaxFlows     int
+	MaxFlows int
+	// EndpointID, when set, is sent in every PROXY v2 header as an AWS-style
+	// 0xEA TLV (subtype 0x01), as NLB does for PrivateLink endpoint IDs
+	// (load_balancer.endpoint_id).
+	EndpointID   string
 	Listeners    []Listener
 	TargetGroups []TargetGroup
 }
