@@ -64,6 +64,13 @@ func testConfig(targets []config.Target, mod func(*config.Listener, *config.Targ
 
 func startServer(t *testing.T, cfg *config.Config, opts Options) (*Server, string) {
 	t.Helper()
+	srv := startedServer(t, cfg, opts)
+	return srv, srv.Addrs("test")[0].String()
+}
+
+// startedServer builds and starts a server that the test's cleanup closes.
+func startedServer(t *testing.T, cfg *config.Config, opts Options) *Server {
+	t.Helper()
 	srv, err := New(cfg, opts)
 	if err != nil {
 		t.Fatal(err)
@@ -72,7 +79,7 @@ func startServer(t *testing.T, cfg *config.Config, opts Options) (*Server, strin
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Close() })
-	return srv, srv.Addrs("test")[0].String()
+	return srv
 }
 
 func roundTrip(t *testing.T, addr, msg string) {

@@ -270,14 +270,20 @@ func (u *udpFront) send(f *udpFlow, out *batch, k int) int {
 		u.dropped.Add(float64(k))
 		return 0
 	}
+	return u.sendAll(f.fd, out, k)
+}
+
+// sendAll sends the first n slots of b on fd, resuming after partial sends;
+// what the socket refuses is dropped and counted. It returns how many went.
+func (u *udpFront) sendAll(fd int, b *batch, n int) int {
 	sent := 0
-	for sent < k {
-		m, err := sendmmsg(f.fd, sliceBatch(out, sent), k-sent)
+	for sent < n {
+		m, err := sendmmsg(fd, sliceBatch(b, sent), n-sent)
 		if err == unix.EINTR {
 			continue
 		}
 		if err != nil || m == 0 {
-			u.dropped.Add(float64(k - sent))
+			u.dropped.Add(float64(n - sent))
 			break
 		}
 		sent += m
@@ -480,18 +486,7 @@ func (u *udpFront) reply(f *udpFlow, b *batch, now time.Time) {
 			bytes += size
 			b.setSend(i, size, &f.name, f.namelen, f.src)
 		}
-		sent := 0
-		for sent < n {
-			m, err := sendmmsg(u.sendFD, sliceBatch(b, sent), n-sent)
-			if err == unix.EINTR {
-				continue
-			}
-			if err != nil || m == 0 {
-				u.dropped.Add(float64(n - sent))
-				break
-			}
-			sent += m
-		}
+		sent := u.sendAll(u.sendFD, b, n)
 		u.pktsOut.Add(float64(sent))
 		u.bytesOut.Add(float64(bytes))
 		if n < udpBatch {

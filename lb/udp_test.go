@@ -74,14 +74,7 @@ func udpConfig(targets []config.Target, mod func(*config.Listener, *config.Targe
 
 func startUDPServer(t *testing.T, cfg *config.Config, opts Options) (*Server, string) {
 	t.Helper()
-	srv, err := New(cfg, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Close() })
+	srv := startedServer(t, cfg, opts)
 	return srv, srv.UDPAddrs("test")[0].String()
 }
 

@@ -179,14 +179,7 @@ func TestTCPUDPWithUnbound(t *testing.T) {
 		l.UDPIdleTimeout = config.DefaultUDPIdleTimeout
 	})
 	cfg.MaxFlows = config.DefaultMaxFlows
-	srv, err := New(cfg, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
+	startedServer(t, cfg, Options{})
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	want := netip.MustParseAddr("192.0.2.53")
 	for range 20 {

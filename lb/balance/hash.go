@@ -8,7 +8,11 @@
 // Everything here is computed off the data path; Pick only indexes tables.
 package balance
 
-import "net/netip"
+import (
+	"net/netip"
+
+	"github.com/l4lb/l4lb/pkg/maglev"
+)
 
 // IP protocol numbers, as they enter the 5-tuple.
 const (
@@ -50,16 +54,9 @@ func hashU16(h uint64, v uint16) uint64 {
 	return (h ^ uint64(v&0xff)) * prime64
 }
 
-// finalize is the splitmix64 finalizer: FNV alone leaves the low bits, which
-// the table modulus reads, poorly mixed.
-func finalize(x uint64) uint64 {
-	x ^= x >> 30
-	x *= 0xbf58476d1ce4e5b9
-	x ^= x >> 27
-	x *= 0x94d049bb133111eb
-	x ^= x >> 31
-	return x
-}
+// finalize spreads FNV's poorly mixed low bits, which the table modulus
+// reads, with Maglev's own fixed finalizer.
+func finalize(x uint64) uint64 { return maglev.Mix(x) }
 
 // Rehash derives a second, independent hash from a flow hash (for choosing
 // among weighted target groups without correlating with the table slot).

@@ -98,10 +98,10 @@ func fill(backends []Backend, order []int, g, size int) []uint32 {
 
 // score fills row with every backend's weighted rendezvous score for slot s.
 func score(row []candidate, ids []uint64, weight []float64, s int) {
-	hs := mix(uint64(s) ^ 0x9e3779b97f4a7c15)
+	hs := Mix(uint64(s) ^ 0x9e3779b97f4a7c15)
 	for r, id := range ids {
 		// u in (0, 1]: 53 bits of a hash of (slot, backend).
-		u := float64(mix(id^hs)>>11+1) / (1 << 53)
+		u := float64(Mix(id^hs)>>11+1) / (1 << 53)
 		row[r] = candidate{score: -weight[r] / math.Log(u), slot: int32(s), rank: int32(r)}
 		if u == 1 {
 			row[r].score = math.Inf(1)

@@ -155,8 +155,9 @@ func fnv64(s string) uint64 {
 	return h
 }
 
-// mix is the splitmix64 finalizer; it spreads FNV's weak low bits.
-func mix(x uint64) uint64 {
+// Mix is the splitmix64 finalizer; it spreads FNV's weak low bits. It is
+// fixed, so hashes built on it agree across processes and versions.
+func Mix(x uint64) uint64 {
 	x ^= x >> 30
 	x *= 0xbf58476d1ce4e5b9
 	x ^= x >> 27
