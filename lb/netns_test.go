@@ -29,6 +29,11 @@ const (
 	nsLBFront  = "198.18.0.1"
 	nsLBBack   = "198.18.1.1"
 	nsTargetIP = "198.18.1.2"
+	// IPv6: unique-local addresses, inside the namespaces only.
+	nsClientIP6 = "fd00:18::2"
+	nsLBFront6  = "fd00:18::1"
+	nsLBBack6   = "fd00:18:1::1"
+	nsTargetIP6 = "fd00:18:1::2"
 )
 
 func run(t *testing.T, args ...string) {
@@ -66,12 +71,18 @@ func TestTransparentModeInNamespaces(t *testing.T) {
 	in(nsC, "ip", "link", "set", vc, "up")
 	in(nsC, "ip", "link", "set", "lo", "up")
 	in(nsC, "ip", "route", "add", "default", "via", nsLBFront)
+	in(nsC, "ip", "-6", "addr", "add", nsClientIP6+"/64", "dev", vc, "nodad")
+	in(nsC, "ip", "-6", "route", "add", "default", "via", nsLBFront6)
 	in(nsT, "ip", "addr", "add", nsTargetIP+"/24", "dev", vt)
 	in(nsT, "ip", "link", "set", vt, "up")
 	in(nsT, "ip", "link", "set", "lo", "up")
 	in(nsT, "ip", "route", "add", "default", "via", nsLBBack) // answers to clients go back through l4lb
+	in(nsT, "ip", "-6", "addr", "add", nsTargetIP6+"/64", "dev", vt, "nodad")
+	in(nsT, "ip", "-6", "route", "add", "default", "via", nsLBBack6)
 	in(nsL, "ip", "addr", "add", nsLBFront+"/24", "dev", vlc)
 	in(nsL, "ip", "addr", "add", nsLBBack+"/24", "dev", vlt)
+	in(nsL, "ip", "-6", "addr", "add", nsLBFront6+"/64", "dev", vlc, "nodad")
+	in(nsL, "ip", "-6", "addr", "add", nsLBBack6+"/64", "dev", vlt, "nodad")
 	in(nsL, "ip", "link", "set", vlc, "up")
 	in(nsL, "ip", "link", "set", vlt, "up")
 	in(nsL, "ip", "link", "set", "lo", "up")
@@ -79,6 +90,8 @@ func TestTransparentModeInNamespaces(t *testing.T) {
 	// targets is for this host's (transparent) sockets.
 	in(nsL, "ip", "rule", "add", "iif", vlt, "lookup", "100")
 	in(nsL, "ip", "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", "100")
+	in(nsL, "ip", "-6", "rule", "add", "iif", vlt, "lookup", "100")
+	in(nsL, "ip", "-6", "route", "add", "local", "::/0", "dev", "lo", "table", "100")
 
 	helper := func(ns, role string, env ...string) *bufio.Reader {
 		cmd := exec.Command(ipBin, "netns", "exec", ns, os.Args[0], "-test.run=^TestNetnsHelper$")
@@ -108,7 +121,8 @@ func TestTransparentModeInNamespaces(t *testing.T) {
 		t.Fatalf("client: %v\n%s", err, res)
 	}
 	got := string(res)
-	for _, want := range []string{"tcp " + nsClientIP + ":", "udp " + nsClientIP + ":"} {
+	for _, want := range []string{"tcp " + nsClientIP + ":", "udp " + nsClientIP + ":",
+		"tcp [" + nsClientIP6 + "]:", "udp [" + nsClientIP6 + "]:"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("target did not see the client's own address (%q) in:\n%s", want, got)
 		}
@@ -135,12 +149,20 @@ func TestNetnsHelper(t *testing.T) {
 // netnsTarget answers each TCP connection and UDP datagram with the peer
 // address it sees.
 func netnsTarget() {
-	ln, err := net.Listen("tcp", nsTargetIP+":9000")
+	for _, ip := range []string{nsTargetIP, nsTargetIP6} {
+		serveTarget(net.JoinHostPort(ip, "9000"))
+	}
+	fmt.Println("ready")
+	waitForParent()
+}
+
+func serveTarget(addr string) {
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	uc, err := net.ListenPacket("udp", nsTargetIP+":9000")
+	uc, err := net.ListenPacket("udp", addr)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
@@ -165,20 +187,23 @@ func netnsTarget() {
 			uc.WriteTo([]byte("udp "+from.String()+"\n"), from)
 		}
 	}()
-	fmt.Println("ready")
-	waitForParent()
 }
 
 func netnsServe() {
-	target := netip.MustParseAddrPort(nsTargetIP + ":9000")
-	cfg := testConfig([]config.Target{{Address: target, Weight: 1}}, func(l *config.Listener, g *config.TargetGroup) {
-		l.Protocol, g.Protocol = config.TCPUDP, config.TCPUDP
-		l.Bind = []config.BindAddr{{IP: netip.MustParseAddr(nsLBFront)}}
-		l.Port = 8080
-		l.UDPIdleTimeout = config.DefaultUDPIdleTimeout
-		g.Attributes.PreserveClientIP = true
-	})
-	cfg.MaxFlows = 100
+	cfg := &config.Config{MaxFlows: 100, ShutdownTimeout: time.Second}
+	for i, fam := range [][2]string{{nsLBFront, nsTargetIP}, {nsLBFront6, nsTargetIP6}} {
+		target := netip.AddrPortFrom(netip.MustParseAddr(fam[1]), 9000)
+		c := testConfig([]config.Target{{Address: target, Weight: 1}}, func(l *config.Listener, g *config.TargetGroup) {
+			l.Protocol, g.Protocol = config.TCPUDP, config.TCPUDP
+			l.Bind = []config.BindAddr{{IP: netip.MustParseAddr(fam[0])}}
+			l.Port = 8080
+			l.UDPIdleTimeout = config.DefaultUDPIdleTimeout
+			l.Name, l.TargetGroup, g.Name = fmt.Sprintf("l%d", i), fmt.Sprintf("g%d", i), fmt.Sprintf("g%d", i)
+			g.Attributes.PreserveClientIP = true
+		})
+		cfg.Listeners = append(cfg.Listeners, c.Listeners...)
+		cfg.TargetGroups = append(cfg.TargetGroups, c.TargetGroups...)
+	}
 	srv, err := New(cfg, Options{ConnectTimeout: 2 * time.Second})
 	if err == nil {
 		err = srv.Start()
@@ -193,7 +218,13 @@ func netnsServe() {
 }
 
 func netnsClient() {
-	c, err := net.DialTimeout("tcp", nsLBFront+":8080", 5*time.Second)
+	for _, ip := range []string{nsLBFront, nsLBFront6} {
+		askTarget(net.JoinHostPort(ip, "8080"))
+	}
+}
+
+func askTarget(addr string) {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
 		fmt.Println("tcp error:", err)
 		os.Exit(1)
@@ -202,7 +233,7 @@ func netnsClient() {
 	b, _ := io.ReadAll(c)
 	c.Close()
 	fmt.Print(string(b))
-	u, err := net.Dial("udp", nsLBFront+":8080")
+	u, err := net.Dial("udp", addr)
 	if err != nil {
 		fmt.Println("udp error:", err)
 		os.Exit(1)
