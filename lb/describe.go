@@ -11,6 +11,7 @@ import (
 	"github.com/l4lb/l4lb/lb/balance"
 	"github.com/l4lb/l4lb/pkg/api"
 	"github.com/l4lb/l4lb/pkg/config"
+	"github.com/l4lb/l4lb/pkg/maglev"
 )
 
 // TargetGroups describes every group, sorted by name.
@@ -118,7 +119,7 @@ func (s *Server) Route(listenerName, src, dst, protocol string) (api.Route, erro
 		return out, nil
 	}
 	out.Target = out.Preference[0]
-	why := []string{fmt.Sprintf("%s hash %s owns slot %d of the Maglev table", out.Key, out.Hash, key%65537)}
+	why := []string{fmt.Sprintf("%s hash %s owns slot %d of the Maglev table", out.Key, out.Hash, key%maglev.DefaultSize)}
 	if len(s.cfg.Zones) > 0 && l.zone != "" && !g.crossZone {
 		why = append(why, fmt.Sprintf("built from zone %s's targets (cross-zone off)", l.zone))
 	}

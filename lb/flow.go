@@ -35,8 +35,6 @@ type flow struct {
 	halves    [2]halfFlow  // 0: client to target, 1: target to client
 }
 
-var flowIDs atomic.Uint64 // process-wide flow numbering; only ever incremented
-
 func newFlow(s *Server) any {
 	f := &flow{srv: s}
 	for i := range f.halves {
@@ -150,7 +148,7 @@ func (s *Server) serveConn(l *listener, c *net.TCPConn) {
 	f := s.flowPool.Get().(*flow)
 	f.l, f.client, f.target, f.idle = l, c, t, l.cfg.IdleTimeout
 	f.tgt, f.start = tgt, time.Now()
-	f.id = flowIDs.Add(1)
+	f.id = s.flowIDs.Add(1)
 	f.src, f.checkPP = src, checkPP
 	if g.cfg.Attributes.ProxyProtocolV2 {
 		// The header goes first, written whole before the copy starts; the

@@ -76,8 +76,9 @@ type Server struct {
 	health    HealthWatcher
 	flowPool  sync.Pool
 	closing   atomic.Bool
-	moved     atomic.Int64 // bytes moved by finished flows
-	spliced   atomic.Int64 // the part of moved that splice(2) carried
+	flowIDs   atomic.Uint64 // flow numbering, for PROXY unique IDs
+	moved     atomic.Int64  // bytes moved by finished flows
+	spliced   atomic.Int64  // the part of moved that splice(2) carried
 	loops     sync.WaitGroup
 	scan      time.Duration // parker's idle-expiry scan interval
 }

@@ -321,7 +321,7 @@ func (u *udpFront) newFlow(key flowtable.Key, now time.Time) *udpFlow {
 	}
 	f := &udpFlow{key: key, fd: fd, tgt: tgt, start: now}
 	if g.cfg.Attributes.ProxyProtocolV2 {
-		if f.pp, err = proxyproto.V2(true, key.Src, key.Dst, proxyproto.TLVs{FlowID: flowIDs.Add(1), EndpointID: u.srv.cfg.EndpointID}); err != nil {
+		if f.pp, err = proxyproto.V2(true, key.Src, key.Dst, proxyproto.TLVs{FlowID: u.srv.flowIDs.Add(1), EndpointID: u.srv.cfg.EndpointID}); err != nil {
 			unix.Close(fd)
 			u.rejectNoTgt.Inc()
 			return nil
