@@ -1,6 +1,8 @@
 package healthcheck
 
 import (
+	"bufio"
+	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
@@ -10,6 +12,7 @@ import (
 
 	"github.com/l4lb/l4lb/pkg/api"
 	"github.com/l4lb/l4lb/pkg/config"
+	"github.com/l4lb/l4lb/pkg/proxyproto"
 )
 
 // transition is one report, with the number of checks the target had served
@@ -146,5 +149,57 @@ func TestPassiveFailure(t *testing.T) {
 	case tr := <-rec.ch:
 		t.Fatalf("report after Unwatch: %+v", tr)
 	case <-time.After(100 * time.Millisecond):
+	}
+}
+
+// With PROXY v2 on, checks open with a LOCAL header, as NLB's do, and the
+// HTTP request follows it on the same connection.
+func TestChecksSendProxyLocal(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan string, 4)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_, _, err := proxyproto.ReadHeader(c, c, time.Now().Add(time.Second))
+				if err != nil {
+					got <- "no header: " + err.Error()
+					return
+				}
+				req, err := http.ReadRequest(bufio.NewReader(c))
+				if err != nil {
+					got <- "no request after the header"
+					return
+				}
+				fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+				got <- "LOCAL then GET " + req.URL.Path
+			}()
+		}
+	}()
+	var checks atomic.Int64
+	rec := &recorder{checks: &checks, ch: make(chan transition, 4)}
+	s := NewScheduler(rec, Options{})
+	defer s.Close()
+	spec := httpSpec(1, 1)
+	spec.SendProxyLocal = true
+	s.Watch("g", ln.Addr().(*net.TCPAddr).AddrPort(), spec)
+	select {
+	case msg := <-got:
+		if msg != "LOCAL then GET /health" {
+			t.Fatal(msg)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no check arrived")
+	}
+	if tr := next(t, rec.ch); !tr.healthy {
+		t.Fatalf("check behind a LOCAL header failed: %+v", tr)
 	}
 }
