@@ -40,18 +40,24 @@ func main() {
 	conns := flag.Int("concurrency", 16, "client workers for the rate tests")
 	idle := flag.Int("idle-conns", 3000, "idle connections for the memory test")
 	settle := flag.Duration("idle-settle", 5*time.Second, "wait before reading the proxy's memory in the idle test")
-	tests := flag.String("tests", "bulk,conn,rr,idle,dns", "tests to run")
+	tests := flag.String("tests", "bulk,conn,rr,idle,dns,udp", "tests to run")
 	adminAddr := flag.String("l4lb-admin", "off", "admin address of the l4lb under test (for profiling)")
 	flag.Parse()
 	run := func(name string) bool { return strings.Contains(","+*tests+",", ","+name+",") }
+	if run("udp") {
+		if err := udpBench(*bin, *dur, 4); err != nil {
+			fmt.Fprintln(os.Stderr, "l4lb-bench:", err)
+			os.Exit(1)
+		}
+	}
 	if run("dns") {
 		if err := dnsBench(*bin, *dur); err != nil {
 			fmt.Fprintln(os.Stderr, "l4lb-bench:", err)
 			os.Exit(1)
 		}
-		if *tests == "dns" {
-			return
-		}
+	}
+	if !run("bulk") && !run("conn") && !run("rr") && !run("idle") {
+		return
 	}
 
 	echo := startBackend(echoConn)
