@@ -14,7 +14,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/l4lb/l4lb/pkg/config"
+	"github.com/l4lb/l4lb/pkg/metrics"
 )
 
 // The transparent-mode test runs three hosts in network namespaces made for
@@ -93,7 +96,7 @@ func TestTransparentModeInNamespaces(t *testing.T) {
 	in(nsL, "ip", "-6", "rule", "add", "iif", vlt, "lookup", "100")
 	in(nsL, "ip", "-6", "route", "add", "local", "::/0", "dev", "lo", "table", "100")
 
-	helper := func(ns, role string, env ...string) *bufio.Reader {
+	helper := func(ns, role string, env ...string) (*bufio.Reader, io.Closer) {
 		cmd := exec.Command(ipBin, "netns", "exec", ns, os.Args[0], "-test.run=^TestNetnsHelper$")
 		cmd.Env = append(os.Environ(), append(env, "L4LB_NETNS_ROLE="+role)...)
 		cmd.Stderr = os.Stderr
@@ -108,10 +111,10 @@ func TestTransparentModeInNamespaces(t *testing.T) {
 		if err != nil || strings.TrimSpace(line) != "ready" {
 			t.Fatalf("%s helper: %q %v", role, line, err)
 		}
-		return r
+		return r, stdin
 	}
 	helper(nsT, "target")
-	helper(nsL, "serve")
+	lbOut, lbStop := helper(nsL, "serve")
 
 	// The client runs in its namespace too: this binary again.
 	cmd := exec.Command(ipBin, "netns", "exec", nsC, os.Args[0], "-test.run=^TestNetnsHelper$")
@@ -122,10 +125,22 @@ func TestTransparentModeInNamespaces(t *testing.T) {
 	}
 	got := string(res)
 	for _, want := range []string{"tcp " + nsClientIP + ":", "udp " + nsClientIP + ":",
-		"tcp [" + nsClientIP6 + "]:", "udp [" + nsClientIP6 + "]:"} {
+		"tcp [" + nsClientIP6 + "]:", "udp [" + nsClientIP6 + "]:",
+		// Two flows from the same client address and port, through two
+		// listeners, to one target: the first keeps the port, the second
+		// gets another port of the client's IP.
+		"collision tcp " + nsClientIP + ":5000", "collision tcp " + nsClientIP + ":"} {
 		if !strings.Contains(got, want) {
-			t.Errorf("target did not see the client's own address (%q) in:\n%s", want, got)
+			t.Errorf("target did not see %q in:\n%s", want, got)
 		}
+	}
+	if strings.Count(got, "collision tcp "+nsClientIP+":5000") != 1 {
+		t.Errorf("want exactly one of the colliding flows on port 5000:\n%s", got)
+	}
+	lbStop.Close()
+	line, _ := lbOut.ReadString('\n')
+	if strings.TrimSpace(line) != "port_allocation_errors 1" {
+		t.Errorf("l4lb reported %q, want one port allocation error counted", line)
 	}
 }
 
@@ -174,7 +189,7 @@ func serveTarget(addr string) {
 				return
 			}
 			fmt.Fprintf(c, "tcp %s\n", c.RemoteAddr())
-			c.Close()
+			go func() { io.Copy(io.Discard, c); c.Close() }() // held until the client closes
 		}
 	}()
 	go func() {
@@ -204,7 +219,11 @@ func netnsServe() {
 		cfg.Listeners = append(cfg.Listeners, c.Listeners...)
 		cfg.TargetGroups = append(cfg.TargetGroups, c.TargetGroups...)
 	}
-	srv, err := New(cfg, Options{ConnectTimeout: 2 * time.Second})
+	second := cfg.Listeners[0] // a second TCP port to the same IPv4 group
+	second.Name, second.Protocol, second.Port = "l0b", config.TCP, 8081
+	cfg.Listeners = append(cfg.Listeners, second)
+	reg := prometheus.NewRegistry()
+	srv, err := New(cfg, Options{ConnectTimeout: 2 * time.Second, Metrics: metrics.New(reg)})
 	if err == nil {
 		err = srv.Start()
 	}
@@ -214,12 +233,49 @@ func netnsServe() {
 	}
 	fmt.Println("ready")
 	waitForParent()
+	fmt.Printf("port_allocation_errors %v\n", gatherSum(reg, "l4lb_port_allocation_errors_total"))
 	srv.Close()
+}
+
+func gatherSum(reg *prometheus.Registry, name string) float64 {
+	mfs, _ := reg.Gather()
+	sum := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, m := range mf.GetMetric() {
+				sum += metricValue(m)
+			}
+		}
+	}
+	return sum
 }
 
 func netnsClient() {
 	for _, ip := range []string{nsLBFront, nsLBFront6} {
 		askTarget(net.JoinHostPort(ip, "8080"))
+	}
+	// Same client address and port to two listeners: SO_REUSEADDR lets the
+	// client bind it twice (the 4-tuples differ by the listener port).
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(nsClientIP), Port: 5000}, Timeout: 5 * time.Second,
+		Control: func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			c.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1) })
+			return serr
+		}}
+	for _, port := range []string{"8080", "8081"} {
+		c, err := d.Dial("tcp", net.JoinHostPort(nsLBFront, port))
+		if err != nil {
+			fmt.Println("collision dial error:", err)
+			os.Exit(1)
+		}
+		defer c.Close() // both flows stay open, so their target-side tuples collide
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil {
+			fmt.Println("collision read error:", err)
+			os.Exit(1)
+		}
+		fmt.Print("collision " + line)
 	}
 }
 
@@ -230,9 +286,9 @@ func askTarget(addr string) {
 		os.Exit(1)
 	}
 	c.SetDeadline(time.Now().Add(5 * time.Second))
-	b, _ := io.ReadAll(c)
+	line, _ := bufio.NewReader(c).ReadString('\n')
 	c.Close()
-	fmt.Print(string(b))
+	fmt.Print(line)
 	u, err := net.Dial("udp", addr)
 	if err != nil {
 		fmt.Println("udp error:", err)
