@@ -156,6 +156,8 @@ func (s *Server) Start() error {
 		for _, u := range s.udp {
 			u.close()
 		}
+		s.parker.close()
+		s.parker = nil
 		return err
 	}
 	for _, l := range s.listeners {
@@ -255,7 +257,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.log.Warn("drain deadline reached, closing flows", zap.Int(logFlows, cut))
 		<-s.flows.idle()
 	}
-	s.parker.close()
+	if s.parker != nil {
+		s.parker.close()
+	}
 	s.pipes.drain()
 	s.log.Info("drain end")
 	return err

@@ -44,12 +44,13 @@ type udpFront struct {
 	wildcard bool
 	table    *flowtable.Table[*udpFlow]
 
-	epfd  int
-	wake  int
-	mu    sync.Mutex // guards slots and free
-	slots []*udpFlow
-	free  []int32
-	done  chan struct{}
+	epfd    int
+	wake    int
+	mu      sync.Mutex // guards slots and free
+	slots   []*udpFlow
+	free    []int32
+	done    chan struct{}
+	started bool // the reply loop runs (and will close done)
 
 	newFlows, rejectFull, rejectACL, rejectNoTgt prometheus.Counter
 	pktsIn, pktsOut, bytesIn, bytesOut           prometheus.Counter
@@ -154,6 +155,7 @@ func (u *udpFront) start() {
 		u.srv.loops.Add(1)
 		go u.readLoop(sock)
 	}
+	u.started = true
 	go u.replyLoop()
 }
 
@@ -162,12 +164,17 @@ func (u *udpFront) close() {
 	for _, s := range u.socks {
 		s.Close()
 	}
-	if u.epfd > 0 {
+	if u.started {
 		unix.Write(u.wake, []byte{1, 0, 0, 0, 0, 0, 0, 0})
 		<-u.done
+	}
+	if u.epfd > 0 {
 		unix.Close(u.epfd)
+	}
+	if u.wake > 0 {
 		unix.Close(u.wake)
 	}
+	u.epfd, u.wake, u.started = 0, 0, false
 }
 
 // readLoop takes client datagrams in batches and forwards each on its flow's

@@ -294,3 +294,32 @@ func TestUDPWildcardRepliesFromDestination(t *testing.T) {
 func itoa(i int) string {
 	return netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(i)).String()[len("0.0.0.0:"):]
 }
+
+// A listener that cannot bind leaves nothing bound or running behind it.
+func TestStartFailureReleasesEverything(t *testing.T) {
+	busy, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	a := startUDPTarget(t, false)
+	cfg := udpConfig([]config.Target{{Address: a.addr, Weight: 1}}, nil)
+	second := cfg.Listeners[0]
+	second.Name, second.Port = "taken", uint16(busy.LocalAddr().(*net.UDPAddr).Port) // no SO_REUSEPORT on busy: bind fails
+	cfg.Listeners = append(cfg.Listeners, second)
+	srv, err := New(cfg, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Start() }()
+	select {
+	case err := <-done:
+		if err == nil {
+			srv.Close()
+			t.Fatal("Start succeeded on a taken port")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Start hung after a bind failure")
+	}
+}
