@@ -111,7 +111,7 @@ func (s *Server) Route(listenerName, src, dst, protocol string) (api.Route, erro
 		out.Key = "source_ip"
 	}
 	var buf [1 + balance.Retries]int
-	for _, i := range snap.bal.Pick(l.zone, key, buf[:]) {
+	for _, i := range snap.bal.Pick(key, buf[:]) {
 		out.Preference = append(out.Preference, snap.targets[i].name)
 	}
 	if len(out.Preference) == 0 {

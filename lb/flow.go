@@ -116,7 +116,7 @@ func (s *Server) serveConn(l *listener, c *net.TCPConn) {
 	}
 	g, snap, key := l.route.Load().lookup(l.zone, src, dst)
 	var buf [1 + balance.Retries]int
-	prefs := snap.bal.Pick(l.zone, key, buf[:])
+	prefs := snap.bal.Pick(key, buf[:])
 	var t *net.TCPConn
 	var tgt *target
 	for _, i := range prefs {

@@ -188,7 +188,7 @@ func (g *group) view(targets []*target) (*zoneSnap, error) {
 	if failOpen {
 		use = live
 	}
-	spec := balance.GroupSpec{Name: g.cfg.Name, CrossZone: true, Stickiness: a.Stickiness}
+	spec := balance.GroupSpec{Name: g.cfg.Name, Stickiness: a.Stickiness}
 	for _, t := range use {
 		spec.Targets = append(spec.Targets, balance.Target{Addr: t.addr, Zone: t.zone, Weight: t.weight})
 	}

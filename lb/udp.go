@@ -310,7 +310,7 @@ func (u *udpFront) newFlow(key flowtable.Key, now time.Time) *udpFlow {
 		hash = balance.SourceHash(key.Src.Addr())
 	}
 	var buf [1]int
-	prefs := snap.bal.Pick(u.zone, hash, buf[:])
+	prefs := snap.bal.Pick(hash, buf[:])
 	if len(prefs) == 0 {
 		u.rejectNoTgt.Inc()
 		return nil

@@ -1,9 +1,9 @@
-// Package balance picks a target for a flow from an immutable snapshot of
-// target groups, each holding Maglev tables per zone:
+// Package balance picks a target for a flow from an immutable, built set of
+// targets and hashes flows the same way on every node:
 //
-//	snap, _ := balance.NewGroup(balance.GroupSpec{Name: "web", Targets: targets})
+//	g, _ := balance.NewGroup(balance.GroupSpec{Name: "web", Targets: targets})
 //	key := balance.FlowHash(balance.ProtoTCP, client, listenerAddr)
-//	prefs := snap.Pick("a", key, buf[:]) // first choice, then retry order
+//	prefs := g.Pick(key, buf[:]) // first choice, then retry order
 //
 // Everything here is computed off the data path; Pick only indexes tables.
 package balance

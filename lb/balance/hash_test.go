@@ -74,37 +74,33 @@ func TestFlowHashUniform(t *testing.T) {
 	}
 }
 
-func TestGroupPickZones(t *testing.T) {
+func TestGroupPick(t *testing.T) {
 	ts := []Target{
-		{Addr: netip.MustParseAddrPort("10.0.1.10:80"), Zone: "a", Weight: 1},
-		{Addr: netip.MustParseAddrPort("10.0.2.10:80"), Zone: "b", Weight: 1},
-		{Addr: netip.MustParseAddrPort("10.0.2.11:80"), Zone: "b", Weight: 1},
+		{Addr: netip.MustParseAddrPort("10.0.1.10:80"), Weight: 1},
+		{Addr: netip.MustParseAddrPort("10.0.2.10:80"), Weight: 1},
+		{Addr: netip.MustParseAddrPort("10.0.2.11:80"), Weight: 1},
 	}
 	g, err := NewGroup(GroupSpec{Name: "g", Targets: ts})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var buf [3]int
-	for h := uint64(0); h < 1000; h++ {
-		p := g.Pick("a", h, buf[:])
-		if len(p) != 1 || ts[p[0]].Zone != "a" {
-			t.Fatalf("zone a picked %v", p)
-		}
-		for _, i := range g.Pick("b", h, buf[:]) {
-			if ts[i].Zone != "b" {
-				t.Fatalf("zone b picked a zone-a target")
-			}
-		}
-	}
-	cz, _ := NewGroup(GroupSpec{Name: "g", Targets: ts, CrossZone: true})
 	seen := map[int]bool{}
 	for h := uint64(0); h < 1000; h++ {
-		seen[cz.Pick("a", h*7919, buf[:1])[0]] = true
+		p := g.Pick(FlowHash(ProtoTCP, netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), uint16(h)), ts[0].Addr), buf[:])
+		if len(p) != 3 || p[0] == p[1] || p[1] == p[2] || p[0] == p[2] {
+			t.Fatalf("preference %v is not three distinct targets", p)
+		}
+		seen[p[0]] = true
 	}
 	if len(seen) != 3 {
-		t.Fatalf("cross-zone used %d targets, want 3", len(seen))
+		t.Fatalf("first choices used %d targets, want 3", len(seen))
 	}
-	if a := testing.AllocsPerRun(100, func() { g.Pick("b", 42, buf[:]) }); a != 0 {
+	empty, _ := NewGroup(GroupSpec{Name: "none"})
+	if p := empty.Pick(1, buf[:]); len(p) != 0 {
+		t.Fatalf("empty group picked %v", p)
+	}
+	if a := testing.AllocsPerRun(100, func() { g.Pick(42, buf[:]) }); a != 0 {
 		t.Fatalf("Pick allocates %.0f", a)
 	}
 }
