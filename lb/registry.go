@@ -40,8 +40,9 @@ type target struct {
 	detail     string
 	generation int // bumped on every state change, so stale timers do nothing
 
-	fmu   sync.Mutex
-	flows map[*flow]struct{}
+	fmu      sync.Mutex
+	flows    map[*flow]struct{} // TCP flows
+	udpFlows atomic.Int64       // UDP flows pinned to it
 
 	connectErrs prometheus.Counter
 	portErrs    prometheus.Counter
@@ -234,7 +235,7 @@ func (t *target) removeFlow(f *flow) {
 func (t *target) activeFlows() int64 {
 	t.fmu.Lock()
 	defer t.fmu.Unlock()
-	return int64(len(t.flows))
+	return int64(len(t.flows)) + t.udpFlows.Load()
 }
 
 // terminate resets the target's flows, spread over up to three seconds rather

@@ -349,6 +349,7 @@ func (u *udpFront) newFlow(key flowtable.Key, now time.Time) *udpFlow {
 	if snap.counted {
 		g.unhealthyRouting.Inc()
 	}
+	tgt.udpFlows.Add(1) // release takes it back, whatever happens next
 	u.mu.Lock()
 	if n := len(u.free); n > 0 {
 		f.slot = u.free[n-1]
@@ -414,6 +415,7 @@ func (u *udpFront) release(f *udpFlow) {
 		f.closed = true
 		unix.EpollCtl(u.epfd, unix.EPOLL_CTL_DEL, f.fd, nil)
 		unix.Close(f.fd)
+		f.tgt.udpFlows.Add(-1)
 	}
 	f.mu.Unlock()
 	u.mu.Lock()

@@ -191,7 +191,13 @@ func TestUDPIdleExpiry(t *testing.T) {
 	if srv.UDPFlows() != 1 {
 		t.Fatalf("%d flows after one datagram", srv.UDPFlows())
 	}
+	if tg, _ := srv.TargetGroup("tg"); tg.Targets[0].ActiveFlows != 1 {
+		t.Fatalf("describe-health shows %d active flows, want 1", tg.Targets[0].ActiveFlows)
+	}
 	waitFor(t, func() bool { return srv.UDPFlows() == 0 })
+	if tg, _ := srv.TargetGroup("tg"); tg.Targets[0].ActiveFlows != 0 {
+		t.Fatalf("describe-health shows %d active flows after expiry", tg.Targets[0].ActiveFlows)
+	}
 	exchange(t, c, []byte("2")) // a new flow after expiry works
 	if srv.UDPFlows() != 1 {
 		t.Fatal("no new flow after expiry")
