@@ -101,20 +101,33 @@ func listenControl(network, _ string, c syscall.RawConn) error {
 
 func (l *listener) bind() error {
 	lc := net.ListenConfig{Control: listenControl, KeepAlive: -1}
-	port := l.cfg.Port // 0 (tests only): the first socket picks, the rest follow
-	network := "tcp4"
-	if l.bindA.IP.Is6() {
-		network = "tcp6"
+	return bindEach(l.srv.opts.SocketsPerAddr, "tcp", l.cfg.Name, netip.AddrPortFrom(l.bindA.IP, l.cfg.Port),
+		func(network, addr string) (uint16, error) {
+			ln, err := lc.Listen(context.Background(), network, addr)
+			if err != nil {
+				return 0, err
+			}
+			tl := ln.(*net.TCPListener)
+			l.socks = append(l.socks, tl)
+			return tl.Addr().(*net.TCPAddr).AddrPort().Port(), nil
+		})
+}
+
+// bindEach opens n SO_REUSEPORT sockets of proto ("tcp" or "udp") on at.
+// Port 0 (tests only) lets the first socket pick and the rest follow it.
+func bindEach(n int, proto, name string, at netip.AddrPort, open func(network, addr string) (uint16, error)) error {
+	network := proto + "4"
+	if at.Addr().Is6() {
+		network = proto + "6"
 	}
-	for range l.srv.opts.SocketsPerAddr {
-		addr := netip.AddrPortFrom(l.bindA.IP, port).String()
-		ln, err := lc.Listen(context.Background(), network, addr)
+	port := at.Port()
+	for range n {
+		addr := netip.AddrPortFrom(at.Addr(), port).String()
+		p, err := open(network, addr)
 		if err != nil {
-			return fmt.Errorf("listener %s: binding %s: %w", l.cfg.Name, addr, err)
+			return fmt.Errorf("listener %s: binding %s %s: %w", name, proto, addr, err)
 		}
-		tl := ln.(*net.TCPListener)
-		l.socks = append(l.socks, tl)
-		port = tl.Addr().(*net.TCPAddr).AddrPort().Port()
+		port = p
 	}
 	return nil
 }

@@ -3,7 +3,6 @@ package lb
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"net/netip"
 	"sync"
@@ -115,24 +114,21 @@ func (u *udpFront) bind() error {
 		})
 		return serr
 	}}
-	network := "udp4"
-	if u.bindA.IP.Is6() {
-		network = "udp6"
-	}
-	port := u.cfg.Port
-	for range u.srv.opts.SocketsPerAddr {
-		addr := netip.AddrPortFrom(u.bindA.IP, port).String()
-		pc, err := lc.ListenPacket(context.Background(), network, addr)
-		if err != nil {
-			return fmt.Errorf("listener %s: binding udp %s: %w", u.cfg.Name, addr, err)
-		}
-		uc := pc.(*net.UDPConn)
-		u.socks = append(u.socks, uc)
-		port = uc.LocalAddr().(*net.UDPAddr).AddrPort().Port()
+	err := bindEach(u.srv.opts.SocketsPerAddr, "udp", u.cfg.Name, netip.AddrPortFrom(u.bindA.IP, u.cfg.Port),
+		func(network, addr string) (uint16, error) {
+			pc, err := lc.ListenPacket(context.Background(), network, addr)
+			if err != nil {
+				return 0, err
+			}
+			uc := pc.(*net.UDPConn)
+			u.socks = append(u.socks, uc)
+			return uc.LocalAddr().(*net.UDPAddr).AddrPort().Port(), nil
+		})
+	if err != nil {
+		return err
 	}
 	rc, _ := u.socks[0].SyscallConn()
 	rc.Control(func(fd uintptr) { u.sendFD = int(fd) })
-	var err error
 	if u.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
 		return err
 	}
