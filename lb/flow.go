@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 
 	"github.com/l4lb/l4lb/lb/balance"
 	"github.com/l4lb/l4lb/pkg/proxyproto"
@@ -104,8 +105,16 @@ func (s *Server) serveConn(l *listener, c *net.TCPConn) {
 			if hsrc.IsValid() { // a LOCAL header keeps the peer's address
 				src = hsrc
 			}
+		} else if peekHeader(c) {
+			// Anyone else's header is refused (REJECT). Most clients send it
+			// with the connection, so it is usually here already and no
+			// target is dialled; later bytes are checked by the copy.
+			l.rejectPP.Inc()
+			c.SetLinger(0)
+			c.Close()
+			return
 		} else {
-			checkPP = true // anyone else's header is refused (REJECT)
+			checkPP = true
 		}
 	}
 	if !l.acl.permits(src.Addr()) {
@@ -259,4 +268,20 @@ func (f *flow) finish(h *halfFlow, how copyErr) {
 		f.halves[i].src, f.halves[i].dst, f.halves[i].srcRC, f.halves[i].dstRC = nil, nil, nil, nil
 	}
 	f.srv.flowPool.Put(f)
+}
+
+// peekHeader reports whether the bytes already queued on c, without waiting or
+// consuming them, are a PROXY header.
+func peekHeader(c *net.TCPConn) bool {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return false
+	}
+	var b [12]byte
+	n := 0
+	rc.Read(func(fd uintptr) bool {
+		n, _, _ = unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		return true // one attempt: never wait for a client that speaks second
+	})
+	return n > 0 && proxyproto.IsHeader(b[:n])
 }
