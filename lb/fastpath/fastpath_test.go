@@ -1,0 +1,298 @@
+package fastpath
+
+import (
+	"encoding/binary"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/l4lb/l4lb/lb/balance"
+	"github.com/l4lb/l4lb/pkg/maglev"
+)
+
+// newPath loads the program, or skips where the kernel cannot run it (not
+// root). In CI, which runs as root on a BPF-capable kernel, a load failure
+// fails the test.
+func newPath(t *testing.T, opts Options) *Path {
+	t.Helper()
+	p, err := New(opts)
+	if err != nil {
+		if os.Geteuid() != 0 && os.Getenv("CI") == "" {
+			t.Skipf("needs root for BPF: %v", err)
+		}
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
+// slotTargets gives slot i the target 10.x.y.z:i%60000+1, so the slot the
+// program chose can be read off the rewritten packet.
+func slotTargets() []netip.AddrPort {
+	s := make([]netip.AddrPort, maglev.DefaultSize)
+	for i := range s {
+		s[i] = netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 53)
+	}
+	return s
+}
+
+func slotOf(a netip.Addr) int {
+	b := a.As4()
+	return int(b[1])<<16 | int(b[2])<<8 | int(b[3])
+}
+
+// packet builds an Ethernet frame with IPv4 and UDP, both checksums set.
+func packet(src, dst netip.AddrPort, payload []byte) []byte {
+	b := make([]byte, 42+len(payload))
+	binary.BigEndian.PutUint16(b[12:], 0x0800)
+	ip := b[14:34]
+	ip[0] = 0x45
+	binary.BigEndian.PutUint16(ip[2:], uint16(20+8+len(payload)))
+	ip[8] = 64
+	ip[9] = 17
+	s, d := src.Addr().As4(), dst.Addr().As4()
+	copy(ip[12:], s[:])
+	copy(ip[16:], d[:])
+	binary.BigEndian.PutUint16(ip[10:], ^csum(0, ip))
+	udp := b[34:]
+	binary.BigEndian.PutUint16(udp[0:], src.Port())
+	binary.BigEndian.PutUint16(udp[2:], dst.Port())
+	binary.BigEndian.PutUint16(udp[4:], uint16(8+len(payload)))
+	copy(udp[8:], payload)
+	c := ^csum(pseudo(b), udp)
+	if c == 0 {
+		c = 0xffff
+	}
+	binary.BigEndian.PutUint16(udp[6:], c)
+	return b
+}
+
+func pseudo(b []byte) uint32 {
+	var p [12]byte
+	copy(p[0:8], b[26:34])
+	p[9] = 17
+	binary.BigEndian.PutUint16(p[10:], uint16(len(b)-34))
+	return uint32(csum(0, p[:]))
+}
+
+func csum(sum uint32, b []byte) uint16 {
+	for i := 0; i+1 < len(b); i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(b[i:]))
+	}
+	if len(b)%2 == 1 {
+		sum += uint32(b[len(b)-1]) << 8
+	}
+	for sum > 0xffff {
+		sum = sum>>16 + sum&0xffff
+	}
+	return uint16(sum)
+}
+
+// checksumsOK verifies both checksums of an output frame.
+func checksumsOK(t *testing.T, b []byte) {
+	t.Helper()
+	if c := csum(0, b[14:34]); c != 0xffff {
+		t.Fatalf("IP checksum does not verify: %#x", c)
+	}
+	if binary.BigEndian.Uint16(b[40:]) == 0 {
+		return // no UDP checksum
+	}
+	if c := csum(pseudo(b), b[34:]); c != 0xffff {
+		t.Fatalf("UDP checksum does not verify: %#x", c)
+	}
+}
+
+func addrs(b []byte) (src, dst netip.AddrPort) {
+	src = netip.AddrPortFrom(netip.AddrFrom4([4]byte(b[26:30])), binary.BigEndian.Uint16(b[34:]))
+	dst = netip.AddrPortFrom(netip.AddrFrom4([4]byte(b[30:34])), binary.BigEndian.Uint16(b[36:]))
+	return
+}
+
+func run(t *testing.T, p *Path, pkt []byte) (int32, []byte) {
+	t.Helper()
+	out := make([]byte, len(pkt)+256)
+	ret, err := p.prog.Run(&ebpf.RunOptions{Data: pkt, DataOut: out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return int32(ret), out[:len(pkt)]
+}
+
+// The program picks the slot user space computes, for flow and source
+// hashing, rewrites the destination with valid checksums, and pins the flow.
+func TestProgramMatchesUserSpaceHash(t *testing.T) {
+	p := newPath(t, Options{MaxFlows: 4096, Services: 2})
+	vip := netip.MustParseAddrPort("127.0.0.53:53")
+	sticky := netip.MustParseAddrPort("127.0.0.54:53")
+	for _, v := range []netip.AddrPort{vip, sticky} {
+		id, err := p.AddService(v, time.Minute, v == sticky)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.SetTable(id, slotTargets()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := range 500 {
+		client := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, byte(r.IntN(256)), byte(r.IntN(256)), byte(1 + r.IntN(254))}), uint16(1024+r.IntN(60000)))
+		to, want := vip, balance.FlowHash(balance.ProtoUDP, client, vip)
+		if i%2 == 1 {
+			to, want = sticky, balance.SourceHash(client.Addr())
+		}
+		payload := make([]byte, r.IntN(64))
+		ret, out := run(t, p, packet(client, to, payload))
+		if ret != tcxPass {
+			t.Fatalf("flow %d: returned %d", i, ret)
+		}
+		src, dst := addrs(out)
+		if src != client {
+			t.Fatalf("source changed to %s", src)
+		}
+		if got := slotOf(dst.Addr()); got != int(want%maglev.DefaultSize) || dst.Port() != 53 {
+			t.Fatalf("flow %d from %s: slot %d, user space says %d", i, client, got, want%maglev.DefaultSize)
+		}
+		checksumsOK(t, out)
+	}
+	st, _ := p.Stats(0)
+	if st.NewFlows != 250 || st.PacketsIn != 250 {
+		t.Fatalf("stats %+v, want 250 new flows and datagrams", st)
+	}
+}
+
+// A flow stays on its target when the table changes; replies get the
+// listener's address as source; a zero UDP checksum stays zero.
+func TestProgramPinsAndReverses(t *testing.T) {
+	p := newPath(t, Options{MaxFlows: 64, Services: 1})
+	vip := netip.MustParseAddrPort("127.0.0.53:53")
+	id, _ := p.AddService(vip, time.Minute, false)
+	a := netip.MustParseAddrPort("127.0.0.1:5300")
+	b := netip.MustParseAddrPort("127.0.0.2:5300")
+	fill := func(t netip.AddrPort) []netip.AddrPort {
+		s := make([]netip.AddrPort, maglev.DefaultSize)
+		for i := range s {
+			s[i] = t
+		}
+		return s
+	}
+	if err := p.SetTable(id, fill(a)); err != nil {
+		t.Fatal(err)
+	}
+	client := netip.MustParseAddrPort("127.9.9.9:40000")
+	_, out := run(t, p, packet(client, vip, []byte("query")))
+	if _, dst := addrs(out); dst != a {
+		t.Fatalf("first datagram went to %s, want %s", dst, a)
+	}
+	if err := p.SetTable(id, fill(b)); err != nil {
+		t.Fatal(err)
+	}
+	_, out = run(t, p, packet(client, vip, []byte("again")))
+	if _, dst := addrs(out); dst != a {
+		t.Fatalf("pinned flow moved to %s", dst)
+	}
+	other := netip.MustParseAddrPort("127.9.9.9:40001")
+	_, out = run(t, p, packet(other, vip, []byte("new")))
+	if _, dst := addrs(out); dst != b {
+		t.Fatalf("new flow went to %s, want %s", dst, b)
+	}
+
+	reply := packet(a, client, []byte("answer"))
+	binary.BigEndian.PutUint16(reply[40:], 0) // no checksum
+	ret, out := run(t, p, reply)
+	src, dst := addrs(out)
+	if ret != tcxPass || src != vip || dst != client {
+		t.Fatalf("reply: %d %s → %s, want from %s", ret, src, dst, vip)
+	}
+	if binary.BigEndian.Uint16(out[40:]) != 0 {
+		t.Fatal("a zero UDP checksum was filled in")
+	}
+	checksumsOK(t, out)
+
+	// Not ours: other ports, other protocols, fragments pass untouched.
+	for name, pkt := range map[string][]byte{
+		"other port": packet(client, netip.MustParseAddrPort("127.0.0.53:54"), nil),
+		"fragment": func() []byte {
+			b := packet(client, vip, nil)
+			b[20] |= 0x20
+			return b
+		}(),
+		"tcp": func() []byte {
+			b := packet(client, vip, nil)
+			b[23] = 6
+			return b
+		}(),
+		"short": packet(client, vip, nil)[:40],
+	} {
+		if ret, out := run(t, p, pkt); ret != tcxNext || string(out) != string(pkt) {
+			t.Fatalf("%s: returned %d, changed %v", name, ret, string(out) != string(pkt))
+		}
+	}
+	st, _ := p.Stats(id)
+	if st.NewFlows != 2 || st.PacketsIn != 3 || st.PacketsOut != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+// A full flow map refuses new flows, counts them, and forwards nothing; the
+// flows it holds go on. Sweeping frees idle flows.
+func TestProgramBoundAndSweep(t *testing.T) {
+	p := newPath(t, Options{MaxFlows: 50, Services: 1})
+	vip := netip.MustParseAddrPort("127.0.0.53:53")
+	id, _ := p.AddService(vip, 200*time.Millisecond, false)
+	if err := p.SetTable(id, slotTargets()); err != nil {
+		t.Fatal(err)
+	}
+	client := func(i int) netip.AddrPort {
+		return netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 1, byte(i >> 8), byte(i)}), 5000)
+	}
+	refused := 0
+	for i := range 200 {
+		if ret, _ := run(t, p, packet(client(i), vip, nil)); ret == tcxDrop {
+			refused++
+		}
+	}
+	st, _ := p.Stats(id)
+	if refused != 150 || st.RefusedFull != 150 || st.NewFlows != 50 {
+		t.Fatalf("refused %d, stats %+v; want 150 refused of 200 with room for 50", refused, st)
+	}
+	if ret, _ := run(t, p, packet(client(0), vip, nil)); ret != tcxPass {
+		t.Fatal("a pinned flow was refused when the map was full")
+	}
+	n := 0
+	if _, err := p.Sweep(func(Flow) { n++ }); err != nil || n != 50 {
+		t.Fatalf("sweep saw %d live flows (%v), want 50", n, err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	expired, err := p.Sweep(nil)
+	if err != nil || expired != 50 {
+		t.Fatalf("expired %d (%v), want 50", expired, err)
+	}
+	if ret, _ := run(t, p, packet(client(199), vip, nil)); ret != tcxPass {
+		t.Fatal("no room after the sweep")
+	}
+}
+
+func TestNoTarget(t *testing.T) {
+	p := newPath(t, Options{MaxFlows: 8, Services: 1})
+	vip := netip.MustParseAddrPort("127.0.0.53:53")
+	id, _ := p.AddService(vip, time.Minute, false)
+	if err := p.SetTable(id, nil); err != nil {
+		t.Fatal(err)
+	}
+	if ret, _ := run(t, p, packet(netip.MustParseAddrPort("127.0.0.9:9"), vip, nil)); ret != tcxDrop {
+		t.Fatalf("returned %d with no target", ret)
+	}
+	if st, _ := p.Stats(id); st.RefusedNoTarget != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+	if _, err := p.AddService(netip.MustParseAddrPort("[::1]:53"), time.Minute, false); err == nil {
+		t.Fatal("an IPv6 service was accepted")
+	}
+	if err := p.SetTable(id, make([]netip.AddrPort, 3)); err == nil {
+		t.Fatal("a short table was accepted")
+	}
+}
