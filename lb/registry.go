@@ -148,6 +148,9 @@ func (g *group) rebuild() error {
 		}
 	}
 	g.snap.Store(snap)
+	if k := g.srv.kernel.Load(); k != nil {
+		k.changed()
+	}
 	if m := g.srv.m; m != nil {
 		healthy, unhealthy := 0, 0
 		for _, t := range g.targets {

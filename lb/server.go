@@ -80,7 +80,8 @@ type Server struct {
 	moved     atomic.Int64  // bytes moved by finished flows
 	spliced   atomic.Int64  // the part of moved that splice(2) carried
 	loops     sync.WaitGroup
-	scan      time.Duration // parker's idle-expiry scan interval
+	scan      time.Duration              // parker's idle-expiry scan interval
+	kernel    atomic.Pointer[kernelPath] // the UDP fast path, when on
 }
 
 // New prepares a server for cfg without binding anything.
@@ -170,6 +171,7 @@ func (s *Server) Start() error {
 			return fail(err)
 		}
 	}
+	s.startKernelPath()
 	if s.health != nil {
 		for _, g := range s.groups {
 			g.mu.Lock()
@@ -229,6 +231,9 @@ func (s *Server) UDPFlows() int {
 	for _, u := range s.udp {
 		n += u.table.Len()
 	}
+	if k := s.kernel.Load(); k != nil {
+		n += k.flows() // as of the kernel's last sweep
+	}
 	return n
 }
 
@@ -239,6 +244,9 @@ func (s *Server) ActiveFlows() int { return s.flows.count() }
 // then closes the rest. It returns ctx's error if flows had to be cut.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.closing.Store(true)
+	if k := s.kernel.Swap(nil); k != nil {
+		k.close()
+	}
 	for _, l := range s.listeners {
 		l.close()
 	}

@@ -51,7 +51,7 @@ func newServe() *cobra.Command {
 		healthCheck, healthInterval, healthTimeout, stickiness, idle, udpIdle, dereg string
 		alpn, policy, admin, tokenFile, shutdown                                     string
 		healthy, unhealthy                                                           int
-		ppv2, preserve, crossZone                                                    bool
+		ppv2, preserve, crossZone, udpFastPath                                       bool
 	}
 	cmd := &cobra.Command{
 		Use:   "serve [--config FILE] [flags]",
@@ -72,6 +72,7 @@ func newServe() *cobra.Command {
 	fl.BoolVar(&f.preserve, "preserve-client-ip", false, "connect to targets from the client's own address")
 	fl.StringVar(&f.stickiness, "stickiness", "", "source_ip: pin each client IP to one target")
 	fl.BoolVar(&f.crossZone, "cross-zone", false, "let every zone use every zone's targets")
+	fl.BoolVar(&f.udpFastPath, "udp-fast-path", false, "forward qualifying UDP listeners in the kernel (needs --preserve-client-ip)")
 	fl.StringVar(&f.idle, "idle-timeout", "350s", "close TCP flows idle this long")
 	fl.StringVar(&f.udpIdle, "udp-idle-timeout", "120s", "expire UDP flows idle this long")
 	fl.StringVar(&f.dereg, "deregistration-delay", "300s", "how long a deregistered target keeps its flows")
@@ -121,6 +122,9 @@ func newServe() *cobra.Command {
 		}
 		if set("cross-zone") {
 			o.flags.CrossZone = &f.crossZone
+		}
+		if set("udp-fast-path") {
+			o.flags.UDPFastPath = &f.udpFastPath
 		}
 		cfg, err := loadServeConfig(&o)
 		if err != nil {

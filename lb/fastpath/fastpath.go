@@ -227,46 +227,72 @@ func (p *Path) Stats(id int) (Stats, error) {
 
 // Sweep removes the flows idle past their service's timeout and calls live
 // for each flow that stays. A flow is idle when neither direction has moved.
+// Both maps are read in batches, a few system calls for the whole table.
 func (p *Path) Sweep(live func(Flow)) (expired int, err error) {
 	p.mu.Lock()
-	idle := make([]time.Duration, len(p.svcs))
+	idle := make([]uint64, len(p.svcs))
 	for i, s := range p.svcs {
-		idle[i] = s.idle
+		idle[i] = uint64(s.idle)
 	}
 	p.mu.Unlock()
+	replied := map[[flowKeySize]byte]uint64{}
+	err = readAll(p.reverse, func(k [flowKeySize]byte, v [flowValSize]byte) {
+		replied[k] = binary.NativeEndian.Uint64(v[8:])
+	})
+	if err != nil {
+		return 0, err
+	}
 	now := monotonic()
-	var key, rkey [flowKeySize]byte
-	var val, rval [flowValSize]byte
 	var stale [][flowKeySize]byte
-	it := p.flows.Iterate()
-	for it.Next(&key, &val) {
-		f := decodeFlow(key, val)
-		last := binary.NativeEndian.Uint64(val[8:])
-		reverseKey(&rkey, key, val)
-		if p.reverse.Lookup(rkey, &rval) == nil {
-			last = max(last, binary.NativeEndian.Uint64(rval[8:]))
-		}
-		if f.Service < len(idle) && now-last > uint64(idle[f.Service]) {
-			stale = append(stale, key)
-			continue
-		}
-		if live != nil {
+	var rkey [flowKeySize]byte
+	err = readAll(p.flows, func(k [flowKeySize]byte, v [flowValSize]byte) {
+		f := decodeFlow(k, v)
+		reverseKey(&rkey, k, v)
+		last := max(binary.NativeEndian.Uint64(v[8:]), replied[rkey])
+		if f.Service < len(idle) && now > last && now-last > idle[f.Service] {
+			stale = append(stale, k)
+		} else if live != nil {
 			live(f)
 		}
+	})
+	if err != nil {
+		return 0, err
 	}
-	if err := it.Err(); err != nil {
-		return 0, fmt.Errorf("fastpath: sweeping: %w", err)
-	}
+	var val [flowValSize]byte
 	for _, k := range stale {
-		if p.flows.Lookup(k, &val) != nil {
+		if p.flows.LookupAndDelete(k, &val) != nil {
+			continue
+		}
+		if binary.NativeEndian.Uint64(val[8:]) > now {
+			// A datagram came since the read: the flow lives on.
+			p.flows.Update(k, val, ebpf.UpdateNoExist)
 			continue
 		}
 		reverseKey(&rkey, k, val)
-		p.flows.Delete(k)
 		p.reverse.Delete(rkey)
 		expired++
 	}
 	return expired, nil
+}
+
+// readAll calls fn for every entry of a flow map.
+func readAll(m *ebpf.Map, fn func([flowKeySize]byte, [flowValSize]byte)) error {
+	const chunk = 4096
+	keys := make([][flowKeySize]byte, chunk)
+	vals := make([][flowValSize]byte, chunk)
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := m.BatchLookup(&cursor, keys, vals, nil)
+		for i := range n {
+			fn(keys[i], vals[i])
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("fastpath: reading flows: %w", err)
+		}
+	}
 }
 
 // Close detaches the program and frees the maps; pinned flows end with it.

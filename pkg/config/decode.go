@@ -33,6 +33,9 @@ type RawLoadBalancer struct {
 	ShutdownTimeout string `yaml:"shutdown_timeout,omitempty"`
 	MaxFlows        *int   `yaml:"max_flows,omitempty"`
 	EndpointID      string `yaml:"endpoint_id,omitempty"`
+	UDPFastPath     *bool  `yaml:"udp_fast_path,omitempty"`
+	// UDPFastPathInterfaces lists the interfaces the fast path runs on.
+	UDPFastPathInterfaces []string `yaml:"udp_fast_path_interfaces,omitempty"`
 }
 
 // RawListener is one listener as written.

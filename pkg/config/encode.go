@@ -33,7 +33,9 @@ func (c *Config) ToRaw() *Raw {
 	}
 	cz := c.CrossZone
 	mf := c.MaxFlows
-	r.LoadBalancer = RawLoadBalancer{CrossZone: &cz, ShutdownTimeout: dur(c.ShutdownTimeout), MaxFlows: &mf, EndpointID: c.EndpointID}
+	fp := c.UDPFastPath
+	r.LoadBalancer = RawLoadBalancer{CrossZone: &cz, ShutdownTimeout: dur(c.ShutdownTimeout), MaxFlows: &mf, EndpointID: c.EndpointID,
+		UDPFastPath: &fp, UDPFastPathInterfaces: c.UDPFastPathInterfaces}
 	for _, l := range c.Listeners {
 		port := int(l.Port)
 		maxc := l.MaxConnectionsPerSource

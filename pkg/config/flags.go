@@ -24,6 +24,7 @@ type Flags struct {
 	PreserveClientIP    *bool
 	Stickiness          *string // source_ip
 	CrossZone           *bool
+	UDPFastPath         *bool
 	IdleTimeout         *string
 	UDPIdleTimeout      *string
 	DeregistrationDelay *string
@@ -105,6 +106,9 @@ func (f *Flags) Apply(r *Raw) error {
 	}
 	if f.CrossZone != nil {
 		r.LoadBalancer.CrossZone = f.CrossZone
+	}
+	if f.UDPFastPath != nil {
+		r.LoadBalancer.UDPFastPath = f.UDPFastPath
 	}
 	if f.ShutdownTimeout != nil {
 		r.LoadBalancer.ShutdownTimeout = *f.ShutdownTimeout

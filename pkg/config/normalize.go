@@ -87,6 +87,15 @@ func (n *normalizer) run() *Config {
 		}
 		cfg.MaxFlows = *m
 	}
+	if f := n.raw.LoadBalancer.UDPFastPath; f != nil {
+		cfg.UDPFastPath = *f
+	}
+	for i, name := range n.raw.LoadBalancer.UDPFastPathInterfaces {
+		if name == "" || len(name) > 15 || strings.ContainsAny(name, "/ ") {
+			n.errs.add(fmt.Sprintf("load_balancer.udp_fast_path_interfaces[%d]", i), "%q is not an interface name", name)
+		}
+	}
+	cfg.UDPFastPathInterfaces = n.raw.LoadBalancer.UDPFastPathInterfaces
 	groups := map[string]bool{}
 	for i := range n.raw.TargetGroups {
 		tg := n.targetGroup(fmt.Sprintf("target_groups[%d]", i), &n.raw.TargetGroups[i], cfg)

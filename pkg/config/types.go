@@ -27,9 +27,17 @@ type Config struct {
 	// EndpointID, when set, is sent in every PROXY v2 header as an AWS-style
 	// 0xEA TLV (subtype 0x01), as NLB does for PrivateLink endpoint IDs
 	// (load_balancer.endpoint_id).
-	EndpointID   string
-	Listeners    []Listener
-	TargetGroups []TargetGroup
+	EndpointID string
+	// UDPFastPath forwards qualifying UDP listeners in the kernel (a tc
+	// program) instead of through sockets (load_balancer.udp_fast_path): an
+	// IPv4 bind address, one target group with preserve_client_ip on and no
+	// PROXY header, no allow/deny list.
+	UDPFastPath bool
+	// UDPFastPathInterfaces are where the program runs; empty means every
+	// interface that is up (loopback and Ethernet).
+	UDPFastPathInterfaces []string
+	Listeners             []Listener
+	TargetGroups          []TargetGroup
 }
 
 // Admin is the admin API endpoint. Listen is empty when the API is off.

@@ -1,0 +1,287 @@
+package lb
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/l4lb/l4lb/lb/fastpath"
+	"github.com/l4lb/l4lb/pkg/maglev"
+)
+
+// kernelPath hands the UDP fronts that qualify (load_balancer.udp_fast_path)
+// to the kernel fast path: it writes each front's Maglev table into the
+// kernel whenever the group's snapshot changes, and carries the kernel's
+// counters and flow counts into the front's metrics and the targets'
+// describe-health counts.
+type kernelPath struct {
+	s      *Server
+	p      *fastpath.Path
+	fronts []*kernelFront
+	sweep  time.Duration
+	kick   chan struct{}
+	stop   chan struct{}
+	done   chan struct{}
+}
+
+type kernelFront struct {
+	u     *udpFront
+	g     *group
+	id    int
+	last  fastpath.Stats
+	flows atomic.Int64               // what the last sweep added to the front's gauges
+	per   map[netip.AddrPort]int64   // and to each target's flow count
+	tgts  map[netip.AddrPort]*target // the targets that got a count
+}
+
+// kernelEligible says why a UDP front cannot go to the kernel, or "".
+func kernelEligible(u *udpFront) string {
+	r := u.route.Load()
+	switch {
+	case !u.bindA.IP.Is4() || u.bindA.IP.IsUnspecified():
+		return "the bind address is not a specific IPv4 address"
+	case len(r.groups) != 1:
+		return "it forwards to weighted target groups"
+	case !r.groups[0].cfg.Attributes.PreserveClientIP:
+		return "its target group does not preserve the client IP (preserve_client_ip.enabled)"
+	case r.groups[0].cfg.Attributes.ProxyProtocolV2:
+		return "its target group sends a PROXY header"
+	case len(u.acl.deny) > 0 || !u.acl.allowAll:
+		return "it has an allow or deny list"
+	}
+	return ""
+}
+
+// startKernelPath loads the fast path for the qualifying fronts (already
+// bound, so their ports are known). A kernel that cannot run it leaves every
+// front in user space, with a warning: the fast path only accelerates.
+func (s *Server) startKernelPath() {
+	if !s.cfg.UDPFastPath {
+		return
+	}
+	var fronts []*udpFront
+	for _, u := range s.udp {
+		if why := kernelEligible(u); why != "" {
+			s.log.Info("UDP listener stays in user space", zap.String(logListener, u.cfg.Name), zap.Stringer(logAddr, u.Addr()), zap.String("reason", why))
+			continue
+		}
+		fronts = append(fronts, u)
+	}
+	if len(fronts) == 0 {
+		return
+	}
+	k, err := s.newKernelPath(fronts)
+	if err != nil {
+		s.log.Warn("UDP fast path unavailable; UDP stays in user space", zap.Error(err))
+		return
+	}
+	s.kernel.Store(k)
+	go k.run()
+}
+
+func (s *Server) newKernelPath(fronts []*udpFront) (*kernelPath, error) {
+	p, err := fastpath.New(fastpath.Options{MaxFlows: s.cfg.MaxFlows, Services: len(fronts)})
+	if err != nil {
+		return nil, err
+	}
+	k := &kernelPath{s: s, p: p, sweep: 10 * time.Second, kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+	for _, u := range fronts {
+		vip := u.Addr().(*net.UDPAddr).AddrPort()
+		vip = netip.AddrPortFrom(vip.Addr().Unmap(), vip.Port())
+		g := u.route.Load().groups[0]
+		id, err := p.AddService(vip, u.cfg.UDPIdleTimeout, g.cfg.Attributes.Stickiness)
+		if err != nil {
+			p.Close()
+			return nil, err
+		}
+		k.fronts = append(k.fronts, &kernelFront{u: u, g: g, id: id, per: map[netip.AddrPort]int64{}, tgts: map[netip.AddrPort]*target{}})
+		// Sweep within a quarter of the shortest timeout, at most every 10 s.
+		k.sweep = max(100*time.Millisecond, min(k.sweep, u.cfg.UDPIdleTimeout/4))
+	}
+	if err := k.sync(); err != nil {
+		p.Close()
+		return nil, err
+	}
+	ifaces := s.cfg.UDPFastPathInterfaces
+	if len(ifaces) == 0 {
+		ifaces = upInterfaces()
+	}
+	for _, name := range ifaces {
+		if err := p.Attach(name); err != nil {
+			p.Close()
+			return nil, err
+		}
+	}
+	for _, f := range k.fronts {
+		s.log.Info("UDP listener forwarded in the kernel", zap.String(logListener, f.u.cfg.Name), zap.Stringer(logAddr, f.u.Addr()), zap.Strings("interfaces", ifaces))
+	}
+	return k, nil
+}
+
+// upInterfaces lists the interfaces that are up and carry Ethernet framing
+// (loopback included), which the program parses.
+func upInterfaces() []string {
+	ifs, _ := net.Interfaces()
+	var out []string
+	for _, ifi := range ifs {
+		if ifi.Flags&net.FlagUp == 0 {
+			continue
+		}
+		b, err := os.ReadFile("/sys/class/net/" + ifi.Name + "/type")
+		if t := strings.TrimSpace(string(b)); err == nil && (t == "1" || t == "772") { // ARPHRD_ETHER, ARPHRD_LOOPBACK
+			out = append(out, ifi.Name)
+		}
+	}
+	return out
+}
+
+// changed asks for the tables to be written again (a group's snapshot
+// changed). It never blocks.
+func (k *kernelPath) changed() {
+	select {
+	case k.kick <- struct{}{}:
+	default:
+	}
+}
+
+// sync writes every front's current table: the target of each Maglev slot
+// of the front's zone view, so the kernel picks what user space would.
+func (k *kernelPath) sync() error {
+	var buf [1]int
+	for _, f := range k.fronts {
+		snap := f.g.snap.Load().forZone(f.u.zone)
+		var slots []netip.AddrPort
+		if len(snap.targets) > 0 {
+			slots = make([]netip.AddrPort, maglev.DefaultSize)
+			for i := range slots {
+				// A slot's owner is the first choice of a hash equal to it.
+				if p := snap.bal.Pick(uint64(i), buf[:]); len(p) == 1 {
+					if a := snap.targets[p[0]].addr; a.Addr().Unmap().Is4() {
+						slots[i] = netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
+					}
+				}
+			}
+		}
+		if err := k.p.SetTable(f.id, slots); err != nil {
+			return fmt.Errorf("listener %s: %w", f.u.cfg.Name, err)
+		}
+	}
+	return nil
+}
+
+func (k *kernelPath) run() {
+	defer close(k.done)
+	stats := time.NewTicker(time.Second)
+	defer stats.Stop()
+	sweep := time.NewTicker(k.sweep)
+	defer sweep.Stop()
+	for {
+		select {
+		case <-k.stop:
+			return
+		case <-k.kick:
+			if err := k.sync(); err != nil {
+				k.s.log.Error("writing UDP fast path tables", zap.Error(err))
+			}
+		case <-stats.C:
+			k.collect()
+		case <-sweep.C:
+			k.expire()
+		}
+	}
+}
+
+// collect adds what the kernel counted since the last call to the fronts'
+// counters.
+func (k *kernelPath) collect() {
+	for _, f := range k.fronts {
+		st, err := k.p.Stats(f.id)
+		if err != nil {
+			k.s.log.Error("reading UDP fast path counters", zap.Error(err))
+			return
+		}
+		u, d := f.u, f.last
+		u.pktsIn.Add(float64(st.PacketsIn - d.PacketsIn))
+		u.bytesIn.Add(float64(st.BytesIn - d.BytesIn))
+		u.pktsOut.Add(float64(st.PacketsOut - d.PacketsOut))
+		u.bytesOut.Add(float64(st.BytesOut - d.BytesOut))
+		u.newFlows.Add(float64(st.NewFlows - d.NewFlows))
+		u.rejectFull.Add(float64(st.RefusedFull - d.RefusedFull))
+		u.rejectNoTgt.Add(float64(st.RefusedNoTarget - d.RefusedNoTarget))
+		u.dropped.Add(float64(st.RefusedCollision - d.RefusedCollision))
+		f.last = st
+	}
+}
+
+// expire sweeps idle flows and brings the flow gauges and the targets' flow
+// counts up to date.
+func (k *kernelPath) expire() {
+	perFront := make([]int64, len(k.fronts))
+	per := make([]map[netip.AddrPort]int64, len(k.fronts))
+	for i := range per {
+		per[i] = map[netip.AddrPort]int64{}
+	}
+	if _, err := k.p.Sweep(func(fl fastpath.Flow) {
+		if fl.Service < len(k.fronts) {
+			perFront[fl.Service]++
+			per[fl.Service][fl.Target]++
+		}
+	}); err != nil {
+		k.s.log.Error("sweeping UDP fast path flows", zap.Error(err))
+		return
+	}
+	for i, f := range k.fronts {
+		old := f.flows.Swap(perFront[i])
+		f.u.active.Add(float64(perFront[i] - old))
+		f.u.entries.Add(float64(perFront[i] - old))
+		f.count(per[i])
+	}
+}
+
+// count moves each target's share of the kernel's flows into its flow count.
+func (f *kernelFront) count(now map[netip.AddrPort]int64) {
+	for a, n := range f.per {
+		if t := f.tgts[a]; t != nil {
+			t.udpFlows.Add(-n)
+		}
+	}
+	clear(f.per)
+	clear(f.tgts)
+	f.g.mu.Lock()
+	for _, t := range f.g.targets {
+		a := netip.AddrPortFrom(t.addr.Addr().Unmap(), t.addr.Port())
+		if n := now[a]; n > 0 {
+			t.udpFlows.Add(n)
+			f.per[a], f.tgts[a] = n, t
+		}
+	}
+	f.g.mu.Unlock()
+}
+
+// flows is the number of flows the kernel pins, as of the last sweep.
+func (k *kernelPath) flows() int {
+	n := 0
+	for _, f := range k.fronts {
+		n += int(f.flows.Load())
+	}
+	return n
+}
+
+// close stops the loop and unloads the program; the flows it pinned end.
+func (k *kernelPath) close() {
+	close(k.stop)
+	<-k.done
+	for _, f := range k.fronts {
+		old := f.flows.Swap(0)
+		f.u.active.Add(float64(-old))
+		f.u.entries.Add(float64(-old))
+		f.count(nil)
+	}
+	k.p.Close()
+}
