@@ -46,7 +46,7 @@ type Options struct {
 // Path is the loaded program, its maps and its attachments.
 type Path struct {
 	opts                                    Options
-	services, tables, flows, reverse, stats *ebpf.Map
+	services, tables, flows, stats *ebpf.Map
 	prog                                    *ebpf.Program
 
 	mu    sync.Mutex
@@ -97,8 +97,8 @@ func New(opts Options) (*Path, error) {
 	}{
 		{&p.services, ebpf.MapSpec{Name: "l4lb_svcs", Type: ebpf.Hash, KeySize: 8, ValueSize: svcValSize, MaxEntries: uint32(opts.Services)}},
 		{&p.tables, ebpf.MapSpec{Name: "l4lb_tables", Type: ebpf.Array, KeySize: 4, ValueSize: slotValSize, MaxEntries: uint32(2 * opts.Services * maglev.DefaultSize)}},
-		{&p.flows, ebpf.MapSpec{Name: "l4lb_flows", Type: ebpf.Hash, KeySize: flowKeySize, ValueSize: flowValSize, MaxEntries: uint32(opts.MaxFlows)}},
-		{&p.reverse, ebpf.MapSpec{Name: "l4lb_reverse", Type: ebpf.Hash, KeySize: flowKeySize, ValueSize: flowValSize, MaxEntries: uint32(opts.MaxFlows)}},
+		// Each flow has two entries: client side and target side.
+		{&p.flows, ebpf.MapSpec{Name: "l4lb_flows", Type: ebpf.Hash, KeySize: flowKeySize, ValueSize: flowValSize, MaxEntries: uint32(2 * opts.MaxFlows)}},
 		{&p.stats, ebpf.MapSpec{Name: "l4lb_stats", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: statValSize, MaxEntries: uint32(opts.Services * statKinds)}},
 	}
 	for _, s := range specs {
@@ -113,7 +113,7 @@ func New(opts Options) (*Path, error) {
 		Name:         "l4lb_udp",
 		Type:         ebpf.SchedCLS,
 		License:      "Apache-2.0",
-		Instructions: program(maps{p.services.FD(), p.tables.FD(), p.flows.FD(), p.reverse.FD(), p.stats.FD()}),
+		Instructions: program(maps{p.services.FD(), p.tables.FD(), p.flows.FD(), p.stats.FD()}),
 	})
 	if err != nil {
 		p.Close()
@@ -227,7 +227,7 @@ func (p *Path) Stats(id int) (Stats, error) {
 
 // Sweep removes the flows idle past their service's timeout and calls live
 // for each flow that stays. A flow is idle when neither direction has moved.
-// Both maps are read in batches, a few system calls for the whole table.
+// The map is read in batches, a few system calls for the whole table.
 func (p *Path) Sweep(live func(Flow)) (expired int, err error) {
 	p.mu.Lock()
 	idle := make([]uint64, len(p.svcs))
@@ -235,41 +235,49 @@ func (p *Path) Sweep(live func(Flow)) (expired int, err error) {
 		idle[i] = uint64(s.idle)
 	}
 	p.mu.Unlock()
+	type entry struct {
+		key  [flowKeySize]byte
+		val  [flowValSize]byte
+		last uint64
+	}
+	var fwd []entry
 	replied := map[[flowKeySize]byte]uint64{}
-	err = readAll(p.reverse, func(k [flowKeySize]byte, v [flowValSize]byte) {
-		replied[k] = binary.NativeEndian.Uint64(v[8:])
-	})
-	if err != nil {
-		return 0, err
-	}
 	now := monotonic()
-	var stale [][flowKeySize]byte
-	var rkey [flowKeySize]byte
 	err = readAll(p.flows, func(k [flowKeySize]byte, v [flowValSize]byte) {
-		f := decodeFlow(k, v)
-		reverseKey(&rkey, k, v)
-		last := max(binary.NativeEndian.Uint64(v[8:]), replied[rkey])
-		if f.Service < len(idle) && now > last && now-last > idle[f.Service] {
-			stale = append(stale, k)
-		} else if live != nil {
-			live(f)
+		last := binary.NativeEndian.Uint64(v[8:])
+		if binary.NativeEndian.Uint16(v[6:])&replyFlag != 0 {
+			replied[k] = last
+		} else {
+			fwd = append(fwd, entry{k, v, last})
 		}
 	})
 	if err != nil {
 		return 0, err
 	}
+	var rkey [flowKeySize]byte
 	var val [flowValSize]byte
-	for _, k := range stale {
-		if p.flows.LookupAndDelete(k, &val) != nil {
+	for _, e := range fwd {
+		f := decodeFlow(e.key, e.val)
+		reverseKey(&rkey, e.key, e.val)
+		last := max(e.last, replied[rkey])
+		if f.Service >= len(idle) || now < last || now-last <= idle[f.Service] {
+			if live != nil {
+				live(f)
+			}
 			continue
 		}
-		if binary.NativeEndian.Uint64(val[8:]) > now {
+		if p.flows.LookupAndDelete(e.key, &val) != nil {
+			continue
+		}
+		if binary.NativeEndian.Uint64(val[8:]) != e.last {
 			// A datagram came since the read: the flow lives on.
-			p.flows.Update(k, val, ebpf.UpdateNoExist)
+			p.flows.Update(e.key, val, ebpf.UpdateNoExist)
+			if live != nil {
+				live(f)
+			}
 			continue
 		}
-		reverseKey(&rkey, k, val)
-		p.reverse.Delete(rkey)
+		p.flows.Delete(rkey)
 		expired++
 	}
 	return expired, nil
@@ -307,7 +315,7 @@ func (p *Path) Close() error {
 	if p.prog != nil {
 		errs = append(errs, p.prog.Close())
 	}
-	for _, m := range []*ebpf.Map{p.services, p.tables, p.flows, p.reverse, p.stats} {
+	for _, m := range []*ebpf.Map{p.services, p.tables, p.flows, p.stats} {
 		if m != nil {
 			errs = append(errs, m.Close())
 		}
@@ -325,7 +333,7 @@ func putAddr(b []byte, a netip.AddrPort) {
 
 func decodeFlow(key [flowKeySize]byte, val [flowValSize]byte) Flow {
 	return Flow{
-		Service: int(binary.NativeEndian.Uint16(val[6:])),
+		Service: int(binary.NativeEndian.Uint16(val[6:]) & svcMask),
 		Client:  netip.AddrPortFrom(netip.AddrFrom4([4]byte(key[0:4])), binary.BigEndian.Uint16(key[8:])),
 		Target:  netip.AddrPortFrom(netip.AddrFrom4([4]byte(val[0:4])), binary.BigEndian.Uint16(val[4:])),
 	}

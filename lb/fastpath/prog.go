@@ -82,11 +82,13 @@ const (
 	flowValSize = 16
 	statValSize = 16 // count u64, bytes u64
 	svcSticky   = 1
+	replyFlag   = 0x8000 // in a flow value's service field: a reply entry
+	svcMask     = 0x7fff
 )
 
 // maps are the descriptors the program is built against.
 type maps struct {
-	services, tables, flows, reverse, stats int
+	services, tables, flows, stats int
 }
 
 // program emits the tc ingress program: an established flow's datagram has
@@ -125,18 +127,20 @@ func program(m maps) asm.Instructions {
 		asm.LoadMem(asm.R7, asm.R6, skbLen, asm.Word),
 	)
 
-	// An established flow, client to target.
+	// An established flow: client to target, or a reply (its entry is
+	// marked), target to client. One lookup serves both.
 	b.lookup(m.flows, stKey)
-	b.emit(asm.JEq.Imm(asm.R0, 0, "reply"))
-	b.touch(stNewIP, stNewPort)
-	b.count(m.stats, statForward)
-	b.emit(asm.Ja.Label("rewrite_dst"))
-
-	// A reply of an established flow, target to client.
-	b.emit(asm.Mov.Imm(asm.R0, 0).WithSymbol("reply"))
-	b.lookup(m.reverse, stKey)
 	b.emit(asm.JEq.Imm(asm.R0, 0, "service"))
 	b.touch(stNewIP, stNewPort)
+	b.emit(
+		asm.Mov.Reg(asm.R1, asm.R9),
+		asm.And.Imm(asm.R9, svcMask),
+		asm.And.Imm(asm.R1, replyFlag),
+		asm.JNE.Imm(asm.R1, 0, "reply"),
+	)
+	b.count(m.stats, statForward)
+	b.emit(asm.Ja.Label("rewrite_dst"))
+	b.emit(asm.Mov.Imm(asm.R0, 0).WithSymbol("reply"))
 	b.count(m.stats, statReply)
 	b.emit(asm.Ja.Label("rewrite_src"))
 
@@ -186,17 +190,19 @@ func program(m maps) asm.Instructions {
 		asm.StoreMem(asm.RFP, stRevVal, asm.R1, asm.Word),
 		asm.LoadMem(asm.R1, asm.RFP, stDport, asm.Half),
 		asm.StoreMem(asm.RFP, stRevVal+4, asm.R1, asm.Half),
-		asm.StoreMem(asm.RFP, stRevVal+6, asm.R9, asm.Half),
 		asm.StoreMem(asm.RFP, stFwdVal+6, asm.R9, asm.Half),
-		asm.FnKtimeGetNs.Call(),
+		asm.Mov.Reg(asm.R1, asm.R9),
+		asm.Or.Imm(asm.R1, replyFlag),
+		asm.StoreMem(asm.RFP, stRevVal+6, asm.R1, asm.Half),
+		asm.FnKtimeGetCoarseNs.Call(),
 		asm.StoreMem(asm.RFP, stRevVal+8, asm.R0, asm.DWord),
 		asm.StoreMem(asm.RFP, stFwdVal+8, asm.R0, asm.DWord),
 	)
-	// The reverse entry first, and only if no other flow holds that
+	// The reply entry first, and only if no other flow holds that
 	// target-side tuple: then replies can never be handed to the wrong one.
-	b.update(m.reverse, stRevKey, stRevVal, updateNoExst)
+	b.update(m.flows, stRevKey, stRevVal, updateNoExst)
 	b.emit(asm.JEq.Imm(asm.R0, 0, "rev_ok"))
-	b.lookup(m.reverse, stRevKey)
+	b.lookup(m.flows, stRevKey)
 	b.emit(
 		asm.JEq.Imm(asm.R0, 0, "full"), // not there: the map is full
 		asm.LoadMem(asm.R1, asm.R0, 0, asm.Word),
@@ -204,6 +210,9 @@ func program(m maps) asm.Instructions {
 		asm.JNE.Reg(asm.R1, asm.R2, "collide"),
 		asm.LoadMem(asm.R1, asm.R0, 4, asm.Half),
 		asm.LoadMem(asm.R2, asm.RFP, stRevVal+4, asm.Half),
+		asm.JNE.Reg(asm.R1, asm.R2, "collide"),
+		asm.LoadMem(asm.R1, asm.R0, 6, asm.Half),
+		asm.LoadMem(asm.R2, asm.RFP, stRevVal+6, asm.Half),
 		asm.JNE.Reg(asm.R1, asm.R2, "collide"),
 		// The same flow, created on another CPU a moment ago.
 	)
@@ -214,7 +223,7 @@ func program(m maps) asm.Instructions {
 	b.update(m.flows, stKey, stFwdVal, updateAny)
 	b.emit(asm.JEq.Imm(asm.R0, 0, "created"))
 	b.emit(
-		asm.LoadMapPtr(asm.R1, m.reverse),
+		asm.LoadMapPtr(asm.R1, m.flows),
 		asm.Mov.Reg(asm.R2, asm.RFP),
 		asm.Add.Imm(asm.R2, stRevKey),
 		asm.FnMapDeleteElem.Call(),
@@ -277,9 +286,11 @@ func (b *builder) update(fd int, key, val int16, flags int32) {
 }
 
 // touch takes a flow value in R0 (address u32, port u16, service u16, last
-// seen u64): it copies the address and port to the stack, the service id to
-// R9, and stamps the entry with the time.
+// seen u64): it copies the address and port to the stack, the service field
+// to R9, and stamps the entry with the (coarse, jiffy-grained) time, writing
+// only when that changed, so the entry's cache line stays shared.
 func (b *builder) touch(ip, port int16) {
+	skip := b.label("fresh")
 	b.emit(
 		asm.Mov.Reg(asm.R8, asm.R0),
 		asm.LoadMem(asm.R1, asm.R8, 0, asm.Word),
@@ -287,8 +298,11 @@ func (b *builder) touch(ip, port int16) {
 		asm.LoadMem(asm.R1, asm.R8, 4, asm.Half),
 		asm.StoreMem(asm.RFP, port, asm.R1, asm.Half),
 		asm.LoadMem(asm.R9, asm.R8, 6, asm.Half),
-		asm.FnKtimeGetNs.Call(),
+		asm.FnKtimeGetCoarseNs.Call(),
+		asm.LoadMem(asm.R1, asm.R8, 8, asm.DWord),
+		asm.JEq.Reg(asm.R1, asm.R0, skip),
 		asm.StoreMem(asm.R8, 8, asm.R0, asm.DWord),
+		asm.Mov.Imm(asm.R0, 0).WithSymbol(skip),
 	)
 }
 
