@@ -45,9 +45,9 @@ type Options struct {
 
 // Path is the loaded program, its maps and its attachments.
 type Path struct {
-	opts                                    Options
+	opts                           Options
 	services, tables, flows, stats *ebpf.Map
-	prog                                    *ebpf.Program
+	prog                           *ebpf.Program
 
 	mu    sync.Mutex
 	links []link.Link
