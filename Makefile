@@ -30,6 +30,7 @@ test: deps lint
 	$(GO) test -race -count=1 -timeout 10m ./...
 	$(GO) test -run '^$$' -fuzz FuzzConfig -fuzztime 10s ./pkg/config
 	$(GO) test -run '^$$' -fuzz FuzzReadHeader -fuzztime 10s ./pkg/proxyproto
+	$(GO) test -run '^$$' -fuzz FuzzProgram -fuzztime 10s ./lb/fastpath
 
 lint:
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -41,6 +42,8 @@ bench: deps build
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzConfig -fuzztime 60s ./pkg/config
+	$(GO) test -run '^$$' -fuzz FuzzReadHeader -fuzztime 60s ./pkg/proxyproto
+	$(GO) test -run '^$$' -fuzz FuzzProgram -fuzztime 60s ./lb/fastpath
 
 clean:
 	rm -rf bin
