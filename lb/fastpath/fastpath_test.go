@@ -232,7 +232,7 @@ func TestProgramPinsAndReverses(t *testing.T) {
 		}
 	}
 	st, _ := p.Stats(id)
-	if st.NewFlows != 2 || st.PacketsIn != 3 || st.PacketsOut != 1 {
+	if st.NewFlows != 2 || st.PacketsIn != 3 || st.PacketsOut != 1 || st.BytesIn != 5+5+3 || st.BytesOut != 6 {
 		t.Fatalf("stats %+v", st)
 	}
 }

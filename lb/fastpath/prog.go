@@ -125,6 +125,7 @@ func program(m maps) asm.Instructions {
 		asm.StoreMem(asm.RFP, stDport, asm.R4, asm.Half),
 		asm.StoreImm(asm.RFP, stKeyPad, 0, asm.Word),
 		asm.LoadMem(asm.R7, asm.R6, skbLen, asm.Word),
+		asm.Add.Imm(asm.R7, -minLen), // count UDP payload bytes, as user space does
 	)
 
 	// An established flow: client to target, or a reply (its entry is
