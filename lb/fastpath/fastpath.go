@@ -90,6 +90,9 @@ func New(opts Options) (*Path, error) {
 	if opts.Services <= 0 {
 		opts.Services = 16
 	}
+	if opts.Services > svcMask {
+		return nil, fmt.Errorf("fastpath: %d services; at most %d", opts.Services, svcMask)
+	}
 	p := &Path{opts: opts}
 	specs := []struct {
 		m    **ebpf.Map
