@@ -2,6 +2,7 @@ package lb
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 	"sort"
@@ -73,14 +74,50 @@ func (s *Server) findListener(name string, dst netip.Addr) *listener {
 	return first
 }
 
+// endpoint is what Route needs of a TCP listener or a UDP front.
+type endpoint struct {
+	zone  string
+	ip    netip.Addr
+	port  uint16
+	route *route
+}
+
+// findEndpoint finds the named listener's TCP or UDP side, preferring the one
+// bound to dst.
+func (s *Server) findEndpoint(name, protocol string, dst netip.Addr) *endpoint {
+	if protocol == "tcp" {
+		if l := s.findListener(name, dst); l != nil {
+			return &endpoint{l.zone, l.bindA.IP, l.port(), l.route.Load()}
+		}
+		return nil
+	}
+	var first *udpFront
+	for _, u := range s.udp {
+		if u.cfg.Name != name {
+			continue
+		}
+		if first == nil || (dst.IsValid() && u.bindA.IP == dst.Unmap()) {
+			first = u
+		}
+	}
+	if first == nil {
+		return nil
+	}
+	port := first.cfg.Port
+	if len(first.socks) > 0 {
+		port = first.Addr().(*net.UDPAddr).AddrPort().Port()
+	}
+	return &endpoint{first.zone, first.bindA.IP, port, first.route.Load()}
+}
+
 // Route answers which target a new flow from src to dst would get, and why,
 // by the same computation as a real connection.
 func (s *Server) Route(listenerName, src, dst, protocol string) (api.Route, error) {
 	if protocol == "" {
 		protocol = "tcp"
 	}
-	if protocol != "tcp" {
-		return api.Route{}, fmt.Errorf("%w: protocol: only tcp listeners exist in this build", api.ErrInvalid)
+	if protocol != "tcp" && protocol != "udp" {
+		return api.Route{}, fmt.Errorf("%w: protocol: want tcp or udp, got %q", api.ErrInvalid, protocol)
 	}
 	srcAP, err := netip.ParseAddrPort(src)
 	if err != nil {
@@ -92,19 +129,22 @@ func (s *Server) Route(listenerName, src, dst, protocol string) (api.Route, erro
 			return api.Route{}, fmt.Errorf("%w: dst: want IP:PORT, got %q", api.ErrInvalid, dst)
 		}
 	}
-	l := s.findListener(listenerName, dstAP.Addr())
+	l, proto := s.findEndpoint(listenerName, protocol, dstAP.Addr()), uint8(balance.ProtoTCP)
+	if protocol == "udp" {
+		proto = balance.ProtoUDP
+	}
 	if l == nil {
-		return api.Route{}, fmt.Errorf("%w: no listener %q", api.ErrNotFound, listenerName)
+		return api.Route{}, fmt.Errorf("%w: no %s listener %q", api.ErrNotFound, protocol, listenerName)
 	}
 	if !dstAP.IsValid() {
-		dstAP = netip.AddrPortFrom(l.bindA.IP, l.port())
-		if l.bindA.IP.IsUnspecified() {
+		dstAP = netip.AddrPortFrom(l.ip, l.port)
+		if l.ip.IsUnspecified() {
 			return api.Route{}, fmt.Errorf("%w: dst: listener %q binds every address; say which one the client reaches", api.ErrInvalid, listenerName)
 		}
 	}
 	srcAP = netip.AddrPortFrom(srcAP.Addr().Unmap(), srcAP.Port())
 	dstAP = netip.AddrPortFrom(dstAP.Addr().Unmap(), dstAP.Port())
-	g, snap, key := l.route.Load().lookup(l.zone, srcAP, dstAP)
+	g, snap, key := l.route.lookup(proto, l.zone, srcAP, dstAP)
 	out := api.Route{Listener: listenerName, Protocol: protocol, Source: srcAP.String(), Destination: dstAP.String(),
 		Zone: l.zone, TargetGroup: g.cfg.Name, Key: "5-tuple", Hash: fmt.Sprintf("%#016x", key), FailOpen: snap.failOpen}
 	if snap.bal.Stickiness {
@@ -128,8 +168,12 @@ func (s *Server) Route(listenerName, src, dst, protocol string) (api.Route, erro
 	} else {
 		why = append(why, "built from the healthy targets")
 	}
-	if len(out.Preference) > 1 {
+	if len(out.Preference) > 1 && protocol == "tcp" {
 		why = append(why, "a refused connect retries "+strings.Join(out.Preference[1:], ", "))
+	}
+	if protocol == "udp" {
+		out.Preference = out.Preference[:1] // a datagram has no connect to retry
+		why = append(why, "an existing flow of this 5-tuple stays on its own target")
 	}
 	out.Why = strings.Join(why, "; ")
 	return out, nil

@@ -123,7 +123,7 @@ func (s *Server) serveConn(l *listener, c *net.TCPConn) {
 		c.Close()
 		return
 	}
-	g, snap, key := l.route.Load().lookup(l.zone, src, dst)
+	g, snap, key := l.route.Load().lookup(balance.ProtoTCP, l.zone, src, dst)
 	var buf [1 + balance.Retries]int
 	prefs := snap.bal.Pick(key, buf[:])
 	var t *net.TCPConn

@@ -10,7 +10,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/l4lb/l4lb/lb/balance"
 	"github.com/l4lb/l4lb/pkg/api"
 	"github.com/l4lb/l4lb/pkg/config"
 	"github.com/l4lb/l4lb/pkg/metrics"
@@ -39,17 +38,19 @@ func kernelServer(t *testing.T, vip netip.AddrPort, cts []config.Target, idle ti
 	return srv, reg
 }
 
-// userSpaceChoice is the target user space would pick for a new UDP flow.
-func userSpaceChoice(srv *Server, client, vip netip.AddrPort) netip.AddrPort {
-	u := srv.udp[0]
-	hash := balance.FlowHash(balance.ProtoUDP, client, vip)
-	snap := u.route.Load().pick(hash).snap.Load().forZone(u.zone)
-	var buf [1]int
-	return snap.targets[snap.bal.Pick(hash, buf[:])[0]].addr
+// userSpaceChoice is the target user space would pick for a new UDP flow,
+// as the admin API's route answers it.
+func userSpaceChoice(t *testing.T, srv *Server, client, vip netip.AddrPort) netip.AddrPort {
+	t.Helper()
+	rt, err := srv.Route("test", client.String(), vip.String(), "udp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return netip.MustParseAddrPort(rt.Target)
 }
 
 // Through the kernel: 1000 flows over weights 1:1:2 land within ±10%, each on
-// the target user space would have picked; targets see the client's own
+// the target user space (and l4lb route) picks; targets see the client's own
 // address and replies come from the listener's; nothing passes through user
 // space; the counters reach the metrics; flows stay pinned when a target is
 // added; idle flows are swept.
@@ -80,7 +81,7 @@ func TestKernelUDPFlows(t *testing.T) {
 		exchange(t, c, []byte("q")) // a connected socket takes replies from vip only
 	}
 	for i, client := range clients {
-		want := byAddr[userSpaceChoice(srv, client, vip)]
+		want := byAddr[userSpaceChoice(t, srv, client, vip)]
 		want.mu.Lock()
 		got := want.seen[client]
 		want.mu.Unlock()

@@ -109,8 +109,8 @@ func connectErrors(m *metrics.Metrics) *prometheus.CounterVec { return m.TargetC
 // lookup picks the group of a flow, the routing view of the zone it arrived
 // in, and its Maglev key: the 5-tuple hash, or the source IP's with
 // stickiness.
-func (r *route) lookup(zone string, src, dst netip.AddrPort) (*group, *zoneSnap, uint64) {
-	key := balance.FlowHash(balance.ProtoTCP, src, dst)
+func (r *route) lookup(proto uint8, zone string, src, dst netip.AddrPort) (*group, *zoneSnap, uint64) {
+	key := balance.FlowHash(proto, src, dst)
 	g := r.pick(key)
 	snap := g.snap.Load().forZone(zone)
 	if snap.bal.Stickiness {

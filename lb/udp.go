@@ -299,12 +299,7 @@ func (u *udpFront) newFlow(key flowtable.Key, now time.Time) *udpFlow {
 		u.rejectACL.Inc()
 		return nil
 	}
-	hash := balance.FlowHash(balance.ProtoUDP, key.Src, key.Dst)
-	g := u.route.Load().pick(hash)
-	snap := g.snap.Load().forZone(u.zone)
-	if snap.bal.Stickiness {
-		hash = balance.SourceHash(key.Src.Addr())
-	}
+	g, snap, hash := u.route.Load().lookup(balance.ProtoUDP, u.zone, key.Src, key.Dst)
 	var buf [1]int
 	prefs := snap.bal.Pick(hash, buf[:])
 	if len(prefs) == 0 {
