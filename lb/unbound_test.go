@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -31,14 +32,18 @@ func needBinary(t *testing.T, name string) string {
 	return p
 }
 
-// freeTCPUDPPort finds a loopback port free for both TCP and UDP.
+// freeTCPUDPPort finds a loopback port free for both TCP and UDP, for a peer
+// (unbound, nginx, HAProxy) to bind a moment later. It comes from below the
+// kernel's ephemeral range (32768-60999), so no client socket of a test
+// running alongside can take it in between.
 func freeTCPUDPPort(t *testing.T) uint16 {
-	for range 50 {
-		ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	t.Helper()
+	for range 1000 {
+		port := 10000 + (os.Getpid()*7+int(nextPort.Add(1)))%10000
+		ln, err := net.Listen("tcp4", fmt.Sprintf("127.0.0.1:%d", port))
 		if err != nil {
-			t.Fatal(err)
+			continue
 		}
-		port := ln.Addr().(*net.TCPAddr).Port
 		pc, err := net.ListenPacket("udp4", fmt.Sprintf("127.0.0.1:%d", port))
 		ln.Close()
 		if err == nil {
@@ -49,6 +54,8 @@ func freeTCPUDPPort(t *testing.T) uint16 {
 	t.Fatal("no port free for both TCP and UDP")
 	return 0
 }
+
+var nextPort atomic.Int64
 
 // startUnbound runs a real unbound serving one local zone on 127.0.0.1.
 func startUnbound(t *testing.T) netip.AddrPort {

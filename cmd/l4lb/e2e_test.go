@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -127,15 +128,24 @@ func groupYAML(port string, targets []*idTarget, healthPort bool, extra string) 
 }
 
 // freePort finds a loopback port for a listener (the config needs one).
+// freePort returns a port that is free now, from below the kernel's
+// ephemeral range (32768-60999): a port from port 0 could be taken as a
+// client's source port by a test running alongside before serve binds it.
 func freePort(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	t.Helper()
+	for range 1000 {
+		p := 20000 + (os.Getpid()*7+int(nextPort.Add(1)))%12000
+		ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
+		if err == nil {
+			ln.Close()
+			return strconv.Itoa(p)
+		}
 	}
-	defer ln.Close()
-	_, p, _ := net.SplitHostPort(ln.Addr().String())
-	return p
+	t.Fatal("no free port below the ephemeral range")
+	return ""
 }
+
+var nextPort atomic.Int64
 
 func describe(t *testing.T, admin string) []api.TargetHealth {
 	t.Helper()
