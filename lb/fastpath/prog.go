@@ -334,41 +334,38 @@ func (b *builder) count(fd int, kind int) {
 // the ones at stNewIP/stNewPort, fixing the IP and UDP checksums (a zero UDP
 // checksum stays zero), and passes the packet on.
 func (b *builder) rewrite(label string, offIP int16, oldIP int16, offPort int16, oldPort int16) {
+	b.emit(asm.Mov.Imm(asm.R0, 0).WithSymbol(label))
+	b.csum(asm.FnL4CsumReplace, offUDPCsum, oldIP, stNewIP, asm.Word, fPseudoHdr|fMarkMangled|4)
+	b.csum(asm.FnL4CsumReplace, offUDPCsum, oldPort, stNewPort, asm.Half, fMarkMangled|2)
+	b.csum(asm.FnL3CsumReplace, offIPCsum, oldIP, stNewIP, asm.Word, 4)
+	b.store(offIP, stNewIP, 4)
+	b.store(offPort, stNewPort, 2)
+	b.emit(asm.Mov.Imm(asm.R0, tcxPass), asm.Return())
+}
+
+// csum calls a checksum helper on the checksum at packet offset at, for the
+// value at stack offset old becoming the one at stack offset new.
+func (b *builder) csum(fn asm.BuiltinFunc, at, old, new int16, size asm.Size, flags int32) {
 	b.emit(
-		asm.Mov.Reg(asm.R1, asm.R6).WithSymbol(label),
-		asm.Mov.Imm(asm.R2, offUDPCsum),
-		asm.LoadMem(asm.R3, asm.RFP, oldIP, asm.Word),
-		asm.LoadMem(asm.R4, asm.RFP, stNewIP, asm.Word),
-		asm.Mov.Imm(asm.R5, fPseudoHdr|fMarkMangled|4),
-		asm.FnL4CsumReplace.Call(),
 		asm.Mov.Reg(asm.R1, asm.R6),
-		asm.Mov.Imm(asm.R2, offUDPCsum),
-		asm.LoadMem(asm.R3, asm.RFP, oldPort, asm.Half),
-		asm.LoadMem(asm.R4, asm.RFP, stNewPort, asm.Half),
-		asm.Mov.Imm(asm.R5, fMarkMangled|2),
-		asm.FnL4CsumReplace.Call(),
+		asm.Mov.Imm(asm.R2, int32(at)),
+		asm.LoadMem(asm.R3, asm.RFP, old, size),
+		asm.LoadMem(asm.R4, asm.RFP, new, size),
+		asm.Mov.Imm(asm.R5, flags),
+		fn.Call(),
+	)
+}
+
+// store writes n bytes from stack offset from into the packet at offset at.
+func (b *builder) store(at, from int16, n int32) {
+	b.emit(
 		asm.Mov.Reg(asm.R1, asm.R6),
-		asm.Mov.Imm(asm.R2, offIPCsum),
-		asm.LoadMem(asm.R3, asm.RFP, oldIP, asm.Word),
-		asm.LoadMem(asm.R4, asm.RFP, stNewIP, asm.Word),
-		asm.Mov.Imm(asm.R5, 4),
-		asm.FnL3CsumReplace.Call(),
-		asm.Mov.Reg(asm.R1, asm.R6),
-		asm.Mov.Imm(asm.R2, int32(offIP)),
+		asm.Mov.Imm(asm.R2, int32(at)),
 		asm.Mov.Reg(asm.R3, asm.RFP),
-		asm.Add.Imm(asm.R3, stNewIP),
-		asm.Mov.Imm(asm.R4, 4),
+		asm.Add.Imm(asm.R3, int32(from)),
+		asm.Mov.Imm(asm.R4, n),
 		asm.Mov.Imm(asm.R5, 0),
 		asm.FnSkbStoreBytes.Call(),
-		asm.Mov.Reg(asm.R1, asm.R6),
-		asm.Mov.Imm(asm.R2, int32(offPort)),
-		asm.Mov.Reg(asm.R3, asm.RFP),
-		asm.Add.Imm(asm.R3, stNewPort),
-		asm.Mov.Imm(asm.R4, 2),
-		asm.Mov.Imm(asm.R5, 0),
-		asm.FnSkbStoreBytes.Call(),
-		asm.Mov.Imm(asm.R0, tcxPass),
-		asm.Return(),
 	)
 }
 
