@@ -132,13 +132,25 @@ func TestKernelUDPFlows(t *testing.T) {
 	if total != n+400 {
 		t.Fatalf("targets saw %d datagrams, want %d", total, n+400)
 	}
+	// New flows do reach it (a 20% share), so the table did change.
+	for i := range 50 {
+		c, err := net.DialUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 46, 0, byte(1+i)), Port: 40000}, net.UDPAddrFromAddrPort(vip))
+		if err != nil {
+			t.Fatal(err)
+		}
+		exchange(t, c, []byte("new"))
+		c.Close()
+	}
+	if extra.flows() == 0 {
+		t.Fatal("no new flow reached the registered target")
+	}
 
 	// Idle flows are swept (timeout 3 s, sweeps every 750 ms); the same
 	// client then makes a new flow.
 	waitFor(t, func() bool { return srv.UDPFlows() > 0 })
 	waitFor(t, func() bool { return srv.UDPFlows() == 0 })
 	exchange(t, conns[0], []byte("later"))
-	waitFor(t, func() bool { return counterValue(t, reg, "l4lb_new_flows_total") == n+1 })
+	waitFor(t, func() bool { return counterValue(t, reg, "l4lb_new_flows_total") == n+50+1 })
 }
 
 // A listener that does not qualify (here: its group does not preserve the
