@@ -55,29 +55,7 @@ func kernelEligible(u *udpFront) string {
 	case len(u.acl.deny) > 0 || !u.acl.allowAll:
 		return "it has an allow or deny list"
 	}
-	for _, t := range r.groups[0].cfg.Targets {
-		if !isLocal(t.Address.Addr()) {
-			return "target " + t.Address.String() + " is not on this host (the fast path is tested with local targets only)"
-		}
-	}
 	return ""
-}
-
-// isLocal reports whether ip is loopback or an address of this host.
-func isLocal(ip netip.Addr) bool {
-	ip = ip.Unmap()
-	if ip.IsLoopback() {
-		return true
-	}
-	addrs, _ := net.InterfaceAddrs()
-	for _, a := range addrs {
-		if n, ok := a.(*net.IPNet); ok {
-			if h, ok := netip.AddrFromSlice(n.IP); ok && h.Unmap() == ip {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // startKernelPath loads the fast path for the qualifying fronts (already
@@ -139,6 +117,9 @@ func (s *Server) newKernelPath(fronts []*udpFront) (*kernelPath, error) {
 			p.Close()
 			return nil, err
 		}
+	}
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_forward"); err == nil && strings.TrimSpace(string(b)) == "0" {
+		s.log.Warn("net.ipv4.ip_forward is 0: the UDP fast path reaches only targets on this host")
 	}
 	for _, f := range k.fronts {
 		s.log.Info("UDP listener forwarded in the kernel", zap.String(logListener, f.u.cfg.Name), zap.Stringer(logAddr, f.u.Addr()), zap.Strings("interfaces", ifaces))

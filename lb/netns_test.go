@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
 
 	"github.com/l4lb/l4lb/pkg/config"
 	"github.com/l4lb/l4lb/pkg/metrics"
@@ -46,9 +47,59 @@ func run(t *testing.T, args ...string) {
 	}
 }
 
-func TestTransparentModeInNamespaces(t *testing.T) {
+// hosts are the three namespaces of a namespace test, joined by veth pairs
+// and routed through the l4lb namespace.
+type hosts struct {
+	ip                 string // the ip binary
+	client, lb, target string // namespace names
+	lbFront, lbBack    string // l4lb's interfaces towards client and target
+}
+
+// in runs a command inside namespace ns.
+func (h *hosts) in(t *testing.T, ns string, args ...string) {
+	t.Helper()
+	run(t, append([]string{h.ip, "netns", "exec", ns}, args...)...)
+}
+
+// helper starts this test binary in namespace ns in a TestNetnsHelper role
+// and waits for its "ready"; closing the returned writer ends it.
+func (h *hosts) helper(t *testing.T, ns, role string, env ...string) (*bufio.Reader, io.Closer) {
+	t.Helper()
+	cmd := exec.Command(h.ip, "netns", "exec", ns, os.Args[0], "-test.run=^TestNetnsHelper$")
+	cmd.Env = append(os.Environ(), append(env, "L4LB_NETNS_ROLE="+role)...)
+	cmd.Stderr = os.Stderr
+	out, _ := cmd.StdoutPipe()
+	stdin, _ := cmd.StdinPipe() // closing it ends the helper
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stdin.Close(); cmd.Process.Kill(); cmd.Wait() })
+	r := bufio.NewReader(out)
+	line, err := r.ReadString('\n')
+	if err != nil || strings.TrimSpace(line) != "ready" {
+		t.Fatalf("%s helper: %q %v", role, line, err)
+	}
+	return r, stdin
+}
+
+// runClient runs the client role in its namespace and returns its output.
+func (h *hosts) runClient(t *testing.T, role string) string {
+	t.Helper()
+	cmd := exec.Command(h.ip, "netns", "exec", h.client, os.Args[0], "-test.run=^TestNetnsHelper$")
+	cmd.Env = append(os.Environ(), "L4LB_NETNS_ROLE="+role)
+	res, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("client: %v\n%s", err, res)
+	}
+	return string(res)
+}
+
+// newHosts makes the three namespaces (removed when the test ends), or skips
+// when this is not root.
+func newHosts(t *testing.T, tag string) *hosts {
+	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("transparent mode needs network namespaces and CAP_NET_ADMIN: run as root")
+		t.Skip("network namespaces need root")
 	}
 	ipBin, err := exec.LookPath("ip")
 	if err != nil {
@@ -58,72 +109,50 @@ func TestTransparentModeInNamespaces(t *testing.T) {
 		t.Skip("ip (iproute2) is not installed")
 	}
 	id := os.Getpid() % 100000
-	nsC, nsL, nsT := fmt.Sprintf("l4c%d", id), fmt.Sprintf("l4l%d", id), fmt.Sprintf("l4t%d", id)
-	for _, ns := range []string{nsC, nsL, nsT} {
+	h := &hosts{ip: ipBin, client: fmt.Sprintf("l4c%s%d", tag, id), lb: fmt.Sprintf("l4l%s%d", tag, id), target: fmt.Sprintf("l4t%s%d", tag, id)}
+	for _, ns := range []string{h.client, h.lb, h.target} {
 		run(t, ipBin, "netns", "add", ns)
 		t.Cleanup(func() { exec.Command(ipBin, "netns", "del", ns).Run() })
 	}
-	in := func(ns string, args ...string) {
-		t.Helper()
-		run(t, append([]string{ipBin, "netns", "exec", ns}, args...)...)
-	}
-	vc, vlc, vt, vlt := fmt.Sprintf("c%d", id), fmt.Sprintf("lc%d", id), fmt.Sprintf("t%d", id), fmt.Sprintf("lt%d", id)
-	run(t, ipBin, "link", "add", vc, "netns", nsC, "type", "veth", "peer", "name", vlc, "netns", nsL)
-	run(t, ipBin, "link", "add", vt, "netns", nsT, "type", "veth", "peer", "name", vlt, "netns", nsL)
-	in(nsC, "ip", "addr", "add", nsClientIP+"/24", "dev", vc)
-	in(nsC, "ip", "link", "set", vc, "up")
-	in(nsC, "ip", "link", "set", "lo", "up")
-	in(nsC, "ip", "route", "add", "default", "via", nsLBFront)
-	in(nsC, "ip", "-6", "addr", "add", nsClientIP6+"/64", "dev", vc, "nodad")
-	in(nsC, "ip", "-6", "route", "add", "default", "via", nsLBFront6)
-	in(nsT, "ip", "addr", "add", nsTargetIP+"/24", "dev", vt)
-	in(nsT, "ip", "link", "set", vt, "up")
-	in(nsT, "ip", "link", "set", "lo", "up")
-	in(nsT, "ip", "route", "add", "default", "via", nsLBBack) // answers to clients go back through l4lb
-	in(nsT, "ip", "-6", "addr", "add", nsTargetIP6+"/64", "dev", vt, "nodad")
-	in(nsT, "ip", "-6", "route", "add", "default", "via", nsLBBack6)
-	in(nsL, "ip", "addr", "add", nsLBFront+"/24", "dev", vlc)
-	in(nsL, "ip", "addr", "add", nsLBBack+"/24", "dev", vlt)
-	in(nsL, "ip", "-6", "addr", "add", nsLBFront6+"/64", "dev", vlc, "nodad")
-	in(nsL, "ip", "-6", "addr", "add", nsLBBack6+"/64", "dev", vlt, "nodad")
-	in(nsL, "ip", "link", "set", vlc, "up")
-	in(nsL, "ip", "link", "set", vlt, "up")
-	in(nsL, "ip", "link", "set", "lo", "up")
+	vc, vt := fmt.Sprintf("c%s%d", tag, id), fmt.Sprintf("t%s%d", tag, id)
+	h.lbFront, h.lbBack = fmt.Sprintf("lc%s%d", tag, id), fmt.Sprintf("lt%s%d", tag, id)
+	run(t, ipBin, "link", "add", vc, "netns", h.client, "type", "veth", "peer", "name", h.lbFront, "netns", h.lb)
+	run(t, ipBin, "link", "add", vt, "netns", h.target, "type", "veth", "peer", "name", h.lbBack, "netns", h.lb)
+	h.in(t, h.client, "ip", "addr", "add", nsClientIP+"/24", "dev", vc)
+	h.in(t, h.client, "ip", "link", "set", vc, "up")
+	h.in(t, h.client, "ip", "link", "set", "lo", "up")
+	h.in(t, h.client, "ip", "route", "add", "default", "via", nsLBFront)
+	h.in(t, h.client, "ip", "-6", "addr", "add", nsClientIP6+"/64", "dev", vc, "nodad")
+	h.in(t, h.client, "ip", "-6", "route", "add", "default", "via", nsLBFront6)
+	h.in(t, h.target, "ip", "addr", "add", nsTargetIP+"/24", "dev", vt)
+	h.in(t, h.target, "ip", "link", "set", vt, "up")
+	h.in(t, h.target, "ip", "link", "set", "lo", "up")
+	h.in(t, h.target, "ip", "route", "add", "default", "via", nsLBBack) // answers to clients go back through l4lb
+	h.in(t, h.target, "ip", "-6", "addr", "add", nsTargetIP6+"/64", "dev", vt, "nodad")
+	h.in(t, h.target, "ip", "-6", "route", "add", "default", "via", nsLBBack6)
+	h.in(t, h.lb, "ip", "addr", "add", nsLBFront+"/24", "dev", h.lbFront)
+	h.in(t, h.lb, "ip", "addr", "add", nsLBBack+"/24", "dev", h.lbBack)
+	h.in(t, h.lb, "ip", "-6", "addr", "add", nsLBFront6+"/64", "dev", h.lbFront, "nodad")
+	h.in(t, h.lb, "ip", "-6", "addr", "add", nsLBBack6+"/64", "dev", h.lbBack, "nodad")
+	h.in(t, h.lb, "ip", "link", "set", h.lbFront, "up")
+	h.in(t, h.lb, "ip", "link", "set", h.lbBack, "up")
+	h.in(t, h.lb, "ip", "link", "set", "lo", "up")
+	return h
+}
+
+func TestTransparentModeInNamespaces(t *testing.T) {
+	h := newHosts(t, "")
 	// deploy/transparent.sh's nft-free variant: what arrives from the
 	// targets is for this host's (transparent) sockets.
-	in(nsL, "ip", "rule", "add", "iif", vlt, "lookup", "100")
-	in(nsL, "ip", "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", "100")
-	in(nsL, "ip", "-6", "rule", "add", "iif", vlt, "lookup", "100")
-	in(nsL, "ip", "-6", "route", "add", "local", "::/0", "dev", "lo", "table", "100")
-
-	helper := func(ns, role string, env ...string) (*bufio.Reader, io.Closer) {
-		cmd := exec.Command(ipBin, "netns", "exec", ns, os.Args[0], "-test.run=^TestNetnsHelper$")
-		cmd.Env = append(os.Environ(), append(env, "L4LB_NETNS_ROLE="+role)...)
-		cmd.Stderr = os.Stderr
-		out, _ := cmd.StdoutPipe()
-		stdin, _ := cmd.StdinPipe() // closing it ends the helper
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { stdin.Close(); cmd.Process.Kill(); cmd.Wait() })
-		r := bufio.NewReader(out)
-		line, err := r.ReadString('\n')
-		if err != nil || strings.TrimSpace(line) != "ready" {
-			t.Fatalf("%s helper: %q %v", role, line, err)
-		}
-		return r, stdin
-	}
-	helper(nsT, "target")
-	lbOut, lbStop := helper(nsL, "serve")
+	h.in(t, h.lb, "ip", "rule", "add", "iif", h.lbBack, "lookup", "100")
+	h.in(t, h.lb, "ip", "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", "100")
+	h.in(t, h.lb, "ip", "-6", "rule", "add", "iif", h.lbBack, "lookup", "100")
+	h.in(t, h.lb, "ip", "-6", "route", "add", "local", "::/0", "dev", "lo", "table", "100")
+	h.helper(t, h.target, "target")
+	lbOut, lbStop := h.helper(t, h.lb, "serve")
 
 	// The client runs in its namespace too: this binary again.
-	cmd := exec.Command(ipBin, "netns", "exec", nsC, os.Args[0], "-test.run=^TestNetnsHelper$")
-	cmd.Env = append(os.Environ(), "L4LB_NETNS_ROLE=client")
-	res, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("client: %v\n%s", err, res)
-	}
-	got := string(res)
+	got := h.runClient(t, "client")
 	for _, want := range []string{"tcp " + nsClientIP + ":", "udp " + nsClientIP + ":",
 		"tcp [" + nsClientIP6 + "]:", "udp [" + nsClientIP6 + "]:",
 		// Two flows from the same client address and port, through two
@@ -144,6 +173,28 @@ func TestTransparentModeInNamespaces(t *testing.T) {
 	}
 }
 
+// The kernel fast path forwarding to a target on another host: the client's
+// datagrams are rewritten on l4lb's client-side ingress and routed on, the
+// target's replies come back routed through l4lb and are rewritten on its
+// client-side egress. The target sees the client's own address, the client
+// gets answers from the listener address (its socket is connected to it),
+// and no datagram goes through l4lb's sockets.
+func TestKernelPathInNamespaces(t *testing.T) {
+	h := newHosts(t, "k")
+	h.in(t, h.lb, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward")
+	h.helper(t, h.target, "target")
+	lbOut, lbStop := h.helper(t, h.lb, "serve-kernel", "L4LB_FASTPATH_IFACES="+h.lbFront+","+h.lbBack)
+	got := h.runClient(t, "client-kernel")
+	if n := strings.Count(got, "udp "+nsClientIP+":"); n != 20 {
+		t.Errorf("target saw the client's own address in %d of 20 answers:\n%s", n, got)
+	}
+	lbStop.Close()
+	line, _ := lbOut.ReadString('\n')
+	if strings.TrimSpace(line) != "kernel_flows 20 user_space_flows 0" {
+		t.Errorf("l4lb reported %q, want 20 flows in the kernel and none through its sockets", line)
+	}
+}
+
 // TestNetnsHelper is a role of the namespace test, not a test by itself.
 func TestNetnsHelper(t *testing.T) {
 	role := os.Getenv("L4LB_NETNS_ROLE")
@@ -157,6 +208,12 @@ func TestNetnsHelper(t *testing.T) {
 		netnsServe()
 	case "client":
 		netnsClient()
+	case "serve-kernel":
+		netnsServeKernel()
+	case "client-kernel":
+		for range 20 { // 20 flows, each from its own port
+			askUDP(net.JoinHostPort(nsLBFront, "8082"))
+		}
 	}
 	os.Exit(0)
 }
@@ -237,6 +294,38 @@ func netnsServe() {
 	srv.Close()
 }
 
+// netnsServeKernel serves UDP on 198.18.0.1:8082 through the kernel fast
+// path, on the interfaces the test names.
+func netnsServeKernel() {
+	target := netip.AddrPortFrom(netip.MustParseAddr(nsTargetIP), 9000)
+	cfg := udpConfig([]config.Target{{Address: target, Weight: 1}}, func(l *config.Listener, g *config.TargetGroup) {
+		l.Bind = []config.BindAddr{{IP: netip.MustParseAddr(nsLBFront)}}
+		l.Port = 8082
+		g.Attributes.PreserveClientIP = true
+	})
+	cfg.UDPFastPath = true
+	cfg.UDPFastPathInterfaces = strings.Split(os.Getenv("L4LB_FASTPATH_IFACES"), ",")
+	reg := prometheus.NewRegistry()
+	log, _ := zap.NewDevelopment(zap.IncreaseLevel(zap.WarnLevel)) // to stderr: stdout talks to the test
+	srv, err := New(cfg, Options{Metrics: metrics.New(reg), Logger: log})
+	if err == nil {
+		err = srv.Start()
+	}
+	if err == nil && srv.kernel.Load() == nil {
+		err = fmt.Errorf("the UDP fast path did not come up")
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	fmt.Println("ready")
+	waitForParent()
+	k := srv.kernel.Load()
+	k.collect()
+	fmt.Printf("kernel_flows %v user_space_flows %d\n", gatherSum(reg, "l4lb_new_flows_total"), srv.udp[0].table.Len())
+	srv.Close()
+}
+
 func gatherSum(reg *prometheus.Registry, name string) float64 {
 	mfs, _ := reg.Gather()
 	sum := 0.0
@@ -289,6 +378,12 @@ func askTarget(addr string) {
 	line, _ := bufio.NewReader(c).ReadString('\n')
 	c.Close()
 	fmt.Print(line)
+	askUDP(addr)
+}
+
+// askUDP sends one datagram on a socket connected to addr and prints the
+// answer: it only arrives if it comes from addr.
+func askUDP(addr string) {
 	u, err := net.Dial("udp", addr)
 	if err != nil {
 		fmt.Println("udp error:", err)

@@ -47,7 +47,7 @@ type Options struct {
 type Path struct {
 	opts                           Options
 	services, tables, flows, stats *ebpf.Map
-	prog                           *ebpf.Program
+	ingress, egress                *ebpf.Program
 
 	mu    sync.Mutex
 	links []link.Link
@@ -112,17 +112,24 @@ func New(opts Options) (*Path, error) {
 		}
 		*s.m = m
 	}
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Name:         "l4lb_udp",
-		Type:         ebpf.SchedCLS,
-		License:      "Apache-2.0",
-		Instructions: program(maps{p.services.FD(), p.tables.FD(), p.flows.FD(), p.stats.FD()}),
-	})
-	if err != nil {
-		p.Close()
-		return nil, fmt.Errorf("%w: program: %v", ErrUnsupported, err)
+	m := maps{p.services.FD(), p.tables.FD(), p.flows.FD(), p.stats.FD()}
+	for _, side := range []struct {
+		prog   **ebpf.Program
+		name   string
+		egress bool
+	}{{&p.ingress, "l4lb_udp_in", false}, {&p.egress, "l4lb_udp_out", true}} {
+		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+			Name:         side.name,
+			Type:         ebpf.SchedCLS,
+			License:      "Apache-2.0",
+			Instructions: program(m, side.egress),
+		})
+		if err != nil {
+			p.Close()
+			return nil, fmt.Errorf("%w: program %s: %v", ErrUnsupported, side.name, err)
+		}
+		*side.prog = prog
 	}
-	p.prog = prog
 	return p, nil
 }
 
@@ -185,21 +192,27 @@ func (p *Path) SetTable(id int, slots []netip.AddrPort) error {
 	return nil
 }
 
-// Attach runs the program on ingress of the named interface (tcx, alongside
-// any other programs there). Attach every interface clients' datagrams and
-// targets' replies arrive on; "lo" for both on one host.
+// Attach runs the programs on the named interface (tcx, alongside any other
+// programs there): the ingress one where clients' datagrams arrive, the
+// egress one where replies leave towards clients. Attach every such
+// interface; "lo" serves clients and targets on this host.
 func (p *Path) Attach(ifname string) error {
 	ifi, err := net.InterfaceByName(ifname)
 	if err != nil {
 		return fmt.Errorf("fastpath: %w", err)
 	}
-	l, err := link.AttachTCX(link.TCXOptions{Interface: ifi.Index, Program: p.prog, Attach: ebpf.AttachTCXIngress})
-	if err != nil {
-		return fmt.Errorf("%w: attaching to %s: %v", ErrUnsupported, ifname, err)
+	for _, a := range []struct {
+		prog *ebpf.Program
+		at   ebpf.AttachType
+	}{{p.ingress, ebpf.AttachTCXIngress}, {p.egress, ebpf.AttachTCXEgress}} {
+		l, err := link.AttachTCX(link.TCXOptions{Interface: ifi.Index, Program: a.prog, Attach: a.at})
+		if err != nil {
+			return fmt.Errorf("%w: attaching to %s: %v", ErrUnsupported, ifname, err)
+		}
+		p.mu.Lock()
+		p.links = append(p.links, l)
+		p.mu.Unlock()
 	}
-	p.mu.Lock()
-	p.links = append(p.links, l)
-	p.mu.Unlock()
 	return nil
 }
 
@@ -315,8 +328,10 @@ func (p *Path) Close() error {
 		errs = append(errs, l.Close())
 	}
 	p.links = nil
-	if p.prog != nil {
-		errs = append(errs, p.prog.Close())
+	for _, prog := range []*ebpf.Program{p.ingress, p.egress} {
+		if prog != nil {
+			errs = append(errs, prog.Close())
+		}
 	}
 	for _, m := range []*ebpf.Map{p.services, p.tables, p.flows, p.stats} {
 		if m != nil {

@@ -112,10 +112,21 @@ func addrs(b []byte) (src, dst netip.AddrPort) {
 	return
 }
 
+// run runs the ingress program on a frame; runOut the egress one.
 func run(t *testing.T, p *Path, pkt []byte) (int32, []byte) {
 	t.Helper()
+	return runProg(t, p.ingress, pkt)
+}
+
+func runOut(t *testing.T, p *Path, pkt []byte) (int32, []byte) {
+	t.Helper()
+	return runProg(t, p.egress, pkt)
+}
+
+func runProg(t *testing.T, prog *ebpf.Program, pkt []byte) (int32, []byte) {
+	t.Helper()
 	out := make([]byte, len(pkt)+256)
-	ret, err := p.prog.Run(&ebpf.RunOptions{Data: pkt, DataOut: out})
+	ret, err := prog.Run(&ebpf.RunOptions{Data: pkt, DataOut: out})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -202,7 +213,17 @@ func TestProgramPinsAndReverses(t *testing.T) {
 
 	reply := packet(a, client, []byte("answer"))
 	binary.BigEndian.PutUint16(reply[40:], 0) // no checksum
-	ret, out := run(t, p, reply)
+	// Replies are rewritten on egress, after routing, and only there; a
+	// client's datagram only on ingress.
+	if ret, out := run(t, p, reply); ret != tcxNext || string(out) != string(reply) {
+		t.Fatalf("ingress touched a reply: %d", ret)
+	}
+	if q := packet(client, vip, []byte("again")); true {
+		if ret, out := runOut(t, p, q); ret != tcxNext || string(out) != string(q) {
+			t.Fatalf("egress touched a client's datagram: %d", ret)
+		}
+	}
+	ret, out := runOut(t, p, reply)
 	src, dst := addrs(out)
 	if ret != tcxPass || src != vip || dst != client {
 		t.Fatalf("reply: %d %s → %s, want from %s", ret, src, dst, vip)
@@ -317,30 +338,38 @@ func FuzzProgram(f *testing.F) {
 			// paths are reached too.
 			in = packet(client, vip, frame[42:])
 		}
-		buf := make([]byte, len(in)+256)
-		r, err := p.prog.Run(&ebpf.RunOptions{Data: in, DataOut: buf})
-		if err != nil {
-			return // the kernel's test harness refused the frame (a truncated IP header, say)
-		}
-		ret, out := int32(r), buf[:len(in)]
-		switch ret {
-		case tcxNext, tcxDrop:
-			if string(out) != string(in) {
-				t.Fatalf("returned %d but changed the frame", ret)
-			}
-		case tcxPass:
-			if c := csum(0, out[14:34]); c != 0xffff && csum(0, in[14:34]) == 0xffff {
-				t.Fatalf("a valid IP checksum became %#x", c)
-			}
-			if binary.BigEndian.Uint16(in[40:]) != 0 && csum(pseudo(in), in[34:]) == 0xffff {
-				if c := csum(pseudo(out), out[34:]); c != 0xffff {
-					t.Fatalf("a valid UDP checksum became invalid: %#x", c)
-				}
-			}
-		default:
-			t.Fatalf("returned %d", ret)
+		for _, prog := range []*ebpf.Program{p.ingress, p.egress} {
+			checkFrame(t, prog, in)
 		}
 	})
+}
+
+// checkFrame runs one program on a frame and checks what it did.
+func checkFrame(t *testing.T, prog *ebpf.Program, in []byte) {
+	t.Helper()
+	buf := make([]byte, len(in)+256)
+	r, err := prog.Run(&ebpf.RunOptions{Data: in, DataOut: buf})
+	if err != nil {
+		return // the kernel's test harness refused the frame (a truncated IP header, say)
+	}
+	ret, out := int32(r), buf[:len(in)]
+	switch ret {
+	case tcxNext, tcxDrop:
+		if string(out) != string(in) {
+			t.Fatalf("returned %d but changed the frame", ret)
+		}
+	case tcxPass:
+		if c := csum(0, out[14:34]); c != 0xffff && csum(0, in[14:34]) == 0xffff {
+			t.Fatalf("a valid IP checksum became %#x", c)
+		}
+		if binary.BigEndian.Uint16(in[40:]) != 0 && csum(pseudo(in), in[34:]) == 0xffff {
+			if c := csum(pseudo(out), out[34:]); c != 0xffff {
+				t.Fatalf("a valid UDP checksum became invalid: %#x", c)
+			}
+		}
+	default:
+		t.Fatalf("returned %d", ret)
+	}
 }
 
 var shared struct {

@@ -91,13 +91,17 @@ type maps struct {
 	services, tables, flows, stats int
 }
 
-// program emits the tc ingress program: an established flow's datagram has
-// its destination rewritten to the flow's target, a reply its source rewritten
-// to the listener address the client used, and a first datagram to a service
-// picks its target from the service's Maglev table exactly as user space does
-// (balance.FlowHash or SourceHash, modulo the table size) and creates both
-// entries. Everything else goes on untouched.
-func program(m maps) asm.Instructions {
+// program emits one of the two tc programs. On ingress, a client's datagram
+// of an established flow has its destination rewritten to the flow's target
+// before routing, and a first datagram to a service picks its target from the
+// service's Maglev table exactly as user space does (balance.FlowHash or
+// SourceHash, modulo the table size) and creates both entries. On egress,
+// after routing, a target's reply has its source rewritten to the listener
+// address the client used: rewriting it earlier would hand the routing code a
+// local source address arriving from outside, which it drops as a martian
+// when the reply is forwarded from a target on another host. Everything else
+// goes on untouched.
+func program(m maps, egress bool) asm.Instructions {
 	b := &builder{}
 	b.emit(
 		asm.Mov.Reg(asm.R6, asm.R1),
@@ -129,21 +133,32 @@ func program(m maps) asm.Instructions {
 	)
 
 	// An established flow: client to target, or a reply (its entry is
-	// marked), target to client. One lookup serves both.
+	// marked), target to client. One lookup serves both; each side acts on
+	// its own direction only.
 	b.lookup(m.flows, stKey)
-	b.emit(asm.JEq.Imm(asm.R0, 0, "service"))
-	b.touch(stNewIP, stNewPort)
+	if egress {
+		b.emit(
+			asm.JEq.Imm(asm.R0, 0, "pass"),
+			asm.LoadMem(asm.R1, asm.R0, 6, asm.Half),
+			asm.And.Imm(asm.R1, replyFlag),
+			asm.JEq.Imm(asm.R1, 0, "pass"),
+		)
+		b.touch(stNewIP, stNewPort)
+		b.emit(asm.And.Imm(asm.R9, svcMask))
+		b.count(m.stats, statReply)
+		b.rewrite("rewrite_src", offSaddr, stSaddr, offSport, stSport)
+		b.emit(asm.Mov.Imm(asm.R0, tcxNext).WithSymbol("pass"), asm.Return())
+		return b.insns
+	}
 	b.emit(
-		asm.Mov.Reg(asm.R1, asm.R9),
-		asm.And.Imm(asm.R9, svcMask),
+		asm.JEq.Imm(asm.R0, 0, "service"),
+		asm.LoadMem(asm.R1, asm.R0, 6, asm.Half),
 		asm.And.Imm(asm.R1, replyFlag),
-		asm.JNE.Imm(asm.R1, 0, "reply"),
+		asm.JNE.Imm(asm.R1, 0, "pass"),
 	)
+	b.touch(stNewIP, stNewPort)
 	b.count(m.stats, statForward)
 	b.emit(asm.Ja.Label("rewrite_dst"))
-	b.emit(asm.Mov.Imm(asm.R0, 0).WithSymbol("reply"))
-	b.count(m.stats, statReply)
-	b.emit(asm.Ja.Label("rewrite_src"))
 
 	// A first datagram to a service.
 	b.emit(
@@ -246,7 +261,6 @@ func program(m maps) asm.Instructions {
 	}
 
 	b.rewrite("rewrite_dst", offDaddr, stDaddr, offDport, stDport)
-	b.rewrite("rewrite_src", offSaddr, stSaddr, offSport, stSport)
 
 	b.emit(asm.Mov.Imm(asm.R0, tcxNext).WithSymbol("pass"), asm.Return())
 	return b.insns
