@@ -1,7 +1,8 @@
 // Package fastpath forwards UDP flows inside the kernel: a tc ingress
 // program (tcx) rewrites the destination of a client's datagrams to the
-// flow's target and the source of the target's replies back to the listener
-// address, so a datagram costs l4lb no system call at all.
+// flow's target before routing, and an egress program rewrites the source of
+// the target's replies back to the listener address after routing, so a
+// datagram costs l4lb no system call at all.
 //
 // It is the kernel half of a UDP listener whose target group preserves the
 // client IP (the target sees the client's own address, as it would with
