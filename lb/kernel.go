@@ -26,8 +26,16 @@ type kernelPath struct {
 	fronts []*kernelFront
 	sweep  time.Duration
 	kick   chan struct{}
+	end    chan endReq // flows to end, handled by the loop
 	stop   chan struct{}
 	done   chan struct{}
+}
+
+// endReq asks the loop to end the flows pinned to a target.
+type endReq struct {
+	target netip.AddrPort
+	name   string
+	why    string
 }
 
 type kernelFront struct {
@@ -90,7 +98,7 @@ func (s *Server) newKernelPath(fronts []*udpFront) (*kernelPath, error) {
 	if err != nil {
 		return nil, err
 	}
-	k := &kernelPath{s: s, p: p, sweep: 10 * time.Second, kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+	k := &kernelPath{s: s, p: p, sweep: 10 * time.Second, kick: make(chan struct{}, 1), end: make(chan endReq, 64), stop: make(chan struct{}), done: make(chan struct{})}
 	for _, u := range fronts {
 		vip := u.Addr().(*net.UDPAddr).AddrPort()
 		vip = netip.AddrPortFrom(vip.Addr().Unmap(), vip.Port())
@@ -144,6 +152,39 @@ func upInterfaces() []string {
 	return out
 }
 
+// endUDPFlows ends the UDP flows pinned to t, in user space and in the kernel
+// (whose tables are brought up to date first, so the clients' next datagrams
+// cannot be pinned to t again).
+func (s *Server) endUDPFlows(t *target, why string) {
+	n := 0
+	for _, u := range s.udp {
+		n += u.endFlows(t)
+	}
+	if n > 0 {
+		s.log.Info("ended UDP flows", zap.String(logTarget, t.name), zap.Int(logFlows, n), zap.String("why", why))
+	}
+	if k := s.kernel.Load(); k != nil {
+		select {
+		case k.end <- endReq{netip.AddrPortFrom(t.addr.Addr().Unmap(), t.addr.Port()), t.name, why}:
+		case <-k.stop:
+		}
+	}
+}
+
+// endFlows ends the kernel's flows to one target, after writing the tables.
+func (k *kernelPath) endFlows(r endReq) {
+	if err := k.sync(); err != nil {
+		k.s.log.Error("writing UDP fast path tables", zap.Error(err))
+	}
+	n, err := k.p.EndFlowsTo(r.target)
+	if err != nil {
+		k.s.log.Error("ending UDP fast path flows", zap.Error(err))
+	}
+	if n > 0 {
+		k.s.log.Info("ended UDP flows in the kernel", zap.String(logTarget, r.name), zap.Int(logFlows, n), zap.String("why", r.why))
+	}
+}
+
 // changed asks for the tables to be written again (a group's snapshot
 // changed). It never blocks.
 func (k *kernelPath) changed() {
@@ -192,6 +233,8 @@ func (k *kernelPath) run() {
 			if err := k.sync(); err != nil {
 				k.s.log.Error("writing UDP fast path tables", zap.Error(err))
 			}
+		case r := <-k.end:
+			k.endFlows(r)
 		case <-stats.C:
 			k.collect()
 		case <-sweep.C:

@@ -18,13 +18,16 @@ import (
 // kernelServer starts a UDP listener at vip on the kernel fast path, on lo
 // only. It skips where BPF needs a root this run does not have; in CI (root)
 // a fast path that does not come up fails the test.
-func kernelServer(t *testing.T, vip netip.AddrPort, cts []config.Target, idle time.Duration) (*Server, *prometheus.Registry) {
+func kernelServer(t *testing.T, vip netip.AddrPort, cts []config.Target, idle time.Duration, mods ...func(*config.TargetGroup)) (*Server, *prometheus.Registry) {
 	t.Helper()
 	cfg := udpConfig(cts, func(l *config.Listener, g *config.TargetGroup) {
 		l.Bind = []config.BindAddr{{IP: vip.Addr()}}
 		l.Port = vip.Port()
 		l.UDPIdleTimeout = idle
 		g.Attributes.PreserveClientIP = true
+		for _, m := range mods {
+			m(g)
+		}
 	})
 	cfg.UDPFastPath, cfg.UDPFastPathInterfaces = true, []string{"lo"}
 	reg := prometheus.NewRegistry()
@@ -172,5 +175,57 @@ func TestKernelPathSkipsListenersThatDoNotQualify(t *testing.T) {
 	exchange(t, c, []byte("q"))
 	if srv.udp[0].table.Len() != 1 {
 		t.Fatal("the flow is not in the user-space table")
+	}
+}
+
+// Deregistering a target with connection termination ends its UDP flows when
+// the delay is over, on the socket path and in the kernel alike: the client's
+// next datagram starts a new flow on the remaining target instead of going to
+// the deregistered one until the idle timeout.
+func TestUDPDeregistrationEndsFlows(t *testing.T) {
+	for _, kernel := range []bool{false, true} {
+		t.Run(map[bool]string{false: "sockets", true: "kernel"}[kernel], func(t *testing.T) {
+			a := startUDPTargetAt(t, false, &net.UDPAddr{IP: net.IPv4(127, 47, 0, 1)})
+			b := startUDPTargetAt(t, false, &net.UDPAddr{IP: net.IPv4(127, 47, 0, 2)})
+			cts := []config.Target{{Address: a.addr, Weight: 1}, {Address: b.addr, Weight: 1}}
+			mod := func(g *config.TargetGroup) {
+				g.Attributes.DeregistrationDelay = 300 * time.Millisecond
+				g.Attributes.DeregistrationConnectionTermination = true
+			}
+			var srv *Server
+			var addr string
+			if kernel {
+				vip := netip.MustParseAddrPort("127.47.0.100:9057")
+				srv, _ = kernelServer(t, vip, cts, time.Minute, mod)
+				addr = vip.String()
+			} else {
+				srv, addr = startUDPServer(t, udpConfig(cts, func(_ *config.Listener, g *config.TargetGroup) { mod(g) }), Options{})
+			}
+			// One flow per client port until one lands on a.
+			var c net.Conn
+			for i := 0; c == nil; i++ {
+				cc, err := net.Dial("udp", addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer cc.Close()
+				exchange(t, cc, []byte("q"))
+				if a.flows() > 0 {
+					c = cc
+				}
+			}
+			before := b.flows()
+			if err := srv.Deregister("tg", a.addr.String()); err != nil {
+				t.Fatal(err)
+			}
+			exchange(t, c, []byte("during the delay")) // still pinned to a
+			if a.flows() != 1 || b.flows() != before {
+				t.Fatalf("during the delay the flow moved: a %d, b %d flows", a.flows(), b.flows())
+			}
+			waitFor(t, func() bool {
+				exchange(t, c, []byte("after"))
+				return b.flows() == before+1
+			})
+		})
 	}
 }

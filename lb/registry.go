@@ -245,6 +245,7 @@ func (t *target) activeFlows() int64 {
 // than all at once (NLB spreads its closes too), so clients do not all
 // reconnect in the same instant.
 func (t *target) terminate(why string) {
+	go t.g.srv.endUDPFlows(t, why)
 	t.fmu.Lock()
 	n := len(t.flows)
 	t.fmu.Unlock()

@@ -417,6 +417,18 @@ func (u *udpFront) release(f *udpFlow) {
 	u.mu.Unlock()
 }
 
+// endFlows ends the flows pinned to t at once (a datagram has no connection
+// to reset: the client's next one starts a new flow) and returns how many.
+func (u *udpFront) endFlows(t *target) int {
+	ended := u.table.RemoveIf(func(f *udpFlow) bool { return f.tgt == t }, nil)
+	for _, f := range ended {
+		u.release(f)
+		u.active.Dec()
+		u.entries.Dec()
+	}
+	return len(ended)
+}
+
 // replyLoop sends targets' replies back to their clients and expires idle
 // flows. It is the only closer of flow sockets.
 func (u *udpFront) replyLoop() {

@@ -300,6 +300,32 @@ func (p *Path) Sweep(live func(Flow)) (expired int, err error) {
 	return expired, nil
 }
 
+// EndFlowsTo removes every flow pinned to target, both of its entries, and
+// returns how many there were. The clients' next datagrams make new flows.
+func (p *Path) EndFlowsTo(target netip.AddrPort) (int, error) {
+	var want [6]byte
+	putAddr(want[:], target)
+	var keys, rkeys [][flowKeySize]byte
+	var rkey [flowKeySize]byte
+	err := readAll(p.flows, func(k [flowKeySize]byte, v [flowValSize]byte) {
+		if binary.NativeEndian.Uint16(v[6:])&replyFlag == 0 && [6]byte(v[0:6]) == want {
+			reverseKey(&rkey, k, v)
+			keys, rkeys = append(keys, k), append(rkeys, rkey)
+		}
+	})
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for i := range keys {
+		if p.flows.Delete(keys[i]) == nil {
+			n++
+		}
+		p.flows.Delete(rkeys[i])
+	}
+	return n, nil
+}
+
 // readAll calls fn for every entry of a flow map.
 func readAll(m *ebpf.Map, fn func([flowKeySize]byte, [flowValSize]byte)) error {
 	const chunk = 4096

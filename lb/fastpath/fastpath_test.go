@@ -256,6 +256,19 @@ func TestProgramPinsAndReverses(t *testing.T) {
 	if st.NewFlows != 2 || st.PacketsIn != 3 || st.PacketsOut != 1 || st.BytesIn != 5+5+3 || st.BytesOut != 6 {
 		t.Fatalf("stats %+v", st)
 	}
+
+	// Ending the flows to a: the client's next datagram is a new flow, on
+	// today's table (b), and a's late reply is no longer rewritten.
+	if n, err := p.EndFlowsTo(a); n != 1 || err != nil {
+		t.Fatalf("ended %d flows (%v), want 1", n, err)
+	}
+	_, out = run(t, p, packet(client, vip, []byte("after")))
+	if _, dst := addrs(out); dst != b {
+		t.Fatalf("after its flow ended, the client went to %s, want %s", dst, b)
+	}
+	if ret, _ := runOut(t, p, reply); ret != tcxNext {
+		t.Fatal("a reply of an ended flow was rewritten")
+	}
 }
 
 // A full flow map refuses new flows, counts them, and forwards nothing; the

@@ -148,6 +148,25 @@ func (t *Table[V]) Expire(now time.Time, out []V) []V {
 	return out
 }
 
+// RemoveIf removes every entry whose value matches and appends it to out,
+// which it returns: the caller closes what they hold. An entry is handed out
+// once, by RemoveIf or by Expire, never by both.
+func (t *Table[V]) RemoveIf(match func(V) bool, out []V) []V {
+	for i := range t.shards {
+		s := &t.shards[i]
+		s.mu.Lock()
+		for k, e := range s.m {
+			if match(e.v) {
+				delete(s.m, k)
+				t.n.Add(-1)
+				out = append(out, e.v)
+			}
+		}
+		s.mu.Unlock()
+	}
+	return out
+}
+
 // Len is the number of entries.
 func (t *Table[V]) Len() int { return int(t.n.Load()) }
 
