@@ -102,7 +102,7 @@ func New(opts Options) (*Path, error) {
 		{&p.services, ebpf.MapSpec{Name: "l4lb_svcs", Type: ebpf.Hash, KeySize: 8, ValueSize: svcValSize, MaxEntries: uint32(opts.Services)}},
 		{&p.tables, ebpf.MapSpec{Name: "l4lb_tables", Type: ebpf.Array, KeySize: 4, ValueSize: slotValSize, MaxEntries: uint32(2 * opts.Services * maglev.DefaultSize)}},
 		// Each flow has two entries: client side and target side.
-		{&p.flows, ebpf.MapSpec{Name: "l4lb_flows", Type: ebpf.Hash, KeySize: flowKeySize, ValueSize: flowValSize, MaxEntries: uint32(2 * opts.MaxFlows)}},
+		{&p.flows, ebpf.MapSpec{Name: "l4lb_flows", Type: ebpf.Hash, KeySize: flowKeySize, ValueSize: flowValSize, MaxEntries: uint32(2 * opts.MaxFlows), Flags: flowMapFlags(opts.MaxFlows)}},
 		{&p.stats, ebpf.MapSpec{Name: "l4lb_stats", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: statValSize, MaxEntries: uint32(opts.Services * statKinds)}},
 	}
 	for _, s := range specs {
@@ -366,6 +366,16 @@ func (p *Path) Close() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// flowMapFlags preallocates the flow map (the fastest kind) up to a million
+// flows, about 100 MB of kernel memory; a larger bound allocates entries as
+// flows arrive instead of holding gigabytes for a table that may never fill.
+func flowMapFlags(maxFlows int) uint32 {
+	if maxFlows > 1<<20 {
+		return unix.BPF_F_NO_PREALLOC
+	}
+	return 0
 }
 
 // putAddr writes an IPv4 address and port in network order: the layout of

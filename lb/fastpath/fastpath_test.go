@@ -408,3 +408,17 @@ func fuzzPath(t *testing.T) *Path {
 	}
 	return shared.p
 }
+
+// A bound above a million flows is not preallocated, so it loads and holds
+// memory only for the flows there are.
+func TestLargeBoundLoads(t *testing.T) {
+	p := newPath(t, Options{MaxFlows: 1 << 21, Services: 1})
+	vip := netip.MustParseAddrPort("127.0.0.53:53")
+	id, _ := p.AddService(vip, time.Minute, false)
+	if err := p.SetTable(id, slotTargets()); err != nil {
+		t.Fatal(err)
+	}
+	if ret, _ := run(t, p, packet(netip.MustParseAddrPort("127.0.0.9:9"), vip, nil)); ret != tcxPass {
+		t.Fatalf("returned %d", ret)
+	}
+}
