@@ -127,12 +127,35 @@ func (s *Server) newKernelPath(fronts []*udpFront) (*kernelPath, error) {
 		}
 	}
 	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_forward"); err == nil && strings.TrimSpace(string(b)) == "0" {
-		s.log.Warn("net.ipv4.ip_forward is 0: the UDP fast path reaches only targets on this host")
+		for _, f := range k.fronts {
+			for _, t := range f.g.cfg.Targets {
+				if !isLocal(t.Address.Addr()) {
+					s.log.Warn("net.ipv4.ip_forward is 0, so the UDP fast path cannot reach targets on other hosts", zap.Stringer(logTarget, t.Address))
+				}
+			}
+		}
 	}
 	for _, f := range k.fronts {
 		s.log.Info("UDP listener forwarded in the kernel", zap.String(logListener, f.u.cfg.Name), zap.Stringer(logAddr, f.u.Addr()), zap.Strings("interfaces", ifaces))
 	}
 	return k, nil
+}
+
+// isLocal reports whether ip is loopback or an address of this host.
+func isLocal(ip netip.Addr) bool {
+	ip = ip.Unmap()
+	if ip.IsLoopback() {
+		return true
+	}
+	addrs, _ := net.InterfaceAddrs()
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok {
+			if h, ok := netip.AddrFromSlice(n.IP); ok && h.Unmap() == ip {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // upInterfaces lists the interfaces that are up and carry Ethernet framing
