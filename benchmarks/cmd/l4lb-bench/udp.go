@@ -13,9 +13,10 @@ import (
 )
 
 // udpBench measures small-datagram forwarding with l4lb's own generator:
-// senders push 64-byte datagrams through an l4lb UDP listener to a sink for
-// dur; the report is datagrams delivered per second, and per second of CPU
-// that l4lb used (its datagrams per core).
+// senders push 64-byte datagrams to a sink for dur, directly, through an l4lb
+// UDP listener on sockets, and through one on the kernel fast path. The report
+// is datagrams delivered per second and, for the socket path, per second of
+// CPU that l4lb used (its datagrams per core).
 func udpBench(bin string, dur time.Duration, senders int) error {
 	sink, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
@@ -33,28 +34,75 @@ func udpBench(bin string, dur time.Duration, senders int) error {
 			got.Add(1)
 		}
 	}()
-	const port = 18353
-	f, err := os.CreateTemp("", "l4lb-udp-bench-*.yaml")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	fmt.Fprintf(f, `admin: {listen: "off"}
+	sinkPort := sink.LocalAddr().(*net.UDPAddr).Port
+	fmt.Printf("| small UDP datagrams (64 B, %d senders) | delivered/s | vs direct | l4lb CPU cores used | datagrams/s per l4lb core |\n|---|---|---|---|---|\n", senders)
+	var direct float64
+	for _, run := range []struct {
+		name, extra string
+		port        int
+	}{
+		{"direct", "", sinkPort},
+		{"l4lb, sockets", "", 18453},
+		{"l4lb, kernel fast path", "\nload_balancer: {udp_fast_path: true, udp_fast_path_interfaces: [lo]}", 18454},
+	} {
+		var proc *exec.Cmd
+		if run.name != "direct" {
+			attrs := ""
+			if run.extra != "" {
+				attrs = ", attributes: {preserve_client_ip.enabled: true}"
+			}
+			if proc, err = startUDPProxy(bin, fmt.Sprintf(`admin: {listen: "off"}%s
 listeners:
   - {name: udp, protocol: UDP, port: %d, bind: [127.0.0.1], target_group: sink}
 target_groups:
-  - {name: sink, protocol: UDP, targets: [{address: "%s"}]}
-`, port, sink.LocalAddr())
+  - {name: sink, protocol: UDP, targets: [{address: "127.0.0.1:%d"}]%s}
+`, run.extra, run.port, sinkPort, attrs)); err != nil {
+				return err
+			}
+		}
+		rate, cores := blast(fmt.Sprintf("127.0.0.1:%d", run.port), dur, senders, &got, proc)
+		if proc != nil {
+			proc.Process.Kill()
+			proc.Wait()
+		}
+		if run.name == "direct" {
+			direct = rate
+		}
+		perCore := "-"
+		if proc != nil && cores > 0.05 {
+			perCore = fmt.Sprintf("%.0f", rate/cores)
+		}
+		fmt.Printf("| %s | %.0f | %.2fx | %.2f | %s |\n", run.name, rate, rate/direct, cores, perCore)
+	}
+	return nil
+}
+
+// startUDPProxy starts l4lb with the given config and gives it time to bind.
+func startUDPProxy(bin, conf string) (*exec.Cmd, error) {
+	f, err := os.CreateTemp("", "l4lb-udp-bench-*.yaml")
+	if err != nil {
+		return nil, err
+	}
+	defer os.Remove(f.Name())
+	f.WriteString(conf)
 	f.Close()
 	cmd := exec.Command(bin, "serve", "--config", f.Name(), "--log-level", "error")
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
-		return err
+		return nil, err
 	}
-	defer func() { cmd.Process.Kill(); cmd.Wait() }()
-	time.Sleep(500 * time.Millisecond)
+	time.Sleep(time.Second) // reads its config, binds, loads the fast path
+	return cmd, nil
+}
+
+// blast sends 64-byte datagrams to addr from senders sockets for dur and
+// returns the rate the sink counted, and the CPU cores proc used meanwhile.
+func blast(addr string, dur time.Duration, senders int, got *atomic.Int64, proc *exec.Cmd) (rate, cores float64) {
 	payload := make([]byte, 64)
-	cpu0 := cpuSeconds(cmd.Process.Pid)
+	var cpu0 float64
+	if proc != nil {
+		cpu0 = cpuSeconds(proc.Process.Pid)
+	}
 	start := time.Now()
 	got.Store(0)
 	var wg sync.WaitGroup
@@ -62,7 +110,7 @@ target_groups:
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c, err := net.Dial("udp", fmt.Sprintf("127.0.0.1:%d", port))
+			c, err := net.Dial("udp", addr)
 			if err != nil {
 				return
 			}
@@ -78,11 +126,10 @@ target_groups:
 	wg.Wait()
 	time.Sleep(200 * time.Millisecond)
 	wall := time.Since(start).Seconds()
-	cpu := cpuSeconds(cmd.Process.Pid) - cpu0
-	rate := float64(got.Load()) / wall
-	fmt.Printf("| small UDP datagrams (64 B, %d senders) | delivered/s | l4lb CPU cores used | datagrams/s per core |\n|---|---|---|---|\n", senders)
-	fmt.Printf("| l4lb | %.0f | %.2f | %.0f |\n", rate, cpu/wall, rate/(cpu/wall))
-	return nil
+	if proc != nil {
+		cores = (cpuSeconds(proc.Process.Pid) - cpu0) / wall
+	}
+	return float64(got.Load()) / wall, cores
 }
 
 // cpuSeconds is a process's user+system CPU time from /proc/PID/stat.
