@@ -52,8 +52,8 @@ type kernelFront struct {
 func kernelEligible(u *udpFront) string {
 	r := u.route.Load()
 	switch {
-	case !u.bindA.IP.Is4() || u.bindA.IP.IsUnspecified():
-		return "the bind address is not a specific IPv4 address"
+	case u.bindA.IP.IsUnspecified() || u.bindA.IP.Zone() != "":
+		return "the bind address is a wildcard or has a zone"
 	case len(r.groups) != 1:
 		return "it forwards to weighted target groups"
 	case !r.groups[0].cfg.Attributes.PreserveClientIP:
@@ -94,7 +94,15 @@ func (s *Server) startKernelPath() {
 }
 
 func (s *Server) newKernelPath(fronts []*udpFront) (*kernelPath, error) {
-	p, err := fastpath.New(fastpath.Options{MaxFlows: s.cfg.MaxFlows, Services: len(fronts)})
+	opts := fastpath.Options{MaxFlows: s.cfg.MaxFlows}
+	for _, u := range fronts {
+		if u.bindA.IP.Unmap().Is4() {
+			opts.Services++
+		} else {
+			opts.Services6++
+		}
+	}
+	p, err := fastpath.New(opts)
 	if err != nil {
 		return nil, err
 	}
@@ -126,12 +134,10 @@ func (s *Server) newKernelPath(fronts []*udpFront) (*kernelPath, error) {
 			return nil, err
 		}
 	}
-	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_forward"); err == nil && strings.TrimSpace(string(b)) == "0" {
-		for _, f := range k.fronts {
-			for _, t := range f.g.cfg.Targets {
-				if !isLocal(t.Address.Addr()) {
-					s.log.Warn("net.ipv4.ip_forward is 0, so the UDP fast path cannot reach targets on other hosts", zap.Stringer(logTarget, t.Address))
-				}
+	for _, f := range k.fronts {
+		for _, t := range f.g.cfg.Targets {
+			if sysctl := forwardingSysctl(t.Address.Addr()); !isLocal(t.Address.Addr()) && readSysctl(sysctl) == "0" {
+				s.log.Warn("IP forwarding is off, so the UDP fast path cannot reach targets on other hosts", zap.String("sysctl", sysctl), zap.Stringer(logTarget, t.Address))
 			}
 		}
 	}
@@ -139,6 +145,19 @@ func (s *Server) newKernelPath(fronts []*udpFront) (*kernelPath, error) {
 		s.log.Info("UDP listener forwarded in the kernel", zap.String(logListener, f.u.cfg.Name), zap.Stringer(logAddr, f.u.Addr()), zap.Strings("interfaces", ifaces))
 	}
 	return k, nil
+}
+
+// forwardingSysctl is the file that turns on forwarding for ip's family.
+func forwardingSysctl(ip netip.Addr) string {
+	if ip.Unmap().Is4() {
+		return "/proc/sys/net/ipv4/ip_forward"
+	}
+	return "/proc/sys/net/ipv6/conf/all/forwarding"
+}
+
+func readSysctl(path string) string {
+	b, _ := os.ReadFile(path)
+	return strings.TrimSpace(string(b))
 }
 
 // isLocal reports whether ip is loopback or an address of this host.
@@ -228,10 +247,10 @@ func (k *kernelPath) sync() error {
 			slots = make([]netip.AddrPort, maglev.DefaultSize)
 			for i := range slots {
 				// A slot's owner is the first choice of a hash equal to it.
+				// (A target of the other family leaves its slots empty.)
 				if p := snap.bal.Pick(uint64(i), buf[:]); len(p) == 1 {
-					if a := snap.targets[p[0]].addr; a.Addr().Unmap().Is4() {
-						slots[i] = netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
-					}
+					a := snap.targets[p[0]].addr
+					slots[i] = netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
 				}
 			}
 		}

@@ -229,3 +229,42 @@ func TestUDPDeregistrationEndsFlows(t *testing.T) {
 		})
 	}
 }
+
+// The same through IPv6 on ::1: each of 300 flows lands on the target that
+// l4lb route names, targets see the client's own address and port, answers
+// come from the listener address, and nothing goes through l4lb's sockets.
+func TestKernelUDPFlowsIPv6(t *testing.T) {
+	var cts []config.Target
+	byAddr := map[netip.AddrPort]*udpTarget{}
+	for range 3 {
+		u := startUDPTargetAt(t, false, &net.UDPAddr{IP: net.IPv6loopback})
+		byAddr[u.addr] = u
+		cts = append(cts, config.Target{Address: u.addr, Weight: 1})
+	}
+	probe, err := net.ListenUDP("udp6", &net.UDPAddr{IP: net.IPv6loopback})
+	if err != nil {
+		t.Skipf("no IPv6 loopback: %v", err)
+	}
+	vip := probe.LocalAddr().(*net.UDPAddr).AddrPort()
+	probe.Close()
+	srv, _ := kernelServer(t, vip, cts, time.Minute)
+	for i := range 300 {
+		c, err := net.DialUDP("udp6", nil, net.UDPAddrFromAddrPort(vip))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		exchange(t, c, []byte("q"))
+		client := c.LocalAddr().(*net.UDPAddr).AddrPort()
+		want := byAddr[userSpaceChoice(t, srv, client, vip)]
+		want.mu.Lock()
+		got := want.seen[client]
+		want.mu.Unlock()
+		if got != 1 {
+			t.Fatalf("flow %d from %s: not seen by %s, the target l4lb route names", i, client, want.addr)
+		}
+	}
+	if l := srv.udp[0].table.Len(); l != 0 {
+		t.Fatalf("%d flows went through user space", l)
+	}
+}

@@ -181,17 +181,19 @@ func TestTransparentModeInNamespaces(t *testing.T) {
 // and no datagram goes through l4lb's sockets.
 func TestKernelPathInNamespaces(t *testing.T) {
 	h := newHosts(t, "k")
-	h.in(t, h.lb, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward")
+	h.in(t, h.lb, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward; echo 1 > /proc/sys/net/ipv6/conf/all/forwarding")
 	h.helper(t, h.target, "target")
 	lbOut, lbStop := h.helper(t, h.lb, "serve-kernel", "L4LB_FASTPATH_IFACES="+h.lbFront+","+h.lbBack)
 	got := h.runClient(t, "client-kernel")
-	if n := strings.Count(got, "udp "+nsClientIP+":"); n != 20 {
-		t.Errorf("target saw the client's own address in %d of 20 answers:\n%s", n, got)
+	for _, client := range []string{nsClientIP + ":", "[" + nsClientIP6 + "]:"} {
+		if n := strings.Count(got, "udp "+client); n != 20 {
+			t.Errorf("target saw the client's own address %s in %d of 20 answers:\n%s", client, n, got)
+		}
 	}
 	lbStop.Close()
 	line, _ := lbOut.ReadString('\n')
-	if strings.TrimSpace(line) != "kernel_flows 20 user_space_flows 0" {
-		t.Errorf("l4lb reported %q, want 20 flows in the kernel and none through its sockets", line)
+	if strings.TrimSpace(line) != "kernel_flows 40 user_space_flows 0" {
+		t.Errorf("l4lb reported %q, want 40 flows in the kernel and none through its sockets", line)
 	}
 }
 
@@ -211,8 +213,9 @@ func TestNetnsHelper(t *testing.T) {
 	case "serve-kernel":
 		netnsServeKernel()
 	case "client-kernel":
-		for range 20 { // 20 flows, each from its own port
+		for range 20 { // 20 flows per family, each from its own port
 			askUDP(net.JoinHostPort(nsLBFront, "8082"))
+			askUDP(net.JoinHostPort(nsLBFront6, "8082"))
 		}
 	}
 	os.Exit(0)
@@ -294,15 +297,21 @@ func netnsServe() {
 	srv.Close()
 }
 
-// netnsServeKernel serves UDP on 198.18.0.1:8082 through the kernel fast
-// path, on the interfaces the test names.
+// netnsServeKernel serves UDP on 198.18.0.1:8082 and [fd00:18::1]:8082
+// through the kernel fast path, on the interfaces the test names.
 func netnsServeKernel() {
-	target := netip.AddrPortFrom(netip.MustParseAddr(nsTargetIP), 9000)
-	cfg := udpConfig([]config.Target{{Address: target, Weight: 1}}, func(l *config.Listener, g *config.TargetGroup) {
-		l.Bind = []config.BindAddr{{IP: netip.MustParseAddr(nsLBFront)}}
-		l.Port = 8082
-		g.Attributes.PreserveClientIP = true
-	})
+	cfg := &config.Config{MaxFlows: 100, ShutdownTimeout: time.Second}
+	for i, fam := range [][2]string{{nsLBFront, nsTargetIP}, {nsLBFront6, nsTargetIP6}} {
+		target := netip.AddrPortFrom(netip.MustParseAddr(fam[1]), 9000)
+		c := udpConfig([]config.Target{{Address: target, Weight: 1}}, func(l *config.Listener, g *config.TargetGroup) {
+			l.Bind = []config.BindAddr{{IP: netip.MustParseAddr(fam[0])}}
+			l.Port = 8082
+			l.Name, l.TargetGroup, g.Name = fmt.Sprintf("l%d", i), fmt.Sprintf("g%d", i), fmt.Sprintf("g%d", i)
+			g.Attributes.PreserveClientIP = true
+		})
+		cfg.Listeners = append(cfg.Listeners, c.Listeners...)
+		cfg.TargetGroups = append(cfg.TargetGroups, c.TargetGroups...)
+	}
 	cfg.UDPFastPath = true
 	cfg.UDPFastPathInterfaces = strings.Split(os.Getenv("L4LB_FASTPATH_IFACES"), ",")
 	reg := prometheus.NewRegistry()
@@ -322,7 +331,7 @@ func netnsServeKernel() {
 	waitForParent()
 	k := srv.kernel.Load()
 	k.collect()
-	fmt.Printf("kernel_flows %v user_space_flows %d\n", gatherSum(reg, "l4lb_new_flows_total"), srv.udp[0].table.Len())
+	fmt.Printf("kernel_flows %v user_space_flows %d\n", gatherSum(reg, "l4lb_new_flows_total"), srv.udp[0].table.Len()+srv.udp[1].table.Len())
 	srv.Close()
 }
 

@@ -35,7 +35,7 @@ func startUDPTarget(t *testing.T, mute bool) *udpTarget {
 
 func startUDPTargetAt(t *testing.T, mute bool, at *net.UDPAddr) *udpTarget {
 	t.Helper()
-	c, err := net.ListenUDP("udp4", at)
+	c, err := net.ListenUDP("udp", at)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,8 +7,9 @@
 // It is the kernel half of a UDP listener whose target group preserves the
 // client IP (the target sees the client's own address, as it would with
 // preserve_client_ip in user space) and sends no PROXY header. The user-space
-// listener stays bound and takes whatever the program passes on: IPv6,
-// fragments, IPv4 options.
+// listener stays bound and takes whatever the program passes on: fragments,
+// IPv4 options, IPv6 extension headers. IPv4 and IPv6 each have their own
+// maps.
 //
 // A first datagram picks its target exactly as user space does (same flow
 // hash, same Maglev table, which user space writes into the kernel on every
@@ -23,6 +24,7 @@
 package fastpath
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -40,25 +42,37 @@ import (
 
 // Options size the kernel maps; they are fixed for the life of a Path.
 type Options struct {
-	MaxFlows int // flows pinned at once (default 65536)
-	Services int // listener addresses served (default 16)
+	MaxFlows  int // flows pinned at once, per address family (default 65536)
+	Services  int // IPv4 listener addresses served (default 16 when neither is set)
+	Services6 int // IPv6 listener addresses served
 }
 
-// Path is the loaded program, its maps and its attachments.
+// Path is the loaded programs, their maps and their attachments.
 type Path struct {
-	opts                           Options
-	services, tables, flows, stats *ebpf.Map
-	ingress, egress                *ebpf.Program
+	opts            Options
+	fams            [2]*famPath // IPv4, IPv6
+	stats           *ebpf.Map
+	ingress, egress *ebpf.Program
 
 	mu    sync.Mutex
 	links []link.Link
 	svcs  []*service
 }
 
+// famPath is one address family's maps.
+type famPath struct {
+	f                       family
+	services, tables, flows *ebpf.Map
+	max                     int // services it has tables for
+	n                       int // services it serves
+}
+
 type service struct {
 	vip    netip.AddrPort
 	idle   time.Duration
 	sticky bool
+	fam    *famPath
+	index  int // within its family: which tables are its own
 	active int // which of the service's two tables the program reads
 }
 
@@ -83,37 +97,61 @@ type Flow struct {
 // no tcx, or not permitted).
 var ErrUnsupported = errors.New("fastpath: kernel UDP fast path unavailable")
 
-// New loads the program with empty maps. It attaches nowhere yet.
+// New loads the programs with empty maps. They attach nowhere yet.
 func New(opts Options) (*Path, error) {
 	if opts.MaxFlows <= 0 {
 		opts.MaxFlows = 65536
 	}
-	if opts.Services <= 0 {
+	if opts.Services <= 0 && opts.Services6 <= 0 {
 		opts.Services = 16
 	}
-	if opts.Services > svcMask {
-		return nil, fmt.Errorf("fastpath: %d services; at most %d", opts.Services, svcMask)
+	opts.Services, opts.Services6 = max(opts.Services, 0), max(opts.Services6, 0)
+	if opts.Services+opts.Services6 > svcMask {
+		return nil, fmt.Errorf("fastpath: %d services; at most %d", opts.Services+opts.Services6, svcMask)
 	}
 	p := &Path{opts: opts}
-	specs := []struct {
-		m    **ebpf.Map
-		spec ebpf.MapSpec
-	}{
-		{&p.services, ebpf.MapSpec{Name: "l4lb_svcs", Type: ebpf.Hash, KeySize: 8, ValueSize: svcValSize, MaxEntries: uint32(opts.Services)}},
-		{&p.tables, ebpf.MapSpec{Name: "l4lb_tables", Type: ebpf.Array, KeySize: 4, ValueSize: slotValSize, MaxEntries: uint32(2 * opts.Services * maglev.DefaultSize)}},
-		// Each flow has two entries: client side and target side.
-		{&p.flows, ebpf.MapSpec{Name: "l4lb_flows", Type: ebpf.Hash, KeySize: flowKeySize, ValueSize: flowValSize, MaxEntries: uint32(2 * opts.MaxFlows), Flags: flowMapFlags(opts.MaxFlows)}},
-		{&p.stats, ebpf.MapSpec{Name: "l4lb_stats", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: statValSize, MaxEntries: uint32(opts.Services * statKinds)}},
+	fail := func(err error) (*Path, error) {
+		p.Close()
+		return nil, err
 	}
-	for _, s := range specs {
-		m, err := ebpf.NewMap(&s.spec)
+	newMap := func(spec ebpf.MapSpec) (*ebpf.Map, error) {
+		spec.MaxEntries = max(spec.MaxEntries, 1) // a family with no services still has maps
+		m, err := ebpf.NewMap(&spec)
 		if err != nil {
-			p.Close()
-			return nil, fmt.Errorf("%w: map %s: %v", ErrUnsupported, s.spec.Name, err)
+			return nil, fmt.Errorf("%w: map %s: %v", ErrUnsupported, spec.Name, err)
 		}
-		*s.m = m
+		return m, nil
 	}
-	m := maps{p.services.FD(), p.tables.FD(), p.flows.FD(), p.stats.FD()}
+	var err error
+	if p.stats, err = newMap(ebpf.MapSpec{Name: "l4lb_stats", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: statValSize,
+		MaxEntries: uint32((opts.Services + opts.Services6) * statKinds)}); err != nil {
+		return fail(err)
+	}
+	for i, f := range []family{ipv4, ipv6} {
+		fp := &famPath{f: f, max: []int{opts.Services, opts.Services6}[i]}
+		p.fams[i] = fp
+		flows := opts.MaxFlows
+		if fp.max == 0 {
+			flows = 1 // nothing to serve: the smallest maps
+		}
+		if fp.services, err = newMap(ebpf.MapSpec{Name: "l4lb_svcs" + f.name, Type: ebpf.Hash, KeySize: uint32(f.svcKeySize),
+			ValueSize: svcValSize, MaxEntries: uint32(fp.max)}); err != nil {
+			return fail(err)
+		}
+		if fp.tables, err = newMap(ebpf.MapSpec{Name: "l4lb_tables" + f.name, Type: ebpf.Array, KeySize: 4,
+			ValueSize: uint32(f.slotValSize), MaxEntries: uint32(2 * fp.max * maglev.DefaultSize)}); err != nil {
+			return fail(err)
+		}
+		// Each flow has two entries: client side and target side.
+		if fp.flows, err = newMap(ebpf.MapSpec{Name: "l4lb_flows" + f.name, Type: ebpf.Hash, KeySize: uint32(f.keySize),
+			ValueSize: uint32(f.valSize), MaxEntries: uint32(2 * flows), Flags: flowMapFlags(flows)}); err != nil {
+			return fail(err)
+		}
+	}
+	m := maps{stats: p.stats.FD()}
+	for i, fm := range []*famMaps{&m.v4, &m.v6} {
+		*fm = famMaps{p.fams[i].services.FD(), p.fams[i].tables.FD(), p.fams[i].flows.FD()}
+	}
 	for _, side := range []struct {
 		prog   **ebpf.Program
 		name   string
@@ -126,37 +164,47 @@ func New(opts Options) (*Path, error) {
 			Instructions: program(m, side.egress),
 		})
 		if err != nil {
-			p.Close()
-			return nil, fmt.Errorf("%w: program %s: %v", ErrUnsupported, side.name, err)
+			return fail(fmt.Errorf("%w: program %s: %v", ErrUnsupported, side.name, err))
 		}
 		*side.prog = prog
 	}
 	return p, nil
 }
 
+// familyOf is the family that serves a (unmapped) address.
+func (p *Path) familyOf(a netip.Addr) *famPath {
+	if a.Is4() {
+		return p.fams[0]
+	}
+	return p.fams[1]
+}
+
 // AddService serves a listener address: datagrams to it are forwarded once
 // SetTable has given it targets. It returns the service's id.
 func (p *Path) AddService(vip netip.AddrPort, idle time.Duration, sticky bool) (int, error) {
-	if !vip.Addr().Is4() || vip.Addr().IsUnspecified() {
-		return 0, fmt.Errorf("fastpath: %s: only a specific IPv4 address can be served", vip)
+	if vip.Addr().Is4In6() || vip.Addr().IsUnspecified() || vip.Addr().Zone() != "" {
+		return 0, fmt.Errorf("fastpath: %s: only a specific address can be served", vip)
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if len(p.svcs) == p.opts.Services {
-		return 0, fmt.Errorf("fastpath: %s: all %d services in use", vip, p.opts.Services)
+	fp := p.familyOf(vip.Addr())
+	if fp.n == fp.max {
+		return 0, fmt.Errorf("fastpath: %s: all %d services of its family in use", vip, fp.max)
 	}
 	for _, s := range p.svcs {
 		if s.vip == vip {
 			return 0, fmt.Errorf("fastpath: %s served twice", vip)
 		}
 	}
-	p.svcs = append(p.svcs, &service{vip: vip, idle: idle, sticky: sticky})
+	p.svcs = append(p.svcs, &service{vip: vip, idle: idle, sticky: sticky, fam: fp, index: fp.n})
+	fp.n++
 	return len(p.svcs) - 1, nil
 }
 
 // SetTable gives service id its Maglev table: the target of every slot
 // (maglev.DefaultSize of them), or nil for a service with no usable target.
-// The program switches to the new table at once; pinned flows keep their
+// A slot whose target is of the other address family stays empty. The
+// program switches to the new table at once; pinned flows keep their
 // targets.
 func (p *Path) SetTable(id int, slots []netip.AddrPort) error {
 	if slots != nil && len(slots) != maglev.DefaultSize {
@@ -165,28 +213,30 @@ func (p *Path) SetTable(id int, slots []netip.AddrPort) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	s := p.svcs[id]
+	fp := s.fam
+	size := fp.f.slotValSize
 	next := 1 - s.active
-	base := uint32((2*id + next) * maglev.DefaultSize)
+	base := uint32((2*s.index + next) * maglev.DefaultSize)
 	keys := make([]uint32, maglev.DefaultSize)
-	vals := make([][slotValSize]byte, maglev.DefaultSize)
+	vals := make([]byte, maglev.DefaultSize*size)
 	for i := range keys {
 		keys[i] = base + uint32(i)
-		if slots != nil {
-			putAddr(vals[i][:], slots[i])
+		if slots != nil && slots[i].IsValid() && p.familyOf(slots[i].Addr()) == fp && !slots[i].Addr().Is4In6() {
+			putAddr(vals[i*size:], slots[i])
 		}
 	}
-	if _, err := p.tables.BatchUpdate(keys, vals, nil); err != nil {
+	if _, err := fp.tables.BatchUpdate(keys, slotValues(vals, size), nil); err != nil {
 		return fmt.Errorf("fastpath: writing table: %w", err)
 	}
-	var key [8]byte
-	putAddr(key[:], s.vip)
+	key := make([]byte, fp.f.svcKeySize)
+	putAddr(key, s.vip)
 	var val [svcValSize]byte
 	binary.NativeEndian.PutUint32(val[0:], base)
 	if s.sticky {
 		binary.NativeEndian.PutUint32(val[4:], svcSticky)
 	}
 	binary.NativeEndian.PutUint32(val[8:], uint32(id))
-	if err := p.services.Update(key, val, ebpf.UpdateAny); err != nil {
+	if err := fp.services.Update(key, val[:], ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("fastpath: switching table: %w", err)
 	}
 	s.active = next
@@ -244,7 +294,7 @@ func (p *Path) Stats(id int) (Stats, error) {
 
 // Sweep removes the flows idle past their service's timeout and calls live
 // for each flow that stays. A flow is idle when neither direction has moved.
-// The map is read in batches, a few system calls for the whole table.
+// The maps are read in batches, a few system calls for a whole table.
 func (p *Path) Sweep(live func(Flow)) (expired int, err error) {
 	p.mu.Lock()
 	idle := make([]uint64, len(p.svcs))
@@ -252,49 +302,58 @@ func (p *Path) Sweep(live func(Flow)) (expired int, err error) {
 		idle[i] = uint64(s.idle)
 	}
 	p.mu.Unlock()
+	for _, fp := range p.fams {
+		n, err := fp.sweep(idle, live)
+		expired += n
+		if err != nil {
+			return expired, err
+		}
+	}
+	return expired, nil
+}
+
+func (fp *famPath) sweep(idle []uint64, live func(Flow)) (expired int, err error) {
 	type entry struct {
-		key  [flowKeySize]byte
-		val  [flowValSize]byte
-		last uint64
+		key, val []byte
+		last     uint64
 	}
 	var fwd []entry
-	replied := map[[flowKeySize]byte]uint64{}
+	replied := map[string]uint64{}
 	now := monotonic()
-	err = readAll(p.flows, func(k [flowKeySize]byte, v [flowValSize]byte) {
-		last := binary.NativeEndian.Uint64(v[8:])
-		if binary.NativeEndian.Uint16(v[6:])&replyFlag != 0 {
-			replied[k] = last
+	err = fp.readAll(func(k, v []byte) {
+		last := fp.last(v)
+		if fp.svc(v)&replyFlag != 0 {
+			replied[string(k)] = last
 		} else {
-			fwd = append(fwd, entry{k, v, last})
+			fwd = append(fwd, entry{bytes.Clone(k), bytes.Clone(v), last})
 		}
 	})
 	if err != nil {
 		return 0, err
 	}
-	var rkey [flowKeySize]byte
-	var val [flowValSize]byte
+	val := make([]byte, fp.f.valSize)
 	for _, e := range fwd {
-		f := decodeFlow(e.key, e.val)
-		reverseKey(&rkey, e.key, e.val)
-		last := max(e.last, replied[rkey])
+		f := fp.decode(e.key, e.val)
+		rkey := fp.reverseKey(e.key, e.val)
+		last := max(e.last, replied[string(rkey)])
 		if f.Service >= len(idle) || now < last || now-last <= idle[f.Service] {
 			if live != nil {
 				live(f)
 			}
 			continue
 		}
-		if p.flows.LookupAndDelete(e.key, &val) != nil {
+		if fp.flows.LookupAndDelete(e.key, val) != nil {
 			continue
 		}
-		if binary.NativeEndian.Uint64(val[8:]) != e.last {
+		if fp.last(val) != e.last {
 			// A datagram came since the read: the flow lives on.
-			p.flows.Update(e.key, val, ebpf.UpdateNoExist)
+			fp.flows.Update(e.key, val, ebpf.UpdateNoExist)
 			if live != nil {
 				live(f)
 			}
 			continue
 		}
-		p.flows.Delete(rkey)
+		fp.flows.Delete(rkey)
 		expired++
 	}
 	return expired, nil
@@ -303,14 +362,14 @@ func (p *Path) Sweep(live func(Flow)) (expired int, err error) {
 // EndFlowsTo removes every flow pinned to target, both of its entries, and
 // returns how many there were. The clients' next datagrams make new flows.
 func (p *Path) EndFlowsTo(target netip.AddrPort) (int, error) {
-	var want [6]byte
-	putAddr(want[:], target)
-	var keys, rkeys [][flowKeySize]byte
-	var rkey [flowKeySize]byte
-	err := readAll(p.flows, func(k [flowKeySize]byte, v [flowValSize]byte) {
-		if binary.NativeEndian.Uint16(v[6:])&replyFlag == 0 && [6]byte(v[0:6]) == want {
-			reverseKey(&rkey, k, v)
-			keys, rkeys = append(keys, k), append(rkeys, rkey)
+	target = netip.AddrPortFrom(target.Addr().Unmap(), target.Port())
+	fp := p.familyOf(target.Addr())
+	want := make([]byte, fp.f.addrLen+2)
+	putAddr(want, target)
+	var keys, rkeys [][]byte
+	err := fp.readAll(func(k, v []byte) {
+		if fp.svc(v)&replyFlag == 0 && bytes.Equal(v[:len(want)], want) {
+			keys, rkeys = append(keys, bytes.Clone(k)), append(rkeys, fp.reverseKey(k, v))
 		}
 	})
 	if err != nil {
@@ -318,19 +377,28 @@ func (p *Path) EndFlowsTo(target netip.AddrPort) (int, error) {
 	}
 	n := 0
 	for i := range keys {
-		if p.flows.Delete(keys[i]) == nil {
+		if fp.flows.Delete(keys[i]) == nil {
 			n++
 		}
-		p.flows.Delete(rkeys[i])
+		fp.flows.Delete(rkeys[i])
 	}
 	return n, nil
 }
 
-// readAll calls fn for every entry of a flow map.
-func readAll(m *ebpf.Map, fn func([flowKeySize]byte, [flowValSize]byte)) error {
+// readAll calls fn for every entry of the family's flow map. The slices are
+// only valid during the call: fn copies what it keeps.
+func (fp *famPath) readAll(fn func(k, v []byte)) error {
+	if fp.f.keySize == ipv4.keySize {
+		return readBatch(fp.flows, func(k [12]byte, v [16]byte) { fn(k[:], v[:]) })
+	}
+	return readBatch(fp.flows, func(k [36]byte, v [32]byte) { fn(k[:], v[:]) })
+}
+
+// readBatch reads a whole map in batches of fixed-size keys and values.
+func readBatch[K, V any](m *ebpf.Map, fn func(K, V)) error {
 	const chunk = 4096
-	keys := make([][flowKeySize]byte, chunk)
-	vals := make([][flowValSize]byte, chunk)
+	keys := make([]K, chunk)
+	vals := make([]V, chunk)
 	var cursor ebpf.MapBatchCursor
 	for {
 		n, err := m.BatchLookup(&cursor, keys, vals, nil)
@@ -346,7 +414,7 @@ func readAll(m *ebpf.Map, fn func([flowKeySize]byte, [flowValSize]byte)) error {
 	}
 }
 
-// Close detaches the program and frees the maps; pinned flows end with it.
+// Close detaches the programs and frees the maps; pinned flows end with them.
 func (p *Path) Close() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -360,7 +428,13 @@ func (p *Path) Close() error {
 			errs = append(errs, prog.Close())
 		}
 	}
-	for _, m := range []*ebpf.Map{p.services, p.tables, p.flows, p.stats} {
+	ms := []*ebpf.Map{p.stats}
+	for _, fp := range p.fams {
+		if fp != nil {
+			ms = append(ms, fp.services, fp.tables, fp.flows)
+		}
+	}
+	for _, m := range ms {
 		if m != nil {
 			errs = append(errs, m.Close())
 		}
@@ -378,29 +452,61 @@ func flowMapFlags(maxFlows int) uint32 {
 	return 0
 }
 
-// putAddr writes an IPv4 address and port in network order: the layout of
-// a slot value and of a service key.
-func putAddr(b []byte, a netip.AddrPort) {
-	ip := a.Addr().As4()
-	copy(b[0:4], ip[:])
-	binary.BigEndian.PutUint16(b[4:6], a.Port())
+// slotValues shapes flat slot values as the batch call wants them: one
+// fixed-size array per key.
+func slotValues(flat []byte, size int) any {
+	switch size {
+	case ipv4.slotValSize:
+		v := make([][ipv4SlotSize]byte, len(flat)/size)
+		for i := range v {
+			copy(v[i][:], flat[i*size:])
+		}
+		return v
+	default:
+		v := make([][ipv6SlotSize]byte, len(flat)/size)
+		for i := range v {
+			copy(v[i][:], flat[i*size:])
+		}
+		return v
+	}
 }
 
-func decodeFlow(key [flowKeySize]byte, val [flowValSize]byte) Flow {
+// putAddr writes an address and port in network order: the layout of a
+// slot value, a service key and the head of a flow value.
+func putAddr(b []byte, a netip.AddrPort) {
+	ip := a.Addr().AsSlice()
+	copy(b, ip)
+	binary.BigEndian.PutUint16(b[len(ip):], a.Port())
+}
+
+func (fp *famPath) addr(b []byte) netip.Addr {
+	a, _ := netip.AddrFromSlice(b[:fp.f.addrLen])
+	return a
+}
+
+func (fp *famPath) svc(v []byte) uint16 { return binary.NativeEndian.Uint16(v[fp.f.addrLen+2:]) }
+
+func (fp *famPath) last(v []byte) uint64 { return binary.NativeEndian.Uint64(v[fp.f.lastOff:]) }
+
+func (fp *famPath) decode(key, val []byte) Flow {
+	a := int(fp.f.addrLen)
 	return Flow{
-		Service: int(binary.NativeEndian.Uint16(val[6:]) & svcMask),
-		Client:  netip.AddrPortFrom(netip.AddrFrom4([4]byte(key[0:4])), binary.BigEndian.Uint16(key[8:])),
-		Target:  netip.AddrPortFrom(netip.AddrFrom4([4]byte(val[0:4])), binary.BigEndian.Uint16(val[4:])),
+		Service: int(fp.svc(val) & svcMask),
+		Client:  netip.AddrPortFrom(fp.addr(key), binary.BigEndian.Uint16(key[2*a:])),
+		Target:  netip.AddrPortFrom(fp.addr(val), binary.BigEndian.Uint16(val[a:])),
 	}
 }
 
 // reverseKey is the target-side tuple of a flow: target, client, target
 // port, client port.
-func reverseKey(dst *[flowKeySize]byte, key [flowKeySize]byte, val [flowValSize]byte) {
-	copy(dst[0:4], val[0:4])
-	copy(dst[4:8], key[0:4])
-	copy(dst[8:10], val[4:6])
-	copy(dst[10:12], key[8:10])
+func (fp *famPath) reverseKey(key, val []byte) []byte {
+	a := int(fp.f.addrLen)
+	r := make([]byte, fp.f.keySize)
+	copy(r[0:a], val[0:a])
+	copy(r[a:2*a], key[0:a])
+	copy(r[2*a:2*a+2], val[a:a+2])
+	copy(r[2*a+2:2*a+4], key[2*a:2*a+2])
+	return r
 }
 
 // monotonic is the clock bpf_ktime_get_ns reads.

@@ -324,7 +324,7 @@ func TestNoTarget(t *testing.T) {
 		t.Fatalf("stats %+v", st)
 	}
 	if _, err := p.AddService(netip.MustParseAddrPort("[::1]:53"), time.Minute, false); err == nil {
-		t.Fatal("an IPv6 service was accepted")
+		t.Fatal("an IPv6 service was accepted by a path sized for IPv4 only")
 	}
 	if err := p.SetTable(id, make([]netip.AddrPort, 3)); err == nil {
 		t.Fatal("a short table was accepted")
@@ -340,6 +340,7 @@ func FuzzProgram(f *testing.F) {
 	f.Add(packet(client, vip, []byte("query")), false)
 	f.Add(packet(client, vip, nil)[:41], false)
 	f.Add(packet(netip.MustParseAddrPort("10.0.0.1:53"), client, []byte("reply")), true)
+	f.Add(packet6(netip.MustParseAddrPort("[fd00::9]:40000"), netip.MustParseAddrPort("[fd00::53]:53"), []byte("query")), false)
 	f.Fuzz(func(t *testing.T, frame []byte, keepHeader bool) {
 		if len(frame) < 14 {
 			return // the kernel's test run wants an Ethernet header
@@ -350,6 +351,9 @@ func FuzzProgram(f *testing.F) {
 			// Keep a well-formed header and fuzz the rest, so the rewrite
 			// paths are reached too.
 			in = packet(client, vip, frame[42:])
+			if frame[0]&1 == 1 {
+				in = packet6(netip.MustParseAddrPort("[fd00::9]:40000"), netip.MustParseAddrPort("[fd00::53]:53"), frame[42:])
+			}
 		}
 		for _, prog := range []*ebpf.Program{p.ingress, p.egress} {
 			checkFrame(t, prog, in)
@@ -372,6 +376,14 @@ func checkFrame(t *testing.T, prog *ebpf.Program, in []byte) {
 			t.Fatalf("returned %d but changed the frame", ret)
 		}
 	case tcxPass:
+		if binary.BigEndian.Uint16(in[12:]) == 0x86dd {
+			if csum(pseudo6(in), in[54:]) == 0xffff {
+				if c := csum(pseudo6(out), out[54:]); c != 0xffff {
+					t.Fatalf("a valid UDP checksum became invalid: %#x", c)
+				}
+			}
+			return
+		}
 		if c := csum(0, out[14:34]); c != 0xffff && csum(0, in[14:34]) == 0xffff {
 			t.Fatalf("a valid IP checksum became %#x", c)
 		}
@@ -394,10 +406,18 @@ var shared struct {
 // slot targets.
 func fuzzPath(t *testing.T) *Path {
 	if shared.p == nil && shared.err == nil {
-		shared.p, shared.err = New(Options{MaxFlows: 1024, Services: 1})
+		shared.p, shared.err = New(Options{MaxFlows: 1024, Services: 1, Services6: 1})
 		if shared.err == nil {
 			id, _ := shared.p.AddService(netip.MustParseAddrPort("127.0.0.53:53"), time.Minute, false)
 			shared.err = shared.p.SetTable(id, slotTargets())
+		}
+		if shared.err == nil {
+			id, _ := shared.p.AddService(netip.MustParseAddrPort("[fd00::53]:53"), time.Minute, false)
+			slots := make([]netip.AddrPort, maglev.DefaultSize)
+			for i := range slots {
+				slots[i] = netip.MustParseAddrPort("[fd00::1]:5353")
+			}
+			shared.err = shared.p.SetTable(id, slots)
 		}
 	}
 	if shared.err != nil {
@@ -420,5 +440,121 @@ func TestLargeBoundLoads(t *testing.T) {
 	}
 	if ret, _ := run(t, p, packet(netip.MustParseAddrPort("127.0.0.9:9"), vip, nil)); ret != tcxPass {
 		t.Fatalf("returned %d", ret)
+	}
+}
+
+// packet6 builds an Ethernet frame with IPv6 and UDP, checksum set.
+func packet6(src, dst netip.AddrPort, payload []byte) []byte {
+	b := make([]byte, 62+len(payload))
+	binary.BigEndian.PutUint16(b[12:], 0x86dd)
+	ip := b[14:54]
+	ip[0] = 0x60
+	binary.BigEndian.PutUint16(ip[4:], uint16(8+len(payload)))
+	ip[6], ip[7] = 17, 64
+	s, d := src.Addr().As16(), dst.Addr().As16()
+	copy(ip[8:], s[:])
+	copy(ip[24:], d[:])
+	udp := b[54:]
+	binary.BigEndian.PutUint16(udp[0:], src.Port())
+	binary.BigEndian.PutUint16(udp[2:], dst.Port())
+	binary.BigEndian.PutUint16(udp[4:], uint16(8+len(payload)))
+	copy(udp[8:], payload)
+	c := ^csum(pseudo6(b), udp)
+	if c == 0 {
+		c = 0xffff
+	}
+	binary.BigEndian.PutUint16(udp[6:], c)
+	return b
+}
+
+func pseudo6(b []byte) uint32 {
+	var p [40]byte
+	copy(p[0:32], b[22:54])
+	binary.BigEndian.PutUint32(p[32:], uint32(len(b)-54))
+	p[39] = 17
+	return uint32(csum(0, p[:]))
+}
+
+func addrs6(b []byte) (src, dst netip.AddrPort) {
+	src = netip.AddrPortFrom(netip.AddrFrom16([16]byte(b[22:38])), binary.BigEndian.Uint16(b[54:]))
+	dst = netip.AddrPortFrom(netip.AddrFrom16([16]byte(b[38:54])), binary.BigEndian.Uint16(b[56:]))
+	return
+}
+
+// IPv6 is served like IPv4: the slot user space computes, a valid UDP
+// checksum, pinning, replies rewritten on egress, and IPv4 services beside.
+func TestProgramIPv6(t *testing.T) {
+	p := newPath(t, Options{MaxFlows: 1024, Services: 1, Services6: 2})
+	vip := netip.MustParseAddrPort("[fd00::53]:53")
+	sticky := netip.MustParseAddrPort("[fd00::54]:53")
+	slots := make([]netip.AddrPort, maglev.DefaultSize)
+	for i := range slots {
+		slots[i] = netip.AddrPortFrom(netip.AddrFrom16([16]byte{0: 0xfd, 13: byte(i >> 16), 14: byte(i >> 8), 15: byte(i)}), 5353)
+	}
+	for _, v := range []netip.AddrPort{vip, sticky} {
+		id, err := p.AddService(v, time.Minute, v == sticky)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.SetTable(id, slots); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := rand.New(rand.NewPCG(3, 4))
+	var client netip.AddrPort
+	var target netip.AddrPort
+	for i := range 200 {
+		var a [16]byte
+		a[0] = 0xfd
+		for j := 1; j < 16; j++ {
+			a[j] = byte(r.IntN(256))
+		}
+		client = netip.AddrPortFrom(netip.AddrFrom16(a), uint16(1024+r.IntN(60000)))
+		to, want := vip, balance.FlowHash(balance.ProtoUDP, client, vip)
+		if i%2 == 1 {
+			to, want = sticky, balance.SourceHash(client.Addr())
+		}
+		ret, out := run(t, p, packet6(client, to, make([]byte, r.IntN(64))))
+		if ret != tcxPass {
+			t.Fatalf("flow %d: returned %d", i, ret)
+		}
+		src, dst := addrs6(out)
+		b := dst.Addr().As16()
+		if got := int(b[13])<<16 | int(b[14])<<8 | int(b[15]); src != client || got != int(want%maglev.DefaultSize) || dst.Port() != 5353 {
+			t.Fatalf("flow %d from %s: %s → %s, slot %d; user space says slot %d", i, client, src, dst, got, want%maglev.DefaultSize)
+		}
+		if c := csum(pseudo6(out), out[54:]); c != 0xffff {
+			t.Fatalf("UDP checksum does not verify: %#x", c)
+		}
+		target = dst
+	}
+	// The last flow (sticky) again: pinned. Its reply: rewritten on egress.
+	_, out := run(t, p, packet6(client, sticky, []byte("again")))
+	if _, dst := addrs6(out); dst != target {
+		t.Fatalf("pinned flow went to %s, want %s", dst, target)
+	}
+	reply := packet6(target, client, []byte("answer"))
+	if ret, _ := run(t, p, reply); ret != tcxNext {
+		t.Fatal("ingress rewrote a reply")
+	}
+	ret, out := runOut(t, p, reply)
+	if src, dst := addrs6(out); ret != tcxPass || src != sticky || dst != client {
+		t.Fatalf("reply: %d %s → %s, want from %s", ret, src, dst, sticky)
+	}
+	if c := csum(pseudo6(out), out[54:]); c != 0xffff {
+		t.Fatalf("reply UDP checksum does not verify: %#x", c)
+	}
+	if n, err := p.EndFlowsTo(target); n != 1 || err != nil {
+		t.Fatalf("ended %d flows (%v)", n, err)
+	}
+	n := 0
+	if _, err := p.Sweep(func(Flow) { n++ }); err != nil || n != 199 {
+		t.Fatalf("sweep saw %d flows (%v), want 199", n, err)
+	}
+	if _, err := p.AddService(netip.MustParseAddrPort("[fd00::55]:53"), time.Minute, false); err == nil {
+		t.Fatal("a third IPv6 service was accepted with room for two")
+	}
+	if _, err := p.AddService(netip.MustParseAddrPort("127.0.0.53:53"), time.Minute, false); err != nil {
+		t.Fatalf("the IPv4 service beside: %v", err)
 	}
 }

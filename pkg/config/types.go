@@ -29,9 +29,9 @@ type Config struct {
 	// (load_balancer.endpoint_id).
 	EndpointID string
 	// UDPFastPath forwards qualifying UDP listeners in the kernel (a tc
-	// program) instead of through sockets (load_balancer.udp_fast_path): an
-	// IPv4 bind address, one target group with preserve_client_ip on and no
-	// PROXY header, no allow/deny list.
+	// program) instead of through sockets (load_balancer.udp_fast_path): a
+	// specific bind address, one target group with preserve_client_ip on and
+	// no PROXY header, no allow/deny list.
 	UDPFastPath bool
 	// UDPFastPathInterfaces are where the program runs; empty means every
 	// interface that is up (loopback and Ethernet).
