@@ -52,6 +52,19 @@ func userSpaceChoice(t *testing.T, srv *Server, client, vip netip.AddrPort) neti
 	return netip.MustParseAddrPort(rt.Target)
 }
 
+// landedAsRouted checks that the one datagram of client's flow reached the
+// target l4lb route names for it.
+func landedAsRouted(t *testing.T, srv *Server, byAddr map[netip.AddrPort]*udpTarget, client, vip netip.AddrPort) {
+	t.Helper()
+	want := byAddr[userSpaceChoice(t, srv, client, vip)]
+	want.mu.Lock()
+	got := want.seen[client]
+	want.mu.Unlock()
+	if got != 1 {
+		t.Fatalf("flow from %s: not seen by %s, the target l4lb route names", client, want.addr)
+	}
+}
+
 // Through the kernel: 1000 flows over weights 1:1:2 land within ±10%, each on
 // the target user space (and l4lb route) picks; targets see the client's own
 // address and replies come from the listener's; nothing passes through user
@@ -83,14 +96,8 @@ func TestKernelUDPFlows(t *testing.T) {
 		conns[i] = c
 		exchange(t, c, []byte("q")) // a connected socket takes replies from vip only
 	}
-	for i, client := range clients {
-		want := byAddr[userSpaceChoice(t, srv, client, vip)]
-		want.mu.Lock()
-		got := want.seen[client]
-		want.mu.Unlock()
-		if got != 1 {
-			t.Fatalf("flow %d from %s: not seen by %s, the target user space picks", i, client, want.addr)
-		}
+	for _, client := range clients {
+		landedAsRouted(t, srv, byAddr, client, vip)
 	}
 	for i, share := range []float64{0.25, 0.25, 0.5} {
 		want := share * n
@@ -248,21 +255,14 @@ func TestKernelUDPFlowsIPv6(t *testing.T) {
 	vip := probe.LocalAddr().(*net.UDPAddr).AddrPort()
 	probe.Close()
 	srv, _ := kernelServer(t, vip, cts, time.Minute)
-	for i := range 300 {
+	for range 300 {
 		c, err := net.DialUDP("udp6", nil, net.UDPAddrFromAddrPort(vip))
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer c.Close()
 		exchange(t, c, []byte("q"))
-		client := c.LocalAddr().(*net.UDPAddr).AddrPort()
-		want := byAddr[userSpaceChoice(t, srv, client, vip)]
-		want.mu.Lock()
-		got := want.seen[client]
-		want.mu.Unlock()
-		if got != 1 {
-			t.Fatalf("flow %d from %s: not seen by %s, the target l4lb route names", i, client, want.addr)
-		}
+		landedAsRouted(t, srv, byAddr, c.LocalAddr().(*net.UDPAddr).AddrPort(), vip)
 	}
 	if l := srv.udp[0].table.Len(); l != 0 {
 		t.Fatalf("%d flows went through user space", l)
