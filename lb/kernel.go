@@ -60,8 +60,6 @@ func kernelEligible(u *udpFront) string {
 		return "its target group does not preserve the client IP (preserve_client_ip.enabled)"
 	case r.groups[0].cfg.Attributes.ProxyProtocolV2:
 		return "its target group sends a PROXY header"
-	case len(u.acl.deny) > 0 || !u.acl.allowAll:
-		return "it has an allow or deny list"
 	}
 	return ""
 }
@@ -96,6 +94,7 @@ func (s *Server) startKernelPath() {
 func (s *Server) newKernelPath(fronts []*udpFront) (*kernelPath, error) {
 	opts := fastpath.Options{MaxFlows: s.cfg.MaxFlows}
 	for _, u := range fronts {
+		opts.ACLPrefixes += len(u.acl.allow) + len(u.acl.deny)
 		if u.bindA.IP.Unmap().Is4() {
 			opts.Services++
 		} else {
@@ -112,6 +111,9 @@ func (s *Server) newKernelPath(fronts []*udpFront) (*kernelPath, error) {
 		vip = netip.AddrPortFrom(vip.Addr().Unmap(), vip.Port())
 		g := u.route.Load().groups[0]
 		id, err := p.AddService(vip, u.cfg.UDPIdleTimeout, g.cfg.Attributes.Stickiness)
+		if err == nil {
+			err = p.SetACL(id, u.acl.allow, u.acl.deny)
+		}
 		if err != nil {
 			p.Close()
 			return nil, err
@@ -303,6 +305,7 @@ func (k *kernelPath) collect() {
 		u.rejectFull.Add(float64(st.RefusedFull - d.RefusedFull))
 		u.rejectNoTgt.Add(float64(st.RefusedNoTarget - d.RefusedNoTarget))
 		u.dropped.Add(float64(st.RefusedCollision - d.RefusedCollision))
+		u.rejectACL.Add(float64(st.RefusedACL - d.RefusedACL))
 		f.last = st
 	}
 }
@@ -361,10 +364,12 @@ func (k *kernelPath) flows() int {
 	return n
 }
 
-// close stops the loop and unloads the program; the flows it pinned end.
+// close stops the loop and unloads the programs; the flows they pinned end.
+// The last counts reach the metrics first.
 func (k *kernelPath) close() {
 	close(k.stop)
 	<-k.done
+	k.collect()
 	for _, f := range k.fronts {
 		old := f.flows.Swap(0)
 		f.u.active.Add(float64(-old))

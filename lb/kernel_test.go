@@ -268,3 +268,50 @@ func TestKernelUDPFlowsIPv6(t *testing.T) {
 		t.Fatalf("%d flows went through user space", l)
 	}
 }
+
+// A listener's allow and deny lists hold on the fast path: an allowed client
+// is served, a denied one and one outside the list get nothing, and both
+// refusals are counted as acl.
+func TestKernelPathACL(t *testing.T) {
+	target := startUDPTarget(t, false)
+	vip := netip.MustParseAddrPort("127.48.0.100:9058")
+	cfg := udpConfig([]config.Target{{Address: target.addr, Weight: 1}}, func(l *config.Listener, g *config.TargetGroup) {
+		l.Bind = []config.BindAddr{{IP: vip.Addr()}}
+		l.Port = vip.Port()
+		l.Allow = []netip.Prefix{netip.MustParsePrefix("127.48.0.0/24")}
+		l.Deny = []netip.Prefix{netip.MustParsePrefix("127.48.0.5/32")}
+		g.Attributes.PreserveClientIP = true
+	})
+	cfg.UDPFastPath, cfg.UDPFastPathInterfaces = true, []string{"lo"}
+	reg := prometheus.NewRegistry()
+	srv := startedServer(t, cfg, Options{Metrics: metrics.New(reg)})
+	if srv.kernel.Load() == nil {
+		if os.Geteuid() != 0 && os.Getenv("CI") == "" {
+			t.Skip("the UDP fast path needs root")
+		}
+		t.Fatal("a listener with an allow list did not go to the kernel")
+	}
+	answered := func(from string) bool {
+		c, err := net.DialUDP("udp", &net.UDPAddr{IP: net.ParseIP(from)}, net.UDPAddrFromAddrPort(vip))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.Write([]byte("q"))
+		c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		_, err = c.Read(make([]byte, 16))
+		return err == nil
+	}
+	if !answered("127.48.0.1") {
+		t.Fatal("an allowed client got no answer")
+	}
+	for _, from := range []string{"127.48.0.5", "127.49.0.1"} {
+		if answered(from) {
+			t.Fatalf("%s was answered", from)
+		}
+	}
+	if target.flows() != 1 || srv.udp[0].table.Len() != 0 {
+		t.Fatalf("the target saw %d flows, user space %d; want 1 and 0", target.flows(), srv.udp[0].table.Len())
+	}
+	waitFor(t, func() bool { return counterValue(t, reg, "l4lb_rejected_flows_total") == 2 })
+}

@@ -329,10 +329,9 @@ func netnsServeKernel() {
 	}
 	fmt.Println("ready")
 	waitForParent()
-	k := srv.kernel.Load()
-	k.collect()
-	fmt.Printf("kernel_flows %v user_space_flows %d\n", gatherSum(reg, "l4lb_new_flows_total"), srv.udp[0].table.Len()+srv.udp[1].table.Len())
-	srv.Close()
+	user := srv.udp[0].table.Len() + srv.udp[1].table.Len()
+	srv.Close() // the kernel's last counts reach the metrics
+	fmt.Printf("kernel_flows %v user_space_flows %d\n", gatherSum(reg, "l4lb_new_flows_total"), user)
 }
 
 func gatherSum(reg *prometheus.Registry, name string) float64 {

@@ -45,6 +45,9 @@ type Options struct {
 	MaxFlows  int // flows pinned at once, per address family (default 65536)
 	Services  int // IPv4 listener addresses served (default 16 when neither is set)
 	Services6 int // IPv6 listener addresses served
+	// ACLPrefixes bounds the allow and deny prefixes of all services, per
+	// list and family (default 64).
+	ACLPrefixes int
 }
 
 // Path is the loaded programs, their maps and their attachments.
@@ -63,14 +66,16 @@ type Path struct {
 type famPath struct {
 	f                       family
 	services, tables, flows *ebpf.Map
-	max                     int // services it has tables for
-	n                       int // services it serves
+	allow, deny             *ebpf.Map // LPM tries keyed by service and prefix
+	max                     int       // services it has tables for
+	n                       int       // services it serves
 }
 
 type service struct {
 	vip    netip.AddrPort
 	idle   time.Duration
 	sticky bool
+	flags  uint32 // svcSticky, svcAllow, svcDeny
 	fam    *famPath
 	index  int // within its family: which tables are its own
 	active int // which of the service's two tables the program reads
@@ -84,6 +89,7 @@ type Stats struct {
 	RefusedFull          uint64 // the flow map was full
 	RefusedNoTarget      uint64 // the table had no target
 	RefusedCollision     uint64 // another listener's flow holds the same target-side tuple
+	RefusedACL           uint64 // the listener's allow or deny list
 }
 
 // Flow is one pinned flow, as the sweep sees it.
@@ -106,6 +112,9 @@ func New(opts Options) (*Path, error) {
 		opts.Services = 16
 	}
 	opts.Services, opts.Services6 = max(opts.Services, 0), max(opts.Services6, 0)
+	if opts.ACLPrefixes <= 0 {
+		opts.ACLPrefixes = 64
+	}
 	if opts.Services+opts.Services6 > svcMask {
 		return nil, fmt.Errorf("fastpath: %d services; at most %d", opts.Services+opts.Services6, svcMask)
 	}
@@ -147,10 +156,20 @@ func New(opts Options) (*Path, error) {
 			ValueSize: uint32(f.valSize), MaxEntries: uint32(2 * flows), Flags: flowMapFlags(flows)}); err != nil {
 			return fail(err)
 		}
+		for _, acl := range []struct {
+			m    **ebpf.Map
+			name string
+		}{{&fp.allow, "l4lb_allow"}, {&fp.deny, "l4lb_deny"}} {
+			if *acl.m, err = newMap(ebpf.MapSpec{Name: acl.name + f.name, Type: ebpf.LPMTrie, KeySize: uint32(8 + f.addrLen),
+				ValueSize: 1, MaxEntries: uint32(opts.ACLPrefixes), Flags: unix.BPF_F_NO_PREALLOC}); err != nil {
+				return fail(err)
+			}
+		}
 	}
 	m := maps{stats: p.stats.FD()}
 	for i, fm := range []*famMaps{&m.v4, &m.v6} {
-		*fm = famMaps{p.fams[i].services.FD(), p.fams[i].tables.FD(), p.fams[i].flows.FD()}
+		fp := p.fams[i]
+		*fm = famMaps{fp.services.FD(), fp.tables.FD(), fp.flows.FD(), fp.allow.FD(), fp.deny.FD()}
 	}
 	for _, side := range []struct {
 		prog   **ebpf.Program
@@ -196,7 +215,11 @@ func (p *Path) AddService(vip netip.AddrPort, idle time.Duration, sticky bool) (
 			return 0, fmt.Errorf("fastpath: %s served twice", vip)
 		}
 	}
-	p.svcs = append(p.svcs, &service{vip: vip, idle: idle, sticky: sticky, fam: fp, index: fp.n})
+	s := &service{vip: vip, idle: idle, sticky: sticky, fam: fp, index: fp.n}
+	if sticky {
+		s.flags |= svcSticky
+	}
+	p.svcs = append(p.svcs, s)
 	fp.n++
 	return len(p.svcs) - 1, nil
 }
@@ -232,14 +255,54 @@ func (p *Path) SetTable(id int, slots []netip.AddrPort) error {
 	putAddr(key, s.vip)
 	var val [svcValSize]byte
 	binary.NativeEndian.PutUint32(val[0:], base)
-	if s.sticky {
-		binary.NativeEndian.PutUint32(val[4:], svcSticky)
-	}
+	binary.NativeEndian.PutUint32(val[4:], s.flags)
 	binary.NativeEndian.PutUint32(val[8:], uint32(id))
 	if err := fp.services.Update(key, val[:], ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("fastpath: switching table: %w", err)
 	}
 	s.active = next
+	return nil
+}
+
+// SetACL gives service id the allow and deny lists of its listener, with
+// l4lb's meaning: a deny match refuses a new flow, then only an allow match
+// admits it. Prefixes of the other family are left out, as they can never
+// match. Call it before the service's first SetTable.
+func (p *Path) SetACL(id int, allow, deny []netip.Prefix) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s := p.svcs[id]
+	fp := s.fam
+	is6 := fp.f.addrLen == 16
+	all := false
+	for _, list := range []struct {
+		m    *ebpf.Map
+		ps   []netip.Prefix
+		flag uint32
+	}{{fp.allow, allow, svcAllow}, {fp.deny, deny, svcDeny}} {
+		for _, pre := range list.ps {
+			pre = pre.Masked()
+			if pre.Addr().Is6() != is6 || pre.Addr().Is4In6() {
+				continue
+			}
+			if list.flag == svcAllow && pre.Bits() == 0 {
+				all = true // the whole family is allowed: no check
+			}
+			key := make([]byte, 8+fp.f.addrLen)
+			binary.NativeEndian.PutUint32(key[0:], uint32(32+pre.Bits()))
+			binary.NativeEndian.PutUint32(key[4:], uint32(id))
+			copy(key[8:], pre.Addr().AsSlice())
+			if err := list.m.Update(key, []byte{1}, ebpf.UpdateAny); err != nil {
+				return fmt.Errorf("fastpath: %s: adding %s: %w", s.vip, pre, err)
+			}
+			s.flags |= list.flag
+		}
+	}
+	if all {
+		s.flags &^= svcAllow
+	} else {
+		s.flags |= svcAllow // no allow prefix of this family: nothing is admitted
+	}
 	return nil
 }
 
@@ -271,7 +334,7 @@ func (p *Path) Attach(ifname string) error {
 func (p *Path) Stats(id int) (Stats, error) {
 	var st Stats
 	dst := []*[2]uint64{
-		statForward: {}, statReply: {}, statNewFlow: {}, statFull: {}, statNoTarget: {}, statCollide: {},
+		statForward: {}, statReply: {}, statNewFlow: {}, statFull: {}, statNoTarget: {}, statCollide: {}, statACL: {},
 	}
 	for kind, d := range dst {
 		var per [][statValSize]byte
@@ -289,6 +352,7 @@ func (p *Path) Stats(id int) (Stats, error) {
 	st.RefusedFull = dst[statFull][0]
 	st.RefusedNoTarget = dst[statNoTarget][0]
 	st.RefusedCollision = dst[statCollide][0]
+	st.RefusedACL = dst[statACL][0]
 	return st, nil
 }
 
@@ -431,7 +495,7 @@ func (p *Path) Close() error {
 	ms := []*ebpf.Map{p.stats}
 	for _, fp := range p.fams {
 		if fp != nil {
-			ms = append(ms, fp.services, fp.tables, fp.flows)
+			ms = append(ms, fp.services, fp.tables, fp.flows, fp.allow, fp.deny)
 		}
 	}
 	for _, m := range ms {

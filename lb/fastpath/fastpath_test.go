@@ -558,3 +558,72 @@ func TestProgramIPv6(t *testing.T) {
 		t.Fatalf("the IPv4 service beside: %v", err)
 	}
 }
+
+// Allow and deny lists apply to new flows as in user space: a deny match
+// refuses even inside an allowed prefix, outside every allowed prefix is
+// refused, and each refusal is counted. IPv6 alike; a list that allows the
+// whole family checks nothing.
+func TestProgramACL(t *testing.T) {
+	p := newPath(t, Options{MaxFlows: 64, Services: 2, Services6: 1})
+	pfx := func(ss ...string) (out []netip.Prefix) {
+		for _, s := range ss {
+			out = append(out, netip.MustParsePrefix(s))
+		}
+		return out
+	}
+	v4 := netip.MustParseAddrPort("127.0.0.53:53")
+	open4 := netip.MustParseAddrPort("127.0.0.54:53")
+	v6 := netip.MustParseAddrPort("[fd00::53]:53")
+	slots6 := make([]netip.AddrPort, maglev.DefaultSize)
+	for i := range slots6 {
+		slots6[i] = netip.MustParseAddrPort("[fd00::1]:5353")
+	}
+	for _, c := range []struct {
+		vip         netip.AddrPort
+		allow, deny []netip.Prefix
+		slots       []netip.AddrPort
+	}{
+		{v4, pfx("127.1.0.0/16", "fd00::/8"), pfx("127.1.2.0/24"), slotTargets()},
+		{open4, pfx("0.0.0.0/0", "::/0"), nil, slotTargets()},
+		{v6, pfx("127.1.0.0/16", "fd00::/8"), pfx("fd00:1::/32"), slots6},
+	} {
+		id, err := p.AddService(c.vip, time.Minute, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.SetACL(id, c.allow, c.deny); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.SetTable(id, c.slots); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range []struct {
+		client string
+		vip    netip.AddrPort
+		want   int32
+	}{
+		{"127.1.1.1:1000", v4, tcxPass},
+		{"127.1.2.3:1000", v4, tcxDrop}, // denied inside the allowed /16
+		{"127.2.0.1:1000", v4, tcxDrop}, // not allowed
+		{"127.2.0.1:1000", open4, tcxPass},
+		{"[fd00:2::1]:1000", v6, tcxPass},
+		{"[fd00:1::1]:1000", v6, tcxDrop},
+		{"[fe80::1]:1000", v6, tcxDrop},
+	} {
+		client := netip.MustParseAddrPort(c.client)
+		build := packet
+		if client.Addr().Is6() {
+			build = packet6
+		}
+		pkt := build(client, c.vip, []byte("q"))
+		if ret, _ := run(t, p, pkt); ret != c.want {
+			t.Errorf("%s to %s: returned %d, want %d", client, c.vip, ret, c.want)
+		}
+	}
+	for id, want := range []uint64{2, 0, 2} {
+		if st, _ := p.Stats(id); st.RefusedACL != want {
+			t.Errorf("service %d: %d refused by its lists, want %d", id, st.RefusedACL, want)
+		}
+	}
+}

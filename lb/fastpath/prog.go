@@ -78,6 +78,8 @@ const (
 	stRevKey  = -136 // reverse key: target, client, target port, client port, pad
 	stRevVal  = -168 // reverse value: vip address, vip port, service, last seen
 	stFwdVal  = -200 // forward value: target address, target port, service, last seen
+	stFlags   = -204 // the service's flags
+	stACLKey  = -232 // ACL key: prefix length, service id, address
 )
 
 // Stack positions inside the flow key.
@@ -95,21 +97,24 @@ const (
 	statFull            // new flows refused: a flow map is full
 	statNoTarget        // new flows refused: the table has no target
 	statCollide         // new flows refused: a flow with the same target-side tuple exists for another listener
+	statACL             // new flows refused by the listener's allow or deny list
 	statKinds    = 8
 )
 
 // Value layouts shared with the Go side.
 const (
-	svcValSize  = 16 // table base u32, flags u32, service id u32, pad
-	statValSize = 16 // count u64, bytes u64
-	svcSticky   = 1
+	svcValSize  = 16     // table base u32, flags u32, service id u32, pad
+	statValSize = 16     // count u64, bytes u64
+	svcSticky   = 1      // service flags
+	svcAllow    = 2      // check the allow list (it does not admit the whole family)
+	svcDeny     = 4      // check the deny list
 	replyFlag   = 0x8000 // in a flow value's service field: a reply entry
 	svcMask     = 0x7fff
 )
 
 // famMaps are one family's map descriptors.
 type famMaps struct {
-	services, tables, flows int
+	services, tables, flows, allow, deny int
 }
 
 // maps are the descriptors the program is built against.
@@ -228,6 +233,33 @@ func (b *builder) family(f family, m famMaps, egress bool) {
 		asm.LoadMem(asm.R8, asm.R0, 0, asm.Word), // table base
 		asm.LoadMem(asm.R9, asm.R0, 8, asm.Word), // service id
 		asm.LoadMem(asm.R1, asm.R0, 4, asm.Word), // flags
+		asm.StoreMem(asm.RFP, stFlags, asm.R1, asm.Word),
+		asm.And.Imm(asm.R1, svcAllow|svcDeny),
+		asm.JEq.Imm(asm.R1, 0, f.label("acl_ok")),
+	)
+	// The listener's allow and deny lists, as user space applies them: a
+	// deny match refuses, then only an allow match admits.
+	b.emit(
+		asm.StoreImm(asm.RFP, stACLKey, int64(32+8*f.addrLen), asm.Word), // the service id, then the address
+		asm.StoreMem(asm.RFP, stACLKey+4, asm.R9, asm.Word),
+	)
+	b.copyWords(asm.RFP, f.stSaddr(), asm.RFP, stACLKey+8, f.addrLen)
+	b.emit(
+		asm.LoadMem(asm.R1, asm.RFP, stFlags, asm.Word),
+		asm.And.Imm(asm.R1, svcDeny),
+		asm.JEq.Imm(asm.R1, 0, f.label("allow")),
+	)
+	b.lookup(m.deny, stACLKey)
+	b.emit(
+		asm.JNE.Imm(asm.R0, 0, f.label("acl_refused")),
+		asm.LoadMem(asm.R1, asm.RFP, stFlags, asm.Word).WithSymbol(f.label("allow")),
+		asm.And.Imm(asm.R1, svcAllow),
+		asm.JEq.Imm(asm.R1, 0, f.label("acl_ok")),
+	)
+	b.lookup(m.allow, stACLKey)
+	b.emit(
+		asm.JEq.Imm(asm.R0, 0, f.label("acl_refused")),
+		asm.LoadMem(asm.R1, asm.RFP, stFlags, asm.Word).WithSymbol(f.label("acl_ok")),
 		asm.And.Imm(asm.R1, svcSticky),
 		asm.JNE.Imm(asm.R1, 0, f.label("sticky")),
 	)
@@ -313,7 +345,7 @@ func (b *builder) family(f family, m famMaps, egress bool) {
 	for _, r := range []struct {
 		label string
 		kind  int
-	}{{"full", statFull}, {"no_target", statNoTarget}, {"collide", statCollide}} {
+	}{{"full", statFull}, {"no_target", statNoTarget}, {"collide", statCollide}, {"acl_refused", statACL}} {
 		b.emit(asm.Mov.Imm(asm.R0, 0).WithSymbol(f.label(r.label)))
 		b.count(r.kind)
 		b.emit(asm.Mov.Imm(asm.R0, tcxDrop), asm.Return())

@@ -31,7 +31,7 @@ type Config struct {
 	// UDPFastPath forwards qualifying UDP listeners in the kernel (a tc
 	// program) instead of through sockets (load_balancer.udp_fast_path): a
 	// specific bind address, one target group with preserve_client_ip on and
-	// no PROXY header, no allow/deny list.
+	// no PROXY header.
 	UDPFastPath bool
 	// UDPFastPathInterfaces are where the program runs; empty means every
 	// interface that is up (loopback and Ethernet).
