@@ -18,7 +18,7 @@ import (
 // kernelServer starts a UDP listener at vip on the kernel fast path, on lo
 // only. It skips where BPF needs a root this run does not have; in CI (root)
 // a fast path that does not come up fails the test.
-func kernelServer(t *testing.T, vip netip.AddrPort, cts []config.Target, idle time.Duration, mods ...func(*config.TargetGroup)) (*Server, *prometheus.Registry) {
+func kernelServer(t *testing.T, vip netip.AddrPort, cts []config.Target, idle time.Duration, mods ...func(*config.Listener, *config.TargetGroup)) (*Server, *prometheus.Registry) {
 	t.Helper()
 	cfg := udpConfig(cts, func(l *config.Listener, g *config.TargetGroup) {
 		l.Bind = []config.BindAddr{{IP: vip.Addr()}}
@@ -26,7 +26,7 @@ func kernelServer(t *testing.T, vip netip.AddrPort, cts []config.Target, idle ti
 		l.UDPIdleTimeout = idle
 		g.Attributes.PreserveClientIP = true
 		for _, m := range mods {
-			m(g)
+			m(l, g)
 		}
 	})
 	cfg.UDPFastPath, cfg.UDPFastPathInterfaces = true, []string{"lo"}
@@ -195,7 +195,7 @@ func TestUDPDeregistrationEndsFlows(t *testing.T) {
 			a := startUDPTargetAt(t, false, &net.UDPAddr{IP: net.IPv4(127, 47, 0, 1)})
 			b := startUDPTargetAt(t, false, &net.UDPAddr{IP: net.IPv4(127, 47, 0, 2)})
 			cts := []config.Target{{Address: a.addr, Weight: 1}, {Address: b.addr, Weight: 1}}
-			mod := func(g *config.TargetGroup) {
+			mod := func(_ *config.Listener, g *config.TargetGroup) {
 				g.Attributes.DeregistrationDelay = 300 * time.Millisecond
 				g.Attributes.DeregistrationConnectionTermination = true
 			}
@@ -206,7 +206,7 @@ func TestUDPDeregistrationEndsFlows(t *testing.T) {
 				srv, _ = kernelServer(t, vip, cts, time.Minute, mod)
 				addr = vip.String()
 			} else {
-				srv, addr = startUDPServer(t, udpConfig(cts, func(_ *config.Listener, g *config.TargetGroup) { mod(g) }), Options{})
+				srv, addr = startUDPServer(t, udpConfig(cts, mod), Options{})
 			}
 			// One flow per client port until one lands on a.
 			var c net.Conn
@@ -279,22 +279,11 @@ func TestKernelUDPFlowsIPv6(t *testing.T) {
 func TestKernelPathACL(t *testing.T) {
 	target := startUDPTarget(t, false)
 	vip := netip.MustParseAddrPort("127.48.0.100:9058")
-	cfg := udpConfig([]config.Target{{Address: target.addr, Weight: 1}}, func(l *config.Listener, g *config.TargetGroup) {
-		l.Bind = []config.BindAddr{{IP: vip.Addr()}}
-		l.Port = vip.Port()
+	// kernelServer fails the test if a listener with lists stays out of the kernel.
+	srv, reg := kernelServer(t, vip, []config.Target{{Address: target.addr, Weight: 1}}, time.Minute, func(l *config.Listener, _ *config.TargetGroup) {
 		l.Allow = []netip.Prefix{netip.MustParsePrefix("127.48.0.0/24")}
 		l.Deny = []netip.Prefix{netip.MustParsePrefix("127.48.0.5/32")}
-		g.Attributes.PreserveClientIP = true
 	})
-	cfg.UDPFastPath, cfg.UDPFastPathInterfaces = true, []string{"lo"}
-	reg := prometheus.NewRegistry()
-	srv := startedServer(t, cfg, Options{Metrics: metrics.New(reg)})
-	if srv.kernel.Load() == nil {
-		if os.Geteuid() != 0 && os.Getenv("CI") == "" {
-			t.Skip("the UDP fast path needs root")
-		}
-		t.Fatal("a listener with an allow list did not go to the kernel")
-	}
 	answered := func(from string, wait time.Duration) bool {
 		c, err := net.DialUDP("udp", &net.UDPAddr{IP: net.ParseIP(from)}, net.UDPAddrFromAddrPort(vip))
 		if err != nil {

@@ -336,15 +336,7 @@ func netnsServeKernel() {
 
 func gatherSum(reg *prometheus.Registry, name string) float64 {
 	mfs, _ := reg.Gather()
-	sum := 0.0
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			for _, m := range mf.GetMetric() {
-				sum += metricValue(m)
-			}
-		}
-	}
-	return sum
+	return sumOf(mfs, name)
 }
 
 func netnsClient() {

@@ -217,6 +217,11 @@ func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return sumOf(mfs, name)
+}
+
+// sumOf adds up every series of the named metric.
+func sumOf(mfs []*dto.MetricFamily, name string) float64 {
 	sum := 0.0
 	for _, mf := range mfs {
 		if mf.GetName() == name {

@@ -133,30 +133,22 @@ func (t *Table[V]) Delete(k Key) {
 // to out, which it returns: the caller closes what they hold.
 func (t *Table[V]) Expire(now time.Time, out []V) []V {
 	cutoff := now.UnixNano() - t.idle
-	for i := range t.shards {
-		s := &t.shards[i]
-		s.mu.Lock()
-		for k, e := range s.m {
-			if e.last.Load() <= cutoff {
-				delete(s.m, k)
-				t.n.Add(-1)
-				out = append(out, e.v)
-			}
-		}
-		s.mu.Unlock()
-	}
-	return out
+	return t.remove(func(e *entry[V]) bool { return e.last.Load() <= cutoff }, out)
 }
 
 // RemoveIf removes every entry whose value matches and appends it to out,
 // which it returns: the caller closes what they hold. An entry is handed out
 // once, by RemoveIf or by Expire, never by both.
 func (t *Table[V]) RemoveIf(match func(V) bool, out []V) []V {
+	return t.remove(func(e *entry[V]) bool { return match(e.v) }, out)
+}
+
+func (t *Table[V]) remove(match func(*entry[V]) bool, out []V) []V {
 	for i := range t.shards {
 		s := &t.shards[i]
 		s.mu.Lock()
 		for k, e := range s.m {
-			if match(e.v) {
+			if match(e) {
 				delete(s.m, k)
 				t.n.Add(-1)
 				out = append(out, e.v)
