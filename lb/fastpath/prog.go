@@ -178,6 +178,10 @@ func (b *builder) family(f family, m famMaps, egress bool) {
 			asm.JNE.Imm(asm.R4, 0x60, "pass"),
 			asm.LoadMem(asm.R4, asm.R2, 20, asm.Byte),
 			asm.JNE.Imm(asm.R4, 17, "pass"), // UDP right after the fixed header
+			// A zero UDP checksum is invalid over IPv6 (RFC 8200 8.1); the
+			// stack drops it, and the checksum helpers would leave it zero.
+			asm.LoadMem(asm.R4, asm.R2, f.udpCsum(), asm.Half),
+			asm.JEq.Imm(asm.R4, 0, "pass"),
 		)
 	}
 	b.copyWords(asm.R2, f.offSaddr, asm.RFP, f.stSaddr(), f.addrLen)
