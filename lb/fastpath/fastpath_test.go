@@ -528,6 +528,13 @@ func TestProgramIPv6(t *testing.T) {
 		}
 		target = dst
 	}
+	// A zero UDP checksum is invalid over IPv6: left to the stack, which
+	// drops it, rather than rewritten with the zero kept.
+	zero := packet6(netip.MustParseAddrPort("[fd00::7]:7"), vip, []byte("q"))
+	zero[60], zero[61] = 0, 0
+	if ret, out := run(t, p, zero); ret != tcxNext || string(out) != string(zero) {
+		t.Fatalf("a zero-checksum IPv6 datagram: returned %d, changed %v", ret, string(out) != string(zero))
+	}
 	// The last flow (sticky) again: pinned. Its reply: rewritten on egress.
 	_, out := run(t, p, packet6(client, sticky, []byte("again")))
 	if _, dst := addrs6(out); dst != target {
