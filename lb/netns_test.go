@@ -212,6 +212,8 @@ func TestNetnsHelper(t *testing.T) {
 		netnsClient()
 	case "serve-kernel":
 		netnsServeKernel()
+	case "ports":
+		netnsPorts(t)
 	case "client-kernel":
 		for range 20 { // 20 flows per family, each from its own port
 			askUDP(net.JoinHostPort(nsLBFront, "8082"))
@@ -410,4 +412,62 @@ func waitForParent() {
 	case <-done:
 	case <-sig:
 	}
+}
+
+// Connections to targets take their source port at connect(2), so a port
+// is only unique per target: with 50 ephemeral ports, 70 flows spread over
+// two targets all connect. (A port taken at bind time is unique across all
+// destinations, and would cap them at 50.)
+func TestTargetPortsPerDestination(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("a network namespace needs root")
+	}
+	ipBin, err := exec.LookPath("ip")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("ip (iproute2) is not installed; make deps installs it")
+		}
+		t.Skip("ip (iproute2) is not installed")
+	}
+	ns := fmt.Sprintf("l4p%d", os.Getpid()%100000)
+	run(t, ipBin, "netns", "add", ns)
+	t.Cleanup(func() { exec.Command(ipBin, "netns", "del", ns).Run() })
+	run(t, ipBin, "netns", "exec", ns, "ip", "link", "set", "lo", "up")
+	cmd := exec.Command(ipBin, "netns", "exec", ns, os.Args[0], "-test.run=^TestNetnsHelper$")
+	cmd.Env = append(os.Environ(), "L4LB_NETNS_ROLE=ports")
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "served 70 of 70") {
+		t.Fatalf("%v\n%s", err, out)
+	}
+}
+
+// netnsPorts runs inside its own namespace, where narrowing the ephemeral
+// port range touches nothing else.
+func netnsPorts(t *testing.T) {
+	a, b := startEcho(t), startEcho(t)
+	srv := startedServer(t, testConfig([]config.Target{{Address: a.addr, Weight: 1}, {Address: b.addr, Weight: 1}}, nil), Options{ConnectTimeout: 2 * time.Second})
+	addr := srv.Addrs("test")[0].String()
+	if err := os.WriteFile("/proc/sys/net/ipv4/ip_local_port_range", []byte("40000 40049"), 0o644); err != nil {
+		fmt.Println("port range:", err)
+		return
+	}
+	served := 0
+	for i := range 70 {
+		// Clients bind ports outside the range, so only l4lb draws on it.
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 20000 + i}, Timeout: 5 * time.Second}
+		c, err := d.Dial("tcp", addr)
+		if err != nil {
+			fmt.Println("dial:", err)
+			continue
+		}
+		defer c.Close() // every flow stays open to the end
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		buf := make([]byte, 4)
+		if _, err := c.Write([]byte("ping")); err == nil {
+			if _, err := io.ReadFull(c, buf); err == nil {
+				served++
+			}
+		}
+	}
+	fmt.Printf("served %d of 70\n", served)
 }

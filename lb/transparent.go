@@ -37,7 +37,16 @@ func setTransparent(fd int, v6 bool) error {
 // and the collision counted (port_allocation_errors_total).
 func (s *Server) dialTarget(t *target, client netip.AddrPort, preserve bool) (*net.TCPConn, error) {
 	if !preserve {
-		return s.dialer.DialTCP(context.Background(), "tcp", netip.AddrPort{}, t.addr)
+		// No local address: DialTCP with a zero one would bind(0.0.0.0:0)
+		// first, which costs a system call and takes the source port at bind
+		// time, unique across all destinations, so the host's port range
+		// would cap l4lb's connections to all targets together. Left to
+		// connect(2), a port is only unique per target.
+		c, err := s.dialer.DialContext(context.Background(), "tcp", t.name)
+		if err != nil {
+			return nil, err
+		}
+		return c.(*net.TCPConn), nil
 	}
 	if client.Addr().Is4() != t.addr.Addr().Is4() {
 		return nil, errors.New("cannot preserve an IPv4 client's address towards an IPv6 target, or the reverse")
