@@ -94,9 +94,9 @@ func (h *hosts) runClient(t *testing.T, role string) string {
 	return string(res)
 }
 
-// newHosts makes the three namespaces (removed when the test ends), or skips
-// when this is not root.
-func newHosts(t *testing.T, tag string) *hosts {
+// ipBinary is the ip binary for a namespace test, which is skipped when this
+// is not root (or, outside CI, when iproute2 is missing).
+func ipBinary(t *testing.T) string {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("network namespaces need root")
@@ -108,6 +108,14 @@ func newHosts(t *testing.T, tag string) *hosts {
 		}
 		t.Skip("ip (iproute2) is not installed")
 	}
+	return ipBin
+}
+
+// newHosts makes the three namespaces (removed when the test ends), or skips
+// when this is not root.
+func newHosts(t *testing.T, tag string) *hosts {
+	t.Helper()
+	ipBin := ipBinary(t)
 	id := os.Getpid() % 100000
 	h := &hosts{ip: ipBin, client: fmt.Sprintf("l4c%s%d", tag, id), lb: fmt.Sprintf("l4l%s%d", tag, id), target: fmt.Sprintf("l4t%s%d", tag, id)}
 	for _, ns := range []string{h.client, h.lb, h.target} {
@@ -419,16 +427,7 @@ func waitForParent() {
 // two targets all connect. (A port taken at bind time is unique across all
 // destinations, and would cap them at 50.)
 func TestTargetPortsPerDestination(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("a network namespace needs root")
-	}
-	ipBin, err := exec.LookPath("ip")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("ip (iproute2) is not installed; make deps installs it")
-		}
-		t.Skip("ip (iproute2) is not installed")
-	}
+	ipBin := ipBinary(t)
 	ns := fmt.Sprintf("l4p%d", os.Getpid()%100000)
 	run(t, ipBin, "netns", "add", ns)
 	t.Cleanup(func() { exec.Command(ipBin, "netns", "del", ns).Run() })
