@@ -66,6 +66,7 @@ type Server struct {
 	opts      Options
 	dialer    net.Dialer
 	tdialer   net.Dialer // transparent: binds the client's address
+	tdialAny  net.Dialer // transparent, the port left to connect(2)
 	listeners []*listener
 	udp       []*udpFront
 	pipes     pipePool
@@ -100,6 +101,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	// that saves four setsockopt calls per socket per flow.
 	s.dialer = net.Dialer{Timeout: opts.ConnectTimeout, KeepAlive: -1}
 	s.tdialer = net.Dialer{Timeout: opts.ConnectTimeout, KeepAlive: -1, Control: transparentControl}
+	s.tdialAny = net.Dialer{Timeout: opts.ConnectTimeout, KeepAlive: -1, Control: transparentAnyPortControl}
 	if opts.PipeSize == 0 {
 		opts.PipeSize = DefaultPipeSize
 	}

@@ -24,6 +24,22 @@ func transparentControl(network, _ string, c syscall.RawConn) error {
 	return serr
 }
 
+// transparentAnyPortControl is transparentControl for a bind to the client's
+// IP with port 0. IP_BIND_ADDRESS_NO_PORT defers the port to connect(2),
+// where it only has to be unique towards this target, not towards everyone.
+func transparentAnyPortControl(network, addr string, c syscall.RawConn) error {
+	if err := transparentControl(network, addr, c); err != nil {
+		return err
+	}
+	var serr error
+	if err := c.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
+	}); err != nil {
+		return err
+	}
+	return serr
+}
+
 func setTransparent(fd int, v6 bool) error {
 	if v6 {
 		return unix.SetsockoptInt(fd, unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1)
@@ -54,7 +70,7 @@ func (s *Server) dialTarget(t *target, client netip.AddrPort, preserve bool) (*n
 	c, err := s.tdialer.DialTCP(context.Background(), "tcp", client, t.addr)
 	if errors.Is(err, syscall.EADDRINUSE) || errors.Is(err, syscall.EADDRNOTAVAIL) {
 		t.portErrs.Inc()
-		c, err = s.tdialer.DialTCP(context.Background(), "tcp", netip.AddrPortFrom(client.Addr(), 0), t.addr)
+		c, err = s.tdialAny.DialTCP(context.Background(), "tcp", netip.AddrPortFrom(client.Addr(), 0), t.addr)
 	}
 	return c, err
 }
