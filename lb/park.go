@@ -42,15 +42,18 @@ type parker struct {
 
 	// Parking frees goroutine stacks, but the runtime only returns their
 	// spans at the next GC, and an idle proxy allocates too little to cause
-	// one, and the scavenger hands pages back to the OS slowly. After many
-	// parks the loop frees memory to the OS (at most every gcEvery), so idle
-	// flows stop costing their old stacks.
-	parks  atomic.Int64
-	lastGC time.Time
+	// one, and the scavenger hands pages back to the OS slowly. So the loop
+	// frees memory to the OS (at most every gcEvery) once a burst of parks
+	// is over, or during a steady stream of them, and idle flows stop
+	// costing their old stacks and buffers.
+	parks     atomic.Int64
+	lastParks int64 // parks at the previous scan
+	lastGC    time.Time
 }
 
 const (
-	gcAfterParks = 4096
+	gcAfterBurst = 1024  // parks, followed by a scan interval with none
+	gcAfterParks = 65536 // parks in a stream that does not stop
 	gcEvery      = 10 * time.Second
 )
 
@@ -171,12 +174,23 @@ func (p *parker) loop() {
 		if now := time.Now(); now.Sub(lastScan) >= p.scan {
 			lastScan = now
 			p.expire(now)
-			if p.parks.Load() >= gcAfterParks && now.Sub(p.lastGC) >= gcEvery {
-				p.parks.Store(0)
-				p.lastGC = now
-				debug.FreeOSMemory()
-			}
+			p.reclaim(now)
 		}
+	}
+}
+
+// reclaim returns freed memory to the OS after many parks: once they stop
+// (a burst of flows gone idle), or after gcAfterParks of them.
+func (p *parker) reclaim(now time.Time) {
+	n := p.parks.Load()
+	burstOver := n >= gcAfterBurst && n == p.lastParks
+	p.lastParks = n
+	if (burstOver || n >= gcAfterParks) && now.Sub(p.lastGC) >= gcEvery {
+		p.parks.Add(-n)
+		p.lastParks = 0
+		p.lastGC = now
+		// Off the loop: a GC of a large heap must not delay waking flows.
+		go debug.FreeOSMemory()
 	}
 }
 
