@@ -425,7 +425,8 @@ func waitForParent() {
 // Connections to targets take their source port at connect(2), so a port
 // is only unique per target: with 50 ephemeral ports, 70 flows spread over
 // two targets all connect. (A port taken at bind time is unique across all
-// destinations, and would cap them at 50.)
+// destinations, and would cap them at 50.) UDP flows on the socket path hold
+// a port each: past 50, they are refused and counted.
 func TestTargetPortsPerDestination(t *testing.T) {
 	ipBin := ipBinary(t)
 	ns := fmt.Sprintf("l4p%d", os.Getpid()%100000)
@@ -438,6 +439,16 @@ func TestTargetPortsPerDestination(t *testing.T) {
 	if err != nil || !strings.Contains(string(out), "served 70 of 70") {
 		t.Fatalf("%v\n%s", err, out)
 	}
+	// UDP flows on the socket path each hold a port of their own: beyond the
+	// range they are refused and counted as port allocation errors.
+	var answered, portErrs int
+	_, udp, _ := strings.Cut(string(out), "udp answered")
+	if _, err := fmt.Sscanf(udp, "%d port_errors %d", &answered, &portErrs); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if answered+portErrs != 70 || portErrs < 20 {
+		t.Fatalf("UDP: %d answered, %d port allocation errors; want 70 in all, at least 20 errors with 50 ports", answered, portErrs)
+	}
 }
 
 // netnsPorts runs inside its own namespace, where narrowing the ephemeral
@@ -446,6 +457,9 @@ func netnsPorts(t *testing.T) {
 	a, b := startEcho(t), startEcho(t)
 	srv := startedServer(t, testConfig([]config.Target{{Address: a.addr, Weight: 1}, {Address: b.addr, Weight: 1}}, nil), Options{ConnectTimeout: 2 * time.Second})
 	addr := srv.Addrs("test")[0].String()
+	reg := prometheus.NewRegistry()
+	u := startUDPTarget(t, false)
+	_, uaddr := startUDPServer(t, udpConfig([]config.Target{{Address: u.addr, Weight: 1}}, nil), Options{Metrics: metrics.New(reg)})
 	if err := os.WriteFile("/proc/sys/net/ipv4/ip_local_port_range", []byte("40000 40049"), 0o644); err != nil {
 		fmt.Println("port range:", err)
 		return
@@ -469,4 +483,29 @@ func netnsPorts(t *testing.T) {
 		}
 	}
 	fmt.Printf("served %d of 70\n", served)
+	var conns []*net.UDPConn
+	for i := range 70 {
+		c, err := net.DialUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 21000 + i}, net.UDPAddrFromAddrPort(netip.MustParseAddrPort(uaddr)))
+		if err != nil {
+			fmt.Println("udp dial:", err)
+			continue
+		}
+		defer c.Close()
+		c.Write([]byte("q"))
+		conns = append(conns, c)
+	}
+	// One wait for all: replies are queued by the time the first deadline
+	// passes, and each later socket still gets a short read of its own.
+	answered, deadline := 0, time.Now().Add(2*time.Second)
+	for _, c := range conns {
+		if d := time.Now().Add(50 * time.Millisecond); d.After(deadline) {
+			c.SetReadDeadline(d)
+		} else {
+			c.SetReadDeadline(deadline)
+		}
+		if _, err := c.Read(make([]byte, 8)); err == nil {
+			answered++
+		}
+	}
+	fmt.Printf("udp answered %d port_errors %d\n", answered, int(gatherSum(reg, "l4lb_port_allocation_errors_total")))
 }

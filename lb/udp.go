@@ -314,6 +314,9 @@ func (u *udpFront) newFlow(key flowtable.Key, now time.Time) *udpFlow {
 	fd, err := dialUDP(tgt, client)
 	if err != nil {
 		tgt.connectErrs.Inc()
+		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EADDRINUSE) || errors.Is(err, unix.EADDRNOTAVAIL) {
+			tgt.portErrs.Inc() // the ephemeral port range is used up
+		}
 		u.rejectNoTgt.Inc()
 		return nil
 	}
