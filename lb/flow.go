@@ -123,6 +123,12 @@ func (s *Server) serveConn(l *listener, c *net.TCPConn) {
 		c.Close()
 		return
 	}
+	if l.limit != nil && !l.limit.acquire(src.Addr()) {
+		l.rejectLimit.Inc()
+		c.SetLinger(0)
+		c.Close()
+		return
+	}
 	g, snap, key := l.route.Load().lookup(balance.ProtoTCP, l.zone, src, dst)
 	var buf [1 + balance.Retries]int
 	prefs := snap.bal.Pick(key, buf[:])
@@ -144,6 +150,7 @@ func (s *Server) serveConn(l *listener, c *net.TCPConn) {
 	}
 	if t == nil {
 		// No target took the flow: reset the client, as NLB does.
+		l.releaseSource(src)
 		l.rejectNoTgt.Inc()
 		l.lbResets.Inc()
 		c.SetLinger(0)
@@ -169,6 +176,7 @@ func (s *Server) serveConn(l *listener, c *net.TCPConn) {
 		}
 		if err != nil {
 			l.lbResets.Inc()
+			l.releaseSource(src)
 			c.SetLinger(0)
 			c.Close()
 			t.Close()
@@ -181,6 +189,7 @@ func (s *Server) serveConn(l *listener, c *net.TCPConn) {
 	f.ended.Store(0)
 	f.touch()
 	if err := f.setup(); err != nil {
+		l.releaseSource(src)
 		c.Close()
 		t.Close()
 		s.flowPool.Put(f)
@@ -262,6 +271,7 @@ func (f *flow) finish(h *halfFlow, how copyErr) {
 	f.target.Close()
 	f.tgt.removeFlow(f)
 	f.srv.flows.remove(f)
+	l.releaseSource(f.src)
 	l.active.Dec()
 	f.client, f.target, f.l, f.tgt = nil, nil, nil, nil
 	for i := range f.halves {

@@ -40,6 +40,9 @@ type listener struct {
 	rejectACL   prometheus.Counter
 	rejectNoTgt prometheus.Counter
 	rejectPP    prometheus.Counter // malformed or untrusted PROXY headers
+	rejectLimit prometheus.Counter // max_connections_per_source reached
+
+	limit *sourceLimit // shared by the listener's addresses; nil: unlimited
 }
 
 // trusted reports whether ip may send a PROXY header (proxy_protocol_accept).
@@ -53,8 +56,8 @@ func (l *listener) trusted(ip netip.Addr) bool {
 	return false
 }
 
-func newListener(s *Server, lc *config.Listener, b config.BindAddr, r *route) *listener {
-	l := &listener{srv: s, cfg: lc, bindA: b, zone: b.Zone, acl: newACL(lc)}
+func newListener(s *Server, lc *config.Listener, b config.BindAddr, r *route, limit *sourceLimit) *listener {
+	l := &listener{srv: s, cfg: lc, bindA: b, zone: b.Zone, acl: newACL(lc), limit: limit}
 	l.route.Store(r)
 	m := s.m
 	lbl := []string{lc.Name, "TCP", b.Zone}
@@ -67,6 +70,7 @@ func newListener(s *Server, lc *config.Listener, b config.BindAddr, r *route) *l
 	l.rejectACL = m.Counter(func(m *metrics.Metrics) *prometheus.CounterVec { return m.RejectedFlows }, append(lbl, "acl")...)
 	l.rejectNoTgt = m.Counter(func(m *metrics.Metrics) *prometheus.CounterVec { return m.RejectedFlows }, append(lbl, "no_target")...)
 	l.rejectPP = m.Counter(func(m *metrics.Metrics) *prometheus.CounterVec { return m.RejectedFlows }, append(lbl, "proxy_protocol")...)
+	l.rejectLimit = m.Counter(func(m *metrics.Metrics) *prometheus.CounterVec { return m.RejectedFlows }, append(lbl, "source_limit")...)
 	return l
 }
 

@@ -132,9 +132,10 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		if err != nil {
 			return nil, err
 		}
+		limit := newSourceLimit(lc.MaxConnectionsPerSource)
 		for _, b := range lc.Bind {
 			if lc.Protocol.HasTCP() {
-				s.listeners = append(s.listeners, newListener(s, lc, b, r))
+				s.listeners = append(s.listeners, newListener(s, lc, b, r, limit))
 			}
 			if lc.Protocol.HasUDP() {
 				s.udp = append(s.udp, newUDPFront(s, lc, b, r))

@@ -280,8 +280,11 @@ func (n *normalizer) listener(path string, r *RawListener, cfg *Config) Listener
 	}
 	l.Deny = n.prefixes(path+".deny", r.Deny)
 	if r.MaxConnectionsPerSource != nil {
-		if *r.MaxConnectionsPerSource < 0 {
+		switch {
+		case *r.MaxConnectionsPerSource < 0:
 			n.errs.add(path+".max_connections_per_source", "%d is negative (0 means unlimited)", *r.MaxConnectionsPerSource)
+		case *r.MaxConnectionsPerSource > 0 && l.Protocol == UDP:
+			n.errs.add(path+".max_connections_per_source", "limits TCP connections; UDP flows are bounded by load_balancer.max_flows")
 		}
 		l.MaxConnectionsPerSource = *r.MaxConnectionsPerSource
 	}
