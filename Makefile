@@ -31,6 +31,7 @@ test: deps lint
 	$(GO) test -run '^$$' -fuzz FuzzConfig -fuzztime 10s ./pkg/config
 	$(GO) test -run '^$$' -fuzz FuzzReadHeader -fuzztime 10s ./pkg/proxyproto
 	$(GO) test -run '^$$' -fuzz FuzzProgram -fuzztime 10s ./lb/fastpath
+	$(GO) test -run '^$$' -fuzz FuzzServerName -fuzztime 10s ./pkg/tlshello
 
 lint:
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -44,6 +45,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzConfig -fuzztime 60s ./pkg/config
 	$(GO) test -run '^$$' -fuzz FuzzReadHeader -fuzztime 60s ./pkg/proxyproto
 	$(GO) test -run '^$$' -fuzz FuzzProgram -fuzztime 60s ./lb/fastpath
+	$(GO) test -run '^$$' -fuzz FuzzServerName -fuzztime 60s ./pkg/tlshello
 
 clean:
 	rm -rf bin

@@ -212,9 +212,11 @@ func (s *Server) ZoneHealth(zone string) (api.ZoneHealth, error) {
 			continue
 		}
 		status := "ok"
-		for _, g := range l.route.Load().groups {
-			if why := g.zoneProblem(zone); why != "" {
-				status = why
+		for _, r := range l.allRoutes() {
+			for _, g := range r.groups {
+				if why := g.zoneProblem(zone); why != "" {
+					status = why
+				}
 			}
 		}
 		if status != "ok" {

@@ -129,7 +129,22 @@ func (s *Server) serveConn(l *listener, c *net.TCPConn) {
 		c.Close()
 		return
 	}
-	g, snap, key := l.route.Load().lookup(balance.ProtoTCP, l.zone, src, dst)
+	r := l.route.Load()
+	if len(l.rules) > 0 {
+		host, err := peekHello(c)
+		if err != nil {
+			// Rules route by the hello's name: without a hello there is
+			// nothing to route by, so the connection is refused.
+			l.releaseSource(src)
+			l.rejectHello.Inc()
+			s.log.Debug("no TLS ClientHello", zap.String(logListener, l.cfg.Name), zap.Stringer(logClient, src), zap.Error(err))
+			c.SetLinger(0)
+			c.Close()
+			return
+		}
+		r = l.routeFor(host)
+	}
+	g, snap, key := r.lookup(balance.ProtoTCP, l.zone, src, dst)
 	var buf [1 + balance.Retries]int
 	prefs := snap.bal.Pick(key, buf[:])
 	var t *net.TCPConn

@@ -43,6 +43,9 @@ type listener struct {
 	rejectLimit prometheus.Counter // max_connections_per_source reached
 
 	limit *sourceLimit // shared by the listener's addresses; nil: unlimited
+	rules []sniRule    // SNI rules, checked in order before route
+
+	rejectHello prometheus.Counter // no valid TLS ClientHello where rules need one
 }
 
 // trusted reports whether ip may send a PROXY header (proxy_protocol_accept).
@@ -70,6 +73,7 @@ func newListener(s *Server, lc *config.Listener, b config.BindAddr, r *route, li
 	l.rejectACL = m.Counter(func(m *metrics.Metrics) *prometheus.CounterVec { return m.RejectedFlows }, append(lbl, "acl")...)
 	l.rejectNoTgt = m.Counter(func(m *metrics.Metrics) *prometheus.CounterVec { return m.RejectedFlows }, append(lbl, "no_target")...)
 	l.rejectPP = m.Counter(func(m *metrics.Metrics) *prometheus.CounterVec { return m.RejectedFlows }, append(lbl, "proxy_protocol")...)
+	l.rejectHello = m.Counter(func(m *metrics.Metrics) *prometheus.CounterVec { return m.RejectedFlows }, append(lbl, "tls_hello")...)
 	l.rejectLimit = m.Counter(func(m *metrics.Metrics) *prometheus.CounterVec { return m.RejectedFlows }, append(lbl, "source_limit")...)
 	return l
 }

@@ -133,9 +133,15 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 			return nil, err
 		}
 		limit := newSourceLimit(lc.MaxConnectionsPerSource)
+		rules, err := buildRules(lc, s.groups)
+		if err != nil {
+			return nil, err
+		}
 		for _, b := range lc.Bind {
 			if lc.Protocol.HasTCP() {
-				s.listeners = append(s.listeners, newListener(s, lc, b, r, limit))
+				l := newListener(s, lc, b, r, limit)
+				l.rules = rules
+				s.listeners = append(s.listeners, l)
 			}
 			if lc.Protocol.HasUDP() {
 				s.udp = append(s.udp, newUDPFront(s, lc, b, r))
