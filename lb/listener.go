@@ -41,11 +41,11 @@ type listener struct {
 	rejectNoTgt prometheus.Counter
 	rejectPP    prometheus.Counter // malformed or untrusted PROXY headers
 	rejectLimit prometheus.Counter // max_connections_per_source reached
-
-	limit *sourceLimit // shared by the listener's addresses; nil: unlimited
-	rules []sniRule    // SNI rules, checked in order before route
-
 	rejectHello prometheus.Counter // no valid TLS ClientHello where rules need one
+
+	// Shared by the listener's addresses.
+	limit *sourceLimit // nil: unlimited
+	rules []sniRule    // SNI rules, checked in order before route
 }
 
 // trusted reports whether ip may send a PROXY header (proxy_protocol_accept).
@@ -59,8 +59,8 @@ func (l *listener) trusted(ip netip.Addr) bool {
 	return false
 }
 
-func newListener(s *Server, lc *config.Listener, b config.BindAddr, r *route, limit *sourceLimit) *listener {
-	l := &listener{srv: s, cfg: lc, bindA: b, zone: b.Zone, acl: newACL(lc), limit: limit}
+func newListener(s *Server, lc *config.Listener, b config.BindAddr, r *route) *listener {
+	l := &listener{srv: s, cfg: lc, bindA: b, zone: b.Zone, acl: newACL(lc)}
 	l.route.Store(r)
 	m := s.m
 	lbl := []string{lc.Name, "TCP", b.Zone}

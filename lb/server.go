@@ -139,8 +139,8 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		}
 		for _, b := range lc.Bind {
 			if lc.Protocol.HasTCP() {
-				l := newListener(s, lc, b, r, limit)
-				l.rules = rules
+				l := newListener(s, lc, b, r)
+				l.limit, l.rules = limit, rules
 				s.listeners = append(s.listeners, l)
 			}
 			if lc.Protocol.HasUDP() {

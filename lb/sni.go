@@ -78,10 +78,11 @@ func peekHello(c *net.TCPConn) (string, error) {
 	perr := tlshello.ErrShort
 	err = rc.Read(func(fd uintptr) bool {
 		n, _, e := unix.Recvfrom(int(fd), buf[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		for e == unix.EINTR {
+			n, _, e = unix.Recvfrom(int(fd), buf[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		}
 		switch {
 		case e == unix.EAGAIN:
-			return false
-		case e == unix.EINTR:
 			return false
 		case e != nil:
 			perr = e
