@@ -266,13 +266,18 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	n := s.flows.count()
 	s.log.Info("drain start", zap.Int(logFlows, n))
 	var err error
+	idle := s.flows.idle()
 	select {
-	case <-s.flows.idle():
-	case <-ctx.Done():
-		err = ctx.Err()
-		cut := s.flows.closeAll()
-		s.log.Warn("drain deadline reached, closing flows", zap.Int(logFlows, cut))
-		<-s.flows.idle()
+	case <-idle: // nothing open: never report a cut, even for a done ctx (Close)
+	default:
+		select {
+		case <-idle:
+		case <-ctx.Done():
+			err = ctx.Err()
+			cut := s.flows.closeAll()
+			s.log.Warn("drain deadline reached, closing flows", zap.Int(logFlows, cut))
+			<-idle
+		}
 	}
 	if s.parker != nil {
 		s.parker.close()
