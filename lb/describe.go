@@ -76,18 +76,19 @@ func (s *Server) findListener(name string, dst netip.Addr) *listener {
 
 // endpoint is what Route needs of a TCP listener or a UDP front.
 type endpoint struct {
-	zone  string
-	ip    netip.Addr
-	port  uint16
-	route *route
+	zone     string
+	ip       netip.Addr
+	port     uint16
+	route    *route // for the SNI asked about, on a listener with rules
+	hasRules bool
 }
 
 // findEndpoint finds the named listener's TCP or UDP side, preferring the one
 // bound to dst.
-func (s *Server) findEndpoint(name, protocol string, dst netip.Addr) *endpoint {
+func (s *Server) findEndpoint(name, protocol string, dst netip.Addr, sni string) *endpoint {
 	if protocol == "tcp" {
 		if l := s.findListener(name, dst); l != nil {
-			return &endpoint{l.zone, l.bindA.IP, l.port(), l.route.Load()}
+			return &endpoint{l.zone, l.bindA.IP, l.port(), l.routeFor(sni), len(l.rules) > 0}
 		}
 		return nil
 	}
@@ -107,12 +108,13 @@ func (s *Server) findEndpoint(name, protocol string, dst netip.Addr) *endpoint {
 	if len(first.socks) > 0 {
 		port = first.Addr().(*net.UDPAddr).AddrPort().Port()
 	}
-	return &endpoint{first.zone, first.bindA.IP, port, first.route.Load()}
+	return &endpoint{first.zone, first.bindA.IP, port, first.route.Load(), false}
 }
 
 // Route answers which target a new flow from src to dst would get, and why,
-// by the same computation as a real connection.
-func (s *Server) Route(listenerName, src, dst, protocol string) (api.Route, error) {
+// by the same computation as a real connection. sni is the name a TLS
+// client's hello asks for, on a listener with SNI rules ("": none).
+func (s *Server) Route(listenerName, src, dst, protocol, sni string) (api.Route, error) {
 	if protocol == "" {
 		protocol = "tcp"
 	}
@@ -129,12 +131,19 @@ func (s *Server) Route(listenerName, src, dst, protocol string) (api.Route, erro
 			return api.Route{}, fmt.Errorf("%w: dst: want IP:PORT, got %q", api.ErrInvalid, dst)
 		}
 	}
-	l, proto := s.findEndpoint(listenerName, protocol, dstAP.Addr()), uint8(balance.ProtoTCP)
+	if sni != "" && protocol != "tcp" {
+		return api.Route{}, fmt.Errorf("%w: sni: SNI rules route TCP flows only", api.ErrInvalid)
+	}
+	sni = strings.TrimSuffix(strings.ToLower(sni), ".")
+	l, proto := s.findEndpoint(listenerName, protocol, dstAP.Addr(), sni), uint8(balance.ProtoTCP)
 	if protocol == "udp" {
 		proto = balance.ProtoUDP
 	}
 	if l == nil {
 		return api.Route{}, fmt.Errorf("%w: no %s listener %q", api.ErrNotFound, protocol, listenerName)
+	}
+	if sni != "" && !l.hasRules {
+		return api.Route{}, fmt.Errorf("%w: sni: listener %q has no SNI rules", api.ErrInvalid, listenerName)
 	}
 	if !dstAP.IsValid() {
 		dstAP = netip.AddrPortFrom(l.ip, l.port)
@@ -159,7 +168,15 @@ func (s *Server) Route(listenerName, src, dst, protocol string) (api.Route, erro
 		return out, nil
 	}
 	out.Target = out.Preference[0]
-	why := []string{fmt.Sprintf("%s hash %s owns slot %d of the Maglev table", out.Key, out.Hash, key%maglev.DefaultSize)}
+	var why []string
+	if l.hasRules {
+		if sni == "" {
+			why = append(why, "a ClientHello without a server name takes the listener's own group")
+		} else {
+			why = append(why, fmt.Sprintf("SNI %q routes to target group %s", sni, g.cfg.Name))
+		}
+	}
+	why = append(why, fmt.Sprintf("%s hash %s owns slot %d of the Maglev table", out.Key, out.Hash, key%maglev.DefaultSize))
 	if len(s.cfg.Zones) > 0 && l.zone != "" && !g.crossZone {
 		why = append(why, fmt.Sprintf("built from zone %s's targets (cross-zone off)", l.zone))
 	}

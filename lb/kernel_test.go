@@ -45,7 +45,7 @@ func kernelServer(t *testing.T, vip netip.AddrPort, cts []config.Target, idle ti
 // as the admin API's route answers it.
 func userSpaceChoice(t *testing.T, srv *Server, client, vip netip.AddrPort) netip.AddrPort {
 	t.Helper()
-	rt, err := srv.Route("test", client.String(), vip.String(), "udp")
+	rt, err := srv.Route("test", client.String(), vip.String(), "udp", "")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -83,7 +83,7 @@ func TestSNIRules(t *testing.T) {
 			Targets: []config.Target{{Address: g.at, Weight: 1}}, Attributes: cfg.TargetGroups[0].Attributes})
 	}
 	reg := prometheus.NewRegistry()
-	_, addr := startServer(t, cfg, Options{Metrics: metrics.New(reg)})
+	srv, addr := startServer(t, cfg, Options{Metrics: metrics.New(reg)})
 	ask := func(hello []byte, split bool) (string, error) {
 		c, err := net.Dial("tcp", addr)
 		if err != nil {
@@ -106,6 +106,16 @@ func TestSNIRules(t *testing.T) {
 				t.Errorf("SNI %q (split %v): %q %v; want %q", sni, split, got, err, want+" true")
 			}
 		}
+	}
+	// l4lb route says the same for a host name.
+	for sni, want := range map[string]string{"API.example.com.": "api", "x.example.com": "wild", "other.org": "tg", "": "tg"} {
+		rt, err := srv.Route("test", "127.0.0.9:1000", "", "tcp", sni)
+		if err != nil || rt.TargetGroup != want {
+			t.Errorf("route for SNI %q: group %q (%v), want %q", sni, rt.TargetGroup, err, want)
+		}
+	}
+	if _, err := srv.Route("test", "127.0.0.9:1000", "", "udp", "api.example.com"); err == nil {
+		t.Error("an SNI for a UDP route was accepted")
 	}
 	if got, _ := ask([]byte("GET / HTTP/1.0\r\n\r\n"), false); got != "" {
 		t.Errorf("a plain HTTP request was answered: %q", got)

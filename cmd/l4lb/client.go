@@ -198,15 +198,18 @@ func newDeregister() *cobra.Command {
 
 func newRoute() *cobra.Command {
 	var c adminClient
-	var listener, src, dst, proto string
+	var listener, src, dst, proto, sni string
 	cmd := &cobra.Command{
-		Use:   "route --listener NAME --src IP:PORT [--dst IP:PORT] [--protocol tcp|udp]",
+		Use:   "route --listener NAME --src IP:PORT [--dst IP:PORT] [--protocol tcp|udp] [--sni HOST]",
 		Short: "Show which target a flow would get, and why",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			q := url.Values{"listener": {listener}, "src": {src}, "protocol": {proto}}
 			if dst != "" {
 				q.Set("dst", dst)
+			}
+			if sni != "" {
+				q.Set("sni", sni)
 			}
 			var rt api.Route
 			if err := c.do(http.MethodGet, "/v1/route?"+q.Encode(), nil, &rt); err != nil {
@@ -228,6 +231,7 @@ func newRoute() *cobra.Command {
 	cmd.Flags().StringVar(&src, "src", "", "client IP:PORT (required)")
 	cmd.Flags().StringVar(&dst, "dst", "", "listener IP:PORT the client reaches (default: the listener's address)")
 	cmd.Flags().StringVar(&proto, "protocol", "tcp", "tcp|udp")
+	cmd.Flags().StringVar(&sni, "sni", "", "the server name a TLS client asks for, on a listener with SNI rules")
 	cmd.MarkFlagRequired("listener")
 	cmd.MarkFlagRequired("src")
 	addClientFlags(cmd, &c)

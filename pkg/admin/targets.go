@@ -18,7 +18,7 @@ type Registry interface {
 	TargetGroup(name string) (api.TargetGroup, error)
 	Register(group string, req api.RegisterRequest) (api.TargetHealth, error)
 	Deregister(group, address string) error
-	Route(listener, src, dst, protocol string) (api.Route, error)
+	Route(listener, src, dst, protocol, sni string) (api.Route, error)
 	Flows(listener string, limit int) ([]api.Flow, error)
 	ZoneHealth(zone string) (api.ZoneHealth, error)
 }
@@ -67,7 +67,7 @@ func registryRoutes(mux *http.ServeMux, r Registry) {
 			writeError(w, http.StatusBadRequest, "listener and src are required")
 			return
 		}
-		rt, err := r.Route(q.Get("listener"), q.Get("src"), q.Get("dst"), q.Get("protocol"))
+		rt, err := r.Route(q.Get("listener"), q.Get("src"), q.Get("dst"), q.Get("protocol"), q.Get("sni"))
 		reply(w, http.StatusOK, rt, err)
 	})
 	mux.HandleFunc("GET /v1/flows", func(w http.ResponseWriter, req *http.Request) {
