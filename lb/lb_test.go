@@ -45,6 +45,30 @@ func startEcho(t *testing.T) *echoTarget {
 	return e
 }
 
+// serveTCP runs a target on 127.0.0.1 that hands each connection, closed
+// after, to handle on its own goroutine.
+func serveTCP(t *testing.T, handle func(c net.Conn)) netip.AddrPort {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				handle(c)
+			}()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).AddrPort()
+}
+
 // testConfig is a config with one TCP listener on 127.0.0.1 (port picked by
 // the kernel) forwarding to targets.
 func testConfig(targets []config.Target, mod func(*config.Listener, *config.TargetGroup)) *config.Config {

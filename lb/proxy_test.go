@@ -99,25 +99,11 @@ func TestBulkIntegrity(t *testing.T) {
 // whole reply (half-close passes through).
 func TestHalfClose(t *testing.T) {
 	const reply = 8 << 20
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.Copy(io.Discard, c) // the whole request, to EOF
-				io.Copy(c, io.LimitReader(rand.NewChaCha8([32]byte{9}), reply))
-			}()
-		}
-	}()
-	_, addr := startServer(t, testConfig([]config.Target{{Address: ln.Addr().(*net.TCPAddr).AddrPort(), Weight: 1}}, nil), Options{})
+	target := serveTCP(t, func(c net.Conn) {
+		io.Copy(io.Discard, c) // the whole request, to EOF
+		io.Copy(c, io.LimitReader(rand.NewChaCha8([32]byte{9}), reply))
+	})
+	_, addr := startServer(t, testConfig([]config.Target{{Address: target, Weight: 1}}, nil), Options{})
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)

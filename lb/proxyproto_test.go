@@ -198,30 +198,15 @@ func TestProxyV2UDP(t *testing.T) {
 // ppEcho is a target that reads the PROXY header, reports its source, then
 // echoes (and counts nothing else: the rest is spliced to it).
 func ppEcho(t *testing.T) netip.AddrPort {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				src, _, err := proxyproto.ReadHeader(c, c, time.Now().Add(5*time.Second))
-				if err != nil {
-					return
-				}
-				fmt.Fprintf(c, "%-21s", src)
-				io.Copy(c, c)
-				c.(*net.TCPConn).CloseWrite()
-			}()
+	return serveTCP(t, func(c net.Conn) {
+		src, _, err := proxyproto.ReadHeader(c, c, time.Now().Add(5*time.Second))
+		if err != nil {
+			return
 		}
-	}()
-	return ln.Addr().(*net.TCPAddr).AddrPort()
+		fmt.Fprintf(c, "%-21s", src)
+		io.Copy(c, c)
+		c.(*net.TCPConn).CloseWrite()
+	})
 }
 
 // After the header, bulk bytes still move by splice(2).

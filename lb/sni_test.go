@@ -20,39 +20,23 @@ import (
 // helloTarget reads a whole ClientHello and answers with its name and
 // whether the hello arrived byte for byte as the client sent it.
 func helloTarget(t *testing.T, name string, sent map[string][]byte) netip.AddrPort {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
+	return serveTCP(t, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		var got []byte
+		buf := make([]byte, 4096)
 		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
+			n, err := c.Read(buf)
+			got = append(got, buf[:n]...)
+			if _, perr := tlshello.ServerName(got); perr != tlshello.ErrShort || err != nil {
+				break
 			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(10 * time.Second))
-				var got []byte
-				buf := make([]byte, 4096)
-				for {
-					n, err := c.Read(buf)
-					got = append(got, buf[:n]...)
-					if _, perr := tlshello.ServerName(got); perr != tlshello.ErrShort || err != nil {
-						break
-					}
-				}
-				intact := false
-				for _, h := range sent {
-					intact = intact || bytes.Equal(got, h)
-				}
-				fmt.Fprintf(c, "%s %v", name, intact)
-			}()
 		}
-	}()
-	return ln.Addr().(*net.TCPAddr).AddrPort()
+		intact := false
+		for _, h := range sent {
+			intact = intact || bytes.Equal(got, h)
+		}
+		fmt.Fprintf(c, "%s %v", name, intact)
+	})
 }
 
 // SNI rules route each TLS flow by its ClientHello's name: exact names, then
