@@ -29,9 +29,11 @@ deps:
 test: deps lint
 	$(GO) test -race -count=1 -timeout 10m ./...
 	$(GO) test -run '^$$' -fuzz FuzzConfig -fuzztime 10s ./pkg/config
+	$(GO) test -run '^$$' -fuzz FuzzFlags -fuzztime 10s ./pkg/config
 	$(GO) test -run '^$$' -fuzz FuzzReadHeader -fuzztime 10s ./pkg/proxyproto
 	$(GO) test -run '^$$' -fuzz FuzzProgram -fuzztime 10s ./lb/fastpath
 	$(GO) test -run '^$$' -fuzz FuzzServerName -fuzztime 10s ./pkg/tlshello
+	$(GO) test -run '^$$' -fuzz FuzzAdminAPI -fuzztime 10s ./lb
 
 lint:
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -43,9 +45,11 @@ bench: deps build
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzConfig -fuzztime 60s ./pkg/config
+	$(GO) test -run '^$$' -fuzz FuzzFlags -fuzztime 60s ./pkg/config
 	$(GO) test -run '^$$' -fuzz FuzzReadHeader -fuzztime 60s ./pkg/proxyproto
 	$(GO) test -run '^$$' -fuzz FuzzProgram -fuzztime 60s ./lb/fastpath
 	$(GO) test -run '^$$' -fuzz FuzzServerName -fuzztime 60s ./pkg/tlshello
+	$(GO) test -run '^$$' -fuzz FuzzAdminAPI -fuzztime 60s ./lb
 
 clean:
 	rm -rf bin

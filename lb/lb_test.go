@@ -20,7 +20,7 @@ type echoTarget struct {
 	hits chan struct{}
 }
 
-func startEcho(t *testing.T) *echoTarget {
+func startEcho(t testing.TB) *echoTarget {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -211,20 +211,50 @@ func FuzzConfig(f *testing.F) {
 		if err != nil {
 			return
 		}
-		cfg, err := Normalize(raw)
-		if err != nil {
+		roundTrips(t, raw)
+	})
+}
+
+// FuzzFlags feeds arbitrary values to the serve flags that are parsed
+// (--listen, --target, --zone, --health-check): they may be refused, each
+// error naming its flag, never panic, and whatever is accepted must
+// normalize to a config that survives a round trip.
+func FuzzFlags(f *testing.F) {
+	f.Add("tcp://127.0.0.1:80", "10.0.0.1:8080,zone=a,weight=2", "a=10.0.0.5;10.0.0.6", "http://:8080/healthz")
+	f.Add(":53", "[::1]:53", "b=::1", "tcp")
+	f.Add("udp://[::]:5353", "10.0.0.1,weight=0", "=", "https:///")
+	f.Fuzz(func(t *testing.T, listen, target, zone, health string) {
+		fl := Flags{Listen: []string{listen}, Targets: []string{target}, Zones: []string{zone}, HealthCheck: &health}
+		raw := &Raw{}
+		if err := fl.Apply(raw); err != nil {
+			for _, line := range strings.Split(err.Error(), "\n") {
+				if !strings.HasPrefix(line, "--") {
+					t.Fatalf("an error that names no flag: %q", line)
+				}
+			}
 			return
 		}
-		out, err := cfg.YAML()
-		if err != nil {
-			t.Fatalf("YAML: %v", err)
-		}
-		raw2, err := DecodeYAML(out)
-		if err != nil {
-			t.Fatalf("normalized output does not decode: %v\n%s", err, out)
-		}
-		if _, err := Normalize(raw2); err != nil {
-			t.Fatalf("normalized output does not validate: %v\n%s", err, out)
-		}
+		roundTrips(t, raw)
 	})
+}
+
+// roundTrips checks that a raw config, if it validates, prints as YAML that
+// decodes and validates again.
+func roundTrips(t *testing.T, raw *Raw) {
+	t.Helper()
+	cfg, err := Normalize(raw)
+	if err != nil {
+		return
+	}
+	out, err := cfg.YAML()
+	if err != nil {
+		t.Fatalf("YAML: %v", err)
+	}
+	raw2, err := DecodeYAML(out)
+	if err != nil {
+		t.Fatalf("normalized output does not decode: %v\n%s", err, out)
+	}
+	if _, err := Normalize(raw2); err != nil {
+		t.Fatalf("normalized output does not validate: %v\n%s", err, out)
+	}
 }
