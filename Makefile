@@ -26,14 +26,16 @@ deps:
 	fi
 
 ## test: every test, with the race detector, plus a short run of each fuzz target
+## (fuzz runs are bounded by count: a -fuzztime duration can end in a spurious
+## "context deadline exceeded" from Go's fuzz coordinator, golang/go#75804)
 test: deps lint
 	$(GO) test -race -count=1 -timeout 10m ./...
-	$(GO) test -run '^$$' -fuzz FuzzConfig -fuzztime 10s ./pkg/config
-	$(GO) test -run '^$$' -fuzz FuzzFlags -fuzztime 10s ./pkg/config
-	$(GO) test -run '^$$' -fuzz FuzzReadHeader -fuzztime 10s ./pkg/proxyproto
-	$(GO) test -run '^$$' -fuzz FuzzProgram -fuzztime 10s ./lb/fastpath
-	$(GO) test -run '^$$' -fuzz FuzzServerName -fuzztime 10s ./pkg/tlshello
-	$(GO) test -run '^$$' -fuzz FuzzAdminAPI -fuzztime 10s ./lb
+	$(GO) test -run '^$$' -fuzz FuzzConfig -fuzztime 150000x ./pkg/config
+	$(GO) test -run '^$$' -fuzz FuzzFlags -fuzztime 200000x ./pkg/config
+	$(GO) test -run '^$$' -fuzz FuzzReadHeader -fuzztime 500000x ./pkg/proxyproto
+	$(GO) test -run '^$$' -fuzz FuzzProgram -fuzztime 300000x ./lb/fastpath
+	$(GO) test -run '^$$' -fuzz FuzzServerName -fuzztime 500000x ./pkg/tlshello
+	$(GO) test -run '^$$' -fuzz FuzzAdminAPI -fuzztime 100000x ./lb
 
 lint:
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -44,12 +46,12 @@ bench: deps build
 	$(GO) run ./benchmarks/cmd/l4lb-bench -l4lb $(BIN)
 
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzConfig -fuzztime 60s ./pkg/config
-	$(GO) test -run '^$$' -fuzz FuzzFlags -fuzztime 60s ./pkg/config
-	$(GO) test -run '^$$' -fuzz FuzzReadHeader -fuzztime 60s ./pkg/proxyproto
-	$(GO) test -run '^$$' -fuzz FuzzProgram -fuzztime 60s ./lb/fastpath
-	$(GO) test -run '^$$' -fuzz FuzzServerName -fuzztime 60s ./pkg/tlshello
-	$(GO) test -run '^$$' -fuzz FuzzAdminAPI -fuzztime 60s ./lb
+	$(GO) test -run '^$$' -fuzz FuzzConfig -fuzztime 900000x ./pkg/config
+	$(GO) test -run '^$$' -fuzz FuzzFlags -fuzztime 1200000x ./pkg/config
+	$(GO) test -run '^$$' -fuzz FuzzReadHeader -fuzztime 3000000x ./pkg/proxyproto
+	$(GO) test -run '^$$' -fuzz FuzzProgram -fuzztime 1800000x ./lb/fastpath
+	$(GO) test -run '^$$' -fuzz FuzzServerName -fuzztime 3000000x ./pkg/tlshello
+	$(GO) test -run '^$$' -fuzz FuzzAdminAPI -fuzztime 600000x ./lb
 
 clean:
 	rm -rf bin
