@@ -25,17 +25,23 @@ deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
+# Fuzz targets as NAME:INPUTS:PACKAGE. Runs are bounded by a count of inputs,
+# not a duration: a -fuzztime duration can end in a spurious "context deadline
+# exceeded" from Go's fuzz coordinator (golang/go#75804). fuzz-each runs each
+# target for INPUTS times its argument.
+FUZZ_TARGETS = FuzzConfig:150000:./pkg/config FuzzFlags:200000:./pkg/config \
+	FuzzReadHeader:500000:./pkg/proxyproto FuzzProgram:300000:./lb/fastpath \
+	FuzzServerName:500000:./pkg/tlshello FuzzAdminAPI:100000:./lb
+fuzz-each = for t in $(FUZZ_TARGETS); do \
+	name=$${t%%:*}; rest=$${t\#*:}; n=$${rest%%:*}; pkg=$${rest\#*:}; \
+	echo "$(GO) test -run '^$$' -fuzz $$name -fuzztime $$((n * $(1)))x $$pkg"; \
+	$(GO) test -run '^$$' -fuzz $$name -fuzztime $$((n * $(1)))x $$pkg || exit 1; \
+	done
+
 ## test: every test, with the race detector, plus a short run of each fuzz target
-## (fuzz runs are bounded by count: a -fuzztime duration can end in a spurious
-## "context deadline exceeded" from Go's fuzz coordinator, golang/go#75804)
 test: deps lint
 	$(GO) test -race -count=1 -timeout 10m ./...
-	$(GO) test -run '^$$' -fuzz FuzzConfig -fuzztime 150000x ./pkg/config
-	$(GO) test -run '^$$' -fuzz FuzzFlags -fuzztime 200000x ./pkg/config
-	$(GO) test -run '^$$' -fuzz FuzzReadHeader -fuzztime 500000x ./pkg/proxyproto
-	$(GO) test -run '^$$' -fuzz FuzzProgram -fuzztime 300000x ./lb/fastpath
-	$(GO) test -run '^$$' -fuzz FuzzServerName -fuzztime 500000x ./pkg/tlshello
-	$(GO) test -run '^$$' -fuzz FuzzAdminAPI -fuzztime 100000x ./lb
+	@$(call fuzz-each,1)
 
 lint:
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -46,12 +52,7 @@ bench: deps build
 	$(GO) run ./benchmarks/cmd/l4lb-bench -l4lb $(BIN)
 
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzConfig -fuzztime 900000x ./pkg/config
-	$(GO) test -run '^$$' -fuzz FuzzFlags -fuzztime 1200000x ./pkg/config
-	$(GO) test -run '^$$' -fuzz FuzzReadHeader -fuzztime 3000000x ./pkg/proxyproto
-	$(GO) test -run '^$$' -fuzz FuzzProgram -fuzztime 1800000x ./lb/fastpath
-	$(GO) test -run '^$$' -fuzz FuzzServerName -fuzztime 3000000x ./pkg/tlshello
-	$(GO) test -run '^$$' -fuzz FuzzAdminAPI -fuzztime 600000x ./lb
+	@$(call fuzz-each,6)
 
 clean:
 	rm -rf bin
