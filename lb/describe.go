@@ -224,12 +224,12 @@ func (s *Server) ZoneHealth(zone string) (api.ZoneHealth, error) {
 		return api.ZoneHealth{}, fmt.Errorf("%w: no zone %q", api.ErrNotFound, zone)
 	}
 	out := api.ZoneHealth{Zone: zone, Healthy: true, Listeners: map[string]string{}}
-	for _, l := range s.listeners {
-		if l.zone != zone {
-			continue
+	check := func(name string, routes []*route) {
+		status := out.Listeners[name] // a TCP_UDP listener is checked on both
+		if status == "" {
+			status = "ok"
 		}
-		status := "ok"
-		for _, r := range l.allRoutes() {
+		for _, r := range routes {
 			for _, g := range r.groups {
 				if why := g.zoneProblem(zone); why != "" {
 					status = why
@@ -239,7 +239,17 @@ func (s *Server) ZoneHealth(zone string) (api.ZoneHealth, error) {
 		if status != "ok" {
 			out.Healthy = false
 		}
-		out.Listeners[l.cfg.Name] = status
+		out.Listeners[name] = status
+	}
+	for _, l := range s.listeners {
+		if l.zone == zone {
+			check(l.cfg.Name, l.allRoutes())
+		}
+	}
+	for _, u := range s.udp {
+		if u.zone == zone {
+			check(u.cfg.Name, []*route{u.route.Load()})
+		}
 	}
 	return out, nil
 }

@@ -2,6 +2,7 @@ package lb
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 	"sync"
@@ -349,8 +350,11 @@ func (s *Server) Register(groupName string, req api.RegisterRequest) (api.Target
 	if weight < 1 || weight > config.MaxTargetWeight {
 		return api.TargetHealth{}, fmt.Errorf("%w: weight: %d is outside 1-%d", api.ErrInvalid, weight, config.MaxTargetWeight)
 	}
-	if req.Zone != "" && len(s.cfg.Zones) > 0 && !slices.ContainsFunc(s.cfg.Zones, func(z config.Zone) bool { return z.Name == req.Zone }) {
+	if req.Zone != "" && !slices.ContainsFunc(s.cfg.Zones, func(z config.Zone) bool { return z.Name == req.Zone }) {
 		return api.TargetHealth{}, fmt.Errorf("%w: zone: no zone named %q", api.ErrInvalid, req.Zone)
+	}
+	if s.isOwnAddress(addr) {
+		return api.TargetHealth{}, fmt.Errorf("%w: address: %s is l4lb's own listener or admin address; forwarding to it would loop", api.ErrInvalid, addr)
 	}
 	g.mu.Lock()
 	t := g.find(addr)
@@ -430,4 +434,43 @@ func (g *group) checkSpec() config.HealthCheck {
 	spec := g.cfg.HealthCheck
 	spec.SendProxyLocal = g.cfg.Attributes.ProxyProtocolV2
 	return spec
+}
+
+// Reserve marks an address of l4lb's own (the admin API's) that targets may
+// not take. Listener addresses are refused without it.
+func (s *Server) Reserve(addr netip.AddrPort) {
+	s.reservedMu.Lock()
+	s.reserved = append(s.reserved, netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port()))
+	s.reservedMu.Unlock()
+}
+
+// isOwnAddress reports whether addr is one l4lb answers on itself: a
+// listener's bound address, or a reserved one. A wildcard bind owns its port
+// on every local address, so loopback ones and the unspecified address match
+// it too.
+func (s *Server) isOwnAddress(addr netip.AddrPort) bool {
+	own := func(at netip.AddrPort) bool {
+		if at.Port() != addr.Port() {
+			return false
+		}
+		ip := at.Addr().Unmap()
+		return ip == addr.Addr() || (ip.IsUnspecified() && addr.Addr().IsLoopback())
+	}
+	s.reservedMu.Lock()
+	reserved := slices.ContainsFunc(s.reserved, own)
+	s.reservedMu.Unlock()
+	if reserved {
+		return true
+	}
+	for _, l := range s.listeners {
+		if a, ok := l.Addr().(*net.TCPAddr); ok && own(a.AddrPort()) {
+			return true
+		}
+	}
+	for _, u := range s.udp {
+		if a, ok := u.Addr().(*net.UDPAddr); ok && own(a.AddrPort()) {
+			return true
+		}
+	}
+	return false
 }

@@ -272,3 +272,52 @@ func TestZoneHealth(t *testing.T) {
 		}
 	}
 }
+
+// A UDP listener counts in its zone's health like a TCP one: its group's
+// targets decide whether the zone can serve.
+func TestZoneHealthUDP(t *testing.T) {
+	a := startUDPTarget(t, false)
+	cfg := udpConfig([]config.Target{{Address: a.addr, Zone: "b", Weight: 1}}, func(l *config.Listener, g *config.TargetGroup) {
+		l.Bind = []config.BindAddr{{IP: netip.MustParseAddr("127.0.0.2"), Zone: "b"}}
+	})
+	cfg.Zones = []config.Zone{{Name: "b", IPs: []netip.Addr{netip.MustParseAddr("127.0.0.2")}}}
+	srv := startedServer(t, cfg, Options{})
+	zb, err := srv.ZoneHealth("b")
+	if err != nil || zb.Healthy || !strings.Contains(zb.Listeners["test"], "0 healthy") {
+		t.Fatalf("zone b with an initial target: %+v %v", zb, err)
+	}
+	srv.SetHealth("tg", a.addr, true, "", "")
+	if zb, err = srv.ZoneHealth("b"); err != nil || !zb.Healthy || zb.Listeners["test"] != "ok" {
+		t.Fatalf("zone b with a healthy target: %+v %v", zb, err)
+	}
+}
+
+// Registration refuses what no flow can be forwarded to, with a reason:
+// an unknown zone, the unspecified, multicast and broadcast addresses, and
+// l4lb's own listener and admin addresses (a loop).
+func TestRegisterRefuses(t *testing.T) {
+	e := startEcho(t)
+	srv, addr := startServer(t, testConfig([]config.Target{{Address: e.addr, Weight: 1}}, nil), Options{})
+	admin := netip.MustParseAddrPort("127.0.0.1:9999")
+	srv.Reserve(admin)
+	lport := netip.MustParseAddrPort(addr).Port()
+	for _, c := range []struct{ addr, zone, want string }{
+		{e.addr.String(), "nowhere", "zone"},
+		{"0.0.0.0:80", "", "unspecified"},
+		{"[::]:80", "", "unspecified"},
+		{"224.0.0.1:80", "", "multicast"},
+		{"[ff02::1]:80", "", "multicast"},
+		{"255.255.255.255:80", "", "broadcast"},
+		{addr, "", "own"},
+		{netip.AddrPortFrom(netip.MustParseAddr("::ffff:127.0.0.1"), lport).String(), "", "own"},
+		{admin.String(), "", "own"},
+	} {
+		_, err := srv.Register("tg", api.RegisterRequest{Address: c.addr, Zone: c.zone})
+		if !errorsIs(err, api.ErrInvalid) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("register %s zone %q: %v, want ErrInvalid about %s", c.addr, c.zone, err, c.want)
+		}
+	}
+	if _, err := srv.Register("tg", api.RegisterRequest{Address: "127.0.0.1:1"}); err != nil {
+		t.Fatalf("a plain loopback target: %v", err)
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -77,12 +78,16 @@ type Server struct {
 	health    HealthWatcher
 	flowPool  sync.Pool
 	closing   atomic.Bool
+	started   atomic.Bool   // every listener bound and serving
 	flowIDs   atomic.Uint64 // flow numbering, for PROXY unique IDs
 	moved     atomic.Int64  // bytes moved by finished flows
 	spliced   atomic.Int64  // the part of moved that splice(2) carried
 	loops     sync.WaitGroup
 	scan      time.Duration              // parker's idle-expiry scan interval
 	kernel    atomic.Pointer[kernelPath] // the UDP fast path, when on
+
+	reservedMu sync.Mutex
+	reserved   []netip.AddrPort // l4lb's own addresses: never a target
 }
 
 // New prepares a server for cfg without binding anything.
@@ -201,8 +206,14 @@ func (s *Server) Start() error {
 		u.start()
 		s.log.Info("listener up", zap.String(logListener, u.cfg.Name), zap.String("protocol", "UDP"), zap.Stringer(logAddr, u.Addr()), zap.Int(logSockets, len(u.socks)))
 	}
+	s.started.Store(true)
 	return nil
 }
+
+// Ready reports whether l4lb takes new flows: every listener is bound and no
+// drain has begun (GET /readyz answers 503 otherwise, so a load balancer or
+// orchestrator in front stops sending work before the listeners close).
+func (s *Server) Ready() bool { return s.started.Load() && !s.closing.Load() }
 
 // Addrs returns the bound addresses of the named listener, one per bind IP.
 func (s *Server) Addrs(name string) []net.Addr {

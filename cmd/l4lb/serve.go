@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"golang.org/x/net/netutil"
 
 	"github.com/l4lb/l4lb/healthcheck"
 	"github.com/l4lb/l4lb/lb"
@@ -60,7 +61,7 @@ func newServe() *cobra.Command {
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&o.configPath, "config", "", "config file (YAML); flags override it")
-	fl.StringArrayVar(&o.flags.Listen, "listen", nil, "listener URL, repeatable: tcp://IP:PORT, udp://, tcp_udp://, tls://; :PORT binds every zone IP")
+	fl.StringArrayVar(&o.flags.Listen, "listen", nil, "listener URL, repeatable: tcp://IP:PORT, udp://, tcp_udp:// (tls:// is not built yet); :PORT binds every zone IP")
 	fl.StringArrayVar(&o.flags.Targets, "target", nil, "target ADDR[,zone=Z][,weight=W] of group \"default\", repeatable")
 	fl.StringArrayVar(&o.flags.Zones, "zone", nil, "availability zone NAME=IP[;IP], repeatable")
 	fl.StringVar(&f.healthCheck, "health-check", "tcp", "tcp | tcp://:PORT | http://[:PORT]/PATH | https://[:PORT]/PATH")
@@ -76,10 +77,10 @@ func newServe() *cobra.Command {
 	fl.StringVar(&f.idle, "idle-timeout", "350s", "close TCP flows idle this long")
 	fl.StringVar(&f.udpIdle, "udp-idle-timeout", "120s", "expire UDP flows idle this long")
 	fl.StringVar(&f.dereg, "deregistration-delay", "300s", "how long a deregistered target keeps its flows")
-	fl.StringArrayVar(&o.flags.TLSCerts, "tls-cert", nil, "certificate file for TLS listeners (pairs with --tls-key)")
-	fl.StringArrayVar(&o.flags.TLSKeys, "tls-key", nil, "key file for TLS listeners")
-	fl.StringVar(&f.alpn, "alpn-policy", "None", "ALPN policy of TLS listeners")
-	fl.StringVar(&f.policy, "security-policy", config.DefaultSecurityPolicy, "TLS security policy")
+	fl.StringArrayVar(&o.flags.TLSCerts, "tls-cert", nil, "certificate file for TLS listeners (not built yet)")
+	fl.StringArrayVar(&o.flags.TLSKeys, "tls-key", nil, "key file for TLS listeners (not built yet)")
+	fl.StringVar(&f.alpn, "alpn-policy", "None", "ALPN policy of TLS listeners (not built yet)")
+	fl.StringVar(&f.policy, "security-policy", config.DefaultSecurityPolicy, "TLS security policy of TLS listeners (not built yet)")
 	fl.StringVar(&f.admin, "admin", config.DefaultAdminListen, `admin API address, or "off"`)
 	fl.StringVar(&f.tokenFile, "admin-token-file", "", "file holding the admin API bearer token")
 	fl.StringVar(&f.shutdown, "shutdown-timeout", "30s", "how long SIGTERM waits for flows before closing them")
@@ -209,22 +210,50 @@ func serve(ctx context.Context, cfg *config.Config, log *zap.Logger, connectTime
 	}
 	defer stopAdmin()
 	log.Info("l4lb started", zap.Int("listeners", len(cfg.Listeners)), zap.Int("target_groups", len(cfg.TargetGroups)))
+	// Signals are caught before anyone is told l4lb is up.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
 	if ready != nil {
 		ready(srv, adminAddr)
 	}
 
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
-	defer signal.Stop(sigs)
-	select {
-	case s := <-sigs:
-		log.Info("signal received, draining", zap.String("signal", s.String()), zap.Duration("shutdown_timeout", cfg.ShutdownTimeout))
-	case <-ctx.Done():
+wait:
+	for {
+		select {
+		case s := <-sigs:
+			if s == syscall.SIGHUP {
+				// Go's default for SIGHUP is to exit; a reload signal from
+				// systemd or an operator must never stop the balancer.
+				log.Warn("SIGHUP received: live reload is not built yet; the running config is kept")
+				continue
+			}
+			log.Info("signal received, draining", zap.String("signal", s.String()), zap.Duration("shutdown_timeout", cfg.ShutdownTimeout))
+			break wait
+		case <-ctx.Done():
+			break wait
+		}
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
+	go func() {
+		// A second SIGTERM or SIGINT during the drain ends it at once.
+		for {
+			select {
+			case s := <-sigs:
+				if s == syscall.SIGHUP {
+					continue
+				}
+				log.Warn("second signal: ending the drain now", zap.String("signal", s.String()))
+				cancel()
+				return
+			case <-sctx.Done():
+				return
+			}
+		}
+	}()
 	if err := srv.Shutdown(sctx); err != nil {
-		log.Warn("shutdown cut flows at the deadline", zap.Error(err))
+		log.Warn("shutdown cut flows before they ended", zap.Error(err))
 	}
 	log.Info("l4lb stopped")
 	return nil
@@ -256,14 +285,35 @@ func startAdmin(cfg *config.Config, log *zap.Logger, reg *prometheus.Registry, s
 	if err != nil {
 		return nil, nil, fmt.Errorf("admin API: %w", err)
 	}
+	srv.Reserve(ln.Addr().(*net.TCPAddr).AddrPort())
 	hs := &http.Server{
-		Handler:           admin.Handler(admin.Options{Registry: srv, Gatherer: reg, Token: token}),
+		Handler:           admin.Handler(admin.Options{Registry: srv, Gatherer: reg, Token: token, Ready: srv.Ready}),
 		ReadHeaderTimeout: 5 * time.Second,
+		// Idle keep-alive connections are closed, and at most
+		// adminMaxConns are open at once: a client that opens connections
+		// and leaves them (after a 401, say) cannot use up l4lb's
+		// descriptors, which its flows need.
+		IdleTimeout:    adminIdleTimeout,
+		MaxHeaderBytes: 64 << 10,
+		ErrorLog:       zap.NewStdLog(log.Named("admin")),
 	}
-	go hs.Serve(ln)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := hs.Serve(netutil.LimitListener(ln, adminMaxConns)); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("admin API stopped", zap.Error(err))
+		}
+	}()
 	log.Info("admin API up", zap.Stringer("addr", ln.Addr()))
-	return ln.Addr(), func() { hs.Close() }, nil
+	return ln.Addr(), func() { hs.Close(); <-done }, nil
 }
+
+// The admin API's bounds: it serves operators and scrapers, a handful of
+// connections at a time.
+const (
+	adminIdleTimeout = 30 * time.Second
+	adminMaxConns    = 128
+)
 
 // raiseFileLimit lifts RLIMIT_NOFILE to its hard limit: every flow holds two
 // sockets. (Go does this too since 1.19; saying so is the point.)

@@ -19,7 +19,8 @@ import (
 
 // Options configure the handler. Nil Gatherer serves no /metrics; nil Ready
 // means always ready; an empty Token means no authentication (loopback only,
-// which the config enforces).
+// which the config enforces). With a Token, everything but /healthz and
+// /readyz needs it.
 type Options struct {
 	Registry Registry // nil serves no /v1 endpoints
 	Gatherer prometheus.Gatherer
@@ -55,6 +56,12 @@ func Handler(o Options) http.Handler {
 		return mux
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/healthz" || r.URL.Path == "/readyz" {
+			// Probes carry no credentials (kubelet, systemd, a load
+			// balancer's health check), and these say nothing secret.
+			mux.ServeHTTP(w, r)
+			return
+		}
 		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(o.Token)) != 1 {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="l4lb"`)

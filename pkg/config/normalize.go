@@ -406,7 +406,7 @@ func ParseTargetAddress(s string, defaultPort uint16) (netip.AddrPort, error) {
 		if ap.Port() == 0 {
 			return ap, fmt.Errorf("%q: port 0 is not a target port", s)
 		}
-		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), checkTargetIP(s, ap.Addr())
 	}
 	ip, err := netip.ParseAddr(s)
 	if err != nil {
@@ -415,7 +415,23 @@ func ParseTargetAddress(s string, defaultPort uint16) (netip.AddrPort, error) {
 	if defaultPort == 0 {
 		return netip.AddrPort{}, fmt.Errorf("%q has no port and the target group has none", s)
 	}
-	return netip.AddrPortFrom(ip.Unmap(), defaultPort), nil
+	return netip.AddrPortFrom(ip.Unmap(), defaultPort), checkTargetIP(s, ip)
+}
+
+// checkTargetIP refuses addresses no flow can be forwarded to: the
+// unspecified address (a connect to it reaches this host, often l4lb
+// itself), multicast and broadcast.
+func checkTargetIP(s string, ip netip.Addr) error {
+	ip = ip.Unmap()
+	switch {
+	case ip.IsUnspecified():
+		return fmt.Errorf("%q: the unspecified address is not a target", s)
+	case ip.IsMulticast():
+		return fmt.Errorf("%q: a multicast address is not a target", s)
+	case ip == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return fmt.Errorf("%q: the broadcast address is not a target", s)
+	}
+	return nil
 }
 
 func (n *normalizer) healthCheck(path string, r *RawHealthCheck, g *TargetGroup) {
