@@ -12,6 +12,7 @@ import (
 	"github.com/l4lb/l4lb/lb/balance"
 	"github.com/l4lb/l4lb/pkg/api"
 	"github.com/l4lb/l4lb/pkg/config"
+	"github.com/l4lb/l4lb/pkg/flowhash"
 	"github.com/l4lb/l4lb/pkg/maglev"
 )
 
@@ -135,9 +136,9 @@ func (s *Server) Route(listenerName, src, dst, protocol, sni string) (api.Route,
 		return api.Route{}, fmt.Errorf("%w: sni: SNI rules route TCP flows only", api.ErrInvalid)
 	}
 	sni = strings.TrimSuffix(strings.ToLower(sni), ".")
-	l, proto := s.findEndpoint(listenerName, protocol, dstAP.Addr(), sni), uint8(balance.ProtoTCP)
+	l, proto := s.findEndpoint(listenerName, protocol, dstAP.Addr(), sni), uint8(flowhash.ProtoTCP)
 	if protocol == "udp" {
-		proto = balance.ProtoUDP
+		proto = flowhash.ProtoUDP
 	}
 	if l == nil {
 		return api.Route{}, fmt.Errorf("%w: no %s listener %q", api.ErrNotFound, protocol, listenerName)

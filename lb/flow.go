@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/l4lb/l4lb/lb/balance"
+	"github.com/l4lb/l4lb/pkg/flowhash"
 	"github.com/l4lb/l4lb/pkg/proxyproto"
 )
 
@@ -144,7 +145,7 @@ func (s *Server) serveConn(l *listener, c *net.TCPConn) {
 		}
 		r = l.routeFor(host)
 	}
-	g, snap, key := r.lookup(balance.ProtoTCP, l.zone, src, dst)
+	g, snap, key := r.lookup(flowhash.ProtoTCP, l.zone, src, dst)
 	var buf [1 + balance.Retries]int
 	prefs := snap.bal.Pick(key, buf[:])
 	var t *net.TCPConn

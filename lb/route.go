@@ -6,8 +6,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/l4lb/l4lb/lb/balance"
 	"github.com/l4lb/l4lb/pkg/config"
+	"github.com/l4lb/l4lb/pkg/flowhash"
 	"github.com/l4lb/l4lb/pkg/metrics"
 )
 
@@ -26,7 +26,7 @@ func (r *route) pick(h uint64) *group {
 		return r.groups[0]
 	}
 	// Rehash so the group choice is independent of the slot within a table.
-	v := int(balance.Rehash(h) % uint64(r.total))
+	v := int(flowhash.Rehash(h) % uint64(r.total))
 	for i, c := range r.cum {
 		if v < c {
 			return r.groups[i]
@@ -110,11 +110,11 @@ func connectErrors(m *metrics.Metrics) *prometheus.CounterVec { return m.TargetC
 // in, and its Maglev key: the 5-tuple hash, or the source IP's with
 // stickiness.
 func (r *route) lookup(proto uint8, zone string, src, dst netip.AddrPort) (*group, *zoneSnap, uint64) {
-	key := balance.FlowHash(proto, src, dst)
+	key := flowhash.Flow(proto, src, dst)
 	g := r.pick(key)
 	snap := g.snap.Load().forZone(zone)
 	if snap.bal.Stickiness {
-		key = balance.SourceHash(src.Addr())
+		key = flowhash.Source(src.Addr())
 	}
 	return g, snap, key
 }

@@ -14,9 +14,9 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
-	"github.com/l4lb/l4lb/lb/balance"
 	flowtable "github.com/l4lb/l4lb/lb/flow"
 	"github.com/l4lb/l4lb/pkg/config"
+	"github.com/l4lb/l4lb/pkg/flowhash"
 	"github.com/l4lb/l4lb/pkg/metrics"
 	"github.com/l4lb/l4lb/pkg/proxyproto"
 )
@@ -256,7 +256,7 @@ func (u *udpFront) readLoop(sock *net.UDPConn) {
 
 // lookup finds a datagram's flow, making it if it is new; nil means drop.
 func (u *udpFront) lookup(src, dst netip.AddrPort, now time.Time) *udpFlow {
-	key := flowtable.Key{Proto: balance.ProtoUDP, Src: src, Dst: dst}
+	key := flowtable.Key{Proto: flowhash.ProtoUDP, Src: src, Dst: dst}
 	if f, ok := u.table.Get(key, now); ok {
 		return f
 	}
@@ -299,7 +299,7 @@ func (u *udpFront) newFlow(key flowtable.Key, now time.Time) *udpFlow {
 		u.rejectACL.Inc()
 		return nil
 	}
-	g, snap, hash := u.route.Load().lookup(balance.ProtoUDP, u.zone, key.Src, key.Dst)
+	g, snap, hash := u.route.Load().lookup(flowhash.ProtoUDP, u.zone, key.Src, key.Dst)
 	var buf [1]int
 	prefs := snap.bal.Pick(hash, buf[:])
 	if len(prefs) == 0 {

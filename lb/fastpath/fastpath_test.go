@@ -10,7 +10,7 @@ import (
 
 	"github.com/cilium/ebpf"
 
-	"github.com/l4lb/l4lb/lb/balance"
+	"github.com/l4lb/l4lb/pkg/flowhash"
 	"github.com/l4lb/l4lb/pkg/maglev"
 )
 
@@ -151,9 +151,9 @@ func TestProgramMatchesUserSpaceHash(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
 	for i := range 500 {
 		client := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, byte(r.IntN(256)), byte(r.IntN(256)), byte(1 + r.IntN(254))}), uint16(1024+r.IntN(60000)))
-		to, want := vip, balance.FlowHash(balance.ProtoUDP, client, vip)
+		to, want := vip, flowhash.Flow(flowhash.ProtoUDP, client, vip)
 		if i%2 == 1 {
-			to, want = sticky, balance.SourceHash(client.Addr())
+			to, want = sticky, flowhash.Source(client.Addr())
 		}
 		payload := make([]byte, r.IntN(64))
 		ret, out := run(t, p, packet(client, to, payload))
@@ -510,9 +510,9 @@ func TestProgramIPv6(t *testing.T) {
 			a[j] = byte(r.IntN(256))
 		}
 		client = netip.AddrPortFrom(netip.AddrFrom16(a), uint16(1024+r.IntN(60000)))
-		to, want := vip, balance.FlowHash(balance.ProtoUDP, client, vip)
+		to, want := vip, flowhash.Flow(flowhash.ProtoUDP, client, vip)
 		if i%2 == 1 {
-			to, want = sticky, balance.SourceHash(client.Addr())
+			to, want = sticky, flowhash.Source(client.Addr())
 		}
 		ret, out := run(t, p, packet6(client, to, make([]byte, r.IntN(64))))
 		if ret != tcxPass {

@@ -5,7 +5,7 @@ import (
 
 	"github.com/cilium/ebpf/asm"
 
-	"github.com/l4lb/l4lb/lb/balance"
+	"github.com/l4lb/l4lb/pkg/flowhash"
 	"github.com/l4lb/l4lb/pkg/maglev"
 )
 
@@ -126,7 +126,7 @@ type maps struct {
 // program emits one of the two tc programs. On ingress, a client's datagram
 // of an established flow has its destination rewritten to the flow's target
 // before routing, and a first datagram to a service picks its target from the
-// service's Maglev table exactly as user space does (balance.FlowHash or
+// service's Maglev table exactly as user space does (flowhash.Flow or
 // SourceHash, modulo the table size) and creates both entries. On egress,
 // after routing, a target's reply has its source rewritten to the listener
 // address the client used: rewriting it earlier would hand the routing code a
@@ -489,28 +489,17 @@ func (b *builder) store(at, from int16, n int32) {
 	)
 }
 
-// FNV-1a as balance.FlowHash computes it, over the 16-byte form of each
+// FNV-1a as flowhash.Flow computes it, over the 16-byte form of each
 // address (IPv4-mapped for IPv4): constant parts are folded into constants
 // here, the variable bytes hashed one by one. R0 is the hash, R1 the prime,
-// R2 and R3 scratch.
+// R2 and R3 scratch. Every constant comes from package flowhash, and
+// TestProgramMatchesUserSpaceHash checks the result on real packets.
 var (
 	mappedPrefix = [12]byte{10: 0xff, 11: 0xff}
-	v4FlowSeed   = fnv(uint64(offset64)^balance.ProtoUDP, mappedPrefix[:]) // proto, then the source's prefix
-	v4SourceSeed = fnv(offset64, mappedPrefix[:])
-	prime10      = pow(prime64, 10)
+	v4FlowSeed   = flowhash.FNV(uint64(flowhash.Offset64)^flowhash.ProtoUDP, mappedPrefix[:]) // proto, then the source's prefix
+	v4SourceSeed = flowhash.FNV(flowhash.Offset64, mappedPrefix[:])
+	prime10      = pow(flowhash.Prime64, 10)
 )
-
-const (
-	offset64 = 14695981039346656037
-	prime64  = 1099511628211
-)
-
-func fnv(h uint64, bs []byte) uint64 {
-	for _, c := range bs {
-		h = (h ^ uint64(c)) * prime64
-	}
-	return h
-}
 
 func pow(x uint64, n int) uint64 {
 	r := uint64(1)
@@ -521,11 +510,11 @@ func pow(x uint64, n int) uint64 {
 }
 
 func (b *builder) flowHash(f family) {
-	seed := uint64(offset64) ^ balance.ProtoUDP
+	seed := uint64(flowhash.Offset64) ^ flowhash.ProtoUDP
 	if f.addrLen == 4 {
 		seed = v4FlowSeed
 	}
-	b.emit(asm.LoadImm(asm.R0, int64(seed), asm.DWord), asm.LoadImm(asm.R1, prime64, asm.DWord))
+	b.emit(asm.LoadImm(asm.R0, int64(seed), asm.DWord), asm.LoadImm(asm.R1, flowhash.Prime64, asm.DWord))
 	b.hashBytes(f.stSaddr(), f.addrLen)
 	b.hashBytes(f.stSport(), 2)
 	if f.addrLen == 4 {
@@ -541,11 +530,11 @@ func (b *builder) flowHash(f family) {
 }
 
 func (b *builder) sourceHash(f family) {
-	seed := uint64(offset64)
+	seed := uint64(flowhash.Offset64)
 	if f.addrLen == 4 {
 		seed = v4SourceSeed
 	}
-	b.emit(asm.LoadImm(asm.R0, int64(seed), asm.DWord), asm.LoadImm(asm.R1, prime64, asm.DWord))
+	b.emit(asm.LoadImm(asm.R0, int64(seed), asm.DWord), asm.LoadImm(asm.R1, flowhash.Prime64, asm.DWord))
 	b.hashBytes(f.stSaddr(), f.addrLen)
 	b.mix()
 }
@@ -571,15 +560,15 @@ func (b *builder) hashBytes(off int16, n int16) {
 	}
 }
 
-// mix is maglev.Mix.
+// mix is flowhash.Mix.
 func (b *builder) mix() {
-	x := uint64(0xbf58476d1ce4e5b9)
-	y := uint64(0x94d049bb133111eb)
+	x := uint64(flowhash.MixMul1)
+	y := uint64(flowhash.MixMul2)
 	b.emit(
-		asm.Mov.Reg(asm.R2, asm.R0), asm.RSh.Imm(asm.R2, 30), asm.Xor.Reg(asm.R0, asm.R2),
+		asm.Mov.Reg(asm.R2, asm.R0), asm.RSh.Imm(asm.R2, flowhash.MixShift1), asm.Xor.Reg(asm.R0, asm.R2),
 		asm.LoadImm(asm.R2, int64(x), asm.DWord), asm.Mul.Reg(asm.R0, asm.R2),
-		asm.Mov.Reg(asm.R2, asm.R0), asm.RSh.Imm(asm.R2, 27), asm.Xor.Reg(asm.R0, asm.R2),
+		asm.Mov.Reg(asm.R2, asm.R0), asm.RSh.Imm(asm.R2, flowhash.MixShift2), asm.Xor.Reg(asm.R0, asm.R2),
 		asm.LoadImm(asm.R2, int64(y), asm.DWord), asm.Mul.Reg(asm.R0, asm.R2),
-		asm.Mov.Reg(asm.R2, asm.R0), asm.RSh.Imm(asm.R2, 31), asm.Xor.Reg(asm.R0, asm.R2),
+		asm.Mov.Reg(asm.R2, asm.R0), asm.RSh.Imm(asm.R2, flowhash.MixShift3), asm.Xor.Reg(asm.R0, asm.R2),
 	)
 }

@@ -2,8 +2,11 @@ package maglev
 
 import (
 	"cmp"
-	"math"
+	"math/bits"
 	"slices"
+	"sync"
+
+	"github.com/l4lb/l4lb/pkg/flowhash"
 )
 
 // topK is how many ranked candidates per slot the fill keeps. A slot whose k
@@ -11,10 +14,14 @@ import (
 // full ranking.
 const topK = 8
 
+// candidate is one (slot, backend) pair with its weighted rendezvous score
+// w/l, kept as the exact fraction: l is -log2(u) in 32.32 fixed point, and 0
+// stands for u = 1, an infinite score.
 type candidate struct {
-	score float64
-	slot  int32
-	rank  int32 // position of the backend in name order
+	w    uint64
+	l    uint64
+	slot int32
+	rank int32 // position of the backend in name order
 }
 
 // fill assigns every slot to a backend. Each backend gets an exact quota of
@@ -26,17 +33,24 @@ type candidate struct {
 // Classic Maglev fills round by round along per-backend permutations; when a
 // backend leaves, every later round shifts and the cascade moves about 1.6/N of
 // keys for N=100 at 65537 slots. Ranking pairs by a weighted rendezvous score
-// (-w/ln u, u a fixed hash of slot and backend name) instead keeps each slot
+// (-w/log2 u, u a fixed hash of slot and backend name) instead keeps each slot
 // with the backend that wants it most, so a removal moves about 1.2/N.
+//
+// The fill uses integer arithmetic only: the logarithm comes from a table
+// built with integer operations, and scores compare as exact fractions. A
+// floating-point log may round differently on another architecture or
+// compiler (math.Log is assembly on amd64 and Go on arm64, where
+// multiply-adds may be fused), and one flipped comparison would give two
+// nodes of a fleet different tables.
 func fill(backends []Backend, order []int, g, size int) []uint32 {
 	n := len(order)
 	ids := make([]uint64, n)
-	weight := make([]float64, n)
+	weight := make([]uint64, n)
 	quota := make([]int, n)
 	total := 0
 	for r, o := range order {
-		ids[r] = fnv64(backends[o].Name)
-		weight[r] = float64(backends[o].Weight / g)
+		ids[r] = flowhash.String(backends[o].Name)
+		weight[r] = uint64(backends[o].Weight / g)
 		total += backends[o].Weight / g
 	}
 	// Largest-remainder quotas; ties go to the earlier name, so every process
@@ -97,22 +111,19 @@ func fill(backends []Backend, order []int, g, size int) []uint32 {
 }
 
 // score fills row with every backend's weighted rendezvous score for slot s.
-func score(row []candidate, ids []uint64, weight []float64, s int) {
-	hs := Mix(uint64(s) ^ 0x9e3779b97f4a7c15)
+func score(row []candidate, ids []uint64, weight []uint64, s int) {
+	hs := flowhash.Mix(uint64(s) ^ flowhash.GoldenGamma)
 	for r, id := range ids {
-		// u in (0, 1]: 53 bits of a hash of (slot, backend).
-		u := float64(Mix(id^hs)>>11+1) / (1 << 53)
-		row[r] = candidate{score: -weight[r] / math.Log(u), slot: int32(s), rank: int32(r)}
-		if u == 1 {
-			row[r].score = math.Inf(1)
-		}
+		// u in (0, 1]: 53 bits of a hash of (slot, backend), plus one.
+		u := flowhash.Mix(id^hs)>>11 + 1
+		row[r] = candidate{w: weight[r], l: negLog2(u), slot: int32(s), rank: int32(r)}
 	}
 }
 
 // byScore orders best first; ties break on slot then name order so the result
 // never depends on the sort algorithm.
 func byScore(a, b candidate) int {
-	if c := cmp.Compare(b.score, a.score); c != 0 {
+	if c := compareScore(a, b); c != 0 {
 		return c
 	}
 	if c := cmp.Compare(a.slot, b.slot); c != 0 {
@@ -120,6 +131,65 @@ func byScore(a, b candidate) int {
 	}
 	return cmp.Compare(a.rank, b.rank)
 }
+
+// compareScore is negative when a's score w/l is the higher, comparing
+// a.w*b.l with b.w*a.l in 128 bits, so no rounding enters.
+func compareScore(a, b candidate) int {
+	switch {
+	case a.l == 0 && b.l == 0:
+		return 0
+	case a.l == 0:
+		return -1
+	case b.l == 0:
+		return 1
+	}
+	ahi, alo := bits.Mul64(a.w, b.l)
+	bhi, blo := bits.Mul64(b.w, a.l)
+	if c := cmp.Compare(bhi, ahi); c != 0 {
+		return c
+	}
+	return cmp.Compare(blo, alo)
+}
+
+// fracBits is the fixed-point precision of the logarithms.
+const fracBits = 32
+
+// negLog2 is -log2(x / 2^53) in 32.32 fixed point, for x in [1, 2^53]: 0 for
+// x = 2^53, and larger the smaller x is. The fraction of log2 comes from a
+// 2^16-entry table, interpolated linearly over the next 16 bits.
+func negLog2(x uint64) uint64 {
+	t := log2Table()
+	e := uint64(bits.Len64(x) - 1)
+	m := x << (63 - e) // the leading one at bit 63
+	idx := (m >> 47) & 0xffff
+	rem := (m >> 31) & 0xffff
+	f := t[idx] + (t[idx+1]-t[idx])*rem>>16
+	return 53<<fracBits - (e<<fracBits + f)
+}
+
+// log2Table holds log2(1 + i/2^16) in 32.32 fixed point for i in [0, 2^16],
+// computed by the bitwise logarithm (square, and halve past 2) in integers.
+var log2Table = sync.OnceValue(func() *[1<<16 + 1]uint64 {
+	t := new([1<<16 + 1]uint64)
+	for i := range t {
+		y := uint64(1<<16+i) << 46 // the value in 2.62 fixed point, in [1, 2]
+		if i == 1<<16 {
+			t[i] = 1 << fracBits
+			continue
+		}
+		var f uint64
+		for k := fracBits - 1; k >= 0; k-- {
+			hi, lo := bits.Mul64(y, y)
+			y = hi<<2 | lo>>62 // y*y in 2.62
+			if y >= 1<<63 {
+				y >>= 1
+				f |= 1 << k
+			}
+		}
+		t[i] = f
+	}
+	return t
+})
 
 // best moves the k best candidates of row to its front, in order, and returns
 // them; an insertion pass is cheaper than sorting all n for small k.

@@ -144,24 +144,3 @@ func gcd(a, b int) int {
 	}
 	return a
 }
-
-// fnv64 is FNV-1a: fixed, so tables agree across processes and versions.
-func fnv64(s string) uint64 {
-	h := uint64(14695981039346656037)
-	for i := 0; i < len(s); i++ {
-		h ^= uint64(s[i])
-		h *= 1099511628211
-	}
-	return h
-}
-
-// Mix is the splitmix64 finalizer; it spreads FNV's weak low bits. It is
-// fixed, so hashes built on it agree across processes and versions.
-func Mix(x uint64) uint64 {
-	x ^= x >> 30
-	x *= 0xbf58476d1ce4e5b9
-	x ^= x >> 27
-	x *= 0x94d049bb133111eb
-	x ^= x >> 31
-	return x
-}

@@ -1,0 +1,75 @@
+package maglev
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"math"
+	"testing"
+)
+
+// goldenTable is the SHA-256 of the table that goldenBackends fill. Every
+// l4lb node, of any version and architecture, must build this same table, or
+// nodes behind one ECMP group send a flow to different targets (GOARCH=386
+// go test, on an amd64 machine, checks a second architecture). A change to
+// the fill that moves this value is a deliberate, release-noted decision.
+const goldenTable = "9ec0f8a698621a32952b68d260ceeec821b6c12e6d88ebb91d49620366173996"
+
+// goldenBackends is 50 targets over four subnets with weights 1 to 7.
+func goldenBackends() []Backend {
+	bs := make([]Backend, 50)
+	for i := range bs {
+		bs[i] = Backend{Name: fmt.Sprintf("10.%d.%d.%d:%d", i%4, i/4, 10+i, 8000+i%3), Weight: 1 + (i*5)%7}
+	}
+	return bs
+}
+
+func TestGoldenTable(t *testing.T) {
+	tab, err := New(goldenBackends(), DefaultSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := sha256.New()
+	var b [4]byte
+	for _, s := range tab.slots {
+		binary.LittleEndian.PutUint32(b[:], s)
+		h.Write(b[:])
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != goldenTable {
+		t.Fatalf("the table of the golden backends changed: sha256 %s, want %s", got, goldenTable)
+	}
+}
+
+// The integer logarithm agrees with the floating-point one to within a few
+// parts in 2^32 of a bit, over the whole input range (math is used here only
+// to check, never to fill).
+func TestNegLog2(t *testing.T) {
+	if got := negLog2(1 << 53); got != 0 {
+		t.Fatalf("negLog2(2^53) = %d, want 0", got)
+	}
+	prev := negLog2(1)
+	if want := uint64(53) << fracBits; prev != want {
+		t.Fatalf("negLog2(1) = %d, want %d", prev, want)
+	}
+	var worst float64
+	for i := uint64(1); i < 2_000_000; i++ {
+		x := i * 4503599627 % (1 << 53)
+		if x == 0 {
+			continue
+		}
+		got := float64(negLog2(x)) / (1 << fracBits)
+		want := 53 - math.Log2(float64(x))
+		worst = max(worst, math.Abs(got-want))
+	}
+	if worst > 1e-8 {
+		t.Fatalf("negLog2 is off by up to %g bits", worst)
+	}
+	for x := uint64(2); x < 1<<20; x++ { // never increases as x grows
+		v := negLog2(x)
+		if v > prev {
+			t.Fatalf("negLog2(%d) = %d > negLog2(%d) = %d", x, v, x-1, prev)
+		}
+		prev = v
+	}
+}
