@@ -46,6 +46,10 @@ test: deps lint
 lint:
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) vet -tags integration ./...
+	@# The client commands build for other systems, and everything for arm64.
+	GOOS=darwin $(GO) build -o /dev/null ./cmd/l4lb
+	GOARCH=arm64 $(GO) build ./...
 
 ## bench: the bundled benchmark: l4lb against HAProxy and a direct connection
 bench: deps build

@@ -36,7 +36,7 @@ const (
 
 // DefaultConnectTimeout bounds one connect to a target before the flow moves
 // on to the next target of its preference list.
-const DefaultConnectTimeout = 3 * time.Second
+const DefaultConnectTimeout = config.DefaultConnectTimeout
 
 // DefaultPipeSize is the capacity of a bulk direction's splice pipe: 1 MiB
 // (the unprivileged maximum, fs.pipe-max-size) moves about 1.5x as much per

@@ -10,7 +10,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/l4lb/l4lb/lb"
 	"github.com/l4lb/l4lb/pkg/config"
 )
 
@@ -59,7 +58,7 @@ func newDemo() *cobra.Command {
 			if err != nil {
 				return usageError{err}
 			}
-			return serve(ctx, cfg, log, lb.DefaultConnectTimeout, func(*lb.Server, net.Addr) {
+			return runServe(ctx, cfg, log, config.DefaultConnectTimeout, func(net.Addr) {
 				fmt.Fprintf(out, `
 l4lb demo is up: listener %s -> targets %v
 Try:

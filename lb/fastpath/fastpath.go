@@ -161,7 +161,7 @@ func New(opts Options) (*Path, error) {
 			name string
 		}{{&fp.allow, "l4lb_allow"}, {&fp.deny, "l4lb_deny"}} {
 			if *acl.m, err = newMap(ebpf.MapSpec{Name: acl.name + f.name, Type: ebpf.LPMTrie, KeySize: uint32(8 + f.addrLen),
-				ValueSize: 1, MaxEntries: uint32(opts.ACLPrefixes), Flags: unix.BPF_F_NO_PREALLOC}); err != nil {
+				ValueSize: 1, MaxEntries: uint32(opts.ACLPrefixes), Flags: bpfNoPrealloc}); err != nil {
 				return fail(err)
 			}
 		}
@@ -511,7 +511,7 @@ func (p *Path) Close() error {
 // flows arrive instead of holding gigabytes for a table that may never fill.
 func flowMapFlags(maxFlows int) uint32 {
 	if maxFlows > 1<<20 {
-		return unix.BPF_F_NO_PREALLOC
+		return bpfNoPrealloc
 	}
 	return 0
 }
@@ -579,3 +579,7 @@ func monotonic() uint64 {
 	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
 	return uint64(ts.Nano())
 }
+
+// bpfNoPrealloc is BPF_F_NO_PREALLOC from the kernel's uapi, which
+// golang.org/x/sys/unix defines on amd64 only.
+const bpfNoPrealloc = 1

@@ -6,6 +6,7 @@ import "time"
 const (
 	DefaultAdminListen         = "127.0.0.1:9900"
 	DefaultShutdownTimeout     = 30 * time.Second
+	DefaultConnectTimeout      = 3 * time.Second // one connect to a target, before the next is tried
 	DefaultMaxFlows            = 65536
 	DefaultIdleTimeout         = 350 * time.Second
 	DefaultUDPIdleTimeout      = 120 * time.Second
