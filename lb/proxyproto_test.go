@@ -281,7 +281,39 @@ func TestProxyAccept(t *testing.T) {
 	refused("127.0.0.20", []byte("GET / HTTP/1.0\r\n\r\n"))                        // trusted, no header
 	refused("127.0.0.21", []byte("PROXY TCP4 203.0.113.9 127.0.0.1 5555 80\r\nx")) // untrusted
 	refused("127.0.0.21", hdr)                                                     // untrusted, v2
-	waitFor(t, func() bool { return counterValue(t, reg, "l4lb_rejected_flows_total") == 4 })
+	// A header split over writes is refused the same way: the first bytes
+	// of a signature alone are held back until the rest settles it.
+	refusedSplit := func(src string, parts ...[]byte) {
+		t.Helper()
+		c := dialFrom(t, src, addr)
+		for _, p := range parts {
+			c.Write(p)
+			time.Sleep(50 * time.Millisecond) // separate segments, separate reads
+		}
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		got, err := io.ReadAll(c)
+		if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			t.Fatalf("%s: connection still open after a split header", src)
+		}
+		if len(got) > 21 {
+			t.Fatalf("%s: part of a split header reached the target: got back %q", src, got)
+		}
+	}
+	refusedSplit("127.0.0.21", []byte("PR"), []byte("OXY TCP4 203.0.113.9 127.0.0.1 5555 80\r\nx"))
+	refusedSplit("127.0.0.21", hdr[:5], hdr[5:11], hdr[11:])
+	waitFor(t, func() bool { return counterValue(t, reg, "l4lb_rejected_flows_total") == 6 })
+
+	// What starts like a signature but is not one (the HTTP/2 preface
+	// starts "PR") reaches the target whole, in order.
+	c4 := dialFrom(t, "127.0.0.21", addr)
+	c4.Write([]byte("PR"))
+	time.Sleep(50 * time.Millisecond)
+	c4.Write([]byte("I * HTTP/2.0"))
+	c4.SetReadDeadline(time.Now().Add(5 * time.Second))
+	back := make([]byte, 21+len("PRI * HTTP/2.0"))
+	if _, err := io.ReadFull(c4, back); err != nil || string(back[21:]) != "PRI * HTTP/2.0" {
+		t.Fatalf("HTTP/2 preface split after PR: target echoed %q (%v)", back, err)
+	}
 
 	// An untrusted client that sends no header is served as usual.
 	c3 := dialFrom(t, "127.0.0.21", addr)

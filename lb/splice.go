@@ -111,6 +111,16 @@ func (h *halfFlow) readReady(fd uintptr) bool {
 	if h.bulk {
 		return h.spliceIn(fd)
 	}
+	if h.checkPP {
+		switch h.peekHeader(fd) {
+		case proxyproto.Header:
+			h.f.l.rejectPP.Inc()
+			h.err = errUntrustedHeader
+			return true
+		case proxyproto.Undecided:
+			return false // nothing consumed; the poller wakes on more bytes
+		}
+	}
 	if h.buf == nil {
 		h.buf = h.f.srv.bufs.get()
 	}
@@ -129,15 +139,6 @@ func (h *halfFlow) readReady(fd uintptr) bool {
 			h.eof = true
 		default:
 			h.bufOff, h.bufEnd = 0, n
-			if h.checkPP {
-				h.checkPP = false
-				if proxyproto.IsHeader((*h.buf)[:n]) {
-					h.f.l.rejectPP.Inc()
-					h.err = errUntrustedHeader
-					h.bufOff, h.bufEnd = 0, 0 // forward none of it
-					return true
-				}
-			}
 			if n == len(*h.buf) {
 				h.bulk = true // more is waiting: splice from the next read on
 			}
@@ -210,6 +211,33 @@ func (h *halfFlow) writeReady(fd uintptr) bool {
 		h.n += int64(n)
 	}
 	return true
+}
+
+// peekHeader looks at the client's first bytes without consuming them, until
+// they show whether a PROXY header starts the stream: a header split over
+// several writes ("PR", then "OXY TCP4 ...") is refused like a whole one, and
+// no byte reaches the target before that is settled. It returns Undecided
+// while the bytes queued are a strict prefix of a signature, and clears
+// checkPP once it is settled (or at EOF, which the read that follows sees).
+func (h *halfFlow) peekHeader(fd uintptr) proxyproto.Verdict {
+	var b [proxyproto.SignatureLen]byte
+	for {
+		n, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			return proxyproto.Undecided
+		case err != nil || n == 0:
+			h.checkPP = false // the read reports the error or EOF
+			return proxyproto.NotHeader
+		}
+		v := proxyproto.Classify(b[:n])
+		if v != proxyproto.Undecided {
+			h.checkPP = false
+		}
+		return v
+	}
 }
 
 // errUntrustedHeader ends a flow whose client, not trusted to, sent a PROXY

@@ -190,3 +190,31 @@ func readRaw(r io.Reader) ([]byte, error) {
 func IsHeader(b []byte) bool {
 	return bytes.HasPrefix(b, []byte("PROXY ")) || bytes.HasPrefix(b, pp.SIGV2)
 }
+
+// SignatureLen is how many first bytes decide whether a stream starts with a
+// PROXY header: the length of the v2 signature, the longer of the two.
+const SignatureLen = 12
+
+// Verdict is what a stream's first bytes say about a PROXY header.
+type Verdict uint8
+
+const (
+	NotHeader Verdict = iota // they cannot start a header
+	Header                   // they start one ("PROXY " or the v2 signature)
+	Undecided                // a strict prefix of a signature: more bytes decide
+)
+
+// Classify looks at the first bytes of a stream, however few arrived, so a
+// header split across reads ("PR", then "OXY TCP4 ...") is caught: a prefix
+// of a signature is Undecided until the bytes that follow settle it.
+func Classify(b []byte) Verdict {
+	if IsHeader(b) {
+		return Header
+	}
+	for _, sig := range [...][]byte{[]byte("PROXY "), pp.SIGV2} {
+		if len(b) < len(sig) && bytes.Equal(b, sig[:len(b)]) {
+			return Undecided
+		}
+	}
+	return NotHeader
+}

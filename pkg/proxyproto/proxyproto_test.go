@@ -147,3 +147,29 @@ func FuzzReadHeader(f *testing.F) {
 		HasSignature(data)
 	})
 }
+
+func TestClassify(t *testing.T) {
+	v2 := "\r\n\r\n\x00\r\nQUIT\n"
+	for _, c := range []struct {
+		in   string
+		want Verdict
+	}{
+		{"", Undecided},
+		{"P", Undecided},
+		{"PR", Undecided},
+		{"PROXY", Undecided},
+		{"PROXY ", Header},
+		{"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n", Header},
+		{"PRI * HTTP/2.0\r\n", NotHeader},
+		{"GET / HTTP/1.1\r\n", NotHeader},
+		{v2[:1], Undecided},
+		{v2[:11], Undecided},
+		{v2, Header},
+		{v2 + "\x21", Header},
+		{"\r\n\r\nX", NotHeader},
+	} {
+		if got := Classify([]byte(c.in)); got != c.want {
+			t.Errorf("Classify(%q) = %d, want %d", c.in, got, c.want)
+		}
+	}
+}
