@@ -239,12 +239,6 @@ func (f *flow) setup() error {
 	up.reset()
 	down.reset()
 	up.checkPP = f.checkPP
-	if err := crc.Control(up.onFD); err != nil {
-		return err
-	}
-	if err := trc.Control(down.onFD); err != nil {
-		return err
-	}
 	return nil
 }
 

@@ -49,6 +49,7 @@ type parker struct {
 	parks     atomic.Int64
 	lastParks int64 // parks at the previous scan
 	lastGC    time.Time
+	bg        sync.WaitGroup // a memory release in progress
 }
 
 const (
@@ -99,16 +100,30 @@ func (p *parker) park(h *halfFlow) bool {
 	h.slot = slot
 	h.state.Store(parking)
 	p.mu.Unlock()
-	fd := h.fd
+	// The descriptor is used only inside the socket's RawConn callback,
+	// which holds a reference to it: an abort that closes the socket
+	// meanwhile cannot free the number for another socket to reuse, and a
+	// socket closed already is refused here instead of registering whatever
+	// now has its number.
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: slot}
-	err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, fd, &ev)
-	if err == nil && h.state.CompareAndSwap(parking, parked) {
+	ok := false
+	cerr := h.srcRC.Control(func(fd uintptr) {
+		if h.f.aborted.Load() {
+			return
+		}
+		if unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev) != nil {
+			return
+		}
+		if h.state.CompareAndSwap(parking, parked) {
+			ok = true
+			return
+		}
+		// An abort came while registering: stay on this goroutine.
+		unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, int(fd), nil)
+	})
+	if cerr == nil && ok {
 		p.parks.Add(1)
 		return true
-	}
-	// Refused, or an abort came while registering: stay on this goroutine.
-	if err == nil {
-		unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, fd, nil)
 	}
 	h.state.Store(running)
 	p.freeSlot(slot)
@@ -124,10 +139,10 @@ func (p *parker) unpark(h *halfFlow) {
 			if !h.state.CompareAndSwap(parked, running) {
 				continue
 			}
-			// Remove the registration while the descriptor is surely
-			// still open (abort unparks before it closes), so a reused
-			// number is never hit.
-			unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, h.fd, nil)
+			// Remove the registration through the socket's RawConn, so
+			// it is never done on a number that was closed and reused. A
+			// socket closed already left the set when it closed.
+			h.srcRC.Control(func(fd uintptr) { unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, int(fd), nil) })
 			p.freeSlot(h.slot)
 			h.f.resume(h)
 			return
@@ -190,7 +205,12 @@ func (p *parker) reclaim(now time.Time) {
 		p.lastParks = 0
 		p.lastGC = now
 		// Off the loop: a GC of a large heap must not delay waking flows.
-		go debug.FreeOSMemory()
+		// close waits for it.
+		p.bg.Add(1)
+		go func() {
+			defer p.bg.Done()
+			debug.FreeOSMemory()
+		}()
 	}
 }
 
@@ -226,6 +246,7 @@ func (p *parker) close() {
 	}
 	unix.Write(p.wake, []byte{1, 0, 0, 0, 0, 0, 0, 0})
 	<-p.done
+	p.bg.Wait()
 	unix.Close(p.epfd)
 	unix.Close(p.wake)
 }

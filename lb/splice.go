@@ -82,11 +82,9 @@ type halfFlow struct {
 	eof     bool
 	onRead  func(fd uintptr) bool
 	onWrite func(fd uintptr) bool
-	onFD    func(fd uintptr)
 	spliced int64 // bytes of n that moved by splice(2)
 	checkPP bool  // the first bytes must not be a PROXY header (untrusted client)
 
-	fd    int          // the source socket's descriptor, for parking
 	slot  int32        // parker slot while parked
 	state atomic.Int32 // running or parked
 }
@@ -94,10 +92,7 @@ type halfFlow struct {
 func (h *halfFlow) bind() {
 	h.onRead = h.readReady
 	h.onWrite = h.writeReady
-	h.onFD = h.setFD
 }
-
-func (h *halfFlow) setFD(fd uintptr) { h.fd = int(fd) }
 
 func (h *halfFlow) reset() {
 	h.n, h.spliced, h.inPipe, h.bufOff, h.bufEnd, h.err, h.eof, h.bulk = 0, 0, 0, 0, 0, nil, false, false

@@ -39,7 +39,7 @@ type udpFront struct {
 	route    atomic.Pointer[route]
 	acl      acl
 	socks    []*net.UDPConn
-	sendFD   int // raw descriptor replies leave from
+	sendRC   syscall.RawConn // the socket replies leave from
 	wildcard bool
 	table    *flowtable.Table[*udpFlow]
 
@@ -127,8 +127,9 @@ func (u *udpFront) bind() error {
 	if err != nil {
 		return err
 	}
-	rc, _ := u.socks[0].SyscallConn()
-	rc.Control(func(fd uintptr) { u.sendFD = int(fd) })
+	if u.sendRC, err = u.socks[0].SyscallConn(); err != nil {
+		return err
+	}
 	if u.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
 		return err
 	}
@@ -501,7 +502,16 @@ func (u *udpFront) reply(f *udpFlow, b *batch, now time.Time) {
 			bytes += size
 			b.setSend(i, size, &f.name, f.namelen, f.src)
 		}
-		sent := u.sendAll(u.sendFD, b, n)
+		// The descriptor is used only inside the callback, which holds a
+		// reference to it: a close meanwhile cannot hand its number to
+		// another socket that the replies would then go out of.
+		sent := 0
+		if err := u.sendRC.Write(func(fd uintptr) bool {
+			sent = u.sendAll(int(fd), b, n)
+			return true
+		}); err != nil {
+			u.dropped.Add(float64(n)) // the listener is closing
+		}
 		u.pktsOut.Add(float64(sent))
 		u.bytesOut.Add(float64(bytes))
 		if n < udpBatch {
