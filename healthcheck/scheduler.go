@@ -65,15 +65,13 @@ func NewScheduler(rep Reporter, o Options) *Scheduler {
 	return &Scheduler{rep: rep, log: o.Logger, m: o.Metrics, checker: newChecker(), ctx: ctx, cancel: cancel, watches: map[key]*watch{}}
 }
 
-func healthChecks(m *metrics.Metrics) *prometheus.CounterVec { return m.HealthChecks }
-
 // Watch starts checking target of group with spec; watching it again replaces
 // the spec and starts over from Initial.
 func (s *Scheduler) Watch(group string, target netip.AddrPort, spec config.HealthCheck) {
 	k := key{group, target}
 	w := &watch{key: k, spec: spec, stop: make(chan struct{}), m: Machine{Rise: spec.HealthyThreshold, Fall: spec.UnhealthyThreshold}}
-	w.pass = s.m.Counter(healthChecks, group, target.String(), "success")
-	w.fail = s.m.Counter(healthChecks, group, target.String(), "failure")
+	w.pass = s.m.Counter(metrics.HealthChecks, group, target.String(), "success")
+	w.fail = s.m.Counter(metrics.HealthChecks, group, target.String(), "failure")
 	s.mu.Lock()
 	if old, ok := s.watches[k]; ok {
 		close(old.stop)

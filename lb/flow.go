@@ -268,8 +268,15 @@ func (f *flow) finish(h *halfFlow, how copyErr) {
 			l.lbResets.Inc()
 		}
 	case endReset:
-		if h == &f.halves[0] {
+		// The client's side failed when the client-to-target direction
+		// could not read, or the other one could not write; else the
+		// target's side did. A refused PROXY header is counted as such.
+		switch clientSide := (h == &f.halves[0]) != h.errAtDst; {
+		case h.err == errUntrustedHeader:
+		case clientSide:
 			l.clientRsts.Inc()
+		default:
+			f.tgt.resets.Inc()
 		}
 		// Pass the reset on to the other side.
 		f.abort()

@@ -64,17 +64,17 @@ func newListener(s *Server, lc *config.Listener, b config.BindAddr, r *route) *l
 	l.route.Store(r)
 	m := s.m
 	lbl := []string{lc.Name, "TCP", b.Zone}
-	l.newFlows = m.Counter(func(m *metrics.Metrics) *prometheus.CounterVec { return m.NewFlows }, lbl...)
-	l.active = m.Gauge(func(m *metrics.Metrics) *prometheus.GaugeVec { return m.ActiveFlows }, lbl...)
-	l.bytesIn = m.Counter(func(m *metrics.Metrics) *prometheus.CounterVec { return m.ProcessedBytes }, append(lbl, "in")...)
-	l.bytesOut = m.Counter(func(m *metrics.Metrics) *prometheus.CounterVec { return m.ProcessedBytes }, append(lbl, "out")...)
-	l.lbResets = m.Counter(func(m *metrics.Metrics) *prometheus.CounterVec { return m.TCPLBResets }, lbl...)
-	l.clientRsts = m.Counter(func(m *metrics.Metrics) *prometheus.CounterVec { return m.TCPClientResets }, lbl...)
-	l.rejectACL = m.Counter(func(m *metrics.Metrics) *prometheus.CounterVec { return m.RejectedFlows }, append(lbl, "acl")...)
-	l.rejectNoTgt = m.Counter(func(m *metrics.Metrics) *prometheus.CounterVec { return m.RejectedFlows }, append(lbl, "no_target")...)
-	l.rejectPP = m.Counter(func(m *metrics.Metrics) *prometheus.CounterVec { return m.RejectedFlows }, append(lbl, "proxy_protocol")...)
-	l.rejectHello = m.Counter(func(m *metrics.Metrics) *prometheus.CounterVec { return m.RejectedFlows }, append(lbl, "tls_hello")...)
-	l.rejectLimit = m.Counter(func(m *metrics.Metrics) *prometheus.CounterVec { return m.RejectedFlows }, append(lbl, "source_limit")...)
+	l.newFlows = m.Counter(metrics.NewFlows, lbl...)
+	l.active = m.Gauge(metrics.ActiveFlows, lbl...)
+	l.bytesIn = m.Counter(metrics.ProcessedBytes, append(lbl, "in")...)
+	l.bytesOut = m.Counter(metrics.ProcessedBytes, append(lbl, "out")...)
+	l.lbResets = m.Counter(metrics.TCPLBResets, lbl...)
+	l.clientRsts = m.Counter(metrics.TCPClientResets, lbl...)
+	l.rejectACL = m.Counter(metrics.RejectedFlows, append(lbl, "acl")...)
+	l.rejectNoTgt = m.Counter(metrics.RejectedFlows, append(lbl, "no_target")...)
+	l.rejectPP = m.Counter(metrics.RejectedFlows, append(lbl, "proxy_protocol")...)
+	l.rejectHello = m.Counter(metrics.RejectedFlows, append(lbl, "tls_hello")...)
+	l.rejectLimit = m.Counter(metrics.RejectedFlows, append(lbl, "source_limit")...)
 	return l
 }
 

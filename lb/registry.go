@@ -47,6 +47,7 @@ type target struct {
 
 	connectErrs prometheus.Counter
 	portErrs    prometheus.Counter
+	resets      prometheus.Counter // flows the target's side ended with an error
 }
 
 // groupSnap is the immutable routing view of a group: per zone, the Maglev
@@ -90,11 +91,12 @@ type group struct {
 	snap      atomic.Pointer[groupSnap]
 
 	unhealthyRouting prometheus.Counter
+	zonesSeen        map[string]bool // zones whose state gauges were set
 }
 
 func newGroup(s *Server, tg *config.TargetGroup, lbCrossZone bool) (*group, error) {
 	g := &group{srv: s, cfg: *tg, crossZone: tg.CrossZoneEnabled(lbCrossZone)}
-	g.unhealthyRouting = s.m.Counter(func(m *metrics.Metrics) *prometheus.CounterVec { return m.UnhealthyRoutingFlows }, tg.Name)
+	g.unhealthyRouting = s.m.Counter(metrics.UnhealthyRoutingFlows, tg.Name)
 	for _, t := range tg.Targets {
 		g.targets = append(g.targets, g.newTarget(t.Address, t.Zone, t.Weight))
 	}
@@ -107,8 +109,10 @@ func newGroup(s *Server, tg *config.TargetGroup, lbCrossZone bool) (*group, erro
 func (g *group) newTarget(addr netip.AddrPort, zone string, weight int) *target {
 	t := &target{g: g, addr: addr, name: addr.String(), zone: zone, weight: weight,
 		state: api.StateInitial, reason: api.ReasonInitialHealthChecking, flows: map[*flow]struct{}{}}
-	t.connectErrs = g.srv.m.Counter(connectErrors, g.cfg.Name, t.name)
-	t.portErrs = g.srv.m.Counter(func(m *metrics.Metrics) *prometheus.CounterVec { return m.PortAllocationErrors }, g.cfg.Name, t.name)
+	g.srv.m.AddTarget(g.cfg.Name, t.name)
+	t.connectErrs = g.srv.m.Counter(metrics.TargetConnectErrors, g.cfg.Name, t.name)
+	t.resets = g.srv.m.Counter(metrics.TCPTargetResets, g.cfg.Name, t.name)
+	t.portErrs = g.srv.m.Counter(metrics.PortAllocationErrors, g.cfg.Name, t.name)
 	return t
 }
 
@@ -152,20 +156,44 @@ func (g *group) rebuild() error {
 	if k := g.srv.kernel.Load(); k != nil {
 		k.changed()
 	}
-	if m := g.srv.m; m != nil {
-		healthy, unhealthy := 0, 0
-		for _, t := range g.targets {
-			switch t.state {
-			case api.StateHealthy:
-				healthy++
-			case api.StateUnhealthy, api.StateUnhealthyDraining:
-				unhealthy++
-			}
-		}
-		m.HealthyTargets.WithLabelValues(g.cfg.Name, "").Set(float64(healthy))
-		m.UnhealthyTargets.WithLabelValues(g.cfg.Name, "").Set(float64(unhealthy))
-	}
+	g.countStates()
 	return nil
+}
+
+// countStates sets the healthy and unhealthy target gauges, per zone. Every
+// zone the group has counted before is set again, so a zone whose last
+// healthy target left drops to 0 rather than keeping its old value.
+func (g *group) countStates() {
+	m := g.srv.m
+	if m == nil {
+		return
+	}
+	type counts struct{ healthy, unhealthy int }
+	byZone := map[string]*counts{}
+	for z := range g.zonesSeen {
+		byZone[z] = &counts{}
+	}
+	for _, t := range g.targets {
+		c := byZone[t.zone]
+		if c == nil {
+			c = &counts{}
+			byZone[t.zone] = c
+		}
+		switch t.state {
+		case api.StateHealthy:
+			c.healthy++
+		case api.StateUnhealthy, api.StateUnhealthyDraining:
+			c.unhealthy++
+		}
+	}
+	if g.zonesSeen == nil {
+		g.zonesSeen = map[string]bool{}
+	}
+	for z, c := range byZone {
+		g.zonesSeen[z] = true
+		m.Gauge(metrics.HealthyTargets, g.cfg.Name, z).Set(float64(c.healthy))
+		m.Gauge(metrics.UnhealthyTargets, g.cfg.Name, z).Set(float64(c.unhealthy))
+	}
 }
 
 // view builds the routing view over targets: the healthy ones, or, below the
@@ -416,7 +444,11 @@ func (s *Server) Deregister(groupName, address string) error {
 			t.terminate("deregistration delay over")
 		}
 		g.mu.Lock()
+		n := len(g.targets)
 		g.targets = slices.DeleteFunc(g.targets, func(x *target) bool { return x == t })
+		if len(g.targets) < n {
+			s.m.RemoveTarget(groupName, t.name)
+		}
 		g.mu.Unlock()
 		s.log.Info("drain end", zap.String("target_group", groupName), zap.String(logTarget, t.name))
 	})

@@ -4,11 +4,8 @@ import (
 	"fmt"
 	"net/netip"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/l4lb/l4lb/pkg/config"
 	"github.com/l4lb/l4lb/pkg/flowhash"
-	"github.com/l4lb/l4lb/pkg/metrics"
 )
 
 // route is what a listener forwards to: one target group, or several weighted
@@ -103,8 +100,6 @@ func (a *acl) permits(ip netip.Addr) bool {
 	}
 	return false
 }
-
-func connectErrors(m *metrics.Metrics) *prometheus.CounterVec { return m.TargetConnectErrors }
 
 // lookup picks the group of a flow, the routing view of the zone it arrived
 // in, and its Maglev key: the 5-tuple hash, or the source IP's with

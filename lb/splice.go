@@ -84,6 +84,10 @@ type halfFlow struct {
 	onWrite func(fd uintptr) bool
 	spliced int64 // bytes of n that moved by splice(2)
 	checkPP bool  // the first bytes must not be a PROXY header (untrusted client)
+	// errAtDst says the error that ended the direction came from writing
+	// to its destination, not from reading its source: it tells a
+	// target's reset from a client's.
+	errAtDst bool
 
 	slot  int32        // parker slot while parked
 	state atomic.Int32 // running or parked
@@ -280,11 +284,13 @@ func (h *halfFlow) run() (how copyErr, isParked bool) {
 				return endEOF, false
 			}
 		}
+		h.errAtDst = false
 		if err == nil && h.pending() > 0 {
 			err = h.dstRC.Write(h.onWrite)
 			if err == nil {
 				err = h.err
 			}
+			h.errAtDst = err != nil
 			if err == nil {
 				f.touch()
 				h.releaseBuf()

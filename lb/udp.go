@@ -79,20 +79,20 @@ func newUDPFront(s *Server, lc *config.Listener, b config.BindAddr, r *route) *u
 	u.route.Store(r)
 	m := s.m
 	lbl := []string{lc.Name, "UDP", b.Zone}
-	c := func(f func(*metrics.Metrics) *prometheus.CounterVec, extra ...string) prometheus.Counter {
+	c := func(f metrics.ID, extra ...string) prometheus.Counter {
 		return m.Counter(f, append(append([]string{}, lbl...), extra...)...)
 	}
-	u.newFlows = c(func(m *metrics.Metrics) *prometheus.CounterVec { return m.NewFlows })
-	u.rejectFull = c(func(m *metrics.Metrics) *prometheus.CounterVec { return m.RejectedFlows }, "flow_table_full")
-	u.rejectACL = c(func(m *metrics.Metrics) *prometheus.CounterVec { return m.RejectedFlows }, "acl")
-	u.rejectNoTgt = c(func(m *metrics.Metrics) *prometheus.CounterVec { return m.RejectedFlows }, "no_target")
-	u.dropped = c(func(m *metrics.Metrics) *prometheus.CounterVec { return m.RejectedFlows }, "datagram_dropped")
-	u.pktsIn = c(func(m *metrics.Metrics) *prometheus.CounterVec { return m.ProcessedPackets }, "in")
-	u.pktsOut = c(func(m *metrics.Metrics) *prometheus.CounterVec { return m.ProcessedPackets }, "out")
-	u.bytesIn = c(func(m *metrics.Metrics) *prometheus.CounterVec { return m.ProcessedBytes }, "in")
-	u.bytesOut = c(func(m *metrics.Metrics) *prometheus.CounterVec { return m.ProcessedBytes }, "out")
-	u.active = m.Gauge(func(m *metrics.Metrics) *prometheus.GaugeVec { return m.ActiveFlows }, lbl...)
-	u.entries = m.Gauge(func(m *metrics.Metrics) *prometheus.GaugeVec { return m.FlowTableEntries }, lc.Name)
+	u.newFlows = c(metrics.NewFlows)
+	u.rejectFull = c(metrics.RejectedFlows, "flow_table_full")
+	u.rejectACL = c(metrics.RejectedFlows, "acl")
+	u.rejectNoTgt = c(metrics.RejectedFlows, "no_target")
+	u.dropped = c(metrics.RejectedFlows, "datagram_dropped")
+	u.pktsIn = c(metrics.ProcessedPackets, "in")
+	u.pktsOut = c(metrics.ProcessedPackets, "out")
+	u.bytesIn = c(metrics.ProcessedBytes, "in")
+	u.bytesOut = c(metrics.ProcessedBytes, "out")
+	u.active = m.Gauge(metrics.ActiveFlows, lbl...)
+	u.entries = m.Gauge(metrics.FlowTableEntries, lc.Name)
 	return u
 }
 

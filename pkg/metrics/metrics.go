@@ -1,9 +1,11 @@
-// Package metrics holds every l4lb Prometheus collector in one struct,
-// registered on a registry the caller passes in (never the global one):
+// Package metrics holds every l4lb Prometheus collector, declared in one
+// table and registered on a registry the caller passes in (never the global
+// one):
 //
 //	reg := prometheus.NewRegistry()
 //	m := metrics.New(reg)
-//	m.NewFlows.WithLabelValues("web", "TCP", "a").Inc()
+//	flows := m.Counter(metrics.NewFlows, "web", "TCP", "a") // resolved once
+//	flows.Inc()                                               // on the data path
 //
 // A nil *Metrics is valid: every method on it does nothing, so tests and tools
 // that do not care about metrics pass nil.
@@ -23,90 +25,165 @@ const (
 	LabelDirection   = "direction"
 )
 
-// Metrics is the set of l4lb collectors (SPEC §6).
+// ID names one collector of the table.
+type ID int
+
+// The collectors (SPEC §6 and §10).
+const (
+	ActiveFlows ID = iota
+	NewFlows
+	ProcessedBytes
+	ProcessedPackets
+	HealthyTargets
+	UnhealthyTargets
+	TCPClientResets
+	TCPTargetResets
+	TCPLBResets
+	ClientTLSErrors
+	TargetTLSErrors
+	PortAllocationErrors
+	UnhealthyRoutingFlows
+	TargetConnectErrors
+	RejectedFlows
+	HealthChecks
+	FlowTableEntries
+	FlowEvictions
+	UDPReceiveDrops
+	numIDs
+)
+
+type kind uint8
+
+const (
+	counter kind = iota
+	gauge
+)
+
+var (
+	lpz    = []string{LabelListener, LabelProtocol, LabelZone}
+	target = []string{LabelTargetGroup, LabelTarget}
+)
+
+// table is every collector: its name (after the l4lb_ prefix), kind, help and
+// labels. Collectors labelled by target group and target are per-target: a
+// target's series exist from its registration (at 0) to its removal.
+var table = [numIDs]struct {
+	name   string
+	kind   kind
+	help   string
+	labels []string
+}{
+	ActiveFlows:           {"active_flows", gauge, "Flows open now.", lpz},
+	NewFlows:              {"new_flows_total", counter, "Flows accepted.", lpz},
+	ProcessedBytes:        {"processed_bytes_total", counter, "Bytes moved, by direction (in = client to target).", with(lpz, LabelDirection)},
+	ProcessedPackets:      {"processed_packets_total", counter, "Datagrams moved (UDP), by direction.", with(lpz, LabelDirection)},
+	HealthyTargets:        {"healthy_targets", gauge, "Targets in state healthy, by zone (\"\" for targets outside every zone).", []string{LabelTargetGroup, LabelZone}},
+	UnhealthyTargets:      {"unhealthy_targets", gauge, "Targets in state unhealthy or unhealthy.draining, by zone.", []string{LabelTargetGroup, LabelZone}},
+	TCPClientResets:       {"tcp_client_resets_total", counter, "Flows ended by an error on the client's side (a reset, a broken pipe).", lpz},
+	TCPTargetResets:       {"tcp_target_resets_total", counter, "Flows ended by an error on the target's side (a reset, a broken pipe).", target},
+	TCPLBResets:           {"tcp_lb_resets_total", counter, "Resets sent by l4lb (idle timeout, no target, termination).", lpz},
+	ClientTLSErrors:       {"client_tls_negotiation_errors_total", counter, "Failed TLS handshakes with clients.", lpz},
+	TargetTLSErrors:       {"target_tls_negotiation_errors_total", counter, "Failed TLS handshakes with targets.", target},
+	PortAllocationErrors:  {"port_allocation_errors_total", counter, "Source ports exhausted dialing targets.", target},
+	UnhealthyRoutingFlows: {"unhealthy_routing_flows_total", counter, "Flows routed fail-open to unhealthy targets.", []string{LabelTargetGroup}},
+	TargetConnectErrors:   {"target_connect_errors_total", counter, "Refused or timed-out connects to targets (never l4lb's own lack of descriptors or ports).", target},
+	RejectedFlows:         {"rejected_flows_total", counter, "Flows refused, by reason.", with(lpz, LabelReason)},
+	HealthChecks:          {"health_checks_total", counter, "Health checks, by result.", with(target, LabelResult)},
+	FlowTableEntries:      {"flow_table_entries", gauge, "Entries in the UDP flow table.", []string{LabelListener}},
+	FlowEvictions:         {"flow_evictions_total", counter, "UDP flows evicted from a full table to make room, by reason.", []string{LabelListener, LabelReason}},
+	UDPReceiveDrops:       {"udp_receive_drops_total", counter, "Datagrams the kernel dropped because a listener socket's receive queue was full (SO_RXQ_OVFL).", lpz},
+}
+
+func with(labels []string, more ...string) []string {
+	return append(append([]string(nil), labels...), more...)
+}
+
+// Metrics is the set of l4lb collectors.
 type Metrics struct {
-	ActiveFlows           *prometheus.GaugeVec
-	NewFlows              *prometheus.CounterVec
-	ProcessedBytes        *prometheus.CounterVec
-	ProcessedPackets      *prometheus.CounterVec
-	HealthyTargets        *prometheus.GaugeVec
-	UnhealthyTargets      *prometheus.GaugeVec
-	TCPClientResets       *prometheus.CounterVec
-	TCPTargetResets       *prometheus.CounterVec
-	TCPLBResets           *prometheus.CounterVec
-	ClientTLSErrors       *prometheus.CounterVec
-	TargetTLSErrors       *prometheus.CounterVec
-	PortAllocationErrors  *prometheus.CounterVec
-	UnhealthyRoutingFlows *prometheus.CounterVec
-	TargetConnectErrors   *prometheus.CounterVec
-	RejectedFlows         *prometheus.CounterVec
-	HealthChecks          *prometheus.CounterVec
-	FlowTableEntries      *prometheus.GaugeVec
+	counters [numIDs]*prometheus.CounterVec
+	gauges   [numIDs]*prometheus.GaugeVec
 }
 
 // New creates the collectors and registers them on reg (when reg is not nil).
 func New(reg prometheus.Registerer) *Metrics {
-	lpz := []string{LabelListener, LabelProtocol, LabelZone}
-	tgt := []string{LabelTargetGroup, LabelTarget}
-	m := &Metrics{
-		ActiveFlows:           gauge("active_flows", "Flows open now.", lpz...),
-		NewFlows:              counter("new_flows_total", "Flows accepted.", lpz...),
-		ProcessedBytes:        counter("processed_bytes_total", "Bytes moved, by direction (in = client to target).", append(lpz, LabelDirection)...),
-		ProcessedPackets:      counter("processed_packets_total", "Datagrams moved (UDP), by direction.", append(lpz, LabelDirection)...),
-		HealthyTargets:        gauge("healthy_targets", "Targets in state healthy.", LabelTargetGroup, LabelZone),
-		UnhealthyTargets:      gauge("unhealthy_targets", "Targets in state unhealthy.", LabelTargetGroup, LabelZone),
-		TCPClientResets:       counter("tcp_client_resets_total", "Resets sent by clients.", lpz...),
-		TCPTargetResets:       counter("tcp_target_resets_total", "Resets sent by targets.", tgt...),
-		TCPLBResets:           counter("tcp_lb_resets_total", "Resets sent by l4lb (idle timeout, no target, termination).", lpz...),
-		ClientTLSErrors:       counter("client_tls_negotiation_errors_total", "Failed TLS handshakes with clients.", lpz...),
-		TargetTLSErrors:       counter("target_tls_negotiation_errors_total", "Failed TLS handshakes with targets.", tgt...),
-		PortAllocationErrors:  counter("port_allocation_errors_total", "Source ports exhausted dialing targets.", tgt...),
-		UnhealthyRoutingFlows: counter("unhealthy_routing_flows_total", "Flows routed fail-open to unhealthy targets.", LabelTargetGroup),
-		TargetConnectErrors:   counter("target_connect_errors_total", "Refused or timed-out connects to targets.", tgt...),
-		RejectedFlows:         counter("rejected_flows_total", "Flows refused, by reason.", append(lpz, LabelReason)...),
-		HealthChecks:          counter("health_checks_total", "Health checks, by result.", append(tgt, LabelResult)...),
-		FlowTableEntries:      gauge("flow_table_entries", "Entries in the UDP flow table.", LabelListener),
-	}
-	if reg != nil {
-		for _, c := range m.collectors() {
+	m := &Metrics{}
+	for id, d := range table {
+		var c prometheus.Collector
+		switch d.kind {
+		case counter:
+			m.counters[id] = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "l4lb", Name: d.name, Help: d.help}, d.labels)
+			c = m.counters[id]
+		case gauge:
+			m.gauges[id] = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "l4lb", Name: d.name, Help: d.help}, d.labels)
+			c = m.gauges[id]
+		}
+		if reg != nil {
 			reg.MustRegister(c)
 		}
 	}
 	return m
 }
 
-func (m *Metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{
-		m.ActiveFlows, m.NewFlows, m.ProcessedBytes, m.ProcessedPackets, m.HealthyTargets,
-		m.UnhealthyTargets, m.TCPClientResets, m.TCPTargetResets, m.TCPLBResets, m.ClientTLSErrors,
-		m.TargetTLSErrors, m.PortAllocationErrors, m.UnhealthyRoutingFlows, m.TargetConnectErrors,
-		m.RejectedFlows, m.HealthChecks, m.FlowTableEntries,
-	}
-}
-
-func counter(name, help string, labels ...string) *prometheus.CounterVec {
-	return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "l4lb", Name: name, Help: help}, labels)
-}
-
-func gauge(name, help string, labels ...string) *prometheus.GaugeVec {
-	return prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "l4lb", Name: name, Help: help}, labels)
-}
-
-// Counter returns the labelled child of c, or a no-op counter when m is nil, so
-// the data path can resolve its counters once and never check for nil again.
-func (m *Metrics) Counter(c func(*Metrics) *prometheus.CounterVec, labels ...string) prometheus.Counter {
+// Counter returns the labelled child of counter id, or a no-op counter when m
+// is nil, so the data path resolves its counters once and never checks for
+// nil again.
+func (m *Metrics) Counter(id ID, labels ...string) prometheus.Counter {
 	if m == nil {
 		return noop{}
 	}
-	return c(m).WithLabelValues(labels...)
+	return m.counters[id].WithLabelValues(labels...)
 }
 
 // Gauge is Counter for gauges.
-func (m *Metrics) Gauge(g func(*Metrics) *prometheus.GaugeVec, labels ...string) prometheus.Gauge {
+func (m *Metrics) Gauge(id ID, labels ...string) prometheus.Gauge {
 	if m == nil {
 		return noop{}
 	}
-	return g(m).WithLabelValues(labels...)
+	return m.gauges[id].WithLabelValues(labels...)
+}
+
+// AddTarget creates a target's per-target series at 0, so a dashboard sees
+// them from its registration on, not from its first error.
+func (m *Metrics) AddTarget(group, tgt string) {
+	if m == nil {
+		return
+	}
+	for id, d := range table {
+		if !perTarget(d.labels) {
+			continue
+		}
+		switch {
+		case ID(id) == HealthChecks:
+			m.counters[id].WithLabelValues(group, tgt, "success")
+			m.counters[id].WithLabelValues(group, tgt, "failure")
+		case len(d.labels) == 2:
+			m.counters[id].WithLabelValues(group, tgt)
+		}
+	}
+}
+
+// RemoveTarget deletes every series of a target that left its group, so the
+// label sets do not grow with target churn.
+func (m *Metrics) RemoveTarget(group, tgt string) {
+	if m == nil {
+		return
+	}
+	match := prometheus.Labels{LabelTargetGroup: group, LabelTarget: tgt}
+	for id, d := range table {
+		if !perTarget(d.labels) {
+			continue
+		}
+		if m.counters[id] != nil {
+			m.counters[id].DeletePartialMatch(match)
+		}
+		if m.gauges[id] != nil {
+			m.gauges[id].DeletePartialMatch(match)
+		}
+	}
+}
+
+func perTarget(labels []string) bool {
+	return len(labels) >= 2 && labels[0] == LabelTargetGroup && labels[1] == LabelTarget
 }
 
 // noop is the counter and gauge of a nil *Metrics.
