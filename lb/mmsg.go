@@ -27,7 +27,9 @@ type batch struct {
 	oob   [][]byte
 }
 
-const oobSize = 64 // one IP_PKTINFO or IPV6_PKTINFO control message
+// oobSize holds an IP_PKTINFO or IPV6_PKTINFO control message and an
+// SO_RXQ_OVFL one.
+const oobSize = 96
 
 func newBatch(n, size int) *batch {
 	b := &batch{
@@ -114,6 +116,26 @@ func (b *batch) dst(i int) (netip.Addr, bool) {
 		}
 	}
 	return netip.Addr{}, false
+}
+
+// drops reads the SO_RXQ_OVFL control message of slot i: how many datagrams
+// the socket has dropped so far for a full receive queue. The kernel adds it
+// only once there has been a drop. It parses in place, allocating nothing.
+func (b *batch) drops(i int) (uint32, bool) {
+	h := &b.hdrs[i].hdr
+	oob := b.oob[i][:h.Controllen]
+	for off := 0; off+unix.CmsgLen(0) <= len(oob); {
+		c := (*unix.Cmsghdr)(unsafe.Pointer(&oob[off]))
+		n := int(c.Len)
+		if n < unix.CmsgLen(0) || off+n > len(oob) {
+			return 0, false
+		}
+		if c.Level == unix.SOL_SOCKET && c.Type == unix.SO_RXQ_OVFL && n >= unix.CmsgLen(4) {
+			return *(*uint32)(unsafe.Pointer(&oob[off+unix.CmsgLen(0)])), true
+		}
+		off += unix.CmsgSpace(n - unix.CmsgLen(0))
+	}
+	return 0, false
 }
 
 // setSend readies slot i to send n bytes of its buffer to the prepared peer

@@ -53,7 +53,7 @@ type udpFront struct {
 
 	newFlows, rejectFull, rejectACL, rejectNoTgt prometheus.Counter
 	pktsIn, pktsOut, bytesIn, bytesOut           prometheus.Counter
-	dropped                                      prometheus.Counter
+	dropped, rxDrops                             prometheus.Counter
 	active, entries                              prometheus.Gauge
 }
 
@@ -87,6 +87,7 @@ func newUDPFront(s *Server, lc *config.Listener, b config.BindAddr, r *route) *u
 	u.rejectACL = c(metrics.RejectedFlows, "acl")
 	u.rejectNoTgt = c(metrics.RejectedFlows, "no_target")
 	u.dropped = c(metrics.RejectedFlows, "datagram_dropped")
+	u.rxDrops = c(metrics.UDPReceiveDrops)
 	u.pktsIn = c(metrics.ProcessedPackets, "in")
 	u.pktsOut = c(metrics.ProcessedPackets, "out")
 	u.bytesIn = c(metrics.ProcessedBytes, "in")
@@ -101,11 +102,13 @@ func (u *udpFront) bind() error {
 		if err := listenControl(network, address, c); err != nil {
 			return err
 		}
-		if !u.wildcard {
-			return nil
-		}
 		var serr error
 		c.Control(func(fd uintptr) {
+			// Each datagram then says how many the socket has dropped for
+			// a full receive queue (udp_receive_drops_total).
+			if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RXQ_OVFL, 1); serr != nil || !u.wildcard {
+				return
+			}
 			if network == "udp6" {
 				serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_RECVPKTINFO, 1)
 			} else {
@@ -190,15 +193,20 @@ func (u *udpFront) readLoop(sock *net.UDPConn) {
 		localDst = sock.LocalAddr().(*net.UDPAddr).AddrPort()
 	}
 	port := sock.LocalAddr().(*net.UDPAddr).AddrPort().Port()
+	var drops uint32 // the socket's drop count, as last reported
 	read := func(fd uintptr) bool {
 		for {
-			b.prepRecv(udpBatch, u.wildcard)
+			b.prepRecv(udpBatch, true)
 			n, err := recvmmsg(int(fd), b, udpBatch)
 			if err == unix.EINTR {
 				continue
 			}
 			if err != nil || n == 0 {
 				return err != unix.EAGAIN // wait for more, or give up on a real error
+			}
+			if d, ok := b.drops(n - 1); ok && d != drops {
+				u.rxDrops.Add(float64(d - drops)) // uint32 arithmetic survives a wrap
+				drops = d
 			}
 			now := time.Now()
 			var pkts, bytes int
