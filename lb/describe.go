@@ -5,7 +5,6 @@ import (
 	"net"
 	"net/netip"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
@@ -15,47 +14,6 @@ import (
 	"github.com/l4lb/l4lb/pkg/flowhash"
 	"github.com/l4lb/l4lb/pkg/maglev"
 )
-
-// TargetGroups describes every group, sorted by name.
-func (s *Server) TargetGroups() []api.TargetGroup {
-	names := make([]string, 0, len(s.groups))
-	for n := range s.groups {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	out := make([]api.TargetGroup, 0, len(names))
-	for _, n := range names {
-		tg, _ := s.TargetGroup(n)
-		out = append(out, tg)
-	}
-	return out
-}
-
-// TargetGroup describes one group and its targets' health.
-func (s *Server) TargetGroup(name string) (api.TargetGroup, error) {
-	g := s.groups[name]
-	if g == nil {
-		return api.TargetGroup{}, fmt.Errorf("%w: no target group %q", api.ErrNotFound, name)
-	}
-	out := api.TargetGroup{Name: name, Protocol: g.cfg.Protocol.String(), Port: int(g.cfg.Port), Targets: []api.TargetHealth{}}
-	g.mu.Lock()
-	snap := g.snap.Load()
-	out.FailOpen = snap.all.failOpen
-	for _, z := range snap.zones {
-		out.FailOpen = out.FailOpen || z.failOpen
-	}
-	for _, t := range g.targets {
-		out.Targets = append(out.Targets, g.describe(t))
-	}
-	g.mu.Unlock()
-	for _, l := range s.cfg.Listeners {
-		if l.TargetGroup == name || slices.ContainsFunc(l.Forward, func(f config.Forward) bool { return f.TargetGroup == name }) ||
-			slices.ContainsFunc(l.Rules, func(r config.Rule) bool { return r.TargetGroup == name }) {
-			out.Listeners = append(out.Listeners, l.Name)
-		}
-	}
-	return out, nil
-}
 
 // findListener returns the bound listener called name whose address is dst
 // (any of them when dst is not given).
@@ -156,13 +114,13 @@ func (s *Server) Route(listenerName, src, dst, protocol, sni string) (api.Route,
 	dstAP = netip.AddrPortFrom(dstAP.Addr().Unmap(), dstAP.Port())
 	g, snap, key := l.route.lookup(proto, l.zone, srcAP, dstAP)
 	out := api.Route{Listener: listenerName, Protocol: protocol, Source: srcAP.String(), Destination: dstAP.String(),
-		Zone: l.zone, TargetGroup: g.cfg.Name, Key: "5-tuple", Hash: fmt.Sprintf("%#016x", key), FailOpen: snap.failOpen}
-	if snap.bal.Stickiness {
+		Zone: l.zone, TargetGroup: g.Name(), Key: "5-tuple", Hash: fmt.Sprintf("%#016x", key), FailOpen: snap.FailOpen}
+	if snap.Balance.Stickiness {
 		out.Key = "source_ip"
 	}
 	var buf [1 + balance.Retries]int
-	for _, i := range snap.bal.Pick(key, buf[:]) {
-		out.Preference = append(out.Preference, snap.targets[i].name)
+	for _, i := range snap.Balance.Pick(key, buf[:]) {
+		out.Preference = append(out.Preference, snap.Targets[i].Name)
 	}
 	if len(out.Preference) == 0 {
 		out.Why = "no target can take new flows: the client would be reset"
@@ -174,14 +132,14 @@ func (s *Server) Route(listenerName, src, dst, protocol, sni string) (api.Route,
 		if sni == "" {
 			why = append(why, "a ClientHello without a server name takes the listener's own group")
 		} else {
-			why = append(why, fmt.Sprintf("SNI %q routes to target group %s", sni, g.cfg.Name))
+			why = append(why, fmt.Sprintf("SNI %q routes to target group %s", sni, g.Name()))
 		}
 	}
 	why = append(why, fmt.Sprintf("%s hash %s owns slot %d of the Maglev table", out.Key, out.Hash, key%maglev.DefaultSize))
-	if len(s.cfg.Zones) > 0 && l.zone != "" && !g.crossZone {
+	if len(s.cfg.Zones) > 0 && l.zone != "" && !g.CrossZone() {
 		why = append(why, fmt.Sprintf("built from zone %s's targets (cross-zone off)", l.zone))
 	}
-	if snap.failOpen {
+	if snap.FailOpen {
 		why = append(why, "too few healthy targets: routing fails open to every registered target")
 	} else {
 		why = append(why, "built from the healthy targets")
@@ -212,7 +170,7 @@ func (s *Server) Flows(listenerName string, limit int) ([]api.Flow, error) {
 			return true
 		}
 		out = append(out, api.Flow{Listener: f.l.cfg.Name, Protocol: "TCP", Client: f.client.RemoteAddr().String(),
-			Target: f.tgt.name, TargetGroup: f.tgt.g.cfg.Name, AgeSeconds: now.Sub(f.start).Seconds()})
+			Target: f.tgt.Name, TargetGroup: f.tgt.Group().Name(), AgeSeconds: now.Sub(f.start).Seconds()})
 		return len(out) < limit
 	})
 	return out, nil
@@ -232,7 +190,7 @@ func (s *Server) ZoneHealth(zone string) (api.ZoneHealth, error) {
 		}
 		for _, r := range routes {
 			for _, g := range r.groups {
-				if why := g.zoneProblem(zone); why != "" {
+				if why := g.ZoneProblem(zone); why != "" {
 					status = why
 				}
 			}
@@ -253,32 +211,4 @@ func (s *Server) ZoneHealth(zone string) (api.ZoneHealth, error) {
 		}
 	}
 	return out, nil
-}
-
-// zoneProblem says why the group cannot serve zone, or "" if it can.
-func (g *group) zoneProblem(zone string) string {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	healthy, total := 0, 0
-	for _, t := range g.targets {
-		if !g.crossZone && t.zone != "" && t.zone != zone {
-			continue
-		}
-		if t.state == api.StateDraining || t.state == api.StateUnused {
-			continue
-		}
-		total++
-		if t.state == api.StateHealthy {
-			healthy++
-		}
-	}
-	a := &g.cfg.Attributes
-	need := max(a.DNSFailoverMinHealthyCount, 1)
-	if healthy < need {
-		return fmt.Sprintf("target group %s: %d healthy targets, need %d", g.cfg.Name, healthy, need)
-	}
-	if p := a.DNSFailoverMinHealthyPercentage; p > 0 && healthy*100 < p*total {
-		return fmt.Sprintf("target group %s: %d of %d targets healthy, need %d%%", g.cfg.Name, healthy, total, p)
-	}
-	return ""
 }

@@ -3,16 +3,10 @@ package lb
 import (
 	"net"
 	"net/netip"
-	"runtime/debug"
 	"sync/atomic"
 	"time"
 
-	"go.uber.org/zap"
-	"golang.org/x/sys/unix"
-
-	"github.com/l4lb/l4lb/lb/balance"
-	"github.com/l4lb/l4lb/pkg/flowhash"
-	"github.com/l4lb/l4lb/pkg/proxyproto"
+	"github.com/l4lb/l4lb/lb/registry"
 )
 
 // flow is one proxied TCP connection: the client side, the target side and
@@ -25,9 +19,9 @@ type flow struct {
 	id        uint64
 	client    *net.TCPConn
 	target    *net.TCPConn
-	tgt       *target        // the registered target it reached
-	src       netip.AddrPort // the client: the peer, or a trusted PROXY header's source
-	checkPP   bool           // refuse a PROXY header in the first bytes (untrusted peer)
+	tgt       *registry.Target // the registered target it reached
+	src       netip.AddrPort   // the client: the peer, or a trusted PROXY header's source
+	checkPP   bool             // refuse a PROXY header in the first bytes (untrusted peer)
 	start     time.Time
 	idle      time.Duration
 	parkAfter time.Duration // quiet time after which a direction parks
@@ -66,9 +60,6 @@ func (f *flow) abort() bool {
 	return true
 }
 
-// ProxyHeaderTimeout bounds reading a PROXY header from a trusted upstream.
-const ProxyHeaderTimeout = 5 * time.Second
-
 // resume continues a parked direction on a fresh goroutine.
 func (f *flow) resume(h *halfFlow) {
 	if h == &f.halves[0] {
@@ -76,152 +67,6 @@ func (f *flow) resume(h *halfFlow) {
 	} else {
 		go f.copyTargetToClient()
 	}
-}
-
-// serveConn takes an accepted connection through admission, target choice and
-// connect, then copies client to target itself while a second goroutine copies
-// target to client.
-func (s *Server) serveConn(l *listener, c *net.TCPConn) {
-	defer func() {
-		if p := recover(); p != nil {
-			s.log.Error("panic serving connection", zap.Any("panic", p), zap.ByteString("stack", debug.Stack()))
-			c.Close()
-		}
-	}()
-	src := c.RemoteAddr().(*net.TCPAddr).AddrPort()
-	dst := c.LocalAddr().(*net.TCPAddr).AddrPort()
-	checkPP := false
-	if len(l.cfg.ProxyProtocolAccept) > 0 {
-		if l.trusted(src.Addr()) {
-			// A trusted upstream must send a header (go-proxyproto's
-			// REQUIRE); the flow's client is then the header's source.
-			hsrc, _, err := proxyproto.ReadHeader(c, c, time.Now().Add(ProxyHeaderTimeout))
-			if err != nil {
-				l.rejectPP.Inc()
-				s.log.Debug("bad PROXY header", zap.String(logListener, l.cfg.Name), zap.Stringer(logClient, src), zap.Error(err))
-				c.SetLinger(0)
-				c.Close()
-				return
-			}
-			if hsrc.IsValid() { // a LOCAL header keeps the peer's address
-				src = hsrc
-			}
-		} else if peekHeader(c) {
-			// Anyone else's header is refused (REJECT). Most clients send it
-			// with the connection, so it is usually here already and no
-			// target is dialled; later bytes are checked by the copy.
-			l.rejectPP.Inc()
-			c.SetLinger(0)
-			c.Close()
-			return
-		} else {
-			checkPP = true
-		}
-	}
-	if !l.acl.permits(src.Addr()) {
-		l.rejectACL.Inc()
-		c.SetLinger(0)
-		c.Close()
-		return
-	}
-	if l.limit != nil && !l.limit.acquire(src.Addr()) {
-		l.rejectLimit.Inc()
-		c.SetLinger(0)
-		c.Close()
-		return
-	}
-	r := l.route.Load()
-	if len(l.rules) > 0 {
-		host, err := peekHello(c)
-		if err != nil {
-			// Rules route by the hello's name: without a hello there is
-			// nothing to route by, so the connection is refused.
-			l.releaseSource(src)
-			l.rejectHello.Inc()
-			s.log.Debug("no TLS ClientHello", zap.String(logListener, l.cfg.Name), zap.Stringer(logClient, src), zap.Error(err))
-			c.SetLinger(0)
-			c.Close()
-			return
-		}
-		r = l.routeFor(host)
-	}
-	g, snap, key := r.lookup(flowhash.ProtoTCP, l.zone, src, dst)
-	var buf [1 + balance.Retries]int
-	prefs := snap.bal.Pick(key, buf[:])
-	var t *net.TCPConn
-	var tgt *target
-	for _, i := range prefs {
-		cand := snap.targets[i]
-		var err error
-		t, err = s.dialTarget(cand, src, g.cfg.Attributes.PreserveClientIP)
-		if err == nil {
-			tgt = cand
-			break
-		}
-		cand.connectErrs.Inc()
-		if s.health != nil {
-			s.health.PassiveFailure(g.cfg.Name, cand.addr)
-		}
-		s.log.Debug("connect to target failed", zap.String(logListener, l.cfg.Name), zap.String(logTarget, cand.name), zap.Error(err))
-	}
-	if t == nil {
-		// No target took the flow: reset the client, as NLB does.
-		l.releaseSource(src)
-		l.rejectNoTgt.Inc()
-		l.lbResets.Inc()
-		c.SetLinger(0)
-		c.Close()
-		return
-	}
-
-	if snap.counted {
-		g.unhealthyRouting.Inc()
-	}
-	f := s.flowPool.Get().(*flow)
-	f.l, f.client, f.target, f.idle = l, c, t, l.cfg.IdleTimeout
-	f.tgt, f.start = tgt, time.Now()
-	f.id = s.flowIDs.Add(1)
-	f.src, f.checkPP = src, checkPP
-	if g.cfg.Attributes.ProxyProtocolV2 {
-		// The header goes first, written whole before the copy starts; the
-		// sockets stay plain TCP, so the copy still splices.
-		hdr, err := proxyproto.V2(false, src, dst, proxyproto.TLVs{FlowID: f.id, EndpointID: s.cfg.EndpointID})
-		if err == nil {
-			t.SetWriteDeadline(time.Now().Add(s.opts.ConnectTimeout))
-			_, err = t.Write(hdr)
-		}
-		if err != nil {
-			l.lbResets.Inc()
-			l.releaseSource(src)
-			c.SetLinger(0)
-			c.Close()
-			t.Close()
-			s.flowPool.Put(f)
-			return
-		}
-	}
-	f.parkAfter = min(time.Second, f.idle/4)
-	f.aborted.Store(false)
-	f.ended.Store(0)
-	f.touch()
-	if err := f.setup(); err != nil {
-		l.releaseSource(src)
-		c.Close()
-		t.Close()
-		s.flowPool.Put(f)
-		return
-	}
-	s.flows.add(f)
-	tgt.addFlow(f)
-	l.newFlows.Inc()
-	l.active.Inc()
-	if s.closing.Load() {
-		f.abort() // shutdown began while this flow was connecting
-	}
-	// This goroutine carries on as the client-to-target direction; its stack
-	// grew while dialing, but an idle direction parks and lets it go.
-	go f.copyTargetToClient()
-	f.copyClientToTarget()
 }
 
 func (f *flow) setup() error {
@@ -276,7 +121,7 @@ func (f *flow) finish(h *halfFlow, how copyErr) {
 		case clientSide:
 			l.clientRsts.Inc()
 		default:
-			f.tgt.resets.Inc()
+			f.tgt.Resets.Inc()
 		}
 		// Pass the reset on to the other side.
 		f.abort()
@@ -286,29 +131,14 @@ func (f *flow) finish(h *halfFlow, how copyErr) {
 	}
 	f.client.Close()
 	f.target.Close()
-	f.tgt.removeFlow(f)
+	f.tgt.AddFlows(-1)
 	f.srv.flows.remove(f)
 	l.releaseSource(f.src)
+	f.srv.tcpBudget.release()
 	l.active.Dec()
 	f.client, f.target, f.l, f.tgt = nil, nil, nil, nil
 	for i := range f.halves {
 		f.halves[i].src, f.halves[i].dst, f.halves[i].srcRC, f.halves[i].dstRC = nil, nil, nil, nil
 	}
 	f.srv.flowPool.Put(f)
-}
-
-// peekHeader reports whether the bytes already queued on c, without waiting or
-// consuming them, are a PROXY header.
-func peekHeader(c *net.TCPConn) bool {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return false
-	}
-	var b [12]byte
-	n := 0
-	rc.Read(func(fd uintptr) bool {
-		n, _, _ = unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		return true // one attempt: never wait for a client that speaks second
-	})
-	return n > 0 && proxyproto.IsHeader(b[:n])
 }

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/l4lb/l4lb/lb/fastpath"
+	"github.com/l4lb/l4lb/lb/registry"
 	"github.com/l4lb/l4lb/pkg/maglev"
 )
 
@@ -40,12 +41,12 @@ type endReq struct {
 
 type kernelFront struct {
 	u     *udpFront
-	g     *group
+	g     *registry.Group
 	id    int
 	last  fastpath.Stats
-	flows atomic.Int64               // what the last sweep added to the front's gauges
-	per   map[netip.AddrPort]int64   // and to each target's flow count
-	tgts  map[netip.AddrPort]*target // the targets that got a count
+	flows atomic.Int64                        // what the last sweep added to the front's gauges
+	per   map[netip.AddrPort]int64            // and to each target's flow count
+	tgts  map[netip.AddrPort]*registry.Target // the targets that got a count
 }
 
 // kernelEligible says why a UDP front cannot go to the kernel, or "".
@@ -56,9 +57,9 @@ func kernelEligible(u *udpFront) string {
 		return "the bind address is a wildcard or has a zone"
 	case len(r.groups) != 1:
 		return "it forwards to weighted target groups"
-	case !r.groups[0].cfg.Attributes.PreserveClientIP:
+	case !r.groups[0].Config().Attributes.PreserveClientIP:
 		return "its target group does not preserve the client IP (preserve_client_ip.enabled)"
-	case r.groups[0].cfg.Attributes.ProxyProtocolV2:
+	case r.groups[0].Config().Attributes.ProxyProtocolV2:
 		return "its target group sends a PROXY header"
 	}
 	return ""
@@ -110,7 +111,7 @@ func (s *Server) newKernelPath(fronts []*udpFront) (*kernelPath, error) {
 		vip := u.Addr().(*net.UDPAddr).AddrPort()
 		vip = netip.AddrPortFrom(vip.Addr().Unmap(), vip.Port())
 		g := u.route.Load().groups[0]
-		id, err := p.AddService(vip, u.cfg.UDPIdleTimeout, g.cfg.Attributes.Stickiness)
+		id, err := p.AddService(vip, u.cfg.UDPIdleTimeout, g.Config().Attributes.Stickiness)
 		if err == nil {
 			err = p.SetACL(id, u.acl.allow, u.acl.deny)
 		}
@@ -118,7 +119,7 @@ func (s *Server) newKernelPath(fronts []*udpFront) (*kernelPath, error) {
 			p.Close()
 			return nil, err
 		}
-		k.fronts = append(k.fronts, &kernelFront{u: u, g: g, id: id, per: map[netip.AddrPort]int64{}, tgts: map[netip.AddrPort]*target{}})
+		k.fronts = append(k.fronts, &kernelFront{u: u, g: g, id: id, per: map[netip.AddrPort]int64{}, tgts: map[netip.AddrPort]*registry.Target{}})
 		// Sweep within a quarter of the shortest timeout, at most every 10 s.
 		k.sweep = max(100*time.Millisecond, min(k.sweep, u.cfg.UDPIdleTimeout/4))
 	}
@@ -137,7 +138,7 @@ func (s *Server) newKernelPath(fronts []*udpFront) (*kernelPath, error) {
 		}
 	}
 	for _, f := range k.fronts {
-		for _, t := range f.g.cfg.Targets {
+		for _, t := range f.g.Config().Targets {
 			if sysctl := forwardingSysctl(t.Address.Addr()); !isLocal(t.Address.Addr()) && readSysctl(sysctl) == "0" {
 				s.log.Warn("IP forwarding is off, so the UDP fast path cannot reach targets on other hosts", zap.String("sysctl", sysctl), zap.Stringer(logTarget, t.Address))
 			}
@@ -199,17 +200,17 @@ func upInterfaces() []string {
 // endUDPFlows ends the UDP flows pinned to t, in user space and in the kernel
 // (whose tables are brought up to date first, so the clients' next datagrams
 // cannot be pinned to t again).
-func (s *Server) endUDPFlows(t *target, why string) {
+func (s *Server) endUDPFlows(t *registry.Target, why string) {
 	n := 0
 	for _, u := range s.udp {
 		n += u.endFlows(t)
 	}
 	if n > 0 {
-		s.log.Info("ended UDP flows", zap.String(logTarget, t.name), zap.Int(logFlows, n), zap.String("why", why))
+		s.log.Info("ended UDP flows", zap.String(logTarget, t.Name), zap.Int(logFlows, n), zap.String("why", why))
 	}
 	if k := s.kernel.Load(); k != nil {
 		select {
-		case k.end <- endReq{netip.AddrPortFrom(t.addr.Addr().Unmap(), t.addr.Port()), t.name, why}:
+		case k.end <- endReq{netip.AddrPortFrom(t.Addr.Addr().Unmap(), t.Addr.Port()), t.Name, why}:
 		case <-k.stop:
 		}
 	}
@@ -243,15 +244,15 @@ func (k *kernelPath) changed() {
 func (k *kernelPath) sync() error {
 	var buf [1]int
 	for _, f := range k.fronts {
-		snap := f.g.snap.Load().forZone(f.u.zone)
+		snap := f.g.Snapshot().ForZone(f.u.zone)
 		var slots []netip.AddrPort
-		if len(snap.targets) > 0 {
+		if len(snap.Targets) > 0 {
 			slots = make([]netip.AddrPort, maglev.DefaultSize)
 			for i := range slots {
 				// A slot's owner is the first choice of a hash equal to it.
 				// (A target of the other family leaves its slots empty.)
-				if p := snap.bal.Pick(uint64(i), buf[:]); len(p) == 1 {
-					a := snap.targets[p[0]].addr
+				if p := snap.Balance.Pick(uint64(i), buf[:]); len(p) == 1 {
+					a := snap.Targets[p[0]].Addr
 					slots[i] = netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
 				}
 			}
@@ -302,10 +303,10 @@ func (k *kernelPath) collect() {
 		u.pktsOut.Add(float64(st.PacketsOut - d.PacketsOut))
 		u.bytesOut.Add(float64(st.BytesOut - d.BytesOut))
 		u.newFlows.Add(float64(st.NewFlows - d.NewFlows))
-		u.rejectFull.Add(float64(st.RefusedFull - d.RefusedFull))
-		u.rejectNoTgt.Add(float64(st.RefusedNoTarget - d.RefusedNoTarget))
+		u.rejects[reasonFlowTableFull].Add(float64(st.RefusedFull - d.RefusedFull))
+		u.rejects[reasonNoTarget].Add(float64(st.RefusedNoTarget - d.RefusedNoTarget))
 		u.dropped.Add(float64(st.RefusedCollision - d.RefusedCollision))
-		u.rejectACL.Add(float64(st.RefusedACL - d.RefusedACL))
+		u.rejects[reasonACL].Add(float64(st.RefusedACL - d.RefusedACL))
 		f.last = st
 	}
 }
@@ -339,20 +340,18 @@ func (k *kernelPath) expire() {
 func (f *kernelFront) count(now map[netip.AddrPort]int64) {
 	for a, n := range f.per {
 		if t := f.tgts[a]; t != nil {
-			t.udpFlows.Add(-n)
+			t.AddFlows(-n)
 		}
 	}
 	clear(f.per)
 	clear(f.tgts)
-	f.g.mu.Lock()
-	for _, t := range f.g.targets {
-		a := netip.AddrPortFrom(t.addr.Addr().Unmap(), t.addr.Port())
+	for _, t := range f.g.Targets() {
+		a := netip.AddrPortFrom(t.Addr.Addr().Unmap(), t.Addr.Port())
 		if n := now[a]; n > 0 {
-			t.udpFlows.Add(n)
+			t.AddFlows(n)
 			f.per[a], f.tgts[a] = n, t
 		}
 	}
-	f.g.mu.Unlock()
 }
 
 // flows is the number of flows the kernel pins, as of the last sweep.

@@ -31,17 +31,13 @@ type listener struct {
 	socks []*net.TCPListener
 
 	// Counters resolved once, so the data path never looks up labels.
-	newFlows    prometheus.Counter
-	active      prometheus.Gauge
-	bytesIn     prometheus.Counter
-	bytesOut    prometheus.Counter
-	lbResets    prometheus.Counter
-	clientRsts  prometheus.Counter
-	rejectACL   prometheus.Counter
-	rejectNoTgt prometheus.Counter
-	rejectPP    prometheus.Counter // malformed or untrusted PROXY headers
-	rejectLimit prometheus.Counter // max_connections_per_source reached
-	rejectHello prometheus.Counter // no valid TLS ClientHello where rules need one
+	newFlows   prometheus.Counter
+	active     prometheus.Gauge
+	bytesIn    prometheus.Counter
+	bytesOut   prometheus.Counter
+	lbResets   prometheus.Counter
+	clientRsts prometheus.Counter
+	rejects    *rejectCounters
 
 	// Shared by the listener's addresses.
 	limit *sourceLimit // nil: unlimited
@@ -70,11 +66,7 @@ func newListener(s *Server, lc *config.Listener, b config.BindAddr, r *route) *l
 	l.bytesOut = m.Counter(metrics.ProcessedBytes, append(lbl, "out")...)
 	l.lbResets = m.Counter(metrics.TCPLBResets, lbl...)
 	l.clientRsts = m.Counter(metrics.TCPClientResets, lbl...)
-	l.rejectACL = m.Counter(metrics.RejectedFlows, append(lbl, "acl")...)
-	l.rejectNoTgt = m.Counter(metrics.RejectedFlows, append(lbl, "no_target")...)
-	l.rejectPP = m.Counter(metrics.RejectedFlows, append(lbl, "proxy_protocol")...)
-	l.rejectHello = m.Counter(metrics.RejectedFlows, append(lbl, "tls_hello")...)
-	l.rejectLimit = m.Counter(metrics.RejectedFlows, append(lbl, "source_limit")...)
+	l.rejects = newRejectCounters(m, lbl, reasonACL, reasonNoTarget, reasonProxyProtocol, reasonSourceLimit, reasonTLSHello, reasonLocalResources)
 	return l
 }
 

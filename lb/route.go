@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 
+	"github.com/l4lb/l4lb/lb/registry"
 	"github.com/l4lb/l4lb/pkg/config"
 	"github.com/l4lb/l4lb/pkg/flowhash"
 )
@@ -11,14 +12,14 @@ import (
 // route is what a listener forwards to: one target group, or several weighted
 // ones. It is immutable; listeners swap whole routes.
 type route struct {
-	groups []*group
+	groups []*registry.Group
 	cum    []int // cumulative forward weights, parallel to groups
 	total  int
 }
 
 // pick chooses the group of a flow from its hash, so a flow (and, with
 // stickiness, a client) always lands in the same group.
-func (r *route) pick(h uint64) *group {
+func (r *route) pick(h uint64) *registry.Group {
 	if len(r.groups) == 1 {
 		return r.groups[0]
 	}
@@ -32,11 +33,11 @@ func (r *route) pick(h uint64) *group {
 	return r.groups[len(r.groups)-1]
 }
 
-func buildRoute(l *config.Listener, groups map[string]*group) (*route, error) {
+func buildRoute(l *config.Listener, reg *registry.Registry) (*route, error) {
 	r := &route{}
 	add := func(name string, w int) error {
-		g, ok := groups[name]
-		if !ok {
+		g := reg.Group(name)
+		if g == nil {
 			return fmt.Errorf("listener %s: no target group %q", l.Name, name)
 		}
 		if w == 0 {
@@ -104,11 +105,11 @@ func (a *acl) permits(ip netip.Addr) bool {
 // lookup picks the group of a flow, the routing view of the zone it arrived
 // in, and its Maglev key: the 5-tuple hash, or the source IP's with
 // stickiness.
-func (r *route) lookup(proto uint8, zone string, src, dst netip.AddrPort) (*group, *zoneSnap, uint64) {
+func (r *route) lookup(proto uint8, zone string, src, dst netip.AddrPort) (*registry.Group, *registry.View, uint64) {
 	key := flowhash.Flow(proto, src, dst)
 	g := r.pick(key)
-	snap := g.snap.Load().forZone(zone)
-	if snap.bal.Stickiness {
+	snap := g.Snapshot().ForZone(zone)
+	if snap.Balance.Stickiness {
 		key = flowhash.Source(src.Addr())
 	}
 	return g, snap, key

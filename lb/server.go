@@ -1,7 +1,10 @@
 // Package lb is l4lb's data plane: listeners, flow routing and zero-copy TCP
-// proxying.
+// proxying, UDP forwarding, and the kernel fast path's orchestration, over
+// the target registry (lb/registry) that it reads routing snapshots from.
 //
 //	srv, err := lb.New(cfg, lb.Options{Logger: log, Metrics: m})
+//	checks := healthcheck.NewScheduler(srv.Registry, ...)
+//	srv.Registry.WatchHealth(checks)
 //	if err := srv.Start(); err != nil { ... }
 //	...
 //	srv.Shutdown(ctx) // stop accepting, drain flows until ctx ends, close the rest
@@ -14,12 +17,14 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/l4lb/l4lb/lb/registry"
 	"github.com/l4lb/l4lb/pkg/config"
 	"github.com/l4lb/l4lb/pkg/metrics"
 )
@@ -45,26 +50,33 @@ const DefaultConnectTimeout = config.DefaultConnectTimeout
 const DefaultPipeSize = 1 << 20
 
 // Options are the injected parts of a Server. The zero value works: a no-op
-// logger, no metrics, DefaultConnectTimeout and one socket per core.
+// logger, no metrics, DefaultConnectTimeout, one socket per core, the system
+// clock, and flow budgets from the process's open-file limit.
 type Options struct {
 	Logger         *zap.Logger
 	Metrics        *metrics.Metrics // nil: no metrics
 	ConnectTimeout time.Duration    // 0: DefaultConnectTimeout
 	SocketsPerAddr int              // 0: GOMAXPROCS, one accept loop per core
-	// Health receives every target to check and live connect failures; nil
-	// means no health checks (targets stay initial; routing fails open).
-	Health HealthWatcher
 	// PipeSize sets the splice pipes' capacity (F_SETPIPE_SZ); 0 means
 	// DefaultPipeSize, negative keeps the kernel's 64 KiB.
 	PipeSize int
+	// Clock runs the registry's drain timers; nil is the system clock.
+	Clock registry.Clock
+	// OpenFiles is the descriptor count the TCP and UDP flow budgets are
+	// derived from; 0 reads RLIMIT_NOFILE.
+	OpenFiles int64
 }
 
-// Server runs the listeners of one configuration.
+// Server runs the listeners of one configuration. It embeds its target
+// registry, whose methods serve the admin API.
 type Server struct {
+	*registry.Registry
+
 	cfg       *config.Config
 	log       *zap.Logger
 	m         *metrics.Metrics
 	opts      Options
+	reg       *registry.Registry
 	dialer    net.Dialer
 	tdialer   net.Dialer // transparent: binds the client's address
 	tdialAny  net.Dialer // transparent, the port left to connect(2)
@@ -74,20 +86,20 @@ type Server struct {
 	bufs      bufPool
 	flows     tracker
 	parker    *parker
-	groups    map[string]*group // fixed at New; each group changes inside
-	health    HealthWatcher
 	flowPool  sync.Pool
-	closing   atomic.Bool
-	started   atomic.Bool   // every listener bound and serving
-	flowIDs   atomic.Uint64 // flow numbering, for PROXY unique IDs
-	moved     atomic.Int64  // bytes moved by finished flows
-	spliced   atomic.Int64  // the part of moved that splice(2) carried
-	loops     sync.WaitGroup
 	scan      time.Duration              // parker's idle-expiry scan interval
 	kernel    atomic.Pointer[kernelPath] // the UDP fast path, when on
+	tcpBudget budget                     // TCP flows, two descriptors each
+	udpBudget budget                     // UDP socket-path flows, one each
 
-	reservedMu sync.Mutex
-	reserved   []netip.AddrPort // l4lb's own addresses: never a target
+	closing  atomic.Bool
+	started  atomic.Bool    // every listener bound and serving
+	flowIDs  atomic.Uint64  // flow numbering, for PROXY unique IDs
+	moved    atomic.Int64   // bytes moved by finished flows
+	spliced  atomic.Int64   // the part of moved that splice(2) carried
+	loops    sync.WaitGroup // accept and read loops
+	bg       sync.WaitGroup // flow terminations in progress
+	reserved atomic.Pointer[[]netip.AddrPort]
 }
 
 // New prepares a server for cfg without binding anything.
@@ -101,59 +113,70 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	if opts.SocketsPerAddr == 0 {
 		opts.SocketsPerAddr = runtime.GOMAXPROCS(0)
 	}
-	s := &Server{cfg: cfg, log: opts.Logger, m: opts.Metrics, opts: opts, scan: time.Second, health: opts.Health}
+	if opts.PipeSize == 0 {
+		opts.PipeSize = DefaultPipeSize
+	}
+	if opts.OpenFiles == 0 {
+		opts.OpenFiles = openFileLimit()
+	}
+	s := &Server{cfg: cfg, log: opts.Logger, m: opts.Metrics, opts: opts}
+	reg, err := registry.New(cfg, registry.Options{Logger: opts.Logger, Metrics: opts.Metrics, Clock: opts.Clock, Own: s.isOwnAddress})
+	if err != nil {
+		return nil, err
+	}
+	s.Registry, s.reg = reg, reg
+	reg.Subscribe(s)
 	// No TCP keepalives (NLB sends none; the idle timeout ends dead flows):
 	// that saves four setsockopt calls per socket per flow.
 	s.dialer = net.Dialer{Timeout: opts.ConnectTimeout, KeepAlive: -1}
 	s.tdialer = net.Dialer{Timeout: opts.ConnectTimeout, KeepAlive: -1, Control: transparentControl}
 	s.tdialAny = net.Dialer{Timeout: opts.ConnectTimeout, KeepAlive: -1, Control: transparentAnyPortControl}
-	if opts.PipeSize == 0 {
-		opts.PipeSize = DefaultPipeSize
-	}
 	s.pipes = pipePool{max: 1024, size: max(opts.PipeSize, 0)}
-	s.opts.PipeSize = opts.PipeSize
 	s.bufs = bufPool{max: 4096}
 	s.flows.init()
 	s.flowPool.New = func() any { return newFlow(s) }
-	scan := time.Second
-	for _, l := range cfg.Listeners {
-		scan = min(scan, max(l.IdleTimeout/4, 10*time.Millisecond))
-	}
-	s.scan = scan
-	s.groups = map[string]*group{}
-	for i := range cfg.TargetGroups {
-		g, err := newGroup(s, &cfg.TargetGroups[i], cfg.CrossZone)
-		if err != nil {
-			return nil, err
-		}
-		s.groups[g.cfg.Name] = g
-	}
+	s.scan = time.Second
+	haveTCP, haveUDP := false, false
 	for i := range cfg.Listeners {
 		lc := &cfg.Listeners[i]
+		s.scan = min(s.scan, max(lc.IdleTimeout/4, 10*time.Millisecond))
 		if lc.Protocol == config.TLS {
 			return nil, fmt.Errorf("listener %s: TLS listeners are not supported by this build yet", lc.Name)
 		}
-		r, err := buildRoute(lc, s.groups)
-		if err != nil {
+		if err := s.addListener(lc); err != nil {
 			return nil, err
 		}
-		limit := newSourceLimit(lc.MaxConnectionsPerSource)
-		rules, err := buildRules(lc, s.groups)
-		if err != nil {
-			return nil, err
+		haveTCP = haveTCP || lc.Protocol.HasTCP()
+		haveUDP = haveUDP || lc.Protocol.HasUDP()
+	}
+	tcp, udp := budgets(opts.OpenFiles, haveTCP, haveUDP)
+	s.tcpBudget.max, s.udpBudget.max = tcp, udp
+	return s, nil
+}
+
+// addListener makes the TCP listeners and UDP fronts of lc, one per bind
+// address, sharing its route, rules and per-source limit.
+func (s *Server) addListener(lc *config.Listener) error {
+	r, err := buildRoute(lc, s.reg)
+	if err != nil {
+		return err
+	}
+	rules, err := buildRules(lc, s.reg)
+	if err != nil {
+		return err
+	}
+	limit := newSourceLimit(lc.MaxConnectionsPerSource)
+	for _, b := range lc.Bind {
+		if lc.Protocol.HasTCP() {
+			l := newListener(s, lc, b, r)
+			l.limit, l.rules = limit, rules
+			s.listeners = append(s.listeners, l)
 		}
-		for _, b := range lc.Bind {
-			if lc.Protocol.HasTCP() {
-				l := newListener(s, lc, b, r)
-				l.limit, l.rules = limit, rules
-				s.listeners = append(s.listeners, l)
-			}
-			if lc.Protocol.HasUDP() {
-				s.udp = append(s.udp, newUDPFront(s, lc, b, r))
-			}
+		if lc.Protocol.HasUDP() {
+			s.udp = append(s.udp, newUDPFront(s, lc, b, r))
 		}
 	}
-	return s, nil
+	return nil
 }
 
 // Start binds every listener and starts its accept loops. On error nothing is
@@ -186,15 +209,6 @@ func (s *Server) Start() error {
 		}
 	}
 	s.startKernelPath()
-	if s.health != nil {
-		for _, g := range s.groups {
-			g.mu.Lock()
-			for _, t := range g.targets {
-				s.health.Watch(g.cfg.Name, t.addr, g.checkSpec())
-			}
-			g.mu.Unlock()
-		}
-	}
 	for _, l := range s.listeners {
 		for _, sock := range l.socks {
 			s.loops.Add(1)
@@ -206,6 +220,7 @@ func (s *Server) Start() error {
 		u.start()
 		s.log.Info("listener up", zap.String(logListener, u.cfg.Name), zap.String("protocol", "UDP"), zap.Stringer(logAddr, u.Addr()), zap.Int(logSockets, len(u.socks)))
 	}
+	s.log.Info("flow budgets", zap.Int64("open_files", s.opts.OpenFiles), zap.Int64("tcp_flows", s.tcpBudget.max), zap.Int64("udp_flows", s.udpBudget.max))
 	s.started.Store(true)
 	return nil
 }
@@ -214,6 +229,70 @@ func (s *Server) Start() error {
 // drain has begun (GET /readyz answers 503 otherwise, so a load balancer or
 // orchestrator in front stops sending work before the listeners close).
 func (s *Server) Ready() bool { return s.started.Load() && !s.closing.Load() }
+
+// SnapshotChanged has the kernel path write its tables again
+// (registry.Subscriber).
+func (s *Server) SnapshotChanged(*registry.Group) {
+	if k := s.kernel.Load(); k != nil {
+		k.changed()
+	}
+}
+
+// EndFlows ends the TCP and UDP flows pinned to t (registry.Subscriber).
+func (s *Server) EndFlows(t *registry.Target, why string) {
+	if s.closing.Load() {
+		return
+	}
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		s.endUDPFlows(t, why)
+		s.endTCPFlows(t, why)
+	}()
+}
+
+// Reserve marks an address of l4lb's own (the admin API's) that targets may
+// not take. Listener addresses are refused without it.
+func (s *Server) Reserve(addr netip.AddrPort) {
+	for {
+		old := s.reserved.Load()
+		var next []netip.AddrPort
+		if old != nil {
+			next = slices.Clone(*old)
+		}
+		next = append(next, netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port()))
+		if s.reserved.CompareAndSwap(old, &next) {
+			return
+		}
+	}
+}
+
+// isOwnAddress reports whether addr is one l4lb answers on itself: a
+// listener's bound address, or a reserved one. A wildcard bind owns its port
+// on every local address, so loopback ones match it too.
+func (s *Server) isOwnAddress(addr netip.AddrPort) bool {
+	own := func(at netip.AddrPort) bool {
+		if at.Port() != addr.Port() {
+			return false
+		}
+		ip := at.Addr().Unmap()
+		return ip == addr.Addr() || (ip.IsUnspecified() && addr.Addr().IsLoopback())
+	}
+	if r := s.reserved.Load(); r != nil && slices.ContainsFunc(*r, own) {
+		return true
+	}
+	for _, l := range s.listeners {
+		if a, ok := l.Addr().(*net.TCPAddr); ok && own(a.AddrPort()) {
+			return true
+		}
+	}
+	for _, u := range s.udp {
+		if a, ok := u.Addr().(*net.UDPAddr); ok && own(a.AddrPort()) {
+			return true
+		}
+	}
+	return false
+}
 
 // Addrs returns the bound addresses of the named listener, one per bind IP.
 func (s *Server) Addrs(name string) []net.Addr {
@@ -264,6 +343,7 @@ func (s *Server) ActiveFlows() int { return s.flows.count() }
 // then closes the rest. It returns ctx's error if flows had to be cut.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.closing.Store(true)
+	s.reg.Close()
 	if k := s.kernel.Swap(nil); k != nil {
 		k.close()
 	}
@@ -290,6 +370,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			<-idle
 		}
 	}
+	s.bg.Wait()
 	if s.parker != nil {
 		s.parker.close()
 	}

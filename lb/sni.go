@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/l4lb/l4lb/lb/registry"
 	"github.com/l4lb/l4lb/pkg/config"
 	"github.com/l4lb/l4lb/pkg/tlshello"
 )
@@ -27,14 +28,14 @@ type sniRule struct {
 	route    *route
 }
 
-func buildRules(l *config.Listener, groups map[string]*group) ([]sniRule, error) {
+func buildRules(l *config.Listener, reg *registry.Registry) ([]sniRule, error) {
 	var rules []sniRule
 	for _, r := range l.Rules {
-		g, ok := groups[r.TargetGroup]
-		if !ok {
+		g := reg.Group(r.TargetGroup)
+		if g == nil {
 			return nil, fmt.Errorf("listener %s: no target group %q", l.Name, r.TargetGroup)
 		}
-		rules = append(rules, sniRule{patterns: r.SNI, route: &route{groups: []*group{g}, cum: []int{1}, total: 1}})
+		rules = append(rules, sniRule{patterns: r.SNI, route: &route{groups: []*registry.Group{g}, cum: []int{1}, total: 1}})
 	}
 	return rules, nil
 }

@@ -113,7 +113,7 @@ func (h *halfFlow) readReady(fd uintptr) bool {
 	if h.checkPP {
 		switch h.peekHeader(fd) {
 		case proxyproto.Header:
-			h.f.l.rejectPP.Inc()
+			h.f.l.rejects[reasonProxyProtocol].Inc()
 			h.err = errUntrustedHeader
 			return true
 		case proxyproto.Undecided:

@@ -100,3 +100,21 @@ func (t *tracker) each(fn func(*flow) bool) {
 		sh.mu.Unlock()
 	}
 }
+
+// reset resets f if it is still the open flow numbered id, counting the
+// reset as l4lb's, and reports whether this call ended it. The flow's
+// presence in its shard, checked under the shard's lock, proves it has not
+// finished and been reused for another connection.
+func (t *tracker) reset(f *flow, id uint64) bool {
+	sh := &t.shards[id%uint64(len(t.shards))]
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if _, ok := sh.flows[f]; !ok || f.id != id {
+		return false
+	}
+	if !f.abort() {
+		return false
+	}
+	f.l.lbResets.Inc()
+	return true
+}

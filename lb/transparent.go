@@ -8,6 +8,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/l4lb/l4lb/lb/registry"
 )
 
 // transparentControl sets IP_TRANSPARENT (IPV6_TRANSPARENT), which lets a
@@ -51,33 +53,33 @@ func setTransparent(fd int, v6 bool) error {
 // group preserves client IPs. The client's port is tried first; if this host
 // already uses it towards anyone, another port of the client's IP is taken
 // and the collision counted (port_allocation_errors_total).
-func (s *Server) dialTarget(t *target, client netip.AddrPort, preserve bool) (*net.TCPConn, error) {
+func (s *Server) dialTarget(t *registry.Target, client netip.AddrPort, preserve bool) (*net.TCPConn, error) {
 	if !preserve {
 		// No local address: DialTCP with a zero one would bind(0.0.0.0:0)
 		// first, which costs a system call and takes the source port at bind
 		// time, unique across all destinations, so the host's port range
 		// would cap l4lb's connections to all targets together. Left to
 		// connect(2), a port is only unique per target.
-		c, err := s.dialer.DialContext(context.Background(), "tcp", t.name)
+		c, err := s.dialer.DialContext(context.Background(), "tcp", t.Name)
 		if err != nil {
 			return nil, err
 		}
 		return c.(*net.TCPConn), nil
 	}
-	if client.Addr().Is4() != t.addr.Addr().Is4() {
+	if client.Addr().Is4() != t.Addr.Addr().Is4() {
 		return nil, errors.New("cannot preserve an IPv4 client's address towards an IPv6 target, or the reverse")
 	}
-	c, err := s.tdialer.DialTCP(context.Background(), "tcp", client, t.addr)
+	c, err := s.tdialer.DialTCP(context.Background(), "tcp", client, t.Addr)
 	if errors.Is(err, syscall.EADDRINUSE) || errors.Is(err, syscall.EADDRNOTAVAIL) {
-		t.portErrs.Inc()
-		c, err = s.tdialAny.DialTCP(context.Background(), "tcp", netip.AddrPortFrom(client.Addr(), 0), t.addr)
+		t.PortErrors.Inc()
+		c, err = s.tdialAny.DialTCP(context.Background(), "tcp", netip.AddrPortFrom(client.Addr(), 0), t.Addr)
 	}
 	return c, err
 }
 
 // bindTransparent binds a UDP socket to the client's address (its port, or
 // another if taken) for preserve_client_ip.
-func bindTransparent(fd int, client netip.AddrPort, t *target) error {
+func bindTransparent(fd int, client netip.AddrPort, t *registry.Target) error {
 	v6 := client.Addr().Is6()
 	if err := setTransparent(fd, v6); err != nil {
 		return err
@@ -90,7 +92,7 @@ func bindTransparent(fd int, client netip.AddrPort, t *target) error {
 	}
 	err := bind(client.Port())
 	if errors.Is(err, unix.EADDRINUSE) {
-		t.portErrs.Inc()
+		t.PortErrors.Inc()
 		err = bind(0)
 	}
 	return err

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	flowtable "github.com/l4lb/l4lb/lb/flow"
+	"github.com/l4lb/l4lb/lb/registry"
 	"github.com/l4lb/l4lb/pkg/config"
 	"github.com/l4lb/l4lb/pkg/flowhash"
 	"github.com/l4lb/l4lb/pkg/metrics"
@@ -51,10 +52,11 @@ type udpFront struct {
 	done    chan struct{}
 	started bool // the reply loop runs (and will close done)
 
-	newFlows, rejectFull, rejectACL, rejectNoTgt prometheus.Counter
-	pktsIn, pktsOut, bytesIn, bytesOut           prometheus.Counter
-	dropped, rxDrops                             prometheus.Counter
-	active, entries                              prometheus.Gauge
+	newFlows                           prometheus.Counter
+	rejects                            *rejectCounters
+	pktsIn, pktsOut, bytesIn, bytesOut prometheus.Counter
+	dropped, rxDrops                   prometheus.Counter
+	active, entries                    prometheus.Gauge
 }
 
 // udpFlow is one client 5-tuple with its connected upstream socket.
@@ -62,7 +64,7 @@ type udpFlow struct {
 	key     flowtable.Key
 	fd      int // connected, non-blocking; owned by the front's reply loop
 	slot    int32
-	tgt     *target
+	tgt     *registry.Target
 	start   time.Time
 	name    unix.RawSockaddrInet6 // the client, ready for sendmmsg
 	namelen uint32
@@ -83,10 +85,8 @@ func newUDPFront(s *Server, lc *config.Listener, b config.BindAddr, r *route) *u
 		return m.Counter(f, append(append([]string{}, lbl...), extra...)...)
 	}
 	u.newFlows = c(metrics.NewFlows)
-	u.rejectFull = c(metrics.RejectedFlows, "flow_table_full")
-	u.rejectACL = c(metrics.RejectedFlows, "acl")
-	u.rejectNoTgt = c(metrics.RejectedFlows, "no_target")
-	u.dropped = c(metrics.RejectedFlows, "datagram_dropped")
+	u.rejects = newRejectCounters(m, lbl, reasonFlowTableFull, reasonACL, reasonNoTarget, reasonDatagramDropped, reasonLocalResources)
+	u.dropped = u.rejects[reasonDatagramDropped]
 	u.rxDrops = c(metrics.UDPReceiveDrops)
 	u.pktsIn = c(metrics.ProcessedPackets, "in")
 	u.pktsOut = c(metrics.ProcessedPackets, "out")
@@ -305,35 +305,46 @@ func (u *udpFront) sendAll(fd int, b *batch, n int) int {
 
 func (u *udpFront) newFlow(key flowtable.Key, now time.Time) *udpFlow {
 	if !u.acl.permits(key.Src.Addr()) {
-		u.rejectACL.Inc()
+		u.rejects[reasonACL].Inc()
 		return nil
 	}
 	g, snap, hash := u.route.Load().lookup(flowhash.ProtoUDP, u.zone, key.Src, key.Dst)
 	var buf [1]int
-	prefs := snap.bal.Pick(hash, buf[:])
+	prefs := snap.Balance.Pick(hash, buf[:])
 	if len(prefs) == 0 {
-		u.rejectNoTgt.Inc()
+		u.rejects[reasonNoTarget].Inc()
 		return nil
 	}
-	tgt := snap.targets[prefs[0]]
+	tgt := snap.Targets[prefs[0]]
 	var client netip.AddrPort
-	if g.cfg.Attributes.PreserveClientIP {
+	if g.Config().Attributes.PreserveClientIP {
 		client = key.Src
+	}
+	if !u.srv.udpBudget.acquire() {
+		u.rejects[reasonLocalResources].Inc()
+		return nil
 	}
 	fd, err := dialUDP(tgt, client)
 	if err != nil {
-		tgt.connectErrs.Inc()
-		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EADDRINUSE) || errors.Is(err, unix.EADDRNOTAVAIL) {
-			tgt.portErrs.Inc() // the ephemeral port range is used up
+		u.srv.udpBudget.release()
+		switch {
+		case outOfPorts(err):
+			tgt.PortErrors.Inc() // the ephemeral port range is used up
+			u.rejects[reasonLocalResources].Inc()
+		case localFailure(err):
+			u.rejects[reasonLocalResources].Inc()
+		default:
+			tgt.ConnectErrors.Inc()
+			u.rejects[reasonNoTarget].Inc()
 		}
-		u.rejectNoTgt.Inc()
 		return nil
 	}
 	f := &udpFlow{key: key, fd: fd, tgt: tgt, start: now}
-	if g.cfg.Attributes.ProxyProtocolV2 {
+	if g.Config().Attributes.ProxyProtocolV2 {
 		if f.pp, err = proxyproto.V2(true, key.Src, key.Dst, proxyproto.TLVs{FlowID: u.srv.flowIDs.Add(1), EndpointID: u.srv.cfg.EndpointID}); err != nil {
 			unix.Close(fd)
-			u.rejectNoTgt.Inc()
+			u.srv.udpBudget.release()
+			u.rejects[reasonNoTarget].Inc()
 			return nil
 		}
 	}
@@ -344,15 +355,16 @@ func (u *udpFront) newFlow(key flowtable.Key, now time.Time) *udpFlow {
 	got, created, err := u.table.Insert(key, f, now)
 	if err != nil || !created {
 		unix.Close(fd)
+		u.srv.udpBudget.release()
 		if err != nil {
-			u.rejectFull.Inc()
+			u.rejects[reasonFlowTableFull].Inc()
 		}
 		return got // nil when full; the winner of a race otherwise
 	}
-	if snap.counted {
-		g.unhealthyRouting.Inc()
+	if snap.Counted {
+		g.UnhealthyRouting.Inc()
 	}
-	tgt.udpFlows.Add(1) // release takes it back, whatever happens next
+	tgt.AddFlows(1) // release takes it back, whatever happens next
 	u.mu.Lock()
 	if n := len(u.free); n > 0 {
 		f.slot = u.free[n-1]
@@ -378,8 +390,8 @@ func (u *udpFront) newFlow(key flowtable.Key, now time.Time) *udpFlow {
 // dialUDP opens a non-blocking UDP socket connected to the target, outside
 // Go's poller: the front's reply loop waits on it. With a valid client it is
 // bound to the client's own address first (preserve_client_ip).
-func dialUDP(tgt *target, client netip.AddrPort) (int, error) {
-	t := tgt.addr
+func dialUDP(tgt *registry.Target, client netip.AddrPort) (int, error) {
+	t := tgt.Addr
 	family := unix.AF_INET
 	if t.Addr().Is6() {
 		family = unix.AF_INET6
@@ -418,7 +430,8 @@ func (u *udpFront) release(f *udpFlow) {
 		f.closed = true
 		unix.EpollCtl(u.epfd, unix.EPOLL_CTL_DEL, f.fd, nil)
 		unix.Close(f.fd)
-		f.tgt.udpFlows.Add(-1)
+		u.srv.udpBudget.release()
+		f.tgt.AddFlows(-1)
 	}
 	f.mu.Unlock()
 	u.mu.Lock()
@@ -431,7 +444,7 @@ func (u *udpFront) release(f *udpFlow) {
 
 // endFlows ends the flows pinned to t at once (a datagram has no connection
 // to reset: the client's next one starts a new flow) and returns how many.
-func (u *udpFront) endFlows(t *target) int {
+func (u *udpFront) endFlows(t *registry.Target) int {
 	ended := u.table.RemoveIf(func(f *udpFlow) bool { return f.tgt == t }, nil)
 	for _, f := range ended {
 		u.release(f)

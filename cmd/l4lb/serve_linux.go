@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/netip"
 	"os"
 	"os/signal"
 	"strings"
@@ -47,17 +46,15 @@ func serve(ctx context.Context, cfg *config.Config, log *zap.Logger, connectTime
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m := metrics.New(reg)
-	// The checks report to the server and the server feeds the checks; the
-	// reporter is bound once both exist.
-	var srv *lb.Server
-	checks := healthcheck.NewScheduler(reporterFunc(func(g string, t netip.AddrPort, ok bool, reason, detail string) {
-		srv.SetHealth(g, t, ok, reason, detail)
-	}), healthcheck.Options{Logger: log, Metrics: m})
-	defer checks.Close()
-	srv, err := lb.New(cfg, lb.Options{Logger: log, Metrics: m, ConnectTimeout: connectTimeout, Health: checks})
+	srv, err := lb.New(cfg, lb.Options{Logger: log, Metrics: m, ConnectTimeout: connectTimeout})
 	if err != nil {
 		return usageError{err}
 	}
+	// Results flow from the checks into the registry; the registry tells
+	// the checks which targets to probe.
+	checks := healthcheck.NewScheduler(srv.Registry, healthcheck.Options{Logger: log, Metrics: m})
+	defer checks.Close()
+	srv.Registry.WatchHealth(checks)
 	if err := srv.Start(); err != nil {
 		return err
 	}
@@ -115,13 +112,6 @@ wait:
 	}
 	log.Info("l4lb stopped")
 	return nil
-}
-
-// reporterFunc adapts a function to healthcheck.Reporter.
-type reporterFunc func(group string, target netip.AddrPort, healthy bool, reason, detail string)
-
-func (f reporterFunc) SetHealth(group string, target netip.AddrPort, healthy bool, reason, detail string) {
-	f(group, target, healthy, reason, detail)
 }
 
 func startAdmin(cfg *config.Config, log *zap.Logger, reg *prometheus.Registry, srv *lb.Server) (net.Addr, func(), error) {

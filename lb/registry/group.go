@@ -1,0 +1,261 @@
+package registry
+
+import (
+	"fmt"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/l4lb/l4lb/lb/balance"
+	"github.com/l4lb/l4lb/pkg/config"
+	"github.com/l4lb/l4lb/pkg/metrics"
+)
+
+// Group is a target group: its registered targets (guarded by mu) and its
+// current Snapshot, swapped whole on every change.
+type Group struct {
+	r         *Registry
+	cfg       config.TargetGroup
+	crossZone bool
+	mu        sync.Mutex
+	targets   []*Target
+	snap      atomic.Pointer[Snapshot]
+	zonesSeen map[string]bool // zones whose state gauges were set
+
+	// UnhealthyRouting counts flows routed while the group fails open with
+	// unhealthy targets in the view.
+	UnhealthyRouting prometheus.Counter
+}
+
+// Snapshot is the immutable routing view of a group: per zone, the Maglev
+// table over the targets that may take new flows there.
+type Snapshot struct {
+	All   *View            // cross-zone, or a listener outside every zone
+	Zones map[string]*View // without cross-zone: each zone's own view
+}
+
+// View is the routing view from one zone.
+type View struct {
+	Balance  *balance.Group
+	Targets  []*Target // parallel to Balance.Targets
+	FailOpen bool      // too few healthy targets: routing to all live ones
+	Counted  bool      // FailOpen with unhealthy targets: count such flows
+}
+
+// ForZone is the view a listener in zone routes with.
+func (s *Snapshot) ForZone(zone string) *View {
+	if v, ok := s.Zones[zone]; ok {
+		return v
+	}
+	return s.All
+}
+
+func (s *Snapshot) forZoneOf(t *Target) *View {
+	if t.zone == "" {
+		return s.All
+	}
+	return s.ForZone(t.zone)
+}
+
+func newGroup(r *Registry, tg *config.TargetGroup) (*Group, error) {
+	g := &Group{r: r, cfg: *tg, crossZone: tg.CrossZoneEnabled(r.cfg.CrossZone), zonesSeen: map[string]bool{}}
+	g.UnhealthyRouting = r.m.Counter(metrics.UnhealthyRoutingFlows, tg.Name)
+	for _, t := range tg.Targets {
+		g.targets = append(g.targets, g.newTarget(t.Address, t.Zone, t.Weight))
+	}
+	if err := g.rebuild(); err != nil {
+		return nil, err
+	}
+	return g, nil
+}
+
+// Name is the group's name.
+func (g *Group) Name() string { return g.cfg.Name }
+
+// Config is the group's configuration. Callers must not change it.
+func (g *Group) Config() *config.TargetGroup { return &g.cfg }
+
+// CrossZone says whether every zone routes to every zone's targets.
+func (g *Group) CrossZone() bool { return g.crossZone }
+
+// Snapshot is the group's current routing view.
+func (g *Group) Snapshot() *Snapshot { return g.snap.Load() }
+
+// Targets lists the registered targets now, draining ones included.
+func (g *Group) Targets() []*Target {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return append([]*Target(nil), g.targets...)
+}
+
+// rebuild computes a new snapshot from the targets' states and tells the
+// subscribers. Called with g.mu held (or before the group is shared).
+func (g *Group) rebuild() error {
+	all, err := g.view(g.targets)
+	if err != nil {
+		return err
+	}
+	snap := &Snapshot{All: all, Zones: map[string]*View{}}
+	if !g.crossZone {
+		// Without cross-zone each zone routes among its own targets (and
+		// zone-less ones), failing open within the zone as NLB's nodes do.
+		// A zone with no targets at all uses the group-wide view.
+		names := map[string]bool{}
+		for _, z := range g.r.cfg.Zones {
+			names[z.Name] = true
+		}
+		for _, t := range g.targets {
+			if t.zone != "" {
+				names[t.zone] = true
+			}
+		}
+		for z := range names {
+			var in []*Target
+			for _, t := range g.targets {
+				if t.zone == z || t.zone == "" {
+					in = append(in, t)
+				}
+			}
+			if len(in) == 0 {
+				continue
+			}
+			if snap.Zones[z], err = g.view(in); err != nil {
+				return err
+			}
+		}
+	}
+	g.snap.Store(snap)
+	for _, s := range g.r.subscribers() {
+		s.SnapshotChanged(g)
+	}
+	g.countStates()
+	return nil
+}
+
+// view builds the routing view over targets: the healthy ones, or, below the
+// minimum healthy count or percentage (NLB's unhealthy state routing), every
+// live one.
+func (g *Group) view(targets []*Target) (*View, error) {
+	a := &g.cfg.Attributes
+	var healthy, live []*Target
+	unhealthy := 0
+	for _, t := range targets {
+		if t.state == Healthy {
+			healthy = append(healthy, t)
+		}
+		if t.state.live() {
+			live = append(live, t)
+		}
+		if t.state.unhealthy() {
+			unhealthy++
+		}
+	}
+	failOpen := len(healthy) < max(a.UnhealthyRoutingMinHealthyCount, 1) ||
+		(a.UnhealthyRoutingMinHealthyPercentage > 0 && len(healthy)*100 < a.UnhealthyRoutingMinHealthyPercentage*len(live))
+	use := healthy
+	if failOpen {
+		use = live
+	}
+	spec := balance.GroupSpec{Name: g.cfg.Name, Stickiness: a.Stickiness}
+	for _, t := range use {
+		spec.Targets = append(spec.Targets, balance.Target{Addr: t.Addr, Zone: t.zone, Weight: t.weight})
+	}
+	bal, err := balance.NewGroup(spec)
+	if err != nil {
+		return nil, err
+	}
+	return &View{Balance: bal, Targets: use, FailOpen: failOpen, Counted: failOpen && unhealthy > 0}, nil
+}
+
+// countStates sets the healthy and unhealthy target gauges, per zone. Every
+// zone the group has counted before is set again, so a zone whose last
+// healthy target left drops to 0 rather than keeping its old value.
+func (g *Group) countStates() {
+	m := g.r.m
+	if m == nil {
+		return
+	}
+	type counts struct{ healthy, unhealthy int }
+	byZone := map[string]*counts{}
+	for z := range g.zonesSeen {
+		byZone[z] = &counts{}
+	}
+	for _, t := range g.targets {
+		c := byZone[t.zone]
+		if c == nil {
+			c = &counts{}
+			byZone[t.zone] = c
+		}
+		switch {
+		case t.state == Healthy:
+			c.healthy++
+		case t.state.unhealthy():
+			c.unhealthy++
+		}
+	}
+	for z, c := range byZone {
+		g.zonesSeen[z] = true
+		m.Gauge(metrics.HealthyTargets, g.cfg.Name, z).Set(float64(c.healthy))
+		m.Gauge(metrics.UnhealthyTargets, g.cfg.Name, z).Set(float64(c.unhealthy))
+	}
+}
+
+func (g *Group) find(addr netip.AddrPort) *Target {
+	for _, t := range g.targets {
+		if t.Addr == addr {
+			return t
+		}
+	}
+	return nil
+}
+
+// setState changes a target's state (g.mu held) and logs it.
+func (g *Group) setState(t *Target, state State, reason, detail string) {
+	if t.state == state && t.reason == reason {
+		return
+	}
+	t.state, t.reason, t.detail = state, reason, detail
+	t.generation++
+	g.r.log.Info("target state", zap.String(logGroup, g.cfg.Name), zap.String(logTarget, t.Name),
+		zap.Stringer("state", state), zap.String("reason", reason))
+}
+
+// checkSpec is the group's health check as the checker runs it: with a PROXY
+// LOCAL header when the targets expect PROXY v2, as NLB's checks do.
+func (g *Group) checkSpec() config.HealthCheck {
+	spec := g.cfg.HealthCheck
+	spec.SendProxyLocal = g.cfg.Attributes.ProxyProtocolV2
+	return spec
+}
+
+// ZoneProblem says why the group cannot serve zone, or "" if it can,
+// counting against the dns_failover minimum when one is set.
+func (g *Group) ZoneProblem(zone string) string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	healthy, total := 0, 0
+	for _, t := range g.targets {
+		if !g.crossZone && t.zone != "" && t.zone != zone {
+			continue
+		}
+		if t.state == Draining || t.state == Unused {
+			continue
+		}
+		total++
+		if t.state == Healthy {
+			healthy++
+		}
+	}
+	a := &g.cfg.Attributes
+	need := max(a.DNSFailoverMinHealthyCount, 1)
+	if healthy < need {
+		return fmt.Sprintf("target group %s: %d healthy targets, need %d", g.cfg.Name, healthy, need)
+	}
+	if p := a.DNSFailoverMinHealthyPercentage; p > 0 && healthy*100 < p*total {
+		return fmt.Sprintf("target group %s: %d of %d targets healthy, need %d%%", g.cfg.Name, healthy, total, p)
+	}
+	return ""
+}

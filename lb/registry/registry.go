@@ -1,0 +1,381 @@
+// Package registry is l4lb's target registry: the target groups, their
+// targets with NLB's states and reason codes, and the immutable per-zone
+// routing snapshots the data planes read. Health results flow one way into
+// it; the data planes subscribe to it, read snapshots, and are told when the
+// flows pinned to a target must end. It holds no flow of its own.
+//
+//	r, err := registry.New(cfg, registry.Options{Logger: log, Metrics: m})
+//	checks := healthcheck.NewScheduler(r, ...) // results flow into r
+//	r.WatchHealth(checks)                      // r says what to check
+//	r.Subscribe(dataPlane)                     // snapshot changes, flows to end
+//	view := r.Group("web").Snapshot().ForZone("a")
+//	prefs := view.Balance.Pick(key, buf[:])    // indexes into view.Targets
+//
+// Deregistration delays and unhealthy draining intervals run on an injected
+// Clock, so tests move time instead of sleeping.
+package registry
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/l4lb/l4lb/pkg/api"
+	"github.com/l4lb/l4lb/pkg/config"
+	"github.com/l4lb/l4lb/pkg/metrics"
+)
+
+// Log keys, declared once.
+const (
+	logGroup  = "target_group"
+	logTarget = "target"
+	logFlows  = "flows"
+)
+
+// HealthWatcher is what the registry needs from the health checks
+// (healthcheck.Scheduler satisfies it).
+type HealthWatcher interface {
+	Watch(group string, target netip.AddrPort, spec config.HealthCheck)
+	Unwatch(group string, target netip.AddrPort)
+	PassiveFailure(group string, target netip.AddrPort)
+}
+
+// Subscriber is a data plane. Both calls may come with a group's lock held:
+// they must not block, nor call back into the registry.
+type Subscriber interface {
+	// SnapshotChanged says g has a new snapshot (the kernel path writes its
+	// tables again).
+	SnapshotChanged(g *Group)
+	// EndFlows asks for the flows pinned to t to end now: a deregistration
+	// delay or unhealthy draining interval is over, or t turned unhealthy
+	// with connection termination on.
+	EndFlows(t *Target, why string)
+}
+
+// Options are the injected parts of a Registry. The zero value works: no
+// logs, no metrics, the system clock, no address refused as l4lb's own.
+type Options struct {
+	Logger  *zap.Logger
+	Metrics *metrics.Metrics
+	Clock   Clock
+	// Own reports whether an address is one l4lb answers on itself (a
+	// listener, the admin API): registering it as a target would loop.
+	Own func(netip.AddrPort) bool
+}
+
+// Registry holds every target group of a configuration.
+type Registry struct {
+	cfg    *config.Config
+	log    *zap.Logger
+	m      *metrics.Metrics
+	clock  Clock
+	own    func(netip.AddrPort) bool
+	groups map[string]*Group
+
+	mu     sync.Mutex // guards what follows
+	health HealthWatcher
+	subs   []Subscriber
+	timers map[Timer]struct{}
+	closed bool
+}
+
+// New builds the groups of cfg, every target initial.
+func New(cfg *config.Config, opts Options) (*Registry, error) {
+	if opts.Logger == nil {
+		opts.Logger = zap.NewNop()
+	}
+	if opts.Clock == nil {
+		opts.Clock = RealClock{}
+	}
+	if opts.Own == nil {
+		opts.Own = func(netip.AddrPort) bool { return false }
+	}
+	r := &Registry{cfg: cfg, log: opts.Logger, m: opts.Metrics, clock: opts.Clock, own: opts.Own,
+		groups: map[string]*Group{}, timers: map[Timer]struct{}{}}
+	for i := range cfg.TargetGroups {
+		g, err := newGroup(r, &cfg.TargetGroups[i])
+		if err != nil {
+			return nil, err
+		}
+		r.groups[g.cfg.Name] = g
+	}
+	return r, nil
+}
+
+// Group returns the named group, or nil.
+func (r *Registry) Group(name string) *Group { return r.groups[name] }
+
+// Subscribe adds a data plane to tell about snapshots and flows to end.
+func (r *Registry) Subscribe(s Subscriber) {
+	r.mu.Lock()
+	r.subs = append(r.subs, s)
+	r.mu.Unlock()
+}
+
+func (r *Registry) subscribers() []Subscriber {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.subs
+}
+
+// WatchHealth starts the checks of every registered target on w, and of
+// every target registered later. Without it, targets stay initial and
+// routing fails open to all of them.
+func (r *Registry) WatchHealth(w HealthWatcher) {
+	r.mu.Lock()
+	r.health = w
+	r.mu.Unlock()
+	for _, g := range r.groups {
+		g.mu.Lock()
+		for _, t := range g.targets {
+			if t.state != Draining {
+				w.Watch(g.cfg.Name, t.Addr, g.checkSpec())
+			}
+		}
+		g.mu.Unlock()
+	}
+}
+
+func (r *Registry) watcher() HealthWatcher {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.health
+}
+
+// PassiveFailure reports a failed connect on live traffic, which counts as a
+// failed health check. A failure of l4lb's own (out of descriptors or ports)
+// must never come here.
+func (r *Registry) PassiveFailure(t *Target) {
+	if w := r.watcher(); w != nil {
+		w.PassiveFailure(t.group.cfg.Name, t.Addr)
+	}
+}
+
+// Close stops every pending timer; no flow is ended after it returns.
+func (r *Registry) Close() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.closed = true
+	for t := range r.timers {
+		t.Stop()
+	}
+	clear(r.timers)
+}
+
+// after runs fn once d has passed, unless t's state changed first or the
+// registry closed. Called with t's group lock held; fn runs without it.
+func (r *Registry) after(t *Target, d time.Duration, fn func()) {
+	gen := t.generation
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return
+	}
+	var timer Timer
+	timer = r.clock.AfterFunc(d, func() {
+		r.mu.Lock()
+		_, pending := r.timers[timer]
+		delete(r.timers, timer)
+		r.mu.Unlock()
+		t.group.mu.Lock()
+		current := t.generation == gen
+		t.group.mu.Unlock()
+		if pending && current {
+			fn()
+		}
+	})
+	r.timers[timer] = struct{}{}
+}
+
+// endFlows tells every data plane to end t's flows.
+func (r *Registry) endFlows(t *Target, why string) {
+	r.log.Info("ending flows", zap.String(logGroup, t.group.cfg.Name), zap.String(logTarget, t.Name), zap.String("why", why))
+	for _, s := range r.subscribers() {
+		s.EndFlows(t, why)
+	}
+}
+
+// SetHealth records a health transition from the checks (healthcheck.Reporter).
+func (r *Registry) SetHealth(groupName string, addr netip.AddrPort, healthy bool, reason, detail string) {
+	g := r.groups[groupName]
+	if g == nil {
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	t := g.find(addr)
+	if t == nil || t.state == Draining || t.state == Unused {
+		return
+	}
+	if healthy {
+		g.setState(t, Healthy, "", "")
+		r.logErr(g.rebuild())
+		return
+	}
+	g.setState(t, Unhealthy, reason, detail)
+	r.logErr(g.rebuild())
+	a := &g.cfg.Attributes
+	switch {
+	case g.snap.Load().forZoneOf(t).FailOpen:
+		// Its flows would come straight back to it: leave them be.
+	case a.UnhealthyConnectionTermination:
+		r.endFlows(t, "target unhealthy")
+	case a.UnhealthyDrainingInterval > 0:
+		g.setState(t, UnhealthyDraining, reason, detail)
+		r.after(t, a.UnhealthyDrainingInterval, func() {
+			r.endFlows(t, "unhealthy draining interval over")
+			g.mu.Lock()
+			g.setState(t, Unhealthy, reason, detail)
+			g.mu.Unlock()
+		})
+	}
+}
+
+// logErr logs a failed snapshot rebuild: the old snapshot stays in force.
+func (r *Registry) logErr(err error) {
+	if err != nil {
+		r.log.Error("rebuilding a routing snapshot; the previous one stays", zap.Error(err))
+	}
+}
+
+// Register adds a target to a group (or takes a draining one back). New flows
+// reach it once it passes its health checks, or at once while the group fails
+// open.
+func (r *Registry) Register(groupName string, req api.RegisterRequest) (api.TargetHealth, error) {
+	g := r.groups[groupName]
+	if g == nil {
+		return api.TargetHealth{}, fmt.Errorf("%w: no target group %q", api.ErrNotFound, groupName)
+	}
+	addr, err := config.ParseTargetAddress(req.Address, g.cfg.Port)
+	if err != nil {
+		return api.TargetHealth{}, fmt.Errorf("%w: address: %v", api.ErrInvalid, err)
+	}
+	weight := req.Weight
+	if weight == 0 {
+		weight = config.DefaultTargetWeight
+	}
+	if weight < 1 || weight > config.MaxTargetWeight {
+		return api.TargetHealth{}, fmt.Errorf("%w: weight: %d is outside 1-%d", api.ErrInvalid, weight, config.MaxTargetWeight)
+	}
+	if req.Zone != "" && !slices.ContainsFunc(r.cfg.Zones, func(z config.Zone) bool { return z.Name == req.Zone }) {
+		return api.TargetHealth{}, fmt.Errorf("%w: zone: no zone named %q", api.ErrInvalid, req.Zone)
+	}
+	if r.own(addr) {
+		return api.TargetHealth{}, fmt.Errorf("%w: address: %s is l4lb's own listener or admin address; forwarding to it would loop", api.ErrInvalid, addr)
+	}
+	g.mu.Lock()
+	t := g.find(addr)
+	switch {
+	case t == nil:
+		t = g.newTarget(addr, req.Zone, weight)
+		g.targets = append(g.targets, t)
+	case t.state == Draining:
+		t.zone, t.weight = req.Zone, weight
+		g.setState(t, Initial, api.ReasonInitialHealthChecking, "")
+	default:
+		t.zone, t.weight = req.Zone, weight // registering again updates
+	}
+	err = g.rebuild()
+	th := t.describe()
+	g.mu.Unlock()
+	if err != nil {
+		return api.TargetHealth{}, err
+	}
+	if w := r.watcher(); w != nil {
+		w.Watch(g.cfg.Name, addr, g.checkSpec())
+	}
+	r.log.Info("target registered", zap.String(logGroup, groupName), zap.String(logTarget, addr.String()))
+	return th, nil
+}
+
+// Deregister stops new flows to a target at once. Its flows run on until the
+// deregistration delay ends; then they are ended if connection termination
+// is on, and the target is forgotten.
+func (r *Registry) Deregister(groupName, address string) error {
+	g := r.groups[groupName]
+	if g == nil {
+		return fmt.Errorf("%w: no target group %q", api.ErrNotFound, groupName)
+	}
+	addr, err := config.ParseTargetAddress(address, g.cfg.Port)
+	if err != nil {
+		return fmt.Errorf("%w: address: %v", api.ErrInvalid, err)
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	t := g.find(addr)
+	if t == nil {
+		return fmt.Errorf("%w: %s is not registered in %q", api.ErrNotFound, addr, groupName)
+	}
+	if t.state == Draining {
+		return nil
+	}
+	if w := r.watcher(); w != nil {
+		w.Unwatch(groupName, addr)
+	}
+	g.setState(t, Draining, api.ReasonDeregistrationInProgress, "Target deregistration is in progress")
+	if err := g.rebuild(); err != nil {
+		return err
+	}
+	a := &g.cfg.Attributes
+	r.log.Info("drain start", zap.String(logGroup, groupName), zap.String(logTarget, t.Name), zap.Duration("deregistration_delay", a.DeregistrationDelay))
+	r.after(t, a.DeregistrationDelay, func() {
+		if a.DeregistrationConnectionTermination {
+			r.endFlows(t, "deregistration delay over")
+		}
+		g.mu.Lock()
+		n := len(g.targets)
+		g.targets = slices.DeleteFunc(g.targets, func(x *Target) bool { return x == t })
+		if len(g.targets) < n {
+			r.m.RemoveTarget(groupName, t.Name)
+		}
+		g.mu.Unlock()
+		r.log.Info("drain end", zap.String(logGroup, groupName), zap.String(logTarget, t.Name))
+	})
+	return nil
+}
+
+// TargetGroups describes every group, sorted by name.
+func (r *Registry) TargetGroups() []api.TargetGroup {
+	names := make([]string, 0, len(r.groups))
+	for n := range r.groups {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	out := make([]api.TargetGroup, 0, len(names))
+	for _, n := range names {
+		tg, _ := r.TargetGroup(n)
+		out = append(out, tg)
+	}
+	return out
+}
+
+// TargetGroup describes one group and its targets' health.
+func (r *Registry) TargetGroup(name string) (api.TargetGroup, error) {
+	g := r.groups[name]
+	if g == nil {
+		return api.TargetGroup{}, fmt.Errorf("%w: no target group %q", api.ErrNotFound, name)
+	}
+	out := api.TargetGroup{Name: name, Protocol: g.cfg.Protocol.String(), Port: int(g.cfg.Port), Targets: []api.TargetHealth{}}
+	g.mu.Lock()
+	snap := g.snap.Load()
+	out.FailOpen = snap.All.FailOpen
+	for _, z := range snap.Zones {
+		out.FailOpen = out.FailOpen || z.FailOpen
+	}
+	for _, t := range g.targets {
+		out.Targets = append(out.Targets, t.describe())
+	}
+	g.mu.Unlock()
+	for _, l := range r.cfg.Listeners {
+		if l.TargetGroup == name || slices.ContainsFunc(l.Forward, func(f config.Forward) bool { return f.TargetGroup == name }) ||
+			slices.ContainsFunc(l.Rules, func(rl config.Rule) bool { return rl.TargetGroup == name }) {
+			out.Listeners = append(out.Listeners, l.Name)
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,254 @@
+package registry
+
+import (
+	"errors"
+	"net/netip"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/l4lb/l4lb/pkg/api"
+	"github.com/l4lb/l4lb/pkg/config"
+)
+
+// recorder is a data plane that remembers what it was told.
+type recorder struct {
+	mu      sync.Mutex
+	changed int
+	ended   []string
+}
+
+func (r *recorder) SnapshotChanged(*Group) { r.mu.Lock(); r.changed++; r.mu.Unlock() }
+func (r *recorder) EndFlows(t *Target, why string) {
+	r.mu.Lock()
+	r.ended = append(r.ended, t.Name+": "+why)
+	r.mu.Unlock()
+}
+func (r *recorder) endedFlows() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.ended)
+}
+
+// watcher records what the registry asks the checks to do.
+type watcher struct {
+	mu      sync.Mutex
+	watched map[netip.AddrPort]bool
+	passive int
+}
+
+func (w *watcher) Watch(_ string, t netip.AddrPort, _ config.HealthCheck) {
+	w.mu.Lock()
+	w.watched[t] = true
+	w.mu.Unlock()
+}
+func (w *watcher) Unwatch(_ string, t netip.AddrPort) {
+	w.mu.Lock()
+	delete(w.watched, t)
+	w.mu.Unlock()
+}
+func (w *watcher) PassiveFailure(string, netip.AddrPort) { w.mu.Lock(); w.passive++; w.mu.Unlock() }
+
+var (
+	ta = netip.MustParseAddrPort("10.0.1.10:80")
+	tb = netip.MustParseAddrPort("10.0.2.10:80")
+	tc = netip.MustParseAddrPort("10.0.2.11:80")
+)
+
+func testRegistry(t *testing.T, mod func(*config.TargetGroup)) (*Registry, *ManualClock, *recorder) {
+	t.Helper()
+	g := config.TargetGroup{Name: "web", Protocol: config.TCP, Port: 80, Targets: []config.Target{
+		{Address: ta, Zone: "a", Weight: 1}, {Address: tb, Zone: "b", Weight: 1}, {Address: tc, Zone: "b", Weight: 2}}}
+	g.Attributes.CrossZone = config.CrossZoneInherit
+	g.Attributes.UnhealthyRoutingMinHealthyCount = 1
+	g.Attributes.DeregistrationDelay = 300 * time.Second
+	g.Attributes.UnhealthyConnectionTermination = true
+	if mod != nil {
+		mod(&g)
+	}
+	cfg := &config.Config{TargetGroups: []config.TargetGroup{g},
+		Zones: []config.Zone{{Name: "a"}, {Name: "b"}}}
+	clock := &ManualClock{}
+	r, err := New(cfg, Options{Clock: clock, Own: func(a netip.AddrPort) bool { return a == netip.MustParseAddrPort("127.0.0.1:9900") }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &recorder{}
+	r.Subscribe(rec)
+	t.Cleanup(r.Close)
+	return r, clock, rec
+}
+
+func names(ts []*Target) []string {
+	var out []string
+	for _, t := range ts {
+		out = append(out, t.Name)
+	}
+	return out
+}
+
+// Initial targets fail open; healthy ones route per zone without cross-zone;
+// an unhealthy one leaves its zone's view and has its flows ended.
+func TestStatesAndViews(t *testing.T) {
+	r, _, rec := testRegistry(t, nil)
+	g := r.Group("web")
+	if v := g.Snapshot().All; !v.FailOpen || len(v.Targets) != 3 || v.Counted {
+		t.Fatalf("all initial: %+v", v)
+	}
+	for _, a := range []netip.AddrPort{ta, tb, tc} {
+		r.SetHealth("web", a, true, "", "")
+	}
+	if v := g.Snapshot().ForZone("b"); v.FailOpen || !slices.Equal(names(v.Targets), []string{tb.String(), tc.String()}) {
+		t.Fatalf("zone b: %v fail-open %v", names(v.Targets), v.FailOpen)
+	}
+	if v := g.Snapshot().ForZone("a"); !slices.Equal(names(v.Targets), []string{ta.String()}) {
+		t.Fatalf("zone a: %v", names(v.Targets))
+	}
+	r.SetHealth("web", tb, false, api.ReasonTimeout, "")
+	if v := g.Snapshot().ForZone("b"); !slices.Equal(names(v.Targets), []string{tc.String()}) {
+		t.Fatalf("zone b after tb failed: %v", names(v.Targets))
+	}
+	if got := rec.endedFlows(); !slices.Equal(got, []string{tb.String() + ": target unhealthy"}) {
+		t.Fatalf("ended flows: %v", got)
+	}
+	tg, _ := r.TargetGroup("web")
+	if tg.Targets[1].State != "unhealthy" || tg.Targets[1].Reason != api.ReasonTimeout {
+		t.Fatalf("describe: %+v", tg.Targets[1])
+	}
+	// Zone a's last target failing makes zone a fail open, not end flows
+	// that would come straight back.
+	r.SetHealth("web", ta, false, api.ReasonTimeout, "")
+	if v := g.Snapshot().ForZone("a"); !v.FailOpen || !v.Counted {
+		t.Fatalf("zone a with its only target unhealthy: %+v", v)
+	}
+	if got := rec.endedFlows(); len(got) != 1 {
+		t.Fatalf("flows ended while failing open: %v", got)
+	}
+	if p := g.ZoneProblem("a"); p == "" {
+		t.Fatal("zone a reports no problem with no healthy target")
+	}
+	if p := g.ZoneProblem("b"); p != "" {
+		t.Fatalf("zone b: %s", p)
+	}
+}
+
+// A deregistered target leaves routing at once, keeps its flows for the
+// delay, then has them ended (termination on) and is forgotten. Time moves
+// only when the test says.
+func TestDeregistrationDelay(t *testing.T) {
+	r, clock, rec := testRegistry(t, func(g *config.TargetGroup) { g.Attributes.DeregistrationConnectionTermination = true })
+	w := &watcher{watched: map[netip.AddrPort]bool{}}
+	r.WatchHealth(w)
+	if len(w.watched) != 3 {
+		t.Fatalf("watching %d targets, want 3", len(w.watched))
+	}
+	if err := r.Deregister("web", tb.String()); err != nil {
+		t.Fatal(err)
+	}
+	if w.watched[tb] {
+		t.Fatal("a draining target is still checked")
+	}
+	if slices.Contains(names(r.Group("web").Snapshot().All.Targets), tb.String()) {
+		t.Fatal("a draining target is still routed to")
+	}
+	clock.Advance(299 * time.Second)
+	if len(rec.endedFlows()) != 0 || len(r.Group("web").Targets()) != 3 {
+		t.Fatal("acted before the delay was over")
+	}
+	clock.Advance(time.Second)
+	if got := rec.endedFlows(); !slices.Equal(got, []string{tb.String() + ": deregistration delay over"}) {
+		t.Fatalf("ended flows: %v", got)
+	}
+	if len(r.Group("web").Targets()) != 2 {
+		t.Fatal("the target was not forgotten")
+	}
+	// Registering it again during a drain takes it back; its old timer
+	// then does nothing.
+	if err := r.Deregister("web", tc.String()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Register("web", api.RegisterRequest{Address: tc.String(), Zone: "b", Weight: 2}); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(time.Hour)
+	if len(r.Group("web").Targets()) != 2 || len(rec.endedFlows()) != 1 {
+		t.Fatal("a stale deregistration timer acted")
+	}
+}
+
+// After Close no timer fires.
+func TestCloseStopsTimers(t *testing.T) {
+	r, clock, rec := testRegistry(t, func(g *config.TargetGroup) { g.Attributes.DeregistrationConnectionTermination = true })
+	if err := r.Deregister("web", ta.String()); err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	clock.Advance(time.Hour)
+	if len(rec.endedFlows()) != 0 {
+		t.Fatal("a timer fired after Close")
+	}
+}
+
+// With an unhealthy draining interval and no termination, flows end only
+// once the interval is over.
+func TestUnhealthyDrainingInterval(t *testing.T) {
+	r, clock, rec := testRegistry(t, func(g *config.TargetGroup) {
+		g.Attributes.UnhealthyConnectionTermination = false
+		g.Attributes.UnhealthyDrainingInterval = time.Minute
+	})
+	for _, a := range []netip.AddrPort{ta, tb, tc} {
+		r.SetHealth("web", a, true, "", "")
+	}
+	r.SetHealth("web", tc, false, api.ReasonFailedHealthChecks, "")
+	tg, _ := r.TargetGroup("web")
+	if tg.Targets[2].State != api.StateUnhealthyDraining {
+		t.Fatalf("state %s, want unhealthy.draining", tg.Targets[2].State)
+	}
+	clock.Advance(59 * time.Second)
+	if len(rec.endedFlows()) != 0 {
+		t.Fatal("flows ended inside the draining interval")
+	}
+	clock.Advance(time.Second)
+	if len(rec.endedFlows()) != 1 {
+		t.Fatal("flows not ended after the draining interval")
+	}
+	if tg, _ = r.TargetGroup("web"); tg.Targets[2].State != api.StateUnhealthy {
+		t.Fatalf("state %s after the interval, want unhealthy", tg.Targets[2].State)
+	}
+}
+
+func TestRegisterValidation(t *testing.T) {
+	r, _, _ := testRegistry(t, nil)
+	for _, c := range []struct {
+		group string
+		req   api.RegisterRequest
+		want  error
+	}{
+		{"nope", api.RegisterRequest{Address: "10.0.0.1:80"}, api.ErrNotFound},
+		{"web", api.RegisterRequest{Address: "bogus"}, api.ErrInvalid},
+		{"web", api.RegisterRequest{Address: "10.0.0.1:80", Weight: 1001}, api.ErrInvalid},
+		{"web", api.RegisterRequest{Address: "10.0.0.1:80", Zone: "z"}, api.ErrInvalid},
+		{"web", api.RegisterRequest{Address: "0.0.0.0:80"}, api.ErrInvalid},
+		{"web", api.RegisterRequest{Address: "127.0.0.1:9900"}, api.ErrInvalid},
+	} {
+		if _, err := r.Register(c.group, c.req); !errorsIs(err, c.want) {
+			t.Errorf("Register(%s, %+v) = %v, want %v", c.group, c.req, err, c.want)
+		}
+	}
+	th, err := r.Register("web", api.RegisterRequest{Address: "10.0.3.10"})
+	if err != nil || th.Address != "10.0.3.10:80" || th.State != api.StateInitial || th.Weight != 1 {
+		t.Fatalf("Register = %+v, %v", th, err)
+	}
+}
+
+func TestStateNames(t *testing.T) {
+	for s, want := range map[State]string{Initial: "initial", Healthy: "healthy", Unhealthy: "unhealthy",
+		UnhealthyDraining: "unhealthy.draining", Draining: "draining", Unused: "unused", State(99): "unknown"} {
+		if s.String() != want {
+			t.Errorf("%d.String() = %q, want %q", s, s.String(), want)
+		}
+	}
+}
+
+func errorsIs(err, target error) bool { return err != nil && errors.Is(err, target) }

@@ -1,0 +1,62 @@
+package registry
+
+import (
+	"net/netip"
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/l4lb/l4lb/pkg/api"
+	"github.com/l4lb/l4lb/pkg/metrics"
+)
+
+// Target is one registered backend and its NLB state. The data planes read
+// its address and counters, and count the flows they pin to it; the
+// registry never holds a flow.
+type Target struct {
+	Addr netip.AddrPort
+	Name string // Addr as text, for logs and labels
+
+	// Counters the data planes add to, resolved once.
+	ConnectErrors prometheus.Counter // refused or timed-out connects
+	PortErrors    prometheus.Counter // source ports exhausted dialing it
+	Resets        prometheus.Counter // flows its side ended with an error
+
+	group  *Group
+	active atomic.Int64 // flows pinned to it, as the data planes count them
+
+	// Guarded by group.mu.
+	zone       string
+	weight     int
+	state      State
+	reason     string
+	detail     string
+	generation int // bumped on every state change, so stale timers do nothing
+}
+
+func (g *Group) newTarget(addr netip.AddrPort, zone string, weight int) *Target {
+	t := &Target{group: g, Addr: addr, Name: addr.String(), zone: zone, weight: weight,
+		state: Initial, reason: api.ReasonInitialHealthChecking}
+	m := g.r.m
+	m.AddTarget(g.cfg.Name, t.Name)
+	t.ConnectErrors = m.Counter(metrics.TargetConnectErrors, g.cfg.Name, t.Name)
+	t.PortErrors = m.Counter(metrics.PortAllocationErrors, g.cfg.Name, t.Name)
+	t.Resets = m.Counter(metrics.TCPTargetResets, g.cfg.Name, t.Name)
+	return t
+}
+
+// Group is the target group the target belongs to.
+func (t *Target) Group() *Group { return t.group }
+
+// AddFlows records n flows pinned to the target (negative: ended). The
+// data planes call it; describe-target-health shows the sum.
+func (t *Target) AddFlows(n int64) { t.active.Add(n) }
+
+// Flows is the number of flows pinned to the target now.
+func (t *Target) Flows() int64 { return t.active.Load() }
+
+// describe is the target's row of describe-target-health (g.mu held).
+func (t *Target) describe() api.TargetHealth {
+	return api.TargetHealth{Address: t.Name, Zone: t.zone, Weight: t.weight, State: t.state.String(),
+		Reason: t.reason, Description: t.detail, ActiveFlows: t.Flows()}
+}

@@ -1,0 +1,253 @@
+package lb
+
+import (
+	"net"
+	"net/netip"
+	"runtime/debug"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/l4lb/l4lb/lb/balance"
+	"github.com/l4lb/l4lb/lb/registry"
+	"github.com/l4lb/l4lb/pkg/flowhash"
+	"github.com/l4lb/l4lb/pkg/proxyproto"
+)
+
+// ProxyHeaderTimeout bounds reading a PROXY header from a trusted upstream.
+const ProxyHeaderTimeout = 5 * time.Second
+
+// setup is an accepted connection on its way to becoming a flow. Each step
+// either moves it on or names the reason to refuse it; reject then counts,
+// resets and releases what the steps took, once.
+type setup struct {
+	s        *Server
+	l        *listener
+	c        *net.TCPConn
+	src, dst netip.AddrPort // the client (a trusted PROXY header's source) and the listener address
+	checkPP  bool           // the copy must refuse a PROXY header in the first bytes
+	id       uint64         // the flow's number, for PROXY unique IDs
+	budget   bool           // holds a slot of the TCP flow budget
+	source   bool           // holds a max_connections_per_source slot
+	r        *route
+	t        *net.TCPConn // the target connection, once dialled
+	tgt      *registry.Target
+	g        *registry.Group
+	view     *registry.View
+}
+
+// serveConn takes an accepted connection through admission, target choice and
+// connect, then copies client to target itself while a second goroutine
+// copies target to client.
+func (s *Server) serveConn(l *listener, c *net.TCPConn) {
+	p := setup{s: s, l: l, c: c}
+	defer func() {
+		if v := recover(); v != nil {
+			s.log.Error("panic serving connection", zap.Any("panic", v), zap.ByteString("stack", debug.Stack()))
+			c.Close()
+		}
+	}()
+	p.src = c.RemoteAddr().(*net.TCPAddr).AddrPort()
+	p.dst = c.LocalAddr().(*net.TCPAddr).AddrPort()
+	for _, step := range [...]func(*setup) (reason, bool){
+		(*setup).takeBudget,
+		(*setup).readProxyHeader,
+		(*setup).checkACL,
+		(*setup).takeSourceSlot,
+		(*setup).chooseRoute,
+		(*setup).connect,
+		(*setup).sendProxyHeader,
+	} {
+		if why, ok := step(&p); !ok {
+			p.reject(why)
+			return
+		}
+	}
+	p.start()
+}
+
+// reject refuses the connection: it counts the reason, resets the client
+// (SO_LINGER 0 sends RST, as NLB does), closes any target connection, and
+// gives back the slots the steps took.
+func (p *setup) reject(why reason) {
+	p.l.rejects[why].Inc()
+	if why == reasonNoTarget || why == reasonLocalResources {
+		p.l.lbResets.Inc()
+	}
+	p.c.SetLinger(0)
+	p.c.Close()
+	if p.t != nil {
+		p.t.Close()
+	}
+	p.release()
+}
+
+func (p *setup) release() {
+	if p.source {
+		p.l.releaseSource(p.src)
+	}
+	if p.budget {
+		p.s.tcpBudget.release()
+	}
+}
+
+// takeBudget holds a slot of the TCP flows' descriptor budget.
+func (p *setup) takeBudget() (reason, bool) {
+	p.budget = p.s.tcpBudget.acquire()
+	return reasonLocalResources, p.budget
+}
+
+// readProxyHeader handles proxy_protocol_accept: a trusted upstream must
+// send a header (go-proxyproto's REQUIRE), whose source is then the flow's
+// client; anyone else's header is refused (REJECT).
+func (p *setup) readProxyHeader() (reason, bool) {
+	l := p.l
+	if len(l.cfg.ProxyProtocolAccept) == 0 {
+		return 0, true
+	}
+	if l.trusted(p.src.Addr()) {
+		hsrc, _, err := proxyproto.ReadHeader(p.c, p.c, time.Now().Add(ProxyHeaderTimeout))
+		if err != nil {
+			p.s.log.Debug("bad PROXY header", zap.String(logListener, l.cfg.Name), zap.Stringer(logClient, p.src), zap.Error(err))
+			return reasonProxyProtocol, false
+		}
+		if hsrc.IsValid() { // a LOCAL header keeps the peer's address
+			p.src = hsrc
+		}
+		return 0, true
+	}
+	// Most clients send a header with the connection, so it is usually
+	// here already and no target is dialled; later bytes are checked by
+	// the copy.
+	if peekHeader(p.c) {
+		return reasonProxyProtocol, false
+	}
+	p.checkPP = true
+	return 0, true
+}
+
+func (p *setup) checkACL() (reason, bool) {
+	return reasonACL, p.l.acl.permits(p.src.Addr())
+}
+
+func (p *setup) takeSourceSlot() (reason, bool) {
+	if p.l.limit == nil {
+		return 0, true
+	}
+	p.source = p.l.limit.acquire(p.src.Addr())
+	return reasonSourceLimit, p.source
+}
+
+// chooseRoute picks the listener's route, or on a listener with SNI rules
+// the route of the name the ClientHello asks for. Without a hello there is
+// nothing to route by, so the connection is refused.
+func (p *setup) chooseRoute() (reason, bool) {
+	p.r = p.l.route.Load()
+	if len(p.l.rules) == 0 {
+		return 0, true
+	}
+	host, err := peekHello(p.c)
+	if err != nil {
+		p.s.log.Debug("no TLS ClientHello", zap.String(logListener, p.l.cfg.Name), zap.Stringer(logClient, p.src), zap.Error(err))
+		return reasonTLSHello, false
+	}
+	p.r = p.l.routeFor(host)
+	return 0, true
+}
+
+// connect dials the flow's Maglev preference list in order: a refused or
+// timed-out connect counts against that target (and its passive health) and
+// moves on to the next. A failure of l4lb's own (out of descriptors, say)
+// blames no target.
+func (p *setup) connect() (reason, bool) {
+	s := p.s
+	g, view, key := p.r.lookup(flowhash.ProtoTCP, p.l.zone, p.src, p.dst)
+	p.g, p.view = g, view
+	var buf [1 + balance.Retries]int
+	for _, i := range view.Balance.Pick(key, buf[:]) {
+		cand := view.Targets[i]
+		t, err := s.dialTarget(cand, p.src, g.Config().Attributes.PreserveClientIP)
+		if err == nil {
+			p.t, p.tgt = t, cand
+			p.id = s.flowIDs.Add(1)
+			return 0, true
+		}
+		s.log.Debug("connect to target failed", zap.String(logListener, p.l.cfg.Name), zap.String(logTarget, cand.Name), zap.Error(err))
+		if localFailure(err) {
+			if outOfPorts(err) {
+				cand.PortErrors.Inc()
+				continue // ports are per target: another may have some
+			}
+			return reasonLocalResources, false
+		}
+		cand.ConnectErrors.Inc()
+		s.reg.PassiveFailure(cand)
+	}
+	return reasonNoTarget, false
+}
+
+// sendProxyHeader writes the PROXY v2 header, whole, before the copy starts;
+// the sockets stay plain TCP, so the copy still splices.
+func (p *setup) sendProxyHeader() (reason, bool) {
+	if !p.g.Config().Attributes.ProxyProtocolV2 {
+		return 0, true
+	}
+	hdr, err := proxyproto.V2(false, p.src, p.dst, proxyproto.TLVs{FlowID: p.id, EndpointID: p.s.cfg.EndpointID})
+	if err == nil {
+		p.t.SetWriteDeadline(time.Now().Add(p.s.opts.ConnectTimeout))
+		_, err = p.t.Write(hdr)
+	}
+	return reasonNoTarget, err == nil
+}
+
+// start turns the connection into a flow and runs its two directions.
+func (p *setup) start() {
+	s, l := p.s, p.l
+	if p.view.Counted {
+		p.g.UnhealthyRouting.Inc()
+	}
+	f := s.flowPool.Get().(*flow)
+	f.l, f.client, f.target, f.idle = l, p.c, p.t, l.cfg.IdleTimeout
+	f.tgt, f.start = p.tgt, time.Now()
+	f.id = p.id
+	f.src, f.checkPP = p.src, p.checkPP
+	f.parkAfter = min(time.Second, f.idle/4)
+	f.aborted.Store(false)
+	f.ended.Store(0)
+	f.touch()
+	if err := f.setup(); err != nil {
+		p.c.Close()
+		p.t.Close()
+		p.release()
+		s.flowPool.Put(f)
+		return
+	}
+	s.flows.add(f)
+	p.tgt.AddFlows(1)
+	l.newFlows.Inc()
+	l.active.Inc()
+	if s.closing.Load() {
+		f.abort() // shutdown began while this flow was connecting
+	}
+	// This goroutine carries on as the client-to-target direction; its stack
+	// grew while dialing, but an idle direction parks and lets it go.
+	go f.copyTargetToClient()
+	f.copyClientToTarget()
+}
+
+// peekHeader reports whether the bytes already queued on c, without waiting or
+// consuming them, are a PROXY header.
+func peekHeader(c *net.TCPConn) bool {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return false
+	}
+	var b [12]byte
+	n := 0
+	rc.Read(func(fd uintptr) bool {
+		n, _, _ = unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		return true // one attempt: never wait for a client that speaks second
+	})
+	return n > 0 && proxyproto.IsHeader(b[:n])
+}

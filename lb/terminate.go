@@ -1,0 +1,43 @@
+package lb
+
+import (
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/l4lb/l4lb/lb/registry"
+)
+
+// endTCPFlows resets the TCP flows pinned to t, spread over up to three
+// seconds rather than all at once (NLB spreads its closes too), so clients
+// do not all reconnect in the same instant. It stops early when l4lb shuts
+// down.
+func (s *Server) endTCPFlows(t *registry.Target, why string) {
+	type victim struct {
+		f  *flow
+		id uint64
+	}
+	var vs []victim
+	s.flows.each(func(f *flow) bool {
+		if f.tgt == t {
+			vs = append(vs, victim{f, f.id})
+		}
+		return true
+	})
+	if len(vs) == 0 {
+		return
+	}
+	n := time.Duration(len(vs))
+	spread := min(3*time.Second, n*20*time.Millisecond)
+	step := spread / n
+	s.log.Info("terminating flows", zap.String(logTarget, t.Name), zap.Int(logFlows, len(vs)), zap.String("why", why), zap.Duration("spread", spread))
+	for i, v := range vs {
+		if s.closing.Load() {
+			return
+		}
+		if i > 0 {
+			time.Sleep(step)
+		}
+		s.flows.reset(v.f, v.id)
+	}
+}
