@@ -14,7 +14,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
-	flowtable "github.com/l4lb/l4lb/lb/flow"
+	"github.com/l4lb/l4lb/lb/flowtable"
 	"github.com/l4lb/l4lb/lb/registry"
 	"github.com/l4lb/l4lb/pkg/config"
 	"github.com/l4lb/l4lb/pkg/flowhash"
@@ -52,7 +52,7 @@ type udpFront struct {
 	done    chan struct{}
 	started bool // the reply loop runs (and will close done)
 
-	newFlows                           prometheus.Counter
+	newFlows, evictions                prometheus.Counter
 	rejects                            *rejectCounters
 	pktsIn, pktsOut, bytesIn, bytesOut prometheus.Counter
 	dropped, rxDrops                   prometheus.Counter
@@ -87,6 +87,7 @@ func newUDPFront(s *Server, lc *config.Listener, b config.BindAddr, r *route) *u
 	u.newFlows = c(metrics.NewFlows)
 	u.rejects = newRejectCounters(m, lbl, reasonFlowTableFull, reasonACL, reasonNoTarget, reasonDatagramDropped, reasonLocalResources)
 	u.dropped = u.rejects[reasonDatagramDropped]
+	u.evictions = m.Counter(metrics.FlowEvictions, lc.Name, "table_full")
 	u.rxDrops = c(metrics.UDPReceiveDrops)
 	u.pktsIn = c(metrics.ProcessedPackets, "in")
 	u.pktsOut = c(metrics.ProcessedPackets, "out")
@@ -319,6 +320,16 @@ func (u *udpFront) newFlow(key flowtable.Key, now time.Time) *udpFlow {
 	var client netip.AddrPort
 	if g.Config().Attributes.PreserveClientIP {
 		client = key.Src
+	}
+	if u.table.Full() {
+		// Make room by evicting a flow idle for a while (a spoofed source
+		// that sent once, most likely); a table of moving flows refuses.
+		if old, ok := u.table.EvictIdle(now); ok {
+			u.release(old)
+			u.active.Dec()
+			u.entries.Dec()
+			u.evictions.Inc()
+		}
 	}
 	if !u.srv.udpBudget.acquire() {
 		u.rejects[reasonLocalResources].Inc()

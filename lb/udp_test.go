@@ -206,8 +206,9 @@ func TestUDPIdleExpiry(t *testing.T) {
 	}
 }
 
-// At the table bound, new flows are refused and counted; a target that never
-// answers costs one entry until idle expiry.
+// At the table bound, a new flow takes the place of one idle for a while
+// (counted as an eviction) or is refused and counted; the table never holds
+// more than the bound, and a target that never answers costs one entry.
 func TestUDPTableBound(t *testing.T) {
 	mute := startUDPTarget(t, true)
 	reg := prometheus.NewRegistry()
@@ -221,7 +222,9 @@ func TestUDPTableBound(t *testing.T) {
 	// that shows no outcome for a while sends again; a resend of a refused
 	// source is refused (and counted) again.
 	resends := 0
-	outcomes := func() int { return srv.UDPFlows() + int(counterValue(t, reg, "l4lb_rejected_flows_total")) }
+	created := func() int { return int(counterValue(t, reg, "l4lb_new_flows_total")) }
+	refused := func() int { return int(counterValue(t, reg, "l4lb_rejected_flows_total")) }
+	outcomes := func() int { return created() + refused() }
 	for i := range 200 {
 		c, err := net.Dial("udp", addr)
 		if err != nil {
@@ -231,7 +234,7 @@ func TestUDPTableBound(t *testing.T) {
 		c.Write([]byte("hello?"))
 		for waited := 1; outcomes() == before; waited++ {
 			if time.Now().After(deadline) {
-				t.Fatalf("source %d was neither served nor refused (flows %d, refused %v, target saw %d)", i, srv.UDPFlows(), counterValue(t, reg, "l4lb_rejected_flows_total"), mute.flows())
+				t.Fatalf("source %d was neither served nor refused (flows %d, refused %d, target saw %d)", i, srv.UDPFlows(), refused(), mute.flows())
 			}
 			if waited%50 == 0 { // 100 ms without an outcome: the datagram may be lost
 				c.Write([]byte("hello?"))
@@ -240,16 +243,72 @@ func TestUDPTableBound(t *testing.T) {
 			time.Sleep(2 * time.Millisecond)
 		}
 		defer c.Close() // kept open: a closed socket's port could come back as a "new" source
-	}
-	if r := counterValue(t, reg, "l4lb_rejected_flows_total"); r < 150 || r > float64(150+resends) {
-		t.Fatalf("%v flows refused, want 150 (plus %d resends)", r, resends)
+		if n := srv.UDPFlows(); n > 50 {
+			t.Fatalf("%d flows in a table bounded at 50", n)
+		}
 	}
 	if n := srv.UDPFlows(); n != 50 {
 		t.Fatalf("%d flows, want the bound of 50", n)
 	}
-	if got := mute.flows(); got != 50 {
-		t.Fatalf("target saw %d flows, want 50", got)
+	evicted := int(counterValue(t, reg, "l4lb_flow_evictions_total"))
+	if created()-evicted != 50 {
+		t.Fatalf("%d flows created and %d evicted, want 50 left", created(), evicted)
 	}
+	if r := refused(); created()+r < 200 || created()+r > 200+resends {
+		t.Fatalf("%d created and %d refused, want 200 outcomes (plus %d resends)", created(), r, resends)
+	}
+	if got := mute.flows(); got != created() {
+		t.Fatalf("target saw %d flows, want %d", got, created())
+	}
+	t.Logf("created %d, evicted %d, refused %d", created(), evicted, refused())
+}
+
+// A flood of spoofed sources, twice the table bound, sending once each, does
+// not lock a real client out until the flood's flows idle out: its flow
+// takes the place of an idle one, within a second.
+func TestUDPSpoofedFloodEvicts(t *testing.T) {
+	echo := startUDPTarget(t, false)
+	reg := prometheus.NewRegistry()
+	cfg := udpConfig([]config.Target{{Address: echo.addr, Weight: 1}}, nil) // udp_idle_timeout 120 s
+	const maxFlows = 500
+	cfg.MaxFlows = maxFlows
+	_, addr := startUDPServer(t, cfg, Options{Metrics: metrics.New(reg)})
+	// The sources are many sockets on 127.0.0.0/8 addresses: what a spoofed
+	// flood looks like to l4lb, without spoofing.
+	outcomes := func() float64 {
+		return counterValue(t, reg, "l4lb_new_flows_total") + counterValue(t, reg, "l4lb_rejected_flows_total")
+	}
+	for i := range 2 * maxFlows {
+		src := &net.UDPAddr{IP: net.IPv4(127, 1, byte(i>>8), byte(i)), Port: 0}
+		c, err := net.DialUDP("udp", src, net.UDPAddrFromAddrPort(netip.MustParseAddrPort(addr)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write([]byte("flood"))
+		c.Close()
+		if i%50 == 49 { // in bursts the listener's queue holds
+			waitFor(t, func() bool { return outcomes() >= float64(i+1)*9/10 })
+		}
+	}
+	c, err := net.Dial("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	start := time.Now()
+	buf := make([]byte, 16)
+	for {
+		if time.Since(start) > time.Second {
+			t.Fatalf("a real client was not answered within 1 s of a %d-source flood (evictions %v, refused %v)", 2*maxFlows,
+				counterValue(t, reg, "l4lb_flow_evictions_total"), counterValue(t, reg, "l4lb_rejected_flows_total"))
+		}
+		c.Write([]byte("real"))
+		c.SetReadDeadline(time.Now().Add(100 * time.Millisecond)) // resend as a DNS client would
+		if n, err := c.Read(buf); err == nil && string(buf[:n]) == "real" {
+			break
+		}
+	}
+	t.Logf("answered %v after the flood; %v evictions", time.Since(start).Round(time.Millisecond), counterValue(t, reg, "l4lb_flow_evictions_total"))
 }
 
 // A target that never answers costs its flow one table entry, until the idle

@@ -1,4 +1,4 @@
-package flow
+package flowtable
 
 import (
 	"errors"
@@ -76,5 +76,44 @@ func TestGetDoesNotAllocate(t *testing.T) {
 	tb.Insert(key(7), 7, now)
 	if a := testing.AllocsPerRun(1000, func() { tb.Get(key(7), now) }); a != 0 {
 		t.Fatalf("Get allocates %.0f times", a)
+	}
+}
+
+// EvictIdle takes the place of an entry idle for EvictAfter, the least
+// recently active of its sample, and never one that moved more recently.
+func TestEvictIdle(t *testing.T) {
+	tb := NewTable[int](Options{Max: 100, Idle: time.Minute, EvictAfter: time.Second})
+	t0 := time.Unix(1000, 0)
+	for i := range 100 {
+		tb.Insert(key(i), i, t0)
+	}
+	if _, _, err := tb.Insert(key(100), 100, t0); !errors.Is(err, ErrFull) {
+		t.Fatalf("insert into a full table: %v", err)
+	}
+	if _, ok := tb.EvictIdle(t0.Add(500 * time.Millisecond)); ok {
+		t.Fatal("evicted a flow idle for less than EvictAfter")
+	}
+	// All but key 7 move again; key 7 is the only one idle long enough.
+	t1 := t0.Add(2 * time.Second)
+	for i := range 100 {
+		if i != 7 {
+			tb.Get(key(i), t1)
+		}
+	}
+	evicted := false
+	for range 200 { // sampling finds it within a few rounds
+		if v, ok := tb.EvictIdle(t1.Add(100 * time.Millisecond)); ok {
+			if v != 7 {
+				t.Fatalf("evicted %d, which moved 100 ms ago", v)
+			}
+			evicted = true
+			break
+		}
+	}
+	if !evicted || tb.Len() != 99 || tb.Full() {
+		t.Fatalf("evicted %v, len %d", evicted, tb.Len())
+	}
+	if _, created, err := tb.Insert(key(100), 100, t1); err != nil || !created {
+		t.Fatalf("insert after eviction: %v", err)
 	}
 }

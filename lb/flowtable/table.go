@@ -1,11 +1,13 @@
-// Package flow is l4lb's bounded flow table: 5-tuple keys to flows, with idle
-// expiry driven by an injected clock and a hard size bound.
+// Package flowtable is l4lb's bounded UDP flow table: 5-tuple keys to flows,
+// with idle expiry driven by the caller's clock, a hard size bound, and
+// eviction of idle flows when the bound is reached.
 //
-//	t := flow.NewTable[*myFlow](flow.Options{Max: 50000, Idle: 120 * time.Second})
-//	f, ok := t.Get(key, now)             // touches the entry
-//	f, err := t.Insert(key, newFlow, now) // flow.ErrFull when at the bound
+//	t := flowtable.NewTable[*myFlow](flowtable.Options{Max: 50000, Idle: 120 * time.Second})
+//	f, ok := t.Get(key, now)                        // touches the entry
+//	if old, ok := t.EvictIdle(now); ok { old.Close() } // when full
+//	f, created, err := t.Insert(key, newFlow, now)  // ErrFull when at the bound
 //	for _, gone := range t.Expire(now, nil) { gone.Close() }
-package flow
+package flowtable
 
 import (
 	"errors"
@@ -30,10 +32,14 @@ var ErrFull = errors.New("flow table full")
 const DefaultMax = 65536
 
 // Options configure a Table. Zero Max means DefaultMax; zero Idle means 120 s
-// (NLB's UDP flow timeout).
+// (NLB's UDP flow timeout); zero EvictAfter means min(Idle/4, 500 ms).
 type Options struct {
 	Max  int
 	Idle time.Duration
+	// EvictAfter is how long a flow must have been idle before EvictIdle
+	// may take its place: flows that moved a datagram more recently than
+	// that are never evicted.
+	EvictAfter time.Duration
 }
 
 const shards = 64
@@ -42,7 +48,9 @@ const shards = 64
 // lock and an atomic store, so the per-packet path does not contend.
 type Table[V any] struct {
 	max    int64
-	idle   int64 // nanoseconds
+	idle   int64         // nanoseconds
+	evict  int64         // nanoseconds: EvictAfter
+	probe  atomic.Uint64 // rotates the shards EvictIdle samples
 	n      atomic.Int64
 	seed   maphash.Seed
 	shards [shards]shard[V]
@@ -66,7 +74,10 @@ func NewTable[V any](o Options) *Table[V] {
 	if o.Idle <= 0 {
 		o.Idle = 120 * time.Second
 	}
-	t := &Table[V]{max: int64(o.Max), idle: int64(o.Idle), seed: maphash.MakeSeed()}
+	if o.EvictAfter <= 0 {
+		o.EvictAfter = min(o.Idle/4, 500*time.Millisecond)
+	}
+	t := &Table[V]{max: int64(o.Max), idle: int64(o.Idle), evict: int64(o.EvictAfter), seed: maphash.MakeSeed()}
 	for i := range t.shards {
 		t.shards[i].m = map[Key]*entry[V]{}
 	}
@@ -116,6 +127,58 @@ func (t *Table[V]) Insert(k Key, v V, now time.Time) (V, bool, error) {
 	e.last.Store(now.UnixNano())
 	s.m[k] = e
 	return v, true, nil
+}
+
+// Full reports whether the table holds Max entries.
+func (t *Table[V]) Full() bool { return t.n.Load() >= t.max }
+
+// Evict sampling: a few shards, a few entries each (Go's map iteration
+// starts at a random place), as Redis samples for its LRU.
+const (
+	evictShards  = 4
+	evictPerShrd = 8
+)
+
+// EvictIdle makes room in a full table: it removes the least recently active
+// of a sample of entries, if that one has been idle for EvictAfter, and
+// returns its value for the caller to close. Spoofed sources that each send
+// a datagram and fall silent are evicted this way, so they cannot lock real
+// clients out until their idle timeout; flows that are moving keep their
+// place, and a table full of them refuses new flows instead.
+func (t *Table[V]) EvictIdle(now time.Time) (V, bool) {
+	var zero V
+	cutoff := now.UnixNano() - t.evict
+	var (
+		victim *entry[V]
+		vkey   Key
+		vshard *shard[V]
+	)
+	start := t.probe.Add(evictShards)
+	for i := range uint64(evictShards) {
+		s := &t.shards[(start+i*(shards/evictShards+1))%shards]
+		s.mu.RLock()
+		n := 0
+		for k, e := range s.m {
+			if last := e.last.Load(); last <= cutoff && (victim == nil || last < victim.last.Load()) {
+				victim, vkey, vshard = e, k, s
+			}
+			if n++; n == evictPerShrd {
+				break
+			}
+		}
+		s.mu.RUnlock()
+	}
+	if victim == nil {
+		return zero, false
+	}
+	vshard.mu.Lock()
+	defer vshard.mu.Unlock()
+	if e, ok := vshard.m[vkey]; !ok || e != victim || e.last.Load() > cutoff {
+		return zero, false // taken, or active again, meanwhile
+	}
+	delete(vshard.m, vkey)
+	t.n.Add(-1)
+	return victim.v, true
 }
 
 // Delete removes k.
