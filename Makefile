@@ -2,10 +2,8 @@ GO      ?= go
 BIN     := bin/l4lb
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
-# Debian packages the integration tests and benchmarks drive.
-DEB_PKGS := haproxy unbound dnsperf nginx-light libnginx-mod-stream iproute2 ca-certificates
 
-.PHONY: all build run test deps lint bench fuzz clean
+.PHONY: all build run test deps lint bench fuzz clean generate check-generated
 
 all: build
 
@@ -16,14 +14,19 @@ build:
 run: build
 	./$(BIN) demo
 
-## deps: install the Debian packages tests and benchmarks use, when missing
+## deps: install what the integration tests, benchmarks and `make generate`
+## use (Debian packages), when this machine lacks it; says what and why
 deps:
-	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:$$missing"; \
-	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
-	fi
+	@bash scripts/deps.sh
+
+## generate: rebuild the kernel programs (lb/fastpath/bpf/*.c) into the
+## committed objects and Go bindings (bpf2go; clang, llvm, libbpf-dev)
+generate:
+	$(GO) generate ./lb/fastpath
+
+## check-generated: the committed kernel objects are what the C sources give
+check-generated: generate
+	@git diff --exit-code --stat -- lb/fastpath || { echo "lb/fastpath: the committed kernel objects differ from bpf/*.c: run make generate and commit them"; exit 1; }
 
 # Fuzz targets as NAME:INPUTS:PACKAGE. Runs are bounded by a count of inputs,
 # not a duration: a -fuzztime duration can end in a spurious "context deadline
@@ -38,9 +41,11 @@ fuzz-each = for t in $(FUZZ_TARGETS); do \
 	$(GO) test -run '^$$' -fuzz $$name -fuzztime $$((n * $(1)))x $$pkg || exit 1; \
 	done
 
-## test: every test, with the race detector, plus a short run of each fuzz target
-test: deps lint
-	$(GO) test -race -count=1 -timeout 10m ./...
+## test: every test, integration ones included (real daemons, network
+## namespaces, kernel programs), with the race detector, plus a short run of
+## each fuzz target
+test: deps lint check-generated
+	$(GO) test -race -count=1 -timeout 10m -tags integration ./...
 	@$(call fuzz-each,1)
 
 lint:

@@ -40,13 +40,14 @@ type endReq struct {
 }
 
 type kernelFront struct {
-	u     *udpFront
-	g     *registry.Group
-	id    int
-	last  fastpath.Stats
-	flows atomic.Int64                        // what the last sweep added to the front's gauges
-	per   map[netip.AddrPort]int64            // and to each target's flow count
-	tgts  map[netip.AddrPort]*registry.Target // the targets that got a count
+	u       *udpFront
+	g       *registry.Group
+	id      int
+	last    fastpath.Stats
+	flows   atomic.Int64                        // what the last sweep added to the front's gauges
+	evicted uint64                              // evictions counted so far
+	per     map[netip.AddrPort]int64            // and to each target's flow count
+	tgts    map[netip.AddrPort]*registry.Target // the targets that got a count
 }
 
 // kernelEligible says why a UDP front cannot go to the kernel, or "".
@@ -333,6 +334,12 @@ func (k *kernelPath) expire() {
 		f.u.active.Add(float64(perFront[i] - old))
 		f.u.entries.Add(float64(perFront[i] - old))
 		f.count(per[i])
+		// The flow maps are LRU hashes: what a full one evicted shows as
+		// flows made that neither ended nor live.
+		if ev := k.p.Evicted(f.id, int(perFront[i])); ev > f.evicted {
+			f.u.evictions.Add(float64(ev - f.evicted))
+			f.evicted = ev
+		}
 	}
 }
 

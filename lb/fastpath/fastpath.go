@@ -72,13 +72,14 @@ type famPath struct {
 }
 
 type service struct {
-	vip    netip.AddrPort
-	idle   time.Duration
-	sticky bool
-	flags  uint32 // svcSticky, svcAllow, svcDeny
-	fam    *famPath
-	index  int // within its family: which tables are its own
-	active int // which of the service's two tables the program reads
+	vip     netip.AddrPort
+	idle    time.Duration
+	sticky  bool
+	flags   uint32 // svcSticky, svcAllow, svcDeny
+	fam     *famPath
+	index   int    // within its family: which tables are its own
+	removed uint64 // flows removed by Sweep and EndFlowsTo
+	active  int    // which of the service's two tables the program reads
 }
 
 // Stats are one service's counters since the Path was made.
@@ -123,70 +124,34 @@ func New(opts Options) (*Path, error) {
 		p.Close()
 		return nil, err
 	}
-	newMap := func(spec ebpf.MapSpec) (*ebpf.Map, error) {
-		spec.MaxEntries = max(spec.MaxEntries, 1) // a family with no services still has maps
-		m, err := ebpf.NewMap(&spec)
-		if err != nil {
-			return nil, fmt.Errorf("%w: map %s: %v", ErrUnsupported, spec.Name, err)
-		}
-		return m, nil
+	spec, err := loadFastpathBPF()
+	if err != nil {
+		return fail(fmt.Errorf("%w: %v", ErrUnsupported, err))
 	}
-	var err error
-	if p.stats, err = newMap(ebpf.MapSpec{Name: "l4lb_stats", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: statValSize,
-		MaxEntries: uint32((opts.Services + opts.Services6) * statKinds)}); err != nil {
-		return fail(err)
+	size := func(name string, n int) {
+		spec.Maps[name].MaxEntries = uint32(max(n, 1)) // a family with no services still has maps
 	}
+	size("l4lb_stats", (opts.Services+opts.Services6)*statKinds)
 	for i, f := range []family{ipv4, ipv6} {
-		fp := &famPath{f: f, max: []int{opts.Services, opts.Services6}[i]}
-		p.fams[i] = fp
+		n := []int{opts.Services, opts.Services6}[i]
 		flows := opts.MaxFlows
-		if fp.max == 0 {
+		if n == 0 {
 			flows = 1 // nothing to serve: the smallest maps
 		}
-		if fp.services, err = newMap(ebpf.MapSpec{Name: "l4lb_svcs" + f.name, Type: ebpf.Hash, KeySize: uint32(f.svcKeySize),
-			ValueSize: svcValSize, MaxEntries: uint32(fp.max)}); err != nil {
-			return fail(err)
-		}
-		if fp.tables, err = newMap(ebpf.MapSpec{Name: "l4lb_tables" + f.name, Type: ebpf.Array, KeySize: 4,
-			ValueSize: uint32(f.slotValSize), MaxEntries: uint32(2 * fp.max * maglev.DefaultSize)}); err != nil {
-			return fail(err)
-		}
-		// Each flow has two entries: client side and target side.
-		if fp.flows, err = newMap(ebpf.MapSpec{Name: "l4lb_flows" + f.name, Type: ebpf.Hash, KeySize: uint32(f.keySize),
-			ValueSize: uint32(f.valSize), MaxEntries: uint32(2 * flows), Flags: flowMapFlags(flows)}); err != nil {
-			return fail(err)
-		}
-		for _, acl := range []struct {
-			m    **ebpf.Map
-			name string
-		}{{&fp.allow, "l4lb_allow"}, {&fp.deny, "l4lb_deny"}} {
-			if *acl.m, err = newMap(ebpf.MapSpec{Name: acl.name + f.name, Type: ebpf.LPMTrie, KeySize: uint32(8 + f.addrLen),
-				ValueSize: 1, MaxEntries: uint32(opts.ACLPrefixes), Flags: bpfNoPrealloc}); err != nil {
-				return fail(err)
-			}
-		}
+		size("l4lb_svcs_"+f.name, n)
+		size("l4lb_tables_"+f.name, 2*n*maglev.DefaultSize)
+		size("l4lb_flows_"+f.name, 2*flows) // each flow has two entries: client side and target side
+		size("l4lb_allow_"+f.name, opts.ACLPrefixes)
+		size("l4lb_deny_"+f.name, opts.ACLPrefixes)
 	}
-	m := maps{stats: p.stats.FD()}
-	for i, fm := range []*famMaps{&m.v4, &m.v6} {
-		fp := p.fams[i]
-		*fm = famMaps{fp.services.FD(), fp.tables.FD(), fp.flows.FD(), fp.allow.FD(), fp.deny.FD()}
+	var objs fastpathBPFObjects
+	if err := spec.LoadAndAssign(&objs, nil); err != nil {
+		return fail(fmt.Errorf("%w: %v", ErrUnsupported, err))
 	}
-	for _, side := range []struct {
-		prog   **ebpf.Program
-		name   string
-		egress bool
-	}{{&p.ingress, "l4lb_udp_in", false}, {&p.egress, "l4lb_udp_out", true}} {
-		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-			Name:         side.name,
-			Type:         ebpf.SchedCLS,
-			License:      "Apache-2.0",
-			Instructions: program(m, side.egress),
-		})
-		if err != nil {
-			return fail(fmt.Errorf("%w: program %s: %v", ErrUnsupported, side.name, err))
-		}
-		*side.prog = prog
-	}
+	m := &objs.fastpathBPFMaps
+	p.stats, p.ingress, p.egress = m.L4lbStats, objs.L4lbUdpIn, objs.L4lbUdpOut
+	p.fams[0] = &famPath{f: ipv4, max: opts.Services, services: m.L4lbSvcsV4, tables: m.L4lbTablesV4, flows: m.L4lbFlowsV4, allow: m.L4lbAllowV4, deny: m.L4lbDenyV4}
+	p.fams[1] = &famPath{f: ipv6, max: opts.Services6, services: m.L4lbSvcsV6, tables: m.L4lbTablesV6, flows: m.L4lbFlowsV6, allow: m.L4lbAllowV6, deny: m.L4lbDenyV6}
 	return p, nil
 }
 
@@ -366,28 +331,61 @@ func (p *Path) Sweep(live func(Flow)) (expired int, err error) {
 		idle[i] = uint64(s.idle)
 	}
 	p.mu.Unlock()
+	removed := make([]uint64, len(idle))
 	for _, fp := range p.fams {
-		n, err := fp.sweep(idle, live)
+		n, err := fp.sweep(idle, removed, live)
 		expired += n
 		if err != nil {
 			return expired, err
 		}
 	}
+	p.addRemoved(removed)
 	return expired, nil
 }
 
-func (fp *famPath) sweep(idle []uint64, live func(Flow)) (expired int, err error) {
+func (p *Path) addRemoved(removed []uint64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i, n := range removed {
+		if i < len(p.svcs) {
+			p.svcs[i].removed += n
+		}
+	}
+}
+
+// Evicted is how many of service id's flows the kernel evicted to make room
+// (the flow maps are LRU hashes), given live, the flows the last Sweep saw:
+// every flow made and not removed by a sweep or EndFlowsTo, nor alive.
+func (p *Path) Evicted(id, live int) uint64 {
+	st, err := p.Stats(id)
+	if err != nil {
+		return 0
+	}
+	p.mu.Lock()
+	gone := p.svcs[id].removed + uint64(live)
+	p.mu.Unlock()
+	if st.NewFlows < gone {
+		return 0
+	}
+	return st.NewFlows - gone
+}
+
+func (fp *famPath) sweep(idle, removed []uint64, live func(Flow)) (expired int, err error) {
 	type entry struct {
 		key, val []byte
 		last     uint64
 	}
+	type reply struct {
+		last uint64
+		svc  int
+	}
 	var fwd []entry
-	replied := map[string]uint64{}
+	replied := map[string]reply{}
 	now := monotonic()
 	err = fp.readAll(func(k, v []byte) {
 		last := fp.last(v)
-		if fp.svc(v)&replyFlag != 0 {
-			replied[string(k)] = last
+		if svc := fp.svc(v); svc&replyFlag != 0 {
+			replied[string(k)] = reply{last, int(svc & svcMask)}
 		} else {
 			fwd = append(fwd, entry{bytes.Clone(k), bytes.Clone(v), last})
 		}
@@ -395,12 +393,16 @@ func (fp *famPath) sweep(idle []uint64, live func(Flow)) (expired int, err error
 	if err != nil {
 		return 0, err
 	}
+	isIdle := func(svc int, last uint64) bool {
+		return svc < len(idle) && now >= last && now-last > idle[svc]
+	}
 	val := make([]byte, fp.f.valSize)
 	for _, e := range fwd {
 		f := fp.decode(e.key, e.val)
 		rkey := fp.reverseKey(e.key, e.val)
-		last := max(e.last, replied[string(rkey)])
-		if f.Service >= len(idle) || now < last || now-last <= idle[f.Service] {
+		r, paired := replied[string(rkey)]
+		delete(replied, string(rkey))
+		if !isIdle(f.Service, max(e.last, r.last)) {
 			if live != nil {
 				live(f)
 			}
@@ -417,8 +419,18 @@ func (fp *famPath) sweep(idle []uint64, live func(Flow)) (expired int, err error
 			}
 			continue
 		}
-		fp.flows.Delete(rkey)
+		if paired {
+			fp.flows.Delete(rkey)
+		}
 		expired++
+		removed[f.Service]++
+	}
+	// Target-side entries whose client side was evicted: their flow is
+	// gone, and once idle they only hold a place.
+	for k, r := range replied {
+		if isIdle(r.svc, r.last) {
+			fp.flows.Delete([]byte(k))
+		}
 	}
 	return expired, nil
 }
@@ -430,22 +442,27 @@ func (p *Path) EndFlowsTo(target netip.AddrPort) (int, error) {
 	fp := p.familyOf(target.Addr())
 	want := make([]byte, fp.f.addrLen+2)
 	putAddr(want, target)
-	var keys, rkeys [][]byte
+	var keys, rkeys, vals [][]byte
 	err := fp.readAll(func(k, v []byte) {
 		if fp.svc(v)&replyFlag == 0 && bytes.Equal(v[:len(want)], want) {
-			keys, rkeys = append(keys, bytes.Clone(k)), append(rkeys, fp.reverseKey(k, v))
+			keys, rkeys, vals = append(keys, bytes.Clone(k)), append(rkeys, fp.reverseKey(k, v)), append(vals, bytes.Clone(v))
 		}
 	})
 	if err != nil {
 		return 0, err
 	}
 	n := 0
+	removed := make([]uint64, len(p.svcs))
 	for i := range keys {
 		if fp.flows.Delete(keys[i]) == nil {
 			n++
+			if svc := int(fp.svc(vals[i]) & svcMask); svc < len(removed) {
+				removed[svc]++
+			}
 		}
 		fp.flows.Delete(rkeys[i])
 	}
+	p.addRemoved(removed)
 	return n, nil
 }
 
@@ -504,16 +521,6 @@ func (p *Path) Close() error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// flowMapFlags preallocates the flow map (the fastest kind) up to a million
-// flows, about 100 MB of kernel memory; a larger bound allocates entries as
-// flows arrive instead of holding gigabytes for a table that may never fill.
-func flowMapFlags(maxFlows int) uint32 {
-	if maxFlows > 1<<20 {
-		return bpfNoPrealloc
-	}
-	return 0
 }
 
 // slotValues shapes flat slot values as the batch call wants them: one
@@ -579,7 +586,3 @@ func monotonic() uint64 {
 	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
 	return uint64(ts.Nano())
 }
-
-// bpfNoPrealloc is BPF_F_NO_PREALLOC from the kernel's uapi, which
-// golang.org/x/sys/unix defines on amd64 only.
-const bpfNoPrealloc = 1

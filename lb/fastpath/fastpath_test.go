@@ -271,8 +271,10 @@ func TestProgramPinsAndReverses(t *testing.T) {
 	}
 }
 
-// A full flow map refuses new flows, counts them, and forwards nothing; the
-// flows it holds go on. Sweeping frees idle flows.
+// A full flow map makes room by evicting its least recently used flows, so
+// a flood of new sources cannot lock a new client out; the most recent flows
+// stay pinned, and the evictions can be told from the counters. Sweeping
+// frees idle flows.
 func TestProgramBoundAndSweep(t *testing.T) {
 	p := newPath(t, Options{MaxFlows: 50, Services: 1})
 	vip := netip.MustParseAddrPort("127.0.0.53:53")
@@ -283,29 +285,42 @@ func TestProgramBoundAndSweep(t *testing.T) {
 	client := func(i int) netip.AddrPort {
 		return netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 1, byte(i >> 8), byte(i)}), 5000)
 	}
-	refused := 0
 	for i := range 200 {
-		if ret, _ := run(t, p, packet(client(i), vip, nil)); ret == tcxDrop {
-			refused++
+		if ret, _ := run(t, p, packet(client(i), vip, nil)); ret != tcxPass {
+			t.Fatalf("new source %d was refused (%d) by a full map instead of evicting", i, ret)
 		}
 	}
 	st, _ := p.Stats(id)
-	if refused != 150 || st.RefusedFull != 150 || st.NewFlows != 50 {
-		t.Fatalf("refused %d, stats %+v; want 150 refused of 200 with room for 50", refused, st)
+	if st.NewFlows != 200 || st.RefusedFull != 0 {
+		t.Fatalf("stats %+v; want 200 new flows, none refused", st)
 	}
-	if ret, _ := run(t, p, packet(client(0), vip, nil)); ret != tcxPass {
-		t.Fatal("a pinned flow was refused when the map was full")
+	live := 0
+	if _, err := p.Sweep(func(Flow) { live++ }); err != nil {
+		t.Fatal(err)
 	}
-	n := 0
-	if _, err := p.Sweep(func(Flow) { n++ }); err != nil || n != 50 {
-		t.Fatalf("sweep saw %d live flows (%v), want 50", n, err)
+	if live > 50 || live == 0 {
+		t.Fatalf("%d live flows in a map bounded at 50", live)
+	}
+	if ev := p.Evicted(id, live); ev < 150 {
+		t.Fatalf("Evicted = %d, want at least 150 of 200 flows in a map for 50", ev)
+	}
+	// The newest flow kept its entries: its reply is rewritten.
+	reply := packet(netip.AddrPortFrom(slotTargets()[flowhash.Flow(flowhash.ProtoUDP, client(199), vip)%maglev.DefaultSize].Addr(), 53), client(199), nil)
+	if ret, out := runOut(t, p, reply); ret != tcxPass {
+		t.Fatal("the newest flow's reply was not rewritten")
+	} else if src, _ := addrs(out); src != vip {
+		t.Fatalf("reply source %v, want %v", src, vip)
 	}
 	time.Sleep(300 * time.Millisecond)
 	expired, err := p.Sweep(nil)
-	if err != nil || expired != 50 {
-		t.Fatalf("expired %d (%v), want 50", expired, err)
+	if err != nil || expired != live {
+		t.Fatalf("expired %d (%v), want %d", expired, err, live)
 	}
-	if ret, _ := run(t, p, packet(client(199), vip, nil)); ret != tcxPass {
+	left := 0
+	if err := p.fams[0].readAll(func(k, v []byte) { left++ }); err != nil || left != 0 {
+		t.Fatalf("%d entries left after the sweep (%v): orphaned halves of evicted flows stay", left, err)
+	}
+	if ret, _ := run(t, p, packet(client(1000), vip, nil)); ret != tcxPass {
 		t.Fatal("no room after the sweep")
 	}
 }

@@ -1,0 +1,489 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * l4lb's UDP fast path: two tc (tcx) programs.
+ *
+ * On ingress, a client's datagram of an established flow has its destination
+ * rewritten to the flow's target before routing, and a first datagram to a
+ * service picks its target from the service's Maglev table exactly as user
+ * space does (the flow hash, or the source hash with stickiness, modulo the
+ * table size) and creates the flow's two entries. On egress, after routing,
+ * a target's reply has its source rewritten to the listener address the
+ * client used: rewriting it earlier would hand the routing code a local
+ * source address arriving from outside, which it drops as a martian when the
+ * reply is forwarded from a target on another host. Everything else goes on
+ * untouched, to the stack and the user-space listener: fragments, IPv4
+ * options, IPv6 extension headers, zero IPv6 UDP checksums.
+ *
+ * Each family has its own maps; one code path serves both, specialised by
+ * the constant v6 that every inlined function takes.
+ */
+#include <stdbool.h>
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "fastpath.h"
+
+char LICENSE[] SEC("license") = "Apache-2.0";
+
+#define ETH_HLEN 14
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define IPV4_HLEN 20
+#define IPV6_HLEN 40
+#define UDP_HLEN 8
+
+/* Map layouts. Addresses and ports are kept in network order, as they are
+ * in the packet; every key is built whole, pads zeroed. */
+struct flow_key4 {
+	__u32 saddr, daddr;
+	__u16 sport, dport;
+};
+struct flow_key6 {
+	__u32 saddr[4], daddr[4];
+	__u16 sport, dport;
+};
+/* A flow entry: the address and port to write, the service (with REPLY_FLAG
+ * on the target-side entry), and when it last carried a datagram. */
+struct flow_val4 {
+	__u32 addr;
+	__u16 port, svc;
+	__u64 last;
+};
+struct flow_val6 {
+	__u32 addr[4];
+	__u16 port, svc;
+	__u32 pad;
+	__u64 last;
+};
+struct svc_key4 {
+	__u32 addr;
+	__u16 port, pad;
+};
+struct svc_key6 {
+	__u32 addr[4];
+	__u16 port, pad;
+};
+struct svc_val {
+	__u32 base;  /* the first slot of the table in use */
+	__u32 flags; /* SVC_* */
+	__u32 id;
+	__u32 pad;
+};
+/* A Maglev slot: its target; port 0 is an empty slot. */
+struct slot4 {
+	__u32 addr;
+	__u16 port, pad;
+};
+struct slot6 {
+	__u32 addr[4];
+	__u16 port, pad;
+};
+struct acl_key4 {
+	__u32 prefixlen; /* 32 bits of service id, then the address's */
+	__u32 svc;
+	__u32 addr;
+};
+struct acl_key6 {
+	__u32 prefixlen;
+	__u32 svc;
+	__u32 addr[4];
+};
+struct stat {
+	__u64 packets, bytes;
+};
+
+/* Sizes are set by the loader (package fastpath) before loading. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct stat);
+	__uint(max_entries, 1);
+} l4lb_stats SEC(".maps");
+
+#define FAMILY_MAPS(f)                                           \
+	struct {                                                     \
+		__uint(type, BPF_MAP_TYPE_HASH);                         \
+		__type(key, struct svc_key##f);                          \
+		__type(value, struct svc_val);                           \
+		__uint(max_entries, 1);                                  \
+	} l4lb_svcs_v##f SEC(".maps");                               \
+	struct {                                                     \
+		__uint(type, BPF_MAP_TYPE_ARRAY);                        \
+		__type(key, __u32);                                      \
+		__type(value, struct slot##f);                           \
+		__uint(max_entries, 1);                                  \
+	} l4lb_tables_v##f SEC(".maps");                             \
+	/* Two entries per flow; the least recently used go first    \
+	 * when it is full, so a flood cannot lock clients out. */   \
+	struct {                                                     \
+		__uint(type, BPF_MAP_TYPE_LRU_HASH);                     \
+		__type(key, struct flow_key##f);                         \
+		__type(value, struct flow_val##f);                       \
+		__uint(max_entries, 1);                                  \
+	} l4lb_flows_v##f SEC(".maps");                              \
+	struct {                                                     \
+		__uint(type, BPF_MAP_TYPE_LPM_TRIE);                     \
+		__type(key, struct acl_key##f);                          \
+		__type(value, __u8);                                     \
+		__uint(map_flags, BPF_F_NO_PREALLOC);                    \
+		__uint(max_entries, 1);                                  \
+	} l4lb_allow_v##f SEC(".maps");                              \
+	struct {                                                     \
+		__uint(type, BPF_MAP_TYPE_LPM_TRIE);                     \
+		__type(key, struct acl_key##f);                          \
+		__type(value, __u8);                                     \
+		__uint(map_flags, BPF_F_NO_PREALLOC);                    \
+		__uint(max_entries, 1);                                  \
+	} l4lb_deny_v##f SEC(".maps");
+
+FAMILY_MAPS(4)
+FAMILY_MAPS(6)
+
+#define MAP(name, v6) ((v6) ? (void *)&name##_v6 : (void *)&name##_v4)
+
+/* A parsed datagram: where its fields are, and their values. */
+struct pkt {
+	__u32 saddr[4], daddr[4]; /* IPv4: the first word only */
+	__u16 sport, dport;
+	__u32 off_saddr, off_daddr, off_sport, off_dport, off_csum;
+	__u64 bytes; /* UDP payload, as user space counts it */
+};
+
+/* Key-sized scratch, big enough for either family. */
+union flow_key {
+	struct flow_key4 v4;
+	struct flow_key6 v6;
+};
+union flow_val {
+	struct flow_val4 v4;
+	struct flow_val6 v6;
+};
+
+static __always_inline int addr_words(bool v6) { return v6 ? 4 : 1; }
+
+static __always_inline void copy_addr(__u32 *dst, const __u32 *src, bool v6)
+{
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+		if (i < addr_words(v6))
+			dst[i] = src[i];
+}
+
+static __always_inline bool same_addr(const __u32 *a, const __u32 *b, bool v6)
+{
+	bool same = true;
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+		if (i < addr_words(v6))
+			same = same && a[i] == b[i];
+	return same;
+}
+
+/* parse fills p from an untagged Ethernet (or loopback) frame carrying UDP
+ * right after a fixed IP header; it returns false for anything else. */
+static __always_inline bool parse(struct __sk_buff *skb, struct pkt *p, bool v6)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	__u32 l4 = ETH_HLEN + (v6 ? IPV6_HLEN : IPV4_HLEN);
+	if (data + l4 + UDP_HLEN > end)
+		return false;
+	__u8 *ip = data + ETH_HLEN;
+	if (v6) {
+		if ((ip[0] & 0xf0) != 0x60 || ip[6] != PROTO_UDP)
+			return false;
+		/* A zero UDP checksum is invalid over IPv6 (RFC 8200 8.1): the
+		 * stack drops it, and the checksum helpers would keep it zero. */
+		if (*(__u16 *)(data + l4 + 6) == 0)
+			return false;
+		p->off_saddr = ETH_HLEN + 8;
+		p->off_daddr = ETH_HLEN + 24;
+	} else {
+		if (ip[0] != 0x45 || ip[9] != PROTO_UDP)
+			return false;
+		if (*(__u16 *)(ip + 6) & bpf_htons(0x3fff)) /* MF, or a fragment offset */
+			return false;
+		p->off_saddr = ETH_HLEN + 12;
+		p->off_daddr = ETH_HLEN + 16;
+	}
+	copy_addr(p->saddr, data + p->off_saddr, v6);
+	copy_addr(p->daddr, data + p->off_daddr, v6);
+	p->off_sport = l4;
+	p->off_dport = l4 + 2;
+	p->off_csum = l4 + 6;
+	p->sport = *(__u16 *)(data + l4);
+	p->dport = *(__u16 *)(data + l4 + 2);
+	p->bytes = skb->len - (l4 + UDP_HLEN);
+	return true;
+}
+
+static __always_inline void flow_key(union flow_key *k, const struct pkt *p, bool v6)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	if (v6) {
+		copy_addr(k->v6.saddr, p->saddr, true);
+		copy_addr(k->v6.daddr, p->daddr, true);
+		k->v6.sport = p->sport;
+		k->v6.dport = p->dport;
+	} else {
+		k->v4.saddr = p->saddr[0];
+		k->v4.daddr = p->daddr[0];
+		k->v4.sport = p->sport;
+		k->v4.dport = p->dport;
+	}
+}
+
+/* Field access on a flow value of either family. */
+static __always_inline __u32 *val_addr(void *v) { return v; }
+static __always_inline __u16 *val_port(void *v, bool v6) { return v + (v6 ? 16 : 4); }
+static __always_inline __u16 *val_svc(void *v, bool v6) { return v + (v6 ? 18 : 6); }
+static __always_inline __u64 *val_last(void *v, bool v6) { return v + (v6 ? 24 : 8); }
+
+/* The flow hash, as pkg/flowhash computes it: FNV-1a over the protocol and
+ * the 16-byte form of each address (IPv4-mapped for IPv4) with its port in
+ * network order, then the splitmix64 finalizer. */
+static __always_inline __u64 fnv_byte(__u64 h, __u8 b) { return (h ^ b) * FLOWHASH_PRIME64; }
+
+static __always_inline __u64 fnv_addr(__u64 h, const __u32 *addr, bool v6)
+{
+	const __u8 *b = (const __u8 *)addr;
+	if (!v6) {
+#pragma unroll
+		for (int i = 0; i < 10; i++)
+			h = fnv_byte(h, 0);
+		h = fnv_byte(h, 0xff);
+		h = fnv_byte(h, 0xff);
+	}
+#pragma unroll
+	for (int i = 0; i < 16; i++)
+		if (i < 4 * addr_words(v6))
+			h = fnv_byte(h, b[i]);
+	return h;
+}
+
+static __always_inline __u64 fnv_port(__u64 h, __u16 port)
+{
+	const __u8 *b = (const __u8 *)&port; /* network order: high byte first */
+	return fnv_byte(fnv_byte(h, b[0]), b[1]);
+}
+
+static __always_inline __u64 mix(__u64 x)
+{
+	x ^= x >> FLOWHASH_MIX_SHIFT1;
+	x *= FLOWHASH_MIX_MUL1;
+	x ^= x >> FLOWHASH_MIX_SHIFT2;
+	x *= FLOWHASH_MIX_MUL2;
+	x ^= x >> FLOWHASH_MIX_SHIFT3;
+	return x;
+}
+
+static __always_inline __u64 flow_hash(const struct pkt *p, bool v6)
+{
+	__u64 h = FLOWHASH_OFFSET64 ^ PROTO_UDP;
+	h = fnv_addr(h, p->saddr, v6);
+	h = fnv_port(h, p->sport);
+	h = fnv_addr(h, p->daddr, v6);
+	h = fnv_port(h, p->dport);
+	return mix(h);
+}
+
+static __always_inline __u64 source_hash(const struct pkt *p, bool v6)
+{
+	return mix(fnv_addr(FLOWHASH_OFFSET64, p->saddr, v6));
+}
+
+/* count adds one datagram of bytes to a service's counter kind. The stats
+ * are per CPU, so plain adds suffice. */
+static __always_inline void count(__u32 svc, __u32 kind, __u64 bytes)
+{
+	__u32 key = svc * STAT_KINDS + kind;
+	struct stat *st = bpf_map_lookup_elem(&l4lb_stats, &key);
+	if (st) {
+		st->packets++;
+		st->bytes += bytes;
+	}
+}
+
+/* The address and port a rewrite writes. */
+struct endpoint {
+	__u32 addr[4];
+	__u16 port;
+};
+
+/* touch takes a flow value: it returns its service field, copies its address
+ * and port to to, and stamps the entry with the (coarse, jiffy-grained) time,
+ * writing only when that changed, so the entry's cache line stays shared. */
+static __always_inline __u16 touch(void *v, struct endpoint *to, bool v6)
+{
+	copy_addr(to->addr, val_addr(v), v6);
+	to->port = *val_port(v, v6);
+	__u64 now = bpf_ktime_get_coarse_ns();
+	if (*val_last(v, v6) != now)
+		*val_last(v, v6) = now;
+	return *val_svc(v, v6);
+}
+
+/* rewrite replaces the address and port at the given offsets (whose old
+ * values are from and from_port) with to's, fixing the UDP checksum (a zero
+ * IPv4 UDP checksum stays zero) and the IPv4 header checksum. */
+static __always_inline int rewrite(struct __sk_buff *skb, const struct pkt *p, bool v6, __u32 off_addr, const __u32 *from,
+				   __u32 off_port, __u16 from_port, const struct endpoint *to)
+{
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+		if (i < addr_words(v6))
+			bpf_l4_csum_replace(skb, p->off_csum, from[i], to->addr[i],
+					    BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0 | sizeof(__u32));
+	bpf_l4_csum_replace(skb, p->off_csum, from_port, to->port, BPF_F_MARK_MANGLED_0 | sizeof(__u16));
+	if (!v6)
+		bpf_l3_csum_replace(skb, ETH_HLEN + 10, from[0], to->addr[0], sizeof(__u32));
+	bpf_skb_store_bytes(skb, off_addr, to->addr, 4 * addr_words(v6), 0);
+	bpf_skb_store_bytes(skb, off_port, &to->port, sizeof(__u16), 0);
+	return TCX_PASS;
+}
+
+static __always_inline int refuse(__u32 svc, __u32 kind, __u64 bytes)
+{
+	count(svc, kind, bytes);
+	return TCX_DROP;
+}
+
+/* acl_refuses applies the listener's allow and deny lists as user space
+ * does: a deny match refuses, then only an allow match admits. */
+static __always_inline bool acl_refuses(const struct pkt *p, __u32 id, __u32 flags, bool v6)
+{
+	if (!(flags & (SVC_ALLOW | SVC_DENY)))
+		return false;
+	struct acl_key6 k = {};
+	k.prefixlen = 32 + 32 * addr_words(v6);
+	k.svc = id;
+	copy_addr(k.addr, p->saddr, v6);
+	if ((flags & SVC_DENY) && bpf_map_lookup_elem(MAP(l4lb_deny, v6), &k))
+		return true;
+	return (flags & SVC_ALLOW) && !bpf_map_lookup_elem(MAP(l4lb_allow, v6), &k);
+}
+
+/* new_flow serves the first datagram of a flow to a service: it picks the
+ * target, creates the flow's entries and forwards the datagram. */
+static __always_inline int new_flow(struct __sk_buff *skb, const struct pkt *p, union flow_key *key, bool v6)
+{
+	struct svc_key6 sk = {};
+	copy_addr(sk.addr, p->daddr, v6);
+	if (v6)
+		sk.port = p->dport;
+	else
+		((struct svc_key4 *)&sk)->port = p->dport;
+	struct svc_val *s = bpf_map_lookup_elem(MAP(l4lb_svcs, v6), &sk);
+	if (!s)
+		return TCX_NEXT;
+	__u32 id = s->id, flags = s->flags, base = s->base;
+	if (acl_refuses(p, id, flags, v6))
+		return refuse(id, STAT_ACL, p->bytes);
+
+	__u64 h = (flags & SVC_STICKY) ? source_hash(p, v6) : flow_hash(p, v6);
+	__u32 slot = base + (__u32)(h % MAGLEV_SIZE);
+	void *t = bpf_map_lookup_elem(MAP(l4lb_tables, v6), &slot);
+	if (!t || *val_port(t, v6) == 0) /* a slot has the flow value's head */
+		return refuse(id, STAT_NO_TARGET, p->bytes);
+	struct endpoint to = {};
+	copy_addr(to.addr, t, v6);
+	to.port = *val_port(t, v6);
+
+	/* The target-side entry maps target, client, target port, client port
+	 * back to the listener address; the client-side one maps the 5-tuple
+	 * to the target. */
+	union flow_key rkey = {};
+	union flow_val rval = {}, fval = {};
+	__u64 now = bpf_ktime_get_coarse_ns();
+	if (v6) {
+		copy_addr(rkey.v6.saddr, to.addr, true);
+		copy_addr(rkey.v6.daddr, p->saddr, true);
+		rkey.v6.sport = to.port;
+		rkey.v6.dport = p->sport;
+	} else {
+		rkey.v4.saddr = to.addr[0];
+		rkey.v4.daddr = p->saddr[0];
+		rkey.v4.sport = to.port;
+		rkey.v4.dport = p->sport;
+	}
+	copy_addr(val_addr(&rval), p->daddr, v6);
+	*val_port(&rval, v6) = p->dport;
+	*val_svc(&rval, v6) = id | REPLY_FLAG;
+	*val_last(&rval, v6) = now;
+	copy_addr(val_addr(&fval), to.addr, v6);
+	*val_port(&fval, v6) = to.port;
+	*val_svc(&fval, v6) = id;
+	*val_last(&fval, v6) = now;
+
+	void *flows = MAP(l4lb_flows, v6);
+	/* The reply entry first, and only if no other flow holds that
+	 * target-side tuple: then replies can never go to the wrong client. */
+	if (bpf_map_update_elem(flows, &rkey, &rval, BPF_NOEXIST) == 0) {
+		if (bpf_map_update_elem(flows, key, &fval, BPF_ANY) != 0) {
+			bpf_map_delete_elem(flows, &rkey);
+			return refuse(id, STAT_FULL, p->bytes);
+		}
+		count(id, STAT_NEW_FLOW, p->bytes);
+	} else {
+		void *old = bpf_map_lookup_elem(flows, &rkey);
+		if (!old)
+			return refuse(id, STAT_FULL, p->bytes);
+		/* The same flow, made on another CPU a moment ago (or whose
+		 * client-side entry was evicted), or another flow's. */
+		if (!same_addr(val_addr(old), val_addr(&rval), v6) || *val_port(old, v6) != *val_port(&rval, v6) ||
+		    *val_svc(old, v6) != *val_svc(&rval, v6))
+			return refuse(id, STAT_COLLIDE, p->bytes);
+		bpf_map_update_elem(flows, key, &fval, BPF_ANY);
+	}
+	count(id, STAT_FORWARD, p->bytes);
+	return rewrite(skb, p, v6, p->off_daddr, p->daddr, p->off_dport, p->dport, &to);
+}
+
+static __always_inline int handle_family(struct __sk_buff *skb, bool egress, bool v6)
+{
+	struct pkt p = {};
+	if (!parse(skb, &p, v6))
+		return TCX_NEXT;
+	union flow_key key;
+	flow_key(&key, &p, v6);
+	/* An established flow: client to target, or a reply (its entry is
+	 * marked), target to client. One lookup serves both; each side acts
+	 * on its own direction only. */
+	void *v = bpf_map_lookup_elem(MAP(l4lb_flows, v6), &key);
+	struct endpoint to = {};
+	if (egress) {
+		if (!v || !(*val_svc(v, v6) & REPLY_FLAG))
+			return TCX_NEXT;
+		__u16 svc = touch(v, &to, v6) & SVC_MASK;
+		count(svc, STAT_REPLY, p.bytes);
+		return rewrite(skb, &p, v6, p.off_saddr, p.saddr, p.off_sport, p.sport, &to);
+	}
+	if (!v)
+		return new_flow(skb, &p, &key, v6);
+	if (*val_svc(v, v6) & REPLY_FLAG)
+		return TCX_NEXT;
+	__u16 svc = touch(v, &to, v6);
+	count(svc, STAT_FORWARD, p.bytes);
+	return rewrite(skb, &p, v6, p.off_daddr, p.daddr, p.off_dport, p.dport, &to);
+}
+
+static __always_inline int handle(struct __sk_buff *skb, bool egress)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	if (data + ETH_HLEN > end)
+		return TCX_NEXT;
+	__u16 proto = *(__u16 *)(data + 12);
+	if (proto == bpf_htons(ETH_P_IP))
+		return handle_family(skb, egress, false);
+	if (proto == bpf_htons(ETH_P_IPV6))
+		return handle_family(skb, egress, true);
+	return TCX_NEXT;
+}
+
+SEC("tcx/ingress")
+int l4lb_udp_in(struct __sk_buff *skb) { return handle(skb, false); }
+
+SEC("tcx/egress")
+int l4lb_udp_out(struct __sk_buff *skb) { return handle(skb, true); }

@@ -1,0 +1,44 @@
+/* Constants and layouts the kernel programs share with package fastpath
+ * (Go). TestHeaderMatchesGo parses the #defines below and compares each one
+ * with its Go twin, so a change on one side alone fails the tests. */
+#ifndef L4LB_FASTPATH_H
+#define L4LB_FASTPATH_H
+
+/* The flow hash: FNV-1a, then the splitmix64 finalizer (pkg/flowhash). */
+#define FLOWHASH_OFFSET64 0xcbf29ce484222325ULL
+#define FLOWHASH_PRIME64 0x100000001b3ULL
+#define FLOWHASH_MIX_MUL1 0xbf58476d1ce4e5b9ULL
+#define FLOWHASH_MIX_MUL2 0x94d049bb133111ebULL
+#define FLOWHASH_MIX_SHIFT1 30
+#define FLOWHASH_MIX_SHIFT2 27
+#define FLOWHASH_MIX_SHIFT3 31
+#define PROTO_UDP 17
+
+/* Slots of a Maglev table (pkg/maglev.DefaultSize). */
+#define MAGLEV_SIZE 65537
+
+/* Counter kinds, per service, in l4lb_stats: key = service * STAT_KINDS + kind. */
+#define STAT_FORWARD 0   /* datagrams client -> target (count, payload bytes) */
+#define STAT_REPLY 1     /* datagrams target -> client */
+#define STAT_NEW_FLOW 2  /* flows created */
+#define STAT_FULL 3      /* new flows refused: a flow map refused the entries */
+#define STAT_NO_TARGET 4 /* new flows refused: the table has no target */
+#define STAT_COLLIDE 5   /* new flows refused: another listener's flow holds the target-side tuple */
+#define STAT_ACL 6       /* new flows refused by the listener's allow or deny list */
+#define STAT_KINDS 8
+
+/* Service flags. */
+#define SVC_STICKY 1 /* key on the source address alone */
+#define SVC_ALLOW 2  /* check the allow list (it does not admit the whole family) */
+#define SVC_DENY 4   /* check the deny list */
+
+/* In a flow value's service field: the entry is a reply (target-side) one. */
+#define REPLY_FLAG 0x8000
+#define SVC_MASK 0x7fff
+
+/* tcx verdicts. */
+#define TCX_NEXT -1 /* not ours: the next program, then the stack, sees it unchanged */
+#define TCX_PASS 0  /* rewritten: on into the stack */
+#define TCX_DROP 2
+
+#endif

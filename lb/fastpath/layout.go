@@ -1,0 +1,59 @@
+package fastpath
+
+// Layouts and constants shared with the kernel programs (bpf/fastpath.h and
+// the structs of bpf/fastpath.c). TestHeaderMatchesGo checks the #defines
+// against these; the map sizes are checked by the kernel when the maps are
+// created from the program's BTF.
+
+// family is what differs between IPv4 and IPv6 in the maps: how long the
+// addresses, and so the map entries, are.
+type family struct {
+	name        string
+	addrLen     int16 // 4 or 16
+	lastOff     int16 // last-seen time in a flow value
+	keySize     int   // flow key: saddr, daddr, sport, dport
+	valSize     int   // flow value: address, port, service, last seen
+	svcKeySize  int   // service key: address, port, pad
+	slotValSize int   // table value: address, port, pad
+}
+
+var (
+	ipv4 = family{name: "v4", addrLen: 4, lastOff: 8, keySize: 12, valSize: 16, svcKeySize: 8, slotValSize: ipv4SlotSize}
+	ipv6 = family{name: "v6", addrLen: 16, lastOff: 24, keySize: 36, valSize: 32, svcKeySize: 20, slotValSize: ipv6SlotSize}
+)
+
+// Table values: address, port, pad.
+const (
+	ipv4SlotSize = 8
+	ipv6SlotSize = 20
+)
+
+// Verdicts of a tcx program.
+const (
+	tcxNext = -1 // not ours: the next program, then the stack, sees it unchanged
+	tcxPass = 0  // rewritten: on into the stack
+	tcxDrop = 2
+)
+
+// Counter kinds, per service, in the stats map.
+const (
+	statForward  = iota // datagrams client → target (count, bytes)
+	statReply           // datagrams target → client
+	statNewFlow         // flows created (count)
+	statFull            // new flows refused: a flow map refused the entries
+	statNoTarget        // new flows refused: the table has no target
+	statCollide         // new flows refused: a flow with the same target-side tuple exists for another listener
+	statACL             // new flows refused by the listener's allow or deny list
+	statKinds    = 8
+)
+
+// Value layouts and flags shared with the programs.
+const (
+	svcValSize  = 16     // table base u32, flags u32, service id u32, pad
+	statValSize = 16     // count u64, bytes u64
+	svcSticky   = 1      // service flags
+	svcAllow    = 2      // check the allow list (it does not admit the whole family)
+	svcDeny     = 4      // check the deny list
+	replyFlag   = 0x8000 // in a flow value's service field: a reply entry
+	svcMask     = 0x7fff
+)
