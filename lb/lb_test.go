@@ -1,7 +1,6 @@
 package lb
 
 import (
-	"context"
 	"errors"
 	"io"
 	"net"
@@ -133,7 +132,6 @@ func TestSequentialFlows(t *testing.T) {
 	for i := range 50 {
 		roundTrip(t, addr, "hello "+string(rune('a'+i%26)))
 	}
-	_ = context.Background
 }
 
 func errorsIs(err, target error) bool { return errors.Is(err, target) }
