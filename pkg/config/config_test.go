@@ -1,7 +1,9 @@
 package config
 
 import (
+	"errors"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -256,5 +258,49 @@ func roundTrips(t *testing.T, raw *Raw) {
 	}
 	if _, err := Normalize(raw2); err != nil {
 		t.Fatalf("normalized output does not validate: %v\n%s", err, out)
+	}
+}
+
+// A few kilobytes of nested aliases ("billion laughs") are refused quickly,
+// with a clear error, instead of expanding without bound.
+func TestAliasBombRefused(t *testing.T) {
+	// 1000 listeners, each with the same 1000 SNI rules of 100 names: a
+	// few kilobytes naming 10^8 values.
+	rep := func(s string, n int) string { return strings.TrimSuffix(strings.Repeat(s+", ", n), ", ") }
+	var b strings.Builder
+	fmt.Fprintf(&b, "x-names: &n [%s]\n", rep("a.example", 100))
+	b.WriteString("x-rule: &r {sni: *n, target_group: web}\n")
+	fmt.Fprintf(&b, "x-rules: &rs [%s]\n", rep("*r", 1000))
+	b.WriteString("x-listener: &l {port: 443, target_group: web, rules: *rs}\n")
+	fmt.Fprintf(&b, "listeners: [%s]\n", rep("*l", 1000))
+	start := time.Now()
+	_, err := DecodeYAML([]byte(b.String()))
+	took := time.Since(start)
+	var errs Errors
+	if !errors.As(err, &errs) || !strings.Contains(err.Error(), "aliases") {
+		t.Fatalf("alias bomb: %v", err)
+	}
+	if took > 2*time.Second { // well under a second here; generous for -race on a loaded machine
+		t.Fatalf("refusing an alias bomb of %d bytes took %v", b.Len(), took)
+	}
+	// A document that uses aliases sensibly still decodes.
+	ok := "tg: &tg {name: web, targets: [{address: \"10.0.0.1:80\"}]}\ntarget_groups: [*tg]\nlisteners: [{port: 80, target_group: web}]\n"
+	if _, err := DecodeYAML([]byte(ok)); err != nil && strings.Contains(err.Error(), "aliases") {
+		t.Fatalf("a sensible alias was refused: %v", err)
+	}
+}
+
+// An error about a huge value quotes only its start.
+func TestHugeValueErrorIsShort(t *testing.T) {
+	huge := strings.Repeat("x", 5<<20)
+	_, err := DecodeYAML([]byte("listeners: [{port: " + huge + "}]\n"))
+	if err == nil {
+		t.Fatal("a 50 MB port was accepted")
+	}
+	if n := len(err.Error()); n > 1000 {
+		t.Fatalf("the error is %d bytes long", n)
+	}
+	if !strings.Contains(err.Error(), "bytes in all") {
+		t.Fatalf("the error does not say the value was cut: %.300s", err)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"gopkg.in/yaml.v3"
 )
@@ -135,7 +136,22 @@ func (e Errors) Error() string {
 }
 
 func (e *Errors) add(path, format string, args ...any) {
-	*e = append(*e, FieldError{Path: path, Msg: fmt.Sprintf(format, args...)})
+	*e = append(*e, FieldError{Path: clip(path), Msg: clip(fmt.Sprintf(format, args...))})
+}
+
+// maxErrText bounds a path or message: an error about a 50 MB value quotes
+// its start, not all of it.
+const maxErrText = 200
+
+func clip(s string) string {
+	if len(s) <= maxErrText {
+		return s
+	}
+	cut := maxErrText
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%s... (%d bytes in all)", s[:cut], len(s))
 }
 
 // err returns nil for no errors, so callers can return it directly.
@@ -159,8 +175,22 @@ func DecodeYAML(data []byte) (*Raw, error) {
 		return raw, nil
 	}
 	var errs Errors
-	decodeNode(doc.Content[0], reflect.ValueOf(raw).Elem(), "", &errs)
+	d := &decoder{errs: &errs, budget: maxNodes(len(data))}
+	d.decode(doc.Content[0], reflect.ValueOf(raw).Elem(), "")
 	return raw, errs.err() // raw holds what decoded, even with errors
+}
+
+// maxNodes bounds the values a document of n bytes may decode to. Aliases
+// let a few kilobytes name billions of values (a "billion laughs" file);
+// yaml.v3 bounds its own decoder likewise. A real config decodes to about
+// one value per ten bytes, far below this.
+func maxNodes(n int) int { return 100_000 + 10*n }
+
+// decoder walks a document's nodes into a Raw, within a node budget.
+type decoder struct {
+	errs   *Errors
+	budget int
+	spent  bool // the budget ran out; the error is reported once
 }
 
 func join(path, key string) string {
@@ -170,10 +200,18 @@ func join(path, key string) string {
 	return path + "." + key
 }
 
-// decodeNode walks n into v by the yaml tags of v's type. It is stricter than
+// decode walks n into v by the yaml tags of v's type. It is stricter than
 // yaml.v3's own decoder where that one is silent (unknown keys) and names the
 // path where yaml.v3 names a line.
-func decodeNode(n *yaml.Node, v reflect.Value, path string, errs *Errors) {
+func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
+	errs := d.errs
+	if d.budget--; d.budget < 0 {
+		if !d.spent {
+			d.spent = true
+			errs.add("(file)", "the document expands, through aliases, to more values than any config has; refused")
+		}
+		return
+	}
 	if n.Kind == yaml.AliasNode {
 		n = n.Alias
 	}
@@ -190,7 +228,7 @@ func decodeNode(n *yaml.Node, v reflect.Value, path string, errs *Errors) {
 	switch v.Kind() {
 	case reflect.Pointer:
 		p := reflect.New(v.Type().Elem())
-		decodeNode(n, p.Elem(), path, errs)
+		d.decode(n, p.Elem(), path)
 		v.Set(p)
 	case reflect.Struct:
 		if n.Kind != yaml.MappingNode {
@@ -213,7 +251,7 @@ func decodeNode(n *yaml.Node, v reflect.Value, path string, errs *Errors) {
 				errs.add(join(path, key), "given twice")
 			default:
 				seen[key] = true
-				decodeNode(n.Content[i+1], v.Field(f), join(path, key), errs)
+				d.decode(n.Content[i+1], v.Field(f), join(path, key))
 			}
 		}
 	case reflect.Map:
@@ -229,7 +267,7 @@ func decodeNode(n *yaml.Node, v reflect.Value, path string, errs *Errors) {
 				continue
 			}
 			e := reflect.New(v.Type().Elem()).Elem()
-			decodeNode(n.Content[i+1], e, join(path, key), errs)
+			d.decode(n.Content[i+1], e, join(path, key))
 			m.SetMapIndex(reflect.ValueOf(key), e)
 		}
 		v.Set(m)
@@ -240,7 +278,7 @@ func decodeNode(n *yaml.Node, v reflect.Value, path string, errs *Errors) {
 		}
 		s := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
 		for i, c := range n.Content {
-			decodeNode(c, s.Index(i), fmt.Sprintf("%s[%d]", path, i), errs)
+			d.decode(c, s.Index(i), fmt.Sprintf("%s[%d]", path, i))
 		}
 		v.Set(s)
 	case reflect.String:
