@@ -141,7 +141,7 @@ func (e *Errors) add(path, format string, args ...any) {
 
 // maxErrText bounds a path or message: an error about a 50 MB value quotes
 // its start, not all of it.
-const maxErrText = 200
+const maxErrText = 1024
 
 func clip(s string) string {
 	if len(s) <= maxErrText {
