@@ -2,72 +2,25 @@ package lb
 
 import (
 	"fmt"
-	"net"
 	"net/netip"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/l4lb/l4lb/lb/balance"
+	"github.com/l4lb/l4lb/lb/listen"
 	"github.com/l4lb/l4lb/pkg/api"
 	"github.com/l4lb/l4lb/pkg/config"
 	"github.com/l4lb/l4lb/pkg/flowhash"
 	"github.com/l4lb/l4lb/pkg/maglev"
 )
 
-// findListener returns the bound listener called name whose address is dst
-// (any of them when dst is not given).
-func (s *Server) findListener(name string, dst netip.Addr) *listener {
-	var first *listener
-	for _, l := range s.listeners {
-		if l.cfg.Name != name {
-			continue
-		}
-		if first == nil {
-			first = l
-		}
-		if dst.IsValid() && l.bindA.IP == dst.Unmap() {
-			return l
-		}
-	}
-	return first
-}
-
-// endpoint is what Route needs of a TCP listener or a UDP front.
-type endpoint struct {
-	zone     string
-	ip       netip.Addr
-	port     uint16
-	route    *route // for the SNI asked about, on a listener with rules
-	hasRules bool
-}
-
 // findEndpoint finds the named listener's TCP or UDP side, preferring the one
 // bound to dst.
-func (s *Server) findEndpoint(name, protocol string, dst netip.Addr, sni string) *endpoint {
+func (s *Server) findEndpoint(name, protocol string, dst netip.Addr, sni string) (listen.Endpoint, bool) {
 	if protocol == "tcp" {
-		if l := s.findListener(name, dst); l != nil {
-			return &endpoint{l.zone, l.bindA.IP, l.port(), l.routeFor(sni), len(l.rules) > 0}
-		}
-		return nil
+		return s.tcp.Endpoint(name, dst, sni)
 	}
-	var first *udpFront
-	for _, u := range s.udp {
-		if u.cfg.Name != name {
-			continue
-		}
-		if first == nil || (dst.IsValid() && u.bindA.IP == dst.Unmap()) {
-			first = u
-		}
-	}
-	if first == nil {
-		return nil
-	}
-	port := first.cfg.Port
-	if len(first.socks) > 0 {
-		port = first.Addr().(*net.UDPAddr).AddrPort().Port()
-	}
-	return &endpoint{first.zone, first.bindA.IP, port, first.route.Load(), false}
+	return s.udp.Endpoint(name, dst)
 }
 
 // Route answers which target a new flow from src to dst would get, and why,
@@ -94,27 +47,28 @@ func (s *Server) Route(listenerName, src, dst, protocol, sni string) (api.Route,
 		return api.Route{}, fmt.Errorf("%w: sni: SNI rules route TCP flows only", api.ErrInvalid)
 	}
 	sni = strings.TrimSuffix(strings.ToLower(sni), ".")
-	l, proto := s.findEndpoint(listenerName, protocol, dstAP.Addr(), sni), uint8(flowhash.ProtoTCP)
+	l, found := s.findEndpoint(listenerName, protocol, dstAP.Addr(), sni)
+	proto := uint8(flowhash.ProtoTCP)
 	if protocol == "udp" {
 		proto = flowhash.ProtoUDP
 	}
-	if l == nil {
+	if !found {
 		return api.Route{}, fmt.Errorf("%w: no %s listener %q", api.ErrNotFound, protocol, listenerName)
 	}
-	if sni != "" && !l.hasRules {
+	if sni != "" && !l.HasRules {
 		return api.Route{}, fmt.Errorf("%w: sni: listener %q has no SNI rules", api.ErrInvalid, listenerName)
 	}
 	if !dstAP.IsValid() {
-		dstAP = netip.AddrPortFrom(l.ip, l.port)
-		if l.ip.IsUnspecified() {
+		dstAP = netip.AddrPortFrom(l.IP, l.Port)
+		if l.IP.IsUnspecified() {
 			return api.Route{}, fmt.Errorf("%w: dst: listener %q binds every address; say which one the client reaches", api.ErrInvalid, listenerName)
 		}
 	}
 	srcAP = netip.AddrPortFrom(srcAP.Addr().Unmap(), srcAP.Port())
 	dstAP = netip.AddrPortFrom(dstAP.Addr().Unmap(), dstAP.Port())
-	g, snap, key := l.route.lookup(proto, l.zone, srcAP, dstAP)
+	g, snap, key := l.Route.Lookup(proto, l.Zone, srcAP, dstAP)
 	out := api.Route{Listener: listenerName, Protocol: protocol, Source: srcAP.String(), Destination: dstAP.String(),
-		Zone: l.zone, TargetGroup: g.Name(), Key: "5-tuple", Hash: fmt.Sprintf("%#016x", key), FailOpen: snap.FailOpen}
+		Zone: l.Zone, TargetGroup: g.Name(), Key: "5-tuple", Hash: fmt.Sprintf("%#016x", key), FailOpen: snap.FailOpen}
 	if snap.Balance.Stickiness {
 		out.Key = "source_ip"
 	}
@@ -128,7 +82,7 @@ func (s *Server) Route(listenerName, src, dst, protocol, sni string) (api.Route,
 	}
 	out.Target = out.Preference[0]
 	var why []string
-	if l.hasRules {
+	if l.HasRules {
 		if sni == "" {
 			why = append(why, "a ClientHello without a server name takes the listener's own group")
 		} else {
@@ -136,8 +90,8 @@ func (s *Server) Route(listenerName, src, dst, protocol, sni string) (api.Route,
 		}
 	}
 	why = append(why, fmt.Sprintf("%s hash %s owns slot %d of the Maglev table", out.Key, out.Hash, key%maglev.DefaultSize))
-	if len(s.cfg.Zones) > 0 && l.zone != "" && !g.CrossZone() {
-		why = append(why, fmt.Sprintf("built from zone %s's targets (cross-zone off)", l.zone))
+	if len(s.cfg.Zones) > 0 && l.Zone != "" && !g.CrossZone() {
+		why = append(why, fmt.Sprintf("built from zone %s's targets (cross-zone off)", l.Zone))
 	}
 	if snap.FailOpen {
 		why = append(why, "too few healthy targets: routing fails open to every registered target")
@@ -155,25 +109,15 @@ func (s *Server) Route(listenerName, src, dst, protocol, sni string) (api.Route,
 	return out, nil
 }
 
-// Flows lists up to limit active flows (of one listener when named).
+// Flows lists up to limit open TCP flows (of one listener when named).
 func (s *Server) Flows(listenerName string, limit int) ([]api.Flow, error) {
-	if listenerName != "" && s.findListener(listenerName, netip.Addr{}) == nil {
+	if listenerName != "" && !slices.ContainsFunc(s.cfg.Listeners, func(l config.Listener) bool { return l.Name == listenerName }) {
 		return nil, fmt.Errorf("%w: no listener %q", api.ErrNotFound, listenerName)
 	}
 	if limit <= 0 {
 		limit = 100
 	}
-	out := []api.Flow{}
-	now := time.Now()
-	s.flows.each(func(f *flow) bool {
-		if listenerName != "" && f.l.cfg.Name != listenerName {
-			return true
-		}
-		out = append(out, api.Flow{Listener: f.l.cfg.Name, Protocol: "TCP", Client: f.client.RemoteAddr().String(),
-			Target: f.tgt.Name, TargetGroup: f.tgt.Group().Name(), AgeSeconds: now.Sub(f.start).Seconds()})
-		return len(out) < limit
-	})
-	return out, nil
+	return s.tcp.Flows(listenerName, limit), nil
 }
 
 // ZoneHealth reports whether every listener bound in zone can reach a healthy
@@ -183,31 +127,23 @@ func (s *Server) ZoneHealth(zone string) (api.ZoneHealth, error) {
 		return api.ZoneHealth{}, fmt.Errorf("%w: no zone %q", api.ErrNotFound, zone)
 	}
 	out := api.ZoneHealth{Zone: zone, Healthy: true, Listeners: map[string]string{}}
-	check := func(name string, routes []*route) {
-		status := out.Listeners[name] // a TCP_UDP listener is checked on both
-		if status == "" {
-			status = "ok"
-		}
-		for _, r := range routes {
-			for _, g := range r.groups {
-				if why := g.ZoneProblem(zone); why != "" {
-					status = why
+	for _, plane := range []map[string][]*listen.Route{s.tcp.ZoneRoutes(zone), s.udp.ZoneRoutes(zone)} {
+		for name, routes := range plane {
+			status := out.Listeners[name] // a TCP_UDP listener is checked on both
+			if status == "" {
+				status = "ok"
+			}
+			for _, r := range routes {
+				for _, g := range r.Groups {
+					if why := g.ZoneProblem(zone); why != "" {
+						status = why
+					}
 				}
 			}
-		}
-		if status != "ok" {
-			out.Healthy = false
-		}
-		out.Listeners[name] = status
-	}
-	for _, l := range s.listeners {
-		if l.zone == zone {
-			check(l.cfg.Name, l.allRoutes())
-		}
-	}
-	for _, u := range s.udp {
-		if u.zone == zone {
-			check(u.cfg.Name, []*route{u.route.Load()})
+			if status != "ok" {
+				out.Healthy = false
+			}
+			out.Listeners[name] = status
 		}
 	}
 	return out, nil

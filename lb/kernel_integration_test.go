@@ -34,7 +34,7 @@ func kernelServer(t *testing.T, vip netip.AddrPort, cts []config.Target, idle ti
 	cfg.UDPFastPath, cfg.UDPFastPathInterfaces = true, []string{"lo"}
 	reg := prometheus.NewRegistry()
 	srv := startedServer(t, cfg, Options{Metrics: metrics.New(reg)})
-	if srv.kernel.Load() == nil {
+	if !srv.udp.KernelPath() {
 		if os.Geteuid() != 0 && os.Getenv("CI") == "" {
 			t.Skip("the UDP fast path needs root")
 		}
@@ -107,7 +107,7 @@ func TestKernelUDPFlows(t *testing.T) {
 			t.Errorf("target %d got %.0f flows, want %.0f ±10%%", i, got, want)
 		}
 	}
-	if l := srv.udp[0].table.Len(); l != 0 {
+	if l := srv.udp.UserFlows(); l != 0 {
 		t.Fatalf("%d flows went through user space", l)
 	}
 	waitFor(t, func() bool { return counterValue(t, reg, "l4lb_new_flows_total") == n })
@@ -124,7 +124,7 @@ func TestKernelUDPFlows(t *testing.T) {
 	}
 	// The loop rewrites the tables on its own; write them now so the check
 	// below runs against the new table for sure.
-	if err := srv.kernel.Load().sync(); err != nil {
+	if err := srv.udp.SyncKernel(); err != nil {
 		t.Fatal(err)
 	}
 	for i := range 200 {
@@ -173,7 +173,7 @@ func TestKernelPathSkipsListenersThatDoNotQualify(t *testing.T) {
 	cfg := udpConfig([]config.Target{{Address: target.addr, Weight: 1}}, nil)
 	cfg.UDPFastPath, cfg.UDPFastPathInterfaces = true, []string{"lo"}
 	srv, addr := startUDPServer(t, cfg, Options{})
-	if srv.kernel.Load() != nil {
+	if srv.udp.KernelPath() {
 		t.Fatal("the fast path took a listener whose group does not preserve the client IP")
 	}
 	c, err := net.Dial("udp", addr)
@@ -182,7 +182,7 @@ func TestKernelPathSkipsListenersThatDoNotQualify(t *testing.T) {
 	}
 	defer c.Close()
 	exchange(t, c, []byte("q"))
-	if srv.udp[0].table.Len() != 1 {
+	if srv.udp.UserFlows() != 1 {
 		t.Fatal("the flow is not in the user-space table")
 	}
 }
@@ -270,7 +270,7 @@ func TestKernelUDPFlowsIPv6(t *testing.T) {
 		exchange(t, c, []byte("q"))
 		landedAsRouted(t, srv, byAddr, c.LocalAddr().(*net.UDPAddr).AddrPort(), vip)
 	}
-	if l := srv.udp[0].table.Len(); l != 0 {
+	if l := srv.udp.UserFlows(); l != 0 {
 		t.Fatalf("%d flows went through user space", l)
 	}
 }
@@ -305,8 +305,8 @@ func TestKernelPathACL(t *testing.T) {
 			t.Fatalf("%s was answered", from)
 		}
 	}
-	if target.flows() != 1 || srv.udp[0].table.Len() != 0 {
-		t.Fatalf("the target saw %d flows, user space %d; want 1 and 0", target.flows(), srv.udp[0].table.Len())
+	if target.flows() != 1 || srv.udp.UserFlows() != 0 {
+		t.Fatalf("the target saw %d flows, user space %d; want 1 and 0", target.flows(), srv.udp.UserFlows())
 	}
 	waitFor(t, func() bool { return counterValue(t, reg, "l4lb_rejected_flows_total") == 2 })
 }

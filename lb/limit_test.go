@@ -3,7 +3,6 @@ package lb
 import (
 	"io"
 	"net"
-	"net/netip"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -21,7 +20,6 @@ func TestMaxConnectionsPerSource(t *testing.T) {
 	srv, addr := startServer(t, testConfig([]config.Target{{Address: e.addr, Weight: 1}}, func(l *config.Listener, _ *config.TargetGroup) {
 		l.MaxConnectionsPerSource = 3
 	}), Options{Metrics: metrics.New(reg)})
-	l := srv.listeners[0]
 	ping := func(c net.Conn) error {
 		if _, err := c.Write([]byte("ping")); err != nil {
 			return err
@@ -37,9 +35,6 @@ func TestMaxConnectionsPerSource(t *testing.T) {
 		}
 		held = append(held, c)
 	}
-	if n := l.limit.open(netip.MustParseAddr("127.0.0.5")); n != 3 {
-		t.Fatalf("%d connections counted for 127.0.0.5, want 3", n)
-	}
 	if err := ping(dialFrom(t, "127.0.0.5", addr)); err == nil {
 		t.Fatal("a fourth connection from 127.0.0.5 was served")
 	}
@@ -48,33 +43,21 @@ func TestMaxConnectionsPerSource(t *testing.T) {
 	}
 	waitFor(t, func() bool { return counterValue(t, reg, "l4lb_rejected_flows_total") == 1 })
 	held[0].Close()
-	waitFor(t, func() bool { return l.limit.open(netip.MustParseAddr("127.0.0.5")) == 2 })
-	if err := ping(dialFrom(t, "127.0.0.5", addr)); err != nil {
+	waitFor(t, func() bool { return srv.ActiveFlows() == 3 }) // two held, one from 127.0.0.6
+	c := dialFrom(t, "127.0.0.5", addr)
+	if err := ping(c); err != nil {
 		t.Fatalf("the freed slot was not given back: %v", err)
 	}
+	c.Close()
 	for _, c := range held[1:] {
 		c.Close()
 	}
-	// Every slot comes back once the flows end: nothing leaks.
-	waitFor(t, func() bool { return l.limit.open(netip.MustParseAddr("127.0.0.5")) == 1 })
-}
-
-func TestSourceLimitCounts(t *testing.T) {
-	s := newSourceLimit(2)
-	a, mapped := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("::ffff:10.0.0.1")
-	if !s.acquire(a) || !s.acquire(mapped) || s.acquire(a) {
-		t.Fatal("an IPv4 client and its IPv4-mapped form must share one limit of 2")
-	}
-	s.release(mapped)
-	if s.open(a) != 1 || !s.acquire(a) {
-		t.Fatal("a released slot was not free")
-	}
-	s.release(a)
-	s.release(a)
-	if len(s.n) != 0 {
-		t.Fatalf("%d addresses left with no connections", len(s.n))
-	}
-	if newSourceLimit(0) != nil {
-		t.Fatal("0 (unlimited) must cost nothing")
+	// Every slot comes back once the flows end: nothing leaks, and the
+	// client may hold the limit again.
+	waitFor(t, func() bool { return srv.ActiveFlows() <= 1 })
+	for range 3 {
+		if err := ping(dialFrom(t, "127.0.0.5", addr)); err != nil {
+			t.Fatalf("after its flows ended, 127.0.0.5 was refused: %v", err)
+		}
 	}
 }

@@ -336,7 +336,7 @@ func netnsServeKernel() {
 	if err == nil {
 		err = srv.Start()
 	}
-	if err == nil && srv.kernel.Load() == nil {
+	if err == nil && !srv.udp.KernelPath() {
 		err = fmt.Errorf("the UDP fast path did not come up")
 	}
 	if err != nil {
@@ -345,7 +345,7 @@ func netnsServeKernel() {
 	}
 	fmt.Println("ready")
 	waitForParent()
-	user := srv.udp[0].table.Len() + srv.udp[1].table.Len()
+	user := srv.udp.UserFlows()
 	srv.Close() // the kernel's last counts reach the metrics
 	fmt.Printf("kernel_flows %v user_space_flows %d\n", gatherSum(reg, "l4lb_new_flows_total"), user)
 }

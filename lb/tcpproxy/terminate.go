@@ -1,4 +1,4 @@
-package lb
+package tcpproxy
 
 import (
 	"time"
@@ -8,11 +8,11 @@ import (
 	"github.com/l4lb/l4lb/lb/registry"
 )
 
-// endTCPFlows resets the TCP flows pinned to t, spread over up to three
+// endFlows resets the TCP flows pinned to t, spread over up to three
 // seconds rather than all at once (NLB spreads its closes too), so clients
 // do not all reconnect in the same instant. It stops early when l4lb shuts
 // down.
-func (s *Server) endTCPFlows(t *registry.Target, why string) {
+func (s *Server) endFlows(t *registry.Target, why string) {
 	type victim struct {
 		f  *flow
 		id uint64

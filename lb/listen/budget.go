@@ -1,41 +1,43 @@
-package lb
+package listen
 
 import (
 	"sync/atomic"
 	"syscall"
 )
 
-// budget bounds flows by the descriptors they hold, so that a flood of one
+// Budget bounds flows by the descriptors they hold, so that a flood of one
 // kind cannot take the descriptors that another kind, the listeners, the
 // health checks or the admin API need. A zero max means no bound.
-type budget struct {
-	max int64
+type Budget struct {
+	Max int64 // zero: no bound
 	n   atomic.Int64
 }
 
-func (b *budget) acquire() bool {
-	if b.max == 0 {
+// Acquire takes a slot, or reports that none is left.
+func (b *Budget) Acquire() bool {
+	if b.Max == 0 {
 		return true
 	}
-	if b.n.Add(1) > b.max {
+	if b.n.Add(1) > b.Max {
 		b.n.Add(-1)
 		return false
 	}
 	return true
 }
 
-func (b *budget) release() {
-	if b.max != 0 {
+// Release gives back a slot Acquire took.
+func (b *Budget) Release() {
+	if b.Max != 0 {
 		b.n.Add(-1)
 	}
 }
 
-// budgets derives the TCP and UDP flow bounds from the open-file limit. A
+// Budgets derives the TCP and UDP flow bounds from the open-file limit. A
 // reserve (1/16 of the limit, 64 to 4096) stays for listener sockets, health
 // checks, the admin API and the epoll sets. Of the rest, UDP flows (one
 // socket each) get a quarter when there are UDP listeners, and TCP flows (two
 // sockets each) what is left.
-func budgets(nofile int64, haveTCP, haveUDP bool) (tcp, udp int64) {
+func Budgets(nofile int64, haveTCP, haveUDP bool) (tcp, udp int64) {
 	reserve := min(max(nofile/16, 64), 4096)
 	avail := max(nofile-reserve, 2)
 	switch {
@@ -50,8 +52,8 @@ func budgets(nofile int64, haveTCP, haveUDP bool) (tcp, udp int64) {
 	return tcp, udp
 }
 
-// openFileLimit is the process's current RLIMIT_NOFILE.
-func openFileLimit() int64 {
+// OpenFileLimit is the process's current RLIMIT_NOFILE.
+func OpenFileLimit() int64 {
 	var r syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &r); err != nil || r.Cur > 1<<40 {
 		return 1 << 20

@@ -1,4 +1,4 @@
-package lb
+package udpproxy
 
 import (
 	"fmt"
@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/l4lb/l4lb/lb/fastpath"
+	"github.com/l4lb/l4lb/lb/listen"
 	"github.com/l4lb/l4lb/lb/registry"
 	"github.com/l4lb/l4lb/pkg/maglev"
 )
@@ -56,11 +57,11 @@ func kernelEligible(u *udpFront) string {
 	switch {
 	case u.bindA.IP.IsUnspecified() || u.bindA.IP.Zone() != "":
 		return "the bind address is a wildcard or has a zone"
-	case len(r.groups) != 1:
+	case len(r.Groups) != 1:
 		return "it forwards to weighted target groups"
-	case !r.groups[0].Config().Attributes.PreserveClientIP:
+	case !r.Groups[0].Config().Attributes.PreserveClientIP:
 		return "its target group does not preserve the client IP (preserve_client_ip.enabled)"
-	case r.groups[0].Config().Attributes.ProxyProtocolV2:
+	case r.Groups[0].Config().Attributes.ProxyProtocolV2:
 		return "its target group sends a PROXY header"
 	}
 	return ""
@@ -96,7 +97,7 @@ func (s *Server) startKernelPath() {
 func (s *Server) newKernelPath(fronts []*udpFront) (*kernelPath, error) {
 	opts := fastpath.Options{MaxFlows: s.cfg.MaxFlows}
 	for _, u := range fronts {
-		opts.ACLPrefixes += len(u.acl.allow) + len(u.acl.deny)
+		opts.ACLPrefixes += len(u.acl.Allow) + len(u.acl.Deny)
 		if u.bindA.IP.Unmap().Is4() {
 			opts.Services++
 		} else {
@@ -111,10 +112,10 @@ func (s *Server) newKernelPath(fronts []*udpFront) (*kernelPath, error) {
 	for _, u := range fronts {
 		vip := u.Addr().(*net.UDPAddr).AddrPort()
 		vip = netip.AddrPortFrom(vip.Addr().Unmap(), vip.Port())
-		g := u.route.Load().groups[0]
+		g := u.route.Load().Groups[0]
 		id, err := p.AddService(vip, u.cfg.UDPIdleTimeout, g.Config().Attributes.Stickiness)
 		if err == nil {
-			err = p.SetACL(id, u.acl.allow, u.acl.deny)
+			err = p.SetACL(id, u.acl.Allow, u.acl.Deny)
 		}
 		if err != nil {
 			p.Close()
@@ -198,10 +199,10 @@ func upInterfaces() []string {
 	return out
 }
 
-// endUDPFlows ends the UDP flows pinned to t, in user space and in the kernel
+// endFlows ends the UDP flows pinned to t, in user space and in the kernel
 // (whose tables are brought up to date first, so the clients' next datagrams
 // cannot be pinned to t again).
-func (s *Server) endUDPFlows(t *registry.Target, why string) {
+func (s *Server) endFlows(t *registry.Target, why string) {
 	n := 0
 	for _, u := range s.udp {
 		n += u.endFlows(t)
@@ -304,10 +305,10 @@ func (k *kernelPath) collect() {
 		u.pktsOut.Add(float64(st.PacketsOut - d.PacketsOut))
 		u.bytesOut.Add(float64(st.BytesOut - d.BytesOut))
 		u.newFlows.Add(float64(st.NewFlows - d.NewFlows))
-		u.rejects[reasonFlowTableFull].Add(float64(st.RefusedFull - d.RefusedFull))
-		u.rejects[reasonNoTarget].Add(float64(st.RefusedNoTarget - d.RefusedNoTarget))
+		u.rejects[listen.ReasonFlowTableFull].Add(float64(st.RefusedFull - d.RefusedFull))
+		u.rejects[listen.ReasonNoTarget].Add(float64(st.RefusedNoTarget - d.RefusedNoTarget))
 		u.dropped.Add(float64(st.RefusedCollision - d.RefusedCollision))
-		u.rejects[reasonACL].Add(float64(st.RefusedACL - d.RefusedACL))
+		u.rejects[listen.ReasonACL].Add(float64(st.RefusedACL - d.RefusedACL))
 		f.last = st
 	}
 }

@@ -1,4 +1,4 @@
-package lb
+package udpproxy
 
 import (
 	"context"
@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/l4lb/l4lb/lb/flowtable"
+	"github.com/l4lb/l4lb/lb/listen"
 	"github.com/l4lb/l4lb/lb/registry"
 	"github.com/l4lb/l4lb/pkg/config"
 	"github.com/l4lb/l4lb/pkg/flowhash"
@@ -37,8 +38,8 @@ type udpFront struct {
 	cfg      *config.Listener
 	bindA    config.BindAddr
 	zone     string
-	route    atomic.Pointer[route]
-	acl      acl
+	route    atomic.Pointer[listen.Route]
+	acl      listen.ACL
 	socks    []*net.UDPConn
 	sendRC   syscall.RawConn // the socket replies leave from
 	wildcard bool
@@ -53,7 +54,7 @@ type udpFront struct {
 	started bool // the reply loop runs (and will close done)
 
 	newFlows, evictions                prometheus.Counter
-	rejects                            *rejectCounters
+	rejects                            *listen.RejectCounters
 	pktsIn, pktsOut, bytesIn, bytesOut prometheus.Counter
 	dropped, rxDrops                   prometheus.Counter
 	active, entries                    prometheus.Gauge
@@ -75,8 +76,8 @@ type udpFlow struct {
 	closed bool
 }
 
-func newUDPFront(s *Server, lc *config.Listener, b config.BindAddr, r *route) *udpFront {
-	u := &udpFront{srv: s, cfg: lc, bindA: b, zone: b.Zone, acl: newACL(lc), wildcard: b.IP.IsUnspecified(),
+func newFront(s *Server, lc *config.Listener, b config.BindAddr, r *listen.Route) *udpFront {
+	u := &udpFront{srv: s, cfg: lc, bindA: b, zone: b.Zone, acl: listen.NewACL(lc), wildcard: b.IP.IsUnspecified(),
 		table: flowtable.NewTable[*udpFlow](flowtable.Options{Max: s.cfg.MaxFlows, Idle: lc.UDPIdleTimeout}), done: make(chan struct{})}
 	u.route.Store(r)
 	m := s.m
@@ -85,8 +86,8 @@ func newUDPFront(s *Server, lc *config.Listener, b config.BindAddr, r *route) *u
 		return m.Counter(f, append(append([]string{}, lbl...), extra...)...)
 	}
 	u.newFlows = c(metrics.NewFlows)
-	u.rejects = newRejectCounters(m, lbl, reasonFlowTableFull, reasonACL, reasonNoTarget, reasonDatagramDropped, reasonLocalResources)
-	u.dropped = u.rejects[reasonDatagramDropped]
+	u.rejects = listen.NewRejectCounters(m, lbl, listen.ReasonFlowTableFull, listen.ReasonACL, listen.ReasonNoTarget, listen.ReasonDatagramDropped, listen.ReasonLocalResources)
+	u.dropped = u.rejects[listen.ReasonDatagramDropped]
 	u.evictions = m.Counter(metrics.FlowEvictions, lc.Name, "table_full")
 	u.rxDrops = c(metrics.UDPReceiveDrops)
 	u.pktsIn = c(metrics.ProcessedPackets, "in")
@@ -100,7 +101,7 @@ func newUDPFront(s *Server, lc *config.Listener, b config.BindAddr, r *route) *u
 
 func (u *udpFront) bind() error {
 	lc := net.ListenConfig{Control: func(network, address string, c syscall.RawConn) error {
-		if err := listenControl(network, address, c); err != nil {
+		if err := listen.Control(network, address, c); err != nil {
 			return err
 		}
 		var serr error
@@ -118,7 +119,7 @@ func (u *udpFront) bind() error {
 		})
 		return serr
 	}}
-	err := bindEach(u.srv.opts.SocketsPerAddr, "udp", u.cfg.Name, netip.AddrPortFrom(u.bindA.IP, u.cfg.Port),
+	err := listen.BindEach(u.srv.opts.SocketsPerAddr, "udp", u.cfg.Name, netip.AddrPortFrom(u.bindA.IP, u.cfg.Port),
 		func(network, addr string) (uint16, error) {
 			pc, err := lc.ListenPacket(context.Background(), network, addr)
 			if err != nil {
@@ -305,15 +306,15 @@ func (u *udpFront) sendAll(fd int, b *batch, n int) int {
 }
 
 func (u *udpFront) newFlow(key flowtable.Key, now time.Time) *udpFlow {
-	if !u.acl.permits(key.Src.Addr()) {
-		u.rejects[reasonACL].Inc()
+	if !u.acl.Permits(key.Src.Addr()) {
+		u.rejects[listen.ReasonACL].Inc()
 		return nil
 	}
-	g, snap, hash := u.route.Load().lookup(flowhash.ProtoUDP, u.zone, key.Src, key.Dst)
+	g, snap, hash := u.route.Load().Lookup(flowhash.ProtoUDP, u.zone, key.Src, key.Dst)
 	var buf [1]int
 	prefs := snap.Balance.Pick(hash, buf[:])
 	if len(prefs) == 0 {
-		u.rejects[reasonNoTarget].Inc()
+		u.rejects[listen.ReasonNoTarget].Inc()
 		return nil
 	}
 	tgt := snap.Targets[prefs[0]]
@@ -331,31 +332,31 @@ func (u *udpFront) newFlow(key flowtable.Key, now time.Time) *udpFlow {
 			u.evictions.Inc()
 		}
 	}
-	if !u.srv.udpBudget.acquire() {
-		u.rejects[reasonLocalResources].Inc()
+	if !u.srv.budget.Acquire() {
+		u.rejects[listen.ReasonLocalResources].Inc()
 		return nil
 	}
 	fd, err := dialUDP(tgt, client)
 	if err != nil {
-		u.srv.udpBudget.release()
+		u.srv.budget.Release()
 		switch {
-		case outOfPorts(err):
+		case listen.OutOfPorts(err):
 			tgt.PortErrors.Inc() // the ephemeral port range is used up
-			u.rejects[reasonLocalResources].Inc()
-		case localFailure(err):
-			u.rejects[reasonLocalResources].Inc()
+			u.rejects[listen.ReasonLocalResources].Inc()
+		case listen.LocalFailure(err):
+			u.rejects[listen.ReasonLocalResources].Inc()
 		default:
 			tgt.ConnectErrors.Inc()
-			u.rejects[reasonNoTarget].Inc()
+			u.rejects[listen.ReasonNoTarget].Inc()
 		}
 		return nil
 	}
 	f := &udpFlow{key: key, fd: fd, tgt: tgt, start: now}
 	if g.Config().Attributes.ProxyProtocolV2 {
-		if f.pp, err = proxyproto.V2(true, key.Src, key.Dst, proxyproto.TLVs{FlowID: u.srv.flowIDs.Add(1), EndpointID: u.srv.cfg.EndpointID}); err != nil {
+		if f.pp, err = proxyproto.V2(true, key.Src, key.Dst, proxyproto.TLVs{FlowID: u.srv.ids.Add(1), EndpointID: u.srv.cfg.EndpointID}); err != nil {
 			unix.Close(fd)
-			u.srv.udpBudget.release()
-			u.rejects[reasonNoTarget].Inc()
+			u.srv.budget.Release()
+			u.rejects[listen.ReasonNoTarget].Inc()
 			return nil
 		}
 	}
@@ -366,9 +367,9 @@ func (u *udpFront) newFlow(key flowtable.Key, now time.Time) *udpFlow {
 	got, created, err := u.table.Insert(key, f, now)
 	if err != nil || !created {
 		unix.Close(fd)
-		u.srv.udpBudget.release()
+		u.srv.budget.Release()
 		if err != nil {
-			u.rejects[reasonFlowTableFull].Inc()
+			u.rejects[listen.ReasonFlowTableFull].Inc()
 		}
 		return got // nil when full; the winner of a race otherwise
 	}
@@ -441,7 +442,7 @@ func (u *udpFront) release(f *udpFlow) {
 		f.closed = true
 		unix.EpollCtl(u.epfd, unix.EPOLL_CTL_DEL, f.fd, nil)
 		unix.Close(f.fd)
-		u.srv.udpBudget.release()
+		u.srv.budget.Release()
 		f.tgt.AddFlows(-1)
 	}
 	f.mu.Unlock()

@@ -1,4 +1,4 @@
-package lb
+package tcpproxy
 
 import (
 	"net"
@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/l4lb/l4lb/lb/balance"
+	"github.com/l4lb/l4lb/lb/listen"
 	"github.com/l4lb/l4lb/lb/registry"
 	"github.com/l4lb/l4lb/pkg/flowhash"
 	"github.com/l4lb/l4lb/pkg/proxyproto"
@@ -30,7 +31,7 @@ type setup struct {
 	id       uint64         // the flow's number, for PROXY unique IDs
 	budget   bool           // holds a slot of the TCP flow budget
 	source   bool           // holds a max_connections_per_source slot
-	r        *route
+	r        *listen.Route
 	t        *net.TCPConn // the target connection, once dialled
 	tgt      *registry.Target
 	g        *registry.Group
@@ -50,7 +51,7 @@ func (s *Server) serveConn(l *listener, c *net.TCPConn) {
 	}()
 	p.src = c.RemoteAddr().(*net.TCPAddr).AddrPort()
 	p.dst = c.LocalAddr().(*net.TCPAddr).AddrPort()
-	for _, step := range [...]func(*setup) (reason, bool){
+	for _, step := range [...]func(*setup) (listen.Reason, bool){
 		(*setup).takeBudget,
 		(*setup).readProxyHeader,
 		(*setup).checkACL,
@@ -70,9 +71,9 @@ func (s *Server) serveConn(l *listener, c *net.TCPConn) {
 // reject refuses the connection: it counts the reason, resets the client
 // (SO_LINGER 0 sends RST, as NLB does), closes any target connection, and
 // gives back the slots the steps took.
-func (p *setup) reject(why reason) {
+func (p *setup) reject(why listen.Reason) {
 	p.l.rejects[why].Inc()
-	if why == reasonNoTarget || why == reasonLocalResources {
+	if why == listen.ReasonNoTarget || why == listen.ReasonLocalResources {
 		p.l.lbResets.Inc()
 	}
 	p.c.SetLinger(0)
@@ -88,20 +89,20 @@ func (p *setup) release() {
 		p.l.releaseSource(p.src)
 	}
 	if p.budget {
-		p.s.tcpBudget.release()
+		p.s.budget.Release()
 	}
 }
 
 // takeBudget holds a slot of the TCP flows' descriptor budget.
-func (p *setup) takeBudget() (reason, bool) {
-	p.budget = p.s.tcpBudget.acquire()
-	return reasonLocalResources, p.budget
+func (p *setup) takeBudget() (listen.Reason, bool) {
+	p.budget = p.s.budget.Acquire()
+	return listen.ReasonLocalResources, p.budget
 }
 
 // readProxyHeader handles proxy_protocol_accept: a trusted upstream must
 // send a header (go-proxyproto's REQUIRE), whose source is then the flow's
 // client; anyone else's header is refused (REJECT).
-func (p *setup) readProxyHeader() (reason, bool) {
+func (p *setup) readProxyHeader() (listen.Reason, bool) {
 	l := p.l
 	if len(l.cfg.ProxyProtocolAccept) == 0 {
 		return 0, true
@@ -110,7 +111,7 @@ func (p *setup) readProxyHeader() (reason, bool) {
 		hsrc, _, err := proxyproto.ReadHeader(p.c, p.c, time.Now().Add(ProxyHeaderTimeout))
 		if err != nil {
 			p.s.log.Debug("bad PROXY header", zap.String(logListener, l.cfg.Name), zap.Stringer(logClient, p.src), zap.Error(err))
-			return reasonProxyProtocol, false
+			return listen.ReasonProxyProtocol, false
 		}
 		if hsrc.IsValid() { // a LOCAL header keeps the peer's address
 			p.src = hsrc
@@ -121,28 +122,28 @@ func (p *setup) readProxyHeader() (reason, bool) {
 	// here already and no target is dialled; later bytes are checked by
 	// the copy.
 	if peekHeader(p.c) {
-		return reasonProxyProtocol, false
+		return listen.ReasonProxyProtocol, false
 	}
 	p.checkPP = true
 	return 0, true
 }
 
-func (p *setup) checkACL() (reason, bool) {
-	return reasonACL, p.l.acl.permits(p.src.Addr())
+func (p *setup) checkACL() (listen.Reason, bool) {
+	return listen.ReasonACL, p.l.acl.Permits(p.src.Addr())
 }
 
-func (p *setup) takeSourceSlot() (reason, bool) {
+func (p *setup) takeSourceSlot() (listen.Reason, bool) {
 	if p.l.limit == nil {
 		return 0, true
 	}
-	p.source = p.l.limit.acquire(p.src.Addr())
-	return reasonSourceLimit, p.source
+	p.source = p.l.limit.Acquire(p.src.Addr())
+	return listen.ReasonSourceLimit, p.source
 }
 
 // chooseRoute picks the listener's route, or on a listener with SNI rules
 // the route of the name the ClientHello asks for. Without a hello there is
 // nothing to route by, so the connection is refused.
-func (p *setup) chooseRoute() (reason, bool) {
+func (p *setup) chooseRoute() (listen.Reason, bool) {
 	p.r = p.l.route.Load()
 	if len(p.l.rules) == 0 {
 		return 0, true
@@ -150,7 +151,7 @@ func (p *setup) chooseRoute() (reason, bool) {
 	host, err := peekHello(p.c)
 	if err != nil {
 		p.s.log.Debug("no TLS ClientHello", zap.String(logListener, p.l.cfg.Name), zap.Stringer(logClient, p.src), zap.Error(err))
-		return reasonTLSHello, false
+		return listen.ReasonTLSHello, false
 	}
 	p.r = p.l.routeFor(host)
 	return 0, true
@@ -160,9 +161,9 @@ func (p *setup) chooseRoute() (reason, bool) {
 // timed-out connect counts against that target (and its passive health) and
 // moves on to the next. A failure of l4lb's own (out of descriptors, say)
 // blames no target.
-func (p *setup) connect() (reason, bool) {
+func (p *setup) connect() (listen.Reason, bool) {
 	s := p.s
-	g, view, key := p.r.lookup(flowhash.ProtoTCP, p.l.zone, p.src, p.dst)
+	g, view, key := p.r.Lookup(flowhash.ProtoTCP, p.l.zone, p.src, p.dst)
 	p.g, p.view = g, view
 	var buf [1 + balance.Retries]int
 	for _, i := range view.Balance.Pick(key, buf[:]) {
@@ -170,26 +171,26 @@ func (p *setup) connect() (reason, bool) {
 		t, err := s.dialTarget(cand, p.src, g.Config().Attributes.PreserveClientIP)
 		if err == nil {
 			p.t, p.tgt = t, cand
-			p.id = s.flowIDs.Add(1)
+			p.id = s.ids.Add(1)
 			return 0, true
 		}
 		s.log.Debug("connect to target failed", zap.String(logListener, p.l.cfg.Name), zap.String(logTarget, cand.Name), zap.Error(err))
-		if localFailure(err) {
-			if outOfPorts(err) {
+		if listen.LocalFailure(err) {
+			if listen.OutOfPorts(err) {
 				cand.PortErrors.Inc()
 				continue // ports are per target: another may have some
 			}
-			return reasonLocalResources, false
+			return listen.ReasonLocalResources, false
 		}
 		cand.ConnectErrors.Inc()
 		s.reg.PassiveFailure(cand)
 	}
-	return reasonNoTarget, false
+	return listen.ReasonNoTarget, false
 }
 
 // sendProxyHeader writes the PROXY v2 header, whole, before the copy starts;
 // the sockets stay plain TCP, so the copy still splices.
-func (p *setup) sendProxyHeader() (reason, bool) {
+func (p *setup) sendProxyHeader() (listen.Reason, bool) {
 	if !p.g.Config().Attributes.ProxyProtocolV2 {
 		return 0, true
 	}
@@ -198,7 +199,7 @@ func (p *setup) sendProxyHeader() (reason, bool) {
 		p.t.SetWriteDeadline(time.Now().Add(p.s.opts.ConnectTimeout))
 		_, err = p.t.Write(hdr)
 	}
-	return reasonNoTarget, err == nil
+	return listen.ReasonNoTarget, err == nil
 }
 
 // start turns the connection into a flow and runs its two directions.

@@ -1,4 +1,4 @@
-package lb
+package tcpproxy
 
 import (
 	"errors"
@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/l4lb/l4lb/lb/listen"
 	"github.com/l4lb/l4lb/pkg/proxyproto"
 )
 
@@ -113,7 +114,7 @@ func (h *halfFlow) readReady(fd uintptr) bool {
 	if h.checkPP {
 		switch h.peekHeader(fd) {
 		case proxyproto.Header:
-			h.f.l.rejects[reasonProxyProtocol].Inc()
+			h.f.l.rejects[listen.ReasonProxyProtocol].Inc()
 			h.err = errUntrustedHeader
 			return true
 		case proxyproto.Undecided:

@@ -1,19 +1,17 @@
-package lb
+package tcpproxy
 
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"net/netip"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
-	"golang.org/x/sys/unix"
 
+	"github.com/l4lb/l4lb/lb/listen"
 	"github.com/l4lb/l4lb/pkg/config"
 	"github.com/l4lb/l4lb/pkg/metrics"
 )
@@ -26,8 +24,8 @@ type listener struct {
 	cfg   *config.Listener
 	bindA config.BindAddr
 	zone  string
-	route atomic.Pointer[route]
-	acl   acl
+	route atomic.Pointer[listen.Route]
+	acl   listen.ACL
 	socks []*net.TCPListener
 
 	// Counters resolved once, so the data path never looks up labels.
@@ -37,11 +35,11 @@ type listener struct {
 	bytesOut   prometheus.Counter
 	lbResets   prometheus.Counter
 	clientRsts prometheus.Counter
-	rejects    *rejectCounters
+	rejects    *listen.RejectCounters
 
 	// Shared by the listener's addresses.
-	limit *sourceLimit // nil: unlimited
-	rules []sniRule    // SNI rules, checked in order before route
+	limit *listen.SourceLimit // nil: unlimited
+	rules []listen.Rule       // SNI rules, checked in order before route
 }
 
 // trusted reports whether ip may send a PROXY header (proxy_protocol_accept).
@@ -55,8 +53,8 @@ func (l *listener) trusted(ip netip.Addr) bool {
 	return false
 }
 
-func newListener(s *Server, lc *config.Listener, b config.BindAddr, r *route) *listener {
-	l := &listener{srv: s, cfg: lc, bindA: b, zone: b.Zone, acl: newACL(lc)}
+func newListener(s *Server, lc *config.Listener, b config.BindAddr, r *listen.Route) *listener {
+	l := &listener{srv: s, cfg: lc, bindA: b, zone: b.Zone, acl: listen.NewACL(lc)}
 	l.route.Store(r)
 	m := s.m
 	lbl := []string{lc.Name, "TCP", b.Zone}
@@ -66,7 +64,7 @@ func newListener(s *Server, lc *config.Listener, b config.BindAddr, r *route) *l
 	l.bytesOut = m.Counter(metrics.ProcessedBytes, append(lbl, "out")...)
 	l.lbResets = m.Counter(metrics.TCPLBResets, lbl...)
 	l.clientRsts = m.Counter(metrics.TCPClientResets, lbl...)
-	l.rejects = newRejectCounters(m, lbl, reasonACL, reasonNoTarget, reasonProxyProtocol, reasonSourceLimit, reasonTLSHello, reasonLocalResources)
+	l.rejects = listen.NewRejectCounters(m, lbl, listen.ReasonACL, listen.ReasonNoTarget, listen.ReasonProxyProtocol, listen.ReasonSourceLimit, listen.ReasonTLSHello, listen.ReasonLocalResources)
 	return l
 }
 
@@ -78,30 +76,9 @@ func (l *listener) Addr() net.Addr {
 	return l.socks[0].Addr()
 }
 
-// listenControl sets SO_REUSEPORT, so several sockets (and a new l4lb during
-// an upgrade) share the port, and IP_FREEBIND, so a zone's static IP may be
-// bound before it is configured on the host.
-func listenControl(network, _ string, c syscall.RawConn) error {
-	var serr error
-	err := c.Control(func(fd uintptr) {
-		if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); serr != nil {
-			return
-		}
-		if network == "tcp6" || network == "udp6" {
-			serr = unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_FREEBIND, 1)
-		} else {
-			serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_FREEBIND, 1)
-		}
-	})
-	if err != nil {
-		return err
-	}
-	return serr
-}
-
 func (l *listener) bind() error {
-	lc := net.ListenConfig{Control: listenControl, KeepAlive: -1}
-	return bindEach(l.srv.opts.SocketsPerAddr, "tcp", l.cfg.Name, netip.AddrPortFrom(l.bindA.IP, l.cfg.Port),
+	lc := net.ListenConfig{Control: listen.Control, KeepAlive: -1}
+	return listen.BindEach(l.srv.opts.SocketsPerAddr, "tcp", l.cfg.Name, netip.AddrPortFrom(l.bindA.IP, l.cfg.Port),
 		func(network, addr string) (uint16, error) {
 			ln, err := lc.Listen(context.Background(), network, addr)
 			if err != nil {
@@ -111,25 +88,6 @@ func (l *listener) bind() error {
 			l.socks = append(l.socks, tl)
 			return tl.Addr().(*net.TCPAddr).AddrPort().Port(), nil
 		})
-}
-
-// bindEach opens n SO_REUSEPORT sockets of proto ("tcp" or "udp") on at.
-// Port 0 (tests only) lets the first socket pick and the rest follow it.
-func bindEach(n int, proto, name string, at netip.AddrPort, open func(network, addr string) (uint16, error)) error {
-	network := proto + "4"
-	if at.Addr().Is6() {
-		network = proto + "6"
-	}
-	port := at.Port()
-	for range n {
-		addr := netip.AddrPortFrom(at.Addr(), port).String()
-		p, err := open(network, addr)
-		if err != nil {
-			return fmt.Errorf("listener %s: binding %s %s: %w", name, proto, addr, err)
-		}
-		port = p
-	}
-	return nil
 }
 
 func (l *listener) close() {
@@ -169,4 +127,27 @@ func (l *listener) port() uint16 {
 		return l.cfg.Port
 	}
 	return l.socks[0].Addr().(*net.TCPAddr).AddrPort().Port()
+}
+
+// releaseSource gives back the slot a flow from src took, if the listener
+// limits sources.
+func (l *listener) releaseSource(src netip.AddrPort) {
+	if l.limit != nil {
+		l.limit.Release(src.Addr())
+	}
+}
+
+// routeFor is the route of a host name: the first rule that matches it, or
+// the listener's own.
+func (l *listener) routeFor(host string) *listen.Route {
+	return listen.RouteFor(l.rules, l.route.Load(), host)
+}
+
+// allRoutes is the listener's own route and its rules' routes.
+func (l *listener) allRoutes() []*listen.Route {
+	rs := []*listen.Route{l.route.Load()}
+	for _, r := range l.rules {
+		rs = append(rs, r.Route)
+	}
+	return rs
 }

@@ -1,4 +1,4 @@
-package lb
+package udpproxy
 
 import (
 	"encoding/binary"

@@ -1,4 +1,4 @@
-package lb
+package tcpproxy
 
 import (
 	"net"
@@ -134,7 +134,7 @@ func (f *flow) finish(h *halfFlow, how copyErr) {
 	f.tgt.AddFlows(-1)
 	f.srv.flows.remove(f)
 	l.releaseSource(f.src)
-	f.srv.tcpBudget.release()
+	f.srv.budget.Release()
 	l.active.Dec()
 	f.client, f.target, f.l, f.tgt = nil, nil, nil, nil
 	for i := range f.halves {

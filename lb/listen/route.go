@@ -1,4 +1,12 @@
-package lb
+// Package listen is the layer the TCP and UDP data planes share: what a
+// listener forwards to (routes, SNI rules, ACLs), the reasons a flow is
+// refused and their counters, the descriptor budgets, and the socket options
+// of listeners and of transparent (client-IP preserving) sockets.
+//
+//	r, err := listen.NewRoute(lc, reg)
+//	g, view, key := r.Lookup(flowhash.ProtoTCP, zone, client, vip)
+//	prefs := view.Balance.Pick(key, buf[:])
+package listen
 
 import (
 	"fmt"
@@ -9,32 +17,32 @@ import (
 	"github.com/l4lb/l4lb/pkg/flowhash"
 )
 
-// route is what a listener forwards to: one target group, or several weighted
+// Route is what a listener forwards to: one target group, or several weighted
 // ones. It is immutable; listeners swap whole routes.
-type route struct {
-	groups []*registry.Group
+type Route struct {
+	Groups []*registry.Group
 	cum    []int // cumulative forward weights, parallel to groups
 	total  int
 }
 
-// pick chooses the group of a flow from its hash, so a flow (and, with
+// Pick chooses the group of a flow from its hash, so a flow (and, with
 // stickiness, a client) always lands in the same group.
-func (r *route) pick(h uint64) *registry.Group {
-	if len(r.groups) == 1 {
-		return r.groups[0]
+func (r *Route) Pick(h uint64) *registry.Group {
+	if len(r.Groups) == 1 {
+		return r.Groups[0]
 	}
 	// Rehash so the group choice is independent of the slot within a table.
 	v := int(flowhash.Rehash(h) % uint64(r.total))
 	for i, c := range r.cum {
 		if v < c {
-			return r.groups[i]
+			return r.Groups[i]
 		}
 	}
-	return r.groups[len(r.groups)-1]
+	return r.Groups[len(r.Groups)-1]
 }
 
-func buildRoute(l *config.Listener, reg *registry.Registry) (*route, error) {
-	r := &route{}
+func NewRoute(l *config.Listener, reg *registry.Registry) (*Route, error) {
+	r := &Route{}
 	add := func(name string, w int) error {
 		g := reg.Group(name)
 		if g == nil {
@@ -44,7 +52,7 @@ func buildRoute(l *config.Listener, reg *registry.Registry) (*route, error) {
 			return nil
 		}
 		r.total += w
-		r.groups = append(r.groups, g)
+		r.Groups = append(r.Groups, g)
 		r.cum = append(r.cum, r.total)
 		return nil
 	}
@@ -58,20 +66,20 @@ func buildRoute(l *config.Listener, reg *registry.Registry) (*route, error) {
 			return nil, err
 		}
 	}
-	if len(r.groups) == 0 {
+	if len(r.Groups) == 0 {
 		return nil, fmt.Errorf("listener %s: forwards to no target group", l.Name)
 	}
 	return r, nil
 }
 
-// acl is a listener's source filter: deny wins over allow.
-type acl struct {
-	allow, deny []netip.Prefix
+// ACL is a listener's source filter: deny wins over allow.
+type ACL struct {
+	Allow, Deny []netip.Prefix
 	allowAll    bool
 }
 
-func newACL(l *config.Listener) acl {
-	a := acl{allow: l.Allow, deny: l.Deny}
+func NewACL(l *config.Listener) ACL {
+	a := ACL{Allow: l.Allow, Deny: l.Deny}
 	// allowAll skips the allow scan when both families are fully allowed.
 	v4, v6 := false, false
 	for _, p := range l.Allow {
@@ -84,9 +92,10 @@ func newACL(l *config.Listener) acl {
 	return a
 }
 
-func (a *acl) permits(ip netip.Addr) bool {
+// Permits says whether a flow from ip may pass.
+func (a *ACL) Permits(ip netip.Addr) bool {
 	ip = ip.Unmap()
-	for _, p := range a.deny {
+	for _, p := range a.Deny {
 		if p.Contains(ip) {
 			return false
 		}
@@ -94,7 +103,7 @@ func (a *acl) permits(ip netip.Addr) bool {
 	if a.allowAll {
 		return true
 	}
-	for _, p := range a.allow {
+	for _, p := range a.Allow {
 		if p.Contains(ip) {
 			return true
 		}
@@ -102,12 +111,12 @@ func (a *acl) permits(ip netip.Addr) bool {
 	return false
 }
 
-// lookup picks the group of a flow, the routing view of the zone it arrived
+// Lookup picks the group of a flow, the routing view of the zone it arrived
 // in, and its Maglev key: the 5-tuple hash, or the source IP's with
 // stickiness.
-func (r *route) lookup(proto uint8, zone string, src, dst netip.AddrPort) (*registry.Group, *registry.View, uint64) {
+func (r *Route) Lookup(proto uint8, zone string, src, dst netip.AddrPort) (*registry.Group, *registry.View, uint64) {
 	key := flowhash.Flow(proto, src, dst)
-	g := r.pick(key)
+	g := r.Pick(key)
 	snap := g.Snapshot().ForZone(zone)
 	if snap.Balance.Stickiness {
 		key = flowhash.Source(src.Addr())

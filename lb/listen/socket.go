@@ -1,0 +1,87 @@
+package listen
+
+import (
+	"fmt"
+	"net/netip"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Control sets SO_REUSEPORT, so several sockets (and a new l4lb during an
+// upgrade) share the port, and IP_FREEBIND, so a zone's static IP may be
+// bound before it is configured on the host.
+func Control(network, _ string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); serr != nil {
+			return
+		}
+		if network == "tcp6" || network == "udp6" {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_FREEBIND, 1)
+		} else {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_FREEBIND, 1)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}
+
+// BindEach opens n SO_REUSEPORT sockets of proto ("tcp" or "udp") on at.
+// Port 0 (tests only) lets the first socket pick and the rest follow it.
+func BindEach(n int, proto, name string, at netip.AddrPort, open func(network, addr string) (uint16, error)) error {
+	network := proto + "4"
+	if at.Addr().Is6() {
+		network = proto + "6"
+	}
+	port := at.Port()
+	for range n {
+		addr := netip.AddrPortFrom(at.Addr(), port).String()
+		p, err := open(network, addr)
+		if err != nil {
+			return fmt.Errorf("listener %s: binding %s %s: %w", name, proto, addr, err)
+		}
+		port = p
+	}
+	return nil
+}
+
+// TransparentControl sets IP_TRANSPARENT (IPV6_TRANSPARENT), which lets a
+// socket bind the client's address although it is not local: targets then
+// see the client's own IP (preserve_client_ip.enabled). It needs
+// CAP_NET_ADMIN and policy routing that delivers the targets' replies to this
+// host (deploy/transparent.sh).
+func TransparentControl(network, _ string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) { serr = SetTransparent(int(fd), network == "tcp6" || network == "udp6") })
+	if err != nil {
+		return err
+	}
+	return serr
+}
+
+// TransparentAnyPortControl is TransparentControl for a bind to the client's
+// IP with port 0. IP_BIND_ADDRESS_NO_PORT defers the port to connect(2),
+// where it only has to be unique towards this target, not towards everyone.
+func TransparentAnyPortControl(network, addr string, c syscall.RawConn) error {
+	if err := TransparentControl(network, addr, c); err != nil {
+		return err
+	}
+	var serr error
+	if err := c.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
+	}); err != nil {
+		return err
+	}
+	return serr
+}
+
+// SetTransparent sets IP_TRANSPARENT or IPV6_TRANSPARENT on fd.
+func SetTransparent(fd int, v6 bool) error {
+	if v6 {
+		return unix.SetsockoptInt(fd, unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1)
+	}
+	return unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_TRANSPARENT, 1)
+}

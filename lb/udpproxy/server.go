@@ -1,0 +1,237 @@
+// Package udpproxy is l4lb's UDP data plane: per-core SO_REUSEPORT listener
+// sockets read in batches (recvmmsg), one connected upstream socket per flow
+// in a bounded flow table, replies sent back in batches (sendmmsg) from the
+// address the client sent to, and the orchestration of the kernel fast path
+// (lb/fastpath) for the listeners that qualify.
+//
+//	s, err := udpproxy.New(cfg, reg, udpproxy.Options{Logger: log, Metrics: m})
+//	reg.Subscribe(s) // snapshot changes (kernel tables), flows to end
+//	err = s.Start()
+//	...
+//	s.Close() // UDP has no connections to drain: flows end with it
+package udpproxy
+
+import (
+	"net"
+	"net/netip"
+	"runtime"
+	"sync"
+	"sync/atomic"
+
+	"go.uber.org/zap"
+
+	"github.com/l4lb/l4lb/lb/listen"
+	"github.com/l4lb/l4lb/lb/registry"
+	"github.com/l4lb/l4lb/pkg/config"
+	"github.com/l4lb/l4lb/pkg/metrics"
+)
+
+// Log keys, declared once.
+const (
+	logListener = "listener"
+	logAddr     = "addr"
+	logTarget   = "target"
+	logFlows    = "flows"
+	logSockets  = "sockets"
+)
+
+// Options are the injected parts of a Server. The zero value works: a no-op
+// logger, no metrics, one socket per core, no flow budget and a flow
+// numbering of its own.
+type Options struct {
+	Logger         *zap.Logger
+	Metrics        *metrics.Metrics
+	SocketsPerAddr int // 0: GOMAXPROCS, one read loop per core
+	// MaxFlows bounds the socket-path flows of all listeners together (each
+	// holds a descriptor); 0 is no bound. Each listener's table has its own
+	// bound too (load_balancer.max_flows).
+	MaxFlows int64
+	// IDs numbers flows for PROXY unique IDs; shared with the TCP plane.
+	IDs *atomic.Uint64
+}
+
+// Server runs the UDP listeners of one configuration.
+type Server struct {
+	cfg    *config.Config
+	log    *zap.Logger
+	m      *metrics.Metrics
+	opts   Options
+	reg    *registry.Registry
+	udp    []*udpFront
+	kernel atomic.Pointer[kernelPath] // the fast path, when on
+	budget listen.Budget
+	ids    *atomic.Uint64
+
+	closing atomic.Bool
+	loops   sync.WaitGroup // read loops
+	bg      sync.WaitGroup // flow terminations in progress
+}
+
+// New prepares the UDP listeners of cfg without binding anything.
+func New(cfg *config.Config, reg *registry.Registry, opts Options) (*Server, error) {
+	if opts.Logger == nil {
+		opts.Logger = zap.NewNop()
+	}
+	if opts.SocketsPerAddr == 0 {
+		opts.SocketsPerAddr = runtime.GOMAXPROCS(0)
+	}
+	if opts.IDs == nil {
+		opts.IDs = new(atomic.Uint64)
+	}
+	s := &Server{cfg: cfg, log: opts.Logger, m: opts.Metrics, opts: opts, reg: reg, ids: opts.IDs}
+	s.budget.Max = opts.MaxFlows
+	for i := range cfg.Listeners {
+		lc := &cfg.Listeners[i]
+		if !lc.Protocol.HasUDP() {
+			continue
+		}
+		r, err := listen.NewRoute(lc, reg)
+		if err != nil {
+			return nil, err
+		}
+		for _, b := range lc.Bind {
+			s.udp = append(s.udp, newFront(s, lc, b, r))
+		}
+	}
+	return s, nil
+}
+
+// Start binds every listener, hands the qualifying ones to the kernel fast
+// path (when on), and starts reading. On error nothing is left bound.
+func (s *Server) Start() error {
+	for _, u := range s.udp {
+		if err := u.bind(); err != nil {
+			for _, o := range s.udp {
+				o.close()
+			}
+			return err
+		}
+	}
+	s.startKernelPath()
+	for _, u := range s.udp {
+		u.start()
+		s.log.Info("listener up", zap.String(logListener, u.cfg.Name), zap.String("protocol", "UDP"), zap.Stringer(logAddr, u.Addr()), zap.Int(logSockets, len(u.socks)))
+	}
+	return nil
+}
+
+// Close stops the kernel path and the listeners; their flows end.
+func (s *Server) Close() {
+	s.closing.Store(true)
+	if k := s.kernel.Swap(nil); k != nil {
+		k.close()
+	}
+	for _, u := range s.udp {
+		u.close()
+	}
+	s.loops.Wait()
+	s.bg.Wait()
+}
+
+// SnapshotChanged has the kernel path write its tables again
+// (registry.Subscriber).
+func (s *Server) SnapshotChanged(*registry.Group) {
+	if k := s.kernel.Load(); k != nil {
+		k.changed()
+	}
+}
+
+// EndFlows ends the flows pinned to t, in user space and in the kernel
+// (registry.Subscriber).
+func (s *Server) EndFlows(t *registry.Target, why string) {
+	if s.closing.Load() {
+		return
+	}
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		s.endFlows(t, why)
+	}()
+}
+
+// Addrs returns the bound addresses of the named listener.
+func (s *Server) Addrs(name string) []net.Addr {
+	var out []net.Addr
+	for _, u := range s.udp {
+		if u.cfg.Name == name && len(u.socks) > 0 {
+			out = append(out, u.Addr())
+		}
+	}
+	return out
+}
+
+// Bound lists every bound listener address.
+func (s *Server) Bound() []netip.AddrPort {
+	var out []netip.AddrPort
+	for _, u := range s.udp {
+		if a, ok := u.Addr().(*net.UDPAddr); ok {
+			out = append(out, a.AddrPort())
+		}
+	}
+	return out
+}
+
+// Endpoint describes the named listener's address that is dst (the first,
+// when dst is not given), for a route explanation.
+func (s *Server) Endpoint(name string, dst netip.Addr) (listen.Endpoint, bool) {
+	var first *udpFront
+	for _, u := range s.udp {
+		if u.cfg.Name != name {
+			continue
+		}
+		if first == nil || (dst.IsValid() && u.bindA.IP == dst.Unmap()) {
+			first = u
+		}
+	}
+	if first == nil {
+		return listen.Endpoint{}, false
+	}
+	port := first.cfg.Port
+	if a, ok := first.Addr().(*net.UDPAddr); ok {
+		port = a.AddrPort().Port()
+	}
+	return listen.Endpoint{Zone: first.zone, IP: first.bindA.IP, Port: port, Route: first.route.Load()}, true
+}
+
+// ZoneRoutes lists, per listener name, the routes of the listeners bound in
+// zone (for zone health).
+func (s *Server) ZoneRoutes(zone string) map[string][]*listen.Route {
+	out := map[string][]*listen.Route{}
+	for _, u := range s.udp {
+		if u.zone == zone {
+			out[u.cfg.Name] = append(out[u.cfg.Name], u.route.Load())
+		}
+	}
+	return out
+}
+
+// Flows is the number of flows: the socket path's tables, and the kernel's
+// as of its last sweep.
+func (s *Server) Flows() int {
+	n := s.UserFlows()
+	if k := s.kernel.Load(); k != nil {
+		n += k.flows()
+	}
+	return n
+}
+
+// UserFlows is the number of flows in the socket path's tables.
+func (s *Server) UserFlows() int {
+	n := 0
+	for _, u := range s.udp {
+		n += u.table.Len()
+	}
+	return n
+}
+
+// KernelPath reports whether the kernel fast path runs.
+func (s *Server) KernelPath() bool { return s.kernel.Load() != nil }
+
+// SyncKernel writes the kernel path's tables now, as a snapshot change
+// would soon (for tests that must not wait for it).
+func (s *Server) SyncKernel() error {
+	if k := s.kernel.Load(); k != nil {
+		return k.sync()
+	}
+	return nil
+}
