@@ -10,7 +10,7 @@
 //	...
 //	err = s.Shutdown(ctx) // stop accepting, drain until ctx ends, reset the rest
 //
-// It is about 1 600 lines, past the project's 1 500: the flow, its two
+// It is about 1 800 lines, past the project's 1 500: the flow, its two
 // directions, the parker and the tracker share the pooled flow's lifecycle
 // (who may touch a flow, and when it may be reused), which is clearest in
 // one package.
