@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -53,5 +54,18 @@ func TestVersion(t *testing.T) {
 	code, out, _ := runCLI("version")
 	if code != 0 || !strings.Contains(out, "l4lb ") || !strings.Contains(out, "go1.") {
 		t.Fatalf("version: exit %d, %q", code, out)
+	}
+}
+
+// Every config in examples/ validates as it is.
+func TestExamplesValidate(t *testing.T) {
+	files, err := filepath.Glob("../../examples/*.yaml")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no examples found: %v", err)
+	}
+	for _, f := range files {
+		if code, _, errs := runCLI("validate", "--config", f); code != 0 {
+			t.Errorf("%s: exit %d:\n%s", f, code, errs)
+		}
 	}
 }
