@@ -17,22 +17,29 @@ import (
 	"github.com/l4lb/l4lb/pkg/config"
 )
 
-// SIGTERM stops accepting but lets an in-flight transfer finish.
-func TestServeSIGTERMDrains(t *testing.T) {
-	tln, err := net.Listen("tcp", "127.0.0.1:0")
+// echoListener is a TCP target on loopback that echoes what it reads.
+func echoListener(t *testing.T) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer tln.Close()
+	t.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
-			c, err := tln.Accept()
+			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
 			go func() { defer c.Close(); io.Copy(c, c) }()
 		}
 	}()
+	return ln
+}
+
+// SIGTERM stops accepting but lets an in-flight transfer finish.
+func TestServeSIGTERMDrains(t *testing.T) {
+	tln := echoListener(t)
 	dir := t.TempDir()
 	cfgPath := filepath.Join(dir, "l4lb.yaml")
 	os.WriteFile(cfgPath, []byte("admin: {listen: \"off\"}\nlisteners: [{port: 1, bind: [127.0.0.1], target_group: t}]\ntarget_groups: [{name: t, targets: [{address: \""+tln.Addr().String()+"\"}]}]\n"), 0o644)
@@ -97,20 +104,7 @@ func TestServeSIGTERMDrains(t *testing.T) {
 // would exit); SIGTERM turns /readyz to 503 while the drain runs, without a
 // token even when the API has one; a second SIGTERM ends the drain at once.
 func TestServeSignals(t *testing.T) {
-	tln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tln.Close()
-	go func() {
-		for {
-			c, err := tln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); io.Copy(c, c) }()
-		}
-	}()
+	tln := echoListener(t)
 	dir := t.TempDir()
 	token := filepath.Join(dir, "token")
 	os.WriteFile(token, []byte("s3cret\n"), 0o600)
