@@ -332,15 +332,14 @@ func (p *Path) Sweep(live func(Flow)) (expired int, err error) {
 	}
 	p.mu.Unlock()
 	removed := make([]uint64, len(idle))
+	var errs []error
 	for _, fp := range p.fams {
 		n, err := fp.sweep(idle, removed, live)
 		expired += n
-		if err != nil {
-			return expired, err
-		}
+		errs = append(errs, err)
 	}
 	p.addRemoved(removed)
-	return expired, nil
+	return expired, errors.Join(errs...)
 }
 
 func (p *Path) addRemoved(removed []uint64) {
@@ -397,6 +396,7 @@ func (fp *famPath) sweep(idle, removed []uint64, live func(Flow)) (expired int, 
 		return svc < len(idle) && now >= last && now-last > idle[svc]
 	}
 	val := make([]byte, fp.f.valSize)
+	var errs []error
 	for _, e := range fwd {
 		f := fp.decode(e.key, e.val)
 		rkey := fp.reverseKey(e.key, e.val)
@@ -412,15 +412,18 @@ func (fp *famPath) sweep(idle, removed []uint64, live func(Flow)) (expired int, 
 			continue
 		}
 		if fp.last(val) != e.last {
-			// A datagram came since the read: the flow lives on.
-			fp.flows.Update(e.key, val, ebpf.UpdateNoExist)
+			// A datagram came since the read: the flow lives on. (If the
+			// program made the entry again meanwhile, that one stands.)
+			if err := fp.flows.Update(e.key, val, ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
+				errs = append(errs, fmt.Errorf("fastpath: restoring a live flow: %w", err))
+			}
 			if live != nil {
 				live(f)
 			}
 			continue
 		}
 		if paired {
-			fp.flows.Delete(rkey)
+			errs = append(errs, deleteFlow(fp.flows, rkey))
 		}
 		expired++
 		removed[f.Service]++
@@ -429,10 +432,19 @@ func (fp *famPath) sweep(idle, removed []uint64, live func(Flow)) (expired int, 
 	// gone, and once idle they only hold a place.
 	for k, r := range replied {
 		if isIdle(r.svc, r.last) {
-			fp.flows.Delete([]byte(k))
+			errs = append(errs, deleteFlow(fp.flows, []byte(k)))
 		}
 	}
-	return expired, nil
+	return expired, errors.Join(errs...)
+}
+
+// deleteFlow deletes a flow entry; one that is gone already (the program,
+// an eviction or another sweep took it) is no error.
+func deleteFlow(m *ebpf.Map, key []byte) error {
+	if err := m.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("fastpath: deleting a flow entry: %w", err)
+	}
+	return nil
 }
 
 // EndFlowsTo removes every flow pinned to target, both of its entries, and
@@ -452,18 +464,22 @@ func (p *Path) EndFlowsTo(target netip.AddrPort) (int, error) {
 		return 0, err
 	}
 	n := 0
+	var errs []error
 	removed := make([]uint64, len(p.svcs))
 	for i := range keys {
-		if fp.flows.Delete(keys[i]) == nil {
+		err := fp.flows.Delete(keys[i])
+		if err == nil {
 			n++
 			if svc := int(fp.svc(vals[i]) & svcMask); svc < len(removed) {
 				removed[svc]++
 			}
+		} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, fmt.Errorf("fastpath: deleting a flow entry: %w", err))
 		}
-		fp.flows.Delete(rkeys[i])
+		errs = append(errs, deleteFlow(fp.flows, rkeys[i]))
 	}
 	p.addRemoved(removed)
-	return n, nil
+	return n, errors.Join(errs...)
 }
 
 // readAll calls fn for every entry of the family's flow map. The slices are

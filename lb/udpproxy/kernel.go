@@ -327,8 +327,8 @@ func (k *kernelPath) expire() {
 			per[fl.Service][fl.Target]++
 		}
 	}); err != nil {
+		// What was read still counts; a failed removal is retried next time.
 		k.s.log.Error("sweeping UDP fast path flows", zap.Error(err))
-		return
 	}
 	for i, f := range k.fronts {
 		old := f.flows.Swap(perFront[i])
