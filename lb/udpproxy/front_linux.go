@@ -587,5 +587,5 @@ func (b *batch) setPayload(k int, header, payload []byte) {
 		iov[n].SetLen(len(payload))
 		n++
 	}
-	b.hdrs[k].hdr.Iovlen = uint64(n)
+	b.hdrs[k].hdr.SetIovlen(n)
 }

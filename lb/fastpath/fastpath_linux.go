@@ -1,26 +1,3 @@
-// Package fastpath forwards UDP flows inside the kernel: a tc ingress
-// program (tcx) rewrites the destination of a client's datagrams to the
-// flow's target before routing, and an egress program rewrites the source of
-// the target's replies back to the listener address after routing, so a
-// datagram costs l4lb no system call at all.
-//
-// It is the kernel half of a UDP listener whose target group preserves the
-// client IP (the target sees the client's own address, as it would with
-// preserve_client_ip in user space) and sends no PROXY header. The user-space
-// listener stays bound and takes whatever the program passes on: fragments,
-// IPv4 options, IPv6 extension headers. IPv4 and IPv6 each have their own
-// maps.
-//
-// A first datagram picks its target exactly as user space does (same flow
-// hash, same Maglev table, which user space writes into the kernel on every
-// change), and the flow is then pinned in a bounded flow map: a full map
-// refuses new flows and counts them. Flows idle past their listener's
-// timeout are swept from user space.
-//
-//	p, err := fastpath.New(fastpath.Options{MaxFlows: 65536, Services: 4})
-//	id, err := p.AddService(vip, 120*time.Second, false)
-//	err = p.SetTable(id, slots) // one target per Maglev slot
-//	err = p.Attach("lo")
 package fastpath
 
 import (

@@ -193,8 +193,8 @@ func (h *halfFlow) writeReady(fd uintptr) bool {
 			return true
 		}
 		h.inPipe -= int(n)
-		h.n += n
-		h.spliced += n
+		h.n += int64(n)
+		h.spliced += int64(n)
 	}
 	for h.bufOff < h.bufEnd {
 		n, err := unix.Write(int(fd), (*h.buf)[h.bufOff:h.bufEnd])
