@@ -90,7 +90,7 @@ func (s *Server) Route(listenerName, src, dst, protocol, sni string) (api.Route,
 		}
 	}
 	why = append(why, fmt.Sprintf("%s hash %s owns slot %d of the Maglev table", out.Key, out.Hash, key%maglev.DefaultSize))
-	if len(s.cfg.Zones) > 0 && l.Zone != "" && !g.CrossZone() {
+	if len(s.Registry.Config().Zones) > 0 && l.Zone != "" && !g.CrossZone() {
 		why = append(why, fmt.Sprintf("built from zone %s's targets (cross-zone off)", l.Zone))
 	}
 	if snap.FailOpen {
@@ -111,7 +111,7 @@ func (s *Server) Route(listenerName, src, dst, protocol, sni string) (api.Route,
 
 // Flows lists up to limit open TCP flows (of one listener when named).
 func (s *Server) Flows(listenerName string, limit int) ([]api.Flow, error) {
-	if listenerName != "" && !slices.ContainsFunc(s.cfg.Listeners, func(l config.Listener) bool { return l.Name == listenerName }) {
+	if listenerName != "" && !slices.ContainsFunc(s.Registry.Config().Listeners, func(l config.Listener) bool { return l.Name == listenerName }) {
 		return nil, fmt.Errorf("%w: no listener %q", api.ErrNotFound, listenerName)
 	}
 	if limit <= 0 {
@@ -123,7 +123,7 @@ func (s *Server) Flows(listenerName string, limit int) ([]api.Flow, error) {
 // ZoneHealth reports whether every listener bound in zone can reach a healthy
 // target there, counting against the dns_failover minimum when one is set.
 func (s *Server) ZoneHealth(zone string) (api.ZoneHealth, error) {
-	if !slices.ContainsFunc(s.cfg.Zones, func(z config.Zone) bool { return z.Name == zone }) {
+	if !slices.ContainsFunc(s.Registry.Config().Zones, func(z config.Zone) bool { return z.Name == zone }) {
 		return api.ZoneHealth{}, fmt.Errorf("%w: no zone %q", api.ErrNotFound, zone)
 	}
 	out := api.ZoneHealth{Zone: zone, Healthy: true, Listeners: map[string]string{}}

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -39,6 +41,9 @@ type Options struct {
 	// OpenFiles is the descriptor count the TCP and UDP flow budgets are
 	// derived from; 0 reads RLIMIT_NOFILE.
 	OpenFiles int64
+	// Inherit has the listening sockets a previous process handed over in a
+	// binary upgrade; nil binds every socket afresh.
+	Inherit listen.Inherit
 }
 
 // Server runs one configuration. It embeds its target registry, whose
@@ -46,13 +51,13 @@ type Options struct {
 type Server struct {
 	*registry.Registry
 
-	cfg      *config.Config
 	log      *zap.Logger
 	tcp      *tcpproxy.Server
 	udp      *udpproxy.Server
 	started  atomic.Bool // every listener bound and serving
 	closing  atomic.Bool
 	reserved atomic.Pointer[[]netip.AddrPort]
+	reload   sync.Mutex // one Reload at a time
 }
 
 // New prepares a server for cfg without binding anything.
@@ -63,7 +68,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	if opts.OpenFiles == 0 {
 		opts.OpenFiles = listen.OpenFileLimit()
 	}
-	s := &Server{cfg: cfg, log: opts.Logger}
+	s := &Server{log: opts.Logger}
 	reg, err := registry.New(cfg, registry.Options{Logger: opts.Logger, Metrics: opts.Metrics, Clock: opts.Clock, Own: s.isOwnAddress})
 	if err != nil {
 		return nil, err
@@ -80,11 +85,11 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	tcpFlows, udpFlows := listen.Budgets(opts.OpenFiles, haveTCP, haveUDP)
 	ids := new(atomic.Uint64) // one numbering, so no two flows share a PROXY unique ID
 	if s.tcp, err = tcpproxy.New(cfg, reg, tcpproxy.Options{Logger: opts.Logger, Metrics: opts.Metrics, ConnectTimeout: opts.ConnectTimeout,
-		SocketsPerAddr: opts.SocketsPerAddr, PipeSize: opts.PipeSize, MaxFlows: tcpFlows, IDs: ids}); err != nil {
+		SocketsPerAddr: opts.SocketsPerAddr, PipeSize: opts.PipeSize, MaxFlows: tcpFlows, IDs: ids, Inherit: opts.Inherit}); err != nil {
 		return nil, err
 	}
 	if s.udp, err = udpproxy.New(cfg, reg, udpproxy.Options{Logger: opts.Logger, Metrics: opts.Metrics,
-		SocketsPerAddr: opts.SocketsPerAddr, MaxFlows: udpFlows, IDs: ids}); err != nil {
+		SocketsPerAddr: opts.SocketsPerAddr, MaxFlows: udpFlows, IDs: ids, Inherit: opts.Inherit}); err != nil {
 		return nil, err
 	}
 	reg.Subscribe(s.tcp)
@@ -117,8 +122,14 @@ func (s *Server) Ready() bool { return s.started.Load() && !s.closing.Load() }
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.closing.Store(true)
 	s.Registry.Close()
-	s.udp.Close()
-	return s.tcp.Shutdown(ctx)
+	udpDone := make(chan struct{})
+	go func() {
+		defer close(udpDone)
+		s.udp.Shutdown(ctx)
+	}()
+	err := s.tcp.Shutdown(ctx)
+	<-udpDone
+	return err
 }
 
 // Close stops everything at once.
@@ -169,6 +180,15 @@ func (s *Server) isOwnAddress(addr netip.AddrPort) bool {
 		return false
 	}
 	return slices.ContainsFunc(s.tcp.Bound(), own) || slices.ContainsFunc(s.udp.Bound(), own)
+}
+
+// Files adds a duplicate of every listening socket, by name, for a new
+// process to take over in a binary upgrade.
+func (s *Server) Files(add func(name string, f *os.File)) error {
+	if err := s.tcp.Files(add); err != nil {
+		return err
+	}
+	return s.udp.Files(add)
 }
 
 // Addrs returns the bound TCP addresses of the named listener, one per bind IP.

@@ -84,6 +84,9 @@ func (c *adminClient) do(method, path string, body, out any) error {
 		var e api.Error
 		if json.Unmarshal(data, &e) == nil && e.Error != "" {
 			err = fmt.Errorf("admin API: %s: %s", resp.Status, e.Error)
+			if len(e.Errors) > 0 { // one "path: problem" line each
+				err = fmt.Errorf("%w\n%s", err, strings.Join(e.Errors, "\n"))
+			}
 		} else {
 			err = fmt.Errorf("admin API: %s", resp.Status)
 		}
@@ -102,6 +105,51 @@ func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
+}
+
+func newReload() *cobra.Command {
+	var c adminClient
+	cmd := &cobra.Command{
+		Use:   "reload",
+		Short: "Reload the config file of a running l4lb (POST /v1/reload); a bad file changes nothing, exit 2",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var cfg api.Config
+			if err := c.do(http.MethodPost, "/v1/reload", nil, &cfg); err != nil {
+				return err
+			}
+			if c.output == "json" {
+				return printJSON(cmd.OutOrStdout(), cfg)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "reloaded %s (sha256 %s) at %s\n", cfg.Path, cfg.SHA256, cfg.LoadedAt.Format(time.RFC3339))
+			return nil
+		},
+	}
+	addClientFlags(cmd, &c)
+	return cmd
+}
+
+func newUpgrade() *cobra.Command {
+	var c adminClient
+	cmd := &cobra.Command{
+		Use:   "upgrade",
+		Short: "Start the l4lb binary again with the listeners of the running one, which then drains (as SIGUSR2)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c.http.Timeout = 2 * time.Minute // the new process has a minute to get ready
+			var u api.Upgrade
+			if err := c.do(http.MethodPost, "/v1/upgrade", nil, &u); err != nil {
+				return err
+			}
+			if c.output == "json" {
+				return printJSON(cmd.OutOrStdout(), u)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "upgraded: pid %d serves, pid %d drains\n", u.NewPID, u.OldPID)
+			return nil
+		},
+	}
+	addClientFlags(cmd, &c)
+	return cmd
 }
 
 func newTargets() *cobra.Command {

@@ -50,7 +50,7 @@ func newDemo() *cobra.Command {
 			check, rise := "http:///", 2
 			o := serveOpts{flags: config.Flags{Listen: []string{"tcp://" + listen}, Targets: targets, Admin: &adminAddr,
 				HealthCheck: &check, HealthInterval: &interval, HealthTimeout: &timeout, HealthyThreshold: &rise}}
-			cfg, err := loadServeConfig(&o)
+			cfg, hash, err := loadServeConfig(&o)
 			if err != nil {
 				return err
 			}
@@ -58,7 +58,7 @@ func newDemo() *cobra.Command {
 			if err != nil {
 				return usageError{err}
 			}
-			return runServe(ctx, cfg, log, config.DefaultConnectTimeout, func(net.Addr) {
+			return runServe(ctx, loaded{cfg: cfg, hash: hash}, log, config.DefaultConnectTimeout, func(net.Addr) {
 				fmt.Fprintf(out, `
 l4lb demo is up: listener %s -> targets %v
 Try:

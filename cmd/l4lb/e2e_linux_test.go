@@ -89,7 +89,7 @@ func startServe(t *testing.T, yaml string) *running {
 	readyc := make(chan *running, 1)
 	done := make(chan error, 1)
 	go func() {
-		done <- serve(ctx, cfg, zap.NewNop(), 500*time.Millisecond, func(s *lb.Server, admin net.Addr) {
+		done <- serve(ctx, loaded{cfg: cfg}, zap.NewNop(), 500*time.Millisecond, func(s *lb.Server, admin net.Addr) {
 			r := &running{srv: s, addr: s.Addrs(cfg.Listeners[0].Name)[0].String()}
 			if admin != nil {
 				r.admin = "http://" + admin.String()

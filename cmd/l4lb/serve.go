@@ -1,8 +1,12 @@
 package main
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -112,7 +116,8 @@ func newServe() *cobra.Command {
 		if set("udp-fast-path") {
 			o.flags.UDPFastPath = &f.udpFastPath
 		}
-		cfg, err := loadServeConfig(&o)
+		src := func() (*config.Config, string, error) { return loadServeConfig(&o) }
+		cfg, hash, err := src()
 		if err != nil {
 			return err
 		}
@@ -121,28 +126,46 @@ func newServe() *cobra.Command {
 			return usageError{err}
 		}
 		defer log.Sync()
-		return runServe(cmd.Context(), cfg, log, o.connectTimeout, nil)
+		return runServe(cmd.Context(), loaded{cfg, hash, o.configPath, src}, log, o.connectTimeout, nil)
 	}
 	return cmd
 }
 
-func loadServeConfig(o *serveOpts) (*config.Config, error) {
+// loaded is a configuration and where it came from: src reads it again for
+// a reload (nil: it cannot be reloaded).
+type loaded struct {
+	cfg  *config.Config
+	hash string // SHA-256 of the file, or of the normalized config without one
+	path string
+	src  func() (*config.Config, string, error)
+}
+
+// loadServeConfig reads the config file, applies the flags given on top, and
+// validates the result. It returns the config and its hash.
+func loadServeConfig(o *serveOpts) (*config.Config, string, error) {
 	raw := &config.Raw{}
+	var data []byte
 	if o.configPath != "" {
 		var err error
-		raw, err = config.LoadRaw(o.configPath)
-		if err != nil {
-			return nil, asUsage(err)
+		if data, err = os.ReadFile(o.configPath); err != nil {
+			return nil, "", usageError{fmt.Errorf("reading config: %w", err)}
+		}
+		if raw, err = config.DecodeYAML(data); err != nil {
+			return nil, "", asUsage(err)
 		}
 	}
 	if err := o.flags.Apply(raw); err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	cfg, err := config.Normalize(raw)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	return cfg, nil
+	if data == nil {
+		data, _ = json.Marshal(cfg)
+	}
+	sum := sha256.Sum256(data)
+	return cfg, hex.EncodeToString(sum[:]), nil
 }
 
 func newLogger(level, format string, w interface{ Write([]byte) (int, error) }) (*zap.Logger, error) {

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -21,35 +22,45 @@ import (
 
 	"github.com/l4lb/l4lb/healthcheck"
 	"github.com/l4lb/l4lb/lb"
+	"github.com/l4lb/l4lb/lb/listen"
 	"github.com/l4lb/l4lb/pkg/admin"
+	"github.com/l4lb/l4lb/pkg/api"
 	"github.com/l4lb/l4lb/pkg/config"
 	"github.com/l4lb/l4lb/pkg/metrics"
 )
 
-// runServe serves cfg (see serve); onUp, if not nil, is told the admin API's
+// runServe serves l (see serve); onUp, if not nil, is told the admin API's
 // address once l4lb is up.
-func runServe(ctx context.Context, cfg *config.Config, log *zap.Logger, connectTimeout time.Duration, onUp func(admin net.Addr)) error {
-	return serve(ctx, cfg, log, connectTimeout, func(_ *lb.Server, admin net.Addr) {
+func runServe(ctx context.Context, l loaded, log *zap.Logger, connectTimeout time.Duration, onUp func(admin net.Addr)) error {
+	return serve(ctx, l, log, connectTimeout, func(_ *lb.Server, admin net.Addr) {
 		if onUp != nil {
 			onUp(admin)
 		}
 	})
 }
 
-// serve runs cfg until SIGTERM or SIGINT (or ctx ends), then drains. ready, if
-// not nil, is called once the listeners are up.
-func serve(ctx context.Context, cfg *config.Config, log *zap.Logger, connectTimeout time.Duration, ready func(*lb.Server, net.Addr)) error {
+// serve runs l.cfg until SIGTERM or SIGINT (or ctx ends), then drains. SIGHUP
+// reloads the config, SIGUSR2 upgrades the binary; after an upgrade this
+// process drains and exits. ready, if not nil, is called once the listeners
+// are up.
+func serve(ctx context.Context, l loaded, log *zap.Logger, connectTimeout time.Duration, ready func(*lb.Server, net.Addr)) error {
 	if ctx == nil {
 		ctx = context.Background()
 	}
+	cfg := l.cfg
 	raiseFileLimit(log)
+	ho, err := newHandoff(log)
+	if err != nil {
+		return err
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m := metrics.New(reg)
-	srv, err := lb.New(cfg, lb.Options{Logger: log, Metrics: m, ConnectTimeout: connectTimeout})
+	srv, err := lb.New(cfg, lb.Options{Logger: log, Metrics: m, ConnectTimeout: connectTimeout, Inherit: ho.inherited()})
 	if err != nil {
 		return usageError{err}
 	}
+	srv.Registry.Restore(ho.savedTargets()) // nothing unless this is an upgrade
 	// Results flow from the checks into the registry; the registry tells
 	// the checks which targets to probe.
 	checks := healthcheck.NewScheduler(srv.Registry, healthcheck.Options{Logger: log, Metrics: m})
@@ -58,45 +69,56 @@ func serve(ctx context.Context, cfg *config.Config, log *zap.Logger, connectTime
 	if err := srv.Start(); err != nil {
 		return err
 	}
-	adminAddr, stopAdmin, err := startAdmin(cfg, log, reg, srv)
+	ctl := newControl(srv, l, log, m)
+	adm, err := startAdmin(cfg, log, reg, srv, ctl, ho.inherited())
 	if err != nil {
 		srv.Close()
 		return err
 	}
-	defer stopAdmin()
-	log.Info("l4lb started", zap.Int("listeners", len(cfg.Listeners)), zap.Int("target_groups", len(cfg.TargetGroups)))
+	defer adm.stop()
+	ctl.upgrade = func() (api.Upgrade, error) { return ho.run(srv, adm) }
+	ho.ready()
+	log.Info("l4lb started", zap.Int("listeners", len(cfg.Listeners)), zap.Int("target_groups", len(cfg.TargetGroups)), zap.String("config_sha256", l.hash))
 	// Signals are caught before anyone is told l4lb is up.
-	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR2)
 	defer signal.Stop(sigs)
 	if ready != nil {
-		ready(srv, adminAddr)
+		ready(srv, adm.Addr())
 	}
 
 wait:
 	for {
 		select {
 		case s := <-sigs:
-			if s == syscall.SIGHUP {
-				// Go's default for SIGHUP is to exit; a reload signal from
-				// systemd or an operator must never stop the balancer.
-				log.Warn("SIGHUP received: live reload is not built yet; the running config is kept")
-				continue
+			switch s {
+			case syscall.SIGHUP:
+				log.Info("SIGHUP received: reloading the config")
+				ctl.Reload() // logs what it refused or could not apply
+			case syscall.SIGUSR2:
+				log.Info("SIGUSR2 received: upgrading the binary")
+				if _, err := ctl.Upgrade(); err == nil {
+					break wait
+				}
+			default:
+				log.Info("signal received, draining", zap.String("signal", s.String()), zap.Duration("shutdown_timeout", ctl.Running().ShutdownTimeout))
+				break wait
 			}
-			log.Info("signal received, draining", zap.String("signal", s.String()), zap.Duration("shutdown_timeout", cfg.ShutdownTimeout))
+		case <-ctl.handedOver():
 			break wait
 		case <-ctx.Done():
 			break wait
 		}
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	sctx, cancel := context.WithTimeout(context.Background(), ctl.Running().ShutdownTimeout)
 	defer cancel()
 	go func() {
 		// A second SIGTERM or SIGINT during the drain ends it at once.
 		for {
 			select {
 			case s := <-sigs:
-				if s == syscall.SIGHUP {
+				if s == syscall.SIGHUP || s == syscall.SIGUSR2 {
+					log.Warn("draining: signal ignored", zap.String("signal", s.String()))
 					continue
 				}
 				log.Warn("second signal: ending the drain now", zap.String("signal", s.String()))
@@ -114,28 +136,50 @@ wait:
 	return nil
 }
 
-func startAdmin(cfg *config.Config, log *zap.Logger, reg *prometheus.Registry, srv *lb.Server) (net.Addr, func(), error) {
+// adminServer is the admin API's HTTP server.
+type adminServer struct {
+	ln       net.Listener
+	name     string // its socket's name in a binary upgrade
+	hs       *http.Server
+	done     chan struct{}
+	released atomic.Bool
+}
+
+// startAdmin serves the admin API on cfg.Admin.Listen (the socket a
+// previous process handed over, if inh has it); nil when it is off.
+func startAdmin(cfg *config.Config, log *zap.Logger, reg *prometheus.Registry, srv *lb.Server, ctl *control, inh listen.Inherit) (*adminServer, error) {
 	if cfg.Admin.Listen == "" {
-		return nil, func() {}, nil
+		return nil, nil
 	}
 	token := ""
 	if cfg.Admin.TokenFile != "" {
 		b, err := os.ReadFile(cfg.Admin.TokenFile)
 		if err != nil {
-			return nil, nil, usageError{fmt.Errorf("admin.token_file: %w", err)}
+			return nil, usageError{fmt.Errorf("admin.token_file: %w", err)}
 		}
 		token = strings.TrimSpace(string(b))
 		if token == "" {
-			return nil, nil, usageError{fmt.Errorf("admin.token_file: %s is empty", cfg.Admin.TokenFile)}
+			return nil, usageError{fmt.Errorf("admin.token_file: %s is empty", cfg.Admin.TokenFile)}
 		}
 	}
-	ln, err := net.Listen("tcp", cfg.Admin.Listen)
-	if err != nil {
-		return nil, nil, fmt.Errorf("admin API: %w", err)
+	a := &adminServer{name: "admin/" + cfg.Admin.Listen, done: make(chan struct{})}
+	var err error
+	var f *os.File
+	if inh != nil {
+		f = inh.Take(a.name)
 	}
-	srv.Reserve(ln.Addr().(*net.TCPAddr).AddrPort())
-	hs := &http.Server{
-		Handler:           admin.Handler(admin.Options{Registry: srv, Gatherer: reg, Token: token, Ready: srv.Ready}),
+	if f != nil {
+		a.ln, err = net.FileListener(f)
+		f.Close()
+	} else {
+		a.ln, err = net.Listen("tcp", cfg.Admin.Listen)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("admin API: %w", err)
+	}
+	srv.Reserve(a.ln.Addr().(*net.TCPAddr).AddrPort())
+	a.hs = &http.Server{
+		Handler:           admin.Handler(admin.Options{Registry: srv, Control: ctl, Gatherer: reg, Token: token, Ready: srv.Ready}),
 		ReadHeaderTimeout: 5 * time.Second,
 		// Idle keep-alive connections are closed, and at most
 		// adminMaxConns are open at once: a client that opens connections
@@ -145,15 +189,57 @@ func startAdmin(cfg *config.Config, log *zap.Logger, reg *prometheus.Registry, s
 		MaxHeaderBytes: 64 << 10,
 		ErrorLog:       zap.NewStdLog(log.Named("admin")),
 	}
-	done := make(chan struct{})
 	go func() {
-		defer close(done)
-		if err := hs.Serve(netutil.LimitListener(ln, adminMaxConns)); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		defer close(a.done)
+		err := a.hs.Serve(netutil.LimitListener(a.ln, adminMaxConns))
+		if err != nil && !errors.Is(err, http.ErrServerClosed) && !a.released.Load() {
 			log.Error("admin API stopped", zap.Error(err))
 		}
 	}()
-	log.Info("admin API up", zap.Stringer("addr", ln.Addr()))
-	return ln.Addr(), func() { hs.Close(); <-done }, nil
+	log.Info("admin API up", zap.Stringer("addr", a.ln.Addr()))
+	return a, nil
+}
+
+// Addr is where the API listens (nil when it is off).
+func (a *adminServer) Addr() net.Addr {
+	if a == nil {
+		return nil
+	}
+	return a.ln.Addr()
+}
+
+// files adds the API's socket for a new process to take over.
+func (a *adminServer) files(add func(string, *os.File)) error {
+	if a == nil {
+		return nil
+	}
+	f, err := a.ln.(*net.TCPListener).File()
+	if err != nil {
+		return err
+	}
+	add(a.name, f)
+	return nil
+}
+
+// release stops accepting on the API's socket, which a new process serves
+// now; requests on connections already open are answered, and those
+// connections then close, so clients reconnect to the new process.
+func (a *adminServer) release() {
+	if a == nil {
+		return
+	}
+	a.released.Store(true)
+	a.hs.SetKeepAlivesEnabled(false)
+	a.ln.Close()
+}
+
+// stop closes the API.
+func (a *adminServer) stop() {
+	if a == nil {
+		return
+	}
+	a.hs.Close()
+	<-a.done
 }
 
 // The admin API's bounds: it serves operators and scrapers, a handful of

@@ -52,7 +52,7 @@ func TestServeSIGTERMDrains(t *testing.T) {
 	addrc := make(chan string, 1)
 	done := make(chan error, 1)
 	go func() {
-		done <- serve(context.Background(), cfg, zap.NewNop(), time.Second, func(s *lb.Server, _ net.Addr) {
+		done <- serve(context.Background(), loaded{cfg: cfg}, zap.NewNop(), time.Second, func(s *lb.Server, _ net.Addr) {
 			addrc <- s.Addrs(cfg.Listeners[0].Name)[0].String()
 		})
 	}()
@@ -120,7 +120,7 @@ func TestServeSignals(t *testing.T) {
 	upc := make(chan up, 1)
 	done := make(chan error, 1)
 	go func() {
-		done <- serve(context.Background(), cfg, zap.NewNop(), time.Second, func(s *lb.Server, admin net.Addr) {
+		done <- serve(context.Background(), loaded{cfg: cfg}, zap.NewNop(), time.Second, func(s *lb.Server, admin net.Addr) {
 			upc <- up{s.Addrs(cfg.Listeners[0].Name)[0].String(), "http://" + admin.String()}
 		})
 	}()

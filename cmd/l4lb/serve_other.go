@@ -9,8 +9,6 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-
-	"github.com/l4lb/l4lb/pkg/config"
 )
 
 // errNeedsLinux is what serve and demo say elsewhere: the data plane is built
@@ -19,6 +17,6 @@ import (
 // any system, against an l4lb that runs on Linux.
 var errNeedsLinux = errors.New("serving needs Linux: l4lb's data plane uses splice(2), epoll, recvmmsg and eBPF; validate, targets, route and version work here")
 
-func runServe(context.Context, *config.Config, *zap.Logger, time.Duration, func(net.Addr)) error {
+func runServe(context.Context, loaded, *zap.Logger, time.Duration, func(net.Addr)) error {
 	return errNeedsLinux
 }

@@ -57,6 +57,7 @@ type service struct {
 	index   int    // within its family: which tables are its own
 	removed uint64 // flows removed by Sweep and EndFlowsTo
 	active  int    // which of the service's two tables the program reads
+	gone    bool   // RemoveService took it out of the program's view
 }
 
 // Stats are one service's counters since the Path was made.
@@ -153,7 +154,7 @@ func (p *Path) AddService(vip netip.AddrPort, idle time.Duration, sticky bool) (
 		return 0, fmt.Errorf("fastpath: %s: all %d services of its family in use", vip, fp.max)
 	}
 	for _, s := range p.svcs {
-		if s.vip == vip {
+		if s.vip == vip && !s.gone {
 			return 0, fmt.Errorf("fastpath: %s served twice", vip)
 		}
 	}
@@ -164,6 +165,26 @@ func (p *Path) AddService(vip netip.AddrPort, idle time.Duration, sticky bool) (
 	p.svcs = append(p.svcs, s)
 	fp.n++
 	return len(p.svcs) - 1, nil
+}
+
+// RemoveService stops forwarding new flows of service id: its datagrams
+// reach the local stack again (a user-space socket, or none). Flows already
+// pinned keep their targets until they idle out or are ended. Its slot is
+// not reused.
+func (p *Path) RemoveService(id int) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s := p.svcs[id]
+	if s.gone {
+		return nil
+	}
+	key := make([]byte, s.fam.f.svcKeySize)
+	putAddr(key, s.vip)
+	if err := s.fam.services.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("fastpath: removing service %s: %w", s.vip, err)
+	}
+	s.gone = true
+	return nil
 }
 
 // SetTable gives service id its Maglev table: the target of every slot
@@ -178,6 +199,9 @@ func (p *Path) SetTable(id int, slots []netip.AddrPort) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	s := p.svcs[id]
+	if s.gone {
+		return nil // removed: the program no longer looks at its table
+	}
 	fp := s.fam
 	size := fp.f.slotValSize
 	next := 1 - s.active

@@ -48,7 +48,7 @@ const shards = 64
 // lock and an atomic store, so the per-packet path does not contend.
 type Table[V any] struct {
 	max    int64
-	idle   int64         // nanoseconds
+	idle   atomic.Int64  // nanoseconds
 	evict  int64         // nanoseconds: EvictAfter
 	probe  atomic.Uint64 // rotates the shards EvictIdle samples
 	n      atomic.Int64
@@ -77,7 +77,8 @@ func NewTable[V any](o Options) *Table[V] {
 	if o.EvictAfter <= 0 {
 		o.EvictAfter = min(o.Idle/4, 500*time.Millisecond)
 	}
-	t := &Table[V]{max: int64(o.Max), idle: int64(o.Idle), evict: int64(o.EvictAfter), seed: maphash.MakeSeed()}
+	t := &Table[V]{max: int64(o.Max), evict: int64(o.EvictAfter), seed: maphash.MakeSeed()}
+	t.idle.Store(int64(o.Idle))
 	for i := range t.shards {
 		t.shards[i].m = map[Key]*entry[V]{}
 	}
@@ -192,10 +193,14 @@ func (t *Table[V]) Delete(k Key) {
 	s.mu.Unlock()
 }
 
+// SetIdle changes the idle timeout for the next Expire (a reload changed
+// the listener's udp_idle_timeout).
+func (t *Table[V]) SetIdle(d time.Duration) { t.idle.Store(int64(d)) }
+
 // Expire removes every entry idle since before now-Idle and appends its value
 // to out, which it returns: the caller closes what they hold.
 func (t *Table[V]) Expire(now time.Time, out []V) []V {
-	cutoff := now.UnixNano() - t.idle
+	cutoff := now.UnixNano() - t.idle.Load()
 	return t.remove(func(e *entry[V]) bool { return e.last.Load() <= cutoff }, out)
 }
 

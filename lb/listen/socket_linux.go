@@ -3,6 +3,7 @@ package listen
 import (
 	"fmt"
 	"net/netip"
+	"os"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -29,15 +30,42 @@ func Control(network, _ string, c syscall.RawConn) error {
 	return serr
 }
 
-// BindEach opens n SO_REUSEPORT sockets of proto ("tcp" or "udp") on at.
-// Port 0 (tests only) lets the first socket pick and the rest follow it.
-func BindEach(n int, proto, name string, at netip.AddrPort, open func(network, addr string) (uint16, error)) error {
+// Inherit hands out the sockets a previous l4lb process passed on in a
+// binary upgrade, by SocketName (upgrade.Child satisfies it). Take returns
+// nil for a socket it does not have.
+type Inherit interface {
+	Take(name string) *os.File
+}
+
+// SocketName names the i-th socket of a listener's address (as configured:
+// port 0 stays 0) across processes: the old process hands each socket over
+// under its name, and the new one takes it back under the same.
+func SocketName(proto, listener string, at netip.AddrPort, i int) string {
+	return fmt.Sprintf("%s/%s/%s/%d", proto, listener, at, i)
+}
+
+// BindEach opens n SO_REUSEPORT sockets of proto ("tcp" or "udp") on at,
+// taking each from inh when it has it (adopt wraps the inherited file), and
+// binding it with open otherwise. Port 0 (tests only) lets the first socket
+// pick and the rest follow it.
+func BindEach(n int, proto, name string, at netip.AddrPort, inh Inherit, open func(network, addr string) (uint16, error), adopt func(*os.File) (uint16, error)) error {
 	network := proto + "4"
 	if at.Addr().Is6() {
 		network = proto + "6"
 	}
 	port := at.Port()
-	for range n {
+	for i := range n {
+		if inh != nil {
+			if f := inh.Take(SocketName(proto, name, at, i)); f != nil {
+				p, err := adopt(f)
+				f.Close() // adopt made its own descriptor
+				if err != nil {
+					return fmt.Errorf("listener %s: taking over %s %s: %w", name, proto, at, err)
+				}
+				port = p
+				continue
+			}
+		}
 		addr := netip.AddrPortFrom(at.Addr(), port).String()
 		p, err := open(network, addr)
 		if err != nil {

@@ -18,8 +18,8 @@ import (
 // current Snapshot, swapped whole on every change.
 type Group struct {
 	r         *Registry
-	cfg       config.TargetGroup
-	crossZone bool
+	cfg       atomic.Pointer[config.TargetGroup] // replaced whole by a reload
+	crossZone atomic.Bool
 	mu        sync.Mutex
 	targets   []*Target
 	snap      atomic.Pointer[Snapshot]
@@ -61,10 +61,15 @@ func (s *Snapshot) forZoneOf(t *Target) *View {
 }
 
 func newGroup(r *Registry, tg *config.TargetGroup) (*Group, error) {
-	g := &Group{r: r, cfg: *tg, crossZone: tg.CrossZoneEnabled(r.cfg.CrossZone), zonesSeen: map[string]bool{}}
+	c := *tg
+	g := &Group{r: r, zonesSeen: map[string]bool{}}
+	g.cfg.Store(&c)
+	g.crossZone.Store(tg.CrossZoneEnabled(r.Config().CrossZone))
 	g.UnhealthyRouting = r.m.Counter(metrics.UnhealthyRoutingFlows, tg.Name)
 	for _, t := range tg.Targets {
-		g.targets = append(g.targets, g.newTarget(t.Address, t.Zone, t.Weight))
+		nt := g.newTarget(t.Address, t.Zone, t.Weight)
+		nt.fromFile = true
+		g.targets = append(g.targets, nt)
 	}
 	if err := g.rebuild(); err != nil {
 		return nil, err
@@ -73,13 +78,14 @@ func newGroup(r *Registry, tg *config.TargetGroup) (*Group, error) {
 }
 
 // Name is the group's name.
-func (g *Group) Name() string { return g.cfg.Name }
+func (g *Group) Name() string { return g.Config().Name }
 
-// Config is the group's configuration. Callers must not change it.
-func (g *Group) Config() *config.TargetGroup { return &g.cfg }
+// Config is the group's configuration now; a reload replaces it whole, so a
+// flow reads it once. Callers must not change it.
+func (g *Group) Config() *config.TargetGroup { return g.cfg.Load() }
 
 // CrossZone says whether every zone routes to every zone's targets.
-func (g *Group) CrossZone() bool { return g.crossZone }
+func (g *Group) CrossZone() bool { return g.crossZone.Load() }
 
 // Snapshot is the group's current routing view.
 func (g *Group) Snapshot() *Snapshot { return g.snap.Load() }
@@ -99,12 +105,12 @@ func (g *Group) rebuild() error {
 		return err
 	}
 	snap := &Snapshot{All: all, Zones: map[string]*View{}}
-	if !g.crossZone {
+	if !g.crossZone.Load() {
 		// Without cross-zone each zone routes among its own targets (and
 		// zone-less ones), failing open within the zone as NLB's nodes do.
 		// A zone with no targets at all uses the group-wide view.
 		names := map[string]bool{}
-		for _, z := range g.r.cfg.Zones {
+		for _, z := range g.r.Config().Zones {
 			names[z.Name] = true
 		}
 		for _, t := range g.targets {
@@ -139,7 +145,7 @@ func (g *Group) rebuild() error {
 // minimum healthy count or percentage (NLB's unhealthy state routing), every
 // live one.
 func (g *Group) view(targets []*Target) (*View, error) {
-	a := &g.cfg.Attributes
+	a := &g.Config().Attributes
 	var healthy, live []*Target
 	unhealthy := 0
 	for _, t := range targets {
@@ -159,7 +165,7 @@ func (g *Group) view(targets []*Target) (*View, error) {
 	if failOpen {
 		use = live
 	}
-	spec := balance.GroupSpec{Name: g.cfg.Name, Stickiness: a.Stickiness}
+	spec := balance.GroupSpec{Name: g.Name(), Stickiness: a.Stickiness}
 	for _, t := range use {
 		spec.Targets = append(spec.Targets, balance.Target{Addr: t.Addr, Zone: t.zone, Weight: t.weight})
 	}
@@ -198,8 +204,8 @@ func (g *Group) countStates() {
 	}
 	for z, c := range byZone {
 		g.zonesSeen[z] = true
-		m.Gauge(metrics.HealthyTargets, g.cfg.Name, z).Set(float64(c.healthy))
-		m.Gauge(metrics.UnhealthyTargets, g.cfg.Name, z).Set(float64(c.unhealthy))
+		m.Gauge(metrics.HealthyTargets, g.Name(), z).Set(float64(c.healthy))
+		m.Gauge(metrics.UnhealthyTargets, g.Name(), z).Set(float64(c.unhealthy))
 	}
 }
 
@@ -219,15 +225,16 @@ func (g *Group) setState(t *Target, state State, reason, detail string) {
 	}
 	t.state, t.reason, t.detail = state, reason, detail
 	t.generation++
-	g.r.log.Info("target state", zap.String(logGroup, g.cfg.Name), zap.String(logTarget, t.Name),
+	g.r.log.Info("target state", zap.String(logGroup, g.Name()), zap.String(logTarget, t.Name),
 		zap.Stringer("state", state), zap.String("reason", reason))
 }
 
 // checkSpec is the group's health check as the checker runs it: with a PROXY
 // LOCAL header when the targets expect PROXY v2, as NLB's checks do.
 func (g *Group) checkSpec() config.HealthCheck {
-	spec := g.cfg.HealthCheck
-	spec.SendProxyLocal = g.cfg.Attributes.ProxyProtocolV2
+	c := g.Config()
+	spec := c.HealthCheck
+	spec.SendProxyLocal = c.Attributes.ProxyProtocolV2
 	return spec
 }
 
@@ -238,7 +245,7 @@ func (g *Group) ZoneProblem(zone string) string {
 	defer g.mu.Unlock()
 	healthy, total := 0, 0
 	for _, t := range g.targets {
-		if !g.crossZone && t.zone != "" && t.zone != zone {
+		if !g.crossZone.Load() && t.zone != "" && t.zone != zone {
 			continue
 		}
 		if t.state == Draining || t.state == Unused {
@@ -249,13 +256,13 @@ func (g *Group) ZoneProblem(zone string) string {
 			healthy++
 		}
 	}
-	a := &g.cfg.Attributes
+	a := &g.Config().Attributes
 	need := max(a.DNSFailoverMinHealthyCount, 1)
 	if healthy < need {
-		return fmt.Sprintf("target group %s: %d healthy targets, need %d", g.cfg.Name, healthy, need)
+		return fmt.Sprintf("target group %s: %d healthy targets, need %d", g.Name(), healthy, need)
 	}
 	if p := a.DNSFailoverMinHealthyPercentage; p > 0 && healthy*100 < p*total {
-		return fmt.Sprintf("target group %s: %d of %d targets healthy, need %d%%", g.cfg.Name, healthy, total, p)
+		return fmt.Sprintf("target group %s: %d of %d targets healthy, need %d%%", g.Name(), healthy, total, p)
 	}
 	return ""
 }

@@ -21,6 +21,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -70,12 +71,13 @@ type Options struct {
 
 // Registry holds every target group of a configuration.
 type Registry struct {
-	cfg    *config.Config
+	cfg    atomic.Pointer[config.Config]     // replaced whole by Apply
+	groups atomic.Pointer[map[string]*Group] // replaced whole by Apply
 	log    *zap.Logger
 	m      *metrics.Metrics
 	clock  Clock
 	own    func(netip.AddrPort) bool
-	groups map[string]*Group
+	apply  sync.Mutex // one Apply at a time
 
 	mu     sync.Mutex // guards what follows
 	health HealthWatcher
@@ -95,20 +97,28 @@ func New(cfg *config.Config, opts Options) (*Registry, error) {
 	if opts.Own == nil {
 		opts.Own = func(netip.AddrPort) bool { return false }
 	}
-	r := &Registry{cfg: cfg, log: opts.Logger, m: opts.Metrics, clock: opts.Clock, own: opts.Own,
-		groups: map[string]*Group{}, timers: map[Timer]struct{}{}}
+	r := &Registry{log: opts.Logger, m: opts.Metrics, clock: opts.Clock, own: opts.Own, timers: map[Timer]struct{}{}}
+	r.cfg.Store(cfg)
+	groups := map[string]*Group{}
 	for i := range cfg.TargetGroups {
 		g, err := newGroup(r, &cfg.TargetGroups[i])
 		if err != nil {
 			return nil, err
 		}
-		r.groups[g.cfg.Name] = g
+		groups[g.Name()] = g
 	}
+	r.groups.Store(&groups)
 	return r, nil
 }
 
+// Config is the configuration the registry serves now.
+func (r *Registry) Config() *config.Config { return r.cfg.Load() }
+
 // Group returns the named group, or nil.
-func (r *Registry) Group(name string) *Group { return r.groups[name] }
+func (r *Registry) Group(name string) *Group { return (*r.groups.Load())[name] }
+
+// all is every group now.
+func (r *Registry) all() map[string]*Group { return *r.groups.Load() }
 
 // Subscribe adds a data plane to tell about snapshots and flows to end.
 func (r *Registry) Subscribe(s Subscriber) {
@@ -130,11 +140,11 @@ func (r *Registry) WatchHealth(w HealthWatcher) {
 	r.mu.Lock()
 	r.health = w
 	r.mu.Unlock()
-	for _, g := range r.groups {
+	for _, g := range r.all() {
 		g.mu.Lock()
 		for _, t := range g.targets {
 			if t.state != Draining {
-				w.Watch(g.cfg.Name, t.Addr, g.checkSpec())
+				w.Watch(g.Name(), t.Addr, g.checkSpec())
 			}
 		}
 		g.mu.Unlock()
@@ -152,7 +162,7 @@ func (r *Registry) watcher() HealthWatcher {
 // must never come here.
 func (r *Registry) PassiveFailure(t *Target) {
 	if w := r.watcher(); w != nil {
-		w.PassiveFailure(t.group.cfg.Name, t.Addr)
+		w.PassiveFailure(t.group.Name(), t.Addr)
 	}
 }
 
@@ -194,7 +204,7 @@ func (r *Registry) after(t *Target, d time.Duration, fn func()) {
 
 // endFlows tells every data plane to end t's flows.
 func (r *Registry) endFlows(t *Target, why string) {
-	r.log.Info("ending flows", zap.String(logGroup, t.group.cfg.Name), zap.String(logTarget, t.Name), zap.String("why", why))
+	r.log.Info("ending flows", zap.String(logGroup, t.group.Name()), zap.String(logTarget, t.Name), zap.String("why", why))
 	for _, s := range r.subscribers() {
 		s.EndFlows(t, why)
 	}
@@ -202,7 +212,7 @@ func (r *Registry) endFlows(t *Target, why string) {
 
 // SetHealth records a health transition from the checks (healthcheck.Reporter).
 func (r *Registry) SetHealth(groupName string, addr netip.AddrPort, healthy bool, reason, detail string) {
-	g := r.groups[groupName]
+	g := r.Group(groupName)
 	if g == nil {
 		return
 	}
@@ -219,7 +229,7 @@ func (r *Registry) SetHealth(groupName string, addr netip.AddrPort, healthy bool
 	}
 	g.setState(t, Unhealthy, reason, detail)
 	r.logErr(g.rebuild())
-	a := &g.cfg.Attributes
+	a := &g.Config().Attributes
 	switch {
 	case g.snap.Load().forZoneOf(t).FailOpen:
 		// Its flows would come straight back to it: leave them be.
@@ -247,11 +257,11 @@ func (r *Registry) logErr(err error) {
 // reach it once it passes its health checks, or at once while the group fails
 // open.
 func (r *Registry) Register(groupName string, req api.RegisterRequest) (api.TargetHealth, error) {
-	g := r.groups[groupName]
+	g := r.Group(groupName)
 	if g == nil {
 		return api.TargetHealth{}, fmt.Errorf("%w: no target group %q", api.ErrNotFound, groupName)
 	}
-	addr, err := config.ParseTargetAddress(req.Address, g.cfg.Port)
+	addr, err := config.ParseTargetAddress(req.Address, g.Config().Port)
 	if err != nil {
 		return api.TargetHealth{}, fmt.Errorf("%w: address: %v", api.ErrInvalid, err)
 	}
@@ -262,7 +272,7 @@ func (r *Registry) Register(groupName string, req api.RegisterRequest) (api.Targ
 	if weight < 1 || weight > config.MaxTargetWeight {
 		return api.TargetHealth{}, fmt.Errorf("%w: weight: %d is outside 1-%d", api.ErrInvalid, weight, config.MaxTargetWeight)
 	}
-	if req.Zone != "" && !slices.ContainsFunc(r.cfg.Zones, func(z config.Zone) bool { return z.Name == req.Zone }) {
+	if req.Zone != "" && !slices.ContainsFunc(r.Config().Zones, func(z config.Zone) bool { return z.Name == req.Zone }) {
 		return api.TargetHealth{}, fmt.Errorf("%w: zone: no zone named %q", api.ErrInvalid, req.Zone)
 	}
 	if r.own(addr) {
@@ -287,7 +297,7 @@ func (r *Registry) Register(groupName string, req api.RegisterRequest) (api.Targ
 		return api.TargetHealth{}, err
 	}
 	if w := r.watcher(); w != nil {
-		w.Watch(g.cfg.Name, addr, g.checkSpec())
+		w.Watch(g.Name(), addr, g.checkSpec())
 	}
 	r.log.Info("target registered", zap.String(logGroup, groupName), zap.String(logTarget, addr.String()))
 	return th, nil
@@ -297,32 +307,36 @@ func (r *Registry) Register(groupName string, req api.RegisterRequest) (api.Targ
 // deregistration delay ends; then they are ended if connection termination
 // is on, and the target is forgotten.
 func (r *Registry) Deregister(groupName, address string) error {
-	g := r.groups[groupName]
+	g := r.Group(groupName)
 	if g == nil {
 		return fmt.Errorf("%w: no target group %q", api.ErrNotFound, groupName)
 	}
-	addr, err := config.ParseTargetAddress(address, g.cfg.Port)
+	addr, err := config.ParseTargetAddress(address, g.Config().Port)
 	if err != nil {
 		return fmt.Errorf("%w: address: %v", api.ErrInvalid, err)
 	}
+	return r.deregister(g, addr)
+}
+
+func (r *Registry) deregister(g *Group, addr netip.AddrPort) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	t := g.find(addr)
 	if t == nil {
-		return fmt.Errorf("%w: %s is not registered in %q", api.ErrNotFound, addr, groupName)
+		return fmt.Errorf("%w: %s is not registered in %q", api.ErrNotFound, addr, g.Name())
 	}
 	if t.state == Draining {
 		return nil
 	}
 	if w := r.watcher(); w != nil {
-		w.Unwatch(groupName, addr)
+		w.Unwatch(g.Name(), addr)
 	}
 	g.setState(t, Draining, api.ReasonDeregistrationInProgress, "Target deregistration is in progress")
 	if err := g.rebuild(); err != nil {
 		return err
 	}
-	a := &g.cfg.Attributes
-	r.log.Info("drain start", zap.String(logGroup, groupName), zap.String(logTarget, t.Name), zap.Duration("deregistration_delay", a.DeregistrationDelay))
+	a := &g.Config().Attributes
+	r.log.Info("drain start", zap.String(logGroup, g.Name()), zap.String(logTarget, t.Name), zap.Duration("deregistration_delay", a.DeregistrationDelay))
 	r.after(t, a.DeregistrationDelay, func() {
 		if a.DeregistrationConnectionTermination {
 			r.endFlows(t, "deregistration delay over")
@@ -331,18 +345,19 @@ func (r *Registry) Deregister(groupName, address string) error {
 		n := len(g.targets)
 		g.targets = slices.DeleteFunc(g.targets, func(x *Target) bool { return x == t })
 		if len(g.targets) < n {
-			r.m.RemoveTarget(groupName, t.Name)
+			r.m.RemoveTarget(g.Name(), t.Name)
 		}
 		g.mu.Unlock()
-		r.log.Info("drain end", zap.String(logGroup, groupName), zap.String(logTarget, t.Name))
+		r.log.Info("drain end", zap.String(logGroup, g.Name()), zap.String(logTarget, t.Name))
 	})
 	return nil
 }
 
 // TargetGroups describes every group, sorted by name.
 func (r *Registry) TargetGroups() []api.TargetGroup {
-	names := make([]string, 0, len(r.groups))
-	for n := range r.groups {
+	groups := r.all()
+	names := make([]string, 0, len(groups))
+	for n := range groups {
 		names = append(names, n)
 	}
 	sort.Strings(names)
@@ -356,11 +371,11 @@ func (r *Registry) TargetGroups() []api.TargetGroup {
 
 // TargetGroup describes one group and its targets' health.
 func (r *Registry) TargetGroup(name string) (api.TargetGroup, error) {
-	g := r.groups[name]
+	g := r.Group(name)
 	if g == nil {
 		return api.TargetGroup{}, fmt.Errorf("%w: no target group %q", api.ErrNotFound, name)
 	}
-	out := api.TargetGroup{Name: name, Protocol: g.cfg.Protocol.String(), Port: int(g.cfg.Port), Targets: []api.TargetHealth{}}
+	out := api.TargetGroup{Name: name, Protocol: g.Config().Protocol.String(), Port: int(g.Config().Port), Targets: []api.TargetHealth{}}
 	g.mu.Lock()
 	snap := g.snap.Load()
 	out.FailOpen = snap.All.FailOpen
@@ -371,7 +386,7 @@ func (r *Registry) TargetGroup(name string) (api.TargetGroup, error) {
 		out.Targets = append(out.Targets, t.describe())
 	}
 	g.mu.Unlock()
-	for _, l := range r.cfg.Listeners {
+	for _, l := range r.Config().Listeners {
 		if l.TargetGroup == name || slices.ContainsFunc(l.Forward, func(f config.Forward) bool { return f.TargetGroup == name }) ||
 			slices.ContainsFunc(l.Rules, func(rl config.Rule) bool { return rl.TargetGroup == name }) {
 			out.Listeners = append(out.Listeners, l.Name)

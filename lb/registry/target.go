@@ -31,17 +31,18 @@ type Target struct {
 	state      State
 	reason     string
 	detail     string
-	generation int // bumped on every state change, so stale timers do nothing
+	generation int  // bumped on every state change, so stale timers do nothing
+	fromFile   bool // listed in the config file (else registered through the API)
 }
 
 func (g *Group) newTarget(addr netip.AddrPort, zone string, weight int) *Target {
 	t := &Target{group: g, Addr: addr, Name: addr.String(), zone: zone, weight: weight,
 		state: Initial, reason: api.ReasonInitialHealthChecking}
 	m := g.r.m
-	m.AddTarget(g.cfg.Name, t.Name)
-	t.ConnectErrors = m.Counter(metrics.TargetConnectErrors, g.cfg.Name, t.Name)
-	t.PortErrors = m.Counter(metrics.PortAllocationErrors, g.cfg.Name, t.Name)
-	t.Resets = m.Counter(metrics.TCPTargetResets, g.cfg.Name, t.Name)
+	m.AddTarget(g.Name(), t.Name)
+	t.ConnectErrors = m.Counter(metrics.TargetConnectErrors, g.Name(), t.Name)
+	t.PortErrors = m.Counter(metrics.PortAllocationErrors, g.Name(), t.Name)
+	t.Resets = m.Counter(metrics.TCPTargetResets, g.Name(), t.Name)
 	return t
 }
 

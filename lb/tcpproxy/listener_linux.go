@@ -3,8 +3,10 @@ package tcpproxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"sync/atomic"
 	"time"
 
@@ -27,6 +29,11 @@ type listener struct {
 	route atomic.Pointer[listen.Route]
 	acl   listen.ACL
 	socks []*net.TCPListener
+	// slot holds the listener's current generation: a reload that keeps
+	// the address builds a new listener on the same sockets and stores it
+	// here, and the accept loops serve new connections with it. Flows keep
+	// the generation they were accepted by.
+	slot *atomic.Pointer[listener]
 
 	// Counters resolved once, so the data path never looks up labels.
 	newFlows   prometheus.Counter
@@ -54,8 +61,11 @@ func (l *listener) trusted(ip netip.Addr) bool {
 }
 
 func newListener(s *Server, lc *config.Listener, b config.BindAddr, r *listen.Route) *listener {
-	l := &listener{srv: s, cfg: lc, bindA: b, zone: b.Zone, acl: listen.NewACL(lc)}
-	l.route.Store(r)
+	l := &listener{srv: s, cfg: lc, bindA: b, zone: b.Zone, acl: listen.NewACL(lc), slot: new(atomic.Pointer[listener])}
+	l.slot.Store(l)
+	if r != nil {
+		l.route.Store(r)
+	}
 	m := s.m
 	lbl := []string{lc.Name, "TCP", b.Zone}
 	l.newFlows = m.Counter(metrics.NewFlows, lbl...)
@@ -78,16 +88,44 @@ func (l *listener) Addr() net.Addr {
 
 func (l *listener) bind() error {
 	lc := net.ListenConfig{Control: listen.Control, KeepAlive: -1}
-	return listen.BindEach(l.srv.opts.SocketsPerAddr, "tcp", l.cfg.Name, netip.AddrPortFrom(l.bindA.IP, l.cfg.Port),
+	add := func(ln net.Listener) (uint16, error) {
+		tl, ok := ln.(*net.TCPListener)
+		if !ok {
+			ln.Close()
+			return 0, fmt.Errorf("not a TCP listening socket: %s", ln.Addr())
+		}
+		l.socks = append(l.socks, tl)
+		return tl.Addr().(*net.TCPAddr).AddrPort().Port(), nil
+	}
+	return listen.BindEach(l.srv.opts.SocketsPerAddr, "tcp", l.cfg.Name, netip.AddrPortFrom(l.bindA.IP, l.cfg.Port), l.srv.opts.Inherit,
 		func(network, addr string) (uint16, error) {
 			ln, err := lc.Listen(context.Background(), network, addr)
 			if err != nil {
 				return 0, err
 			}
-			tl := ln.(*net.TCPListener)
-			l.socks = append(l.socks, tl)
-			return tl.Addr().(*net.TCPAddr).AddrPort().Port(), nil
+			return add(ln)
+		},
+		func(f *os.File) (uint16, error) {
+			ln, err := net.FileListener(f)
+			if err != nil {
+				return 0, err
+			}
+			return add(ln)
 		})
+}
+
+// files adds a duplicate of each of the listener's sockets, by name, for a
+// new process to take over.
+func (l *listener) files(add func(name string, f *os.File)) error {
+	at := netip.AddrPortFrom(l.bindA.IP, l.cfg.Port)
+	for i, sock := range l.socks {
+		f, err := sock.File()
+		if err != nil {
+			return err
+		}
+		add(listen.SocketName("tcp", l.cfg.Name, at, i), f)
+	}
+	return nil
 }
 
 func (l *listener) close() {
@@ -98,8 +136,9 @@ func (l *listener) close() {
 
 // acceptLoop follows net/http's Server.Serve: shutdown is checked before the
 // error, temporary errors (out of descriptors) back off instead of spinning.
-func (s *Server) acceptLoop(l *listener, sock *net.TCPListener) {
+func (s *Server) acceptLoop(slot *atomic.Pointer[listener], sock *net.TCPListener) {
 	defer s.loops.Done()
+	l := slot.Load()
 	var delay time.Duration
 	for {
 		c, err := sock.AcceptTCP()
@@ -117,6 +156,7 @@ func (s *Server) acceptLoop(l *listener, sock *net.TCPListener) {
 			continue
 		}
 		delay = 0
+		l = slot.Load() // a reload may have changed its attributes
 		go s.serveConn(l, c)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -51,6 +52,9 @@ type Options struct {
 	// IDs numbers flows for PROXY unique IDs; shared with the UDP plane so
 	// no two flows share a number. Nil: a numbering of its own.
 	IDs *atomic.Uint64
+	// Inherit has the listening sockets a previous process handed over;
+	// nil binds every socket afresh.
+	Inherit listen.Inherit
 }
 
 // Server runs the TCP listeners of one configuration.
@@ -61,9 +65,11 @@ type Server struct {
 	opts      Options
 	reg       *registry.Registry
 	dialer    net.Dialer
-	tdialer   net.Dialer // transparent: binds the client's address
-	tdialAny  net.Dialer // transparent, the port left to connect(2)
-	listeners []*listener
+	tdialer   net.Dialer  // transparent: binds the client's address
+	tdialAny  net.Dialer  // transparent, the port left to connect(2)
+	mu        sync.Mutex  // guards listeners and retired
+	listeners []*listener // the current generation of each bound address
+	retired   []*retired  // removed by a reload, their flows draining
 	pipes     pipePool
 	bufs      bufPool
 	flows     tracker
@@ -154,7 +160,7 @@ func (s *Server) Start() error {
 	for _, l := range s.listeners {
 		for _, sock := range l.socks {
 			s.loops.Add(1)
-			go s.acceptLoop(l, sock)
+			go s.acceptLoop(l.slot, sock)
 		}
 		s.log.Info("listener up", zap.String(logListener, l.cfg.Name), zap.String("protocol", "TCP"), zap.Stringer(logAddr, l.Addr()), zap.Int(logSockets, len(l.socks)))
 	}
@@ -165,9 +171,15 @@ func (s *Server) Start() error {
 // then resets the rest. It returns ctx's error if flows had to be cut.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.closing.Store(true)
+	s.mu.Lock()
 	for _, l := range s.listeners {
 		l.close()
 	}
+	for _, r := range s.retired {
+		r.timer.Stop()
+	}
+	s.retired = nil
+	s.mu.Unlock()
 	s.loops.Wait()
 	s.log.Info("drain start", zap.Int(logFlows, s.flows.count()))
 	var err error
@@ -210,10 +222,28 @@ func (s *Server) EndFlows(t *registry.Target, why string) {
 	}()
 }
 
+// Files adds a duplicate of every listening socket, by name, for a new
+// process to take over (a binary upgrade).
+func (s *Server) Files(add func(name string, f *os.File)) error {
+	for _, l := range s.current() {
+		if err := l.files(add); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// current is the listeners now.
+func (s *Server) current() []*listener {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.listeners
+}
+
 // Addrs returns the bound addresses of the named listener, one per bind IP.
 func (s *Server) Addrs(name string) []net.Addr {
 	var out []net.Addr
-	for _, l := range s.listeners {
+	for _, l := range s.current() {
 		if l.cfg.Name == name && len(l.socks) > 0 {
 			out = append(out, l.Addr())
 		}
@@ -224,7 +254,7 @@ func (s *Server) Addrs(name string) []net.Addr {
 // Bound lists every bound listener address.
 func (s *Server) Bound() []netip.AddrPort {
 	var out []netip.AddrPort
-	for _, l := range s.listeners {
+	for _, l := range s.current() {
 		if a, ok := l.Addr().(*net.TCPAddr); ok {
 			out = append(out, a.AddrPort())
 		}
@@ -237,7 +267,7 @@ func (s *Server) Bound() []netip.AddrPort {
 // asked about, on a listener with rules.
 func (s *Server) Endpoint(name string, dst netip.Addr, sni string) (listen.Endpoint, bool) {
 	var first *listener
-	for _, l := range s.listeners {
+	for _, l := range s.current() {
 		if l.cfg.Name != name {
 			continue
 		}
@@ -255,7 +285,7 @@ func (s *Server) Endpoint(name string, dst netip.Addr, sni string) (listen.Endpo
 // zone (for zone health).
 func (s *Server) ZoneRoutes(zone string) map[string][]*listen.Route {
 	out := map[string][]*listen.Route{}
-	for _, l := range s.listeners {
+	for _, l := range s.current() {
 		if l.zone == zone {
 			out[l.cfg.Name] = append(out[l.cfg.Name], l.allRoutes()...)
 		}

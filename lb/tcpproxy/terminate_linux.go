@@ -13,13 +13,19 @@ import (
 // do not all reconnect in the same instant. It stops early when l4lb shuts
 // down.
 func (s *Server) endFlows(t *registry.Target, why string) {
+	s.endFlowsWhere(func(f *flow) bool { return f.tgt == t }, t.Name, why)
+}
+
+// endFlowsWhere resets the flows that match, spread over a few seconds so
+// that their clients do not all come back at once.
+func (s *Server) endFlowsWhere(match func(*flow) bool, what, why string) {
 	type victim struct {
 		f  *flow
 		id uint64
 	}
 	var vs []victim
 	s.flows.each(func(f *flow) bool {
-		if f.tgt == t {
+		if match(f) {
 			vs = append(vs, victim{f, f.id})
 		}
 		return true
@@ -30,7 +36,7 @@ func (s *Server) endFlows(t *registry.Target, why string) {
 	n := time.Duration(len(vs))
 	spread := min(3*time.Second, n*20*time.Millisecond)
 	step := spread / n
-	s.log.Info("terminating flows", zap.String(logTarget, t.Name), zap.Int(logFlows, len(vs)), zap.String("why", why), zap.Duration("spread", spread))
+	s.log.Info("terminating flows", zap.String("of", what), zap.Int(logFlows, len(vs)), zap.String("why", why), zap.Duration("spread", spread))
 	for i, v := range vs {
 		if s.closing.Load() {
 			return

@@ -3,8 +3,10 @@ package udpproxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -39,7 +41,7 @@ type udpFront struct {
 	bindA    config.BindAddr
 	zone     string
 	route    atomic.Pointer[listen.Route]
-	acl      listen.ACL
+	acl      atomic.Pointer[listen.ACL] // replaced by a reload
 	socks    []*net.UDPConn
 	sendRC   syscall.RawConn // the socket replies leave from
 	wildcard bool
@@ -51,7 +53,10 @@ type udpFront struct {
 	slots   []*udpFlow
 	free    []int32
 	done    chan struct{}
-	started bool // the reply loop runs (and will close done)
+	started bool         // the reply loop runs (and will close done)
+	closing atomic.Bool  // close was called: the reply loop ends its flows and exits
+	stopped atomic.Bool  // stopReading was called: the read loops exit
+	replied atomic.Int64 // when a reply last left, Unix nanoseconds
 
 	newFlows, evictions                prometheus.Counter
 	rejects                            *listen.RejectCounters
@@ -77,9 +82,13 @@ type udpFlow struct {
 }
 
 func newFront(s *Server, lc *config.Listener, b config.BindAddr, r *listen.Route) *udpFront {
-	u := &udpFront{srv: s, cfg: lc, bindA: b, zone: b.Zone, acl: listen.NewACL(lc), wildcard: b.IP.IsUnspecified(),
+	u := &udpFront{srv: s, cfg: lc, bindA: b, zone: b.Zone, wildcard: b.IP.IsUnspecified(),
 		table: flowtable.NewTable[*udpFlow](flowtable.Options{Max: s.cfg.MaxFlows, Idle: lc.UDPIdleTimeout}), done: make(chan struct{})}
-	u.route.Store(r)
+	acl := listen.NewACL(lc)
+	u.acl.Store(&acl)
+	if r != nil {
+		u.route.Store(r)
+	}
 	m := s.m
 	lbl := []string{lc.Name, "UDP", b.Zone}
 	c := func(f metrics.ID, extra ...string) prometheus.Counter {
@@ -119,15 +128,29 @@ func (u *udpFront) bind() error {
 		})
 		return serr
 	}}
-	err := listen.BindEach(u.srv.opts.SocketsPerAddr, "udp", u.cfg.Name, netip.AddrPortFrom(u.bindA.IP, u.cfg.Port),
+	add := func(pc net.PacketConn) (uint16, error) {
+		uc, ok := pc.(*net.UDPConn)
+		if !ok {
+			pc.Close()
+			return 0, fmt.Errorf("not a UDP socket: %s", pc.LocalAddr())
+		}
+		u.socks = append(u.socks, uc)
+		return uc.LocalAddr().(*net.UDPAddr).AddrPort().Port(), nil
+	}
+	err := listen.BindEach(u.srv.opts.SocketsPerAddr, "udp", u.cfg.Name, netip.AddrPortFrom(u.bindA.IP, u.cfg.Port), u.srv.opts.Inherit,
 		func(network, addr string) (uint16, error) {
 			pc, err := lc.ListenPacket(context.Background(), network, addr)
 			if err != nil {
 				return 0, err
 			}
-			uc := pc.(*net.UDPConn)
-			u.socks = append(u.socks, uc)
-			return uc.LocalAddr().(*net.UDPAddr).AddrPort().Port(), nil
+			return add(pc)
+		},
+		func(f *os.File) (uint16, error) {
+			pc, err := net.FilePacketConn(f)
+			if err != nil {
+				return 0, err
+			}
+			return add(pc)
 		})
 	if err != nil {
 		return err
@@ -143,6 +166,20 @@ func (u *udpFront) bind() error {
 	}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: -1}
 	return unix.EpollCtl(u.epfd, unix.EPOLL_CTL_ADD, u.wake, &ev)
+}
+
+// files adds a duplicate of each of the front's sockets, by name, for a new
+// process to take over.
+func (u *udpFront) files(add func(name string, f *os.File)) error {
+	at := netip.AddrPortFrom(u.bindA.IP, u.cfg.Port)
+	for i, sock := range u.socks {
+		f, err := sock.File()
+		if err != nil {
+			return err
+		}
+		add(listen.SocketName("udp", u.cfg.Name, at, i), f)
+	}
+	return nil
 }
 
 func (u *udpFront) Addr() net.Addr {
@@ -163,6 +200,7 @@ func (u *udpFront) start() {
 
 // close stops reading; the reply loop closes every flow and exits.
 func (u *udpFront) close() {
+	u.closing.Store(true)
 	for _, s := range u.socks {
 		s.Close()
 	}
@@ -177,6 +215,22 @@ func (u *udpFront) close() {
 		unix.Close(u.wake)
 	}
 	u.epfd, u.wake, u.started = 0, 0, false
+}
+
+// stopReading ends the read loops but keeps the sockets open, so replies to
+// the flows already made still leave from the listener address. (After a
+// binary upgrade the sockets are shared with the new process, which reads
+// from them now.)
+func (u *udpFront) stopReading() {
+	u.stopped.Store(true)
+	for _, s := range u.socks {
+		s.SetReadDeadline(time.Unix(1, 0))
+	}
+}
+
+// quietFor reports whether no reply has left for d.
+func (u *udpFront) quietFor(d time.Duration, now time.Time) bool {
+	return now.UnixNano()-u.replied.Load() >= int64(d)
 }
 
 // readLoop takes client datagrams in batches and forwards each on its flow's
@@ -256,7 +310,7 @@ func (u *udpFront) readLoop(sock *net.UDPConn) {
 	}
 	for {
 		if err := rc.Read(read); err != nil {
-			if errors.Is(err, net.ErrClosed) || u.srv.closing.Load() {
+			if errors.Is(err, net.ErrClosed) || u.srv.closing.Load() || u.stopped.Load() {
 				return
 			}
 			u.srv.log.Warn("udp read failed", zap.String(logListener, u.cfg.Name), zap.Error(err))
@@ -306,7 +360,7 @@ func (u *udpFront) sendAll(fd int, b *batch, n int) int {
 }
 
 func (u *udpFront) newFlow(key flowtable.Key, now time.Time) *udpFlow {
-	if !u.acl.Permits(key.Src.Addr()) {
+	if !u.acl.Load().Permits(key.Src.Addr()) {
 		u.rejects[listen.ReasonACL].Inc()
 		return nil
 	}
@@ -480,7 +534,7 @@ func (u *udpFront) replyLoop() {
 		if err != nil && err != unix.EINTR {
 			return
 		}
-		if u.srv.closing.Load() {
+		if u.srv.closing.Load() || u.closing.Load() {
 			u.table.Range(func(_ flowtable.Key, f *udpFlow) bool { u.release(f); return true })
 			return
 		}
@@ -547,6 +601,7 @@ func (u *udpFront) reply(f *udpFlow, b *batch, now time.Time) {
 		}
 		u.pktsOut.Add(float64(sent))
 		u.bytesOut.Add(float64(bytes))
+		u.replied.Store(now.UnixNano())
 		if n < udpBatch {
 			return // drained; epoll is level-triggered and says if more came
 		}

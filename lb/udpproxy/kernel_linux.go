@@ -42,8 +42,8 @@ type endReq struct {
 
 type kernelFront struct {
 	u       *udpFront
-	g       *registry.Group
 	id      int
+	gone    atomic.Bool // removed by a reload: no new flows in the kernel
 	last    fastpath.Stats
 	flows   atomic.Int64                        // what the last sweep added to the front's gauges
 	evicted uint64                              // evictions counted so far
@@ -97,7 +97,8 @@ func (s *Server) startKernelPath() {
 func (s *Server) newKernelPath(fronts []*udpFront) (*kernelPath, error) {
 	opts := fastpath.Options{MaxFlows: s.cfg.MaxFlows}
 	for _, u := range fronts {
-		opts.ACLPrefixes += len(u.acl.Allow) + len(u.acl.Deny)
+		acl := u.acl.Load()
+		opts.ACLPrefixes += len(acl.Allow) + len(acl.Deny)
 		if u.bindA.IP.Unmap().Is4() {
 			opts.Services++
 		} else {
@@ -115,13 +116,14 @@ func (s *Server) newKernelPath(fronts []*udpFront) (*kernelPath, error) {
 		g := u.route.Load().Groups[0]
 		id, err := p.AddService(vip, u.cfg.UDPIdleTimeout, g.Config().Attributes.Stickiness)
 		if err == nil {
-			err = p.SetACL(id, u.acl.Allow, u.acl.Deny)
+			acl := u.acl.Load()
+			err = p.SetACL(id, acl.Allow, acl.Deny)
 		}
 		if err != nil {
 			p.Close()
 			return nil, err
 		}
-		k.fronts = append(k.fronts, &kernelFront{u: u, g: g, id: id, per: map[netip.AddrPort]int64{}, tgts: map[netip.AddrPort]*registry.Target{}})
+		k.fronts = append(k.fronts, &kernelFront{u: u, id: id, per: map[netip.AddrPort]int64{}, tgts: map[netip.AddrPort]*registry.Target{}})
 		// Sweep within a quarter of the shortest timeout, at most every 10 s.
 		k.sweep = max(100*time.Millisecond, min(k.sweep, u.cfg.UDPIdleTimeout/4))
 	}
@@ -140,7 +142,7 @@ func (s *Server) newKernelPath(fronts []*udpFront) (*kernelPath, error) {
 		}
 	}
 	for _, f := range k.fronts {
-		for _, t := range f.g.Config().Targets {
+		for _, t := range f.group().Config().Targets {
 			if sysctl := forwardingSysctl(t.Address.Addr()); !isLocal(t.Address.Addr()) && readSysctl(sysctl) == "0" {
 				s.log.Warn("IP forwarding is off, so the UDP fast path cannot reach targets on other hosts", zap.String("sysctl", sysctl), zap.Stringer(logTarget, t.Address))
 			}
@@ -204,7 +206,7 @@ func upInterfaces() []string {
 // cannot be pinned to t again).
 func (s *Server) endFlows(t *registry.Target, why string) {
 	n := 0
-	for _, u := range s.udp {
+	for _, u := range s.current() {
 		n += u.endFlows(t)
 	}
 	if n > 0 {
@@ -246,7 +248,10 @@ func (k *kernelPath) changed() {
 func (k *kernelPath) sync() error {
 	var buf [1]int
 	for _, f := range k.fronts {
-		snap := f.g.Snapshot().ForZone(f.u.zone)
+		if f.gone.Load() {
+			continue
+		}
+		snap := f.group().Snapshot().ForZone(f.u.zone)
 		var slots []netip.AddrPort
 		if len(snap.Targets) > 0 {
 			slots = make([]netip.AddrPort, maglev.DefaultSize)
@@ -344,6 +349,34 @@ func (k *kernelPath) expire() {
 	}
 }
 
+// group is the front's target group now (a reload may change it).
+func (f *kernelFront) group() *registry.Group { return f.u.route.Load().Groups[0] }
+
+// drop takes u out of the kernel path, if it is there: new flows reach
+// its socket (or, once it is closed, nothing); the kernel's pinned flows
+// keep their targets until they idle out.
+func (k *kernelPath) drop(u *udpFront, why string) {
+	for _, f := range k.fronts {
+		if f.u != u || f.gone.Swap(true) {
+			continue
+		}
+		if err := k.p.RemoveService(f.id); err != nil {
+			k.s.log.Error("removing a listener from the UDP fast path", zap.Error(err))
+		}
+		k.s.log.Info("UDP listener leaves the kernel path", zap.String(logListener, u.cfg.Name), zap.Stringer(logAddr, u.Addr()), zap.String("reason", why))
+	}
+}
+
+// serves reports whether u is forwarded in the kernel.
+func (k *kernelPath) serves(u *udpFront) bool {
+	for _, f := range k.fronts {
+		if f.u == u && !f.gone.Load() {
+			return true
+		}
+	}
+	return false
+}
+
 // count moves each target's share of the kernel's flows into its flow count.
 func (f *kernelFront) count(now map[netip.AddrPort]int64) {
 	for a, n := range f.per {
@@ -353,7 +386,7 @@ func (f *kernelFront) count(now map[netip.AddrPort]int64) {
 	}
 	clear(f.per)
 	clear(f.tgts)
-	for _, t := range f.g.Targets() {
+	for _, t := range f.group().Targets() {
 		a := netip.AddrPortFrom(t.Addr.Addr().Unmap(), t.Addr.Port())
 		if n := now[a]; n > 0 {
 			t.AddFlows(n)

@@ -1,11 +1,14 @@
 package udpproxy
 
 import (
+	"context"
 	"net"
 	"net/netip"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -37,6 +40,9 @@ type Options struct {
 	MaxFlows int64
 	// IDs numbers flows for PROXY unique IDs; shared with the TCP plane.
 	IDs *atomic.Uint64
+	// Inherit has the sockets a previous process handed over; nil binds
+	// every socket afresh.
+	Inherit listen.Inherit
 }
 
 // Server runs the UDP listeners of one configuration.
@@ -46,7 +52,8 @@ type Server struct {
 	m      *metrics.Metrics
 	opts   Options
 	reg    *registry.Registry
-	udp    []*udpFront
+	mu     sync.Mutex                 // guards udp
+	udp    []*udpFront                // the current listeners, one per bind address
 	kernel atomic.Pointer[kernelPath] // the fast path, when on
 	budget listen.Budget
 	ids    *atomic.Uint64
@@ -104,13 +111,49 @@ func (s *Server) Start() error {
 	return nil
 }
 
+// ReplyGrace is how long a draining UDP listener keeps its flows after the
+// last reply left: replies to requests already forwarded still reach their
+// clients, while new datagrams go to whoever reads the sockets now.
+const ReplyGrace = time.Second
+
+// Shutdown stops reading, lets replies in flight reach their clients until
+// the flows have been quiet for ReplyGrace (or ctx ends), then closes.
+func (s *Server) Shutdown(ctx context.Context) {
+	fronts := s.current()
+	for _, u := range fronts {
+		u.stopReading()
+	}
+	s.loops.Wait()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		quiet := true
+		now := time.Now()
+		for _, u := range fronts {
+			if u.table.Len() > 0 && !u.quietFor(ReplyGrace, now) {
+				quiet = false
+			}
+		}
+		if quiet {
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-tick.C:
+			continue
+		}
+		break
+	}
+	s.Close()
+}
+
 // Close stops the kernel path and the listeners; their flows end.
 func (s *Server) Close() {
 	s.closing.Store(true)
 	if k := s.kernel.Swap(nil); k != nil {
 		k.close()
 	}
-	for _, u := range s.udp {
+	for _, u := range s.current() {
 		u.close()
 	}
 	s.loops.Wait()
@@ -138,10 +181,28 @@ func (s *Server) EndFlows(t *registry.Target, why string) {
 	}()
 }
 
+// Files adds a duplicate of every listener socket, by name, for a new
+// process to take over (a binary upgrade).
+func (s *Server) Files(add func(name string, f *os.File)) error {
+	for _, u := range s.current() {
+		if err := u.files(add); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// current is the listeners now.
+func (s *Server) current() []*udpFront {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.udp
+}
+
 // Addrs returns the bound addresses of the named listener.
 func (s *Server) Addrs(name string) []net.Addr {
 	var out []net.Addr
-	for _, u := range s.udp {
+	for _, u := range s.current() {
 		if u.cfg.Name == name && len(u.socks) > 0 {
 			out = append(out, u.Addr())
 		}
@@ -152,7 +213,7 @@ func (s *Server) Addrs(name string) []net.Addr {
 // Bound lists every bound listener address.
 func (s *Server) Bound() []netip.AddrPort {
 	var out []netip.AddrPort
-	for _, u := range s.udp {
+	for _, u := range s.current() {
 		if a, ok := u.Addr().(*net.UDPAddr); ok {
 			out = append(out, a.AddrPort())
 		}
@@ -164,7 +225,7 @@ func (s *Server) Bound() []netip.AddrPort {
 // when dst is not given), for a route explanation.
 func (s *Server) Endpoint(name string, dst netip.Addr) (listen.Endpoint, bool) {
 	var first *udpFront
-	for _, u := range s.udp {
+	for _, u := range s.current() {
 		if u.cfg.Name != name {
 			continue
 		}
@@ -186,7 +247,7 @@ func (s *Server) Endpoint(name string, dst netip.Addr) (listen.Endpoint, bool) {
 // zone (for zone health).
 func (s *Server) ZoneRoutes(zone string) map[string][]*listen.Route {
 	out := map[string][]*listen.Route{}
-	for _, u := range s.udp {
+	for _, u := range s.current() {
 		if u.zone == zone {
 			out[u.cfg.Name] = append(out[u.cfg.Name], u.route.Load())
 		}
@@ -207,7 +268,7 @@ func (s *Server) Flows() int {
 // UserFlows is the number of flows in the socket path's tables.
 func (s *Server) UserFlows() int {
 	n := 0
-	for _, u := range s.udp {
+	for _, u := range s.current() {
 		n += u.table.Len()
 	}
 	return n

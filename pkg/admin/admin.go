@@ -1,6 +1,7 @@
 // Package admin serves l4lb's admin API over HTTP/JSON: liveness and
 // readiness, target groups and their health, register and deregister, route
-// explanations, flows, zone health, Prometheus metrics and pprof.
+// explanations, flows, zone health, config reload and binary upgrade,
+// Prometheus metrics and pprof.
 //
 //	h := admin.Handler(admin.Options{Registry: srv, Gatherer: reg, Token: token})
 //	http.Serve(ln, h)
@@ -23,6 +24,7 @@ import (
 // /readyz needs it.
 type Options struct {
 	Registry Registry // nil serves no /v1 endpoints
+	Control  Control  // nil serves no /v1/config, /v1/reload, /v1/upgrade
 	Gatherer prometheus.Gatherer
 	Ready    func() bool
 	Token    string
@@ -43,6 +45,9 @@ func Handler(o Options) http.Handler {
 	})
 	if o.Registry != nil {
 		registryRoutes(mux, o.Registry)
+	}
+	if o.Control != nil {
+		controlRoutes(mux, o.Control)
 	}
 	if o.Gatherer != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{}))

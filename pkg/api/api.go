@@ -2,7 +2,10 @@
 // (lb fills them, pkg/admin serves them) and the CLI client.
 package api
 
-import "errors"
+import (
+	"errors"
+	"time"
+)
 
 // Target states, as NLB names them.
 const (
@@ -93,7 +96,25 @@ type ZoneHealth struct {
 	Listeners map[string]string `json:"listeners"` // listener -> "ok" or why not
 }
 
-// Error is the body of every error response.
+// Config describes the configuration a running l4lb serves: the SHA-256 of
+// the file it was read from (of the flags alone when there is no file) and
+// when it was loaded. POST /v1/reload answers with it.
+type Config struct {
+	Path     string    `json:"path,omitempty"`
+	SHA256   string    `json:"sha256"`
+	LoadedAt time.Time `json:"loaded_at"`
+	PID      int       `json:"pid"`
+}
+
+// Upgrade is the answer to POST /v1/upgrade: the new process serves.
+type Upgrade struct {
+	OldPID int `json:"old_pid"`
+	NewPID int `json:"new_pid"`
+}
+
+// Error is the body of every error response. A refused config lists one
+// "path.to.field: problem" line per error in Errors.
 type Error struct {
-	Error string `json:"error"`
+	Error  string   `json:"error"`
+	Errors []string `json:"errors,omitempty"`
 }

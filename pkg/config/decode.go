@@ -127,12 +127,15 @@ func (e FieldError) Error() string { return e.Path + ": " + e.Msg }
 // Errors is every problem found in a configuration, in file order.
 type Errors []FieldError
 
-func (e Errors) Error() string {
+func (e Errors) Error() string { return strings.Join(e.Lines(), "\n") }
+
+// Lines is one "path: problem" line per error.
+func (e Errors) Lines() []string {
 	lines := make([]string, len(e))
 	for i, fe := range e {
 		lines[i] = fe.Error()
 	}
-	return strings.Join(lines, "\n")
+	return lines
 }
 
 func (e *Errors) add(path, format string, args ...any) {

@@ -49,6 +49,10 @@ const (
 	FlowTableEntries
 	FlowEvictions
 	UDPReceiveDrops
+	ConfigReloads
+	ConfigLastReloadSuccess
+	ConfigInfo
+	Upgrades
 	numIDs
 )
 
@@ -73,25 +77,29 @@ var table = [numIDs]struct {
 	help   string
 	labels []string
 }{
-	ActiveFlows:           {"active_flows", gauge, "Flows open now.", lpz},
-	NewFlows:              {"new_flows_total", counter, "Flows accepted.", lpz},
-	ProcessedBytes:        {"processed_bytes_total", counter, "Bytes moved, by direction (in = client to target).", with(lpz, LabelDirection)},
-	ProcessedPackets:      {"processed_packets_total", counter, "Datagrams moved (UDP), by direction.", with(lpz, LabelDirection)},
-	HealthyTargets:        {"healthy_targets", gauge, "Targets in state healthy, by zone (\"\" for targets outside every zone).", []string{LabelTargetGroup, LabelZone}},
-	UnhealthyTargets:      {"unhealthy_targets", gauge, "Targets in state unhealthy or unhealthy.draining, by zone.", []string{LabelTargetGroup, LabelZone}},
-	TCPClientResets:       {"tcp_client_resets_total", counter, "Flows ended by an error on the client's side (a reset, a broken pipe).", lpz},
-	TCPTargetResets:       {"tcp_target_resets_total", counter, "Flows ended by an error on the target's side (a reset, a broken pipe).", target},
-	TCPLBResets:           {"tcp_lb_resets_total", counter, "Resets sent by l4lb (idle timeout, no target, termination).", lpz},
-	ClientTLSErrors:       {"client_tls_negotiation_errors_total", counter, "Failed TLS handshakes with clients.", lpz},
-	TargetTLSErrors:       {"target_tls_negotiation_errors_total", counter, "Failed TLS handshakes with targets.", target},
-	PortAllocationErrors:  {"port_allocation_errors_total", counter, "Source ports exhausted dialing targets.", target},
-	UnhealthyRoutingFlows: {"unhealthy_routing_flows_total", counter, "Flows routed fail-open to unhealthy targets.", []string{LabelTargetGroup}},
-	TargetConnectErrors:   {"target_connect_errors_total", counter, "Refused or timed-out connects to targets (never l4lb's own lack of descriptors or ports).", target},
-	RejectedFlows:         {"rejected_flows_total", counter, "Flows refused, by reason.", with(lpz, LabelReason)},
-	HealthChecks:          {"health_checks_total", counter, "Health checks, by result.", with(target, LabelResult)},
-	FlowTableEntries:      {"flow_table_entries", gauge, "Entries in the UDP flow table.", []string{LabelListener}},
-	FlowEvictions:         {"flow_evictions_total", counter, "UDP flows evicted from a full table to make room, by reason.", []string{LabelListener, LabelReason}},
-	UDPReceiveDrops:       {"udp_receive_drops_total", counter, "Datagrams the kernel dropped because a listener socket's receive queue was full (SO_RXQ_OVFL).", lpz},
+	ActiveFlows:             {"active_flows", gauge, "Flows open now.", lpz},
+	NewFlows:                {"new_flows_total", counter, "Flows accepted.", lpz},
+	ProcessedBytes:          {"processed_bytes_total", counter, "Bytes moved, by direction (in = client to target).", with(lpz, LabelDirection)},
+	ProcessedPackets:        {"processed_packets_total", counter, "Datagrams moved (UDP), by direction.", with(lpz, LabelDirection)},
+	HealthyTargets:          {"healthy_targets", gauge, "Targets in state healthy, by zone (\"\" for targets outside every zone).", []string{LabelTargetGroup, LabelZone}},
+	UnhealthyTargets:        {"unhealthy_targets", gauge, "Targets in state unhealthy or unhealthy.draining, by zone.", []string{LabelTargetGroup, LabelZone}},
+	TCPClientResets:         {"tcp_client_resets_total", counter, "Flows ended by an error on the client's side (a reset, a broken pipe).", lpz},
+	TCPTargetResets:         {"tcp_target_resets_total", counter, "Flows ended by an error on the target's side (a reset, a broken pipe).", target},
+	TCPLBResets:             {"tcp_lb_resets_total", counter, "Resets sent by l4lb (idle timeout, no target, termination).", lpz},
+	ClientTLSErrors:         {"client_tls_negotiation_errors_total", counter, "Failed TLS handshakes with clients.", lpz},
+	TargetTLSErrors:         {"target_tls_negotiation_errors_total", counter, "Failed TLS handshakes with targets.", target},
+	PortAllocationErrors:    {"port_allocation_errors_total", counter, "Source ports exhausted dialing targets.", target},
+	UnhealthyRoutingFlows:   {"unhealthy_routing_flows_total", counter, "Flows routed fail-open to unhealthy targets.", []string{LabelTargetGroup}},
+	TargetConnectErrors:     {"target_connect_errors_total", counter, "Refused or timed-out connects to targets (never l4lb's own lack of descriptors or ports).", target},
+	RejectedFlows:           {"rejected_flows_total", counter, "Flows refused, by reason.", with(lpz, LabelReason)},
+	HealthChecks:            {"health_checks_total", counter, "Health checks, by result.", with(target, LabelResult)},
+	FlowTableEntries:        {"flow_table_entries", gauge, "Entries in the UDP flow table.", []string{LabelListener}},
+	FlowEvictions:           {"flow_evictions_total", counter, "UDP flows evicted from a full table to make room, by reason.", []string{LabelListener, LabelReason}},
+	UDPReceiveDrops:         {"udp_receive_drops_total", counter, "Datagrams the kernel dropped because a listener socket's receive queue was full (SO_RXQ_OVFL).", lpz},
+	ConfigReloads:           {"config_reloads_total", counter, "Config reloads, by result (success, refused: a bad file, failed: could not be applied).", []string{LabelResult}},
+	ConfigLastReloadSuccess: {"config_last_reload_success_timestamp_seconds", gauge, "When the running config was loaded (start, reload or upgrade), in Unix seconds.", nil},
+	ConfigInfo:              {"config_info", gauge, "1, labelled with the SHA-256 of the running config file.", []string{"sha256"}},
+	Upgrades:                {"upgrades_total", counter, "Binary upgrades this process started, by result (success, failed).", []string{LabelResult}},
 }
 
 func with(labels []string, more ...string) []string {
@@ -140,6 +148,16 @@ func (m *Metrics) Gauge(id ID, labels ...string) prometheus.Gauge {
 		return noop{}
 	}
 	return m.gauges[id].WithLabelValues(labels...)
+}
+
+// SetInfo makes labels the only series of info gauge id, at 1 (the running
+// config's hash, say: the previous one goes).
+func (m *Metrics) SetInfo(id ID, labels ...string) {
+	if m == nil {
+		return
+	}
+	m.gauges[id].Reset()
+	m.gauges[id].WithLabelValues(labels...).Set(1)
 }
 
 // AddTarget creates a target's per-target series at 0, so a dashboard sees

@@ -1,0 +1,132 @@
+//go:build linux
+
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/l4lb/l4lb/lb"
+	"github.com/l4lb/l4lb/pkg/api"
+	"github.com/l4lb/l4lb/pkg/config"
+	"github.com/l4lb/l4lb/pkg/metrics"
+)
+
+// control changes a running l4lb: it reloads the config (SIGHUP, POST
+// /v1/reload) and upgrades the binary (SIGUSR2, POST /v1/upgrade). It
+// serves the admin API's /v1/config, /v1/reload and /v1/upgrade.
+type control struct {
+	srv     *lb.Server
+	log     *zap.Logger
+	m       *metrics.Metrics
+	src     func() (*config.Config, string, error) // nil: no reload
+	upgrade func() (api.Upgrade, error)            // nil: no upgrade
+
+	// done is closed when an upgrade through the admin API has handed over:
+	// the serve loop then drains, as after SIGUSR2.
+	done     chan struct{}
+	doneOnce sync.Once
+
+	mu      sync.Mutex // one reload or upgrade at a time; guards what follows
+	cfg     *config.Config
+	current api.Config
+}
+
+func newControl(srv *lb.Server, l loaded, log *zap.Logger, m *metrics.Metrics) *control {
+	c := &control{srv: srv, log: log, m: m, src: l.src, cfg: l.cfg, done: make(chan struct{})}
+	c.loaded(l.path, l.hash)
+	return c
+}
+
+// loaded records the running config's hash and load time (c.mu held, or
+// before c is shared).
+func (c *control) loaded(path, hash string) {
+	c.current = api.Config{Path: path, SHA256: hash, LoadedAt: time.Now().UTC(), PID: os.Getpid()}
+	c.m.Gauge(metrics.ConfigLastReloadSuccess).Set(float64(c.current.LoadedAt.UnixNano()) / 1e9)
+	c.m.SetInfo(metrics.ConfigInfo, hash)
+}
+
+// Config describes the running configuration.
+func (c *control) Config() api.Config {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.current
+}
+
+// Running is the configuration in force now (its shutdown timeout, say).
+func (c *control) Running() *config.Config {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cfg
+}
+
+// refusal is a config file that did not validate: one "path: problem"
+// line per error. Nothing was changed.
+type refusal []string
+
+func (r refusal) Error() string   { return "config refused: " + strings.Join(r, "; ") }
+func (r refusal) Lines() []string { return r }
+func (r refusal) Unwrap() error   { return api.ErrInvalid }
+
+// Reload reads and validates the config file; a good one is applied as a
+// difference, a bad one changes nothing and is reported line by line.
+func (c *control) Reload() (api.Config, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.src == nil {
+		return api.Config{}, fmt.Errorf("%w: this l4lb has no config to reload", api.ErrInvalid)
+	}
+	cfg, hash, err := c.src()
+	if err != nil {
+		var lines []string
+		var cerrs config.Errors
+		if errors.As(err, &cerrs) {
+			lines = cerrs.Lines()
+		} else {
+			lines = []string{"config: " + err.Error()}
+		}
+		for _, l := range lines {
+			c.log.Error("reload refused; the running config is kept", zap.String("problem", l))
+		}
+		c.m.Counter(metrics.ConfigReloads, "refused").Inc()
+		return api.Config{}, refusal(lines)
+	}
+	if err := c.srv.Reload(cfg); err != nil {
+		c.log.Error("reload failed; the running config is kept", zap.Error(err))
+		c.m.Counter(metrics.ConfigReloads, "failed").Inc()
+		return api.Config{}, err
+	}
+	c.cfg = cfg
+	c.loaded(c.current.Path, hash)
+	c.m.Counter(metrics.ConfigReloads, "success").Inc()
+	c.log.Info("reloaded", zap.String("sha256", hash))
+	return c.current, nil
+}
+
+// Upgrade starts the binary again with the listening sockets, and returns
+// once the new process serves.
+func (c *control) Upgrade() (api.Upgrade, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.upgrade == nil {
+		return api.Upgrade{}, errors.New("upgrade is not available in this process")
+	}
+	u, err := c.upgrade()
+	if err != nil {
+		c.m.Counter(metrics.Upgrades, "failed").Inc()
+		c.log.Error("upgrade failed; this process keeps serving", zap.Error(err))
+		return api.Upgrade{}, err
+	}
+	c.m.Counter(metrics.Upgrades, "success").Inc()
+	c.doneOnce.Do(func() { close(c.done) })
+	return u, nil
+}
+
+// handedOver is closed once an upgrade succeeded: this process drains.
+func (c *control) handedOver() <-chan struct{} { return c.done }

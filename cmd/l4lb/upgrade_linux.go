@@ -1,0 +1,135 @@
+//go:build linux
+
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/l4lb/l4lb/lb"
+	"github.com/l4lb/l4lb/lb/listen"
+	"github.com/l4lb/l4lb/lb/registry"
+	"github.com/l4lb/l4lb/pkg/api"
+	"github.com/l4lb/l4lb/pkg/upgrade"
+)
+
+// stateFile names the registry's saved targets among the descriptors a
+// binary upgrade hands over.
+const stateFile = "state/targets.json"
+
+// handoff is this process's side of binary upgrades: what it inherited when
+// it was started by one, and how it starts its successor.
+type handoff struct {
+	log   *zap.Logger
+	exe   string   // the binary's path, read at start: an upgrade starts what is there then
+	args  []string // this process's arguments, which the successor gets too
+	child *upgrade.Child
+}
+
+func newHandoff(log *zap.Logger) (*handoff, error) {
+	child, err := upgrade.Inherited()
+	if err != nil {
+		return nil, err
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("finding this binary's path for upgrades: %w", err)
+	}
+	if child != nil {
+		log.Info("started by a binary upgrade: taking over the listening sockets")
+	}
+	return &handoff{log: log, exe: exe, args: os.Args[1:], child: child}, nil
+}
+
+// inherited has the sockets handed over by the previous process, or is nil.
+func (h *handoff) inherited() listen.Inherit {
+	if h.child == nil {
+		return nil
+	}
+	return h.child
+}
+
+// savedTargets reads the targets and states the previous process saved.
+func (h *handoff) savedTargets() []registry.Saved {
+	f := h.child.Take(stateFile)
+	if f == nil {
+		return nil
+	}
+	defer f.Close()
+	var saved []registry.Saved
+	if err := json.NewDecoder(io.LimitReader(f, 64<<20)).Decode(&saved); err != nil {
+		h.log.Warn("the previous process's targets could not be read; starting from the config", zap.Error(err))
+		return nil
+	}
+	return saved
+}
+
+// ready says l4lb serves: to the previous process, if there is one (which
+// then drains), and to systemd, whose main PID this process becomes.
+func (h *handoff) ready() {
+	if err := h.child.Ready(); err != nil {
+		h.log.Error("telling the previous process we are ready", zap.Error(err))
+	}
+	if err := upgrade.Notify(fmt.Sprintf("READY=1\nMAINPID=%d", os.Getpid())); err != nil {
+		h.log.Warn("sd_notify", zap.Error(err))
+	}
+}
+
+// run starts the binary again with every listening socket, the admin API's
+// socket and the registry's targets, and waits until it serves. On success
+// this process stops answering the admin API and is to drain; on failure
+// nothing has changed and this process serves on.
+func (h *handoff) run(srv *lb.Server, adm *adminServer) (api.Upgrade, error) {
+	files := map[string]*os.File{}
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	add := func(name string, f *os.File) { files[name] = f }
+	if err := srv.Files(add); err != nil {
+		return api.Upgrade{}, fmt.Errorf("handing over the listeners: %w", err)
+	}
+	if err := adm.files(add); err != nil {
+		return api.Upgrade{}, fmt.Errorf("handing over the admin API: %w", err)
+	}
+	state, err := savedFile(srv.Registry.Save())
+	if err != nil {
+		return api.Upgrade{}, err
+	}
+	add(stateFile, state)
+	h.log.Info("starting the new binary", zap.String("path", h.exe), zap.Int("descriptors", len(files)))
+	pid, err := upgrade.Start(upgrade.Options{Path: h.exe, Args: h.args}, files)
+	if err != nil {
+		return api.Upgrade{}, err
+	}
+	h.log.Info("the new process serves; this one drains", zap.Int("new_pid", pid))
+	if err := upgrade.Notify(fmt.Sprintf("MAINPID=%d", pid)); err != nil {
+		h.log.Warn("sd_notify", zap.Error(err))
+	}
+	adm.release()
+	return api.Upgrade{OldPID: os.Getpid(), NewPID: pid}, nil
+}
+
+// savedFile writes the targets into an anonymous in-memory file.
+func savedFile(saved []registry.Saved) (*os.File, error) {
+	fd, err := unix.MemfdCreate("l4lb-targets", unix.MFD_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("saving the targets: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "l4lb-targets")
+	if err := json.NewEncoder(f).Encode(saved); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("saving the targets: %w", err)
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}

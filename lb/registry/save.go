@@ -1,0 +1,80 @@
+package registry
+
+import (
+	"net/netip"
+
+	"go.uber.org/zap"
+
+	"github.com/l4lb/l4lb/pkg/api"
+)
+
+// Saved is one target as a binary upgrade hands it to the new process: its
+// registration and its state, so the new process routes exactly as the old
+// one did (the same healthy set gives the same Maglev table, so a UDP flow
+// keeps its target) and keeps what the API registered or deregistered.
+type Saved struct {
+	Group    string `json:"group"`
+	Address  string `json:"address"`
+	Zone     string `json:"zone,omitempty"`
+	Weight   int    `json:"weight"`
+	State    string `json:"state"`
+	Reason   string `json:"reason,omitempty"`
+	Detail   string `json:"detail,omitempty"`
+	FromFile bool   `json:"from_file"`
+}
+
+// Save lists every target of every group.
+func (r *Registry) Save() []Saved {
+	var out []Saved
+	for _, g := range r.all() {
+		g.mu.Lock()
+		for _, t := range g.targets {
+			out = append(out, Saved{Group: g.Name(), Address: t.Name, Zone: t.zone, Weight: t.weight,
+				State: t.state.String(), Reason: t.reason, Detail: t.detail, FromFile: t.fromFile})
+		}
+		g.mu.Unlock()
+	}
+	return out
+}
+
+// Restore takes over what an old process saved. Call it after New and before
+// WatchHealth. Targets the API registered come back; healthy and unhealthy
+// states carry over (the checks then go on from there); a draining target
+// drains again, with its full delay. A saved file target that the new config
+// no longer lists, or a group it no longer has, is left out.
+func (r *Registry) Restore(saved []Saved) {
+	if len(saved) == 0 {
+		return
+	}
+	restored := 0
+	for _, sv := range saved {
+		g := r.Group(sv.Group)
+		addr, err := netip.ParseAddrPort(sv.Address)
+		if g == nil || err != nil {
+			continue
+		}
+		g.mu.Lock()
+		t := g.find(addr)
+		if t == nil && !sv.FromFile {
+			t = g.newTarget(addr, sv.Zone, max(sv.Weight, 1))
+			g.targets = append(g.targets, t)
+		}
+		if t == nil {
+			g.mu.Unlock()
+			continue
+		}
+		restored++
+		switch sv.State {
+		case api.StateHealthy:
+			g.setState(t, Healthy, "", "")
+		case api.StateUnhealthy, api.StateUnhealthyDraining:
+			g.setState(t, Unhealthy, sv.Reason, sv.Detail)
+		}
+		r.logErr(g.rebuild())
+		g.mu.Unlock()
+		if sv.State == api.StateDraining {
+			r.logErr(r.deregister(g, addr))
+		}
+	}
+	r.log.Info("targets taken over from the previous process", zap.Int("targets", restored), zap.Int("saved", len(saved)))
+}

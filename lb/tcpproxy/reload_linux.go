@@ -1,0 +1,190 @@
+package tcpproxy
+
+import (
+	"net/netip"
+	"slices"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/l4lb/l4lb/lb/listen"
+	"github.com/l4lb/l4lb/pkg/config"
+)
+
+// bindKey names a bound address across configurations: a listener whose
+// name, bind IP or port changed is a removal plus an addition.
+type bindKey struct {
+	name string
+	ip   netip.Addr
+	port uint16
+}
+
+func (l *listener) key() bindKey { return bindKey{l.cfg.Name, l.bindA.IP, l.cfg.Port} }
+
+// retired is a listener a reload removed: it accepts no more, and its flows
+// drain under its target groups' deregistration rules.
+type retired struct {
+	l     *listener
+	timer *time.Timer
+}
+
+// Change is a reload of the TCP listeners, prepared: the addresses it adds
+// are bound (so a port in use fails the reload before anything changed), and
+// nothing else has changed yet. Commit it once the registry has the new
+// target groups, or Abort it.
+type Change struct {
+	s      *Server
+	cfg    *config.Config
+	add    map[bindKey]*listener // bound, not serving
+	remove []*listener
+}
+
+// Prepare binds the listeners cfg adds.
+func (s *Server) Prepare(cfg *config.Config) (*Change, error) {
+	c := &Change{s: s, cfg: cfg, add: map[bindKey]*listener{}}
+	cur := map[bindKey]*listener{}
+	for _, l := range s.current() {
+		cur[l.key()] = l
+	}
+	seen := map[bindKey]bool{}
+	for i := range cfg.Listeners {
+		lc := &cfg.Listeners[i]
+		if !lc.Protocol.HasTCP() {
+			continue
+		}
+		for _, b := range lc.Bind {
+			k := bindKey{lc.Name, b.IP, lc.Port}
+			seen[k] = true
+			if cur[k] != nil {
+				continue
+			}
+			l := newListener(s, lc, b, nil)
+			if err := l.bind(); err != nil {
+				l.close()
+				c.Abort()
+				return nil, err
+			}
+			c.add[k] = l
+		}
+	}
+	for k, l := range cur {
+		if !seen[k] {
+			c.remove = append(c.remove, l)
+		}
+	}
+	return c, nil
+}
+
+// Abort closes what Prepare bound.
+func (c *Change) Abort() {
+	for _, l := range c.add {
+		l.close()
+	}
+	c.add = nil
+}
+
+// Commit switches to the new listeners: added ones start accepting, kept
+// ones serve new connections with the new attributes (established flows
+// keep theirs and their targets), removed ones stop accepting and drain.
+func (c *Change) Commit() error {
+	s, cfg := c.s, c.cfg
+	cur := map[bindKey]*listener{}
+	for _, l := range s.current() {
+		cur[l.key()] = l
+	}
+	var next []*listener
+	var start []*listener
+	for i := range cfg.Listeners {
+		lc := &cfg.Listeners[i]
+		if !lc.Protocol.HasTCP() {
+			continue
+		}
+		r, err := listen.NewRoute(lc, s.reg)
+		if err != nil {
+			c.Abort()
+			return err
+		}
+		rules, err := listen.NewRules(lc, s.reg)
+		if err != nil {
+			c.Abort()
+			return err
+		}
+		// The per-source count carries over while its bound is unchanged,
+		// so a reload does not hand every source a fresh allowance.
+		var limit *listen.SourceLimit
+		for _, b := range lc.Bind {
+			if old := cur[bindKey{lc.Name, b.IP, lc.Port}]; old != nil && old.cfg.MaxConnectionsPerSource == lc.MaxConnectionsPerSource {
+				limit = old.limit
+				break
+			}
+		}
+		if limit == nil {
+			limit = listen.NewSourceLimit(lc.MaxConnectionsPerSource)
+		}
+		for _, b := range lc.Bind {
+			k := bindKey{lc.Name, b.IP, lc.Port}
+			l := c.add[k]
+			if l == nil {
+				old := cur[k]
+				l = newListener(s, lc, b, r)
+				l.socks, l.slot = old.socks, old.slot
+			} else {
+				l.route.Store(r)
+				start = append(start, l)
+			}
+			l.limit, l.rules = limit, rules
+			next = append(next, l)
+		}
+	}
+	s.mu.Lock()
+	s.listeners = next
+	for _, l := range next {
+		l.slot.Store(l)
+	}
+	for _, l := range start {
+		for _, sock := range l.socks {
+			s.loops.Add(1)
+			go s.acceptLoop(l.slot, sock)
+		}
+	}
+	for _, l := range c.remove {
+		l.close()
+		s.retire(l)
+	}
+	s.mu.Unlock()
+	for _, l := range start {
+		s.log.Info("listener up", zap.String(logListener, l.cfg.Name), zap.String("protocol", "TCP"), zap.Stringer(logAddr, l.Addr()), zap.Int(logSockets, len(l.socks)), zap.String("by", "reload"))
+	}
+	c.add = nil
+	return nil
+}
+
+// retire lets a removed listener's flows run until the longest
+// deregistration delay of its target groups, then resets those whose group
+// has connection termination on (s.mu held).
+func (s *Server) retire(l *listener) {
+	var delay time.Duration
+	for _, r := range l.allRoutes() {
+		for _, g := range r.Groups {
+			delay = max(delay, g.Config().Attributes.DeregistrationDelay)
+		}
+	}
+	slot := l.slot
+	rt := &retired{l: l}
+	rt.timer = time.AfterFunc(delay, func() {
+		s.mu.Lock()
+		s.retired = slices.DeleteFunc(s.retired, func(x *retired) bool { return x == rt })
+		if s.closing.Load() { // Shutdown ends every flow itself
+			s.mu.Unlock()
+			return
+		}
+		s.bg.Add(1) // before Shutdown can reach its Wait: it takes s.mu first
+		s.mu.Unlock()
+		defer s.bg.Done()
+		s.endFlowsWhere(func(f *flow) bool {
+			return f.l.slot == slot && f.tgt.Group().Config().Attributes.DeregistrationConnectionTermination
+		}, "listener "+l.cfg.Name, "listener removed by reload; deregistration delay over")
+	})
+	s.retired = append(s.retired, rt)
+	s.log.Info("listener removed; its flows drain", zap.String(logListener, l.cfg.Name), zap.Stringer(logAddr, l.Addr()), zap.Duration("deregistration_delay", delay))
+}
