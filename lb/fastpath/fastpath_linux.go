@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"time"
 
@@ -25,6 +26,11 @@ type Options struct {
 	// ACLPrefixes bounds the allow and deny prefixes of all services, per
 	// list and family (default 64).
 	ACLPrefixes int
+	// Inherit, if not nil, has the flow maps a previous process handed over
+	// (FlowFiles) in a binary upgrade. A map of the same shape is used
+	// instead of a new one, so the flows it pinned keep their targets and
+	// both processes' programs see the same flows while they overlap.
+	Inherit interface{ Take(name string) *os.File }
 }
 
 // Path is the loaded programs, their maps and their attachments.
@@ -37,6 +43,12 @@ type Path struct {
 	mu    sync.Mutex
 	links []link.Link
 	svcs  []*service
+
+	// KeptFlows says the flow maps a previous process handed over are
+	// in use; Inherited says why one was not (its shape differs: MaxFlows
+	// changed, say), whose flows then end when that process exits.
+	KeptFlows bool
+	Inherited []error
 }
 
 // famPath is one address family's maps.
@@ -122,8 +134,28 @@ func New(opts Options) (*Path, error) {
 		size("l4lb_allow_"+f.name, opts.ACLPrefixes)
 		size("l4lb_deny_"+f.name, opts.ACLPrefixes)
 	}
+	var lopts ebpf.CollectionOptions
+	if opts.Inherit != nil {
+		lopts.MapReplacements = map[string]*ebpf.Map{}
+		defer func() {
+			for _, m := range lopts.MapReplacements {
+				m.Close() // loading took its own reference
+			}
+		}()
+		for _, f := range []family{ipv4, ipv6} {
+			name := "l4lb_flows_" + f.name
+			m, err := inheritedMap(opts.Inherit.Take(flowFile(f)), spec.Maps[name])
+			if err != nil {
+				p.Inherited = append(p.Inherited, err)
+			}
+			if m != nil {
+				lopts.MapReplacements[name] = m
+			}
+		}
+	}
+	p.KeptFlows = len(lopts.MapReplacements) > 0
 	var objs fastpathBPFObjects
-	if err := spec.LoadAndAssign(&objs, nil); err != nil {
+	if err := spec.LoadAndAssign(&objs, &lopts); err != nil {
 		return fail(fmt.Errorf("%w: %v", ErrUnsupported, err))
 	}
 	m := &objs.fastpathBPFMaps
@@ -512,7 +544,45 @@ func readBatch[K, V any](m *ebpf.Map, fn func(K, V)) error {
 	}
 }
 
-// Close detaches the programs and frees the maps; pinned flows end with them.
+// flowFile names a family's flow map among the descriptors of an upgrade.
+func flowFile(f family) string { return "fastpath/flows_" + f.name }
+
+// inheritedMap opens a handed-over map, if its shape is what spec wants.
+func inheritedMap(f *os.File, spec *ebpf.MapSpec) (*ebpf.Map, error) {
+	if f == nil {
+		return nil, nil
+	}
+	defer f.Close()
+	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("fastpath: %s: %w", f.Name(), err)
+	}
+	m, err := ebpf.NewMapFromFD(fd)
+	if err != nil {
+		return nil, fmt.Errorf("fastpath: %s: %w", f.Name(), err)
+	}
+	if err := spec.Compatible(m); err != nil {
+		m.Close()
+		return nil, fmt.Errorf("fastpath: %s is not used, its flows end: %w", f.Name(), err)
+	}
+	return m, nil
+}
+
+// FlowFiles adds a duplicate of each flow map's descriptor, by name, for a
+// new process to load its programs with (Options.Inherit).
+func (p *Path) FlowFiles(add func(name string, f *os.File)) error {
+	for _, fp := range p.fams {
+		fd, err := unix.FcntlInt(uintptr(fp.flows.FD()), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("fastpath: %w", err)
+		}
+		add(flowFile(fp.f), os.NewFile(uintptr(fd), flowFile(fp.f)))
+	}
+	return nil
+}
+
+// Close detaches the programs and frees the maps; pinned flows end with
+// them, unless a new process took the flow maps over (FlowFiles).
 func (p *Path) Close() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()

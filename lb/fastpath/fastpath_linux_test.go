@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -648,4 +649,79 @@ func TestProgramACL(t *testing.T) {
 			t.Errorf("service %d: %d refused by its lists, want %d", id, st.RefusedACL, want)
 		}
 	}
+}
+
+// files is what a binary upgrade hands over: named descriptors, taken once.
+type files map[string]*os.File
+
+func (f files) Take(name string) *os.File {
+	file := f[name]
+	delete(f, name)
+	return file
+}
+
+// A new Path loaded with the flow maps an old one handed over keeps the old
+// one's flows: a flow pinned before keeps its target though the new table
+// names another, after the old Path is gone. A map of another shape is not
+// used, and says why.
+func TestFlowMapsHandedOver(t *testing.T) {
+	old := newPath(t, Options{MaxFlows: 64, Services: 1})
+	vip := netip.MustParseAddrPort("127.0.0.53:53")
+	a := netip.MustParseAddrPort("127.0.0.1:5300")
+	b := netip.MustParseAddrPort("127.0.0.2:5300")
+	fill := func(t netip.AddrPort) []netip.AddrPort {
+		s := make([]netip.AddrPort, maglev.DefaultSize)
+		for i := range s {
+			s[i] = t
+		}
+		return s
+	}
+	id, _ := old.AddService(vip, time.Minute, false)
+	if err := old.SetTable(id, fill(a)); err != nil {
+		t.Fatal(err)
+	}
+	client := netip.MustParseAddrPort("127.9.9.9:40000")
+	if _, out := run(t, old, packet(client, vip, []byte("q"))); true {
+		if _, dst := addrs(out); dst != a {
+			t.Fatalf("first datagram went to %s, want %s", dst, a)
+		}
+	}
+	handed := files{}
+	if err := old.FlowFiles(func(name string, f *os.File) { handed[name] = f }); err != nil {
+		t.Fatal(err)
+	}
+	if len(handed) != 2 {
+		t.Fatalf("handed over %d flow maps, want one per family", len(handed))
+	}
+	next := newPath(t, Options{MaxFlows: 64, Services: 1, Inherit: handed})
+	if !next.KeptFlows || len(next.Inherited) != 0 || len(handed) != 0 {
+		t.Fatalf("kept %v, problems %v, %d left untaken", next.KeptFlows, next.Inherited, len(handed))
+	}
+	id, _ = next.AddService(vip, time.Minute, false)
+	if err := next.SetTable(id, fill(b)); err != nil {
+		t.Fatal(err)
+	}
+	old.Close()
+	_, out := run(t, next, packet(client, vip, []byte("again")))
+	if _, dst := addrs(out); dst != a {
+		t.Fatalf("the flow pinned before the handover went to %s, want %s", dst, a)
+	}
+	_, out = run(t, next, packet(netip.MustParseAddrPort("127.9.9.9:40001"), vip, []byte("new")))
+	if _, dst := addrs(out); dst != b {
+		t.Fatalf("a new flow went to %s, want %s", dst, b)
+	}
+	var live []Flow
+	if _, err := next.Sweep(func(f Flow) { live = append(live, f) }); err != nil || len(live) != 2 {
+		t.Fatalf("sweep saw %v (%v), want both flows", live, err)
+	}
+
+	// Another MaxFlows: the IPv4 map has another shape, so a new one, and a
+	// reason. (The IPv6 map, smallest for want of services, fits.)
+	handed = files{}
+	next.FlowFiles(func(name string, f *os.File) { handed[name] = f })
+	other := newPath(t, Options{MaxFlows: 128, Services: 1, Inherit: handed})
+	if len(other.Inherited) != 1 || !strings.Contains(other.Inherited[0].Error(), "flows_v4") {
+		t.Fatalf("a map of another size: problems %v", other.Inherited)
+	}
+	t.Log(other.Inherited[0])
 }

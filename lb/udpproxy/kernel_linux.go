@@ -95,7 +95,7 @@ func (s *Server) startKernelPath() {
 }
 
 func (s *Server) newKernelPath(fronts []*udpFront) (*kernelPath, error) {
-	opts := fastpath.Options{MaxFlows: s.cfg.MaxFlows}
+	opts := fastpath.Options{MaxFlows: s.cfg.MaxFlows, Inherit: s.opts.Inherit}
 	for _, u := range fronts {
 		acl := u.acl.Load()
 		opts.ACLPrefixes += len(acl.Allow) + len(acl.Deny)
@@ -108,6 +108,12 @@ func (s *Server) newKernelPath(fronts []*udpFront) (*kernelPath, error) {
 	p, err := fastpath.New(opts)
 	if err != nil {
 		return nil, err
+	}
+	for _, err := range p.Inherited {
+		s.log.Warn("UDP fast path: a flow map handed over by the previous process is not used", zap.Error(err))
+	}
+	if p.KeptFlows {
+		s.log.Info("UDP fast path: kept the previous process's flows")
 	}
 	k := &kernelPath{s: s, p: p, sweep: 10 * time.Second, kick: make(chan struct{}, 1), end: make(chan endReq, 64), stop: make(chan struct{}), done: make(chan struct{})}
 	for _, u := range fronts {

@@ -181,13 +181,17 @@ func (s *Server) EndFlows(t *registry.Target, why string) {
 	}()
 }
 
-// Files adds a duplicate of every listener socket, by name, for a new
-// process to take over (a binary upgrade).
+// Files adds a duplicate of every listener socket, and of the kernel fast
+// path's flow maps, by name, for a new process to take over (a binary
+// upgrade).
 func (s *Server) Files(add func(name string, f *os.File)) error {
 	for _, u := range s.current() {
 		if err := u.files(add); err != nil {
 			return err
 		}
+	}
+	if k := s.kernel.Load(); k != nil {
+		return k.p.FlowFiles(add)
 	}
 	return nil
 }
