@@ -44,7 +44,7 @@ fuzz-each = for t in $(FUZZ_TARGETS); do \
 ## test: every test, integration ones included (real daemons, network
 ## namespaces, kernel programs), with the race detector, plus a short run of
 ## each fuzz target
-test: deps lint check-generated
+test: deps lint check-generated build
 	$(GO) test -race -count=1 -timeout 10m -tags integration ./...
 	@$(call fuzz-each,1)
 

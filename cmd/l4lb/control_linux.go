@@ -47,7 +47,7 @@ func newControl(srv *lb.Server, l loaded, log *zap.Logger, m *metrics.Metrics) *
 // loaded records the running config's hash and load time (c.mu held, or
 // before c is shared).
 func (c *control) loaded(path, hash string) {
-	c.current = api.Config{Path: path, SHA256: hash, LoadedAt: time.Now().UTC(), PID: os.Getpid()}
+	c.current = api.Config{Path: path, SHA256: hash, LoadedAt: time.Now().UTC(), PID: os.Getpid(), Version: version}
 	c.m.Gauge(metrics.ConfigLastReloadSuccess).Set(float64(c.current.LoadedAt.UnixNano()) / 1e9)
 	c.m.SetInfo(metrics.ConfigInfo, hash)
 }

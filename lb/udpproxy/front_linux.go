@@ -61,7 +61,7 @@ type udpFront struct {
 	newFlows, evictions                prometheus.Counter
 	rejects                            *listen.RejectCounters
 	pktsIn, pktsOut, bytesIn, bytesOut prometheus.Counter
-	dropped, rxDrops                   prometheus.Counter
+	dropped, rxDrops, socketRx         prometheus.Counter
 	active, entries                    prometheus.Gauge
 }
 
@@ -99,6 +99,7 @@ func newFront(s *Server, lc *config.Listener, b config.BindAddr, r *listen.Route
 	u.dropped = u.rejects[listen.ReasonDatagramDropped]
 	u.evictions = m.Counter(metrics.FlowEvictions, lc.Name, "table_full")
 	u.rxDrops = c(metrics.UDPReceiveDrops)
+	u.socketRx = c(metrics.UDPSocketDatagrams)
 	u.pktsIn = c(metrics.ProcessedPackets, "in")
 	u.pktsOut = c(metrics.ProcessedPackets, "out")
 	u.bytesIn = c(metrics.ProcessedBytes, "in")
@@ -264,6 +265,7 @@ func (u *udpFront) readLoop(sock *net.UDPConn) {
 				u.rxDrops.Add(float64(d - drops)) // uint32 arithmetic survives a wrap
 				drops = d
 			}
+			u.socketRx.Add(float64(n))
 			now := time.Now()
 			var pkts, bytes int
 			// Resolve each datagram's flow, then hand each flow its

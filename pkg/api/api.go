@@ -104,6 +104,7 @@ type Config struct {
 	SHA256   string    `json:"sha256"`
 	LoadedAt time.Time `json:"loaded_at"`
 	PID      int       `json:"pid"`
+	Version  string    `json:"version,omitempty"` // of the binary that runs it
 }
 
 // Upgrade is the answer to POST /v1/upgrade: the new process serves.

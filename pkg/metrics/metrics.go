@@ -49,6 +49,7 @@ const (
 	FlowTableEntries
 	FlowEvictions
 	UDPReceiveDrops
+	UDPSocketDatagrams
 	ConfigReloads
 	ConfigLastReloadSuccess
 	ConfigInfo
@@ -96,6 +97,7 @@ var table = [numIDs]struct {
 	FlowTableEntries:        {"flow_table_entries", gauge, "Entries in the UDP flow table.", []string{LabelListener}},
 	FlowEvictions:           {"flow_evictions_total", counter, "UDP flows evicted from a full table to make room, by reason.", []string{LabelListener, LabelReason}},
 	UDPReceiveDrops:         {"udp_receive_drops_total", counter, "Datagrams the kernel dropped because a listener socket's receive queue was full (SO_RXQ_OVFL).", lpz},
+	UDPSocketDatagrams:      {"udp_socket_datagrams_total", counter, "Client datagrams a UDP listener's sockets read in user space; on the kernel fast path, only those its programs pass up (none, normally).", lpz},
 	ConfigReloads:           {"config_reloads_total", counter, "Config reloads, by result (success, refused: a bad file, failed: could not be applied).", []string{LabelResult}},
 	ConfigLastReloadSuccess: {"config_last_reload_success_timestamp_seconds", gauge, "When the running config was loaded (start, reload or upgrade), in Unix seconds.", nil},
 	ConfigInfo:              {"config_info", gauge, "1, labelled with the SHA-256 of the running config file.", []string{"sha256"}},

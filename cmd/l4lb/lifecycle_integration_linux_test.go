@@ -1,0 +1,529 @@
+//go:build integration
+
+package main
+
+// Live reload and binary upgrade of a real l4lb process, built from this
+// tree, while clients open new connections and run long checksummed
+// transfers through it.
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/l4lb/l4lb/pkg/api"
+)
+
+// buildL4LB builds this tree's l4lb at path, stamped with version. Built
+// once, the next builds only link (make test builds bin/l4lb first).
+func buildL4LB(t *testing.T, path, version string) {
+	t.Helper()
+	out, err := exec.Command("go", "build", "-ldflags", "-X main.version="+version, "-o", path, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+}
+
+// daemon is an l4lb process started from a binary on disk, and the
+// processes that upgrades start after it (one process group).
+type daemon struct {
+	t      *testing.T
+	bin    string
+	config string // the config file's path
+	admin  string // http://127.0.0.1:port
+	log    string // every process's output
+	cmd    *exec.Cmd
+	exited chan error // the first process ended
+}
+
+// startDaemon runs bin serve on the config yaml (whose admin API listens
+// on adminPort) and waits until it is ready.
+func startDaemon(t *testing.T, bin, adminPort, yaml string) *daemon {
+	t.Helper()
+	dir := t.TempDir()
+	d := &daemon{t: t, bin: bin, config: filepath.Join(dir, "l4lb.yaml"), admin: "http://127.0.0.1:" + adminPort,
+		log: filepath.Join(dir, "l4lb.log"), exited: make(chan error, 1)}
+	d.write(yaml)
+	logf, err := os.Create(d.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	d.cmd = exec.Command(bin, "serve", "--config", d.config, "--shutdown-timeout", "30s")
+	d.cmd.Stdout, d.cmd.Stderr = logf, logf
+	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { d.exited <- d.cmd.Wait() }()
+	t.Cleanup(func() {
+		syscall.Kill(-d.cmd.Process.Pid, syscall.SIGKILL) // every process the upgrades started too
+		if t.Failed() {
+			b, _ := os.ReadFile(d.log)
+			if len(b) > 16<<10 {
+				b = b[len(b)-16<<10:]
+			}
+			t.Logf("l4lb's log (the end):\n%s", b)
+		}
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for d.readyz() != http.StatusOK {
+		select {
+		case err := <-d.exited:
+			b, _ := os.ReadFile(d.log)
+			t.Fatalf("l4lb exited at start: %v\n%s", err, b)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("l4lb not ready within 20 s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return d
+}
+
+func (d *daemon) write(yaml string) {
+	if err := os.WriteFile(d.config, []byte(yaml), 0o644); err != nil {
+		d.t.Fatal(err)
+	}
+}
+
+// readyz is /readyz's status, or 0 when nothing answers.
+func (d *daemon) readyz() int {
+	c := http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get(d.admin + "/readyz")
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// running is the config and process serving now (GET /v1/config).
+func (d *daemon) running() api.Config {
+	d.t.Helper()
+	resp, err := http.Get(d.admin + "/v1/config")
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var c api.Config
+	if err := json.NewDecoder(resp.Body).Decode(&c); err != nil {
+		d.t.Fatal(err)
+	}
+	return c
+}
+
+// upgrade runs `l4lb upgrade` and returns the new process's PID.
+func (d *daemon) upgrade() api.Upgrade {
+	d.t.Helper()
+	code, out, errs := runCLI("upgrade", "--admin", d.admin, "-o", "json")
+	if code != 0 {
+		d.t.Fatalf("l4lb upgrade: exit %d: %s", code, errs)
+	}
+	var u api.Upgrade
+	if err := json.Unmarshal([]byte(out), &u); err != nil {
+		d.t.Fatalf("l4lb upgrade output: %v\n%s", err, out)
+	}
+	return u
+}
+
+// usage is a process's descriptors, goroutines and resident memory.
+type usage struct {
+	fds, goroutines int
+	rssKiB          int
+}
+
+func (d *daemon) usage(pid int) usage {
+	d.t.Helper()
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	u := usage{fds: len(ents), goroutines: int(metricSum(d.t, d.admin, "go_goroutines"))}
+	status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, line := range strings.Split(string(status), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			u.rssKiB, _ = strconv.Atoi(f[1])
+		}
+	}
+	return u
+}
+
+// waitGone waits until pid has exited (it is not this test's child once
+// an upgrade started it, so it is polled).
+func waitGone(t *testing.T, pid int, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		// Gone, or a zombie nobody reaps: it has exited either way.
+		if err != nil || strings.Contains(string(status), ") Z ") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("process %d still runs %v later", pid, within)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// load is a steady stream of new connections and long transfers through
+// one l4lb address, to idTargets: each connection reads the target's
+// 21-byte name, then has what it sends echoed. Every loop ends when stop
+// is called, or after a minute and a half at most.
+type load struct {
+	addr string
+	stop chan struct{}
+	wg   sync.WaitGroup
+
+	conns, connFails atomic.Int64
+	xfers, broken    atomic.Int64
+	mu               sync.Mutex
+	problems         []string
+	spans            [][2]time.Time // each finished transfer's start and end
+}
+
+// Transfers are 1 MiB each way, sent in 32 KiB pieces 40 ms apart: about
+// 1.3 s each, so several are in flight at any moment.
+const (
+	xferSize  = 1 << 20
+	xferChunk = 32 << 10
+	xferPace  = 40 * time.Millisecond
+)
+
+func startLoad(addr string, connectors, transfers int) *load {
+	l := &load{addr: addr, stop: make(chan struct{})}
+	end := time.Now().Add(90 * time.Second)
+	loop := func(one func()) {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for time.Now().Before(end) {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				one()
+			}
+		}()
+	}
+	for range connectors {
+		loop(func() {
+			if err := l.connectOnce(); err != nil {
+				l.connFails.Add(1)
+				l.problem("connect: " + err.Error())
+			} else {
+				l.conns.Add(1)
+			}
+			time.Sleep(5 * time.Millisecond)
+		})
+	}
+	for range transfers {
+		loop(func() {
+			start := time.Now()
+			if err := l.transferOnce(); err != nil {
+				l.broken.Add(1)
+				l.problem("transfer: " + err.Error())
+				return
+			}
+			l.xfers.Add(1)
+			l.mu.Lock()
+			l.spans = append(l.spans, [2]time.Time{start, time.Now()})
+			l.mu.Unlock()
+		})
+	}
+	return l
+}
+
+func (l *load) problem(s string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.problems) < 10 {
+		l.problems = append(l.problems, time.Now().Format("15:04:05.000")+" "+s)
+	}
+}
+
+func (l *load) connectOnce() error {
+	c, err := net.DialTimeout("tcp", l.addr, 3*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(c, make([]byte, 21)); err != nil {
+		return fmt.Errorf("reading the target's name: %w", err)
+	}
+	if _, err := c.Write([]byte("ping")); err != nil {
+		return err
+	}
+	b := make([]byte, 4)
+	if _, err := io.ReadFull(c, b); err != nil || string(b) != "ping" {
+		return fmt.Errorf("echo: %q, %v", b, err)
+	}
+	return nil
+}
+
+// transferOnce sends xferSize random bytes, paced, and checks that the
+// echo's SHA-256 matches what was sent.
+func (l *load) transferOnce() error {
+	c, err := net.DialTimeout("tcp", l.addr, 3*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	if _, err := io.ReadFull(c, make([]byte, 21)); err != nil {
+		return fmt.Errorf("reading the target's name: %w", err)
+	}
+	sent := sha256.New()
+	werr := make(chan error, 1)
+	go func() {
+		buf := make([]byte, xferChunk)
+		for n := 0; n < xferSize; n += xferChunk {
+			rand.Read(buf)
+			sent.Write(buf)
+			if _, err := c.Write(buf); err != nil {
+				werr <- err
+				return
+			}
+			time.Sleep(xferPace)
+		}
+		werr <- nil
+	}()
+	got := sha256.New()
+	_, rerr := io.CopyN(got, c, xferSize)
+	if err := <-werr; err != nil {
+		return fmt.Errorf("sending: %w", err)
+	}
+	if rerr != nil {
+		return fmt.Errorf("receiving: %w", rerr)
+	}
+	if !bytes.Equal(sent.Sum(nil), got.Sum(nil)) {
+		return fmt.Errorf("checksum mismatch")
+	}
+	return nil
+}
+
+// finish stops starting new connections and waits for those under way.
+func (l *load) finish() {
+	select {
+	case <-l.stop:
+	default:
+		close(l.stop)
+	}
+	l.wg.Wait()
+}
+
+// spanning counts the finished transfers that were in flight at t.
+func (l *load) spanning(t time.Time) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, s := range l.spans {
+		if s[0].Before(t) && s[1].After(t) {
+			n++
+		}
+	}
+	return n
+}
+
+// check fails t unless every connection and transfer succeeded.
+func (l *load) check(t *testing.T, what string) {
+	t.Helper()
+	l.finish()
+	t.Logf("%s: %d connections (%d failed), %d transfers of %d KiB (%d broken)", what, l.conns.Load(), l.connFails.Load(), l.xfers.Load(), xferSize>>10, l.broken.Load())
+	if l.connFails.Load() != 0 || l.broken.Load() != 0 {
+		t.Fatalf("%s: %d failed connections, %d broken transfers: %v", what, l.connFails.Load(), l.broken.Load(), l.problems)
+	}
+}
+
+// lifecycleYAML is a config: TCP listeners (name → port) on 127.0.0.1 before
+// the TCP group web, and extra.
+func lifecycleYAML(adminPort string, listeners map[string]string, targets []*idTarget, extra string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "admin: {listen: \"127.0.0.1:%s\"}\nlisteners:\n", adminPort)
+	for _, name := range sortedKeys(listeners) {
+		fmt.Fprintf(&b, "  - {name: %s, port: %s, bind: [127.0.0.1], target_group: web}\n", name, listeners[name])
+	}
+	b.WriteString("target_groups:\n  - name: web\n    targets:\n")
+	for _, it := range targets {
+		fmt.Fprintf(&b, "      - {address: %q}\n", it.addr)
+	}
+	b.WriteString("    attributes: {deregistration_delay.timeout_seconds: \"2\"}\n")
+	b.WriteString("    health_check: {interval: 200ms, timeout: 150ms, healthy_threshold: 2, unhealthy_threshold: 2}\n")
+	b.WriteString(extra)
+	return b.String()
+}
+
+func sortedKeys(m map[string]string) []string {
+	var ks []string
+	for k := range m {
+		ks = append(ks, k)
+	}
+	for i := range ks {
+		for j := i + 1; j < len(ks); j++ {
+			if ks[j] < ks[i] {
+				ks[i], ks[j] = ks[j], ks[i]
+			}
+		}
+	}
+	return ks
+}
+
+// states maps each target of group web to its state.
+func states(t *testing.T, admin string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for _, th := range describe(t, admin) {
+		out[th.Address] = th.State
+	}
+	return out
+}
+
+// dialName connects to addr and returns the target's name.
+func dialName(addr string) (string, error) {
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	b := make([]byte, 21)
+	if _, err := io.ReadFull(c, b); err != nil {
+		return "", err
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// A reload under load adds a listener, removes another, adds a target and
+// removes one: no connection fails and no transfer breaks, the removed
+// listener's transfers finish, the removed target drains for its delay and
+// goes, the new listener and target serve. A bad file is then refused with
+// its field paths, by the CLI (exit 2) and the API (400), and the running
+// config serves on. Last, systemctl reload's command reloads.
+func TestReloadUnderLoad(t *testing.T) {
+	t1, t2, t3 := startIDTarget(t), startIDTarget(t), startIDTarget(t)
+	pWeb, pOld, pNew, pAdmin := freePort(t), freePort(t), freePort(t), freePort(t)
+	bin := filepath.Join(t.TempDir(), "l4lb")
+	buildL4LB(t, bin, "reload-test")
+	d := startDaemon(t, bin, pAdmin, lifecycleYAML(pAdmin, map[string]string{"web": pWeb, "old": pOld}, []*idTarget{t1, t2}, ""))
+	waitUntil(t, "both targets healthy", func() bool {
+		s := states(t, d.admin)
+		return s[t1.addr] == api.StateHealthy && s[t2.addr] == api.StateHealthy
+	})
+	before := d.running()
+
+	web := startLoad("127.0.0.1:"+pWeb, 2, 3)
+	old := startLoad("127.0.0.1:"+pOld, 0, 2)
+	time.Sleep(time.Second)
+	close(old.stop) // no new transfers to the listener that goes; those under way go on
+	d.write(lifecycleYAML(pAdmin, map[string]string{"web": pWeb, "new": pNew}, []*idTarget{t2, t3}, ""))
+	code, out, errs := runCLI("reload", "--admin", d.admin)
+	reloaded := time.Now()
+	if code != 0 {
+		t.Fatalf("l4lb reload: exit %d: %s", code, errs)
+	}
+	t.Logf("l4lb reload: %s", strings.TrimSpace(out))
+
+	if name, err := dialName("127.0.0.1:" + pNew); err != nil {
+		t.Fatalf("the added listener: %v", err)
+	} else if name != t2.addr {
+		t.Fatalf("the added listener reached %s; only %s is healthy yet", name, t2.addr)
+	}
+	if c, err := net.DialTimeout("tcp", "127.0.0.1:"+pOld, time.Second); err == nil {
+		c.Close()
+		t.Fatal("the removed listener still accepts")
+	}
+	if s := states(t, d.admin); s[t1.addr] != api.StateDraining {
+		t.Fatalf("the removed target is %q, want draining", s[t1.addr])
+	}
+	waitUntil(t, "the removed target gone after its delay", func() bool { _, ok := states(t, d.admin)[t1.addr]; return !ok })
+	if drained := time.Since(reloaded); drained < 2*time.Second {
+		t.Fatalf("the removed target went after %v, before its 2 s delay", drained)
+	} else {
+		t.Logf("the removed target drained for %v (delay 2 s)", drained.Round(10*time.Millisecond))
+	}
+	hits := t1.hits.Load()
+	waitUntil(t, "the added target healthy and serving", func() bool {
+		return states(t, d.admin)[t3.addr] == api.StateHealthy && t3.hits.Load() > 0
+	})
+	time.Sleep(500 * time.Millisecond)
+	if t1.hits.Load() != hits {
+		t.Fatal("the removed target got new connections after it was deregistered")
+	}
+	old.check(t, "removed listener")
+	web.check(t, "kept listener")
+	if old.xfers.Load() == 0 || old.spanning(reloaded)+web.spanning(reloaded) == 0 {
+		t.Fatal("no transfer was in flight across the reload")
+	}
+	t.Logf("%d transfers were in flight across the reload", old.spanning(reloaded)+web.spanning(reloaded))
+	after := d.running()
+	if after.SHA256 == before.SHA256 || !after.LoadedAt.After(before.LoadedAt) {
+		t.Fatalf("/v1/config did not change: %+v → %+v", before, after)
+	}
+	if n := metricSum(t, d.admin, "l4lb_config_reloads_total", `result="success"`); n != 1 {
+		t.Fatalf("l4lb_config_reloads_total{result=success} = %v, want 1", n)
+	}
+
+	// A bad file: nothing changes.
+	web = startLoad("127.0.0.1:"+pNew, 1, 1)
+	bad := &idTarget{addr: "not-an-address"}
+	d.write(strings.Replace(lifecycleYAML(pAdmin, map[string]string{"web": pWeb, "new": pNew}, []*idTarget{t2, t3, bad}, ""), "port: "+pNew, "port: 70000", 1))
+	code, _, errs = runCLI("reload", "--admin", d.admin)
+	if code != 2 || !strings.Contains(errs, "listeners[0].port: 70000 is outside 1-65535") || !strings.Contains(errs, "target_groups[0].targets[2].address") {
+		t.Fatalf("l4lb reload of a bad file: exit %d, stderr:\n%s", code, errs)
+	}
+	t.Logf("l4lb reload of a bad file (exit 2):\n%s", errs)
+	resp, err := http.Post(d.admin+"/v1/reload", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var e api.Error
+	json.NewDecoder(resp.Body).Decode(&e)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest || len(e.Errors) != 2 || !strings.Contains(strings.Join(e.Errors, "\n"), "listeners[0].port: ") {
+		t.Fatalf("POST /v1/reload of a bad file: %d %+v", resp.StatusCode, e)
+	}
+	if now := d.running(); now.SHA256 != after.SHA256 {
+		t.Fatal("a refused reload changed the running config")
+	}
+	if name, err := dialName("127.0.0.1:" + pNew); err != nil || (name != t2.addr && name != t3.addr) {
+		t.Fatalf("the running config after a refused reload: %q %v", name, err)
+	}
+	if n := metricSum(t, d.admin, "l4lb_config_reloads_total", `result="refused"`); n != 2 {
+		t.Fatalf("l4lb_config_reloads_total{result=refused} = %v, want 2", n)
+	}
+	web.check(t, "during the refused reloads")
+
+	// systemctl reload runs the unit's ExecReload: kill -HUP $MAINPID.
+	d.write(lifecycleYAML(pAdmin, map[string]string{"web": pWeb, "new": pNew}, []*idTarget{t1, t2, t3}, ""))
+	hup := exec.Command("/bin/sh", "-c", "kill -HUP $MAINPID")
+	hup.Env = append(os.Environ(), "MAINPID="+strconv.Itoa(d.cmd.Process.Pid))
+	if out, err := hup.CombinedOutput(); err != nil {
+		t.Fatalf("kill -HUP $MAINPID: %v %s", err, out)
+	}
+	waitUntil(t, "SIGHUP to reload", func() bool { return d.running().SHA256 != after.SHA256 })
+	if _, ok := states(t, d.admin)[t1.addr]; !ok {
+		t.Fatal("the target SIGHUP's config adds is not registered")
+	}
+	if n := metricSum(t, d.admin, "l4lb_config_reloads_total", `result="success"`); n != 2 {
+		t.Fatalf("l4lb_config_reloads_total{result=success} = %v after SIGHUP, want 2", n)
+	}
+}
