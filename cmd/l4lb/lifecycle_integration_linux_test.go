@@ -75,8 +75,8 @@ func startDaemon(t *testing.T, bin, adminPort, yaml string) *daemon {
 		syscall.Kill(-d.cmd.Process.Pid, syscall.SIGKILL) // every process the upgrades started too
 		if t.Failed() {
 			b, _ := os.ReadFile(d.log)
-			if len(b) > 16<<10 {
-				b = b[len(b)-16<<10:]
+			if len(b) > 64<<10 {
+				b = b[len(b)-64<<10:]
 			}
 			t.Logf("l4lb's log (the end):\n%s", b)
 		}
@@ -105,13 +105,18 @@ func (d *daemon) write(yaml string) {
 
 // readyz is /readyz's status, or 0 when nothing answers.
 func (d *daemon) readyz() int {
+	code, _ := d.readyzErr()
+	return code
+}
+
+func (d *daemon) readyzErr() (int, error) {
 	c := http.Client{Timeout: 2 * time.Second}
 	resp, err := c.Get(d.admin + "/readyz")
 	if err != nil {
-		return 0
+		return 0, err
 	}
 	resp.Body.Close()
-	return resp.StatusCode
+	return resp.StatusCode, nil
 }
 
 // running is the config and process serving now (GET /v1/config).
@@ -177,6 +182,8 @@ func waitGone(t *testing.T, pid int, within time.Duration) {
 			return
 		}
 		if time.Now().After(deadline) {
+			syscall.Kill(pid, syscall.SIGQUIT) // its goroutines, into the log
+			time.Sleep(time.Second)
 			t.Fatalf("process %d still runs %v later", pid, within)
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -390,8 +397,22 @@ func sortedKeys(m map[string]string) []string {
 // states maps each target of group web to its state.
 func states(t *testing.T, admin string) map[string]string {
 	t.Helper()
+	return groupStates(t, admin, "web")
+}
+
+func groupStates(t *testing.T, admin, group string) map[string]string {
+	t.Helper()
+	resp, err := http.Get(admin + "/v1/target-groups/" + group + "/targets")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var ths []api.TargetHealth
+	if err := json.NewDecoder(resp.Body).Decode(&ths); err != nil {
+		t.Fatal(err)
+	}
 	out := map[string]string{}
-	for _, th := range describe(t, admin) {
+	for _, th := range ths {
 		out[th.Address] = th.State
 	}
 	return out
@@ -526,4 +547,202 @@ func TestReloadUnderLoad(t *testing.T) {
 	if n := metricSum(t, d.admin, "l4lb_config_reloads_total", `result="success"`); n != 2 {
 		t.Fatalf("l4lb_config_reloads_total{result=success} = %v after SIGHUP, want 2", n)
 	}
+}
+
+// udpNamer is a UDP target that answers each datagram with its own address.
+func udpNamer(t *testing.T, at string) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", at)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	name := []byte(pc.LocalAddr().String())
+	go func() {
+		b := make([]byte, 2048)
+		for {
+			_, from, err := pc.ReadFrom(b)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(name, from)
+		}
+	}()
+	return pc.LocalAddr().String()
+}
+
+// udpFlows are client sockets, each one flow through l4lb.
+type udpFlows []*net.UDPConn
+
+func openUDPFlows(t *testing.T, n int, from func(i int) *net.UDPAddr, to string) udpFlows {
+	t.Helper()
+	raddr, err := net.ResolveUDPAddr("udp", to)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs := make(udpFlows, n)
+	for i := range fs {
+		if fs[i], err = net.DialUDP("udp", from(i), raddr); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { fs[i].Close() })
+	}
+	return fs
+}
+
+// targets asks through each flow which target serves it (retrying a lost
+// datagram a few times).
+func (fs udpFlows) targets(t *testing.T) []string {
+	t.Helper()
+	out := make([]string, len(fs))
+	b := make([]byte, 64)
+	for i, c := range fs {
+		for try := 0; ; try++ {
+			c.Write([]byte("who"))
+			c.SetReadDeadline(time.Now().Add(time.Second))
+			n, err := c.Read(b)
+			if err == nil {
+				out[i] = string(b[:n])
+				break
+			}
+			if try == 4 {
+				t.Fatalf("flow %d (%s): no answer: %v", i, c.LocalAddr(), err)
+			}
+		}
+	}
+	return out
+}
+
+// Upgrade under load to a freshly built binary: no connection is refused or
+// reset, every transfer in flight completes with its checksum, the new
+// process (the new version) serves and the old one exits; /readyz answers
+// 200 throughout; UDP flows on the socket path keep their targets. Then a
+// binary that exits at start, and a config the new binary refuses: the
+// serving process serves on. Last, SIGUSR2 upgrades too.
+func TestUpgradeUnderLoad(t *testing.T) {
+	t1, t2 := startIDTarget(t), startIDTarget(t)
+	u1, u2 := udpNamer(t, "127.0.0.1:0"), udpNamer(t, "127.0.0.1:0")
+	pWeb, pDNS, pAdmin := freePort(t), freePort(t), freePort(t)
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "l4lb")
+	buildL4LB(t, bin, "upgrade-test-1")
+	udp := fmt.Sprintf(`  - {name: dns, protocol: UDP, port: %s, bind: [127.0.0.1], target_group: dns}
+  - name: dns
+    protocol: UDP
+    targets: [{address: %q}, {address: %q}]
+    health_check: {protocol: TCP, port: %s, interval: 200ms, timeout: 150ms, healthy_threshold: 2}
+`, pDNS, u1, u2, strings.Split(t1.addr, ":")[1])
+	// The UDP listener and group go into their lists.
+	yaml := func(targets ...*idTarget) string {
+		y := lifecycleYAML(pAdmin, map[string]string{"web": pWeb}, targets, "")
+		lines := strings.Split(udp, "\n")
+		y = strings.Replace(y, "target_groups:\n", lines[0]+"\ntarget_groups:\n", 1)
+		return y + strings.Join(lines[1:], "\n")
+	}
+	d := startDaemon(t, bin, pAdmin, yaml(t1, t2))
+	waitUntil(t, "targets healthy", func() bool {
+		s, u := states(t, d.admin), groupStates(t, d.admin, "dns")
+		return s[t1.addr] == api.StateHealthy && s[t2.addr] == api.StateHealthy && u[u1] == api.StateHealthy && u[u2] == api.StateHealthy
+	})
+	flows := openUDPFlows(t, 40, func(int) *net.UDPAddr { return &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)} }, "127.0.0.1:"+pDNS)
+	chosen := flows.targets(t)
+	if all := strings.Join(chosen, " "); !strings.Contains(all, u1) || !strings.Contains(all, u2) {
+		t.Fatalf("40 UDP flows did not use both targets: %v", chosen)
+	}
+
+	// /readyz, polled throughout: never anything but 200.
+	var notReady atomic.Int64
+	var polls atomic.Int64
+	pollStop := make(chan struct{})
+	pollDone := make(chan struct{})
+	go func() {
+		defer close(pollDone)
+		for end := time.Now().Add(90 * time.Second); time.Now().Before(end); {
+			select {
+			case <-pollStop:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+			if code, err := d.readyzErr(); code != http.StatusOK {
+				notReady.Add(1)
+				t.Logf("%s /readyz: %d %v", time.Now().Format("15:04:05.000"), code, err)
+			}
+			polls.Add(1)
+		}
+	}()
+
+	ld := startLoad("127.0.0.1:"+pWeb, 2, 4)
+	time.Sleep(time.Second)
+	buildL4LB(t, bin+".new", "upgrade-test-2")
+	if err := os.Rename(bin+".new", bin); err != nil {
+		t.Fatal(err)
+	}
+	oldPID := d.cmd.Process.Pid
+	u := d.upgrade()
+	upgraded := time.Now()
+	if u.OldPID != oldPID || u.NewPID == oldPID || u.NewPID == 0 {
+		t.Fatalf("upgrade answered %+v; the old PID is %d", u, oldPID)
+	}
+	if c := d.running(); c.PID != u.NewPID || c.Version != "upgrade-test-2" {
+		t.Fatalf("/v1/config after the upgrade: %+v, want PID %d running upgrade-test-2", c, u.NewPID)
+	}
+	select {
+	case err := <-d.exited:
+		if err != nil {
+			t.Fatalf("the old process: %v", err)
+		}
+		t.Logf("the old process drained and exited %v after the handover", time.Since(upgraded).Round(10*time.Millisecond))
+	case <-time.After(30 * time.Second):
+		t.Fatal("the old process did not exit within its 30 s shutdown timeout")
+	}
+	ld.check(t, "across the upgrade")
+	if n := ld.spanning(upgraded); n == 0 {
+		t.Fatal("no transfer was in flight across the upgrade")
+	} else {
+		t.Logf("%d transfers were in flight across the upgrade", n)
+	}
+	if after := flows.targets(t); strings.Join(after, " ") != strings.Join(chosen, " ") {
+		t.Fatalf("UDP flows changed targets across the upgrade:\nbefore %v\nafter  %v", chosen, after)
+	}
+	if _, err := dialName("127.0.0.1:" + pWeb); err != nil {
+		t.Fatalf("the new process: %v", err)
+	}
+
+	// A binary that exits at start: the serving process serves on.
+	os.WriteFile(bin+".new", []byte("#!/bin/sh\necho 'l4lb: broken build' >&2\nexit 1\n"), 0o755)
+	good := bin + ".good"
+	os.Rename(bin, good)
+	os.Rename(bin+".new", bin)
+	ld = startLoad("127.0.0.1:"+pWeb, 2, 2)
+	code, _, errs := runCLI("upgrade", "--admin", d.admin)
+	if code == 0 || !strings.Contains(errs, "exited before it was ready") {
+		t.Fatalf("upgrade to a binary that exits: exit %d: %s", code, errs)
+	}
+	t.Logf("upgrade to a binary that exits at start: %s", strings.TrimSpace(errs))
+	// A config the new binary refuses: the same.
+	os.Rename(good, bin)
+	d.write(yaml(t1, t2) + "bogus_section: {}\n")
+	code, _, errs = runCLI("upgrade", "--admin", d.admin)
+	if code == 0 || !strings.Contains(errs, "exited before it was ready") {
+		t.Fatalf("upgrade with a bad config: exit %d: %s", code, errs)
+	}
+	ld.check(t, "during the failed upgrades")
+	if c := d.running(); c.PID != u.NewPID {
+		t.Fatalf("after failed upgrades PID %d serves, want %d", c.PID, u.NewPID)
+	}
+	if n := metricSum(t, d.admin, "l4lb_upgrades_total", `result="failed"`); n != 2 {
+		t.Fatalf("l4lb_upgrades_total{result=failed} = %v, want 2", n)
+	}
+
+	// SIGUSR2.
+	d.write(yaml(t1, t2))
+	syscall.Kill(u.NewPID, syscall.SIGUSR2)
+	waitUntil(t, "SIGUSR2 to upgrade", func() bool { return d.running().PID != u.NewPID })
+	waitGone(t, u.NewPID, 30*time.Second)
+	close(pollStop)
+	<-pollDone
+	if notReady.Load() != 0 {
+		t.Fatalf("/readyz was not 200 %d times of %d", notReady.Load(), polls.Load())
+	}
+	t.Logf("/readyz: 200 on all %d polls", polls.Load())
 }

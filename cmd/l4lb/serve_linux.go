@@ -229,8 +229,10 @@ func (a *adminServer) release() {
 		return
 	}
 	a.released.Store(true)
-	a.hs.SetKeepAlivesEnabled(false)
+	// The socket first: a client whose idle connection is closed next
+	// reconnects to the new process, not to this one.
 	a.ln.Close()
+	a.hs.SetKeepAlivesEnabled(false)
 }
 
 // stop closes the API.

@@ -157,6 +157,7 @@ func (s *Server) acceptLoop(slot *atomic.Pointer[listener], sock *net.TCPListene
 		}
 		delay = 0
 		l = slot.Load() // a reload may have changed its attributes
+		s.flows.accepted()
 		go s.serveConn(l, c)
 	}
 }

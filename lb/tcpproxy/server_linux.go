@@ -80,6 +80,7 @@ type Server struct {
 	ids       *atomic.Uint64
 
 	closing atomic.Bool
+	cut     atomic.Bool    // the drain's deadline passed: every flow is reset
 	moved   atomic.Int64   // bytes moved by finished flows
 	spliced atomic.Int64   // the part of moved that splice(2) carried
 	loops   sync.WaitGroup // accept loops
@@ -191,6 +192,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		case <-idle:
 		case <-ctx.Done():
 			err = ctx.Err()
+			s.cut.Store(true)
 			cut := s.flows.closeAll()
 			s.log.Warn("drain deadline reached, closing flows", zap.Int(logFlows, cut))
 			<-idle

@@ -31,6 +31,7 @@ type setup struct {
 	id       uint64         // the flow's number, for PROXY unique IDs
 	budget   bool           // holds a slot of the TCP flow budget
 	source   bool           // holds a max_connections_per_source slot
+	settled  bool           // the tracker no longer counts it as in setup
 	r        *listen.Route
 	t        *net.TCPConn // the target connection, once dialled
 	tgt      *registry.Target
@@ -43,6 +44,7 @@ type setup struct {
 // copies target to client.
 func (s *Server) serveConn(l *listener, c *net.TCPConn) {
 	p := setup{s: s, l: l, c: c}
+	defer p.settle()
 	defer func() {
 		if v := recover(); v != nil {
 			s.log.Error("panic serving connection", zap.Any("panic", v), zap.ByteString("stack", debug.Stack()))
@@ -66,6 +68,15 @@ func (s *Server) serveConn(l *listener, c *net.TCPConn) {
 		}
 	}
 	p.start()
+}
+
+// settle tells the tracker this connection's setup is over: it was refused,
+// or the tracker counts it as a flow now.
+func (p *setup) settle() {
+	if !p.settled {
+		p.settled = true
+		p.s.flows.settled()
+	}
 }
 
 // reject refuses the connection: it counts the reason, resets the client
@@ -225,11 +236,12 @@ func (p *setup) start() {
 		return
 	}
 	s.flows.add(f)
+	p.settle()
 	p.tgt.AddFlows(1)
 	l.newFlows.Inc()
 	l.active.Inc()
-	if s.closing.Load() {
-		f.abort() // shutdown began while this flow was connecting
+	if s.cut.Load() {
+		f.abort() // the drain's deadline passed while this flow was connecting
 	}
 	// This goroutine carries on as the client-to-target direction; its stack
 	// grew while dialing, but an idle direction parks and lets it go.

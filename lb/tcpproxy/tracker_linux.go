@@ -40,6 +40,19 @@ func (t *tracker) remove(f *flow) {
 	sh.mu.Lock()
 	delete(sh.flows, f)
 	sh.mu.Unlock()
+	t.settled()
+}
+
+// accepted counts a connection still in setup (admission, connect) as an
+// open flow, so that a drain waits for it too; settled ends that count once
+// the connection was refused or became a flow (add counts it then).
+func (t *tracker) accepted() {
+	t.mu.Lock()
+	t.n++
+	t.mu.Unlock()
+}
+
+func (t *tracker) settled() {
 	t.mu.Lock()
 	t.n--
 	if t.n == 0 && t.waiter != nil {

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // The environment the new process is started with.
@@ -62,7 +64,12 @@ func Start(o Options, files map[string]*os.File) (int, error) {
 	cmd.Stdout, cmd.Stderr = o.Stdout, o.Stderr
 	var list []string
 	for i, n := range names {
-		cmd.ExtraFiles = append(cmd.ExtraFiles, files[n])
+		f, err := passable(files[n])
+		if err != nil {
+			return 0, fmt.Errorf("upgrade: %s: %w", n, err)
+		}
+		defer f.Close()
+		cmd.ExtraFiles = append(cmd.ExtraFiles, f)
 		list = append(list, n+"="+strconv.Itoa(3+i))
 	}
 	cmd.ExtraFiles = append(cmd.ExtraFiles, w)
@@ -97,6 +104,12 @@ func Start(o Options, files map[string]*os.File) (int, error) {
 		if err == nil {
 			return pid, nil
 		}
+		// A closed pipe most often means it exited: say so, with its status.
+		select {
+		case xerr := <-exited:
+			return 0, fmt.Errorf("upgrade: new process %d exited before it was ready: %v", pid, exitText(xerr))
+		case <-time.After(2 * time.Second):
+		}
 		cmd.Process.Kill()
 		return 0, fmt.Errorf("upgrade: new process %d: %v (%v)", pid, err, waitBriefly(exited))
 	case err := <-exited:
@@ -105,6 +118,30 @@ func Start(o Options, files map[string]*os.File) (int, error) {
 		cmd.Process.Kill()
 		return 0, fmt.Errorf("upgrade: new process %d was not ready within %v; killed it", pid, o.Timeout)
 	}
+}
+
+// passable duplicates f for os/exec to pass on. os/exec takes each file's
+// descriptor with Fd, which puts a socket that came from the net package
+// (TCPListener.File, say) into blocking mode: that mode belongs to the
+// socket, shared by every process that has it, and a blocking listener
+// ties up a thread in accept(2), which then never returns when the listener
+// is closed. A duplicate made with os.NewFile is left as it is.
+func passable(f *os.File) (*os.File, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	dup := -1
+	cerr := rc.Control(func(fd uintptr) {
+		dup, err = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+	})
+	if cerr != nil {
+		return nil, cerr
+	}
+	if err != nil {
+		return nil, err
+	}
+	return os.NewFile(uintptr(dup), f.Name()), nil
 }
 
 func waitBriefly(exited <-chan error) string {
