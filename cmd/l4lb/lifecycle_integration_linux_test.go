@@ -746,3 +746,100 @@ func TestUpgradeUnderLoad(t *testing.T) {
 	}
 	t.Logf("/readyz: 200 on all %d polls", polls.Load())
 }
+
+// kernelTarget is a UDP namer at ip:9053 with a TCP port of the same
+// number for its health check.
+func kernelTarget(t *testing.T, ip string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", ip+":9053")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	return udpNamer(t, ip+":9053")
+}
+
+// A UDP listener on the kernel fast path through an upgrade whose config
+// adds a target: the flows pinned before keep their targets, though the new
+// Maglev table moves some of their hashes, because the new process loaded
+// its programs on the old one's flow maps; new flows use the new table;
+// and the new process's sockets read no datagram at all.
+func TestUpgradeKeepsKernelUDPFlows(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("the UDP fast path needs root, which CI has")
+		}
+		t.Skip("the UDP fast path needs root")
+	}
+	// 127.50/16 is this test's own: other tests' kernel programs on lo use
+	// other addresses.
+	a, b, c := kernelTarget(t, "127.50.0.2"), kernelTarget(t, "127.50.0.3"), kernelTarget(t, "127.50.0.4")
+	pDNS, pAdmin := freePort(t), freePort(t)
+	vip := "127.50.0.1:" + pDNS
+	yaml := func(targets ...string) string {
+		var ts []string
+		for _, t := range targets {
+			ts = append(ts, fmt.Sprintf("{address: %q}", t))
+		}
+		return fmt.Sprintf(`admin: {listen: "127.0.0.1:%s"}
+load_balancer: {udp_fast_path: true, udp_fast_path_interfaces: [lo]}
+listeners:
+  - {name: dns, protocol: UDP, port: %s, bind: [127.50.0.1], target_group: dns, udp_idle_timeout: 60s}
+target_groups:
+  - name: dns
+    protocol: UDP
+    targets: [%s]
+    attributes: {preserve_client_ip.enabled: "true"}
+    health_check: {protocol: TCP, port: 9053, interval: 200ms, timeout: 150ms, healthy_threshold: 2}
+`, pAdmin, pDNS, strings.Join(ts, ", "))
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "l4lb")
+	buildL4LB(t, bin, "kernel-upgrade-test")
+	d := startDaemon(t, bin, pAdmin, yaml(a, b))
+	waitUntil(t, "targets healthy", func() bool {
+		s := groupStates(t, d.admin, "dns")
+		return s[a] == api.StateHealthy && s[b] == api.StateHealthy
+	})
+	if log, _ := os.ReadFile(d.log); !strings.Contains(string(log), "UDP listener forwarded in the kernel") {
+		t.Fatalf("the listener is not on the kernel path:\n%s", log)
+	}
+	flows := openUDPFlows(t, 200, func(i int) *net.UDPAddr {
+		return &net.UDPAddr{IP: net.IPv4(127, 51, byte(i>>8), byte(i)), Port: 40000}
+	}, vip)
+	before := flows.targets(t)
+
+	d.write(yaml(a, b, c))
+	u := d.upgrade()
+	waitGone(t, u.OldPID, 30*time.Second) // its programs are detached, its maps closed
+	if log, _ := os.ReadFile(d.log); !strings.Contains(string(log), "UDP fast path: kept the previous process's flows") {
+		t.Fatal("the new process did not take the flow maps over")
+	}
+	waitUntil(t, "the added target healthy", func() bool { return groupStates(t, d.admin, "dns")[c] == api.StateHealthy })
+	time.Sleep(500 * time.Millisecond) // the kernel's table follows within a sync
+	after := flows.targets(t)
+	for i := range before {
+		if before[i] != after[i] {
+			t.Fatalf("flow %d moved from %s to %s across the upgrade", i, before[i], after[i])
+		}
+	}
+	fresh := openUDPFlows(t, 100, func(i int) *net.UDPAddr {
+		return &net.UDPAddr{IP: net.IPv4(127, 52, 0, byte(i)), Port: 40000}
+	}, vip)
+	if got := strings.Join(fresh.targets(t), " "); !strings.Contains(got, c) {
+		t.Fatal("no new flow reached the target the new config added: the table did not change, and the check above proves nothing")
+	}
+	if n := metricSum(t, d.admin, "l4lb_udp_socket_datagrams_total"); n != 0 {
+		t.Fatalf("the new process's sockets read %v datagrams; the kernel should have forwarded all", n)
+	}
+	t.Logf("%d flows kept their targets across the upgrade, while the new table sent new flows to the added target too; no datagram reached user space", len(before))
+}
