@@ -843,3 +843,92 @@ target_groups:
 	}
 	t.Logf("%d flows kept their targets across the upgrade, while the new table sent new flows to the added target too; no datagram reached user space", len(before))
 }
+
+// Twenty reloads in one process, then twenty upgrades each followed by a
+// reload, all under load: no connection fails, no transfer breaks, and the
+// serving process's descriptors, goroutines and resident memory do not grow
+// from one round to the next (each round's figures are logged).
+func TestReloadAndUpgradeRepeatedly(t *testing.T) {
+	if testing.Short() {
+		t.Skip("40 lifecycle rounds")
+	}
+	t1, t2, t3 := startIDTarget(t), startIDTarget(t), startIDTarget(t)
+	pWeb, pAdmin := freePort(t), freePort(t)
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "l4lb")
+	buildL4LB(t, bin, "rounds")
+	sets := [][]*idTarget{{t1, t2}, {t2, t3}}
+	cfg := func(i int) string {
+		return lifecycleYAML(pAdmin, map[string]string{"web": pWeb}, sets[i%2], "")
+	}
+	d := startDaemon(t, bin, pAdmin, cfg(0))
+	waitUntil(t, "targets healthy", func() bool {
+		s := states(t, d.admin)
+		return s[t1.addr] == api.StateHealthy && s[t2.addr] == api.StateHealthy
+	})
+	ld := startLoad("127.0.0.1:"+pWeb, 2, 3)
+	reload := func(i int) {
+		d.write(cfg(i))
+		if code, _, errs := runCLI("reload", "--admin", d.admin); code != 0 {
+			t.Fatalf("round %d: l4lb reload: exit %d: %s", i, code, errs)
+		}
+	}
+	var seen []usage
+	measure := func(what string, i, pid int) {
+		time.Sleep(300 * time.Millisecond) // past the round's own churn
+		u := d.usage(pid)
+		seen = append(seen, u)
+		t.Logf("%s %2d: pid %d: %3d descriptors, %3d goroutines, %6d KiB resident", what, i, pid, u.fds, u.goroutines, u.rssKiB)
+	}
+	pid := d.cmd.Process.Pid
+	for i := 1; i <= 20; i++ {
+		reload(i)
+		measure("reload ", i, pid)
+	}
+	grown(t, "20 reloads in one process", seen)
+	seen = nil
+	for i := 1; i <= 20; i++ {
+		u := d.upgrade()
+		pid = u.NewPID
+		reload(i)
+		measure("upgrade", i, pid)
+	}
+	grown(t, "20 upgrades", seen)
+	ld.check(t, "40 rounds")
+}
+
+// grown fails t if the last five rounds' medians exceed the first five's by
+// more than the load's own churn: a few flows open or closing (two
+// descriptors and two goroutines each), and the heap's settling.
+func grown(t *testing.T, what string, rounds []usage) {
+	t.Helper()
+	median := func(us []usage, f func(usage) int) int {
+		v := make([]int, len(us))
+		for i, u := range us {
+			v[i] = f(u)
+		}
+		for i := range v {
+			for j := i + 1; j < len(v); j++ {
+				if v[j] < v[i] {
+					v[i], v[j] = v[j], v[i]
+				}
+			}
+		}
+		return v[len(v)/2]
+	}
+	first, last := rounds[:5], rounds[len(rounds)-5:]
+	for _, m := range []struct {
+		name  string
+		f     func(usage) int
+		slack int
+	}{
+		{"descriptors", func(u usage) int { return u.fds }, 16},
+		{"goroutines", func(u usage) int { return u.goroutines }, 16},
+		{"resident KiB", func(u usage) int { return u.rssKiB }, 16 << 10},
+	} {
+		a, b := median(first, m.f), median(last, m.f)
+		if b > a+m.slack {
+			t.Errorf("%s: %s grew from %d to %d (median of the first and last five rounds)", what, m.name, a, b)
+		}
+	}
+}

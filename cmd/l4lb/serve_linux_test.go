@@ -100,8 +100,8 @@ func TestServeSIGTERMDrains(t *testing.T) {
 	}
 }
 
-// SIGHUP leaves l4lb serving (live reload is not built yet, and Go's default
-// would exit); SIGTERM turns /readyz to 503 while the drain runs, without a
+// SIGHUP leaves l4lb serving (it reloads; this in-process serve has no file
+// to reload, so the reload is refused, and Go's default would exit); SIGTERM turns /readyz to 503 while the drain runs, without a
 // token even when the API has one; a second SIGTERM ends the drain at once.
 func TestServeSignals(t *testing.T) {
 	tln := echoListener(t)
