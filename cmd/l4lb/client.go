@@ -45,7 +45,12 @@ func addClientFlags(cmd *cobra.Command, c *adminClient) {
 			}
 			c.token = strings.TrimSpace(string(b))
 		}
-		c.http = &http.Client{Timeout: 10 * time.Second}
+		// One request per command, on a connection of its own: an idle
+		// one kept from before could belong to a process that an upgrade
+		// has just retired, and a POST on it would fail.
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.DisableKeepAlives = true
+		c.http = &http.Client{Timeout: 10 * time.Second, Transport: tr}
 		return nil
 	}
 }

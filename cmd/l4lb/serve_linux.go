@@ -235,11 +235,16 @@ func (a *adminServer) release() {
 	a.hs.SetKeepAlivesEnabled(false)
 }
 
-// stop closes the API.
+// stop closes the API. Requests under way are answered first (for a few
+// seconds at most): after an upgrade, clients still on this process's
+// connections get their answers rather than a cut connection.
 func (a *adminServer) stop() {
 	if a == nil {
 		return
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), adminStopGrace)
+	defer cancel()
+	a.hs.Shutdown(ctx)
 	a.hs.Close()
 	<-a.done
 }
@@ -249,6 +254,7 @@ func (a *adminServer) stop() {
 const (
 	adminIdleTimeout = 30 * time.Second
 	adminMaxConns    = 128
+	adminStopGrace   = 5 * time.Second
 )
 
 // raiseFileLimit lifts RLIMIT_NOFILE to its hard limit: every flow holds two
