@@ -53,7 +53,7 @@ type daemon struct {
 
 // startDaemon runs bin serve on the config yaml (whose admin API listens
 // on adminPort) and waits until it is ready.
-func startDaemon(t *testing.T, bin, adminPort, yaml string) *daemon {
+func startDaemon(t *testing.T, bin, adminPort, yaml string, env ...string) *daemon {
 	t.Helper()
 	dir := t.TempDir()
 	d := &daemon{t: t, bin: bin, config: filepath.Join(dir, "l4lb.yaml"), admin: "http://127.0.0.1:" + adminPort,
@@ -66,6 +66,7 @@ func startDaemon(t *testing.T, bin, adminPort, yaml string) *daemon {
 	defer logf.Close()
 	d.cmd = exec.Command(bin, "serve", "--config", d.config, "--shutdown-timeout", "30s")
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
+	d.cmd.Env = append(os.Environ(), env...)
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -930,5 +931,43 @@ func grown(t *testing.T, what string, rounds []usage) {
 		if b > a+m.slack {
 			t.Errorf("%s: %s grew from %d to %d (median of the first and last five rounds)", what, m.name, a, b)
 		}
+	}
+}
+
+// Under systemd (Type=notify, NotifyAccess=all), l4lb says READY=1 with its
+// PID at start; in an upgrade the new process says READY=1 with its own PID,
+// and the old one names the new PID as MAINPID before it drains, so systemd
+// follows the service to the new process. systemd's notify socket is
+// played here by a datagram socket.
+func TestUpgradeTellsSystemd(t *testing.T) {
+	it := startIDTarget(t)
+	pWeb, pAdmin := freePort(t), freePort(t)
+	sock := filepath.Join(t.TempDir(), "notify")
+	pc, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	bin := filepath.Join(t.TempDir(), "l4lb")
+	buildL4LB(t, bin, "notify-test")
+	d := startDaemon(t, bin, pAdmin, lifecycleYAML(pAdmin, map[string]string{"web": pWeb}, []*idTarget{it}, ""), "NOTIFY_SOCKET="+sock)
+	next := func() string {
+		pc.SetReadDeadline(time.Now().Add(10 * time.Second))
+		b := make([]byte, 512)
+		n, err := pc.Read(b)
+		if err != nil {
+			t.Fatalf("no notification: %v", err)
+		}
+		return string(b[:n])
+	}
+	first := d.cmd.Process.Pid
+	if got, want := next(), fmt.Sprintf("READY=1\nMAINPID=%d", first); got != want {
+		t.Fatalf("at start: %q, want %q", got, want)
+	}
+	u := d.upgrade()
+	got := []string{next(), next()}
+	want := []string{fmt.Sprintf("READY=1\nMAINPID=%d", u.NewPID), fmt.Sprintf("MAINPID=%d", u.NewPID)}
+	if got[0] != want[0] || got[1] != want[1] {
+		t.Fatalf("upgrade: notifications %q, want %q (the new process, then the old one)", got, want)
 	}
 }
