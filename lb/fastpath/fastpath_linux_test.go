@@ -41,6 +41,15 @@ func slotTargets() []netip.AddrPort {
 	return s
 }
 
+// fill is a table whose every slot names t.
+func fill(t netip.AddrPort) []netip.AddrPort {
+	s := make([]netip.AddrPort, maglev.DefaultSize)
+	for i := range s {
+		s[i] = t
+	}
+	return s
+}
+
 func slotOf(a netip.Addr) int {
 	b := a.As4()
 	return int(b[1])<<16 | int(b[2])<<8 | int(b[3])
@@ -184,13 +193,6 @@ func TestProgramPinsAndReverses(t *testing.T) {
 	id, _ := p.AddService(vip, time.Minute, false)
 	a := netip.MustParseAddrPort("127.0.0.1:5300")
 	b := netip.MustParseAddrPort("127.0.0.2:5300")
-	fill := func(t netip.AddrPort) []netip.AddrPort {
-		s := make([]netip.AddrPort, maglev.DefaultSize)
-		for i := range s {
-			s[i] = t
-		}
-		return s
-	}
 	if err := p.SetTable(id, fill(a)); err != nil {
 		t.Fatal(err)
 	}
@@ -669,13 +671,6 @@ func TestFlowMapsHandedOver(t *testing.T) {
 	vip := netip.MustParseAddrPort("127.0.0.53:53")
 	a := netip.MustParseAddrPort("127.0.0.1:5300")
 	b := netip.MustParseAddrPort("127.0.0.2:5300")
-	fill := func(t netip.AddrPort) []netip.AddrPort {
-		s := make([]netip.AddrPort, maglev.DefaultSize)
-		for i := range s {
-			s[i] = t
-		}
-		return s
-	}
 	id, _ := old.AddService(vip, time.Minute, false)
 	if err := old.SetTable(id, fill(a)); err != nil {
 		t.Fatal(err)

@@ -1,7 +1,6 @@
 package tcpproxy
 
 import (
-	"net/netip"
 	"slices"
 	"time"
 
@@ -11,15 +10,9 @@ import (
 	"github.com/l4lb/l4lb/pkg/config"
 )
 
-// bindKey names a bound address across configurations: a listener whose
-// name, bind IP or port changed is a removal plus an addition.
-type bindKey struct {
-	name string
-	ip   netip.Addr
-	port uint16
+func (l *listener) key() listen.Key {
+	return listen.Key{Name: l.cfg.Name, IP: l.bindA.IP, Port: l.cfg.Port}
 }
-
-func (l *listener) key() bindKey { return bindKey{l.cfg.Name, l.bindA.IP, l.cfg.Port} }
 
 // retired is a listener a reload removed: it accepts no more, and its flows
 // drain under its target groups' deregistration rules.
@@ -35,44 +28,29 @@ type retired struct {
 type Change struct {
 	s      *Server
 	cfg    *config.Config
-	add    map[bindKey]*listener // bound, not serving
+	add    map[listen.Key]*listener // bound, not serving
 	remove []*listener
 }
 
 // Prepare binds the listeners cfg adds.
 func (s *Server) Prepare(cfg *config.Config) (*Change, error) {
-	c := &Change{s: s, cfg: cfg, add: map[bindKey]*listener{}}
-	cur := map[bindKey]*listener{}
+	cur := map[listen.Key]*listener{}
 	for _, l := range s.current() {
 		cur[l.key()] = l
 	}
-	seen := map[bindKey]bool{}
-	for i := range cfg.Listeners {
-		lc := &cfg.Listeners[i]
-		if !lc.Protocol.HasTCP() {
-			continue
+	open := func(lc *config.Listener, b config.BindAddr) (*listener, error) {
+		l := newListener(s, lc, b, nil)
+		if err := l.bind(); err != nil {
+			l.close()
+			return nil, err
 		}
-		for _, b := range lc.Bind {
-			k := bindKey{lc.Name, b.IP, lc.Port}
-			seen[k] = true
-			if cur[k] != nil {
-				continue
-			}
-			l := newListener(s, lc, b, nil)
-			if err := l.bind(); err != nil {
-				l.close()
-				c.Abort()
-				return nil, err
-			}
-			c.add[k] = l
-		}
+		return l, nil
 	}
-	for k, l := range cur {
-		if !seen[k] {
-			c.remove = append(c.remove, l)
-		}
+	add, remove, err := listen.Diff(cfg, config.Protocol.HasTCP, cur, open, (*listener).close)
+	if err != nil {
+		return nil, err
 	}
-	return c, nil
+	return &Change{s: s, cfg: cfg, add: add, remove: remove}, nil
 }
 
 // Abort closes what Prepare bound.
@@ -88,7 +66,7 @@ func (c *Change) Abort() {
 // keep theirs and their targets), removed ones stop accepting and drain.
 func (c *Change) Commit() error {
 	s, cfg := c.s, c.cfg
-	cur := map[bindKey]*listener{}
+	cur := map[listen.Key]*listener{}
 	for _, l := range s.current() {
 		cur[l.key()] = l
 	}
@@ -113,7 +91,7 @@ func (c *Change) Commit() error {
 		// so a reload does not hand every source a fresh allowance.
 		var limit *listen.SourceLimit
 		for _, b := range lc.Bind {
-			if old := cur[bindKey{lc.Name, b.IP, lc.Port}]; old != nil && old.cfg.MaxConnectionsPerSource == lc.MaxConnectionsPerSource {
+			if old := cur[listen.KeyOf(lc, b)]; old != nil && old.cfg.MaxConnectionsPerSource == lc.MaxConnectionsPerSource {
 				limit = old.limit
 				break
 			}
@@ -122,7 +100,7 @@ func (c *Change) Commit() error {
 			limit = listen.NewSourceLimit(lc.MaxConnectionsPerSource)
 		}
 		for _, b := range lc.Bind {
-			k := bindKey{lc.Name, b.IP, lc.Port}
+			k := listen.KeyOf(lc, b)
 			l := c.add[k]
 			if l == nil {
 				old := cur[k]

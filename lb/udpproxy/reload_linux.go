@@ -1,23 +1,15 @@
 package udpproxy
 
 import (
-	"net/netip"
-
 	"go.uber.org/zap"
 
 	"github.com/l4lb/l4lb/lb/listen"
 	"github.com/l4lb/l4lb/pkg/config"
 )
 
-// bindKey names a bound address across configurations: a listener whose
-// name, bind IP or port changed is a removal plus an addition.
-type bindKey struct {
-	name string
-	ip   netip.Addr
-	port uint16
+func (u *udpFront) key() listen.Key {
+	return listen.Key{Name: u.cfg.Name, IP: u.bindA.IP, Port: u.cfg.Port}
 }
-
-func (u *udpFront) key() bindKey { return bindKey{u.cfg.Name, u.bindA.IP, u.cfg.Port} }
 
 // Change is a reload of the UDP listeners, prepared: the addresses it adds
 // are bound, and nothing else has changed yet. Commit it once the registry
@@ -25,44 +17,29 @@ func (u *udpFront) key() bindKey { return bindKey{u.cfg.Name, u.bindA.IP, u.cfg.
 type Change struct {
 	s      *Server
 	cfg    *config.Config
-	add    map[bindKey]*udpFront // bound, not reading
+	add    map[listen.Key]*udpFront // bound, not reading
 	remove []*udpFront
 }
 
 // Prepare binds the listeners cfg adds.
 func (s *Server) Prepare(cfg *config.Config) (*Change, error) {
-	c := &Change{s: s, cfg: cfg, add: map[bindKey]*udpFront{}}
-	cur := map[bindKey]*udpFront{}
+	cur := map[listen.Key]*udpFront{}
 	for _, u := range s.current() {
 		cur[u.key()] = u
 	}
-	seen := map[bindKey]bool{}
-	for i := range cfg.Listeners {
-		lc := &cfg.Listeners[i]
-		if !lc.Protocol.HasUDP() {
-			continue
+	open := func(lc *config.Listener, b config.BindAddr) (*udpFront, error) {
+		u := newFront(s, lc, b, nil)
+		if err := u.bind(); err != nil {
+			u.close()
+			return nil, err
 		}
-		for _, b := range lc.Bind {
-			k := bindKey{lc.Name, b.IP, lc.Port}
-			seen[k] = true
-			if cur[k] != nil {
-				continue
-			}
-			u := newFront(s, lc, b, nil)
-			if err := u.bind(); err != nil {
-				u.close()
-				c.Abort()
-				return nil, err
-			}
-			c.add[k] = u
-		}
+		return u, nil
 	}
-	for k, u := range cur {
-		if !seen[k] {
-			c.remove = append(c.remove, u)
-		}
+	add, remove, err := listen.Diff(cfg, config.Protocol.HasUDP, cur, open, (*udpFront).close)
+	if err != nil {
+		return nil, err
 	}
-	return c, nil
+	return &Change{s: s, cfg: cfg, add: add, remove: remove}, nil
 }
 
 // Abort closes what Prepare bound.
@@ -81,7 +58,7 @@ func (c *Change) Abort() {
 // arrived on it. Its kernel flows, if any, idle out.
 func (c *Change) Commit() error {
 	s, cfg := c.s, c.cfg
-	cur := map[bindKey]*udpFront{}
+	cur := map[listen.Key]*udpFront{}
 	for _, u := range s.current() {
 		cur[u.key()] = u
 	}
@@ -98,7 +75,7 @@ func (c *Change) Commit() error {
 			return err
 		}
 		for _, b := range lc.Bind {
-			key := bindKey{lc.Name, b.IP, lc.Port}
+			key := listen.KeyOf(lc, b)
 			if u := c.add[key]; u != nil {
 				u.route.Store(r)
 				start = append(start, u)
