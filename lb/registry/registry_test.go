@@ -35,12 +35,17 @@ func (r *recorder) endedFlows() []string {
 type watcher struct {
 	mu      sync.Mutex
 	watched map[netip.AddrPort]bool
+	starts  map[netip.AddrPort]int // Watch calls: a checker (re)started
 	passive int
 }
 
 func (w *watcher) Watch(_ string, t netip.AddrPort, _ config.HealthCheck) {
 	w.mu.Lock()
 	w.watched[t] = true
+	if w.starts == nil {
+		w.starts = map[netip.AddrPort]int{}
+	}
+	w.starts[t]++
 	w.mu.Unlock()
 }
 func (w *watcher) Unwatch(_ string, t netip.AddrPort) {
