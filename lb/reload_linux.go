@@ -21,11 +21,6 @@ import (
 func (s *Server) Reload(cfg *config.Config) error {
 	s.reload.Lock()
 	defer s.reload.Unlock()
-	for _, lc := range cfg.Listeners {
-		if lc.Protocol == config.TLS {
-			return fmt.Errorf("listener %s: TLS listeners are not supported by this build yet", lc.Name)
-		}
-	}
 	if s.closing.Load() {
 		return fmt.Errorf("l4lb is shutting down")
 	}

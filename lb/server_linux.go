@@ -3,7 +3,6 @@ package lb
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -17,6 +16,7 @@ import (
 	"github.com/l4lb/l4lb/lb/listen"
 	"github.com/l4lb/l4lb/lb/registry"
 	"github.com/l4lb/l4lb/lb/tcpproxy"
+	"github.com/l4lb/l4lb/lb/tlsterm"
 	"github.com/l4lb/l4lb/lb/udpproxy"
 	"github.com/l4lb/l4lb/pkg/config"
 	"github.com/l4lb/l4lb/pkg/metrics"
@@ -44,6 +44,13 @@ type Options struct {
 	// Inherit has the listening sockets a previous process handed over in a
 	// binary upgrade; nil binds every socket afresh.
 	Inherit listen.Inherit
+	// TicketKeys are TLS session-ticket keys a previous process handed
+	// over, newest first, so its clients' tickets resume here; nil: fresh.
+	TicketKeys [][32]byte
+	// TLSHandshakeTimeout and TLSMaxHandshakes bound TLS listeners'
+	// handshakes (0: tlsterm's defaults, 10 s and 1024 per listener).
+	TLSHandshakeTimeout time.Duration
+	TLSMaxHandshakes    int
 }
 
 // Server runs one configuration. It embeds its target registry, whose
@@ -58,6 +65,8 @@ type Server struct {
 	closing  atomic.Bool
 	reserved atomic.Pointer[[]netip.AddrPort]
 	reload   sync.Mutex // one Reload at a time
+	keys     *tlsterm.TicketKeys
+	keysOnce sync.Once
 }
 
 // New prepares a server for cfg without binding anything.
@@ -76,16 +85,16 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	s.Registry = reg
 	haveTCP, haveUDP := false, false
 	for _, lc := range cfg.Listeners {
-		if lc.Protocol == config.TLS {
-			return nil, fmt.Errorf("listener %s: TLS listeners are not supported by this build yet", lc.Name)
-		}
 		haveTCP = haveTCP || lc.Protocol.HasTCP()
 		haveUDP = haveUDP || lc.Protocol.HasUDP()
 	}
 	tcpFlows, udpFlows := listen.Budgets(opts.OpenFiles, haveTCP, haveUDP)
+	s.keys = tlsterm.NewTicketKeys(tlsterm.DefaultRotation, opts.TicketKeys)
 	ids := new(atomic.Uint64) // one numbering, so no two flows share a PROXY unique ID
 	if s.tcp, err = tcpproxy.New(cfg, reg, tcpproxy.Options{Logger: opts.Logger, Metrics: opts.Metrics, ConnectTimeout: opts.ConnectTimeout,
-		SocketsPerAddr: opts.SocketsPerAddr, PipeSize: opts.PipeSize, MaxFlows: tcpFlows, IDs: ids, Inherit: opts.Inherit}); err != nil {
+		SocketsPerAddr: opts.SocketsPerAddr, PipeSize: opts.PipeSize, MaxFlows: tcpFlows, IDs: ids, Inherit: opts.Inherit,
+		TLS: tlsterm.Options{HandshakeTimeout: opts.TLSHandshakeTimeout, MaxHandshakes: opts.TLSMaxHandshakes, Keys: s.keys}}); err != nil {
+		s.keys.Close()
 		return nil, err
 	}
 	if s.udp, err = udpproxy.New(cfg, reg, udpproxy.Options{Logger: opts.Logger, Metrics: opts.Metrics,
@@ -129,8 +138,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}()
 	err := s.tcp.Shutdown(ctx)
 	<-udpDone
+	s.keysOnce.Do(s.keys.Close)
 	return err
 }
+
+// TicketKeys are the TLS session-ticket keys in use, newest first, for a
+// binary upgrade to hand over.
+func (s *Server) TicketKeys() [][32]byte { return s.keys.Keys() }
 
 // Close stops everything at once.
 func (s *Server) Close() error {

@@ -19,6 +19,7 @@ const (
 	ReasonProxyProtocol                 // a malformed header, or one from an untrusted client
 	ReasonSourceLimit                   // max_connections_per_source reached
 	ReasonTLSHello                      // no ClientHello where SNI rules need one
+	ReasonTLSHandshake                  // a TLS listener's handshake failed, timed out or hit its cap
 	ReasonLocalResources                // l4lb itself is out of descriptors, ports or memory
 	ReasonFlowTableFull                 // the UDP flow table is full
 	ReasonDatagramDropped               // a datagram that could not be forwarded
@@ -31,6 +32,7 @@ var reasonNames = [numReasons]string{
 	ReasonProxyProtocol:   "proxy_protocol",
 	ReasonSourceLimit:     "source_limit",
 	ReasonTLSHello:        "tls_hello",
+	ReasonTLSHandshake:    "tls_handshake",
 	ReasonLocalResources:  "local_resources",
 	ReasonFlowTableFull:   "flow_table_full",
 	ReasonDatagramDropped: "datagram_dropped",

@@ -1,6 +1,7 @@
 package tcpproxy
 
 import (
+	"crypto/tls"
 	"net"
 	"net/netip"
 	"sync/atomic"
@@ -19,6 +20,7 @@ type flow struct {
 	id        uint64
 	client    *net.TCPConn
 	target    *net.TCPConn
+	cs        *tls.Conn        // a TLS listener's client side, over client; nil on plain TCP
 	tgt       *registry.Target // the registered target it reached
 	src       netip.AddrPort   // the client: the peer, or a trusted PROXY header's source
 	checkPP   bool             // refuse a PROXY header in the first bytes (untrusted peer)
@@ -81,6 +83,10 @@ func (f *flow) setup() error {
 	up, down := &f.halves[0], &f.halves[1]
 	up.src, up.dst, up.srcRC, up.dstRC = f.client, f.target, crc, trc
 	down.src, down.dst, down.srcRC, down.dstRC = f.target, f.client, trc, crc
+	if f.cs != nil {
+		up.rd, up.rdc, up.wr, up.wrc = f.cs, f.cs, f.target, f.target
+		down.rd, down.rdc, down.wr, down.wrc = f.target, f.target, f.cs, f.cs
+	}
 	up.reset()
 	down.reset()
 	up.checkPP = f.checkPP
@@ -93,6 +99,10 @@ func (f *flow) copyClientToTarget() { f.drive(&f.halves[0]) }
 func (f *flow) copyTargetToClient() { f.drive(&f.halves[1]) }
 
 func (f *flow) drive(h *halfFlow) {
+	if f.cs != nil {
+		f.finish(h, h.runStream())
+		return
+	}
 	if how, isParked := h.run(); !isParked {
 		f.finish(h, how)
 	}
@@ -136,9 +146,11 @@ func (f *flow) finish(h *halfFlow, how copyErr) {
 	l.releaseSource(f.src)
 	f.srv.budget.Release()
 	l.active.Dec()
-	f.client, f.target, f.l, f.tgt = nil, nil, nil, nil
+	f.client, f.target, f.cs, f.l, f.tgt = nil, nil, nil, nil, nil
 	for i := range f.halves {
-		f.halves[i].src, f.halves[i].dst, f.halves[i].srcRC, f.halves[i].dstRC = nil, nil, nil, nil
+		h := &f.halves[i]
+		h.src, h.dst, h.srcRC, h.dstRC = nil, nil, nil, nil
+		h.rd, h.wr, h.rdc, h.wrc = nil, nil, nil, nil
 	}
 	f.srv.flowPool.Put(f)
 }

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/l4lb/l4lb/lb/listen"
+	"github.com/l4lb/l4lb/lb/tlsterm"
 	"github.com/l4lb/l4lb/pkg/config"
 	"github.com/l4lb/l4lb/pkg/metrics"
 )
@@ -47,6 +48,11 @@ type listener struct {
 	// Shared by the listener's addresses.
 	limit *listen.SourceLimit // nil: unlimited
 	rules []listen.Rule       // SNI rules, checked in order before route
+
+	// TLS listeners: the termination and its counters.
+	term       *tlsterm.Terminator
+	tlsErrors  prometheus.Counter
+	handshakes map[handshakeKey]prometheus.Counter
 }
 
 // trusted reports whether ip may send a PROXY header (proxy_protocol_accept).
@@ -67,7 +73,7 @@ func newListener(s *Server, lc *config.Listener, b config.BindAddr, r *listen.Ro
 		l.route.Store(r)
 	}
 	m := s.m
-	lbl := []string{lc.Name, "TCP", b.Zone}
+	lbl := []string{lc.Name, l.protocol(), b.Zone}
 	l.newFlows = m.Counter(metrics.NewFlows, lbl...)
 	l.active = m.Gauge(metrics.ActiveFlows, lbl...)
 	l.bytesIn = m.Counter(metrics.ProcessedBytes, append(lbl, "in")...)
@@ -75,7 +81,23 @@ func newListener(s *Server, lc *config.Listener, b config.BindAddr, r *listen.Ro
 	l.lbResets = m.Counter(metrics.TCPLBResets, lbl...)
 	l.clientRsts = m.Counter(metrics.TCPClientResets, lbl...)
 	l.rejects = listen.NewRejectCounters(m, lbl, listen.ReasonACL, listen.ReasonNoTarget, listen.ReasonProxyProtocol, listen.ReasonSourceLimit, listen.ReasonTLSHello, listen.ReasonLocalResources)
+	if lc.Protocol == config.TLS {
+		s.mu.Lock()
+		l.term = s.terms[lc.Name]
+		s.mu.Unlock()
+		l.tlsErrors = m.Counter(metrics.ClientTLSErrors, lbl...)
+		l.rejects[listen.ReasonTLSHandshake] = m.Counter(metrics.RejectedFlows, append(lbl, listen.ReasonTLSHandshake.String())...)
+		l.handshakes = handshakeCounters(m, lc.Name)
+	}
 	return l
+}
+
+// protocol is the listener's protocol label: TLS or TCP.
+func (l *listener) protocol() string {
+	if l.cfg.Protocol == config.TLS {
+		return "TLS"
+	}
+	return "TCP"
 }
 
 // Addr is the address the listener is bound to.

@@ -7,6 +7,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/l4lb/l4lb/lb/listen"
+	"github.com/l4lb/l4lb/lb/tlsterm"
 	"github.com/l4lb/l4lb/pkg/config"
 )
 
@@ -26,10 +27,12 @@ type retired struct {
 // nothing else has changed yet. Commit it once the registry has the new
 // target groups, or Abort it.
 type Change struct {
-	s      *Server
-	cfg    *config.Config
-	add    map[listen.Key]*listener // bound, not serving
-	remove []*listener
+	s       *Server
+	cfg     *config.Config
+	add     map[listen.Key]*listener // bound, not serving
+	remove  []*listener
+	terms   map[string]*tlsterm.Terminator // the TLS listeners' terminations after the reload
+	commits []func()                       // put the kept ones' new certificates in force
 }
 
 // Prepare binds the listeners cfg adds.
@@ -46,11 +49,51 @@ func (s *Server) Prepare(cfg *config.Config) (*Change, error) {
 		}
 		return l, nil
 	}
+	// TLS first: a certificate that does not load fails the reload before
+	// anything is bound.
+	terms, commits, err := s.prepareTerms(cfg)
+	if err != nil {
+		return nil, err
+	}
 	add, remove, err := listen.Diff(cfg, config.Protocol.HasTCP, cur, open, (*listener).close)
 	if err != nil {
 		return nil, err
 	}
-	return &Change{s: s, cfg: cfg, add: add, remove: remove}, nil
+	for _, l := range add {
+		l.term = terms[l.cfg.Name]
+	}
+	return &Change{s: s, cfg: cfg, add: add, remove: remove, terms: terms, commits: commits}, nil
+}
+
+// prepareTerms reads the TLS settings and certificates of cfg's TLS
+// listeners: kept listeners' terminations are prepared in place (the
+// certificate cache and session tickets carry over), added ones built.
+func (s *Server) prepareTerms(cfg *config.Config) (map[string]*tlsterm.Terminator, []func(), error) {
+	s.mu.Lock()
+	cur := s.terms
+	s.mu.Unlock()
+	terms := map[string]*tlsterm.Terminator{}
+	var commits []func()
+	for i := range cfg.Listeners {
+		lc := &cfg.Listeners[i]
+		if lc.Protocol != config.TLS {
+			continue
+		}
+		if t := cur[lc.Name]; t != nil {
+			commit, err := t.Prepare(lc.TLS)
+			if err != nil {
+				return nil, nil, err
+			}
+			terms[lc.Name], commits = t, append(commits, commit)
+			continue
+		}
+		t, err := tlsterm.New(lc.TLS, "listener "+lc.Name, s.opts.TLS)
+		if err != nil {
+			return nil, nil, err
+		}
+		terms[lc.Name] = t
+	}
+	return terms, commits, nil
 }
 
 // Abort closes what Prepare bound.
@@ -66,6 +109,12 @@ func (c *Change) Abort() {
 // keep theirs and their targets), removed ones stop accepting and drain.
 func (c *Change) Commit() error {
 	s, cfg := c.s, c.cfg
+	s.mu.Lock()
+	s.terms = c.terms
+	s.mu.Unlock()
+	for _, commit := range c.commits {
+		commit()
+	}
 	cur := map[listen.Key]*listener{}
 	for _, l := range s.current() {
 		cur[l.key()] = l
@@ -131,7 +180,7 @@ func (c *Change) Commit() error {
 	}
 	s.mu.Unlock()
 	for _, l := range start {
-		s.log.Info("listener up", zap.String(logListener, l.cfg.Name), zap.String("protocol", "TCP"), zap.Stringer(logAddr, l.Addr()), zap.Int(logSockets, len(l.socks)), zap.String("by", "reload"))
+		s.log.Info("listener up", zap.String(logListener, l.cfg.Name), zap.String("protocol", l.protocol()), zap.Stringer(logAddr, l.Addr()), zap.Int(logSockets, len(l.socks)), zap.String("by", "reload"))
 	}
 	c.add = nil
 	return nil

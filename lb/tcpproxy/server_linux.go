@@ -14,6 +14,7 @@ import (
 
 	"github.com/l4lb/l4lb/lb/listen"
 	"github.com/l4lb/l4lb/lb/registry"
+	"github.com/l4lb/l4lb/lb/tlsterm"
 	"github.com/l4lb/l4lb/pkg/api"
 	"github.com/l4lb/l4lb/pkg/config"
 	"github.com/l4lb/l4lb/pkg/metrics"
@@ -55,6 +56,9 @@ type Options struct {
 	// Inherit has the listening sockets a previous process handed over;
 	// nil binds every socket afresh.
 	Inherit listen.Inherit
+	// TLS bounds the TLS listeners' handshakes and names the session-ticket
+	// keys they share.
+	TLS tlsterm.Options
 }
 
 // Server runs the TCP listeners of one configuration.
@@ -79,12 +83,16 @@ type Server struct {
 	budget    listen.Budget
 	ids       *atomic.Uint64
 
-	closing atomic.Bool
-	cut     atomic.Bool    // the drain's deadline passed: every flow is reset
-	moved   atomic.Int64   // bytes moved by finished flows
-	spliced atomic.Int64   // the part of moved that splice(2) carried
-	loops   sync.WaitGroup // accept loops
-	bg      sync.WaitGroup // flow terminations in progress
+	// terms are the TLS listeners' terminations, by listener name, shared
+	// by the listener's addresses and generations (guarded by mu).
+	terms    map[string]*tlsterm.Terminator
+	certStop chan struct{} // ends the certificate watch
+	closing  atomic.Bool
+	cut      atomic.Bool    // the drain's deadline passed: every flow is reset
+	moved    atomic.Int64   // bytes moved by finished flows
+	spliced  atomic.Int64   // the part of moved that splice(2) carried
+	loops    sync.WaitGroup // accept loops
+	bg       sync.WaitGroup // flow terminations in progress
 }
 
 // New prepares the TCP listeners of cfg without binding anything.
@@ -104,7 +112,7 @@ func New(cfg *config.Config, reg *registry.Registry, opts Options) (*Server, err
 	if opts.IDs == nil {
 		opts.IDs = new(atomic.Uint64)
 	}
-	s := &Server{cfg: cfg, log: opts.Logger, m: opts.Metrics, opts: opts, reg: reg, ids: opts.IDs}
+	s := &Server{cfg: cfg, log: opts.Logger, m: opts.Metrics, opts: opts, reg: reg, ids: opts.IDs, terms: map[string]*tlsterm.Terminator{}}
 	s.budget.Max = opts.MaxFlows
 	// No TCP keepalives (NLB sends none; the idle timeout ends dead flows):
 	// that saves four setsockopt calls per socket per flow.
@@ -131,6 +139,13 @@ func New(cfg *config.Config, reg *registry.Registry, opts Options) (*Server, err
 			return nil, err
 		}
 		limit := listen.NewSourceLimit(lc.MaxConnectionsPerSource)
+		if lc.Protocol == config.TLS {
+			term, err := tlsterm.New(lc.TLS, "listener "+lc.Name, opts.TLS)
+			if err != nil {
+				return nil, err
+			}
+			s.terms[lc.Name] = term
+		}
 		for _, b := range lc.Bind {
 			l := newListener(s, lc, b, r)
 			l.limit, l.rules = limit, rules
@@ -163,8 +178,11 @@ func (s *Server) Start() error {
 			s.loops.Add(1)
 			go s.acceptLoop(l.slot, sock)
 		}
-		s.log.Info("listener up", zap.String(logListener, l.cfg.Name), zap.String("protocol", "TCP"), zap.Stringer(logAddr, l.Addr()), zap.Int(logSockets, len(l.socks)))
+		s.log.Info("listener up", zap.String(logListener, l.cfg.Name), zap.String("protocol", l.protocol()), zap.Stringer(logAddr, l.Addr()), zap.Int(logSockets, len(l.socks)))
 	}
+	s.certStop = make(chan struct{})
+	s.bg.Add(1)
+	go s.watchCerts(s.certStop)
 	return nil
 }
 
@@ -172,6 +190,10 @@ func (s *Server) Start() error {
 // then resets the rest. It returns ctx's error if flows had to be cut.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.closing.Store(true)
+	if s.certStop != nil {
+		close(s.certStop)
+		s.certStop = nil
+	}
 	s.mu.Lock()
 	for _, l := range s.listeners {
 		l.close()

@@ -1,6 +1,7 @@
 package tcpproxy
 
 import (
+	"crypto/tls"
 	"net"
 	"net/netip"
 	"runtime/debug"
@@ -32,6 +33,8 @@ type setup struct {
 	budget   bool           // holds a slot of the TCP flow budget
 	source   bool           // holds a max_connections_per_source slot
 	settled  bool           // the tracker no longer counts it as in setup
+	tc       *tls.Conn      // a TLS listener's terminated client side
+	sni      string         // the name its ClientHello asked for
 	r        *listen.Route
 	t        *net.TCPConn // the target connection, once dialled
 	tgt      *registry.Target
@@ -58,6 +61,7 @@ func (s *Server) serveConn(l *listener, c *net.TCPConn) {
 		(*setup).readProxyHeader,
 		(*setup).checkACL,
 		(*setup).takeSourceSlot,
+		(*setup).handshake,
 		(*setup).chooseRoute,
 		(*setup).connect,
 		(*setup).sendProxyHeader,
@@ -87,7 +91,10 @@ func (p *setup) reject(why listen.Reason) {
 	if why == listen.ReasonNoTarget || why == listen.ReasonLocalResources {
 		p.l.lbResets.Inc()
 	}
-	p.c.SetLinger(0)
+	// A failed handshake has sent its alert; a reset could overtake it.
+	if why != listen.ReasonTLSHandshake {
+		p.c.SetLinger(0)
+	}
 	p.c.Close()
 	if p.t != nil {
 		p.t.Close()
@@ -159,6 +166,10 @@ func (p *setup) chooseRoute() (listen.Reason, bool) {
 	if len(p.l.rules) == 0 {
 		return 0, true
 	}
+	if p.tc != nil { // terminated: the handshake told the name
+		p.r = p.l.routeFor(p.sni)
+		return 0, true
+	}
 	host, err := peekHello(p.c)
 	if err != nil {
 		p.s.log.Debug("no TLS ClientHello", zap.String(logListener, p.l.cfg.Name), zap.Stringer(logClient, p.src), zap.Error(err))
@@ -221,6 +232,7 @@ func (p *setup) start() {
 	}
 	f := s.flowPool.Get().(*flow)
 	f.l, f.client, f.target, f.idle = l, p.c, p.t, l.cfg.IdleTimeout
+	f.cs = p.tc
 	f.tgt, f.start = p.tgt, time.Now()
 	f.id = p.id
 	f.src, f.checkPP = p.src, p.checkPP

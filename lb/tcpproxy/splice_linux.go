@@ -2,6 +2,7 @@ package tcpproxy
 
 import (
 	"errors"
+	"io"
 	"net"
 	"os"
 	"sync"
@@ -92,6 +93,12 @@ type halfFlow struct {
 
 	slot  int32        // parker slot while parked
 	state atomic.Int32 // running or parked
+
+	// A direction with a TLS end copies through these (runStream): the
+	// reader and writer, and the connections whose deadlines bound them.
+	rd       io.Reader
+	wr       io.Writer
+	rdc, wrc net.Conn
 }
 
 func (h *halfFlow) bind() {

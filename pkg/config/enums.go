@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -107,3 +108,6 @@ func parseEnum(names []string, s string) (int, error) {
 	}
 	return 0, fmt.Errorf("%q is not one of %s", s, strings.Join(valid, ", "))
 }
+
+// SecurityPolicies lists the security policy names a TLS listener takes.
+func SecurityPolicies() []string { return slices.Clone(securityPolicies) }

@@ -50,6 +50,7 @@ const (
 	FlowEvictions
 	UDPReceiveDrops
 	UDPSocketDatagrams
+	TLSHandshakes
 	ConfigReloads
 	ConfigLastReloadSuccess
 	ConfigInfo
@@ -98,6 +99,7 @@ var table = [numIDs]struct {
 	FlowEvictions:           {"flow_evictions_total", counter, "UDP flows evicted from a full table to make room, by reason.", []string{LabelListener, LabelReason}},
 	UDPReceiveDrops:         {"udp_receive_drops_total", counter, "Datagrams the kernel dropped because a listener socket's receive queue was full (SO_RXQ_OVFL).", lpz},
 	UDPSocketDatagrams:      {"udp_socket_datagrams_total", counter, "Client datagrams a UDP listener's sockets read in user space; on the kernel fast path, only those its programs pass up (none, normally).", lpz},
+	TLSHandshakes:           {"tls_handshakes_total", counter, "Completed TLS handshakes with clients, by protocol version and whether the session was resumed.", []string{LabelListener, "version", "resumed"}},
 	ConfigReloads:           {"config_reloads_total", counter, "Config reloads, by result (success, refused: a bad file, failed: could not be applied).", []string{LabelResult}},
 	ConfigLastReloadSuccess: {"config_last_reload_success_timestamp_seconds", gauge, "When the running config was loaded (start, reload or upgrade), in Unix seconds.", nil},
 	ConfigInfo:              {"config_info", gauge, "1, labelled with the SHA-256 of the running config file.", []string{"sha256"}},

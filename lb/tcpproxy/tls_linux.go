@@ -1,0 +1,143 @@
+package tcpproxy
+
+import (
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/l4lb/l4lb/lb/listen"
+	"github.com/l4lb/l4lb/pkg/metrics"
+)
+
+// certCheck is how often the TLS listeners' certificate files are compared
+// with what was loaded; a changed file is read again.
+const certCheck = 2 * time.Second
+
+// watchCerts reloads TLS certificates whose files changed, until stop.
+func (s *Server) watchCerts(stop <-chan struct{}) {
+	defer s.bg.Done()
+	t := time.NewTicker(certCheck)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		s.mu.Lock()
+		terms := s.terms
+		s.mu.Unlock()
+		for name, term := range terms {
+			switch changed, err := term.Refresh(); {
+			case err != nil:
+				s.log.Error("TLS certificate not reloaded; the running one is kept", zap.String(logListener, name), zap.Error(err))
+			case changed:
+				s.log.Info("TLS certificates reloaded", zap.String(logListener, name))
+			}
+		}
+	}
+}
+
+// handshakeKey labels tls_handshakes_total.
+type handshakeKey struct {
+	version uint16
+	resumed bool
+}
+
+// handshakeCounters resolves a listener's handshake series once.
+func handshakeCounters(m *metrics.Metrics, listener string) map[handshakeKey]prometheus.Counter {
+	out := map[handshakeKey]prometheus.Counter{}
+	for _, v := range []uint16{tls.VersionTLS10, tls.VersionTLS11, tls.VersionTLS12, tls.VersionTLS13} {
+		for _, r := range []bool{false, true} {
+			res := "false"
+			if r {
+				res = "true"
+			}
+			out[handshakeKey{v, r}] = m.Counter(metrics.TLSHandshakes, listener, tls.VersionName(v), res)
+		}
+	}
+	return out
+}
+
+// handshake terminates TLS on a TLS listener; the SNI the client sent then
+// routes the flow (rules), and the decrypted bytes move by the stream copy.
+// A failed, timed-out or refused handshake is counted and ends the
+// connection; nothing else is disturbed.
+func (p *setup) handshake() (listen.Reason, bool) {
+	l := p.l
+	if l.term == nil {
+		return 0, true
+	}
+	tc, err := l.term.Handshake(p.c)
+	if err != nil {
+		l.tlsErrors.Inc()
+		p.s.log.Debug("TLS handshake failed", zap.String(logListener, l.cfg.Name), zap.Stringer(logClient, p.src), zap.Error(err))
+		return listen.ReasonTLSHandshake, false
+	}
+	cs := tc.ConnectionState()
+	if c := l.handshakes[handshakeKey{cs.Version, cs.DidResume}]; c != nil {
+		c.Inc()
+	}
+	p.tc, p.sni, p.checkPP = tc, cs.ServerName, false
+	return 0, true
+}
+
+// runStream copies one direction of a flow with a TLS end: through a pooled
+// buffer, as crypto/tls needs the bytes in user space. The flow's idle
+// timeout holds as on the splice path; a direction waits on its read
+// deadline and ends when the whole flow has been quiet for the timeout.
+func (h *halfFlow) runStream() copyErr {
+	f := h.f
+	buf := f.srv.bufs.get()
+	defer f.srv.bufs.put(buf)
+	for {
+		h.rdc.SetReadDeadline(f.lastActive().Add(f.idle))
+		n, err := h.rd.Read(*buf)
+		if n > 0 {
+			h.wrc.SetWriteDeadline(time.Now().Add(f.idle))
+			if _, werr := h.wr.Write((*buf)[:n]); werr != nil {
+				h.err, h.errAtDst = werr, true
+				if errors.Is(werr, net.ErrClosed) {
+					return endShutdown
+				}
+				return endReset
+			}
+			h.n += int64(n)
+			f.touch()
+		}
+		switch {
+		case err == nil:
+		case err == io.EOF || err == io.ErrUnexpectedEOF:
+			closeWrite(h.wr)
+			return endEOF
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			if time.Since(f.lastActive()) >= f.idle {
+				return endIdle
+			}
+		case errors.Is(err, net.ErrClosed):
+			return endShutdown
+		default:
+			h.err, h.errAtDst = err, false
+			return endReset
+		}
+	}
+}
+
+// closeWrite passes a half-close on: close_notify on a TLS end, then FIN.
+func closeWrite(w io.Writer) {
+	switch c := w.(type) {
+	case *tls.Conn:
+		c.CloseWrite()
+		if tc, ok := c.NetConn().(*net.TCPConn); ok {
+			tc.CloseWrite()
+		}
+	case *net.TCPConn:
+		c.CloseWrite()
+	}
+}

@@ -1,0 +1,361 @@
+package lb
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"io"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/l4lb/l4lb/pkg/config"
+	"github.com/l4lb/l4lb/pkg/metrics"
+)
+
+// testCA issues certificates for the TLS tests.
+type testCA struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+	pool *x509.CertPool
+	dir  string
+	n    int64
+}
+
+func newTestCA(t *testing.T) *testCA {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "l4lb test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return &testCA{cert: cert, key: key, pool: pool, dir: t.TempDir(), n: 1}
+}
+
+// issue writes a leaf for names (the first is its common name), with an
+// ECDSA P-256 or an RSA-2048 key, and returns its config pair.
+func (ca *testCA) issue(t *testing.T, rsaKey bool, names ...string) config.Certificate {
+	t.Helper()
+	ca.n++
+	var pub, priv any
+	if rsaKey {
+		k, _ := rsa.GenerateKey(rand.Reader, 2048)
+		pub, priv = &k.PublicKey, k
+	} else {
+		k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		pub, priv = &k.PublicKey, k
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(ca.n), Subject: pkix.Name{CommonName: names[0]}, DNSNames: names,
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, pub, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalPKCS8PrivateKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := filepath.Join(ca.dir, strings.ReplaceAll(names[0], "*", "star")+"-"+big.NewInt(ca.n).String())
+	pair := config.Certificate{Cert: base + ".pem", Key: base + ".key"}
+	os.WriteFile(pair.Cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	os.WriteFile(pair.Key, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600)
+	return pair
+}
+
+// tlsServer runs a TLS listener before an echo target.
+func tlsServer(t *testing.T, lt config.ListenerTLS, opts Options) (*Server, string, *prometheus.Registry) {
+	t.Helper()
+	e := startEcho(t)
+	cfg := testConfig([]config.Target{{Address: e.addr, Weight: 1}}, func(l *config.Listener, _ *config.TargetGroup) {
+		l.Protocol = config.TLS
+		if lt.SecurityPolicy == "" {
+			lt.SecurityPolicy = config.DefaultSecurityPolicy
+		}
+		if lt.ALPNPolicy == 0 {
+			lt.ALPNPolicy = config.ALPNNone
+		}
+		l.TLS = &lt
+	})
+	reg := prometheus.NewRegistry()
+	opts.Metrics = metrics.New(reg)
+	srv, addr := startServer(t, cfg, opts)
+	return srv, addr, reg
+}
+
+// dialTLS handshakes with addr and checks that bytes come back through the
+// terminated flow.
+func dialTLS(t *testing.T, addr string, cfg *tls.Config) (*tls.Conn, error) {
+	t.Helper()
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, cfg)
+	if err != nil {
+		return nil, err
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write([]byte("ping")); err != nil {
+		c.Close()
+		return nil, err
+	}
+	b := make([]byte, 4)
+	if _, err := io.ReadFull(c, b); err != nil || string(b) != "ping" {
+		c.Close()
+		t.Fatalf("echo through the terminated flow: %q %v", b, err)
+	}
+	return c, nil
+}
+
+func leafName(c *tls.Conn) string { return c.ConnectionState().PeerCertificates[0].Subject.CommonName }
+
+// SNI picks the certificate: exact name, then wildcard, then the default
+// for an unknown name or none; for a name with an ECDSA and an RSA
+// certificate, what the client can use decides.
+func TestTLSCertificateBySNI(t *testing.T) {
+	ca := newTestCA(t)
+	both := []config.Certificate{ca.issue(t, false, "both.test"), ca.issue(t, true, "both.test")}
+	lt := config.ListenerTLS{Certificates: append([]config.Certificate{
+		ca.issue(t, false, "default.test"), ca.issue(t, false, "api.test"), ca.issue(t, false, "*.wild.test"),
+	}, both...)}
+	_, addr, reg := tlsServer(t, lt, Options{})
+	for sni, want := range map[string]string{"api.test": "api.test", "a.wild.test": "*.wild.test", "unknown.test": "default.test", "": "default.test"} {
+		c, err := dialTLS(t, addr, &tls.Config{ServerName: sni, RootCAs: ca.pool, InsecureSkipVerify: sni == "" || sni == "unknown.test"})
+		if err != nil {
+			t.Fatalf("SNI %q: %v", sni, err)
+		}
+		if got := leafName(c); got != want {
+			t.Errorf("SNI %q got %s, want %s", sni, got, want)
+		}
+		c.Close()
+	}
+	for suite, wantRSA := range map[uint16]bool{tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256: true, tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256: false} {
+		c, err := dialTLS(t, addr, &tls.Config{ServerName: "both.test", RootCAs: ca.pool, MaxVersion: tls.VersionTLS12, CipherSuites: []uint16{suite}})
+		if err != nil {
+			t.Fatalf("both.test with %s: %v", tls.CipherSuiteName(suite), err)
+		}
+		_, isRSA := c.ConnectionState().PeerCertificates[0].PublicKey.(*rsa.PublicKey)
+		if isRSA != wantRSA {
+			t.Errorf("both.test with %s: RSA certificate %v, want %v", tls.CipherSuiteName(suite), isRSA, wantRSA)
+		}
+		c.Close()
+	}
+	if n := sumWhere(reg, "l4lb_tls_handshakes_total"); n != 6 {
+		t.Fatalf("tls_handshakes_total = %v, want 6", n)
+	}
+}
+
+// Security policies: TLS 1.1 is refused under TLS13-1-2 and TLS 1.2 under
+// TLS13-1-3, counted as negotiation errors; the versions they allow work.
+func TestTLSSecurityPolicies(t *testing.T) {
+	ca := newTestCA(t)
+	pair := ca.issue(t, false, "api.test")
+	for _, tc := range []struct {
+		policy       string
+		ok, refused uint16
+	}{
+		{"ELBSecurityPolicy-TLS13-1-2-2021-06", tls.VersionTLS12, tls.VersionTLS11},
+		{"ELBSecurityPolicy-TLS13-1-3-2021-06", tls.VersionTLS13, tls.VersionTLS12},
+		{"ELBSecurityPolicy-TLS-1-2-2017-01", tls.VersionTLS12, tls.VersionTLS13},
+	} {
+		_, addr, reg := tlsServer(t, config.ListenerTLS{Certificates: []config.Certificate{pair}, SecurityPolicy: tc.policy}, Options{})
+		c, err := dialTLS(t, addr, &tls.Config{ServerName: "api.test", RootCAs: ca.pool, MinVersion: tc.ok, MaxVersion: tc.ok})
+		if err != nil {
+			t.Fatalf("%s: %s: %v", tc.policy, tls.VersionName(tc.ok), err)
+		}
+		c.Close()
+		if _, err := dialTLS(t, addr, &tls.Config{ServerName: "api.test", RootCAs: ca.pool, MinVersion: tc.refused, MaxVersion: tc.refused}); err == nil {
+			t.Fatalf("%s admitted %s", tc.policy, tls.VersionName(tc.refused))
+		}
+		waitFor(t, func() bool { return sumWhere(reg, "l4lb_client_tls_negotiation_errors_total") == 1 })
+	}
+}
+
+// ALPN policies: HTTP2Preferred picks h2 when offered, HTTP1Only picks
+// http/1.1 over h2, HTTP2Optional prefers http/1.1, HTTP2Only refuses a
+// client that offers only http/1.1, None negotiates nothing.
+func TestTLSALPNPolicies(t *testing.T) {
+	ca := newTestCA(t)
+	pair := ca.issue(t, false, "api.test")
+	for _, tc := range []struct {
+		policy config.ALPNPolicy
+		offer  []string
+		want   string // "!" : refused
+	}{
+		{config.ALPNHTTP2Preferred, []string{"http/1.1", "h2"}, "h2"},
+		{config.ALPNHTTP1Only, []string{"h2", "http/1.1"}, "http/1.1"},
+		{config.ALPNHTTP2Optional, []string{"h2", "http/1.1"}, "http/1.1"},
+		{config.ALPNHTTP2Only, []string{"http/1.1"}, "!"},
+		{config.ALPNHTTP2Only, []string{"h2", "http/1.1"}, "h2"},
+		{config.ALPNNone, []string{"h2", "http/1.1"}, ""},
+	} {
+		_, addr, _ := tlsServer(t, config.ListenerTLS{Certificates: []config.Certificate{pair}, ALPNPolicy: tc.policy}, Options{})
+		c, err := dialTLS(t, addr, &tls.Config{ServerName: "api.test", RootCAs: ca.pool, NextProtos: tc.offer})
+		if tc.want == "!" {
+			if err == nil {
+				t.Errorf("%s admitted a client offering %v", tc.policy, tc.offer)
+				c.Close()
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%s with %v: %v", tc.policy, tc.offer, err)
+		}
+		if got := c.ConnectionState().NegotiatedProtocol; got != tc.want {
+			t.Errorf("%s with %v: negotiated %q, want %q", tc.policy, tc.offer, got, tc.want)
+		}
+		c.Close()
+	}
+}
+
+// A certificate replaced on disk is served to the next handshake while a
+// flow started before goes on; a broken replacement is refused and the
+// running certificate kept.
+func TestTLSCertificateReloadedFromDisk(t *testing.T) {
+	ca := newTestCA(t)
+	pair := ca.issue(t, false, "api.test")
+	_, addr, _ := tlsServer(t, config.ListenerTLS{Certificates: []config.Certificate{pair}}, Options{})
+	conf := &tls.Config{ServerName: "api.test", RootCAs: ca.pool}
+	before, err := dialTLS(t, addr, conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer before.Close()
+	serial := before.ConnectionState().PeerCertificates[0].SerialNumber
+
+	// A broken file first: kept out.
+	os.WriteFile(pair.Cert, []byte("not a certificate"), 0o600)
+	time.Sleep(2500 * time.Millisecond)
+	if c, err := dialTLS(t, addr, conf); err != nil || c.ConnectionState().PeerCertificates[0].SerialNumber.Cmp(serial) != 0 {
+		t.Fatalf("a broken certificate file replaced the running one: %v", err)
+	} else {
+		c.Close()
+	}
+	next := ca.issue(t, false, "api.test")
+	b, _ := os.ReadFile(next.Cert)
+	k, _ := os.ReadFile(next.Key)
+	os.WriteFile(pair.Key, k, 0o600)
+	os.WriteFile(pair.Cert, b, 0o600)
+	waitFor(t, func() bool {
+		c, err := dialTLS(t, addr, conf)
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		return c.ConnectionState().PeerCertificates[0].SerialNumber.Cmp(serial) != 0
+	})
+	before.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := before.Write([]byte("more")); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 4)
+	if _, err := io.ReadFull(before, got); err != nil || string(got) != "more" {
+		t.Fatalf("the flow started before the new certificate: %q %v", got, err)
+	}
+}
+
+// A client that keeps its session resumes it, and the handshake is counted
+// as resumed.
+func TestTLSResumption(t *testing.T) {
+	ca := newTestCA(t)
+	_, addr, reg := tlsServer(t, config.ListenerTLS{Certificates: []config.Certificate{ca.issue(t, false, "api.test")}}, Options{})
+	for _, v := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
+		conf := &tls.Config{ServerName: "api.test", RootCAs: ca.pool, MaxVersion: v, ClientSessionCache: tls.NewLRUClientSessionCache(8)}
+		for i, want := range []bool{false, true} {
+			c, err := dialTLS(t, addr, conf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := c.ConnectionState().DidResume; got != want {
+				t.Fatalf("%s connection %d: resumed %v, want %v", tls.VersionName(v), i, got, want)
+			}
+			c.Close()
+		}
+	}
+	if n := sumWhere(reg, "l4lb_tls_handshakes_total", `resumed="true"`); n != 2 {
+		t.Fatalf("resumed handshakes counted: %v, want 2", n)
+	}
+}
+
+// Garbage and half-finished handshakes: each is counted, the half-finished
+// ones end at the handshake deadline, no goroutine is left behind, and a
+// good client is served meanwhile.
+func TestTLSBadClients(t *testing.T) {
+	ca := newTestCA(t)
+	_, addr, reg := tlsServer(t, config.ListenerTLS{Certificates: []config.Certificate{ca.issue(t, false, "api.test")}}, Options{TLSHandshakeTimeout: 500 * time.Millisecond})
+	baseline := runtime.NumGoroutine()
+	var conns []net.Conn
+	for i := range 20 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i%2 == 0 {
+			c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n")) // not TLS
+		} else {
+			c.Write([]byte{0x16, 0x03, 0x01, 0x02, 0x00, 0x01}) // a hello that stops
+		}
+		conns = append(conns, c)
+	}
+	good, err := dialTLS(t, addr, &tls.Config{ServerName: "api.test", RootCAs: ca.pool})
+	if err != nil {
+		t.Fatalf("a good client among bad ones: %v", err)
+	}
+	good.Close()
+	start := time.Now()
+	for _, c := range conns {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.Copy(io.Discard, c); err != nil {
+			t.Fatalf("a bad client was not closed: %v", err)
+		}
+		c.Close()
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("half-finished handshakes lasted %v; the deadline is 500 ms", d)
+	}
+	waitFor(t, func() bool { return sumWhere(reg, "l4lb_client_tls_negotiation_errors_total") == 20 })
+	waitFor(t, func() bool { return sumWhere(reg, "l4lb_rejected_flows_total", `reason="tls_handshake"`) == 20 })
+	waitFor(t, func() bool { return runtime.NumGoroutine() <= baseline })
+}
+
+// sumWhere adds up the series of name whose labels, written k="v", contain
+// every filter.
+func sumWhere(reg *prometheus.Registry, name string, filters ...string) float64 {
+	mfs, _ := reg.Gather()
+	sum := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	next:
+		for _, m := range mf.GetMetric() {
+			var lbls []string
+			for _, lp := range m.GetLabel() {
+				lbls = append(lbls, lp.GetName()+`="`+lp.GetValue()+`"`)
+			}
+			all := strings.Join(lbls, ",")
+			for _, f := range filters {
+				if !strings.Contains(all, f) {
+					continue next
+				}
+			}
+			sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		}
+	}
+	return sum
+}
