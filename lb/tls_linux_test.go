@@ -166,7 +166,7 @@ func TestTLSSecurityPolicies(t *testing.T) {
 	ca := newTestCA(t)
 	pair := ca.issue(t, false, "api.test")
 	for _, tc := range []struct {
-		policy       string
+		policy      string
 		ok, refused uint16
 	}{
 		{"ELBSecurityPolicy-TLS13-1-2-2021-06", tls.VersionTLS12, tls.VersionTLS11},
