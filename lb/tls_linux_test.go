@@ -359,3 +359,5 @@ func sumWhere(reg *prometheus.Registry, name string, filters ...string) float64 
 	}
 	return sum
 }
+
+func pemCert(der []byte) []byte { return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}) }

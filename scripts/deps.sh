@@ -17,6 +17,7 @@ have unbound || need unbound "a real DNS target for the UDP tests"
 have dnsperf || need dnsperf "DNS load for the UDP benchmark"
 have ip || need iproute2 "network namespaces for the client-IP and port tests"
 have prlimit || need util-linux "prlimit, for the descriptor-limit test"
+have openssl || need openssl "openssl s_client, a real TLS client for the TLS listener tests"
 if ! have nginx; then
 	need nginx-light "nginx, a PROXY protocol peer"
 	need libnginx-mod-stream "nginx's stream module, a benchmark contender"
