@@ -1,19 +1,11 @@
 package lb
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/rsa"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"io"
-	"math/big"
 	"net"
 	"os"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -21,64 +13,16 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/l4lb/l4lb/internal/testpki"
 	"github.com/l4lb/l4lb/pkg/config"
 	"github.com/l4lb/l4lb/pkg/metrics"
 )
 
-// testCA issues certificates for the TLS tests.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pool *x509.CertPool
-	dir  string
-	n    int64
-}
-
-func newTestCA(t *testing.T) *testCA {
+// issue writes a leaf certificate for names and returns it as a config pair.
+func issue(t *testing.T, ca *testpki.CA, rsaKey bool, names ...string) config.Certificate {
 	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "l4lb test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return &testCA{cert: cert, key: key, pool: pool, dir: t.TempDir(), n: 1}
-}
-
-// issue writes a leaf for names (the first is its common name), with an
-// ECDSA P-256 or an RSA-2048 key, and returns its config pair.
-func (ca *testCA) issue(t *testing.T, rsaKey bool, names ...string) config.Certificate {
-	t.Helper()
-	ca.n++
-	var pub, priv any
-	if rsaKey {
-		k, _ := rsa.GenerateKey(rand.Reader, 2048)
-		pub, priv = &k.PublicKey, k
-	} else {
-		k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		pub, priv = &k.PublicKey, k
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(ca.n), Subject: pkix.Name{CommonName: names[0]}, DNSNames: names,
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, pub, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalPKCS8PrivateKey(priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	base := filepath.Join(ca.dir, strings.ReplaceAll(names[0], "*", "star")+"-"+big.NewInt(ca.n).String())
-	pair := config.Certificate{Cert: base + ".pem", Key: base + ".key"}
-	os.WriteFile(pair.Cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
-	os.WriteFile(pair.Key, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600)
-	return pair
+	c, k := ca.Issue(t, rsaKey, names...)
+	return config.Certificate{Cert: c, Key: k}
 }
 
 // tlsServer runs a TLS listener before an echo target.
@@ -128,14 +72,14 @@ func leafName(c *tls.Conn) string { return c.ConnectionState().PeerCertificates[
 // for an unknown name or none; for a name with an ECDSA and an RSA
 // certificate, what the client can use decides.
 func TestTLSCertificateBySNI(t *testing.T) {
-	ca := newTestCA(t)
-	both := []config.Certificate{ca.issue(t, false, "both.test"), ca.issue(t, true, "both.test")}
+	ca := testpki.New(t)
+	both := []config.Certificate{issue(t, ca, false, "both.test"), issue(t, ca, true, "both.test")}
 	lt := config.ListenerTLS{Certificates: append([]config.Certificate{
-		ca.issue(t, false, "default.test"), ca.issue(t, false, "api.test"), ca.issue(t, false, "*.wild.test"),
+		issue(t, ca, false, "default.test"), issue(t, ca, false, "api.test"), issue(t, ca, false, "*.wild.test"),
 	}, both...)}
 	_, addr, reg := tlsServer(t, lt, Options{})
 	for sni, want := range map[string]string{"api.test": "api.test", "a.wild.test": "*.wild.test", "unknown.test": "default.test", "": "default.test"} {
-		c, err := dialTLS(t, addr, &tls.Config{ServerName: sni, RootCAs: ca.pool, InsecureSkipVerify: sni == "" || sni == "unknown.test"})
+		c, err := dialTLS(t, addr, &tls.Config{ServerName: sni, RootCAs: ca.Pool, InsecureSkipVerify: sni == "" || sni == "unknown.test"})
 		if err != nil {
 			t.Fatalf("SNI %q: %v", sni, err)
 		}
@@ -145,7 +89,7 @@ func TestTLSCertificateBySNI(t *testing.T) {
 		c.Close()
 	}
 	for suite, wantRSA := range map[uint16]bool{tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256: true, tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256: false} {
-		c, err := dialTLS(t, addr, &tls.Config{ServerName: "both.test", RootCAs: ca.pool, MaxVersion: tls.VersionTLS12, CipherSuites: []uint16{suite}})
+		c, err := dialTLS(t, addr, &tls.Config{ServerName: "both.test", RootCAs: ca.Pool, MaxVersion: tls.VersionTLS12, CipherSuites: []uint16{suite}})
 		if err != nil {
 			t.Fatalf("both.test with %s: %v", tls.CipherSuiteName(suite), err)
 		}
@@ -163,8 +107,8 @@ func TestTLSCertificateBySNI(t *testing.T) {
 // Security policies: TLS 1.1 is refused under TLS13-1-2 and TLS 1.2 under
 // TLS13-1-3, counted as negotiation errors; the versions they allow work.
 func TestTLSSecurityPolicies(t *testing.T) {
-	ca := newTestCA(t)
-	pair := ca.issue(t, false, "api.test")
+	ca := testpki.New(t)
+	pair := issue(t, ca, false, "api.test")
 	for _, tc := range []struct {
 		policy      string
 		ok, refused uint16
@@ -174,12 +118,12 @@ func TestTLSSecurityPolicies(t *testing.T) {
 		{"ELBSecurityPolicy-TLS-1-2-2017-01", tls.VersionTLS12, tls.VersionTLS13},
 	} {
 		_, addr, reg := tlsServer(t, config.ListenerTLS{Certificates: []config.Certificate{pair}, SecurityPolicy: tc.policy}, Options{})
-		c, err := dialTLS(t, addr, &tls.Config{ServerName: "api.test", RootCAs: ca.pool, MinVersion: tc.ok, MaxVersion: tc.ok})
+		c, err := dialTLS(t, addr, &tls.Config{ServerName: "api.test", RootCAs: ca.Pool, MinVersion: tc.ok, MaxVersion: tc.ok})
 		if err != nil {
 			t.Fatalf("%s: %s: %v", tc.policy, tls.VersionName(tc.ok), err)
 		}
 		c.Close()
-		if _, err := dialTLS(t, addr, &tls.Config{ServerName: "api.test", RootCAs: ca.pool, MinVersion: tc.refused, MaxVersion: tc.refused}); err == nil {
+		if _, err := dialTLS(t, addr, &tls.Config{ServerName: "api.test", RootCAs: ca.Pool, MinVersion: tc.refused, MaxVersion: tc.refused}); err == nil {
 			t.Fatalf("%s admitted %s", tc.policy, tls.VersionName(tc.refused))
 		}
 		waitFor(t, func() bool { return sumWhere(reg, "l4lb_client_tls_negotiation_errors_total") == 1 })
@@ -190,8 +134,8 @@ func TestTLSSecurityPolicies(t *testing.T) {
 // http/1.1 over h2, HTTP2Optional prefers http/1.1, HTTP2Only refuses a
 // client that offers only http/1.1, None negotiates nothing.
 func TestTLSALPNPolicies(t *testing.T) {
-	ca := newTestCA(t)
-	pair := ca.issue(t, false, "api.test")
+	ca := testpki.New(t)
+	pair := issue(t, ca, false, "api.test")
 	for _, tc := range []struct {
 		policy config.ALPNPolicy
 		offer  []string
@@ -205,7 +149,7 @@ func TestTLSALPNPolicies(t *testing.T) {
 		{config.ALPNNone, []string{"h2", "http/1.1"}, ""},
 	} {
 		_, addr, _ := tlsServer(t, config.ListenerTLS{Certificates: []config.Certificate{pair}, ALPNPolicy: tc.policy}, Options{})
-		c, err := dialTLS(t, addr, &tls.Config{ServerName: "api.test", RootCAs: ca.pool, NextProtos: tc.offer})
+		c, err := dialTLS(t, addr, &tls.Config{ServerName: "api.test", RootCAs: ca.Pool, NextProtos: tc.offer})
 		if tc.want == "!" {
 			if err == nil {
 				t.Errorf("%s admitted a client offering %v", tc.policy, tc.offer)
@@ -227,10 +171,10 @@ func TestTLSALPNPolicies(t *testing.T) {
 // flow started before goes on; a broken replacement is refused and the
 // running certificate kept.
 func TestTLSCertificateReloadedFromDisk(t *testing.T) {
-	ca := newTestCA(t)
-	pair := ca.issue(t, false, "api.test")
+	ca := testpki.New(t)
+	pair := issue(t, ca, false, "api.test")
 	_, addr, _ := tlsServer(t, config.ListenerTLS{Certificates: []config.Certificate{pair}}, Options{})
-	conf := &tls.Config{ServerName: "api.test", RootCAs: ca.pool}
+	conf := &tls.Config{ServerName: "api.test", RootCAs: ca.Pool}
 	before, err := dialTLS(t, addr, conf)
 	if err != nil {
 		t.Fatal(err)
@@ -246,7 +190,7 @@ func TestTLSCertificateReloadedFromDisk(t *testing.T) {
 	} else {
 		c.Close()
 	}
-	next := ca.issue(t, false, "api.test")
+	next := issue(t, ca, false, "api.test")
 	b, _ := os.ReadFile(next.Cert)
 	k, _ := os.ReadFile(next.Key)
 	os.WriteFile(pair.Key, k, 0o600)
@@ -272,10 +216,10 @@ func TestTLSCertificateReloadedFromDisk(t *testing.T) {
 // A client that keeps its session resumes it, and the handshake is counted
 // as resumed.
 func TestTLSResumption(t *testing.T) {
-	ca := newTestCA(t)
-	_, addr, reg := tlsServer(t, config.ListenerTLS{Certificates: []config.Certificate{ca.issue(t, false, "api.test")}}, Options{})
+	ca := testpki.New(t)
+	_, addr, reg := tlsServer(t, config.ListenerTLS{Certificates: []config.Certificate{issue(t, ca, false, "api.test")}}, Options{})
 	for _, v := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
-		conf := &tls.Config{ServerName: "api.test", RootCAs: ca.pool, MaxVersion: v, ClientSessionCache: tls.NewLRUClientSessionCache(8)}
+		conf := &tls.Config{ServerName: "api.test", RootCAs: ca.Pool, MaxVersion: v, ClientSessionCache: tls.NewLRUClientSessionCache(8)}
 		for i, want := range []bool{false, true} {
 			c, err := dialTLS(t, addr, conf)
 			if err != nil {
@@ -296,8 +240,8 @@ func TestTLSResumption(t *testing.T) {
 // ones end at the handshake deadline, no goroutine is left behind, and a
 // good client is served meanwhile.
 func TestTLSBadClients(t *testing.T) {
-	ca := newTestCA(t)
-	_, addr, reg := tlsServer(t, config.ListenerTLS{Certificates: []config.Certificate{ca.issue(t, false, "api.test")}}, Options{TLSHandshakeTimeout: 500 * time.Millisecond})
+	ca := testpki.New(t)
+	_, addr, reg := tlsServer(t, config.ListenerTLS{Certificates: []config.Certificate{issue(t, ca, false, "api.test")}}, Options{TLSHandshakeTimeout: 500 * time.Millisecond})
 	baseline := runtime.NumGoroutine()
 	var conns []net.Conn
 	for i := range 20 {
@@ -312,7 +256,7 @@ func TestTLSBadClients(t *testing.T) {
 		}
 		conns = append(conns, c)
 	}
-	good, err := dialTLS(t, addr, &tls.Config{ServerName: "api.test", RootCAs: ca.pool})
+	good, err := dialTLS(t, addr, &tls.Config{ServerName: "api.test", RootCAs: ca.Pool})
 	if err != nil {
 		t.Fatalf("a good client among bad ones: %v", err)
 	}
@@ -359,5 +303,3 @@ func sumWhere(reg *prometheus.Registry, name string, filters ...string) float64 
 	}
 	return sum
 }
-
-func pemCert(der []byte) []byte { return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}) }

@@ -6,11 +6,11 @@ import (
 	"context"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/l4lb/l4lb/internal/testpki"
 	"github.com/l4lb/l4lb/pkg/config"
 )
 
@@ -37,10 +37,9 @@ func openssl(t *testing.T, addr string, args ...string) (string, error) {
 // client itself allowed to offer it), and TLS 1.2 is refused under
 // TLS13-1-3.
 func TestTLSWithOpenSSL(t *testing.T) {
-	ca := newTestCA(t)
-	caFile := filepath.Join(t.TempDir(), "ca.pem")
-	os.WriteFile(caFile, pemCert(ca.cert.Raw), 0o600)
-	certs := []config.Certificate{ca.issue(t, false, "default.test"), ca.issue(t, true, "api.test")}
+	ca := testpki.New(t)
+	caFile := ca.File
+	certs := []config.Certificate{issue(t, ca, false, "default.test"), issue(t, ca, true, "api.test")}
 	_, addr, _ := tlsServer(t, config.ListenerTLS{Certificates: certs, ALPNPolicy: config.ALPNHTTP2Preferred}, Options{})
 
 	out, err := openssl(t, addr, "-servername", "api.test", "-CAfile", caFile, "-verify_return_error", "-alpn", "http/1.1,h2")

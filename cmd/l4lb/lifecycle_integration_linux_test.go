@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -26,6 +27,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/l4lb/l4lb/internal/testpki"
 	"github.com/l4lb/l4lb/pkg/api"
 )
 
@@ -969,5 +971,46 @@ func TestUpgradeTellsSystemd(t *testing.T) {
 	want := []string{fmt.Sprintf("READY=1\nMAINPID=%d", u.NewPID), fmt.Sprintf("MAINPID=%d", u.NewPID)}
 	if got[0] != want[0] || got[1] != want[1] {
 		t.Fatalf("upgrade: notifications %q, want %q (the new process, then the old one)", got, want)
+	}
+}
+
+// A TLS client's session resumes on the process an upgrade started: the
+// session-ticket keys cross over with the sockets.
+func TestUpgradeKeepsTLSSessions(t *testing.T) {
+	it := startIDTarget(t)
+	ca := testpki.New(t)
+	cert, key := ca.Issue(t, false, "api.test")
+	pTLS, pAdmin := freePort(t), freePort(t)
+	yaml := fmt.Sprintf(`admin: {listen: "127.0.0.1:%s"}
+listeners:
+  - {name: tls, protocol: TLS, port: %s, bind: [127.0.0.1], target_group: web, tls: {certificates: [{cert: %q, key: %q}]}}
+target_groups:
+  - name: web
+    targets: [{address: %q}]
+`, pAdmin, pTLS, cert, key, it.addr)
+	bin := filepath.Join(t.TempDir(), "l4lb")
+	buildL4LB(t, bin, "tls-upgrade-test")
+	d := startDaemon(t, bin, pAdmin, yaml)
+	conf := &tls.Config{ServerName: "api.test", RootCAs: ca.Pool, ClientSessionCache: tls.NewLRUClientSessionCache(4)}
+	hello := func() bool {
+		t.Helper()
+		c, err := tls.Dial("tcp", "127.0.0.1:"+pTLS, conf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(c, make([]byte, 21)); err != nil { // the target's name; TLS 1.3 tickets arrive with it
+			t.Fatal(err)
+		}
+		return c.ConnectionState().DidResume
+	}
+	if hello() || !hello() {
+		t.Fatal("the session did not resume on the same process")
+	}
+	u := d.upgrade()
+	waitGone(t, u.OldPID, 30*time.Second)
+	if !hello() {
+		t.Fatal("the session did not resume on the process the upgrade started")
 	}
 }

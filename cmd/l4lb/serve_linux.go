@@ -56,7 +56,7 @@ func serve(ctx context.Context, l loaded, log *zap.Logger, connectTimeout time.D
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m := metrics.New(reg)
-	srv, err := lb.New(cfg, lb.Options{Logger: log, Metrics: m, ConnectTimeout: connectTimeout, Inherit: ho.inherited()})
+	srv, err := lb.New(cfg, lb.Options{Logger: log, Metrics: m, ConnectTimeout: connectTimeout, Inherit: ho.inherited(), TicketKeys: ho.savedTicketKeys()})
 	if err != nil {
 		return usageError{err}
 	}

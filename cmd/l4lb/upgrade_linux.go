@@ -18,9 +18,13 @@ import (
 	"github.com/l4lb/l4lb/pkg/upgrade"
 )
 
-// stateFile names the registry's saved targets among the descriptors a
-// binary upgrade hands over.
-const stateFile = "state/targets.json"
+// The state a binary upgrade hands over, by descriptor name: the registry's
+// targets and states, and the TLS session-ticket keys (so clients resume
+// their sessions on the new process).
+const (
+	stateFile = "state/targets.json"
+	keysFile  = "state/tls-ticket-keys.json"
+)
 
 // handoff is this process's side of binary upgrades: what it inherited when
 // it was started by one, and how it starts its successor.
@@ -56,17 +60,30 @@ func (h *handoff) inherited() listen.Inherit {
 
 // savedTargets reads the targets and states the previous process saved.
 func (h *handoff) savedTargets() []registry.Saved {
-	f := h.child.Take(stateFile)
+	var saved []registry.Saved
+	h.read(stateFile, "targets", &saved)
+	return saved
+}
+
+// savedTicketKeys reads the TLS session-ticket keys the previous process
+// used.
+func (h *handoff) savedTicketKeys() [][32]byte {
+	var keys [][32]byte
+	h.read(keysFile, "TLS session-ticket keys", &keys)
+	return keys
+}
+
+// read decodes the handed-over state named name into v; what cannot be
+// read is logged and left out.
+func (h *handoff) read(name, what string, v any) {
+	f := h.child.Take(name)
 	if f == nil {
-		return nil
+		return
 	}
 	defer f.Close()
-	var saved []registry.Saved
-	if err := json.NewDecoder(io.LimitReader(f, 64<<20)).Decode(&saved); err != nil {
-		h.log.Warn("the previous process's targets could not be read; starting from the config", zap.Error(err))
-		return nil
+	if err := json.NewDecoder(io.LimitReader(f, 64<<20)).Decode(v); err != nil {
+		h.log.Warn("the previous process's "+what+" could not be read; starting without them", zap.Error(err))
 	}
-	return saved
 }
 
 // ready says l4lb serves: to the previous process, if there is one (which
@@ -98,11 +115,13 @@ func (h *handoff) run(srv *lb.Server, adm *adminServer) (api.Upgrade, error) {
 	if err := adm.files(add); err != nil {
 		return api.Upgrade{}, fmt.Errorf("handing over the admin API: %w", err)
 	}
-	state, err := savedFile(srv.Registry.Save())
-	if err != nil {
-		return api.Upgrade{}, err
+	for name, v := range map[string]any{stateFile: srv.Registry.Save(), keysFile: srv.TicketKeys()} {
+		f, err := savedFile(v)
+		if err != nil {
+			return api.Upgrade{}, err
+		}
+		add(name, f)
 	}
-	add(stateFile, state)
 	h.log.Info("starting the new binary", zap.String("path", h.exe), zap.Int("descriptors", len(files)))
 	pid, err := upgrade.Start(upgrade.Options{Path: h.exe, Args: h.args}, files)
 	if err != nil {
@@ -116,16 +135,16 @@ func (h *handoff) run(srv *lb.Server, adm *adminServer) (api.Upgrade, error) {
 	return api.Upgrade{OldPID: os.Getpid(), NewPID: pid}, nil
 }
 
-// savedFile writes the targets into an anonymous in-memory file.
-func savedFile(saved []registry.Saved) (*os.File, error) {
-	fd, err := unix.MemfdCreate("l4lb-targets", unix.MFD_CLOEXEC)
+// savedFile writes state, as JSON, into an anonymous in-memory file.
+func savedFile(state any) (*os.File, error) {
+	fd, err := unix.MemfdCreate("l4lb-state", unix.MFD_CLOEXEC)
 	if err != nil {
-		return nil, fmt.Errorf("saving the targets: %w", err)
+		return nil, fmt.Errorf("saving the state: %w", err)
 	}
-	f := os.NewFile(uintptr(fd), "l4lb-targets")
-	if err := json.NewEncoder(f).Encode(saved); err != nil {
+	f := os.NewFile(uintptr(fd), "l4lb-state")
+	if err := json.NewEncoder(f).Encode(state); err != nil {
 		f.Close()
-		return nil, fmt.Errorf("saving the targets: %w", err)
+		return nil, fmt.Errorf("saving the state: %w", err)
 	}
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		f.Close()
