@@ -4,6 +4,7 @@ package lb
 
 import (
 	"bufio"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -16,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/l4lb/l4lb/internal/testpki"
 	"github.com/l4lb/l4lb/pkg/config"
 )
 
@@ -126,5 +128,44 @@ frontend fe
 	c := dialFrom(t, "127.0.0.8", addr)
 	if got := httpGet(t, c); got != "127.0.0.8" {
 		t.Fatalf("HAProxy saw client %q, want 127.0.0.8", got)
+	}
+}
+
+// Behind a TLS listener, the PROXY v2 header carries the client's TLS
+// session; HAProxy reads its SNI (PP2_TYPE_AUTHORITY) and the client's
+// address. (nginx 1.22, Debian 12's, has no variables for TLVs; nginx
+// 1.23.2 and later log $proxy_protocol_tlv_ssl_* and
+// $proxy_protocol_tlv_authority from the same header.)
+func TestProxyV2SSLTLVsToHAProxy(t *testing.T) {
+	bin := needBinary(t, "haproxy")
+	dir := t.TempDir()
+	port := freeTCPUDPPort(t)
+	conf := fmt.Sprintf(`global
+    maxconn 100
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 5s
+    timeout server 5s
+frontend fe
+    bind 127.0.0.1:%d accept-proxy
+    http-request return status 200 content-type text/plain lf-string "%%[fc_pp_authority] %%[src]\n"
+`, port)
+	os.WriteFile(filepath.Join(dir, "haproxy.cfg"), []byte(conf), 0o644)
+	startProc(t, bin, "-db", "-f", filepath.Join(dir, "haproxy.cfg"))
+	target := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)
+	waitTCP(t, target.String())
+	ca := testpki.New(t)
+	cfg := testConfig([]config.Target{{Address: target, Weight: 1}}, func(l *config.Listener, g *config.TargetGroup) {
+		withPPv2(l, g)
+		l.Protocol = config.TLS
+		l.TLS = &config.ListenerTLS{Certificates: []config.Certificate{issue(t, ca, false, "api.test")},
+			SecurityPolicy: config.DefaultSecurityPolicy, ALPNPolicy: config.ALPNNone}
+	})
+	_, addr := startServer(t, cfg, Options{})
+	raw := dialFrom(t, "127.0.0.9", addr)
+	c := tls.Client(raw, &tls.Config{ServerName: "api.test", RootCAs: ca.Pool})
+	if got := httpGet(t, c); got != "api.test 127.0.0.9" {
+		t.Fatalf("HAProxy saw %q, want the SNI and the client: \"api.test 127.0.0.9\"", got)
 	}
 }

@@ -216,7 +216,11 @@ func (p *setup) sendProxyHeader() (listen.Reason, bool) {
 	if !p.g.Config().Attributes.ProxyProtocolV2 {
 		return 0, true
 	}
-	hdr, err := proxyproto.V2(false, p.src, p.dst, proxyproto.TLVs{FlowID: p.id, EndpointID: p.s.cfg.EndpointID})
+	tlvs := proxyproto.TLVs{FlowID: p.id, EndpointID: p.s.cfg.EndpointID}
+	if p.tc != nil {
+		tlvs.SSL = sslInfo(p.tc.ConnectionState())
+	}
+	hdr, err := proxyproto.V2(false, p.src, p.dst, tlvs)
 	if err == nil {
 		p.t.SetWriteDeadline(time.Now().Add(p.s.opts.ConnectTimeout))
 		_, err = p.t.Write(hdr)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/l4lb/l4lb/lb/listen"
 	"github.com/l4lb/l4lb/pkg/metrics"
+	"github.com/l4lb/l4lb/pkg/proxyproto"
 )
 
 // certCheck is how often the TLS listeners' certificate files are compared
@@ -140,4 +141,16 @@ func closeWrite(w io.Writer) {
 	case *net.TCPConn:
 		c.CloseWrite()
 	}
+}
+
+// sslInfo is what a PROXY v2 header tells a target of the client's TLS
+// session.
+func sslInfo(cs tls.ConnectionState) *proxyproto.SSL {
+	return &proxyproto.SSL{Version: opensslVersion[cs.Version], Cipher: tls.CipherSuiteName(cs.CipherSuite), SNI: cs.ServerName, ALPN: cs.NegotiatedProtocol}
+}
+
+// opensslVersion names versions as OpenSSL does, which is what PROXY
+// protocol readers (HAProxy, nginx) expect.
+var opensslVersion = map[uint16]string{
+	tls.VersionTLS10: "TLSv1", tls.VersionTLS11: "TLSv1.1", tls.VersionTLS12: "TLSv1.2", tls.VersionTLS13: "TLSv1.3",
 }

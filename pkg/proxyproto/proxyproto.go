@@ -21,6 +21,7 @@ import (
 	"time"
 
 	pp "github.com/pires/go-proxyproto"
+	"github.com/pires/go-proxyproto/tlvparse"
 )
 
 // TypeAWS is the AWS-style TLV type; its first value byte is a subtype.
@@ -33,6 +34,36 @@ const (
 type TLVs struct {
 	FlowID     uint64 // PP2_TYPE_UNIQUE_ID, always sent
 	EndpointID string // the 0xEA endpoint-ID TLV, when not empty
+	SSL        *SSL   // a TLS listener's terminated session, or nil
+}
+
+// SSL describes the client's TLS session on a TLS listener. It is sent as
+// PP2_TYPE_SSL (with the client-SSL flag, verify 0, and the version and
+// cipher sub-TLVs), PP2_TYPE_AUTHORITY (the SNI) and PP2_TYPE_ALPN, the last
+// two when not empty.
+type SSL struct {
+	Version string // "TLSv1.3", as OpenSSL names versions
+	Cipher  string // the suite's IANA name
+	SNI     string
+	ALPN    string
+}
+
+// ssl is the value of a PP2_TYPE_SSL TLV: client flags, verify result,
+// then sub-TLVs (PROXY protocol spec, 2.2.5).
+func (s *SSL) value() []byte {
+	v := []byte{tlvparse.PP2_BITFIELD_CLIENT_SSL, 0, 0, 0, 0}
+	for _, sub := range []struct {
+		t pp.PP2Type
+		v string
+	}{{pp.PP2_SUBTYPE_SSL_VERSION, s.Version}, {pp.PP2_SUBTYPE_SSL_CIPHER, s.Cipher}} {
+		if sub.v == "" {
+			continue
+		}
+		v = append(v, byte(sub.t))
+		v = binary.BigEndian.AppendUint16(v, uint16(len(sub.v)))
+		v = append(v, sub.v...)
+	}
+	return v
 }
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -56,6 +87,15 @@ func V2(udp bool, src, dst netip.AddrPort, t TLVs) ([]byte, error) {
 	tlvs := []pp.TLV{{Type: pp.PP2_TYPE_UNIQUE_ID, Value: id}}
 	if t.EndpointID != "" {
 		tlvs = append(tlvs, pp.TLV{Type: TypeAWS, Value: append([]byte{AWSSubtypeVPCEID}, t.EndpointID...)})
+	}
+	if t.SSL != nil {
+		if t.SSL.ALPN != "" {
+			tlvs = append(tlvs, pp.TLV{Type: pp.PP2_TYPE_ALPN, Value: []byte(t.SSL.ALPN)})
+		}
+		if t.SSL.SNI != "" {
+			tlvs = append(tlvs, pp.TLV{Type: pp.PP2_TYPE_AUTHORITY, Value: []byte(t.SSL.SNI)})
+		}
+		tlvs = append(tlvs, pp.TLV{Type: pp.PP2_TYPE_SSL, Value: t.SSL.value()})
 	}
 	// The checksum goes last, computed with its own value zeroed
 	// (PROXY protocol spec, 2.2.5).

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	pp "github.com/pires/go-proxyproto"
+	"github.com/pires/go-proxyproto/tlvparse"
 )
 
 func TestV2RoundTrip(t *testing.T) {
@@ -171,5 +172,50 @@ func TestClassify(t *testing.T) {
 		if got := Classify([]byte(c.in)); got != c.want {
 			t.Errorf("Classify(%q) = %d, want %d", c.in, got, c.want)
 		}
+	}
+}
+
+// A TLS listener's header carries the session: PP2_TYPE_SSL with the
+// client-SSL flag, verify 0, version and cipher, and the SNI and ALPN in
+// their own TLVs; a parser other than ours reads them back.
+func TestV2SSLTLVs(t *testing.T) {
+	ssl := &SSL{Version: "TLSv1.3", Cipher: "TLS_AES_128_GCM_SHA256", SNI: "api.example.com", ALPN: "h2"}
+	b, err := V2(false, netip.MustParseAddrPort("198.18.0.7:40000"), netip.MustParseAddrPort("10.0.1.5:443"), TLVs{FlowID: 9, SSL: ssl})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := pp.Read(bufio.NewReader(bytes.NewReader(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlvs, err := h.TLVs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got SSL
+	for _, tl := range tlvs {
+		switch tl.Type {
+		case pp.PP2_TYPE_ALPN:
+			got.ALPN = string(tl.Value)
+		case pp.PP2_TYPE_AUTHORITY:
+			got.SNI = string(tl.Value)
+		case pp.PP2_TYPE_SSL:
+			s, err := tlvparse.SSL(tl)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !s.ClientSSL() || !s.Verified() {
+				t.Errorf("SSL TLV flags: client %v verified %v", s.ClientSSL(), s.Verified())
+			}
+			got.Version, _ = s.SSLVersion()
+			for _, sub := range s.TLV {
+				if sub.Type == pp.PP2_SUBTYPE_SSL_CIPHER {
+					got.Cipher = string(sub.Value)
+				}
+			}
+		}
+	}
+	if got != *ssl {
+		t.Fatalf("read back %+v, want %+v", got, *ssl)
 	}
 }
