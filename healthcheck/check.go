@@ -93,7 +93,16 @@ func (c *checker) check(ctx context.Context, spec *config.HealthCheck, target ne
 	if err != nil {
 		return failure(err)
 	}
-	conn.Close()
+	defer conn.Close()
+	if spec.Protocol == config.HealthTLS {
+		// A TLS check passes on a completed handshake; as on HTTPS
+		// checks, NLB's, the certificate is not verified.
+		tc := tls.Client(conn, &tls.Config{InsecureSkipVerify: true})
+		if err := tc.HandshakeContext(ctx); err != nil {
+			return Result{Reason: api.ReasonFailedHealthChecks, Detail: "TLS handshake: " + err.Error()}
+		}
+		tc.Close()
+	}
 	return Result{Pass: true}
 }
 

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"runtime"
 	"strings"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/l4lb/l4lb/healthcheck"
 	"github.com/l4lb/l4lb/internal/testpki"
 	"github.com/l4lb/l4lb/pkg/config"
 	"github.com/l4lb/l4lb/pkg/metrics"
@@ -302,4 +304,100 @@ func sumWhere(reg *prometheus.Registry, name string, filters ...string) float64 
 		}
 	}
 	return sum
+}
+
+// tlsEcho is a TLS target that echoes and remembers the SNI and ALPN
+// protocol of each handshake.
+type tlsEcho struct {
+	addr netip.AddrPort
+	seen chan tls.ConnectionState
+}
+
+func startTLSEcho(t *testing.T, ca *testpki.CA, name string) *tlsEcho {
+	t.Helper()
+	certFile, keyFile := ca.Issue(t, false, name)
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2", "http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	e := &tlsEcho{addr: ln.Addr().(*net.TCPAddr).AddrPort(), seen: make(chan tls.ConnectionState, 100)}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				tc := c.(*tls.Conn)
+				if tc.Handshake() != nil {
+					return
+				}
+				e.seen <- tc.ConnectionState()
+				io.Copy(tc, tc)
+			}()
+		}
+	}()
+	return e
+}
+
+// A TLS target group re-encrypts: the target receives TLS with the group's
+// server name as SNI and the client's ALPN protocol, and is verified
+// against the group's CA; a target whose certificate the CA did not sign
+// is refused and counted. TLS health checks pass on a handshake.
+func TestTLSTargetGroup(t *testing.T) {
+	ca, other := testpki.New(t), testpki.New(t)
+	back := startTLSEcho(t, ca, "backend.test")
+	group := func(caFile string) func(*config.Listener, *config.TargetGroup) {
+		return func(l *config.Listener, g *config.TargetGroup) {
+			l.Protocol = config.TLS
+			l.TLS = &config.ListenerTLS{Certificates: []config.Certificate{issue(t, ca, false, "api.test")},
+				SecurityPolicy: config.DefaultSecurityPolicy, ALPNPolicy: config.ALPNHTTP2Preferred}
+			g.Protocol = config.TLS
+			g.TLS = config.TargetTLS{CAFile: caFile, ServerName: "backend.test"}
+			g.HealthCheck = config.HealthCheck{Protocol: config.HealthTLS, Interval: 100 * time.Millisecond, Timeout: time.Second, HealthyThreshold: 2, UnhealthyThreshold: 2}
+		}
+	}
+	reg := prometheus.NewRegistry()
+	cfg := testConfig([]config.Target{{Address: back.addr, Weight: 1}}, group(ca.File))
+	srv, addr := startServer(t, cfg, Options{Metrics: metrics.New(reg)})
+	c, err := dialTLS(t, addr, &tls.Config{ServerName: "api.test", RootCAs: ca.Pool, NextProtos: []string{"h2", "http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	select {
+	case cs := <-back.seen:
+		if cs.ServerName != "backend.test" || cs.NegotiatedProtocol != "h2" {
+			t.Fatalf("the target saw SNI %q, ALPN %q", cs.ServerName, cs.NegotiatedProtocol)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the target saw no TLS")
+	}
+	checks := healthcheck.NewScheduler(srv.Registry, healthcheck.Options{})
+	defer checks.Close()
+	srv.Registry.WatchHealth(checks)
+	waitFor(t, func() bool {
+		tg, _ := srv.TargetGroup("tg")
+		return tg.Targets[0].State == "healthy"
+	})
+
+	// The same target, verified against another CA: refused, counted.
+	cfg2 := testConfig([]config.Target{{Address: back.addr, Weight: 1}}, group(other.File))
+	reg2 := prometheus.NewRegistry()
+	_, addr2 := startServer(t, cfg2, Options{Metrics: metrics.New(reg2)})
+	if c, err := tls.Dial("tcp", addr2, &tls.Config{ServerName: "api.test", RootCAs: ca.Pool}); err == nil {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		c.Write([]byte("ping"))
+		if _, err := c.Read(make([]byte, 1)); err == nil {
+			t.Fatal("a target that fails verification was reached")
+		}
+		c.Close()
+	}
+	waitFor(t, func() bool { return sumWhere(reg2, "l4lb_target_tls_negotiation_errors_total") >= 1 })
 }

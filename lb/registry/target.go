@@ -20,6 +20,7 @@ type Target struct {
 	// Counters the data planes add to, resolved once.
 	ConnectErrors prometheus.Counter // refused or timed-out connects
 	PortErrors    prometheus.Counter // source ports exhausted dialing it
+	TLSErrors     prometheus.Counter // failed TLS handshakes (TLS target groups)
 	Resets        prometheus.Counter // flows its side ended with an error
 
 	group  *Group
@@ -42,6 +43,7 @@ func (g *Group) newTarget(addr netip.AddrPort, zone string, weight int) *Target 
 	m.AddTarget(g.Name(), t.Name)
 	t.ConnectErrors = m.Counter(metrics.TargetConnectErrors, g.Name(), t.Name)
 	t.PortErrors = m.Counter(metrics.PortAllocationErrors, g.Name(), t.Name)
+	t.TLSErrors = m.Counter(metrics.TargetTLSErrors, g.Name(), t.Name)
 	t.Resets = m.Counter(metrics.TCPTargetResets, g.Name(), t.Name)
 	return t
 }

@@ -21,6 +21,7 @@ type flow struct {
 	client    *net.TCPConn
 	target    *net.TCPConn
 	cs        *tls.Conn        // a TLS listener's client side, over client; nil on plain TCP
+	ts        *tls.Conn        // a TLS target group's target side, over target; nil on plain TCP
 	tgt       *registry.Target // the registered target it reached
 	src       netip.AddrPort   // the client: the peer, or a trusted PROXY header's source
 	checkPP   bool             // refuse a PROXY header in the first bytes (untrusted peer)
@@ -83,9 +84,16 @@ func (f *flow) setup() error {
 	up, down := &f.halves[0], &f.halves[1]
 	up.src, up.dst, up.srcRC, up.dstRC = f.client, f.target, crc, trc
 	down.src, down.dst, down.srcRC, down.dstRC = f.target, f.client, trc, crc
-	if f.cs != nil {
-		up.rd, up.rdc, up.wr, up.wrc = f.cs, f.cs, f.target, f.target
-		down.rd, down.rdc, down.wr, down.wrc = f.target, f.target, f.cs, f.cs
+	if f.stream() {
+		var c, t net.Conn = f.client, f.target
+		if f.cs != nil {
+			c = f.cs
+		}
+		if f.ts != nil {
+			t = f.ts
+		}
+		up.rd, up.rdc, up.wr, up.wrc = c, c, t, t
+		down.rd, down.rdc, down.wr, down.wrc = t, t, c, c
 	}
 	up.reset()
 	down.reset()
@@ -98,8 +106,11 @@ func (f *flow) setup() error {
 func (f *flow) copyClientToTarget() { f.drive(&f.halves[0]) }
 func (f *flow) copyTargetToClient() { f.drive(&f.halves[1]) }
 
+// stream says a side is TLS, so the bytes move through user space.
+func (f *flow) stream() bool { return f.cs != nil || f.ts != nil }
+
 func (f *flow) drive(h *halfFlow) {
-	if f.cs != nil {
+	if f.stream() {
 		f.finish(h, h.runStream())
 		return
 	}
@@ -146,7 +157,7 @@ func (f *flow) finish(h *halfFlow, how copyErr) {
 	l.releaseSource(f.src)
 	f.srv.budget.Release()
 	l.active.Dec()
-	f.client, f.target, f.cs, f.l, f.tgt = nil, nil, nil, nil, nil
+	f.client, f.target, f.cs, f.ts, f.l, f.tgt = nil, nil, nil, nil, nil, nil
 	for i := range f.halves {
 		h := &f.halves[i]
 		h.src, h.dst, h.srcRC, h.dstRC = nil, nil, nil, nil

@@ -87,12 +87,15 @@ type Server struct {
 	// by the listener's addresses and generations (guarded by mu).
 	terms    map[string]*tlsterm.Terminator
 	certStop chan struct{} // ends the certificate watch
-	closing  atomic.Bool
-	cut      atomic.Bool    // the drain's deadline passed: every flow is reset
-	moved    atomic.Int64   // bytes moved by finished flows
-	spliced  atomic.Int64   // the part of moved that splice(2) carried
-	loops    sync.WaitGroup // accept loops
-	bg       sync.WaitGroup // flow terminations in progress
+	// targetTLSConfigs are TLS target groups' client configurations, by
+	// *config.TargetGroup (one per group configuration).
+	targetTLSConfigs sync.Map
+	closing          atomic.Bool
+	cut              atomic.Bool    // the drain's deadline passed: every flow is reset
+	moved            atomic.Int64   // bytes moved by finished flows
+	spliced          atomic.Int64   // the part of moved that splice(2) carried
+	loops            sync.WaitGroup // accept loops
+	bg               sync.WaitGroup // flow terminations in progress
 }
 
 // New prepares the TCP listeners of cfg without binding anything.

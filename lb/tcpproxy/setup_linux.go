@@ -34,6 +34,7 @@ type setup struct {
 	source   bool           // holds a max_connections_per_source slot
 	settled  bool           // the tracker no longer counts it as in setup
 	tc       *tls.Conn      // a TLS listener's terminated client side
+	tt       *tls.Conn      // a TLS target group's encrypted target side
 	sni      string         // the name its ClientHello asked for
 	r        *listen.Route
 	t        *net.TCPConn // the target connection, once dialled
@@ -65,6 +66,7 @@ func (s *Server) serveConn(l *listener, c *net.TCPConn) {
 		(*setup).chooseRoute,
 		(*setup).connect,
 		(*setup).sendProxyHeader,
+		(*setup).encryptToTarget,
 	} {
 		if why, ok := step(&p); !ok {
 			p.reject(why)
@@ -236,7 +238,7 @@ func (p *setup) start() {
 	}
 	f := s.flowPool.Get().(*flow)
 	f.l, f.client, f.target, f.idle = l, p.c, p.t, l.cfg.IdleTimeout
-	f.cs = p.tc
+	f.cs, f.ts = p.tc, p.tt
 	f.tgt, f.start = p.tgt, time.Now()
 	f.id = p.id
 	f.src, f.checkPP = p.src, p.checkPP

@@ -1,8 +1,11 @@
 package tcpproxy
 
 import (
+	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -12,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/l4lb/l4lb/lb/listen"
+	"github.com/l4lb/l4lb/pkg/config"
 	"github.com/l4lb/l4lb/pkg/metrics"
 	"github.com/l4lb/l4lb/pkg/proxyproto"
 )
@@ -153,4 +157,77 @@ func sslInfo(cs tls.ConnectionState) *proxyproto.SSL {
 // protocol readers (HAProxy, nginx) expect.
 var opensslVersion = map[uint16]string{
 	tls.VersionTLS10: "TLSv1", tls.VersionTLS11: "TLSv1.1", tls.VersionTLS12: "TLSv1.2", tls.VersionTLS13: "TLSv1.3",
+}
+
+// encryptToTarget handshakes with the target of a TLS target group, within
+// the connect timeout, offering the ALPN protocol the client chose. A
+// failed handshake counts against the target (target TLS errors, and its
+// passive health) and refuses the flow: its bytes cannot go elsewhere, as a
+// PROXY header or the client's may have been sent.
+func (p *setup) encryptToTarget() (listen.Reason, bool) {
+	g := p.g.Config()
+	if g.Protocol != config.TLS {
+		return 0, true
+	}
+	cfg, err := p.s.targetTLS(g)
+	if err != nil {
+		p.s.log.Error("TLS to targets", zap.String("target_group", g.Name), zap.Error(err))
+		return listen.ReasonNoTarget, false
+	}
+	if p.tc != nil {
+		if proto := p.tc.ConnectionState().NegotiatedProtocol; proto != "" {
+			c := cfg.Clone()
+			c.NextProtos = []string{proto}
+			cfg = c
+		}
+	}
+	tt := tls.Client(p.t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), p.s.opts.ConnectTimeout)
+	defer cancel()
+	if err := tt.HandshakeContext(ctx); err != nil {
+		p.tgt.TLSErrors.Inc()
+		p.s.reg.PassiveFailure(p.tgt)
+		p.s.log.Debug("TLS handshake with target failed", zap.String(logTarget, p.tgt.Name), zap.Error(err))
+		return listen.ReasonNoTarget, false
+	}
+	p.tt = tt
+	return 0, true
+}
+
+// targetTLS is the client configuration of a TLS target group, built once
+// per configuration of the group (a reload builds a new one); its session
+// cache lets flows resume their sessions with the targets.
+func (s *Server) targetTLS(g *config.TargetGroup) (*tls.Config, error) {
+	if c, ok := s.targetTLSConfigs.Load(g); ok {
+		return c.(*tls.Config), nil
+	}
+	cfg := &tls.Config{ServerName: g.TLS.ServerName, ClientSessionCache: tls.NewLRUClientSessionCache(1024),
+		MinVersion: tls.VersionTLS10}
+	if g.TLS.CAFile == "" {
+		cfg.InsecureSkipVerify = true // NLB does not verify targets
+	} else {
+		pem, err := os.ReadFile(g.TLS.CAFile)
+		if err != nil {
+			return nil, err
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("%s: no certificate in it", g.TLS.CAFile)
+		}
+		cfg.RootCAs = pool
+		if g.TLS.ServerName == "" {
+			// The chain is checked, not the name: there is none to check.
+			cfg.InsecureSkipVerify = true
+			cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+				opts := x509.VerifyOptions{Roots: pool, Intermediates: x509.NewCertPool()}
+				for _, c := range cs.PeerCertificates[1:] {
+					opts.Intermediates.AddCert(c)
+				}
+				_, err := cs.PeerCertificates[0].Verify(opts)
+				return err
+			}
+		}
+	}
+	c, _ := s.targetTLSConfigs.LoadOrStore(g, cfg)
+	return c.(*tls.Config), nil
 }

@@ -95,6 +95,13 @@ type RawTargetGroup struct {
 	Targets     []RawTarget       `yaml:"targets,omitempty"`
 	HealthCheck *RawHealthCheck   `yaml:"health_check,omitempty"`
 	Attributes  map[string]string `yaml:"attributes,omitempty"`
+	TLS         *RawTargetTLS     `yaml:"tls,omitempty"`
+}
+
+// RawTargetTLS is a TLS target group's tls section as written.
+type RawTargetTLS struct {
+	CAFile     string `yaml:"ca_file,omitempty"`
+	ServerName string `yaml:"server_name,omitempty"`
 }
 
 // RawTarget is one target as written.

@@ -35,9 +35,10 @@ const (
 	HealthTCP HealthProtocol = iota + 1
 	HealthHTTP
 	HealthHTTPS
+	HealthTLS
 )
 
-var healthProtocolNames = []string{HealthTCP: "TCP", HealthHTTP: "HTTP", HealthHTTPS: "HTTPS"}
+var healthProtocolNames = []string{HealthTCP: "TCP", HealthHTTP: "HTTP", HealthHTTPS: "HTTPS", HealthTLS: "TLS"}
 
 func (p HealthProtocol) String() string { return enumName(healthProtocolNames, int(p)) }
 

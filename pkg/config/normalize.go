@@ -397,6 +397,18 @@ func (n *normalizer) targetGroup(path string, r *RawTargetGroup, cfg *Config) Ta
 	}
 	n.healthCheck(path+".health_check", r.HealthCheck, &g)
 	n.attributes(path+".attributes", r.Attributes, &g)
+	if r.TLS != nil {
+		if g.Protocol != TLS {
+			n.errs.add(path+".tls", "only TLS target groups take a tls section")
+		} else {
+			g.TLS = TargetTLS{CAFile: r.TLS.CAFile, ServerName: r.TLS.ServerName}
+			if g.TLS.CAFile != "" {
+				if _, err := os.Stat(g.TLS.CAFile); err != nil {
+					n.errs.add(path+".tls.ca_file", "%v", err)
+				}
+			}
+		}
+	}
 	return g
 }
 

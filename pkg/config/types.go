@@ -118,6 +118,16 @@ type TargetGroup struct {
 	Targets     []Target
 	HealthCheck HealthCheck
 	Attributes  Attributes
+	TLS         TargetTLS // protocol TLS only
+}
+
+// TargetTLS is how a TLS target group encrypts to its targets. Without a
+// CA file, as NLB, the target's certificate is not verified; with one, its
+// chain must lead to that CA, and its name must be ServerName when set.
+// ServerName is also sent as SNI.
+type TargetTLS struct {
+	CAFile     string
+	ServerName string
 }
 
 // Target is one registered backend.
