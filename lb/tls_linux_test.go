@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -400,4 +401,58 @@ func TestTLSTargetGroup(t *testing.T) {
 		c.Close()
 	}
 	waitFor(t, func() bool { return sumWhere(reg2, "l4lb_target_tls_negotiation_errors_total") >= 1 })
+}
+
+// The access log: one line per connection with NLB's fields, checked
+// against a known connection; a client that rejects the certificate is
+// logged with the alert it sent.
+func TestTLSAccessLog(t *testing.T) {
+	ca := testpki.New(t)
+	pair := issue(t, ca, false, "api.test")
+	logFile := filepath.Join(t.TempDir(), "tls-access.log")
+	_, addr, _ := tlsServer(t, config.ListenerTLS{Certificates: []config.Certificate{pair}, ALPNPolicy: config.ALPNHTTP2Preferred, AccessLog: logFile}, Options{})
+	c, err := dialTLS(t, addr, &tls.Config{ServerName: "api.test", RootCAs: ca.Pool, NextProtos: []string{"h2", "http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := c.LocalAddr().String()
+	cs := c.ConnectionState()
+	c.Close()
+	var lines []string
+	waitFor(t, func() bool {
+		b, _ := os.ReadFile(logFile)
+		lines = strings.Split(strings.TrimSpace(string(b)), "\n")
+		return len(lines) == 1 && lines[0] != ""
+	})
+	f := strings.Fields(lines[0])
+	if len(f) != 22 {
+		t.Fatalf("%d fields, want NLB's 22: %q", len(f), lines[0])
+	}
+	serial := cs.PeerCertificates[0].SerialNumber.Text(16)
+	want := map[int]string{0: "tls", 1: "2.0", 3: "l4lb", 4: "test", 5: client, 6: addr, 9: "4", 10: "4", 11: "-",
+		12: pair.Cert, 13: serial, 14: tls.CipherSuiteName(cs.CipherSuite), 15: "tlsv13", 16: cs.CurveID.String(),
+		17: "api.test", 18: "h2", 19: "-", 20: "h2,http/1.1"}
+	for i, w := range want {
+		if f[i] != w {
+			t.Errorf("field %d = %q, want %q", i, f[i], w)
+		}
+	}
+	for _, i := range []int{2, 21} {
+		if _, err := time.Parse(time.RFC3339, f[i]); err != nil {
+			t.Errorf("field %d is not a time: %q", i, f[i])
+		}
+	}
+
+	// A client that does not trust the certificate says so with an alert.
+	if _, err := tls.Dial("tcp", addr, &tls.Config{ServerName: "api.test"}); err == nil {
+		t.Fatal("a client without the CA accepted the certificate")
+	}
+	waitFor(t, func() bool {
+		b, _ := os.ReadFile(logFile)
+		lines = strings.Split(strings.TrimSpace(string(b)), "\n")
+		return len(lines) == 2
+	})
+	if f := strings.Fields(lines[1]); len(f) != 22 || f[11] != "bad_certificate" {
+		t.Fatalf("the refused handshake's line: %q", lines[1])
+	}
 }

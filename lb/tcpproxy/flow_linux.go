@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/l4lb/l4lb/lb/registry"
+	"github.com/l4lb/l4lb/lb/tlsterm"
 )
 
 // flow is one proxied TCP connection: the client side, the target side and
@@ -22,6 +23,8 @@ type flow struct {
 	target    *net.TCPConn
 	cs        *tls.Conn        // a TLS listener's client side, over client; nil on plain TCP
 	ts        *tls.Conn        // a TLS target group's target side, over target; nil on plain TCP
+	tinfo     *tlsterm.Info    // a TLS listener's handshake, for its access log
+	dst       netip.AddrPort   // the listener address the client reached
 	tgt       *registry.Target // the registered target it reached
 	src       netip.AddrPort   // the client: the peer, or a trusted PROXY header's source
 	checkPP   bool             // refuse a PROXY header in the first bytes (untrusted peer)
@@ -152,12 +155,15 @@ func (f *flow) finish(h *halfFlow, how copyErr) {
 	}
 	f.client.Close()
 	f.target.Close()
+	if f.tinfo != nil {
+		f.logTLS()
+	}
 	f.tgt.AddFlows(-1)
 	f.srv.flows.remove(f)
 	l.releaseSource(f.src)
 	f.srv.budget.Release()
 	l.active.Dec()
-	f.client, f.target, f.cs, f.ts, f.l, f.tgt = nil, nil, nil, nil, nil, nil
+	f.client, f.target, f.cs, f.ts, f.tinfo, f.l, f.tgt = nil, nil, nil, nil, nil, nil, nil
 	for i := range f.halves {
 		h := &f.halves[i]
 		h.src, h.dst, h.srcRC, h.dstRC = nil, nil, nil, nil

@@ -13,6 +13,7 @@ import (
 	"github.com/l4lb/l4lb/lb/balance"
 	"github.com/l4lb/l4lb/lb/listen"
 	"github.com/l4lb/l4lb/lb/registry"
+	"github.com/l4lb/l4lb/lb/tlsterm"
 	"github.com/l4lb/l4lb/pkg/flowhash"
 	"github.com/l4lb/l4lb/pkg/proxyproto"
 )
@@ -35,7 +36,9 @@ type setup struct {
 	settled  bool           // the tracker no longer counts it as in setup
 	tc       *tls.Conn      // a TLS listener's terminated client side
 	tt       *tls.Conn      // a TLS target group's encrypted target side
-	sni      string         // the name its ClientHello asked for
+	tinfo    *tlsterm.Info  // the client handshake, for the access log
+	accepted time.Time
+	sni      string // the name its ClientHello asked for
 	r        *listen.Route
 	t        *net.TCPConn // the target connection, once dialled
 	tgt      *registry.Target
@@ -47,7 +50,7 @@ type setup struct {
 // connect, then copies client to target itself while a second goroutine
 // copies target to client.
 func (s *Server) serveConn(l *listener, c *net.TCPConn) {
-	p := setup{s: s, l: l, c: c}
+	p := setup{s: s, l: l, c: c, accepted: time.Now()}
 	defer p.settle()
 	defer func() {
 		if v := recover(); v != nil {
@@ -238,7 +241,7 @@ func (p *setup) start() {
 	}
 	f := s.flowPool.Get().(*flow)
 	f.l, f.client, f.target, f.idle = l, p.c, p.t, l.cfg.IdleTimeout
-	f.cs, f.ts = p.tc, p.tt
+	f.cs, f.ts, f.tinfo, f.dst = p.tc, p.tt, p.tinfo, p.dst
 	f.tgt, f.start = p.tgt, time.Now()
 	f.id = p.id
 	f.src, f.checkPP = p.src, p.checkPP

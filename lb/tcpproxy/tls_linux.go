@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/l4lb/l4lb/lb/listen"
+	"github.com/l4lb/l4lb/lb/tlsterm"
 	"github.com/l4lb/l4lb/pkg/config"
 	"github.com/l4lb/l4lb/pkg/metrics"
 	"github.com/l4lb/l4lb/pkg/proxyproto"
@@ -79,13 +80,15 @@ func (p *setup) handshake() (listen.Reason, bool) {
 	if l.term == nil {
 		return 0, true
 	}
-	tc, err := l.term.Handshake(p.c)
+	tc, info, err := l.term.Handshake(p.c, p.accepted)
 	if err != nil {
 		l.tlsErrors.Inc()
 		p.s.log.Debug("TLS handshake failed", zap.String(logListener, l.cfg.Name), zap.Stringer(logClient, p.src), zap.Error(err))
+		l.term.Log(tlsterm.Entry{Listener: l.cfg.Name, Client: p.src, Local: p.dst, Info: info, End: time.Now()})
 		return listen.ReasonTLSHandshake, false
 	}
-	cs := tc.ConnectionState()
+	p.tinfo = info
+	cs := info.State
 	if c := l.handshakes[handshakeKey{cs.Version, cs.DidResume}]; c != nil {
 		c.Inc()
 	}
@@ -230,4 +233,14 @@ func (s *Server) targetTLS(g *config.TargetGroup) (*tls.Config, error) {
 	}
 	c, _ := s.targetTLSConfigs.LoadOrStore(g, cfg)
 	return c.(*tls.Config), nil
+}
+
+// logTLS writes a finished TLS flow's access-log line.
+func (f *flow) logTLS() {
+	e := tlsterm.Entry{Listener: f.l.cfg.Name, Client: f.src, Local: f.dst, Info: f.tinfo, End: time.Now(),
+		Received: f.halves[0].n, Sent: f.halves[1].n}
+	if f.ts != nil {
+		e.BackendALPN = f.ts.ConnectionState().NegotiatedProtocol
+	}
+	f.l.term.Log(e)
 }

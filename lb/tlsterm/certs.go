@@ -19,6 +19,7 @@ type certs struct {
 	exact map[string][]*tls.Certificate // lower-case DNS names
 	wild  map[string][]*tls.Certificate // "*.example.com" under "example.com"
 	files []fileStamp                   // what was read, to notice changes
+	file  map[*tls.Certificate]string   // each certificate's file, for the access log
 }
 
 // fileStamp is a file's modification time and size when it was read.
@@ -49,7 +50,7 @@ func (c *certs) changed() bool {
 // loadCerts reads and checks every pair; any bad pair fails the whole set,
 // naming its field.
 func loadCerts(list []config.Certificate, path string) (*certs, error) {
-	c := &certs{exact: map[string][]*tls.Certificate{}, wild: map[string][]*tls.Certificate{}}
+	c := &certs{exact: map[string][]*tls.Certificate{}, wild: map[string][]*tls.Certificate{}, file: map[*tls.Certificate]string{}}
 	var errs []error
 	for i, pair := range list {
 		c.files = append(c.files, stamp(pair.Cert), stamp(pair.Key))
@@ -62,6 +63,7 @@ func loadCerts(list []config.Certificate, path string) (*certs, error) {
 			continue
 		}
 		c.list = append(c.list, &cert)
+		c.file[&cert] = pair.Cert
 		names := cert.Leaf.DNSNames
 		if len(names) == 0 && cert.Leaf.Subject.CommonName != "" {
 			names = []string{cert.Leaf.Subject.CommonName}

@@ -79,6 +79,7 @@ type RawTLS struct {
 	Certificates   []RawCertificate `yaml:"certificates,omitempty"`
 	SecurityPolicy string           `yaml:"security_policy,omitempty"`
 	ALPNPolicy     string           `yaml:"alpn_policy,omitempty"`
+	AccessLog      string           `yaml:"access_log,omitempty"`
 }
 
 // RawCertificate is one certificate pair as written.

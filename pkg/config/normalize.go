@@ -330,6 +330,7 @@ func (n *normalizer) listenerTLS(path string, r *RawListener, l *Listener) {
 		}
 		t.ALPNPolicy = ALPNPolicy(p)
 	}
+	t.AccessLog = r.TLS.AccessLog
 	l.TLS = t
 }
 

@@ -102,6 +102,7 @@ type ListenerTLS struct {
 	Certificates   []Certificate // the first is the default
 	SecurityPolicy string
 	ALPNPolicy     ALPNPolicy
+	AccessLog      string // a file to append one line per connection to; "" is none
 }
 
 // Certificate is a PEM certificate chain and its key, as file paths.
