@@ -456,3 +456,40 @@ func TestTLSAccessLog(t *testing.T) {
 		t.Fatalf("the refused handshake's line: %q", lines[1])
 	}
 }
+
+// The cap on concurrent handshakes: with two stalled handshakes holding a
+// cap of two, a third client is refused at once and counted; once the
+// stalled ones time out, clients are served again.
+func TestTLSHandshakeCap(t *testing.T) {
+	ca := testpki.New(t)
+	_, addr, reg := tlsServer(t, config.ListenerTLS{Certificates: []config.Certificate{issue(t, ca, false, "api.test")}},
+		Options{TLSHandshakeTimeout: 3 * time.Second, TLSMaxHandshakes: 2})
+	conf := &tls.Config{ServerName: "api.test", RootCAs: ca.Pool}
+	var stalled []net.Conn
+	for range 2 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.Write([]byte{0x16, 0x03, 0x01, 0x02, 0x00}) // a hello that stops
+		stalled = append(stalled, c)
+	}
+	// Let both reach their handshakes first: a probe that took a slot
+	// before the second did would get that one refused instead.
+	time.Sleep(300 * time.Millisecond)
+	if c, err := tls.Dial("tcp", addr, conf); err == nil {
+		c.Close()
+		t.Fatal("a third handshake was admitted with the cap of two held")
+	}
+	if n := sumWhere(reg, "l4lb_rejected_flows_total", `reason="tls_handshake"`); n < 1 {
+		t.Fatalf("a refusal at the cap was not counted: %v", n)
+	}
+	for _, c := range stalled {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		io.Copy(io.Discard, c) // closed at the 3 s deadline
+	}
+	if _, err := dialTLS(t, addr, conf); err != nil {
+		t.Fatalf("after the stalled handshakes timed out: %v", err)
+	}
+}
