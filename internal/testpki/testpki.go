@@ -1,5 +1,6 @@
-// Package testpki issues throwaway certificates for tests: a CA, and leaf
-// certificates with ECDSA P-256 or RSA-2048 keys written as PEM files.
+// Package testpki issues throwaway certificates for tests and benchmarks: a
+// CA, and leaf certificates with ECDSA P-256 or RSA-2048 keys written as PEM
+// files.
 package testpki
 
 import (
@@ -31,26 +32,34 @@ type CA struct {
 	n    int64
 }
 
-// New makes a CA valid for a day.
+// New makes a CA valid for a day, its files in a temporary folder of t's.
 func New(t testing.TB) *CA {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, err := NewCA(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
+	}
+	return ca
+}
+
+// NewCA makes a CA valid for a day, its files in dir.
+func NewCA(dir string) (*CA, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
 	}
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "l4lb test CA"},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
 		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	cert, _ := x509.ParseCertificate(der)
-	ca := &CA{Cert: cert, Pool: x509.NewCertPool(), key: key, dir: t.TempDir(), n: 1}
+	ca := &CA{Cert: cert, Pool: x509.NewCertPool(), key: key, dir: dir, n: 1}
 	ca.Pool.AddCert(cert)
 	ca.File = filepath.Join(ca.dir, "ca.pem")
-	write(t, ca.File, "CERTIFICATE", der)
-	return ca
+	return ca, write(ca.File, "CERTIFICATE", der)
 }
 
 // Issue writes a leaf certificate for names (the first is also its common
@@ -58,6 +67,15 @@ func New(t testing.TB) *CA {
 // the paths of its certificate and key.
 func (ca *CA) Issue(t testing.TB, rsaKey bool, names ...string) (certFile, keyFile string) {
 	t.Helper()
+	certFile, keyFile, err := ca.IssueFiles(rsaKey, names...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
+}
+
+// IssueFiles is Issue, returning its error.
+func (ca *CA) IssueFiles(rsaKey bool, names ...string) (certFile, keyFile string, err error) {
 	ca.mu.Lock()
 	ca.n++
 	serial := ca.n
@@ -66,13 +84,13 @@ func (ca *CA) Issue(t testing.TB, rsaKey bool, names ...string) (certFile, keyFi
 	if rsaKey {
 		k, err := rsa.GenerateKey(rand.Reader, 2048)
 		if err != nil {
-			t.Fatal(err)
+			return "", "", err
 		}
 		pub, priv = &k.PublicKey, k
 	} else {
 		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		if err != nil {
-			t.Fatal(err)
+			return "", "", err
 		}
 		pub, priv = &k.PublicKey, k
 	}
@@ -81,21 +99,19 @@ func (ca *CA) Issue(t testing.TB, rsaKey bool, names ...string) (certFile, keyFi
 		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, pub, ca.key)
 	if err != nil {
-		t.Fatal(err)
+		return "", "", err
 	}
 	kder, err := x509.MarshalPKCS8PrivateKey(priv)
 	if err != nil {
-		t.Fatal(err)
+		return "", "", err
 	}
 	base := filepath.Join(ca.dir, strings.ReplaceAll(names[0], "*", "star")+"-"+big.NewInt(serial).String())
-	write(t, base+".pem", "CERTIFICATE", der)
-	write(t, base+".key", "PRIVATE KEY", kder)
-	return base + ".pem", base + ".key"
+	if err := write(base+".pem", "CERTIFICATE", der); err != nil {
+		return "", "", err
+	}
+	return base + ".pem", base + ".key", write(base+".key", "PRIVATE KEY", kder)
 }
 
-func write(t testing.TB, path, typ string, der []byte) {
-	t.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
+func write(path, typ string, der []byte) error {
+	return os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600)
 }
