@@ -104,8 +104,11 @@ http {
 	}
 }
 
-// HAProxy with accept-proxy sees the client's address too.
-func TestProxyV2ToHAProxy(t *testing.T) {
+// proxyHAProxy runs HAProxy with accept-proxy on a loopback port, answering
+// each HTTP request with the sample expression expr (HAProxy's log-format),
+// and returns its address.
+func proxyHAProxy(t *testing.T, expr string) netip.AddrPort {
+	t.Helper()
 	bin := needBinary(t, "haproxy")
 	dir := t.TempDir()
 	port := freeTCPUDPPort(t)
@@ -118,12 +121,18 @@ defaults
     timeout server 5s
 frontend fe
     bind 127.0.0.1:%d accept-proxy
-    http-request return status 200 content-type text/plain lf-string "%%[src]\n"
-`, port)
+    http-request return status 200 content-type text/plain lf-string "%s\n"
+`, port, expr)
 	os.WriteFile(filepath.Join(dir, "haproxy.cfg"), []byte(conf), 0o644)
 	startProc(t, bin, "-db", "-f", filepath.Join(dir, "haproxy.cfg"))
 	target := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)
 	waitTCP(t, target.String())
+	return target
+}
+
+// HAProxy with accept-proxy sees the client's address too.
+func TestProxyV2ToHAProxy(t *testing.T) {
+	target := proxyHAProxy(t, "%[src]")
 	_, addr := startServer(t, testConfig([]config.Target{{Address: target, Weight: 1}}, withPPv2), Options{})
 	c := dialFrom(t, "127.0.0.8", addr)
 	if got := httpGet(t, c); got != "127.0.0.8" {
@@ -137,24 +146,7 @@ frontend fe
 // 1.23.2 and later log $proxy_protocol_tlv_ssl_* and
 // $proxy_protocol_tlv_authority from the same header.)
 func TestProxyV2SSLTLVsToHAProxy(t *testing.T) {
-	bin := needBinary(t, "haproxy")
-	dir := t.TempDir()
-	port := freeTCPUDPPort(t)
-	conf := fmt.Sprintf(`global
-    maxconn 100
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 5s
-    timeout server 5s
-frontend fe
-    bind 127.0.0.1:%d accept-proxy
-    http-request return status 200 content-type text/plain lf-string "%%[fc_pp_authority] %%[src]\n"
-`, port)
-	os.WriteFile(filepath.Join(dir, "haproxy.cfg"), []byte(conf), 0o644)
-	startProc(t, bin, "-db", "-f", filepath.Join(dir, "haproxy.cfg"))
-	target := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)
-	waitTCP(t, target.String())
+	target := proxyHAProxy(t, "%[fc_pp_authority] %[src]")
 	ca := testpki.New(t)
 	cfg := testConfig([]config.Target{{Address: target, Weight: 1}}, func(l *config.Listener, g *config.TargetGroup) {
 		withPPv2(l, g)
