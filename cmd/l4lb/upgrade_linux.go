@@ -88,12 +88,15 @@ func (h *handoff) read(name, what string, v any) {
 
 // ready says l4lb serves: to the previous process, if there is one (which
 // then drains), and to systemd, whose main PID this process becomes.
+//
+// systemd hears first, so it knows the new main PID before the previous
+// process can hear it, stop and exit.
 func (h *handoff) ready() {
-	if err := h.child.Ready(); err != nil {
-		h.log.Error("telling the previous process we are ready", zap.Error(err))
-	}
 	if err := upgrade.Notify(fmt.Sprintf("READY=1\nMAINPID=%d", os.Getpid())); err != nil {
 		h.log.Warn("sd_notify", zap.Error(err))
+	}
+	if err := h.child.Ready(); err != nil {
+		h.log.Error("telling the previous process we are ready", zap.Error(err))
 	}
 }
 
