@@ -89,6 +89,11 @@ func TestTLSCertificateBySNI(t *testing.T) {
 		if got := leafName(c); got != want {
 			t.Errorf("SNI %q got %s, want %s", sni, got, want)
 		}
+		// ELB's non-PQ policies: a classical exchange, though Go's client
+		// offers the hybrid ML-KEM one first.
+		if g := c.ConnectionState().CurveID; g != tls.X25519 {
+			t.Errorf("key exchange %s, want X25519", g)
+		}
 		c.Close()
 	}
 	for suite, wantRSA := range map[uint16]bool{tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256: true, tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256: false} {

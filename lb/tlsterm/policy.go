@@ -13,6 +13,11 @@ type Policy struct {
 	Name     string
 	Min, Max uint16
 	Suites   []uint16
+	// Curves are the key exchanges offered: the classical ones. None of
+	// these policies is one of ELB's post-quantum (PQ) ones, so no hybrid
+	// ML-KEM exchange, which crypto/tls would otherwise prefer and which
+	// costs a handshake about a fifth more CPU.
+	Curves []tls.CurveID
 	// Unavailable are suites the policy lists that Go does not implement
 	// (the CBC-SHA384 and AES256-SHA256 suites); clients always share a
 	// suite they prefer with l4lb, so only the list differs.
@@ -66,10 +71,14 @@ var policies = map[string]Policy{
 	"ELBSecurityPolicy-FS-1-2-Res-2020-10":     {Min: tls.VersionTLS12, Max: tls.VersionTLS12, Suites: ecdheGCM},
 }
 
+// classical are the key-exchange groups of ELB's non-PQ policies.
+var classical = []tls.CurveID{tls.X25519, tls.CurveP256, tls.CurveP384}
+
 // PolicyByName returns the named policy (config validation has checked the
 // name against the same list).
 func PolicyByName(name string) (Policy, bool) {
 	p, ok := policies[name]
 	p.Name = name
+	p.Curves = classical
 	return p, ok
 }

@@ -105,10 +105,11 @@ func (t *Terminator) build(lt *config.ListenerTLS, c *certs, cur *state) (*state
 	protos := alpnProtos[lt.ALPNPolicy]
 	http2Only := lt.ALPNPolicy == config.ALPNHTTP2Only
 	st.cfg = &tls.Config{
-		MinVersion:   policy.Min,
-		MaxVersion:   policy.Max,
-		CipherSuites: policy.Suites,
-		NextProtos:   protos,
+		MinVersion:       policy.Min,
+		MaxVersion:       policy.Max,
+		CipherSuites:     policy.Suites,
+		CurvePreferences: policy.Curves,
+		NextProtos:       protos,
 		GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 			cert := c.pick(hello)
 			if i, ok := t.pending.Load(hello.Conn); ok {

@@ -25,8 +25,8 @@ const (
 // the same targets, and measures full handshakes per second with ECDSA and
 // RSA certificates, with one client and with many, resumed handshakes per
 // second, and bulk throughput through one terminated connection. Each
-// figure is one run of dur; the client is Go's crypto/tls in this process,
-// the same for both.
+// figure is the median of three rounds of dur; the client is Go's
+// crypto/tls in this process, the same for both.
 func tlsBench(bin, haproxy string, dur time.Duration, workers int, bulk int64) error {
 	dir, err := os.MkdirTemp("", "l4lb-bench-tls")
 	if err != nil {
@@ -150,11 +150,16 @@ target_groups:
 		}},
 		{"bulk through one terminated connection, Gbit/s", func(p int) float64 { return tlsBulk(p+2, bulk, conf()) }},
 	}
-	fmt.Printf("\nTLS termination (TLS 1.3, one run of %v each; the client is Go's crypto/tls)\n\n", dur)
+	const rounds = 3
+	fmt.Printf("\nTLS termination (TLS 1.3; medians of %d rounds of %v, the contenders alternating; the client is Go's crypto/tls)\n\n", rounds, dur)
 	fmt.Printf("| metric | haproxy | l4lb | l4lb/haproxy |\n|---|---|---|---|\n")
 	for _, r := range rows {
-		h := r.run(haproxyTLSPort)
-		l := r.run(l4lbTLSPort)
+		var hs, ls []float64
+		for range rounds {
+			hs = append(hs, r.run(haproxyTLSPort))
+			ls = append(ls, r.run(l4lbTLSPort))
+		}
+		h, l := median(hs), median(ls)
 		ratio := "-"
 		if h > 0 {
 			ratio = fmt.Sprintf("%.2fx", l/h)
