@@ -163,6 +163,10 @@ func startAdmin(cfg *config.Config, log *zap.Logger, reg *prometheus.Registry, s
 		}
 	}
 	a := &adminServer{name: "admin/" + cfg.Admin.Listen, done: make(chan struct{})}
+	// After an upgrade the socket is the new process's, which serves; a
+	// request still answered here on an old keep-alive connection says so
+	// too, so a checker sees no 503 at the handover.
+	ready := func() bool { return srv.Ready() || a.released.Load() }
 	var err error
 	var f *os.File
 	if inh != nil {
@@ -179,7 +183,7 @@ func startAdmin(cfg *config.Config, log *zap.Logger, reg *prometheus.Registry, s
 	}
 	srv.Reserve(a.ln.Addr().(*net.TCPAddr).AddrPort())
 	a.hs = &http.Server{
-		Handler:           admin.Handler(admin.Options{Registry: srv, Control: ctl, Gatherer: reg, Token: token, Ready: srv.Ready}),
+		Handler:           admin.Handler(admin.Options{Registry: srv, Control: ctl, Gatherer: reg, Token: token, Ready: ready}),
 		ReadHeaderTimeout: 5 * time.Second,
 		// Idle keep-alive connections are closed, and at most
 		// adminMaxConns are open at once: a client that opens connections
