@@ -1,6 +1,7 @@
 package lb
 
 import (
+	"bytes"
 	"crypto/rsa"
 	"crypto/tls"
 	"io"
@@ -496,5 +497,52 @@ func TestTLSHandshakeCap(t *testing.T) {
 	}
 	if _, err := dialTLS(t, addr, conf); err != nil {
 		t.Fatalf("after the stalled handshakes timed out: %v", err)
+	}
+}
+
+// Idle terminated flows park both directions as plain TCP flows do, and
+// hold no buffer: the next record wakes them with nothing lost, messages
+// larger than a record included, and parked flows still idle out.
+func TestTLSIdleFlowsPark(t *testing.T) {
+	ca := testpki.New(t)
+	e := startEcho(t)
+	cfg := testConfig([]config.Target{{Address: e.addr, Weight: 1}}, func(l *config.Listener, _ *config.TargetGroup) {
+		l.Protocol = config.TLS
+		l.TLS = &config.ListenerTLS{Certificates: []config.Certificate{issue(t, ca, false, "api.test")},
+			SecurityPolicy: config.DefaultSecurityPolicy, ALPNPolicy: config.ALPNNone}
+		l.IdleTimeout = 3 * time.Second // directions park after 750ms of quiet
+	})
+	srv, addr := startServer(t, cfg, Options{})
+	conf := &tls.Config{ServerName: "api.test", RootCAs: ca.Pool}
+	const n = 10
+	var conns []*tls.Conn
+	for range n {
+		c, err := dialTLS(t, addr, conf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns = append(conns, c)
+	}
+	waitFor(t, func() bool { return srv.ParkedDirections() == 2*n })
+	msg := make([]byte, 40<<10) // three records
+	for i, c := range conns {
+		for j := range msg {
+			msg[j] = byte(i + j)
+		}
+		go c.Write(msg)
+		got := make([]byte, len(msg))
+		if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, msg) {
+			t.Fatalf("flow %d after parking: %v", i, err)
+		}
+	}
+	waitFor(t, func() bool { return srv.ActiveFlows() == 0 })
+	if p := srv.ParkedDirections(); p != 0 {
+		t.Fatalf("%d directions still parked after every flow ended", p)
+	}
+	for _, c := range conns {
+		if _, err := c.Read(make([]byte, 1)); err == nil {
+			t.Fatal("idle flow still open")
+		}
 	}
 }

@@ -113,11 +113,14 @@ func (f *flow) copyTargetToClient() { f.drive(&f.halves[1]) }
 func (f *flow) stream() bool { return f.cs != nil || f.ts != nil }
 
 func (f *flow) drive(h *halfFlow) {
+	var how copyErr
+	var isParked bool
 	if f.stream() {
-		f.finish(h, h.runStream())
-		return
+		how, isParked = h.runStream()
+	} else {
+		how, isParked = h.run()
 	}
-	if how, isParked := h.run(); !isParked {
+	if !isParked {
 		f.finish(h, how)
 	}
 }

@@ -97,24 +97,35 @@ func (p *setup) handshake() (listen.Reason, bool) {
 }
 
 // runStream copies one direction of a flow with a TLS end: through a pooled
-// buffer, as crypto/tls needs the bytes in user space. The flow's idle
-// timeout holds as on the splice path; a direction waits on its read
-// deadline and ends when the whole flow has been quiet for the timeout.
-func (h *halfFlow) runStream() copyErr {
+// buffer, as crypto/tls needs the bytes in user space. Timers and parking
+// work as on the splice path (run): one read deadline fires parkAfter after
+// it was armed, and a direction that moved nothing since hands its buffer
+// back and parks on its source socket. That is safe for a TLS source: a read
+// that times out has returned every decrypted byte crypto/tls held and left
+// at most part of a record buffered, whose rest must still arrive on the
+// socket. The write deadline is the idle timeout, as a write that times out
+// leaves a TLS connection unusable.
+func (h *halfFlow) runStream() (how copyErr, isParked bool) {
 	f := h.f
-	buf := f.srv.bufs.get()
-	defer f.srv.bufs.put(buf)
+	now := time.Now()
+	if now.Sub(f.lastActive()) >= f.idle {
+		return endIdle, false
+	}
+	h.armStream(now)
+	mark := h.n
 	for {
-		h.rdc.SetReadDeadline(f.lastActive().Add(f.idle))
-		n, err := h.rd.Read(*buf)
+		if h.buf == nil {
+			h.buf = f.srv.bufs.get()
+		}
+		n, err := h.rd.Read(*h.buf)
 		if n > 0 {
-			h.wrc.SetWriteDeadline(time.Now().Add(f.idle))
-			if _, werr := h.wr.Write((*buf)[:n]); werr != nil {
+			if _, werr := h.wr.Write((*h.buf)[:n]); werr != nil {
+				h.release()
 				h.err, h.errAtDst = werr, true
 				if errors.Is(werr, net.ErrClosed) {
-					return endShutdown
+					return endShutdown, false
 				}
-				return endReset
+				return endReset, false
 			}
 			h.n += int64(n)
 			f.touch()
@@ -122,19 +133,44 @@ func (h *halfFlow) runStream() copyErr {
 		switch {
 		case err == nil:
 		case err == io.EOF || err == io.ErrUnexpectedEOF:
+			h.release()
 			closeWrite(h.wr)
-			return endEOF
+			return endEOF, false
 		case errors.Is(err, os.ErrDeadlineExceeded):
-			if time.Since(f.lastActive()) >= f.idle {
-				return endIdle
+			now := time.Now()
+			if now.Sub(f.lastActive()) >= f.idle {
+				h.release()
+				return endIdle, false
 			}
+			if h.n == mark || now.Sub(f.lastActive()) >= f.parkAfter {
+				h.release()
+				if f.srv.parker.park(h) {
+					return 0, true
+				}
+			}
+			mark = h.n
+			h.armStream(now)
 		case errors.Is(err, net.ErrClosed):
-			return endShutdown
+			h.release()
+			return endShutdown, false
 		default:
+			h.release()
 			h.err, h.errAtDst = err, false
-			return endReset
+			return endReset, false
 		}
 	}
+}
+
+// armStream sets the source's read deadline parkAfter from now (or at the
+// flow's idle expiry, if sooner) and the destination's write deadline at
+// the idle timeout.
+func (h *halfFlow) armStream(now time.Time) {
+	d := now.Add(h.f.parkAfter)
+	if exp := h.f.lastActive().Add(h.f.idle); exp.Before(d) {
+		d = exp
+	}
+	h.rdc.SetReadDeadline(d)
+	h.wrc.SetWriteDeadline(now.Add(h.f.idle))
 }
 
 // closeWrite passes a half-close on: close_notify on a TLS end, then FIN.

@@ -111,7 +111,7 @@ func main() {
 		// Idle memory first, on a fresh process: garbage the other tests
 		// leave behind (or free) would otherwise move its baseline.
 		if p.pid != 0 && run("idle") {
-			r.idleKB = idleTest(echoAddr, p.pid, *idle, *settle)
+			r.idleKB = idleTest(func() (net.Conn, error) { return net.Dial("tcp", echoAddr) }, p.pid, *idle, *settle)
 		}
 		if run("bulk") {
 			r.gbps = bulkTest(sinkAddr, *bulk)
@@ -355,9 +355,9 @@ func rrTest(addr string, workers int, d time.Duration) (float64, float64) {
 	return float64(count.Load()) / d.Seconds(), float64(h.ValueAtQuantile(99))
 }
 
-// idleTest opens n proxied connections, makes sure each reached the target,
-// and reports the proxy's resident memory growth per connection.
-func idleTest(addr string, pid, n int, settle time.Duration) float64 {
+// idleTest opens n proxied connections with dial, makes sure each reached
+// the target, and reports the proxy's resident memory growth per connection.
+func idleTest(dial func() (net.Conn, error), pid, n int, settle time.Duration) float64 {
 	before := rssKB(pid)
 	conns := make([]net.Conn, 0, n)
 	defer func() {
@@ -367,7 +367,7 @@ func idleTest(addr string, pid, n int, settle time.Duration) float64 {
 	}()
 	b := []byte{'x'}
 	for range n {
-		c, err := net.Dial("tcp", addr)
+		c, err := dial()
 		if err != nil {
 			break
 		}

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,6 +28,9 @@ const (
 // second, and bulk throughput through one terminated connection. Each
 // figure is the median of three rounds of dur; the client is Go's
 // crypto/tls in this process, the same for both.
+// idleTLS is how many idle terminated connections the memory row holds.
+const idleTLS = 2000
+
 func tlsBench(bin, haproxy string, dur time.Duration, workers int, bulk int64) error {
 	dir, err := os.MkdirTemp("", "l4lb-bench-tls")
 	if err != nil {
@@ -128,6 +132,7 @@ target_groups:
 		port int
 	}
 	cs := []contender{{"haproxy", haproxyTLSPort}, {"l4lb", l4lbTLSPort}}
+	pids := map[int]int{haproxyTLSPort: procs[0].Process.Pid, l4lbTLSPort: procs[1].Process.Pid}
 	for _, c := range cs {
 		for i := range 3 {
 			if !waitListening(fmt.Sprintf("127.0.0.1:%d", c.port+i)) {
@@ -149,6 +154,12 @@ target_groups:
 			return handshakes(p, workers, dur, tls.NewLRUClientSessionCache(workers*2))
 		}},
 		{"bulk through one terminated connection, Gbit/s", func(p int) float64 { return tlsBulk(p+2, bulk, conf()) }},
+		{fmt.Sprintf("memory per idle terminated connection, KiB (%d connections, lower is better)", idleTLS), func(p int) float64 {
+			dial := func() (net.Conn, error) {
+				return tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", fmt.Sprintf("127.0.0.1:%d", p), conf())
+			}
+			return idleTest(dial, pids[p], idleTLS, 3*time.Second)
+		}},
 	}
 	const rounds = 3
 	fmt.Printf("\nTLS termination (TLS 1.3; medians of %d rounds of %v, the contenders alternating; the client is Go's crypto/tls)\n\n", rounds, dur)
