@@ -34,6 +34,7 @@ check-generated: generate
 # target for INPUTS times its argument.
 FUZZ_TARGETS = FuzzConfig:150000:./pkg/config FuzzFlags:200000:./pkg/config \
 	FuzzReadHeader:500000:./pkg/proxyproto FuzzProgram:300000:./lb/fastpath \
+	FuzzTCPProgram:200000:./lb/fastpath \
 	FuzzServerName:500000:./pkg/tlshello FuzzAdminAPI:100000:./lb
 fuzz-each = for t in $(FUZZ_TARGETS); do \
 	name=$${t%%:*}; rest=$${t\#*:}; n=$${rest%%:*}; pkg=$${rest\#*:}; \

@@ -1,21 +1,27 @@
-// Package fastpath forwards UDP flows inside the kernel: a tc ingress
-// program (tcx) rewrites the destination of a client's datagrams to the
-// flow's target before routing, and an egress program rewrites the source of
-// the target's replies back to the listener address after routing, so a
-// datagram costs l4lb no system call at all.
+// Package fastpath forwards UDP and TCP flows inside the kernel. A tc
+// ingress program (tcx) rewrites the destination of a client's packets to
+// the flow's target before routing, and an egress program rewrites the
+// source of the target's replies back to the listener address after
+// routing, so a packet costs l4lb no system call at all. One C source
+// serves both protocols; each protocol loads it as a Path of its own, with
+// its own maps (Options.Protocol).
 //
-// It is the kernel half of a UDP listener whose target group preserves the
+// It is the kernel half of a listener whose target group preserves the
 // client IP (the target sees the client's own address, as it would with
-// preserve_client_ip in user space) and sends no PROXY header. The user-space
-// listener stays bound and takes whatever the program passes on: fragments,
-// IPv4 options, IPv6 extension headers. IPv4 and IPv6 each have their own
-// maps.
+// preserve_client_ip in user space) and sends no PROXY header. The
+// user-space listener stays bound and takes whatever the program passes on:
+// fragments, IPv4 options, IPv6 extension headers, and TCP segments of no
+// known flow (which the stack answers with a reset). IPv4 and IPv6 each
+// have their own maps.
 //
-// A first datagram picks its target exactly as user space does (same flow
-// hash, same Maglev table, which user space writes into the kernel on every
-// change), and the flow is then pinned in a bounded LRU flow map: when it is
-// full, the kernel evicts the least recently used flows, and l4lb counts
-// them. Flows idle past their listener's timeout are swept from user space.
+// A first packet (for TCP, a SYN) picks its target exactly as user space
+// does (same flow hash, same Maglev table, which user space writes into the
+// kernel on every change), and the flow is then pinned in a bounded LRU flow
+// map: when it is full, the kernel evicts the least recently used flows, and
+// l4lb counts them. TCP flows start in a map of their own until the client
+// completes the handshake, so a SYN flood evicts only incomplete
+// handshakes; FIN both ways or a RST closes a flow, which lingers briefly.
+// Flows idle past their listener's timeout are swept from user space.
 //
 //	p, err := fastpath.New(fastpath.Options{MaxFlows: 65536, Services: 4})
 //	id, err := p.AddService(vip, 120*time.Second, false)

@@ -15,14 +15,27 @@ import (
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
+	"github.com/l4lb/l4lb/pkg/flowhash"
 	"github.com/l4lb/l4lb/pkg/maglev"
 )
 
 // Options size the kernel maps; they are fixed for the life of a Path.
 type Options struct {
-	MaxFlows  int // flows pinned at once, per address family (default 65536)
-	Services  int // IPv4 listener addresses served (default 16 when neither is set)
-	Services6 int // IPv6 listener addresses served
+	// Protocol is what the Path forwards: flowhash.ProtoUDP (the default)
+	// or flowhash.ProtoTCP. Each protocol has a Path (programs and maps)
+	// of its own.
+	Protocol uint8
+	// MaxTargets bounds the TCP targets whose resets are counted
+	// (WatchTargets; default 1024).
+	MaxTargets int
+	// TCPLinger is how long a closed TCP flow (a FIN both ways, or a RST)
+	// is kept for stray segments (default 5 s); TCPSynTimeout how long a
+	// flow whose handshake has not completed is kept after its last
+	// segment (default 10 s). Both are cut to the service's idle timeout.
+	TCPLinger, TCPSynTimeout time.Duration
+	MaxFlows                 int // flows pinned at once, per address family (default 65536)
+	Services                 int // IPv4 listener addresses served (default 16 when neither is set)
+	Services6                int // IPv6 listener addresses served
 	// ACLPrefixes bounds the allow and deny prefixes of all services, per
 	// list and family (default 64).
 	ACLPrefixes int
@@ -37,7 +50,7 @@ type Options struct {
 type Path struct {
 	opts            Options
 	fams            [2]*famPath // IPv4, IPv6
-	stats           *ebpf.Map
+	stats, scratch  *ebpf.Map
 	ingress, egress *ebpf.Program
 
 	mu    sync.Mutex
@@ -55,6 +68,8 @@ type Path struct {
 type famPath struct {
 	f                       family
 	services, tables, flows *ebpf.Map
+	syn                     *ebpf.Map // TCP flows whose handshake has not completed
+	targets                 *ebpf.Map // TCP resets per watched target
 	allow, deny             *ebpf.Map // LPM tries keyed by service and prefix
 	max                     int       // services it has tables for
 	n                       int       // services it serves
@@ -81,6 +96,9 @@ type Stats struct {
 	RefusedNoTarget      uint64 // the table had no target
 	RefusedCollision     uint64 // another listener's flow holds the same target-side tuple
 	RefusedACL           uint64 // the listener's allow or deny list
+	ClientResets         uint64 // TCP: resets from clients
+	TargetResets         uint64 // TCP: resets from targets
+	Established          uint64 // TCP: handshakes completed
 }
 
 // Flow is one pinned flow, as the sweep sees it.
@@ -92,7 +110,7 @@ type Flow struct {
 
 // ErrUnsupported means the kernel refused the program or its maps (no BPF,
 // no tcx, or not permitted).
-var ErrUnsupported = errors.New("fastpath: kernel UDP fast path unavailable")
+var ErrUnsupported = errors.New("fastpath: kernel fast path unavailable")
 
 // New loads the programs with empty maps. They attach nowhere yet.
 func New(opts Options) (*Path, error) {
@@ -106,6 +124,23 @@ func New(opts Options) (*Path, error) {
 	if opts.ACLPrefixes <= 0 {
 		opts.ACLPrefixes = 64
 	}
+	if opts.MaxTargets <= 0 {
+		opts.MaxTargets = 1024
+	}
+	if opts.TCPLinger <= 0 {
+		opts.TCPLinger = 5 * time.Second
+	}
+	if opts.TCPSynTimeout <= 0 {
+		opts.TCPSynTimeout = 10 * time.Second
+	}
+	switch opts.Protocol {
+	case 0:
+		opts.Protocol = flowhash.ProtoUDP
+	case flowhash.ProtoUDP, flowhash.ProtoTCP:
+	default:
+		return nil, fmt.Errorf("fastpath: protocol %d; UDP (17) or TCP (6)", opts.Protocol)
+	}
+	tcp := opts.Protocol == flowhash.ProtoTCP
 	if opts.Services+opts.Services6 > svcMask {
 		return nil, fmt.Errorf("fastpath: %d services; at most %d", opts.Services+opts.Services6, svcMask)
 	}
@@ -117,6 +152,9 @@ func New(opts Options) (*Path, error) {
 	spec, err := loadFastpathBPF()
 	if err != nil {
 		return fail(fmt.Errorf("%w: %v", ErrUnsupported, err))
+	}
+	if err := spec.Variables["cfg_proto"].Set(opts.Protocol); err != nil {
+		return fail(err)
 	}
 	size := func(name string, n int) {
 		spec.Maps[name].MaxEntries = uint32(max(n, 1)) // a family with no services still has maps
@@ -131,6 +169,13 @@ func New(opts Options) (*Path, error) {
 		size("l4lb_svcs_"+f.name, n)
 		size("l4lb_tables_"+f.name, 2*n*maglev.DefaultSize)
 		size("l4lb_flows_"+f.name, 2*flows) // each flow has two entries: client side and target side
+		if tcp {
+			size("l4lb_syn_"+f.name, 2*flows)
+			size("l4lb_targets_"+f.name, opts.MaxTargets)
+		} else {
+			size("l4lb_syn_"+f.name, 1)
+			size("l4lb_targets_"+f.name, 1)
+		}
 		size("l4lb_allow_"+f.name, opts.ACLPrefixes)
 		size("l4lb_deny_"+f.name, opts.ACLPrefixes)
 	}
@@ -142,9 +187,8 @@ func New(opts Options) (*Path, error) {
 				m.Close() // loading took its own reference
 			}
 		}()
-		for _, f := range []family{ipv4, ipv6} {
-			name := "l4lb_flows_" + f.name
-			m, err := inheritedMap(opts.Inherit.Take(flowFile(f)), spec.Maps[name])
+		for _, name := range p.handedOver() {
+			m, err := inheritedMap(opts.Inherit.Take(p.handoverName(name)), spec.Maps[name])
 			if err != nil {
 				p.Inherited = append(p.Inherited, err)
 			}
@@ -159,9 +203,11 @@ func New(opts Options) (*Path, error) {
 		return fail(fmt.Errorf("%w: %v", ErrUnsupported, err))
 	}
 	m := &objs.fastpathBPFMaps
-	p.stats, p.ingress, p.egress = m.L4lbStats, objs.L4lbUdpIn, objs.L4lbUdpOut
-	p.fams[0] = &famPath{f: ipv4, max: opts.Services, services: m.L4lbSvcsV4, tables: m.L4lbTablesV4, flows: m.L4lbFlowsV4, allow: m.L4lbAllowV4, deny: m.L4lbDenyV4}
-	p.fams[1] = &famPath{f: ipv6, max: opts.Services6, services: m.L4lbSvcsV6, tables: m.L4lbTablesV6, flows: m.L4lbFlowsV6, allow: m.L4lbAllowV6, deny: m.L4lbDenyV6}
+	p.stats, p.scratch, p.ingress, p.egress = m.L4lbStats, m.L4lbScratch, objs.L4lbIn, objs.L4lbOut
+	p.fams[0] = &famPath{f: ipv4, max: opts.Services, services: m.L4lbSvcsV4, tables: m.L4lbTablesV4, flows: m.L4lbFlowsV4,
+		syn: m.L4lbSynV4, targets: m.L4lbTargetsV4, allow: m.L4lbAllowV4, deny: m.L4lbDenyV4}
+	p.fams[1] = &famPath{f: ipv6, max: opts.Services6, services: m.L4lbSvcsV6, tables: m.L4lbTablesV6, flows: m.L4lbFlowsV6,
+		syn: m.L4lbSynV6, targets: m.L4lbTargetsV6, allow: m.L4lbAllowV6, deny: m.L4lbDenyV6}
 	return p, nil
 }
 
@@ -333,6 +379,7 @@ func (p *Path) Stats(id int) (Stats, error) {
 	var st Stats
 	dst := []*[2]uint64{
 		statForward: {}, statReply: {}, statNewFlow: {}, statFull: {}, statNoTarget: {}, statCollide: {}, statACL: {},
+		statClientRst: {}, statTargetRst: {}, statPromote: {},
 	}
 	for kind, d := range dst {
 		var per [][statValSize]byte
@@ -351,6 +398,9 @@ func (p *Path) Stats(id int) (Stats, error) {
 	st.RefusedNoTarget = dst[statNoTarget][0]
 	st.RefusedCollision = dst[statCollide][0]
 	st.RefusedACL = dst[statACL][0]
+	st.ClientResets = dst[statClientRst][0]
+	st.TargetResets = dst[statTargetRst][0]
+	st.Established = dst[statPromote][0]
 	return st, nil
 }
 
@@ -367,9 +417,11 @@ func (p *Path) Sweep(live func(Flow)) (expired int, err error) {
 	removed := make([]uint64, len(idle))
 	var errs []error
 	for _, fp := range p.fams {
-		n, err := fp.sweep(idle, removed, live)
-		expired += n
-		errs = append(errs, err)
+		for _, m := range p.flowMaps(fp) {
+			n, err := p.sweep(fp, m, m == fp.syn, idle, removed, live)
+			expired += n
+			errs = append(errs, err)
+		}
 	}
 	p.addRemoved(removed)
 	return expired, errors.Join(errs...)
@@ -402,22 +454,35 @@ func (p *Path) Evicted(id, live int) uint64 {
 	return st.NewFlows - gone
 }
 
-func (fp *famPath) sweep(idle, removed []uint64, live func(Flow)) (expired int, err error) {
+// flowMaps are the maps that hold a family's flows: for TCP, the
+// established and the embryonic ones.
+func (p *Path) flowMaps(fp *famPath) []*ebpf.Map {
+	if p.opts.Protocol == flowhash.ProtoTCP {
+		return []*ebpf.Map{fp.flows, fp.syn}
+	}
+	return []*ebpf.Map{fp.flows}
+}
+
+// sweep removes the idle flows of one of a family's flow maps (embryonic:
+// TCP's map of incomplete handshakes). A TCP flow is idle after its
+// service's timeout, TCPSynTimeout while embryonic, or TCPLinger once
+// closed.
+func (p *Path) sweep(fp *famPath, m *ebpf.Map, embryonic bool, idle, removed []uint64, live func(Flow)) (expired int, err error) {
 	type entry struct {
 		key, val []byte
 		last     uint64
 	}
 	type reply struct {
-		last uint64
-		svc  int
+		last  uint64
+		flags uint16 // the whole service field
 	}
 	var fwd []entry
 	replied := map[string]reply{}
 	now := monotonic()
-	err = fp.readAll(func(k, v []byte) {
+	err = fp.readAll(m, func(k, v []byte) {
 		last := fp.last(v)
 		if svc := fp.svc(v); svc&replyFlag != 0 {
-			replied[string(k)] = reply{last, int(svc & svcMask)}
+			replied[string(k)] = reply{last, svc}
 		} else {
 			fwd = append(fwd, entry{bytes.Clone(k), bytes.Clone(v), last})
 		}
@@ -425,8 +490,19 @@ func (fp *famPath) sweep(idle, removed []uint64, live func(Flow)) (expired int, 
 	if err != nil {
 		return 0, err
 	}
-	isIdle := func(svc int, last uint64) bool {
-		return svc < len(idle) && now >= last && now-last > idle[svc]
+	isIdle := func(flags uint16, last uint64) bool {
+		svc := int(flags & svcMask)
+		if svc >= len(idle) || now < last {
+			return false
+		}
+		limit := idle[svc]
+		switch {
+		case flags&closedFlag != 0:
+			limit = min(limit, uint64(p.opts.TCPLinger))
+		case embryonic:
+			limit = min(limit, uint64(p.opts.TCPSynTimeout))
+		}
+		return now-last > limit
 	}
 	val := make([]byte, fp.f.valSize)
 	var errs []error
@@ -435,19 +511,19 @@ func (fp *famPath) sweep(idle, removed []uint64, live func(Flow)) (expired int, 
 		rkey := fp.reverseKey(e.key, e.val)
 		r, paired := replied[string(rkey)]
 		delete(replied, string(rkey))
-		if !isIdle(f.Service, max(e.last, r.last)) {
+		if !isIdle(fp.svc(e.val)|r.flags&closedFlag, max(e.last, r.last)) {
 			if live != nil {
 				live(f)
 			}
 			continue
 		}
-		if fp.flows.LookupAndDelete(e.key, val) != nil {
+		if m.LookupAndDelete(e.key, val) != nil {
 			continue
 		}
 		if fp.last(val) != e.last {
 			// A datagram came since the read: the flow lives on. (If the
 			// program made the entry again meanwhile, that one stands.)
-			if err := fp.flows.Update(e.key, val, ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
+			if err := m.Update(e.key, val, ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
 				errs = append(errs, fmt.Errorf("fastpath: restoring a live flow: %w", err))
 			}
 			if live != nil {
@@ -456,7 +532,7 @@ func (fp *famPath) sweep(idle, removed []uint64, live func(Flow)) (expired int, 
 			continue
 		}
 		if paired {
-			errs = append(errs, deleteFlow(fp.flows, rkey))
+			errs = append(errs, deleteFlow(m, rkey))
 		}
 		expired++
 		removed[f.Service]++
@@ -464,8 +540,8 @@ func (fp *famPath) sweep(idle, removed []uint64, live func(Flow)) (expired int, 
 	// Target-side entries whose client side was evicted: their flow is
 	// gone, and once idle they only hold a place.
 	for k, r := range replied {
-		if isIdle(r.svc, r.last) {
-			errs = append(errs, deleteFlow(fp.flows, []byte(k)))
+		if isIdle(r.flags, r.last) {
+			errs = append(errs, deleteFlow(m, []byte(k)))
 		}
 	}
 	return expired, errors.Join(errs...)
@@ -487,41 +563,44 @@ func (p *Path) EndFlowsTo(target netip.AddrPort) (int, error) {
 	fp := p.familyOf(target.Addr())
 	want := make([]byte, fp.f.addrLen+2)
 	putAddr(want, target)
-	var keys, rkeys, vals [][]byte
-	err := fp.readAll(func(k, v []byte) {
-		if fp.svc(v)&replyFlag == 0 && bytes.Equal(v[:len(want)], want) {
-			keys, rkeys, vals = append(keys, bytes.Clone(k)), append(rkeys, fp.reverseKey(k, v)), append(vals, bytes.Clone(v))
-		}
-	})
-	if err != nil {
-		return 0, err
-	}
 	n := 0
 	var errs []error
 	removed := make([]uint64, len(p.svcs))
-	for i := range keys {
-		err := fp.flows.Delete(keys[i])
-		if err == nil {
-			n++
-			if svc := int(fp.svc(vals[i]) & svcMask); svc < len(removed) {
-				removed[svc]++
+	for _, m := range p.flowMaps(fp) {
+		var keys, rkeys, vals [][]byte
+		err := fp.readAll(m, func(k, v []byte) {
+			if fp.svc(v)&replyFlag == 0 && bytes.Equal(v[:len(want)], want) {
+				keys, rkeys, vals = append(keys, bytes.Clone(k)), append(rkeys, fp.reverseKey(k, v)), append(vals, bytes.Clone(v))
 			}
-		} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
-			errs = append(errs, fmt.Errorf("fastpath: deleting a flow entry: %w", err))
+		})
+		if err != nil {
+			errs = append(errs, err)
+			continue
 		}
-		errs = append(errs, deleteFlow(fp.flows, rkeys[i]))
+		for i := range keys {
+			err := m.Delete(keys[i])
+			if err == nil {
+				n++
+				if svc := int(fp.svc(vals[i]) & svcMask); svc < len(removed) {
+					removed[svc]++
+				}
+			} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
+				errs = append(errs, fmt.Errorf("fastpath: deleting a flow entry: %w", err))
+			}
+			errs = append(errs, deleteFlow(m, rkeys[i]))
+		}
 	}
 	p.addRemoved(removed)
 	return n, errors.Join(errs...)
 }
 
-// readAll calls fn for every entry of the family's flow map. The slices are
-// only valid during the call: fn copies what it keeps.
-func (fp *famPath) readAll(fn func(k, v []byte)) error {
+// readAll calls fn for every entry of one of the family's flow maps. The
+// slices are only valid during the call: fn copies what it keeps.
+func (fp *famPath) readAll(m *ebpf.Map, fn func(k, v []byte)) error {
 	if fp.f.keySize == ipv4.keySize {
-		return readBatch(fp.flows, func(k [12]byte, v [16]byte) { fn(k[:], v[:]) })
+		return readBatch(m, func(k [12]byte, v [16]byte) { fn(k[:], v[:]) })
 	}
-	return readBatch(fp.flows, func(k [36]byte, v [32]byte) { fn(k[:], v[:]) })
+	return readBatch(m, func(k [36]byte, v [32]byte) { fn(k[:], v[:]) })
 }
 
 // readBatch reads a whole map in batches of fixed-size keys and values.
@@ -559,10 +638,10 @@ func (p *Path) Close() error {
 			errs = append(errs, prog.Close())
 		}
 	}
-	ms := []*ebpf.Map{p.stats}
+	ms := []*ebpf.Map{p.stats, p.scratch}
 	for _, fp := range p.fams {
 		if fp != nil {
-			ms = append(ms, fp.services, fp.tables, fp.flows, fp.allow, fp.deny)
+			ms = append(ms, fp.services, fp.tables, fp.flows, fp.syn, fp.targets, fp.allow, fp.deny)
 		}
 	}
 	for _, m := range ms {

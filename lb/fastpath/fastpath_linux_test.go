@@ -320,7 +320,7 @@ func TestProgramBoundAndSweep(t *testing.T) {
 		t.Fatalf("expired %d (%v), want %d", expired, err, live)
 	}
 	left := 0
-	if err := p.fams[0].readAll(func(k, v []byte) { left++ }); err != nil || left != 0 {
+	if err := p.fams[0].readAll(p.fams[0].flows, func(k, v []byte) { left++ }); err != nil || left != 0 {
 		t.Fatalf("%d entries left after the sweep (%v): orphaned halves of evicted flows stay", left, err)
 	}
 	if ret, _ := run(t, p, packet(client(1000), vip, nil)); ret != tcxPass {

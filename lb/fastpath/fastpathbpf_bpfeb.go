@@ -60,6 +60,26 @@ type fastpathBPFFlowVal6 struct {
 	Last uint64
 }
 
+type fastpathBPFScratch struct {
+	_    structs.HostLayout
+	Rkey struct {
+		_  structs.HostLayout
+		V4 fastpathBPFFlowKey4
+		_  [24]byte
+	}
+	_    [4]byte
+	Rval struct {
+		_  structs.HostLayout
+		V4 fastpathBPFFlowVal4
+		_  [16]byte
+	}
+	Fval struct {
+		_  structs.HostLayout
+		V4 fastpathBPFFlowVal4
+		_  [16]byte
+	}
+}
+
 type fastpathBPFSlot4 struct {
 	_    structs.HostLayout
 	Addr uint32
@@ -102,23 +122,35 @@ type fastpathBPFSvcVal struct {
 	Pad   uint32
 }
 
+type fastpathBPFTargetStat struct {
+	_      structs.HostLayout
+	SynRst uint64
+	Rst    uint64
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	fastpathBPFMapL4lbAllowV4  = "l4lb_allow_v4"
-	fastpathBPFMapL4lbAllowV6  = "l4lb_allow_v6"
-	fastpathBPFMapL4lbDenyV4   = "l4lb_deny_v4"
-	fastpathBPFMapL4lbDenyV6   = "l4lb_deny_v6"
-	fastpathBPFMapL4lbFlowsV4  = "l4lb_flows_v4"
-	fastpathBPFMapL4lbFlowsV6  = "l4lb_flows_v6"
-	fastpathBPFMapL4lbStats    = "l4lb_stats"
-	fastpathBPFMapL4lbSvcsV4   = "l4lb_svcs_v4"
-	fastpathBPFMapL4lbSvcsV6   = "l4lb_svcs_v6"
-	fastpathBPFMapL4lbTablesV4 = "l4lb_tables_v4"
-	fastpathBPFMapL4lbTablesV6 = "l4lb_tables_v6"
-	fastpathBPFProgL4lbUdpIn   = "l4lb_udp_in"
-	fastpathBPFProgL4lbUdpOut  = "l4lb_udp_out"
+	fastpathBPFMapL4lbAllowV4   = "l4lb_allow_v4"
+	fastpathBPFMapL4lbAllowV6   = "l4lb_allow_v6"
+	fastpathBPFMapL4lbDenyV4    = "l4lb_deny_v4"
+	fastpathBPFMapL4lbDenyV6    = "l4lb_deny_v6"
+	fastpathBPFMapL4lbFlowsV4   = "l4lb_flows_v4"
+	fastpathBPFMapL4lbFlowsV6   = "l4lb_flows_v6"
+	fastpathBPFMapL4lbScratch   = "l4lb_scratch"
+	fastpathBPFMapL4lbStats     = "l4lb_stats"
+	fastpathBPFMapL4lbSvcsV4    = "l4lb_svcs_v4"
+	fastpathBPFMapL4lbSvcsV6    = "l4lb_svcs_v6"
+	fastpathBPFMapL4lbSynV4     = "l4lb_syn_v4"
+	fastpathBPFMapL4lbSynV6     = "l4lb_syn_v6"
+	fastpathBPFMapL4lbTablesV4  = "l4lb_tables_v4"
+	fastpathBPFMapL4lbTablesV6  = "l4lb_tables_v6"
+	fastpathBPFMapL4lbTargetsV4 = "l4lb_targets_v4"
+	fastpathBPFMapL4lbTargetsV6 = "l4lb_targets_v6"
+	fastpathBPFProgL4lbIn       = "l4lb_in"
+	fastpathBPFProgL4lbOut      = "l4lb_out"
+	fastpathBPFVarCfgProto      = "cfg_proto"
 )
 
 // loadFastpathBPF returns the embedded CollectionSpec for fastpathBPF.
@@ -163,31 +195,37 @@ type fastpathBPFSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fastpathBPFProgramSpecs struct {
-	L4lbUdpIn  *ebpf.ProgramSpec `ebpf:"l4lb_udp_in"`
-	L4lbUdpOut *ebpf.ProgramSpec `ebpf:"l4lb_udp_out"`
+	L4lbIn  *ebpf.ProgramSpec `ebpf:"l4lb_in"`
+	L4lbOut *ebpf.ProgramSpec `ebpf:"l4lb_out"`
 }
 
 // fastpathBPFMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fastpathBPFMapSpecs struct {
-	L4lbAllowV4  *ebpf.MapSpec `ebpf:"l4lb_allow_v4"`
-	L4lbAllowV6  *ebpf.MapSpec `ebpf:"l4lb_allow_v6"`
-	L4lbDenyV4   *ebpf.MapSpec `ebpf:"l4lb_deny_v4"`
-	L4lbDenyV6   *ebpf.MapSpec `ebpf:"l4lb_deny_v6"`
-	L4lbFlowsV4  *ebpf.MapSpec `ebpf:"l4lb_flows_v4"`
-	L4lbFlowsV6  *ebpf.MapSpec `ebpf:"l4lb_flows_v6"`
-	L4lbStats    *ebpf.MapSpec `ebpf:"l4lb_stats"`
-	L4lbSvcsV4   *ebpf.MapSpec `ebpf:"l4lb_svcs_v4"`
-	L4lbSvcsV6   *ebpf.MapSpec `ebpf:"l4lb_svcs_v6"`
-	L4lbTablesV4 *ebpf.MapSpec `ebpf:"l4lb_tables_v4"`
-	L4lbTablesV6 *ebpf.MapSpec `ebpf:"l4lb_tables_v6"`
+	L4lbAllowV4   *ebpf.MapSpec `ebpf:"l4lb_allow_v4"`
+	L4lbAllowV6   *ebpf.MapSpec `ebpf:"l4lb_allow_v6"`
+	L4lbDenyV4    *ebpf.MapSpec `ebpf:"l4lb_deny_v4"`
+	L4lbDenyV6    *ebpf.MapSpec `ebpf:"l4lb_deny_v6"`
+	L4lbFlowsV4   *ebpf.MapSpec `ebpf:"l4lb_flows_v4"`
+	L4lbFlowsV6   *ebpf.MapSpec `ebpf:"l4lb_flows_v6"`
+	L4lbScratch   *ebpf.MapSpec `ebpf:"l4lb_scratch"`
+	L4lbStats     *ebpf.MapSpec `ebpf:"l4lb_stats"`
+	L4lbSvcsV4    *ebpf.MapSpec `ebpf:"l4lb_svcs_v4"`
+	L4lbSvcsV6    *ebpf.MapSpec `ebpf:"l4lb_svcs_v6"`
+	L4lbSynV4     *ebpf.MapSpec `ebpf:"l4lb_syn_v4"`
+	L4lbSynV6     *ebpf.MapSpec `ebpf:"l4lb_syn_v6"`
+	L4lbTablesV4  *ebpf.MapSpec `ebpf:"l4lb_tables_v4"`
+	L4lbTablesV6  *ebpf.MapSpec `ebpf:"l4lb_tables_v6"`
+	L4lbTargetsV4 *ebpf.MapSpec `ebpf:"l4lb_targets_v4"`
+	L4lbTargetsV6 *ebpf.MapSpec `ebpf:"l4lb_targets_v6"`
 }
 
 // fastpathBPFVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fastpathBPFVariableSpecs struct {
+	CfgProto *ebpf.VariableSpec `ebpf:"cfg_proto"`
 }
 
 // fastpathBPFObjects contains all objects after they have been loaded into the kernel.
@@ -210,17 +248,22 @@ func (o *fastpathBPFObjects) Close() error {
 //
 // It can be passed to loadFastpathBPFObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fastpathBPFMaps struct {
-	L4lbAllowV4  *ebpf.Map `ebpf:"l4lb_allow_v4"`
-	L4lbAllowV6  *ebpf.Map `ebpf:"l4lb_allow_v6"`
-	L4lbDenyV4   *ebpf.Map `ebpf:"l4lb_deny_v4"`
-	L4lbDenyV6   *ebpf.Map `ebpf:"l4lb_deny_v6"`
-	L4lbFlowsV4  *ebpf.Map `ebpf:"l4lb_flows_v4"`
-	L4lbFlowsV6  *ebpf.Map `ebpf:"l4lb_flows_v6"`
-	L4lbStats    *ebpf.Map `ebpf:"l4lb_stats"`
-	L4lbSvcsV4   *ebpf.Map `ebpf:"l4lb_svcs_v4"`
-	L4lbSvcsV6   *ebpf.Map `ebpf:"l4lb_svcs_v6"`
-	L4lbTablesV4 *ebpf.Map `ebpf:"l4lb_tables_v4"`
-	L4lbTablesV6 *ebpf.Map `ebpf:"l4lb_tables_v6"`
+	L4lbAllowV4   *ebpf.Map `ebpf:"l4lb_allow_v4"`
+	L4lbAllowV6   *ebpf.Map `ebpf:"l4lb_allow_v6"`
+	L4lbDenyV4    *ebpf.Map `ebpf:"l4lb_deny_v4"`
+	L4lbDenyV6    *ebpf.Map `ebpf:"l4lb_deny_v6"`
+	L4lbFlowsV4   *ebpf.Map `ebpf:"l4lb_flows_v4"`
+	L4lbFlowsV6   *ebpf.Map `ebpf:"l4lb_flows_v6"`
+	L4lbScratch   *ebpf.Map `ebpf:"l4lb_scratch"`
+	L4lbStats     *ebpf.Map `ebpf:"l4lb_stats"`
+	L4lbSvcsV4    *ebpf.Map `ebpf:"l4lb_svcs_v4"`
+	L4lbSvcsV6    *ebpf.Map `ebpf:"l4lb_svcs_v6"`
+	L4lbSynV4     *ebpf.Map `ebpf:"l4lb_syn_v4"`
+	L4lbSynV6     *ebpf.Map `ebpf:"l4lb_syn_v6"`
+	L4lbTablesV4  *ebpf.Map `ebpf:"l4lb_tables_v4"`
+	L4lbTablesV6  *ebpf.Map `ebpf:"l4lb_tables_v6"`
+	L4lbTargetsV4 *ebpf.Map `ebpf:"l4lb_targets_v4"`
+	L4lbTargetsV6 *ebpf.Map `ebpf:"l4lb_targets_v6"`
 }
 
 func (m *fastpathBPFMaps) Close() error {
@@ -231,11 +274,16 @@ func (m *fastpathBPFMaps) Close() error {
 		m.L4lbDenyV6,
 		m.L4lbFlowsV4,
 		m.L4lbFlowsV6,
+		m.L4lbScratch,
 		m.L4lbStats,
 		m.L4lbSvcsV4,
 		m.L4lbSvcsV6,
+		m.L4lbSynV4,
+		m.L4lbSynV6,
 		m.L4lbTablesV4,
 		m.L4lbTablesV6,
+		m.L4lbTargetsV4,
+		m.L4lbTargetsV6,
 	)
 }
 
@@ -243,20 +291,21 @@ func (m *fastpathBPFMaps) Close() error {
 //
 // It can be passed to loadFastpathBPFObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fastpathBPFVariables struct {
+	CfgProto *ebpf.Variable `ebpf:"cfg_proto"`
 }
 
 // fastpathBPFPrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to loadFastpathBPFObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fastpathBPFPrograms struct {
-	L4lbUdpIn  *ebpf.Program `ebpf:"l4lb_udp_in"`
-	L4lbUdpOut *ebpf.Program `ebpf:"l4lb_udp_out"`
+	L4lbIn  *ebpf.Program `ebpf:"l4lb_in"`
+	L4lbOut *ebpf.Program `ebpf:"l4lb_out"`
 }
 
 func (p *fastpathBPFPrograms) Close() error {
 	return _FastpathBPFClose(
-		p.L4lbUdpIn,
-		p.L4lbUdpOut,
+		p.L4lbIn,
+		p.L4lbOut,
 	)
 }
 

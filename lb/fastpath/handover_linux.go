@@ -6,10 +6,28 @@ import (
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/l4lb/l4lb/pkg/flowhash"
 )
 
-// flowFile names a family's flow map among the descriptors of an upgrade.
-func flowFile(f family) string { return "fastpath/flows_" + f.name }
+// handedOver names the maps that hold flows, which a binary upgrade hands
+// to the new process: the flow maps, and for TCP the embryonic ones too.
+func (p *Path) handedOver() []string {
+	names := []string{"l4lb_flows_v4", "l4lb_flows_v6"}
+	if p.opts.Protocol == flowhash.ProtoTCP {
+		names = append(names, "l4lb_syn_v4", "l4lb_syn_v6")
+	}
+	return names
+}
+
+// handoverName names a map among the descriptors of an upgrade. UDP's keep
+// the names of the releases that had no TCP path.
+func (p *Path) handoverName(m string) string {
+	if p.opts.Protocol == flowhash.ProtoTCP {
+		return "fastpath/tcp/" + m
+	}
+	return "fastpath/flows_" + m[len("l4lb_flows_"):]
+}
 
 // inheritedMap opens a handed-over map, if its shape is what spec wants.
 func inheritedMap(f *os.File, spec *ebpf.MapSpec) (*ebpf.Map, error) {
@@ -35,12 +53,17 @@ func inheritedMap(f *os.File, spec *ebpf.MapSpec) (*ebpf.Map, error) {
 // FlowFiles adds a duplicate of each flow map's descriptor, by name, for a
 // new process to load its programs with (Options.Inherit).
 func (p *Path) FlowFiles(add func(name string, f *os.File)) error {
-	for _, fp := range p.fams {
-		fd, err := unix.FcntlInt(uintptr(fp.flows.FD()), unix.F_DUPFD_CLOEXEC, 0)
+	maps := map[string]*ebpf.Map{
+		"l4lb_flows_v4": p.fams[0].flows, "l4lb_flows_v6": p.fams[1].flows,
+		"l4lb_syn_v4": p.fams[0].syn, "l4lb_syn_v6": p.fams[1].syn,
+	}
+	for _, name := range p.handedOver() {
+		fd, err := unix.FcntlInt(uintptr(maps[name].FD()), unix.F_DUPFD_CLOEXEC, 0)
 		if err != nil {
 			return fmt.Errorf("fastpath: %w", err)
 		}
-		add(flowFile(fp.f), os.NewFile(uintptr(fd), flowFile(fp.f)))
+		n := p.handoverName(name)
+		add(n, os.NewFile(uintptr(fd), n))
 	}
 	return nil
 }

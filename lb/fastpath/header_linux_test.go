@@ -43,6 +43,7 @@ func TestHeaderMatchesGo(t *testing.T) {
 		"FLOWHASH_MIX_SHIFT2": flowhash.MixShift2,
 		"FLOWHASH_MIX_SHIFT3": flowhash.MixShift3,
 		"PROTO_UDP":           flowhash.ProtoUDP,
+		"PROTO_TCP":           flowhash.ProtoTCP,
 		"MAGLEV_SIZE":         maglev.DefaultSize,
 		"STAT_FORWARD":        statForward,
 		"STAT_REPLY":          statReply,
@@ -51,11 +52,16 @@ func TestHeaderMatchesGo(t *testing.T) {
 		"STAT_NO_TARGET":      statNoTarget,
 		"STAT_COLLIDE":        statCollide,
 		"STAT_ACL":            statACL,
+		"STAT_CLIENT_RST":     statClientRst,
+		"STAT_TARGET_RST":     statTargetRst,
+		"STAT_PROMOTE":        statPromote,
 		"STAT_KINDS":          statKinds,
 		"SVC_STICKY":          svcSticky,
 		"SVC_ALLOW":           svcAllow,
 		"SVC_DENY":            svcDeny,
 		"REPLY_FLAG":          replyFlag,
+		"FIN_FLAG":            finFlag,
+		"CLOSED_FLAG":         closedFlag,
 		"SVC_MASK":            svcMask,
 		"TCX_NEXT":            tcxNext,
 		"TCX_PASS":            tcxPass,
@@ -92,6 +98,7 @@ func TestGeneratedLayouts(t *testing.T) {
 		{"svc_key4", sizeofSvcKey4, ipv4.svcKeySize}, {"svc_key6", sizeofSvcKey6, ipv6.svcKeySize},
 		{"slot4", sizeofSlot4, ipv4SlotSize}, {"slot6", sizeofSlot6, ipv6SlotSize},
 		{"svc_val", sizeofSvcVal, svcValSize}, {"stat", sizeofStat, statValSize},
+		{"target_stat", sizeofTargetStat, targetStatSize},
 	} {
 		if int(c.got) != c.want {
 			t.Errorf("struct %s is %d bytes in C, %d in Go", c.name, c.got, c.want)
@@ -100,14 +107,15 @@ func TestGeneratedLayouts(t *testing.T) {
 }
 
 var (
-	sizeofFlowKey4 = unsafe.Sizeof(fastpathBPFFlowKey4{})
-	sizeofFlowKey6 = unsafe.Sizeof(fastpathBPFFlowKey6{})
-	sizeofFlowVal4 = unsafe.Sizeof(fastpathBPFFlowVal4{})
-	sizeofFlowVal6 = unsafe.Sizeof(fastpathBPFFlowVal6{})
-	sizeofSvcKey4  = unsafe.Sizeof(fastpathBPFSvcKey4{})
-	sizeofSvcKey6  = unsafe.Sizeof(fastpathBPFSvcKey6{})
-	sizeofSlot4    = unsafe.Sizeof(fastpathBPFSlot4{})
-	sizeofSlot6    = unsafe.Sizeof(fastpathBPFSlot6{})
-	sizeofSvcVal   = unsafe.Sizeof(fastpathBPFSvcVal{})
-	sizeofStat     = unsafe.Sizeof(fastpathBPFStat{})
+	sizeofFlowKey4   = unsafe.Sizeof(fastpathBPFFlowKey4{})
+	sizeofFlowKey6   = unsafe.Sizeof(fastpathBPFFlowKey6{})
+	sizeofFlowVal4   = unsafe.Sizeof(fastpathBPFFlowVal4{})
+	sizeofFlowVal6   = unsafe.Sizeof(fastpathBPFFlowVal6{})
+	sizeofSvcKey4    = unsafe.Sizeof(fastpathBPFSvcKey4{})
+	sizeofSvcKey6    = unsafe.Sizeof(fastpathBPFSvcKey6{})
+	sizeofSlot4      = unsafe.Sizeof(fastpathBPFSlot4{})
+	sizeofSlot6      = unsafe.Sizeof(fastpathBPFSlot6{})
+	sizeofSvcVal     = unsafe.Sizeof(fastpathBPFSvcVal{})
+	sizeofStat       = unsafe.Sizeof(fastpathBPFStat{})
+	sizeofTargetStat = unsafe.Sizeof(fastpathBPFTargetStat{})
 )

@@ -37,23 +37,29 @@ const (
 
 // Counter kinds, per service, in the stats map.
 const (
-	statForward  = iota // datagrams client → target (count, bytes)
-	statReply           // datagrams target → client
-	statNewFlow         // flows created (count)
-	statFull            // new flows refused: a flow map refused the entries
-	statNoTarget        // new flows refused: the table has no target
-	statCollide         // new flows refused: a flow with the same target-side tuple exists for another listener
-	statACL             // new flows refused by the listener's allow or deny list
-	statKinds    = 8
+	statForward   = iota // datagrams client → target (count, bytes)
+	statReply            // datagrams target → client
+	statNewFlow          // flows created (count)
+	statFull             // new flows refused: a flow map refused the entries
+	statNoTarget         // new flows refused: the table has no target
+	statCollide          // new flows refused: a flow with the same target-side tuple exists for another listener
+	statACL              // new flows refused by the listener's allow or deny list
+	statClientRst        // TCP: resets from clients
+	statTargetRst        // TCP: resets from targets
+	statPromote          // TCP: handshakes completed
+	statKinds     = 12
 )
 
 // Value layouts and flags shared with the programs.
 const (
-	svcValSize  = 16     // table base u32, flags u32, service id u32, pad
-	statValSize = 16     // count u64, bytes u64
-	svcSticky   = 1      // service flags
-	svcAllow    = 2      // check the allow list (it does not admit the whole family)
-	svcDeny     = 4      // check the deny list
-	replyFlag   = 0x8000 // in a flow value's service field: a reply entry
-	svcMask     = 0x7fff
+	svcValSize     = 16     // table base u32, flags u32, service id u32, pad
+	statValSize    = 16     // count u64, bytes u64
+	svcSticky      = 1      // service flags
+	svcAllow       = 2      // check the allow list (it does not admit the whole family)
+	svcDeny        = 4      // check the deny list
+	replyFlag      = 0x8000 // in a flow value's service field: a reply entry
+	finFlag        = 0x4000 // TCP: its direction sent a FIN
+	closedFlag     = 0x2000 // TCP: the flow is over and lingers
+	svcMask        = 0x1fff
+	targetStatSize = 16 // TCP resets from a target: SYNs answered with RST, others
 )

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 /*
- * l4lb's UDP fast path: two tc (tcx) programs.
+ * l4lb's kernel fast path: two tc (tcx) programs, loaded once for UDP and
+ * once for TCP (cfg_proto, set by the loader: the other protocol's code is
+ * pruned at load time, and its packets leave after a few instructions).
  *
  * On ingress, a client's datagram of an established flow has its destination
  * rewritten to the flow's target before routing, and a first datagram to a
@@ -16,6 +18,16 @@
  *
  * Each family has its own maps; one code path serves both, specialised by
  * the constant v6 that every inlined function takes.
+ *
+ * TCP adds connection state. A SYN makes a flow in the embryonic map, and
+ * the client's first ACK without SYN moves it to the established map: a SYN
+ * flood fills (and evicts from) the embryonic map only, never pushing out
+ * established flows. A FIN marks its direction's entry; a FIN both ways, or
+ * a RST, marks the flow closed, and user space removes it after a short
+ * linger for stray segments. Resets are counted by origin and, for targets,
+ * per target (a SYN answered with RST apart), for passive health. A segment
+ * with no entry that is not a SYN goes on to the local stack, which answers
+ * it with a reset.
  */
 #include <stdbool.h>
 #include <linux/bpf.h>
@@ -32,6 +44,15 @@ char LICENSE[] SEC("license") = "Apache-2.0";
 #define IPV4_HLEN 20
 #define IPV6_HLEN 40
 #define UDP_HLEN 8
+#define TCP_HLEN 20
+
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+#define TCP_ACK 0x10
+
+/* The protocol this load serves, PROTO_UDP or PROTO_TCP: set by the loader. */
+volatile const __u8 cfg_proto = PROTO_UDP;
 
 /* Map layouts. Addresses and ports are kept in network order, as they are
  * in the packet; every key is built whole, pads zeroed. */
@@ -92,6 +113,11 @@ struct acl_key6 {
 struct stat {
 	__u64 packets, bytes;
 };
+/* TCP resets from one target (keyed by its slot value): those that answer a
+ * SYN (the target refused the connection), and the others. */
+struct target_stat {
+	__u64 syn_rst, rst;
+};
 
 /* Sizes are set by the loader (package fastpath) before loading. */
 struct {
@@ -122,6 +148,20 @@ struct {
 		__type(value, struct flow_val##f);                       \
 		__uint(max_entries, 1);                                  \
 	} l4lb_flows_v##f SEC(".maps");                              \
+	/* TCP flows whose handshake has not completed. */           \
+	struct {                                                     \
+		__uint(type, BPF_MAP_TYPE_LRU_HASH);                     \
+		__type(key, struct flow_key##f);                         \
+		__type(value, struct flow_val##f);                       \
+		__uint(max_entries, 1);                                  \
+	} l4lb_syn_v##f SEC(".maps");                                \
+	/* TCP: entries for the targets user space watches. */       \
+	struct {                                                     \
+		__uint(type, BPF_MAP_TYPE_HASH);                         \
+		__type(key, struct slot##f);                             \
+		__type(value, struct target_stat);                       \
+		__uint(max_entries, 1);                                  \
+	} l4lb_targets_v##f SEC(".maps");                            \
 	struct {                                                     \
 		__uint(type, BPF_MAP_TYPE_LPM_TRIE);                     \
 		__type(key, struct acl_key##f);                          \
@@ -147,7 +187,8 @@ struct pkt {
 	__u32 saddr[4], daddr[4]; /* IPv4: the first word only */
 	__u16 sport, dport;
 	__u32 off_saddr, off_daddr, off_sport, off_dport, off_csum;
-	__u64 bytes; /* UDP payload, as user space counts it */
+	__u64 bytes; /* the payload, as user space counts it */
+	__u8 flags;  /* TCP flags */
 };
 
 /* Key-sized scratch, big enough for either family. */
@@ -159,6 +200,19 @@ union flow_val {
 	struct flow_val4 v4;
 	struct flow_val6 v6;
 };
+
+/* new_flow's entries, built here rather than on the stack, which the IPv6
+ * path would overrun. */
+struct scratch {
+	union flow_key rkey;
+	union flow_val rval, fval;
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct scratch);
+	__uint(max_entries, 1);
+} l4lb_scratch SEC(".maps");
 
 static __always_inline int addr_words(bool v6) { return v6 ? 4 : 1; }
 
@@ -180,27 +234,29 @@ static __always_inline bool same_addr(const __u32 *a, const __u32 *b, bool v6)
 	return same;
 }
 
-/* parse fills p from an untagged Ethernet (or loopback) frame carrying UDP
- * right after a fixed IP header; it returns false for anything else. */
+/* parse fills p from an untagged Ethernet (or loopback) frame carrying
+ * cfg_proto right after a fixed IP header; it returns false for anything
+ * else. */
 static __always_inline bool parse(struct __sk_buff *skb, struct pkt *p, bool v6)
 {
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
+	bool tcp = cfg_proto == PROTO_TCP;
 	__u32 l4 = ETH_HLEN + (v6 ? IPV6_HLEN : IPV4_HLEN);
-	if (data + l4 + UDP_HLEN > end)
+	if (data + l4 + (tcp ? TCP_HLEN : UDP_HLEN) > end)
 		return false;
 	__u8 *ip = data + ETH_HLEN;
 	if (v6) {
-		if ((ip[0] & 0xf0) != 0x60 || ip[6] != PROTO_UDP)
+		if ((ip[0] & 0xf0) != 0x60 || ip[6] != cfg_proto)
 			return false;
 		/* A zero UDP checksum is invalid over IPv6 (RFC 8200 8.1): the
 		 * stack drops it, and the checksum helpers would keep it zero. */
-		if (*(__u16 *)(data + l4 + 6) == 0)
+		if (!tcp && *(__u16 *)(data + l4 + 6) == 0)
 			return false;
 		p->off_saddr = ETH_HLEN + 8;
 		p->off_daddr = ETH_HLEN + 24;
 	} else {
-		if (ip[0] != 0x45 || ip[9] != PROTO_UDP)
+		if (ip[0] != 0x45 || ip[9] != cfg_proto)
 			return false;
 		if (*(__u16 *)(ip + 6) & bpf_htons(0x3fff)) /* MF, or a fragment offset */
 			return false;
@@ -211,10 +267,20 @@ static __always_inline bool parse(struct __sk_buff *skb, struct pkt *p, bool v6)
 	copy_addr(p->daddr, data + p->off_daddr, v6);
 	p->off_sport = l4;
 	p->off_dport = l4 + 2;
-	p->off_csum = l4 + 6;
 	p->sport = *(__u16 *)(data + l4);
 	p->dport = *(__u16 *)(data + l4 + 2);
-	p->bytes = skb->len - (l4 + UDP_HLEN);
+	if (tcp) {
+		__u8 *th = data + l4;
+		__u32 doff = (th[12] >> 4) * 4;
+		if (doff < TCP_HLEN || skb->len < l4 + doff)
+			return false;
+		p->off_csum = l4 + 16;
+		p->flags = th[13];
+		p->bytes = skb->len - (l4 + doff);
+	} else {
+		p->off_csum = l4 + 6;
+		p->bytes = skb->len - (l4 + UDP_HLEN);
+	}
 	return true;
 }
 
@@ -280,7 +346,7 @@ static __always_inline __u64 mix(__u64 x)
 
 static __always_inline __u64 flow_hash(const struct pkt *p, bool v6)
 {
-	__u64 h = FLOWHASH_OFFSET64 ^ PROTO_UDP;
+	__u64 h = FLOWHASH_OFFSET64 ^ cfg_proto;
 	h = fnv_addr(h, p->saddr, v6);
 	h = fnv_port(h, p->sport);
 	h = fnv_addr(h, p->daddr, v6);
@@ -325,17 +391,18 @@ static __always_inline __u16 touch(void *v, struct endpoint *to, bool v6)
 }
 
 /* rewrite replaces the address and port at the given offsets (whose old
- * values are from and from_port) with to's, fixing the UDP checksum (a zero
- * IPv4 UDP checksum stays zero) and the IPv4 header checksum. */
+ * values are from and from_port) with to's, fixing the layer 4 checksum (a
+ * zero IPv4 UDP checksum stays zero) and the IPv4 header checksum. */
 static __always_inline int rewrite(struct __sk_buff *skb, const struct pkt *p, bool v6, __u32 off_addr, const __u32 *from,
 				   __u32 off_port, __u16 from_port, const struct endpoint *to)
 {
+	__u64 mangled = cfg_proto == PROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
 #pragma unroll
 	for (int i = 0; i < 4; i++)
 		if (i < addr_words(v6))
 			bpf_l4_csum_replace(skb, p->off_csum, from[i], to->addr[i],
-					    BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0 | sizeof(__u32));
-	bpf_l4_csum_replace(skb, p->off_csum, from_port, to->port, BPF_F_MARK_MANGLED_0 | sizeof(__u16));
+					    BPF_F_PSEUDO_HDR | mangled | sizeof(__u32));
+	bpf_l4_csum_replace(skb, p->off_csum, from_port, to->port, mangled | sizeof(__u16));
 	if (!v6)
 		bpf_l3_csum_replace(skb, ETH_HLEN + 10, from[0], to->addr[0], sizeof(__u32));
 	bpf_skb_store_bytes(skb, off_addr, to->addr, 4 * addr_words(v6), 0);
@@ -393,51 +460,150 @@ static __always_inline int new_flow(struct __sk_buff *skb, const struct pkt *p, 
 	/* The target-side entry maps target, client, target port, client port
 	 * back to the listener address; the client-side one maps the 5-tuple
 	 * to the target. */
-	union flow_key rkey = {};
-	union flow_val rval = {}, fval = {};
+	__u32 zero = 0;
+	struct scratch *sc = bpf_map_lookup_elem(&l4lb_scratch, &zero);
+	if (!sc)
+		return TCX_NEXT;
+	__builtin_memset(sc, 0, sizeof(*sc));
 	__u64 now = bpf_ktime_get_coarse_ns();
 	if (v6) {
-		copy_addr(rkey.v6.saddr, to.addr, true);
-		copy_addr(rkey.v6.daddr, p->saddr, true);
-		rkey.v6.sport = to.port;
-		rkey.v6.dport = p->sport;
+		copy_addr(sc->rkey.v6.saddr, to.addr, true);
+		copy_addr(sc->rkey.v6.daddr, p->saddr, true);
+		sc->rkey.v6.sport = to.port;
+		sc->rkey.v6.dport = p->sport;
 	} else {
-		rkey.v4.saddr = to.addr[0];
-		rkey.v4.daddr = p->saddr[0];
-		rkey.v4.sport = to.port;
-		rkey.v4.dport = p->sport;
+		sc->rkey.v4.saddr = to.addr[0];
+		sc->rkey.v4.daddr = p->saddr[0];
+		sc->rkey.v4.sport = to.port;
+		sc->rkey.v4.dport = p->sport;
 	}
-	copy_addr(val_addr(&rval), p->daddr, v6);
-	*val_port(&rval, v6) = p->dport;
-	*val_svc(&rval, v6) = id | REPLY_FLAG;
-	*val_last(&rval, v6) = now;
-	copy_addr(val_addr(&fval), to.addr, v6);
-	*val_port(&fval, v6) = to.port;
-	*val_svc(&fval, v6) = id;
-	*val_last(&fval, v6) = now;
+	copy_addr(val_addr(&sc->rval), p->daddr, v6);
+	*val_port(&sc->rval, v6) = p->dport;
+	*val_svc(&sc->rval, v6) = id | REPLY_FLAG;
+	*val_last(&sc->rval, v6) = now;
+	copy_addr(val_addr(&sc->fval), to.addr, v6);
+	*val_port(&sc->fval, v6) = to.port;
+	*val_svc(&sc->fval, v6) = id;
+	*val_last(&sc->fval, v6) = now;
 
 	void *flows = MAP(l4lb_flows, v6);
+	if (cfg_proto == PROTO_TCP) {
+		/* A TCP flow starts in the embryonic map; a live established
+		 * flow of another listener on the same target-side tuple is a
+		 * collision, a closed one gives way (its port was reused). */
+		void *old = bpf_map_lookup_elem(flows, &sc->rkey);
+		if (old && !(*val_svc(old, v6) & CLOSED_FLAG))
+			return refuse(id, STAT_COLLIDE, p->bytes);
+		if (old)
+			bpf_map_delete_elem(flows, &sc->rkey);
+		flows = MAP(l4lb_syn, v6);
+	}
 	/* The reply entry first, and only if no other flow holds that
 	 * target-side tuple: then replies can never go to the wrong client. */
-	if (bpf_map_update_elem(flows, &rkey, &rval, BPF_NOEXIST) == 0) {
-		if (bpf_map_update_elem(flows, key, &fval, BPF_ANY) != 0) {
-			bpf_map_delete_elem(flows, &rkey);
+	if (bpf_map_update_elem(flows, &sc->rkey, &sc->rval, BPF_NOEXIST) == 0) {
+		if (bpf_map_update_elem(flows, key, &sc->fval, BPF_ANY) != 0) {
+			bpf_map_delete_elem(flows, &sc->rkey);
 			return refuse(id, STAT_FULL, p->bytes);
 		}
 		count(id, STAT_NEW_FLOW, p->bytes);
 	} else {
-		void *old = bpf_map_lookup_elem(flows, &rkey);
+		void *old = bpf_map_lookup_elem(flows, &sc->rkey);
 		if (!old)
 			return refuse(id, STAT_FULL, p->bytes);
 		/* The same flow, made on another CPU a moment ago (or whose
 		 * client-side entry was evicted), or another flow's. */
-		if (!same_addr(val_addr(old), val_addr(&rval), v6) || *val_port(old, v6) != *val_port(&rval, v6) ||
-		    *val_svc(old, v6) != *val_svc(&rval, v6))
+		if (!same_addr(val_addr(old), val_addr(&sc->rval), v6) || *val_port(old, v6) != *val_port(&sc->rval, v6) ||
+		    (*val_svc(old, v6) & (REPLY_FLAG | SVC_MASK)) != *val_svc(&sc->rval, v6))
 			return refuse(id, STAT_COLLIDE, p->bytes);
-		bpf_map_update_elem(flows, key, &fval, BPF_ANY);
+		bpf_map_update_elem(flows, key, &sc->fval, BPF_ANY);
 	}
 	count(id, STAT_FORWARD, p->bytes);
 	return rewrite(skb, p, v6, p->off_daddr, p->daddr, p->off_dport, p->dport, &to);
+}
+
+/* reverse_key is the key of a flow's other entry. From the client side's
+ * key (client, listener) and value (target): target, client, target port,
+ * client port. From the target side's key (target, client) and value
+ * (listener): client, listener, client port, listener port. */
+static __always_inline void reverse_key(union flow_key *r, const union flow_key *k, void *v, bool reply, bool v6)
+{
+	__builtin_memset(r, 0, sizeof(*r));
+	if (v6) {
+		copy_addr(r->v6.saddr, reply ? k->v6.daddr : val_addr(v), true);
+		copy_addr(r->v6.daddr, reply ? val_addr(v) : k->v6.saddr, true);
+		r->v6.sport = reply ? k->v6.dport : *val_port(v, true);
+		r->v6.dport = reply ? *val_port(v, true) : k->v6.sport;
+	} else {
+		r->v4.saddr = reply ? k->v4.daddr : *val_addr(v);
+		r->v4.daddr = reply ? *val_addr(v) : k->v4.saddr;
+		r->v4.sport = reply ? k->v4.dport : *val_port(v, false);
+		r->v4.dport = reply ? *val_port(v, false) : k->v4.sport;
+	}
+}
+
+/* find_flow looks a TCP key up in the established map, then in the
+ * embryonic one (setting *embryonic). */
+static __always_inline void *find_flow(const union flow_key *k, bool v6, bool *embryonic)
+{
+	*embryonic = false;
+	void *v = bpf_map_lookup_elem(MAP(l4lb_flows, v6), k);
+	if (v || cfg_proto != PROTO_TCP)
+		return v;
+	v = bpf_map_lookup_elem(MAP(l4lb_syn, v6), k);
+	*embryonic = v != NULL;
+	return v;
+}
+
+/* tcp_state follows a TCP flow from one of its segments: v is the entry of
+ * the segment's direction (key k), r the key of the other. A RST closes the
+ * flow; a FIN marks its direction, and closes the flow if the other
+ * direction sent one too. It returns the flags the flow had before. */
+static __always_inline __u16 tcp_state(const struct pkt *p, void *v, const union flow_key *r, bool embryonic, bool v6)
+{
+	__u16 was = *val_svc(v, v6);
+	if (!(p->flags & (TCP_RST | TCP_FIN)))
+		return was;
+	void *o = bpf_map_lookup_elem(embryonic ? MAP(l4lb_syn, v6) : MAP(l4lb_flows, v6), r);
+	__u16 mark = FIN_FLAG;
+	if ((p->flags & TCP_RST) || (o && (*val_svc(o, v6) & FIN_FLAG)))
+		mark |= CLOSED_FLAG;
+	*val_svc(v, v6) |= mark;
+	if (o && (mark & CLOSED_FLAG))
+		*val_svc(o, v6) |= CLOSED_FLAG;
+	return was;
+}
+
+/* promote moves a flow whose client completed the handshake from the
+ * embryonic map to the established one: both entries. */
+static __always_inline void promote(const union flow_key *k, void *v, const union flow_key *r, __u16 svc, bool v6)
+{
+	void *syn = MAP(l4lb_syn, v6), *est = MAP(l4lb_flows, v6);
+	void *o = bpf_map_lookup_elem(syn, r);
+	if (!o)
+		return; /* the target side was evicted: the flow ends as embryonic */
+	if (bpf_map_update_elem(est, r, o, BPF_ANY) || bpf_map_update_elem(est, k, v, BPF_ANY))
+		return;
+	bpf_map_delete_elem(syn, k);
+	bpf_map_delete_elem(syn, r);
+	count(svc, STAT_PROMOTE, 0);
+}
+
+/* target_reset counts a RST from a target, for passive health. */
+static __always_inline void target_reset(const struct pkt *p, bool embryonic, bool v6)
+{
+	struct slot6 k = {};
+	copy_addr(k.addr, p->saddr, v6);
+	if (v6)
+		k.port = p->sport;
+	else
+		((struct slot4 *)&k)->port = p->sport;
+	struct target_stat *st = bpf_map_lookup_elem(MAP(l4lb_targets, v6), &k);
+	if (!st)
+		return;
+	if (embryonic)
+		__sync_fetch_and_add(&st->syn_rst, 1);
+	else
+		__sync_fetch_and_add(&st->rst, 1);
 }
 
 static __always_inline int handle_family(struct __sk_buff *skb, bool egress, bool v6)
@@ -445,28 +611,70 @@ static __always_inline int handle_family(struct __sk_buff *skb, bool egress, boo
 	struct pkt p = {};
 	if (!parse(skb, &p, v6))
 		return TCX_NEXT;
-	union flow_key key;
+	bool tcp = cfg_proto == PROTO_TCP;
+	union flow_key key, rkey;
 	flow_key(&key, &p, v6);
 	/* An established flow: client to target, or a reply (its entry is
 	 * marked), target to client. One lookup serves both; each side acts
 	 * on its own direction only. */
-	void *v = bpf_map_lookup_elem(MAP(l4lb_flows, v6), &key);
+	bool embryonic;
+	void *v = find_flow(&key, v6, &embryonic);
 	struct endpoint to = {};
 	if (egress) {
 		if (!v || !(*val_svc(v, v6) & REPLY_FLAG))
 			return TCX_NEXT;
 		__u16 svc = touch(v, &to, v6) & SVC_MASK;
+		if (tcp) {
+			reverse_key(&rkey, &key, v, true, v6);
+			__u16 was = tcp_state(&p, v, &rkey, embryonic, v6);
+			if ((p.flags & TCP_RST) && !(was & CLOSED_FLAG)) {
+				count(svc, STAT_TARGET_RST, 0);
+				target_reset(&p, embryonic, v6);
+			}
+		}
 		count(svc, STAT_REPLY, p.bytes);
 		return rewrite(skb, &p, v6, p.off_saddr, p.saddr, p.off_sport, p.sport, &to);
 	}
-	if (!v)
+	bool syn = tcp && (p.flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN)) == TCP_SYN;
+	if (v && tcp && syn && (*val_svc(v, v6) & (REPLY_FLAG | CLOSED_FLAG)) == CLOSED_FLAG) {
+		/* A new connection on a closed flow's tuple: start over. */
+		reverse_key(&rkey, &key, v, false, v6);
+		void *m = embryonic ? MAP(l4lb_syn, v6) : MAP(l4lb_flows, v6);
+		bpf_map_delete_elem(m, &rkey);
+		bpf_map_delete_elem(m, &key);
+		v = NULL;
+	}
+	if (!v) {
+		if (tcp && !syn)
+			return TCX_NEXT; /* no flow: the stack answers with a reset */
 		return new_flow(skb, &p, &key, v6);
+	}
 	if (*val_svc(v, v6) & REPLY_FLAG)
 		return TCX_NEXT;
-	__u16 svc = touch(v, &to, v6);
+	__u16 svc = touch(v, &to, v6) & SVC_MASK;
+	if (tcp) {
+		reverse_key(&rkey, &key, v, false, v6);
+		__u16 was = tcp_state(&p, v, &rkey, embryonic, v6);
+		if ((p.flags & TCP_RST) && !(was & CLOSED_FLAG))
+			count(svc, STAT_CLIENT_RST, 0);
+		else if (embryonic && (p.flags & (TCP_SYN | TCP_ACK | TCP_RST)) == TCP_ACK)
+			promote(&key, v, &rkey, svc, v6);
+	}
 	count(svc, STAT_FORWARD, p.bytes);
 	return rewrite(skb, &p, v6, p.off_daddr, p.daddr, p.off_dport, p.dport, &to);
 }
+
+/* One subprogram per direction and family, each with a stack frame of its
+ * own. */
+#define HANDLER(name, egress, v6)                                                \
+	static __attribute__((noinline)) int name(struct __sk_buff *skb)            \
+	{                                                                        \
+		return handle_family(skb, egress, v6);                               \
+	}
+HANDLER(in4, false, false)
+HANDLER(in6, false, true)
+HANDLER(out4, true, false)
+HANDLER(out6, true, true)
 
 static __always_inline int handle(struct __sk_buff *skb, bool egress)
 {
@@ -476,14 +684,14 @@ static __always_inline int handle(struct __sk_buff *skb, bool egress)
 		return TCX_NEXT;
 	__u16 proto = *(__u16 *)(data + 12);
 	if (proto == bpf_htons(ETH_P_IP))
-		return handle_family(skb, egress, false);
+		return egress ? out4(skb) : in4(skb);
 	if (proto == bpf_htons(ETH_P_IPV6))
-		return handle_family(skb, egress, true);
+		return egress ? out6(skb) : in6(skb);
 	return TCX_NEXT;
 }
 
 SEC("tcx/ingress")
-int l4lb_udp_in(struct __sk_buff *skb) { return handle(skb, false); }
+int l4lb_in(struct __sk_buff *skb) { return handle(skb, false); }
 
 SEC("tcx/egress")
-int l4lb_udp_out(struct __sk_buff *skb) { return handle(skb, true); }
+int l4lb_out(struct __sk_buff *skb) { return handle(skb, true); }

@@ -12,6 +12,7 @@
 #define FLOWHASH_MIX_SHIFT1 30
 #define FLOWHASH_MIX_SHIFT2 27
 #define FLOWHASH_MIX_SHIFT3 31
+#define PROTO_TCP 6
 #define PROTO_UDP 17
 
 /* Slots of a Maglev table (pkg/maglev.DefaultSize). */
@@ -25,16 +26,23 @@
 #define STAT_NO_TARGET 4 /* new flows refused: the table has no target */
 #define STAT_COLLIDE 5   /* new flows refused: another listener's flow holds the target-side tuple */
 #define STAT_ACL 6       /* new flows refused by the listener's allow or deny list */
-#define STAT_KINDS 8
+#define STAT_CLIENT_RST 7 /* TCP: resets from clients */
+#define STAT_TARGET_RST 8 /* TCP: resets from targets */
+#define STAT_PROMOTE 9    /* TCP: handshakes completed (flows moved to the established map) */
+#define STAT_KINDS 12
 
 /* Service flags. */
 #define SVC_STICKY 1 /* key on the source address alone */
 #define SVC_ALLOW 2  /* check the allow list (it does not admit the whole family) */
 #define SVC_DENY 4   /* check the deny list */
 
-/* In a flow value's service field: the entry is a reply (target-side) one. */
+/* In a flow value's service field: the entry is a reply (target-side) one;
+ * TCP: its direction sent a FIN; the flow is over (FIN both ways, or a RST)
+ * and only lingers for stray segments. The rest is the service id. */
 #define REPLY_FLAG 0x8000
-#define SVC_MASK 0x7fff
+#define FIN_FLAG 0x4000
+#define CLOSED_FLAG 0x2000
+#define SVC_MASK 0x1fff
 
 /* tcx verdicts. */
 #define TCX_NEXT -1 /* not ours: the next program, then the stack, sees it unchanged */
