@@ -87,9 +87,9 @@ func (c *Change) Commit() error {
 			u.acl.Store(&acl)
 			u.route.Store(r)
 			u.table.SetIdle(lc.UDPIdleTimeout)
-			if k != nil && k.serves(u) {
+			if k != nil && k.Serves(u) {
 				if why := kernelEligible(u); why != "" {
-					k.drop(u, why)
+					k.Drop(u, why)
 				}
 			}
 			next = append(next, u)
@@ -108,7 +108,7 @@ func (c *Change) Commit() error {
 	}
 	for _, u := range c.remove {
 		if k != nil {
-			k.drop(u, "listener removed by reload")
+			k.Drop(u, "listener removed by reload")
 		}
 		n := u.table.Len()
 		u.close()

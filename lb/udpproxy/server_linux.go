@@ -12,6 +12,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/l4lb/l4lb/lb/fastpath"
 	"github.com/l4lb/l4lb/lb/listen"
 	"github.com/l4lb/l4lb/lb/registry"
 	"github.com/l4lb/l4lb/pkg/config"
@@ -54,7 +55,7 @@ type Server struct {
 	reg    *registry.Registry
 	mu     sync.Mutex                 // guards udp
 	udp    []*udpFront                // the current listeners, one per bind address
-	kernel atomic.Pointer[kernelPath] // the fast path, when on
+	kernel atomic.Pointer[fastpath.Forwarder] // the fast path, when on
 	budget listen.Budget
 	ids    *atomic.Uint64
 
@@ -151,7 +152,7 @@ func (s *Server) Shutdown(ctx context.Context) {
 func (s *Server) Close() {
 	s.closing.Store(true)
 	if k := s.kernel.Swap(nil); k != nil {
-		k.close()
+		k.Close()
 	}
 	for _, u := range s.current() {
 		u.close()
@@ -164,7 +165,7 @@ func (s *Server) Close() {
 // (registry.Subscriber).
 func (s *Server) SnapshotChanged(*registry.Group) {
 	if k := s.kernel.Load(); k != nil {
-		k.changed()
+		k.Changed()
 	}
 }
 
@@ -191,7 +192,7 @@ func (s *Server) Files(add func(name string, f *os.File)) error {
 		}
 	}
 	if k := s.kernel.Load(); k != nil {
-		return k.p.FlowFiles(add)
+		return k.FlowFiles(add)
 	}
 	return nil
 }
@@ -264,7 +265,7 @@ func (s *Server) ZoneRoutes(zone string) map[string][]*listen.Route {
 func (s *Server) Flows() int {
 	n := s.UserFlows()
 	if k := s.kernel.Load(); k != nil {
-		n += k.flows()
+		n += k.Flows()
 	}
 	return n
 }
@@ -285,7 +286,7 @@ func (s *Server) KernelPath() bool { return s.kernel.Load() != nil }
 // would soon (for tests that must not wait for it).
 func (s *Server) SyncKernel() error {
 	if k := s.kernel.Load(); k != nil {
-		return k.sync()
+		return k.Sync()
 	}
 	return nil
 }

@@ -1,0 +1,464 @@
+package fastpath
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/l4lb/l4lb/lb/registry"
+	"github.com/l4lb/l4lb/pkg/flowhash"
+	"github.com/l4lb/l4lb/pkg/maglev"
+)
+
+// Front is one listener address a Forwarder serves, as its server (UDP or
+// TCP) describes it.
+type Front struct {
+	Key         any // the server's own handle for it: Drop and Serves take it
+	Name        string
+	VIP         netip.AddrPort // a specific address, unmapped
+	Zone        string
+	Idle        time.Duration
+	Sticky      bool
+	Allow, Deny []netip.Prefix
+	Group       func() *registry.Group // its one target group, now
+	Count       Counters
+}
+
+// Counters are a front's metrics, which the kernel's counts feed. Any may be
+// nil.
+type Counters struct {
+	PacketsIn, BytesIn, PacketsOut, BytesOut prometheus.Counter
+	NewFlows, Evictions                      prometheus.Counter
+	RefusedFull, RefusedNoTarget, RefusedACL prometheus.Counter
+	Collisions                               prometheus.Counter
+	ClientResets                             prometheus.Counter // TCP
+	Active, Entries                          prometheus.Gauge
+}
+
+// ForwarderOptions configure a Forwarder.
+type ForwarderOptions struct {
+	Path       Options
+	Interfaces []string // where to attach; empty means every interface that is up
+	Log        *zap.Logger
+	// Passive hears of a TCP target that refused connections (answered a
+	// SYN with a reset); nil ignores them.
+	Passive func(*registry.Target)
+}
+
+// Forwarder keeps a Path in step with the registry for a set of fronts: it
+// writes each front's Maglev table into the kernel whenever its group's
+// snapshot changes, carries the kernel's counters and flow counts into the
+// fronts' metrics and the targets' flow counts, sweeps idle flows, ends the
+// flows of targets that leave, and (TCP) feeds the targets' resets into
+// passive health.
+type Forwarder struct {
+	p      *Path
+	opts   ForwarderOptions
+	proto  string
+	fronts []*front
+	sweep  time.Duration
+	kick   chan struct{}
+	end    chan endReq // flows to end, handled by the loop
+	stop   chan struct{}
+	done   chan struct{}
+	resets map[netip.AddrPort]Resets // per target, at the last collect
+}
+
+// endReq asks the loop to end the flows pinned to a target.
+type endReq struct {
+	target netip.AddrPort
+	name   string
+	why    string
+}
+
+type front struct {
+	Front
+	id      int
+	gone    atomic.Bool // removed by a reload: no new flows in the kernel
+	last    Stats
+	flows   atomic.Int64                        // what the last sweep added to the front's gauges
+	evicted uint64                              // evictions counted so far
+	per     map[netip.AddrPort]int64            // and to each target's flow count
+	tgts    map[netip.AddrPort]*registry.Target // the targets that got a count
+}
+
+// NewForwarder loads a Path for fronts, writes their tables and attaches
+// it. Call Run to keep it up to date.
+func NewForwarder(fronts []Front, opts ForwarderOptions) (*Forwarder, error) {
+	po := opts.Path
+	for _, f := range fronts {
+		po.ACLPrefixes += len(f.Allow) + len(f.Deny)
+		if f.VIP.Addr().Is4() {
+			po.Services++
+		} else {
+			po.Services6++
+		}
+	}
+	p, err := New(po)
+	if err != nil {
+		return nil, err
+	}
+	proto := "UDP"
+	if p.opts.Protocol == flowhash.ProtoTCP {
+		proto = "TCP"
+	}
+	for _, err := range p.Inherited {
+		opts.Log.Warn(proto+" fast path: a flow map handed over by the previous process is not used", zap.Error(err))
+	}
+	if p.KeptFlows {
+		opts.Log.Info(proto + " fast path: kept the previous process's flows")
+	}
+	k := &Forwarder{p: p, opts: opts, proto: proto, sweep: 10 * time.Second, kick: make(chan struct{}, 1), end: make(chan endReq, 64),
+		stop: make(chan struct{}), done: make(chan struct{}), resets: map[netip.AddrPort]Resets{}}
+	for _, fr := range fronts {
+		id, err := p.AddService(fr.VIP, fr.Idle, fr.Sticky)
+		if err == nil {
+			err = p.SetACL(id, fr.Allow, fr.Deny)
+		}
+		if err != nil {
+			p.Close()
+			return nil, err
+		}
+		k.fronts = append(k.fronts, &front{Front: fr, id: id, per: map[netip.AddrPort]int64{}, tgts: map[netip.AddrPort]*registry.Target{}})
+		// Sweep within a quarter of the shortest timeout, at most every 10 s.
+		k.sweep = max(100*time.Millisecond, min(k.sweep, fr.Idle/4))
+	}
+	if proto == "TCP" {
+		// Closed flows linger for seconds only, and a sweep removes them.
+		k.sweep = min(k.sweep, time.Second)
+	}
+	if err := k.Sync(); err != nil {
+		p.Close()
+		return nil, err
+	}
+	ifaces := opts.Interfaces
+	if len(ifaces) == 0 {
+		ifaces = UpInterfaces()
+	}
+	for _, name := range ifaces {
+		if err := p.Attach(name); err != nil {
+			p.Close()
+			return nil, err
+		}
+	}
+	for _, f := range k.fronts {
+		for _, t := range f.Group().Config().Targets {
+			if sysctl := ForwardingSysctl(t.Address.Addr()); !IsLocal(t.Address.Addr()) && readSysctl(sysctl) == "0" {
+				opts.Log.Warn("IP forwarding is off, so the "+proto+" fast path cannot reach targets on other hosts", zap.String("sysctl", sysctl), zap.Stringer("target", t.Address))
+			}
+		}
+		opts.Log.Info(proto+" listener forwarded in the kernel", zap.String("listener", f.Name), zap.Stringer("address", f.VIP), zap.Strings("interfaces", ifaces))
+	}
+	return k, nil
+}
+
+// Run keeps the Path up to date until Close.
+func (k *Forwarder) Run() {
+	defer close(k.done)
+	stats := time.NewTicker(500 * time.Millisecond)
+	defer stats.Stop()
+	sweep := time.NewTicker(k.sweep)
+	defer sweep.Stop()
+	for {
+		select {
+		case <-k.stop:
+			return
+		case <-k.kick:
+			if err := k.Sync(); err != nil {
+				k.opts.Log.Error("writing "+k.proto+" fast path tables", zap.Error(err))
+			}
+		case r := <-k.end:
+			k.endFlows(r)
+		case <-stats.C:
+			k.collect()
+		case <-sweep.C:
+			k.expire()
+		}
+	}
+}
+
+// Changed asks for the tables to be written again (a group's snapshot
+// changed). It never blocks.
+func (k *Forwarder) Changed() {
+	select {
+	case k.kick <- struct{}{}:
+	default:
+	}
+}
+
+// EndFlows has the loop end the kernel's flows pinned to t, after writing
+// the tables (so the clients' next packets cannot be pinned to t again).
+func (k *Forwarder) EndFlows(t *registry.Target, why string) {
+	select {
+	case k.end <- endReq{netip.AddrPortFrom(t.Addr.Addr().Unmap(), t.Addr.Port()), t.Name, why}:
+	case <-k.stop:
+	}
+}
+
+func (k *Forwarder) endFlows(r endReq) {
+	if err := k.Sync(); err != nil {
+		k.opts.Log.Error("writing "+k.proto+" fast path tables", zap.Error(err))
+	}
+	n, err := k.p.EndFlowsTo(r.target)
+	if err != nil {
+		k.opts.Log.Error("ending "+k.proto+" fast path flows", zap.Error(err))
+	}
+	if n > 0 {
+		k.opts.Log.Info("ended "+k.proto+" flows in the kernel", zap.String("target", r.name), zap.Int("flows", n), zap.String("why", r.why))
+	}
+}
+
+// Sync writes every front's current table: the target of each Maglev slot
+// of the front's zone view, so the kernel picks what user space would. For
+// TCP it also watches the targets' resets.
+func (k *Forwarder) Sync() error {
+	var buf [1]int
+	var watch []netip.AddrPort
+	for _, f := range k.fronts {
+		if f.gone.Load() {
+			continue
+		}
+		snap := f.Group().Snapshot().ForZone(f.Zone)
+		var slots []netip.AddrPort
+		if len(snap.Targets) > 0 {
+			slots = make([]netip.AddrPort, maglev.DefaultSize)
+			for i := range slots {
+				// A slot's owner is the first choice of a hash equal to it.
+				// (A target of the other family leaves its slots empty.)
+				if p := snap.Balance.Pick(uint64(i), buf[:]); len(p) == 1 {
+					a := snap.Targets[p[0]].Addr
+					slots[i] = netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
+				}
+			}
+		}
+		if err := k.p.SetTable(f.id, slots); err != nil {
+			return fmt.Errorf("listener %s: %w", f.Name, err)
+		}
+		for _, t := range f.Group().Targets() {
+			watch = append(watch, t.Addr)
+		}
+	}
+	if k.p.opts.Protocol == flowhash.ProtoTCP {
+		return k.p.WatchTargets(watch)
+	}
+	return nil
+}
+
+// collect adds what the kernel counted since the last call to the fronts'
+// counters, and hands targets' refusals to passive health.
+func (k *Forwarder) collect() {
+	for _, f := range k.fronts {
+		st, err := k.p.Stats(f.id)
+		if err != nil {
+			k.opts.Log.Error("reading "+k.proto+" fast path counters", zap.Error(err))
+			return
+		}
+		c, d := &f.Count, f.last
+		add(c.PacketsIn, st.PacketsIn-d.PacketsIn)
+		add(c.BytesIn, st.BytesIn-d.BytesIn)
+		add(c.PacketsOut, st.PacketsOut-d.PacketsOut)
+		add(c.BytesOut, st.BytesOut-d.BytesOut)
+		add(c.NewFlows, st.NewFlows-d.NewFlows)
+		add(c.RefusedFull, st.RefusedFull-d.RefusedFull)
+		add(c.RefusedNoTarget, st.RefusedNoTarget-d.RefusedNoTarget)
+		add(c.Collisions, st.RefusedCollision-d.RefusedCollision)
+		add(c.RefusedACL, st.RefusedACL-d.RefusedACL)
+		add(c.ClientResets, st.ClientResets-d.ClientResets)
+		f.last = st
+	}
+	if k.p.opts.Protocol != flowhash.ProtoTCP {
+		return
+	}
+	now, err := k.p.TargetResets()
+	if err != nil {
+		k.opts.Log.Error("reading "+k.proto+" fast path target resets", zap.Error(err))
+	}
+	seen := map[*registry.Target]bool{}
+	for _, f := range k.fronts {
+		for _, t := range f.Group().Targets() {
+			a := netip.AddrPortFrom(t.Addr.Addr().Unmap(), t.Addr.Port())
+			r, was := now[a], k.resets[a]
+			if seen[t] || r.SYN < was.SYN || r.Other < was.Other {
+				continue // counted already, or counting started again
+			}
+			seen[t] = true
+			add(t.Resets, r.SYN-was.SYN+r.Other-was.Other)
+			// Each refusal is a failed connect, as on the socket path; a
+			// few per collect suffice to cross any unhealthy threshold.
+			if k.opts.Passive != nil {
+				for range min(r.SYN-was.SYN, 10) {
+					k.opts.Passive(t)
+				}
+			}
+		}
+	}
+	k.resets = now
+}
+
+func add(c prometheus.Counter, n uint64) {
+	if c != nil && n > 0 {
+		c.Add(float64(n))
+	}
+}
+
+func addGauge(g prometheus.Gauge, n int64) {
+	if g != nil && n != 0 {
+		g.Add(float64(n))
+	}
+}
+
+// expire sweeps idle flows and brings the flow gauges and the targets' flow
+// counts up to date.
+func (k *Forwarder) expire() {
+	perFront := make([]int64, len(k.fronts))
+	per := make([]map[netip.AddrPort]int64, len(k.fronts))
+	for i := range per {
+		per[i] = map[netip.AddrPort]int64{}
+	}
+	if _, err := k.p.Sweep(func(fl Flow) {
+		if fl.Service < len(k.fronts) {
+			perFront[fl.Service]++
+			per[fl.Service][fl.Target]++
+		}
+	}); err != nil {
+		// What was read still counts; a failed removal is retried next time.
+		k.opts.Log.Error("sweeping "+k.proto+" fast path flows", zap.Error(err))
+	}
+	for i, f := range k.fronts {
+		old := f.flows.Swap(perFront[i])
+		addGauge(f.Count.Active, perFront[i]-old)
+		addGauge(f.Count.Entries, perFront[i]-old)
+		f.count(per[i])
+		// The flow maps are LRU hashes: what a full one evicted shows as
+		// flows made that neither ended nor live.
+		if ev := k.p.Evicted(f.id, int(perFront[i])); ev > f.evicted {
+			add(f.Count.Evictions, ev-f.evicted)
+			f.evicted = ev
+		}
+	}
+}
+
+// Drop takes the front with key out of the kernel path, if it is there:
+// new flows reach its socket (or, once it is closed, nothing); the kernel's
+// pinned flows keep their targets until they idle out.
+func (k *Forwarder) Drop(key any, why string) {
+	for _, f := range k.fronts {
+		if f.Key != key || f.gone.Swap(true) {
+			continue
+		}
+		if err := k.p.RemoveService(f.id); err != nil {
+			k.opts.Log.Error("removing a listener from the "+k.proto+" fast path", zap.Error(err))
+		}
+		k.opts.Log.Info(k.proto+" listener leaves the kernel path", zap.String("listener", f.Name), zap.Stringer("address", f.VIP), zap.String("reason", why))
+	}
+}
+
+// Serves reports whether the front with key is forwarded in the kernel.
+func (k *Forwarder) Serves(key any) bool {
+	for _, f := range k.fronts {
+		if f.Key == key && !f.gone.Load() {
+			return true
+		}
+	}
+	return false
+}
+
+// count moves each target's share of the kernel's flows into its flow count.
+func (f *front) count(now map[netip.AddrPort]int64) {
+	for a, n := range f.per {
+		if t := f.tgts[a]; t != nil {
+			t.AddFlows(-n)
+		}
+	}
+	clear(f.per)
+	clear(f.tgts)
+	for _, t := range f.Group().Targets() {
+		a := netip.AddrPortFrom(t.Addr.Addr().Unmap(), t.Addr.Port())
+		if n := now[a]; n > 0 {
+			t.AddFlows(n)
+			f.per[a], f.tgts[a] = n, t
+		}
+	}
+}
+
+// Flows is the number of flows the kernel pins, as of the last sweep.
+func (k *Forwarder) Flows() int {
+	n := 0
+	for _, f := range k.fronts {
+		n += int(f.flows.Load())
+	}
+	return n
+}
+
+// FlowFiles hands the flow maps over to a new process (Path.FlowFiles).
+func (k *Forwarder) FlowFiles(add func(name string, f *os.File)) error { return k.p.FlowFiles(add) }
+
+// Close stops the loop and unloads the programs; the flows they pinned end
+// (unless a new process took the maps over). The last counts reach the
+// metrics first.
+func (k *Forwarder) Close() error {
+	close(k.stop)
+	<-k.done
+	k.collect()
+	for _, f := range k.fronts {
+		old := f.flows.Swap(0)
+		addGauge(f.Count.Active, -old)
+		addGauge(f.Count.Entries, -old)
+		f.count(nil)
+	}
+	return k.p.Close()
+}
+
+// ForwardingSysctl is the file that turns on forwarding for ip's family.
+func ForwardingSysctl(ip netip.Addr) string {
+	if ip.Unmap().Is4() {
+		return "/proc/sys/net/ipv4/ip_forward"
+	}
+	return "/proc/sys/net/ipv6/conf/all/forwarding"
+}
+
+func readSysctl(path string) string {
+	b, _ := os.ReadFile(path)
+	return strings.TrimSpace(string(b))
+}
+
+// IsLocal reports whether ip is loopback or an address of this host.
+func IsLocal(ip netip.Addr) bool {
+	ip = ip.Unmap()
+	if ip.IsLoopback() {
+		return true
+	}
+	addrs, _ := net.InterfaceAddrs()
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok {
+			if h, ok := netip.AddrFromSlice(n.IP); ok && h.Unmap() == ip {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// UpInterfaces lists the interfaces that are up and carry Ethernet framing
+// (loopback included), which the programs parse.
+func UpInterfaces() []string {
+	ifs, _ := net.Interfaces()
+	var out []string
+	for _, ifi := range ifs {
+		if ifi.Flags&net.FlagUp == 0 {
+			continue
+		}
+		b, err := os.ReadFile("/sys/class/net/" + ifi.Name + "/type")
+		if t := strings.TrimSpace(string(b)); err == nil && (t == "1" || t == "772") { // ARPHRD_ETHER, ARPHRD_LOOPBACK
+			out = append(out, ifi.Name)
+		}
+	}
+	return out
+}
