@@ -53,8 +53,8 @@ type Server struct {
 	m      *metrics.Metrics
 	opts   Options
 	reg    *registry.Registry
-	mu     sync.Mutex                 // guards udp
-	udp    []*udpFront                // the current listeners, one per bind address
+	mu     sync.Mutex                         // guards udp
+	udp    []*udpFront                        // the current listeners, one per bind address
 	kernel atomic.Pointer[fastpath.Forwarder] // the fast path, when on
 	budget listen.Budget
 	ids    *atomic.Uint64
