@@ -41,7 +41,7 @@ func newServe() *cobra.Command {
 		healthCheck, healthInterval, healthTimeout, stickiness, idle, udpIdle, dereg string
 		alpn, policy, admin, tokenFile, shutdown                                     string
 		healthy, unhealthy                                                           int
-		ppv2, preserve, crossZone, udpFastPath                                       bool
+		ppv2, preserve, crossZone, udpFastPath, tcpFastPath                          bool
 	}
 	cmd := &cobra.Command{
 		Use:   "serve [--config FILE] [flags]",
@@ -63,6 +63,7 @@ func newServe() *cobra.Command {
 	fl.StringVar(&f.stickiness, "stickiness", "", "source_ip: pin each client IP to one target")
 	fl.BoolVar(&f.crossZone, "cross-zone", false, "let every zone use every zone's targets")
 	fl.BoolVar(&f.udpFastPath, "udp-fast-path", false, "forward qualifying UDP listeners in the kernel (needs --preserve-client-ip)")
+	fl.BoolVar(&f.tcpFastPath, "tcp-fast-path", false, "forward qualifying TCP listeners in the kernel as a NAT (needs --preserve-client-ip)")
 	fl.StringVar(&f.idle, "idle-timeout", "350s", "close TCP flows idle this long")
 	fl.StringVar(&f.udpIdle, "udp-idle-timeout", "120s", "expire UDP flows idle this long")
 	fl.StringVar(&f.dereg, "deregistration-delay", "300s", "how long a deregistered target keeps its flows")
@@ -115,6 +116,9 @@ func newServe() *cobra.Command {
 		}
 		if set("udp-fast-path") {
 			o.flags.UDPFastPath = &f.udpFastPath
+		}
+		if set("tcp-fast-path") {
+			o.flags.TCPFastPath = &f.tcpFastPath
 		}
 		src := func() (*config.Config, string, error) { return loadServeConfig(&o) }
 		cfg, hash, err := src()

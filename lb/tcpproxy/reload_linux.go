@@ -179,6 +179,20 @@ func (c *Change) Commit() error {
 		s.retire(l)
 	}
 	s.mu.Unlock()
+	if k := s.kernel.Load(); k != nil {
+		// The kernel path takes listeners when l4lb starts; a kept one
+		// that no longer qualifies, or a removed one, leaves it. Its
+		// pinned flows keep their targets until they end or idle out.
+		for _, l := range next {
+			if why := kernelEligible(l); why != "" && k.Serves(l.slot) {
+				k.Drop(l.slot, why)
+			}
+		}
+		for _, l := range c.remove {
+			k.Drop(l.slot, "listener removed by reload")
+		}
+		k.Changed()
+	}
 	for _, l := range start {
 		s.log.Info("listener up", zap.String(logListener, l.cfg.Name), zap.String("protocol", l.protocol()), zap.Stringer(logAddr, l.Addr()), zap.Int(logSockets, len(l.socks)), zap.String("by", "reload"))
 	}

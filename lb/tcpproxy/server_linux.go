@@ -12,6 +12,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/l4lb/l4lb/lb/fastpath"
 	"github.com/l4lb/l4lb/lb/listen"
 	"github.com/l4lb/l4lb/lb/registry"
 	"github.com/l4lb/l4lb/lb/tlsterm"
@@ -90,6 +91,7 @@ type Server struct {
 	// targetTLSConfigs are TLS target groups' client configurations, by
 	// *config.TargetGroup (one per group configuration).
 	targetTLSConfigs sync.Map
+	kernel           atomic.Pointer[fastpath.Forwarder] // the kernel fast path, when on
 	closing          atomic.Bool
 	cut              atomic.Bool    // the drain's deadline passed: every flow is reset
 	moved            atomic.Int64   // bytes moved by finished flows
@@ -176,6 +178,7 @@ func (s *Server) Start() error {
 			return err
 		}
 	}
+	s.startKernelPath()
 	for _, l := range s.listeners {
 		for _, sock := range l.socks {
 			s.loops.Add(1)
@@ -228,13 +231,23 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.parker.close()
 	}
 	s.pipes.drain()
+	// The kernel's flows end with its programs, unless a new process took
+	// their maps over (an upgrade) and runs its own.
+	if k := s.kernel.Swap(nil); k != nil {
+		k.Close()
+	}
 	s.log.Info("drain end")
 	return err
 }
 
-// SnapshotChanged does nothing: new connections read the snapshot as they
-// come (registry.Subscriber).
-func (s *Server) SnapshotChanged(*registry.Group) {}
+// SnapshotChanged has the kernel path write its tables again; new
+// connections in user space read the snapshot as they come
+// (registry.Subscriber).
+func (s *Server) SnapshotChanged(*registry.Group) {
+	if k := s.kernel.Load(); k != nil {
+		k.Changed()
+	}
+}
 
 // EndFlows resets the flows pinned to t, spread over a few seconds
 // (registry.Subscriber).
@@ -247,6 +260,9 @@ func (s *Server) EndFlows(t *registry.Target, why string) {
 		defer s.bg.Done()
 		s.endFlows(t, why)
 	}()
+	if k := s.kernel.Load(); k != nil {
+		k.EndFlows(t, why)
+	}
 }
 
 // Files adds a duplicate of every listening socket, by name, for a new
@@ -256,6 +272,9 @@ func (s *Server) Files(add func(name string, f *os.File)) error {
 		if err := l.files(add); err != nil {
 			return err
 		}
+	}
+	if k := s.kernel.Load(); k != nil {
+		return k.FlowFiles(add)
 	}
 	return nil
 }

@@ -37,6 +37,8 @@ type RawLoadBalancer struct {
 	UDPFastPath     *bool  `yaml:"udp_fast_path,omitempty"`
 	// UDPFastPathInterfaces lists the interfaces the fast path runs on.
 	UDPFastPathInterfaces []string `yaml:"udp_fast_path_interfaces,omitempty"`
+	TCPFastPath           *bool    `yaml:"tcp_fast_path,omitempty"`
+	TCPFastPathInterfaces []string `yaml:"tcp_fast_path_interfaces,omitempty"`
 }
 
 // RawListener is one listener as written.

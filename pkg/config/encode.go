@@ -33,9 +33,9 @@ func (c *Config) ToRaw() *Raw {
 	}
 	cz := c.CrossZone
 	mf := c.MaxFlows
-	fp := c.UDPFastPath
+	fp, tfp := c.UDPFastPath, c.TCPFastPath
 	r.LoadBalancer = RawLoadBalancer{CrossZone: &cz, ShutdownTimeout: dur(c.ShutdownTimeout), MaxFlows: &mf, EndpointID: c.EndpointID,
-		UDPFastPath: &fp, UDPFastPathInterfaces: c.UDPFastPathInterfaces}
+		UDPFastPath: &fp, UDPFastPathInterfaces: c.UDPFastPathInterfaces, TCPFastPath: &tfp, TCPFastPathInterfaces: c.TCPFastPathInterfaces}
 	for _, l := range c.Listeners {
 		port := int(l.Port)
 		maxc := l.MaxConnectionsPerSource

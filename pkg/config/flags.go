@@ -25,6 +25,7 @@ type Flags struct {
 	Stickiness          *string // source_ip
 	CrossZone           *bool
 	UDPFastPath         *bool
+	TCPFastPath         *bool
 	IdleTimeout         *string
 	UDPIdleTimeout      *string
 	DeregistrationDelay *string
@@ -109,6 +110,9 @@ func (f *Flags) Apply(r *Raw) error {
 	}
 	if f.UDPFastPath != nil {
 		r.LoadBalancer.UDPFastPath = f.UDPFastPath
+	}
+	if f.TCPFastPath != nil {
+		r.LoadBalancer.TCPFastPath = f.TCPFastPath
 	}
 	if f.ShutdownTimeout != nil {
 		r.LoadBalancer.ShutdownTimeout = *f.ShutdownTimeout

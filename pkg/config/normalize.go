@@ -90,12 +90,11 @@ func (n *normalizer) run() *Config {
 	if f := n.raw.LoadBalancer.UDPFastPath; f != nil {
 		cfg.UDPFastPath = *f
 	}
-	for i, name := range n.raw.LoadBalancer.UDPFastPathInterfaces {
-		if name == "" || len(name) > 15 || strings.ContainsAny(name, "/ ") {
-			n.errs.add(fmt.Sprintf("load_balancer.udp_fast_path_interfaces[%d]", i), "%q is not an interface name", name)
-		}
+	if f := n.raw.LoadBalancer.TCPFastPath; f != nil {
+		cfg.TCPFastPath = *f
 	}
-	cfg.UDPFastPathInterfaces = n.raw.LoadBalancer.UDPFastPathInterfaces
+	cfg.UDPFastPathInterfaces = n.interfaces("load_balancer.udp_fast_path_interfaces", n.raw.LoadBalancer.UDPFastPathInterfaces)
+	cfg.TCPFastPathInterfaces = n.interfaces("load_balancer.tcp_fast_path_interfaces", n.raw.LoadBalancer.TCPFastPathInterfaces)
 	groups := map[string]bool{}
 	for i := range n.raw.TargetGroups {
 		tg := n.targetGroup(fmt.Sprintf("target_groups[%d]", i), &n.raw.TargetGroups[i], cfg)
@@ -645,4 +644,14 @@ func lowerAll(ss []string) []string {
 		out[i] = strings.ToLower(s)
 	}
 	return out
+}
+
+// interfaces checks a list of interface names.
+func (n *normalizer) interfaces(path string, names []string) []string {
+	for i, name := range names {
+		if name == "" || len(name) > 15 || strings.ContainsAny(name, "/ ") {
+			n.errs.add(fmt.Sprintf("%s[%d]", path, i), "%q is not an interface name", name)
+		}
+	}
+	return names
 }

@@ -41,6 +41,14 @@ type Config struct {
 	// UDPFastPathInterfaces are where the program runs; empty means every
 	// interface that is up (loopback and Ethernet).
 	UDPFastPathInterfaces []string
+	// TCPFastPath forwards qualifying TCP listeners in the kernel, as a NAT
+	// (load_balancer.tcp_fast_path): a specific bind address, one target
+	// group with preserve_client_ip on, no PROXY header, no TLS, no SNI
+	// rules and no per-source limit.
+	TCPFastPath bool
+	// TCPFastPathInterfaces are where its programs run; empty means every
+	// interface that is up.
+	TCPFastPathInterfaces []string
 	Listeners             []Listener
 	TargetGroups          []TargetGroup
 }

@@ -1,0 +1,244 @@
+//go:build integration
+
+package lb
+
+import (
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/l4lb/l4lb/healthcheck"
+	"github.com/l4lb/l4lb/pkg/config"
+	"github.com/l4lb/l4lb/pkg/metrics"
+)
+
+// seeingTarget is a TCP echo target that records the peer address of each
+// connection it accepts.
+type seeingTarget struct {
+	ln   net.Listener
+	addr netip.AddrPort
+	mu   sync.Mutex
+	seen map[netip.AddrPort]int
+}
+
+func startSeeingTarget(t *testing.T, addr string) *seeingTarget {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &seeingTarget{ln: ln, addr: ln.Addr().(*net.TCPAddr).AddrPort(), seen: map[netip.AddrPort]int{}}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s.mu.Lock()
+			s.seen[c.RemoteAddr().(*net.TCPAddr).AddrPort()]++
+			s.mu.Unlock()
+			go func() {
+				defer c.Close()
+				io.Copy(c, c)
+			}()
+		}
+	}()
+	return s
+}
+
+func (s *seeingTarget) saw(client netip.AddrPort) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.seen[client] > 0
+}
+
+// tcpKernelServer starts a TCP listener at vip on the kernel fast path, on
+// lo only. It skips where BPF needs a root this run does not have; in CI
+// (root) a fast path that does not come up fails the test.
+func tcpKernelServer(t *testing.T, vip netip.AddrPort, cts []config.Target, mod func(*config.Listener, *config.TargetGroup)) (*Server, *prometheus.Registry) {
+	t.Helper()
+	cfg := testConfig(cts, func(l *config.Listener, g *config.TargetGroup) {
+		l.Bind = []config.BindAddr{{IP: vip.Addr()}}
+		l.Port = vip.Port()
+		g.Attributes.PreserveClientIP = true
+		if mod != nil {
+			mod(l, g)
+		}
+	})
+	cfg.TCPFastPath, cfg.TCPFastPathInterfaces = true, []string{"lo"}
+	reg := prometheus.NewRegistry()
+	srv := startedServer(t, cfg, Options{Metrics: metrics.New(reg)})
+	if !srv.tcp.KernelPath() {
+		if os.Geteuid() != 0 && os.Getenv("CI") == "" {
+			t.Skip("the TCP fast path needs root")
+		}
+		t.Fatal("the TCP fast path did not come up")
+	}
+	return srv, reg
+}
+
+// echoFrom connects from a given local address (any port) and checks an
+// echo.
+func echoFrom(local netip.Addr, vip netip.AddrPort) (net.Conn, error) {
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: local.AsSlice()}, Timeout: 3 * time.Second}
+	c, err := d.Dial("tcp", vip.String())
+	if err != nil {
+		return nil, err
+	}
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write([]byte("hello")); err != nil {
+		c.Close()
+		return nil, err
+	}
+	b := make([]byte, 5)
+	if _, err := io.ReadFull(c, b); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// Through the kernel: connections land on the target l4lb route names for
+// them, the targets see the clients' own addresses, no flow passes through
+// user space, the counters reach the metrics, and closed flows leave the
+// kernel's tables.
+func TestKernelTCPFlows(t *testing.T) {
+	byAddr := map[netip.AddrPort]*seeingTarget{}
+	var cts []config.Target
+	for i := range 3 {
+		s := startSeeingTarget(t, netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 46, 0, byte(1 + i)}), 9080).String())
+		byAddr[s.addr] = s
+		cts = append(cts, config.Target{Address: s.addr, Weight: 1})
+	}
+	vip := netip.MustParseAddrPort("127.46.0.100:9081")
+	srv, reg := tcpKernelServer(t, vip, cts, nil)
+
+	const n = 200
+	var conns []net.Conn
+	for i := range n {
+		c, err := echoFrom(netip.AddrFrom4([4]byte{127, 47, byte(i >> 8), byte(i)}), vip)
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		client := c.LocalAddr().(*net.TCPAddr).AddrPort()
+		conns = append(conns, c)
+		rt, err := srv.Route("test", client.String(), vip.String(), "tcp", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := byAddr[netip.MustParseAddrPort(rt.Target)]; !want.saw(client) {
+			t.Fatalf("connection from %s did not reach %s, the target l4lb route names, as itself", client, rt.Target)
+		}
+	}
+	if f := srv.tcp.ActiveFlows(); f != 0 {
+		t.Fatalf("%d flows went through user space", f)
+	}
+	waitFor(t, func() bool { return counterValue(t, reg, "l4lb_new_flows_total") == n })
+	waitFor(t, func() bool { return srv.tcp.KernelFlows() == n })
+	waitFor(t, func() bool { return counterValue(t, reg, "l4lb_active_flows") == n })
+	if b := counterValue(t, reg, "l4lb_processed_bytes_total"); b != 2*5*n {
+		t.Fatalf("processed bytes %v, want %d", b, 2*5*n)
+	}
+	for _, c := range conns {
+		c.Close() // FIN both ways: the echo closes too
+	}
+	// Closed flows linger a few seconds for stray segments, then go.
+	deadline := time.Now().Add(15 * time.Second)
+	for srv.tcp.KernelFlows() != 0 && time.Now().Before(deadline) {
+		time.Sleep(200 * time.Millisecond)
+	}
+	if f := srv.tcp.KernelFlows(); f != 0 {
+		t.Fatalf("%d kernel flows left after every connection closed", f)
+	}
+	if a := counterValue(t, reg, "l4lb_active_flows"); a != 0 {
+		t.Fatalf("active flows gauge %v after every connection closed", a)
+	}
+}
+
+// A target that refuses connections (its port closed) is found by the
+// kernel path's reset counts alone, long before its health check would: it
+// leaves the table within a couple of seconds, and new connections succeed
+// again. A segment of no flow gets a reset from the stack.
+func TestKernelTCPDeadTarget(t *testing.T) {
+	a := startSeeingTarget(t, "127.46.1.1:9080")
+	b := startSeeingTarget(t, "127.46.1.2:9080")
+	vip := netip.MustParseAddrPort("127.46.1.100:9081")
+	srv, reg := tcpKernelServer(t, vip, []config.Target{{Address: a.addr, Weight: 1}, {Address: b.addr, Weight: 1}}, func(_ *config.Listener, g *config.TargetGroup) {
+		// Active checks alone would take at least 8 s to find a dead
+		// target (5 failures 2 s apart).
+		g.HealthCheck = config.HealthCheck{Protocol: config.HealthTCP, Interval: 2 * time.Second, Timeout: time.Second, HealthyThreshold: 2, UnhealthyThreshold: 5}
+	})
+	checks := healthcheck.NewScheduler(srv.Registry, healthcheck.Options{})
+	defer checks.Close()
+	srv.Registry.WatchHealth(checks)
+	// Both healthy first: with none healthy, l4lb fails open to all.
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		tg, _ := srv.TargetGroup("tg")
+		if tg.Targets[0].State == "healthy" && tg.Targets[1].State == "healthy" {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	b.ln.Close()
+	killed := time.Now()
+	refused, i := 0, 0
+	for ; time.Since(killed) < 10*time.Second; i++ {
+		c, err := echoFrom(netip.AddrFrom4([4]byte{127, 48, byte(i >> 8), byte(i)}), vip)
+		if err != nil {
+			if !errors.Is(err, syscall.ECONNREFUSED) {
+				t.Fatalf("connection %d: %v, want a refusal or success", i, err)
+			}
+			refused++
+			time.Sleep(20 * time.Millisecond)
+			continue
+		}
+		c.Close()
+		tg, _ := srv.TargetGroup("tg")
+		if tg.Targets[1].State == "unhealthy" && refused > 0 {
+			break
+		}
+	}
+	gone := time.Since(killed)
+	tg, _ := srv.TargetGroup("tg")
+	if tg.Targets[1].State != "unhealthy" {
+		t.Fatalf("the refusing target is %s after %v", tg.Targets[1].State, gone)
+	}
+	if gone > 4*time.Second {
+		t.Fatalf("the refusing target took %v to leave, as long as its health checks would", gone)
+	}
+	// The kernel's table follows the state change within moments: then
+	// 20 connections in a row succeed.
+	for j, ok := 0, 0; ok < 20; j++ {
+		c, err := echoFrom(netip.AddrFrom4([4]byte{127, 50, byte(j >> 8), byte(j)}), vip)
+		if err == nil {
+			c.Close()
+			ok++
+			continue
+		}
+		ok = 0
+		if time.Since(killed) > 5*time.Second {
+			t.Fatalf("connections still refused %v after the target was killed", time.Since(killed))
+		}
+		refused++
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Logf("the dead target was marked unhealthy after %v, out of the kernel's table after %v; %d connections refused", gone, time.Since(killed), refused)
+	for j := range 50 {
+		c, err := echoFrom(netip.AddrFrom4([4]byte{127, 49, 0, byte(j)}), vip)
+		if err != nil {
+			t.Fatalf("after the target left, connection %d: %v", j, err)
+		}
+		c.Close()
+	}
+	waitFor(t, func() bool { return counterValue(t, reg, "l4lb_tcp_target_resets_total") >= float64(refused) })
+}

@@ -1,0 +1,113 @@
+package tcpproxy
+
+import (
+	"net"
+	"net/netip"
+
+	"go.uber.org/zap"
+
+	"github.com/l4lb/l4lb/lb/fastpath"
+	"github.com/l4lb/l4lb/lb/listen"
+	"github.com/l4lb/l4lb/lb/registry"
+	"github.com/l4lb/l4lb/pkg/config"
+	"github.com/l4lb/l4lb/pkg/flowhash"
+	"github.com/l4lb/l4lb/pkg/metrics"
+)
+
+// kernelEligible says why a TCP listener cannot be forwarded in the kernel,
+// or "": the kernel path rewrites addresses and nothing else, so it takes
+// only listeners whose flows need no byte of theirs read or written.
+func kernelEligible(l *listener) string {
+	r := l.route.Load()
+	switch {
+	case l.bindA.IP.IsUnspecified() || l.bindA.IP.Zone() != "":
+		return "the bind address is a wildcard or has a zone"
+	case l.cfg.Protocol == config.TLS:
+		return "it terminates TLS"
+	case len(l.rules) > 0:
+		return "it routes by SNI"
+	case l.cfg.MaxConnectionsPerSource > 0:
+		return "it limits connections per source"
+	case len(l.cfg.ProxyProtocolAccept) > 0:
+		return "it reads PROXY headers from upstream (proxy_protocol_accept)"
+	case len(r.Groups) != 1:
+		return "it forwards to weighted target groups"
+	case !r.Groups[0].Config().Attributes.PreserveClientIP:
+		return "its target group does not preserve the client IP (preserve_client_ip.enabled)"
+	case r.Groups[0].Config().Attributes.ProxyProtocolV2:
+		return "its target group sends a PROXY header"
+	case r.Groups[0].Config().Protocol == config.TLS:
+		return "its target group is TLS"
+	}
+	return ""
+}
+
+// startKernelPath hands the qualifying listeners (bound already, so their
+// ports are known) to the kernel fast path (load_balancer.tcp_fast_path).
+// Their sockets stay bound: segments of no kernel flow reach them, and the
+// stack answers those with a reset. A kernel that cannot run the programs
+// leaves every listener in user space, with a warning.
+func (s *Server) startKernelPath() {
+	if !s.cfg.TCPFastPath {
+		return
+	}
+	var fronts []fastpath.Front
+	for _, l := range s.listeners {
+		if why := kernelEligible(l); why != "" {
+			s.log.Info("TCP listener stays in user space", zap.String(logListener, l.cfg.Name), zap.Stringer(logAddr, l.Addr()), zap.String("reason", why))
+			continue
+		}
+		fronts = append(fronts, l.kernelFront())
+	}
+	if len(fronts) == 0 {
+		return
+	}
+	k, err := fastpath.NewForwarder(fronts, fastpath.ForwarderOptions{
+		Path:       fastpath.Options{Protocol: flowhash.ProtoTCP, MaxFlows: s.cfg.MaxFlows, Inherit: s.opts.Inherit},
+		Interfaces: s.cfg.TCPFastPathInterfaces,
+		Log:        s.log,
+		Passive:    s.reg.PassiveFailure,
+	})
+	if err != nil {
+		s.log.Warn("TCP fast path unavailable; TCP stays in user space", zap.Error(err))
+		return
+	}
+	s.kernel.Store(k)
+	go k.Run()
+}
+
+// kernelFront describes l to the kernel path, with its metrics. Its key is
+// its slot, which reloads keep.
+func (l *listener) kernelFront() fastpath.Front {
+	vip := l.Addr().(*net.TCPAddr).AddrPort()
+	m := l.srv.m
+	lbl := []string{l.cfg.Name, l.protocol(), l.zone}
+	slot := l.slot
+	return fastpath.Front{
+		Key: slot, Name: l.cfg.Name, Zone: l.zone, Idle: l.cfg.IdleTimeout,
+		VIP:    netip.AddrPortFrom(vip.Addr().Unmap(), vip.Port()),
+		Sticky: l.route.Load().Groups[0].Config().Attributes.Stickiness,
+		Allow:  l.acl.Allow, Deny: l.acl.Deny,
+		Group: func() *registry.Group { return slot.Load().route.Load().Groups[0] },
+		Count: fastpath.Counters{
+			PacketsIn: m.Counter(metrics.ProcessedPackets, append(lbl, "in")...), BytesIn: l.bytesIn,
+			PacketsOut: m.Counter(metrics.ProcessedPackets, append(lbl, "out")...), BytesOut: l.bytesOut,
+			NewFlows: l.newFlows, Evictions: m.Counter(metrics.FlowEvictions, l.cfg.Name, "table_full"),
+			RefusedFull:     m.Counter(metrics.RejectedFlows, append(lbl, listen.ReasonFlowTableFull.String())...),
+			RefusedNoTarget: l.rejects[listen.ReasonNoTarget], RefusedACL: l.rejects[listen.ReasonACL],
+			Collisions:   l.rejects[listen.ReasonLocalResources],
+			ClientResets: l.clientRsts, Active: l.active,
+		},
+	}
+}
+
+// KernelPath reports whether the kernel fast path runs.
+func (s *Server) KernelPath() bool { return s.kernel.Load() != nil }
+
+// KernelFlows is the number of flows the kernel pins, as of its last sweep.
+func (s *Server) KernelFlows() int {
+	if k := s.kernel.Load(); k != nil {
+		return k.Flows()
+	}
+	return 0
+}
