@@ -1014,3 +1014,125 @@ target_groups:
 		t.Fatal("the session did not resume on the process the upgrade started")
 	}
 }
+
+// tcpEchoAt runs a TCP echo target on ip:port for the test.
+func tcpEchoAt(t *testing.T, addr string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.Copy(c, c)
+			}()
+		}
+	}()
+	return addr
+}
+
+// A TCP listener on the kernel fast path through an upgrade that adds a
+// target: connections opened before keep working on the same TCP
+// connection, which only their first target could answer (any other would
+// reset it), because the new process loaded its programs on the old one's
+// flow maps; new connections work too, and none goes through user space.
+func TestUpgradeKeepsKernelTCPFlows(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("the TCP fast path needs root, which CI has")
+		}
+		t.Skip("the TCP fast path needs root")
+	}
+	// 127.53/16 is this test's own.
+	a, b, c := tcpEchoAt(t, "127.53.0.2:9080"), tcpEchoAt(t, "127.53.0.3:9080"), tcpEchoAt(t, "127.53.0.4:9080")
+	pWeb, pAdmin := freePort(t), freePort(t)
+	vip := "127.53.0.1:" + pWeb
+	yaml := func(targets ...string) string {
+		var ts []string
+		for _, t := range targets {
+			ts = append(ts, fmt.Sprintf("{address: %q}", t))
+		}
+		return fmt.Sprintf(`admin: {listen: "127.0.0.1:%s"}
+load_balancer: {tcp_fast_path: true, tcp_fast_path_interfaces: [lo]}
+listeners:
+  - {name: web, protocol: TCP, port: %s, bind: [127.53.0.1], target_group: web}
+target_groups:
+  - name: web
+    protocol: TCP
+    targets: [%s]
+    attributes: {preserve_client_ip.enabled: "true"}
+    health_check: {protocol: TCP, interval: 200ms, timeout: 150ms, healthy_threshold: 2}
+`, pAdmin, pWeb, strings.Join(ts, ", "))
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "l4lb")
+	buildL4LB(t, bin, "tcp-kernel-upgrade-test")
+	d := startDaemon(t, bin, pAdmin, yaml(a, b))
+	waitUntil(t, "targets healthy", func() bool {
+		s := groupStates(t, d.admin, "web")
+		return s[a] == api.StateHealthy && s[b] == api.StateHealthy
+	})
+	if log, _ := os.ReadFile(d.log); !strings.Contains(string(log), "TCP listener forwarded in the kernel") {
+		t.Fatalf("the listener is not on the kernel path:\n%s", log)
+	}
+	echo := func(c net.Conn, msg string) error {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Write([]byte(msg)); err != nil {
+			return err
+		}
+		got := make([]byte, len(msg))
+		if _, err := io.ReadFull(c, got); err != nil {
+			return err
+		}
+		if string(got) != msg {
+			return fmt.Errorf("echo %q, want %q", got, msg)
+		}
+		return nil
+	}
+	var conns []net.Conn
+	for i := range 50 {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 54, 0, byte(i+1))}, Timeout: 3 * time.Second}
+		c, err := d.Dial("tcp", vip)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := echo(c, "before"); err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		conns = append(conns, c)
+	}
+	d.write(yaml(a, b, c))
+	u := d.upgrade()
+	waitGone(t, u.OldPID, 30*time.Second) // its programs are detached, its maps closed
+	if log, _ := os.ReadFile(d.log); !strings.Contains(string(log), "TCP fast path: kept the previous process's flows") {
+		t.Fatal("the new process did not take the flow maps over")
+	}
+	for i, c := range conns {
+		if err := echo(c, fmt.Sprintf("after %d", i)); err != nil {
+			t.Fatalf("connection %d broke across the upgrade: %v", i, err)
+		}
+	}
+	waitUntil(t, "the added target healthy", func() bool { return groupStates(t, d.admin, "web")[c] == api.StateHealthy })
+	for i := range 50 {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 55, 0, byte(i+1))}, Timeout: 3 * time.Second}
+		c, err := d.Dial("tcp", vip)
+		if err != nil {
+			t.Fatalf("new connection %d after the upgrade: %v", i, err)
+		}
+		err = echo(c, "new")
+		c.Close()
+		if err != nil {
+			t.Fatalf("new connection %d after the upgrade: %v", i, err)
+		}
+	}
+	waitUntil(t, "the kernel's 50 new flows counted", func() bool { return metricSum(t, d.admin, "l4lb_new_flows_total") >= 50 })
+	t.Logf("%d kernel TCP connections kept working across the upgrade", len(conns))
+}
