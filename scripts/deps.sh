@@ -16,6 +16,7 @@ have haproxy || need haproxy "HAProxy, a PROXY protocol peer and a benchmark con
 have unbound || need unbound "a real DNS target for the UDP tests"
 have dnsperf || need dnsperf "DNS load for the UDP benchmark"
 have ip || need iproute2 "network namespaces for the client-IP and port tests"
+have nft || need nftables "the kernel's own NAT, the benchmark peer of the TCP kernel fast path"
 have prlimit || need util-linux "prlimit, for the descriptor-limit test"
 have openssl || need openssl "openssl s_client, a real TLS client for the TLS listener tests"
 if ! have nginx; then

@@ -51,7 +51,13 @@ type Path struct {
 	opts            Options
 	fams            [2]*famPath // IPv4, IPv6
 	stats, scratch  *ebpf.Map
+	ports           *ebpf.Map // bitmaps of listener and target ports
 	ingress, egress *ebpf.Program
+
+	// portSet are the listener and the target ports the bitmaps hold.
+	// Ports are only added: a removed listener's or target's flows still
+	// need their packets rewritten until they end.
+	portSet [2]map[uint16]bool
 
 	mu    sync.Mutex
 	links []link.Link
@@ -203,7 +209,8 @@ func New(opts Options) (*Path, error) {
 		return fail(fmt.Errorf("%w: %v", ErrUnsupported, err))
 	}
 	m := &objs.fastpathBPFMaps
-	p.stats, p.scratch, p.ingress, p.egress = m.L4lbStats, m.L4lbScratch, objs.L4lbIn, objs.L4lbOut
+	p.stats, p.scratch, p.ports, p.ingress, p.egress = m.L4lbStats, m.L4lbScratch, m.L4lbPorts, objs.L4lbIn, objs.L4lbOut
+	p.portSet = [2]map[uint16]bool{{}, {}}
 	p.fams[0] = &famPath{f: ipv4, max: opts.Services, services: m.L4lbSvcsV4, tables: m.L4lbTablesV4, flows: m.L4lbFlowsV4,
 		syn: m.L4lbSynV4, targets: m.L4lbTargetsV4, allow: m.L4lbAllowV4, deny: m.L4lbDenyV4}
 	p.fams[1] = &famPath{f: ipv6, max: opts.Services6, services: m.L4lbSvcsV6, tables: m.L4lbTablesV6, flows: m.L4lbFlowsV6,
@@ -235,6 +242,9 @@ func (p *Path) AddService(vip netip.AddrPort, idle time.Duration, sticky bool) (
 		if s.vip == vip && !s.gone {
 			return 0, fmt.Errorf("fastpath: %s served twice", vip)
 		}
+	}
+	if err := p.addPorts(portsListeners, []netip.AddrPort{vip}); err != nil {
+		return 0, err
 	}
 	s := &service{vip: vip, idle: idle, sticky: sticky, fam: fp, index: fp.n}
 	if sticky {
@@ -291,6 +301,9 @@ func (p *Path) SetTable(id int, slots []netip.AddrPort) error {
 		if slots != nil && slots[i].IsValid() && p.familyOf(slots[i].Addr()) == fp && !slots[i].Addr().Is4In6() {
 			putAddr(vals[i*size:], slots[i])
 		}
+	}
+	if err := p.addPorts(portsTargets, slots); err != nil {
+		return err
 	}
 	if _, err := fp.tables.BatchUpdate(keys, slotValues(vals, size), nil); err != nil {
 		return fmt.Errorf("fastpath: writing table: %w", err)
@@ -638,7 +651,7 @@ func (p *Path) Close() error {
 			errs = append(errs, prog.Close())
 		}
 	}
-	ms := []*ebpf.Map{p.stats, p.scratch}
+	ms := []*ebpf.Map{p.stats, p.scratch, p.ports}
 	for _, fp := range p.fams {
 		if fp != nil {
 			ms = append(ms, fp.services, fp.tables, fp.flows, fp.syn, fp.targets, fp.allow, fp.deny)
@@ -714,4 +727,26 @@ func monotonic() uint64 {
 	var ts unix.Timespec
 	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
 	return uint64(ts.Nano())
+}
+
+// addPorts adds the ports of addrs to a port bitmap (p.mu held), writing it
+// only when it grew.
+func (p *Path) addPorts(which int, addrs []netip.AddrPort) error {
+	set, grew := p.portSet[which], false
+	for _, a := range addrs {
+		if a.IsValid() && !set[a.Port()] {
+			set[a.Port()], grew = true, true
+		}
+	}
+	if !grew {
+		return nil
+	}
+	var bits [1024]uint64
+	for port := range set {
+		bits[port>>6] |= 1 << (port & 63)
+	}
+	if err := p.ports.Update(uint32(which), bits, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("fastpath: writing the port bitmap: %w", err)
+	}
+	return nil
 }

@@ -60,6 +60,11 @@ type fastpathBPFFlowVal6 struct {
 	Last uint64
 }
 
+type fastpathBPFPorts struct {
+	_    structs.HostLayout
+	Bits [1024]uint64
+}
+
 type fastpathBPFScratch struct {
 	_    structs.HostLayout
 	Rkey struct {
@@ -138,6 +143,7 @@ const (
 	fastpathBPFMapL4lbDenyV6    = "l4lb_deny_v6"
 	fastpathBPFMapL4lbFlowsV4   = "l4lb_flows_v4"
 	fastpathBPFMapL4lbFlowsV6   = "l4lb_flows_v6"
+	fastpathBPFMapL4lbPorts     = "l4lb_ports"
 	fastpathBPFMapL4lbScratch   = "l4lb_scratch"
 	fastpathBPFMapL4lbStats     = "l4lb_stats"
 	fastpathBPFMapL4lbSvcsV4    = "l4lb_svcs_v4"
@@ -209,6 +215,7 @@ type fastpathBPFMapSpecs struct {
 	L4lbDenyV6    *ebpf.MapSpec `ebpf:"l4lb_deny_v6"`
 	L4lbFlowsV4   *ebpf.MapSpec `ebpf:"l4lb_flows_v4"`
 	L4lbFlowsV6   *ebpf.MapSpec `ebpf:"l4lb_flows_v6"`
+	L4lbPorts     *ebpf.MapSpec `ebpf:"l4lb_ports"`
 	L4lbScratch   *ebpf.MapSpec `ebpf:"l4lb_scratch"`
 	L4lbStats     *ebpf.MapSpec `ebpf:"l4lb_stats"`
 	L4lbSvcsV4    *ebpf.MapSpec `ebpf:"l4lb_svcs_v4"`
@@ -254,6 +261,7 @@ type fastpathBPFMaps struct {
 	L4lbDenyV6    *ebpf.Map `ebpf:"l4lb_deny_v6"`
 	L4lbFlowsV4   *ebpf.Map `ebpf:"l4lb_flows_v4"`
 	L4lbFlowsV6   *ebpf.Map `ebpf:"l4lb_flows_v6"`
+	L4lbPorts     *ebpf.Map `ebpf:"l4lb_ports"`
 	L4lbScratch   *ebpf.Map `ebpf:"l4lb_scratch"`
 	L4lbStats     *ebpf.Map `ebpf:"l4lb_stats"`
 	L4lbSvcsV4    *ebpf.Map `ebpf:"l4lb_svcs_v4"`
@@ -274,6 +282,7 @@ func (m *fastpathBPFMaps) Close() error {
 		m.L4lbDenyV6,
 		m.L4lbFlowsV4,
 		m.L4lbFlowsV6,
+		m.L4lbPorts,
 		m.L4lbScratch,
 		m.L4lbStats,
 		m.L4lbSvcsV4,

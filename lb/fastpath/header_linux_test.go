@@ -57,6 +57,8 @@ func TestHeaderMatchesGo(t *testing.T) {
 		"STAT_PROMOTE":        statPromote,
 		"STAT_KINDS":          statKinds,
 		"SVC_STICKY":          svcSticky,
+		"PORTS_LISTENERS":     portsListeners,
+		"PORTS_TARGETS":       portsTargets,
 		"SVC_ALLOW":           svcAllow,
 		"SVC_DENY":            svcDeny,
 		"REPLY_FLAG":          replyFlag,

@@ -50,6 +50,12 @@ const (
 	statKinds     = 12
 )
 
+// Keys of the port bitmaps.
+const (
+	portsListeners = 0
+	portsTargets   = 1
+)
+
 // Value layouts and flags shared with the programs.
 const (
 	svcValSize     = 16     // table base u32, flags u32, service id u32, pad

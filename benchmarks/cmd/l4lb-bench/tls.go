@@ -158,7 +158,7 @@ target_groups:
 			dial := func() (net.Conn, error) {
 				return tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", fmt.Sprintf("127.0.0.1:%d", p), conf())
 			}
-			return idleTest(dial, pids[p], idleTLS, 3*time.Second)
+			return idleTest(dial, []int{pids[p]}, idleTLS, 3*time.Second)
 		}},
 	}
 	const rounds = 3

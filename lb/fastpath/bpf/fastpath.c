@@ -119,6 +119,29 @@ struct target_stat {
 	__u64 syn_rst, rst;
 };
 
+/* Port bitmaps: PORTS_LISTENERS has the ports of every listener address
+ * served, PORTS_TARGETS those of every target. A packet to no listener
+ * port (ingress) or from no target port (egress) is not ours, and leaves
+ * after a few instructions, before any hash lookup. */
+struct ports {
+	__u64 bits[1024];
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct ports);
+	__uint(max_entries, 2);
+} l4lb_ports SEC(".maps");
+
+static __always_inline bool port_in(__u32 which, __u16 port_be)
+{
+	struct ports *p = bpf_map_lookup_elem(&l4lb_ports, &which);
+	if (!p)
+		return false;
+	__u16 port = bpf_ntohs(port_be);
+	return p->bits[(port >> 6) & 1023] & (1ULL << (port & 63));
+}
+
 /* Sizes are set by the loader (package fastpath) before loading. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -610,6 +633,8 @@ static __always_inline int handle_family(struct __sk_buff *skb, bool egress, boo
 {
 	struct pkt p = {};
 	if (!parse(skb, &p, v6))
+		return TCX_NEXT;
+	if (egress ? !port_in(PORTS_TARGETS, p.sport) : !port_in(PORTS_LISTENERS, p.dport))
 		return TCX_NEXT;
 	bool tcp = cfg_proto == PROTO_TCP;
 	union flow_key key, rkey;

@@ -31,6 +31,10 @@
 #define STAT_PROMOTE 9    /* TCP: handshakes completed (flows moved to the established map) */
 #define STAT_KINDS 12
 
+/* Keys of the port bitmaps. */
+#define PORTS_LISTENERS 0
+#define PORTS_TARGETS 1
+
 /* Service flags. */
 #define SVC_STICKY 1 /* key on the source address alone */
 #define SVC_ALLOW 2  /* check the allow list (it does not admit the whole family) */
