@@ -85,8 +85,12 @@ func main() {
 		{"haproxy", "proxy", func(e, s, d string) (string, []int, func(), error) { return startHAProxy(*haproxy, e, s, d) }},
 		{"nginx", "proxy", func(e, s, d string) (string, []int, func(), error) { return startNginx(*nginx, e, s, d) }},
 		{"nftables", "kernel", startNftables},
-		{"l4lb", "proxy", func(e, s, d string) (string, []int, func(), error) { return startL4LB(*bin, e, s, d, *adminAddr, modeSocket) }},
-		{"l4lb-kernel", "kernel", func(e, s, d string) (string, []int, func(), error) { return startL4LB(*bin, e, s, d, *adminAddr, modeKernel) }},
+		{"l4lb", "proxy", func(e, s, d string) (string, []int, func(), error) {
+			return startL4LB(*bin, e, s, d, *adminAddr, modeSocket)
+		}},
+		{"l4lb-kernel", "kernel", func(e, s, d string) (string, []int, func(), error) {
+			return startL4LB(*bin, e, s, d, *adminAddr, modeKernel)
+		}},
 		// The socket path while the kernel programs (TCP and UDP) run on
 		// lo for other listeners: what they cost unrelated traffic.
 		{"l4lb+programs", "proxy", func(e, s, d string) (string, []int, func(), error) {
