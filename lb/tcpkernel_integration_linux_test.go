@@ -242,3 +242,52 @@ func TestKernelTCPDeadTarget(t *testing.T) {
 	}
 	waitFor(t, func() bool { return counterValue(t, reg, "l4lb_tcp_target_resets_total") >= float64(refused) })
 }
+
+// Deregistering a target with connection termination ends its kernel flows
+// when the delay is over: during the delay its connections keep working;
+// after it, their next segment meets the stack's reset, while connections
+// to the other target go on.
+func TestKernelTCPDeregistrationEndsFlows(t *testing.T) {
+	a := startSeeingTarget(t, "127.46.2.1:9080")
+	b := startSeeingTarget(t, "127.46.2.2:9080")
+	vip := netip.MustParseAddrPort("127.46.2.100:9081")
+	srv, _ := tcpKernelServer(t, vip, []config.Target{{Address: a.addr, Weight: 1}, {Address: b.addr, Weight: 1}}, func(_ *config.Listener, g *config.TargetGroup) {
+		g.Attributes.DeregistrationDelay = 300 * time.Millisecond
+		g.Attributes.DeregistrationConnectionTermination = true
+	})
+	var onA, onB net.Conn
+	for i := 0; onA == nil || onB == nil; i++ {
+		if i > 200 {
+			t.Fatal("200 connections and not one on each target")
+		}
+		c, err := echoFrom(netip.AddrFrom4([4]byte{127, 51, 0, byte(i + 1)}), vip)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		switch client := c.LocalAddr().(*net.TCPAddr).AddrPort(); {
+		case onA == nil && a.saw(client):
+			onA = c
+		case onB == nil && b.saw(client):
+			onB = c
+		}
+	}
+	roundTrip := func(c net.Conn) error {
+		c.SetDeadline(time.Now().Add(2 * time.Second))
+		if _, err := c.Write([]byte("ping")); err != nil {
+			return err
+		}
+		_, err := io.ReadFull(c, make([]byte, 4))
+		return err
+	}
+	if err := srv.Deregister("tg", a.addr.String()); err != nil {
+		t.Fatal(err)
+	}
+	if err := roundTrip(onA); err != nil {
+		t.Fatalf("during the deregistration delay: %v", err)
+	}
+	waitFor(t, func() bool { return roundTrip(onA) != nil })
+	if err := roundTrip(onB); err != nil {
+		t.Fatalf("a connection to the remaining target broke: %v", err)
+	}
+}
