@@ -2,10 +2,13 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/l4lb/l4lb/bench"
 )
 
 func runCLI(args ...string) (int, string, string) {
@@ -66,6 +69,39 @@ func TestExamplesValidate(t *testing.T) {
 	for _, f := range files {
 		if code, _, errs := runCLI("validate", "--config", f); code != 0 {
 			t.Errorf("%s: exit %d:\n%s", f, code, errs)
+		}
+	}
+}
+
+// l4lb bench: a run prints JSON with the work it did; bad usage exits 2.
+func TestBenchCLI(t *testing.T) {
+	tg, err := bench.StartTarget(bench.TargetEcho, "tcp", "127.0.0.1:0", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tg.Close()
+	code, out, errs := runCLI("bench", "tcp-rr", tg.Addr.String(), "--duration", "1200ms", "--warmup", "0s", "--connections", "2", "-o", "json")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	var rs []bench.Result
+	if err := json.Unmarshal([]byte(out), &rs); err != nil || len(rs) != 1 || rs[0].Ops == 0 || rs[0].Latency == nil {
+		t.Fatalf("output %q: %v", out, err)
+	}
+	if !strings.Contains(errs, "tcp-rr:") {
+		t.Errorf("no progress lines on a non-terminal stderr: %q", errs)
+	}
+	for _, args := range [][]string{
+		{"bench", "tcp-nothing", "127.0.0.1:1"},
+		{"bench", "tcp-rr"},
+		{"bench", "tcp-rr", tg.Addr.String(), "-o", "xml"},
+		{"bench", "idle-conns", tg.Addr.String()},
+		{"bench", "target", "echo"},
+		{"bench", "target", "mirror", "--listen", "tcp://127.0.0.1:0"},
+		{"bench", "target", "echo", "--listen", "sctp://127.0.0.1:0"},
+	} {
+		if code, _, _ := runCLI(args...); code != 2 {
+			t.Errorf("%v: exit %d, want 2", args, code)
 		}
 	}
 }

@@ -1,0 +1,160 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+
+	"github.com/l4lb/l4lb/bench"
+)
+
+func newBench() *cobra.Command {
+	var o bench.Options
+	var output string
+	names := make([]string, len(bench.Scenarios))
+	for i, s := range bench.Scenarios {
+		names[i] = string(s)
+	}
+	cmd := &cobra.Command{
+		Use:   "bench " + strings.Join(names, "|") + " ADDR",
+		Short: "Load-test an address (l4lb, another balancer, a target) and report rates and latency percentiles",
+		Long: `Load-test ADDR (host:port) with one scenario and print what it measured.
+
+  tcp-throughput  stream writes to a sink target, Gbit/s
+  tcp-connect     connect, --size bytes each way, close; connections/s and latency
+  tcp-rr          --size bytes each way on persistent connections; requests/s and latency
+  udp-rr          a datagram and its reply; requests/s and latency
+  udp-pps         datagrams as fast as they go; sent and replied per second
+  idle-conns      hold --connections connections; memory per connection of --pid
+
+With --rate the load is open-loop: requests are due on a fixed schedule and
+latency counts from when each was due (coordinated omission corrected).
+Every run is bounded by --duration (after --warmup) and --max-ops.
+"l4lb bench target" runs echo, sink and rr targets to load.`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) != 2 {
+				return usageError{fmt.Errorf("want a scenario (%s) and an address", strings.Join(names, ", "))}
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s := bench.Scenario(args[0])
+			known := false
+			for _, k := range bench.Scenarios {
+				known = known || k == s
+			}
+			if !known {
+				return usageError{fmt.Errorf("no scenario %q; one of %s", args[0], strings.Join(names, ", "))}
+			}
+			if output != "table" && output != "json" {
+				return usageError{fmt.Errorf("-o %q: table or json", output)}
+			}
+			if s == bench.IdleConns && o.PID <= 0 {
+				return usageError{fmt.Errorf("idle-conns needs --pid, the process whose memory to read")}
+			}
+			o.Addr = args[1]
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			done := showProgress(cmd.ErrOrStderr(), s, &o)
+			res, err := bench.Run(ctx, s, o)
+			done()
+			if err != nil {
+				return err
+			}
+			if output == "json" {
+				return bench.WriteJSON(cmd.OutOrStdout(), res)
+			}
+			return bench.WriteTable(cmd.OutOrStdout(), res)
+		},
+	}
+	f := cmd.Flags()
+	f.DurationVar(&o.Duration, "duration", 10*time.Second, "measured time")
+	f.DurationVar(&o.Warmup, "warmup", time.Second, "load before measuring, not counted (0s: none)")
+	f.IntVar(&o.Connections, "connections", 16, "concurrent connections or sockets (idle-conns: how many to hold)")
+	f.Float64Var(&o.Rate, "rate", 0, "requests per second over all connections, open-loop (0: as fast as replies come)")
+	f.IntVar(&o.Size, "size", 0, "payload bytes (default 64; tcp-throughput 131072)")
+	f.Int64Var(&o.MaxOps, "max-ops", 100_000_000, "stop after this many operations")
+	f.IntVar(&o.PID, "pid", 0, "idle-conns: the process whose resident memory is read")
+	f.DurationVar(&o.Settle, "settle", 5*time.Second, "idle-conns: wait before reading memory")
+	f.StringVarP(&output, "output", "o", "table", "table or json")
+	cmd.PreRun = func(cmd *cobra.Command, _ []string) {
+		if !cmd.Flags().Changed("warmup") {
+			return
+		}
+		if o.Warmup == 0 {
+			o.Warmup = -1 // asked for none
+		}
+	}
+	cmd.AddCommand(newBenchTarget())
+	return cmd
+}
+
+// showProgress shows a run's progress on w: a bar with the live rate and
+// errors on a terminal, a plain line a second otherwise. It returns the
+// function that ends the display.
+func showProgress(w io.Writer, s bench.Scenario, o *bench.Options) func() {
+	if f, ok := w.(*os.File); ok && isTerminal(f) {
+		total := o.Duration
+		if s == bench.IdleConns {
+			bar := progressbar.NewOptions(o.Connections, progressbar.OptionSetWriter(w), progressbar.OptionSetDescription("connections"),
+				progressbar.OptionShowCount(), progressbar.OptionClearOnFinish())
+			o.Progress = func(p bench.Progress) { bar.Set64(p.Ops) }
+			return func() { bar.Finish() }
+		}
+		bar := progressbar.NewOptions64(int64(total/time.Second), progressbar.OptionSetWriter(w), progressbar.OptionSetDescription(string(s)),
+			progressbar.OptionClearOnFinish(), progressbar.OptionSetPredictTime(false))
+		o.Progress = func(p bench.Progress) {
+			bar.Describe(fmt.Sprintf("%s  %.0f/s  %d errors", s, p.Rate, p.Errors))
+			bar.Set64(int64(p.Elapsed / time.Second))
+		}
+		return func() { bar.Finish() }
+	}
+	o.Progress = func(p bench.Progress) {
+		fmt.Fprintf(w, "%s: %v/%v %d ops, %.0f/s, %d errors\n", s, p.Elapsed.Round(time.Second), p.Total, p.Ops, p.Rate, p.Errors)
+	}
+	return func() {}
+}
+
+func isTerminal(f *os.File) bool {
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+func newBenchTarget() *cobra.Command {
+	var listen string
+	var size int
+	cmd := &cobra.Command{
+		Use:   "target echo|sink|rr --listen tcp://IP:PORT|udp://IP:PORT",
+		Short: "Run a load target: echo, sink (answers the byte count at EOF) or rr (answers each read with --size bytes)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if listen == "" {
+				return usageError{fmt.Errorf("--listen is required")}
+			}
+			network, addr, err := bench.ParseListen(listen)
+			if err != nil {
+				return usageError{err}
+			}
+			t, err := bench.StartTarget(args[0], network, addr, size)
+			if err != nil {
+				return usageError{err}
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s target on %s://%s\n", args[0], network, t.Addr)
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			<-ctx.Done()
+			return t.Close()
+		},
+	}
+	cmd.Flags().StringVar(&listen, "listen", "", "tcp://IP:PORT or udp://IP:PORT")
+	cmd.Flags().IntVar(&size, "size", 64, "rr: bytes in each answer")
+	return cmd
+}
