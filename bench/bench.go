@@ -53,6 +53,9 @@ type Options struct {
 	// During, if set, runs at half the measured time (a failure scenario);
 	// its error ends the run.
 	During func(context.Context) error
+	// NoVerify skips comparing each reply with its request (for targets
+	// that do not echo, such as rr); only lengths are checked then.
+	NoVerify bool
 }
 
 // Progress is a run's state while it goes.
@@ -76,7 +79,16 @@ type Result struct {
 	Gbps        float64       `json:"gbps,omitempty"`
 	Sent        int64         `json:"sent,omitempty"`     // udp-pps: datagrams sent
 	Received    int64         `json:"received,omitempty"` // udp-pps: replies
-	Errors      int64         `json:"errors"`             // failed connects, resets, timeouts, short replies
+	Errors      int64         `json:"errors"`             // all of the below, and other failures
+	// FailedConnects are connects that failed; Resets, exchanges that
+	// ended in a reset; Broken, replies that did not match their request
+	// (checksummed), came short, or timed out.
+	FailedConnects int64 `json:"failed_connects"`
+	Resets         int64 `json:"resets"`
+	Broken         int64 `json:"broken"`
+	// RecoverySeconds, with a failure scenario: from its start to the last
+	// error after it (0: none after it).
+	RecoverySeconds float64 `json:"recovery_seconds,omitempty"`
 	Latency     *Latency      `json:"latency_us,omitempty"`
 	// idle-conns
 	Held         int     `json:"held,omitempty"`

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"net"
 	"os"
 	"strings"
@@ -177,5 +178,61 @@ func TestBadInput(t *testing.T) {
 	ln.Close()
 	if _, err := Run(context.Background(), TCPRR, Options{Addr: addr, Duration: 200 * time.Millisecond, Warmup: -1, Connections: 1}); err == nil {
 		t.Error("a run against a closed port reported no error")
+	}
+}
+
+// A failure scenario's effects are told apart: a target that resets every
+// connection for 50 ms (the failure) shows as resets, not failed connects,
+// with the time to recover; one that answers wrong bytes shows as broken.
+func TestFailureAccounting(t *testing.T) {
+	var reset, garble atomic.Bool
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 64)
+				for {
+					if _, err := io.ReadFull(c, buf); err != nil {
+						return
+					}
+					if reset.Load() {
+						c.(*net.TCPConn).SetLinger(0)
+						return
+					}
+					if garble.Load() {
+						buf[0] ^= 0xff
+					}
+					c.Write(buf)
+				}
+			}()
+		}
+	}()
+	o := Options{Addr: ln.Addr().String(), Duration: 1200 * time.Millisecond, Warmup: -1, Connections: 4,
+		During: func(context.Context) error { reset.Store(true); time.Sleep(50 * time.Millisecond); reset.Store(false); return nil }}
+	r, err := Run(context.Background(), TCPRR, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Resets == 0 || r.FailedConnects != 0 || r.RecoverySeconds <= 0 || r.RecoverySeconds > 0.6 || r.DuringResult != "done" {
+		t.Fatalf("after resetting every connection once: %+v", r)
+	}
+	garble.Store(true)
+	o.During = nil
+	o.Duration = 300 * time.Millisecond
+	r, err = Run(context.Background(), TCPRR, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Broken == 0 || r.Ops != 0 {
+		t.Fatalf("replies that differ from their requests: %+v", r)
 	}
 }

@@ -53,8 +53,11 @@ func WriteTable(w io.Writer, rs ...*Result) error {
 			row("latency mean / max", "%s / %s", us(l.Mean), us(l.Max))
 		}
 		row("errors", "%d", r.Errors)
+		if r.Errors > 0 || r.DuringResult != "" {
+			row("failed connects / resets / broken", "%d / %d / %d", r.FailedConnects, r.Resets, r.Broken)
+		}
 		if r.DuringResult != "" {
-			row("failure scenario", "%s", r.DuringResult)
+			row("failure scenario", "%s; recovered %.2f s after it started", r.DuringResult, r.RecoverySeconds)
 		}
 	}
 	return tw.Flush()

@@ -2,7 +2,11 @@ package bench
 
 import (
 	"context"
+	"errors"
+	"io"
+	"os"
 	"sync"
+	"syscall"
 	"sync/atomic"
 	"time"
 
@@ -19,6 +23,9 @@ type run struct {
 	start, end time.Time // the measured window
 	ops, errs  atomic.Int64
 	bytes      atomic.Int64
+	kinds      [failKinds]atomic.Int64
+	eventAt    atomic.Int64 // unix ns when the failure scenario started
+	lastErrAt  atomic.Int64 // unix ns of the last error after it
 	mu         sync.Mutex
 	hist       *hdrhistogram.Histogram // merged from the workers'
 	during     chan string             // the failure scenario's outcome
@@ -60,10 +67,42 @@ func (r *run) done(t time.Time, h *hdrhistogram.Histogram, latency time.Duration
 	}
 }
 
-// failed counts an error at t.
-func (r *run) failed(t time.Time) {
-	if r.measuring(t) {
-		r.errs.Add(1)
+// Kinds of failure.
+const (
+	failOther = iota
+	failConnect
+	failReset
+	failBroken
+	failKinds
+)
+
+// classify says what kind of failure err is.
+func classify(err error) int {
+	switch {
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE), errors.Is(err, syscall.ECONNABORTED):
+		return failReset
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, errMismatch):
+		return failBroken
+	}
+	return failOther
+}
+
+var errMismatch = errors.New("bench: the reply differs from the request")
+
+// failed counts an error of kind at t, inside the window.
+func (r *run) failed(t time.Time, kind int) {
+	if !r.measuring(t) {
+		return
+	}
+	r.errs.Add(1)
+	r.kinds[kind].Add(1)
+	if ev := r.eventAt.Load(); ev != 0 && t.UnixNano() > ev {
+		for {
+			last := r.lastErrAt.Load()
+			if t.UnixNano() <= last || r.lastErrAt.CompareAndSwap(last, t.UnixNano()) {
+				break
+			}
+		}
 	}
 }
 
@@ -91,6 +130,7 @@ func (r *run) watch() {
 		case <-r.ctx.Done():
 			return
 		case <-mid.C:
+			r.eventAt.Store(time.Now().UnixNano())
 			go func() {
 				if err := r.o.During(r.ctx); err != nil {
 					r.during <- "failed: " + err.Error()
@@ -124,6 +164,10 @@ func (r *run) finish(res *Result, latency bool) *Result {
 	<-r.watchDone
 	res.Duration = max(end.Sub(r.start), time.Millisecond)
 	res.Ops, res.Errors, res.Bytes = r.ops.Load(), r.errs.Load(), r.bytes.Load()
+	res.FailedConnects, res.Resets, res.Broken = r.kinds[failConnect].Load(), r.kinds[failReset].Load(), r.kinds[failBroken].Load()
+	if ev, last := r.eventAt.Load(), r.lastErrAt.Load(); ev != 0 && last > ev {
+		res.RecoverySeconds = time.Duration(last - ev).Seconds()
+	}
 	select {
 	case d := <-r.during:
 		res.DuringResult = d

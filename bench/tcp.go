@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -29,7 +30,7 @@ func tcpThroughput(ctx context.Context, o Options) (*Result, error) {
 			defer wg.Done()
 			c, err := dialer.DialContext(r.ctx, "tcp", o.Addr)
 			if err != nil {
-				r.failed(time.Now())
+				r.failed(time.Now(), failConnect)
 				once.Do(func() { firstErr = err })
 				return
 			}
@@ -44,7 +45,7 @@ func tcpThroughput(ctx context.Context, o Options) (*Result, error) {
 					r.bytes.Add(int64(n))
 				}
 				if err != nil {
-					r.failed(time.Now())
+					r.failed(time.Now(), classify(err))
 					return
 				}
 				r.done(time.Now(), nil, 0)
@@ -54,8 +55,10 @@ func tcpThroughput(ctx context.Context, o Options) (*Result, error) {
 			c.(*net.TCPConn).CloseWrite()
 			c.SetReadDeadline(time.Now().Add(ioTimeout))
 			var ack [8]byte
-			if _, err := io.ReadFull(c, ack[:]); err != nil || int64(binary.BigEndian.Uint64(ack[:])) != sent {
-				r.errs.Add(1)
+			if _, err := io.ReadFull(c, ack[:]); err != nil {
+				r.failed(r.end, classify(err))
+			} else if int64(binary.BigEndian.Uint64(ack[:])) != sent {
+				r.failed(r.end, failBroken)
 			}
 		}()
 	}
@@ -80,14 +83,14 @@ func tcpConnect(ctx context.Context, o Options) (*Result, error) {
 			h := newHist()
 			defer r.merge(h)
 			p := newPacer(o)
-			buf := make([]byte, o.Size)
+			ex := newExchange(o)
 			for {
 				due, ok := p.wait(r)
 				if !ok {
 					return
 				}
-				if err := connectOnce(r, buf); err != nil {
-					r.failed(time.Now())
+				if kind, err := connectOnce(r, ex); err != nil {
+					r.failed(time.Now(), kind)
 					continue
 				}
 				now := time.Now()
@@ -99,21 +102,57 @@ func tcpConnect(ctx context.Context, o Options) (*Result, error) {
 	return r.finish(&Result{}, true), nil
 }
 
-func connectOnce(r *run, buf []byte) error {
+func connectOnce(r *run, ex *exchange) (kind int, err error) {
 	c, err := dialer.DialContext(r.ctx, "tcp", r.o.Addr)
 	if err != nil {
-		return err
+		return failConnect, err
 	}
 	defer func() {
 		c.(*net.TCPConn).SetLinger(0)
 		c.Close()
 	}()
+	if err := ex.do(c); err != nil {
+		return classify(err), err
+	}
+	return 0, nil
+}
+
+// exchange is one request and its reply: the request carries a sequence
+// number and a pattern, so a reply from the wrong flow, or mangled, is told
+// apart from the right one.
+type exchange struct {
+	req, resp []byte
+	seq       uint64
+	verify    bool
+}
+
+func newExchange(o Options) *exchange {
+	return &exchange{req: make([]byte, o.Size), resp: make([]byte, o.Size), verify: !o.NoVerify}
+}
+
+// fill writes the next request.
+func (e *exchange) fill() {
+	e.seq++
+	if e.verify {
+		for i := range e.req {
+			e.req[i] = byte(e.seq>>(8*(i%8))) ^ byte(i)
+		}
+	}
+}
+
+func (e *exchange) do(c net.Conn) error {
+	e.fill()
 	c.SetDeadline(time.Now().Add(ioTimeout))
-	if _, err := c.Write(buf); err != nil {
+	if _, err := c.Write(e.req); err != nil {
 		return err
 	}
-	_, err = io.ReadFull(c, buf)
-	return err
+	if _, err := io.ReadFull(c, e.resp); err != nil {
+		return err
+	}
+	if e.verify && !bytes.Equal(e.req, e.resp) {
+		return errMismatch
+	}
+	return nil
 }
 
 // tcpRR sends Size bytes and reads Size bytes back, on persistent
@@ -136,7 +175,7 @@ func tcpRR(ctx context.Context, o Options) (*Result, error) {
 				}
 			}()
 			p := newPacer(o)
-			buf := make([]byte, o.Size)
+			ex := newExchange(o)
 			for {
 				due, ok := p.wait(r)
 				if !ok {
@@ -146,19 +185,14 @@ func tcpRR(ctx context.Context, o Options) (*Result, error) {
 					var err error
 					if c, err = dialer.DialContext(r.ctx, "tcp", o.Addr); err != nil {
 						once.Do(func() { firstErr = err })
-						r.failed(time.Now())
+						r.failed(time.Now(), failConnect)
 						time.Sleep(10 * time.Millisecond)
 						continue
 					}
 				}
-				c.SetDeadline(time.Now().Add(ioTimeout))
-				_, err := c.Write(buf)
-				if err == nil {
-					_, err = io.ReadFull(c, buf)
-				}
-				if err != nil {
+				if err := ex.do(c); err != nil {
 					// A broken connection is counted and replaced.
-					r.failed(time.Now())
+					r.failed(time.Now(), classify(err))
 					c.Close()
 					c = nil
 					continue

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -32,7 +33,7 @@ func udpRR(ctx context.Context, o Options) (*Result, error) {
 				}
 			}()
 			p := newPacer(o)
-			buf := make([]byte, o.Size)
+			ex := newExchange(o)
 			in := make([]byte, 65536)
 			for {
 				due, ok := p.wait(r)
@@ -43,18 +44,23 @@ func udpRR(ctx context.Context, o Options) (*Result, error) {
 					var err error
 					if c, err = net.Dial("udp", o.Addr); err != nil {
 						once.Do(func() { firstErr = err })
-						r.failed(time.Now())
+						r.failed(time.Now(), failConnect)
 						time.Sleep(10 * time.Millisecond)
 						continue
 					}
 				}
+				ex.fill()
 				c.SetDeadline(time.Now().Add(time.Second))
-				_, err := c.Write(buf)
+				_, err := c.Write(ex.req)
 				if err == nil {
-					_, err = c.Read(in)
+					var n int
+					n, err = c.Read(in)
+					if err == nil && (n != len(ex.req) || ex.verify && !bytes.Equal(in[:n], ex.req)) {
+						err = errMismatch
+					}
 				}
 				if err != nil {
-					r.failed(time.Now())
+					r.failed(time.Now(), classify(err))
 					c.Close()
 					c = nil
 					continue
@@ -117,7 +123,7 @@ func udpPPS(ctx context.Context, o Options) (*Result, error) {
 				_, err := c.Write(buf)
 				now := time.Now()
 				if err != nil {
-					r.failed(now)
+					r.failed(now, failOther)
 					continue
 				}
 				if r.measuring(now) {

@@ -19,6 +19,7 @@ import (
 func newBench() *cobra.Command {
 	var o bench.Options
 	var output string
+	var during duringFlags
 	names := make([]string, len(bench.Scenarios))
 	for i, s := range bench.Scenarios {
 		names[i] = string(s)
@@ -34,6 +35,11 @@ func newBench() *cobra.Command {
   udp-rr          a datagram and its reply; requests/s and latency
   udp-pps         datagrams as fast as they go; sent and replied per second
   idle-conns      hold --connections connections; memory per connection of --pid
+
+With --during, a failure happens at half the run (kill-target, deregister,
+reload, upgrade, health-flap), and the report tells failed connects, resets,
+broken exchanges (replies are checksummed against their requests) and the
+time from the failure to the last error.
 
 With --rate the load is open-loop: requests are due on a fixed schedule and
 latency counts from when each was due (coordinated omission corrected).
@@ -61,6 +67,11 @@ Every run is bounded by --duration (after --warmup) and --max-ops.
 				return usageError{fmt.Errorf("idle-conns needs --pid, the process whose memory to read")}
 			}
 			o.Addr = args[1]
+			d, err := during.build()
+			if err != nil {
+				return err
+			}
+			o.During = d
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			done := showProgress(cmd.ErrOrStderr(), s, &o)
@@ -85,6 +96,8 @@ Every run is bounded by --duration (after --warmup) and --max-ops.
 	f.IntVar(&o.PID, "pid", 0, "idle-conns: the process whose resident memory is read")
 	f.DurationVar(&o.Settle, "settle", 5*time.Second, "idle-conns: wait before reading memory")
 	f.StringVarP(&output, "output", "o", "table", "table or json")
+	f.BoolVar(&o.NoVerify, "no-verify", false, "do not compare replies with requests (targets that do not echo)")
+	during.add(cmd)
 	cmd.PreRun = func(cmd *cobra.Command, _ []string) {
 		if !cmd.Flags().Changed("warmup") {
 			return

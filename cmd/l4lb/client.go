@@ -34,25 +34,31 @@ func addClientFlags(cmd *cobra.Command, c *adminClient) {
 		if c.output != "table" && c.output != "json" {
 			return usageError{fmt.Errorf("--output: %q is not table or json", c.output)}
 		}
-		if !strings.Contains(c.base, "://") {
-			c.base = "http://" + c.base
-		}
-		c.base = strings.TrimRight(c.base, "/")
-		if *tokenFile != "" {
-			b, err := os.ReadFile(*tokenFile)
-			if err != nil {
-				return usageError{fmt.Errorf("--token-file: %w", err)}
-			}
-			c.token = strings.TrimSpace(string(b))
-		}
-		// One request per command, on a connection of its own: an idle
-		// one kept from before could belong to a process that an upgrade
-		// has just retired, and a POST on it would fail.
-		tr := http.DefaultTransport.(*http.Transport).Clone()
-		tr.DisableKeepAlives = true
-		c.http = &http.Client{Timeout: 10 * time.Second, Transport: tr}
-		return nil
+		return c.init(*tokenFile)
 	}
+}
+
+// init readies the client: the base URL's scheme, the token, and an HTTP
+// client.
+func (c *adminClient) init(tokenFile string) error {
+	if !strings.Contains(c.base, "://") {
+		c.base = "http://" + c.base
+	}
+	c.base = strings.TrimRight(c.base, "/")
+	if tokenFile != "" {
+		b, err := os.ReadFile(tokenFile)
+		if err != nil {
+			return usageError{fmt.Errorf("--token-file: %w", err)}
+		}
+		c.token = strings.TrimSpace(string(b))
+	}
+	// One request per command, on a connection of its own: an idle one
+	// kept from before could belong to a process that an upgrade has just
+	// retired, and a POST on it would fail.
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.DisableKeepAlives = true
+	c.http = &http.Client{Timeout: 10 * time.Second, Transport: tr}
+	return nil
 }
 
 // do sends a request and decodes a 2xx JSON answer into out; other answers
