@@ -88,8 +88,8 @@ type Result struct {
 	Broken         int64 `json:"broken"`
 	// RecoverySeconds, with a failure scenario: from its start to the last
 	// error after it (0: none after it).
-	RecoverySeconds float64 `json:"recovery_seconds,omitempty"`
-	Latency     *Latency      `json:"latency_us,omitempty"`
+	RecoverySeconds float64  `json:"recovery_seconds,omitempty"`
+	Latency         *Latency `json:"latency_us,omitempty"`
 	// idle-conns
 	Held         int     `json:"held,omitempty"`
 	RSSBeforeKB  int64   `json:"rss_before_kb,omitempty"`

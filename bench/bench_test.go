@@ -217,7 +217,12 @@ func TestFailureAccounting(t *testing.T) {
 		}
 	}()
 	o := Options{Addr: ln.Addr().String(), Duration: 1200 * time.Millisecond, Warmup: -1, Connections: 4,
-		During: func(context.Context) error { reset.Store(true); time.Sleep(50 * time.Millisecond); reset.Store(false); return nil }}
+		During: func(context.Context) error {
+			reset.Store(true)
+			time.Sleep(50 * time.Millisecond)
+			reset.Store(false)
+			return nil
+		}}
 	r, err := Run(context.Background(), TCPRR, o)
 	if err != nil {
 		t.Fatal(err)
