@@ -3,7 +3,7 @@ BIN     := bin/l4lb
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build run test deps lint bench fuzz clean generate check-generated
+.PHONY: all build run test deps lint bench bench-compare fuzz clean generate check-generated
 
 all: build
 
@@ -63,6 +63,12 @@ lint:
 ## bench: the bundled benchmark: l4lb against HAProxy and a direct connection
 bench: deps build
 	$(GO) run ./benchmarks/cmd/l4lb-bench -l4lb $(BIN)
+
+## bench-compare: l4lb bench's scenarios against direct, HAProxy, nginx,
+## nftables and l4lb's socket and kernel paths; table, JSON and plots in
+## benchmarks/results (see benchmarks/README.md)
+bench-compare: deps build
+	$(GO) run ./benchmarks/cmd/l4lb-bench -l4lb $(BIN) -compare benchmarks/results
 
 fuzz:
 	@$(call fuzz-each,6)

@@ -51,7 +51,17 @@ func main() {
 	only := flag.String("contenders", "direct,haproxy,nginx,nftables,l4lb,l4lb-kernel,l4lb+programs", "TCP contenders to run")
 	tlsBulkBytes := flag.Int64("tls-bulk-bytes", 1<<30, "bytes sent through one terminated TLS connection")
 	adminAddr := flag.String("l4lb-admin", "off", "admin address of the l4lb under test (for profiling)")
+	compareDir := flag.String("compare", "", "run the comparison (l4lb bench's scenarios against every contender) and write its JSON and plots here")
+	rounds := flag.Int("rounds", 3, "comparison: rounds per figure (the median is reported)")
 	flag.Parse()
+	if *compareDir != "" {
+		o := compareOptions{out: *compareDir, rounds: *rounds, duration: *dur, connections: *conns, only: *only}
+		if err := compare(tcpContenders(*bin, *haproxy, *nginx, *adminAddr), o, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "l4lb-bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	run := func(name string) bool { return strings.Contains(","+*tests+",", ","+name+",") }
 	if run("udp") {
 		if err := udpBench(*bin, *dur, 4); err != nil {
@@ -80,23 +90,7 @@ func main() {
 	dir, _ := os.MkdirTemp("", "l4lb-bench")
 	defer os.RemoveAll(dir)
 
-	all := []contender{
-		{"direct", "direct", func(e, s, d string) (string, []int, func(), error) { return "", nil, func() {}, nil }},
-		{"haproxy", "proxy", func(e, s, d string) (string, []int, func(), error) { return startHAProxy(*haproxy, e, s, d) }},
-		{"nginx", "proxy", func(e, s, d string) (string, []int, func(), error) { return startNginx(*nginx, e, s, d) }},
-		{"nftables", "kernel", startNftables},
-		{"l4lb", "proxy", func(e, s, d string) (string, []int, func(), error) {
-			return startL4LB(*bin, e, s, d, *adminAddr, modeSocket)
-		}},
-		{"l4lb-kernel", "kernel", func(e, s, d string) (string, []int, func(), error) {
-			return startL4LB(*bin, e, s, d, *adminAddr, modeKernel)
-		}},
-		// The socket path while the kernel programs (TCP and UDP) run on
-		// lo for other listeners: what they cost unrelated traffic.
-		{"l4lb+programs", "proxy", func(e, s, d string) (string, []int, func(), error) {
-			return startL4LB(*bin, e, s, d, *adminAddr, modeSocketBesideKernel)
-		}},
-	}
+	all := tcpContenders(*bin, *haproxy, *nginx, *adminAddr)
 	var names []string
 	results := map[string]result{}
 	for _, c := range all {
@@ -139,6 +133,28 @@ func main() {
 		fmt.Fprintf(os.Stderr, "%-12s done\n", c.name)
 	}
 	report(names, results)
+}
+
+// tcpContenders are the ways to reach the echo and sink targets that the
+// TCP tests compare.
+func tcpContenders(bin, haproxy, nginx, adminAddr string) []contender {
+	return []contender{
+		{"direct", "direct", func(e, s, d string) (string, []int, func(), error) { return "", nil, func() {}, nil }},
+		{"haproxy", "proxy", func(e, s, d string) (string, []int, func(), error) { return startHAProxy(haproxy, e, s, d) }},
+		{"nginx", "proxy", func(e, s, d string) (string, []int, func(), error) { return startNginx(nginx, e, s, d) }},
+		{"nftables", "kernel", startNftables},
+		{"l4lb", "proxy", func(e, s, d string) (string, []int, func(), error) {
+			return startL4LB(bin, e, s, d, adminAddr, modeSocket)
+		}},
+		{"l4lb-kernel", "kernel", func(e, s, d string) (string, []int, func(), error) {
+			return startL4LB(bin, e, s, d, adminAddr, modeKernel)
+		}},
+		// The socket path while the kernel programs (TCP and UDP) run on
+		// lo for other listeners: what they cost unrelated traffic.
+		{"l4lb+programs", "proxy", func(e, s, d string) (string, []int, func(), error) {
+			return startL4LB(bin, e, s, d, adminAddr, modeSocketBesideKernel)
+		}},
+	}
 }
 
 // report prints every figure, each contender's ratio to direct, and l4lb's
