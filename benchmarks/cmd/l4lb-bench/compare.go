@@ -146,6 +146,21 @@ func compare(all []contender, o compareOptions, w io.Writer) error {
 	return res.plots(o.out)
 }
 
+// rerender prints the table and writes the plots of a comparison that
+// compare wrote before (its compare.json), into the same directory.
+func rerender(path string, w io.Writer) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var c comparison
+	if err := json.Unmarshal(b, &c); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	c.table(w)
+	return c.plots(filepath.Dir(path))
+}
+
 // medianResult is the round whose rate is the median.
 func medianResult(rs []*bench.Result) *bench.Result {
 	slices.SortFunc(rs, func(a, b *bench.Result) int {
@@ -193,14 +208,15 @@ func (c *comparison) value(name string, m metric) float64 {
 	return 0
 }
 
-// table prints every figure, and the ratios of l4lb's paths to the best
-// peer and to direct.
+// table prints every figure, and the ratios of l4lb's paths to their best
+// peer and to direct: the socket path's peers are the proxies (HAProxy,
+// nginx), the kernel path's every other contender but direct.
 func (c *comparison) table(w io.Writer) {
 	fmt.Fprintf(w, "\n%s\n\n| metric |", c.Note)
 	for _, n := range c.Contenders {
 		fmt.Fprintf(w, " %s |", n)
 	}
-	fmt.Fprintf(w, " l4lb / best peer | l4lb / direct | l4lb-kernel / best peer | l4lb-kernel / direct |\n|---|")
+	fmt.Fprintf(w, " l4lb / best proxy | l4lb / direct | l4lb-kernel / best peer | l4lb-kernel / direct |\n|---|")
 	for range c.Contenders {
 		fmt.Fprint(w, "---|")
 	}
@@ -210,13 +226,17 @@ func (c *comparison) table(w io.Writer) {
 		for _, n := range c.Contenders {
 			fmt.Fprintf(w, " %.1f |", c.value(n, m))
 		}
-		best := 0.0
-		for _, p := range []string{"haproxy", "nginx", "nftables"} {
-			v := c.value(p, m)
-			if v != 0 && (best == 0 || (m.higherBetter && v > best) || (!m.higherBetter && v < best)) {
-				best = v
+		best := func(peers ...string) float64 {
+			b := 0.0
+			for _, p := range peers {
+				v := c.value(p, m)
+				if v != 0 && (b == 0 || (m.higherBetter && v > b) || (!m.higherBetter && v < b)) {
+					b = v
+				}
 			}
+			return b
 		}
+		proxy, peer := best("haproxy", "nginx"), best("haproxy", "nginx", "nftables")
 		ratio := func(a, b float64) string {
 			if a == 0 || b == 0 {
 				return "-"
@@ -224,8 +244,8 @@ func (c *comparison) table(w io.Writer) {
 			return fmt.Sprintf("%.2fx", a/b)
 		}
 		direct := c.value("direct", m)
-		fmt.Fprintf(w, " %s | %s | %s | %s |\n", ratio(c.value("l4lb", m), best), ratio(c.value("l4lb", m), direct),
-			ratio(c.value("l4lb-kernel", m), best), ratio(c.value("l4lb-kernel", m), direct))
+		fmt.Fprintf(w, " %s | %s | %s | %s |\n", ratio(c.value("l4lb", m), proxy), ratio(c.value("l4lb", m), direct),
+			ratio(c.value("l4lb-kernel", m), peer), ratio(c.value("l4lb-kernel", m), direct))
 	}
 	fmt.Fprintln(w, "\nRatios of latencies: lower is better.")
 }

@@ -53,7 +53,15 @@ func main() {
 	adminAddr := flag.String("l4lb-admin", "off", "admin address of the l4lb under test (for profiling)")
 	compareDir := flag.String("compare", "", "run the comparison (l4lb bench's scenarios against every contender) and write its JSON and plots here")
 	rounds := flag.Int("rounds", 3, "comparison: rounds per figure (the median is reported)")
+	from := flag.String("compare-from", "", "print the table and redraw the plots of an earlier comparison's compare.json")
 	flag.Parse()
+	if *from != "" {
+		if err := rerender(*from, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "l4lb-bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *compareDir != "" {
 		o := compareOptions{out: *compareDir, rounds: *rounds, duration: *dur, connections: *conns, only: *only}
 		if err := compare(tcpContenders(*bin, *haproxy, *nginx, *adminAddr), o, os.Stdout); err != nil {
