@@ -241,3 +241,23 @@ func TestFailureAccounting(t *testing.T) {
 		t.Fatalf("replies that differ from their requests: %+v", r)
 	}
 }
+
+// A protocol's own exchange: a fixed request, and a response of a known
+// size (here the rr target's 100 bytes).
+func TestOwnRequest(t *testing.T) {
+	tg, err := StartTarget(TargetRR, "tcp", "127.0.0.1:0", 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tg.Close()
+	for _, s := range []Scenario{TCPRR, TCPConnect} {
+		r, err := Run(context.Background(), s, Options{Addr: tg.Addr.String(), Duration: 300 * time.Millisecond, Warmup: -1, Connections: 2,
+			Request: []byte("PING\r\n"), ResponseSize: 100})
+		if err != nil || r.Ops == 0 || r.Errors != 0 {
+			t.Fatalf("%s: %+v, %v", s, r, err)
+		}
+	}
+	if _, err := Run(context.Background(), TCPRR, Options{Addr: tg.Addr.String(), Request: []byte("x")}); err == nil {
+		t.Fatal("a request of its own without a response size was accepted")
+	}
+}

@@ -127,6 +127,9 @@ type exchange struct {
 }
 
 func newExchange(o Options) *exchange {
+	if len(o.Request) > 0 {
+		return &exchange{req: o.Request, resp: make([]byte, o.ResponseSize)}
+	}
 	return &exchange{req: make([]byte, o.Size), resp: make([]byte, o.Size), verify: !o.NoVerify}
 }
 

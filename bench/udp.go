@@ -55,7 +55,7 @@ func udpRR(ctx context.Context, o Options) (*Result, error) {
 				if err == nil {
 					var n int
 					n, err = c.Read(in)
-					if err == nil && (n != len(ex.req) || ex.verify && !bytes.Equal(in[:n], ex.req)) {
+					if err == nil && (n != len(ex.resp) || ex.verify && !bytes.Equal(in[:n], ex.req)) {
 						err = errMismatch
 					}
 				}

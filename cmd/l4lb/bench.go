@@ -20,6 +20,7 @@ func newBench() *cobra.Command {
 	var o bench.Options
 	var output string
 	var during duringFlags
+	var requestFile string
 	names := make([]string, len(bench.Scenarios))
 	for i, s := range bench.Scenarios {
 		names[i] = string(s)
@@ -67,6 +68,16 @@ Every run is bounded by --duration (after --warmup) and --max-ops.
 				return usageError{fmt.Errorf("idle-conns needs --pid, the process whose memory to read")}
 			}
 			o.Addr = args[1]
+			if requestFile != "" {
+				b, err := os.ReadFile(requestFile)
+				if err != nil {
+					return usageError{fmt.Errorf("--request-file: %w", err)}
+				}
+				if o.ResponseSize <= 0 {
+					return usageError{fmt.Errorf("--request-file needs --response-size")}
+				}
+				o.Request = b
+			}
 			d, err := during.build()
 			if err != nil {
 				return err
@@ -97,6 +108,8 @@ Every run is bounded by --duration (after --warmup) and --max-ops.
 	f.DurationVar(&o.Settle, "settle", 5*time.Second, "idle-conns: wait before reading memory")
 	f.StringVarP(&output, "output", "o", "table", "table or json")
 	f.BoolVar(&o.NoVerify, "no-verify", false, "do not compare replies with requests (targets that do not echo)")
+	f.StringVar(&requestFile, "request-file", "", "send this file as each request (an HTTP request, a Redis PING) instead of --size bytes")
+	f.IntVar(&o.ResponseSize, "response-size", 0, "with --request-file: the bytes of each response")
 	during.add(cmd)
 	cmd.PreRun = func(cmd *cobra.Command, _ []string) {
 		if !cmd.Flags().Changed("warmup") {
