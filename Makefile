@@ -69,6 +69,7 @@ bench: deps build
 ## benchmarks/results (see benchmarks/README.md)
 bench-compare: deps build
 	$(GO) run ./benchmarks/cmd/l4lb-bench -l4lb $(BIN) -compare benchmarks/results
+	$(GO) run ./benchmarks/cmd/l4lb-bench -l4lb $(BIN) -agreement
 
 fuzz:
 	@$(call fuzz-each,6)

@@ -54,7 +54,15 @@ func main() {
 	compareDir := flag.String("compare", "", "run the comparison (l4lb bench's scenarios against every contender) and write its JSON and plots here")
 	rounds := flag.Int("rounds", 3, "comparison: rounds per figure (the median is reported)")
 	from := flag.String("compare-from", "", "print the table and redraw the plots of an earlier comparison's compare.json")
+	agree := flag.Bool("agreement", false, "check l4lb bench against iperf3, wrk and redis-benchmark on the same paths")
 	flag.Parse()
+	if *agree {
+		if err := agreement(*bin, *nginx, *rounds, *dur, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "l4lb-bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *from != "" {
 		if err := rerender(*from, os.Stdout); err != nil {
 			fmt.Fprintln(os.Stderr, "l4lb-bench:", err)
