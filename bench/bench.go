@@ -97,12 +97,23 @@ type Result struct {
 	// error after it (0: none after it).
 	RecoverySeconds float64  `json:"recovery_seconds,omitempty"`
 	Latency         *Latency `json:"latency_us,omitempty"`
+	// Timeline is the rate of each second of the window; Percentiles the
+	// latency distribution, for plots.
+	Timeline    []float64         `json:"timeline,omitempty"`
+	Percentiles []PercentilePoint `json:"percentiles,omitempty"`
 	// idle-conns
 	Held         int     `json:"held,omitempty"`
 	RSSBeforeKB  int64   `json:"rss_before_kb,omitempty"`
 	RSSAfterKB   int64   `json:"rss_after_kb,omitempty"`
 	KBPerConn    float64 `json:"kb_per_conn,omitempty"`
 	DuringResult string  `json:"during,omitempty"`
+}
+
+// PercentilePoint is one point of the latency distribution: the latency,
+// in microseconds, that Percentile per cent of requests stayed within.
+type PercentilePoint struct {
+	Percentile float64 `json:"percentile"`
+	Micros     float64 `json:"us"`
 }
 
 // Latency percentiles, in microseconds.

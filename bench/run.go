@@ -29,6 +29,7 @@ type run struct {
 	mu         sync.Mutex
 	hist       *hdrhistogram.Histogram // merged from the workers'
 	during     chan string             // the failure scenario's outcome
+	timeline   []float64               // ops per second of the window, by the watcher
 	watchDone  chan struct{}
 }
 
@@ -125,6 +126,7 @@ func (r *run) watch() {
 		mid.Stop()
 	}
 	last, lastT := int64(0), time.Now()
+	lastOps := int64(0) // at the previous tick inside the window
 	for {
 		select {
 		case <-r.ctx.Done():
@@ -140,6 +142,14 @@ func (r *run) watch() {
 				r.during <- "done"
 			}()
 		case now := <-tick.C:
+			// A tick within half a second of the window's start would
+			// record a sliver of a second: the first second then runs to
+			// the next tick.
+			if now.After(r.start.Add(500 * time.Millisecond)) {
+				ops := r.ops.Load()
+				r.timeline = append(r.timeline, float64(ops-lastOps))
+				lastOps = ops
+			}
 			if r.o.Progress != nil {
 				ops := r.ops.Load()
 				elapsed := max(now.Sub(r.start), 0)
@@ -176,8 +186,12 @@ func (r *run) finish(res *Result, latency bool) *Result {
 			res.DuringResult = "did not run"
 		}
 	}
+	res.Timeline = r.timeline
 	if latency && r.hist.TotalCount() > 0 {
 		h := r.hist
+		for _, q := range []float64{0, 50, 75, 90, 95, 99, 99.5, 99.9, 99.95, 99.99, 100} {
+			res.Percentiles = append(res.Percentiles, PercentilePoint{q, float64(h.ValueAtQuantile(q))})
+		}
 		res.Latency = &Latency{
 			P50: float64(h.ValueAtQuantile(50)), P90: float64(h.ValueAtQuantile(90)),
 			P99: float64(h.ValueAtQuantile(99)), P999: float64(h.ValueAtQuantile(99.9)),

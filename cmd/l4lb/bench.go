@@ -20,7 +20,7 @@ func newBench() *cobra.Command {
 	var o bench.Options
 	var output string
 	var during duringFlags
-	var requestFile string
+	var requestFile, plotFile string
 	names := make([]string, len(bench.Scenarios))
 	for i, s := range bench.Scenarios {
 		names[i] = string(s)
@@ -91,6 +91,19 @@ Every run is bounded by --duration (after --warmup) and --max-ops.
 			if err != nil {
 				return err
 			}
+			if plotFile != "" {
+				f, err := os.Create(plotFile)
+				if err != nil {
+					return err
+				}
+				err = bench.WriteSVG(f, res)
+				if cerr := f.Close(); err == nil {
+					err = cerr
+				}
+				if err != nil {
+					return err
+				}
+			}
 			if output == "json" {
 				return bench.WriteJSON(cmd.OutOrStdout(), res)
 			}
@@ -110,6 +123,7 @@ Every run is bounded by --duration (after --warmup) and --max-ops.
 	f.BoolVar(&o.NoVerify, "no-verify", false, "do not compare replies with requests (targets that do not echo)")
 	f.StringVar(&requestFile, "request-file", "", "send this file as each request (an HTTP request, a Redis PING) instead of --size bytes")
 	f.IntVar(&o.ResponseSize, "response-size", 0, "with --request-file: the bytes of each response")
+	f.StringVar(&plotFile, "plot", "", "also draw the run as SVG in this file: the rate each second, and latency by percentile")
 	during.add(cmd)
 	cmd.PreRun = func(cmd *cobra.Command, _ []string) {
 		if !cmd.Flags().Changed("warmup") {

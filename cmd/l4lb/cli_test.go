@@ -80,7 +80,8 @@ func TestBenchCLI(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tg.Close()
-	code, out, errs := runCLI("bench", "tcp-rr", tg.Addr.String(), "--duration", "1200ms", "--warmup", "0s", "--connections", "2", "-o", "json")
+	plot := filepath.Join(t.TempDir(), "run.svg")
+	code, out, errs := runCLI("bench", "tcp-rr", tg.Addr.String(), "--duration", "2200ms", "--warmup", "0s", "--connections", "2", "-o", "json", "--plot", plot)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errs)
 	}
@@ -90,6 +91,12 @@ func TestBenchCLI(t *testing.T) {
 	}
 	if !strings.Contains(errs, "tcp-rr:") {
 		t.Errorf("no progress lines on a non-terminal stderr: %q", errs)
+	}
+	if len(rs[0].Timeline) < 2 || len(rs[0].Percentiles) == 0 {
+		t.Errorf("no timeline or percentiles to plot: %+v", rs[0])
+	}
+	if svg, err := os.ReadFile(plot); err != nil || !strings.Contains(string(svg), "<polyline") || !strings.HasPrefix(string(svg), "<svg") {
+		t.Errorf("the plot: %v\n%.300s", err, svg)
 	}
 	for _, args := range [][]string{
 		{"bench", "tcp-nothing", "127.0.0.1:1"},
