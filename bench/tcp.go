@@ -124,6 +124,7 @@ type exchange struct {
 	req, resp []byte
 	seq       uint64
 	verify    bool
+	datagram  bool // UDP: the reply is one datagram, awaited a second
 }
 
 func newExchange(o Options) *exchange {
@@ -145,11 +146,28 @@ func (e *exchange) fill() {
 
 func (e *exchange) do(c net.Conn) error {
 	e.fill()
-	c.SetDeadline(time.Now().Add(ioTimeout))
+	if e.datagram {
+		c.SetDeadline(time.Now().Add(time.Second))
+	} else {
+		c.SetDeadline(time.Now().Add(ioTimeout))
+	}
 	if _, err := c.Write(e.req); err != nil {
 		return err
 	}
-	if _, err := io.ReadFull(c, e.resp); err != nil {
+	if e.datagram {
+		// A reply of another size is wrong, so the buffer has room for
+		// one byte more than the expected size to tell.
+		if cap(e.resp) == len(e.resp) {
+			e.resp = append(e.resp, 0)[:len(e.resp)]
+		}
+		n, err := c.Read(e.resp[:len(e.resp)+1])
+		if err != nil {
+			return err
+		}
+		if n != len(e.resp) {
+			return errMismatch
+		}
+	} else if _, err := io.ReadFull(c, e.resp); err != nil {
 		return err
 	}
 	if e.verify && !bytes.Equal(e.req, e.resp) {
@@ -160,7 +178,13 @@ func (e *exchange) do(c net.Conn) error {
 
 // tcpRR sends Size bytes and reads Size bytes back, on persistent
 // connections.
-func tcpRR(ctx context.Context, o Options) (*Result, error) {
+func tcpRR(ctx context.Context, o Options) (*Result, error) { return persistentRR(ctx, o, "tcp") }
+
+// persistentRR runs request/response on one persistent connection (or
+// connected UDP socket) per worker. A failed exchange is counted, and its
+// connection replaced: over TCP it is broken, over UDP its flow may be
+// gone.
+func persistentRR(ctx context.Context, o Options, network string) (*Result, error) {
 	r := newRun(ctx, o)
 	var wg sync.WaitGroup
 	var firstErr error
@@ -179,6 +203,7 @@ func tcpRR(ctx context.Context, o Options) (*Result, error) {
 			}()
 			p := newPacer(o)
 			ex := newExchange(o)
+			ex.datagram = network == "udp"
 			for {
 				due, ok := p.wait(r)
 				if !ok {
@@ -186,7 +211,7 @@ func tcpRR(ctx context.Context, o Options) (*Result, error) {
 				}
 				if c == nil {
 					var err error
-					if c, err = dialer.DialContext(r.ctx, "tcp", o.Addr); err != nil {
+					if c, err = dialer.DialContext(r.ctx, network, o.Addr); err != nil {
 						once.Do(func() { firstErr = err })
 						r.failed(time.Now(), failConnect)
 						time.Sleep(10 * time.Millisecond)
@@ -194,7 +219,6 @@ func tcpRR(ctx context.Context, o Options) (*Result, error) {
 					}
 				}
 				if err := ex.do(c); err != nil {
-					// A broken connection is counted and replaced.
 					r.failed(time.Now(), classify(err))
 					c.Close()
 					c = nil

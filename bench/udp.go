@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -15,68 +14,7 @@ import (
 // udpRR sends a Size-byte datagram and waits for the reply, on one
 // connected socket per connection; a reply that does not come within a
 // second is an error, and the socket is replaced (its flow may be gone).
-func udpRR(ctx context.Context, o Options) (*Result, error) {
-	r := newRun(ctx, o)
-	var wg sync.WaitGroup
-	var firstErr error
-	var once sync.Once
-	for range o.Connections {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			h := newHist()
-			defer r.merge(h)
-			var c net.Conn
-			defer func() {
-				if c != nil {
-					c.Close()
-				}
-			}()
-			p := newPacer(o)
-			ex := newExchange(o)
-			in := make([]byte, 65536)
-			for {
-				due, ok := p.wait(r)
-				if !ok {
-					return
-				}
-				if c == nil {
-					var err error
-					if c, err = net.Dial("udp", o.Addr); err != nil {
-						once.Do(func() { firstErr = err })
-						r.failed(time.Now(), failConnect)
-						time.Sleep(10 * time.Millisecond)
-						continue
-					}
-				}
-				ex.fill()
-				c.SetDeadline(time.Now().Add(time.Second))
-				_, err := c.Write(ex.req)
-				if err == nil {
-					var n int
-					n, err = c.Read(in)
-					if err == nil && (n != len(ex.resp) || ex.verify && !bytes.Equal(in[:n], ex.req)) {
-						err = errMismatch
-					}
-				}
-				if err != nil {
-					r.failed(time.Now(), classify(err))
-					c.Close()
-					c = nil
-					continue
-				}
-				now := time.Now()
-				r.done(now, h, now.Sub(due))
-			}
-		}()
-	}
-	wg.Wait()
-	res := r.finish(&Result{}, true)
-	if res.Ops == 0 && firstErr != nil {
-		return res, fmt.Errorf("bench: %w", firstErr)
-	}
-	return res, nil
-}
+func udpRR(ctx context.Context, o Options) (*Result, error) { return persistentRR(ctx, o, "udp") }
 
 // udpPPS sends Size-byte datagrams as fast as each socket can (or at
 // Rate in all), and counts the replies an echo target sends back: Sent and

@@ -105,10 +105,7 @@ func NewForwarder(fronts []Front, opts ForwarderOptions) (*Forwarder, error) {
 	if err != nil {
 		return nil, err
 	}
-	proto := "UDP"
-	if p.opts.Protocol == flowhash.ProtoTCP {
-		proto = "TCP"
-	}
+	proto := protoName(p.opts.Protocol)
 	for _, err := range p.Inherited {
 		opts.Log.Warn(proto+" fast path: a flow map handed over by the previous process is not used", zap.Error(err))
 	}
@@ -157,6 +154,24 @@ func NewForwarder(fronts []Front, opts ForwarderOptions) (*Forwarder, error) {
 		opts.Log.Info(proto+" listener forwarded in the kernel", zap.String("listener", f.Name), zap.Stringer("address", f.VIP), zap.Strings("interfaces", ifaces))
 	}
 	return k, nil
+}
+
+// Start runs a Forwarder for fronts, or returns nil: when no front
+// qualifies, or when the kernel cannot run the programs (no BPF, not
+// permitted), which is logged as a warning: the fast path only
+// accelerates, and the fronts stay in user space.
+func Start(fronts []Front, opts ForwarderOptions) *Forwarder {
+	if len(fronts) == 0 {
+		return nil
+	}
+	k, err := NewForwarder(fronts, opts)
+	if err != nil {
+		proto := protoName(opts.Path.Protocol)
+		opts.Log.Warn(proto+" fast path unavailable; "+proto+" stays in user space", zap.Error(err))
+		return nil
+	}
+	go k.Run()
+	return k
 }
 
 // Run keeps the Path up to date until Close.
@@ -300,6 +315,14 @@ func (k *Forwarder) collect() {
 		}
 	}
 	k.resets = now
+}
+
+// protoName names a protocol in logs; 0 is UDP, a Path's default.
+func protoName(p uint8) string {
+	if p == flowhash.ProtoTCP {
+		return "TCP"
+	}
+	return "UDP"
 }
 
 func add(c prometheus.Counter, n uint64) {

@@ -123,3 +123,22 @@ func (r *Route) Lookup(proto uint8, zone string, src, dst netip.AddrPort) (*regi
 	}
 	return g, snap, key
 }
+
+// KernelReason says why a listener address with this route cannot be
+// forwarded by a kernel fast path, or "": the kernel rewrites addresses and
+// nothing else, so it needs a specific address and one target group that
+// keeps the client's address and sends no PROXY header. The data planes add
+// their own protocol's reasons.
+func (r *Route) KernelReason(bind config.BindAddr) string {
+	switch {
+	case bind.IP.IsUnspecified() || bind.IP.Zone() != "":
+		return "the bind address is a wildcard or has a zone"
+	case len(r.Groups) != 1:
+		return "it forwards to weighted target groups"
+	case !r.Groups[0].Config().Attributes.PreserveClientIP:
+		return "its target group does not preserve the client IP (preserve_client_ip.enabled)"
+	case r.Groups[0].Config().Attributes.ProxyProtocolV2:
+		return "its target group sends a PROXY header"
+	}
+	return ""
+}

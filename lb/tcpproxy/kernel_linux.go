@@ -18,10 +18,11 @@ import (
 // or "": the kernel path rewrites addresses and nothing else, so it takes
 // only listeners whose flows need no byte of theirs read or written.
 func kernelEligible(l *listener) string {
-	r := l.route.Load()
+	if why := l.route.Load().KernelReason(l.bindA); why != "" {
+		return why
+	}
+	g := l.route.Load().Groups[0].Config()
 	switch {
-	case l.bindA.IP.IsUnspecified() || l.bindA.IP.Zone() != "":
-		return "the bind address is a wildcard or has a zone"
 	case l.cfg.Protocol == config.TLS:
 		return "it terminates TLS"
 	case len(l.rules) > 0:
@@ -30,13 +31,7 @@ func kernelEligible(l *listener) string {
 		return "it limits connections per source"
 	case len(l.cfg.ProxyProtocolAccept) > 0:
 		return "it reads PROXY headers from upstream (proxy_protocol_accept)"
-	case len(r.Groups) != 1:
-		return "it forwards to weighted target groups"
-	case !r.Groups[0].Config().Attributes.PreserveClientIP:
-		return "its target group does not preserve the client IP (preserve_client_ip.enabled)"
-	case r.Groups[0].Config().Attributes.ProxyProtocolV2:
-		return "its target group sends a PROXY header"
-	case r.Groups[0].Config().Protocol == config.TLS:
+	case g.Protocol == config.TLS:
 		return "its target group is TLS"
 	}
 	return ""
@@ -59,21 +54,14 @@ func (s *Server) startKernelPath() {
 		}
 		fronts = append(fronts, l.kernelFront())
 	}
-	if len(fronts) == 0 {
-		return
-	}
-	k, err := fastpath.NewForwarder(fronts, fastpath.ForwarderOptions{
+	if k := fastpath.Start(fronts, fastpath.ForwarderOptions{
 		Path:       fastpath.Options{Protocol: flowhash.ProtoTCP, MaxFlows: s.cfg.MaxFlows, Inherit: s.opts.Inherit},
 		Interfaces: s.cfg.TCPFastPathInterfaces,
 		Log:        s.log,
 		Passive:    s.reg.PassiveFailure,
-	})
-	if err != nil {
-		s.log.Warn("TCP fast path unavailable; TCP stays in user space", zap.Error(err))
-		return
+	}); k != nil {
+		s.kernel.Store(k)
 	}
-	s.kernel.Store(k)
-	go k.Run()
 }
 
 // kernelFront describes l to the kernel path, with its metrics. Its key is

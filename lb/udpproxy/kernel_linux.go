@@ -12,20 +12,7 @@ import (
 )
 
 // kernelEligible says why a UDP front cannot go to the kernel, or "".
-func kernelEligible(u *udpFront) string {
-	r := u.route.Load()
-	switch {
-	case u.bindA.IP.IsUnspecified() || u.bindA.IP.Zone() != "":
-		return "the bind address is a wildcard or has a zone"
-	case len(r.Groups) != 1:
-		return "it forwards to weighted target groups"
-	case !r.Groups[0].Config().Attributes.PreserveClientIP:
-		return "its target group does not preserve the client IP (preserve_client_ip.enabled)"
-	case r.Groups[0].Config().Attributes.ProxyProtocolV2:
-		return "its target group sends a PROXY header"
-	}
-	return ""
-}
+func kernelEligible(u *udpFront) string { return u.route.Load().KernelReason(u.bindA) }
 
 // startKernelPath hands the qualifying fronts (already bound, so their ports
 // are known) to the kernel fast path (load_balancer.udp_fast_path). A kernel
@@ -43,20 +30,13 @@ func (s *Server) startKernelPath() {
 		}
 		fronts = append(fronts, u.kernelFront())
 	}
-	if len(fronts) == 0 {
-		return
-	}
-	k, err := fastpath.NewForwarder(fronts, fastpath.ForwarderOptions{
+	if k := fastpath.Start(fronts, fastpath.ForwarderOptions{
 		Path:       fastpath.Options{MaxFlows: s.cfg.MaxFlows, Inherit: s.opts.Inherit},
 		Interfaces: s.cfg.UDPFastPathInterfaces,
 		Log:        s.log,
-	})
-	if err != nil {
-		s.log.Warn("UDP fast path unavailable; UDP stays in user space", zap.Error(err))
-		return
+	}); k != nil {
+		s.kernel.Store(k)
 	}
-	s.kernel.Store(k)
-	go k.Run()
 }
 
 // kernelFront describes u to the kernel path, with its metrics.
