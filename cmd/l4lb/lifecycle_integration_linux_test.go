@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/l4lb/l4lb/internal/testpki"
+	"github.com/l4lb/l4lb/bench"
 	"github.com/l4lb/l4lb/pkg/api"
 )
 
@@ -1015,26 +1016,14 @@ target_groups:
 	}
 }
 
-// tcpEchoAt runs a TCP echo target on ip:port for the test.
+// tcpEchoAt runs a TCP echo target at addr for the test.
 func tcpEchoAt(t *testing.T, addr string) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", addr)
+	tg, err := bench.StartTarget(bench.TargetEcho, "tcp", addr, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.Copy(c, c)
-			}()
-		}
-	}()
+	t.Cleanup(func() { tg.Close() })
 	return addr
 }
 
