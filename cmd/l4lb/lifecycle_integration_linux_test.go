@@ -27,8 +27,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/l4lb/l4lb/internal/testpki"
 	"github.com/l4lb/l4lb/bench"
+	"github.com/l4lb/l4lb/internal/testpki"
 	"github.com/l4lb/l4lb/pkg/api"
 )
 
