@@ -28,6 +28,7 @@ type compareOptions struct {
 	duration    time.Duration
 	connections int
 	only        string
+	udp         []udpContender // nil: no UDP comparison
 }
 
 // scenarioRun is one scenario of the comparison, against the echo or the
@@ -46,11 +47,13 @@ var compareScenarios = []scenarioRun{
 
 // comparison is what compare writes as JSON.
 type comparison struct {
+	Protocol   string                                      `json:"protocol"` // tcp or udp
 	Machine    machine                                     `json:"machine"`
 	Rounds     int                                         `json:"rounds"`
 	Note       string                                      `json:"note"`
 	Contenders []string                                    `json:"contenders"`
 	Results    map[string]map[bench.Scenario]*bench.Result `json:"results"` // contender → scenario → median round
+	UDP        *comparison                                 `json:"udp,omitempty"`
 }
 
 type machine struct {
@@ -84,10 +87,11 @@ func compare(all []contender, o compareOptions, w io.Writer) error {
 	defer os.RemoveAll(dir)
 	kernel, _ := exec.Command("uname", "-r").Output()
 	res := comparison{
-		Machine: machine{CPUs: runtime.NumCPU(), Kernel: strings.TrimSpace(string(kernel)), Go: runtime.Version(), Date: time.Now().UTC().Format(time.RFC3339)},
-		Rounds:  o.rounds,
-		Note:    fmt.Sprintf("each figure is the median of %d rounds of %v; contenders run one at a time on loopback", o.rounds, o.duration),
-		Results: map[string]map[bench.Scenario]*bench.Result{},
+		Protocol: "tcp",
+		Machine:  machine{CPUs: runtime.NumCPU(), Kernel: strings.TrimSpace(string(kernel)), Go: runtime.Version(), Date: time.Now().UTC().Format(time.RFC3339)},
+		Rounds:   o.rounds,
+		Note:     fmt.Sprintf("each figure is the median of %d rounds of %v; contenders run one at a time on loopback", o.rounds, o.duration),
+		Results:  map[string]map[bench.Scenario]*bench.Result{},
 	}
 	for _, c := range all {
 		if !strings.Contains(","+o.only+",", ","+c.name+",") {
@@ -134,6 +138,14 @@ func compare(all []contender, o compareOptions, w io.Writer) error {
 		stop()
 		res.Contenders = append(res.Contenders, c.name)
 		fmt.Fprintf(os.Stderr, "%-14s done\n", c.name)
+	}
+	if o.udp != nil {
+		u, err := compareUDP(o, dir)
+		if err != nil {
+			return err
+		}
+		u.Machine = res.Machine
+		res.UDP = u
 	}
 	res.table(w)
 	b, err := json.MarshalIndent(res, "", "  ")
@@ -200,6 +212,24 @@ func lat(r *bench.Result) bench.Latency {
 	return *r.Latency
 }
 
+var udpMetrics = []metric{
+	{"requests/s, 16 sockets", bench.UDPRR, func(r *bench.Result) float64 { return r.Rate }, true},
+	{"request p50, us", bench.UDPRR, func(r *bench.Result) float64 { return lat(r).P50 }, false},
+	{"request p99, us", bench.UDPRR, func(r *bench.Result) float64 { return lat(r).P99 }, false},
+	{"datagrams replied/s, 4 senders flooding", bench.UDPPPS, func(r *bench.Result) float64 {
+		return float64(r.Received) / r.Duration.Seconds()
+	}, true},
+}
+
+// metrics are the figures of c's protocol, and its contenders' peers: the
+// proxies (the socket path's peers) and every peer (the kernel path's).
+func (c *comparison) metrics() (ms []metric, proxies, peers []string) {
+	if c.Protocol == "udp" {
+		return udpMetrics, []string{"nginx"}, []string{"nginx"}
+	}
+	return compareMetrics, []string{"haproxy", "nginx"}, []string{"haproxy", "nginx", "nftables"}
+}
+
 // value is a contender's figure for m, 0 when it has none.
 func (c *comparison) value(name string, m metric) float64 {
 	if r := c.Results[name][m.s]; r != nil {
@@ -212,7 +242,11 @@ func (c *comparison) value(name string, m metric) float64 {
 // peer and to direct: the socket path's peers are the proxies (HAProxy,
 // nginx), the kernel path's every other contender but direct.
 func (c *comparison) table(w io.Writer) {
-	fmt.Fprintf(w, "\n%s\n\n| metric |", c.Note)
+	if c.Protocol == "udp" {
+		fmt.Fprintf(w, "\n\n| metric |")
+	} else {
+		fmt.Fprintf(w, "\n%s\n\n| metric |", c.Note)
+	}
 	for _, n := range c.Contenders {
 		fmt.Fprintf(w, " %s |", n)
 	}
@@ -221,7 +255,8 @@ func (c *comparison) table(w io.Writer) {
 		fmt.Fprint(w, "---|")
 	}
 	fmt.Fprintln(w, "---|---|---|---|")
-	for _, m := range compareMetrics {
+	ms, proxies, peers := c.metrics()
+	for _, m := range ms {
 		fmt.Fprintf(w, "| %s |", m.name)
 		for _, n := range c.Contenders {
 			fmt.Fprintf(w, " %.1f |", c.value(n, m))
@@ -236,7 +271,7 @@ func (c *comparison) table(w io.Writer) {
 			}
 			return b
 		}
-		proxy, peer := best("haproxy", "nginx"), best("haproxy", "nginx", "nftables")
+		proxy, peer := best(proxies...), best(peers...)
 		ratio := func(a, b float64) string {
 			if a == 0 || b == 0 {
 				return "-"
@@ -248,11 +283,20 @@ func (c *comparison) table(w io.Writer) {
 			ratio(c.value("l4lb-kernel", m), peer), ratio(c.value("l4lb-kernel", m), direct))
 	}
 	fmt.Fprintln(w, "\nRatios of latencies: lower is better.")
+	if c.UDP != nil {
+		fmt.Fprintf(w, "\nUDP (%s)", c.UDP.Note)
+		c.UDP.table(w)
+	}
 }
 
 // plots writes a bar chart per rate and one of the request latency
 // percentiles, as SVG and PNG.
 func (c *comparison) plots(dir string) error {
+	if c.UDP != nil {
+		if err := c.UDP.plots(dir); err != nil {
+			return err
+		}
+	}
 	bars := func(file, title, ylabel string, m metric) error {
 		p := plot.New()
 		p.Title.Text = title
@@ -268,6 +312,12 @@ func (c *comparison) plots(dir string) error {
 		p.Add(b)
 		p.NominalX(c.Contenders...)
 		return save(p, dir, file)
+	}
+	if c.Protocol == "udp" {
+		if err := bars("udp-requests", "UDP requests per second, 16 sockets", "requests/s", udpMetrics[0]); err != nil {
+			return err
+		}
+		return bars("udp-pps", "UDP datagrams replied per second, 4 senders flooding", "datagrams/s", udpMetrics[3])
 	}
 	for _, b := range []struct {
 		file, title, ylabel string
@@ -314,4 +364,121 @@ func save(p *plot.Plot, dir, name string) error {
 		}
 	}
 	return nil
+}
+
+// udpContender is a way to reach the UDP echo target.
+type udpContender struct {
+	name  string
+	start func(echo, dir string) (addr string, stop func(), err error)
+}
+
+// udpContenders are direct, nginx's stream proxy and l4lb's two UDP paths.
+func udpContenders(bin, nginx string) []udpContender {
+	l4lb := func(port int, kernel bool) func(echo, dir string) (string, func(), error) {
+		return func(echo, dir string) (string, func(), error) {
+			extra, attrs := "", ""
+			if kernel {
+				extra = "load_balancer: {udp_fast_path: true, udp_fast_path_interfaces: [lo]}\n"
+				attrs = `, attributes: {preserve_client_ip.enabled: "true"}`
+			}
+			path := filepath.Join(dir, fmt.Sprintf("l4lb-udp-%d.yaml", port))
+			cfg := fmt.Sprintf("admin: {listen: \"off\"}\n%slisteners:\n  - {name: echo, protocol: UDP, port: %d, bind: [127.0.0.1], target_group: echo}\n"+
+				"target_groups:\n  - {name: echo, protocol: UDP, targets: [{address: %q}]%s}\n", extra, port, echo, attrs)
+			if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+				return "", nil, err
+			}
+			logPath := filepath.Join(dir, fmt.Sprintf("l4lb-udp-%d.log", port))
+			logf, err := os.Create(logPath)
+			if err != nil {
+				return "", nil, err
+			}
+			defer logf.Close()
+			cmd := exec.Command(bin, "serve", "--config", path, "--log-level", "info")
+			cmd.Stderr = logf
+			if err := cmd.Start(); err != nil {
+				return "", nil, err
+			}
+			time.Sleep(time.Second) // binds, loads the programs
+			if b, _ := os.ReadFile(logPath); kernel && !strings.Contains(string(b), "UDP listener forwarded in the kernel") {
+				stopper(cmd)()
+				return "", nil, fmt.Errorf("the UDP fast path did not come up (needs root):\n%s", b)
+			}
+			return fmt.Sprintf("127.0.0.1:%d", port), stopper(cmd), nil
+		}
+	}
+	return []udpContender{
+		{"direct", func(string, string) (string, func(), error) { return "", func() {}, nil }},
+		{"nginx", func(echo, dir string) (string, func(), error) { return startNginxUDP(nginx, echo, dir) }},
+		{"l4lb", l4lb(18440, false)},
+		{"l4lb-kernel", l4lb(18441, true)},
+	}
+}
+
+// startNginxUDP runs nginx's stream proxy for UDP: two workers, reuseport.
+func startNginxUDP(bin, echo, dir string) (string, func(), error) {
+	mod := ""
+	if _, err := os.Stat("/usr/lib/nginx/modules/ngx_stream_module.so"); err == nil {
+		mod = "load_module /usr/lib/nginx/modules/ngx_stream_module.so;"
+	}
+	cfg := fmt.Sprintf(`%s
+worker_processes 2;
+pid %[2]s/nginx-udp.pid;
+error_log %[2]s/nginx-udp-error.log warn;
+daemon off;
+events { worker_connections 8000; }
+stream { server { listen 127.0.0.1:18430 udp reuseport; proxy_pass %[3]s; proxy_timeout 10s; } }
+`, mod, dir, echo)
+	path := filepath.Join(dir, "nginx-udp.conf")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		return "", nil, err
+	}
+	cmd := exec.Command(bin, "-c", path, "-e", filepath.Join(dir, "nginx-udp-error.log"))
+	if err := cmd.Start(); err != nil {
+		return "", nil, err
+	}
+	time.Sleep(500 * time.Millisecond)
+	return "127.0.0.1:18430", func() {
+		cmd.Process.Signal(os.Interrupt)
+		cmd.Wait()
+	}, nil
+}
+
+// compareUDP runs the UDP scenarios against the UDP contenders.
+func compareUDP(o compareOptions, dir string) (*comparison, error) {
+	echo, err := bench.StartTarget(bench.TargetEcho, "udp", "127.0.0.1:0", 0)
+	if err != nil {
+		return nil, err
+	}
+	defer echo.Close()
+	res := &comparison{Protocol: "udp", Rounds: o.rounds, Results: map[string]map[bench.Scenario]*bench.Result{},
+		Note: fmt.Sprintf("each figure is the median of %d rounds of %v; contenders run one at a time on loopback", o.rounds, o.duration)}
+	for _, c := range o.udp {
+		addr, stop, err := c.start(echo.Addr.String(), dir)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "l4lb-bench: UDP %s left out: %v\n", c.name, err)
+			continue
+		}
+		if addr == "" {
+			addr = echo.Addr.String()
+		}
+		res.Results[c.name] = map[bench.Scenario]*bench.Result{}
+		for _, sc := range []scenarioRun{{bench.UDPRR, false, 16}, {bench.UDPPPS, false, 4}} {
+			var rounds []*bench.Result
+			for range o.rounds {
+				r, err := bench.Run(context.Background(), sc.s, bench.Options{Addr: addr, Duration: o.duration, Warmup: 300 * time.Millisecond, Connections: sc.conn})
+				if err != nil {
+					fmt.Fprintf(os.Stderr, "l4lb-bench: UDP %s, %s: %v\n", c.name, sc.s, err)
+					continue
+				}
+				rounds = append(rounds, r)
+			}
+			if len(rounds) > 0 {
+				res.Results[c.name][sc.s] = medianResult(rounds)
+			}
+		}
+		stop()
+		res.Contenders = append(res.Contenders, c.name)
+		fmt.Fprintf(os.Stderr, "UDP %-10s done\n", c.name)
+	}
+	return res, nil
 }

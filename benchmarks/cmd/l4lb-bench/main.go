@@ -72,6 +72,9 @@ func main() {
 	}
 	if *compareDir != "" {
 		o := compareOptions{out: *compareDir, rounds: *rounds, duration: *dur, connections: *conns, only: *only}
+		if strings.Contains(","+*tests+",", ",udp,") {
+			o.udp = udpContenders(*bin, *nginx)
+		}
 		if err := compare(tcpContenders(*bin, *haproxy, *nginx, *adminAddr), o, os.Stdout); err != nil {
 			fmt.Fprintln(os.Stderr, "l4lb-bench:", err)
 			os.Exit(1)
