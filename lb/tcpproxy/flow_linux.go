@@ -32,6 +32,7 @@ type flow struct {
 	idle      time.Duration
 	parkAfter time.Duration // quiet time after which a direction parks
 	aborted   atomic.Bool
+	reset     atomic.Bool  // a reset was counted: both directions can meet the same one
 	last      atomic.Int64 // unix nanoseconds of the last byte moved
 	ended     atomic.Int32 // directions finished; the second one releases the flow
 	halves    [2]halfFlow  // 0: client to target, 1: target to client
@@ -143,8 +144,11 @@ func (f *flow) finish(h *halfFlow, how copyErr) {
 		// The client's side failed when the client-to-target direction
 		// could not read, or the other one could not write; else the
 		// target's side did. A refused PROXY header is counted as such.
+		// Both directions can fail on the same reset before the abort
+		// below closes them: a flow counts one.
 		switch clientSide := (h == &f.halves[0]) != h.errAtDst; {
 		case h.err == errUntrustedHeader:
+		case !f.reset.CompareAndSwap(false, true):
 		case clientSide:
 			l.clientRsts.Inc()
 		default:

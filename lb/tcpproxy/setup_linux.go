@@ -247,6 +247,7 @@ func (p *setup) start() {
 	f.src, f.checkPP = p.src, p.checkPP
 	f.parkAfter = min(time.Second, f.idle/4)
 	f.aborted.Store(false)
+	f.reset.Store(false)
 	f.ended.Store(0)
 	f.touch()
 	if err := f.setup(); err != nil {
