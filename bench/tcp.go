@@ -14,7 +14,9 @@ import (
 
 const ioTimeout = 5 * time.Second
 
-var dialer = net.Dialer{Timeout: ioTimeout}
+// dialer sets no TCP keepalive: a load generator's connections are short or
+// busy, and the four setsockopt calls per connection would load the client.
+var dialer = net.Dialer{Timeout: ioTimeout, KeepAlive: -1}
 
 // tcpThroughput streams Size-byte writes on each connection to a sink for
 // the run, then half-closes and waits for the sink's count of what it

@@ -46,7 +46,8 @@ func agreement(bin, nginx string, rounds int, dur time.Duration, w io.Writer) er
 	}()
 	start := func(name string, args ...string) error {
 		cmd := exec.Command(name, args...)
-		logf, err := os.Create(filepath.Join(dir, filepath.Base(name)+".log"))
+		os.MkdirAll(logDir, 0o755)
+		logf, err := os.Create(filepath.Join(logDir, "agreement-"+filepath.Base(name)+".log"))
 		if err != nil {
 			return err
 		}
@@ -118,7 +119,7 @@ target_groups:
 	}
 	for _, p := range []int{agreeIperfT, agreeHTTPT, agreeRedisT, agreeIperf, agreeSink, agreeHTTP, agreeRedis} {
 		if !waitListening(fmt.Sprintf("127.0.0.1:%d", p)) {
-			return fmt.Errorf("nothing listens on 127.0.0.1:%d; logs in %s", p, dir)
+			return fmt.Errorf("nothing listens on 127.0.0.1:%d; logs in %s", p, logDir)
 		}
 	}
 	httpAddr := fmt.Sprintf("127.0.0.1:%d", agreeHTTP)

@@ -283,6 +283,9 @@ func (c *comparison) table(w io.Writer) {
 			ratio(c.value("l4lb-kernel", m), peer), ratio(c.value("l4lb-kernel", m), direct))
 	}
 	fmt.Fprintln(w, "\nRatios of latencies: lower is better.")
+	if c.Protocol == "tcp" {
+		defer fmt.Fprintf(w, "\nThe contenders' own output: %s\n", logDir)
+	}
 	if c.UDP != nil {
 		fmt.Fprintf(w, "\nUDP (%s)", c.UDP.Note)
 		c.UDP.table(w)
@@ -387,7 +390,8 @@ func udpContenders(bin, nginx string) []udpContender {
 			if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 				return "", nil, err
 			}
-			logPath := filepath.Join(dir, fmt.Sprintf("l4lb-udp-%d.log", port))
+			os.MkdirAll(logDir, 0o755)
+			logPath := filepath.Join(logDir, fmt.Sprintf("l4lb-udp-%d.log", port))
 			logf, err := os.Create(logPath)
 			if err != nil {
 				return "", nil, err

@@ -31,7 +31,7 @@ func dnsBench(bin string, dur time.Duration) error {
 	}()
 	start := func(name string, args ...string) error {
 		cmd := exec.Command(name, args...)
-		cmd.Stderr = os.Stderr
+		cmd.Stdout, cmd.Stderr = logTo("dns-"+filepath.Base(name)), logTo("dns-"+filepath.Base(name))
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 		if err := cmd.Start(); err != nil {
 			return fmt.Errorf("starting %s: %w", name, err)

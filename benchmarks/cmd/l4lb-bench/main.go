@@ -51,6 +51,7 @@ func main() {
 	only := flag.String("contenders", "direct,haproxy,nginx,nftables,l4lb,l4lb-kernel,l4lb+programs", "TCP contenders to run")
 	tlsBulkBytes := flag.Int64("tls-bulk-bytes", 1<<30, "bytes sent through one terminated TLS connection")
 	adminAddr := flag.String("l4lb-admin", "off", "admin address of the l4lb under test (for profiling)")
+	flag.StringVar(&logDir, "logs", "benchmarks/results/logs", "where the contenders' own output goes, a file each")
 	compareDir := flag.String("compare", "", "run the comparison (l4lb bench's scenarios against every contender) and write its JSON and plots here")
 	rounds := flag.Int("rounds", 3, "comparison: rounds per figure (the median is reported)")
 	from := flag.String("compare-from", "", "print the table and redraw the plots of an earlier comparison's compare.json")
@@ -180,6 +181,7 @@ func tcpContenders(bin, haproxy, nginx, adminAddr string) []contender {
 // ratios to the best user-space peer (socket path) and to the kernel's own
 // NAT (kernel path).
 func report(names []string, r map[string]result) {
+	defer fmt.Printf("\nThe contenders' own output: %s\n", logDir)
 	type metric struct {
 		name         string
 		get          func(result) float64
@@ -314,7 +316,7 @@ backend be_sink
 		return "", nil, nil, err
 	}
 	cmd := exec.Command(bin, "-f", path)
-	cmd.Stderr = os.Stderr
+	cmd.Stdout, cmd.Stderr = logTo("haproxy"), logTo("haproxy")
 	if err := cmd.Start(); err != nil {
 		return "", nil, nil, fmt.Errorf("starting haproxy (apt-get install haproxy): %w", err)
 	}
@@ -345,7 +347,7 @@ stream {
 		return "", nil, nil, err
 	}
 	cmd := exec.Command(bin, "-c", path, "-e", filepath.Join(dir, "nginx-error.log"))
-	cmd.Stderr = os.Stderr
+	cmd.Stdout, cmd.Stderr = logTo("nginx"), logTo("nginx")
 	if err := cmd.Start(); err != nil {
 		return "", nil, nil, fmt.Errorf("starting nginx (apt-get install nginx-light libnginx-mod-stream): %w", err)
 	}
@@ -438,7 +440,8 @@ target_groups:`, port+2, port+3), 1)
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		return "", nil, nil, err
 	}
-	logPath := filepath.Join(dir, fmt.Sprintf("l4lb-%d.log", port))
+	os.MkdirAll(logDir, 0o755)
+	logPath := filepath.Join(logDir, fmt.Sprintf("l4lb-%d.log", port))
 	logf, err := os.Create(logPath)
 	if err != nil {
 		return "", nil, nil, err
@@ -618,4 +621,24 @@ func rssOf(pid int) int {
 		}
 	}
 	return 0
+}
+
+// logDir keeps the output of every process the bench starts, a file per
+// program, so that none of it mixes into the tables.
+var logDir string
+
+var logs = map[string]*os.File{}
+
+// logTo is the log file of a program, opened once per run.
+func logTo(name string) io.Writer {
+	if f := logs[name]; f != nil {
+		return f
+	}
+	if err := os.MkdirAll(logDir, 0o755); err == nil {
+		if f, err := os.Create(filepath.Join(logDir, name+".log")); err == nil {
+			logs[name] = f
+			return f
+		}
+	}
+	return io.Discard
 }

@@ -121,7 +121,7 @@ target_groups:
 	}()
 	for _, args := range [][]string{{haproxy, "-f", hpath}, {bin, "serve", "--config", lpath, "--log-level", "warn"}} {
 		cmd := exec.Command(args[0], args[1:]...)
-		cmd.Stderr = os.Stderr
+		cmd.Stdout, cmd.Stderr = logTo("tls-"+filepath.Base(args[0])), logTo("tls-"+filepath.Base(args[0]))
 		if err := cmd.Start(); err != nil {
 			return fmt.Errorf("starting %s: %w", args[0], err)
 		}

@@ -87,7 +87,7 @@ func startUDPProxy(bin, conf string) (*exec.Cmd, error) {
 	f.WriteString(conf)
 	f.Close()
 	cmd := exec.Command(bin, "serve", "--config", f.Name(), "--log-level", "error")
-	cmd.Stderr = os.Stderr
+	cmd.Stdout, cmd.Stderr = logTo("udp-l4lb"), logTo("udp-l4lb")
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
