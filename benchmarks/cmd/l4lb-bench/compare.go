@@ -121,18 +121,8 @@ func compare(all []contender, o compareOptions, w io.Writer) error {
 			if conns == 0 {
 				conns = o.connections
 			}
-			var rounds []*bench.Result
-			for range o.rounds {
-				r, err := bench.Run(context.Background(), sc.s, bench.Options{Addr: target, Duration: o.duration,
-					Warmup: 300 * time.Millisecond, Connections: conns})
-				if err != nil {
-					fmt.Fprintf(os.Stderr, "l4lb-bench: %s, %s: %v\n", c.name, sc.s, err)
-					continue
-				}
-				rounds = append(rounds, r)
-			}
-			if len(rounds) > 0 {
-				res.Results[c.name][sc.s] = medianResult(rounds)
+			if r := o.median(c.name, sc.s, target, conns); r != nil {
+				res.Results[c.name][sc.s] = r
 			}
 		}
 		stop()
@@ -171,6 +161,25 @@ func rerender(path string, w io.Writer) error {
 	}
 	c.table(w)
 	return c.plots(filepath.Dir(path))
+}
+
+// median runs scenario s against addr for o.rounds rounds and returns the
+// median round, or nil if none ran; failed rounds are reported.
+func (o compareOptions) median(who string, s bench.Scenario, addr string, conns int) *bench.Result {
+	var rounds []*bench.Result
+	for range o.rounds {
+		r, err := bench.Run(context.Background(), s, bench.Options{Addr: addr, Duration: o.duration,
+			Warmup: 300 * time.Millisecond, Connections: conns})
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "l4lb-bench: %s, %s: %v\n", who, s, err)
+			continue
+		}
+		rounds = append(rounds, r)
+	}
+	if len(rounds) == 0 {
+		return nil
+	}
+	return medianResult(rounds)
 }
 
 // medianResult is the round whose rate is the median.
@@ -467,17 +476,8 @@ func compareUDP(o compareOptions, dir string) (*comparison, error) {
 		}
 		res.Results[c.name] = map[bench.Scenario]*bench.Result{}
 		for _, sc := range []scenarioRun{{bench.UDPRR, false, 16}, {bench.UDPPPS, false, 4}} {
-			var rounds []*bench.Result
-			for range o.rounds {
-				r, err := bench.Run(context.Background(), sc.s, bench.Options{Addr: addr, Duration: o.duration, Warmup: 300 * time.Millisecond, Connections: sc.conn})
-				if err != nil {
-					fmt.Fprintf(os.Stderr, "l4lb-bench: UDP %s, %s: %v\n", c.name, sc.s, err)
-					continue
-				}
-				rounds = append(rounds, r)
-			}
-			if len(rounds) > 0 {
-				res.Results[c.name][sc.s] = medianResult(rounds)
+			if r := o.median("UDP "+c.name, sc.s, addr, sc.conn); r != nil {
+				res.Results[c.name][sc.s] = r
 			}
 		}
 		stop()
