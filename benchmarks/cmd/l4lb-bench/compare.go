@@ -67,15 +67,11 @@ type machine struct {
 // bench) against every contender, one contender at a time, and writes the
 // table, compare.json and the plots.
 func compare(all []contender, o compareOptions, w io.Writer) error {
-	echo, err := bench.StartTarget(bench.TargetEcho, "tcp", "127.0.0.1:0", 0)
+	echo, sink, err := startTargets()
 	if err != nil {
 		return err
 	}
 	defer echo.Close()
-	sink, err := bench.StartTarget(bench.TargetSink, "tcp", "127.0.0.1:0", 0)
-	if err != nil {
-		return err
-	}
 	defer sink.Close()
 	if err := os.MkdirAll(o.out, 0o755); err != nil {
 		return err
@@ -97,19 +93,9 @@ func compare(all []contender, o compareOptions, w io.Writer) error {
 		if !strings.Contains(","+o.only+",", ","+c.name+",") {
 			continue
 		}
-		addr, _, stop, err := c.start(echo.Addr.String(), sink.Addr.String(), dir)
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "l4lb-bench: %s left out: %v\n", c.name, err)
+		echoAddr, sinkAddr, _, stop, ok := c.run(echo, sink, dir)
+		if !ok {
 			continue
-		}
-		echoAddr, sinkAddr := echo.Addr.String(), sink.Addr.String()
-		if addr != "" {
-			echoAddr, sinkAddr = addr, bump(addr)
-			if !waitListening(echoAddr) || !waitListening(sinkAddr) {
-				stop()
-				fmt.Fprintf(os.Stderr, "l4lb-bench: %s left out: nothing answers on %s\n", c.name, addr)
-				continue
-			}
 		}
 		res.Results[c.name] = map[bench.Scenario]*bench.Result{}
 		for _, sc := range compareScenarios {

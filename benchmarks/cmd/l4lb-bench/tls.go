@@ -49,8 +49,13 @@ func tlsBench(bin, haproxy string, dur time.Duration, workers int, bulk int64) e
 	if err != nil {
 		return err
 	}
-	echo := startBackend(echoConn)
-	sink := startBackend(sinkConn)
+	echoT, sinkT, err := startTargets()
+	if err != nil {
+		return err
+	}
+	defer echoT.Close()
+	defer sinkT.Close()
+	echo, sink := echoT.Addr.String(), sinkT.Addr.String()
 
 	// HAProxy wants the chain and key in one file.
 	bundle := func(cert, key string) (string, error) {
@@ -230,6 +235,6 @@ func tlsBulk(port int, n int64, cfg *tls.Config) float64 {
 	}
 	c.CloseWrite()
 	c.SetReadDeadline(time.Now().Add(30 * time.Second))
-	io.ReadFull(c, make([]byte, 1)) // the sink's acknowledgement
+	io.ReadFull(c, make([]byte, 8)) // the sink's count of what it read
 	return float64(n*8) / time.Since(start).Seconds() / 1e9
 }
