@@ -1,0 +1,263 @@
+package config
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Target groups: their targets, health checks and attributes.
+
+func (n *normalizer) targetGroup(path string, r *RawTargetGroup, cfg *Config) TargetGroup {
+	g := TargetGroup{Name: r.Name}
+	if g.Name == "" {
+		n.errs.add(path+".name", "required")
+	} else if !nameRE.MatchString(g.Name) {
+		n.errs.add(path+".name", "%q: use letters, digits, '-', '_' or '.', at most 63", g.Name)
+	}
+	g.Protocol = n.protocol(path+".protocol", r.Protocol)
+	if r.Port != nil {
+		if *r.Port < 1 || *r.Port > 65535 {
+			n.errs.add(path+".port", "%d is outside 1-65535", *r.Port)
+		} else {
+			g.Port = uint16(*r.Port)
+		}
+	}
+	seen := map[netip.AddrPort]bool{}
+	for i, rt := range r.Targets {
+		tp := fmt.Sprintf("%s.targets[%d]", path, i)
+		t, err := ParseTargetAddress(rt.Address, g.Port)
+		if err != nil {
+			n.errs.add(tp+".address", "%v", err)
+			continue
+		}
+		if seen[t] {
+			n.errs.add(tp+".address", "%s is registered twice", t)
+		}
+		seen[t] = true
+		tgt := Target{Address: t, Zone: rt.Zone, Weight: DefaultTargetWeight}
+		if rt.Zone != "" && len(cfg.Zones) > 0 && !slices.ContainsFunc(cfg.Zones, func(z Zone) bool { return z.Name == rt.Zone }) {
+			n.errs.add(tp+".zone", "no zone named %q", rt.Zone)
+		}
+		if rt.Weight != nil {
+			if *rt.Weight < 1 || *rt.Weight > MaxTargetWeight {
+				n.errs.add(tp+".weight", "%d is outside 1-%d", *rt.Weight, MaxTargetWeight)
+			}
+			tgt.Weight = *rt.Weight
+		}
+		g.Targets = append(g.Targets, tgt)
+	}
+	n.healthCheck(path+".health_check", r.HealthCheck, &g)
+	n.attributes(path+".attributes", r.Attributes, &g)
+	if r.TLS != nil {
+		if g.Protocol != TLS {
+			n.errs.add(path+".tls", "only TLS target groups take a tls section")
+		} else {
+			g.TLS = TargetTLS{CAFile: r.TLS.CAFile, ServerName: r.TLS.ServerName}
+			if g.TLS.CAFile != "" {
+				if _, err := os.Stat(g.TLS.CAFile); err != nil {
+					n.errs.add(path+".tls.ca_file", "%v", err)
+				}
+			}
+		}
+	}
+	return g
+}
+
+// ParseTargetAddress parses "IP:PORT", or a bare IP that takes defaultPort.
+func ParseTargetAddress(s string, defaultPort uint16) (netip.AddrPort, error) {
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		if ap.Port() == 0 {
+			return ap, fmt.Errorf("%q: port 0 is not a target port", s)
+		}
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), checkTargetIP(s, ap.Addr())
+	}
+	ip, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("want IP:PORT or IP, got %q", s)
+	}
+	if defaultPort == 0 {
+		return netip.AddrPort{}, fmt.Errorf("%q has no port and the target group has none", s)
+	}
+	return netip.AddrPortFrom(ip.Unmap(), defaultPort), checkTargetIP(s, ip)
+}
+
+// checkTargetIP refuses addresses no flow can be forwarded to: the
+// unspecified address (a connect to it reaches this host, often l4lb
+// itself), multicast and broadcast.
+func checkTargetIP(s string, ip netip.Addr) error {
+	ip = ip.Unmap()
+	switch {
+	case ip.IsUnspecified():
+		return fmt.Errorf("%q: the unspecified address is not a target", s)
+	case ip.IsMulticast():
+		return fmt.Errorf("%q: a multicast address is not a target", s)
+	case ip == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return fmt.Errorf("%q: the broadcast address is not a target", s)
+	}
+	return nil
+}
+
+func (n *normalizer) healthCheck(path string, r *RawHealthCheck, g *TargetGroup) {
+	if r == nil {
+		r = &RawHealthCheck{}
+	}
+	h := &g.HealthCheck
+	h.Protocol = HealthTCP
+	if r.Protocol != "" {
+		p, err := parseEnum(healthProtocolNames, r.Protocol)
+		if err != nil {
+			n.errs.add(path+".protocol", "%v", err)
+		}
+		h.Protocol = HealthProtocol(p)
+	}
+	http := h.Protocol == HealthHTTP || h.Protocol == HealthHTTPS
+	if r.Port != "" && r.Port != "traffic-port" {
+		p, err := strconv.Atoi(r.Port)
+		if err != nil || p < 1 || p > 65535 {
+			n.errs.add(path+".port", "want traffic-port or 1-65535, got %q", r.Port)
+		} else {
+			h.Port = uint16(p)
+		}
+	}
+	if http {
+		h.Path = DefaultHealthPath
+		if r.Path != "" {
+			if !strings.HasPrefix(r.Path, "/") || strings.ContainsAny(r.Path, " \r\n") {
+				n.errs.add(path+".path", "%q must start with / and hold no spaces", r.Path)
+			}
+			h.Path = r.Path
+		}
+		m := r.Matcher
+		if m == "" {
+			m = DefaultMatcher
+		}
+		ranges, err := ParseMatcher(m)
+		if err != nil {
+			n.errs.add(path+".matcher", "%v", err)
+		}
+		h.Matcher = ranges
+	} else {
+		if r.Path != "" {
+			n.errs.add(path+".path", "only HTTP and HTTPS checks take a path")
+		}
+		if r.Matcher != "" {
+			n.errs.add(path+".matcher", "only HTTP and HTTPS checks take a matcher")
+		}
+	}
+	h.Interval = n.duration(path+".interval", r.Interval, DefaultHealthInterval)
+	defTimeout := DefaultHealthTimeoutTCP
+	if http {
+		defTimeout = DefaultHealthTimeoutHTTP
+	}
+	h.Timeout = n.duration(path+".timeout", r.Timeout, defTimeout)
+	if r.Timeout == "" && h.Timeout > h.Interval {
+		h.Timeout = h.Interval // a short interval shortens the default timeout with it
+	}
+	if h.Timeout > h.Interval {
+		n.errs.add(path+".timeout", "%s is longer than the interval %s", h.Timeout, h.Interval)
+	}
+	h.HealthyThreshold = n.threshold(path+".healthy_threshold", r.HealthyThreshold, DefaultHealthyThreshold)
+	h.UnhealthyThreshold = n.threshold(path+".unhealthy_threshold", r.UnhealthyThreshold, DefaultUnhealthyThreshold)
+}
+
+func (n *normalizer) threshold(path string, v *int, def int) int {
+	if v == nil {
+		return def
+	}
+	if *v < 1 || *v > 10 {
+		n.errs.add(path, "%d is outside 1-10", *v)
+	}
+	return *v
+}
+
+// ParseMatcher parses an HTTP success-code matcher: "200", "200,202",
+// "200-399", or a mix, each code within 100-599.
+func ParseMatcher(s string) ([]StatusRange, error) {
+	var out []StatusRange
+	for _, part := range strings.Split(s, ",") {
+		lo, hi, isRange := strings.Cut(strings.TrimSpace(part), "-")
+		if !isRange {
+			hi = lo
+		}
+		l, err1 := strconv.Atoi(lo)
+		h, err2 := strconv.Atoi(hi)
+		if err1 != nil || err2 != nil || l < 100 || h > 599 || l > h {
+			return nil, fmt.Errorf("%q: want codes or ranges within 100-599, such as 200-399 or 200,202", s)
+		}
+		out = append(out, StatusRange{Lo: l, Hi: h})
+	}
+	return out, nil
+}
+
+func (n *normalizer) attributes(path string, given map[string]string, g *TargetGroup) {
+	for _, k := range sortedKeys(given) {
+		if _, ok := defaultAttributes[k]; !ok {
+			n.errs.add(join(path, k), "unknown attribute (valid: %s)", strings.Join(sortedKeys(defaultAttributes), ", "))
+		}
+	}
+	get := func(k string) (string, string) {
+		if v, ok := given[k]; ok {
+			return v, join(path, k)
+		}
+		return defaultAttributes[k], join(path, k)
+	}
+	a := &g.Attributes
+	a.DeregistrationDelay = time.Duration(n.intAttr(get(AttrDeregistrationDelay))(0, maxDeregistrationDelaySecs, false)) * time.Second
+	a.DeregistrationConnectionTermination = n.boolAttr(get(AttrDeregistrationTermination))
+	a.PreserveClientIP = n.boolAttr(get(AttrPreserveClientIP))
+	a.ProxyProtocolV2 = n.boolAttr(get(AttrProxyProtocolV2))
+	a.Stickiness = n.boolAttr(get(AttrStickiness))
+	if v, p := get(AttrStickinessType); v != "source_ip" {
+		n.errs.add(p, "%q: the only stickiness type of a network load balancer is source_ip", v)
+	}
+	a.StickinessType = "source_ip"
+	cz, czPath := get(AttrCrossZone)
+	m, err := parseEnum(crossZoneNames, cz)
+	if err != nil {
+		n.errs.add(czPath, "%v", err)
+	}
+	a.CrossZone = CrossZoneMode(m)
+	a.UnhealthyConnectionTermination = n.boolAttr(get(AttrUnhealthyTermination))
+	a.UnhealthyDrainingInterval = time.Duration(n.intAttr(get(AttrUnhealthyDrainingInterval))(0, maxDrainingIntervalSecs, false)) * time.Second
+	if a.UnhealthyDrainingInterval > 0 && a.UnhealthyConnectionTermination {
+		_, p := get(AttrUnhealthyDrainingInterval)
+		n.errs.add(p, "takes effect only when %s is false", AttrUnhealthyTermination)
+	}
+	a.UnhealthyRoutingMinHealthyCount = n.intAttr(get(AttrUnhealthyRoutingMinCount))(1, 1<<16, true)
+	a.UnhealthyRoutingMinHealthyPercentage = n.intAttr(get(AttrUnhealthyRoutingMinPercentage))(1, 100, true)
+	a.DNSFailoverMinHealthyCount = n.intAttr(get(AttrDNSFailoverMinCount))(1, 1<<16, true)
+	a.DNSFailoverMinHealthyPercentage = n.intAttr(get(AttrDNSFailoverMinPercentage))(1, 100, true)
+}
+
+// intAttr parses an integer attribute within [lo, hi]; with off, "off" is
+// accepted and read as 0.
+func (n *normalizer) intAttr(v, path string) func(lo, hi int, off bool) int {
+	return func(lo, hi int, off bool) int {
+		if off && v == "off" {
+			return 0
+		}
+		i, err := strconv.Atoi(v)
+		if err != nil || i < lo || i > hi {
+			alt := ""
+			if off {
+				alt = " or \"off\""
+			}
+			n.errs.add(path, "want a whole number within %d-%d%s, got %q", lo, hi, alt, v)
+			return lo
+		}
+		return i
+	}
+}
+
+func (n *normalizer) boolAttr(v, path string) bool {
+	b, err := parseBool(v)
+	if err != nil {
+		n.errs.add(path, "want true or false, got %q", v)
+	}
+	return b
+}
