@@ -23,6 +23,29 @@ func target(t *testing.T, kind, network string) string {
 	return tg.Addr.String()
 }
 
+// serve runs handle for every connection to a listener of the test's own.
+func serve(t *testing.T, handle func(net.Conn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				handle(c)
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
 // Each scenario, briefly, against the target it needs: it completes work,
 // counts no error, and reports what it promises.
 func TestScenarios(t *testing.T) {
@@ -92,41 +115,28 @@ func TestOpenLoopRate(t *testing.T) {
 // requests that were due during the stall, while the closed loop records
 // one slow request and hides the rest (coordinated omission).
 func TestOpenLoopCountsStalls(t *testing.T) {
-	stallAt := time.Now().Add(400 * time.Millisecond)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
+	var stallAt atomic.Int64
+	stallAt.Store(time.Now().Add(400 * time.Millisecond).UnixNano())
+	addr := serve(t, func(c net.Conn) {
+		buf := make([]byte, 64)
+		stalled := false
 		for {
-			c, err := ln.Accept()
-			if err != nil {
+			if _, err := c.Read(buf); err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				buf := make([]byte, 64)
-				stalled := false
-				for {
-					if _, err := c.Read(buf); err != nil {
-						return
-					}
-					if !stalled && time.Now().After(stallAt) {
-						stalled = true
-						time.Sleep(300 * time.Millisecond)
-					}
-					c.Write(buf)
-				}
-			}()
+			if !stalled && time.Now().UnixNano() > stallAt.Load() {
+				stalled = true
+				time.Sleep(300 * time.Millisecond)
+			}
+			c.Write(buf)
 		}
-	}()
-	o := Options{Addr: ln.Addr().String(), Duration: 1200 * time.Millisecond, Warmup: 200 * time.Millisecond, Connections: 1, Rate: 200}
+	})
+	o := Options{Addr: addr, Duration: 1200 * time.Millisecond, Warmup: 200 * time.Millisecond, Connections: 1, Rate: 200}
 	open, err := Run(context.Background(), TCPRR, o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	stallAt = time.Now().Add(400 * time.Millisecond)
+	stallAt.Store(time.Now().Add(400 * time.Millisecond).UnixNano())
 	o.Rate = 0
 	closed, err := Run(context.Background(), TCPRR, o)
 	if err != nil {
@@ -186,37 +196,23 @@ func TestBadInput(t *testing.T) {
 // with the time to recover; one that answers wrong bytes shows as broken.
 func TestFailureAccounting(t *testing.T) {
 	var reset, garble atomic.Bool
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
+	addr := serve(t, func(c net.Conn) {
+		buf := make([]byte, 64)
 		for {
-			c, err := ln.Accept()
-			if err != nil {
+			if _, err := io.ReadFull(c, buf); err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				buf := make([]byte, 64)
-				for {
-					if _, err := io.ReadFull(c, buf); err != nil {
-						return
-					}
-					if reset.Load() {
-						c.(*net.TCPConn).SetLinger(0)
-						return
-					}
-					if garble.Load() {
-						buf[0] ^= 0xff
-					}
-					c.Write(buf)
-				}
-			}()
+			if reset.Load() {
+				c.(*net.TCPConn).SetLinger(0)
+				return
+			}
+			if garble.Load() {
+				buf[0] ^= 0xff
+			}
+			c.Write(buf)
 		}
-	}()
-	o := Options{Addr: ln.Addr().String(), Duration: 1200 * time.Millisecond, Warmup: -1, Connections: 4,
+	})
+	o := Options{Addr: addr, Duration: 1200 * time.Millisecond, Warmup: -1, Connections: 4,
 		During: func(context.Context) error {
 			reset.Store(true)
 			time.Sleep(50 * time.Millisecond)

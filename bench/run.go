@@ -207,6 +207,7 @@ func (r *run) finish(res *Result, latency bool) *Result {
 type pacer struct {
 	interval time.Duration
 	next     time.Time
+	timer    *time.Timer // reused: a request costs no timer of its own
 }
 
 func newPacer(o Options) pacer {
@@ -227,9 +228,15 @@ func (p *pacer) wait(r *run) (time.Time, bool) {
 	due := p.next
 	p.next = p.next.Add(p.interval)
 	if d := time.Until(due); d > 0 {
+		if p.timer == nil {
+			p.timer = time.NewTimer(d)
+		} else {
+			p.timer.Reset(d)
+		}
 		select {
-		case <-time.After(d):
+		case <-p.timer.C:
 		case <-r.ctx.Done():
+			p.timer.Stop()
 			return due, false
 		}
 	}
