@@ -19,11 +19,12 @@ import (
 	"github.com/l4lb/l4lb/bench"
 )
 
-// Ports of the agreement check: l4lb listens on the first four and
-// forwards to the tools' own servers (and a bench sink) on the next.
+// Ports of the agreement check, as offsets from -port-base: l4lb listens
+// on the first four and forwards to the tools' own servers (and a bench
+// sink) on the next.
 const (
-	agreeIperf, agreeSink, agreeHTTP, agreeRedis = 18900, 18901, 18902, 18903
-	agreeIperfT, agreeHTTPT, agreeRedisT         = 18910, 18912, 18913
+	agreeIperf, agreeSink, agreeHTTP, agreeRedis = 900, 901, 902, 903
+	agreeIperfT, agreeHTTPT, agreeRedisT         = 910, 912, 913
 )
 
 // agreement checks that l4lb bench measures what the established tools
@@ -74,10 +75,10 @@ func agreement(bin, nginx string, rounds int, dur time.Duration, w io.Writer) er
 		return err
 	}
 	defer sink.Close()
-	if err := start("iperf3", "-s", "-B", "127.0.0.1", "-p", strconv.Itoa(agreeIperfT)); err != nil {
+	if err := start("iperf3", "-s", "-B", "127.0.0.1", "-p", strconv.Itoa(port(agreeIperfT))); err != nil {
 		return err
 	}
-	if err := start("redis-server", "--bind", "127.0.0.1", "--port", strconv.Itoa(agreeRedisT), "--save", "", "--appendonly", "no"); err != nil {
+	if err := start("redis-server", "--bind", "127.0.0.1", "--port", strconv.Itoa(port(agreeRedisT)), "--save", "", "--appendonly", "no"); err != nil {
 		return err
 	}
 	ncfg := fmt.Sprintf(`worker_processes 2;
@@ -90,7 +91,7 @@ http {
     keepalive_requests 10000000;
     server { listen 127.0.0.1:%[2]d; location / { return 200 "ok\n"; } }
 }
-`, dir, agreeHTTPT)
+`, dir, port(agreeHTTPT))
 	npath := filepath.Join(dir, "nginx-http.conf")
 	if err := os.WriteFile(npath, []byte(ncfg), 0o644); err != nil {
 		return err
@@ -109,7 +110,7 @@ target_groups:
   - {name: sink, targets: [{address: %q}]}
   - {name: http, targets: [{address: "127.0.0.1:%d"}]}
   - {name: redis, targets: [{address: "127.0.0.1:%d"}]}
-`, agreeIperf, agreeSink, agreeHTTP, agreeRedis, agreeIperfT, sink.Addr.String(), agreeHTTPT, agreeRedisT)
+`, port(agreeIperf), port(agreeSink), port(agreeHTTP), port(agreeRedis), port(agreeIperfT), sink.Addr.String(), port(agreeHTTPT), port(agreeRedisT))
 	lpath := filepath.Join(dir, "l4lb.yaml")
 	if err := os.WriteFile(lpath, []byte(lcfg), 0o644); err != nil {
 		return err
@@ -117,12 +118,12 @@ target_groups:
 	if err := start(bin, "serve", "--config", lpath, "--log-level", "warn"); err != nil {
 		return err
 	}
-	for _, p := range []int{agreeIperfT, agreeHTTPT, agreeRedisT, agreeIperf, agreeSink, agreeHTTP, agreeRedis} {
+	for _, p := range []int{port(agreeIperfT), port(agreeHTTPT), port(agreeRedisT), port(agreeIperf), port(agreeSink), port(agreeHTTP), port(agreeRedis)} {
 		if !waitListening(fmt.Sprintf("127.0.0.1:%d", p)) {
 			return fmt.Errorf("nothing listens on 127.0.0.1:%d; logs in %s", p, logDir)
 		}
 	}
-	httpAddr := fmt.Sprintf("127.0.0.1:%d", agreeHTTP)
+	httpAddr := fmt.Sprintf("127.0.0.1:%d", port(agreeHTTP))
 	keepReq := []byte("GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
 	closeReq := []byte("GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
 	keepSize, err := httpResponseSize(httpAddr, keepReq)
@@ -156,8 +157,8 @@ target_groups:
 		ours       func() (float64, error)
 	}{
 		{"throughput, one stream, Gbit/s", "iperf3 -c -t " + secs, func() (float64, error) {
-			return iperf(fmt.Sprintf("127.0.0.1:%d", agreeIperf), secs)
-		}, ours(bench.TCPThroughput, fmt.Sprintf("127.0.0.1:%d", agreeSink), 1, nil, 0)},
+			return iperf(fmt.Sprintf("127.0.0.1:%d", port(agreeIperf)), secs)
+		}, ours(bench.TCPThroughput, fmt.Sprintf("127.0.0.1:%d", port(agreeSink)), 1, nil, 0)},
 		{"HTTP keep-alive requests/s, 16 connections", "wrk -t2 -c16", func() (float64, error) {
 			return wrk(httpAddr, secs, false)
 		}, ours(bench.TCPRR, httpAddr, 16, keepReq, keepSize)},
@@ -165,8 +166,8 @@ target_groups:
 			return wrk(httpAddr, secs, true)
 		}, ours(bench.TCPConnect, httpAddr, 16, closeReq, closeSize)},
 		{"Redis PING ping-pong, one connection, /s", "redis-benchmark -c 1 -t ping_inline", func() (float64, error) {
-			return redisBench(fmt.Sprintf("%d", agreeRedis), dur)
-		}, ours(bench.TCPRR, fmt.Sprintf("127.0.0.1:%d", agreeRedis), 1, []byte("PING\r\n"), len("+PONG\r\n"))},
+			return redisBench(fmt.Sprintf("%d", port(agreeRedis)), dur)
+		}, ours(bench.TCPRR, fmt.Sprintf("127.0.0.1:%d", port(agreeRedis)), 1, []byte("PING\r\n"), len("+PONG\r\n"))},
 	}
 	fmt.Fprintf(w, "\nl4lb bench against the established tools, through the same l4lb (medians of %d rounds of %v, the tools alternating)\n\n", rounds, dur)
 	fmt.Fprintln(w, "| measure | tool | the tool | l4lb bench | l4lb bench / tool |\n|---|---|---|---|---|")

@@ -408,8 +408,8 @@ func udpContenders(bin, nginx string) []udpContender {
 	return []udpContender{
 		{"direct", func(string, string) (string, func(), error) { return "", func() {}, nil }},
 		{"nginx", func(echo, dir string) (string, func(), error) { return startNginxUDP(nginx, echo, dir) }},
-		{"l4lb", l4lb(18440, false)},
-		{"l4lb-kernel", l4lb(18441, true)},
+		{"l4lb", l4lb(port(440), false)},
+		{"l4lb-kernel", l4lb(port(441), true)},
 	}
 }
 
@@ -425,8 +425,8 @@ pid %[2]s/nginx-udp.pid;
 error_log %[2]s/nginx-udp-error.log warn;
 daemon off;
 events { worker_connections 8000; }
-stream { server { listen 127.0.0.1:18430 udp reuseport; proxy_pass %[3]s; proxy_timeout 10s; } }
-`, mod, dir, echo)
+stream { server { listen 127.0.0.1:%[4]d udp reuseport; proxy_pass %[3]s; proxy_timeout 10s; } }
+`, mod, dir, echo, port(430))
 	path := filepath.Join(dir, "nginx-udp.conf")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		return "", nil, err
@@ -436,7 +436,7 @@ stream { server { listen 127.0.0.1:18430 udp reuseport; proxy_pass %[3]s; proxy_
 		return "", nil, err
 	}
 	time.Sleep(500 * time.Millisecond)
-	return "127.0.0.1:18430", func() {
+	return fmt.Sprintf("127.0.0.1:%d", port(430)), func() {
 		cmd.Process.Signal(os.Interrupt)
 		cmd.Wait()
 	}, nil

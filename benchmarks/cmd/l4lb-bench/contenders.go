@@ -104,16 +104,16 @@ defaults
     timeout client 350s
     timeout server 350s
 frontend fe_echo
-    bind 127.0.0.1:18400
+    bind 127.0.0.1:%[3]d
     default_backend be_echo
 frontend fe_sink
-    bind 127.0.0.1:18401
+    bind 127.0.0.1:%[4]d
     default_backend be_sink
 backend be_echo
-    server s1 %s
+    server s1 %[1]s
 backend be_sink
-    server s1 %s
-`, echo, sink)
+    server s1 %[2]s
+`, echo, sink, port(400), port(401))
 	path := filepath.Join(dir, "haproxy.cfg")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		return "", nil, nil, err
@@ -123,7 +123,7 @@ backend be_sink
 	if err := cmd.Start(); err != nil {
 		return "", nil, nil, fmt.Errorf("starting haproxy (apt-get install haproxy): %w", err)
 	}
-	return "127.0.0.1:18400", []int{cmd.Process.Pid}, stopper(cmd), nil
+	return fmt.Sprintf("127.0.0.1:%d", port(400)), []int{cmd.Process.Pid}, stopper(cmd), nil
 }
 
 // startNginx runs nginx's stream proxy as its docs suggest for a load
@@ -141,10 +141,10 @@ error_log %s/nginx-error.log warn;
 daemon off;
 events { worker_connections 8000; }
 stream {
-    server { listen 127.0.0.1:18410 reuseport; proxy_pass %s; }
-    server { listen 127.0.0.1:18411 reuseport; proxy_pass %s; }
+    server { listen 127.0.0.1:%d reuseport; proxy_pass %s; }
+    server { listen 127.0.0.1:%d reuseport; proxy_pass %s; }
 }
-`, mod, dir, dir, echo, sink)
+`, mod, dir, dir, port(410), echo, port(411), sink)
 	path := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		return "", nil, nil, err
@@ -154,7 +154,8 @@ stream {
 	if err := cmd.Start(); err != nil {
 		return "", nil, nil, fmt.Errorf("starting nginx (apt-get install nginx-light libnginx-mod-stream): %w", err)
 	}
-	if !waitListening("127.0.0.1:18410") {
+	addr := fmt.Sprintf("127.0.0.1:%d", port(410))
+	if !waitListening(addr) {
 		stopper(cmd)()
 		return "", nil, nil, fmt.Errorf("nginx does not listen; see %s/nginx-error.log", dir)
 	}
@@ -173,7 +174,7 @@ stream {
 		cmd.Process.Signal(syscall.SIGTERM)
 		cmd.Wait()
 	}
-	return "127.0.0.1:18410", pids, stop, nil
+	return addr, pids, stop, nil
 }
 
 // startNftables is the kernel's own NAT balancer, the rule kube-proxy's
@@ -191,14 +192,14 @@ func startNftables(echo, sink, dir string) (string, []int, func(), error) {
     %s
   }
 }
-`, rule(18420, echo), rule(18421, sink))
+`, rule(port(420), echo), rule(port(421), sink))
 	cmd := exec.Command("nft", "-f", "-")
 	cmd.Stdin = strings.NewReader(ruleset)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", nil, nil, fmt.Errorf("nft (apt-get install nftables; needs root): %v: %s", err, out)
 	}
 	stop := func() { exec.Command("nft", "delete", "table", "ip", "l4lb_bench").Run() }
-	return "127.0.0.1:18420", nil, stop, nil
+	return fmt.Sprintf("127.0.0.1:%d", port(420)), nil, stop, nil
 }
 
 // l4lb's modes in the bench.
@@ -211,14 +212,14 @@ const (
 // startL4LB runs l4lb on its socket path, or on its TCP kernel fast path
 // (which needs a target group that keeps the client's address).
 func startL4LB(bin, echo, sink, dir, adminAddr string, mode int) (string, []int, func(), error) {
-	port, extra, attrs := 18500, "", ""
+	lport, extra, attrs := port(500), "", ""
 	switch mode {
 	case modeKernel:
-		port = 18510
+		lport = port(510)
 		extra = "load_balancer: {tcp_fast_path: true, tcp_fast_path_interfaces: [lo]}\n"
 		attrs = `, attributes: {preserve_client_ip.enabled: "true"}`
 	case modeSocketBesideKernel:
-		port = 18520
+		lport = port(520)
 		extra = "load_balancer: {tcp_fast_path: true, tcp_fast_path_interfaces: [lo], udp_fast_path: true, udp_fast_path_interfaces: [lo]}\n"
 	}
 	cfg := fmt.Sprintf(`admin: {listen: "%s"}
@@ -228,23 +229,23 @@ func startL4LB(bin, echo, sink, dir, adminAddr string, mode int) (string, []int,
 target_groups:
   - {name: echo, targets: [{address: "%s"}]%s}
   - {name: sink, targets: [{address: "%s"}]%s}
-`, adminAddr, extra, port, port+1, echo, attrs, sink, attrs)
+`, adminAddr, extra, lport, lport+1, echo, attrs, sink, attrs)
 	if mode == modeSocketBesideKernel {
 		// Their targets are ports nothing listens on: the point is the
 		// programs' cost on the traffic that is not theirs.
-		cfg += `  - {name: other, targets: [{address: "127.0.0.1:18538"}], attributes: {preserve_client_ip.enabled: "true"}}
-  - {name: other-udp, protocol: UDP, targets: [{address: "127.0.0.1:18539"}], attributes: {preserve_client_ip.enabled: "true"}}
-`
+		cfg += fmt.Sprintf(`  - {name: other, targets: [{address: "127.0.0.1:%d"}], attributes: {preserve_client_ip.enabled: "true"}}
+  - {name: other-udp, protocol: UDP, targets: [{address: "127.0.0.1:%d"}], attributes: {preserve_client_ip.enabled: "true"}}
+`, port(538), port(539))
 		cfg = strings.Replace(cfg, "target_groups:", fmt.Sprintf(`  - {name: other, port: %d, bind: [127.0.0.2], target_group: other}
   - {name: other-udp, protocol: UDP, port: %d, bind: [127.0.0.2], target_group: other-udp}
-target_groups:`, port+2, port+3), 1)
+target_groups:`, lport+2, lport+3), 1)
 	}
-	path := filepath.Join(dir, fmt.Sprintf("l4lb-%d.yaml", port))
+	path := filepath.Join(dir, fmt.Sprintf("l4lb-%d.yaml", lport))
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		return "", nil, nil, err
 	}
 	os.MkdirAll(logDir, 0o755)
-	logPath := filepath.Join(logDir, fmt.Sprintf("l4lb-%d.log", port))
+	logPath := filepath.Join(logDir, fmt.Sprintf("l4lb-%d.log", lport))
 	logf, err := os.Create(logPath)
 	if err != nil {
 		return "", nil, nil, err
@@ -255,7 +256,7 @@ target_groups:`, port+2, port+3), 1)
 	if err := cmd.Start(); err != nil {
 		return "", nil, nil, fmt.Errorf("starting l4lb (make build): %w", err)
 	}
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	addr := fmt.Sprintf("127.0.0.1:%d", lport)
 	if mode != modeSocket {
 		waitListening(addr)
 		time.Sleep(300 * time.Millisecond)

@@ -21,7 +21,7 @@ func dnsBench(bin string, dur time.Duration) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	const dnsPort, l4lbPort, nginxPort, kernelPort = 18053, 18153, 18253, 18353
+	dnsPort, l4lbPort, nginxPort, kernelPort := port(53), port(153), port(253), port(353)
 	var procs []*exec.Cmd
 	defer func() {
 		for _, p := range procs {
@@ -145,7 +145,8 @@ target_groups:
 		results[name] = median(v)
 	}
 	d, n := results["direct"], results["nginx"]
-	fmt.Printf("| DNS over UDP (dnsperf, unbound) | queries/s | vs nginx | vs direct |\n|---|---|---|---|\n")
+	fmt.Printf("\nDNS over UDP (dnsperf against unbound; medians of %d rounds of %v)\n\n", dnsRounds, dur)
+	fmt.Printf("| contender | queries/s | vs nginx | vs direct |\n|---|---|---|---|\n")
 	for _, name := range []string{"direct", "nginx", "l4lb", "l4lb-kernel"} {
 		r := results[name]
 		fmt.Printf("| %s | %.0f | %.2fx | %.2fx |\n", name, r, r/n, r/d)

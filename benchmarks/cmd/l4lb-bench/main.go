@@ -6,7 +6,8 @@
 // connection; UDP, DNS and TLS tests of their own; the comparison behind
 // `make bench-compare` (-compare) and the agreement check against iperf3,
 // wrk and redis-benchmark (-agreement). Every load loop is bounded in time
-// and count; traffic stays on 127.0.0.1.
+// and count; traffic stays on 127.0.0.1, in a network namespace of its
+// own when it runs as root (-netns).
 package main
 
 import (
@@ -44,7 +45,11 @@ func main() {
 	rounds := flag.Int("rounds", 3, "comparison: rounds per figure (the median is reported)")
 	from := flag.String("compare-from", "", "print the table and redraw the plots of an earlier comparison's compare.json")
 	agree := flag.Bool("agreement", false, "check l4lb bench against iperf3, wrk and redis-benchmark on the same paths")
+	netns := flag.Bool("netns", true, "run in a network namespace of its own (needs root and ip(8); else the host's loopback)")
 	flag.Parse()
+	if code, ran := runInOwnNetns(*netns && *from == ""); ran {
+		os.Exit(code)
+	}
 	if *agree {
 		if err := agreement(*bin, *nginx, *rounds, *dur, os.Stdout); err != nil {
 			fmt.Fprintln(os.Stderr, "l4lb-bench:", err)

@@ -15,11 +15,11 @@ import (
 	"github.com/l4lb/l4lb/internal/testpki"
 )
 
-// The TLS contenders' ports: +0 ECDSA P-256 to the echo target, +1 RSA-2048
-// to the echo target, +2 ECDSA to the sink.
+// The TLS contenders' ports, as offsets from -port-base: +0 ECDSA P-256
+// to the echo target, +1 RSA-2048 to the echo target, +2 ECDSA to the sink.
 const (
-	haproxyTLSPort = 18600
-	l4lbTLSPort    = 18700
+	haproxyTLSPort = 600
+	l4lbTLSPort    = 700
 )
 
 // tlsBench terminates TLS in HAProxy (bind ... ssl crt) and in l4lb, before
@@ -99,7 +99,7 @@ backend be_echo
     server s1 %s
 backend be_sink
     server s1 %s
-`, haproxyTLSPort, ecBundle, haproxyTLSPort+1, rsaBundle, haproxyTLSPort+2, ecBundle, echo, sink)
+`, port(haproxyTLSPort), ecBundle, port(haproxyTLSPort)+1, rsaBundle, port(haproxyTLSPort)+2, ecBundle, echo, sink)
 	hpath := filepath.Join(dir, "haproxy.cfg")
 	if err := os.WriteFile(hpath, []byte(hcfg), 0o644); err != nil {
 		return err
@@ -112,7 +112,7 @@ listeners:
 target_groups:
   - {name: echo, targets: [{address: %q}]}
   - {name: sink, targets: [{address: %q}]}
-`, l4lbTLSPort, ecCert, ecKey, l4lbTLSPort+1, rsaCert, rsaKey, l4lbTLSPort+2, ecCert, ecKey, echo, sink)
+`, port(l4lbTLSPort), ecCert, ecKey, port(l4lbTLSPort)+1, rsaCert, rsaKey, port(l4lbTLSPort)+2, ecCert, ecKey, echo, sink)
 	lpath := filepath.Join(dir, "l4lb.yaml")
 	if err := os.WriteFile(lpath, []byte(lcfg), 0o644); err != nil {
 		return err
@@ -136,8 +136,8 @@ target_groups:
 		name string
 		port int
 	}
-	cs := []contender{{"haproxy", haproxyTLSPort}, {"l4lb", l4lbTLSPort}}
-	pids := map[int]int{haproxyTLSPort: procs[0].Process.Pid, l4lbTLSPort: procs[1].Process.Pid}
+	cs := []contender{{"haproxy", port(haproxyTLSPort)}, {"l4lb", port(l4lbTLSPort)}}
+	pids := map[int]int{port(haproxyTLSPort): procs[0].Process.Pid, port(l4lbTLSPort): procs[1].Process.Pid}
 	for _, c := range cs {
 		for i := range 3 {
 			if !waitListening(fmt.Sprintf("127.0.0.1:%d", c.port+i)) {
@@ -172,8 +172,8 @@ target_groups:
 	for _, r := range rows {
 		var hs, ls []float64
 		for range rounds {
-			hs = append(hs, r.run(haproxyTLSPort))
-			ls = append(ls, r.run(l4lbTLSPort))
+			hs = append(hs, r.run(port(haproxyTLSPort)))
+			ls = append(ls, r.run(port(l4lbTLSPort)))
 		}
 		h, l := median(hs), median(ls)
 		ratio := "-"

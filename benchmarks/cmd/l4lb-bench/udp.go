@@ -35,6 +35,7 @@ func udpBench(bin string, dur time.Duration, senders int) error {
 		}
 	}()
 	sinkPort := sink.LocalAddr().(*net.UDPAddr).Port
+	fmt.Printf("\nUDP flood (one round of %v each; the contenders run one at a time)\n\n", dur)
 	fmt.Printf("| small UDP datagrams (64 B, %d senders) | delivered/s | vs direct | l4lb CPU cores used | datagrams/s per l4lb core |\n|---|---|---|---|---|\n", senders)
 	var direct float64
 	for _, run := range []struct {
@@ -42,8 +43,8 @@ func udpBench(bin string, dur time.Duration, senders int) error {
 		port        int
 	}{
 		{"direct", "", sinkPort},
-		{"l4lb, sockets", "", 18453},
-		{"l4lb, kernel fast path", "\nload_balancer: {udp_fast_path: true, udp_fast_path_interfaces: [lo]}", 18454},
+		{"l4lb, sockets", "", port(453)},
+		{"l4lb, kernel fast path", "\nload_balancer: {udp_fast_path: true, udp_fast_path_interfaces: [lo]}", port(454)},
 	} {
 		var proc *exec.Cmd
 		if run.name != "direct" {
