@@ -173,14 +173,23 @@ target_groups:
 	fmt.Fprintln(w, "| measure | tool | the tool | l4lb bench | l4lb bench / tool |\n|---|---|---|---|---|")
 	for _, c := range checks {
 		var ts, os_ []float64
-		for range rounds {
-			t, err := c.theirs()
-			if err != nil {
-				return fmt.Errorf("%s: %s: %w", c.name, c.tool, err)
+		for round := range rounds {
+			// Who goes first alternates: the second of a pair meets what
+			// the first left behind (TIME_WAIT sockets, a warm cache).
+			var t, o float64
+			var terr, oerr error
+			if round%2 == 0 {
+				t, terr = c.theirs()
+				o, oerr = c.ours()
+			} else {
+				o, oerr = c.ours()
+				t, terr = c.theirs()
 			}
-			o, err := c.ours()
-			if err != nil {
-				return fmt.Errorf("%s: l4lb bench: %w", c.name, err)
+			if terr != nil {
+				return fmt.Errorf("%s: %s: %w", c.name, c.tool, terr)
+			}
+			if oerr != nil {
+				return fmt.Errorf("%s: l4lb bench: %w", c.name, oerr)
 			}
 			ts, os_ = append(ts, t), append(os_, o)
 		}
