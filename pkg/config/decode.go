@@ -20,6 +20,7 @@ type Raw struct {
 	LoadBalancer RawLoadBalancer     `yaml:"load_balancer,omitempty"`
 	Listeners    []RawListener       `yaml:"listeners,omitempty"`
 	TargetGroups []RawTargetGroup    `yaml:"target_groups,omitempty"`
+	BGP          *RawBGP             `yaml:"bgp,omitempty"`
 }
 
 // RawAdmin is the admin section as written.
@@ -39,6 +40,28 @@ type RawLoadBalancer struct {
 	UDPFastPathInterfaces []string `yaml:"udp_fast_path_interfaces,omitempty"`
 	TCPFastPath           *bool    `yaml:"tcp_fast_path,omitempty"`
 	TCPFastPathInterfaces []string `yaml:"tcp_fast_path_interfaces,omitempty"`
+}
+
+// RawBGP is the bgp section as written: the embedded speaker that
+// announces each zone's addresses to the routers.
+type RawBGP struct {
+	LocalAS       *int                `yaml:"local_as,omitempty"`
+	RouterID      string              `yaml:"router_id,omitempty"`
+	ListenPort    *int                `yaml:"listen_port,omitempty"`
+	Peers         []RawBGPPeer        `yaml:"peers,omitempty"`
+	Announce      map[string][]string `yaml:"announce,omitempty"`
+	Communities   map[string][]string `yaml:"communities,omitempty"`
+	WithdrawGrace string              `yaml:"withdraw_grace,omitempty"`
+}
+
+// RawBGPPeer is one BGP neighbour as written.
+type RawBGPPeer struct {
+	Address      string `yaml:"address,omitempty"`
+	AS           *int   `yaml:"as,omitempty"`
+	Port         *int   `yaml:"port,omitempty"`
+	HoldTime     string `yaml:"hold_time,omitempty"`
+	LocalAddress string `yaml:"local_address,omitempty"`
+	Password     string `yaml:"password,omitempty"`
 }
 
 // RawListener is one listener as written.

@@ -23,6 +23,9 @@ const (
 	DefaultTargetGroupName     = "default"
 	DefaultMinHealthyCount     = 1
 	MaxTargetWeight            = 1000
+	DefaultBGPPort             = 179
+	DefaultBGPHoldTime         = 90 * time.Second
+	DefaultBGPWithdrawGrace    = 5 * time.Second
 	maxDuration                = 7 * 24 * time.Hour
 	maxDeregistrationDelaySecs = 3600
 	maxDrainingIntervalSecs    = 360000

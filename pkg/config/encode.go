@@ -90,6 +90,34 @@ func (c *Config) ToRaw() *Raw {
 		rg.Attributes = g.Attributes.strings()
 		r.TargetGroups = append(r.TargetGroups, rg)
 	}
+	r.BGP = c.BGP.toRaw()
+	return r
+}
+
+func (b *BGP) toRaw() *RawBGP {
+	if b == nil {
+		return nil
+	}
+	as, lp := int(b.LocalAS), b.ListenPort
+	r := &RawBGP{LocalAS: &as, RouterID: b.RouterID.String(), ListenPort: &lp, WithdrawGrace: dur(b.WithdrawGrace),
+		Announce: map[string][]string{}}
+	for _, p := range b.Peers {
+		pas, port := int(p.AS), int(p.Port)
+		rp := RawBGPPeer{Address: p.Address.String(), AS: &pas, Port: &port, HoldTime: dur(p.HoldTime), Password: p.Password}
+		if p.LocalAddress.IsValid() {
+			rp.LocalAddress = p.LocalAddress.String()
+		}
+		r.Peers = append(r.Peers, rp)
+	}
+	for _, z := range b.Announce {
+		r.Announce[z.Zone] = prefixStrings(z.Prefixes)
+		for _, c := range z.Communities {
+			if r.Communities == nil {
+				r.Communities = map[string][]string{}
+			}
+			r.Communities[z.Zone] = append(r.Communities[z.Zone], fmt.Sprintf("%d:%d", c>>16, c&0xffff))
+		}
+	}
 	return r
 }
 

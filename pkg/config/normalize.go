@@ -130,6 +130,7 @@ func (n *normalizer) run() *Config {
 	if len(cfg.Listeners) == 0 {
 		n.errs.add("listeners", "at least one listener is required")
 	}
+	cfg.BGP = n.bgp(cfg)
 	return cfg
 }
 

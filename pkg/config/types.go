@@ -51,6 +51,44 @@ type Config struct {
 	TCPFastPathInterfaces []string
 	Listeners             []Listener
 	TargetGroups          []TargetGroup
+	// BGP, when not nil, announces each zone's addresses to routers while
+	// the zone is healthy (the bgp section).
+	BGP *BGP
+}
+
+// BGP is the embedded BGP speaker's configuration.
+type BGP struct {
+	LocalAS  uint32
+	RouterID netip.Addr
+	// ListenPort is where the speaker accepts sessions; 0 (the default)
+	// means it only connects out to its peers.
+	ListenPort int
+	Peers      []BGPPeer
+	// Announce is, per zone, the prefixes announced while the zone's health
+	// (GET /v1/zones/{zone}/health) is 200, and the communities they carry;
+	// sorted by zone.
+	Announce []BGPZone
+	// WithdrawGrace is how long a node waits, after withdrawing its routes
+	// on SIGTERM or before an upgrade, for the routers to move new flows
+	// elsewhere before it drains.
+	WithdrawGrace time.Duration
+}
+
+// BGPPeer is one BGP neighbour.
+type BGPPeer struct {
+	Address      netip.Addr
+	AS           uint32
+	Port         uint16
+	HoldTime     time.Duration
+	LocalAddress netip.Addr // the session's source; invalid: the kernel's choice
+	Password     string     // TCP MD5 (RFC 2385); "" for none
+}
+
+// BGPZone is what one zone announces.
+type BGPZone struct {
+	Zone        string
+	Prefixes    []netip.Prefix
+	Communities []uint32 // as AS:value, high 16 bits the AS
 }
 
 // Admin is the admin API endpoint. Listen is empty when the API is off.
