@@ -21,6 +21,7 @@ have iperf3 || need iperf3 "the throughput reference for l4lb bench (make bench-
 have wrk || need wrk "the HTTP rate reference for l4lb bench (make bench-compare)"
 have redis-server || need redis-server "a ping-pong target for the l4lb bench agreement check"
 have redis-benchmark || need redis-tools "the ping-pong reference for l4lb bench (make bench-compare)"
+have bird && have birdc || need bird2 "BIRD 2, the router of the BGP/ECMP namespace test"
 have prlimit || need util-linux "prlimit, for the descriptor-limit test"
 have openssl || need openssl "openssl s_client, a real TLS client for the TLS listener tests"
 if ! have nginx; then

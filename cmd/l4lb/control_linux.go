@@ -27,6 +27,7 @@ type control struct {
 	m       *metrics.Metrics
 	src     func() (*config.Config, string, error) // nil: no reload
 	upgrade func() (api.Upgrade, error)            // nil: no upgrade
+	bgp     *bgpNode                               // nil: no BGP (tests)
 
 	// done is closed when an upgrade through the admin API has handed over:
 	// the serve loop then drains, as after SIGUSR2.
@@ -101,6 +102,13 @@ func (c *control) Reload() (api.Config, error) {
 		c.log.Error("reload failed; the running config is kept", zap.Error(err))
 		c.m.Counter(metrics.ConfigReloads, "failed").Inc()
 		return api.Config{}, err
+	}
+	if c.bgp != nil {
+		// The listeners and targets are the new config's already; a
+		// speaker that cannot start is logged, and l4lb serves on.
+		if err := c.bgp.apply(cfg.BGP); err != nil {
+			c.log.Error("reload: the BGP speaker could not apply the new bgp section", zap.Error(err))
+		}
 	}
 	c.cfg = cfg
 	c.loaded(c.current.Path, hash)

@@ -39,7 +39,8 @@ func runServe(ctx context.Context, l loaded, log *zap.Logger, connectTimeout tim
 	})
 }
 
-// serve runs l.cfg until SIGTERM or SIGINT (or ctx ends), then drains. SIGHUP
+// serve runs l.cfg until SIGTERM or SIGINT (or ctx ends), then withdraws its
+// BGP routes, waits bgp.withdraw_grace, and drains. SIGHUP
 // reloads the config, SIGUSR2 upgrades the binary; after an upgrade this
 // process drains and exits. ready, if not nil, is called once the listeners
 // are up.
@@ -70,13 +71,29 @@ func serve(ctx context.Context, l loaded, log *zap.Logger, connectTimeout time.D
 		return err
 	}
 	ctl := newControl(srv, l, log, m)
-	adm, err := startAdmin(cfg, log, reg, srv, ctl, ho.inherited())
+	node := newBGPNode(srv, log, m)
+	if err := node.apply(cfg.BGP); err != nil {
+		srv.Close()
+		return err
+	}
+	defer node.stop()
+	ctl.bgp = node
+	adm, err := startAdmin(cfg, log, reg, srv, ctl, node, ho.inherited())
 	if err != nil {
 		srv.Close()
 		return err
 	}
 	defer adm.stop()
-	ctl.upgrade = func() (api.Upgrade, error) { return ho.run(srv, adm) }
+	ctl.upgrade = func() (api.Upgrade, error) {
+		// The routers move new flows to the other nodes first; this
+		// process's sessions close so the new one can open its own.
+		undo := node.handOver()
+		u, err := ho.run(srv, adm)
+		if err != nil {
+			undo()
+		}
+		return u, err
+	}
 	ho.ready()
 	log.Info("l4lb started", zap.Int("listeners", len(cfg.Listeners)), zap.Int("target_groups", len(cfg.TargetGroups)), zap.String("config_sha256", l.hash))
 	// Signals are caught before anyone is told l4lb is up.
@@ -87,6 +104,7 @@ func serve(ctx context.Context, l loaded, log *zap.Logger, connectTimeout time.D
 		ready(srv, adm.Addr())
 	}
 
+	leave := false // a signal to stop: withdraw the routes before the drain
 wait:
 	for {
 		select {
@@ -102,18 +120,21 @@ wait:
 				}
 			default:
 				log.Info("signal received, draining", zap.String("signal", s.String()), zap.Duration("shutdown_timeout", ctl.Running().ShutdownTimeout))
+				leave = true
 				break wait
 			}
 		case <-ctl.handedOver():
 			break wait
 		case <-ctx.Done():
+			leave = true
 			break wait
 		}
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), ctl.Running().ShutdownTimeout)
-	defer cancel()
+	// A second SIGTERM or SIGINT ends the withdraw grace and the drain at
+	// once.
+	stopping, cut := context.WithCancel(context.Background())
+	defer cut()
 	go func() {
-		// A second SIGTERM or SIGINT during the drain ends it at once.
 		for {
 			select {
 			case s := <-sigs:
@@ -122,13 +143,18 @@ wait:
 					continue
 				}
 				log.Warn("second signal: ending the drain now", zap.String("signal", s.String()))
-				cancel()
+				cut()
 				return
-			case <-sctx.Done():
+			case <-stopping.Done():
 				return
 			}
 		}
 	}()
+	if leave {
+		node.leave(stopping)
+	}
+	sctx, cancel := context.WithTimeout(stopping, ctl.Running().ShutdownTimeout)
+	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
 		log.Warn("shutdown cut flows before they ended", zap.Error(err))
 	}
@@ -147,7 +173,7 @@ type adminServer struct {
 
 // startAdmin serves the admin API on cfg.Admin.Listen (the socket a
 // previous process handed over, if inh has it); nil when it is off.
-func startAdmin(cfg *config.Config, log *zap.Logger, reg *prometheus.Registry, srv *lb.Server, ctl *control, inh listen.Inherit) (*adminServer, error) {
+func startAdmin(cfg *config.Config, log *zap.Logger, reg *prometheus.Registry, srv *lb.Server, ctl *control, node *bgpNode, inh listen.Inherit) (*adminServer, error) {
 	if cfg.Admin.Listen == "" {
 		return nil, nil
 	}
@@ -183,7 +209,7 @@ func startAdmin(cfg *config.Config, log *zap.Logger, reg *prometheus.Registry, s
 	}
 	srv.Reserve(a.ln.Addr().(*net.TCPAddr).AddrPort())
 	a.hs = &http.Server{
-		Handler:           admin.Handler(admin.Options{Registry: srv, Control: ctl, Gatherer: reg, Token: token, Ready: ready}),
+		Handler:           admin.Handler(admin.Options{Registry: srv, Control: ctl, Gatherer: reg, Token: token, Ready: ready, BGP: node.status}),
 		ReadHeaderTimeout: 5 * time.Second,
 		// Idle keep-alive connections are closed, and at most
 		// adminMaxConns are open at once: a client that opens connections

@@ -1,7 +1,7 @@
 // Package admin serves l4lb's admin API over HTTP/JSON: liveness and
 // readiness, target groups and their health, register and deregister, route
-// explanations, flows, zone health, config reload and binary upgrade,
-// Prometheus metrics and pprof.
+// explanations, flows, zone health, config reload and binary upgrade, the
+// BGP speaker's status, Prometheus metrics and pprof.
 //
 //	h := admin.Handler(admin.Options{Registry: srv, Gatherer: reg, Token: token})
 //	http.Serve(ln, h)
@@ -16,6 +16,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/l4lb/l4lb/pkg/api"
 )
 
 // Options configure the handler. Nil Gatherer serves no /metrics; nil Ready
@@ -27,6 +29,9 @@ type Options struct {
 	Control  Control  // nil serves no /v1/config, /v1/reload, /v1/upgrade
 	Gatherer prometheus.Gatherer
 	Ready    func() bool
+	// BGP reports the BGP speaker's sessions and routes; false when the
+	// config has no bgp section (GET /v1/bgp is then 404).
+	BGP   func() (api.BGPStatus, bool)
 	Token    string
 }
 
@@ -48,6 +53,16 @@ func Handler(o Options) http.Handler {
 	}
 	if o.Control != nil {
 		controlRoutes(mux, o.Control)
+	}
+	if o.BGP != nil {
+		mux.HandleFunc("GET /v1/bgp", func(w http.ResponseWriter, _ *http.Request) {
+			st, ok := o.BGP()
+			if !ok {
+				writeError(w, http.StatusNotFound, "BGP is not configured (the config has no bgp section)")
+				return
+			}
+			writeJSON(w, http.StatusOK, st)
+		})
 	}
 	if o.Gatherer != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{}))

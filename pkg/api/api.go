@@ -119,3 +119,35 @@ type Error struct {
 	Error  string   `json:"error"`
 	Errors []string `json:"errors,omitempty"`
 }
+
+// BGPStatus answers GET /v1/bgp: the embedded speaker's sessions and the
+// routes it announces.
+type BGPStatus struct {
+	LocalAS  uint32 `json:"local_as"`
+	RouterID string `json:"router_id"`
+	// Leaving is set once the node withdrew everything to leave (SIGTERM,
+	// or an upgrade handing over).
+	Leaving bool       `json:"leaving"`
+	Peers   []BGPPeer  `json:"peers"`
+	Routes  []BGPRoute `json:"routes"`
+}
+
+// BGPPeer is one BGP session.
+type BGPPeer struct {
+	Address string `json:"address"`
+	AS      uint32 `json:"as"`
+	// State is the session's FSM state: idle, connect, active, opensent,
+	// openconfirm or established.
+	State    string    `json:"state"`
+	Since    time.Time `json:"since,omitzero"` // established since, or down since
+	HoldTime int       `json:"hold_time_seconds,omitempty"`
+}
+
+// BGPRoute is one prefix a zone announces, and whether it is announced now.
+type BGPRoute struct {
+	Zone        string   `json:"zone"`
+	Prefix      string   `json:"prefix"`
+	Communities []string `json:"communities,omitempty"`
+	Announced   bool     `json:"announced"`
+	Why         string   `json:"why"` // "zone healthy", or why it is withdrawn
+}

@@ -23,6 +23,7 @@ const (
 	LabelReason      = "reason"
 	LabelResult      = "result"
 	LabelDirection   = "direction"
+	LabelPeer        = "peer"
 )
 
 // ID names one collector of the table.
@@ -55,6 +56,8 @@ const (
 	ConfigLastReloadSuccess
 	ConfigInfo
 	Upgrades
+	BGPSessionUp
+	BGPAnnouncedRoutes
 	numIDs
 )
 
@@ -104,6 +107,8 @@ var table = [numIDs]struct {
 	ConfigLastReloadSuccess: {"config_last_reload_success_timestamp_seconds", gauge, "When the running config was loaded (start, reload or upgrade), in Unix seconds.", nil},
 	ConfigInfo:              {"config_info", gauge, "1, labelled with the SHA-256 of the running config file.", []string{"sha256"}},
 	Upgrades:                {"upgrades_total", counter, "Binary upgrades this process started, by result (success, failed).", []string{LabelResult}},
+	BGPSessionUp:            {"bgp_session_up", gauge, "1 while the BGP session to the peer is established, else 0.", []string{LabelPeer}},
+	BGPAnnouncedRoutes:      {"bgp_announced_routes", gauge, "Prefixes the BGP speaker announces now (its zones are healthy and the node is not leaving).", nil},
 }
 
 func with(labels []string, more ...string) []string {
