@@ -32,7 +32,7 @@ type Options struct {
 	// BGP reports the BGP speaker's sessions and routes; false when the
 	// config has no bgp section (GET /v1/bgp is then 404).
 	BGP   func() (api.BGPStatus, bool)
-	Token    string
+	Token string
 }
 
 // Handler returns the admin API.

@@ -1,0 +1,651 @@
+//go:build integration
+
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/l4lb/l4lb/pkg/api"
+)
+
+// The scale-out test: a router namespace runs BIRD 2 with ECMP over BGP to
+// three l4lb nodes, which stand before four shared targets; a client
+// namespace sits behind the router. Every address is from 198.18.0.0/15.
+//
+//	client 198.18.0.2 -- 198.18.0.1 [router, BIRD] 198.18.1.254 --+-- node1 198.18.1.1 (VIP 198.18.10.1 on lo)
+//	                                                   (a bridge)  +-- node2 198.18.1.2
+//	                                                               +-- node3 198.18.1.3
+//	                                                               +-- targets 198.18.1.11-14
+//
+// The client-side work runs in the client namespace as this test binary
+// again, in a TestECMPHelper role; so do the targets.
+const (
+	ecmpVIP      = "198.18.10.1"
+	ecmpClient   = "198.18.0.2"
+	ecmpRouterC  = "198.18.0.1"
+	ecmpRouterN  = "198.18.1.254"
+	ecmpRouterAS = 64513
+	ecmpNodeAS   = 64512
+	ecmpToken    = "ecmp-test-token"
+)
+
+var ecmpTargets = []string{"198.18.1.11", "198.18.1.12", "198.18.1.13", "198.18.1.14"}
+
+func ecmpNode(i int) string { return fmt.Sprintf("198.18.1.%d", i) }
+
+type ecmpLab struct {
+	t      *testing.T
+	ip     string
+	dir    string
+	router string
+	client string
+	tgts   string
+	nodes  []string    // namespace names
+	procs  []*exec.Cmd // l4lb per node
+}
+
+func (l *ecmpLab) in(ns string, args ...string) {
+	l.t.Helper()
+	out, err := exec.Command(l.ip, append([]string{"netns", "exec", ns}, args...)...).CombinedOutput()
+	if err != nil {
+		l.t.Fatalf("in %s: %s: %v\n%s", ns, strings.Join(args, " "), err, out)
+	}
+}
+
+func (l *ecmpLab) run(args ...string) {
+	l.t.Helper()
+	out, err := exec.Command(l.ip, args...).CombinedOutput()
+	if err != nil {
+		l.t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+}
+
+// needECMPTools returns the ip and bird binaries, or skips (fails in CI).
+func needECMPTools(t *testing.T) (ipBin, birdBin string) {
+	t.Helper()
+	fail := t.Skip
+	if os.Getenv("CI") != "" {
+		fail = t.Fatal
+	}
+	if os.Geteuid() != 0 {
+		fail("the ECMP test needs root for its network namespaces")
+	}
+	var err error
+	if ipBin, err = exec.LookPath("ip"); err != nil {
+		fail("ip (iproute2) is not installed; make deps installs it")
+	}
+	if birdBin, err = exec.LookPath("bird"); err != nil {
+		fail("bird (BIRD 2) is not installed; make deps installs it")
+	}
+	return ipBin, birdBin
+}
+
+func newECMPLab(t *testing.T) *ecmpLab {
+	ipBin, birdBin := needECMPTools(t)
+	id := os.Getpid() % 100000
+	l := &ecmpLab{t: t, ip: ipBin, dir: t.TempDir(),
+		router: fmt.Sprintf("l4er%d", id), client: fmt.Sprintf("l4ec%d", id), tgts: fmt.Sprintf("l4et%d", id)}
+	for i := 1; i <= 3; i++ {
+		l.nodes = append(l.nodes, fmt.Sprintf("l4en%d-%d", i, id))
+	}
+	for _, ns := range append([]string{l.router, l.client, l.tgts}, l.nodes...) {
+		l.run("netns", "add", ns)
+		t.Cleanup(func() { exec.Command(ipBin, "netns", "del", ns).Run() })
+		l.in(ns, "ip", "link", "set", "lo", "up")
+	}
+	// The router: a bridge towards the nodes and targets, a link to the
+	// client, forwarding with an L4 multipath hash.
+	l.in(l.router, "ip", "link", "add", "br0", "type", "bridge")
+	l.in(l.router, "ip", "addr", "add", ecmpRouterN+"/24", "dev", "br0")
+	l.in(l.router, "ip", "link", "set", "br0", "up")
+	l.in(l.router, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv4.fib_multipath_hash_policy=1")
+	l.run("link", "add", "rc0", "netns", l.router, "type", "veth", "peer", "name", "c0", "netns", l.client)
+	l.in(l.router, "ip", "addr", "add", ecmpRouterC+"/24", "dev", "rc0")
+	l.in(l.router, "ip", "link", "set", "rc0", "up")
+	l.in(l.client, "ip", "addr", "add", ecmpClient+"/24", "dev", "c0")
+	l.in(l.client, "ip", "link", "set", "c0", "up")
+	l.in(l.client, "ip", "route", "add", "default", "via", ecmpRouterC)
+	attach := func(ns, inner, outer string, addrs ...string) {
+		l.run("link", "add", outer, "netns", l.router, "type", "veth", "peer", "name", inner, "netns", ns)
+		l.in(l.router, "ip", "link", "set", outer, "master", "br0", "up")
+		for _, a := range addrs {
+			l.in(ns, "ip", "addr", "add", a+"/24", "dev", inner)
+		}
+		l.in(ns, "ip", "link", "set", inner, "up")
+		l.in(ns, "ip", "route", "add", "default", "via", ecmpRouterN)
+	}
+	for i, ns := range l.nodes {
+		attach(ns, "n0", fmt.Sprintf("rn%d", i+1), ecmpNode(i+1))
+		l.in(ns, "ip", "addr", "add", ecmpVIP+"/32", "dev", "lo")
+	}
+	attach(l.tgts, "t0", "rt0", ecmpTargets...)
+
+	// BIRD on the router: a session to each node, ECMP into the kernel.
+	conf := fmt.Sprintf(`router id %s;
+log "%s/bird.log" all;
+protocol device { scan time 1; }
+protocol kernel {
+	merge paths yes;
+	ipv4 { import none; export all; };
+}
+template bgp lb {
+	local %s as %d;
+	hold time 3;
+	keepalive time 1;
+	connect retry time 1;
+	error wait time 1, 2;
+	ipv4 { import all; export none; };
+}
+`, ecmpRouterN, l.dir, ecmpRouterN, ecmpRouterAS)
+	for i := range l.nodes {
+		conf += fmt.Sprintf("protocol bgp node%d from lb { neighbor %s as %d; }\n", i+1, ecmpNode(i+1), ecmpNodeAS)
+	}
+	birdConf := filepath.Join(l.dir, "bird.conf")
+	os.WriteFile(birdConf, []byte(conf), 0o644)
+	bird := exec.Command(l.ip, "netns", "exec", l.router, birdBin, "-f", "-c", birdConf, "-s", filepath.Join(l.dir, "bird.ctl"), "-P", filepath.Join(l.dir, "bird.pid"))
+	bird.Stdout, bird.Stderr = io.Discard, io.Discard
+	if err := bird.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		bird.Process.Kill()
+		bird.Wait()
+		if t.Failed() {
+			b, _ := os.ReadFile(filepath.Join(l.dir, "bird.log"))
+			t.Logf("BIRD's log:\n%s", tail(b, 8<<10))
+		}
+	})
+	return l
+}
+
+func tail(b []byte, n int) []byte {
+	if len(b) > n {
+		return b[len(b)-n:]
+	}
+	return b
+}
+
+// startNode runs l4lb in node i's namespace (1-based).
+func (l *ecmpLab) startNode(bin string, i int) {
+	dir := filepath.Join(l.dir, fmt.Sprintf("node%d", i))
+	os.MkdirAll(dir, 0o755)
+	os.WriteFile(filepath.Join(dir, "token"), []byte(ecmpToken), 0o600)
+	var targets []string
+	for _, a := range ecmpTargets {
+		targets = append(targets, fmt.Sprintf(`{address: "%s:8080"}`, a))
+	}
+	hc := `health_check: {protocol: TCP, port: "8080", interval: 1s, healthy_threshold: 2, unhealthy_threshold: 2}`
+	cfg := fmt.Sprintf(`admin: {listen: "%[1]s:9900", token_file: "%[2]s/token"}
+zones: {a: [%[3]s]}
+listeners:
+  - {name: web, port: 80, bind: [%[3]s], target_group: web}
+  - {name: dns, protocol: UDP, port: 53, bind: [%[3]s], target_group: udp}
+target_groups:
+  - {name: web, targets: [%[4]s], %[5]s, attributes: {deregistration_delay.timeout_seconds: "1"}}
+  - {name: udp, protocol: UDP, targets: [%[4]s], %[5]s}
+bgp:
+  local_as: %[6]d
+  router_id: %[1]s
+  peers: [{address: %[7]s, as: %[8]d, hold_time: 3s}]
+  announce: {a: [%[3]s/32]}
+  withdraw_grace: 2s
+`, ecmpNode(i), dir, ecmpVIP, strings.Join(targets, ", "), hc, ecmpNodeAS, ecmpRouterN, ecmpRouterAS)
+	path := filepath.Join(dir, "l4lb.yaml")
+	os.WriteFile(path, []byte(cfg), 0o644)
+	logf, err := os.Create(filepath.Join(dir, "l4lb.log"))
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	cmd := exec.Command(l.ip, "netns", "exec", l.nodes[i-1], bin, "serve", "--config", path, "--log-level", "info")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		l.t.Fatal(err)
+	}
+	logf.Close()
+	l.procs = append(l.procs, cmd)
+	l.t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		if l.t.Failed() {
+			b, _ := os.ReadFile(logf.Name())
+			l.t.Logf("node %d's log (the end):\n%s", i, tail(b, 6<<10))
+		}
+	})
+}
+
+// nextHops is the router's ECMP next hops for the VIP.
+func (l *ecmpLab) nextHops() []string {
+	out, _ := exec.Command(l.ip, "-n", l.router, "route", "show", ecmpVIP+"/32").CombinedOutput()
+	var hops []string
+	for _, f := range strings.Split(string(out), "\n") {
+		fs := strings.Fields(f)
+		for i := 0; i+1 < len(fs); i++ {
+			if fs[i] == "via" {
+				hops = append(hops, fs[i+1])
+			}
+		}
+	}
+	return hops
+}
+
+// waitHops waits until the VIP has n next hops, and says how long it took.
+func (l *ecmpLab) waitHops(n int, within time.Duration) time.Duration {
+	l.t.Helper()
+	start := time.Now()
+	for {
+		hops := l.nextHops()
+		if len(hops) == n {
+			return time.Since(start)
+		}
+		if time.Since(start) > within {
+			l.t.Fatalf("the router's route to %s has next hops %v, want %d of them within %v", ecmpVIP, hops, n, within)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// helper runs this binary in ns in an ECMP helper role and returns its
+// result (JSON).
+func (l *ecmpLab) helper(ns, role string, env ...string) string {
+	l.t.Helper()
+	cmd := exec.Command(l.ip, "netns", "exec", ns, os.Args[0], "-test.run=^TestECMPHelper$")
+	cmd.Env = append(os.Environ(), append(env, "L4LB_ECMP_ROLE="+role)...)
+	out, err := cmd.Output()
+	if err != nil {
+		l.t.Fatalf("%s helper: %v\n%s", role, err, out)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if res, ok := strings.CutPrefix(line, "RESULT "); ok {
+			return res
+		}
+	}
+	l.t.Fatalf("%s helper printed no result:\n%s", role, out)
+	return ""
+}
+
+func (l *ecmpLab) adminURLs() string {
+	var urls []string
+	for i := range l.nodes {
+		urls = append(urls, fmt.Sprintf("http://%s:9900", ecmpNode(i+1)))
+	}
+	return strings.Join(urls, ",")
+}
+
+type ecmpLoad struct {
+	OK, Failed int
+	GapMS      int64 // from the first failure to the last
+}
+
+func TestECMPOverBGP(t *testing.T) {
+	l := newECMPLab(t)
+	bin := filepath.Join(t.TempDir(), "l4lb")
+	buildL4LB(t, bin, "ecmp-test")
+
+	// The targets: each answers with its own address, over TCP and UDP.
+	tcmd := exec.Command(l.ip, "netns", "exec", l.tgts, os.Args[0], "-test.run=^TestECMPHelper$")
+	tcmd.Env = append(os.Environ(), "L4LB_ECMP_ROLE=targets")
+	tout, _ := tcmd.StdoutPipe()
+	tin, _ := tcmd.StdinPipe()
+	tcmd.Stderr = os.Stderr
+	if err := tcmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tin.Close(); tcmd.Process.Kill(); tcmd.Wait() })
+	if line, err := bufio.NewReader(tout).ReadString('\n'); err != nil || strings.TrimSpace(line) != "ready" {
+		t.Fatalf("targets: %q %v", line, err)
+	}
+
+	for i := range l.nodes {
+		l.startNode(bin, i+1)
+	}
+	took := l.waitHops(3, 30*time.Second)
+	t.Logf("the VIP reached the router's FIB with 3 next hops %v after %v", l.nextHops(), took.Round(time.Millisecond))
+
+	// Every node names the same target for 10 000 flows.
+	var agree struct{ Flows, Disagree int }
+	json.Unmarshal([]byte(l.helper(l.client, "routes", "ECMP_ADMIN="+l.adminURLs(), "ECMP_FLOWS=10000")), &agree)
+	if agree.Flows != 10000 || agree.Disagree != 0 {
+		t.Fatalf("routes of 10000 flows on 3 nodes: %+v", agree)
+	}
+	// 1000 connections land on the target the nodes name.
+	var conns struct{ OK, Failed, Mismatch int }
+	json.Unmarshal([]byte(l.helper(l.client, "connect", "ECMP_ADMIN="+l.adminURLs(), "ECMP_FLOWS=1000", "ECMP_SRC=30000")), &conns)
+	if conns.OK != 1000 || conns.Mismatch != 0 {
+		t.Fatalf("1000 connections: %+v", conns)
+	}
+	udpBefore := l.helper(l.client, "udp", "ECMP_FLOWS=1000", "ECMP_SRC=40000")
+
+	// A node whose zone has no healthy target withdraws; it comes back
+	// when its targets do.
+	deregister := func(node int, method string) {
+		for _, a := range ecmpTargets {
+			args := []string{bin, "targets", method, "--admin", fmt.Sprintf("http://%s:9900", ecmpNode(node)),
+				"--token-file", filepath.Join(l.dir, fmt.Sprintf("node%d", node), "token"), "--target-group", "web", "--target", a + ":8080"}
+			l.in(l.nodes[node-1], args...)
+		}
+	}
+	deregister(3, "deregister")
+	took = l.waitHops(2, 10*time.Second)
+	t.Logf("node 3 without healthy targets: withdrawn from the FIB after %v", took.Round(time.Millisecond))
+	deregister(3, "register")
+	took = l.waitHops(3, 15*time.Second)
+	t.Logf("node 3's targets registered again: back in the FIB after %v", took.Round(time.Millisecond))
+
+	// Node 1 dies under load: new connections fail only until the router
+	// drops it, and UDP flows keep their targets.
+	load := make(chan string, 1)
+	go func() { load <- l.helper(l.client, "load", "ECMP_SECONDS=6") }()
+	time.Sleep(2 * time.Second)
+	l.procs[0].Process.Signal(syscall.SIGKILL)
+	var killed ecmpLoad
+	json.Unmarshal([]byte(<-load), &killed)
+	l.waitHops(2, 5*time.Second)
+	t.Logf("node 1 killed under load: %d connections succeeded, %d failed over %d ms", killed.OK, killed.Failed, killed.GapMS)
+	if killed.OK == 0 || killed.GapMS > 5000 {
+		t.Errorf("after node 1 was killed: %+v; want failures only while the router still sends to it", killed)
+	}
+	udpAfter := l.helper(l.client, "udp", "ECMP_FLOWS=1000", "ECMP_SRC=40000")
+	if moved := diffTargets(t, udpBefore, udpAfter); moved != 0 {
+		t.Errorf("%d of 1000 UDP flows changed target when node 1 died", moved)
+	}
+
+	// Node 2 leaves gracefully: its route goes before any flow is cut,
+	// and no connection fails.
+	go func() { load <- l.helper(l.client, "load", "ECMP_SECONDS=6") }()
+	time.Sleep(time.Second)
+	l.procs[1].Process.Signal(syscall.SIGTERM)
+	took = l.waitHops(1, 5*time.Second)
+	exited := make(chan struct{})
+	go func() { l.procs[1].Wait(); close(exited) }()
+	select {
+	case <-exited:
+		t.Error("node 2 exited before the router dropped its route")
+	default:
+	}
+	t.Logf("node 2 on SIGTERM: withdrawn from the FIB after %v, while it still served", took.Round(time.Millisecond))
+	var left ecmpLoad
+	json.Unmarshal([]byte(<-load), &left)
+	if left.OK == 0 || left.Failed != 0 {
+		t.Errorf("connections while node 2 left gracefully: %+v, want none failed", left)
+	}
+	t.Logf("node 2 left: %d connections, %d failed", left.OK, left.Failed)
+}
+
+// diffTargets counts the flows whose target differs between two "udp"
+// results.
+func diffTargets(t *testing.T, a, b string) int {
+	var x, y map[string]string
+	if json.Unmarshal([]byte(a), &x) != nil || json.Unmarshal([]byte(b), &y) != nil || len(x) != len(y) || len(x) == 0 {
+		t.Fatalf("bad UDP results: %.200s / %.200s", a, b)
+	}
+	n := 0
+	for k, v := range x {
+		if y[k] != v {
+			n++
+		}
+	}
+	return n
+}
+
+// TestECMPHelper is a role of TestECMPOverBGP run inside a namespace; it
+// does nothing on its own.
+func TestECMPHelper(t *testing.T) {
+	role := os.Getenv("L4LB_ECMP_ROLE")
+	if role == "" {
+		t.Skip("a role of TestECMPOverBGP")
+	}
+	n, _ := strconv.Atoi(os.Getenv("ECMP_FLOWS"))
+	src, _ := strconv.Atoi(os.Getenv("ECMP_SRC"))
+	var res any
+	switch role {
+	case "targets":
+		ecmpServeTargets(t)
+		return
+	case "routes":
+		res = ecmpRoutes(t, n)
+	case "connect":
+		res = ecmpConnect(t, n, src)
+	case "udp":
+		res = ecmpUDP(t, n, src)
+	case "load":
+		secs, _ := strconv.Atoi(os.Getenv("ECMP_SECONDS"))
+		res = ecmpLoadFor(time.Duration(secs) * time.Second)
+	}
+	b, _ := json.Marshal(res)
+	fmt.Printf("\nRESULT %s\n", b)
+}
+
+// ecmpServeTargets answers with the target's own address: TCP (then
+// closes) and UDP, until stdin closes.
+func ecmpServeTargets(t *testing.T) {
+	for _, a := range ecmpTargets {
+		ln, err := net.Listen("tcp", a+":8080")
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				c.Write([]byte(a + "\n"))
+				c.Close()
+			}
+		}()
+		pc, err := net.ListenPacket("udp", a+":8080")
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			buf := make([]byte, 1500)
+			for {
+				_, from, err := pc.ReadFrom(buf)
+				if err != nil {
+					return
+				}
+				pc.WriteTo([]byte(a), from)
+			}
+		}()
+	}
+	fmt.Println("ready")
+	io.Copy(io.Discard, os.Stdin)
+}
+
+// ecmpRoute asks a node's admin API which target a TCP flow from the
+// client's port gets.
+func ecmpRoute(c *http.Client, admin string, port int) (string, error) {
+	q := url.Values{"listener": {"web"}, "src": {fmt.Sprintf("%s:%d", ecmpClient, port)}, "dst": {ecmpVIP + ":80"}, "protocol": {"tcp"}}
+	req, _ := http.NewRequest(http.MethodGet, admin+"/v1/route?"+q.Encode(), nil)
+	req.Header.Set("Authorization", "Bearer "+ecmpToken)
+	resp, err := c.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	var r api.Route
+	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+		return "", err
+	}
+	return r.Target, nil
+}
+
+// ecmpAllHealthy waits until a node sees every target of both groups
+// healthy: until then nodes may differ, as their health checks converge.
+func ecmpAllHealthy(t *testing.T, c *http.Client, admin string) {
+	deadline := time.Now().Add(20 * time.Second)
+	for _, g := range []string{"web", "udp"} {
+		for {
+			req, _ := http.NewRequest(http.MethodGet, admin+"/v1/target-groups/"+g+"/targets", nil)
+			req.Header.Set("Authorization", "Bearer "+ecmpToken)
+			var ths []api.TargetHealth
+			healthy := 0
+			if resp, err := c.Do(req); err == nil {
+				json.NewDecoder(resp.Body).Decode(&ths)
+				resp.Body.Close()
+				for _, th := range ths {
+					if th.State == api.StateHealthy {
+						healthy++
+					}
+				}
+			}
+			if healthy == len(ecmpTargets) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %d of %d targets of %s healthy after 20 s: %+v", admin, healthy, len(ecmpTargets), g, ths)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+}
+
+func ecmpRoutes(t *testing.T, flows int) any {
+	admins := strings.Split(os.Getenv("ECMP_ADMIN"), ",")
+	for _, admin := range admins {
+		ecmpAllHealthy(t, &http.Client{Timeout: 5 * time.Second}, admin)
+	}
+	answers := make([][]string, len(admins))
+	var wg sync.WaitGroup
+	for i, admin := range admins {
+		answers[i] = make([]string, flows)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := &http.Client{Timeout: 5 * time.Second}
+			for f := range flows {
+				tgt, err := ecmpRoute(c, admin, 20000+f)
+				if err != nil {
+					t.Errorf("%s: %v", admin, err)
+					return
+				}
+				answers[i][f] = tgt
+			}
+		}()
+	}
+	wg.Wait()
+	res := struct{ Flows, Disagree int }{Flows: flows}
+	for f := range flows {
+		for i := range admins {
+			if answers[i][f] == "" || answers[i][f] != answers[0][f] {
+				res.Disagree++
+				break
+			}
+		}
+	}
+	return res
+}
+
+// ecmpAsk connects from the client's port to the VIP and returns the
+// target's answer.
+func ecmpAsk(port int) (string, error) {
+	d := net.Dialer{Timeout: 2 * time.Second}
+	if port != 0 {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(ecmpClient), Port: port}
+	}
+	c, err := d.Dial("tcp", ecmpVIP+":80")
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	return strings.TrimSpace(line), err
+}
+
+func ecmpConnect(t *testing.T, flows, src int) any {
+	admin := strings.Split(os.Getenv("ECMP_ADMIN"), ",")[0]
+	c := &http.Client{Timeout: 5 * time.Second}
+	res := struct{ OK, Failed, Mismatch int }{}
+	for f := range flows {
+		got, err := ecmpAsk(src + f)
+		if err != nil {
+			res.Failed++
+			continue
+		}
+		res.OK++
+		want, err := ecmpRoute(c, admin, src+f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want != got+":8080" {
+			res.Mismatch++
+		}
+	}
+	return res
+}
+
+// ecmpUDP sends one datagram on each of flows client ports and returns,
+// per port, the target that answered.
+func ecmpUDP(t *testing.T, flows, src int) any {
+	out := map[string]string{}
+	buf := make([]byte, 64)
+	for f := range flows {
+		c, err := net.DialUDP("udp", &net.UDPAddr{IP: net.ParseIP(ecmpClient), Port: src + f}, &net.UDPAddr{IP: net.ParseIP(ecmpVIP), Port: 53})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for try := 0; try < 5; try++ {
+			c.Write([]byte("who"))
+			c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+			if n, err := c.Read(buf); err == nil {
+				out[strconv.Itoa(src+f)] = string(buf[:n])
+				break
+			}
+		}
+		c.Close()
+	}
+	return out
+}
+
+// ecmpLoadFor opens connections to the VIP, four at a time, for d, and
+// counts those that fail and the span of the failures.
+func ecmpLoadFor(d time.Duration) ecmpLoad {
+	var mu sync.Mutex
+	var res ecmpLoad
+	var first, last time.Time
+	end := time.Now().Add(d)
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := 0; n < 100000 && time.Now().Before(end); n++ {
+				_, err := ecmpAsk(0)
+				now := time.Now()
+				mu.Lock()
+				if err != nil {
+					res.Failed++
+					if first.IsZero() {
+						first = now
+					}
+					last = now
+				} else {
+					res.OK++
+				}
+				mu.Unlock()
+				time.Sleep(5 * time.Millisecond)
+			}
+		}()
+	}
+	wg.Wait()
+	if !first.IsZero() {
+		res.GapMS = last.Sub(first).Milliseconds()
+	}
+	return res
+}
