@@ -10,9 +10,8 @@
 // client IP (the target sees the client's own address, as it would with
 // preserve_client_ip in user space) and sends no PROXY header. The
 // user-space listener stays bound and takes whatever the program passes on:
-// fragments, IPv4 options, IPv6 extension headers, and TCP segments of no
-// known flow (which the stack answers with a reset). IPv4 and IPv6 each
-// have their own maps.
+// fragments, IPv4 options, IPv6 extension headers, and TCP resets of no
+// known flow. IPv4 and IPv6 each have their own maps.
 //
 // A first packet (for TCP, a SYN) picks its target exactly as user space
 // does (same flow hash, same Maglev table, which user space writes into the
@@ -21,6 +20,10 @@
 // l4lb counts them. TCP flows start in a map of their own until the client
 // completes the handshake, so a SYN flood evicts only incomplete
 // handshakes; FIN both ways or a RST closes a flow, which lingers briefly.
+// A TCP segment of no known flow that is not a SYN began on another l4lb
+// node (the routers moved it): it goes to the target the Maglev table
+// names, as it would on every node, and its flow is entered as
+// established.
 // Flows idle past their listener's timeout are swept from user space.
 //
 //	p, err := fastpath.New(fastpath.Options{MaxFlows: 65536, Services: 4})

@@ -103,6 +103,7 @@ type Stats struct {
 	ClientResets         uint64 // TCP: resets from clients
 	TargetResets         uint64 // TCP: resets from targets
 	Established          uint64 // TCP: handshakes completed
+	PickedUp             uint64 // TCP: flows picked up mid-connection, begun on another node
 }
 
 // Flow is one pinned flow, as the sweep sees it.
@@ -390,7 +391,7 @@ func (p *Path) Stats(id int) (Stats, error) {
 	var st Stats
 	dst := []*[2]uint64{
 		statForward: {}, statReply: {}, statNewFlow: {}, statFull: {}, statNoTarget: {}, statCollide: {}, statACL: {},
-		statClientRst: {}, statTargetRst: {}, statPromote: {},
+		statClientRst: {}, statTargetRst: {}, statPromote: {}, statMidflow: {},
 	}
 	for kind, d := range dst {
 		var per [][statValSize]byte
@@ -412,6 +413,7 @@ func (p *Path) Stats(id int) (Stats, error) {
 	st.ClientResets = dst[statClientRst][0]
 	st.TargetResets = dst[statTargetRst][0]
 	st.Established = dst[statPromote][0]
+	st.PickedUp = dst[statMidflow][0]
 	return st, nil
 }
 

@@ -55,6 +55,7 @@ func TestHeaderMatchesGo(t *testing.T) {
 		"STAT_CLIENT_RST":     statClientRst,
 		"STAT_TARGET_RST":     statTargetRst,
 		"STAT_PROMOTE":        statPromote,
+		"STAT_MIDFLOW":        statMidflow,
 		"STAT_KINDS":          statKinds,
 		"SVC_STICKY":          svcSticky,
 		"PORTS_LISTENERS":     portsListeners,

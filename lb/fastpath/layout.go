@@ -47,6 +47,7 @@ const (
 	statClientRst        // TCP: resets from clients
 	statTargetRst        // TCP: resets from targets
 	statPromote          // TCP: handshakes completed
+	statMidflow          // TCP: flows picked up mid-connection (begun on another node)
 	statKinds     = 12
 )
 

@@ -2,6 +2,7 @@ package fastpath
 
 import (
 	"encoding/binary"
+	"fmt"
 	"math/rand/v2"
 	"net/netip"
 	"testing"
@@ -18,6 +19,7 @@ const (
 	fin = 0x01
 	syn = 0x02
 	rst = 0x04
+	psh = 0x08
 	ack = 0x10
 )
 
@@ -108,9 +110,10 @@ func entries(t *testing.T, fp *famPath) (established, embryonic int) {
 	return
 }
 
-// A SYN picks the slot user space computes for TCP, with valid checksums;
-// segments that are not a SYN and match no flow go on to the stack
-// unchanged, as does UDP to a TCP path.
+// A SYN picks the slot user space computes for TCP, with valid checksums.
+// A segment of no flow that is not a SYN began on another node: it goes to
+// the same slot, and its flow is entered as established; a RST of no flow
+// goes on to the stack unchanged, as does UDP to a TCP path.
 func TestTCPProgramMatchesUserSpaceHash(t *testing.T) {
 	p := newTCPPath(t, Options{MaxFlows: 4096, Services: 1})
 	vip := netip.MustParseAddrPort("127.0.0.80:80")
@@ -131,22 +134,31 @@ func TestTCPProgramMatchesUserSpaceHash(t *testing.T) {
 			t.Fatalf("SYN from %s went to %s, user space says slot %d", client, dst, want)
 		}
 	}
-	stray := netip.MustParseAddrPort("127.0.0.9:999")
-	for _, flags := range []byte{ack, ack | fin, rst, syn | ack} {
-		in := segment(stray, vip, flags, []byte("x"))
-		if ret, out := run(t, p, in); ret != tcxNext || string(out) != string(in) {
-			t.Fatalf("a segment (flags %#x) of no flow: returned %d", flags, ret)
+	for i, flags := range []byte{ack, ack | fin, syn | ack, ack | psh} {
+		moved := netip.MustParseAddrPort(fmt.Sprintf("127.0.0.9:%d", 900+i))
+		ret, out := run(t, p, segment(moved, vip, flags, []byte("x")))
+		if ret != tcxPass {
+			t.Fatalf("a segment (flags %#x) of a flow begun elsewhere: returned %d", flags, ret)
 		}
+		_, dst := tcpOK(t, out)
+		if want := flowhash.Flow(flowhash.ProtoTCP, moved, vip) % maglev.DefaultSize; slotOf(dst.Addr()) != int(want) {
+			t.Fatalf("a segment (flags %#x) of a flow begun elsewhere went to slot %d, user space says %d", flags, slotOf(dst.Addr()), want)
+		}
+	}
+	stray := netip.MustParseAddrPort("127.0.0.9:999")
+	in := segment(stray, vip, rst, []byte("x"))
+	if ret, out := run(t, p, in); ret != tcxNext || string(out) != string(in) {
+		t.Fatalf("a RST of no flow: returned %d", ret)
 	}
 	if ret, _ := run(t, p, packet(stray, vip, nil)); ret != tcxNext {
 		t.Fatalf("a UDP datagram on the TCP path: returned %d", ret)
 	}
 	st, _ := p.Stats(id)
-	if st.NewFlows != 300 || st.Established != 0 {
-		t.Fatalf("stats %+v, want 300 new flows, none established", st)
+	if st.NewFlows != 304 || st.PickedUp != 4 || st.Established != 0 {
+		t.Fatalf("stats %+v, want 304 new flows, 4 picked up mid-connection, no handshake completed", st)
 	}
-	if est, emb := entries(t, p.fams[0]); est != 0 || emb != 600 {
-		t.Fatalf("%d established and %d embryonic entries; want 0 and 600", est, emb)
+	if est, emb := entries(t, p.fams[0]); est != 8 || emb != 600 {
+		t.Fatalf("%d established and %d embryonic entries; want 8 and 600", est, emb)
 	}
 }
 
@@ -337,7 +349,7 @@ func TestTCPSynFloodKeepsEstablished(t *testing.T) {
 }
 
 // IPv6 takes the same path, and ending a target's flows removes them from
-// both maps.
+// both maps; a later segment is picked up as any node would.
 func TestTCPProgramIPv6AndEndFlows(t *testing.T) {
 	p := newTCPPath(t, Options{MaxFlows: 64, Services6: 1})
 	vip := netip.MustParseAddrPort("[fd00::80]:80")
@@ -376,9 +388,12 @@ func TestTCPProgramIPv6AndEndFlows(t *testing.T) {
 	if est, emb := entries(t, p.fams[1]); est != 0 || emb != 0 {
 		t.Fatalf("after EndFlowsTo: %d established and %d embryonic entries", est, emb)
 	}
-	in := segment6(c1, vip, ack, []byte("late"))
-	if ret, _ := run(t, p, in); ret != tcxNext {
-		t.Fatalf("a segment of an ended flow: %d, want it passed to the stack", ret)
+	// A segment after its flow ended goes where the table says now (here,
+	// still a), as any node would send it; a target that no longer knows
+	// the connection answers with a reset.
+	ret, out = run(t, p, segment6(c1, vip, ack, []byte("late")))
+	if _, dst := addrs6(out); ret != tcxPass || dst != a {
+		t.Fatalf("a segment of an ended flow: %d to %s, want it sent to %s", ret, dst, a)
 	}
 }
 

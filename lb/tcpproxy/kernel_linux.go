@@ -39,8 +39,8 @@ func kernelEligible(l *listener) string {
 
 // startKernelPath hands the qualifying listeners (bound already, so their
 // ports are known) to the kernel fast path (load_balancer.tcp_fast_path).
-// Their sockets stay bound: segments of no kernel flow reach them, and the
-// stack answers those with a reset. A kernel that cannot run the programs
+// Their sockets stay bound for what the programs pass on (fragments, IP
+// options, resets of no flow). A kernel that cannot run the programs
 // leaves every listener in user space, with a warning.
 func (s *Server) startKernelPath() {
 	if !s.cfg.TCPFastPath {

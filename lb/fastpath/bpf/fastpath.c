@@ -25,9 +25,15 @@
  * established flows. A FIN marks its direction's entry; a FIN both ways, or
  * a RST, marks the flow closed, and user space removes it after a short
  * linger for stray segments. Resets are counted by origin and, for targets,
- * per target (a SYN answered with RST apart), for passive health. A segment
- * with no entry that is not a SYN goes on to the local stack, which answers
- * it with a reset.
+ * per target (a SYN answered with RST apart), for passive health.
+ *
+ * A segment with no entry that is neither a SYN nor a RST belongs to a
+ * connection this node has not seen: it began on another l4lb node, and
+ * the routers moved it here (a node died, or the ECMP set changed). As
+ * Katran does, it goes to the target the Maglev table names for its flow
+ * hash, which every node computes alike, and the flow is entered straight
+ * into the established map. A RST with no entry goes on to the stack, which
+ * drops it.
  */
 #include <stdbool.h>
 #include <linux/bpf.h>
@@ -455,8 +461,10 @@ static __always_inline bool acl_refuses(const struct pkt *p, __u32 id, __u32 fla
 }
 
 /* new_flow serves the first datagram of a flow to a service: it picks the
- * target, creates the flow's entries and forwards the datagram. */
-static __always_inline int new_flow(struct __sk_buff *skb, const struct pkt *p, union flow_key *key, bool v6)
+ * target, creates the flow's entries and forwards the datagram. A TCP flow
+ * starts in the embryonic map, or, picked up mid-connection (midflow), in
+ * the established one. */
+static __always_inline int new_flow(struct __sk_buff *skb, const struct pkt *p, union flow_key *key, bool midflow, bool v6)
 {
 	struct svc_key6 sk = {};
 	copy_addr(sk.addr, p->daddr, v6);
@@ -519,7 +527,8 @@ static __always_inline int new_flow(struct __sk_buff *skb, const struct pkt *p, 
 			return refuse(id, STAT_COLLIDE, p->bytes);
 		if (old)
 			bpf_map_delete_elem(flows, &sc->rkey);
-		flows = MAP(l4lb_syn, v6);
+		if (!midflow)
+			flows = MAP(l4lb_syn, v6);
 	}
 	/* The reply entry first, and only if no other flow holds that
 	 * target-side tuple: then replies can never go to the wrong client. */
@@ -529,6 +538,8 @@ static __always_inline int new_flow(struct __sk_buff *skb, const struct pkt *p, 
 			return refuse(id, STAT_FULL, p->bytes);
 		}
 		count(id, STAT_NEW_FLOW, p->bytes);
+		if (midflow)
+			count(id, STAT_MIDFLOW, 0);
 	} else {
 		void *old = bpf_map_lookup_elem(flows, &sc->rkey);
 		if (!old)
@@ -670,9 +681,9 @@ static __always_inline int handle_family(struct __sk_buff *skb, bool egress, boo
 		v = NULL;
 	}
 	if (!v) {
-		if (tcp && !syn)
-			return TCX_NEXT; /* no flow: the stack answers with a reset */
-		return new_flow(skb, &p, &key, v6);
+		if (tcp && (p.flags & TCP_RST))
+			return TCX_NEXT; /* nothing to reset here: the stack drops it */
+		return new_flow(skb, &p, &key, tcp && !syn, v6);
 	}
 	if (*val_svc(v, v6) & REPLY_FLAG)
 		return TCX_NEXT;

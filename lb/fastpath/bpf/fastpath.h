@@ -29,6 +29,7 @@
 #define STAT_CLIENT_RST 7 /* TCP: resets from clients */
 #define STAT_TARGET_RST 8 /* TCP: resets from targets */
 #define STAT_PROMOTE 9    /* TCP: handshakes completed (flows moved to the established map) */
+#define STAT_MIDFLOW 10   /* TCP: flows picked up mid-connection (begun on another node) */
 #define STAT_KINDS 12
 
 /* Keys of the port bitmaps. */
