@@ -83,7 +83,8 @@ type service struct {
 	vip     netip.AddrPort
 	idle    time.Duration
 	sticky  bool
-	flags   uint32 // svcSticky, svcAllow, svcDeny
+	flags   uint32 // svcSticky, svcAllow, svcDeny, svcDSR
+	encap   netip.Addr // svcDSR: the outer source
 	fam     *famPath
 	index   int    // within its family: which tables are its own
 	removed uint64 // flows removed by Sweep and EndFlowsTo
@@ -254,6 +255,24 @@ func (p *Path) AddService(vip netip.AddrPort, idle time.Duration, sticky bool) (
 	return len(p.svcs) - 1, nil
 }
 
+// ForwardDSR makes service id (IPv4) forward by direct server return from
+// its next SetTable on: each packet goes to its target whole, inside an
+// outer IPv4 header from src (IPIP), and the target answers the client
+// directly. The target must hold the service's address on a local
+// interface and take IPIP in (deploy/dsr-target.sh); the packet keeps its
+// destination port, so the target listens on the listener's port.
+func (p *Path) ForwardDSR(id int, src netip.Addr) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s := p.svcs[id]
+	if !s.vip.Addr().Is4() || !src.Is4() {
+		return fmt.Errorf("fastpath: %s: direct server return is built for IPv4 only", s.vip)
+	}
+	s.flags |= svcDSR
+	s.encap = src
+	return nil
+}
+
 // RemoveService stops forwarding new flows of service id: its datagrams
 // reach the local stack again (a user-space socket, or none). Flows already
 // pinned keep their targets until they idle out or are ended. Its slot is
@@ -313,6 +332,9 @@ func (p *Path) SetTable(id int, slots []netip.AddrPort) error {
 	binary.NativeEndian.PutUint32(val[0:], base)
 	binary.NativeEndian.PutUint32(val[4:], s.flags)
 	binary.NativeEndian.PutUint32(val[8:], uint32(id))
+	if s.encap.IsValid() {
+		copy(val[12:], s.encap.AsSlice())
+	}
 	if err := fp.services.Update(key, val[:], ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("fastpath: switching table: %w", err)
 	}

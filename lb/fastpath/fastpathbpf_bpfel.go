@@ -120,11 +120,11 @@ type fastpathBPFSvcKey6 struct {
 }
 
 type fastpathBPFSvcVal struct {
-	_     structs.HostLayout
-	Base  uint32
-	Flags uint32
-	Id    uint32
-	Pad   uint32
+	_        structs.HostLayout
+	Base     uint32
+	Flags    uint32
+	Id       uint32
+	EncapSrc uint32
 }
 
 type fastpathBPFTargetStat struct {

@@ -56,6 +56,8 @@ func TestHeaderMatchesGo(t *testing.T) {
 		"STAT_TARGET_RST":     statTargetRst,
 		"STAT_PROMOTE":        statPromote,
 		"STAT_MIDFLOW":        statMidflow,
+		"SVC_DSR":             svcDSR,
+		"DSR_FLAG":            dsrFlag,
 		"STAT_KINDS":          statKinds,
 		"SVC_STICKY":          svcSticky,
 		"PORTS_LISTENERS":     portsListeners,

@@ -59,14 +59,16 @@ const (
 
 // Value layouts and flags shared with the programs.
 const (
-	svcValSize     = 16     // table base u32, flags u32, service id u32, pad
+	svcValSize     = 16     // table base u32, flags u32, service id u32, DSR outer source (IPv4)
 	statValSize    = 16     // count u64, bytes u64
 	svcSticky      = 1      // service flags
 	svcAllow       = 2      // check the allow list (it does not admit the whole family)
 	svcDeny        = 4      // check the deny list
+	svcDSR         = 8      // direct server return: IPIP to the target
 	replyFlag      = 0x8000 // in a flow value's service field: a reply entry
 	finFlag        = 0x4000 // TCP: its direction sent a FIN
 	closedFlag     = 0x2000 // TCP: the flow is over and lingers
-	svcMask        = 0x1fff
+	dsrFlag        = 0x1000 // the flow is forwarded by direct server return
+	svcMask        = 0x0fff
 	targetStatSize = 16 // TCP resets from a target: SYNs answered with RST, others
 )

@@ -27,6 +27,16 @@
  * linger for stray segments. Resets are counted by origin and, for targets,
  * per target (a SYN answered with RST apart), for passive health.
  *
+ * A service may forward by direct server return (SVC_DSR, IPv4): instead of
+ * rewriting the destination, the program wraps the client's packet whole
+ * in an outer IPv4 header to the target (IPIP), which the stack then
+ * routes; the target, holding the listener address on a local interface,
+ * answers the client directly. Such a flow has one entry, client side, and
+ * no node holds anything a reply needs: a connection outlives the node that
+ * carried it. A TCP flow goes straight to the established map (the node
+ * never sees the handshake complete), and a client's FIN closes it: what
+ * comes later goes to the same target by the table.
+ *
  * A segment with no entry that is neither a SYN nor a RST belongs to a
  * connection this node has not seen: it began on another l4lb node, and
  * the routers moved it here (a node died, or the ECMP set changed). As
@@ -95,7 +105,7 @@ struct svc_val {
 	__u32 base;  /* the first slot of the table in use */
 	__u32 flags; /* SVC_* */
 	__u32 id;
-	__u32 pad;
+	__u32 encap_src; /* SVC_DSR: the outer source address (IPv4) */
 };
 /* A Maglev slot: its target; port 0 is an empty slot. */
 struct slot4 {
@@ -439,6 +449,51 @@ static __always_inline int rewrite(struct __sk_buff *skb, const struct pkt *p, b
 	return TCX_PASS;
 }
 
+/* encap4 wraps the packet in an outer IPv4 header from src to the target
+ * (IPIP) for direct server return; the inner packet is left as the client
+ * sent it. */
+struct outer4 {
+	__u8 vihl, tos;
+	__u16 tot_len, id, frag_off;
+	__u8 ttl, protocol;
+	__u16 check;
+	__u32 saddr, daddr;
+};
+
+static __always_inline int encap4(struct __sk_buff *skb, __u32 daddr, __u32 saddr)
+{
+	__u32 inner = skb->len - ETH_HLEN;
+	if (bpf_skb_adjust_room(skb, IPV4_HLEN, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4))
+		return TCX_DROP;
+	struct outer4 h = {
+		.vihl = 0x45,
+		.tot_len = bpf_htons(inner + IPV4_HLEN),
+		.ttl = 64,
+		.protocol = 4, /* IPPROTO_IPIP */
+		.saddr = saddr,
+		.daddr = daddr,
+	};
+	__s64 sum = bpf_csum_diff(0, 0, (__be32 *)&h, sizeof(h), 0);
+	if (sum < 0)
+		return TCX_DROP;
+	__u32 s = (__u32)sum;
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	h.check = (__u16)~s;
+	if (bpf_skb_store_bytes(skb, ETH_HLEN, &h, sizeof(h), 0))
+		return TCX_DROP;
+	return TCX_PASS;
+}
+
+/* dsr_source is the outer source of a DSR service's packets (the service
+ * of the packet's destination), or 0 when it has none. */
+static __always_inline __u32 dsr_source(const struct pkt *p)
+{
+	struct svc_key4 sk = {.addr = p->daddr[0], .port = p->dport};
+	struct svc_val *s = bpf_map_lookup_elem(&l4lb_svcs_v4, &sk);
+	return s && (s->flags & SVC_DSR) ? s->encap_src : 0;
+}
+
 static __always_inline int refuse(__u32 svc, __u32 kind, __u64 bytes)
 {
 	count(svc, kind, bytes);
@@ -475,7 +530,8 @@ static __always_inline int new_flow(struct __sk_buff *skb, const struct pkt *p, 
 	struct svc_val *s = bpf_map_lookup_elem(MAP(l4lb_svcs, v6), &sk);
 	if (!s)
 		return TCX_NEXT;
-	__u32 id = s->id, flags = s->flags, base = s->base;
+	__u32 id = s->id, flags = s->flags, base = s->base, encap_src = s->encap_src;
+	bool dsr = !v6 && (flags & SVC_DSR) && encap_src;
 	if (acl_refuses(p, id, flags, v6))
 		return refuse(id, STAT_ACL, p->bytes);
 
@@ -516,6 +572,18 @@ static __always_inline int new_flow(struct __sk_buff *skb, const struct pkt *p, 
 	*val_port(&sc->fval, v6) = to.port;
 	*val_svc(&sc->fval, v6) = id;
 	*val_last(&sc->fval, v6) = now;
+
+	if (dsr) {
+		/* One entry, client side; a TCP flow starts established. */
+		*val_svc(&sc->fval, v6) = id | DSR_FLAG;
+		if (bpf_map_update_elem(MAP(l4lb_flows, v6), key, &sc->fval, BPF_ANY) != 0)
+			return refuse(id, STAT_FULL, p->bytes);
+		count(id, STAT_NEW_FLOW, p->bytes);
+		if (midflow)
+			count(id, STAT_MIDFLOW, 0);
+		count(id, STAT_FORWARD, p->bytes);
+		return encap4(skb, to.addr[0], encap_src);
+	}
 
 	void *flows = MAP(l4lb_flows, v6);
 	if (cfg_proto == PROTO_TCP) {
@@ -687,7 +755,19 @@ static __always_inline int handle_family(struct __sk_buff *skb, bool egress, boo
 	}
 	if (*val_svc(v, v6) & REPLY_FLAG)
 		return TCX_NEXT;
-	__u16 svc = touch(v, &to, v6) & SVC_MASK;
+	__u16 flags = touch(v, &to, v6), svc = flags & SVC_MASK;
+	if (!v6 && (flags & DSR_FLAG)) {
+		__u32 src = dsr_source(&p);
+		if (!src)
+			return TCX_NEXT; /* the service no longer forwards by DSR */
+		if (tcp && (p.flags & (TCP_RST | TCP_FIN))) {
+			*val_svc(v, v6) |= FIN_FLAG | CLOSED_FLAG;
+			if ((p.flags & TCP_RST) && !(flags & CLOSED_FLAG))
+				count(svc, STAT_CLIENT_RST, 0);
+		}
+		count(svc, STAT_FORWARD, p.bytes);
+		return encap4(skb, to.addr[0], src);
+	}
 	if (tcp) {
 		reverse_key(&rkey, &key, v, false, v6);
 		__u16 was = tcp_state(&p, v, &rkey, embryonic, v6);

@@ -40,14 +40,17 @@
 #define SVC_STICKY 1 /* key on the source address alone */
 #define SVC_ALLOW 2  /* check the allow list (it does not admit the whole family) */
 #define SVC_DENY 4   /* check the deny list */
+#define SVC_DSR 8    /* direct server return: IPIP to the target, replies go direct */
 
 /* In a flow value's service field: the entry is a reply (target-side) one;
  * TCP: its direction sent a FIN; the flow is over (FIN both ways, or a RST)
- * and only lingers for stray segments. The rest is the service id. */
+ * and only lingers for stray segments; the flow is forwarded by direct
+ * server return. The rest is the service id. */
 #define REPLY_FLAG 0x8000
 #define FIN_FLAG 0x4000
 #define CLOSED_FLAG 0x2000
-#define SVC_MASK 0x1fff
+#define DSR_FLAG 0x1000
+#define SVC_MASK 0x0fff
 
 /* tcx verdicts. */
 #define TCX_NEXT -1 /* not ours: the next program, then the stack, sees it unchanged */

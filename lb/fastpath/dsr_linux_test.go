@@ -1,0 +1,153 @@
+package fastpath
+
+import (
+	"bytes"
+	"encoding/binary"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/l4lb/l4lb/pkg/flowhash"
+	"github.com/l4lb/l4lb/pkg/maglev"
+)
+
+// runGrown runs the ingress program on pkt and returns its output whole,
+// which encapsulation makes longer than the input.
+func runGrown(t *testing.T, p *Path, pkt []byte) (int32, []byte) {
+	t.Helper()
+	opts := ebpf.RunOptions{Data: pkt, DataOut: make([]byte, len(pkt)+64)}
+	ret, err := p.ingress.Run(&opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return int32(ret), opts.DataOut
+}
+
+// encapsulated checks that out is pkt inside an outer IPv4 header from src
+// to a target (IPIP, a valid header checksum) and returns that target.
+func encapsulated(t *testing.T, out, pkt []byte, src netip.Addr) netip.Addr {
+	t.Helper()
+	if len(out) != len(pkt)+20 {
+		t.Fatalf("output is %d bytes, want the %d of the input and an outer header", len(out), len(pkt))
+	}
+	outer := out[14:34]
+	if outer[0] != 0x45 || outer[9] != 4 || int(binary.BigEndian.Uint16(outer[2:])) != len(pkt)-14+20 {
+		t.Fatalf("outer header %x: want IPv4, IPIP, length %d", outer, len(pkt)-14+20)
+	}
+	if c := csum(0, outer); c != 0xffff {
+		t.Fatalf("outer header checksum does not verify: %#x", c)
+	}
+	if got := netip.AddrFrom4([4]byte(outer[12:16])); got != src {
+		t.Fatalf("outer source %s, want %s", got, src)
+	}
+	if !bytes.Equal(out[34:], pkt[14:]) {
+		t.Fatalf("the inner packet changed:\n%x\n%x", out[34:], pkt[14:])
+	}
+	return netip.AddrFrom4([4]byte(outer[16:20]))
+}
+
+// Direct server return: the client's packet goes whole to the target the
+// Maglev table names, inside IPIP from the configured source; a flow has
+// one entry, and TCP flows start established; a client's FIN closes one; a
+// segment of no flow goes to the same target, as on any node.
+func TestDSRProgram(t *testing.T) {
+	src := netip.MustParseAddr("198.18.1.1")
+	for _, proto := range []uint8{flowhash.ProtoTCP, flowhash.ProtoUDP} {
+		p := newPath(t, Options{Protocol: proto, MaxFlows: 4096, Services: 1})
+		vip := netip.MustParseAddrPort("198.18.10.1:80")
+		id, err := p.AddService(vip, time.Minute, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.ForwardDSR(id, src); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.SetTable(id, slotTargets()); err != nil {
+			t.Fatal(err)
+		}
+		first := func(c netip.AddrPort, payload []byte) []byte {
+			if proto == flowhash.ProtoTCP {
+				return segment(c, vip, syn, payload)
+			}
+			return packet(c, vip, payload)
+		}
+		for i := range 50 {
+			c := netip.AddrPortFrom(netip.AddrFrom4([4]byte{203, 0, 113, byte(i)}), uint16(40000+i))
+			in := first(c, []byte("hello"))
+			ret, out := runGrown(t, p, in)
+			if ret != tcxPass {
+				t.Fatalf("proto %d, first packet %d: returned %d", proto, i, ret)
+			}
+			tgt := encapsulated(t, out, in, src)
+			want := flowhash.Flow(proto, c, vip) % maglev.DefaultSize
+			if slotOf(tgt) != int(want) {
+				t.Fatalf("proto %d: flow from %s went to slot %d, user space says %d", proto, c, slotOf(tgt), want)
+			}
+			// The next packet follows the pinned entry, to the same target.
+			next := packet(c, vip, []byte("more"))
+			if proto == flowhash.ProtoTCP {
+				next = segment(c, vip, ack, []byte("more"))
+			}
+			if ret, out := runGrown(t, p, next); ret != tcxPass || encapsulated(t, out, next, src) != tgt {
+				t.Fatalf("proto %d: the flow's second packet: %d", proto, ret)
+			}
+		}
+		st, _ := p.Stats(id)
+		if st.NewFlows != 50 || st.PacketsIn != 100 {
+			t.Fatalf("proto %d: stats %+v, want 50 flows and 100 packets", proto, st)
+		}
+		fp := p.fams[0]
+		n := 0
+		fp.readAll(fp.flows, func(k, v []byte) {
+			n++
+			if fp.svc(v)&(dsrFlag|replyFlag) != dsrFlag {
+				t.Errorf("entry service field %#x: want a client-side DSR entry", fp.svc(v))
+			}
+		})
+		if n != 50 {
+			t.Fatalf("proto %d: %d flow entries, want one per flow (50)", proto, n)
+		}
+		if proto != flowhash.ProtoTCP {
+			continue
+		}
+		if _, emb := entries(t, fp); emb != 0 {
+			t.Fatalf("%d embryonic entries: a DSR flow starts established", emb)
+		}
+		// A client's FIN closes the flow (it lingers, then goes).
+		c := netip.AddrPortFrom(netip.AddrFrom4([4]byte{203, 0, 113, 0}), 40000)
+		runGrown(t, p, segment(c, vip, fin|ack, nil))
+		key := make([]byte, fp.f.keySize)
+		putAddr(key, c)
+		copy(key[4:], vip.Addr().AsSlice())
+		binary.BigEndian.PutUint16(key[8:], c.Port())
+		binary.BigEndian.PutUint16(key[10:], vip.Port())
+		val := make([]byte, fp.f.valSize)
+		if err := fp.flows.Lookup(key, val); err != nil || fp.svc(val)&closedFlag == 0 {
+			t.Fatalf("after the client's FIN: %v, service field %#x; want it closed", err, fp.svc(val))
+		}
+		// A segment of a flow this node never saw goes by the table.
+		moved := netip.MustParseAddrPort("203.0.113.200:50000")
+		in := segment(moved, vip, ack, []byte("x"))
+		ret, out := runGrown(t, p, in)
+		if ret != tcxPass {
+			t.Fatalf("a segment of a moved flow: %d", ret)
+		}
+		if tgt := encapsulated(t, out, in, src); slotOf(tgt) != int(flowhash.Flow(proto, moved, vip)%maglev.DefaultSize) {
+			t.Fatalf("a segment of a moved flow went to %s", tgt)
+		}
+	}
+}
+
+// DSR is for IPv4 services only.
+func TestDSRRefusesIPv6(t *testing.T) {
+	p := newPath(t, Options{Protocol: flowhash.ProtoTCP, MaxFlows: 64, Services6: 1})
+	id, err := p.AddService(netip.MustParseAddrPort("[fd00::80]:80"), time.Minute, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.ForwardDSR(id, netip.MustParseAddr("198.18.1.1")); err == nil {
+		t.Fatal("ForwardDSR took an IPv6 service")
+	}
+}
