@@ -19,14 +19,14 @@ run: build
 deps:
 	@bash scripts/deps.sh
 
-## generate: rebuild the kernel programs (lb/fastpath/bpf/*.c) into the
+## generate: rebuild the kernel programs (lb/fastpath/bpf, lb/dsr/bpf) into the
 ## committed objects and Go bindings (bpf2go; clang, llvm, libbpf-dev)
 generate:
-	$(GO) generate ./lb/fastpath
+	$(GO) generate ./lb/fastpath ./lb/dsr
 
 ## check-generated: the committed kernel objects are what the C sources give
 check-generated: generate
-	@git diff --exit-code --stat -- lb/fastpath || { echo "lb/fastpath: the committed kernel objects differ from bpf/*.c: run make generate and commit them"; exit 1; }
+	@git diff --exit-code --stat -- lb/fastpath lb/dsr || { echo "the committed kernel objects differ from lb/fastpath/bpf or lb/dsr/bpf: run make generate and commit them"; exit 1; }
 
 # Fuzz targets as NAME:INPUTS:PACKAGE. Runs are bounded by a count of inputs,
 # not a duration: a -fuzztime duration can end in a spurious "context deadline
@@ -34,7 +34,7 @@ check-generated: generate
 # target for INPUTS times its argument.
 FUZZ_TARGETS = FuzzConfig:150000:./pkg/config FuzzFlags:200000:./pkg/config \
 	FuzzReadHeader:500000:./pkg/proxyproto FuzzProgram:300000:./lb/fastpath \
-	FuzzTCPProgram:200000:./lb/fastpath \
+	FuzzTCPProgram:200000:./lb/fastpath FuzzDecap:200000:./lb/dsr \
 	FuzzServerName:500000:./pkg/tlshello FuzzAdminAPI:100000:./lb
 fuzz-each = for t in $(FUZZ_TARGETS); do \
 	name=$${t%%:*}; rest=$${t\#*:}; n=$${rest%%:*}; pkg=$${rest\#*:}; \

@@ -26,6 +26,7 @@ type Front struct {
 	Zone        string
 	Idle        time.Duration
 	Sticky      bool
+	DSR         bool // forward by direct server return (IPIP; replies go direct)
 	Allow, Deny []netip.Prefix
 	Group       func() *registry.Group // its one target group, now
 	Count       Counters
@@ -118,6 +119,13 @@ func NewForwarder(fronts []Front, opts ForwarderOptions) (*Forwarder, error) {
 		id, err := p.AddService(fr.VIP, fr.Idle, fr.Sticky)
 		if err == nil {
 			err = p.SetACL(id, fr.Allow, fr.Deny)
+		}
+		if err == nil && fr.DSR {
+			var src netip.Addr
+			if src, err = dsrSource(fr.Group()); err == nil {
+				err = p.ForwardDSR(id, src)
+				opts.Log.Info(proto+" listener forwards by direct server return", zap.String("listener", fr.Name), zap.Stringer("encapsulation_source", src))
+			}
 		}
 		if err != nil {
 			p.Close()
@@ -484,4 +492,21 @@ func UpInterfaces() []string {
 		}
 	}
 	return out
+}
+
+// dsrSource is the address this host sends from towards a DSR group's
+// first target: the outer source of the encapsulated packets, which the
+// targets' routes must accept (their replies go to the clients, never to
+// it).
+func dsrSource(g *registry.Group) (netip.Addr, error) {
+	ts := g.Config().Targets
+	if len(ts) == 0 {
+		return netip.Addr{}, fmt.Errorf("fastpath: target group %s forwards by dsr but has no targets to find a source address by", g.Config().Name)
+	}
+	c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(ts[0].Address))
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("fastpath: no route to %s for direct server return: %w", ts[0].Address, err)
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).AddrPort().Addr().Unmap(), nil
 }

@@ -135,7 +135,7 @@ func (r *Route) KernelReason(bind config.BindAddr) string {
 		return "the bind address is a wildcard or has a zone"
 	case len(r.Groups) != 1:
 		return "it forwards to weighted target groups"
-	case !r.Groups[0].Config().Attributes.PreserveClientIP:
+	case !r.Groups[0].Config().Attributes.PreserveClientIP && r.Groups[0].Config().Forwarding != config.ForwardDSR:
 		return "its target group does not preserve the client IP (preserve_client_ip.enabled)"
 	case r.Groups[0].Config().Attributes.ProxyProtocolV2:
 		return "its target group sends a PROXY header"

@@ -9,6 +9,7 @@ import (
 	"github.com/l4lb/l4lb/lb/fastpath"
 	"github.com/l4lb/l4lb/lb/listen"
 	"github.com/l4lb/l4lb/lb/registry"
+	"github.com/l4lb/l4lb/pkg/config"
 )
 
 // kernelEligible says why a UDP front cannot go to the kernel, or "".
@@ -47,6 +48,7 @@ func (u *udpFront) kernelFront() fastpath.Front {
 		Key: u, Name: u.cfg.Name, Zone: u.zone, Idle: u.cfg.UDPIdleTimeout,
 		VIP:    netip.AddrPortFrom(vip.Addr().Unmap(), vip.Port()),
 		Sticky: u.route.Load().Groups[0].Config().Attributes.Stickiness,
+		DSR:    u.route.Load().Groups[0].Config().Forwarding == config.ForwardDSR,
 		Allow:  acl.Allow, Deny: acl.Deny,
 		Group: func() *registry.Group { return u.route.Load().Groups[0] },
 		Count: fastpath.Counters{

@@ -122,6 +122,7 @@ type RawTargetGroup struct {
 	HealthCheck *RawHealthCheck   `yaml:"health_check,omitempty"`
 	Attributes  map[string]string `yaml:"attributes,omitempty"`
 	TLS         *RawTargetTLS     `yaml:"tls,omitempty"`
+	Forwarding  string            `yaml:"forwarding,omitempty"`
 }
 
 // RawTargetTLS is a TLS target group's tls section as written.

@@ -88,6 +88,7 @@ func (c *Config) ToRaw() *Raw {
 		}
 		rg.HealthCheck = rh
 		rg.Attributes = g.Attributes.strings()
+		rg.Forwarding = g.Forwarding
 		r.TargetGroups = append(r.TargetGroups, rg)
 	}
 	r.BGP = c.BGP.toRaw()

@@ -130,6 +130,9 @@ func (n *normalizer) run() *Config {
 	if len(cfg.Listeners) == 0 {
 		n.errs.add("listeners", "at least one listener is required")
 	}
+	for i := range cfg.Listeners {
+		n.dsrListener(fmt.Sprintf("listeners[%d]", i), &cfg.Listeners[i], cfg)
+	}
 	cfg.BGP = n.bgp(cfg)
 	return cfg
 }

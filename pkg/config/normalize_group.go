@@ -51,8 +51,27 @@ func (n *normalizer) targetGroup(path string, r *RawTargetGroup, cfg *Config) Ta
 		}
 		g.Targets = append(g.Targets, tgt)
 	}
+	switch g.Forwarding = r.Forwarding; g.Forwarding {
+	case "":
+		g.Forwarding = ForwardNAT
+	case ForwardNAT:
+	case ForwardDSR:
+		if g.Protocol == TLS {
+			n.errs.add(path+".forwarding", "dsr forwards packets as they are: a TLS target group cannot use it")
+		}
+		for i, t := range g.Targets {
+			if !t.Address.Addr().Is4() {
+				n.errs.add(fmt.Sprintf("%s.targets[%d].address", path, i), "dsr is built for IPv4 targets only")
+			}
+		}
+	default:
+		n.errs.add(path+".forwarding", "%q is not nat or dsr", r.Forwarding)
+	}
 	n.healthCheck(path+".health_check", r.HealthCheck, &g)
 	n.attributes(path+".attributes", r.Attributes, &g)
+	if g.Forwarding == ForwardDSR && g.Attributes.ProxyProtocolV2 {
+		n.errs.add(path+".forwarding", "dsr forwards packets as they are: it cannot send a PROXY header (proxy_protocol_v2.enabled)")
+	}
 	if r.TLS != nil {
 		if g.Protocol != TLS {
 			n.errs.add(path+".tls", "only TLS target groups take a tls section")
@@ -260,4 +279,60 @@ func (n *normalizer) boolAttr(v, path string) bool {
 		n.errs.add(path, "want true or false, got %q", v)
 	}
 	return b
+}
+
+// dsrListener checks a listener that forwards to a dsr target group: only
+// the kernel fast path forwards by direct server return, so the listener
+// must be one it takes, with the fast path on for its protocol, and the
+// targets must listen on the listener's own port (the packet keeps it).
+func (n *normalizer) dsrListener(path string, l *Listener, cfg *Config) {
+	var dsr *TargetGroup
+	uses := func(name string) {
+		for i := range cfg.TargetGroups {
+			if g := &cfg.TargetGroups[i]; g.Name == name && g.Forwarding == ForwardDSR {
+				dsr = g
+			}
+		}
+	}
+	uses(l.TargetGroup)
+	for _, f := range l.Forward {
+		uses(f.TargetGroup)
+	}
+	for _, r := range l.Rules {
+		uses(r.TargetGroup)
+	}
+	if dsr == nil {
+		return
+	}
+	why := ""
+	switch {
+	case l.Protocol == TLS:
+		why = "it terminates TLS"
+	case len(l.Forward) > 0:
+		why = "it forwards to weighted target groups"
+	case len(l.Rules) > 0:
+		why = "it routes by SNI"
+	case len(l.ProxyProtocolAccept) > 0:
+		why = "it reads PROXY headers (proxy_protocol_accept)"
+	case l.MaxConnectionsPerSource > 0:
+		why = "it limits connections per source"
+	case l.Protocol.HasTCP() && !cfg.TCPFastPath:
+		why = "load_balancer.tcp_fast_path is off"
+	case l.Protocol.HasUDP() && !cfg.UDPFastPath:
+		why = "load_balancer.udp_fast_path is off"
+	}
+	for _, b := range l.Bind {
+		if !b.IP.Is4() || b.IP.IsUnspecified() {
+			why = "it binds " + b.IP.String() + ": dsr needs specific IPv4 addresses"
+		}
+	}
+	if why != "" {
+		n.errs.add(path, "target group %q forwards by dsr, which only the kernel fast path does, and this listener cannot use it: %s", dsr.Name, why)
+	}
+	for _, t := range dsr.Targets {
+		if t.Address.Port() != l.Port {
+			n.errs.add(path+".port", "target group %q forwards by dsr, so its targets listen on the listener's port %d; %s does not", dsr.Name, l.Port, t.Address)
+			break
+		}
+	}
 }

@@ -166,7 +166,17 @@ type TargetGroup struct {
 	HealthCheck HealthCheck
 	Attributes  Attributes
 	TLS         TargetTLS // protocol TLS only
+	// Forwarding is how the kernel paths reach the targets: ForwardNAT
+	// rewrites addresses (replies return through l4lb), ForwardDSR
+	// encapsulates to the target, which answers the client directly.
+	Forwarding string
 }
+
+// Forwarding modes of a target group.
+const (
+	ForwardNAT = "nat"
+	ForwardDSR = "dsr"
+)
 
 // TargetTLS is how a TLS target group encrypts to its targets. Without a
 // CA file, as NLB, the target's certificate is not verified; with one, its

@@ -1,0 +1,77 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * The target side of direct server return, for targets whose kernel cannot
+ * take IPIP in itself (no ipip module): a tc (tcx) ingress program that
+ * strips the outer IPv4 header the l4lb nodes add (fastpath.c, encap4)
+ * from packets whose inner destination is one of the listener addresses
+ * (VIPs) this target serves. The inner packet then goes on into the stack
+ * as if the client had sent it here, and the target answers the client
+ * directly, from the VIP. Everything else passes untouched.
+ */
+#include <stdbool.h>
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+char LICENSE[] SEC("license") = "Apache-2.0";
+
+#define ETH_HLEN 14
+#define ETH_P_IP 0x0800
+#define IPV4_HLEN 20
+#define IPPROTO_IPIP 4
+
+#define TCX_NEXT -1
+#define TCX_PASS 0
+#define TCX_DROP 2
+
+/* The VIPs served here (IPv4, network order). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, __u8);
+	__uint(max_entries, 1024);
+} l4lb_vips SEC(".maps");
+
+/* Packets decapsulated (0), and those that could not be (1). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 2);
+} l4lb_decap_stats SEC(".maps");
+
+static __always_inline void count(__u32 which)
+{
+	__u64 *n = bpf_map_lookup_elem(&l4lb_decap_stats, &which);
+	if (n)
+		*n += 1;
+}
+
+SEC("tcx/ingress")
+int l4lb_decap(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	if (data + ETH_HLEN + 2 * IPV4_HLEN > end)
+		return TCX_NEXT;
+	if (*(__u16 *)(data + 12) != bpf_htons(ETH_P_IP))
+		return TCX_NEXT;
+	__u8 *outer = data + ETH_HLEN, *inner = outer + IPV4_HLEN;
+	if (outer[0] != 0x45 || outer[9] != IPPROTO_IPIP)
+		return TCX_NEXT;
+	if (*(__u16 *)(outer + 6) & bpf_htons(0x3fff)) /* a fragment: the stack reassembles */
+		return TCX_NEXT;
+	if ((inner[0] >> 4) != 4)
+		return TCX_NEXT;
+	__u32 vip = *(__u32 *)(inner + 16);
+	if (!bpf_map_lookup_elem(&l4lb_vips, &vip))
+		return TCX_NEXT;
+	/* No flags: a kernel without the ipip module has no GRO for IPIP, so
+	 * these packets arrive one by one, never as a GSO aggregate. */
+	if (bpf_skb_adjust_room(skb, -IPV4_HLEN, BPF_ADJ_ROOM_MAC, 0)) {
+		count(1);
+		return TCX_DROP;
+	}
+	count(0);
+	return TCX_PASS;
+}

@@ -1,0 +1,150 @@
+package dsr
+
+import (
+	"bytes"
+	"encoding/binary"
+	"net/netip"
+	"os"
+	"testing"
+
+	"github.com/cilium/ebpf"
+)
+
+var (
+	vip    = netip.MustParseAddr("198.18.10.1")
+	node   = netip.MustParseAddr("198.18.1.1")
+	target = netip.MustParseAddr("198.18.1.11")
+	client = netip.MustParseAddrPort("198.18.0.2:40000")
+)
+
+func newDecap(t testing.TB) *Decap {
+	t.Helper()
+	d, err := NewDecap([]netip.Addr{vip})
+	if err != nil {
+		if os.Geteuid() != 0 && os.Getenv("CI") == "" {
+			t.Skipf("needs root for BPF: %v", err)
+		}
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d
+}
+
+func sum16(b []byte) uint16 {
+	var s uint32
+	for i := 0; i+1 < len(b); i += 2 {
+		s += uint32(binary.BigEndian.Uint16(b[i:]))
+	}
+	for s > 0xffff {
+		s = s>>16 + s&0xffff
+	}
+	return uint16(s)
+}
+
+// frame is an Ethernet frame holding an IPv4 TCP packet from client to dst.
+func frame(dst netip.Addr, payload string) []byte {
+	b := make([]byte, 14+20+20+len(payload))
+	binary.BigEndian.PutUint16(b[12:], 0x0800)
+	ip := b[14:34]
+	ip[0], ip[8], ip[9] = 0x45, 64, 6
+	binary.BigEndian.PutUint16(ip[2:], uint16(40+len(payload)))
+	binary.BigEndian.PutUint16(ip[6:], 0x4000) // DF, as TCP sends
+	s, d := client.Addr().As4(), dst.As4()
+	copy(ip[12:], s[:])
+	copy(ip[16:], d[:])
+	binary.BigEndian.PutUint16(ip[10:], ^sum16(ip))
+	binary.BigEndian.PutUint16(b[34:], client.Port())
+	binary.BigEndian.PutUint16(b[36:], 80)
+	b[46], b[47] = 5<<4, 0x18
+	copy(b[54:], payload)
+	return b
+}
+
+// encap wraps a frame's IP packet in IPIP from node to target, as the
+// nodes' program does (fastpath.c encap4; fastpath's TestDSRProgram checks
+// that layout on the program's own output).
+func encap(f []byte, fragment bool) []byte {
+	b := make([]byte, len(f)+20)
+	copy(b, f[:14])
+	o := b[14:34]
+	o[0], o[8], o[9] = 0x45, 64, 4
+	binary.BigEndian.PutUint16(o[2:], uint16(len(f)-14+20))
+	if fragment {
+		binary.BigEndian.PutUint16(o[6:], 0x2000) // MF
+	}
+	s, d := node.As4(), target.As4()
+	copy(o[12:], s[:])
+	copy(o[16:], d[:])
+	binary.BigEndian.PutUint16(o[10:], ^sum16(o))
+	copy(b[34:], f[14:])
+	return b
+}
+
+func run(t testing.TB, d *Decap, pkt []byte) (int32, []byte) {
+	t.Helper()
+	opts := ebpf.RunOptions{Data: pkt, DataOut: make([]byte, len(pkt)+64)}
+	ret, err := d.objs.L4lbDecap.Run(&opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return int32(ret), opts.DataOut
+}
+
+// IPIP to a VIP loses its outer header and goes on into the stack as the
+// client sent it; anything else passes untouched.
+func TestDecap(t *testing.T) {
+	d := newDecap(t)
+	in := frame(vip, "hello")
+	ret, out := run(t, d, encap(in, false))
+	if ret != 0 || !bytes.Equal(out, in) {
+		t.Fatalf("IPIP to the VIP: returned %d, %x; want the client's packet %x", ret, out, in)
+	}
+	for name, pkt := range map[string][]byte{
+		"IPIP to another address": encap(frame(netip.MustParseAddr("198.18.10.2"), "x"), false),
+		"an IPIP fragment":        encap(in, true),
+		"plain TCP to the VIP":    in,
+		"a short frame":           encap(in, false)[:40],
+	} {
+		ret, out := run(t, d, pkt)
+		if ret != -1 || !bytes.Equal(out, pkt) {
+			t.Errorf("%s: returned %d (want -1, untouched), changed: %v", name, ret, !bytes.Equal(out, pkt))
+		}
+	}
+	n, failed, err := d.Stats()
+	if err != nil || n != 1 || failed != 0 {
+		t.Fatalf("stats: %d decapsulated, %d failed (%v); want 1 and 0", n, failed, err)
+	}
+}
+
+// FuzzDecap feeds the program arbitrary frames: each passes untouched, or
+// loses exactly the 20 bytes after the Ethernet header.
+func FuzzDecap(f *testing.F) {
+	in := frame(vip, "hello")
+	f.Add(encap(in, false))
+	f.Add(encap(in, true))
+	f.Add(in)
+	d := newDecap(f)
+	f.Fuzz(func(t *testing.T, pkt []byte) {
+		if len(pkt) < 14 || len(pkt) > 9000 {
+			return // the kernel refuses to run on less than an Ethernet header
+		}
+		opts := ebpf.RunOptions{Data: pkt, DataOut: make([]byte, len(pkt)+64)}
+		r, err := d.objs.L4lbDecap.Run(&opts)
+		if err != nil {
+			return // a frame the kernel's test runner refuses to build an skb from
+		}
+		ret, out := int32(r), opts.DataOut
+		switch ret {
+		case -1:
+			if !bytes.Equal(out, pkt) {
+				t.Fatalf("passed on, but changed")
+			}
+		case 0:
+			if want := append(append([]byte{}, pkt[:14]...), pkt[34:]...); !bytes.Equal(out, want) {
+				t.Fatalf("decapsulated wrongly:\n%x\n%x", out, want)
+			}
+		default:
+			t.Fatalf("returned %d", ret)
+		}
+	})
+}
