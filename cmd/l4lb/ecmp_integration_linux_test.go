@@ -4,9 +4,11 @@ package main
 
 import (
 	"bufio"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -54,7 +56,7 @@ type ecmpLab struct {
 	dir    string
 	router string
 	client string
-	tgts   string
+	tgts   []string    // one namespace per target
 	nodes  []string    // namespace names
 	procs  []*exec.Cmd // l4lb per node
 }
@@ -99,11 +101,14 @@ func newECMPLab(t *testing.T) *ecmpLab {
 	ipBin, birdBin := needECMPTools(t)
 	id := os.Getpid() % 100000
 	l := &ecmpLab{t: t, ip: ipBin, dir: t.TempDir(),
-		router: fmt.Sprintf("l4er%d", id), client: fmt.Sprintf("l4ec%d", id), tgts: fmt.Sprintf("l4et%d", id)}
+		router: fmt.Sprintf("l4er%d", id), client: fmt.Sprintf("l4ec%d", id)}
 	for i := 1; i <= 3; i++ {
 		l.nodes = append(l.nodes, fmt.Sprintf("l4en%d-%d", i, id))
 	}
-	for _, ns := range append([]string{l.router, l.client, l.tgts}, l.nodes...) {
+	for i := range ecmpTargets {
+		l.tgts = append(l.tgts, fmt.Sprintf("l4et%d-%d", i+1, id))
+	}
+	for _, ns := range append(append([]string{l.router, l.client}, l.tgts...), l.nodes...) {
 		l.run("netns", "add", ns)
 		t.Cleanup(func() { exec.Command(ipBin, "netns", "del", ns).Run() })
 		l.in(ns, "ip", "link", "set", "lo", "up")
@@ -117,6 +122,11 @@ func newECMPLab(t *testing.T) *ecmpLab {
 	l.run("link", "add", "rc0", "netns", l.router, "type", "veth", "peer", "name", "c0", "netns", l.client)
 	l.in(l.router, "ip", "addr", "add", ecmpRouterC+"/24", "dev", "rc0")
 	l.in(l.router, "ip", "link", "set", "rc0", "up")
+	// The client's link is narrower than the others, so that its segments
+	// still fit once the nodes add an outer header for direct server
+	// return (deploy/README.md says so too).
+	l.in(l.client, "ip", "link", "set", "c0", "mtu", "1400")
+	l.in(l.router, "ip", "link", "set", "rc0", "mtu", "1400")
 	l.in(l.client, "ip", "addr", "add", ecmpClient+"/24", "dev", "c0")
 	l.in(l.client, "ip", "link", "set", "c0", "up")
 	l.in(l.client, "ip", "route", "add", "default", "via", ecmpRouterC)
@@ -132,8 +142,13 @@ func newECMPLab(t *testing.T) *ecmpLab {
 	for i, ns := range l.nodes {
 		attach(ns, "n0", fmt.Sprintf("rn%d", i+1), ecmpNode(i+1))
 		l.in(ns, "ip", "addr", "add", ecmpVIP+"/32", "dev", "lo")
+		// Direct server return forwards to the targets packets whose outer
+		// source is the node's own address (deploy/README.md).
+		l.in(ns, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv4.conf.all.accept_local=1")
 	}
-	attach(l.tgts, "t0", "rt0", ecmpTargets...)
+	for i, ns := range l.tgts {
+		attach(ns, "t0", fmt.Sprintf("rt%d", i+1), ecmpTargets[i])
+	}
 
 	// BIRD on the router: a session to each node, ECMP into the kernel.
 	conf := fmt.Sprintf(`router id %s;
@@ -190,21 +205,28 @@ func (l *ecmpLab) startNode(bin string, i int) {
 		targets = append(targets, fmt.Sprintf(`{address: "%s:8080"}`, a))
 	}
 	hc := `health_check: {protocol: TCP, port: "8080", interval: 1s, healthy_threshold: 2, unhealthy_threshold: 2}`
+	var dsrTargets []string
+	for _, a := range ecmpTargets {
+		dsrTargets = append(dsrTargets, fmt.Sprintf(`{address: "%s:9000"}`, a))
+	}
 	cfg := fmt.Sprintf(`admin: {listen: "%[1]s:9900", token_file: "%[2]s/token"}
+load_balancer: {tcp_fast_path: true, tcp_fast_path_interfaces: [n0]}
 zones: {a: [%[3]s]}
 listeners:
   - {name: web, port: 80, bind: [%[3]s], target_group: web}
   - {name: dns, protocol: UDP, port: 53, bind: [%[3]s], target_group: udp}
+  - {name: bulk, port: 9000, bind: [%[3]s], target_group: dsr}
 target_groups:
   - {name: web, targets: [%[4]s], %[5]s, attributes: {deregistration_delay.timeout_seconds: "1"}}
   - {name: udp, protocol: UDP, targets: [%[4]s], %[5]s}
+  - {name: dsr, forwarding: dsr, targets: [%[9]s], health_check: {interval: 1s, healthy_threshold: 2, unhealthy_threshold: 2}}
 bgp:
   local_as: %[6]d
   router_id: %[1]s
   peers: [{address: %[7]s, as: %[8]d, hold_time: 3s}]
   announce: {a: [%[3]s/32]}
   withdraw_grace: 2s
-`, ecmpNode(i), dir, ecmpVIP, strings.Join(targets, ", "), hc, ecmpNodeAS, ecmpRouterN, ecmpRouterAS)
+`, ecmpNode(i), dir, ecmpVIP, strings.Join(targets, ", "), hc, ecmpNodeAS, ecmpRouterN, ecmpRouterAS, strings.Join(dsrTargets, ", "))
 	path := filepath.Join(dir, "l4lb.yaml")
 	os.WriteFile(path, []byte(cfg), 0o644)
 	logf, err := os.Create(filepath.Join(dir, "l4lb.log"))
@@ -226,6 +248,23 @@ bgp:
 			l.t.Logf("node %d's log (the end):\n%s", i, tail(b, 6<<10))
 		}
 	})
+}
+
+// startTarget runs the targets helper in ns for address ip.
+func (l *ecmpLab) startTarget(ns, ip string) {
+	l.t.Helper()
+	cmd := exec.Command(l.ip, "netns", "exec", ns, os.Args[0], "-test.run=^TestECMPHelper$")
+	cmd.Env = append(os.Environ(), "L4LB_ECMP_ROLE=targets", "ECMP_TARGET="+ip)
+	out, _ := cmd.StdoutPipe()
+	in, _ := cmd.StdinPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		l.t.Fatal(err)
+	}
+	l.t.Cleanup(func() { in.Close(); cmd.Process.Kill(); cmd.Wait() })
+	if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || strings.TrimSpace(line) != "ready" {
+		l.t.Fatalf("target %s: %q %v", ip, line, err)
+	}
 }
 
 // nextHops is the router's ECMP next hops for the VIP.
@@ -278,6 +317,39 @@ func (l *ecmpLab) helper(ns, role string, env ...string) string {
 	return ""
 }
 
+// helperStream starts a helper that prints "STARTED json" once under way,
+// returns that json, and delivers its result on the channel.
+func (l *ecmpLab) helperStream(ns, role string, env ...string) (<-chan string, string) {
+	l.t.Helper()
+	cmd := exec.Command(l.ip, "netns", "exec", ns, os.Args[0], "-test.run=^TestECMPHelper$")
+	cmd.Env = append(os.Environ(), append(env, "L4LB_ECMP_ROLE="+role)...)
+	cmd.Stderr = os.Stderr
+	out, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		l.t.Fatal(err)
+	}
+	l.t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	r := bufio.NewScanner(out)
+	started := ""
+	for started == "" && r.Scan() {
+		started, _ = strings.CutPrefix(r.Text(), "STARTED ")
+	}
+	if started == "" {
+		l.t.Fatalf("%s helper ended before it started", role)
+	}
+	res := make(chan string, 1)
+	go func() {
+		last := ""
+		for r.Scan() {
+			if v, ok := strings.CutPrefix(r.Text(), "RESULT "); ok {
+				last = v
+			}
+		}
+		res <- last
+	}()
+	return res, started
+}
+
 func (l *ecmpLab) adminURLs() string {
 	var urls []string
 	for i := range l.nodes {
@@ -296,18 +368,25 @@ func TestECMPOverBGP(t *testing.T) {
 	bin := filepath.Join(t.TempDir(), "l4lb")
 	buildL4LB(t, bin, "ecmp-test")
 
-	// The targets: each answers with its own address, over TCP and UDP.
-	tcmd := exec.Command(l.ip, "netns", "exec", l.tgts, os.Args[0], "-test.run=^TestECMPHelper$")
-	tcmd.Env = append(os.Environ(), "L4LB_ECMP_ROLE=targets")
-	tout, _ := tcmd.StdoutPipe()
-	tin, _ := tcmd.StdinPipe()
-	tcmd.Stderr = os.Stderr
-	if err := tcmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tin.Close(); tcmd.Process.Kill(); tcmd.Wait() })
-	if line, err := bufio.NewReader(tout).ReadString('\n'); err != nil || strings.TrimSpace(line) != "ready" {
-		t.Fatalf("targets: %q %v", line, err)
+	// The targets: each answers with its own address, over TCP and UDP,
+	// and, for direct server return, sinks what comes to the VIP and
+	// answers with its checksum. deploy/dsr-target.sh sets each up; this
+	// kernel may lack the ipip module, and then l4lb dsr-target takes the
+	// outer header off.
+	for i, ns := range l.tgts {
+		script := exec.Command(l.ip, "netns", "exec", ns, "sh", "../../deploy/dsr-target.sh", ecmpVIP)
+		out, err := script.CombinedOutput()
+		if code := script.ProcessState.ExitCode(); code == 3 {
+			dec := exec.Command(l.ip, "netns", "exec", ns, bin, "dsr-target", "--interface", "t0", "--vip", ecmpVIP)
+			dec.Stdout, dec.Stderr = io.Discard, os.Stderr
+			if err := dec.Start(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { dec.Process.Kill(); dec.Wait() })
+		} else if err != nil {
+			t.Fatalf("deploy/dsr-target.sh in %s: %v\n%s", ns, err, out)
+		}
+		l.startTarget(ns, ecmpTargets[i])
 	}
 
 	for i := range l.nodes {
@@ -347,10 +426,19 @@ func TestECMPOverBGP(t *testing.T) {
 	t.Logf("node 3's targets registered again: back in the FIB after %v", took.Round(time.Millisecond))
 
 	// Node 1 dies under load: new connections fail only until the router
-	// drops it, and UDP flows keep their targets.
+	// drops it, UDP flows keep their targets, and long TCP transfers by
+	// direct server return, some of them through node 1, go on through the
+	// other nodes to the same targets and complete.
+	transfers, started := l.helperStream(l.client, "transfers", "ECMP_ADMIN="+l.adminURLs(), "ECMP_FLOWS=20", "ECMP_SECONDS=6")
+	var carried []float64
+	json.Unmarshal([]byte(started), &carried)
+	if len(carried) != 3 || carried[0] == 0 {
+		t.Fatalf("DSR flows per node before the kill: %v; want some through node 1", carried)
+	}
+	t.Logf("DSR transfers under way; flows per node: %v", carried)
 	load := make(chan string, 1)
 	go func() { load <- l.helper(l.client, "load", "ECMP_SECONDS=6") }()
-	time.Sleep(2 * time.Second)
+	time.Sleep(time.Second)
 	l.procs[0].Process.Signal(syscall.SIGKILL)
 	var killed ecmpLoad
 	json.Unmarshal([]byte(<-load), &killed)
@@ -359,6 +447,12 @@ func TestECMPOverBGP(t *testing.T) {
 	if killed.OK == 0 || killed.GapMS > 5000 {
 		t.Errorf("after node 1 was killed: %+v; want failures only while the router still sends to it", killed)
 	}
+	var moved struct{ OK, Failed, Mismatch int }
+	json.Unmarshal([]byte(<-transfers), &moved)
+	if moved.OK != 20 || moved.Failed != 0 || moved.Mismatch != 0 {
+		t.Errorf("20 DSR transfers across node 1's death: %+v; want all complete with matching checksums", moved)
+	}
+	t.Logf("DSR transfers across node 1's death: %+v", moved)
 	udpAfter := l.helper(l.client, "udp", "ECMP_FLOWS=1000", "ECMP_SRC=40000")
 	if moved := diffTargets(t, udpBefore, udpAfter); moved != 0 {
 		t.Errorf("%d of 1000 UDP flows changed target when node 1 died", moved)
@@ -422,6 +516,9 @@ func TestECMPHelper(t *testing.T) {
 		res = ecmpConnect(t, n, src)
 	case "udp":
 		res = ecmpUDP(t, n, src)
+	case "transfers":
+		secs, _ := strconv.Atoi(os.Getenv("ECMP_SECONDS"))
+		res = ecmpTransfers(t, n, time.Duration(secs)*time.Second)
 	case "load":
 		secs, _ := strconv.Atoi(os.Getenv("ECMP_SECONDS"))
 		res = ecmpLoadFor(time.Duration(secs) * time.Second)
@@ -430,11 +527,15 @@ func TestECMPHelper(t *testing.T) {
 	fmt.Printf("\nRESULT %s\n", b)
 }
 
-// ecmpServeTargets answers with the target's own address: TCP (then
-// closes) and UDP, until stdin closes.
+// ecmpServeTargets is one target (ECMP_TARGET): it answers with its own
+// address, over TCP (then closes) and UDP on port 8080, and on port 9000
+// (direct server return: the VIP, and its own address for health checks)
+// reads to the end and answers with its address and the data's SHA-256,
+// until stdin closes.
 func ecmpServeTargets(t *testing.T) {
-	for _, a := range ecmpTargets {
-		ln, err := net.Listen("tcp", a+":8080")
+	a := os.Getenv("ECMP_TARGET")
+	serve := func(addr string, handle func(net.Conn)) {
+		ln, err := net.Listen("tcp", addr)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -444,25 +545,36 @@ func ecmpServeTargets(t *testing.T) {
 				if err != nil {
 					return
 				}
-				c.Write([]byte(a + "\n"))
-				c.Close()
-			}
-		}()
-		pc, err := net.ListenPacket("udp", a+":8080")
-		if err != nil {
-			t.Fatal(err)
-		}
-		go func() {
-			buf := make([]byte, 1500)
-			for {
-				_, from, err := pc.ReadFrom(buf)
-				if err != nil {
-					return
-				}
-				pc.WriteTo([]byte(a), from)
+				go handle(c)
 			}
 		}()
 	}
+	serve(a+":8080", func(c net.Conn) {
+		c.Write([]byte(a + "\n"))
+		c.Close()
+	})
+	serve(":9000", func(c net.Conn) {
+		defer c.Close()
+		h := sha256.New()
+		if _, err := io.Copy(h, c); err != nil {
+			return
+		}
+		fmt.Fprintf(c, "%s %x\n", a, h.Sum(nil))
+	})
+	pc, err := net.ListenPacket("udp", a+":8080")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			_, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo([]byte(a), from)
+		}
+	}()
 	fmt.Println("ready")
 	io.Copy(io.Discard, os.Stdin)
 }
@@ -489,7 +601,7 @@ func ecmpRoute(c *http.Client, admin string, port int) (string, error) {
 // healthy: until then nodes may differ, as their health checks converge.
 func ecmpAllHealthy(t *testing.T, c *http.Client, admin string) {
 	deadline := time.Now().Add(20 * time.Second)
-	for _, g := range []string{"web", "udp"} {
+	for _, g := range []string{"web", "udp", "dsr"} {
 		for {
 			req, _ := http.NewRequest(http.MethodGet, admin+"/v1/target-groups/"+g+"/targets", nil)
 			req.Header.Set("Authorization", "Bearer "+ecmpToken)
@@ -648,4 +760,95 @@ func ecmpLoadFor(d time.Duration) ecmpLoad {
 		res.GapMS = last.Sub(first).Milliseconds()
 	}
 	return res
+}
+
+// ecmpTransfers streams to the VIP's port 9000 on n connections for d,
+// about 0.8 MB/s each, and checks that each target's checksum of what it
+// read matches what was sent. Once under way it prints, on a STARTED line,
+// how many of the listener's flows each node has taken so far.
+func ecmpTransfers(t *testing.T, n int, d time.Duration) any {
+	var res struct{ OK, Failed, Mismatch int }
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	end := time.Now().Add(d)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ok, match := ecmpTransfer(i, end)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case !ok:
+				res.Failed++
+			case !match:
+				res.Mismatch++
+			default:
+				res.OK++
+			}
+		}()
+	}
+	time.Sleep(1500 * time.Millisecond) // the nodes read the kernel's counters twice a second
+	var carried []float64
+	for _, admin := range strings.Split(os.Getenv("ECMP_ADMIN"), ",") {
+		carried = append(carried, ecmpMetric(admin, `l4lb_new_flows_total{listener="bulk"`))
+	}
+	b, _ := json.Marshal(carried)
+	fmt.Printf("\nSTARTED %s\n", b)
+	wg.Wait()
+	return res
+}
+
+// ecmpTransfer sends pseudo-random data until end, then reads the target's
+// checksum of it.
+func ecmpTransfer(seed int, end time.Time) (ok, match bool) {
+	c, err := net.DialTimeout("tcp", ecmpVIP+":9000", 2*time.Second)
+	if err != nil {
+		return false, false
+	}
+	defer c.Close()
+	h := sha256.New()
+	buf := make([]byte, 16<<10)
+	r := rand.New(rand.NewPCG(uint64(seed), 1))
+	for n := 0; n < 100000 && time.Now().Before(end); n++ {
+		for i := range buf {
+			buf[i] = byte(r.Uint32())
+		}
+		c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Write(buf); err != nil {
+			return false, false
+		}
+		h.Write(buf)
+		time.Sleep(20 * time.Millisecond)
+	}
+	c.(*net.TCPConn).CloseWrite()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return false, false
+	}
+	f := strings.Fields(line)
+	return true, len(f) == 2 && f[1] == fmt.Sprintf("%x", h.Sum(nil))
+}
+
+// ecmpMetric sums the samples of a node's metric whose line starts with
+// prefix.
+func ecmpMetric(admin, prefix string) float64 {
+	req, _ := http.NewRequest(http.MethodGet, admin+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+ecmpToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	sum := 0.0
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if strings.HasPrefix(sc.Text(), prefix) {
+			f := strings.Fields(sc.Text())
+			v, _ := strconv.ParseFloat(f[len(f)-1], 64)
+			sum += v
+		}
+	}
+	return sum
 }

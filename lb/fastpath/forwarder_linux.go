@@ -160,6 +160,9 @@ func NewForwarder(fronts []Front, opts ForwarderOptions) (*Forwarder, error) {
 			}
 		}
 		opts.Log.Info(proto+" listener forwarded in the kernel", zap.String("listener", f.Name), zap.Stringer("address", f.VIP), zap.Strings("interfaces", ifaces))
+		if f.DSR {
+			warnAcceptLocal(opts.Log, ifaces)
+		}
 	}
 	return k, nil
 }
@@ -453,6 +456,20 @@ func ForwardingSysctl(ip netip.Addr) string {
 		return "/proc/sys/net/ipv4/ip_forward"
 	}
 	return "/proc/sys/net/ipv6/conf/all/forwarding"
+}
+
+// warnAcceptLocal warns when an interface would drop the packets direct
+// server return encapsulates: their outer source is this host's own
+// address, which the stack takes in only with accept_local.
+func warnAcceptLocal(log *zap.Logger, ifaces []string) {
+	if readSysctl("/proc/sys/net/ipv4/conf/all/accept_local") == "1" {
+		return
+	}
+	for _, name := range ifaces {
+		if path := "/proc/sys/net/ipv4/conf/" + name + "/accept_local"; readSysctl(path) == "0" {
+			log.Warn("direct server return needs accept_local: the encapsulated packets carry this host's own address as their source", zap.String("sysctl", path))
+		}
+	}
 }
 
 func readSysctl(path string) string {

@@ -1,0 +1,43 @@
+package main
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/spf13/cobra"
+)
+
+// newDSRTarget is `l4lb dsr-target`: the target side of direct server
+// return, on a target whose kernel cannot take IPIP in itself.
+func newDSRTarget() *cobra.Command {
+	var ifaces, vips []string
+	cmd := &cobra.Command{
+		Use:   "dsr-target --interface IF --vip IP [--vip IP...]",
+		Short: "On a target of a dsr target group: take the l4lb nodes' IPIP packets in (a tc program), until stopped",
+		Long: `On a target of a target group with forwarding: dsr, the l4lb nodes send each
+client packet inside an outer IPv4 header (IPIP). A kernel with the ipip
+module takes that off itself (deploy/dsr-target.sh sets it up); on one
+without, this command runs a tc program on each --interface that does, for
+packets to the --vip addresses, until SIGTERM or SIGINT. The VIPs must be on
+a local interface (lo) and the service must listen on the listener's port;
+deploy/dsr-target.sh does both.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var addrs []netip.Addr
+			for _, v := range vips {
+				a, err := netip.ParseAddr(v)
+				if err != nil || !a.Is4() {
+					return usageError{fmt.Errorf("--vip: want an IPv4 address, got %q", v)}
+				}
+				addrs = append(addrs, a)
+			}
+			if len(addrs) == 0 || len(ifaces) == 0 {
+				return usageError{fmt.Errorf("name at least one --interface and one --vip")}
+			}
+			return runDSRTarget(cmd, ifaces, addrs)
+		},
+	}
+	cmd.Flags().StringArrayVar(&ifaces, "interface", nil, "interface the encapsulated packets arrive on, repeatable")
+	cmd.Flags().StringArrayVar(&vips, "vip", nil, "listener address (VIP) this target serves, repeatable")
+	return cmd
+}
