@@ -83,7 +83,7 @@ type service struct {
 	vip     netip.AddrPort
 	idle    time.Duration
 	sticky  bool
-	flags   uint32 // svcSticky, svcAllow, svcDeny, svcDSR
+	flags   uint32     // svcSticky, svcAllow, svcDeny, svcDSR
 	encap   netip.Addr // svcDSR: the outer source
 	fam     *famPath
 	index   int    // within its family: which tables are its own
