@@ -269,13 +269,16 @@ func (s *Speaker) Stop() {
 	<-done
 	b.StopBgp(context.Background(), &api.StopBgpRequest{})
 	b.Stop()
+	// Status reads the routes and peers under mu too.
+	s.mu.Lock()
 	for _, r := range s.routes {
 		r.uuid = nil
 	}
-	s.opts.Metrics.Gauge(metrics.BGPAnnouncedRoutes).Set(0)
 	for addr := range s.peers {
 		s.opts.Metrics.Gauge(metrics.BGPSessionUp, addr).Set(0)
 	}
+	s.mu.Unlock()
+	s.opts.Metrics.Gauge(metrics.BGPAnnouncedRoutes).Set(0)
 	s.log.Info("BGP speaker stopped")
 }
 
