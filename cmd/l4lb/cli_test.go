@@ -53,6 +53,15 @@ func TestServeBadFlagsExit2(t *testing.T) {
 	}
 }
 
+func TestRouteBadSourceExit2(t *testing.T) {
+	for _, src := range []string{"127.0.0.1", "nowhere:80", "127.0.0.1:90-80", "127.0.0.1:1-70000", "127.0.0.1:x"} {
+		code, _, errs := runCLI("route", "--listener", "web", "--src", src, "--admin", "127.0.0.1:1")
+		if code != 2 || !strings.Contains(errs, "--src") {
+			t.Errorf("--src %s: exit %d, stderr %q; want exit 2 naming --src", src, code, errs)
+		}
+	}
+}
+
 func TestVersion(t *testing.T) {
 	code, out, _ := runCLI("version")
 	if code != 0 || !strings.Contains(out, "l4lb ") || !strings.Contains(out, "go1.") {

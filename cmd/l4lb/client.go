@@ -5,10 +5,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
+	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -259,21 +264,31 @@ func newRoute() *cobra.Command {
 	var c adminClient
 	var listener, src, dst, proto, sni string
 	cmd := &cobra.Command{
-		Use:   "route --listener NAME --src IP:PORT [--dst IP:PORT] [--protocol tcp|udp] [--sni HOST]",
+		Use:   "route --listener NAME --src IP:PORT[-PORT] [--dst IP:PORT] [--protocol tcp|udp] [--sni HOST]",
 		Short: "Show which target a flow would get, and why",
-		Args:  cobra.NoArgs,
+		Long: `Show which target a flow would get, and why. With a range of client ports
+(--src 198.18.0.2:20000-29999) it shows the target of each flow, one per line.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			q := url.Values{"listener": {listener}, "src": {src}, "protocol": {proto}}
+			ip, lo, hi, err := parseSourceRange(src)
+			if err != nil {
+				return usageError{fmt.Errorf("--src: %w", err)}
+			}
+			q := url.Values{"listener": {listener}, "protocol": {proto}}
 			if dst != "" {
 				q.Set("dst", dst)
 			}
 			if sni != "" {
 				q.Set("sni", sni)
 			}
-			var rt api.Route
-			if err := c.do(http.MethodGet, "/v1/route?"+q.Encode(), nil, &rt); err != nil {
+			routes, err := c.routes(q, ip, lo, hi)
+			if err != nil {
 				return err
 			}
+			if lo != hi {
+				return printRoutes(cmd.OutOrStdout(), c.output, routes)
+			}
+			rt := routes[0]
 			if c.output == "json" {
 				return printJSON(cmd.OutOrStdout(), rt)
 			}
@@ -287,7 +302,7 @@ func newRoute() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&listener, "listener", "", "listener name (required)")
-	cmd.Flags().StringVar(&src, "src", "", "client IP:PORT (required)")
+	cmd.Flags().StringVar(&src, "src", "", "client IP:PORT, or IP:PORT-PORT for each port of a range (required)")
 	cmd.Flags().StringVar(&dst, "dst", "", "listener IP:PORT the client reaches (default: the listener's address)")
 	cmd.Flags().StringVar(&proto, "protocol", "tcp", "tcp|udp")
 	cmd.Flags().StringVar(&sni, "sni", "", "the server name a TLS client asks for, on a listener with SNI rules")
@@ -295,6 +310,77 @@ func newRoute() *cobra.Command {
 	cmd.MarkFlagRequired("src")
 	addClientFlags(cmd, &c)
 	return cmd
+}
+
+// routes asks for the route of each flow from ip's ports lo to hi, a few
+// requests at a time, and returns them in port order.
+func (c *adminClient) routes(q url.Values, ip netip.Addr, lo, hi int) ([]api.Route, error) {
+	// These are GETs, safe to send again on a fresh connection if a kept
+	// one has closed: keep connections for the run of them.
+	tr := c.http.Transport.(*http.Transport).Clone()
+	tr.DisableKeepAlives, tr.MaxIdleConnsPerHost = false, 8
+	kc := *c
+	kc.http = &http.Client{Timeout: c.http.Timeout, Transport: tr}
+	defer tr.CloseIdleConnections()
+	routes := make([]api.Route, hi-lo+1)
+	errs := make([]error, len(routes))
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range min(8, len(routes)) {
+		wg.Go(func() {
+			for i := range next {
+				q := maps.Clone(q)
+				q.Set("src", netip.AddrPortFrom(ip, uint16(lo+i)).String())
+				errs[i] = kc.do(http.MethodGet, "/v1/route?"+q.Encode(), nil, &routes[i])
+			}
+		})
+	}
+	for i := range routes {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return nil, err // the first: the rest likely say the same
+		}
+	}
+	return routes, nil
+}
+
+// parseSourceRange reads IP:PORT or IP:PORT-PORT.
+func parseSourceRange(s string) (ip netip.Addr, lo, hi int, err error) {
+	host, ports, err := net.SplitHostPort(s)
+	if err != nil {
+		return ip, 0, 0, fmt.Errorf("want IP:PORT or IP:PORT-PORT, got %q", s)
+	}
+	if ip, err = netip.ParseAddr(host); err != nil {
+		return ip, 0, 0, fmt.Errorf("%q is not an IP address", host)
+	}
+	first, last, isRange := strings.Cut(ports, "-")
+	if lo, err = strconv.Atoi(first); err != nil || lo < 0 || lo > 65535 {
+		return ip, 0, 0, fmt.Errorf("%q is not a port", first)
+	}
+	hi = lo
+	if isRange {
+		if hi, err = strconv.Atoi(last); err != nil || hi < lo || hi > 65535 {
+			return ip, 0, 0, fmt.Errorf("%q is not a port from %d to 65535", last, lo)
+		}
+	}
+	return ip, lo, hi, nil
+}
+
+// printRoutes shows the routes of a range of flows, one per line.
+func printRoutes(w io.Writer, output string, routes []api.Route) error {
+	if output == "json" {
+		return printJSON(w, routes)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SOURCE\tTARGET\tTARGET GROUP\tWHY")
+	for _, rt := range routes {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", rt.Source, dash(rt.Target), rt.TargetGroup, rt.Why)
+	}
+	return tw.Flush()
 }
 
 func parseTargetSpec(s string) (api.RegisterRequest, error) {

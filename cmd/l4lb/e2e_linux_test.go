@@ -292,6 +292,29 @@ func TestRouteMatchesRealConnections(t *testing.T) {
 	if len(seen) < 2 {
 		t.Fatalf("30 sources all reached %v: the test shows nothing", seen)
 	}
+	// A range of client ports: one route per port, each the one a single
+	// query gives.
+	code, out, errs := runCLI("route", "--listener", "web", "--src", "127.0.0.2:40000-40009", "--dst", r.addr, "--admin", r.admin, "-o", "json")
+	if code != 0 {
+		t.Fatalf("route over a range: exit %d: %s", code, errs)
+	}
+	var rts []api.Route
+	json.Unmarshal([]byte(out), &rts)
+	if len(rts) != 10 {
+		t.Fatalf("route over 10 ports gave %d routes: %s", len(rts), out)
+	}
+	for i, rt := range rts {
+		src := fmt.Sprintf("127.0.0.2:%d", 40000+i)
+		_, one, _ := runCLI("route", "--listener", "web", "--src", src, "--dst", r.addr, "--admin", r.admin, "-o", "json")
+		var want api.Route
+		json.Unmarshal([]byte(one), &want)
+		if rt.Source != src || rt.Target == "" || rt.Target != want.Target {
+			t.Errorf("range route %d: %s -> %s; a single query for %s says %s", i, rt.Source, rt.Target, src, want.Target)
+		}
+	}
+	if code, out, _ := runCLI("route", "--listener", "web", "--src", "127.0.0.2:40000-40002", "--admin", r.admin); code != 0 || strings.Count(out, "\n") != 4 {
+		t.Errorf("route over 3 ports as a table: exit %d:\n%s", code, out)
+	}
 }
 
 func TestAdminAPIErrors(t *testing.T) {

@@ -11,10 +11,12 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -205,28 +207,31 @@ func (l *ecmpLab) startNode(bin string, i int) {
 		targets = append(targets, fmt.Sprintf(`{address: "%s:8080"}`, a))
 	}
 	hc := `health_check: {protocol: TCP, port: "8080", interval: 1s, healthy_threshold: 2, unhealthy_threshold: 2}`
-	var dsrTargets []string
+	var dsrTargets, udpDSRTargets []string
 	for _, a := range ecmpTargets {
 		dsrTargets = append(dsrTargets, fmt.Sprintf(`{address: "%s:9000"}`, a))
+		udpDSRTargets = append(udpDSRTargets, fmt.Sprintf(`{address: "%s:5300"}`, a))
 	}
 	cfg := fmt.Sprintf(`admin: {listen: "%[1]s:9900", token_file: "%[2]s/token"}
-load_balancer: {tcp_fast_path: true, tcp_fast_path_interfaces: [n0]}
+load_balancer: {tcp_fast_path: true, tcp_fast_path_interfaces: [n0], udp_fast_path: true, udp_fast_path_interfaces: [n0]}
 zones: {a: [%[3]s]}
 listeners:
   - {name: web, port: 80, bind: [%[3]s], target_group: web}
   - {name: dns, protocol: UDP, port: 53, bind: [%[3]s], target_group: udp}
   - {name: bulk, port: 9000, bind: [%[3]s], target_group: dsr}
+  - {name: quic, protocol: UDP, port: 5300, bind: [%[3]s], target_group: udpdsr}
 target_groups:
   - {name: web, targets: [%[4]s], %[5]s, attributes: {deregistration_delay.timeout_seconds: "1"}}
   - {name: udp, protocol: UDP, targets: [%[4]s], %[5]s}
   - {name: dsr, forwarding: dsr, targets: [%[9]s], health_check: {interval: 1s, healthy_threshold: 2, unhealthy_threshold: 2}}
+  - {name: udpdsr, protocol: UDP, forwarding: dsr, targets: [%[10]s], %[5]s}
 bgp:
   local_as: %[6]d
   router_id: %[1]s
   peers: [{address: %[7]s, as: %[8]d, hold_time: 3s}]
   announce: {a: [%[3]s/32]}
   withdraw_grace: 2s
-`, ecmpNode(i), dir, ecmpVIP, strings.Join(targets, ", "), hc, ecmpNodeAS, ecmpRouterN, ecmpRouterAS, strings.Join(dsrTargets, ", "))
+`, ecmpNode(i), dir, ecmpVIP, strings.Join(targets, ", "), hc, ecmpNodeAS, ecmpRouterN, ecmpRouterAS, strings.Join(dsrTargets, ", "), strings.Join(udpDSRTargets, ", "))
 	path := filepath.Join(dir, "l4lb.yaml")
 	os.WriteFile(path, []byte(cfg), 0o644)
 	logf, err := os.Create(filepath.Join(dir, "l4lb.log"))
@@ -254,7 +259,7 @@ bgp:
 func (l *ecmpLab) startTarget(ns, ip string) {
 	l.t.Helper()
 	cmd := exec.Command(l.ip, "netns", "exec", ns, os.Args[0], "-test.run=^TestECMPHelper$")
-	cmd.Env = append(os.Environ(), "L4LB_ECMP_ROLE=targets", "ECMP_TARGET="+ip)
+	cmd.Env = append(os.Environ(), "L4LB_ECMP_ROLE=targets", "ECMP_TARGET="+ip, "ECMP_LOG="+l.targetLog(ip))
 	out, _ := cmd.StdoutPipe()
 	in, _ := cmd.StdinPipe()
 	cmd.Stderr = os.Stderr
@@ -265,6 +270,80 @@ func (l *ecmpLab) startTarget(ns, ip string) {
 	if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || strings.TrimSpace(line) != "ready" {
 		l.t.Fatalf("target %s: %q %v", ip, line, err)
 	}
+}
+
+func (l *ecmpLab) targetLog(ip string) string { return filepath.Join(l.dir, "target-"+ip+".log") }
+
+// targetsSaw reads the targets' logs: for each of the client's ports whose
+// datagrams reached a target by direct server return, the targets that
+// saw it (one, unless the flow moved).
+func (l *ecmpLab) targetsSaw() map[int][]string {
+	saw := map[int][]string{}
+	for _, a := range ecmpTargets {
+		b, err := os.ReadFile(l.targetLog(a))
+		if err != nil {
+			l.t.Fatal(err)
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			from, err := netip.ParseAddrPort(line)
+			if err != nil || from.Addr().String() != ecmpClient {
+				continue
+			}
+			if p := int(from.Port()); !slices.Contains(saw[p], a) {
+				saw[p] = append(saw[p], a)
+			}
+		}
+	}
+	return saw
+}
+
+// routes asks every node, with l4lb route in the client's namespace, which
+// target each flow from the client's ports first..first+n-1 gets.
+func (l *ecmpLab) routes(bin, listener, proto string, first, n int) [][]api.Route {
+	l.t.Helper()
+	res := make([][]api.Route, len(l.nodes))
+	var wg sync.WaitGroup
+	for i := range l.nodes {
+		wg.Go(func() {
+			out, err := exec.Command(l.ip, "netns", "exec", l.client, bin, "route", "--listener", listener, "--protocol", proto,
+				"--src", fmt.Sprintf("%s:%d-%d", ecmpClient, first, first+n-1), "--admin", fmt.Sprintf("http://%s:9900", ecmpNode(i+1)),
+				"--token-file", filepath.Join(l.dir, fmt.Sprintf("node%d", i+1), "token"), "-o", "json").Output()
+			if err == nil {
+				err = json.Unmarshal(out, &res[i])
+			}
+			if err != nil || len(res[i]) != n {
+				l.t.Errorf("l4lb route --listener %s on node %d: %v, %d routes", listener, i+1, err, len(res[i]))
+			}
+		})
+	}
+	wg.Wait()
+	if l.t.Failed() {
+		l.t.FailNow()
+	}
+	return res
+}
+
+// agree checks that every node named the same target for every flow, and
+// returns the targets by client port.
+func (l *ecmpLab) agree(what string, routes [][]api.Route) map[int]string {
+	l.t.Helper()
+	byPort := map[int]string{}
+	disagree := 0
+	for f, rt := range routes[0] {
+		src, _ := netip.ParseAddrPort(rt.Source)
+		for _, other := range routes[1:] {
+			if other[f].Target == "" || other[f].Target != rt.Target {
+				disagree++
+				break
+			}
+		}
+		tgt, _ := netip.ParseAddrPort(rt.Target)
+		byPort[int(src.Port())] = tgt.Addr().String()
+	}
+	if disagree != 0 {
+		l.t.Fatalf("%s: the nodes name different targets for %d of %d flows", what, disagree, len(routes[0]))
+	}
+	return byPort
 }
 
 // nextHops is the router's ECMP next hops for the VIP.
@@ -395,11 +474,26 @@ func TestECMPOverBGP(t *testing.T) {
 	took := l.waitHops(3, 30*time.Second)
 	t.Logf("the VIP reached the router's FIB with 3 next hops %v after %v", l.nextHops(), took.Round(time.Millisecond))
 
-	// Every node names the same target for 10 000 flows.
-	var agree struct{ Flows, Disagree int }
-	json.Unmarshal([]byte(l.helper(l.client, "routes", "ECMP_ADMIN="+l.adminURLs(), "ECMP_FLOWS=10000")), &agree)
-	if agree.Flows != 10000 || agree.Disagree != 0 {
-		t.Fatalf("routes of 10000 flows on 3 nodes: %+v", agree)
+	// Every node names the same target for 10 000 flows, TCP on the socket
+	// path and UDP on the kernel path; the UDP flows reach the targets
+	// named, by the targets' replies and by their own logs.
+	l.helper(l.client, "healthy", "ECMP_ADMIN="+l.adminURLs())
+	start := time.Now()
+	l.agree("TCP, web", l.routes(bin, "web", "tcp", 20000, 10000))
+	named := l.agree("UDP kernel path, quic", l.routes(bin, "quic", "udp", 40000, 10000))
+	t.Logf("l4lb route on 3 nodes: the same targets for 10000 TCP and 10000 UDP flows (%v)", time.Since(start).Round(time.Millisecond))
+	replied := ecmpTargetsOf(t, l.helper(l.client, "udp", "ECMP_FLOWS=10000", "ECMP_SRC=40000", "ECMP_PORT=5300"))
+	saw := l.targetsSaw()
+	wrong := 0
+	for p := 40000; p < 50000; p++ {
+		if replied[p] != named[p] || len(saw[p]) != 1 || saw[p][0] != named[p] {
+			if wrong++; wrong <= 5 {
+				t.Errorf("UDP flow from port %d: the nodes name %s, %q answered, the targets' logs show %v", p, named[p], replied[p], saw[p])
+			}
+		}
+	}
+	if wrong > 0 {
+		t.Fatalf("%d of 10000 UDP flows on the kernel path did not reach the target the nodes name", wrong)
 	}
 	// 1000 connections land on the target the nodes name.
 	var conns struct{ OK, Failed, Mismatch int }
@@ -407,7 +501,8 @@ func TestECMPOverBGP(t *testing.T) {
 	if conns.OK != 1000 || conns.Mismatch != 0 {
 		t.Fatalf("1000 connections: %+v", conns)
 	}
-	udpBefore := l.helper(l.client, "udp", "ECMP_FLOWS=1000", "ECMP_SRC=40000")
+	udpBefore := ecmpTargetsOf(t, l.helper(l.client, "udp", "ECMP_FLOWS=1000", "ECMP_SRC=50000", "ECMP_PORT=53"))
+	kernelBefore := ecmpTargetsOf(t, l.helper(l.client, "udp", "ECMP_FLOWS=1000", "ECMP_SRC=51000", "ECMP_PORT=5300"))
 
 	// A node whose zone has no healthy target withdraws; it comes back
 	// when its targets do.
@@ -453,10 +548,22 @@ func TestECMPOverBGP(t *testing.T) {
 		t.Errorf("20 DSR transfers across node 1's death: %+v; want all complete with matching checksums", moved)
 	}
 	t.Logf("DSR transfers across node 1's death: %+v", moved)
-	udpAfter := l.helper(l.client, "udp", "ECMP_FLOWS=1000", "ECMP_SRC=40000")
-	if moved := diffTargets(t, udpBefore, udpAfter); moved != 0 {
-		t.Errorf("%d of 1000 UDP flows changed target when node 1 died", moved)
+	udpAfter := ecmpTargetsOf(t, l.helper(l.client, "udp", "ECMP_FLOWS=1000", "ECMP_SRC=50000", "ECMP_PORT=53"))
+	kernelAfter := ecmpTargetsOf(t, l.helper(l.client, "udp", "ECMP_FLOWS=1000", "ECMP_SRC=51000", "ECMP_PORT=5300"))
+	saw = l.targetsSaw()
+	movedUDP, movedKernel := 0, 0
+	for p := range 1000 {
+		if udpBefore[50000+p] != udpAfter[50000+p] {
+			movedUDP++
+		}
+		if kernelBefore[51000+p] != kernelAfter[51000+p] || len(saw[51000+p]) != 1 {
+			movedKernel++
+		}
 	}
+	if movedUDP != 0 || movedKernel != 0 {
+		t.Errorf("UDP flows that changed target when node 1 died: %d of 1000 on the socket path, %d of 1000 on the kernel path", movedUDP, movedKernel)
+	}
+	t.Logf("UDP flows across node 1's death: 1000 on the socket path and 1000 on the kernel path; %d and %d changed target", movedUDP, movedKernel)
 
 	// Node 2 leaves gracefully: its route goes before any flow is cut,
 	// and no connection fails.
@@ -478,20 +585,20 @@ func TestECMPOverBGP(t *testing.T) {
 	t.Logf("node 2 left: %d connections, %d failed", left.OK, left.Failed)
 }
 
-// diffTargets counts the flows whose target differs between two "udp"
-// results.
-func diffTargets(t *testing.T, a, b string) int {
-	var x, y map[string]string
-	if json.Unmarshal([]byte(a), &x) != nil || json.Unmarshal([]byte(b), &y) != nil || len(x) != len(y) || len(x) == 0 {
-		t.Fatalf("bad UDP results: %.200s / %.200s", a, b)
+// ecmpTargetsOf reads a "udp" helper's result: the target that answered
+// each client port; every port must have had an answer.
+func ecmpTargetsOf(t *testing.T, res string) map[int]string {
+	t.Helper()
+	var byPort map[int]string
+	if err := json.Unmarshal([]byte(res), &byPort); err != nil {
+		t.Fatalf("bad UDP results: %v: %.200s", err, res)
 	}
-	n := 0
-	for k, v := range x {
-		if y[k] != v {
-			n++
+	for p, tgt := range byPort {
+		if tgt == "" {
+			t.Fatalf("UDP flow from port %d: no answer", p)
 		}
 	}
-	return n
+	return byPort
 }
 
 // TestECMPHelper is a role of TestECMPOverBGP run inside a namespace; it
@@ -508,12 +615,15 @@ func TestECMPHelper(t *testing.T) {
 	case "targets":
 		ecmpServeTargets(t)
 		return
-	case "routes":
-		res = ecmpRoutes(t, n)
+	case "healthy":
+		for _, admin := range strings.Split(os.Getenv("ECMP_ADMIN"), ",") {
+			ecmpAllHealthy(t, &http.Client{Timeout: 5 * time.Second}, admin)
+		}
 	case "connect":
 		res = ecmpConnect(t, n, src)
 	case "udp":
-		res = ecmpUDP(t, n, src)
+		port, _ := strconv.Atoi(os.Getenv("ECMP_PORT"))
+		res = ecmpUDP(n, src, port)
 	case "transfers":
 		secs, _ := strconv.Atoi(os.Getenv("ECMP_SECONDS"))
 		res = ecmpTransfers(t, n, time.Duration(secs)*time.Second)
@@ -526,7 +636,8 @@ func TestECMPHelper(t *testing.T) {
 }
 
 // ecmpServeTargets is one target (ECMP_TARGET): it answers with its own
-// address, over TCP (then closes) and UDP on port 8080, and on port 9000
+// address, over TCP (then closes) and UDP on port 8080, over UDP on the
+// VIP's port 5300 (logging the client's address to ECMP_LOG), and on port 9000
 // (direct server return: the VIP, and its own address for health checks)
 // reads to the end and answers with its address and the data's SHA-256,
 // until stdin closes.
@@ -559,20 +670,34 @@ func ecmpServeTargets(t *testing.T) {
 		}
 		fmt.Fprintf(c, "%s %x\n", a, h.Sum(nil))
 	})
-	pc, err := net.ListenPacket("udp", a+":8080")
+	logf, err := os.OpenFile(os.Getenv("ECMP_LOG"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}
-	go func() {
-		buf := make([]byte, 1500)
-		for {
-			_, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			pc.WriteTo([]byte(a), from)
+	defer logf.Close()
+	answer := func(addr string, log bool) {
+		pc, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			t.Fatal(err)
 		}
-	}()
+		go func() {
+			buf := make([]byte, 1500)
+			for {
+				_, from, err := pc.ReadFrom(buf)
+				if err != nil {
+					return
+				}
+				if log {
+					fmt.Fprintln(logf, from)
+				}
+				pc.WriteTo([]byte(a), from)
+			}
+		}()
+	}
+	answer(a+":8080", false)
+	// Direct server return: the datagram comes to the VIP, and the answer
+	// goes from it straight to the client, whose address the log keeps.
+	answer(ecmpVIP+":5300", true)
 	fmt.Println("ready")
 	io.Copy(io.Discard, os.Stdin)
 }
@@ -599,7 +724,7 @@ func ecmpRoute(c *http.Client, admin string, port int) (string, error) {
 // healthy: until then nodes may differ, as their health checks converge.
 func ecmpAllHealthy(t *testing.T, c *http.Client, admin string) {
 	deadline := time.Now().Add(20 * time.Second)
-	for _, g := range []string{"web", "udp", "dsr"} {
+	for _, g := range []string{"web", "udp", "dsr", "udpdsr"} {
 		for {
 			req, _ := http.NewRequest(http.MethodGet, admin+"/v1/target-groups/"+g+"/targets", nil)
 			req.Header.Set("Authorization", "Bearer "+ecmpToken)
@@ -623,42 +748,6 @@ func ecmpAllHealthy(t *testing.T, c *http.Client, admin string) {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
-}
-
-func ecmpRoutes(t *testing.T, flows int) any {
-	admins := strings.Split(os.Getenv("ECMP_ADMIN"), ",")
-	for _, admin := range admins {
-		ecmpAllHealthy(t, &http.Client{Timeout: 5 * time.Second}, admin)
-	}
-	answers := make([][]string, len(admins))
-	var wg sync.WaitGroup
-	for i, admin := range admins {
-		answers[i] = make([]string, flows)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c := &http.Client{Timeout: 5 * time.Second}
-			for f := range flows {
-				tgt, err := ecmpRoute(c, admin, 20000+f)
-				if err != nil {
-					t.Errorf("%s: %v", admin, err)
-					return
-				}
-				answers[i][f] = tgt
-			}
-		}()
-	}
-	wg.Wait()
-	res := struct{ Flows, Disagree int }{Flows: flows}
-	for f := range flows {
-		for i := range admins {
-			if answers[i][f] == "" || answers[i][f] != answers[0][f] {
-				res.Disagree++
-				break
-			}
-		}
-	}
-	return res
 }
 
 // ecmpAsk connects from the client's port to the VIP and returns the
@@ -700,26 +789,42 @@ func ecmpConnect(t *testing.T, flows, src int) any {
 	return res
 }
 
-// ecmpUDP sends one datagram on each of flows client ports and returns,
-// per port, the target that answered.
-func ecmpUDP(t *testing.T, flows, src int) any {
-	out := map[string]string{}
-	buf := make([]byte, 64)
-	for f := range flows {
-		c, err := net.DialUDP("udp", &net.UDPAddr{IP: net.ParseIP(ecmpClient), Port: src + f}, &net.UDPAddr{IP: net.ParseIP(ecmpVIP), Port: 53})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for try := 0; try < 5; try++ {
-			c.Write([]byte("who"))
-			c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
-			if n, err := c.Read(buf); err == nil {
-				out[strconv.Itoa(src+f)] = string(buf[:n])
-				break
+// ecmpUDP sends a datagram to the VIP's port from each of flows client
+// ports, eight at a time, and returns, per port, the target that answered
+// ("" for none in three tries).
+func ecmpUDP(flows, src, port int) any {
+	out := make(map[int]string, flows)
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	next := make(chan int)
+	for range 8 {
+		wg.Go(func() {
+			buf := make([]byte, 64)
+			for f := range next {
+				answer := ""
+				c, err := net.DialUDP("udp", &net.UDPAddr{IP: net.ParseIP(ecmpClient), Port: src + f}, &net.UDPAddr{IP: net.ParseIP(ecmpVIP), Port: port})
+				for try := 0; err == nil && try < 3; try++ {
+					c.Write([]byte("who"))
+					c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+					if n, err := c.Read(buf); err == nil {
+						answer = string(buf[:n])
+						break
+					}
+				}
+				if c != nil {
+					c.Close()
+				}
+				mu.Lock()
+				out[src+f] = answer
+				mu.Unlock()
 			}
-		}
-		c.Close()
+		})
 	}
+	for f := range flows {
+		next <- f
+	}
+	close(next)
+	wg.Wait()
 	return out
 }
 
