@@ -565,12 +565,37 @@ func TestECMPOverBGP(t *testing.T) {
 	}
 	t.Logf("UDP flows across node 1's death: 1000 on the socket path and 1000 on the kernel path; %d and %d changed target", movedUDP, movedKernel)
 
+	// Node 1 comes back. Then node 3's machine vanishes without a word: its
+	// link goes down before the process dies, so no FIN or RST tells the
+	// router, and only BGP's hold time (3 s) ends the session. New
+	// connections that the router hashes to node 3 fail until then, and no
+	// longer.
+	l.startNode(bin, 1)
+	took = l.waitHops(3, 30*time.Second)
+	t.Logf("node 1 restarted: back in the FIB after %v", took.Round(time.Millisecond))
+	go func() { load <- l.helper(l.client, "load", "ECMP_SECONDS=8") }()
+	time.Sleep(time.Second)
+	l.in(l.nodes[2], "ip", "link", "set", "n0", "down")
+	l.procs[2].Process.Signal(syscall.SIGKILL)
+	vanished := time.Now()
+	took = l.waitHops(2, 10*time.Second)
+	var silent ecmpLoad
+	json.Unmarshal([]byte(<-load), &silent)
+	t.Logf("node 3 vanished silently: dropped from the FIB after %v; %d connections succeeded, %d failed over %d ms",
+		took.Round(time.Millisecond), silent.OK, silent.Failed, silent.GapMS)
+	if hold := 3 * time.Second; took > hold+time.Second || silent.OK == 0 || time.Duration(silent.GapMS)*time.Millisecond > hold+2*time.Second {
+		t.Errorf("node 3 vanished at %v: dropped after %v, load %+v; want the gap bounded by the 3 s hold time", vanished.Format(time.TimeOnly), took, silent)
+	}
+
 	// Node 2 leaves gracefully: its route goes before any flow is cut,
 	// and no connection fails.
 	go func() { load <- l.helper(l.client, "load", "ECMP_SECONDS=6") }()
 	time.Sleep(time.Second)
 	l.procs[1].Process.Signal(syscall.SIGTERM)
 	took = l.waitHops(1, 5*time.Second)
+	if hops := l.nextHops(); len(hops) != 1 || hops[0] != ecmpNode(1) {
+		t.Errorf("after node 2 left, the VIP's next hops are %v; want node 1 alone", hops)
+	}
 	// Still running (not yet a zombie): the cleanup reaps it.
 	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", l.procs[1].Process.Pid))
 	if f := strings.Fields(string(stat)); err != nil || len(f) < 3 || f[2] == "Z" {
@@ -752,8 +777,8 @@ func ecmpAllHealthy(t *testing.T, c *http.Client, admin string) {
 
 // ecmpAsk connects from the client's port to the VIP and returns the
 // target's answer.
-func ecmpAsk(port int) (string, error) {
-	d := net.Dialer{Timeout: 2 * time.Second}
+func ecmpAsk(port int, timeout time.Duration) (string, error) {
+	d := net.Dialer{Timeout: timeout}
 	if port != 0 {
 		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(ecmpClient), Port: port}
 	}
@@ -762,7 +787,7 @@ func ecmpAsk(port int) (string, error) {
 		return "", err
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(2 * time.Second))
+	c.SetDeadline(time.Now().Add(timeout))
 	line, err := bufio.NewReader(c).ReadString('\n')
 	return strings.TrimSpace(line), err
 }
@@ -772,7 +797,7 @@ func ecmpConnect(t *testing.T, flows, src int) any {
 	c := &http.Client{Timeout: 5 * time.Second}
 	res := struct{ OK, Failed, Mismatch int }{}
 	for f := range flows {
-		got, err := ecmpAsk(src + f)
+		got, err := ecmpAsk(src+f, 2*time.Second)
 		if err != nil {
 			res.Failed++
 			continue
@@ -829,7 +854,8 @@ func ecmpUDP(flows, src, port int) any {
 }
 
 // ecmpLoadFor opens connections to the VIP, four at a time, for d, and
-// counts those that fail and the span of the failures.
+// counts those that fail (in 1 s) and the span of the failures, from
+// the start of the first failed attempt to the end of the last.
 func ecmpLoadFor(d time.Duration) ecmpLoad {
 	var mu sync.Mutex
 	var res ecmpLoad
@@ -841,13 +867,14 @@ func ecmpLoadFor(d time.Duration) ecmpLoad {
 		go func() {
 			defer wg.Done()
 			for n := 0; n < 100000 && time.Now().Before(end); n++ {
-				_, err := ecmpAsk(0)
+				began := time.Now()
+				_, err := ecmpAsk(0, time.Second)
 				now := time.Now()
 				mu.Lock()
 				if err != nil {
 					res.Failed++
-					if first.IsZero() {
-						first = now
+					if first.IsZero() || began.Before(first) {
+						first = began
 					}
 					last = now
 				} else {
