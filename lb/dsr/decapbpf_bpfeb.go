@@ -19,6 +19,7 @@ const (
 	decapBPFMapL4lbDecapStats = "l4lb_decap_stats"
 	decapBPFMapL4lbVips       = "l4lb_vips"
 	decapBPFProgL4lbDecap     = "l4lb_decap"
+	decapBPFVarCfgGuePort     = "cfg_gue_port"
 )
 
 // loadDecapBPF returns the embedded CollectionSpec for decapBPF.
@@ -78,6 +79,7 @@ type decapBPFMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type decapBPFVariableSpecs struct {
+	CfgGuePort *ebpf.VariableSpec `ebpf:"cfg_gue_port"`
 }
 
 // decapBPFObjects contains all objects after they have been loaded into the kernel.
@@ -115,6 +117,7 @@ func (m *decapBPFMaps) Close() error {
 //
 // It can be passed to loadDecapBPFObjects or ebpf.CollectionSpec.LoadAndAssign.
 type decapBPFVariables struct {
+	CfgGuePort *ebpf.Variable `ebpf:"cfg_gue_port"`
 }
 
 // decapBPFPrograms contains all programs after they have been loaded into the kernel.

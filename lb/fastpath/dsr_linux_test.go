@@ -29,12 +29,23 @@ func runGrown(t *testing.T, p *Path, pkt []byte) (int32, []byte) {
 // to a target (IPIP, a valid header checksum) and returns that target.
 func encapsulated(t *testing.T, out, pkt []byte, src netip.Addr) netip.Addr {
 	t.Helper()
-	if len(out) != len(pkt)+20 {
-		t.Fatalf("output is %d bytes, want the %d of the input and an outer header", len(out), len(pkt))
+	return encapsulatedIn(t, out, pkt, src, 0, 0)
+}
+
+// encapsulatedIn is encapsulated, and with a guePort, checks a UDP header
+// after the outer one: to guePort, from sport, no checksum (GUE variant 1).
+func encapsulatedIn(t *testing.T, out, pkt []byte, src netip.Addr, guePort, sport uint16) netip.Addr {
+	t.Helper()
+	room, proto := 20, byte(4)
+	if guePort != 0 {
+		room, proto = 28, 17
+	}
+	if len(out) != len(pkt)+room {
+		t.Fatalf("output is %d bytes, want the %d of the input and %d of outer headers", len(out), len(pkt), room)
 	}
 	outer := out[14:34]
-	if outer[0] != 0x45 || outer[9] != 4 || int(binary.BigEndian.Uint16(outer[2:])) != len(pkt)-14+20 {
-		t.Fatalf("outer header %x: want IPv4, IPIP, length %d", outer, len(pkt)-14+20)
+	if outer[0] != 0x45 || outer[9] != proto || int(binary.BigEndian.Uint16(outer[2:])) != len(pkt)-14+room {
+		t.Fatalf("outer header %x: want IPv4, protocol %d, length %d", outer, proto, len(pkt)-14+room)
 	}
 	if c := csum(0, outer); c != 0xffff {
 		t.Fatalf("outer header checksum does not verify: %#x", c)
@@ -42,8 +53,15 @@ func encapsulated(t *testing.T, out, pkt []byte, src netip.Addr) netip.Addr {
 	if got := netip.AddrFrom4([4]byte(outer[12:16])); got != src {
 		t.Fatalf("outer source %s, want %s", got, src)
 	}
-	if !bytes.Equal(out[34:], pkt[14:]) {
-		t.Fatalf("the inner packet changed:\n%x\n%x", out[34:], pkt[14:])
+	if guePort != 0 {
+		udp := out[34:42]
+		if binary.BigEndian.Uint16(udp[0:]) != sport || binary.BigEndian.Uint16(udp[2:]) != guePort ||
+			int(binary.BigEndian.Uint16(udp[4:])) != len(pkt)-14+8 || binary.BigEndian.Uint16(udp[6:]) != 0 {
+			t.Fatalf("outer UDP header %x: want %d -> %d, length %d, no checksum", udp, sport, guePort, len(pkt)-14+8)
+		}
+	}
+	if !bytes.Equal(out[14+room:], pkt[14:]) {
+		t.Fatalf("the inner packet changed:\n%x\n%x", out[14+room:], pkt[14:])
 	}
 	return netip.AddrFrom4([4]byte(outer[16:20]))
 }
@@ -61,7 +79,7 @@ func TestDSRProgram(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := p.ForwardDSR(id, src); err != nil {
+		if err := p.ForwardDSR(id, src, 0); err != nil {
 			t.Fatal(err)
 		}
 		if err := p.SetTable(id, slotTargets()); err != nil {
@@ -147,7 +165,55 @@ func TestDSRRefusesIPv6(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := p.ForwardDSR(id, netip.MustParseAddr("198.18.1.1")); err == nil {
+	if err := p.ForwardDSR(id, netip.MustParseAddr("198.18.1.1"), 0); err == nil {
 		t.Fatal("ForwardDSR took an IPv6 service")
+	}
+}
+
+// GUE: the same flows, with a UDP header after the outer one, to the
+// configured port, from the source port GUESourcePort gives the flow's
+// hash; every packet of a flow has the same one.
+func TestDSRProgramGUE(t *testing.T) {
+	src := netip.MustParseAddr("198.18.1.1")
+	const guePort = 6080
+	for _, proto := range []uint8{flowhash.ProtoTCP, flowhash.ProtoUDP} {
+		p := newPath(t, Options{Protocol: proto, MaxFlows: 4096, Services: 1})
+		vip := netip.MustParseAddrPort("198.18.10.1:53")
+		id, err := p.AddService(vip, time.Minute, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.ForwardDSR(id, src, guePort); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.SetTable(id, slotTargets()); err != nil {
+			t.Fatal(err)
+		}
+		ports := map[uint16]bool{}
+		for i := range 200 {
+			c := netip.AddrPortFrom(netip.AddrFrom4([4]byte{203, 0, 113, byte(i)}), uint16(40000+i))
+			h := flowhash.Flow(proto, c, vip)
+			sport := GUESourcePort(h)
+			if sport < 49152 {
+				t.Fatalf("GUESourcePort gave %d, outside the dynamic range", sport)
+			}
+			ports[sport] = true
+			in, next := packet(c, vip, []byte("hello")), packet(c, vip, []byte("more"))
+			if proto == flowhash.ProtoTCP {
+				in, next = segment(c, vip, syn, []byte("hello")), segment(c, vip, ack, []byte("more"))
+			}
+			for _, pkt := range [][]byte{in, next} {
+				ret, out := runGrown(t, p, pkt)
+				if ret != tcxPass {
+					t.Fatalf("proto %d, flow %d: returned %d", proto, i, ret)
+				}
+				if tgt := encapsulatedIn(t, out, pkt, src, guePort, sport); slotOf(tgt) != int(h%maglev.DefaultSize) {
+					t.Fatalf("proto %d: flow from %s went to slot %d, user space says %d", proto, c, slotOf(tgt), h%maglev.DefaultSize)
+				}
+			}
+		}
+		if len(ports) < 190 {
+			t.Fatalf("200 flows used %d outer source ports: too few for the routers to spread them", len(ports))
+		}
 	}
 }

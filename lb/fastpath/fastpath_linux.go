@@ -83,8 +83,9 @@ type service struct {
 	vip     netip.AddrPort
 	idle    time.Duration
 	sticky  bool
-	flags   uint32     // svcSticky, svcAllow, svcDeny, svcDSR
+	flags   uint32     // svcSticky, svcAllow, svcDeny, svcDSR, svcGUE
 	encap   netip.Addr // svcDSR: the outer source
+	guePort uint16     // svcGUE: the outer UDP destination port
 	fam     *famPath
 	index   int    // within its family: which tables are its own
 	removed uint64 // flows removed by Sweep and EndFlowsTo
@@ -258,10 +259,13 @@ func (p *Path) AddService(vip netip.AddrPort, idle time.Duration, sticky bool) (
 // ForwardDSR makes service id (IPv4) forward by direct server return from
 // its next SetTable on: each packet goes to its target whole, inside an
 // outer IPv4 header from src (IPIP), and the target answers the client
-// directly. The target must hold the service's address on a local
-// interface and take IPIP in (deploy/dsr-target.sh); the packet keeps its
+// directly. A guePort other than 0 adds a UDP header to that port after
+// the outer header (GUE variant 1), with a source port from the flow's
+// hash (GUESourcePort), for routers that spread flows by ports only. The
+// target must hold the service's address on a local interface and take
+// the encapsulation in (deploy/dsr-target.sh); the packet keeps its
 // destination port, so the target listens on the listener's port.
-func (p *Path) ForwardDSR(id int, src netip.Addr) error {
+func (p *Path) ForwardDSR(id int, src netip.Addr, guePort uint16) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	s := p.svcs[id]
@@ -270,6 +274,9 @@ func (p *Path) ForwardDSR(id int, src netip.Addr) error {
 	}
 	s.flags |= svcDSR
 	s.encap = src
+	if s.guePort = guePort; guePort != 0 {
+		s.flags |= svcGUE
+	}
 	return nil
 }
 
@@ -335,6 +342,7 @@ func (p *Path) SetTable(id int, slots []netip.AddrPort) error {
 	if s.encap.IsValid() {
 		copy(val[12:], s.encap.AsSlice())
 	}
+	binary.BigEndian.PutUint16(val[16:], s.guePort)
 	if err := fp.services.Update(key, val[:], ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("fastpath: switching table: %w", err)
 	}

@@ -120,11 +120,13 @@ type fastpathBPFSvcKey6 struct {
 }
 
 type fastpathBPFSvcVal struct {
-	_        structs.HostLayout
-	Base     uint32
-	Flags    uint32
-	Id       uint32
-	EncapSrc uint32
+	_         structs.HostLayout
+	Base      uint32
+	Flags     uint32
+	Id        uint32
+	EncapSrc  uint32
+	EncapPort uint16
+	Pad       uint16
 }
 
 type fastpathBPFTargetStat struct {

@@ -26,7 +26,8 @@ type Front struct {
 	Zone        string
 	Idle        time.Duration
 	Sticky      bool
-	DSR         bool // forward by direct server return (IPIP; replies go direct)
+	DSR         bool   // forward by direct server return (IPIP; replies go direct)
+	GUEPort     uint16 // with DSR: encapsulate in UDP to this port (GUE) instead of IPIP
 	Allow, Deny []netip.Prefix
 	Group       func() *registry.Group // its one target group, now
 	Count       Counters
@@ -123,8 +124,13 @@ func NewForwarder(fronts []Front, opts ForwarderOptions) (*Forwarder, error) {
 		if err == nil && fr.DSR {
 			var src netip.Addr
 			if src, err = dsrSource(fr.Group()); err == nil {
-				err = p.ForwardDSR(id, src)
-				opts.Log.Info(proto+" listener forwards by direct server return", zap.String("listener", fr.Name), zap.Stringer("encapsulation_source", src))
+				err = p.ForwardDSR(id, src, fr.GUEPort)
+				encap := "ipip"
+				if fr.GUEPort != 0 {
+					encap = fmt.Sprintf("gue, port %d", fr.GUEPort)
+				}
+				opts.Log.Info(proto+" listener forwards by direct server return", zap.String("listener", fr.Name),
+					zap.Stringer("encapsulation_source", src), zap.String("encapsulation", encap))
 			}
 		}
 		if err != nil {

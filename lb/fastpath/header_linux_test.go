@@ -57,6 +57,7 @@ func TestHeaderMatchesGo(t *testing.T) {
 		"STAT_PROMOTE":        statPromote,
 		"STAT_MIDFLOW":        statMidflow,
 		"SVC_DSR":             svcDSR,
+		"SVC_GUE":             svcGUE,
 		"DSR_FLAG":            dsrFlag,
 		"STAT_KINDS":          statKinds,
 		"SVC_STICKY":          svcSticky,

@@ -59,12 +59,13 @@ const (
 
 // Value layouts and flags shared with the programs.
 const (
-	svcValSize     = 16     // table base u32, flags u32, service id u32, DSR outer source (IPv4)
+	svcValSize     = 20     // table base u32, flags u32, service id u32, DSR outer source (IPv4), GUE port u16, pad u16
 	statValSize    = 16     // count u64, bytes u64
 	svcSticky      = 1      // service flags
 	svcAllow       = 2      // check the allow list (it does not admit the whole family)
 	svcDeny        = 4      // check the deny list
 	svcDSR         = 8      // direct server return: IPIP to the target
+	svcGUE         = 16     // with svcDSR: IP in UDP (GUE variant 1) instead
 	replyFlag      = 0x8000 // in a flow value's service field: a reply entry
 	finFlag        = 0x4000 // TCP: its direction sent a FIN
 	closedFlag     = 0x2000 // TCP: the flow is over and lingers
@@ -72,3 +73,11 @@ const (
 	svcMask        = 0x0fff
 	targetStatSize = 16 // TCP resets from a target: SYNs answered with RST, others
 )
+
+// GUESourcePort is the outer UDP source port of a flow that direct server
+// return encapsulates in GUE, from its flow hash (flowhash.Flow): one port
+// of the dynamic range per flow, so that routers that hash on ports spread
+// the flows, and keep each on one path. The program computes the same.
+func GUESourcePort(flowHash uint64) uint16 {
+	return 0xc000 | uint16((flowHash^flowHash>>32)&0x3fff)
+}

@@ -2,9 +2,10 @@
 /*
  * The target side of direct server return, for targets whose kernel cannot
  * take IPIP in itself (no ipip module): a tc (tcx) ingress program that
- * strips the outer IPv4 header the l4lb nodes add (fastpath.c, encap4)
- * from packets whose inner destination is one of the listener addresses
- * (VIPs) this target serves. The inner packet then goes on into the stack
+ * strips the outer IPv4 header the l4lb nodes add (fastpath.c, encap4),
+ * and with GUE the UDP header after it (to port cfg_gue_port), from packets
+ * whose inner destination is one of the listener addresses (VIPs) this
+ * target serves. The inner packet then goes on into the stack
  * as if the client had sent it here, and the target answers the client
  * directly, from the VIP. Everything else passes untouched.
  */
@@ -18,7 +19,12 @@ char LICENSE[] SEC("license") = "Apache-2.0";
 #define ETH_HLEN 14
 #define ETH_P_IP 0x0800
 #define IPV4_HLEN 20
+#define UDP_HLEN 8
 #define IPPROTO_IPIP 4
+#define IPPROTO_UDP 17
+
+/* The UDP port GUE packets come to (network order); 0 takes IPIP only. */
+volatile const __u16 cfg_gue_port = 0;
 
 #define TCX_NEXT -1
 #define TCX_PASS 0
@@ -57,18 +63,31 @@ int l4lb_decap(struct __sk_buff *skb)
 	if (*(__u16 *)(data + 12) != bpf_htons(ETH_P_IP))
 		return TCX_NEXT;
 	__u8 *outer = data + ETH_HLEN, *inner = outer + IPV4_HLEN;
-	if (outer[0] != 0x45 || outer[9] != IPPROTO_IPIP)
+	if (outer[0] != 0x45)
 		return TCX_NEXT;
 	if (*(__u16 *)(outer + 6) & bpf_htons(0x3fff)) /* a fragment: the stack reassembles */
 		return TCX_NEXT;
+	__s32 room = IPV4_HLEN;
+	if (outer[9] == IPPROTO_UDP && cfg_gue_port) {
+		/* GUE variant 1: the client's packet right after the UDP header. */
+		inner = outer + IPV4_HLEN + UDP_HLEN;
+		if ((void *)(inner + IPV4_HLEN) > end)
+			return TCX_NEXT;
+		if (*(__u16 *)(outer + IPV4_HLEN + 2) != cfg_gue_port)
+			return TCX_NEXT;
+		room += UDP_HLEN;
+	} else if (outer[9] != IPPROTO_IPIP) {
+		return TCX_NEXT;
+	}
 	if ((inner[0] >> 4) != 4)
 		return TCX_NEXT;
 	__u32 vip = *(__u32 *)(inner + 16);
 	if (!bpf_map_lookup_elem(&l4lb_vips, &vip))
 		return TCX_NEXT;
-	/* No flags: a kernel without the ipip module has no GRO for IPIP, so
-	 * these packets arrive one by one, never as a GSO aggregate. */
-	if (bpf_skb_adjust_room(skb, -IPV4_HLEN, BPF_ADJ_ROOM_MAC, 0)) {
+	/* No flags: a kernel without the ipip module has no GRO for IPIP (nor
+	 * one without fou for GUE), so these packets arrive one by one, never
+	 * as a GSO aggregate. */
+	if (bpf_skb_adjust_room(skb, -room, BPF_ADJ_ROOM_MAC, 0)) {
 		count(1);
 		return TCX_DROP;
 	}

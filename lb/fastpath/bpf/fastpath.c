@@ -31,7 +31,12 @@
  * rewriting the destination, the program wraps the client's packet whole
  * in an outer IPv4 header to the target (IPIP), which the stack then
  * routes; the target, holding the listener address on a local interface,
- * answers the client directly. Such a flow has one entry, client side, and
+ * answers the client directly. Where the routers between node and target
+ * spread flows only by UDP or TCP ports, the service may ask for GUE
+ * (SVC_GUE) instead: the outer IPv4 header is followed by a UDP header to
+ * the service's encap_port, whose source port comes from the flow hash,
+ * and the client's packet follows it directly (GUE variant 1, which the
+ * kernel's fou module and lb/dsr's program both take in). Such a flow has one entry, client side, and
  * no node holds anything a reply needs: a connection outlives the node that
  * carried it. A TCP flow goes straight to the established map (the node
  * never sees the handshake complete), and a client's FIN closes it: what
@@ -105,7 +110,9 @@ struct svc_val {
 	__u32 base;  /* the first slot of the table in use */
 	__u32 flags; /* SVC_* */
 	__u32 id;
-	__u32 encap_src; /* SVC_DSR: the outer source address (IPv4) */
+	__u32 encap_src;  /* SVC_DSR: the outer source address (IPv4) */
+	__u16 encap_port; /* SVC_GUE: the outer UDP destination port (network order) */
+	__u16 pad;
 };
 /* A Maglev slot: its target; port 0 is an empty slot. */
 struct slot4 {
@@ -449,49 +456,79 @@ static __always_inline int rewrite(struct __sk_buff *skb, const struct pkt *p, b
 	return TCX_PASS;
 }
 
-/* encap4 wraps the packet in an outer IPv4 header from src to the target
- * (IPIP) for direct server return; the inner packet is left as the client
- * sent it. */
+/* encap4 wraps the packet for direct server return, the inner packet left
+ * as the client sent it: in an outer IPv4 header from the service's encap
+ * source to the target (IPIP), and with SVC_GUE a UDP header after it, to
+ * the service's encap port from a source port of the flow's hash, for the
+ * routers' multipath hash (GUE variant 1). */
 struct outer4 {
 	__u8 vihl, tos;
 	__u16 tot_len, id, frag_off;
 	__u8 ttl, protocol;
 	__u16 check;
 	__u32 saddr, daddr;
+	__u16 sport, dport, len, csum; /* SVC_GUE only */
 };
 
-static __always_inline int encap4(struct __sk_buff *skb, __u32 daddr, __u32 saddr)
+struct encap {
+	__u32 saddr;
+	__u16 dport; /* network order; 0 for IPIP */
+};
+
+/* gue_source_port maps a flow hash to a UDP source port, in the dynamic
+ * range (49152-65535); layout.go's GUESourcePort mirrors it. */
+static __always_inline __u16 gue_source_port(__u64 hash)
+{
+	return bpf_htons(0xc000 | (__u16)((hash ^ (hash >> 32)) & 0x3fff));
+}
+
+static __always_inline int encap4(struct __sk_buff *skb, __u32 daddr, const struct encap *e, __u64 hash)
 {
 	__u32 inner = skb->len - ETH_HLEN;
-	if (bpf_skb_adjust_room(skb, IPV4_HLEN, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4))
+	bool gue = e->dport != 0;
+	__u32 room = gue ? IPV4_HLEN + UDP_HLEN : IPV4_HLEN;
+	__u64 flags = BPF_F_ADJ_ROOM_ENCAP_L3_IPV4;
+	if (gue)
+		flags |= BPF_F_ADJ_ROOM_ENCAP_L4_UDP;
+	if (bpf_skb_adjust_room(skb, room, BPF_ADJ_ROOM_MAC, flags))
 		return TCX_DROP;
 	struct outer4 h = {
 		.vihl = 0x45,
-		.tot_len = bpf_htons(inner + IPV4_HLEN),
+		.tot_len = bpf_htons(inner + room),
 		.ttl = 64,
-		.protocol = 4, /* IPPROTO_IPIP */
-		.saddr = saddr,
+		.protocol = gue ? 17 : 4, /* IPPROTO_UDP, IPPROTO_IPIP */
+		.saddr = e->saddr,
 		.daddr = daddr,
+		.sport = gue_source_port(hash),
+		.dport = e->dport,
+		.len = bpf_htons(inner + UDP_HLEN),
+		/* .csum 0: none, which UDP over IPv4 allows; the inner
+		 * packet carries its own. */
 	};
-	__s64 sum = bpf_csum_diff(0, 0, (__be32 *)&h, sizeof(h), 0);
+	__s64 sum = bpf_csum_diff(0, 0, (__be32 *)&h, IPV4_HLEN, 0);
 	if (sum < 0)
 		return TCX_DROP;
 	__u32 s = (__u32)sum;
 	s = (s & 0xffff) + (s >> 16);
 	s = (s & 0xffff) + (s >> 16);
 	h.check = (__u16)~s;
-	if (bpf_skb_store_bytes(skb, ETH_HLEN, &h, sizeof(h), 0))
+	if (bpf_skb_store_bytes(skb, ETH_HLEN, &h, gue ? sizeof(h) : IPV4_HLEN, 0))
 		return TCX_DROP;
 	return TCX_PASS;
 }
 
-/* dsr_source is the outer source of a DSR service's packets (the service
- * of the packet's destination), or 0 when it has none. */
-static __always_inline __u32 dsr_source(const struct pkt *p)
+/* dsr_encap reads how a DSR service's packets are encapsulated (the
+ * service of the packet's destination); false when it forwards by DSR no
+ * longer. */
+static __always_inline bool dsr_encap(const struct pkt *p, struct encap *e)
 {
 	struct svc_key4 sk = {.addr = p->daddr[0], .port = p->dport};
 	struct svc_val *s = bpf_map_lookup_elem(&l4lb_svcs_v4, &sk);
-	return s && (s->flags & SVC_DSR) ? s->encap_src : 0;
+	if (!s || !(s->flags & SVC_DSR) || !s->encap_src)
+		return false;
+	e->saddr = s->encap_src;
+	e->dport = (s->flags & SVC_GUE) ? s->encap_port : 0;
+	return true;
 }
 
 static __always_inline int refuse(__u32 svc, __u32 kind, __u64 bytes)
@@ -530,8 +567,9 @@ static __always_inline int new_flow(struct __sk_buff *skb, const struct pkt *p, 
 	struct svc_val *s = bpf_map_lookup_elem(MAP(l4lb_svcs, v6), &sk);
 	if (!s)
 		return TCX_NEXT;
-	__u32 id = s->id, flags = s->flags, base = s->base, encap_src = s->encap_src;
-	bool dsr = !v6 && (flags & SVC_DSR) && encap_src;
+	__u32 id = s->id, flags = s->flags, base = s->base;
+	struct encap e = {.saddr = s->encap_src, .dport = (flags & SVC_GUE) ? s->encap_port : 0};
+	bool dsr = !v6 && (flags & SVC_DSR) && e.saddr;
 	if (acl_refuses(p, id, flags, v6))
 		return refuse(id, STAT_ACL, p->bytes);
 
@@ -582,7 +620,7 @@ static __always_inline int new_flow(struct __sk_buff *skb, const struct pkt *p, 
 		if (midflow)
 			count(id, STAT_MIDFLOW, 0);
 		count(id, STAT_FORWARD, p->bytes);
-		return encap4(skb, to.addr[0], encap_src);
+		return encap4(skb, to.addr[0], &e, flow_hash(p, v6));
 	}
 
 	void *flows = MAP(l4lb_flows, v6);
@@ -757,8 +795,8 @@ static __always_inline int handle_family(struct __sk_buff *skb, bool egress, boo
 		return TCX_NEXT;
 	__u16 flags = touch(v, &to, v6), svc = flags & SVC_MASK;
 	if (!v6 && (flags & DSR_FLAG)) {
-		__u32 src = dsr_source(&p);
-		if (!src)
+		struct encap e = {};
+		if (!dsr_encap(&p, &e))
 			return TCX_NEXT; /* the service no longer forwards by DSR */
 		if (tcp && (p.flags & (TCP_RST | TCP_FIN))) {
 			*val_svc(v, v6) |= FIN_FLAG | CLOSED_FLAG;
@@ -766,7 +804,7 @@ static __always_inline int handle_family(struct __sk_buff *skb, bool egress, boo
 				count(svc, STAT_CLIENT_RST, 0);
 		}
 		count(svc, STAT_FORWARD, p.bytes);
-		return encap4(skb, to.addr[0], src);
+		return encap4(skb, to.addr[0], &e, flow_hash(&p, v6));
 	}
 	if (tcp) {
 		reverse_key(&rkey, &key, v, false, v6);

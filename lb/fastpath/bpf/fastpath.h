@@ -41,6 +41,7 @@
 #define SVC_ALLOW 2  /* check the allow list (it does not admit the whole family) */
 #define SVC_DENY 4   /* check the deny list */
 #define SVC_DSR 8    /* direct server return: IPIP to the target, replies go direct */
+#define SVC_GUE 16   /* with SVC_DSR: IP in UDP (GUE variant 1) instead of IPIP */
 
 /* In a flow value's service field: the entry is a reply (target-side) one;
  * TCP: its direction sent a FIN; the flow is over (FIN both ways, or a RST)
