@@ -11,16 +11,19 @@ import (
 // return, on a target whose kernel cannot take IPIP in itself.
 func newDSRTarget() *cobra.Command {
 	var ifaces, vips []string
+	var guePort uint16
 	cmd := &cobra.Command{
-		Use:   "dsr-target --interface IF --vip IP [--vip IP...]",
-		Short: "On a target of a dsr target group: take the l4lb nodes' IPIP packets in (a tc program), until stopped",
+		Use:   "dsr-target --interface IF --vip IP [--vip IP...] [--gue-port PORT]",
+		Short: "On a target of a dsr target group: take the l4lb nodes' IPIP (or GUE) packets in (a tc program), until stopped",
 		Long: `On a target of a target group with forwarding: dsr, the l4lb nodes send each
-client packet inside an outer IPv4 header (IPIP). A kernel with the ipip
+client packet inside an outer IPv4 header (IPIP), or with encapsulation: gue,
+inside IPv4 and UDP to the group's gue_port. A kernel with the ipip (and fou)
 module takes that off itself (deploy/dsr-target.sh sets it up); on one
 without, this command runs a tc program on each --interface that does, for
-packets to the --vip addresses, until SIGTERM or SIGINT. The VIPs must be on
-a local interface (lo) and the service must listen on the listener's port;
-deploy/dsr-target.sh does both.`,
+packets to the --vip addresses, until SIGTERM or SIGINT: IPIP always, GUE
+when --gue-port names the port. The VIPs must be on a local interface (lo)
+and the service must listen on the listener's port; deploy/dsr-target.sh
+does both.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var addrs []netip.Addr
@@ -34,10 +37,11 @@ deploy/dsr-target.sh does both.`,
 			if len(addrs) == 0 || len(ifaces) == 0 {
 				return usageError{fmt.Errorf("name at least one --interface and one --vip")}
 			}
-			return runDSRTarget(cmd, ifaces, addrs)
+			return runDSRTarget(cmd, ifaces, addrs, guePort)
 		},
 	}
 	cmd.Flags().StringArrayVar(&ifaces, "interface", nil, "interface the encapsulated packets arrive on, repeatable")
 	cmd.Flags().StringArrayVar(&vips, "vip", nil, "listener address (VIP) this target serves, repeatable")
+	cmd.Flags().Uint16Var(&guePort, "gue-port", 0, "also take GUE in, to this UDP port (the target group's gue_port)")
 	return cmd
 }

@@ -15,8 +15,8 @@ import (
 	"github.com/l4lb/l4lb/lb/dsr"
 )
 
-func runDSRTarget(cmd *cobra.Command, ifaces []string, vips []netip.Addr) error {
-	d, err := dsr.NewDecap(vips)
+func runDSRTarget(cmd *cobra.Command, ifaces []string, vips []netip.Addr, guePort uint16) error {
+	d, err := dsr.NewDecap(vips, guePort)
 	if err != nil {
 		return err
 	}
@@ -30,7 +30,11 @@ func runDSRTarget(cmd *cobra.Command, ifaces []string, vips []netip.Addr) error 
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sigs)
 	out := cmd.OutOrStdout()
-	fmt.Fprintf(out, "dsr-target: taking IPIP off packets to %v on %v\n", vips, ifaces)
+	what := "IPIP"
+	if guePort != 0 {
+		what = fmt.Sprintf("IPIP and GUE (UDP port %d)", guePort)
+	}
+	fmt.Fprintf(out, "dsr-target: taking %s off packets to %v on %v\n", what, vips, ifaces)
 	t := time.NewTicker(time.Minute)
 	defer t.Stop()
 	for {

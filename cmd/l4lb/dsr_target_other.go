@@ -9,6 +9,6 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func runDSRTarget(*cobra.Command, []string, []netip.Addr) error {
+func runDSRTarget(*cobra.Command, []string, []netip.Addr, uint16) error {
 	return errors.New("dsr-target needs Linux: it runs a tc program")
 }

@@ -20,13 +20,22 @@ type Decap struct {
 }
 
 // NewDecap loads the program for vips (IPv4 only: the nodes encapsulate
-// IPv4 flows).
-func NewDecap(vips []netip.Addr) (*Decap, error) {
+// IPv4 flows). It takes IPIP in, and with a guePort other than 0, GUE to
+// that UDP port too (a target group's gue_port).
+func NewDecap(vips []netip.Addr, guePort uint16) (*Decap, error) {
 	if len(vips) == 0 {
 		return nil, errors.New("dsr: no VIP to take packets for")
 	}
+	spec, err := loadDecapBPF()
+	if err != nil {
+		return nil, fmt.Errorf("dsr: %w", err)
+	}
+	// The program compares it with the packet's bytes: network order.
+	if err := spec.Variables["cfg_gue_port"].Set([2]byte{byte(guePort >> 8), byte(guePort)}); err != nil {
+		return nil, fmt.Errorf("dsr: %w", err)
+	}
 	d := &Decap{}
-	if err := loadDecapBPFObjects(&d.objs, nil); err != nil {
+	if err := spec.LoadAndAssign(&d.objs, nil); err != nil {
 		return nil, fmt.Errorf("dsr: loading the decapsulation program (needs root, or CAP_BPF and CAP_NET_ADMIN): %w", err)
 	}
 	for _, v := range vips {

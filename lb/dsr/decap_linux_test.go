@@ -17,9 +17,11 @@ var (
 	client = netip.MustParseAddrPort("198.18.0.2:40000")
 )
 
-func newDecap(t testing.TB) *Decap {
+const guePort = 6080
+
+func newDecap(t testing.TB, guePort uint16) *Decap {
 	t.Helper()
-	d, err := NewDecap([]netip.Addr{vip})
+	d, err := NewDecap([]netip.Addr{vip}, guePort)
 	if err != nil {
 		if os.Geteuid() != 0 && os.Getenv("CI") == "" {
 			t.Skipf("needs root for BPF: %v", err)
@@ -80,6 +82,26 @@ func encap(f []byte, fragment bool) []byte {
 	return b
 }
 
+// encapGUE wraps a frame's IP packet in IPv4 and UDP from node to target's
+// port (GUE variant 1), as the nodes' program does with gue_port
+// (fastpath's TestDSRProgramGUE checks that layout on its output).
+func encapGUE(f []byte, port uint16) []byte {
+	b := make([]byte, len(f)+28)
+	copy(b, f[:14])
+	o := b[14:34]
+	o[0], o[8], o[9] = 0x45, 64, 17
+	binary.BigEndian.PutUint16(o[2:], uint16(len(f)-14+28))
+	s, d := node.As4(), target.As4()
+	copy(o[12:], s[:])
+	copy(o[16:], d[:])
+	binary.BigEndian.PutUint16(o[10:], ^sum16(o))
+	binary.BigEndian.PutUint16(b[34:], 50000)
+	binary.BigEndian.PutUint16(b[36:], port)
+	binary.BigEndian.PutUint16(b[38:], uint16(len(f)-14+8))
+	copy(b[42:], f[14:])
+	return b
+}
+
 func run(t testing.TB, d *Decap, pkt []byte) (int32, []byte) {
 	t.Helper()
 	opts := ebpf.RunOptions{Data: pkt, DataOut: make([]byte, len(pkt)+64)}
@@ -90,20 +112,25 @@ func run(t testing.TB, d *Decap, pkt []byte) (int32, []byte) {
 	return int32(ret), opts.DataOut
 }
 
-// IPIP to a VIP loses its outer header and goes on into the stack as the
-// client sent it; anything else passes untouched.
+// IPIP, or GUE to the port, to a VIP loses its outer headers and goes on
+// into the stack as the client sent it; anything else passes untouched.
 func TestDecap(t *testing.T) {
-	d := newDecap(t)
+	d := newDecap(t, guePort)
 	in := frame(vip, "hello")
-	ret, out := run(t, d, encap(in, false))
-	if ret != 0 || !bytes.Equal(out, in) {
-		t.Fatalf("IPIP to the VIP: returned %d, %x; want the client's packet %x", ret, out, in)
+	for name, pkt := range map[string][]byte{"IPIP": encap(in, false), "GUE": encapGUE(in, guePort)} {
+		ret, out := run(t, d, pkt)
+		if ret != 0 || !bytes.Equal(out, in) {
+			t.Fatalf("%s to the VIP: returned %d, %x; want the client's packet %x", name, ret, out, in)
+		}
 	}
 	for name, pkt := range map[string][]byte{
 		"IPIP to another address": encap(frame(netip.MustParseAddr("198.18.10.2"), "x"), false),
+		"GUE to another address":  encapGUE(frame(netip.MustParseAddr("198.18.10.2"), "x"), guePort),
+		"GUE to another port":     encapGUE(in, guePort+1),
 		"an IPIP fragment":        encap(in, true),
 		"plain TCP to the VIP":    in,
 		"a short frame":           encap(in, false)[:40],
+		"a short GUE frame":       encapGUE(in, guePort)[:60],
 	} {
 		ret, out := run(t, d, pkt)
 		if ret != -1 || !bytes.Equal(out, pkt) {
@@ -111,19 +138,25 @@ func TestDecap(t *testing.T) {
 		}
 	}
 	n, failed, err := d.Stats()
-	if err != nil || n != 1 || failed != 0 {
-		t.Fatalf("stats: %d decapsulated, %d failed (%v); want 1 and 0", n, failed, err)
+	if err != nil || n != 2 || failed != 0 {
+		t.Fatalf("stats: %d decapsulated, %d failed (%v); want 2 and 0", n, failed, err)
+	}
+	// Without a GUE port, GUE is not taken in.
+	ipip := newDecap(t, 0)
+	if ret, _ := run(t, ipip, encapGUE(in, guePort)); ret != -1 {
+		t.Fatalf("GUE to a program without a GUE port: returned %d, want -1", ret)
 	}
 }
 
 // FuzzDecap feeds the program arbitrary frames: each passes untouched, or
-// loses exactly the 20 bytes after the Ethernet header.
+// loses exactly the 20 bytes (IPIP) or 28 (GUE) after the Ethernet header.
 func FuzzDecap(f *testing.F) {
 	in := frame(vip, "hello")
 	f.Add(encap(in, false))
 	f.Add(encap(in, true))
+	f.Add(encapGUE(in, guePort))
 	f.Add(in)
-	d := newDecap(f)
+	d := newDecap(f, guePort)
 	f.Fuzz(func(t *testing.T, pkt []byte) {
 		if len(pkt) < 14 || len(pkt) > 9000 {
 			return // the kernel refuses to run on less than an Ethernet header
@@ -140,7 +173,11 @@ func FuzzDecap(f *testing.F) {
 				t.Fatalf("passed on, but changed")
 			}
 		case 0:
-			if want := append(append([]byte{}, pkt[:14]...), pkt[34:]...); !bytes.Equal(out, want) {
+			room := 20
+			if pkt[23] == 17 {
+				room = 28
+			}
+			if want := append(append([]byte{}, pkt[:14]...), pkt[14+room:]...); !bytes.Equal(out, want) {
 				t.Fatalf("decapsulated wrongly:\n%x\n%x", out, want)
 			}
 		default:
