@@ -1,20 +1,31 @@
 #!/bin/sh
 # Sets a target up for direct server return (target group forwarding: dsr):
-# it takes the l4lb nodes' IPIP packets in, holds the listener addresses
-# (VIPs) on lo, answers clients from them directly, and never answers ARP
-# for them, so that the routers keep sending the VIPs to the l4lb nodes.
+# it takes the l4lb nodes' IPIP packets in (and with --gue-port, their GUE
+# packets: IP in UDP to that port, a group's encapsulation: gue), holds the
+# listener addresses (VIPs) on lo, answers clients from them directly, and
+# never answers ARP for them, so that the routers keep sending the VIPs to
+# the l4lb nodes.
 #
-#   deploy/dsr-target.sh 198.18.10.1 [more VIPs...]
+#   deploy/dsr-target.sh [--gue-port 6080] 198.18.10.1 [more VIPs...]
 #
 # The target's service listens on the listener's port (on the VIP, or on
-# every address). Run as root; undo with: ip addr del VIP/32 dev lo.
+# every address). Run as root; undo with: ip addr del VIP/32 dev lo (and
+# ip fou del port PORT).
 #
-# A kernel with the ipip module decapsulates (tunl0). On one without, the
-# script says so and exits 3 after the rest of the setup: run
-#   l4lb dsr-target --interface IF --vip VIP ...
-# (a tc program that takes the outer header off) as a service instead.
+# A kernel with the ipip module (and fou, for GUE) decapsulates (tunl0). On
+# one without, the script says so and exits 3 after the rest of the setup:
+# run
+#   l4lb dsr-target --interface IF --vip VIP ... [--gue-port PORT]
+# (a tc program that takes the outer headers off) as a service instead.
 set -eu
-[ $# -ge 1 ] || { echo "usage: $0 VIP [VIP...]" >&2; exit 2; }
+usage() { echo "usage: $0 [--gue-port PORT] VIP [VIP...]" >&2; exit 2; }
+gue=""
+if [ "${1:-}" = "--gue-port" ]; then
+	[ $# -ge 2 ] || usage
+	gue=$2
+	shift 2
+fi
+[ $# -ge 1 ] || usage
 
 for vip in "$@"; do
 	ip addr replace "$vip/32" dev lo
@@ -26,11 +37,20 @@ sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2
 # strict reverse-path filtering would drop them.
 sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
 
+fallback="l4lb dsr-target --interface IF$(printf ' --vip %s' "$@")${gue:+ --gue-port $gue}"
 modprobe ipip 2>/dev/null || true # built in, or loaded already, or absent
-if ip link set tunl0 up 2>/dev/null; then
-	sysctl -qw net.ipv4.conf.tunl0.rp_filter=0
-	echo "dsr-target: tunl0 up, $* on lo"
-	exit 0
+if ! ip link set tunl0 up 2>/dev/null; then
+	echo "dsr-target: $* on lo; this kernel has no ipip module: run $fallback" >&2
+	exit 3
 fi
-echo "dsr-target: $* on lo; this kernel has no ipip module: run l4lb dsr-target --interface IF$(printf ' --vip %s' "$@")" >&2
-exit 3
+sysctl -qw net.ipv4.conf.tunl0.rp_filter=0
+if [ -n "$gue" ]; then
+	# GUE variant 1 (the inner packet right after the UDP header) on the
+	# port: fou hands the inner IPv4 packet to tunl0.
+	modprobe fou 2>/dev/null || true
+	if ! ip fou show 2>/dev/null | grep -q "port $gue " && ! ip fou add port "$gue" gue 2>/dev/null; then
+		echo "dsr-target: $* on lo, tunl0 up; this kernel has no fou module for GUE: run $fallback" >&2
+		exit 3
+	fi
+fi
+echo "dsr-target: tunl0 up${gue:+, GUE on UDP port $gue}, $* on lo"

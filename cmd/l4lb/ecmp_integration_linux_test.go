@@ -224,7 +224,7 @@ target_groups:
   - {name: web, targets: [%[4]s], %[5]s, attributes: {deregistration_delay.timeout_seconds: "1"}}
   - {name: udp, protocol: UDP, targets: [%[4]s], %[5]s}
   - {name: dsr, forwarding: dsr, targets: [%[9]s], health_check: {interval: 1s, healthy_threshold: 2, unhealthy_threshold: 2}}
-  - {name: udpdsr, protocol: UDP, forwarding: dsr, targets: [%[10]s], %[5]s}
+  - {name: udpdsr, protocol: UDP, forwarding: dsr, encapsulation: gue, gue_port: 6080, targets: [%[10]s], %[5]s}
 bgp:
   local_as: %[6]d
   router_id: %[1]s
@@ -449,14 +449,16 @@ func TestECMPOverBGP(t *testing.T) {
 
 	// The targets: each answers with its own address, over TCP and UDP,
 	// and, for direct server return, sinks what comes to the VIP and
-	// answers with its checksum. deploy/dsr-target.sh sets each up; this
-	// kernel may lack the ipip module, and then l4lb dsr-target takes the
-	// outer header off.
+	// answers with its checksum. The TCP listener bulk's group
+	// encapsulates in IPIP, the UDP listener quic's in GUE to port 6080.
+	// deploy/dsr-target.sh sets each target up; this kernel may lack the
+	// ipip and fou modules, and then l4lb dsr-target takes the outer
+	// headers off.
 	for i, ns := range l.tgts {
-		script := exec.Command(l.ip, "netns", "exec", ns, "sh", "../../deploy/dsr-target.sh", ecmpVIP)
+		script := exec.Command(l.ip, "netns", "exec", ns, "sh", "../../deploy/dsr-target.sh", "--gue-port", "6080", ecmpVIP)
 		out, err := script.CombinedOutput()
 		if code := script.ProcessState.ExitCode(); code == 3 {
-			dec := exec.Command(l.ip, "netns", "exec", ns, bin, "dsr-target", "--interface", "t0", "--vip", ecmpVIP)
+			dec := exec.Command(l.ip, "netns", "exec", ns, bin, "dsr-target", "--interface", "t0", "--vip", ecmpVIP, "--gue-port", "6080")
 			dec.Stdout, dec.Stderr = io.Discard, os.Stderr
 			if err := dec.Start(); err != nil {
 				t.Fatal(err)
@@ -473,6 +475,14 @@ func TestECMPOverBGP(t *testing.T) {
 	}
 	took := l.waitHops(3, 30*time.Second)
 	t.Logf("the VIP reached the router's FIB with 3 next hops %v after %v", l.nextHops(), took.Round(time.Millisecond))
+	for i := range l.nodes {
+		b, _ := os.ReadFile(filepath.Join(l.dir, fmt.Sprintf("node%d", i+1), "l4lb.log"))
+		for _, want := range []string{`"listener":"bulk","encapsulation_source":"198.18.1.%d","encapsulation":"ipip"`, `"listener":"quic","encapsulation_source":"198.18.1.%d","encapsulation":"gue, port 6080"`} {
+			if want = fmt.Sprintf(want, i+1); !strings.Contains(string(b), want) {
+				t.Errorf("node %d's log lacks %s", i+1, want)
+			}
+		}
+	}
 
 	// Every node names the same target for 10 000 flows, TCP on the socket
 	// path and UDP on the kernel path; the UDP flows reach the targets

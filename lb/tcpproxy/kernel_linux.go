@@ -73,10 +73,11 @@ func (l *listener) kernelFront() fastpath.Front {
 	slot := l.slot
 	return fastpath.Front{
 		Key: slot, Name: l.cfg.Name, Zone: l.zone, Idle: l.cfg.IdleTimeout,
-		VIP:    netip.AddrPortFrom(vip.Addr().Unmap(), vip.Port()),
-		Sticky: l.route.Load().Groups[0].Config().Attributes.Stickiness,
-		DSR:    l.route.Load().Groups[0].Config().Forwarding == config.ForwardDSR,
-		Allow:  l.acl.Allow, Deny: l.acl.Deny,
+		VIP:     netip.AddrPortFrom(vip.Addr().Unmap(), vip.Port()),
+		Sticky:  l.route.Load().Groups[0].Config().Attributes.Stickiness,
+		DSR:     l.route.Load().Groups[0].Config().Forwarding == config.ForwardDSR,
+		GUEPort: l.route.Load().Groups[0].Config().GUEPort,
+		Allow:   l.acl.Allow, Deny: l.acl.Deny,
 		Group: func() *registry.Group { return slot.Load().route.Load().Groups[0] },
 		Count: fastpath.Counters{
 			PacketsIn: m.Counter(metrics.ProcessedPackets, append(lbl, "in")...), BytesIn: l.bytesIn,

@@ -46,10 +46,11 @@ func (u *udpFront) kernelFront() fastpath.Front {
 	acl := u.acl.Load()
 	return fastpath.Front{
 		Key: u, Name: u.cfg.Name, Zone: u.zone, Idle: u.cfg.UDPIdleTimeout,
-		VIP:    netip.AddrPortFrom(vip.Addr().Unmap(), vip.Port()),
-		Sticky: u.route.Load().Groups[0].Config().Attributes.Stickiness,
-		DSR:    u.route.Load().Groups[0].Config().Forwarding == config.ForwardDSR,
-		Allow:  acl.Allow, Deny: acl.Deny,
+		VIP:     netip.AddrPortFrom(vip.Addr().Unmap(), vip.Port()),
+		Sticky:  u.route.Load().Groups[0].Config().Attributes.Stickiness,
+		DSR:     u.route.Load().Groups[0].Config().Forwarding == config.ForwardDSR,
+		GUEPort: u.route.Load().Groups[0].Config().GUEPort,
+		Allow:   acl.Allow, Deny: acl.Deny,
 		Group: func() *registry.Group { return u.route.Load().Groups[0] },
 		Count: fastpath.Counters{
 			PacketsIn: u.pktsIn, BytesIn: u.bytesIn, PacketsOut: u.pktsOut, BytesOut: u.bytesOut,

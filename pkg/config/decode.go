@@ -123,6 +123,10 @@ type RawTargetGroup struct {
 	Attributes  map[string]string `yaml:"attributes,omitempty"`
 	TLS         *RawTargetTLS     `yaml:"tls,omitempty"`
 	Forwarding  string            `yaml:"forwarding,omitempty"`
+	// Encapsulation and GUEPort are dsr's: ipip (the default) or gue, and
+	// gue's UDP port.
+	Encapsulation string `yaml:"encapsulation,omitempty"`
+	GUEPort       *int   `yaml:"gue_port,omitempty"`
 }
 
 // RawTargetTLS is a TLS target group's tls section as written.

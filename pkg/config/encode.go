@@ -89,6 +89,11 @@ func (c *Config) ToRaw() *Raw {
 		rg.HealthCheck = rh
 		rg.Attributes = g.Attributes.strings()
 		rg.Forwarding = g.Forwarding
+		rg.Encapsulation = g.Encapsulation
+		if g.GUEPort != 0 {
+			p := int(g.GUEPort)
+			rg.GUEPort = &p
+		}
 		r.TargetGroups = append(r.TargetGroups, rg)
 	}
 	r.BGP = c.BGP.toRaw()

@@ -67,6 +67,7 @@ func (n *normalizer) targetGroup(path string, r *RawTargetGroup, cfg *Config) Ta
 	default:
 		n.errs.add(path+".forwarding", "%q is not nat or dsr", r.Forwarding)
 	}
+	n.encapsulation(path, r, &g)
 	n.healthCheck(path+".health_check", r.HealthCheck, &g)
 	n.attributes(path+".attributes", r.Attributes, &g)
 	if g.Forwarding == ForwardDSR && g.Attributes.ProxyProtocolV2 {
@@ -334,5 +335,36 @@ func (n *normalizer) dsrListener(path string, l *Listener, cfg *Config) {
 			n.errs.add(path+".port", "target group %q forwards by dsr, so its targets listen on the listener's port %d; %s does not", dsr.Name, l.Port, t.Address)
 			break
 		}
+	}
+}
+
+// encapsulation reads how a dsr group wraps packets: ipip, or gue to a UDP
+// port (DefaultGUEPort unless gue_port says).
+func (n *normalizer) encapsulation(path string, r *RawTargetGroup, g *TargetGroup) {
+	if g.Forwarding != ForwardDSR {
+		if r.Encapsulation != "" {
+			n.errs.add(path+".encapsulation", "only forwarding: dsr encapsulates")
+		}
+		if r.GUEPort != nil {
+			n.errs.add(path+".gue_port", "only forwarding: dsr with encapsulation: gue takes a gue_port")
+		}
+		return
+	}
+	switch g.Encapsulation = r.Encapsulation; g.Encapsulation {
+	case "":
+		g.Encapsulation = EncapIPIP
+	case EncapIPIP, EncapGUE:
+	default:
+		n.errs.add(path+".encapsulation", "%q is not ipip or gue", r.Encapsulation)
+	}
+	switch {
+	case g.Encapsulation == EncapGUE && r.GUEPort == nil:
+		g.GUEPort = DefaultGUEPort
+	case g.Encapsulation == EncapGUE && (*r.GUEPort < 1 || *r.GUEPort > 65535):
+		n.errs.add(path+".gue_port", "%d is not a port (1-65535)", *r.GUEPort)
+	case g.Encapsulation == EncapGUE:
+		g.GUEPort = uint16(*r.GUEPort)
+	case r.GUEPort != nil:
+		n.errs.add(path+".gue_port", "only encapsulation: gue takes a gue_port")
 	}
 }

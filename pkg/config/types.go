@@ -170,12 +170,23 @@ type TargetGroup struct {
 	// rewrites addresses (replies return through l4lb), ForwardDSR
 	// encapsulates to the target, which answers the client directly.
 	Forwarding string
+	// Encapsulation is how ForwardDSR wraps a packet: EncapIPIP, or
+	// EncapGUE, IPv4 and UDP to GUEPort, for routers between l4lb and the
+	// targets that spread flows by ports only. Empty for ForwardNAT.
+	Encapsulation string
+	GUEPort       uint16 // EncapGUE only
 }
 
 // Forwarding modes of a target group.
 const (
 	ForwardNAT = "nat"
 	ForwardDSR = "dsr"
+)
+
+// Encapsulations of ForwardDSR.
+const (
+	EncapIPIP = "ipip"
+	EncapGUE  = "gue"
 )
 
 // TargetTLS is how a TLS target group encrypts to its targets. Without a
