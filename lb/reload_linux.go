@@ -17,7 +17,9 @@ import (
 //
 // Settings of the load_balancer block other than cross_zone (flow bounds,
 // the UDP fast path and its interfaces, the PROXY endpoint ID), and the
-// admin block, take effect when l4lb starts or is upgraded.
+// admin block, take effect when l4lb starts or is upgraded. So does a kept
+// target group's forwarding (nat, or dsr and its encapsulation): a file
+// that changes it is refused.
 func (s *Server) Reload(cfg *config.Config) error {
 	s.reload.Lock()
 	defer s.reload.Unlock()

@@ -29,6 +29,11 @@ func (r *Registry) Apply(cfg *config.Config) error {
 	r.apply.Lock()
 	defer r.apply.Unlock()
 	old := r.all()
+	for i := range cfg.TargetGroups {
+		if err := keepsForwarding(old[cfg.TargetGroups[i].Name], &cfg.TargetGroups[i]); err != nil {
+			return err
+		}
+	}
 	prevCfg := r.Config()
 	r.cfg.Store(cfg) // new groups see the new zones and cross-zone default
 	next := make(map[string]*Group, len(cfg.TargetGroups))
@@ -146,4 +151,27 @@ func (g *Group) forget() {
 	for _, t := range g.targets {
 		g.r.m.RemoveTarget(g.Name(), t.Name)
 	}
+}
+
+// keepsForwarding refuses a change of a kept group's forwarding mode or
+// encapsulation: the kernel paths read them when they start, so they
+// change on a restart or an upgrade, never silently half-way.
+func keepsForwarding(g *Group, tg *config.TargetGroup) error {
+	if g == nil {
+		return nil
+	}
+	was := g.Config()
+	if was.Forwarding == tg.Forwarding && was.Encapsulation == tg.Encapsulation && was.GUEPort == tg.GUEPort {
+		return nil
+	}
+	mode := func(c *config.TargetGroup) string {
+		switch {
+		case c.Forwarding != config.ForwardDSR:
+			return c.Forwarding
+		case c.Encapsulation == config.EncapGUE:
+			return fmt.Sprintf("dsr by gue to port %d", c.GUEPort)
+		}
+		return "dsr by " + c.Encapsulation
+	}
+	return fmt.Errorf("target group %s: forwarding changes (from %s to %s) when l4lb restarts or upgrades, not on reload", tg.Name, mode(was), mode(tg))
 }

@@ -4,6 +4,7 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -161,5 +162,32 @@ func TestSaveRestore(t *testing.T) {
 	}
 	if got[td.String()].Weight != 3 || got[tb.String()].Reason != api.ReasonTimeout {
 		t.Errorf("registration or reason lost: %+v %+v", got[td.String()], got[tb.String()])
+	}
+}
+
+// A reload cannot change a kept group's forwarding or encapsulation: the
+// kernel paths take them at start. The refused reload changes nothing.
+func TestApplyRefusesForwardingChange(t *testing.T) {
+	r, _, _ := testRegistry(t, nil)
+	web := *r.Group("web").Config()
+	web.Forwarding, web.Encapsulation = config.ForwardDSR, config.EncapIPIP
+	r2, _, _ := testRegistry(t, nil)
+	if err := r2.Apply(withGroups(r2, web)); err == nil || !strings.Contains(err.Error(), "restarts or upgrades") {
+		t.Fatalf("nat to dsr on reload: %v, want refused", err)
+	}
+	if r2.Group("web").Config().Forwarding == config.ForwardDSR {
+		t.Fatal("the refused reload changed the group")
+	}
+	// A group added by the reload takes any mode.
+	added := web
+	added.Name = "dsr"
+	added.Encapsulation, added.GUEPort = config.EncapGUE, 6080
+	if err := r.Apply(withGroups(r, *r.Group("web").Config(), added)); err != nil {
+		t.Fatal(err)
+	}
+	changed := added
+	changed.GUEPort = 7000
+	if err := r.Apply(withGroups(r, *r.Group("web").Config(), changed)); err == nil || !strings.Contains(err.Error(), "from dsr by gue to port 6080 to dsr by gue to port 7000") {
+		t.Fatalf("a GUE port change on reload: %v, want refused", err)
 	}
 }
