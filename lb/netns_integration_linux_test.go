@@ -18,6 +18,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/l4lb/l4lb/pkg/config"
 	"github.com/l4lb/l4lb/pkg/metrics"
@@ -299,7 +300,10 @@ func netnsServe() {
 	second.Name, second.Protocol, second.Port = "l0b", config.TCP, 8081
 	cfg.Listeners = append(cfg.Listeners, second)
 	reg := prometheus.NewRegistry()
-	srv, err := New(cfg, Options{ConnectTimeout: 2 * time.Second, Metrics: metrics.New(reg)})
+	// Warnings and errors go to stderr, which the test shows: a flow that
+	// fails says why there.
+	log := zap.New(zapcore.NewCore(zapcore.NewConsoleEncoder(zap.NewDevelopmentEncoderConfig()), zapcore.Lock(os.Stderr), zap.WarnLevel))
+	srv, err := New(cfg, Options{ConnectTimeout: 2 * time.Second, Metrics: metrics.New(reg), Logger: log})
 	if err == nil {
 		err = srv.Start()
 	}
@@ -391,8 +395,11 @@ func askTarget(addr string) {
 		os.Exit(1)
 	}
 	c.SetDeadline(time.Now().Add(5 * time.Second))
-	line, _ := bufio.NewReader(c).ReadString('\n')
+	line, err := bufio.NewReader(c).ReadString('\n')
 	c.Close()
+	if err != nil {
+		fmt.Printf("tcp read error from %s: %v\n", addr, err)
+	}
 	fmt.Print(line)
 	askUDP(addr)
 }
