@@ -1,0 +1,207 @@
+package bgp
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	api "github.com/osrg/gobgp/v3/api"
+	"github.com/osrg/gobgp/v3/pkg/server"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/l4lb/l4lb/pkg/config"
+	"github.com/l4lb/l4lb/pkg/metrics"
+)
+
+// A router for the speaker to talk to: another GoBGP, on loopback, that
+// accepts a session from 127.0.0.2 and keeps what it hears.
+type router struct {
+	b    *server.BgpServer
+	port uint16
+}
+
+func newRouter(t *testing.T) *router {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := uint16(ln.Addr().(*net.TCPAddr).Port)
+	ln.Close()
+	b := server.NewBgpServer()
+	go b.Serve()
+	ctx := context.Background()
+	if err := b.StartBgp(ctx, &api.StartBgpRequest{Global: &api.Global{
+		Asn: 64513, RouterId: "127.0.0.1", ListenPort: int32(port), ListenAddresses: []string{"127.0.0.1"},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.StopBgp(ctx, &api.StopBgpRequest{}); b.Stop() })
+	if err := b.AddPeer(ctx, &api.AddPeerRequest{Peer: &api.Peer{
+		Conf:      &api.PeerConf{NeighborAddress: "127.0.0.2", PeerAsn: 64512},
+		Transport: &api.Transport{PassiveMode: true},
+		Timers:    &api.Timers{Config: &api.TimersConfig{HoldTime: 3, KeepaliveInterval: 1}},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	return &router{b: b, port: port}
+}
+
+// routes is what the router has heard: each prefix and its communities.
+func (r *router) routes(t *testing.T) map[string][]uint32 {
+	t.Helper()
+	out := map[string][]uint32{}
+	err := r.b.ListPath(context.Background(), &api.ListPathRequest{TableType: api.TableType_GLOBAL, Family: v4}, func(d *api.Destination) {
+		for _, p := range d.Paths {
+			var comms []uint32
+			for _, a := range p.Pattrs {
+				var c api.CommunitiesAttribute
+				if a.UnmarshalTo(&c) == nil {
+					comms = c.Communities
+				}
+			}
+			out[d.Prefix] = comms
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up waiting: %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+type zones struct {
+	mu      sync.Mutex
+	healthy map[string]bool
+}
+
+func (z *zones) set(zone string, ok bool) {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	z.healthy[zone] = ok
+}
+
+func (z *zones) get(zone string) (bool, string) {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	return z.healthy[zone], "no healthy target"
+}
+
+func speakerConfig(port uint16, announce ...config.BGPZone) *config.BGP {
+	return &config.BGP{
+		LocalAS: 64512, RouterID: netip.MustParseAddr("127.0.0.2"),
+		Peers: []config.BGPPeer{{Address: netip.MustParseAddr("127.0.0.1"), AS: 64513, Port: port, HoldTime: 3 * time.Second,
+			LocalAddress: netip.MustParseAddr("127.0.0.2")}},
+		Announce:      announce,
+		WithdrawGrace: 50 * time.Millisecond,
+	}
+}
+
+var (
+	zoneA = config.BGPZone{Zone: "a", Prefixes: []netip.Prefix{netip.MustParsePrefix("198.18.10.1/32")}, Communities: []uint32{64512<<16 | 100}}
+	zoneB = config.BGPZone{Zone: "b", Prefixes: []netip.Prefix{netip.MustParsePrefix("198.18.11.0/24")}}
+)
+
+// A zone's prefixes reach the router, with their communities, while the
+// zone is healthy, and leave it while it is not; Leave withdraws them all
+// and Rejoin brings back the healthy ones; the status and the metrics say
+// so; Stop ends the session, and the router forgets the routes.
+func TestSpeakerAnnouncesWhileHealthy(t *testing.T) {
+	r := newRouter(t)
+	z := &zones{healthy: map[string]bool{"a": true, "b": false}}
+	reg := prometheus.NewRegistry()
+	m := metrics.New(reg)
+	s := New(speakerConfig(r.port, zoneA, zoneB), Options{Logger: zaptest.NewLogger(t), Metrics: m, Healthy: z.get, Every: 20 * time.Millisecond})
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Stop)
+	heard := func(want ...string) func() bool {
+		return func() bool {
+			got := r.routes(t)
+			return len(got) == len(want) && !slices.ContainsFunc(want, func(p string) bool { _, ok := got[p]; return !ok })
+		}
+	}
+	waitFor(t, "zone a's prefix at the router", heard("198.18.10.1/32"))
+	if got := r.routes(t)["198.18.10.1/32"]; !slices.Equal(got, zoneA.Communities) {
+		t.Errorf("communities %v, want %v", got, zoneA.Communities)
+	}
+	st := s.Status()
+	if len(st.Peers) != 1 || st.Peers[0].State != "established" || st.Peers[0].HoldTime != 3 {
+		t.Errorf("peers %+v: want one, established, hold time 3", st.Peers)
+	}
+	if len(st.Routes) != 2 || !st.Routes[0].Announced || st.Routes[0].Communities[0] != "64512:100" || st.Routes[1].Announced || st.Routes[1].Why != "zone unhealthy: no healthy target" {
+		t.Errorf("routes %+v", st.Routes)
+	}
+	waitFor(t, "l4lb_bgp_session_up 1", func() bool { return testutil.ToFloat64(m.Gauge(metrics.BGPSessionUp, "127.0.0.1")) == 1 })
+
+	z.set("b", true)
+	waitFor(t, "zone b's prefix too", heard("198.18.10.1/32", "198.18.11.0/24"))
+	z.set("a", false)
+	waitFor(t, "zone a's prefix withdrawn", heard("198.18.11.0/24"))
+	if n := testutil.ToFloat64(m.Gauge(metrics.BGPAnnouncedRoutes)); n != 1 {
+		t.Errorf("l4lb_bgp_announced_routes %v, want 1", n)
+	}
+	z.set("a", true)
+	waitFor(t, "zone a back", heard("198.18.10.1/32", "198.18.11.0/24"))
+
+	s.Leave(context.Background())
+	waitFor(t, "everything withdrawn on Leave", heard())
+	if st := s.Status(); !st.Leaving || st.Routes[0].Why != "leaving: withdrawn before the drain" || st.Peers[0].State != "established" {
+		t.Errorf("after Leave: %+v; want leaving, the session kept", st)
+	}
+	s.Rejoin()
+	waitFor(t, "back after Rejoin", heard("198.18.10.1/32", "198.18.11.0/24"))
+
+	s.Stop()
+	waitFor(t, "the router forgets the routes when the session closes", heard())
+	if up := testutil.ToFloat64(m.Gauge(metrics.BGPSessionUp, "127.0.0.1")); up != 0 {
+		t.Errorf("l4lb_bgp_session_up %v after Stop, want 0", up)
+	}
+}
+
+// A reload that changes only what is announced keeps the session: the
+// dropped prefix is withdrawn, the new one announced. (A change of the
+// session restarts the speaker; GoBGP keeps some settings in package
+// variables that a second server in one process would race on, so this
+// test, with its router in the same process, does not do that.)
+func TestSpeakerUpdateKeepsSession(t *testing.T) {
+	r := newRouter(t)
+	z := &zones{healthy: map[string]bool{"a": true, "b": true}}
+	s := New(speakerConfig(r.port, zoneA), Options{Logger: zaptest.NewLogger(t), Metrics: metrics.New(prometheus.NewRegistry()), Healthy: z.get, Every: 20 * time.Millisecond})
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Stop)
+	waitFor(t, "zone a's prefix", func() bool { _, ok := r.routes(t)["198.18.10.1/32"]; return ok })
+	since := s.Status().Peers[0].Since
+
+	if err := s.Update(speakerConfig(r.port, zoneB)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "zone b's prefix instead of a's", func() bool {
+		got := r.routes(t)
+		_, a := got["198.18.10.1/32"]
+		_, b := got["198.18.11.0/24"]
+		return !a && b
+	})
+	if st := s.Status(); st.Peers[0].State != "established" || !st.Peers[0].Since.Equal(since) {
+		t.Errorf("the session restarted on a change of prefixes: %+v (up since %v before)", st.Peers[0], since)
+	}
+}
