@@ -346,6 +346,24 @@ func (l *ecmpLab) agree(what string, routes [][]api.Route) map[int]string {
 	return byPort
 }
 
+// bgpStatus runs l4lb bgp status against node i (1-based) from the
+// client's namespace, as JSON and as a table.
+func (l *ecmpLab) bgpStatus(bin string, i int) (api.BGPStatus, string) {
+	l.t.Helper()
+	args := []string{"netns", "exec", l.client, bin, "bgp", "status", "--admin", fmt.Sprintf("http://%s:9900", ecmpNode(i)),
+		"--token-file", filepath.Join(l.dir, fmt.Sprintf("node%d", i), "token")}
+	var st api.BGPStatus
+	out, err := exec.Command(l.ip, append(args, "-o", "json")...).Output()
+	if err == nil {
+		err = json.Unmarshal(out, &st)
+	}
+	table, terr := exec.Command(l.ip, args...).Output()
+	if err != nil || terr != nil {
+		l.t.Fatalf("l4lb bgp status on node %d: %v %v\n%s", i, err, terr, table)
+	}
+	return st, string(table)
+}
+
 // nextHops is the router's ECMP next hops for the VIP.
 func (l *ecmpLab) nextHops() []string {
 	out, _ := exec.Command(l.ip, "-n", l.router, "route", "show", ecmpVIP+"/32").CombinedOutput()
@@ -523,9 +541,19 @@ func TestECMPOverBGP(t *testing.T) {
 			l.in(l.nodes[node-1], args...)
 		}
 	}
+	st, table := l.bgpStatus(bin, 3)
+	if len(st.Peers) != 1 || st.Peers[0].Address != ecmpRouterN || st.Peers[0].State != "established" || st.Peers[0].HoldTime != 3 ||
+		len(st.Routes) != 1 || st.Routes[0].Prefix != ecmpVIP+"/32" || !st.Routes[0].Announced || !strings.Contains(table, "established") {
+		t.Fatalf("l4lb bgp status on node 3: %+v\n%s", st, table)
+	}
 	deregister(3, "deregister")
 	took = l.waitHops(2, 10*time.Second)
 	t.Logf("node 3 without healthy targets: withdrawn from the FIB after %v", took.Round(time.Millisecond))
+	if st, table := l.bgpStatus(bin, 3); st.Routes[0].Announced || !strings.HasPrefix(st.Routes[0].Why, "zone unhealthy") {
+		t.Errorf("l4lb bgp status on node 3 without healthy targets: %+v\n%s", st.Routes, table)
+	} else {
+		t.Logf("l4lb bgp status on node 3 without healthy targets:\n%s", table)
+	}
 	deregister(3, "register")
 	took = l.waitHops(3, 15*time.Second)
 	t.Logf("node 3's targets registered again: back in the FIB after %v", took.Round(time.Millisecond))
@@ -605,6 +633,9 @@ func TestECMPOverBGP(t *testing.T) {
 	took = l.waitHops(1, 5*time.Second)
 	if hops := l.nextHops(); len(hops) != 1 || hops[0] != ecmpNode(1) {
 		t.Errorf("after node 2 left, the VIP's next hops are %v; want node 1 alone", hops)
+	}
+	if st, table := l.bgpStatus(bin, 2); !st.Leaving || st.Routes[0].Announced || st.Peers[0].State != "established" {
+		t.Errorf("l4lb bgp status on node 2 leaving: %+v; want leaving, withdrawn, the session still up\n%s", st, table)
 	}
 	// Still running (not yet a zombie): the cleanup reaps it.
 	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", l.procs[1].Process.Pid))
