@@ -364,6 +364,12 @@ func (l *ecmpLab) bgpStatus(bin string, i int) (api.BGPStatus, string) {
 	return st, string(table)
 }
 
+// birdRoute is what BIRD says of the VIP's routes, with their attributes.
+func (l *ecmpLab) birdRoute() string {
+	out, _ := exec.Command(l.ip, "netns", "exec", l.router, "birdc", "-s", filepath.Join(l.dir, "bird.ctl"), "show", "route", "for", ecmpVIP, "all").CombinedOutput()
+	return string(out)
+}
+
 // nextHops is the router's ECMP next hops for the VIP.
 func (l *ecmpLab) nextHops() []string {
 	out, _ := exec.Command(l.ip, "-n", l.router, "route", "show", ecmpVIP+"/32").CombinedOutput()
@@ -557,6 +563,27 @@ func TestECMPOverBGP(t *testing.T) {
 	deregister(3, "register")
 	took = l.waitHops(3, 15*time.Second)
 	t.Logf("node 3's targets registered again: back in the FIB after %v", took.Round(time.Millisecond))
+
+	// A reload of node 3's bgp section: a community on zone a's route, and
+	// a longer hold time, which restarts its speaker. The route comes back
+	// with the community.
+	cfgPath := filepath.Join(l.dir, "node3", "l4lb.yaml")
+	b, _ := os.ReadFile(cfgPath)
+	cfg := strings.Replace(strings.Replace(string(b), "hold_time: 3s", "hold_time: 4s", 1),
+		"  withdraw_grace: 2s", "  communities: {a: [\"64512:300\"]}\n  withdraw_grace: 2s", 1)
+	os.WriteFile(cfgPath, []byte(cfg), 0o644)
+	l.in(l.nodes[2], bin, "reload", "--admin", fmt.Sprintf("http://%s:9900", ecmpNode(3)), "--token-file", filepath.Join(l.dir, "node3", "token"))
+	start = time.Now()
+	for !strings.Contains(l.birdRoute(), "(64512,300)") || len(l.nextHops()) != 3 {
+		if time.Since(start) > 20*time.Second {
+			t.Fatalf("after node 3's reload, the router has next hops %v and:\n%s", l.nextHops(), l.birdRoute())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if b, _ := os.ReadFile(filepath.Join(l.dir, "node3", "l4lb.log")); !strings.Contains(string(b), "BGP speaker settings changed: restarting it") {
+		t.Error("node 3's speaker did not restart on a new hold time")
+	}
+	t.Logf("node 3 reloaded with a new hold time and a community: its speaker restarted, and the route was back with (64512,300) after %v", time.Since(start).Round(time.Millisecond))
 
 	// Node 1 dies under load: new connections fail only until the router
 	// drops it, UDP flows keep their targets, and long TCP transfers by
