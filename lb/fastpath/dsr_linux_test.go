@@ -158,18 +158,6 @@ func TestDSRProgram(t *testing.T) {
 	}
 }
 
-// DSR is for IPv4 services only.
-func TestDSRRefusesIPv6(t *testing.T) {
-	p := newPath(t, Options{Protocol: flowhash.ProtoTCP, MaxFlows: 64, Services6: 1})
-	id, err := p.AddService(netip.MustParseAddrPort("[fd00::80]:80"), time.Minute, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.ForwardDSR(id, netip.MustParseAddr("198.18.1.1"), 0); err == nil {
-		t.Fatal("ForwardDSR took an IPv6 service")
-	}
-}
-
 // GUE: the same flows, with a UDP header after the outer one, to the
 // configured port, from the source port GUESourcePort gives the flow's
 // hash; every packet of a flow has the same one.
@@ -214,6 +202,74 @@ func TestDSRProgramGUE(t *testing.T) {
 		}
 		if len(ports) < 190 {
 			t.Fatalf("200 flows used %d outer source ports: too few for the routers to spread them", len(ports))
+		}
+	}
+}
+
+// An IPv6 service: the client's packet goes whole inside an outer IPv6
+// header (IPv6 in IPv6) from the configured source to the target the table
+// names, with the flow label FlowLabel gives the flow's hash, on its first
+// packet and on its pinned ones alike. GUE is refused for IPv6.
+func TestDSRProgramIPv6(t *testing.T) {
+	src := netip.MustParseAddr("fd00:18:1::1")
+	for _, proto := range []uint8{flowhash.ProtoTCP, flowhash.ProtoUDP} {
+		p := newPath(t, Options{Protocol: proto, MaxFlows: 4096, Services6: 1})
+		vip := netip.MustParseAddrPort("[fd00:18:10::1]:80")
+		id, err := p.AddService(vip, time.Minute, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.ForwardDSR(id, src, 6080); err == nil {
+			t.Fatal("ForwardDSR took GUE for an IPv6 service")
+		}
+		if err := p.ForwardDSR(id, netip.MustParseAddr("198.18.1.1"), 0); err == nil {
+			t.Fatal("ForwardDSR took an IPv4 source for an IPv6 service")
+		}
+		if err := p.ForwardDSR(id, src, 0); err != nil {
+			t.Fatal(err)
+		}
+		slots := make([]netip.AddrPort, maglev.DefaultSize)
+		for i := range slots {
+			slots[i] = netip.AddrPortFrom(netip.AddrFrom16([16]byte{0xfd, 0, 0, 0x18, 0, 0x20, 13: byte(i >> 16), 14: byte(i >> 8), 15: byte(i)}), 80)
+		}
+		if err := p.SetTable(id, slots); err != nil {
+			t.Fatal(err)
+		}
+		for i := range 50 {
+			c := netip.AddrPortFrom(netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 15: byte(i)}), uint16(40000+i))
+			h := flowhash.Flow(proto, c, vip)
+			in, next := packet6(c, vip, []byte("hello")), packet6(c, vip, []byte("more"))
+			if proto == flowhash.ProtoTCP {
+				in, next = segment6(c, vip, syn, []byte("hello")), segment6(c, vip, ack, []byte("more"))
+			}
+			for _, pkt := range [][]byte{in, next} {
+				ret, out := runGrown(t, p, pkt)
+				if ret != tcxPass {
+					t.Fatalf("proto %d, flow %d: returned %d", proto, i, ret)
+				}
+				if len(out) != len(pkt)+40 {
+					t.Fatalf("output is %d bytes, want the %d of the input and an outer header", len(out), len(pkt))
+				}
+				outer := out[14:54]
+				if vtcfl := binary.BigEndian.Uint32(outer); vtcfl != 6<<28|FlowLabel(h) {
+					t.Fatalf("outer version and flow label %#x, want %#x", vtcfl, 6<<28|FlowLabel(h))
+				}
+				if int(binary.BigEndian.Uint16(outer[4:])) != len(pkt)-14 || outer[6] != 41 || outer[7] != 64 {
+					t.Fatalf("outer header %x: want payload length %d, next header 41, hop limit 64", outer[:8], len(pkt)-14)
+				}
+				if got := netip.AddrFrom16([16]byte(outer[8:24])); got != src {
+					t.Fatalf("outer source %s, want %s", got, src)
+				}
+				if got, want := netip.AddrFrom16([16]byte(outer[24:40])), slots[h%maglev.DefaultSize].Addr(); got != want {
+					t.Fatalf("proto %d: flow from %s went to %s, user space says %s", proto, c, got, want)
+				}
+				if !bytes.Equal(out[54:], pkt[14:]) {
+					t.Fatalf("the inner packet changed")
+				}
+			}
+		}
+		if st, _ := p.Stats(id); st.NewFlows != 50 || st.PacketsIn != 100 {
+			t.Fatalf("proto %d: stats %+v, want 50 flows and 100 packets", proto, st)
 		}
 	}
 }

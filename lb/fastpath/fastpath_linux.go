@@ -256,12 +256,14 @@ func (p *Path) AddService(vip netip.AddrPort, idle time.Duration, sticky bool) (
 	return len(p.svcs) - 1, nil
 }
 
-// ForwardDSR makes service id (IPv4) forward by direct server return from
-// its next SetTable on: each packet goes to its target whole, inside an
-// outer IPv4 header from src (IPIP), and the target answers the client
-// directly. A guePort other than 0 adds a UDP header to that port after
-// the outer header (GUE variant 1), with a source port from the flow's
-// hash (GUESourcePort), for routers that spread flows by ports only. The
+// ForwardDSR makes service id forward by direct server return from its
+// next SetTable on: each packet goes to its target whole, inside an outer
+// header from src (of the service's family), and the target answers the
+// client directly. An IPv4 service uses IPIP, or with a guePort other than
+// 0, a UDP header to that port after the outer header (GUE variant 1), with
+// a source port from the flow's hash (GUESourcePort), for routers that
+// spread flows by ports only. An IPv6 service uses IPv6 in IPv6, with a
+// flow label from the flow's hash (FlowLabel), and no GUE. The
 // target must hold the service's address on a local interface and take
 // the encapsulation in (deploy/dsr-target.sh); the packet keeps its
 // destination port, so the target listens on the listener's port.
@@ -269,8 +271,11 @@ func (p *Path) ForwardDSR(id int, src netip.Addr, guePort uint16) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	s := p.svcs[id]
-	if !s.vip.Addr().Is4() || !src.Is4() {
-		return fmt.Errorf("fastpath: %s: direct server return is built for IPv4 only", s.vip)
+	if v4 := s.vip.Addr().Is4(); v4 != src.Is4() || src.Is4In6() {
+		return fmt.Errorf("fastpath: %s: direct server return from %s: the outer source must be of the service's family", s.vip, src)
+	}
+	if guePort != 0 && !s.vip.Addr().Is4() {
+		return fmt.Errorf("fastpath: %s: GUE is built for IPv4 only", s.vip)
 	}
 	s.flags |= svcDSR
 	s.encap = src
@@ -342,7 +347,7 @@ func (p *Path) SetTable(id int, slots []netip.AddrPort) error {
 	if s.encap.IsValid() {
 		copy(val[12:], s.encap.AsSlice())
 	}
-	binary.BigEndian.PutUint16(val[16:], s.guePort)
+	binary.BigEndian.PutUint16(val[28:], s.guePort)
 	if err := fp.services.Update(key, val[:], ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("fastpath: switching table: %w", err)
 	}

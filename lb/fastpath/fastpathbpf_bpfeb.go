@@ -83,6 +83,15 @@ type fastpathBPFScratch struct {
 		V4 fastpathBPFFlowVal4
 		_  [16]byte
 	}
+	Hdr6 struct {
+		_          structs.HostLayout
+		Vtcfl      uint32
+		PayloadLen uint16
+		Nexthdr    uint8
+		HopLimit   uint8
+		Saddr      [4]uint32
+		Daddr      [4]uint32
+	}
 }
 
 type fastpathBPFSlot4 struct {
@@ -124,7 +133,7 @@ type fastpathBPFSvcVal struct {
 	Base      uint32
 	Flags     uint32
 	Id        uint32
-	EncapSrc  uint32
+	EncapSrc  [4]uint32
 	EncapPort uint16
 	Pad       uint16
 }

@@ -59,7 +59,7 @@ const (
 
 // Value layouts and flags shared with the programs.
 const (
-	svcValSize     = 20     // table base u32, flags u32, service id u32, DSR outer source (IPv4), GUE port u16, pad u16
+	svcValSize     = 32     // table base u32, flags u32, service id u32, DSR outer source (16 bytes), GUE port u16, pad u16
 	statValSize    = 16     // count u64, bytes u64
 	svcSticky      = 1      // service flags
 	svcAllow       = 2      // check the allow list (it does not admit the whole family)
@@ -80,4 +80,12 @@ const (
 // the flows, and keep each on one path. The program computes the same.
 func GUESourcePort(flowHash uint64) uint16 {
 	return 0xc000 | uint16((flowHash^flowHash>>32)&0x3fff)
+}
+
+// FlowLabel is the outer flow label of an IPv6 flow that direct server
+// return encapsulates, from its flow hash: routers that hash on the flow
+// label spread the flows, and keep each on one path. The program computes
+// the same.
+func FlowLabel(flowHash uint64) uint32 {
+	return uint32((flowHash ^ flowHash>>32) & 0xfffff)
 }

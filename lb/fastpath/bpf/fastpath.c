@@ -27,20 +27,21 @@
  * linger for stray segments. Resets are counted by origin and, for targets,
  * per target (a SYN answered with RST apart), for passive health.
  *
- * A service may forward by direct server return (SVC_DSR, IPv4): instead of
+ * A service may forward by direct server return (SVC_DSR): instead of
  * rewriting the destination, the program wraps the client's packet whole
- * in an outer IPv4 header to the target (IPIP), which the stack then
- * routes; the target, holding the listener address on a local interface,
- * answers the client directly. Where the routers between node and target
- * spread flows only by UDP or TCP ports, the service may ask for GUE
- * (SVC_GUE) instead: the outer IPv4 header is followed by a UDP header to
- * the service's encap_port, whose source port comes from the flow hash,
- * and the client's packet follows it directly (GUE variant 1, which the
- * kernel's fou module and lb/dsr's program both take in). Such a flow has one entry, client side, and
- * no node holds anything a reply needs: a connection outlives the node that
- * carried it. A TCP flow goes straight to the established map (the node
- * never sees the handshake complete), and a client's FIN closes it: what
- * comes later goes to the same target by the table.
+ * in an outer header to the target, which the stack then routes; the
+ * target, holding the listener address on a local interface, answers the
+ * client directly. An IPv4 service uses IPIP, or, where the routers between
+ * node and target spread flows only by UDP or TCP ports, GUE (SVC_GUE): a
+ * UDP header to the service's encap_port, from a source port of the flow
+ * hash, with the client's packet right after it (GUE variant 1, which the
+ * kernel's fou module and lb/dsr's program both take in). An IPv6 service
+ * uses IPv6 in IPv6, the outer flow label taken from the flow hash. Such a
+ * flow has one entry, client side, and no node holds anything a reply
+ * needs: a connection outlives the node that carried it. A TCP flow goes
+ * straight to the established map (the node never sees the handshake
+ * complete), and a client's FIN closes it: what comes later goes to the
+ * same target by the table.
  *
  * A segment with no entry that is neither a SYN nor a RST belongs to a
  * connection this node has not seen: it began on another l4lb node, and
@@ -110,8 +111,8 @@ struct svc_val {
 	__u32 base;  /* the first slot of the table in use */
 	__u32 flags; /* SVC_* */
 	__u32 id;
-	__u32 encap_src;  /* SVC_DSR: the outer source address (IPv4) */
-	__u16 encap_port; /* SVC_GUE: the outer UDP destination port (network order) */
+	__u32 encap_src[4]; /* SVC_DSR: the outer source address (IPv4: the first word) */
+	__u16 encap_port;   /* SVC_GUE: the outer UDP destination port (network order) */
 	__u16 pad;
 };
 /* A Maglev slot: its target; port 0 is an empty slot. */
@@ -249,9 +250,18 @@ union flow_val {
 
 /* new_flow's entries, built here rather than on the stack, which the IPv6
  * path would overrun. */
+/* An outer IPv6 header, for direct server return (encap6). */
+struct outer6 {
+	__u32 vtcfl;
+	__u16 payload_len;
+	__u8 nexthdr, hop_limit;
+	__u32 saddr[4], daddr[4];
+};
+/* Room too large for the stack: a new flow's entries, an outer header. */
 struct scratch {
 	union flow_key rkey;
 	union flow_val rval, fval;
+	struct outer6 hdr6;
 };
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -470,11 +480,6 @@ struct outer4 {
 	__u16 sport, dport, len, csum; /* SVC_GUE only */
 };
 
-struct encap {
-	__u32 saddr;
-	__u16 dport; /* network order; 0 for IPIP */
-};
-
 /* gue_source_port maps a flow hash to a UDP source port, in the dynamic
  * range (49152-65535); layout.go's GUESourcePort mirrors it. */
 static __always_inline __u16 gue_source_port(__u64 hash)
@@ -482,10 +487,11 @@ static __always_inline __u16 gue_source_port(__u64 hash)
 	return bpf_htons(0xc000 | (__u16)((hash ^ (hash >> 32)) & 0x3fff));
 }
 
-static __always_inline int encap4(struct __sk_buff *skb, __u32 daddr, const struct encap *e, __u64 hash)
+static __always_inline int encap4(struct __sk_buff *skb, __u32 daddr, const struct svc_val *s, __u64 hash)
 {
 	__u32 inner = skb->len - ETH_HLEN;
-	bool gue = e->dport != 0;
+	__u16 dport = (s->flags & SVC_GUE) ? s->encap_port : 0;
+	bool gue = dport != 0;
 	__u32 room = gue ? IPV4_HLEN + UDP_HLEN : IPV4_HLEN;
 	__u64 flags = BPF_F_ADJ_ROOM_ENCAP_L3_IPV4;
 	if (gue)
@@ -497,10 +503,10 @@ static __always_inline int encap4(struct __sk_buff *skb, __u32 daddr, const stru
 		.tot_len = bpf_htons(inner + room),
 		.ttl = 64,
 		.protocol = gue ? 17 : 4, /* IPPROTO_UDP, IPPROTO_IPIP */
-		.saddr = e->saddr,
+		.saddr = s->encap_src[0],
 		.daddr = daddr,
 		.sport = gue_source_port(hash),
-		.dport = e->dport,
+		.dport = dport,
 		.len = bpf_htons(inner + UDP_HLEN),
 		/* .csum 0: none, which UDP over IPv4 allows; the inner
 		 * packet carries its own. */
@@ -508,27 +514,68 @@ static __always_inline int encap4(struct __sk_buff *skb, __u32 daddr, const stru
 	__s64 sum = bpf_csum_diff(0, 0, (__be32 *)&h, IPV4_HLEN, 0);
 	if (sum < 0)
 		return TCX_DROP;
-	__u32 s = (__u32)sum;
-	s = (s & 0xffff) + (s >> 16);
-	s = (s & 0xffff) + (s >> 16);
-	h.check = (__u16)~s;
+	__u32 c = (__u32)sum;
+	c = (c & 0xffff) + (c >> 16);
+	c = (c & 0xffff) + (c >> 16);
+	h.check = (__u16)~c;
 	if (bpf_skb_store_bytes(skb, ETH_HLEN, &h, gue ? sizeof(h) : IPV4_HLEN, 0))
 		return TCX_DROP;
 	return TCX_PASS;
 }
 
-/* dsr_encap reads how a DSR service's packets are encapsulated (the
- * service of the packet's destination); false when it forwards by DSR no
- * longer. */
-static __always_inline bool dsr_encap(const struct pkt *p, struct encap *e)
+/* encap6 wraps an IPv6 packet in an outer IPv6 header from the service's
+ * encap source to the target (IPv6 in IPv6), whose flow label comes from
+ * the flow's hash, for the routers' multipath hash. GUE is IPv4 only: a
+ * UDP header over IPv6 needs a checksum of the whole packet. */
+static __always_inline int encap6(struct __sk_buff *skb, const __u32 *daddr, const struct svc_val *s, __u64 hash)
 {
-	struct svc_key4 sk = {.addr = p->daddr[0], .port = p->dport};
-	struct svc_val *s = bpf_map_lookup_elem(&l4lb_svcs_v4, &sk);
-	if (!s || !(s->flags & SVC_DSR) || !s->encap_src)
-		return false;
-	e->saddr = s->encap_src;
-	e->dport = (s->flags & SVC_GUE) ? s->encap_port : 0;
-	return true;
+	/* The hash now, not after the call below: its inputs would stay live
+	 * across it, on the stack. */
+	asm volatile("" : "+r"(hash));
+	__u32 inner = skb->len - ETH_HLEN, zero = 0;
+	struct scratch *sc = bpf_map_lookup_elem(&l4lb_scratch, &zero);
+	if (!sc)
+		return TCX_DROP;
+	struct outer6 *h = &sc->hdr6;
+	h->vtcfl = bpf_htonl(0x60000000 | (__u32)((hash ^ (hash >> 32)) & 0xfffff));
+	h->payload_len = bpf_htons(inner);
+	h->nexthdr = 41; /* IPPROTO_IPV6 */
+	h->hop_limit = 64;
+	copy_addr(h->saddr, s->encap_src, true);
+	copy_addr(h->daddr, daddr, true);
+	if (bpf_skb_adjust_room(skb, IPV6_HLEN, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_ENCAP_L3_IPV6))
+		return TCX_DROP;
+	if (bpf_skb_store_bytes(skb, ETH_HLEN, h, sizeof(*h), 0))
+		return TCX_DROP;
+	return TCX_PASS;
+}
+
+/* encap wraps the packet as service s says: s is read (a map value) as
+ * the packet is built. */
+/* encap6_flow is encap6 with the flow's hash, in a stack frame of its own:
+ * the IPv6 handler's has no room for it. */
+static __attribute__((noinline)) int encap6_flow(struct __sk_buff *skb, const struct pkt *p, const __u32 *daddr, const struct svc_val *s)
+{
+	return encap6(skb, daddr, s, flow_hash(p, true));
+}
+
+static __always_inline int encap(struct __sk_buff *skb, const struct pkt *p, const __u32 *daddr, const struct svc_val *s, bool v6)
+{
+	return v6 ? encap6_flow(skb, p, daddr, s) : encap4(skb, daddr[0], s, flow_hash(p, false));
+}
+
+/* dsr_service is the service of the packet's destination if it forwards by
+ * direct server return, or NULL. */
+static __always_inline const struct svc_val *dsr_service(const struct pkt *p, bool v6)
+{
+	struct svc_key6 sk = {};
+	copy_addr(sk.addr, p->daddr, v6);
+	if (v6)
+		sk.port = p->dport;
+	else
+		((struct svc_key4 *)&sk)->port = p->dport;
+	struct svc_val *s = bpf_map_lookup_elem(MAP(l4lb_svcs, v6), &sk);
+	return s && (s->flags & SVC_DSR) ? s : NULL;
 }
 
 static __always_inline int refuse(__u32 svc, __u32 kind, __u64 bytes)
@@ -568,8 +615,7 @@ static __always_inline int new_flow(struct __sk_buff *skb, const struct pkt *p, 
 	if (!s)
 		return TCX_NEXT;
 	__u32 id = s->id, flags = s->flags, base = s->base;
-	struct encap e = {.saddr = s->encap_src, .dport = (flags & SVC_GUE) ? s->encap_port : 0};
-	bool dsr = !v6 && (flags & SVC_DSR) && e.saddr;
+	bool dsr = flags & SVC_DSR;
 	if (acl_refuses(p, id, flags, v6))
 		return refuse(id, STAT_ACL, p->bytes);
 
@@ -620,7 +666,7 @@ static __always_inline int new_flow(struct __sk_buff *skb, const struct pkt *p, 
 		if (midflow)
 			count(id, STAT_MIDFLOW, 0);
 		count(id, STAT_FORWARD, p->bytes);
-		return encap4(skb, to.addr[0], &e, flow_hash(p, v6));
+		return encap(skb, p, to.addr, s, v6);
 	}
 
 	void *flows = MAP(l4lb_flows, v6);
@@ -794,9 +840,9 @@ static __always_inline int handle_family(struct __sk_buff *skb, bool egress, boo
 	if (*val_svc(v, v6) & REPLY_FLAG)
 		return TCX_NEXT;
 	__u16 flags = touch(v, &to, v6), svc = flags & SVC_MASK;
-	if (!v6 && (flags & DSR_FLAG)) {
-		struct encap e = {};
-		if (!dsr_encap(&p, &e))
+	if (flags & DSR_FLAG) {
+		const struct svc_val *s = dsr_service(&p, v6);
+		if (!s)
 			return TCX_NEXT; /* the service no longer forwards by DSR */
 		if (tcp && (p.flags & (TCP_RST | TCP_FIN))) {
 			*val_svc(v, v6) |= FIN_FLAG | CLOSED_FLAG;
@@ -804,7 +850,7 @@ static __always_inline int handle_family(struct __sk_buff *skb, bool egress, boo
 				count(svc, STAT_CLIENT_RST, 0);
 		}
 		count(svc, STAT_FORWARD, p.bytes);
-		return encap4(skb, to.addr[0], &e, flow_hash(&p, v6));
+		return encap(skb, &p, to.addr, s, v6);
 	}
 	if (tcp) {
 		reverse_key(&rkey, &key, v, false, v6);
