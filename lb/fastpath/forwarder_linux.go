@@ -526,7 +526,7 @@ func dsrSource(g *registry.Group) (netip.Addr, error) {
 	if len(ts) == 0 {
 		return netip.Addr{}, fmt.Errorf("fastpath: target group %s forwards by dsr but has no targets to find a source address by", g.Config().Name)
 	}
-	c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(ts[0].Address))
+	c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(ts[0].Address))
 	if err != nil {
 		return netip.Addr{}, fmt.Errorf("fastpath: no route to %s for direct server return: %w", ts[0].Address, err)
 	}

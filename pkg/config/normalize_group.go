@@ -60,8 +60,9 @@ func (n *normalizer) targetGroup(path string, r *RawTargetGroup, cfg *Config) Ta
 			n.errs.add(path+".forwarding", "dsr forwards packets as they are: a TLS target group cannot use it")
 		}
 		for i, t := range g.Targets {
-			if !t.Address.Addr().Is4() {
-				n.errs.add(fmt.Sprintf("%s.targets[%d].address", path, i), "dsr is built for IPv4 targets only")
+			if t.Address.Addr().Is4() != g.Targets[0].Address.Addr().Is4() {
+				n.errs.add(fmt.Sprintf("%s.targets[%d].address", path, i), "a dsr group's targets are all IPv4 or all IPv6; %s is not of the first one's family", t.Address)
+				break
 			}
 		}
 	default:
@@ -322,9 +323,11 @@ func (n *normalizer) dsrListener(path string, l *Listener, cfg *Config) {
 	case l.Protocol.HasUDP() && !cfg.UDPFastPath:
 		why = "load_balancer.udp_fast_path is off"
 	}
+	v6 := len(dsr.Targets) > 0 && dsr.Targets[0].Address.Addr().Is6()
+	family := map[bool]string{false: "IPv4", true: "IPv6"}[v6]
 	for _, b := range l.Bind {
-		if !b.IP.Is4() || b.IP.IsUnspecified() {
-			why = "it binds " + b.IP.String() + ": dsr needs specific IPv4 addresses"
+		if b.IP.Is6() != v6 || b.IP.IsUnspecified() || b.IP.Zone() != "" {
+			why = "it binds " + b.IP.String() + ": dsr needs specific " + family + " addresses, of its targets' family"
 		}
 	}
 	if why != "" {
@@ -358,6 +361,8 @@ func (n *normalizer) encapsulation(path string, r *RawTargetGroup, g *TargetGrou
 		n.errs.add(path+".encapsulation", "%q is not ipip or gue", r.Encapsulation)
 	}
 	switch {
+	case g.Encapsulation == EncapGUE && len(g.Targets) > 0 && g.Targets[0].Address.Addr().Is6():
+		n.errs.add(path+".encapsulation", "gue is built for IPv4 targets; IPv6 ones take IPv6 in IPv6 (ipip)")
 	case g.Encapsulation == EncapGUE && r.GUEPort == nil:
 		g.GUEPort = DefaultGUEPort
 	case g.Encapsulation == EncapGUE && (*r.GUEPort < 1 || *r.GUEPort > 65535):
