@@ -17,11 +17,12 @@ func newDSRTarget() *cobra.Command {
 		Short: "On a target of a dsr target group: take the l4lb nodes' IPIP (or GUE) packets in (a tc program), until stopped",
 		Long: `On a target of a target group with forwarding: dsr, the l4lb nodes send each
 client packet inside an outer IPv4 header (IPIP), or with encapsulation: gue,
-inside IPv4 and UDP to the group's gue_port. A kernel with the ipip (and fou)
-module takes that off itself (deploy/dsr-target.sh sets it up); on one
+inside IPv4 and UDP to the group's gue_port; an IPv6 packet inside an outer
+IPv6 header. A kernel with the ipip (and fou, and ip6_tunnel) module takes
+that off itself (deploy/dsr-target.sh sets it up); on one
 without, this command runs a tc program on each --interface that does, for
-packets to the --vip addresses, until SIGTERM or SIGINT: IPIP always, GUE
-when --gue-port names the port. The VIPs must be on a local interface (lo)
+packets to the --vip addresses, until SIGTERM or SIGINT: IPIP and IPv6 in
+IPv6 always, GUE when --gue-port names the port. The VIPs must be on a local interface (lo)
 and the service must listen on the listener's port; deploy/dsr-target.sh
 does both.`,
 		Args: cobra.NoArgs,
@@ -29,8 +30,8 @@ does both.`,
 			var addrs []netip.Addr
 			for _, v := range vips {
 				a, err := netip.ParseAddr(v)
-				if err != nil || !a.Is4() {
-					return usageError{fmt.Errorf("--vip: want an IPv4 address, got %q", v)}
+				if err != nil || a.Zone() != "" {
+					return usageError{fmt.Errorf("--vip: want an IP address, got %q", v)}
 				}
 				addrs = append(addrs, a)
 			}

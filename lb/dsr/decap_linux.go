@@ -19,9 +19,9 @@ type Decap struct {
 	links []link.Link
 }
 
-// NewDecap loads the program for vips (IPv4 only: the nodes encapsulate
-// IPv4 flows). It takes IPIP in, and with a guePort other than 0, GUE to
-// that UDP port too (a target group's gue_port).
+// NewDecap loads the program for vips. It takes IPIP and IPv6 in IPv6 in,
+// and with a guePort other than 0, GUE to that UDP port too (a target
+// group's gue_port).
 func NewDecap(vips []netip.Addr, guePort uint16) (*Decap, error) {
 	if len(vips) == 0 {
 		return nil, errors.New("dsr: no VIP to take packets for")
@@ -40,12 +40,13 @@ func NewDecap(vips []netip.Addr, guePort uint16) (*Decap, error) {
 	}
 	for _, v := range vips {
 		v = v.Unmap()
-		if !v.Is4() {
-			d.Close()
-			return nil, fmt.Errorf("dsr: %s: direct server return is built for IPv4 only", v)
+		var err error
+		if v.Is4() {
+			err = d.objs.L4lbVips.Put(v.As4(), uint8(1))
+		} else {
+			err = d.objs.L4lbVips6.Put(v.As16(), uint8(1))
 		}
-		b := v.As4()
-		if err := d.objs.L4lbVips.Put(b, uint8(1)); err != nil {
+		if err != nil {
 			d.Close()
 			return nil, fmt.Errorf("dsr: %w", err)
 		}

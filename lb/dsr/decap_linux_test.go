@@ -11,6 +11,7 @@ import (
 )
 
 var (
+	vip6   = netip.MustParseAddr("fd00:18:10::1")
 	vip    = netip.MustParseAddr("198.18.10.1")
 	node   = netip.MustParseAddr("198.18.1.1")
 	target = netip.MustParseAddr("198.18.1.11")
@@ -21,7 +22,7 @@ const guePort = 6080
 
 func newDecap(t testing.TB, guePort uint16) *Decap {
 	t.Helper()
-	d, err := NewDecap([]netip.Addr{vip}, guePort)
+	d, err := NewDecap([]netip.Addr{vip, vip6}, guePort)
 	if err != nil {
 		if os.Geteuid() != 0 && os.Getenv("CI") == "" {
 			t.Skipf("needs root for BPF: %v", err)
@@ -102,6 +103,40 @@ func encapGUE(f []byte, port uint16) []byte {
 	return b
 }
 
+// frame6 is an Ethernet frame holding an IPv6 UDP datagram to dst.
+func frame6(dst netip.Addr, payload string) []byte {
+	b := make([]byte, 14+40+8+len(payload))
+	binary.BigEndian.PutUint16(b[12:], 0x86dd)
+	ip := b[14:54]
+	ip[0], ip[6], ip[7] = 0x60, 17, 64
+	binary.BigEndian.PutUint16(ip[4:], uint16(8+len(payload)))
+	s, d := netip.MustParseAddr("2001:db8::2").As16(), dst.As16()
+	copy(ip[8:], s[:])
+	copy(ip[24:], d[:])
+	binary.BigEndian.PutUint16(b[54:], 40000)
+	binary.BigEndian.PutUint16(b[56:], 53)
+	binary.BigEndian.PutUint16(b[58:], uint16(8+len(payload)))
+	binary.BigEndian.PutUint16(b[60:], 0xffff) // any non-zero checksum: the program does not read it
+	copy(b[62:], payload)
+	return b
+}
+
+// encap6 wraps a frame's IPv6 packet in IPv6, as the nodes' program does
+// for an IPv6 service (fastpath's TestDSRProgramIPv6 checks that layout).
+func encap6(f []byte) []byte {
+	b := make([]byte, len(f)+40)
+	copy(b, f[:14])
+	o := b[14:54]
+	binary.BigEndian.PutUint32(o, 6<<28|0x12345)
+	binary.BigEndian.PutUint16(o[4:], uint16(len(f)-14))
+	o[6], o[7] = 41, 64
+	s, d := netip.MustParseAddr("fd00:18:1::1").As16(), netip.MustParseAddr("fd00:18:1::11").As16()
+	copy(o[8:], s[:])
+	copy(o[24:], d[:])
+	copy(b[54:], f[14:])
+	return b
+}
+
 func run(t testing.TB, d *Decap, pkt []byte) (int32, []byte) {
 	t.Helper()
 	opts := ebpf.RunOptions{Data: pkt, DataOut: make([]byte, len(pkt)+64)}
@@ -117,10 +152,13 @@ func run(t testing.TB, d *Decap, pkt []byte) (int32, []byte) {
 func TestDecap(t *testing.T) {
 	d := newDecap(t, guePort)
 	in := frame(vip, "hello")
-	for name, pkt := range map[string][]byte{"IPIP": encap(in, false), "GUE": encapGUE(in, guePort)} {
-		ret, out := run(t, d, pkt)
-		if ret != 0 || !bytes.Equal(out, in) {
-			t.Fatalf("%s to the VIP: returned %d, %x; want the client's packet %x", name, ret, out, in)
+	in6 := frame6(vip6, "hello")
+	for name, c := range map[string]struct{ pkt, want []byte }{
+		"IPIP": {encap(in, false), in}, "GUE": {encapGUE(in, guePort), in}, "IPv6 in IPv6": {encap6(in6), in6},
+	} {
+		ret, out := run(t, d, c.pkt)
+		if ret != 0 || !bytes.Equal(out, c.want) {
+			t.Fatalf("%s to the VIP: returned %d, %x; want the client's packet %x", name, ret, out, c.want)
 		}
 	}
 	for name, pkt := range map[string][]byte{
@@ -131,6 +169,9 @@ func TestDecap(t *testing.T) {
 		"plain TCP to the VIP":    in,
 		"a short frame":           encap(in, false)[:40],
 		"a short GUE frame":       encapGUE(in, guePort)[:60],
+		"IPv6 in IPv6 elsewhere":  encap6(frame6(netip.MustParseAddr("fd00:18:10::2"), "x")),
+		"plain IPv6 to the VIP":   in6,
+		"a short IPv6 frame":      encap6(in6)[:80],
 	} {
 		ret, out := run(t, d, pkt)
 		if ret != -1 || !bytes.Equal(out, pkt) {
@@ -138,8 +179,8 @@ func TestDecap(t *testing.T) {
 		}
 	}
 	n, failed, err := d.Stats()
-	if err != nil || n != 2 || failed != 0 {
-		t.Fatalf("stats: %d decapsulated, %d failed (%v); want 2 and 0", n, failed, err)
+	if err != nil || n != 3 || failed != 0 {
+		t.Fatalf("stats: %d decapsulated, %d failed (%v); want 3 and 0", n, failed, err)
 	}
 	// Without a GUE port, GUE is not taken in.
 	ipip := newDecap(t, 0)
@@ -149,12 +190,14 @@ func TestDecap(t *testing.T) {
 }
 
 // FuzzDecap feeds the program arbitrary frames: each passes untouched, or
-// loses exactly the 20 bytes (IPIP) or 28 (GUE) after the Ethernet header.
+// loses exactly the 20 bytes (IPIP), 28 (GUE) or 40 (IPv6 in IPv6) after
+// the Ethernet header.
 func FuzzDecap(f *testing.F) {
 	in := frame(vip, "hello")
 	f.Add(encap(in, false))
 	f.Add(encap(in, true))
 	f.Add(encapGUE(in, guePort))
+	f.Add(encap6(frame6(vip6, "hello")))
 	f.Add(in)
 	d := newDecap(f, guePort)
 	f.Fuzz(func(t *testing.T, pkt []byte) {
@@ -174,7 +217,10 @@ func FuzzDecap(f *testing.F) {
 			}
 		case 0:
 			room := 20
-			if pkt[23] == 17 {
+			switch {
+			case pkt[12] == 0x86:
+				room = 40
+			case pkt[23] == 17:
 				room = 28
 			}
 			if want := append(append([]byte{}, pkt[:14]...), pkt[14+room:]...); !bytes.Equal(out, want) {

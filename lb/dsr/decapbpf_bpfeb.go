@@ -18,6 +18,7 @@ import (
 const (
 	decapBPFMapL4lbDecapStats = "l4lb_decap_stats"
 	decapBPFMapL4lbVips       = "l4lb_vips"
+	decapBPFMapL4lbVips6      = "l4lb_vips6"
 	decapBPFProgL4lbDecap     = "l4lb_decap"
 	decapBPFVarCfgGuePort     = "cfg_gue_port"
 )
@@ -73,6 +74,7 @@ type decapBPFProgramSpecs struct {
 type decapBPFMapSpecs struct {
 	L4lbDecapStats *ebpf.MapSpec `ebpf:"l4lb_decap_stats"`
 	L4lbVips       *ebpf.MapSpec `ebpf:"l4lb_vips"`
+	L4lbVips6      *ebpf.MapSpec `ebpf:"l4lb_vips6"`
 }
 
 // decapBPFVariableSpecs contains global variables before they are loaded into the kernel.
@@ -104,12 +106,14 @@ func (o *decapBPFObjects) Close() error {
 type decapBPFMaps struct {
 	L4lbDecapStats *ebpf.Map `ebpf:"l4lb_decap_stats"`
 	L4lbVips       *ebpf.Map `ebpf:"l4lb_vips"`
+	L4lbVips6      *ebpf.Map `ebpf:"l4lb_vips6"`
 }
 
 func (m *decapBPFMaps) Close() error {
 	return _DecapBPFClose(
 		m.L4lbDecapStats,
 		m.L4lbVips,
+		m.L4lbVips6,
 	)
 }
 
