@@ -8,13 +8,13 @@ import (
 )
 
 // newDSRTarget is `l4lb dsr-target`: the target side of direct server
-// return, on a target whose kernel cannot take IPIP in itself.
+// return, on a target whose kernel cannot take the encapsulation in itself.
 func newDSRTarget() *cobra.Command {
 	var ifaces, vips []string
 	var guePort uint16
 	cmd := &cobra.Command{
 		Use:   "dsr-target --interface IF --vip IP [--vip IP...] [--gue-port PORT]",
-		Short: "On a target of a dsr target group: take the l4lb nodes' IPIP (or GUE) packets in (a tc program), until stopped",
+		Short: "On a target of a dsr target group: take the l4lb nodes' IPIP, IPv6-in-IPv6 or GUE packets in (a tc program), until stopped",
 		Long: `On a target of a target group with forwarding: dsr, the l4lb nodes send each
 client packet inside an outer IPv4 header (IPIP), or with encapsulation: gue,
 inside IPv4 and UDP to the group's gue_port; an IPv6 packet inside an outer

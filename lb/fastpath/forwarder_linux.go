@@ -26,7 +26,7 @@ type Front struct {
 	Zone        string
 	Idle        time.Duration
 	Sticky      bool
-	DSR         bool   // forward by direct server return (IPIP; replies go direct)
+	DSR         bool   // forward by direct server return (IP in IP; replies go direct)
 	GUEPort     uint16 // with DSR: encapsulate in UDP to this port (GUE) instead of IPIP
 	Allow, Deny []netip.Prefix
 	Group       func() *registry.Group // its one target group, now
