@@ -158,7 +158,7 @@ target_groups:
 	t.Logf("IPv6 by direct server return: the target saw the client's own address on %d of 20 UDP flows and %d of 20 TCP connections",
 		strings.Count(got, "udp ["+dsr6Client+"]:"), strings.Count(got, "tcp ["+dsr6Client+"]:"))
 	b, _ := os.ReadFile(logPath)
-	for _, want := range []string{`"listener":"tcp6","encapsulation_source":"fd00:18:1::1","encapsulation":"ipip"`, `"listener":"udp6","encapsulation_source":"fd00:18:1::1","encapsulation":"ipip"`} {
+	for _, want := range []string{`"listener":"tcp6","encapsulation_source":"fd00:18:1::1","encapsulation":"ipv6 in ipv6"`, `"listener":"udp6","encapsulation_source":"fd00:18:1::1","encapsulation":"ipv6 in ipv6"`} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("l4lb's log lacks %s: the listener is not on the kernel path by DSR", want)
 		}

@@ -126,8 +126,11 @@ func NewForwarder(fronts []Front, opts ForwarderOptions) (*Forwarder, error) {
 			if src, err = dsrSource(fr.Group()); err == nil {
 				err = p.ForwardDSR(id, src, fr.GUEPort)
 				encap := "ipip"
-				if fr.GUEPort != 0 {
+				switch {
+				case fr.GUEPort != 0:
 					encap = fmt.Sprintf("gue, port %d", fr.GUEPort)
+				case fr.VIP.Addr().Is6():
+					encap = "ipv6 in ipv6"
 				}
 				opts.Log.Info(proto+" listener forwards by direct server return", zap.String("listener", fr.Name),
 					zap.Stringer("encapsulation_source", src), zap.String("encapsulation", encap))

@@ -64,7 +64,7 @@ const (
 	svcSticky      = 1      // service flags
 	svcAllow       = 2      // check the allow list (it does not admit the whole family)
 	svcDeny        = 4      // check the deny list
-	svcDSR         = 8      // direct server return: IPIP to the target
+	svcDSR         = 8      // direct server return: IP in IP to the target
 	svcGUE         = 16     // with svcDSR: IP in UDP (GUE variant 1) instead
 	replyFlag      = 0x8000 // in a flow value's service field: a reply entry
 	finFlag        = 0x4000 // TCP: its direction sent a FIN
