@@ -565,8 +565,8 @@ func TestECMPOverBGP(t *testing.T) {
 	t.Logf("node 3's targets registered again: back in the FIB after %v", took.Round(time.Millisecond))
 
 	// A reload of node 3's bgp section: a community on zone a's route, and
-	// a longer hold time, which restarts its speaker. The route comes back
-	// with the community.
+	// a longer hold time, which restarts its session to the router. The
+	// route comes back with the community.
 	cfgPath := filepath.Join(l.dir, "node3", "l4lb.yaml")
 	b, _ := os.ReadFile(cfgPath)
 	cfg := strings.Replace(strings.Replace(string(b), "hold_time: 3s", "hold_time: 4s", 1),
@@ -580,10 +580,10 @@ func TestECMPOverBGP(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if b, _ := os.ReadFile(filepath.Join(l.dir, "node3", "l4lb.log")); !strings.Contains(string(b), "BGP speaker settings changed: restarting it") {
-		t.Error("node 3's speaker did not restart on a new hold time")
+	if b, _ := os.ReadFile(filepath.Join(l.dir, "node3", "l4lb.log")); !strings.Contains(string(b), "BGP peer removed or changed: its session closes") {
+		t.Error("node 3's session did not restart on a new hold time")
 	}
-	t.Logf("node 3 reloaded with a new hold time and a community: its speaker restarted, and the route was back with (64512,300) after %v", time.Since(start).Round(time.Millisecond))
+	t.Logf("node 3 reloaded with a new hold time and a community: its session restarted, and the route was back with (64512,300) after %v", time.Since(start).Round(time.Millisecond))
 
 	// Node 1 dies under load: new connections fail only until the router
 	// drops it, UDP flows keep their targets, and long TCP transfers by

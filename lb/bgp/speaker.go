@@ -283,41 +283,80 @@ func (s *Speaker) Stop() {
 }
 
 // Update applies a reloaded bgp section. A change of the speaker itself
-// (AS, router ID, listen port or peers) restarts it; a change of what is
-// announced does not touch the sessions.
+// (AS, router ID or listen port) restarts it. A change of a peer restarts
+// that peer's session alone (added peers connect, removed ones close), and
+// a change of what is announced does not touch the sessions.
 func (s *Speaker) Update(cfg *config.BGP) error {
 	s.mu.Lock()
-	same := sameSessions(s.cfg, cfg)
 	running := s.bgp != nil
-	if same || !running {
-		// Withdraw what the new config no longer announces, then take it.
-		for _, r := range s.routes {
-			if r.uuid != nil && running && !announces(cfg, r) {
-				s.bgp.DeletePath(context.Background(), &api.DeletePathRequest{TableType: api.TableType_GLOBAL, Uuid: r.uuid})
-				s.log.Info("withdrawn", zap.String("zone", r.zone), zap.Stringer("prefix", r.prefix), zap.String("why", "no longer in the config"))
-			}
-		}
-		kept := map[netip.Prefix][]byte{}
-		for _, r := range s.routes {
-			if r.uuid != nil && announces(cfg, r) {
-				kept[r.prefix] = r.uuid
-			}
-		}
-		s.setConfig(cfg)
-		for _, r := range s.routes {
-			r.uuid = kept[r.prefix]
-		}
-		s.sync()
+	if running && !sameSpeaker(s.cfg, cfg) {
 		s.mu.Unlock()
-		return nil
+		s.log.Info("BGP speaker settings changed: restarting it")
+		s.Stop()
+		s.mu.Lock()
+		s.setConfig(cfg)
+		s.mu.Unlock()
+		return s.Start()
 	}
-	s.mu.Unlock()
-	s.log.Info("BGP speaker settings changed: restarting it")
-	s.Stop()
-	s.mu.Lock()
+	defer s.mu.Unlock()
+	// Withdraw what the new config no longer announces, then take it.
+	for _, r := range s.routes {
+		if r.uuid != nil && running && !announces(cfg, r) {
+			s.bgp.DeletePath(context.Background(), &api.DeletePathRequest{TableType: api.TableType_GLOBAL, Uuid: r.uuid})
+			s.log.Info("withdrawn", zap.String("zone", r.zone), zap.Stringer("prefix", r.prefix), zap.String("why", "no longer in the config"))
+		}
+	}
+	kept := map[netip.Prefix][]byte{}
+	for _, r := range s.routes {
+		if r.uuid != nil && announces(cfg, r) {
+			kept[r.prefix] = r.uuid
+		}
+	}
+	oldCfg, oldFamilies := s.cfg, s.families()
 	s.setConfig(cfg)
-	s.mu.Unlock()
-	return s.Start()
+	for _, r := range s.routes {
+		r.uuid = kept[r.prefix]
+	}
+	if running {
+		if err := s.updatePeers(oldCfg, oldFamilies); err != nil {
+			return err
+		}
+	}
+	s.sync()
+	return nil
+}
+
+// updatePeers closes the sessions of the peers that s.cfg no longer names
+// or names differently, and opens the new ones; with a change of address
+// families (an IPv6 prefix added, say), every session. The others are
+// left alone. The caller holds mu.
+func (s *Speaker) updatePeers(old *config.BGP, oldFamilies []*api.Family) error {
+	families := s.families()
+	same := func(p config.BGPPeer, in []config.BGPPeer) bool {
+		return slices.Equal(families, oldFamilies) && slices.Contains(in, p)
+	}
+	ctx := context.Background()
+	for _, p := range old.Peers {
+		if same(p, s.cfg.Peers) {
+			continue
+		}
+		if err := s.bgp.DeletePeer(ctx, &api.DeletePeerRequest{Address: p.Address.String()}); err != nil {
+			return fmt.Errorf("bgp: peer %s: %w", p.Address, err)
+		}
+		delete(s.peers, p.Address.String())
+		s.opts.Metrics.Gauge(metrics.BGPSessionUp, p.Address.String()).Set(0)
+		s.log.Info("BGP peer removed or changed: its session closes", zap.Stringer("peer", p.Address))
+	}
+	for _, p := range s.cfg.Peers {
+		if same(p, old.Peers) {
+			continue
+		}
+		if err := s.bgp.AddPeer(ctx, &api.AddPeerRequest{Peer: peer(p, families)}); err != nil {
+			return fmt.Errorf("bgp: peer %s: %w", p.Address, err)
+		}
+		s.log.Info("BGP peer added", zap.Stringer("peer", p.Address))
+	}
+	return nil
 }
 
 // announces reports whether cfg announces r's prefix from r's zone with
@@ -331,8 +370,8 @@ func announces(cfg *config.BGP, r *route) bool {
 	return false
 }
 
-func sameSessions(a, b *config.BGP) bool {
-	return a.LocalAS == b.LocalAS && a.RouterID == b.RouterID && a.ListenPort == b.ListenPort && slices.Equal(a.Peers, b.Peers)
+func sameSpeaker(a, b *config.BGP) bool {
+	return a.LocalAS == b.LocalAS && a.RouterID == b.RouterID && a.ListenPort == b.ListenPort
 }
 
 // Status reports the sessions and the routes.

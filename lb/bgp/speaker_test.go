@@ -26,9 +26,12 @@ type router struct {
 	port uint16
 }
 
-func newRouter(t *testing.T) *router {
+func newRouter(t *testing.T) *router { return newRouterOn(t, "127.0.0.1") }
+
+// newRouterOn is a router on addr (127.0.0.0/8).
+func newRouterOn(t *testing.T, addr string) *router {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", addr+":0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,7 +41,7 @@ func newRouter(t *testing.T) *router {
 	go b.Serve()
 	ctx := context.Background()
 	if err := b.StartBgp(ctx, &api.StartBgpRequest{Global: &api.Global{
-		Asn: 64513, RouterId: "127.0.0.1", ListenPort: int32(port), ListenAddresses: []string{"127.0.0.1"},
+		Asn: 64513, RouterId: addr, ListenPort: int32(port), ListenAddresses: []string{addr},
 	}}); err != nil {
 		t.Fatal(err)
 	}
@@ -203,5 +206,59 @@ func TestSpeakerUpdateKeepsSession(t *testing.T) {
 	})
 	if st := s.Status(); st.Peers[0].State != "established" || !st.Peers[0].Since.Equal(since) {
 		t.Errorf("the session restarted on a change of prefixes: %+v (up since %v before)", st.Peers[0], since)
+	}
+}
+
+// A reload that changes one peer restarts that peer's session alone; one
+// that drops a peer closes its session, and that router forgets the
+// routes; the other session stays up throughout.
+func TestSpeakerUpdatePeers(t *testing.T) {
+	r1, r2 := newRouterOn(t, "127.0.0.1"), newRouterOn(t, "127.0.0.3")
+	z := &zones{healthy: map[string]bool{"a": true}}
+	m := metrics.New(prometheus.NewRegistry())
+	cfg := speakerConfig(r1.port, zoneA)
+	second := cfg.Peers[0]
+	second.Address, second.Port = netip.MustParseAddr("127.0.0.3"), r2.port
+	cfg.Peers = append(cfg.Peers, second)
+	s := New(cfg, Options{Logger: zaptest.NewLogger(t), Metrics: m, Healthy: z.get, Every: 20 * time.Millisecond})
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Stop)
+	heardBy := func(r *router) func() bool { return func() bool { _, ok := r.routes(t)["198.18.10.1/32"]; return ok } }
+	waitFor(t, "the route at router 1", heardBy(r1))
+	waitFor(t, "the route at router 2", heardBy(r2))
+	// Uptimes have a resolution of a second: let one pass, so a session
+	// that restarts shows a later one.
+	time.Sleep(1100 * time.Millisecond)
+	before := s.Status().Peers
+
+	changed := *cfg
+	changed.Peers = slices.Clone(cfg.Peers)
+	changed.Peers[1].HoldTime = 6 * time.Second
+	if err := s.Update(&changed); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "peer 2's session back, restarted", func() bool {
+		st := s.Status()
+		return len(st.Peers) == 2 && st.Peers[1].State == "established" && st.Peers[1].Since.After(before[1].Since)
+	})
+	waitFor(t, "the route at router 2 again", heardBy(r2))
+	if st := s.Status(); !st.Peers[0].Since.Equal(before[0].Since) || st.Peers[0].State != "established" {
+		t.Errorf("peer 1's session restarted on a change of peer 2: %+v, up since %v before", st.Peers[0], before[0].Since)
+	}
+
+	dropped := *cfg
+	dropped.Peers = cfg.Peers[:1]
+	if err := s.Update(&dropped); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "router 2 forgets the route", func() bool { return !heardBy(r2)() })
+	st := s.Status()
+	if len(st.Peers) != 1 || st.Peers[0].Address != "127.0.0.1" || !st.Peers[0].Since.Equal(before[0].Since) || !heardBy(r1)() {
+		t.Errorf("after peer 2 was dropped: %+v; want peer 1 alone, its session never restarted, its route kept", st.Peers)
+	}
+	if up := testutil.ToFloat64(m.Gauge(metrics.BGPSessionUp, "127.0.0.3")); up != 0 {
+		t.Errorf("l4lb_bgp_session_up for the dropped peer: %v, want 0", up)
 	}
 }
