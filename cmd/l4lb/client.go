@@ -270,7 +270,7 @@ func newRoute() *cobra.Command {
 (--src 198.18.0.2:20000-29999) it shows the target of each flow, one per line.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ip, lo, hi, err := parseSourceRange(src)
+			ip, lo, hi, isRange, err := parseSourceRange(src)
 			if err != nil {
 				return usageError{fmt.Errorf("--src: %w", err)}
 			}
@@ -285,7 +285,7 @@ func newRoute() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if lo != hi {
+			if isRange {
 				return printRoutes(cmd.OutOrStdout(), c.output, routes)
 			}
 			rt := routes[0]
@@ -348,26 +348,27 @@ func (c *adminClient) routes(q url.Values, ip netip.Addr, lo, hi int) ([]api.Rou
 	return routes, nil
 }
 
-// parseSourceRange reads IP:PORT or IP:PORT-PORT.
-func parseSourceRange(s string) (ip netip.Addr, lo, hi int, err error) {
+// parseSourceRange reads IP:PORT, or IP:PORT-PORT (isRange, even when the
+// two ports are the same: a range prints as a list).
+func parseSourceRange(s string) (ip netip.Addr, lo, hi int, isRange bool, err error) {
 	host, ports, err := net.SplitHostPort(s)
 	if err != nil {
-		return ip, 0, 0, fmt.Errorf("want IP:PORT or IP:PORT-PORT, got %q", s)
+		return ip, 0, 0, false, fmt.Errorf("want IP:PORT or IP:PORT-PORT, got %q", s)
 	}
 	if ip, err = netip.ParseAddr(host); err != nil {
-		return ip, 0, 0, fmt.Errorf("%q is not an IP address", host)
+		return ip, 0, 0, false, fmt.Errorf("%q is not an IP address", host)
 	}
 	first, last, isRange := strings.Cut(ports, "-")
 	if lo, err = strconv.Atoi(first); err != nil || lo < 0 || lo > 65535 {
-		return ip, 0, 0, fmt.Errorf("%q is not a port", first)
+		return ip, 0, 0, false, fmt.Errorf("%q is not a port", first)
 	}
 	hi = lo
 	if isRange {
 		if hi, err = strconv.Atoi(last); err != nil || hi < lo || hi > 65535 {
-			return ip, 0, 0, fmt.Errorf("%q is not a port from %d to 65535", last, lo)
+			return ip, 0, 0, false, fmt.Errorf("%q is not a port from %d to 65535", last, lo)
 		}
 	}
-	return ip, lo, hi, nil
+	return ip, lo, hi, isRange, nil
 }
 
 // printRoutes shows the routes of a range of flows, one per line.

@@ -275,9 +275,9 @@ func (l *ecmpLab) startTarget(ns, ip string) {
 func (l *ecmpLab) targetLog(ip string) string { return filepath.Join(l.dir, "target-"+ip+".log") }
 
 // targetsSaw reads the targets' logs: for each of the client's ports whose
-// datagrams reached a target by direct server return, the targets that
-// saw it (one, unless the flow moved).
-func (l *ecmpLab) targetsSaw() map[int][]string {
+// datagrams (proto "udp") or connection ("tcp") reached a target by direct
+// server return, the targets that saw it (one, unless the flow moved).
+func (l *ecmpLab) targetsSaw(proto string) map[int][]string {
 	saw := map[int][]string{}
 	for _, a := range ecmpTargets {
 		b, err := os.ReadFile(l.targetLog(a))
@@ -285,7 +285,11 @@ func (l *ecmpLab) targetsSaw() map[int][]string {
 			l.t.Fatal(err)
 		}
 		for _, line := range strings.Split(string(b), "\n") {
-			from, err := netip.ParseAddrPort(line)
+			addr, ok := strings.CutPrefix(line, proto+" ")
+			from, err := netip.ParseAddrPort(addr)
+			if !ok {
+				continue
+			}
 			if err != nil || from.Addr().String() != ecmpClient {
 				continue
 			}
@@ -514,10 +518,11 @@ func TestECMPOverBGP(t *testing.T) {
 	l.helper(l.client, "healthy", "ECMP_ADMIN="+l.adminURLs())
 	start := time.Now()
 	l.agree("TCP, web", l.routes(bin, "web", "tcp", 20000, 10000))
+	l.agree("TCP kernel path, bulk", l.routes(bin, "bulk", "tcp", 20000, 10000))
 	named := l.agree("UDP kernel path, quic", l.routes(bin, "quic", "udp", 40000, 10000))
-	t.Logf("l4lb route on 3 nodes: the same targets for 10000 TCP and 10000 UDP flows (%v)", time.Since(start).Round(time.Millisecond))
+	t.Logf("l4lb route on 3 nodes: the same targets for 10000 flows each on the TCP socket path, the TCP kernel path and the UDP kernel path (%v)", time.Since(start).Round(time.Millisecond))
 	replied := ecmpTargetsOf(t, l.helper(l.client, "udp", "ECMP_FLOWS=10000", "ECMP_SRC=40000", "ECMP_PORT=5300"))
-	saw := l.targetsSaw()
+	saw := l.targetsSaw("udp")
 	wrong := 0
 	for p := 40000; p < 50000; p++ {
 		if replied[p] != named[p] || len(saw[p]) != 1 || saw[p][0] != named[p] {
@@ -615,7 +620,7 @@ func TestECMPOverBGP(t *testing.T) {
 	t.Logf("DSR transfers across node 1's death: %+v", moved)
 	udpAfter := ecmpTargetsOf(t, l.helper(l.client, "udp", "ECMP_FLOWS=1000", "ECMP_SRC=50000", "ECMP_PORT=53"))
 	kernelAfter := ecmpTargetsOf(t, l.helper(l.client, "udp", "ECMP_FLOWS=1000", "ECMP_SRC=51000", "ECMP_PORT=5300"))
-	saw = l.targetsSaw()
+	saw = l.targetsSaw("udp")
 	movedUDP, movedKernel := 0, 0
 	for p := range 1000 {
 		if udpBefore[50000+p] != udpAfter[50000+p] {
@@ -638,6 +643,19 @@ func TestECMPOverBGP(t *testing.T) {
 	l.startNode(bin, 1)
 	took = l.waitHops(3, 30*time.Second)
 	t.Logf("node 1 restarted: back in the FIB after %v", took.Round(time.Millisecond))
+	// Each DSR transfer, moved or not, was served by one target, the one
+	// every node names for it.
+	tcpSaw := l.targetsSaw("tcp")
+	if len(tcpSaw) != 20 {
+		t.Errorf("the targets' logs show %d DSR connections from the client, want 20", len(tcpSaw))
+	}
+	for port, tgts := range tcpSaw {
+		named := l.agree("TCP kernel path, bulk", l.routes(bin, "bulk", "tcp", port, 1))
+		if len(tgts) != 1 || tgts[0] != named[port] {
+			t.Errorf("DSR connection from port %d: the targets' logs show %v, the nodes name %s", port, tgts, named[port])
+		}
+	}
+	t.Logf("the targets' logs: each of the %d DSR connections reached one target, the one l4lb route names on every node", len(tcpSaw))
 	go func() { load <- l.helper(l.client, "load", "ECMP_SECONDS=8") }()
 	time.Sleep(time.Second)
 	l.in(l.nodes[2], "ip", "link", "set", "n0", "down")
@@ -755,19 +773,20 @@ func ecmpServeTargets(t *testing.T) {
 		c.Write([]byte(a + "\n"))
 		c.Close()
 	})
+	logf, err := os.OpenFile(os.Getenv("ECMP_LOG"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
 	serve(":9000", func(c net.Conn) {
 		defer c.Close()
+		fmt.Fprintln(logf, "tcp", c.RemoteAddr())
 		h := sha256.New()
 		if _, err := io.Copy(h, c); err != nil {
 			return
 		}
 		fmt.Fprintf(c, "%s %x\n", a, h.Sum(nil))
 	})
-	logf, err := os.OpenFile(os.Getenv("ECMP_LOG"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
 	answer := func(addr string, log bool) {
 		pc, err := net.ListenPacket("udp", addr)
 		if err != nil {
@@ -781,7 +800,7 @@ func ecmpServeTargets(t *testing.T) {
 					return
 				}
 				if log {
-					fmt.Fprintln(logf, from)
+					fmt.Fprintln(logf, "udp", from)
 				}
 				pc.WriteTo([]byte(a), from)
 			}
