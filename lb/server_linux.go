@@ -126,6 +126,14 @@ func (s *Server) Start() error {
 // orchestrator in front stops sending work before the listeners close).
 func (s *Server) Ready() bool { return s.started.Load() && !s.closing.Load() }
 
+// ReleaseKernel detaches the kernel paths' programs once a binary upgrade
+// has handed their flow maps to the new process, which serves them with
+// its own; this process drains its sockets' flows only.
+func (s *Server) ReleaseKernel() {
+	s.tcp.ReleaseKernel()
+	s.udp.ReleaseKernel()
+}
+
 // Shutdown stops accepting, waits for open flows to end until ctx is done,
 // then closes the rest. It returns ctx's error if flows had to be cut.
 func (s *Server) Shutdown(ctx context.Context) error {

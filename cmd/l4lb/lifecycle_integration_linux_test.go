@@ -824,7 +824,13 @@ target_groups:
 
 	d.write(yaml(a, b, c))
 	u := d.upgrade()
-	waitGone(t, u.OldPID, 30*time.Second) // its programs are detached, its maps closed
+	// The old process detaches its programs at once, not when its drain
+	// ends: until then they would serve new flows first, with tables it no
+	// longer keeps.
+	if log, _ := os.ReadFile(d.log); !strings.Contains(string(log), "UDP kernel path handed to the new process") {
+		t.Errorf("the old process kept its programs attached after the upgrade")
+	}
+	waitGone(t, u.OldPID, 30*time.Second) // its maps closed
 	if log, _ := os.ReadFile(d.log); !strings.Contains(string(log), "UDP fast path: kept the previous process's flows") {
 		t.Fatal("the new process did not take the flow maps over")
 	}
@@ -1100,7 +1106,13 @@ target_groups:
 	}
 	d.write(yaml(a, b, c))
 	u := d.upgrade()
-	waitGone(t, u.OldPID, 30*time.Second) // its programs are detached, its maps closed
+	// The old process detaches its programs at once, not when its drain
+	// ends: until then they would serve new flows first, with tables it no
+	// longer keeps.
+	if log, _ := os.ReadFile(d.log); !strings.Contains(string(log), "TCP kernel path handed to the new process") {
+		t.Errorf("the old process kept its programs attached after the upgrade")
+	}
+	waitGone(t, u.OldPID, 30*time.Second) // its maps closed
 	if log, _ := os.ReadFile(d.log); !strings.Contains(string(log), "TCP fast path: kept the previous process's flows") {
 		t.Fatal("the new process did not take the flow maps over")
 	}

@@ -131,6 +131,7 @@ func (h *handoff) run(srv *lb.Server, adm *adminServer) (api.Upgrade, error) {
 		return api.Upgrade{}, err
 	}
 	h.log.Info("the new process serves; this one drains", zap.Int("new_pid", pid))
+	srv.ReleaseKernel()
 	if err := upgrade.Notify(fmt.Sprintf("MAINPID=%d", pid)); err != nil {
 		h.log.Warn("sd_notify", zap.Error(err))
 	}

@@ -240,6 +240,17 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return err
 }
 
+// ReleaseKernel detaches this process's kernel programs after a binary
+// upgrade: the new process runs its own on the same flow maps, and two
+// programs in a row would have this one, with tables no longer kept,
+// serve new flows. Its flows stay pinned in the maps the new process took.
+func (s *Server) ReleaseKernel() {
+	if k := s.kernel.Swap(nil); k != nil {
+		k.Close()
+		s.log.Info("TCP kernel path handed to the new process")
+	}
+}
+
 // SnapshotChanged has the kernel path write its tables again; new
 // connections in user space read the snapshot as they come
 // (registry.Subscriber).

@@ -148,6 +148,17 @@ func (s *Server) Shutdown(ctx context.Context) {
 	s.Close()
 }
 
+// ReleaseKernel detaches this process's kernel programs after a binary
+// upgrade: the new process runs its own on the same flow maps, and two
+// programs in a row would have this one, with tables no longer kept,
+// serve new flows. Its flows stay pinned in the maps the new process took.
+func (s *Server) ReleaseKernel() {
+	if k := s.kernel.Swap(nil); k != nil {
+		k.Close()
+		s.log.Info("UDP kernel path handed to the new process")
+	}
+}
+
 // Close stops the kernel path and the listeners; their flows end.
 func (s *Server) Close() {
 	s.closing.Store(true)
