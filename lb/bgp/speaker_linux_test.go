@@ -20,7 +20,8 @@ import (
 )
 
 // A router for the speaker to talk to: another GoBGP, on loopback, that
-// accepts a session from 127.0.0.2 and keeps what it hears.
+// accepts a session from 127.0.0.2 and keeps what it hears. (Linux only:
+// there every address of 127.0.0.0/8 is the host's own.)
 type router struct {
 	b    *server.BgpServer
 	port uint16
