@@ -564,9 +564,8 @@ static __always_inline int encap(struct __sk_buff *skb, const struct pkt *p, con
 	return v6 ? encap6_flow(skb, p, daddr, s) : encap4(skb, daddr[0], s, flow_hash(p, false));
 }
 
-/* dsr_service is the service of the packet's destination if it forwards by
- * direct server return, or NULL. */
-static __always_inline const struct svc_val *dsr_service(const struct pkt *p, bool v6)
+/* service is the service of the packet's destination, or NULL. */
+static __always_inline struct svc_val *service(const struct pkt *p, bool v6)
 {
 	struct svc_key6 sk = {};
 	copy_addr(sk.addr, p->daddr, v6);
@@ -574,7 +573,14 @@ static __always_inline const struct svc_val *dsr_service(const struct pkt *p, bo
 		sk.port = p->dport;
 	else
 		((struct svc_key4 *)&sk)->port = p->dport;
-	struct svc_val *s = bpf_map_lookup_elem(MAP(l4lb_svcs, v6), &sk);
+	return bpf_map_lookup_elem(MAP(l4lb_svcs, v6), &sk);
+}
+
+/* dsr_service is the service of the packet's destination if it forwards by
+ * direct server return, or NULL. */
+static __always_inline const struct svc_val *dsr_service(const struct pkt *p, bool v6)
+{
+	struct svc_val *s = service(p, v6);
 	return s && (s->flags & SVC_DSR) ? s : NULL;
 }
 
@@ -605,13 +611,7 @@ static __always_inline bool acl_refuses(const struct pkt *p, __u32 id, __u32 fla
  * the established one. */
 static __always_inline int new_flow(struct __sk_buff *skb, const struct pkt *p, union flow_key *key, bool midflow, bool v6)
 {
-	struct svc_key6 sk = {};
-	copy_addr(sk.addr, p->daddr, v6);
-	if (v6)
-		sk.port = p->dport;
-	else
-		((struct svc_key4 *)&sk)->port = p->dport;
-	struct svc_val *s = bpf_map_lookup_elem(MAP(l4lb_svcs, v6), &sk);
+	struct svc_val *s = service(p, v6);
 	if (!s)
 		return TCX_NEXT;
 	__u32 id = s->id, flags = s->flags, base = s->base;
