@@ -120,6 +120,25 @@ func (s *Server) Flows(listenerName string, limit int) ([]api.Flow, error) {
 	return s.tcp.Flows(listenerName, limit), nil
 }
 
+// ZoneUnsettled names a target of the groups that zone's listeners route to
+// whose first health checks have not finished, or is "" when there is none.
+// Until they have, this process's tables may differ from those of other
+// l4lb nodes whose checks have.
+func (s *Server) ZoneUnsettled(zone string) string {
+	for _, plane := range []map[string][]*listen.Route{s.tcp.ZoneRoutes(zone), s.udp.ZoneRoutes(zone)} {
+		for _, routes := range plane {
+			for _, r := range routes {
+				for _, g := range r.Groups {
+					if t := g.Unsettled(); t != "" {
+						return "target " + t + " of target group " + g.Name()
+					}
+				}
+			}
+		}
+	}
+	return ""
+}
+
 // ZoneHealth reports whether every listener bound in zone can reach a healthy
 // target there, counting against the dns_failover minimum when one is set.
 func (s *Server) ZoneHealth(zone string) (api.ZoneHealth, error) {

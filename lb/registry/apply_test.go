@@ -191,3 +191,19 @@ func TestApplyRefusesForwardingChange(t *testing.T) {
 		t.Fatalf("a GUE port change on reload: %v, want refused", err)
 	}
 }
+
+// Unsettled names a target still on its first checks, until none is.
+func TestUnsettled(t *testing.T) {
+	r, _, _ := testRegistry(t, nil)
+	g := r.Group("web")
+	if g.Unsettled() == "" {
+		t.Fatal("a new group's targets are initial: want one named")
+	}
+	for _, a := range []netip.AddrPort{ta, tb} {
+		r.SetHealth("web", a, true, "", "")
+	}
+	r.SetHealth("web", tc, false, api.ReasonFailedHealthChecks, "refused")
+	if got := g.Unsettled(); got != "" {
+		t.Fatalf("every target checked (healthy or not): Unsettled says %q", got)
+	}
+}

@@ -238,6 +238,19 @@ func (g *Group) checkSpec() config.HealthCheck {
 	return spec
 }
 
+// Unsettled names a target of the group whose first health checks have not
+// finished (state initial), or is "" when there is none.
+func (g *Group) Unsettled() string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, t := range g.targets {
+		if t.state == Initial {
+			return t.Name
+		}
+	}
+	return ""
+}
+
 // ZoneProblem says why the group cannot serve zone, or "" if it can,
 // counting against the dns_failover minimum when one is set.
 func (g *Group) ZoneProblem(zone string) string {
