@@ -186,3 +186,40 @@ func sockaddr(ap netip.AddrPort) (unix.RawSockaddrInet6, uint32) {
 	sa.Addr = ap.Addr().As16()
 	return sa, unix.SizeofSockaddrInet6
 }
+
+// sliceBatch is b from slot i on, sharing its memory.
+func sliceBatch(b *batch, i int) *batch {
+	if i == 0 {
+		return b
+	}
+	return &batch{hdrs: b.hdrs[i:]}
+}
+
+// newSendBatch is a batch of iovec-only slots for a connected socket: the
+// iovecs point into a receive batch's buffers, so nothing is copied. Each
+// slot has two iovecs: a PROXY header, when the flow sends one, and the
+// datagram.
+func newSendBatch(n int) *batch {
+	b := &batch{hdrs: make([]mmsghdr, n), iovs: make([]unix.Iovec, 2*n)}
+	for i := range n {
+		b.hdrs[i].hdr.Iov = &b.iovs[2*i]
+	}
+	return b
+}
+
+// setPayload points slot k at header (may be empty) and payload.
+func (b *batch) setPayload(k int, header, payload []byte) {
+	iov := b.iovs[2*k : 2*k+2]
+	n := 0
+	if len(header) > 0 {
+		iov[0] = unix.Iovec{Base: &header[0]}
+		iov[0].SetLen(len(header))
+		n++
+	}
+	if len(payload) > 0 {
+		iov[n] = unix.Iovec{Base: &payload[0]}
+		iov[n].SetLen(len(payload))
+		n++
+	}
+	b.hdrs[k].hdr.SetIovlen(n)
+}
