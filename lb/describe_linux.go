@@ -8,6 +8,7 @@ import (
 
 	"github.com/l4lb/l4lb/lb/balance"
 	"github.com/l4lb/l4lb/lb/listen"
+	"github.com/l4lb/l4lb/lb/registry"
 	"github.com/l4lb/l4lb/pkg/api"
 	"github.com/l4lb/l4lb/pkg/config"
 	"github.com/l4lb/l4lb/pkg/flowhash"
@@ -125,18 +126,27 @@ func (s *Server) Flows(listenerName string, limit int) ([]api.Flow, error) {
 // Until they have, this process's tables may differ from those of other
 // l4lb nodes whose checks have.
 func (s *Server) ZoneUnsettled(zone string) string {
+	why := ""
+	s.zoneGroups(zone, func(_ string, g *registry.Group) {
+		if t := g.Unsettled(); t != "" && why == "" {
+			why = "target " + t + " of target group " + g.Name()
+		}
+	})
+	return why
+}
+
+// zoneGroups calls fn with each listener bound in zone (by name) and each
+// target group it routes to, TCP and UDP alike.
+func (s *Server) zoneGroups(zone string, fn func(listener string, g *registry.Group)) {
 	for _, plane := range []map[string][]*listen.Route{s.tcp.ZoneRoutes(zone), s.udp.ZoneRoutes(zone)} {
-		for _, routes := range plane {
+		for name, routes := range plane {
 			for _, r := range routes {
 				for _, g := range r.Groups {
-					if t := g.Unsettled(); t != "" {
-						return "target " + t + " of target group " + g.Name()
-					}
+					fn(name, g)
 				}
 			}
 		}
 	}
-	return ""
 }
 
 // ZoneHealth reports whether every listener bound in zone can reach a healthy
@@ -146,24 +156,14 @@ func (s *Server) ZoneHealth(zone string) (api.ZoneHealth, error) {
 		return api.ZoneHealth{}, fmt.Errorf("%w: no zone %q", api.ErrNotFound, zone)
 	}
 	out := api.ZoneHealth{Zone: zone, Healthy: true, Listeners: map[string]string{}}
-	for _, plane := range []map[string][]*listen.Route{s.tcp.ZoneRoutes(zone), s.udp.ZoneRoutes(zone)} {
-		for name, routes := range plane {
-			status := out.Listeners[name] // a TCP_UDP listener is checked on both
-			if status == "" {
-				status = "ok"
-			}
-			for _, r := range routes {
-				for _, g := range r.Groups {
-					if why := g.ZoneProblem(zone); why != "" {
-						status = why
-					}
-				}
-			}
-			if status != "ok" {
-				out.Healthy = false
-			}
-			out.Listeners[name] = status
+	s.zoneGroups(zone, func(name string, g *registry.Group) {
+		if out.Listeners[name] == "" { // a TCP_UDP listener is checked on both
+			out.Listeners[name] = "ok"
 		}
-	}
+		if why := g.ZoneProblem(zone); why != "" {
+			out.Listeners[name] = why
+			out.Healthy = false
+		}
+	})
 	return out, nil
 }

@@ -24,33 +24,16 @@ type bgpNode struct {
 	opts bgp.Options
 }
 
-// newBGPNode announces a zone while it is healthy, and, the first time,
-// only once its targets' first health checks have all finished: a node
-// that has just started would otherwise announce with tables of fewer
-// targets than its peers', and send flows that move to it (a node died,
-// the ECMP set changed) to other targets than theirs. Targets added later
-// do not withdraw a zone that has settled once.
+// newBGPNode announces a zone while it is healthy, the first time once its
+// targets' first health checks are over (bgp.Options.Settling).
 func newBGPNode(srv *lb.Server, log *zap.Logger, m *metrics.Metrics) *bgpNode {
-	var mu sync.Mutex
-	settled := map[string]bool{}
 	return &bgpNode{opts: bgp.Options{Logger: log, Metrics: m, Healthy: func(zone string) (bool, string) {
 		zh, err := srv.ZoneHealth(zone)
 		if err != nil {
 			return false, err.Error()
 		}
-		if !zh.Healthy {
-			return false, zoneProblem(zh)
-		}
-		mu.Lock()
-		defer mu.Unlock()
-		if !settled[zone] {
-			if t := srv.ZoneUnsettled(zone); t != "" {
-				return false, "health checks settling: " + t + " has not finished its first checks"
-			}
-			settled[zone] = true
-		}
-		return true, ""
-	}}}
+		return zh.Healthy, zoneProblem(zh)
+	}, Settling: srv.ZoneUnsettled}}
 }
 
 // zoneProblem names the first listener that keeps a zone unhealthy.

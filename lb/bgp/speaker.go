@@ -35,6 +35,14 @@ type Options struct {
 	// Healthy says whether a zone can serve, and if not, why (the zone
 	// health endpoint's answer).
 	Healthy func(zone string) (bool, string)
+	// Settling names what keeps this node's tables for a zone from
+	// matching its peers' (a target still on its first health checks), or
+	// is "". A zone is announced the first time only once it is "": a node
+	// just started would otherwise carry flows moved to it (a node died,
+	// the ECMP set changed) to other targets than its peers would. Once
+	// settled, a zone stays so (targets added later do not withdraw it).
+	// Nil: always settled.
+	Settling func(zone string) string
 	// Every is how often zone health is read; 500 ms when zero.
 	Every time.Duration
 }
@@ -48,6 +56,7 @@ type Speaker struct {
 	cfg     *config.BGP
 	bgp     *server.BgpServer // nil while stopped
 	routes  []*route
+	settled map[string]bool   // zones Settling has let go once
 	peers   map[string]string // address -> last session state seen, for logs and metrics
 	leaving bool
 	stop    chan struct{}
@@ -71,7 +80,7 @@ func New(cfg *config.BGP, opts Options) *Speaker {
 	if opts.Logger == nil {
 		opts.Logger = zap.NewNop()
 	}
-	s := &Speaker{opts: opts, log: opts.Logger.Named("bgp")}
+	s := &Speaker{opts: opts, log: opts.Logger.Named("bgp"), settled: map[string]bool{}}
 	s.setConfig(cfg)
 	return s
 }
@@ -164,6 +173,12 @@ func (s *Speaker) sync() {
 				why = "leaving: withdrawn before the drain"
 			case !ok:
 				why = "zone unhealthy: " + reason
+			case !s.settled[r.zone] && s.opts.Settling != nil:
+				if t := s.opts.Settling(r.zone); t != "" {
+					why = "health checks settling: " + t + " has not finished its first checks"
+					break
+				}
+				s.settled[r.zone] = true
 			}
 			health[r.zone] = why
 		}

@@ -93,6 +93,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 type zones struct {
 	mu      sync.Mutex
 	healthy map[string]bool
+	asked   int // how often the speaker read zone health
 }
 
 func (z *zones) set(zone string, ok bool) {
@@ -104,7 +105,15 @@ func (z *zones) set(zone string, ok bool) {
 func (z *zones) get(zone string) (bool, string) {
 	z.mu.Lock()
 	defer z.mu.Unlock()
+	z.asked++
 	return z.healthy[zone], "no healthy target"
+}
+
+// rounds is how often the speaker has read zone health.
+func (z *zones) rounds() int {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	return z.asked
 }
 
 func speakerConfig(port uint16, announce ...config.BGPZone) *config.BGP {
@@ -261,5 +270,39 @@ func TestSpeakerUpdatePeers(t *testing.T) {
 	}
 	if up := testutil.ToFloat64(m.Gauge(metrics.BGPSessionUp, "127.0.0.3")); up != 0 {
 		t.Errorf("l4lb_bgp_session_up for the dropped peer: %v, want 0", up)
+	}
+}
+
+// A zone is announced the first time only once Settling says its tables
+// are settled; after that, Settling no longer withdraws it.
+func TestSpeakerWaitsForSettling(t *testing.T) {
+	r := newRouter(t)
+	z := &zones{healthy: map[string]bool{"a": true}}
+	var mu sync.Mutex
+	settling := "target 198.18.1.11:80 of target group web"
+	s := New(speakerConfig(r.port, zoneA), Options{Logger: zaptest.NewLogger(t), Metrics: metrics.New(prometheus.NewRegistry()), Healthy: z.get,
+		Settling: func(string) string { mu.Lock(); defer mu.Unlock(); return settling }, Every: 20 * time.Millisecond})
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Stop)
+	waitFor(t, "the session up", func() bool { st := s.Status(); return len(st.Peers) == 1 && st.Peers[0].State == "established" })
+	waitFor(t, "the route held back, saying why", func() bool {
+		return s.Status().Routes[0].Why == "health checks settling: target 198.18.1.11:80 of target group web has not finished its first checks"
+	})
+	if got := r.routes(t); len(got) != 0 {
+		t.Fatalf("announced while settling: %v", got)
+	}
+	mu.Lock()
+	settling = ""
+	mu.Unlock()
+	waitFor(t, "the route once settled", func() bool { _, ok := r.routes(t)["198.18.10.1/32"]; return ok })
+	mu.Lock()
+	settling = "a target added later"
+	mu.Unlock()
+	from := z.rounds()
+	waitFor(t, "three more rounds of the speaker's loop", func() bool { return z.rounds() >= from+3 })
+	if st := s.Status(); !st.Routes[0].Announced {
+		t.Fatalf("a settled zone was withdrawn for a new target: %+v", st.Routes[0])
 	}
 }
