@@ -180,40 +180,13 @@ func TestDSRIPv6Helper(t *testing.T) {
 
 func dsr6Serve(t *testing.T) {
 	vip := net.JoinHostPort(dsr6VIP, "7000")
-	ln, err := net.Listen("tcp", vip)
-	if err != nil {
-		t.Fatal(err)
+	peer := func(c net.Conn) {
+		fmt.Fprintf(c, "tcp %s\n", c.RemoteAddr())
+		c.Close()
 	}
-	hc, err := net.Listen("tcp", net.JoinHostPort(dsr6Target, "8080"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pc, err := net.ListenPacket("udp", vip)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range []net.Listener{ln, hc} {
-		go func() {
-			for {
-				c, err := l.Accept()
-				if err != nil {
-					return
-				}
-				fmt.Fprintf(c, "tcp %s\n", c.RemoteAddr())
-				c.Close()
-			}
-		}()
-	}
-	go func() {
-		buf := make([]byte, 1500)
-		for {
-			_, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			pc.WriteTo([]byte("udp "+from.String()+"\n"), from)
-		}
-	}()
+	serveTCP(t, vip, peer)
+	serveTCP(t, net.JoinHostPort(dsr6Target, "8080"), peer)
+	serveUDP(t, vip, func(from net.Addr) []byte { return []byte("udp " + from.String() + "\n") })
 	fmt.Println("ready")
 	io.Copy(io.Discard, os.Stdin)
 }

@@ -804,22 +804,7 @@ func TestECMPHelper(t *testing.T) {
 // until stdin closes.
 func ecmpServeTargets(t *testing.T) {
 	a := os.Getenv("ECMP_TARGET")
-	serve := func(addr string, handle func(net.Conn)) {
-		ln, err := net.Listen("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				go handle(c)
-			}
-		}()
-	}
-	serve(a+":8080", func(c net.Conn) {
+	serveTCP(t, a+":8080", func(c net.Conn) {
 		c.Write([]byte(a + "\n"))
 		c.Close()
 	})
@@ -828,7 +813,7 @@ func ecmpServeTargets(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer logf.Close()
-	serve(":9000", func(c net.Conn) {
+	serveTCP(t, ":9000", func(c net.Conn) {
 		defer c.Close()
 		fmt.Fprintln(logf, "tcp", c.RemoteAddr())
 		h := sha256.New()
@@ -837,31 +822,52 @@ func ecmpServeTargets(t *testing.T) {
 		}
 		fmt.Fprintf(c, "%s %x\n", a, h.Sum(nil))
 	})
-	answer := func(addr string, log bool) {
-		pc, err := net.ListenPacket("udp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		go func() {
-			buf := make([]byte, 1500)
-			for {
-				_, from, err := pc.ReadFrom(buf)
-				if err != nil {
-					return
-				}
-				if log {
-					fmt.Fprintln(logf, "udp", from)
-				}
-				pc.WriteTo([]byte(a), from)
-			}
-		}()
-	}
-	answer(a+":8080", false)
+	serveUDP(t, a+":8080", func(net.Addr) []byte { return []byte(a) })
 	// Direct server return: the datagram comes to the VIP, and the answer
 	// goes from it straight to the client, whose address the log keeps.
-	answer(ecmpVIP+":5300", true)
+	serveUDP(t, ecmpVIP+":5300", func(from net.Addr) []byte {
+		fmt.Fprintln(logf, "udp", from)
+		return []byte(a)
+	})
 	fmt.Println("ready")
 	io.Copy(io.Discard, os.Stdin)
+}
+
+// serveTCP accepts connections on addr and hands each to handle, in a
+// goroutine of its own, until the process ends.
+func serveTCP(t *testing.T, addr string, handle func(net.Conn)) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go handle(c)
+		}
+	}()
+}
+
+// serveUDP answers each datagram to addr with what answer gives for its
+// sender, until the process ends.
+func serveUDP(t *testing.T, addr string, answer func(from net.Addr) []byte) {
+	pc, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			_, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(answer(from), from)
+		}
+	}()
 }
 
 // ecmpRoute asks a node's admin API which target a TCP flow from the
