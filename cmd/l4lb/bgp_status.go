@@ -39,7 +39,7 @@ func newBGPStatus() *cobra.Command {
 			}
 			fmt.Fprintf(w, "local AS %d, router ID %s%s\n\n", st.LocalAS, st.RouterID, leaving)
 			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "PEER\tAS\tSTATE\tSINCE\tHOLD TIME")
+			fmt.Fprintln(tw, "PEER\tAS\tSTATE\tSINCE\tHOLD TIME\tBFD")
 			for _, p := range st.Peers {
 				since, hold := "-", "-"
 				if !p.Since.IsZero() {
@@ -48,7 +48,7 @@ func newBGPStatus() *cobra.Command {
 				if p.HoldTime > 0 {
 					hold = fmt.Sprintf("%ds", p.HoldTime)
 				}
-				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\n", p.Address, p.AS, p.State, since, hold)
+				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\n", p.Address, p.AS, p.State, since, hold, bfdSummary(p.BFD))
 			}
 			tw.Flush()
 			fmt.Fprintln(w)
@@ -62,4 +62,20 @@ func newBGPStatus() *cobra.Command {
 	}
 	addClientFlags(cmd, &c)
 	return cmd
+}
+
+// bfdSummary is a BFD session in a few words: its state, the detection time
+// once the peer is heard, and why it last went down.
+func bfdSummary(b *api.BFDSession) string {
+	if b == nil {
+		return "-"
+	}
+	out := b.State
+	if b.DetectTimeMS > 0 {
+		out += fmt.Sprintf(", detect %gms", b.DetectTimeMS)
+	}
+	if b.State != "up" && b.Diagnostic != "" {
+		out += " (" + b.Diagnostic + ")"
+	}
+	return out
 }

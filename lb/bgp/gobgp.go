@@ -24,12 +24,17 @@ var (
 // would wait that long for its routes).
 const connectRetrySeconds = 5
 
+// idleAfterResetSeconds is how long a session reset (its BFD session
+// failed) waits before it connects again; GoBGP's default is 30 s.
+const idleAfterResetSeconds = 1
+
 func peer(p config.BGPPeer, families []*api.Family) *api.Peer {
 	hold := uint64(p.HoldTime.Seconds())
 	out := &api.Peer{
 		Conf: &api.PeerConf{NeighborAddress: p.Address.String(), PeerAsn: p.AS, AuthPassword: p.Password},
 		Timers: &api.Timers{Config: &api.TimersConfig{
 			HoldTime: hold, KeepaliveInterval: max(hold/3, 1), ConnectRetry: connectRetrySeconds,
+			IdleHoldTimeAfterReset: idleAfterResetSeconds,
 		}},
 		Transport: &api.Transport{RemotePort: uint32(p.Port)},
 	}

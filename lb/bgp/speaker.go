@@ -59,6 +59,7 @@ type Speaker struct {
 	settled map[string]bool   // zones Settling has let go once
 	peers   map[string]string // address -> last session state seen, for logs and metrics
 	leaving bool
+	bfd     *bfdPeers
 	stop    chan struct{}
 	done    chan struct{}
 }
@@ -81,6 +82,7 @@ func New(cfg *config.BGP, opts Options) *Speaker {
 		opts.Logger = zap.NewNop()
 	}
 	s := &Speaker{opts: opts, log: opts.Logger.Named("bgp"), settled: map[string]bool{}}
+	s.bfd = newBFDPeers(s.log, opts.Metrics, s.bfdLost)
 	s.setConfig(cfg)
 	return s
 }
@@ -124,6 +126,12 @@ func (s *Speaker) Start() error {
 			b.Stop()
 			return fmt.Errorf("bgp: peer %s: %w", p.Address, err)
 		}
+	}
+	if err := s.bfd.update(cfg.Peers); err != nil {
+		s.bfd.close()
+		b.StopBgp(ctx, &api.StopBgpRequest{})
+		b.Stop()
+		return err
 	}
 	s.bgp, s.peers, s.leaving = b, map[string]string{}, false
 	s.stop, s.done = make(chan struct{}), make(chan struct{})
@@ -284,6 +292,7 @@ func (s *Speaker) Stop() {
 	<-done
 	b.StopBgp(context.Background(), &api.StopBgpRequest{})
 	b.Stop()
+	s.bfd.close()
 	// Status reads the routes and peers under mu too.
 	s.mu.Lock()
 	for _, r := range s.routes {
@@ -371,7 +380,23 @@ func (s *Speaker) updatePeers(old *config.BGP, oldFamilies []*api.Family) error 
 		}
 		s.log.Info("BGP peer added", zap.Stringer("peer", p.Address))
 	}
-	return nil
+	return s.bfd.update(s.cfg.Peers)
+}
+
+// bfdLost resets the BGP session with a peer whose BFD session failed, as
+// the router does on its side: the session starts again once the path
+// works, rather than waiting out the hold time.
+func (s *Speaker) bfdLost(peer netip.Addr) {
+	s.mu.Lock()
+	b := s.bgp
+	s.mu.Unlock()
+	if b == nil {
+		return
+	}
+	s.log.Warn("BFD session with the peer failed: resetting the BGP session", zap.Stringer("peer", peer))
+	if err := b.ResetPeer(context.Background(), &api.ResetPeerRequest{Address: peer.String(), Communication: "BFD session down"}); err != nil {
+		s.log.Error("resetting the BGP session", zap.Stringer("peer", peer), zap.Error(err))
+	}
 }
 
 // announces reports whether cfg announces r's prefix from r's zone with
@@ -404,6 +429,9 @@ func (s *Speaker) Status() l4api.BGPStatus {
 			}
 			if ts != nil && ts.GetSeconds() > 0 {
 				bp.Since = ts.AsTime()
+			}
+			if addr, err := netip.ParseAddr(bp.Address); err == nil {
+				bp.BFD = s.bfd.status(addr)
 			}
 			out.Peers = append(out.Peers, bp)
 		})

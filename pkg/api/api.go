@@ -141,6 +141,21 @@ type BGPPeer struct {
 	State    string    `json:"state"`
 	Since    time.Time `json:"since,omitzero"` // established since, or down since
 	HoldTime int       `json:"hold_time_seconds,omitempty"`
+	// BFD is the BFD session beside this one, if the peer runs BFD.
+	BFD *BFDSession `json:"bfd,omitempty"`
+}
+
+// BFDSession is a BFD session (RFC 5880, single hop) with a BGP peer.
+type BFDSession struct {
+	// State and RemoteState: admin-down, down, init or up.
+	State       string    `json:"state"`
+	RemoteState string    `json:"remote_state"`
+	Diagnostic  string    `json:"diagnostic,omitempty"` // why it last changed state
+	Since       time.Time `json:"since"`
+	// TxIntervalMS is the agreed time between packets sent; DetectTimeMS
+	// how long the peer may stay silent before the session goes down.
+	TxIntervalMS float64 `json:"tx_interval_ms"`
+	DetectTimeMS float64 `json:"detect_time_ms"`
 }
 
 // BGPRoute is one prefix a zone announces, and whether it is announced now.

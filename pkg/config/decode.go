@@ -56,12 +56,19 @@ type RawBGP struct {
 
 // RawBGPPeer is one BGP neighbour as written.
 type RawBGPPeer struct {
-	Address      string `yaml:"address,omitempty"`
-	AS           *int   `yaml:"as,omitempty"`
-	Port         *int   `yaml:"port,omitempty"`
-	HoldTime     string `yaml:"hold_time,omitempty"`
-	LocalAddress string `yaml:"local_address,omitempty"`
-	Password     string `yaml:"password,omitempty"`
+	Address      string  `yaml:"address,omitempty"`
+	AS           *int    `yaml:"as,omitempty"`
+	Port         *int    `yaml:"port,omitempty"`
+	HoldTime     string  `yaml:"hold_time,omitempty"`
+	LocalAddress string  `yaml:"local_address,omitempty"`
+	Password     string  `yaml:"password,omitempty"`
+	BFD          *RawBFD `yaml:"bfd,omitempty"`
+}
+
+// RawBFD is a peer's bfd block as written; its presence turns BFD on.
+type RawBFD struct {
+	Interval   string `yaml:"interval,omitempty"`
+	Multiplier *int   `yaml:"multiplier,omitempty"`
 }
 
 // RawListener is one listener as written.

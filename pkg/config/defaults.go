@@ -26,6 +26,8 @@ const (
 	DefaultBGPPort             = 179
 	DefaultBGPHoldTime         = 90 * time.Second
 	DefaultBGPWithdrawGrace    = 5 * time.Second
+	DefaultBFDInterval         = 300 * time.Millisecond
+	DefaultBFDMultiplier       = 3
 	DefaultGUEPort             = 6080 // dsr's UDP port for encapsulation: gue
 	maxDuration                = 7 * 24 * time.Hour
 	maxDeregistrationDelaySecs = 3600

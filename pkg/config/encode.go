@@ -113,6 +113,10 @@ func (b *BGP) toRaw() *RawBGP {
 		if p.LocalAddress.IsValid() {
 			rp.LocalAddress = p.LocalAddress.String()
 		}
+		if p.BFD.Enabled() {
+			mult := int(p.BFD.Multiplier)
+			rp.BFD = &RawBFD{Interval: dur(p.BFD.Interval), Multiplier: &mult}
+		}
 		r.Peers = append(r.Peers, rp)
 	}
 	for _, z := range b.Announce {

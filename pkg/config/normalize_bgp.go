@@ -120,7 +120,25 @@ func (n *normalizer) bgpPeer(path string, r *RawBGPPeer) BGPPeer {
 	if len(p.Password) > 80 {
 		n.errs.add(path+".password", "longer than 80 bytes (the TCP MD5 key limit)")
 	}
+	if r.BFD != nil {
+		p.BFD = n.bfd(path+".bfd", r.BFD)
+	}
 	return p
+}
+
+func (n *normalizer) bfd(path string, r *RawBFD) BFD {
+	b := BFD{Interval: n.duration(path+".interval", r.Interval, DefaultBFDInterval), Multiplier: DefaultBFDMultiplier}
+	if b.Interval < 10*time.Millisecond || b.Interval > time.Minute {
+		n.errs.add(path+".interval", "%s is outside 10ms-1m", b.Interval)
+	}
+	if r.Multiplier != nil {
+		if *r.Multiplier < 1 || *r.Multiplier > 255 {
+			n.errs.add(path+".multiplier", "%d is outside 1-255", *r.Multiplier)
+		} else {
+			b.Multiplier = uint8(*r.Multiplier)
+		}
+	}
+	return b
 }
 
 // communities parses standard communities written AS:value.

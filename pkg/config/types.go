@@ -82,7 +82,21 @@ type BGPPeer struct {
 	HoldTime     time.Duration
 	LocalAddress netip.Addr // the session's source; invalid: the kernel's choice
 	Password     string     // TCP MD5 (RFC 2385); "" for none
+	BFD          BFD        // the zero value: no BFD session
 }
+
+// BFD is a BFD session (RFC 5880, single hop) beside a BGP session: the
+// router learns of the node's end within Interval times Multiplier, not
+// the hold time. The zero value is off.
+type BFD struct {
+	// Interval is how often control packets are sent and expected once
+	// the session is up.
+	Interval   time.Duration
+	Multiplier uint8 // missed intervals that take the session down
+}
+
+// Enabled reports whether the peer runs BFD.
+func (b BFD) Enabled() bool { return b.Interval > 0 }
 
 // BGPZone is what one zone announces.
 type BGPZone struct {

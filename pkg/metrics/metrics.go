@@ -58,6 +58,7 @@ const (
 	Upgrades
 	BGPSessionUp
 	BGPAnnouncedRoutes
+	BFDSessionUp
 	numIDs
 )
 
@@ -108,6 +109,7 @@ var table = [numIDs]struct {
 	ConfigInfo:              {"config_info", gauge, "1, labelled with the SHA-256 of the running config file.", []string{"sha256"}},
 	Upgrades:                {"upgrades_total", counter, "Binary upgrades this process started, by result (success, failed).", []string{LabelResult}},
 	BGPSessionUp:            {"bgp_session_up", gauge, "1 while the BGP session to the peer is established, else 0.", []string{LabelPeer}},
+	BFDSessionUp:            {"bfd_session_up", gauge, "1 while the BFD session with the BGP peer is up, else 0.", []string{LabelPeer}},
 	BGPAnnouncedRoutes:      {"bgp_announced_routes", gauge, "Prefixes the BGP speaker announces now (its zones are healthy and the node is not leaving).", nil},
 }
 

@@ -1,0 +1,182 @@
+package bfd
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+
+	"go.uber.org/zap"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
+)
+
+// Port is where single-hop control packets go (RFC 5881 section 4).
+const Port = 3784
+
+// ttl is what single-hop packets are sent with, and the only TTL (hop
+// limit) accepted: a packet from further away than one hop cannot have it
+// (RFC 5881 section 5, GTSM).
+const ttl = 255
+
+// Endpoint receives the control packets of every session on one local
+// address and hands each to its session.
+type Endpoint struct {
+	log  *zap.Logger
+	conn *net.UDPConn
+	read func(b []byte) (n, ttl int, src netip.Addr, err error)
+
+	mu     sync.Mutex
+	byDisc map[uint32]*Session
+	byPeer map[netip.Addr]*Session
+	done   chan struct{}
+
+	// Discarded counts received packets that were not for any session
+	// or failed Parse or the TTL check.
+	Discarded atomic.Uint64
+}
+
+// Listen opens an endpoint on laddr (port 3784 for routers to reach it;
+// an unspecified address takes every address of its family).
+func Listen(laddr netip.AddrPort, log *zap.Logger) (*Endpoint, error) {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	conn, err := net.ListenUDP(udpNet(laddr.Addr()), net.UDPAddrFromAddrPort(laddr))
+	if err != nil {
+		return nil, fmt.Errorf("bfd: %w", err)
+	}
+	e := &Endpoint{log: log, conn: conn, byDisc: map[uint32]*Session{}, byPeer: map[netip.Addr]*Session{}, done: make(chan struct{})}
+	if laddr.Addr().Is4() {
+		pc := ipv4.NewPacketConn(conn)
+		err = pc.SetControlMessage(ipv4.FlagTTL, true)
+		e.read = func(b []byte) (int, int, netip.Addr, error) {
+			n, cm, src, err := pc.ReadFrom(b)
+			return n, cmTTL(cm), addrOf(src), err
+		}
+	} else {
+		pc := ipv6.NewPacketConn(conn)
+		err = pc.SetControlMessage(ipv6.FlagHopLimit, true)
+		e.read = func(b []byte) (int, int, netip.Addr, error) {
+			n, cm, src, err := pc.ReadFrom(b)
+			hops := -1
+			if cm != nil {
+				hops = cm.HopLimit
+			}
+			return n, hops, addrOf(src), err
+		}
+	}
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("bfd: asking for the received TTL: %w", err)
+	}
+	go e.serve()
+	return e, nil
+}
+
+func cmTTL(cm *ipv4.ControlMessage) int {
+	if cm == nil {
+		return -1
+	}
+	return cm.TTL
+}
+
+func addrOf(a net.Addr) netip.Addr {
+	if u, ok := a.(*net.UDPAddr); ok {
+		ap := u.AddrPort()
+		return ap.Addr().Unmap()
+	}
+	return netip.Addr{}
+}
+
+func udpNet(a netip.Addr) string {
+	if a.Is4() {
+		return "udp4"
+	}
+	return "udp6"
+}
+
+// Addr is the local address packets are received on.
+func (e *Endpoint) Addr() netip.AddrPort { return e.conn.LocalAddr().(*net.UDPAddr).AddrPort() }
+
+// serve reads until Close.
+func (e *Endpoint) serve() {
+	defer close(e.done)
+	buf := make([]byte, 512)
+	for {
+		n, hops, src, err := e.read(buf)
+		if errors.Is(err, net.ErrClosed) {
+			return
+		}
+		if err != nil {
+			e.Discarded.Add(1)
+			continue
+		}
+		p, err := Parse(buf[:n])
+		s := e.session(p, src)
+		if err != nil || hops != ttl || s == nil {
+			e.Discarded.Add(1)
+			continue
+		}
+		s.deliver(p)
+	}
+}
+
+// session finds a packet's session: by the discriminator it carries, or,
+// before the peer knows one, by its source (RFC 5880 section 6.3).
+func (e *Endpoint) session(p Packet, src netip.Addr) *Session {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	s := e.byPeer[src]
+	if p.YourDiscriminator != 0 {
+		s = e.byDisc[p.YourDiscriminator]
+	}
+	if s == nil || s.cfg.Peer != src {
+		return nil
+	}
+	return s
+}
+
+// Close ends the endpoint; close its sessions first.
+func (e *Endpoint) Close() error {
+	err := e.conn.Close()
+	<-e.done
+	return err
+}
+
+// Add starts a session with cfg.Peer. notify, if not nil, hears every
+// change of state, from the session's own goroutine.
+func (e *Endpoint) Add(cfg Config, notify func(Status)) (*Session, error) {
+	if err := cfg.check(); err != nil {
+		return nil, err
+	}
+	cfg.Peer = cfg.Peer.Unmap()
+	e.mu.Lock()
+	if e.byPeer[cfg.Peer] != nil {
+		e.mu.Unlock()
+		return nil, fmt.Errorf("bfd: a session with %s runs already", cfg.Peer)
+	}
+	var disc uint32
+	for disc == 0 || e.byDisc[disc] != nil {
+		disc = rand.Uint32()
+	}
+	s := newSession(e, cfg, disc, notify)
+	e.byDisc[disc], e.byPeer[cfg.Peer] = s, s
+	e.mu.Unlock()
+	if err := s.open(); err != nil {
+		e.remove(s)
+		return nil, err
+	}
+	go s.run()
+	return s, nil
+}
+
+func (e *Endpoint) remove(s *Session) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	delete(e.byDisc, s.f.local)
+	delete(e.byPeer, s.cfg.Peer)
+}

@@ -1,0 +1,227 @@
+package bfd
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
+)
+
+// Config is one session.
+type Config struct {
+	Peer netip.Addr
+	// Local is the packets' source address; invalid: the endpoint's
+	// address, or the kernel's choice if the endpoint listens on all.
+	Local netip.Addr
+	// Interval is how often packets are sent and expected once the
+	// session is Up (desired min TX and required min RX).
+	Interval time.Duration
+	// Multiplier is how many intervals of silence take the session down.
+	Multiplier uint8
+}
+
+func (c Config) check() error {
+	switch {
+	case !c.Peer.IsValid():
+		return errors.New("bfd: no peer address")
+	case c.Interval < time.Millisecond || c.Interval > time.Hour:
+		return fmt.Errorf("bfd: interval %s is outside 1ms-1h", c.Interval)
+	case c.Multiplier == 0:
+		return errors.New("bfd: multiplier is zero")
+	}
+	return nil
+}
+
+// Status is a session as seen now.
+type Status struct {
+	Peer        netip.Addr
+	State       State
+	RemoteState State
+	Diag        Diag      // why the session last changed state
+	Since       time.Time // when it entered State
+	// TxInterval is the agreed time between packets sent (before jitter);
+	// DetectTime is how long the peer may stay silent.
+	TxInterval, DetectTime time.Duration
+}
+
+// Session is one BFD session with a peer, active: it sends from the start.
+type Session struct {
+	e      *Endpoint
+	cfg    Config
+	notify func(Status)
+	conn   *net.UDPConn
+	rx     chan Packet
+	stop   chan struct{}
+	done   chan struct{}
+
+	mu sync.Mutex
+	f  *fsm
+}
+
+func newSession(e *Endpoint, cfg Config, disc uint32, notify func(Status)) *Session {
+	return &Session{e: e, cfg: cfg, notify: notify, rx: make(chan Packet, 16), stop: make(chan struct{}), done: make(chan struct{}),
+		f: newFSM(disc, cfg.Interval, cfg.Multiplier, time.Now())}
+}
+
+// open makes the socket the session sends from: a source port from
+// 49152-65535 (RFC 5881 section 4), TTL 255.
+func (s *Session) open() error {
+	local := s.cfg.Local
+	if bound := s.e.Addr().Addr().Unmap(); !local.IsValid() && !bound.IsUnspecified() {
+		local = bound // the address the peer sends to
+	}
+	if !local.IsValid() {
+		local = netip.IPv4Unspecified()
+		if s.cfg.Peer.Is6() {
+			local = netip.IPv6Unspecified()
+		}
+	}
+	peer := net.UDPAddrFromAddrPort(netip.AddrPortFrom(s.cfg.Peer, Port))
+	var err error
+	for range 32 {
+		laddr := net.UDPAddrFromAddrPort(netip.AddrPortFrom(local, uint16(49152+rand.IntN(16384))))
+		if s.conn, err = net.DialUDP(udpNet(s.cfg.Peer), laddr, peer); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("bfd: session with %s: %w", s.cfg.Peer, err)
+	}
+	if s.cfg.Peer.Is4() {
+		err = ipv4.NewConn(s.conn).SetTTL(ttl)
+	} else {
+		err = ipv6.NewConn(s.conn).SetHopLimit(ttl)
+	}
+	if err != nil {
+		s.conn.Close()
+		return fmt.Errorf("bfd: session with %s: setting TTL 255: %w", s.cfg.Peer, err)
+	}
+	return nil
+}
+
+// deliver queues a received packet; a session that falls behind drops
+// packets, as a lossy link would.
+func (s *Session) deliver(p Packet) {
+	select {
+	case s.rx <- p:
+	default:
+	}
+}
+
+// send sends one control packet, Final set if final.
+func (s *Session) send(final bool) {
+	s.mu.Lock()
+	p := s.f.packet()
+	s.mu.Unlock()
+	p.Final = final
+	if final {
+		p.Poll = false // never both (RFC 5880 section 6.5)
+	}
+	var buf [headerLen]byte
+	s.conn.Write(p.Append(buf[:0])) // a peer not listening yet is no error
+}
+
+// jitter shortens an interval by up to a quarter (at least a tenth with a
+// multiplier of 1), as RFC 5880 section 6.8.7 says.
+func jitter(d time.Duration, mult uint8) time.Duration {
+	spread := 0.25
+	if mult == 1 {
+		spread = 0.15
+	}
+	return time.Duration(float64(d) * (0.75 + rand.Float64()*spread))
+}
+
+// run sends periodically, applies what arrives and watches the detection
+// time, until Close.
+func (s *Session) run() {
+	defer close(s.done)
+	t := time.NewTimer(0)
+	defer t.Stop()
+	var nextTx time.Time
+	for {
+		var final bool
+		s.mu.Lock()
+		was := s.f.state
+		s.mu.Unlock()
+		select {
+		case <-s.stop:
+			return
+		case p := <-s.rx:
+			s.mu.Lock()
+			final = s.f.recv(p, time.Now())
+			s.mu.Unlock()
+		case <-t.C:
+		}
+		now := time.Now()
+		s.mu.Lock()
+		s.f.expire(now)
+		changed := s.f.state != was
+		interval, deadline := s.f.txInterval(), s.f.deadline()
+		s.mu.Unlock()
+		if changed {
+			s.changed()
+			nextTx = now // tell the peer at once
+		}
+		if final {
+			s.send(true)
+		}
+		if interval > 0 && !now.Before(nextTx) {
+			s.send(false)
+			nextTx = now.Add(jitter(interval, s.cfg.Multiplier))
+		}
+		wake := nextTx
+		if interval == 0 || (!deadline.IsZero() && deadline.Before(wake)) {
+			wake = deadline
+		}
+		if wake.IsZero() {
+			wake = now.Add(slowTx)
+		}
+		t.Reset(max(time.Until(wake), time.Millisecond))
+	}
+}
+
+func (s *Session) changed() {
+	st := s.Status()
+	level := s.e.log.Info
+	if st.State == Down && st.Diag != DiagNone {
+		level = s.e.log.Warn
+	}
+	level("BFD session "+st.State.String(), zap.Stringer("peer", st.Peer), zap.Stringer("diag", st.Diag))
+	if s.notify != nil {
+		s.notify(st)
+	}
+}
+
+// Status reports the session now.
+func (s *Session) Status() Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return Status{Peer: s.cfg.Peer, State: s.f.state, RemoteState: s.f.remoteSt, Diag: s.f.diag, Since: s.f.since,
+		TxInterval: s.f.txInterval(), DetectTime: s.f.detectTime()}
+}
+
+// Close takes the session administratively down, tells the peer (a few
+// times, in case one is lost) and ends it. The peer then knows the session
+// was stopped on purpose, not that the path failed.
+func (s *Session) Close() {
+	close(s.stop)
+	<-s.done
+	s.mu.Lock()
+	s.f.adminDown(time.Now())
+	s.mu.Unlock()
+	for i := range 3 {
+		if i > 0 {
+			time.Sleep(10 * time.Millisecond)
+		}
+		s.send(false)
+	}
+	s.conn.Close()
+	s.e.remove(s)
+}

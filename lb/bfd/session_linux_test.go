@@ -1,0 +1,129 @@
+package bfd
+
+import (
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+)
+
+// side is one end of a session on loopback, with the states it reported.
+type side struct {
+	e      *Endpoint
+	s      *Session
+	states chan Status
+}
+
+func newSide(t *testing.T, local, peer string, interval time.Duration) *side {
+	t.Helper()
+	e, err := Listen(netip.AddrPortFrom(netip.MustParseAddr(local), Port), nil)
+	if err != nil {
+		t.Skipf("cannot listen on %s:%d (another BFD daemon?): %v", local, Port, err)
+	}
+	t.Cleanup(func() { e.Close() })
+	sd := &side{e: e, states: make(chan Status, 64)}
+	sd.start(t, peer, interval)
+	return sd
+}
+
+func (sd *side) start(t *testing.T, peer string, interval time.Duration) {
+	t.Helper()
+	s, err := sd.e.Add(Config{Peer: netip.MustParseAddr(peer), Interval: interval, Multiplier: 3}, func(st Status) { sd.states <- st })
+	if err != nil {
+		t.Fatal(err)
+	}
+	sd.s = s
+}
+
+// await waits for the session to report state, and returns that report.
+func (sd *side) await(t *testing.T, state State, within time.Duration) Status {
+	t.Helper()
+	deadline := time.After(within)
+	for {
+		select {
+		case st := <-sd.states:
+			if st.State == state {
+				return st
+			}
+		case <-deadline:
+			t.Fatalf("session with %s: not %s after %s (now %+v)", sd.s.cfg.Peer, state, within, sd.s.Status())
+		}
+	}
+}
+
+// kill ends a session without a word to the peer, as a crashed host would.
+func (sd *side) kill() {
+	close(sd.s.stop)
+	<-sd.s.done
+	sd.s.conn.Close()
+	sd.e.remove(sd.s)
+}
+
+// Two endpoints on loopback bring a session up, agree on the configured
+// rate, and each notices the other's end: at once when it is stopped (it
+// says so), within the detection time when it vanishes.
+func TestSessionsOnLoopback(t *testing.T) {
+	const interval = 50 * time.Millisecond
+	a := newSide(t, "127.0.0.1", "127.0.0.2", interval)
+	b := newSide(t, "127.0.0.2", "127.0.0.1", interval)
+	a.await(t, Up, 5*time.Second)
+	b.await(t, Up, 5*time.Second)
+	// The poll sequences settle the rate: both send every 50 ms and
+	// expect the other within 150 ms.
+	deadline := time.Now().Add(2 * time.Second)
+	for st := a.s.Status(); st.TxInterval != interval || st.DetectTime != 3*interval; st = a.s.Status() {
+		if time.Now().After(deadline) {
+			t.Fatalf("a's rates once up: %+v; want tx 50ms, detect 150ms", st)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Up for a while: no flap on a loaded machine's loopback.
+	time.Sleep(500 * time.Millisecond)
+	if st := a.s.Status(); st.State != Up {
+		t.Fatalf("a after 500ms up: %+v", st)
+	}
+
+	// b stops: a hears it is down on purpose.
+	b.s.Close()
+	if st := a.await(t, Down, 2*time.Second); st.Diag != DiagNeighborDown {
+		t.Fatalf("a after b stopped: %+v; want diagnostic %q", st, DiagNeighborDown)
+	}
+	b.start(t, "127.0.0.1", interval)
+	a.await(t, Up, 5*time.Second)
+	b.await(t, Up, 5*time.Second)
+
+	// b vanishes: a goes down when the detection time passes.
+	time.Sleep(300 * time.Millisecond)
+	start := time.Now()
+	b.kill()
+	st := a.await(t, Down, 5*time.Second)
+	took := time.Since(start)
+	if st.Diag != DiagTimeExpired {
+		t.Fatalf("a after b vanished: %+v; want diagnostic %q", st, DiagTimeExpired)
+	}
+	t.Logf("a noticed b's end %v after it (detection time 150ms)", took.Round(time.Millisecond))
+
+	// A packet from further than one hop (TTL below 255), a malformed one
+	// and one for no session are dropped and counted; the session does not
+	// see them.
+	c, err := net.Dial("udp4", "127.0.0.1:3784")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	before, was := a.e.Discarded.Load(), a.s.Status()
+	far := Packet{State: Up, DetectMult: 3, MyDiscriminator: 99, YourDiscriminator: a.s.f.local, DesiredMinTx: 1e6, RequiredMinRx: 1e6}
+	for _, b := range [][]byte{far.Append(nil), {0x20, 0, 0}} {
+		c.Write(b)
+	}
+	for time.Now().Before(deadline.Add(5*time.Second)) && a.e.Discarded.Load() < before+2 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := a.e.Discarded.Load() - before; n != 2 {
+		t.Fatalf("%d packets discarded, want 2", n)
+	}
+	if st := a.s.Status(); st != was {
+		t.Fatalf("a after the stray packets: %+v, was %+v", st, was)
+	}
+	a.s.Close()
+}

@@ -1,0 +1,155 @@
+package bgp
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+
+	"go.uber.org/zap"
+
+	"github.com/l4lb/l4lb/lb/bfd"
+	l4api "github.com/l4lb/l4lb/pkg/api"
+	"github.com/l4lb/l4lb/pkg/config"
+	"github.com/l4lb/l4lb/pkg/metrics"
+)
+
+// bfdPeers runs a BFD session beside each BGP session whose peer asks for
+// one (bfd block). The router ends its BGP session, and withdraws this
+// node's routes, as soon as the BFD session fails; this side does the same
+// (lost), unless the router stopped BFD on purpose (admin-down).
+type bfdPeers struct {
+	log  *zap.Logger
+	m    *metrics.Metrics
+	lost func(peer netip.Addr) // the BFD session with peer failed
+
+	mu        sync.Mutex
+	endpoints map[netip.AddrPort]*bfd.Endpoint // by the local address they receive on
+	sessions  map[netip.Addr]*bfdPeer
+}
+
+type bfdPeer struct {
+	cfg config.BGPPeer
+	s   *bfd.Session
+	on  netip.AddrPort // its endpoint
+}
+
+func newBFDPeers(log *zap.Logger, m *metrics.Metrics, lost func(netip.Addr)) *bfdPeers {
+	return &bfdPeers{log: log, m: m, lost: lost, endpoints: map[netip.AddrPort]*bfd.Endpoint{}, sessions: map[netip.Addr]*bfdPeer{}}
+}
+
+// update runs a session for each peer of peers that asks for BFD, and ends
+// the others; a peer whose settings changed starts its session again.
+func (b *bfdPeers) update(peers []config.BGPPeer) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	want := map[netip.Addr]config.BGPPeer{}
+	for _, p := range peers {
+		if p.BFD.Enabled() {
+			want[p.Address] = p
+		}
+	}
+	for addr, bp := range b.sessions {
+		if p, ok := want[addr]; !ok || p != bp.cfg {
+			b.end(addr, bp)
+		}
+	}
+	var errs []error
+	for addr, p := range want {
+		if b.sessions[addr] != nil {
+			continue
+		}
+		if err := b.start(p); err != nil {
+			errs = append(errs, fmt.Errorf("bgp: peer %s: %w", addr, err))
+		}
+	}
+	b.closeIdle()
+	return errors.Join(errs...)
+}
+
+// start opens p's session, on an endpoint at its local address (or all of
+// its family's). The caller holds mu.
+func (b *bfdPeers) start(p config.BGPPeer) error {
+	local := p.LocalAddress
+	if !local.IsValid() {
+		local = netip.IPv4Unspecified()
+		if p.Address.Is6() {
+			local = netip.IPv6Unspecified()
+		}
+	}
+	on := netip.AddrPortFrom(local, bfd.Port)
+	e := b.endpoints[on]
+	if e == nil {
+		var err error
+		if e, err = bfd.Listen(on, b.log); err != nil {
+			return err
+		}
+		b.endpoints[on] = e
+	}
+	peer := p.Address.String()
+	up := b.m.Gauge(metrics.BFDSessionUp, peer)
+	was := bfd.Down
+	s, err := e.Add(bfd.Config{Peer: p.Address, Local: p.LocalAddress, Interval: p.BFD.Interval, Multiplier: p.BFD.Multiplier}, func(st bfd.Status) {
+		if st.State == bfd.Up {
+			up.Set(1)
+		} else {
+			up.Set(0)
+		}
+		if was == bfd.Up && st.State == bfd.Down && st.RemoteState != bfd.AdminDown {
+			go b.lost(st.Peer) // not on the session's goroutine: end waits for it
+		}
+		was = st.State
+	})
+	if err != nil {
+		return err
+	}
+	up.Set(0)
+	b.sessions[p.Address] = &bfdPeer{cfg: p, s: s, on: on}
+	b.log.Info("BFD session started", zap.String("peer", peer), zap.Duration("interval", p.BFD.Interval), zap.Uint8("multiplier", p.BFD.Multiplier))
+	return nil
+}
+
+// end takes a session administratively down (the router sees that it was
+// stopped, not that the path failed). The caller holds mu.
+func (b *bfdPeers) end(addr netip.Addr, bp *bfdPeer) {
+	bp.s.Close()
+	delete(b.sessions, addr)
+	b.m.Gauge(metrics.BFDSessionUp, addr.String()).Set(0)
+}
+
+// closeIdle closes the endpoints no session uses. The caller holds mu.
+func (b *bfdPeers) closeIdle() {
+	for on, e := range b.endpoints {
+		used := false
+		for _, bp := range b.sessions {
+			used = used || bp.on == on
+		}
+		if !used {
+			e.Close()
+			delete(b.endpoints, on)
+		}
+	}
+}
+
+// close ends every session.
+func (b *bfdPeers) close() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for addr, bp := range b.sessions {
+		b.end(addr, bp)
+	}
+	b.closeIdle()
+}
+
+// status is the BFD session with addr, or nil.
+func (b *bfdPeers) status(addr netip.Addr) *l4api.BFDSession {
+	b.mu.Lock()
+	bp := b.sessions[addr]
+	b.mu.Unlock()
+	if bp == nil {
+		return nil
+	}
+	st := bp.s.Status()
+	return &l4api.BFDSession{State: st.State.String(), RemoteState: st.RemoteState.String(), Diagnostic: st.Diag.String(), Since: st.Since,
+		TxIntervalMS: float64(st.TxInterval.Microseconds()) / 1000, DetectTimeMS: float64(st.DetectTime.Microseconds()) / 1000}
+}
