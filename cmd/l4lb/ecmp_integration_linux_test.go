@@ -155,10 +155,15 @@ func newECMPLab(t *testing.T) *ecmpLab {
 		attach(ns, "t0", fmt.Sprintf("rt%d", i+1), ecmpTargets[i])
 	}
 
-	// BIRD on the router: a session to each node, ECMP into the kernel.
+	// BIRD on the router: a session to each node, ECMP into the kernel,
+	// and BFD beside each session, which ends it (and drops the node's
+	// route) within 600 ms of the node's silence.
 	conf := fmt.Sprintf(`router id %s;
 log "%s/bird.log" all;
 protocol device { scan time 1; }
+protocol bfd {
+	interface "*" { min rx interval 200 ms; min tx interval 200 ms; multiplier 3; };
+}
 protocol kernel {
 	merge paths yes;
 	ipv4 { import none; export all; };
@@ -169,6 +174,7 @@ template bgp lb {
 	keepalive time 1;
 	connect retry time 1;
 	error wait time 1, 2;
+	bfd on;
 	ipv4 { import all; export none; };
 }
 `, ecmpRouterN, l.dir, ecmpRouterN, ecmpRouterAS)
@@ -231,7 +237,7 @@ target_groups:
 bgp:
   local_as: %[6]d
   router_id: %[1]s
-  peers: [{address: %[7]s, as: %[8]d, hold_time: 3s}]
+  peers: [{address: %[7]s, as: %[8]d, hold_time: 3s, bfd: {interval: 200ms, multiplier: 3}}]
   announce: {a: [%[3]s/32]}
   withdraw_grace: 2s
 `, ecmpNode(i), dir, ecmpVIP, strings.Join(targets, ", "), hc, ecmpNodeAS, ecmpRouterN, ecmpRouterAS, strings.Join(dsrTargets, ", "), strings.Join(udpDSRTargets, ", "))
@@ -372,8 +378,11 @@ func (l *ecmpLab) bgpStatus(bin string, i int) (api.BGPStatus, string) {
 }
 
 // birdRoute is what BIRD says of the VIP's routes, with their attributes.
-func (l *ecmpLab) birdRoute() string {
-	out, _ := exec.Command(l.ip, "netns", "exec", l.router, "birdc", "-s", filepath.Join(l.dir, "bird.ctl"), "show", "route", "for", ecmpVIP, "all").CombinedOutput()
+func (l *ecmpLab) birdRoute() string { return l.birdc("show", "route", "for", ecmpVIP, "all") }
+
+// birdc is BIRD's answer to a command.
+func (l *ecmpLab) birdc(args ...string) string {
+	out, _ := exec.Command(l.ip, append([]string{"netns", "exec", l.router, "birdc", "-s", filepath.Join(l.dir, "bird.ctl")}, args...)...).CombinedOutput()
 	return string(out)
 }
 
@@ -567,8 +576,13 @@ func TestECMPOverBGP(t *testing.T) {
 	}
 	st, table := l.bgpStatus(bin, 3)
 	if len(st.Peers) != 1 || st.Peers[0].Address != ecmpRouterN || st.Peers[0].State != "established" || st.Peers[0].HoldTime != 3 ||
-		len(st.Routes) != 1 || st.Routes[0].Prefix != ecmpVIP+"/32" || !st.Routes[0].Announced || !strings.Contains(table, "established") {
+		st.Peers[0].BFD == nil || st.Peers[0].BFD.State != "up" || st.Peers[0].BFD.DetectTimeMS != 600 || len(st.Routes) != 1 || st.Routes[0].Prefix != ecmpVIP+"/32" || !st.Routes[0].Announced || !strings.Contains(table, "established") {
 		t.Fatalf("l4lb bgp status on node 3: %+v\n%s", st, table)
+	}
+	if sessions := l.birdc("show", "bfd", "sessions"); strings.Count(sessions, " Up ") != 3 {
+		t.Errorf("BIRD's BFD sessions: want 3 up\n%s", sessions)
+	} else {
+		t.Logf("BIRD's BFD sessions with the nodes:\n%s", sessions)
 	}
 	deregister(3, "deregister")
 	took = l.waitHops(2, 10*time.Second)
@@ -688,9 +702,9 @@ func TestECMPOverBGP(t *testing.T) {
 
 	// Node 1 comes back. Then node 3's machine vanishes without a word: its
 	// link goes down before the process dies, so no FIN or RST tells the
-	// router, and only BGP's hold time (3 s) ends the session. New
-	// connections that the router hashes to node 3 fail until then, and no
-	// longer.
+	// router. BFD ends the session when three of its 200 ms intervals pass
+	// in silence, well before BGP's hold time (3 s) would. New connections
+	// that the router hashes to node 3 fail until then, and no longer.
 	l.startNode(bin, 1)
 	took = l.waitHops(3, 30*time.Second)
 	t.Logf("node 1 restarted: back in the FIB after %v", took.Round(time.Millisecond))
@@ -715,10 +729,11 @@ func TestECMPOverBGP(t *testing.T) {
 	took = l.waitHops(2, 10*time.Second)
 	var silent ecmpLoad
 	json.Unmarshal([]byte(<-load), &silent)
-	t.Logf("node 3 vanished silently: dropped from the FIB after %v; %d connections succeeded, %d failed over %d ms",
+	t.Logf("node 3 vanished silently: BFD dropped it from the FIB after %v; %d connections succeeded, %d failed over %d ms",
 		took.Round(time.Millisecond), silent.OK, silent.Failed, silent.GapMS)
-	if hold := 3 * time.Second; took > hold+time.Second || silent.OK == 0 || time.Duration(silent.GapMS)*time.Millisecond > hold+2*time.Second {
-		t.Errorf("node 3 vanished at %v: dropped after %v, load %+v; want the gap bounded by the 3 s hold time", vanished.Format(time.TimeOnly), took, silent)
+	if bound := 2 * time.Second; took > bound || silent.OK == 0 || time.Duration(silent.GapMS)*time.Millisecond > bound {
+		t.Errorf("node 3 vanished at %v: dropped after %v, load %+v; want the gap bounded by BFD's 600 ms detection time, well below the 3 s hold time\n%s",
+			vanished.Format(time.TimeOnly), took, silent, l.birdc("show", "bfd", "sessions"))
 	}
 
 	// Node 2 leaves gracefully: its route goes before any flow is cut,
