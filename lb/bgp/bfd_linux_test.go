@@ -3,6 +3,7 @@ package bgp
 import (
 	"errors"
 	"net"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -121,6 +122,24 @@ func TestSpeakerBFD(t *testing.T) {
 	waitFor(t, "the BFD session up again", func() bool { return bfdState() == "up" })
 	waitFor(t, "the BGP session established again", func() bool { return s.Status().Peers[0].State == "established" })
 	waitFor(t, "the route back at the router", func() bool { return len(r.routes(t)) == 1 })
+
+	// A reload that changes bfd alone restarts the BFD session, not the
+	// BGP one. (Uptimes have a resolution of a second: let one pass.)
+	time.Sleep(1100 * time.Millisecond)
+	before := s.Status().Peers[0]
+	slower := *cfg
+	slower.Peers = slices.Clone(cfg.Peers)
+	slower.Peers[0].BFD.Interval = 100 * time.Millisecond
+	if err := s.Update(&slower); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the BFD session up with the new interval", func() bool {
+		b := s.Status().Peers[0].BFD
+		return b != nil && b.State == "up" && b.DetectTimeMS == 300
+	})
+	if st := s.Status().Peers[0]; st.State != "established" || !st.Since.Equal(before.Since) {
+		t.Errorf("BGP session after a change of bfd alone: %+v, up since %v before; want it kept", st, before.Since)
+	}
 
 	// Stop takes BFD administratively down: the router hears that it was
 	// stopped on purpose.

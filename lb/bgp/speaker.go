@@ -356,8 +356,13 @@ func (s *Speaker) Update(cfg *config.BGP) error {
 // left alone. The caller holds mu.
 func (s *Speaker) updatePeers(old *config.BGP, oldFamilies []*api.Family) error {
 	families := s.families()
+	// A change of bfd alone restarts the BFD session, not the BGP one.
 	same := func(p config.BGPPeer, in []config.BGPPeer) bool {
-		return slices.Equal(families, oldFamilies) && slices.Contains(in, p)
+		p.BFD = config.BFD{}
+		return slices.Equal(families, oldFamilies) && slices.ContainsFunc(in, func(o config.BGPPeer) bool {
+			o.BFD = config.BFD{}
+			return o == p
+		})
 	}
 	ctx := context.Background()
 	for _, p := range old.Peers {
