@@ -18,7 +18,7 @@ func newSide(t *testing.T, local, peer string, interval time.Duration) *side {
 	t.Helper()
 	e, err := Listen(netip.AddrPortFrom(netip.MustParseAddr(local), Port), nil)
 	if err != nil {
-		t.Skipf("cannot listen on %s:%d (another BFD daemon?): %v", local, Port, err)
+		t.Fatalf("cannot listen on %s:%d (another BFD daemon?): %v", local, Port, err)
 	}
 	t.Cleanup(func() { e.Close() })
 	sd := &side{e: e, states: make(chan Status, 64)}
@@ -62,10 +62,16 @@ func (sd *side) kill() {
 // Two endpoints on loopback bring a session up, agree on the configured
 // rate, and each notices the other's end: at once when it is stopped (it
 // says so), within the detection time when it vanishes.
-func TestSessionsOnLoopback(t *testing.T) {
+// (127.0.0.4 and .5: lb/bgp's tests, which may run at the same time, take
+// port 3784 on .1 and .2.)
+func TestSessionsOnLoopback(t *testing.T) { testSessions(t, "127.0.0.4", "127.0.0.5") }
+
+// testSessions runs the sessions of TestSessionsOnLoopback between two
+// addresses of this host.
+func testSessions(t *testing.T, addrA, addrB string) {
 	const interval = 50 * time.Millisecond
-	a := newSide(t, "127.0.0.1", "127.0.0.2", interval)
-	b := newSide(t, "127.0.0.2", "127.0.0.1", interval)
+	a := newSide(t, addrA, addrB, interval)
+	b := newSide(t, addrB, addrA, interval)
 	a.await(t, Up, 5*time.Second)
 	b.await(t, Up, 5*time.Second)
 	// The poll sequences settle the rate: both send every 50 ms and
@@ -88,7 +94,7 @@ func TestSessionsOnLoopback(t *testing.T) {
 	if st := a.await(t, Down, 2*time.Second); st.Diag != DiagNeighborDown {
 		t.Fatalf("a after b stopped: %+v; want diagnostic %q", st, DiagNeighborDown)
 	}
-	b.start(t, "127.0.0.1", interval)
+	b.start(t, addrA, interval)
 	a.await(t, Up, 5*time.Second)
 	b.await(t, Up, 5*time.Second)
 
@@ -106,7 +112,7 @@ func TestSessionsOnLoopback(t *testing.T) {
 	// A packet from further than one hop (TTL below 255), a malformed one
 	// and one for no session are dropped and counted; the session does not
 	// see them.
-	c, err := net.Dial("udp4", "127.0.0.1:3784")
+	c, err := net.Dial("udp", net.JoinHostPort(addrA, "3784"))
 	if err != nil {
 		t.Fatal(err)
 	}
