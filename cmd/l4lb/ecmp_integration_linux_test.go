@@ -617,6 +617,31 @@ func TestECMPOverBGP(t *testing.T) {
 	}
 	t.Logf("node 3 reloaded with a new hold time and a community: its session restarted, and the route was back with (64512,300) after %v", time.Since(start).Round(time.Millisecond))
 
+	// A reload of node 2's BFD interval alone (200 to 300 ms): the BFD
+	// session takes it by a poll sequence, and neither it nor the BGP
+	// session goes down, so the router never drops node 2.
+	cfgPath = filepath.Join(l.dir, "node2", "l4lb.yaml")
+	b, _ = os.ReadFile(cfgPath)
+	os.WriteFile(cfgPath, []byte(strings.Replace(string(b), "bfd: {interval: 200ms", "bfd: {interval: 300ms", 1)), 0o644)
+	was, _ := l.bgpStatus(bin, 2)
+	l.in(l.nodes[1], bin, "reload", "--admin", fmt.Sprintf("http://%s:9900", ecmpNode(2)), "--token-file", filepath.Join(l.dir, "node2", "token"))
+	start = time.Now()
+	for {
+		st, table := l.bgpStatus(bin, 2)
+		// BIRD sends every 200 ms, node 2 now asks for 300: three times 300.
+		if b := st.Peers[0].BFD; b != nil && b.DetectTimeMS == 900 {
+			if b.State != "up" || !b.Since.Equal(was.Peers[0].BFD.Since) || !st.Peers[0].Since.Equal(was.Peers[0].Since) || len(l.nextHops()) != 3 {
+				t.Errorf("node 2 after a reload of its BFD interval: %+v, BFD %+v, next hops %v; want both sessions kept, up since before\n%s", st.Peers[0], b, l.nextHops(), table)
+			}
+			t.Logf("node 2 reloaded with a BFD interval of 300 ms: its BFD session took it in %v, without going down:\n%s", time.Since(start).Round(time.Millisecond), table)
+			break
+		}
+		if time.Since(start) > 10*time.Second {
+			t.Fatalf("node 2's BFD session did not take the new interval:\n%s", table)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
 	// Node 3 upgrades its binary under load: it withdraws its route and
 	// waits before it hands over, the new process announces once its zone
 	// is healthy, and no connection fails.

@@ -13,25 +13,31 @@ type fsm struct {
 	interval time.Duration // configured: desired min TX and required min RX once Up
 	mult     uint8
 
-	state      State
-	diag       Diag
-	local      uint32 // bfd.LocalDiscr
-	remote     uint32 // bfd.RemoteDiscr; 0 until the peer is heard
-	remoteSt   State
-	desiredTx  time.Duration // what the packets advertise
-	remoteRx   time.Duration // the peer's required min RX (0: send nothing)
-	remoteTx   time.Duration // the peer's desired min TX
-	remoteMult uint8
-	polling    bool // a poll sequence is under way (desiredTx changed)
-	lastRx     time.Time
-	since      time.Time // when state was entered
+	state     State
+	diag      Diag
+	local     uint32 // bfd.LocalDiscr
+	remote    uint32 // bfd.RemoteDiscr; 0 until the peer is heard
+	remoteSt  State
+	desiredTx time.Duration // what the packets advertise
+	// txUsed and rxUsed are the desired min TX this side sends at and
+	// the required min RX its detection time counts with. While a poll
+	// sequence announces new values, they keep whichever of old and new
+	// is safe (sending faster, waiting longer) until the peer's Final
+	// says it knows (RFC 5880 section 6.8.3).
+	txUsed, rxUsed time.Duration
+	remoteRx       time.Duration // the peer's required min RX (0: send nothing)
+	remoteTx       time.Duration // the peer's desired min TX
+	remoteMult     uint8
+	polling        bool // a poll sequence is under way (a parameter changed)
+	lastRx         time.Time
+	since          time.Time // when state was entered
 }
 
 func newFSM(local uint32, interval time.Duration, mult uint8, now time.Time) *fsm {
 	// Until the peer is heard, send at the slow rate (its required min
 	// RX is taken as 1 µs, RFC 5880 section 6.8.1).
 	return &fsm{interval: interval, mult: mult, state: Down, local: local, remoteSt: Down,
-		desiredTx: slowTx, remoteRx: time.Microsecond, since: now}
+		desiredTx: slowTx, txUsed: slowTx, rxUsed: interval, remoteRx: time.Microsecond, since: now}
 }
 
 func micros(d time.Duration) uint32 { return uint32(d / time.Microsecond) }
@@ -49,13 +55,13 @@ func (f *fsm) txInterval() time.Duration {
 	if f.remoteRx == 0 {
 		return 0
 	}
-	return max(f.desiredTx, f.remoteRx)
+	return max(f.txUsed, f.remoteRx)
 }
 
 // detectTime is how long the peer may stay silent before the session goes
 // Down (RFC 5880 section 6.8.4); 0 before the peer is heard.
 func (f *fsm) detectTime() time.Duration {
-	return time.Duration(f.remoteMult) * max(f.interval, f.remoteTx)
+	return time.Duration(f.remoteMult) * max(f.rxUsed, f.remoteTx)
 }
 
 // recv applies a packet the peer sent (already checked by Parse and
@@ -66,8 +72,9 @@ func (f *fsm) recv(p Packet, now time.Time) (final bool) {
 	f.remoteTx = time.Duration(p.DesiredMinTx) * time.Microsecond
 	f.remoteMult = p.DetectMult
 	f.lastRx = now
-	if p.Final {
+	if p.Final && f.polling {
 		f.polling = false
+		f.txUsed, f.rxUsed = f.desiredTx, f.interval
 	}
 	switch {
 	case f.state == AdminDown:
@@ -115,8 +122,25 @@ func (f *fsm) enter(state State, diag Diag, now time.Time) {
 		want = f.interval
 	}
 	if want != f.desiredTx {
-		f.desiredTx, f.polling = want, true
+		// Safe at once: entering Up only speeds up, and the rate of a
+		// session that is not Up may change any time.
+		f.desiredTx, f.txUsed, f.polling = want, want, true
 	}
+}
+
+// update takes new settings on a running session: a poll sequence tells
+// the peer, and the session stays as it is.
+func (f *fsm) update(interval time.Duration, mult uint8) {
+	if interval == f.interval && mult == f.mult {
+		return
+	}
+	f.interval, f.mult, f.polling = interval, mult, true
+	if f.state != Up {
+		f.rxUsed = interval
+		return
+	}
+	f.desiredTx = interval
+	f.txUsed, f.rxUsed = min(f.txUsed, interval), max(f.rxUsed, interval)
 }
 
 // adminDown takes the session down on this side (the process stops).

@@ -81,3 +81,46 @@ func TestFSMPeerWantsNothing(t *testing.T) {
 		t.Fatalf("tx interval %s towards a peer with required min RX 0", a.txInterval())
 	}
 }
+
+// New settings on a session that is up reach the peer by a poll sequence;
+// until its Final, the session sends at the faster of old and new and
+// waits for the longer.
+func TestFSMUpdateWhileUp(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	a := newFSM(11, 100*time.Millisecond, 3, t0)
+	b := newFSM(22, 100*time.Millisecond, 3, t0)
+	for range 3 {
+		exchange(a, b, t0)
+		exchange(b, a, t0)
+	}
+	if a.state != Up || b.state != Up || a.polling || b.polling {
+		t.Fatalf("not settled: a %s polling %v, b %s polling %v", a.state, a.polling, b.state, b.polling)
+	}
+
+	a.update(300*time.Millisecond, 5)
+	p := a.packet()
+	if !p.Poll || p.DesiredMinTx != 300000 || p.RequiredMinRx != 300000 || p.DetectMult != 5 {
+		t.Fatalf("a's packet after the update: %+v; want a poll with 300 ms and multiplier 5", p)
+	}
+	if a.txInterval() != 100*time.Millisecond || a.rxUsed != 300*time.Millisecond || a.state != Up {
+		t.Fatalf("a before the Final: tx %s, rx %s, %s; want the faster tx (100ms), the longer rx (300ms), still up", a.txInterval(), a.rxUsed, a.state)
+	}
+	exchange(a, b, t0) // b answers Final
+	if a.polling || a.txInterval() != 300*time.Millisecond || a.detectTime() != 300*time.Millisecond*3 {
+		t.Fatalf("a after the Final: polling %v, tx %s, detect %s", a.polling, a.txInterval(), a.detectTime())
+	}
+	if b.detectTime() != 5*300*time.Millisecond || b.txInterval() != 300*time.Millisecond {
+		t.Fatalf("b after a's update: detect %s, tx %s; want 1.5s and 300ms", b.detectTime(), b.txInterval())
+	}
+
+	// Faster again: sending speeds up at once, waiting shortens only
+	// once the peer knows.
+	a.update(50*time.Millisecond, 3)
+	if a.txUsed != 50*time.Millisecond || a.rxUsed != 300*time.Millisecond {
+		t.Fatalf("a before the Final: tx used %s, rx used %s; want 50ms and 300ms", a.txUsed, a.rxUsed)
+	}
+	exchange(a, b, t0)
+	if a.rxUsed != 50*time.Millisecond || a.state != Up || b.state != Up {
+		t.Fatalf("after the Final: rx used %s, a %s, b %s", a.rxUsed, a.state, b.state)
+	}
+}

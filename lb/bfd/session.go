@@ -199,6 +199,22 @@ func (s *Session) changed() {
 	}
 }
 
+// Update changes the interval and multiplier of a running session. The
+// session stays up: a poll sequence tells the peer, as RFC 5880 section
+// 6.8.3 says, and the new rates apply once it answers.
+func (s *Session) Update(interval time.Duration, mult uint8) error {
+	c := s.cfg
+	c.Interval, c.Multiplier = interval, mult
+	if err := c.check(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.f.update(interval, mult)
+	s.mu.Unlock()
+	s.send(false)
+	return nil
+}
+
 // Status reports the session now.
 func (s *Session) Status() Status {
 	s.mu.Lock()

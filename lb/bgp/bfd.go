@@ -39,7 +39,9 @@ func newBFDPeers(log *zap.Logger, m *metrics.Metrics, lost func(netip.Addr)) *bf
 }
 
 // update runs a session for each peer of peers that asks for BFD, and ends
-// the others; a peer whose settings changed starts its session again.
+// the others. A new interval or multiplier is applied to the running
+// session (a poll sequence, the session stays up); a new local address
+// starts it again.
 func (b *bfdPeers) update(peers []config.BGPPeer) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -49,12 +51,22 @@ func (b *bfdPeers) update(peers []config.BGPPeer) error {
 			want[p.Address] = p
 		}
 	}
-	for addr, bp := range b.sessions {
-		if p, ok := want[addr]; !ok || p != bp.cfg {
-			b.end(addr, bp)
-		}
-	}
 	var errs []error
+	for addr, bp := range b.sessions {
+		p, ok := want[addr]
+		switch {
+		case !ok || p.LocalAddress != bp.cfg.LocalAddress:
+			b.end(addr, bp)
+			continue
+		case p.BFD != bp.cfg.BFD:
+			if err := bp.s.Update(p.BFD.Interval, p.BFD.Multiplier); err != nil {
+				errs = append(errs, fmt.Errorf("bgp: peer %s: %w", addr, err))
+				continue
+			}
+			b.log.Info("BFD session settings changed", zap.Stringer("peer", addr), zap.Duration("interval", p.BFD.Interval), zap.Uint8("multiplier", p.BFD.Multiplier))
+		}
+		bp.cfg = p
+	}
 	for addr, p := range want {
 		if b.sessions[addr] != nil {
 			continue

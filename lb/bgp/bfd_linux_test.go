@@ -19,12 +19,14 @@ import (
 )
 
 // bfdRouter is the router's side of a BFD session, kept minimal: it
-// answers what it hears (Down with Init, Init or Up with Up) every 50 ms
-// from 127.0.0.1, until it is told to fall silent, as a router that lost
-// the path would.
+// answers what it hears (Down with Init, Init or Up with Up, a Poll with
+// Final) every 50 ms from 127.0.0.1, until it is told to fall silent, as a
+// router that lost the path would.
 type bfdRouter struct {
 	silent atomic.Bool
 	heard  atomic.Int32 // the last state the speaker sent
+	polled atomic.Bool  // the speaker polled since the last answer
+	finals atomic.Int32 // Finals sent
 }
 
 func newBFDRouter(t *testing.T) *bfdRouter {
@@ -53,6 +55,9 @@ func newBFDRouter(t *testing.T) *bfdRouter {
 			if p, err := bfd.Parse(buf[:n]); err == nil {
 				yours.Store(p.MyDiscriminator)
 				r.heard.Store(int32(p.State))
+				if p.Poll {
+					r.polled.Store(true)
+				}
 			}
 		}
 	}()
@@ -65,7 +70,11 @@ func newBFDRouter(t *testing.T) *bfdRouter {
 			if bfd.State(r.heard.Load()) == bfd.Down {
 				state = bfd.Init
 			}
-			p := bfd.Packet{State: state, DetectMult: 3, MyDiscriminator: 4242, YourDiscriminator: yours.Load(), DesiredMinTx: 50000, RequiredMinRx: 50000}
+			p := bfd.Packet{State: state, DetectMult: 3, MyDiscriminator: 4242, YourDiscriminator: yours.Load(), DesiredMinTx: 50000, RequiredMinRx: 50000,
+				Final: r.polled.Swap(false)}
+			if p.Final {
+				r.finals.Add(1)
+			}
 			if _, err := out.Write(p.Append(nil)); errors.Is(err, net.ErrClosed) {
 				return
 			}
@@ -123,22 +132,24 @@ func TestSpeakerBFD(t *testing.T) {
 	waitFor(t, "the BGP session established again", func() bool { return s.Status().Peers[0].State == "established" })
 	waitFor(t, "the route back at the router", func() bool { return len(r.routes(t)) == 1 })
 
-	// A reload that changes bfd alone restarts the BFD session, not the
-	// BGP one. (Uptimes have a resolution of a second: let one pass.)
+	// A reload that changes bfd alone keeps both sessions: the BFD one
+	// takes the new interval by a poll sequence. (BGP uptimes have a
+	// resolution of a second: let one pass.)
 	time.Sleep(1100 * time.Millisecond)
 	before := s.Status().Peers[0]
 	slower := *cfg
 	slower.Peers = slices.Clone(cfg.Peers)
 	slower.Peers[0].BFD.Interval = 100 * time.Millisecond
+	finals := peer.finals.Load()
 	if err := s.Update(&slower); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "the BFD session up with the new interval", func() bool {
 		b := s.Status().Peers[0].BFD
-		return b != nil && b.State == "up" && b.DetectTimeMS == 300
+		return b != nil && b.State == "up" && b.DetectTimeMS == 300 && b.TxIntervalMS == 100 && peer.finals.Load() > finals
 	})
-	if st := s.Status().Peers[0]; st.State != "established" || !st.Since.Equal(before.Since) {
-		t.Errorf("BGP session after a change of bfd alone: %+v, up since %v before; want it kept", st, before.Since)
+	if st := s.Status().Peers[0]; st.State != "established" || !st.Since.Equal(before.Since) || !st.BFD.Since.Equal(before.BFD.Since) {
+		t.Errorf("sessions after a change of bfd alone: %+v (BFD %+v), up since %v (BFD %v) before; want both kept", st, st.BFD, before.Since, before.BFD.Since)
 	}
 
 	// Stop takes BFD administratively down: the router hears that it was

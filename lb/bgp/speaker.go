@@ -356,7 +356,7 @@ func (s *Speaker) Update(cfg *config.BGP) error {
 // left alone. The caller holds mu.
 func (s *Speaker) updatePeers(old *config.BGP, oldFamilies []*api.Family) error {
 	families := s.families()
-	// A change of bfd alone restarts the BFD session, not the BGP one.
+	// A change of bfd alone is bfdPeers.update's, not a new BGP session.
 	same := func(p config.BGPPeer, in []config.BGPPeer) bool {
 		p.BFD = config.BFD{}
 		return slices.Equal(families, oldFamilies) && slices.ContainsFunc(in, func(o config.BGPPeer) bool {
