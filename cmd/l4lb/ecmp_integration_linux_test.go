@@ -576,7 +576,7 @@ func TestECMPOverBGP(t *testing.T) {
 	}
 	st, table := l.bgpStatus(bin, 3)
 	if len(st.Peers) != 1 || st.Peers[0].Address != ecmpRouterN || st.Peers[0].State != "established" || st.Peers[0].HoldTime != 3 ||
-		st.Peers[0].BFD == nil || st.Peers[0].BFD.State != "up" || st.Peers[0].BFD.DetectTimeMS != 600 || len(st.Routes) != 1 || st.Routes[0].Prefix != ecmpVIP+"/32" || !st.Routes[0].Announced || !strings.Contains(table, "established") {
+		st.Peers[0].BFD == nil || st.Peers[0].BFD.State != "up" || st.Peers[0].BFD.DetectTimeMS != 600 || len(st.Routes) != 1 || st.Routes[0].Prefix != ecmpVIP+"/32" || !st.Routes[0].Announced || !strings.Contains(table, "established") || !strings.Contains(table, "up, detect 600ms") {
 		t.Fatalf("l4lb bgp status on node 3: %+v\n%s", st, table)
 	}
 	if sessions := l.birdc("show", "bfd", "sessions"); strings.Count(sessions, " Up ") != 3 {

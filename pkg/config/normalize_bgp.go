@@ -46,6 +46,14 @@ func (n *normalizer) bgp(cfg *Config) *BGP {
 		if p.Address.IsValid() && slices.ContainsFunc(b.Peers, func(o BGPPeer) bool { return o.Address == p.Address }) {
 			n.errs.add(fmt.Sprintf("bgp.peers[%d].address", i), "%s is given twice", p.Address)
 		}
+		// BFD receives on port 3784 of the local address, or of every
+		// address of the family: one peer cannot have the second while
+		// another has the first.
+		if p.BFD.Enabled() && p.Address.IsValid() && slices.ContainsFunc(b.Peers, func(o BGPPeer) bool {
+			return o.BFD.Enabled() && o.Address.Is4() == p.Address.Is4() && o.LocalAddress.IsValid() != p.LocalAddress.IsValid()
+		}) {
+			n.errs.add(fmt.Sprintf("bgp.peers[%d].local_address", i), "peers of one address family that run BFD either all set local_address or none does (BFD listens on port 3784 of it, or of every address)")
+		}
 		b.Peers = append(b.Peers, p)
 	}
 	if len(r.Announce) == 0 {
