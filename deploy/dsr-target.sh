@@ -10,10 +10,10 @@
 #
 # The target's service listens on the listener's port (on the VIP, or on
 # every address). Run as root; undo with: ip addr del VIP/32 dev lo (/128
-# for IPv6; and ip fou del port PORT).
+# for IPv6; and ip fou del port PORT [-6]).
 #
-# A kernel with the ipip module (fou for GUE, ip6_tunnel for IPv6)
-# decapsulates (tunl0, ip6tnl0). On one without, the script says so and
+# A kernel with the ipip module (fou for GUE, fou6 for GUE over IPv6,
+# ip6_tunnel for IPv6) decapsulates (tunl0, ip6tnl0). On one without, the script says so and
 # exits 3 after the rest of the setup: run
 #   l4lb dsr-target --interface IF --vip VIP ... [--gue-port PORT]
 # (a tc program that takes the outer headers off) as a service instead.
@@ -64,5 +64,13 @@ fi
 if [ -n "$v6" ]; then
 	modprobe ip6_tunnel 2>/dev/null || true
 	ip link set ip6tnl0 up 2>/dev/null || missing ip6_tunnel
+	if [ -n "$gue" ]; then
+		# GUE over IPv6 (zero UDP checksum, RFC 6935): fou hands the
+		# inner IPv6 packet to ip6tnl0.
+		modprobe fou6 2>/dev/null || true
+		if ! ip fou show 2>/dev/null | grep -q "port $gue gue -6" && ! ip fou add port "$gue" gue -6 2>/dev/null; then
+			missing fou6
+		fi
+	fi
 fi
 echo "dsr-target: decapsulating${v4:+ on tunl0}${gue:+ (GUE on UDP port $gue)}${v6:+ on ip6tnl0}, $* on lo"

@@ -21,9 +21,11 @@ import (
 //	client fd00:18::2 -- fd00:18::1 [node, VIP fd00:18:10::1 on lo] fd00:18:1::1 -- fd00:18:1::11 target (VIP on lo)
 //
 // The node's kernel paths send the client's packets to the target inside
-// an outer IPv6 header; the target (l4lb dsr-target, on a kernel without
-// ip6_tunnel) takes it off, sees the client's own address, and answers from
-// the VIP; the answers pass the node as plain routed packets.
+// an outer IPv6 header: TCP in IPv6 in IPv6, UDP in GUE over IPv6 (UDP to
+// port 6080, checksum zero). The target (l4lb dsr-target, on a kernel
+// without ip6_tunnel or fou6) takes it off, sees the client's own address,
+// and answers from the VIP; the answers pass the node as plain routed
+// packets.
 const (
 	dsr6VIP    = "fd00:18:10::1"
 	dsr6Client = "fd00:18::2"
@@ -74,10 +76,10 @@ func TestDSRIPv6InNamespaces(t *testing.T) {
 
 	bin := filepath.Join(t.TempDir(), "l4lb")
 	buildL4LB(t, bin, "dsr6-test")
-	script := exec.Command(ipBin, "netns", "exec", target, "sh", "../../deploy/dsr-target.sh", dsr6VIP)
+	script := exec.Command(ipBin, "netns", "exec", target, "sh", "../../deploy/dsr-target.sh", "--gue-port", "6080", dsr6VIP)
 	out, err := script.CombinedOutput()
 	if code := script.ProcessState.ExitCode(); code == 3 {
-		dec := exec.Command(ipBin, "netns", "exec", target, bin, "dsr-target", "--interface", "t0", "--vip", dsr6VIP)
+		dec := exec.Command(ipBin, "netns", "exec", target, bin, "dsr-target", "--interface", "t0", "--vip", dsr6VIP, "--gue-port", "6080")
 		dec.Stdout, dec.Stderr = io.Discard, os.Stderr
 		if err := dec.Start(); err != nil {
 			t.Fatal(err)
@@ -111,7 +113,7 @@ listeners:
   - {name: udp6, protocol: UDP, port: 7000, bind: ["%[1]s"], target_group: udp6}
 target_groups:
   - {name: tcp6, forwarding: dsr, targets: [{address: "[%[2]s]:7000"}], %[3]s}
-  - {name: udp6, protocol: UDP, forwarding: dsr, targets: [{address: "[%[2]s]:7000"}], %[3]s}
+  - {name: udp6, protocol: UDP, forwarding: dsr, encapsulation: gue, gue_port: 6080, targets: [{address: "[%[2]s]:7000"}], %[3]s}
 `, dsr6VIP, dsr6Target, hc)
 	os.WriteFile(filepath.Join(dir, "l4lb.yaml"), []byte(cfg), 0o644)
 	logPath := filepath.Join(dir, "l4lb.log")
@@ -158,7 +160,7 @@ target_groups:
 	t.Logf("IPv6 by direct server return: the target saw the client's own address on %d of 20 UDP flows and %d of 20 TCP connections",
 		strings.Count(got, "udp ["+dsr6Client+"]:"), strings.Count(got, "tcp ["+dsr6Client+"]:"))
 	b, _ := os.ReadFile(logPath)
-	for _, want := range []string{`"listener":"tcp6","encapsulation_source":"fd00:18:1::1","encapsulation":"ipv6 in ipv6"`, `"listener":"udp6","encapsulation_source":"fd00:18:1::1","encapsulation":"ipv6 in ipv6"`} {
+	for _, want := range []string{`"listener":"tcp6","encapsulation_source":"fd00:18:1::1","encapsulation":"ipv6 in ipv6"`, `"listener":"udp6","encapsulation_source":"fd00:18:1::1","encapsulation":"gue over ipv6, port 6080"`} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("l4lb's log lacks %s: the listener is not on the kernel path by DSR", want)
 		}

@@ -16,13 +16,14 @@ func newDSRTarget() *cobra.Command {
 		Use:   "dsr-target --interface IF --vip IP [--vip IP...] [--gue-port PORT]",
 		Short: "On a target of a dsr target group: take the l4lb nodes' IPIP, IPv6-in-IPv6 or GUE packets in (a tc program), until stopped",
 		Long: `On a target of a target group with forwarding: dsr, the l4lb nodes send each
-client packet inside an outer IPv4 header (IPIP), or with encapsulation: gue,
-inside IPv4 and UDP to the group's gue_port; an IPv6 packet inside an outer
-IPv6 header. A kernel with the ipip (and fou, and ip6_tunnel) module takes
+client packet inside an outer IPv4 header (IPIP), an IPv6 packet inside an
+outer IPv6 header; with encapsulation: gue, a UDP header to the group's
+gue_port follows the outer header. A kernel with the ipip (and fou, and
+ip6_tunnel) module takes
 that off itself (deploy/dsr-target.sh sets it up); on one
 without, this command runs a tc program on each --interface that does, for
 packets to the --vip addresses, until SIGTERM or SIGINT: IPIP and IPv6 in
-IPv6 always, GUE when --gue-port names the port. The VIPs must be on a local interface (lo)
+IPv6 always, GUE (over IPv4 or IPv6) when --gue-port names the port. The VIPs must be on a local interface (lo)
 and the service must listen on the listener's port; deploy/dsr-target.sh
 does both.`,
 		Args: cobra.NoArgs,

@@ -137,6 +137,21 @@ func encap6(f []byte) []byte {
 	return b
 }
 
+// encap6GUE wraps a frame's IPv6 packet in IPv6 and UDP to port, with a
+// zero checksum, as the nodes' program does for an IPv6 service with GUE.
+func encap6GUE(f []byte, port uint16) []byte {
+	inner := encap6(f)
+	b := make([]byte, len(inner)+8)
+	copy(b, inner[:54])
+	binary.BigEndian.PutUint16(b[18:], uint16(len(f)-14+8))
+	b[20] = 17
+	binary.BigEndian.PutUint16(b[54:], 50000)
+	binary.BigEndian.PutUint16(b[56:], port)
+	binary.BigEndian.PutUint16(b[58:], uint16(len(f)-14+8))
+	copy(b[62:], f[14:])
+	return b
+}
+
 func run(t testing.TB, d *Decap, pkt []byte) (int32, []byte) {
 	t.Helper()
 	opts := ebpf.RunOptions{Data: pkt, DataOut: make([]byte, len(pkt)+64)}
@@ -155,6 +170,7 @@ func TestDecap(t *testing.T) {
 	in6 := frame6(vip6, "hello")
 	for name, c := range map[string]struct{ pkt, want []byte }{
 		"IPIP": {encap(in, false), in}, "GUE": {encapGUE(in, guePort), in}, "IPv6 in IPv6": {encap6(in6), in6},
+		"GUE over IPv6": {encap6GUE(in6, guePort), in6},
 	} {
 		ret, out := run(t, d, c.pkt)
 		if ret != 0 || !bytes.Equal(out, c.want) {
@@ -162,16 +178,19 @@ func TestDecap(t *testing.T) {
 		}
 	}
 	for name, pkt := range map[string][]byte{
-		"IPIP to another address": encap(frame(netip.MustParseAddr("198.18.10.2"), "x"), false),
-		"GUE to another address":  encapGUE(frame(netip.MustParseAddr("198.18.10.2"), "x"), guePort),
-		"GUE to another port":     encapGUE(in, guePort+1),
-		"an IPIP fragment":        encap(in, true),
-		"plain TCP to the VIP":    in,
-		"a short frame":           encap(in, false)[:40],
-		"a short GUE frame":       encapGUE(in, guePort)[:60],
-		"IPv6 in IPv6 elsewhere":  encap6(frame6(netip.MustParseAddr("fd00:18:10::2"), "x")),
-		"plain IPv6 to the VIP":   in6,
-		"a short IPv6 frame":      encap6(in6)[:80],
+		"IPIP to another address":  encap(frame(netip.MustParseAddr("198.18.10.2"), "x"), false),
+		"GUE to another address":   encapGUE(frame(netip.MustParseAddr("198.18.10.2"), "x"), guePort),
+		"GUE to another port":      encapGUE(in, guePort+1),
+		"an IPIP fragment":         encap(in, true),
+		"plain TCP to the VIP":     in,
+		"a short frame":            encap(in, false)[:40],
+		"a short GUE frame":        encapGUE(in, guePort)[:60],
+		"IPv6 in IPv6 elsewhere":   encap6(frame6(netip.MustParseAddr("fd00:18:10::2"), "x")),
+		"plain IPv6 to the VIP":    in6,
+		"a short IPv6 frame":       encap6(in6)[:80],
+		"IPv6 GUE to another port": encap6GUE(in6, guePort+1),
+		"IPv6 GUE elsewhere":       encap6GUE(frame6(netip.MustParseAddr("fd00:18:10::2"), "x"), guePort),
+		"a short IPv6 GUE frame":   encap6GUE(in6, guePort)[:100],
 	} {
 		ret, out := run(t, d, pkt)
 		if ret != -1 || !bytes.Equal(out, pkt) {
@@ -179,25 +198,28 @@ func TestDecap(t *testing.T) {
 		}
 	}
 	n, failed, err := d.Stats()
-	if err != nil || n != 3 || failed != 0 {
-		t.Fatalf("stats: %d decapsulated, %d failed (%v); want 3 and 0", n, failed, err)
+	if err != nil || n != 4 || failed != 0 {
+		t.Fatalf("stats: %d decapsulated, %d failed (%v); want 4 and 0", n, failed, err)
 	}
 	// Without a GUE port, GUE is not taken in.
 	ipip := newDecap(t, 0)
-	if ret, _ := run(t, ipip, encapGUE(in, guePort)); ret != -1 {
-		t.Fatalf("GUE to a program without a GUE port: returned %d, want -1", ret)
+	for _, pkt := range [][]byte{encapGUE(in, guePort), encap6GUE(in6, guePort)} {
+		if ret, _ := run(t, ipip, pkt); ret != -1 {
+			t.Fatalf("GUE to a program without a GUE port: returned %d, want -1", ret)
+		}
 	}
 }
 
 // FuzzDecap feeds the program arbitrary frames: each passes untouched, or
-// loses exactly the 20 bytes (IPIP), 28 (GUE) or 40 (IPv6 in IPv6) after
-// the Ethernet header.
+// loses exactly the 20 bytes (IPIP), 28 (GUE), 40 (IPv6 in IPv6) or 48
+// (GUE over IPv6) after the Ethernet header.
 func FuzzDecap(f *testing.F) {
 	in := frame(vip, "hello")
 	f.Add(encap(in, false))
 	f.Add(encap(in, true))
 	f.Add(encapGUE(in, guePort))
 	f.Add(encap6(frame6(vip6, "hello")))
+	f.Add(encap6GUE(frame6(vip6, "hello"), guePort))
 	f.Add(in)
 	d := newDecap(f, guePort)
 	f.Fuzz(func(t *testing.T, pkt []byte) {
@@ -218,6 +240,8 @@ func FuzzDecap(f *testing.F) {
 		case 0:
 			room := 20
 			switch {
+			case pkt[12] == 0x86 && pkt[20] == 17:
+				room = 48
 			case pkt[12] == 0x86:
 				room = 40
 			case pkt[23] == 17:

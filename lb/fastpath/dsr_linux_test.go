@@ -209,24 +209,30 @@ func TestDSRProgramGUE(t *testing.T) {
 // An IPv6 service: the client's packet goes whole inside an outer IPv6
 // header (IPv6 in IPv6) from the configured source to the target the table
 // names, with the flow label FlowLabel gives the flow's hash, on its first
-// packet and on its pinned ones alike. GUE is refused for IPv6.
+// packet and on its pinned ones alike; with GUE, with the UDP header
+// encap4 writes after it (checksum zero, as RFC 6935 lets tunnels have).
 func TestDSRProgramIPv6(t *testing.T) {
 	src := netip.MustParseAddr("fd00:18:1::1")
-	for _, proto := range []uint8{flowhash.ProtoTCP, flowhash.ProtoUDP} {
+	for _, c := range []struct {
+		proto   uint8
+		guePort uint16
+	}{{flowhash.ProtoTCP, 0}, {flowhash.ProtoUDP, 0}, {flowhash.ProtoTCP, 6080}, {flowhash.ProtoUDP, 6080}} {
+		proto, guePort := c.proto, c.guePort
 		p := newPath(t, Options{Protocol: proto, MaxFlows: 4096, Services6: 1})
 		vip := netip.MustParseAddrPort("[fd00:18:10::1]:80")
 		id, err := p.AddService(vip, time.Minute, false)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := p.ForwardDSR(id, src, 6080); err == nil {
-			t.Fatal("ForwardDSR took GUE for an IPv6 service")
-		}
 		if err := p.ForwardDSR(id, netip.MustParseAddr("198.18.1.1"), 0); err == nil {
 			t.Fatal("ForwardDSR took an IPv4 source for an IPv6 service")
 		}
-		if err := p.ForwardDSR(id, src, 0); err != nil {
+		if err := p.ForwardDSR(id, src, guePort); err != nil {
 			t.Fatal(err)
+		}
+		room := 40
+		if guePort != 0 {
+			room += 8
 		}
 		slots := make([]netip.AddrPort, maglev.DefaultSize)
 		for i := range slots {
@@ -247,15 +253,24 @@ func TestDSRProgramIPv6(t *testing.T) {
 				if ret != tcxPass {
 					t.Fatalf("proto %d, flow %d: returned %d", proto, i, ret)
 				}
-				if len(out) != len(pkt)+40 {
-					t.Fatalf("output is %d bytes, want the %d of the input and an outer header", len(out), len(pkt))
+				if len(out) != len(pkt)+room {
+					t.Fatalf("output is %d bytes, want the %d of the input and %d of outer headers", len(out), len(pkt), room)
 				}
 				outer := out[14:54]
 				if vtcfl := binary.BigEndian.Uint32(outer); vtcfl != 6<<28|FlowLabel(h) {
 					t.Fatalf("outer version and flow label %#x, want %#x", vtcfl, 6<<28|FlowLabel(h))
 				}
-				if int(binary.BigEndian.Uint16(outer[4:])) != len(pkt)-14 || outer[6] != 41 || outer[7] != 64 {
-					t.Fatalf("outer header %x: want payload length %d, next header 41, hop limit 64", outer[:8], len(pkt)-14)
+				next := byte(41)
+				if guePort != 0 {
+					next = 17
+					udp := out[54:62]
+					if binary.BigEndian.Uint16(udp[0:]) != GUESourcePort(h) || binary.BigEndian.Uint16(udp[2:]) != guePort ||
+						int(binary.BigEndian.Uint16(udp[4:])) != len(pkt)-14+8 || binary.BigEndian.Uint16(udp[6:]) != 0 {
+						t.Fatalf("outer UDP header %x: want %d -> %d, length %d, checksum 0", udp, GUESourcePort(h), guePort, len(pkt)-14+8)
+					}
+				}
+				if int(binary.BigEndian.Uint16(outer[4:])) != len(out)-54 || outer[6] != next || outer[7] != 64 {
+					t.Fatalf("outer header %x: want payload length %d, next header %d, hop limit 64", outer[:8], len(out)-54, next)
 				}
 				if got := netip.AddrFrom16([16]byte(outer[8:24])); got != src {
 					t.Fatalf("outer source %s, want %s", got, src)
@@ -263,7 +278,7 @@ func TestDSRProgramIPv6(t *testing.T) {
 				if got, want := netip.AddrFrom16([16]byte(outer[24:40])), slots[h%maglev.DefaultSize].Addr(); got != want {
 					t.Fatalf("proto %d: flow from %s went to %s, user space says %s", proto, c, got, want)
 				}
-				if !bytes.Equal(out[54:], pkt[14:]) {
+				if !bytes.Equal(out[14+room:], pkt[14:]) {
 					t.Fatalf("the inner packet changed")
 				}
 			}

@@ -259,11 +259,11 @@ func (p *Path) AddService(vip netip.AddrPort, idle time.Duration, sticky bool) (
 // ForwardDSR makes service id forward by direct server return from its
 // next SetTable on: each packet goes to its target whole, inside an outer
 // header from src (of the service's family), and the target answers the
-// client directly. An IPv4 service uses IPIP, or with a guePort other than
-// 0, a UDP header to that port after the outer header (GUE variant 1), with
-// a source port from the flow's hash (GUESourcePort), for routers that
-// spread flows by ports only. An IPv6 service uses IPv6 in IPv6, with a
-// flow label from the flow's hash (FlowLabel), and no GUE. The
+// client directly. An IPv4 service uses IPIP, an IPv6 one IPv6 in IPv6,
+// with a flow label from the flow's hash (FlowLabel). With a guePort other
+// than 0, a UDP header to that port follows the outer header (GUE variant
+// 1), from a source port of the flow's hash (GUESourcePort), for routers
+// that spread flows by ports only; its checksum is zero. The
 // target must hold the service's address on a local interface and take
 // the encapsulation in (deploy/dsr-target.sh); the packet keeps its
 // destination port, so the target listens on the listener's port.
@@ -273,9 +273,6 @@ func (p *Path) ForwardDSR(id int, src netip.Addr, guePort uint16) error {
 	s := p.svcs[id]
 	if v4 := s.vip.Addr().Is4(); v4 != src.Is4() || src.Is4In6() {
 		return fmt.Errorf("fastpath: %s: direct server return from %s: the outer source must be of the service's family", s.vip, src)
-	}
-	if guePort != 0 && !s.vip.Addr().Is4() {
-		return fmt.Errorf("fastpath: %s: GUE is built for IPv4 only", s.vip)
 	}
 	s.flags |= svcDSR
 	s.encap = src

@@ -91,6 +91,10 @@ type fastpathBPFScratch struct {
 		HopLimit   uint8
 		Saddr      [4]uint32
 		Daddr      [4]uint32
+		Sport      uint16
+		Dport      uint16
+		Len        uint16
+		Csum       uint16
 	}
 }
 

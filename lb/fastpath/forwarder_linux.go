@@ -127,6 +127,8 @@ func NewForwarder(fronts []Front, opts ForwarderOptions) (*Forwarder, error) {
 				err = p.ForwardDSR(id, src, fr.GUEPort)
 				encap := "ipip"
 				switch {
+				case fr.GUEPort != 0 && fr.VIP.Addr().Is6():
+					encap = fmt.Sprintf("gue over ipv6, port %d", fr.GUEPort)
 				case fr.GUEPort != 0:
 					encap = fmt.Sprintf("gue, port %d", fr.GUEPort)
 				case fr.VIP.Addr().Is6():

@@ -361,8 +361,6 @@ func (n *normalizer) encapsulation(path string, r *RawTargetGroup, g *TargetGrou
 		n.errs.add(path+".encapsulation", "%q is not ipip or gue", r.Encapsulation)
 	}
 	switch {
-	case g.Encapsulation == EncapGUE && len(g.Targets) > 0 && g.Targets[0].Address.Addr().Is6():
-		n.errs.add(path+".encapsulation", "gue is built for IPv4 targets; IPv6 ones take IPv6 in IPv6 (ipip)")
 	case g.Encapsulation == EncapGUE && r.GUEPort == nil:
 		g.GUEPort = DefaultGUEPort
 	case g.Encapsulation == EncapGUE && (*r.GUEPort < 1 || *r.GUEPort > 65535):

@@ -185,9 +185,10 @@ type TargetGroup struct {
 	// encapsulates to the target, which answers the client directly.
 	Forwarding string
 	// Encapsulation is how ForwardDSR wraps a packet: EncapIPIP (IP in IP:
-	// IPIP for IPv4 targets, IPv6 in IPv6 for IPv6 ones), or EncapGUE
-	// (IPv4 only), IPv4 and UDP to GUEPort, for routers between l4lb and
-	// the targets that spread flows by ports only. Empty for ForwardNAT.
+	// IPIP for IPv4 targets, IPv6 in IPv6 for IPv6 ones), or EncapGUE,
+	// an outer IP header of the targets' family and UDP to GUEPort, for
+	// routers between l4lb and the targets that spread flows by ports
+	// only. Empty for ForwardNAT.
 	Encapsulation string
 	GUEPort       uint16 // EncapGUE only
 }

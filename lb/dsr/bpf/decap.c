@@ -2,10 +2,11 @@
 /*
  * The target side of direct server return, for targets whose kernel cannot
  * take IPIP in itself (no ipip module): a tc (tcx) ingress program that
- * strips the outer IPv4 header the l4lb nodes add (fastpath.c, encap4),
- * and with GUE the UDP header after it (to port cfg_gue_port), or the
- * outer IPv6 header of IPv6 in IPv6, from packets whose inner destination
- * is one of the listener addresses (VIPs) this target serves. The inner packet then goes on into the stack
+ * strips the outer IPv4 header the l4lb nodes add (fastpath.c, encap4) or
+ * the outer IPv6 header of IPv6 in IPv6 (encap6), and with GUE the UDP
+ * header after either (to port cfg_gue_port), from packets whose inner
+ * destination is one of the listener addresses (VIPs) this target serves.
+ * The inner packet then goes on into the stack
  * as if the client had sent it here, and the target answers the client
  * directly, from the VIP. Everything else passes untouched.
  */
@@ -78,17 +79,32 @@ static __always_inline int strip(struct __sk_buff *skb, __s32 room)
 	return TCX_PASS;
 }
 
-/* decap6 takes IPv6 in IPv6 to an IPv6 VIP in. */
+/* decap6 takes IPv6 in IPv6 to an IPv6 VIP in, or in GUE over IPv6 (a
+ * UDP header to cfg_gue_port between the two; its checksum, zero as the
+ * nodes send it, is not checked: the inner packet carries its own). */
 static __always_inline int decap6(struct __sk_buff *skb, void *data, void *end)
 {
 	if (data + ETH_HLEN + 2 * IPV6_HLEN > end)
 		return TCX_NEXT;
 	__u8 *outer = data + ETH_HLEN, *inner = outer + IPV6_HLEN;
-	if ((outer[0] >> 4) != 6 || outer[6] != IPPROTO_IPV6 || (inner[0] >> 4) != 6)
+	if ((outer[0] >> 4) != 6)
+		return TCX_NEXT;
+	__s32 room = IPV6_HLEN;
+	if (outer[6] == IPPROTO_UDP && cfg_gue_port) {
+		inner = outer + IPV6_HLEN + UDP_HLEN;
+		if ((void *)(inner + IPV6_HLEN) > end)
+			return TCX_NEXT;
+		if (*(__u16 *)(outer + IPV6_HLEN + 2) != cfg_gue_port)
+			return TCX_NEXT;
+		room += UDP_HLEN;
+	} else if (outer[6] != IPPROTO_IPV6) {
+		return TCX_NEXT;
+	}
+	if ((inner[0] >> 4) != 6)
 		return TCX_NEXT;
 	if (!bpf_map_lookup_elem(&l4lb_vips6, inner + 24))
 		return TCX_NEXT;
-	return strip(skb, IPV6_HLEN);
+	return strip(skb, room);
 }
 
 SEC("tcx/ingress")

@@ -250,12 +250,14 @@ union flow_val {
 
 /* new_flow's entries, built here rather than on the stack, which the IPv6
  * path would overrun. */
-/* An outer IPv6 header, for direct server return (encap6). */
+/* An outer IPv6 header, for direct server return (encap6), and with GUE
+ * the UDP header after it. */
 struct outer6 {
 	__u32 vtcfl;
 	__u16 payload_len;
 	__u8 nexthdr, hop_limit;
 	__u32 saddr[4], daddr[4];
+	__u16 sport, dport, len, csum; /* SVC_GUE only */
 };
 /* Room too large for the stack: a new flow's entries, an outer header. */
 struct scratch {
@@ -525,8 +527,10 @@ static __always_inline int encap4(struct __sk_buff *skb, __u32 daddr, const stru
 
 /* encap6 wraps an IPv6 packet in an outer IPv6 header from the service's
  * encap source to the target (IPv6 in IPv6), whose flow label comes from
- * the flow's hash, for the routers' multipath hash. GUE is IPv4 only: a
- * UDP header over IPv6 needs a checksum of the whole packet. */
+ * the flow's hash, for the routers' multipath hash; with SVC_GUE, a UDP
+ * header after it as encap4 writes one. Its checksum is zero, which UDP
+ * over IPv6 allows for tunnels whose receivers accept it (RFC 6935, 6936):
+ * the target's decapsulation does, and the inner packet carries its own. */
 static __always_inline int encap6(struct __sk_buff *skb, const __u32 *daddr, const struct svc_val *s, __u64 hash)
 {
 	/* The hash now, not after the call below: its inputs would stay live
@@ -537,15 +541,25 @@ static __always_inline int encap6(struct __sk_buff *skb, const __u32 *daddr, con
 	if (!sc)
 		return TCX_DROP;
 	struct outer6 *h = &sc->hdr6;
+	__u16 dport = (s->flags & SVC_GUE) ? s->encap_port : 0;
+	bool gue = dport != 0;
+	__u32 room = gue ? IPV6_HLEN + UDP_HLEN : IPV6_HLEN;
+	__u64 flags = BPF_F_ADJ_ROOM_ENCAP_L3_IPV6;
+	if (gue)
+		flags |= BPF_F_ADJ_ROOM_ENCAP_L4_UDP;
 	h->vtcfl = bpf_htonl(0x60000000 | (__u32)((hash ^ (hash >> 32)) & 0xfffff));
-	h->payload_len = bpf_htons(inner);
-	h->nexthdr = 41; /* IPPROTO_IPV6 */
+	h->payload_len = bpf_htons(gue ? inner + UDP_HLEN : inner);
+	h->nexthdr = gue ? 17 : 41; /* IPPROTO_UDP, IPPROTO_IPV6 */
 	h->hop_limit = 64;
 	copy_addr(h->saddr, s->encap_src, true);
 	copy_addr(h->daddr, daddr, true);
-	if (bpf_skb_adjust_room(skb, IPV6_HLEN, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_ENCAP_L3_IPV6))
+	h->sport = gue_source_port(hash);
+	h->dport = dport;
+	h->len = bpf_htons(inner + UDP_HLEN);
+	h->csum = 0;
+	if (bpf_skb_adjust_room(skb, room, BPF_ADJ_ROOM_MAC, flags))
 		return TCX_DROP;
-	if (bpf_skb_store_bytes(skb, ETH_HLEN, h, sizeof(*h), 0))
+	if (bpf_skb_store_bytes(skb, ETH_HLEN, h, gue ? sizeof(*h) : IPV6_HLEN, 0))
 		return TCX_DROP;
 	return TCX_PASS;
 }
