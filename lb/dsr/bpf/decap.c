@@ -79,6 +79,17 @@ static __always_inline int strip(struct __sk_buff *skb, __s32 room)
 	return TCX_PASS;
 }
 
+/* gue_inner is the packet after the UDP header at udp, if that header goes
+ * to cfg_gue_port and need bytes of the inner header are there (GUE
+ * variant 1: the client's packet right after the UDP header); else NULL. */
+static __always_inline __u8 *gue_inner(__u8 *udp, void *end, __u32 need)
+{
+	__u8 *inner = udp + UDP_HLEN;
+	if ((void *)(inner + need) > end || *(__u16 *)(udp + 2) != cfg_gue_port)
+		return NULL;
+	return inner;
+}
+
 /* decap6 takes IPv6 in IPv6 to an IPv6 VIP in, or in GUE over IPv6 (a
  * UDP header to cfg_gue_port between the two; its checksum, zero as the
  * nodes send it, is not checked: the inner packet carries its own). */
@@ -91,10 +102,7 @@ static __always_inline int decap6(struct __sk_buff *skb, void *data, void *end)
 		return TCX_NEXT;
 	__s32 room = IPV6_HLEN;
 	if (outer[6] == IPPROTO_UDP && cfg_gue_port) {
-		inner = outer + IPV6_HLEN + UDP_HLEN;
-		if ((void *)(inner + IPV6_HLEN) > end)
-			return TCX_NEXT;
-		if (*(__u16 *)(outer + IPV6_HLEN + 2) != cfg_gue_port)
+		if (!(inner = gue_inner(outer + IPV6_HLEN, end, IPV6_HLEN)))
 			return TCX_NEXT;
 		room += UDP_HLEN;
 	} else if (outer[6] != IPPROTO_IPV6) {
@@ -127,11 +135,7 @@ int l4lb_decap(struct __sk_buff *skb)
 		return TCX_NEXT;
 	__s32 room = IPV4_HLEN;
 	if (outer[9] == IPPROTO_UDP && cfg_gue_port) {
-		/* GUE variant 1: the client's packet right after the UDP header. */
-		inner = outer + IPV4_HLEN + UDP_HLEN;
-		if ((void *)(inner + IPV4_HLEN) > end)
-			return TCX_NEXT;
-		if (*(__u16 *)(outer + IPV4_HLEN + 2) != cfg_gue_port)
+		if (!(inner = gue_inner(outer + IPV4_HLEN, end, IPV4_HLEN)))
 			return TCX_NEXT;
 		room += UDP_HLEN;
 	} else if (outer[9] != IPPROTO_IPIP) {
