@@ -163,7 +163,7 @@ func (s *Session) run() {
 		s.mu.Lock()
 		s.f.expire(now)
 		changed := s.f.state != was
-		interval, deadline := s.f.txInterval(), s.f.deadline()
+		interval, deadline, mult := s.f.txInterval(), s.f.deadline(), s.f.mult
 		s.mu.Unlock()
 		if changed {
 			s.changed()
@@ -174,7 +174,7 @@ func (s *Session) run() {
 		}
 		if interval > 0 && !now.Before(nextTx) {
 			s.send(false)
-			nextTx = now.Add(jitter(interval, s.cfg.Multiplier))
+			nextTx = now.Add(jitter(interval, mult))
 		}
 		wake := nextTx
 		if interval == 0 || (!deadline.IsZero() && deadline.Before(wake)) {
