@@ -391,10 +391,11 @@ func (s *Speaker) updatePeers(old *config.BGP, oldFamilies []*api.Family) error 
 // bfdLost resets the BGP session with a peer whose BFD session failed, as
 // the router does on its side: the session starts again once the path
 // works, rather than waiting out the hold time.
+// It holds mu throughout, so Stop cannot stop the speaker under it.
 func (s *Speaker) bfdLost(peer netip.Addr) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	b := s.bgp
-	s.mu.Unlock()
 	if b == nil {
 		return
 	}
