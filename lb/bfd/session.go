@@ -77,16 +77,14 @@ func (s *Session) open() error {
 	if bound := s.e.Addr().Addr().Unmap(); !local.IsValid() && !bound.IsUnspecified() {
 		local = bound // the address the peer sends to
 	}
-	if !local.IsValid() {
-		local = netip.IPv4Unspecified()
-		if s.cfg.Peer.Is6() {
-			local = netip.IPv6Unspecified()
-		}
+	laddr := &net.UDPAddr{} // no IP: the kernel's choice
+	if local.IsValid() {
+		laddr.IP = local.AsSlice()
 	}
 	peer := net.UDPAddrFromAddrPort(netip.AddrPortFrom(s.cfg.Peer, Port))
 	var err error
 	for range 32 {
-		laddr := net.UDPAddrFromAddrPort(netip.AddrPortFrom(local, uint16(49152+rand.IntN(16384))))
+		laddr.Port = 49152 + rand.IntN(16384)
 		if s.conn, err = net.DialUDP(udpNet(s.cfg.Peer), laddr, peer); err == nil {
 			break
 		}

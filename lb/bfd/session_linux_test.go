@@ -51,6 +51,19 @@ func (sd *side) await(t *testing.T, state State, within time.Duration) Status {
 	}
 }
 
+// settled waits until the poll sequences have settled sd's rates: it
+// sends every interval and expects the peer within three.
+func settled(t *testing.T, sd *side, interval time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Second)
+	for st := sd.s.Status(); st.TxInterval != interval || st.DetectTime != 3*interval; st = sd.s.Status() {
+		if time.Now().After(deadline) {
+			t.Fatalf("rates once up: %+v; want tx %s, detect %s", st, interval, 3*interval)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // kill ends a session without a word to the peer, as a crashed host would.
 func (sd *side) kill() {
 	close(sd.s.stop)
@@ -74,19 +87,16 @@ func testSessions(t *testing.T, addrA, addrB string) {
 	b := newSide(t, addrB, addrA, interval)
 	a.await(t, Up, 5*time.Second)
 	b.await(t, Up, 5*time.Second)
-	// The poll sequences settle the rate: both send every 50 ms and
-	// expect the other within 150 ms.
-	deadline := time.Now().Add(2 * time.Second)
-	for st := a.s.Status(); st.TxInterval != interval || st.DetectTime != 3*interval; st = a.s.Status() {
-		if time.Now().After(deadline) {
-			t.Fatalf("a's rates once up: %+v; want tx 50ms, detect 150ms", st)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	// Up for a while: no flap on a loaded machine's loopback.
+	settled(t, a, interval)
+	// Up for a while (ten detection times): no flap on a loaded
+	// machine's loopback, not even one that came back.
 	time.Sleep(500 * time.Millisecond)
-	if st := a.s.Status(); st.State != Up {
-		t.Fatalf("a after 500ms up: %+v", st)
+	for _, sd := range []*side{a, b} {
+		select {
+		case st := <-sd.states:
+			t.Fatalf("session with %s changed state while up: %+v", sd.s.cfg.Peer, st)
+		default:
+		}
 	}
 
 	// b stops: a hears it is down on purpose.
@@ -97,9 +107,9 @@ func testSessions(t *testing.T, addrA, addrB string) {
 	b.start(t, addrA, interval)
 	a.await(t, Up, 5*time.Second)
 	b.await(t, Up, 5*time.Second)
+	settled(t, a, interval)
 
 	// b vanishes: a goes down when the detection time passes.
-	time.Sleep(300 * time.Millisecond)
 	start := time.Now()
 	b.kill()
 	st := a.await(t, Down, 5*time.Second)
@@ -122,7 +132,7 @@ func testSessions(t *testing.T, addrA, addrB string) {
 	for _, b := range [][]byte{far.Append(nil), {0x20, 0, 0}} {
 		c.Write(b)
 	}
-	for time.Now().Before(deadline.Add(5*time.Second)) && a.e.Discarded.Load() < before+2 {
+	for wait := time.Now().Add(5 * time.Second); time.Now().Before(wait) && a.e.Discarded.Load() < before+2; {
 		time.Sleep(10 * time.Millisecond)
 	}
 	if n := a.e.Discarded.Load() - before; n != 2 {
