@@ -489,17 +489,30 @@ static __always_inline __u16 gue_source_port(__u64 hash)
 	return bpf_htons(0xc000 | (__u16)((hash ^ (hash >> 32)) & 0x3fff));
 }
 
+/* encap_room makes room after the Ethernet header for the outer headers of
+ * service s: an IP header of hlen bytes (l3 the adjust_room flag of its
+ * family), and with SVC_GUE a UDP header after it, to *dport (0 without
+ * GUE). It returns the room made, or 0 if it could not. */
+static __always_inline __u32 encap_room(struct __sk_buff *skb, const struct svc_val *s, __u32 hlen, __u64 l3, __u16 *dport)
+{
+	*dport = (s->flags & SVC_GUE) ? s->encap_port : 0;
+	if (*dport) {
+		hlen += UDP_HLEN;
+		l3 |= BPF_F_ADJ_ROOM_ENCAP_L4_UDP;
+	}
+	if (bpf_skb_adjust_room(skb, hlen, BPF_ADJ_ROOM_MAC, l3))
+		return 0;
+	return hlen;
+}
+
 static __always_inline int encap4(struct __sk_buff *skb, __u32 daddr, const struct svc_val *s, __u64 hash)
 {
 	__u32 inner = skb->len - ETH_HLEN;
-	__u16 dport = (s->flags & SVC_GUE) ? s->encap_port : 0;
-	bool gue = dport != 0;
-	__u32 room = gue ? IPV4_HLEN + UDP_HLEN : IPV4_HLEN;
-	__u64 flags = BPF_F_ADJ_ROOM_ENCAP_L3_IPV4;
-	if (gue)
-		flags |= BPF_F_ADJ_ROOM_ENCAP_L4_UDP;
-	if (bpf_skb_adjust_room(skb, room, BPF_ADJ_ROOM_MAC, flags))
+	__u16 dport;
+	__u32 room = encap_room(skb, s, IPV4_HLEN, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, &dport);
+	if (!room)
 		return TCX_DROP;
+	bool gue = dport != 0;
 	struct outer4 h = {
 		.vihl = 0x45,
 		.tot_len = bpf_htons(inner + room),
@@ -541,12 +554,10 @@ static __always_inline int encap6(struct __sk_buff *skb, const __u32 *daddr, con
 	if (!sc)
 		return TCX_DROP;
 	struct outer6 *h = &sc->hdr6;
-	__u16 dport = (s->flags & SVC_GUE) ? s->encap_port : 0;
+	__u16 dport;
+	if (!encap_room(skb, s, IPV6_HLEN, BPF_F_ADJ_ROOM_ENCAP_L3_IPV6, &dport))
+		return TCX_DROP;
 	bool gue = dport != 0;
-	__u32 room = gue ? IPV6_HLEN + UDP_HLEN : IPV6_HLEN;
-	__u64 flags = BPF_F_ADJ_ROOM_ENCAP_L3_IPV6;
-	if (gue)
-		flags |= BPF_F_ADJ_ROOM_ENCAP_L4_UDP;
 	h->vtcfl = bpf_htonl(0x60000000 | (__u32)((hash ^ (hash >> 32)) & 0xfffff));
 	h->payload_len = bpf_htons(gue ? inner + UDP_HLEN : inner);
 	h->nexthdr = gue ? 17 : 41; /* IPPROTO_UDP, IPPROTO_IPV6 */
@@ -557,15 +568,11 @@ static __always_inline int encap6(struct __sk_buff *skb, const __u32 *daddr, con
 	h->dport = dport;
 	h->len = bpf_htons(inner + UDP_HLEN);
 	h->csum = 0;
-	if (bpf_skb_adjust_room(skb, room, BPF_ADJ_ROOM_MAC, flags))
-		return TCX_DROP;
 	if (bpf_skb_store_bytes(skb, ETH_HLEN, h, gue ? sizeof(*h) : IPV6_HLEN, 0))
 		return TCX_DROP;
 	return TCX_PASS;
 }
 
-/* encap wraps the packet as service s says: s is read (a map value) as
- * the packet is built. */
 /* encap6_flow is encap6 with the flow's hash, in a stack frame of its own:
  * the IPv6 handler's has no room for it. */
 static __attribute__((noinline)) int encap6_flow(struct __sk_buff *skb, const struct pkt *p, const __u32 *daddr, const struct svc_val *s)
@@ -573,6 +580,8 @@ static __attribute__((noinline)) int encap6_flow(struct __sk_buff *skb, const st
 	return encap6(skb, daddr, s, flow_hash(p, true));
 }
 
+/* encap wraps the packet as service s says: s is read (a map value) as
+ * the packet is built. */
 static __always_inline int encap(struct __sk_buff *skb, const struct pkt *p, const __u32 *daddr, const struct svc_val *s, bool v6)
 {
 	return v6 ? encap6_flow(skb, p, daddr, s) : encap4(skb, daddr[0], s, flow_hash(p, false));
