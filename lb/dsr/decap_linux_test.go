@@ -66,12 +66,25 @@ func frame(dst netip.Addr, payload string) []byte {
 // encap wraps a frame's IP packet in IPIP from node to target, as the
 // nodes' program does (fastpath.c encap4; fastpath's TestDSRProgram checks
 // that layout on the program's own output).
-func encap(f []byte, fragment bool) []byte {
-	b := make([]byte, len(f)+20)
+func encap(f []byte, fragment bool) []byte { return outer4(f, 4, 0, fragment) }
+
+// encapGUE wraps a frame's IP packet in IPv4 and UDP from node to target's
+// port (GUE variant 1), as the nodes' program does with gue_port
+// (fastpath's TestDSRProgramGUE checks that layout on its output).
+func encapGUE(f []byte, port uint16) []byte {
+	b := outer4(f, 17, 8, false)
+	putUDP(b[34:], port, len(f)-14)
+	return b
+}
+
+// outer4 puts an outer IPv4 header from node to target, carrying proto,
+// and room bytes after it, in front of a frame's IP packet.
+func outer4(f []byte, proto byte, room int, fragment bool) []byte {
+	b := make([]byte, len(f)+20+room)
 	copy(b, f[:14])
 	o := b[14:34]
-	o[0], o[8], o[9] = 0x45, 64, 4
-	binary.BigEndian.PutUint16(o[2:], uint16(len(f)-14+20))
+	o[0], o[8], o[9] = 0x45, 64, proto
+	binary.BigEndian.PutUint16(o[2:], uint16(len(b)-14))
 	if fragment {
 		binary.BigEndian.PutUint16(o[6:], 0x2000) // MF
 	}
@@ -79,28 +92,16 @@ func encap(f []byte, fragment bool) []byte {
 	copy(o[12:], s[:])
 	copy(o[16:], d[:])
 	binary.BigEndian.PutUint16(o[10:], ^sum16(o))
-	copy(b[34:], f[14:])
+	copy(b[34+room:], f[14:])
 	return b
 }
 
-// encapGUE wraps a frame's IP packet in IPv4 and UDP from node to target's
-// port (GUE variant 1), as the nodes' program does with gue_port
-// (fastpath's TestDSRProgramGUE checks that layout on its output).
-func encapGUE(f []byte, port uint16) []byte {
-	b := make([]byte, len(f)+28)
-	copy(b, f[:14])
-	o := b[14:34]
-	o[0], o[8], o[9] = 0x45, 64, 17
-	binary.BigEndian.PutUint16(o[2:], uint16(len(f)-14+28))
-	s, d := node.As4(), target.As4()
-	copy(o[12:], s[:])
-	copy(o[16:], d[:])
-	binary.BigEndian.PutUint16(o[10:], ^sum16(o))
-	binary.BigEndian.PutUint16(b[34:], 50000)
-	binary.BigEndian.PutUint16(b[36:], port)
-	binary.BigEndian.PutUint16(b[38:], uint16(len(f)-14+8))
-	copy(b[42:], f[14:])
-	return b
+// putUDP writes a GUE UDP header to port, around inner bytes, at b;
+// checksum zero.
+func putUDP(b []byte, port uint16, inner int) {
+	binary.BigEndian.PutUint16(b[0:], 50000)
+	binary.BigEndian.PutUint16(b[2:], port)
+	binary.BigEndian.PutUint16(b[4:], uint16(inner+8))
 }
 
 // frame6 is an Ethernet frame holding an IPv6 UDP datagram to dst.
@@ -145,9 +146,7 @@ func encap6GUE(f []byte, port uint16) []byte {
 	copy(b, inner[:54])
 	binary.BigEndian.PutUint16(b[18:], uint16(len(f)-14+8))
 	b[20] = 17
-	binary.BigEndian.PutUint16(b[54:], 50000)
-	binary.BigEndian.PutUint16(b[56:], port)
-	binary.BigEndian.PutUint16(b[58:], uint16(len(f)-14+8))
+	putUDP(b[54:], port, len(f)-14)
 	copy(b[62:], f[14:])
 	return b
 }
