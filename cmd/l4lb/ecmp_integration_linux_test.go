@@ -63,12 +63,13 @@ type ecmpLab struct {
 	procs  []*exec.Cmd // l4lb per node
 }
 
-func (l *ecmpLab) in(ns string, args ...string) {
+func (l *ecmpLab) in(ns string, args ...string) string {
 	l.t.Helper()
 	out, err := exec.Command(l.ip, append([]string{"netns", "exec", ns}, args...)...).CombinedOutput()
 	if err != nil {
 		l.t.Fatalf("in %s: %s: %v\n%s", ns, strings.Join(args, " "), err, out)
 	}
+	return string(out)
 }
 
 func (l *ecmpLab) run(args ...string) {
@@ -206,8 +207,9 @@ func tail(b []byte, n int) []byte {
 	return b
 }
 
-// startNode runs l4lb in node i's namespace (1-based).
-func (l *ecmpLab) startNode(bin string, i int) {
+// startNode runs l4lb in node i's namespace (1-based). The first of each
+// node's processes is l.procs[i-1].
+func (l *ecmpLab) startNode(bin string, i int) *exec.Cmd {
 	dir := filepath.Join(l.dir, fmt.Sprintf("node%d", i))
 	os.MkdirAll(dir, 0o755)
 	os.WriteFile(filepath.Join(dir, "token"), []byte(ecmpToken), 0o600)
@@ -262,6 +264,7 @@ bgp:
 			l.t.Logf("node %d's log (the end):\n%s", i, tail(b, 6<<10))
 		}
 	})
+	return cmd
 }
 
 // startTarget runs the targets helper in ns for address ip.
@@ -702,12 +705,24 @@ func TestECMPOverBGP(t *testing.T) {
 	if killed.OK == 0 || killed.GapMS > 5000 {
 		t.Errorf("after node 1 was killed: %+v; want failures only while the router still sends to it", killed)
 	}
-	var moved struct{ OK, Failed, Mismatch int }
+	var moved ecmpTransferred
 	json.Unmarshal([]byte(<-transfers), &moved)
 	if moved.OK != 20 || moved.Failed != 0 || moved.Mismatch != 0 {
 		t.Errorf("20 DSR transfers across node 1's death: %+v; want all complete with matching checksums", moved)
 	}
 	t.Logf("DSR transfers across node 1's death: %+v", moved)
+	// What node 1 left behind: its DSR guard, which drops the packets the
+	// router still sent it after its death rather than resetting their
+	// flows.
+	guard := l.in(l.nodes[0], "nft", "list", "chain", "inet", "l4lb", "dsr_guard")
+	oldPID := l.procs[0].Process.Pid
+	for _, rule := range []string{"ip daddr " + ecmpVIP + " tcp dport 9000 counter", "ip daddr " + ecmpVIP + " udp dport 5300 counter"} {
+		if !strings.Contains(guard, rule) || !strings.Contains(guard, fmt.Sprintf("pid %d", oldPID)) {
+			t.Errorf("node 1's DSR guard after its death lacks %q of pid %d:\n%s", rule, oldPID, guard)
+		}
+	}
+	t.Logf("node 1's DSR guard outlived it: TCP 9000 and UDP 5300 to the VIP dropped, not reset, while no socket holds them; it dropped %d TCP packets",
+		ecmpGuardDrops(guard, "tcp dport 9000"))
 	udpAfter := ecmpTargetsOf(t, l.helper(l.client, "udp", "ECMP_FLOWS=1000", "ECMP_SRC=50000", "ECMP_PORT=53"))
 	kernelAfter := ecmpTargetsOf(t, l.helper(l.client, "udp", "ECMP_FLOWS=1000", "ECMP_SRC=51000", "ECMP_PORT=5300"))
 	saw = l.targetsSaw("udp")
@@ -730,9 +745,13 @@ func TestECMPOverBGP(t *testing.T) {
 	// router. BFD ends the session when three of its 200 ms intervals pass
 	// in silence, well before BGP's hold time (3 s) would. New connections
 	// that the router hashes to node 3 fail until then, and no longer.
-	l.startNode(bin, 1)
+	restarted := l.startNode(bin, 1)
 	took = l.waitHops(3, 30*time.Second)
 	t.Logf("node 1 restarted: back in the FIB after %v", took.Round(time.Millisecond))
+	guard = l.in(l.nodes[0], "nft", "list", "chain", "inet", "l4lb", "dsr_guard")
+	if strings.Contains(guard, fmt.Sprintf("pid %d", oldPID)) || strings.Count(guard, fmt.Sprintf("pid %d\"", restarted.Process.Pid)) != 4 {
+		t.Errorf("node 1's DSR guard after its restart: want the new process's 4 rules in place of the dead one's:\n%s", guard)
+	}
 	// Each DSR transfer, moved or not, was served by one target, the one
 	// every node names for it.
 	tcpSaw := l.targetsSaw("tcp")
@@ -785,6 +804,20 @@ func TestECMPOverBGP(t *testing.T) {
 		t.Errorf("connections while node 2 left gracefully: %+v, want none failed", left)
 	}
 	t.Logf("node 2 left: %d connections, %d failed", left.OK, left.Failed)
+}
+
+// ecmpGuardDrops reads the packet counter of the guard's drop rule that
+// matches, from nft's listing.
+func ecmpGuardDrops(listing, match string) int {
+	for _, line := range strings.Split(listing, "\n") {
+		if strings.Contains(line, match) && strings.Contains(line, " drop ") {
+			var n int
+			if _, err := fmt.Sscanf(line[strings.Index(line, "counter packets"):], "counter packets %d", &n); err == nil {
+				return n
+			}
+		}
+	}
+	return -1
 }
 
 // ecmpTargetsOf reads a "udp" helper's result: the target that answered
@@ -1080,8 +1113,15 @@ func ecmpLoadFor(d time.Duration) ecmpLoad {
 // about 0.8 MB/s each, and checks that each target's checksum of what it
 // read matches what was sent. Once under way it prints, on a STARTED line,
 // how many of the listener's flows each node has taken so far.
+// ecmpTransferred is what ecmpTransfers reports: how many completed with
+// the target's checksum matching, and why the others failed.
+type ecmpTransferred struct {
+	OK, Failed, Mismatch int
+	Errors               []string `json:",omitempty"`
+}
+
 func ecmpTransfers(t *testing.T, n int, d time.Duration) any {
-	var res struct{ OK, Failed, Mismatch int }
+	var res ecmpTransferred
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	end := time.Now().Add(d)
@@ -1089,12 +1129,13 @@ func ecmpTransfers(t *testing.T, n int, d time.Duration) any {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ok, match := ecmpTransfer(i, end)
+			match, err := ecmpTransfer(i, end)
 			mu.Lock()
 			defer mu.Unlock()
 			switch {
-			case !ok:
+			case err != nil:
 				res.Failed++
+				res.Errors = append(res.Errors, err.Error())
 			case !match:
 				res.Mismatch++
 			default:
@@ -1123,24 +1164,26 @@ func ecmpTransfers(t *testing.T, n int, d time.Duration) any {
 }
 
 // ecmpTransfer sends pseudo-random data until end, then reads the target's
-// checksum of it.
-func ecmpTransfer(seed int, end time.Time) (ok, match bool) {
+// checksum of it and says whether it matches.
+func ecmpTransfer(seed int, end time.Time) (match bool, err error) {
 	c, err := net.DialTimeout("tcp", ecmpVIP+":9000", 2*time.Second)
 	if err != nil {
-		return false, false
+		return false, err
 	}
 	defer c.Close()
 	h := sha256.New()
 	buf := make([]byte, 16<<10)
 	r := rand.New(rand.NewPCG(uint64(seed), 1))
+	sent := 0
 	for n := 0; n < 100000 && time.Now().Before(end); n++ {
 		for i := range buf {
 			buf[i] = byte(r.Uint32())
 		}
 		c.SetWriteDeadline(time.Now().Add(10 * time.Second))
 		if _, err := c.Write(buf); err != nil {
-			return false, false
+			return false, fmt.Errorf("from port %d, after %d bytes: %w", c.LocalAddr().(*net.TCPAddr).Port, sent, err)
 		}
+		sent += len(buf)
 		h.Write(buf)
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -1148,10 +1191,10 @@ func ecmpTransfer(seed int, end time.Time) (ok, match bool) {
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	line, err := bufio.NewReader(c).ReadString('\n')
 	if err != nil {
-		return false, false
+		return false, fmt.Errorf("from port %d, reading the checksum of %d bytes: %w", c.LocalAddr().(*net.TCPAddr).Port, sent, err)
 	}
 	f := strings.Fields(line)
-	return true, len(f) == 2 && f[1] == fmt.Sprintf("%x", h.Sum(nil))
+	return len(f) == 2 && f[1] == fmt.Sprintf("%x", h.Sum(nil)), nil
 }
 
 // ecmpMetric sums the samples of a node's metric whose line starts with

@@ -71,6 +71,7 @@ type Forwarder struct {
 	stop   chan struct{}
 	done   chan struct{}
 	resets map[netip.AddrPort]Resets // per target, at the last collect
+	guard  *guard                    // the DSR fronts' rules for after a crash
 }
 
 // endReq asks the loop to end the flows pinned to a target.
@@ -175,6 +176,11 @@ func NewForwarder(fronts []Front, opts ForwarderOptions) (*Forwarder, error) {
 			warnAcceptLocal(opts.Log, ifaces)
 		}
 	}
+	g, err := installGuard(fronts, p.opts.Protocol, os.Getpid())
+	if err != nil {
+		opts.Log.Warn("no guard for the "+proto+" DSR listeners: were l4lb to die, this host would reset their flows until the routers moved them", zap.Error(err))
+	}
+	k.guard = g
 	return k, nil
 }
 
@@ -447,7 +453,7 @@ func (k *Forwarder) FlowFiles(add func(name string, f *os.File)) error { return 
 
 // Close stops the loop and unloads the programs; the flows they pinned end
 // (unless a new process took the maps over). The last counts reach the
-// metrics first.
+// metrics first. Then the DSR guard goes: l4lb stopped on purpose.
 func (k *Forwarder) Close() error {
 	close(k.stop)
 	<-k.done
@@ -458,7 +464,11 @@ func (k *Forwarder) Close() error {
 		addGauge(f.Count.Entries, -old)
 		f.count(nil)
 	}
-	return k.p.Close()
+	err := k.p.Close()
+	if gerr := k.guard.remove(); gerr != nil {
+		k.opts.Log.Warn("removing the "+k.proto+" DSR guard", zap.Error(gerr))
+	}
+	return err
 }
 
 // ForwardingSysctl is the file that turns on forwarding for ip's family.
