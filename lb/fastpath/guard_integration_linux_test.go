@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/l4lb/l4lb/internal/netnstest"
 )
 
 // The guard in a network namespace of the test's own (its rules would
@@ -23,42 +25,12 @@ import (
 // crash, their packets are dropped rather than answered with a reset or a
 // port unreachable, while a front that is not DSR is refused as ever.
 func TestGuardInNamespace(t *testing.T) {
-	if os.Getenv("L4LB_GUARD_NETNS") != "" {
+	if netnstest.Inside("L4LB_GUARD_NETNS") {
 		testGuard(t)
 		return
 	}
-	fail := func(why string) {
-		if os.Getenv("CI") != "" {
-			t.Fatal(why)
-		}
-		t.Skip(why)
-	}
-	if os.Geteuid() != 0 {
-		fail("network namespaces and nftables need root")
-	}
-	ipBin, err := exec.LookPath("ip")
-	if err != nil {
-		fail("ip (iproute2) is not installed; make deps installs it")
-	}
-	ns := fmt.Sprintf("l4lb-guard-%d", os.Getpid())
-	run := func(args ...string) {
-		t.Helper()
-		if out, err := exec.Command(ipBin, args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-	}
-	run("netns", "add", ns)
-	t.Cleanup(func() { exec.Command(ipBin, "netns", "delete", ns).Run() })
-	run("-n", ns, "link", "set", "lo", "up")
-	run("-n", ns, "addr", "add", "198.18.99.1/32", "dev", "lo")
-	run("-n", ns, "addr", "add", "2001:db8::1/128", "dev", "lo", "nodad")
-	cmd := exec.Command(ipBin, "netns", "exec", ns, os.Args[0], "-test.run=^TestGuardInNamespace$", "-test.v", "-test.count=1")
-	cmd.Env = append(os.Environ(), "L4LB_GUARD_NETNS=1")
-	out, err := cmd.CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "--- PASS") {
-		t.Fatalf("in the namespace: %v\n%s", err, out)
-	}
-	for _, line := range strings.Split(string(out), "\n") {
+	out := netnstest.Rerun(t, "L4LB_GUARD_NETNS", "198.18.99.1/32", "2001:db8::1/128")
+	for _, line := range strings.Split(out, "\n") {
 		if strings.Contains(line, "guard_integration") || strings.Contains(line, " dport ") {
 			t.Log(strings.TrimSpace(line))
 		}
@@ -128,6 +100,12 @@ func testGuard(t *testing.T) {
 	if _, err := net.DialTimeout("tcp", nat.String(), time.Second); !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Errorf("%s, not DSR: %v; want refused as ever", nat, err)
 	}
+	drops := guardDrops(t)
+	for _, key := range []string{"tcp " + v4.String(), "tcp " + v6.String(), "udp " + v4.String()} {
+		if drops[key] == 0 {
+			t.Errorf("the guard's drop rule for %s counted nothing: %v", key, drops)
+		}
+	}
 	t.Logf("guard_integration: with no listener, TCP to %s and %s timed out and UDP got no port unreachable; %s (not DSR) was refused", v4, v6, nat)
 
 	// A process that takes the fronts over (an upgrade, a restart after a
@@ -192,6 +170,30 @@ func guardRules(t *testing.T) map[string]int {
 			t.Fatalf("a rule in the guard's chain without a guard comment: %+v", r)
 		}
 		n[fmt.Sprintf("%s pid %d", key, pid)]++
+	}
+	return n
+}
+
+// guardDrops reads the packet counters of the guard's drop rules, by key.
+func guardDrops(t *testing.T) map[string]uint64 {
+	t.Helper()
+	c, err := nftables.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t4 := &nftables.Table{Family: nftables.TableFamilyINet, Name: guardTable}
+	rules, err := c.GetRules(t4, &nftables.Chain{Table: t4, Name: guardChain})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := map[string]uint64{}
+	for _, r := range rules {
+		key, _, _ := parseGuardComment(r.UserData)
+		for _, e := range r.Exprs {
+			if ctr, ok := e.(*expr.Counter); ok {
+				n[key] += ctr.Packets
+			}
+		}
 	}
 	return n
 }
