@@ -65,7 +65,7 @@ func newBGPStatus() *cobra.Command {
 }
 
 // bfdSummary is a BFD session in a few words: its state, the detection time
-// once the peer is heard, and why it last went down.
+// once the peer is heard, multihop or not, and why it last went down.
 func bfdSummary(b *api.BFDSession) string {
 	if b == nil {
 		return "-"
@@ -73,6 +73,9 @@ func bfdSummary(b *api.BFDSession) string {
 	out := b.State
 	if b.DetectTimeMS > 0 {
 		out += fmt.Sprintf(", detect %gms", b.DetectTimeMS)
+	}
+	if b.Multihop {
+		out += ", multihop"
 	}
 	if b.State != "up" && b.Diagnostic != "" {
 		out += " (" + b.Diagnostic + ")"

@@ -1,6 +1,6 @@
-// Package netnstest runs a test again inside a network namespace of its
-// own, for tests that need addresses this host's loopback lacks or that
-// change state (nftables rules) that must not reach the host's.
+// Package netnstest runs a test again inside a network namespace, for tests
+// that need addresses this host's loopback lacks, a topology of their own,
+// or that change state (nftables rules) that must not reach the host's.
 package netnstest
 
 import (
@@ -15,12 +15,9 @@ import (
 // Inside says whether this process is the run Rerun started for env.
 func Inside(env string) bool { return os.Getenv(env) != "" }
 
-// Rerun runs the calling test again in a new namespace, with lo up and
-// prefixes (such as "198.18.99.1/32" or "2001:db8::1/128") on it, and env
-// set, and returns the inner run's output; a failed inner run fails t. It
-// skips, or fails when CI is set, where namespaces cannot be made: without
-// root or iproute2. The namespace is deleted when t ends.
-func Rerun(t *testing.T, env string, prefixes ...string) string {
+// IP is the path of ip(8). Where namespaces cannot be made (no root, no
+// iproute2) it skips t, or fails it when CI is set.
+func IP(t *testing.T) string {
 	t.Helper()
 	fail := t.Skip
 	if os.Getenv("CI") != "" {
@@ -33,25 +30,49 @@ func Rerun(t *testing.T, env string, prefixes ...string) string {
 	if err != nil {
 		fail("ip (iproute2) is not installed; make deps installs it")
 	}
-	ns := fmt.Sprintf("l4lb-%s-%d", strings.ToLower(strings.TrimPrefix(t.Name(), "Test")), os.Getpid())
-	run := func(args ...string) {
-		t.Helper()
-		if out, err := exec.Command(ipBin, args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-	}
-	run("netns", "add", ns)
-	t.Cleanup(func() { exec.Command(ipBin, "netns", "delete", ns).Run() })
-	run("-n", ns, "link", "set", "lo", "up")
+	return ipBin
+}
+
+// New makes the namespace l4lb-NAME-PID, with lo up and prefixes (such as
+// "198.18.99.1/32" or "2001:db8::1/128") on it, deleted when t ends.
+func New(t *testing.T, name string, prefixes ...string) string {
+	t.Helper()
+	ns := fmt.Sprintf("l4lb-%s-%d", name, os.Getpid())
+	Run(t, "netns", "add", ns)
+	t.Cleanup(func() { exec.Command(IP(t), "netns", "delete", ns).Run() })
+	Run(t, "-n", ns, "link", "set", "lo", "up")
 	for _, p := range prefixes {
 		args := []string{"-n", ns, "addr", "add", p, "dev", "lo"}
 		if netip.MustParsePrefix(p).Addr().Is6() {
 			args = append(args, "nodad")
 		}
-		run(args...)
+		Run(t, args...)
 	}
-	cmd := exec.Command(ipBin, "netns", "exec", ns, os.Args[0], "-test.run=^"+t.Name()+"$", "-test.v", "-test.count=1")
-	cmd.Env = append(os.Environ(), env+"=1")
+	return ns
+}
+
+// Run runs ip with args, and fails t if it fails.
+func Run(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := exec.Command(IP(t), args...).CombinedOutput(); err != nil {
+		t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+}
+
+// Rerun runs the calling test again in a namespace of its own (New, named
+// after the test) with prefixes on its lo; see RerunIn.
+func Rerun(t *testing.T, env string, prefixes ...string) string {
+	t.Helper()
+	return RerunIn(t, New(t, strings.ToLower(strings.TrimPrefix(t.Name(), "Test")), prefixes...), env)
+}
+
+// RerunIn runs the calling test again inside namespace ns, with env set
+// (and extra, as NAME=VALUE), and returns the inner run's output; a failed
+// inner run fails t.
+func RerunIn(t *testing.T, ns, env string, extra ...string) string {
+	t.Helper()
+	cmd := exec.Command(IP(t), "netns", "exec", ns, os.Args[0], "-test.run=^"+t.Name()+"$", "-test.v", "-test.count=1")
+	cmd.Env = append(append(os.Environ(), env+"=1"), extra...)
 	out, err := cmd.CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "--- PASS") {
 		t.Fatalf("in namespace %s: %v\n%s", ns, err, out)

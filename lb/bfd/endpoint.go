@@ -14,20 +14,26 @@ import (
 	"golang.org/x/net/ipv6"
 )
 
-// Port is where single-hop control packets go (RFC 5881 section 4).
-const Port = 3784
+// Port is where single-hop control packets go (RFC 5881 section 4), and
+// MultihopPort where multihop ones go (RFC 5883 section 5).
+const (
+	Port         = 3784
+	MultihopPort = 4784
+)
 
-// ttl is what single-hop packets are sent with, and the only TTL (hop
+// ttl is what packets are sent with. Single hop, it is the only TTL (hop
 // limit) accepted: a packet from further away than one hop cannot have it
-// (RFC 5881 section 5, GTSM).
+// (RFC 5881 section 5, GTSM). Multihop, GTSM cannot apply, and peers send
+// with any TTL (BIRD with the system's default), so any is accepted.
 const ttl = 255
 
 // Endpoint receives the control packets of every session on one local
 // address and hands each to its session.
 type Endpoint struct {
-	log  *zap.Logger
-	conn *net.UDPConn
-	read func(b []byte) (n, ttl int, src netip.Addr, err error)
+	log      *zap.Logger
+	conn     *net.UDPConn
+	read     func(b []byte) (n, ttl int, src netip.Addr, err error)
+	multihop bool // RFC 5883: sessions send to port 4784, and accept packets of any TTL
 
 	mu     sync.Mutex
 	byDisc map[uint32]*Session
@@ -39,9 +45,11 @@ type Endpoint struct {
 	Discarded atomic.Uint64
 }
 
-// Listen opens an endpoint on laddr (port 3784 for routers to reach it;
-// an unspecified address takes every address of its family).
-func Listen(laddr netip.AddrPort, log *zap.Logger) (*Endpoint, error) {
+// Listen opens an endpoint on laddr (port 3784 for routers to reach it,
+// or 4784 multihop; an unspecified address takes every address of its
+// family). Its sessions are single hop (RFC 5881), or multihop (RFC 5883):
+// they send to port 4784, and take packets whatever their TTL.
+func Listen(laddr netip.AddrPort, multihop bool, log *zap.Logger) (*Endpoint, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
@@ -49,7 +57,8 @@ func Listen(laddr netip.AddrPort, log *zap.Logger) (*Endpoint, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bfd: %w", err)
 	}
-	e := &Endpoint{log: log, conn: conn, byDisc: map[uint32]*Session{}, byPeer: map[netip.Addr]*Session{}, done: make(chan struct{})}
+	e := &Endpoint{log: log, conn: conn, multihop: multihop,
+		byDisc: map[uint32]*Session{}, byPeer: map[netip.Addr]*Session{}, done: make(chan struct{})}
 	if laddr.Addr().Is4() {
 		pc := ipv4.NewPacketConn(conn)
 		err = pc.SetControlMessage(ipv4.FlagTTL, true)
@@ -117,12 +126,28 @@ func (e *Endpoint) serve() {
 		}
 		p, err := Parse(buf[:n])
 		s := e.session(p, src)
-		if err != nil || hops != ttl || s == nil {
+		if err != nil || s == nil || hops < e.minTTL() {
 			e.Discarded.Add(1)
 			continue
 		}
 		s.deliver(p)
 	}
+}
+
+// minTTL is the least TTL taken: 255 single hop, any multihop.
+func (e *Endpoint) minTTL() int {
+	if e.multihop {
+		return 0
+	}
+	return ttl
+}
+
+// peerPort is where sessions send.
+func (e *Endpoint) peerPort() uint16 {
+	if e.multihop {
+		return MultihopPort
+	}
+	return Port
 }
 
 // session finds a packet's session: by the discriminator it carries, or,

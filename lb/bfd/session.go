@@ -81,7 +81,7 @@ func (s *Session) open() error {
 	if local.IsValid() {
 		laddr.IP = local.AsSlice()
 	}
-	peer := net.UDPAddrFromAddrPort(netip.AddrPortFrom(s.cfg.Peer, Port))
+	peer := net.UDPAddrFromAddrPort(netip.AddrPortFrom(s.cfg.Peer, s.e.peerPort()))
 	var err error
 	for range 32 {
 		laddr.Port = 49152 + rand.IntN(16384)

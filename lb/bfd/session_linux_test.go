@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+
+	"golang.org/x/net/ipv4"
 )
 
 // side is one end of a session on loopback, with the states it reported.
@@ -15,10 +17,19 @@ type side struct {
 }
 
 func newSide(t *testing.T, local, peer string, interval time.Duration) *side {
+	return newSideOn(t, local, peer, interval, false)
+}
+
+// newSideOn is newSide for a multihop session (port 4784), or not.
+func newSideOn(t *testing.T, local, peer string, interval time.Duration, multihop bool) *side {
 	t.Helper()
-	e, err := Listen(netip.AddrPortFrom(netip.MustParseAddr(local), Port), nil)
+	port := uint16(Port)
+	if multihop {
+		port = MultihopPort
+	}
+	e, err := Listen(netip.AddrPortFrom(netip.MustParseAddr(local), port), multihop, nil)
 	if err != nil {
-		t.Fatalf("cannot listen on %s:%d (another BFD daemon?): %v", local, Port, err)
+		t.Fatalf("cannot listen on %s:%d (another BFD daemon?): %v", local, port, err)
 	}
 	t.Cleanup(func() { e.Close() })
 	sd := &side{e: e, states: make(chan Status, 64)}
@@ -140,6 +151,52 @@ func testSessions(t *testing.T, addrA, addrB string) {
 	}
 	if st := a.s.Status(); st != was {
 		t.Fatalf("a after the stray packets: %+v, was %+v", st, was)
+	}
+	a.s.Close()
+}
+
+// Multihop sessions (RFC 5883) on loopback: port 4784, and packets taken
+// whatever their TTL, as from a peer many hops away (BIRD sends them with
+// the system's default, 64).
+func TestMultihopSessionsOnLoopback(t *testing.T) {
+	const interval = 50 * time.Millisecond
+	a := newSideOn(t, "127.0.0.6", "127.0.0.7", interval, true)
+	b := newSideOn(t, "127.0.0.7", "127.0.0.6", interval, true)
+	a.await(t, Up, 5*time.Second)
+	b.await(t, Up, 5*time.Second)
+	settled(t, a, interval)
+	if a.e.Addr().Port() != MultihopPort || a.e.peerPort() != MultihopPort {
+		t.Fatalf("multihop endpoint on port %d, sending to %d; want %d", a.e.Addr().Port(), a.e.peerPort(), MultihopPort)
+	}
+
+	// b's own packet again, from b's address, as if it had crossed many
+	// routers (TTL 64: taken), then a malformed one (dropped).
+	c, err := net.DialUDP("udp4", net.UDPAddrFromAddrPort(netip.MustParseAddrPort("127.0.0.7:0")),
+		net.UDPAddrFromAddrPort(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.6"), MultihopPort)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := ipv4.NewConn(c).SetTTL(64); err != nil {
+		t.Fatal(err)
+	}
+	us := uint32(interval.Microseconds())
+	again := Packet{State: Up, DetectMult: 3, MyDiscriminator: b.s.f.local, YourDiscriminator: a.s.f.local, DesiredMinTx: us, RequiredMinRx: us}
+	before := a.e.Discarded.Load()
+	c.Write(again.Append(nil))
+	c.Write([]byte{0x20, 0, 0})
+	for wait := time.Now().Add(5 * time.Second); time.Now().Before(wait) && a.e.Discarded.Load() == before; {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := a.e.Discarded.Load() - before; n != 1 {
+		t.Fatalf("%d packets discarded; want 1, the malformed one", n)
+	}
+	if st := a.s.Status(); st.State != Up {
+		t.Fatalf("a after the packet from afar: %+v", st)
+	}
+	b.s.Close()
+	if st := a.await(t, Down, 2*time.Second); st.Diag != DiagNeighborDown {
+		t.Fatalf("a after b stopped: %+v; want diagnostic %q", st, DiagNeighborDown)
 	}
 	a.s.Close()
 }

@@ -55,7 +55,7 @@ func (b *bfdPeers) update(peers []config.BGPPeer) error {
 	for addr, bp := range b.sessions {
 		p, ok := want[addr]
 		switch {
-		case !ok || p.LocalAddress != bp.cfg.LocalAddress:
+		case !ok || p.LocalAddress != bp.cfg.LocalAddress || p.Multihop != bp.cfg.Multihop:
 			b.end(addr, bp)
 			continue
 		case p.BFD != bp.cfg.BFD:
@@ -80,7 +80,8 @@ func (b *bfdPeers) update(peers []config.BGPPeer) error {
 }
 
 // start opens p's session, on an endpoint at its local address (or all of
-// its family's). The caller holds mu.
+// its family's): port 3784, or 4784 for a peer that is more than one hop
+// away (multihop). The caller holds mu.
 func (b *bfdPeers) start(p config.BGPPeer) error {
 	local := p.LocalAddress
 	if !local.IsValid() {
@@ -90,10 +91,13 @@ func (b *bfdPeers) start(p config.BGPPeer) error {
 		}
 	}
 	on := netip.AddrPortFrom(local, bfd.Port)
+	if p.Multihop > 0 {
+		on = netip.AddrPortFrom(local, bfd.MultihopPort)
+	}
 	e := b.endpoints[on]
 	if e == nil {
 		var err error
-		if e, err = bfd.Listen(on, b.log); err != nil {
+		if e, err = bfd.Listen(on, p.Multihop > 0, b.log); err != nil {
 			return err
 		}
 		b.endpoints[on] = e
@@ -117,7 +121,7 @@ func (b *bfdPeers) start(p config.BGPPeer) error {
 	}
 	up.Set(0)
 	b.sessions[p.Address] = &bfdPeer{cfg: p, s: s, on: on}
-	b.log.Info("BFD session started", zap.String("peer", peer), zap.Duration("interval", p.BFD.Interval), zap.Uint8("multiplier", p.BFD.Multiplier))
+	b.log.Info("BFD session started", zap.String("peer", peer), zap.Duration("interval", p.BFD.Interval), zap.Uint8("multiplier", p.BFD.Multiplier), zap.Uint8("multihop", p.Multihop))
 	return nil
 }
 
@@ -163,5 +167,6 @@ func (b *bfdPeers) status(addr netip.Addr) *l4api.BFDSession {
 	}
 	st := bp.s.Status()
 	return &l4api.BFDSession{State: st.State.String(), RemoteState: st.RemoteState.String(), Diagnostic: st.Diag.String(), Since: st.Since,
-		TxIntervalMS: float64(st.TxInterval.Microseconds()) / 1000, DetectTimeMS: float64(st.DetectTime.Microseconds()) / 1000}
+		TxIntervalMS: float64(st.TxInterval.Microseconds()) / 1000, DetectTimeMS: float64(st.DetectTime.Microseconds()) / 1000,
+		Multihop: bp.cfg.Multihop > 0}
 }

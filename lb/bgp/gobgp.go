@@ -41,6 +41,11 @@ func peer(p config.BGPPeer, families []*api.Family) *api.Peer {
 	if p.LocalAddress.IsValid() {
 		out.Transport.LocalAddress = p.LocalAddress.String()
 	}
+	if p.Multihop > 0 {
+		// eBGP: TTL Multihop instead of 1, so the packets cross the
+		// routers on the way (an iBGP session's TTL allows it anyway).
+		out.EbgpMultihop = &api.EbgpMultihop{Enabled: true, MultihopTtl: uint32(p.Multihop)}
+	}
 	for _, f := range families {
 		out.AfiSafis = append(out.AfiSafis, &api.AfiSafi{Config: &api.AfiSafiConfig{Family: f, Enabled: true}})
 	}

@@ -156,6 +156,7 @@ type BFDSession struct {
 	// how long the peer may stay silent before the session goes down.
 	TxIntervalMS float64 `json:"tx_interval_ms"`
 	DetectTimeMS float64 `json:"detect_time_ms"`
+	Multihop     bool    `json:"multihop,omitempty"` // RFC 5883, port 4784
 }
 
 // BGPRoute is one prefix a zone announces, and whether it is announced now.

@@ -62,6 +62,7 @@ type RawBGPPeer struct {
 	HoldTime     string  `yaml:"hold_time,omitempty"`
 	LocalAddress string  `yaml:"local_address,omitempty"`
 	Password     string  `yaml:"password,omitempty"`
+	Multihop     *int    `yaml:"multihop,omitempty"`
 	BFD          *RawBFD `yaml:"bfd,omitempty"`
 }
 

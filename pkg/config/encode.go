@@ -113,6 +113,10 @@ func (b *BGP) toRaw() *RawBGP {
 		if p.LocalAddress.IsValid() {
 			rp.LocalAddress = p.LocalAddress.String()
 		}
+		if p.Multihop > 0 {
+			hops := int(p.Multihop)
+			rp.Multihop = &hops
+		}
 		if p.BFD.Enabled() {
 			mult := int(p.BFD.Multiplier)
 			rp.BFD = &RawBFD{Interval: dur(p.BFD.Interval), Multiplier: &mult}

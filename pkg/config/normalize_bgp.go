@@ -46,13 +46,14 @@ func (n *normalizer) bgp(cfg *Config) *BGP {
 		if p.Address.IsValid() && slices.ContainsFunc(b.Peers, func(o BGPPeer) bool { return o.Address == p.Address }) {
 			n.errs.add(fmt.Sprintf("bgp.peers[%d].address", i), "%s is given twice", p.Address)
 		}
-		// BFD receives on port 3784 of the local address, or of every
-		// address of the family: one peer cannot have the second while
-		// another has the first.
+		// BFD receives on port 3784 (4784 multihop) of the local
+		// address, or of every address of the family: one peer cannot
+		// have the second while another has the first.
 		if p.BFD.Enabled() && p.Address.IsValid() && slices.ContainsFunc(b.Peers, func(o BGPPeer) bool {
-			return o.BFD.Enabled() && o.Address.Is4() == p.Address.Is4() && o.LocalAddress.IsValid() != p.LocalAddress.IsValid()
+			return o.BFD.Enabled() && o.Address.Is4() == p.Address.Is4() && (o.Multihop > 0) == (p.Multihop > 0) &&
+				o.LocalAddress.IsValid() != p.LocalAddress.IsValid()
 		}) {
-			n.errs.add(fmt.Sprintf("bgp.peers[%d].local_address", i), "peers of one address family that run BFD either all set local_address or none does (BFD listens on port 3784 of it, or of every address)")
+			n.errs.add(fmt.Sprintf("bgp.peers[%d].local_address", i), "peers of one address family that run BFD, single hop or multihop, either all set local_address or none does (BFD listens on port 3784, or 4784 multihop, of it or of every address)")
 		}
 		b.Peers = append(b.Peers, p)
 	}
@@ -124,6 +125,13 @@ func (n *normalizer) bgpPeer(path string, r *RawBGPPeer) BGPPeer {
 			n.errs.add(path+".local_address", "want an IP address, got %q", r.LocalAddress)
 		}
 		p.LocalAddress = ip
+	}
+	if r.Multihop != nil {
+		if *r.Multihop < 0 || *r.Multihop > 255 {
+			n.errs.add(path+".multihop", "%d is outside 0-255 (the most hops to the peer; 0: directly connected)", *r.Multihop)
+		} else {
+			p.Multihop = uint8(*r.Multihop)
+		}
 	}
 	if len(p.Password) > 80 {
 		n.errs.add(path+".password", "longer than 80 bytes (the TCP MD5 key limit)")

@@ -82,10 +82,14 @@ type BGPPeer struct {
 	HoldTime     time.Duration
 	LocalAddress netip.Addr // the session's source; invalid: the kernel's choice
 	Password     string     // TCP MD5 (RFC 2385); "" for none
-	BFD          BFD        // the zero value: no BFD session
+	// Multihop is how many hops away the peer may be (eBGP multihop's
+	// TTL, and BFD's multihop mode, RFC 5883); 0: directly connected.
+	Multihop uint8
+	BFD      BFD // the zero value: no BFD session
 }
 
-// BFD is a BFD session (RFC 5880, single hop) beside a BGP session: the
+// BFD is a BFD session (RFC 5880; single hop as in RFC 5881, or multihop
+// as in RFC 5883 for a peer with Multihop) beside a BGP session: the
 // router learns of the node's end within Interval times Multiplier, not
 // the hold time. The zero value is off.
 type BFD struct {
