@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/l4lb/l4lb/internal/netnstest"
 )
 
 // Direct server return for IPv6, end to end: a client, an l4lb node and a
@@ -33,7 +35,7 @@ const (
 )
 
 func TestDSRIPv6InNamespaces(t *testing.T) {
-	ipBin, _ := needECMPTools(t)
+	ipBin := netnstest.IP(t)
 	id := os.Getpid() % 100000
 	client, node, target := fmt.Sprintf("l4d6c%d", id), fmt.Sprintf("l4d6n%d", id), fmt.Sprintf("l4d6t%d", id)
 	in := func(ns string, args ...string) {

@@ -24,6 +24,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/l4lb/l4lb/internal/netnstest"
 	"github.com/l4lb/l4lb/pkg/api"
 )
 
@@ -80,28 +81,8 @@ func (l *ecmpLab) run(args ...string) {
 	}
 }
 
-// needECMPTools returns the ip and bird binaries, or skips (fails in CI).
-func needECMPTools(t *testing.T) (ipBin, birdBin string) {
-	t.Helper()
-	fail := t.Skip
-	if os.Getenv("CI") != "" {
-		fail = t.Fatal
-	}
-	if os.Geteuid() != 0 {
-		fail("the ECMP test needs root for its network namespaces")
-	}
-	var err error
-	if ipBin, err = exec.LookPath("ip"); err != nil {
-		fail("ip (iproute2) is not installed; make deps installs it")
-	}
-	if birdBin, err = exec.LookPath("bird"); err != nil {
-		fail("bird (BIRD 2) is not installed; make deps installs it")
-	}
-	return ipBin, birdBin
-}
-
 func newECMPLab(t *testing.T) *ecmpLab {
-	ipBin, birdBin := needECMPTools(t)
+	ipBin := netnstest.IP(t)
 	id := os.Getpid() % 100000
 	l := &ecmpLab{t: t, ip: ipBin, dir: t.TempDir(),
 		router: fmt.Sprintf("l4er%d", id), client: fmt.Sprintf("l4ec%d", id)}
@@ -160,7 +141,6 @@ func newECMPLab(t *testing.T) *ecmpLab {
 	// and BFD beside each session, which ends it (and drops the node's
 	// route) within 600 ms of the node's silence.
 	conf := fmt.Sprintf(`router id %s;
-log "%s/bird.log" all;
 protocol device { scan time 1; }
 protocol bfd {
 	interface "*" { min rx interval 200 ms; min tx interval 200 ms; multiplier 3; };
@@ -178,25 +158,11 @@ template bgp lb {
 	bfd on;
 	ipv4 { import all; export none; };
 }
-`, ecmpRouterN, l.dir, ecmpRouterN, ecmpRouterAS)
+`, ecmpRouterN, ecmpRouterN, ecmpRouterAS)
 	for i := range l.nodes {
 		conf += fmt.Sprintf("protocol bgp node%d from lb { neighbor %s as %d; }\n", i+1, ecmpNode(i+1), ecmpNodeAS)
 	}
-	birdConf := filepath.Join(l.dir, "bird.conf")
-	os.WriteFile(birdConf, []byte(conf), 0o644)
-	bird := exec.Command(l.ip, "netns", "exec", l.router, birdBin, "-f", "-c", birdConf, "-s", filepath.Join(l.dir, "bird.ctl"), "-P", filepath.Join(l.dir, "bird.pid"))
-	bird.Stdout, bird.Stderr = io.Discard, io.Discard
-	if err := bird.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		bird.Process.Kill()
-		bird.Wait()
-		if t.Failed() {
-			b, _ := os.ReadFile(filepath.Join(l.dir, "bird.log"))
-			t.Logf("BIRD's log:\n%s", tail(b, 8<<10))
-		}
-	})
+	netnstest.BIRD(t, l.router, l.dir, conf)
 	return l
 }
 

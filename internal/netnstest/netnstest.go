@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -78,4 +79,49 @@ func RerunIn(t *testing.T, ns, env string, extra ...string) string {
 		t.Fatalf("in namespace %s: %v\n%s", ns, err, out)
 	}
 	return string(out)
+}
+
+// Need is the path of prog, which Debian's pkg installs (make deps does);
+// without it, it skips t, or fails it when CI is set.
+func Need(t *testing.T, prog, pkg string) string {
+	t.Helper()
+	path, err := exec.LookPath(prog)
+	if err != nil {
+		msg := fmt.Sprintf("%s (Debian %s) is not installed; make deps installs it", prog, pkg)
+		if os.Getenv("CI") != "" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	return path
+}
+
+// BIRD runs BIRD 2 in namespace ns with conf, logging to dir/bird.log,
+// until t ends (and shows the log's end if t failed). It returns the path
+// of BIRD's control socket, which birdc -s reaches from any namespace.
+func BIRD(t *testing.T, ns, dir, conf string) string {
+	t.Helper()
+	birdBin := Need(t, "bird", "bird2")
+	logf := filepath.Join(dir, "bird.log")
+	confPath := filepath.Join(dir, "bird.conf")
+	if err := os.WriteFile(confPath, []byte(fmt.Sprintf("log %q all;\n%s", logf, conf)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctl := filepath.Join(dir, "bird.ctl")
+	bird := exec.Command(IP(t), "netns", "exec", ns, birdBin, "-f", "-c", confPath, "-s", ctl, "-P", filepath.Join(dir, "bird.pid"))
+	if err := bird.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		bird.Process.Kill()
+		bird.Wait()
+		if t.Failed() {
+			b, _ := os.ReadFile(logf)
+			if len(b) > 8<<10 {
+				b = b[len(b)-8<<10:]
+			}
+			t.Logf("BIRD's log (the end):\n%s", b)
+		}
+	})
+	return ctl
 }

@@ -4,11 +4,9 @@ package bgp
 
 import (
 	"fmt"
-	"io"
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -45,13 +43,7 @@ func TestMultihopAgainstBIRD(t *testing.T) {
 		return
 	}
 	ipBin := netnstest.IP(t)
-	birdBin, err := exec.LookPath("bird")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("bird (BIRD 2) is not installed; make deps installs it")
-		}
-		t.Skip("bird (BIRD 2) is not installed; make deps installs it")
-	}
+	netnstest.Need(t, "bird", "bird2")
 	node, mid, rtr := netnstest.New(t, "mh-node"), netnstest.New(t, "mh-mid"), netnstest.New(t, "mh-rtr")
 	run := func(args ...string) { t.Helper(); netnstest.Run(t, args...) }
 	run("link", "add", "n0", "netns", node, "type", "veth", "peer", "m0", "netns", mid)
@@ -66,20 +58,18 @@ func TestMultihopAgainstBIRD(t *testing.T) {
 		t.Fatalf("forwarding on the router in between: %v\n%s", err, out)
 	}
 
-	dir := t.TempDir()
 	conf := fmt.Sprintf(`router id %[1]s;
-log "%[2]s/bird.log" all;
 protocol device { scan time 1; }
 protocol bfd {
 	multihop { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; };
 }
 protocol static {
 	ipv4;
-	route 198.18.30.0/24 via %[3]s;
+	route 198.18.30.0/24 via %[2]s;
 }
 protocol bgp node {
 	local %[1]s as 64513;
-	neighbor %[4]s as 64512;
+	neighbor %[3]s as 64512;
 	multihop 2;
 	hold time 9;
 	keepalive time 3;
@@ -88,22 +78,8 @@ protocol bgp node {
 	bfd on;
 	ipv4 { import all; export none; };
 }
-`, mhRouter, dir, mhMid1, mhNode)
-	os.WriteFile(filepath.Join(dir, "bird.conf"), []byte(conf), 0o644)
-	ctl := filepath.Join(dir, "bird.ctl")
-	bird := exec.Command(ipBin, "netns", "exec", rtr, birdBin, "-f", "-c", filepath.Join(dir, "bird.conf"), "-s", ctl, "-P", filepath.Join(dir, "bird.pid"))
-	bird.Stdout, bird.Stderr = io.Discard, io.Discard
-	if err := bird.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		bird.Process.Kill()
-		bird.Wait()
-		if t.Failed() {
-			b, _ := os.ReadFile(filepath.Join(dir, "bird.log"))
-			t.Logf("BIRD's log:\n%s", b)
-		}
-	})
+`, mhRouter, mhMid1, mhNode)
+	ctl := netnstest.BIRD(t, rtr, t.TempDir(), conf)
 	out := netnstest.RerunIn(t, node, "L4LB_MULTIHOP_NODE", "MH_BIRD_CTL="+ctl, "MH_MID="+mid)
 	for _, line := range strings.Split(out, "\n") {
 		if strings.Contains(line, "multihop_integration") || strings.Contains(line, mhNode+" ") {

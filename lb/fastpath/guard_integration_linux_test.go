@@ -151,20 +151,26 @@ func testGuard(t *testing.T) {
 	}
 }
 
-// guardRules counts the guard's rules by their comment's key and process.
-func guardRules(t *testing.T) map[string]int {
+// chainRules lists the rules in the guard's chain.
+func chainRules(t *testing.T) []*nftables.Rule {
 	t.Helper()
 	c, err := nftables.New()
 	if err != nil {
 		t.Fatal(err)
 	}
-	t4 := &nftables.Table{Family: nftables.TableFamilyINet, Name: guardTable}
-	rules, err := c.GetRules(t4, &nftables.Chain{Table: t4, Name: guardChain})
+	tbl := &nftables.Table{Family: nftables.TableFamilyINet, Name: guardTable}
+	rules, err := c.GetRules(tbl, &nftables.Chain{Table: tbl, Name: guardChain})
 	if err != nil {
 		t.Fatal(err)
 	}
+	return rules
+}
+
+// guardRules counts the guard's rules by their comment's key and process.
+func guardRules(t *testing.T) map[string]int {
+	t.Helper()
 	n := map[string]int{}
-	for _, r := range rules {
+	for _, r := range chainRules(t) {
 		key, pid, ok := parseGuardComment(r.UserData)
 		if !ok {
 			t.Fatalf("a rule in the guard's chain without a guard comment: %+v", r)
@@ -177,17 +183,8 @@ func guardRules(t *testing.T) map[string]int {
 // guardDrops reads the packet counters of the guard's drop rules, by key.
 func guardDrops(t *testing.T) map[string]uint64 {
 	t.Helper()
-	c, err := nftables.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t4 := &nftables.Table{Family: nftables.TableFamilyINet, Name: guardTable}
-	rules, err := c.GetRules(t4, &nftables.Chain{Table: t4, Name: guardChain})
-	if err != nil {
-		t.Fatal(err)
-	}
 	n := map[string]uint64{}
-	for _, r := range rules {
+	for _, r := range chainRules(t) {
 		key, _, _ := parseGuardComment(r.UserData)
 		for _, e := range r.Exprs {
 			if ctr, ok := e.(*expr.Counter); ok {
