@@ -146,6 +146,17 @@ func testGuard(t *testing.T) {
 	if got := guardRules(t); len(got) != 0 {
 		t.Fatalf("rules left after every guard was removed: %v", got)
 	}
+	// A process with no DSR front writes nothing, but clears what a gone
+	// one left (a listener that is DSR no more).
+	if _, err := installGuard([]Front{{VIP: other, DSR: true}}, 6, dead.Process.Pid); err != nil {
+		t.Fatal(err)
+	}
+	if g, err := installGuard([]Front{{VIP: nat}}, 6, self); g != nil || err != nil {
+		t.Fatalf("a guard with no DSR front: %+v, %v", g, err)
+	}
+	if got := guardRules(t); len(got) != 0 {
+		t.Fatalf("rules left by a gone process, after a start with no DSR front: %v", got)
+	}
 	if _, err := net.DialTimeout("tcp", v4.String(), time.Second); !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Errorf("%s with no guard and no listener: %v; want refused", v4, err)
 	}

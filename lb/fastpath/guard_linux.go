@@ -53,7 +53,8 @@ func guardKey(proto uint8, vip netip.AddrPort) string {
 // installGuard writes the guard's rules for the DSR fronts among fronts,
 // and removes older rules for the same fronts and those of processes that
 // are gone, in one transaction, as process pid (this one, but for tests).
-// With no DSR front it writes nothing.
+// With no DSR front it writes nothing, and only removes the rules of
+// processes that are gone, if there is a guard.
 func installGuard(fronts []Front, proto uint8, pid int) (*guard, error) {
 	var keys = map[string]netip.AddrPort{}
 	for _, f := range fronts {
@@ -61,12 +62,13 @@ func installGuard(fronts []Front, proto uint8, pid int) (*guard, error) {
 			keys[guardKey(proto, f.VIP)] = f.VIP
 		}
 	}
-	if len(keys) == 0 {
-		return nil, nil
-	}
 	c, err := nftables.New()
 	if err != nil {
 		return nil, fmt.Errorf("nftables: %w", err)
+	}
+	if len(keys) == 0 {
+		pruneGuard(c)
+		return nil, nil
 	}
 	t, ch := guardObjects(c)
 	if err := c.Flush(); err != nil {
@@ -94,6 +96,22 @@ func installGuard(fronts []Front, proto uint8, pid int) (*guard, error) {
 		return nil, fmt.Errorf("nftables: writing the rules: %w", err)
 	}
 	return g, nil
+}
+
+// pruneGuard removes the rules of processes that are gone, quietly: there
+// may be no guard, or no nf_tables, and nothing here needs one.
+func pruneGuard(c *nftables.Conn) {
+	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: guardTable}
+	rules, err := c.GetRules(t, &nftables.Chain{Table: t, Name: guardChain})
+	if err != nil {
+		return
+	}
+	for _, r := range rules {
+		if _, pid, ok := parseGuardComment(r.UserData); ok && !alive(pid) {
+			c.DelRule(r)
+		}
+	}
+	c.Flush()
 }
 
 // remove deletes g's rules. The table and its chain stay, empty once the
