@@ -694,7 +694,20 @@ func TestECMPOverBGP(t *testing.T) {
 			t.Errorf("node 1's DSR guard after its death lacks %q of pid %d:\n%s", rule, oldPID, guard)
 		}
 	}
-	t.Logf("node 1's DSR guard outlived it: TCP 9000 and UDP 5300 to the VIP dropped, not reset, while no socket holds them; it dropped %d TCP packets",
+	// A SYN to the DSR port on node 1 itself now meets the guard (a
+	// timeout), one to the proxied port meets the stack (refused).
+	connect := func(port int) string {
+		err := exec.Command(l.ip, "netns", "exec", l.nodes[0], "timeout", "1", "bash", "-c", fmt.Sprintf("exec 3<>/dev/tcp/%s/%d", ecmpVIP, port)).Run()
+		if ee, ok := err.(*exec.ExitError); ok && ee.ExitCode() == 124 {
+			return "timed out"
+		}
+		return fmt.Sprint(err)
+	}
+	if dsr, proxied := connect(9000), connect(80); dsr != "timed out" || proxied == "timed out" || proxied == "<nil>" {
+		t.Errorf("connecting to the VIP on node 1 after its death: DSR port %s, proxied port %s; want the first dropped (timed out), the second refused", dsr, proxied)
+	}
+	guard = l.in(l.nodes[0], "nft", "list", "chain", "inet", "l4lb", "dsr_guard")
+	t.Logf("node 1's DSR guard outlived it: TCP 9000 and UDP 5300 to the VIP dropped, not reset, while no socket holds them; it dropped %d TCP packets (a SYN sent on node 1 to the DSR port timed out; to port 80, refused)",
 		ecmpGuardDrops(guard, "tcp dport 9000"))
 	udpAfter := ecmpTargetsOf(t, l.helper(l.client, "udp", "ECMP_FLOWS=1000", "ECMP_SRC=50000", "ECMP_PORT=53"))
 	kernelAfter := ecmpTargetsOf(t, l.helper(l.client, "udp", "ECMP_FLOWS=1000", "ECMP_SRC=51000", "ECMP_PORT=5300"))
