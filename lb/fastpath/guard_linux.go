@@ -63,12 +63,14 @@ func installGuard(fronts []Front, proto uint8, pid int) (*guard, error) {
 		}
 	}
 	c, err := nftables.New()
-	if err != nil {
-		return nil, fmt.Errorf("nftables: %w", err)
-	}
-	if len(keys) == 0 {
-		pruneGuard(c)
+	switch {
+	case len(keys) == 0:
+		if err == nil {
+			pruneGuard(c)
+		}
 		return nil, nil
+	case err != nil:
+		return nil, fmt.Errorf("nftables: %w", err)
 	}
 	t, ch := guardObjects(c)
 	if err := c.Flush(); err != nil {
