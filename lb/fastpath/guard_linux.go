@@ -77,17 +77,11 @@ func installGuard(fronts []Front, proto uint8, pid int) (*guard, error) {
 		return nil, fmt.Errorf("nftables: creating table inet %s: %w", guardTable, err)
 	}
 	g := &guard{proto: proto, pid: pid}
-	rules, err := c.GetRules(t, ch)
-	if err != nil {
-		return nil, fmt.Errorf("nftables: listing chain %s: %w", guardChain, err)
-	}
-	for _, r := range rules {
-		key, pid, ok := parseGuardComment(r.UserData)
-		if _, ours := keys[key]; ok && (ours || !alive(pid)) {
-			if err := c.DelRule(r); err != nil {
-				return nil, fmt.Errorf("nftables: %w", err)
-			}
-		}
+	if err := deleteRules(c, func(key string, pid int) bool {
+		_, ours := keys[key]
+		return ours || !alive(pid)
+	}); err != nil {
+		return nil, err
 	}
 	for key, vip := range keys {
 		comment := userdata.AppendString(nil, userdata.TypeComment, fmt.Sprintf("%s %s pid %d", guardComment, key, g.pid))
@@ -103,17 +97,9 @@ func installGuard(fronts []Front, proto uint8, pid int) (*guard, error) {
 // pruneGuard removes the rules of processes that are gone, quietly: there
 // may be no guard, or no nf_tables, and nothing here needs one.
 func pruneGuard(c *nftables.Conn) {
-	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: guardTable}
-	rules, err := c.GetRules(t, &nftables.Chain{Table: t, Name: guardChain})
-	if err != nil {
-		return
+	if deleteRules(c, func(_ string, pid int) bool { return !alive(pid) }) == nil {
+		c.Flush()
 	}
-	for _, r := range rules {
-		if _, pid, ok := parseGuardComment(r.UserData); ok && !alive(pid) {
-			c.DelRule(r)
-		}
-	}
-	c.Flush()
 }
 
 // remove deletes g's rules. The table and its chain stay, empty once the
@@ -127,22 +113,30 @@ func (g *guard) remove() error {
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}
+	prefix := strings.ToLower(protoName(g.proto)) + " "
+	if err := deleteRules(c, func(key string, pid int) bool { return pid == g.pid && strings.HasPrefix(key, prefix) }); err != nil {
+		return err
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("nftables: removing the rules: %w", err)
+	}
+	return nil
+}
+
+// deleteRules queues the deletion of the guard's rules whose key and
+// process match; the caller flushes.
+func deleteRules(c *nftables.Conn, match func(key string, pid int) bool) error {
 	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: guardTable}
-	ch := &nftables.Chain{Table: t, Name: guardChain}
-	rules, err := c.GetRules(t, ch)
+	rules, err := c.GetRules(t, &nftables.Chain{Table: t, Name: guardChain})
 	if err != nil {
 		return fmt.Errorf("nftables: listing chain %s: %w", guardChain, err)
 	}
-	prefix := strings.ToLower(protoName(g.proto)) + " "
 	for _, r := range rules {
-		if key, pid, ok := parseGuardComment(r.UserData); ok && pid == g.pid && strings.HasPrefix(key, prefix) {
+		if key, pid, ok := parseGuardComment(r.UserData); ok && match(key, pid) {
 			if err := c.DelRule(r); err != nil {
 				return fmt.Errorf("nftables: %w", err)
 			}
 		}
-	}
-	if err := c.Flush(); err != nil {
-		return fmt.Errorf("nftables: removing the rules: %w", err)
 	}
 	return nil
 }
