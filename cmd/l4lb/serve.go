@@ -151,8 +151,8 @@ func loadServeConfig(o *serveOpts) (*config.Config, string, error) {
 	var data []byte
 	if o.configPath != "" {
 		var err error
-		if data, err = os.ReadFile(o.configPath); err != nil {
-			return nil, "", usageError{fmt.Errorf("reading config: %w", err)}
+		if data, err = config.ReadFile(o.configPath); err != nil {
+			return nil, "", usageError{err}
 		}
 		if raw, err = config.DecodeYAML(data); err != nil {
 			return nil, "", asUsage(err)

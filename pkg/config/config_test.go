@@ -304,3 +304,38 @@ func TestHugeValueErrorIsShort(t *testing.T) {
 		t.Fatalf("the error does not say the value was cut: %.300s", err)
 	}
 }
+
+// A config file over MaxFileSize is refused before it is parsed, so a
+// 50 MB scalar costs neither seconds nor hundreds of megabytes.
+func TestOversizedFileRefusedUnread(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "huge.yaml")
+	data := []byte("listeners: [{port: " + strings.Repeat("9", MaxFileSize) + "}]\n")
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for name, load := range map[string]func(string) error{
+		"Load":    func(p string) error { _, err := Load(p); return err },
+		"LoadRaw": func(p string) error { _, err := LoadRaw(p); return err },
+	} {
+		err := load(path)
+		if err == nil || !strings.Contains(err.Error(), "larger than 4 MiB") {
+			t.Errorf("%s: a %d-byte file: %v", name, len(data), err)
+		}
+		var errs Errors
+		if errors.As(err, &errs) {
+			t.Errorf("%s: the file was parsed: %v", name, err)
+		}
+	}
+	// A file of exactly the limit is read.
+	if _, err := ReadFile(writeSized(t, MaxFileSize)); err != nil {
+		t.Fatalf("a file of MaxFileSize bytes: %v", err)
+	}
+}
+
+func writeSized(t *testing.T, n int) string {
+	path := filepath.Join(t.TempDir(), "sized.yaml")
+	if err := os.WriteFile(path, []byte(strings.Repeat("#", n)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"regexp"
 	"slices"
 	"strconv"
@@ -42,9 +41,9 @@ func Load(path string) (*Config, error) {
 // flags can be laid over it first. With field errors it still returns the part
 // it could decode.
 func LoadRaw(path string) (*Raw, error) {
-	data, err := os.ReadFile(path)
+	data, err := ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("reading config: %w", err)
+		return nil, err
 	}
 	return DecodeYAML(data)
 }
