@@ -6,7 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
+
 	"time"
 
 	"github.com/spf13/cobra"
@@ -79,6 +79,7 @@ func newServe() *cobra.Command {
 	fl.DurationVar(&o.connectTimeout, "connect-timeout", config.DefaultConnectTimeout, "timeout of one connect to a target before trying the next")
 
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		sigs := catchSignals() // first: see catchSignals
 		// Only flags the user gave override the file.
 		set := func(name string) bool { return cmd.Flags().Changed(name) }
 		str := func(name string, v string) *string {
@@ -130,7 +131,7 @@ func newServe() *cobra.Command {
 			return usageError{err}
 		}
 		defer log.Sync()
-		return runServe(cmd.Context(), loaded{cfg, hash, o.configPath, src}, log, o.connectTimeout, nil)
+		return runServe(cmd.Context(), loaded{cfg, hash, o.configPath, src, sigs}, log, o.connectTimeout, nil)
 	}
 	return cmd
 }
@@ -142,6 +143,7 @@ type loaded struct {
 	hash string // SHA-256 of the file, or of the normalized config without one
 	path string
 	src  func() (*config.Config, string, error)
+	sigs *signals // caught since the process started; nil: serve catches them
 }
 
 // loadServeConfig reads the config file, applies the flags given on top, and

@@ -48,6 +48,11 @@ func serve(ctx context.Context, l loaded, log *zap.Logger, connectTimeout time.D
 	if ctx == nil {
 		ctx = context.Background()
 	}
+	sigs := l.sigs
+	if sigs == nil {
+		sigs = catchSignals()
+	}
+	defer sigs.stop()
 	cfg := l.cfg
 	raiseFileLimit(log)
 	ho, err := newHandoff(log)
@@ -96,10 +101,6 @@ func serve(ctx context.Context, l loaded, log *zap.Logger, connectTimeout time.D
 	}
 	ho.ready()
 	log.Info("l4lb started", zap.Int("listeners", len(cfg.Listeners)), zap.Int("target_groups", len(cfg.TargetGroups)), zap.String("config_sha256", l.hash))
-	// Signals are caught before anyone is told l4lb is up.
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR2)
-	defer signal.Stop(sigs)
 	if ready != nil {
 		ready(srv, adm.Addr())
 	}
@@ -108,21 +109,18 @@ func serve(ctx context.Context, l loaded, log *zap.Logger, connectTimeout time.D
 wait:
 	for {
 		select {
-		case s := <-sigs:
-			switch s {
-			case syscall.SIGHUP:
-				log.Info("SIGHUP received: reloading the config")
-				ctl.Reload() // logs what it refused or could not apply
-			case syscall.SIGUSR2:
-				log.Info("SIGUSR2 received: upgrading the binary")
-				if _, err := ctl.Upgrade(); err == nil {
-					break wait
-				}
-			default:
-				log.Info("signal received, draining", zap.String("signal", s.String()), zap.Duration("shutdown_timeout", ctl.Running().ShutdownTimeout))
-				leave = true
+		case <-sigs.reload:
+			log.Info("SIGHUP received: reloading the config")
+			ctl.Reload() // logs what it refused or could not apply
+		case <-sigs.upgrade:
+			log.Info("SIGUSR2 received: upgrading the binary")
+			if _, err := ctl.Upgrade(); err == nil {
 				break wait
 			}
+		case s := <-sigs.stopping:
+			log.Info("signal received, draining", zap.String("signal", s.String()), zap.Duration("shutdown_timeout", ctl.Running().ShutdownTimeout))
+			leave = true
+			break wait
 		case <-ctl.handedOver():
 			break wait
 		case <-ctx.Done():
@@ -137,11 +135,11 @@ wait:
 	go func() {
 		for {
 			select {
-			case s := <-sigs:
-				if s == syscall.SIGHUP || s == syscall.SIGUSR2 {
-					log.Warn("draining: signal ignored", zap.String("signal", s.String()))
-					continue
-				}
+			case <-sigs.reload:
+				log.Warn("draining: signal ignored", zap.String("signal", "hangup"))
+			case <-sigs.upgrade:
+				log.Warn("draining: signal ignored", zap.String("signal", "user defined signal 2"))
+			case s := <-sigs.stopping:
 				log.Warn("second signal: ending the drain now", zap.String("signal", s.String()))
 				cut()
 				return
@@ -160,6 +158,33 @@ wait:
 	}
 	log.Info("l4lb stopped")
 	return nil
+}
+
+// signals are the signals serve acts on, one channel per action. Each
+// holds one pending signal: os/signal drops a signal whose channel is full,
+// so a storm of SIGHUPs coalesces into one more reload and never crowds out
+// a SIGTERM.
+type signals struct {
+	reload, upgrade, stopping chan os.Signal
+}
+
+// catchSignals starts catching the signals serve acts on. It is called
+// before anything is bound or read: until then a SIGHUP (a log rotation, a
+// reload right after a restart) would end the process with Go's default
+// action. A signal caught during start waits in its channel and is acted on
+// once l4lb is up: a SIGHUP reloads the file, a SIGTERM drains and exits.
+func catchSignals() *signals {
+	s := &signals{reload: make(chan os.Signal, 1), upgrade: make(chan os.Signal, 1), stopping: make(chan os.Signal, 2)}
+	signal.Notify(s.reload, syscall.SIGHUP)
+	signal.Notify(s.upgrade, syscall.SIGUSR2)
+	signal.Notify(s.stopping, syscall.SIGTERM, syscall.SIGINT)
+	return s
+}
+
+func (s *signals) stop() {
+	signal.Stop(s.reload)
+	signal.Stop(s.upgrade)
+	signal.Stop(s.stopping)
 }
 
 // adminServer is the admin API's HTTP server.

@@ -17,6 +17,10 @@ import (
 // any system, against an l4lb that runs on Linux.
 var errNeedsLinux = errors.New("serving needs Linux: l4lb's data plane uses splice(2), epoll, recvmmsg and eBPF; validate, targets, route and version work here")
 
+type signals struct{}
+
+func catchSignals() *signals { return nil }
+
 func runServe(context.Context, loaded, *zap.Logger, time.Duration, func(net.Addr)) error {
 	return errNeedsLinux
 }
