@@ -2,11 +2,13 @@ package lb
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -206,6 +208,46 @@ func TestProxyAccept(t *testing.T) {
 	c3.Write([]byte("z"))
 	if _, err := io.ReadFull(c3, id); err != nil || !strings.HasPrefix(string(id), "127.0.0.21:") {
 		t.Fatalf("plain client: target saw %q (%v)", id, err)
+	}
+}
+
+// An untrusted client whose first bytes are a strict prefix of a PROXY
+// signature ("P", then nothing) is held no longer than the PROXY header
+// timeout: then its connection closes, and the close is counted.
+func TestProxyPrefixTimesOut(t *testing.T) {
+	target := ppEcho(t)
+	reg := prometheus.NewRegistry()
+	cfg := testConfig([]config.Target{{Address: target, Weight: 1}}, func(l *config.Listener, _ *config.TargetGroup) {
+		l.ProxyProtocolAccept = []netip.Prefix{netip.MustParsePrefix("127.0.0.20/32")}
+	})
+	const timeout = 500 * time.Millisecond
+	_, addr := startServer(t, cfg, Options{Metrics: metrics.New(reg), ProxyHeaderTimeout: timeout})
+	for _, first := range []string{"P", "PROX", "\r\n\r\n\x00"} {
+		c := dialFrom(t, "127.0.0.21", addr)
+		start := time.Now()
+		c.Write([]byte(first))
+		c.SetReadDeadline(time.Now().Add(15 * time.Second))
+		got, err := io.ReadAll(c)
+		took := time.Since(start)
+		if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			t.Fatalf("%q and then nothing: still open after 15 s", first)
+		}
+		if len(got) > 21 {
+			t.Fatalf("%q reached the target: got back %q", first, got)
+		}
+		if took < timeout {
+			t.Fatalf("%q: closed after %v, before the %v timeout", first, took, timeout)
+		}
+		t.Logf("%q and then nothing: closed after %v", first, took.Round(time.Millisecond))
+	}
+	waitFor(t, func() bool {
+		return counterValue(t, reg, "l4lb_rejected_flows_total") == 3
+	})
+	// A client that speaks second, sending nothing, is not closed by it.
+	c := dialFrom(t, "127.0.0.21", addr)
+	c.SetReadDeadline(time.Now().Add(3 * timeout))
+	if _, err := c.Read(make([]byte, 1)); err == nil || !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("a silent client was closed: %v", err)
 	}
 }
 

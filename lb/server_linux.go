@@ -51,6 +51,9 @@ type Options struct {
 	// handshakes (0: tlsterm's defaults, 10 s and 1024 per listener).
 	TLSHandshakeTimeout time.Duration
 	TLSMaxHandshakes    int
+	// ProxyHeaderTimeout bounds PROXY headers (see tcpproxy.Options); 0:
+	// 5 s.
+	ProxyHeaderTimeout time.Duration
 }
 
 // Server runs one configuration. It embeds its target registry, whose
@@ -92,7 +95,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	s.keys = tlsterm.NewTicketKeys(tlsterm.DefaultRotation, opts.TicketKeys)
 	ids := new(atomic.Uint64) // one numbering, so no two flows share a PROXY unique ID
 	if s.tcp, err = tcpproxy.New(cfg, reg, tcpproxy.Options{Logger: opts.Logger, Metrics: opts.Metrics, ConnectTimeout: opts.ConnectTimeout,
-		SocketsPerAddr: opts.SocketsPerAddr, PipeSize: opts.PipeSize, MaxFlows: tcpFlows, IDs: ids, Inherit: opts.Inherit,
+		SocketsPerAddr: opts.SocketsPerAddr, PipeSize: opts.PipeSize, MaxFlows: tcpFlows, IDs: ids, Inherit: opts.Inherit, ProxyHeaderTimeout: opts.ProxyHeaderTimeout,
 		TLS: tlsterm.Options{HandshakeTimeout: opts.TLSHandshakeTimeout, MaxHandshakes: opts.TLSMaxHandshakes, Keys: s.keys}}); err != nil {
 		s.keys.Close()
 		return nil, err

@@ -101,7 +101,7 @@ func (f *flow) setup() error {
 	}
 	up.reset()
 	down.reset()
-	up.checkPP = f.checkPP
+	up.checkPP, up.ppPrefix = f.checkPP, false
 	return nil
 }
 

@@ -60,6 +60,10 @@ type Options struct {
 	// TLS bounds the TLS listeners' handshakes and names the session-ticket
 	// keys they share.
 	TLS tlsterm.Options
+	// ProxyHeaderTimeout bounds a trusted upstream's PROXY header, and an
+	// untrusted client's first bytes while they are only a prefix of a
+	// PROXY signature; 0: DefaultProxyHeaderTimeout.
+	ProxyHeaderTimeout time.Duration
 }
 
 // Server runs the TCP listeners of one configuration.
@@ -107,6 +111,9 @@ func New(cfg *config.Config, reg *registry.Registry, opts Options) (*Server, err
 	}
 	if opts.ConnectTimeout == 0 {
 		opts.ConnectTimeout = config.DefaultConnectTimeout
+	}
+	if opts.ProxyHeaderTimeout <= 0 {
+		opts.ProxyHeaderTimeout = DefaultProxyHeaderTimeout
 	}
 	if opts.SocketsPerAddr == 0 {
 		opts.SocketsPerAddr = runtime.GOMAXPROCS(0)

@@ -18,8 +18,11 @@ import (
 	"github.com/l4lb/l4lb/pkg/proxyproto"
 )
 
-// ProxyHeaderTimeout bounds reading a PROXY header from a trusted upstream.
-const ProxyHeaderTimeout = 5 * time.Second
+// DefaultProxyHeaderTimeout bounds reading a PROXY header from a trusted
+// upstream, and how long an untrusted client's first bytes may stay a
+// strict prefix of a PROXY signature ("P", "PROX") before the connection is
+// closed.
+const DefaultProxyHeaderTimeout = 5 * time.Second
 
 // setup is an accepted connection on its way to becoming a flow. Each step
 // either moves it on or names the reason to refuse it; reject then counts,
@@ -131,7 +134,7 @@ func (p *setup) readProxyHeader() (listen.Reason, bool) {
 		return 0, true
 	}
 	if l.trusted(p.src.Addr()) {
-		hsrc, _, err := proxyproto.ReadHeader(p.c, p.c, time.Now().Add(ProxyHeaderTimeout))
+		hsrc, _, err := proxyproto.ReadHeader(p.c, p.c, time.Now().Add(p.s.opts.ProxyHeaderTimeout))
 		if err != nil {
 			p.s.log.Debug("bad PROXY header", zap.String(logListener, l.cfg.Name), zap.Stringer(logClient, p.src), zap.Error(err))
 			return listen.ReasonProxyProtocol, false

@@ -86,6 +86,11 @@ type halfFlow struct {
 	onWrite func(fd uintptr) bool
 	spliced int64 // bytes of n that moved by splice(2)
 	checkPP bool  // the first bytes must not be a PROXY header (untrusted client)
+	// ppPrefix says the client's first bytes are a strict prefix of a PROXY
+	// signature: the direction waits for more, but no longer than the
+	// PROXY header timeout, and does not park meanwhile.
+	ppPrefix bool
+	ppSince  time.Time // when the prefix was first seen
 	// errAtDst says the error that ended the direction came from writing
 	// to its destination, not from reading its source: it tells a
 	// target's reset from a client's.
@@ -241,11 +246,17 @@ func (h *halfFlow) peekHeader(fd uintptr) proxyproto.Verdict {
 		}
 		v := proxyproto.Classify(b[:n])
 		if v != proxyproto.Undecided {
-			h.checkPP = false
+			h.checkPP, h.ppPrefix = false, false
+		} else if !h.ppPrefix {
+			h.ppPrefix, h.ppSince = true, time.Now()
 		}
 		return v
 	}
 }
+
+// errHeaderTimeout ends a flow whose client's first bytes stayed a prefix
+// of a PROXY signature for the PROXY header timeout.
+var errHeaderTimeout = errors.New("first bytes a prefix of a PROXY signature for too long")
 
 // errUntrustedHeader ends a flow whose client, not trusted to, sent a PROXY
 // header.
@@ -312,6 +323,18 @@ func (h *halfFlow) run() (how copyErr, isParked bool) {
 			if now.Sub(f.lastActive()) >= f.idle {
 				h.release()
 				return endIdle, false
+			}
+			if h.ppPrefix {
+				// A client that sent "P" (or "\r\n\r\n") and then
+				// nothing: neither a header nor not one, for too long.
+				if now.Sub(h.ppSince) >= f.srv.opts.ProxyHeaderTimeout {
+					f.l.rejects[listen.ReasonProxyProtocol].Inc()
+					h.release()
+					h.err = errHeaderTimeout
+					return endReset, false
+				}
+				h.arm(now)
+				continue
 			}
 			// Park a direction that moved nothing since the last firing, or
 			// whose whole flow has been quiet for parkAfter.
