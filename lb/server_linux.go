@@ -47,10 +47,6 @@ type Options struct {
 	// TicketKeys are TLS session-ticket keys a previous process handed
 	// over, newest first, so its clients' tickets resume here; nil: fresh.
 	TicketKeys [][32]byte
-	// TLSHandshakeTimeout and TLSMaxHandshakes bound TLS listeners'
-	// handshakes (0: tlsterm's defaults, 10 s and 1024 per listener).
-	TLSHandshakeTimeout time.Duration
-	TLSMaxHandshakes    int
 	// ProxyHeaderTimeout bounds PROXY headers (see tcpproxy.Options); 0:
 	// 5 s.
 	ProxyHeaderTimeout time.Duration
@@ -96,7 +92,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	ids := new(atomic.Uint64) // one numbering, so no two flows share a PROXY unique ID
 	if s.tcp, err = tcpproxy.New(cfg, reg, tcpproxy.Options{Logger: opts.Logger, Metrics: opts.Metrics, ConnectTimeout: opts.ConnectTimeout,
 		SocketsPerAddr: opts.SocketsPerAddr, PipeSize: opts.PipeSize, MaxFlows: tcpFlows, IDs: ids, Inherit: opts.Inherit, ProxyHeaderTimeout: opts.ProxyHeaderTimeout,
-		TLS: tlsterm.Options{HandshakeTimeout: opts.TLSHandshakeTimeout, MaxHandshakes: opts.TLSMaxHandshakes, Keys: s.keys}}); err != nil {
+		TLS: tlsterm.Options{Keys: s.keys}}); err != nil {
 		s.keys.Close()
 		return nil, err
 	}

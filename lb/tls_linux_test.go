@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rsa"
 	"crypto/tls"
+	"errors"
 	"io"
 	"net"
 	"net/netip"
@@ -11,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -20,6 +22,7 @@ import (
 	"github.com/l4lb/l4lb/internal/testpki"
 	"github.com/l4lb/l4lb/pkg/config"
 	"github.com/l4lb/l4lb/pkg/metrics"
+	"github.com/l4lb/l4lb/pkg/tlshello"
 )
 
 // issue writes a leaf certificate for names and returns it as a config pair.
@@ -245,12 +248,13 @@ func TestTLSResumption(t *testing.T) {
 	}
 }
 
-// Garbage and half-finished handshakes: each is counted, the half-finished
-// ones end at the handshake deadline, no goroutine is left behind, and a
-// good client is served meanwhile.
+// Garbage and half-finished hellos: each is counted (not TLS as a failed
+// handshake, a hello that stops at the hello timeout), no goroutine is left
+// behind, and a good client is served meanwhile.
 func TestTLSBadClients(t *testing.T) {
 	ca := testpki.New(t)
-	_, addr, reg := tlsServer(t, config.ListenerTLS{Certificates: []config.Certificate{issue(t, ca, false, "api.test")}}, Options{TLSHandshakeTimeout: 500 * time.Millisecond})
+	_, addr, reg := tlsServer(t, config.ListenerTLS{Certificates: []config.Certificate{issue(t, ca, false, "api.test")},
+		Handshake: config.TLSHandshake{HelloTimeout: 500 * time.Millisecond, Timeout: 500 * time.Millisecond}}, Options{})
 	baseline := runtime.NumGoroutine()
 	var conns []net.Conn
 	for i := range 20 {
@@ -273,16 +277,17 @@ func TestTLSBadClients(t *testing.T) {
 	start := time.Now()
 	for _, c := range conns {
 		c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		if _, err := io.Copy(io.Discard, c); err != nil {
+		if _, err := io.Copy(io.Discard, c); err != nil && !errors.Is(err, syscall.ECONNRESET) {
 			t.Fatalf("a bad client was not closed: %v", err)
 		}
 		c.Close()
 	}
 	if d := time.Since(start); d > 3*time.Second {
-		t.Fatalf("half-finished handshakes lasted %v; the deadline is 500 ms", d)
+		t.Fatalf("half-finished hellos lasted %v; the hello timeout is 500 ms", d)
 	}
 	waitFor(t, func() bool { return sumWhere(reg, "l4lb_client_tls_negotiation_errors_total") == 20 })
-	waitFor(t, func() bool { return sumWhere(reg, "l4lb_rejected_flows_total", `reason="tls_handshake"`) == 20 })
+	waitFor(t, func() bool { return sumWhere(reg, "l4lb_rejected_flows_total", `reason="tls_handshake"`) == 10 })
+	waitFor(t, func() bool { return sumWhere(reg, "l4lb_rejected_flows_total", `reason="tls_hello_timeout"`) == 10 })
 	waitFor(t, func() bool { return runtime.NumGoroutine() <= baseline })
 }
 
@@ -463,40 +468,132 @@ func TestTLSAccessLog(t *testing.T) {
 	}
 }
 
-// The cap on concurrent handshakes: with two stalled handshakes holding a
-// cap of two, a third client is refused at once and counted; once the
-// stalled ones time out, clients are served again.
+// stallAfterHello sends a whole ClientHello from src and then nothing: the
+// listener answers it, and its handshake holds a slot until it times out.
+func stallAfterHello(t *testing.T, src, addr string) net.Conn {
+	t.Helper()
+	hello, err := tlshello.Record(&tls.Config{ServerName: "api.test", InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := dialFrom(t, src, addr)
+	c.Write(hello)
+	return c
+}
+
+// The cap on concurrent handshakes: slots are taken by hellos, not by
+// connections. With both slots held by stalled handshakes, a third client
+// queues for the queue timeout and is refused, counted as tls_busy; one
+// whose slot frees while it queues is served; once the stalled ones time
+// out, clients are served again. Silent connections take no slot at all.
 func TestTLSHandshakeCap(t *testing.T) {
 	ca := testpki.New(t)
-	_, addr, reg := tlsServer(t, config.ListenerTLS{Certificates: []config.Certificate{issue(t, ca, false, "api.test")}},
-		Options{TLSHandshakeTimeout: 3 * time.Second, TLSMaxHandshakes: 2})
+	_, addr, reg := tlsServer(t, config.ListenerTLS{Certificates: []config.Certificate{issue(t, ca, false, "api.test")},
+		Handshake: config.TLSHandshake{Timeout: 2 * time.Second, QueueTimeout: 300 * time.Millisecond, Max: 2, PerSource: 2}}, Options{})
 	conf := &tls.Config{ServerName: "api.test", RootCAs: ca.Pool}
+	for range 50 { // silent: no slot
+		defer dialFrom(t, "127.0.0.1", addr).Close()
+	}
+	if _, err := dialTLS(t, addr, conf); err != nil {
+		t.Fatalf("50 silent connections held the cap of two: %v", err)
+	}
 	var stalled []net.Conn
 	for range 2 {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := stallAfterHello(t, "127.0.0.1", addr)
 		defer c.Close()
-		c.Write([]byte{0x16, 0x03, 0x01, 0x02, 0x00}) // a hello that stops
 		stalled = append(stalled, c)
 	}
-	// Let both reach their handshakes first: a probe that took a slot
-	// before the second did would get that one refused instead.
-	time.Sleep(300 * time.Millisecond)
+	// Both reach their handshakes: the server's first flight comes back.
+	for _, c := range stalled {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err != nil {
+			t.Fatalf("a stalled hello was not answered: %v", err)
+		}
+	}
+	start := time.Now()
 	if c, err := tls.Dial("tcp", addr, conf); err == nil {
 		c.Close()
 		t.Fatal("a third handshake was admitted with the cap of two held")
 	}
-	if n := sumWhere(reg, "l4lb_rejected_flows_total", `reason="tls_handshake"`); n < 1 {
-		t.Fatalf("a refusal at the cap was not counted: %v", n)
+	if d := time.Since(start); d < 250*time.Millisecond {
+		t.Fatalf("refused after %v, without queueing", d)
 	}
+	waitFor(t, func() bool { return sumWhere(reg, "l4lb_rejected_flows_total", `reason="tls_busy"`) == 1 })
+	// Queued while the stalled handshakes end: served.
 	for _, c := range stalled {
 		c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		io.Copy(io.Discard, c) // closed at the 3 s deadline
+		io.Copy(io.Discard, c) // closed at the 2 s handshake timeout
 	}
 	if _, err := dialTLS(t, addr, conf); err != nil {
 		t.Fatalf("after the stalled handshakes timed out: %v", err)
+	}
+}
+
+// One network's handshakes take at most its share of the slots: with a /24
+// at its share, its next hello is refused as tls_source_busy while another
+// /24 (and an IPv6 /64) is served at once.
+func TestTLSHandshakeSourceShare(t *testing.T) {
+	ca := testpki.New(t)
+	_, addr, reg := tlsServer(t, config.ListenerTLS{Certificates: []config.Certificate{issue(t, ca, false, "api.test")},
+		Handshake: config.TLSHandshake{Timeout: 3 * time.Second, QueueTimeout: 200 * time.Millisecond, Max: 8, PerSource: 2}}, Options{})
+	for _, src := range []string{"127.0.0.7", "127.0.0.8"} { // one /24
+		c := stallAfterHello(t, src, addr)
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dial := func(src string) error {
+		d := &net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+		c, err := tls.DialWithDialer(d, "tcp", addr, &tls.Config{ServerName: "api.test", RootCAs: ca.Pool})
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}
+	if err := dial("127.0.0.9"); err == nil {
+		t.Fatal("a /24 past its share of two was served")
+	}
+	waitFor(t, func() bool { return sumWhere(reg, "l4lb_rejected_flows_total", `reason="tls_source_busy"`) == 1 })
+	if err := dial("127.0.1.9"); err != nil {
+		t.Fatalf("another /24 was refused: %v", err)
+	}
+}
+
+// A server_name that is not a DNS host name ends the handshake before the
+// name is used, and is counted; NLB's access-log fields that carry what the
+// client sent are escaped, so no client can split or forge a line.
+func TestTLSServerNameAndLogEscaping(t *testing.T) {
+	ca := testpki.New(t)
+	logFile := filepath.Join(t.TempDir(), "access.log")
+	_, addr, reg := tlsServer(t, config.ListenerTLS{Certificates: []config.Certificate{issue(t, ca, false, "api.test")},
+		AccessLog: logFile}, Options{})
+	for _, name := range []string{"x\nfake line", strings.Repeat("a", 60000), "a b", "a\"b"} {
+		if _, err := dialTLS(t, addr, &tls.Config{ServerName: name, InsecureSkipVerify: true}); err == nil {
+			t.Fatalf("server_name %.30q was accepted", name)
+		}
+	}
+	waitFor(t, func() bool { return sumWhere(reg, "l4lb_rejected_flows_total", `reason="tls_bad_sni"`) == 4 })
+	// ALPN names are bytes to TLS: a client may send any.
+	c, err := dialTLS(t, addr, &tls.Config{ServerName: "api.test", RootCAs: ca.Pool, NextProtos: []string{"h2", "x\n1 fake", "q\"\\"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	var lines []string
+	waitFor(t, func() bool {
+		b, _ := os.ReadFile(logFile)
+		lines = strings.Split(strings.TrimSpace(string(b)), "\n")
+		return len(lines) == 5
+	})
+	for _, l := range lines {
+		if f := strings.Fields(l); len(f) != 22 || len(l) > 2048 {
+			t.Fatalf("a line of %d fields, %d bytes: %.300q", len(f), len(l), l)
+		}
+	}
+	if f := strings.Fields(lines[4]); f[20] != `h2,x\x0a1\x20fake,q\x22\x5c` {
+		t.Fatalf("the client's ALPN list is logged as %q", f[20])
 	}
 }
 

@@ -23,6 +23,11 @@ const (
 	ReasonLocalResources                // l4lb itself is out of descriptors, ports or memory
 	ReasonFlowTableFull                 // the UDP flow table is full
 	ReasonDatagramDropped               // a datagram that could not be forwarded
+	ReasonTLSBadSNI                     // a ClientHello whose server_name is not a DNS host name
+	ReasonTLSHelloTimeout               // no whole ClientHello within the hello timeout
+	ReasonTLSBusy                       // the listener's handshakes stayed at their cap for the queue timeout
+	ReasonTLSSourceBusy                 // the source's share of handshakes stayed used up for the queue timeout
+	ReasonLoop                          // a connection from l4lb's own connect to a target: a forwarding loop
 	numReasons
 )
 
@@ -36,6 +41,11 @@ var reasonNames = [numReasons]string{
 	ReasonLocalResources:  "local_resources",
 	ReasonFlowTableFull:   "flow_table_full",
 	ReasonDatagramDropped: "datagram_dropped",
+	ReasonTLSBadSNI:       "tls_bad_sni",
+	ReasonTLSHelloTimeout: "tls_hello_timeout",
+	ReasonTLSBusy:         "tls_busy",
+	ReasonTLSSourceBusy:   "tls_source_busy",
+	ReasonLoop:            "loop",
 }
 
 func (r Reason) String() string { return reasonNames[r] }

@@ -80,13 +80,15 @@ func newListener(s *Server, lc *config.Listener, b config.BindAddr, r *listen.Ro
 	l.bytesOut = m.Counter(metrics.ProcessedBytes, append(lbl, "out")...)
 	l.lbResets = m.Counter(metrics.TCPLBResets, lbl...)
 	l.clientRsts = m.Counter(metrics.TCPClientResets, lbl...)
-	l.rejects = listen.NewRejectCounters(m, lbl, listen.ReasonACL, listen.ReasonNoTarget, listen.ReasonProxyProtocol, listen.ReasonSourceLimit, listen.ReasonTLSHello, listen.ReasonLocalResources)
+	l.rejects = listen.NewRejectCounters(m, lbl, listen.ReasonACL, listen.ReasonNoTarget, listen.ReasonProxyProtocol, listen.ReasonSourceLimit, listen.ReasonTLSHello, listen.ReasonLocalResources, listen.ReasonTLSBadSNI, listen.ReasonLoop)
 	if lc.Protocol == config.TLS {
 		s.mu.Lock()
 		l.term = s.terms[lc.Name]
 		s.mu.Unlock()
 		l.tlsErrors = m.Counter(metrics.ClientTLSErrors, lbl...)
-		l.rejects[listen.ReasonTLSHandshake] = m.Counter(metrics.RejectedFlows, append(lbl, listen.ReasonTLSHandshake.String())...)
+		for _, r := range []listen.Reason{listen.ReasonTLSHandshake, listen.ReasonTLSHelloTimeout, listen.ReasonTLSBusy, listen.ReasonTLSSourceBusy} {
+			l.rejects[r] = m.Counter(metrics.RejectedFlows, append(lbl, r.String())...)
+		}
 		l.handshakes = handshakeCounters(m, lc.Name)
 	}
 	return l

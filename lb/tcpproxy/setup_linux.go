@@ -2,6 +2,7 @@ package tcpproxy
 
 import (
 	"crypto/tls"
+	"errors"
 	"net"
 	"net/netip"
 	"runtime/debug"
@@ -16,6 +17,7 @@ import (
 	"github.com/l4lb/l4lb/lb/tlsterm"
 	"github.com/l4lb/l4lb/pkg/flowhash"
 	"github.com/l4lb/l4lb/pkg/proxyproto"
+	"github.com/l4lb/l4lb/pkg/tlshello"
 )
 
 // DefaultProxyHeaderTimeout bounds reading a PROXY header from a trusted
@@ -181,6 +183,9 @@ func (p *setup) chooseRoute() (listen.Reason, bool) {
 	host, err := peekHello(p.c)
 	if err != nil {
 		p.s.log.Debug("no TLS ClientHello", zap.String(logListener, p.l.cfg.Name), zap.Stringer(logClient, p.src), zap.Error(err))
+		if errors.Is(err, tlshello.ErrBadServerName) {
+			return listen.ReasonTLSBadSNI, false
+		}
 		return listen.ReasonTLSHello, false
 	}
 	p.r = p.l.routeFor(host)

@@ -80,12 +80,12 @@ func (p *setup) handshake() (listen.Reason, bool) {
 	if l.term == nil {
 		return 0, true
 	}
-	tc, info, err := l.term.Handshake(p.c, p.accepted)
+	tc, info, err := l.term.Handshake(p.c, p.src.Addr(), p.accepted)
 	if err != nil {
 		l.tlsErrors.Inc()
 		p.s.log.Debug("TLS handshake failed", zap.String(logListener, l.cfg.Name), zap.Stringer(logClient, p.src), zap.Error(err))
 		l.term.Log(tlsterm.Entry{Listener: l.cfg.Name, Client: p.src, Local: p.dst, Info: info, End: time.Now()})
-		return listen.ReasonTLSHandshake, false
+		return handshakeReason(err), false
 	}
 	p.tinfo = info
 	cs := info.State
@@ -94,6 +94,22 @@ func (p *setup) handshake() (listen.Reason, bool) {
 	}
 	p.tc, p.sni, p.checkPP = tc, cs.ServerName, false
 	return 0, true
+}
+
+// handshakeReason is the rejected_flows_total reason of a refused or
+// failed handshake.
+func handshakeReason(err error) listen.Reason {
+	switch {
+	case errors.Is(err, tlsterm.ErrHelloTimeout):
+		return listen.ReasonTLSHelloTimeout
+	case errors.Is(err, tlsterm.ErrBusy):
+		return listen.ReasonTLSBusy
+	case errors.Is(err, tlsterm.ErrSourceBusy):
+		return listen.ReasonTLSSourceBusy
+	case errors.Is(err, tlsterm.ErrBadServerName):
+		return listen.ReasonTLSBadSNI
+	}
+	return listen.ReasonTLSHandshake
 }
 
 // runStream copies one direction of a flow with a TLS end: through a pooled

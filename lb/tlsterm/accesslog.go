@@ -77,7 +77,7 @@ func (a *accessLog) write(e Entry) {
 	line := fmt.Sprintf("tls 2.0 %s l4lb %s %s %s %d %d %d %d %s %s %s %s %s %s %s %s %s %s %s\n",
 		e.End.UTC().Format(time.RFC3339), e.Listener, e.Client, e.Local,
 		e.End.Sub(i.Start).Milliseconds(), i.Handshake.Milliseconds(), e.Received, e.Sent,
-		dash(i.Alert), dash(i.CertFile), dash(i.CertSerial), cipher, proto, group, dash(cs.ServerName),
+		dash(strings.ReplaceAll(i.Alert, " ", "_")), dash(i.CertFile), dash(i.CertSerial), cipher, proto, group, dash(cs.ServerName),
 		dash(cs.NegotiatedProtocol), dash(e.BackendALPN), dash(strings.Join(i.ClientALPN, ",")),
 		i.Start.UTC().Format(time.RFC3339))
 	a.mu.Lock()
@@ -93,9 +93,34 @@ func (a *accessLog) close() {
 	a.f.Close()
 }
 
+// maxField bounds one field of a line: a client's ALPN list may hold up to
+// 64 KB of names.
+const maxField = 512
+
+// dash writes a field: "-" when empty, and otherwise with every byte that
+// could end the field or the line, or that a reader might take for
+// something else (controls, space, quotes, backslash, non-ASCII), as \xHH,
+// so a client cannot split or forge lines. A field longer than maxField is
+// cut, and ends in "...".
 func dash(s string) string {
 	if s == "" {
 		return "-"
 	}
-	return strings.ReplaceAll(s, " ", "_")
+	cut := len(s) > maxField
+	if cut {
+		s = s[:maxField]
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c <= ' ' || c >= 0x7f || c == '"' || c == '\\' {
+			fmt.Fprintf(&b, `\x%02x`, c)
+			continue
+		}
+		b.WriteByte(c)
+	}
+	if cut {
+		b.WriteString("...")
+	}
+	return b.String()
 }

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -13,19 +15,12 @@ import (
 	"time"
 
 	"github.com/l4lb/l4lb/pkg/config"
+	"github.com/l4lb/l4lb/pkg/tlshello"
 )
 
-// Defaults of the handshake's bounds.
-const (
-	DefaultHandshakeTimeout = 10 * time.Second
-	DefaultMaxHandshakes    = 1024
-)
-
-// Options bound a listener's handshakes.
+// Options are what a listener's termination shares with the others.
 type Options struct {
-	HandshakeTimeout time.Duration // 0: DefaultHandshakeTimeout
-	MaxHandshakes    int           // concurrent handshakes per listener; 0: DefaultMaxHandshakes
-	Keys             *TicketKeys   // shared session-ticket keys; nil: crypto/tls's own per listener
+	Keys *TicketKeys // shared session-ticket keys; nil: crypto/tls's own per listener
 }
 
 // Terminator is one TLS listener's termination.
@@ -33,7 +28,7 @@ type Terminator struct {
 	path    string // the listener's config path, for errors
 	opts    Options
 	state   atomic.Pointer[state]
-	sem     chan struct{}
+	gate    *gate
 	mu      sync.Mutex // one Prepare's commit or Refresh at a time
 	pending sync.Map   // net.Conn -> *Info, while its handshake runs
 }
@@ -41,6 +36,7 @@ type Terminator struct {
 // state is what a configuration and its certificate files give.
 type state struct {
 	lt     config.ListenerTLS
+	limits config.TLSHandshake
 	certs  *certs
 	policy Policy
 	cfg    *tls.Config
@@ -48,23 +44,53 @@ type state struct {
 	log    *accessLog    // nil: no access log
 }
 
-// ErrBusy refuses a connection when the listener's handshake cap is reached.
-var ErrBusy = errors.New("tls: too many handshakes in progress")
+// Why a connection was refused before its handshake.
+var (
+	// ErrHelloTimeout: the ClientHello had not all arrived within the hello
+	// timeout.
+	ErrHelloTimeout = errors.New("tls: no ClientHello within the hello timeout")
+	// ErrBusy: the listener's handshake slots stayed taken for the queue
+	// timeout.
+	ErrBusy = errors.New("tls: too many handshakes in progress")
+	// ErrSourceBusy: the client's network (its /24 or /64) held its whole
+	// share of the slots for the queue timeout.
+	ErrSourceBusy = errors.New("tls: too many handshakes in progress from the client's network")
+	// ErrBadServerName: the hello's server_name is not a DNS host name
+	// (tlshello.ValidServerName).
+	ErrBadServerName = tlshello.ErrBadServerName
+)
+
+// limits are lt's handshake bounds, with defaults for what is zero (a
+// config built in code rather than normalized).
+func limits(lt *config.ListenerTLS) config.TLSHandshake {
+	h := lt.Handshake
+	if h.HelloTimeout <= 0 {
+		h.HelloTimeout = config.DefaultTLSHelloTimeout
+	}
+	if h.Timeout <= 0 {
+		h.Timeout = config.DefaultTLSHandshakeTimeout
+	}
+	if h.QueueTimeout <= 0 {
+		h.QueueTimeout = config.DefaultTLSHandshakeQueueTimeout
+	}
+	if h.Max <= 0 {
+		h.Max = config.DefaultTLSMaxHandshakes
+	}
+	if h.PerSource <= 0 {
+		h.PerSource = max(h.Max/16, 4)
+	}
+	return h
+}
 
 // New loads lt's certificates. path names the listener in errors
 // ("listeners[0]").
 func New(lt *config.ListenerTLS, path string, o Options) (*Terminator, error) {
-	if o.HandshakeTimeout <= 0 {
-		o.HandshakeTimeout = DefaultHandshakeTimeout
-	}
-	if o.MaxHandshakes <= 0 {
-		o.MaxHandshakes = DefaultMaxHandshakes
-	}
-	t := &Terminator{path: path, opts: o, sem: make(chan struct{}, o.MaxHandshakes)}
+	t := &Terminator{path: path, opts: o}
 	st, err := t.build(lt, nil, nil)
 	if err != nil {
 		return nil, err
 	}
+	t.gate = newGate(st.limits.Max, st.limits.PerSource)
 	t.state.Store(st)
 	return t, nil
 }
@@ -90,7 +116,7 @@ func (t *Terminator) build(lt *config.ListenerTLS, c *certs, cur *state) (*state
 			return nil, err
 		}
 	}
-	st := &state{lt: *lt, certs: c, policy: policy}
+	st := &state{lt: *lt, limits: limits(lt), certs: c, policy: policy}
 	switch {
 	case lt.AccessLog == "":
 	case cur != nil && cur.log != nil && cur.log.path == lt.AccessLog:
@@ -122,6 +148,11 @@ func (t *Terminator) build(lt *config.ListenerTLS, c *certs, cur *state) (*state
 			return cert, nil
 		},
 		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			// Refused before anything reads the name: the certificate
+			// choice, the access log, the PROXY header to the target.
+			if hello.ServerName != "" && !tlshello.ValidServerName(hello.ServerName) {
+				return nil, ErrBadServerName
+			}
 			if i, ok := t.pending.Load(hello.Conn); ok {
 				i.(*Info).ClientALPN = slices.Clone(hello.SupportedProtos)
 			}
@@ -150,6 +181,7 @@ func (t *Terminator) Prepare(lt *config.ListenerTLS) (commit func(), err error) 
 		t.mu.Lock()
 		defer t.mu.Unlock()
 		old := t.state.Swap(st)
+		t.gate.resize(st.limits.Max, st.limits.PerSource)
 		if old.log != nil && old.log != st.log {
 			old.log.close()
 		}
@@ -178,25 +210,33 @@ func (t *Terminator) Refresh() (bool, error) {
 // Policy is the security policy in force.
 func (t *Terminator) Policy() Policy { return t.state.Load().policy }
 
-// Handshake terminates TLS on c, accepted at start, within the handshake
-// timeout. It refuses at once (ErrBusy) when the listener already runs its
-// cap of handshakes. The Info is filled in as far as the handshake got.
-func (t *Terminator) Handshake(c net.Conn, start time.Time) (*tls.Conn, *Info, error) {
+// Handshake terminates TLS on c, accepted at start, from the client src.
+// It waits for the ClientHello (ErrHelloTimeout past the hello timeout),
+// then for a handshake slot, queueing up to the queue timeout (ErrBusy, or
+// ErrSourceBusy when src's network holds its share), then handshakes within
+// the handshake timeout. The Info is filled in as far as the handshake got.
+func (t *Terminator) Handshake(c net.Conn, src netip.Addr, start time.Time) (*tls.Conn, *Info, error) {
 	info := &Info{Start: start}
-	select {
-	case t.sem <- struct{}{}:
-	default:
-		return nil, info, ErrBusy
-	}
-	defer func() { <-t.sem }()
 	st := t.state.Load()
+	lim := st.limits
+	if err := waitHello(c, start.Add(lim.HelloTimeout)); err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			err = ErrHelloTimeout
+		}
+		return nil, info, err
+	}
+	srcNet := sourceNet(src)
+	if err := t.gate.acquire(srcNet, lim.QueueTimeout); err != nil {
+		return nil, info, err
+	}
+	defer t.gate.release(srcNet)
 	if t.opts.Keys != nil {
 		t.opts.Keys.apply(st.cfg, &st.keys)
 	}
 	t.pending.Store(c, info)
 	defer t.pending.Delete(c)
 	tc := tls.Server(c, st.cfg)
-	ctx, cancel := context.WithTimeout(context.Background(), t.opts.HandshakeTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), lim.Timeout)
 	defer cancel()
 	err := tc.HandshakeContext(ctx)
 	info.Handshake = time.Since(start)

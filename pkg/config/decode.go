@@ -113,6 +113,12 @@ type RawTLS struct {
 	SecurityPolicy string           `yaml:"security_policy,omitempty"`
 	ALPNPolicy     string           `yaml:"alpn_policy,omitempty"`
 	AccessLog      string           `yaml:"access_log,omitempty"`
+	// The handshake's bounds (see ListenerTLS).
+	HelloTimeout           string `yaml:"hello_timeout,omitempty"`
+	HandshakeTimeout       string `yaml:"handshake_timeout,omitempty"`
+	HandshakeQueueTimeout  string `yaml:"handshake_queue_timeout,omitempty"`
+	MaxHandshakes          *int   `yaml:"max_handshakes,omitempty"`
+	MaxHandshakesPerSource *int   `yaml:"max_handshakes_per_source,omitempty"`
 }
 
 // RawCertificate is one certificate pair as written.

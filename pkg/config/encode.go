@@ -58,7 +58,10 @@ func (c *Config) ToRaw() *Raw {
 			rl.ProxyProtocolAccept = &RawProxyAccept{From: prefixStrings(l.ProxyProtocolAccept)}
 		}
 		if l.TLS != nil {
-			t := &RawTLS{SecurityPolicy: l.TLS.SecurityPolicy, ALPNPolicy: l.TLS.ALPNPolicy.String()}
+			h := l.TLS.Handshake
+			t := &RawTLS{SecurityPolicy: l.TLS.SecurityPolicy, ALPNPolicy: l.TLS.ALPNPolicy.String(), AccessLog: l.TLS.AccessLog,
+				HelloTimeout: h.HelloTimeout.String(), HandshakeTimeout: h.Timeout.String(), HandshakeQueueTimeout: h.QueueTimeout.String(),
+				MaxHandshakes: &h.Max, MaxHandshakesPerSource: &h.PerSource}
 			for _, cert := range l.TLS.Certificates {
 				t.Certificates = append(t.Certificates, RawCertificate(cert))
 			}

@@ -167,7 +167,37 @@ type ListenerTLS struct {
 	SecurityPolicy string
 	ALPNPolicy     ALPNPolicy
 	AccessLog      string // a file to append one line per connection to; "" is none
+	Handshake      TLSHandshake
 }
+
+// TLSHandshake bounds a TLS listener's handshakes, so that connections that
+// say nothing, or many handshakes from one network, cannot lock other
+// clients out. A connection holds a handshake slot only from its whole
+// ClientHello on.
+type TLSHandshake struct {
+	// HelloTimeout closes a connection whose ClientHello has not all
+	// arrived this long after accept (default 5s).
+	HelloTimeout time.Duration
+	// Timeout bounds the handshake from the hello on (default 10s).
+	Timeout time.Duration
+	// QueueTimeout is how long a hello waits for a slot when the listener's
+	// or its source's slots are all taken, before it is refused (default
+	// 500ms).
+	QueueTimeout time.Duration
+	// Max is the listener's concurrent handshakes (default 1024).
+	Max int
+	// PerSource is the concurrent handshakes of one source network, a /24
+	// (IPv4) or a /64 (IPv6) (default Max/16, at least 4).
+	PerSource int
+}
+
+// Defaults of TLSHandshake.
+const (
+	DefaultTLSHelloTimeout          = 5 * time.Second
+	DefaultTLSHandshakeTimeout      = 10 * time.Second
+	DefaultTLSHandshakeQueueTimeout = 500 * time.Millisecond
+	DefaultTLSMaxHandshakes         = 1024
+)
 
 // Certificate is a PEM certificate chain and its key, as file paths.
 type Certificate struct {

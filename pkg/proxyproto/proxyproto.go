@@ -68,10 +68,39 @@ func (s *SSL) value() []byte {
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
+// MaxTLVValue bounds each value l4lb writes into a header: a header is
+// read whole by the target before its first byte of payload, and what a
+// client chose (the SNI, the ALPN protocol) must not make it large. Every
+// value fits: an endpoint ID and an ALPN protocol name are at most 255
+// bytes (RFC 7301), an SNI at most 253.
+const MaxTLVValue = 255
+
+// ErrTLVTooLong refuses a header with a value over MaxTLVValue.
+var ErrTLVTooLong = errors.New("proxyproto: a TLV value is longer than 255 bytes")
+
+// tooLong reports whether any value of t is over MaxTLVValue.
+func (t *TLVs) tooLong() bool {
+	if len(t.EndpointID) > MaxTLVValue {
+		return true
+	}
+	if s := t.SSL; s != nil {
+		for _, v := range [...]string{s.Version, s.Cipher, s.SNI, s.ALPN} {
+			if len(v) > MaxTLVValue {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // V2 builds a PROXY v2 PROXY-command header for a flow from src (the client)
 // to dst (the listener address it reached), over UDP or TCP, with a unique-ID
 // TLV, the endpoint TLV when set, and a CRC32C TLV over the whole header.
+// A value over MaxTLVValue is refused (ErrTLVTooLong).
 func V2(udp bool, src, dst netip.AddrPort, t TLVs) ([]byte, error) {
+	if t.tooLong() {
+		return nil, ErrTLVTooLong
+	}
 	var s, d net.Addr
 	if udp {
 		s, d = net.UDPAddrFromAddrPort(src), net.UDPAddrFromAddrPort(dst)

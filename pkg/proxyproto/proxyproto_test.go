@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"hash/crc32"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -217,5 +219,30 @@ func TestV2SSLTLVs(t *testing.T) {
 	}
 	if got != *ssl {
 		t.Fatalf("read back %+v, want %+v", got, *ssl)
+	}
+}
+
+// No value over MaxTLVValue is written: a 60 KB SNI or ALPN cannot make a
+// 60 KB header. Values at the bound are.
+func TestV2BoundsTLVs(t *testing.T) {
+	src, dst := netip.MustParseAddrPort("192.0.2.1:1000"), netip.MustParseAddrPort("192.0.2.2:443")
+	big := strings.Repeat("a", 60000)
+	for name, tl := range map[string]TLVs{
+		"sni":      {SSL: &SSL{Version: "TLSv1.3", SNI: big}},
+		"alpn":     {SSL: &SSL{Version: "TLSv1.3", ALPN: big}},
+		"cipher":   {SSL: &SSL{Cipher: big}},
+		"endpoint": {EndpointID: big},
+	} {
+		if hdr, err := V2(false, src, dst, tl); !errors.Is(err, ErrTLVTooLong) {
+			t.Errorf("%s of 60000 bytes: a %d-byte header, %v", name, len(hdr), err)
+		}
+	}
+	at := strings.Repeat("b", MaxTLVValue)
+	hdr, err := V2(false, src, dst, TLVs{EndpointID: at, SSL: &SSL{Version: "TLSv1.3", SNI: at[:253], ALPN: at}})
+	if err != nil {
+		t.Fatalf("values at the bound: %v", err)
+	}
+	if len(hdr) > 1024 {
+		t.Fatalf("a %d-byte header", len(hdr))
 	}
 }

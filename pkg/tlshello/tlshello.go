@@ -18,7 +18,47 @@ var (
 	ErrShort = errors.New("tlshello: incomplete ClientHello")
 	// ErrNotHello means the bytes are not a TLS ClientHello, or a malformed one.
 	ErrNotHello = errors.New("tlshello: not a TLS ClientHello")
+	// ErrBadServerName means the hello's server_name is not a DNS host
+	// name (RFC 6066, section 3): see ValidServerName.
+	ErrBadServerName = errors.New("tlshello: the server_name is not a DNS host name of at most 253 bytes")
 )
+
+// MaxServerName is the longest host name in DNS (RFC 1035's 255 bytes of
+// wire format, less the length octets of the first label and the root).
+const MaxServerName = 253
+
+// ValidServerName reports whether name, as a ClientHello's server_name
+// carries it, is a DNS host name: at most 253 bytes (a trailing dot aside),
+// labels of 1 to 63 letters, digits, hyphens or underscores (the last is
+// not in RFC 952 but common in real names), separated by dots. RFC 6066
+// allows nothing else, and anything else (control characters, spaces,
+// quotes, 60 KB of name) is an attack on what reads the name next: access
+// logs, routing rules, the PROXY header sent to the target.
+func ValidServerName(name string) bool {
+	name = strings.TrimSuffix(name, ".")
+	if len(name) == 0 || len(name) > MaxServerName {
+		return false
+	}
+	label := 0
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case c == '.':
+			if label == 0 {
+				return false
+			}
+			label = 0
+			continue
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '-', c == '_':
+		default:
+			return false
+		}
+		if label++; label > 63 {
+			return false
+		}
+	}
+	return label > 0
+}
 
 // ServerName returns the host name a ClientHello asks for, lower-cased and
 // without a trailing dot; "" when it has no server_name extension. b is the
@@ -90,15 +130,10 @@ func ServerName(b []byte) (string, error) {
 	return "", nil
 }
 
-// normalize checks a host name's characters and lower-cases it.
+// normalize checks a host name (ValidServerName) and lower-cases it.
 func normalize(name []byte) (string, error) {
-	if len(name) == 0 || len(name) > 255 {
-		return "", ErrNotHello
-	}
-	for _, c := range name {
-		if c <= ' ' || c >= 0x7f {
-			return "", ErrNotHello
-		}
+	if !ValidServerName(string(name)) {
+		return "", ErrBadServerName
 	}
 	return strings.TrimSuffix(strings.ToLower(string(name)), "."), nil
 }

@@ -3,6 +3,7 @@ package tlshello
 import (
 	"crypto/tls"
 	"errors"
+	"strings"
 	"testing"
 )
 
@@ -61,6 +62,38 @@ func TestServerNameRefusesOtherBytes(t *testing.T) {
 	}
 }
 
+// A server_name that is not a DNS host name is refused, whatever it holds
+// (control characters that would split a log line, 60 KB of name); real
+// names pass.
+func TestServerNameRefusesBadNames(t *testing.T) {
+	long := strings.Repeat("a", 63)
+	for _, name := range []string{
+		"x\nfake line", "a b.example", "a\"b", "a\\b", "\x00", "\xff.example", ".", "a..b", ".a",
+		"[::1]", "a:443", strings.Repeat("x", 60000), strings.Repeat("a", 64) + ".example",
+		strings.Join([]string{long, long, long, long}, "."), // 255 bytes
+	} {
+		if ValidServerName(name) {
+			t.Errorf("%.40q is valid", name)
+		}
+		b := hello(t, &tls.Config{ServerName: name, InsecureSkipVerify: true})
+		got, err := ServerName(b)
+		switch {
+		case err == nil && got == "":
+			continue // crypto/tls sends no server_name for it (an IP, ".")
+		case len(name) > 16000 && errors.Is(err, ErrNotHello):
+			continue // spans records: refused as not a hello
+		case !errors.Is(err, ErrBadServerName):
+			t.Errorf("%.40q: %.40q, %v; want ErrBadServerName", name, got, err)
+		}
+	}
+	for _, name := range []string{"a", "example.com", "example.com.", "_dmarc.example.com", "xn--bcher-kva.example",
+		"192.0.2.1", strings.Join([]string{long, long, long, long[:61]}, ".")} { // 253 bytes
+		if !ValidServerName(name) {
+			t.Errorf("%.40q is refused", name)
+		}
+	}
+}
+
 func TestMatch(t *testing.T) {
 	for _, c := range []struct {
 		pattern, host string
@@ -98,8 +131,8 @@ func FuzzServerName(f *testing.F) {
 		if name2 != name || !errors.Is(err2, err) && err2 != err {
 			t.Fatalf("%q, %v became %q, %v with bytes after it", name, err, name2, err2)
 		}
-		if err == nil && len(name) > 255 {
-			t.Fatalf("a %d-byte name", len(name))
+		if err == nil && name != "" && !ValidServerName(name) {
+			t.Fatalf("an invalid name %q was returned", name)
 		}
 	})
 }
