@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -101,6 +102,11 @@ func (c *control) Reload() (api.Config, error) {
 	if err := c.srv.Reload(cfg); err != nil {
 		c.log.Error("reload failed; the running config is kept", zap.Error(err))
 		c.m.Counter(metrics.ConfigReloads, "failed").Inc()
+		if errors.Is(err, syscall.EADDRINUSE) || errors.Is(err, syscall.EADDRNOTAVAIL) || errors.Is(err, syscall.EACCES) {
+			// The file is good, the host is not ready for it (another
+			// process holds the port): a conflict, not l4lb's fault.
+			return api.Config{}, fmt.Errorf("%w: %v", api.ErrConflict, err)
+		}
 		return api.Config{}, err
 	}
 	if c.bgp != nil {

@@ -18,7 +18,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.uber.org/zap"
-	"golang.org/x/net/netutil"
 
 	"github.com/l4lb/l4lb/healthcheck"
 	"github.com/l4lb/l4lb/lb"
@@ -233,20 +232,17 @@ func startAdmin(cfg *config.Config, log *zap.Logger, reg *prometheus.Registry, s
 		return nil, fmt.Errorf("admin API: %w", err)
 	}
 	srv.Reserve(a.ln.Addr().(*net.TCPAddr).AddrPort())
-	a.hs = &http.Server{
-		Handler:           admin.Handler(admin.Options{Registry: srv, Control: ctl, Gatherer: reg, Token: token, Ready: ready, BGP: node.status}),
-		ReadHeaderTimeout: 5 * time.Second,
-		// Idle keep-alive connections are closed, and at most
-		// adminMaxConns are open at once: a client that opens connections
-		// and leaves them (after a 401, say) cannot use up l4lb's
-		// descriptors, which its flows need.
-		IdleTimeout:    adminIdleTimeout,
-		MaxHeaderBytes: 64 << 10,
-		ErrorLog:       zap.NewStdLog(log.Named("admin")),
-	}
+	h := admin.Handler(admin.Options{Registry: srv, Control: ctl, Gatherer: reg, Token: token, Ready: ready, BGP: node.status})
+	// Bounded connections and request times, and a reserve of probe-only
+	// connections: slow bodies, silent connections or 401s cannot use up
+	// l4lb's descriptors, which its flows need, nor starve /healthz and
+	// /readyz.
+	hs, ln := admin.Server(h, a.ln, admin.Limits{})
+	hs.ErrorLog = zap.NewStdLog(log.Named("admin"))
+	a.hs = hs
 	go func() {
 		defer close(a.done)
-		err := a.hs.Serve(netutil.LimitListener(a.ln, adminMaxConns))
+		err := a.hs.Serve(ln)
 		if err != nil && !errors.Is(err, http.ErrServerClosed) && !a.released.Load() {
 			log.Error("admin API stopped", zap.Error(err))
 		}
@@ -304,13 +300,9 @@ func (a *adminServer) stop() {
 	<-a.done
 }
 
-// The admin API's bounds: it serves operators and scrapers, a handful of
-// connections at a time.
-const (
-	adminIdleTimeout = 30 * time.Second
-	adminMaxConns    = 128
-	adminStopGrace   = 5 * time.Second
-)
+// adminStopGrace is how long a stopping admin API answers the requests
+// under way.
+const adminStopGrace = 5 * time.Second
 
 // raiseFileLimit lifts RLIMIT_NOFILE to its hard limit: every flow holds two
 // sockets. (Go does this too since 1.19; saying so is the point.)

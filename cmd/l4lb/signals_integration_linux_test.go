@@ -4,6 +4,7 @@ package main
 
 import (
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -127,4 +128,34 @@ func waitAccepting(t *testing.T, addr string) {
 		time.Sleep(time.Millisecond)
 	}
 	t.Fatalf("%s accepted nothing within 20 s", addr)
+}
+
+// A reload whose new listener's port another process holds is a conflict
+// of the host's, not a fault of l4lb's: 409 with the reason, and the
+// running config serves on.
+func TestReloadPortInUseIsConflict(t *testing.T) {
+	tgt := startIDTarget(t)
+	bin := filepath.Join(t.TempDir(), "l4lb")
+	buildL4LB(t, bin, "conflict")
+	pWeb, pAdmin := freePort(t), freePort(t)
+	d := startDaemon(t, bin, pAdmin, lifecycleYAML(pAdmin, map[string]string{"web": pWeb}, []*idTarget{tgt}, ""))
+	held, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	_, pHeld, _ := net.SplitHostPort(held.Addr().String())
+	d.write(lifecycleYAML(pAdmin, map[string]string{"web": pWeb, "taken": pHeld}, []*idTarget{tgt}, ""))
+	resp, err := http.Post(d.admin+"/v1/reload", "application/json", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusConflict || !strings.Contains(string(body), "address already in use") {
+		t.Fatalf("reload onto a port in use: %d %s", resp.StatusCode, body)
+	}
+	if name, err := dialName("127.0.0.1:" + pWeb); err != nil || name != tgt.addr {
+		t.Fatalf("after the refused reload: %q, %v", name, err)
+	}
 }

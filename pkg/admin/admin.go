@@ -10,9 +10,11 @@ package admin
 import (
 	"crypto/subtle"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/pprof"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -35,7 +37,7 @@ type Options struct {
 	Token string
 }
 
-// Handler returns the admin API.
+// Handler returns the admin API. Serve it with the bounds of Server.
 func Handler(o Options) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -72,24 +74,49 @@ func Handler(o Options) http.Handler {
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	if o.Token == "" {
-		return mux
-	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/healthz" || r.URL.Path == "/readyz" {
+		probe := r.URL.Path == "/healthz" || r.URL.Path == "/readyz"
+		if probeOnly(r) {
+			// A connection past the API's limit: probes only, and
+			// closed after one answer.
+			w.Header().Set("Connection", "close")
+			if !probe || r.Method != http.MethodGet {
+				refuse(w, http.StatusServiceUnavailable, "the admin API is at its connection limit; only /healthz and /readyz are served")
+				return
+			}
+		}
+		if probe {
 			// Probes carry no credentials (kubelet, systemd, a load
 			// balancer's health check), and these say nothing secret.
 			mux.ServeHTTP(w, r)
 			return
 		}
-		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(o.Token)) != 1 {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="l4lb"`)
-			writeError(w, http.StatusUnauthorized, "missing or wrong bearer token")
+		if o.Token != "" {
+			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+			if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(o.Token)) != 1 {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="l4lb"`)
+				refuse(w, http.StatusUnauthorized, "missing or wrong bearer token")
+				return
+			}
+		}
+		if r.ContentLength > maxBody {
+			refuse(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("the body is %d bytes; the admin API takes %d at most", r.ContentLength, maxBody))
 			return
 		}
+		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
 		mux.ServeHTTP(w, r)
 	})
+}
+
+// refuse answers a request without reading its body, and closes the
+// connection. net/http would otherwise read up to 256 KiB of an unread body
+// after the handler returns, at whatever pace the client sends it.
+func refuse(w http.ResponseWriter, code int, msg string) {
+	w.Header().Set("Connection", "close")
+	writeError(w, code, msg)
+	// The answer is written before the body would be drained; a read
+	// deadline in the past makes that drain end at once.
+	http.NewResponseController(w).SetReadDeadline(time.Now())
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
