@@ -19,6 +19,7 @@ import (
 	"github.com/l4lb/l4lb/lb/tlsterm"
 	"github.com/l4lb/l4lb/lb/udpproxy"
 	"github.com/l4lb/l4lb/pkg/config"
+	"github.com/l4lb/l4lb/pkg/hostaddr"
 	"github.com/l4lb/l4lb/pkg/metrics"
 )
 
@@ -50,6 +51,10 @@ type Options struct {
 	// ProxyHeaderTimeout bounds PROXY headers (see tcpproxy.Options); 0:
 	// 5 s.
 	ProxyHeaderTimeout time.Duration
+	// HostAddrs is this host's addresses, which a wildcard listener owns
+	// and targets may therefore not be; nil reads them, and Start keeps
+	// them current.
+	HostAddrs *hostaddr.Set
 }
 
 // Server runs one configuration. It embeds its target registry, whose
@@ -66,6 +71,10 @@ type Server struct {
 	reload   sync.Mutex // one Reload at a time
 	keys     *tlsterm.TicketKeys
 	keysOnce sync.Once
+	host     *hostaddr.Set
+	watching bool          // Start watches host's addresses until stopHost
+	stopHost chan struct{} // closed by Shutdown
+	stopOnce sync.Once
 }
 
 // New prepares a server for cfg without binding anything.
@@ -76,7 +85,10 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	if opts.OpenFiles == 0 {
 		opts.OpenFiles = listen.OpenFileLimit()
 	}
-	s := &Server{log: opts.Logger}
+	s := &Server{log: opts.Logger, host: opts.HostAddrs, stopHost: make(chan struct{})}
+	if s.host == nil {
+		s.host, s.watching = hostaddr.New(), true
+	}
 	reg, err := registry.New(cfg, registry.Options{Logger: opts.Logger, Metrics: opts.Metrics, Clock: opts.Clock, Own: s.isOwnAddress})
 	if err != nil {
 		return nil, err
@@ -91,7 +103,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	s.keys = tlsterm.NewTicketKeys(tlsterm.DefaultRotation, opts.TicketKeys)
 	ids := new(atomic.Uint64) // one numbering, so no two flows share a PROXY unique ID
 	if s.tcp, err = tcpproxy.New(cfg, reg, tcpproxy.Options{Logger: opts.Logger, Metrics: opts.Metrics, ConnectTimeout: opts.ConnectTimeout,
-		SocketsPerAddr: opts.SocketsPerAddr, PipeSize: opts.PipeSize, MaxFlows: tcpFlows, IDs: ids, Inherit: opts.Inherit, ProxyHeaderTimeout: opts.ProxyHeaderTimeout,
+		SocketsPerAddr: opts.SocketsPerAddr, PipeSize: opts.PipeSize, MaxFlows: tcpFlows, IDs: ids, Inherit: opts.Inherit, ProxyHeaderTimeout: opts.ProxyHeaderTimeout, Local: s.host.Local,
 		TLS: tlsterm.Options{Keys: s.keys}}); err != nil {
 		s.keys.Close()
 		return nil, err
@@ -117,7 +129,33 @@ func (s *Server) Start() error {
 		return err
 	}
 	s.started.Store(true)
+	if s.watching {
+		go s.host.Watch(s.stopHost, s.hostChanged)
+	}
 	return nil
+}
+
+// hostChanged says which targets an address the host gained made into
+// l4lb's own listeners: their flows would loop, and are refused as such
+// (rejected_flows_total{reason="loop"}) until the target is deregistered.
+func (s *Server) hostChanged() {
+	cfg := s.Registry.Config()
+	for _, g := range s.Registry.TargetGroups() {
+		gc := s.Registry.Group(g.Name)
+		if gc == nil {
+			continue
+		}
+		for _, t := range g.Targets {
+			ap, err := netip.ParseAddrPort(t.Address)
+			if err != nil {
+				continue
+			}
+			if l, ok := config.ListenerAt(cfg, gc.Config().Protocol, ap, s.host.Local); ok {
+				s.log.Error("a target is now l4lb's own listener (the host gained its address); its flows would loop and are refused",
+					zap.String("target_group", g.Name), zap.String("target", t.Address), zap.String("listener", l))
+			}
+		}
+	}
 }
 
 // Ready reports whether l4lb takes new flows: every listener is bound and no
@@ -146,6 +184,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	err := s.tcp.Shutdown(ctx)
 	<-udpDone
 	s.keysOnce.Do(s.keys.Close)
+	s.stopOnce.Do(func() { close(s.stopHost) })
 	return err
 }
 
@@ -185,14 +224,14 @@ func (s *Server) Reserve(addr netip.AddrPort) {
 
 // isOwnAddress reports whether addr is one l4lb answers on itself: a
 // listener's bound address, or a reserved one. A wildcard bind owns its port
-// on every local address, so loopback ones match it too.
+// on every local address: loopback ones and the host's.
 func (s *Server) isOwnAddress(addr netip.AddrPort) bool {
 	own := func(at netip.AddrPort) bool {
 		if at.Port() != addr.Port() {
 			return false
 		}
 		ip := at.Addr().Unmap()
-		return ip == addr.Addr() || (ip.IsUnspecified() && addr.Addr().IsLoopback())
+		return ip == addr.Addr() || (ip.IsUnspecified() && s.host.Local(addr.Addr()))
 	}
 	if r := s.reserved.Load(); r != nil && slices.ContainsFunc(*r, own) {
 		return true

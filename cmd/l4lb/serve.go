@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/l4lb/l4lb/pkg/config"
+	"github.com/l4lb/l4lb/pkg/hostaddr"
 )
 
 var errMissingConfig = errors.New("--config is required")
@@ -166,6 +167,9 @@ func loadServeConfig(o *serveOpts) (*config.Config, string, error) {
 	cfg, err := config.Normalize(raw)
 	if err != nil {
 		return nil, "", err
+	}
+	if errs := config.CheckLoops(cfg, hostaddr.New().Local); len(errs) > 0 {
+		return nil, "", errs
 	}
 	if data == nil {
 		data, _ = json.Marshal(cfg)

@@ -4,6 +4,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/l4lb/l4lb/pkg/config"
+	"github.com/l4lb/l4lb/pkg/hostaddr"
 )
 
 func newValidate() *cobra.Command {
@@ -19,6 +20,11 @@ func newValidate() *cobra.Command {
 			cfg, err := config.Load(path)
 			if err != nil {
 				return asUsage(err)
+			}
+			// As strict as serve: a target at this host's address behind a
+			// wildcard listener's port loops.
+			if errs := config.CheckLoops(cfg, hostaddr.New().Local); len(errs) > 0 {
+				return errs
 			}
 			out, err := cfg.YAML()
 			if err != nil {

@@ -21,6 +21,7 @@ type flow struct {
 	id        uint64
 	client    *net.TCPConn
 	target    *net.TCPConn
+	loopKey   netip.AddrPort   // target's local end, remembered by the loop guard
 	cs        *tls.Conn        // a TLS listener's client side, over client; nil on plain TCP
 	ts        *tls.Conn        // a TLS target group's target side, over target; nil on plain TCP
 	tinfo     *tlsterm.Info    // a TLS listener's handshake, for its access log
@@ -162,6 +163,7 @@ func (f *flow) finish(h *halfFlow, how copyErr) {
 	}
 	f.client.Close()
 	f.target.Close()
+	f.srv.loopGuard.forget(f.loopKey)
 	if f.tinfo != nil {
 		f.logTLS()
 	}

@@ -64,6 +64,10 @@ type Options struct {
 	// untrusted client's first bytes while they are only a prefix of a
 	// PROXY signature; 0: DefaultProxyHeaderTimeout.
 	ProxyHeaderTimeout time.Duration
+	// Local reports whether an address is this host's; connections to
+	// targets at such addresses are remembered, so that one that comes
+	// back to a listener is refused as a loop. Nil: loopback addresses.
+	Local func(netip.Addr) bool
 }
 
 // Server runs the TCP listeners of one configuration.
@@ -82,6 +86,7 @@ type Server struct {
 	pipes     pipePool
 	bufs      bufPool
 	flows     tracker
+	loopGuard loopGuard
 	parker    *parker
 	flowPool  sync.Pool
 	scan      time.Duration // parker's idle-expiry scan interval
@@ -115,6 +120,9 @@ func New(cfg *config.Config, reg *registry.Registry, opts Options) (*Server, err
 	if opts.ProxyHeaderTimeout <= 0 {
 		opts.ProxyHeaderTimeout = DefaultProxyHeaderTimeout
 	}
+	if opts.Local == nil {
+		opts.Local = netip.Addr.IsLoopback
+	}
 	if opts.SocketsPerAddr == 0 {
 		opts.SocketsPerAddr = runtime.GOMAXPROCS(0)
 	}
@@ -126,6 +134,7 @@ func New(cfg *config.Config, reg *registry.Registry, opts Options) (*Server, err
 	}
 	s := &Server{cfg: cfg, log: opts.Logger, m: opts.Metrics, opts: opts, reg: reg, ids: opts.IDs, terms: map[string]*tlsterm.Terminator{}}
 	s.budget.Max = opts.MaxFlows
+	s.loopGuard.local = opts.Local
 	// No TCP keepalives (NLB sends none; the idle timeout ends dead flows):
 	// that saves four setsockopt calls per socket per flow.
 	s.dialer = net.Dialer{Timeout: opts.ConnectTimeout, KeepAlive: -1}

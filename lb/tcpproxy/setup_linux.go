@@ -45,7 +45,9 @@ type setup struct {
 	accepted time.Time
 	sni      string // the name its ClientHello asked for
 	r        *listen.Route
-	t        *net.TCPConn // the target connection, once dialled
+	t        *net.TCPConn   // the target connection, once dialled
+	loopKey  netip.AddrPort // t's local end, when the target is on this host (loopGuard)
+	peer     netip.AddrPort // the connection's far end, whatever a PROXY header says
 	tgt      *registry.Target
 	g        *registry.Group
 	view     *registry.View
@@ -65,7 +67,9 @@ func (s *Server) serveConn(l *listener, c *net.TCPConn) {
 	}()
 	p.src = c.RemoteAddr().(*net.TCPAddr).AddrPort()
 	p.dst = c.LocalAddr().(*net.TCPAddr).AddrPort()
+	p.peer = p.src
 	for _, step := range [...]func(*setup) (listen.Reason, bool){
+		(*setup).checkLoop,
 		(*setup).takeBudget,
 		(*setup).readProxyHeader,
 		(*setup).checkACL,
@@ -108,8 +112,15 @@ func (p *setup) reject(why listen.Reason) {
 	p.c.Close()
 	if p.t != nil {
 		p.t.Close()
+		p.s.loopGuard.forget(p.loopKey)
 	}
 	p.release()
+}
+
+// checkLoop refuses a connection that l4lb itself made to a target: the
+// target is this listener, and forwarding it again would loop.
+func (p *setup) checkLoop() (listen.Reason, bool) {
+	return listen.ReasonLoop, !p.s.loopGuard.looped(p.peer)
 }
 
 func (p *setup) release() {
@@ -198,6 +209,11 @@ func (p *setup) chooseRoute() (listen.Reason, bool) {
 // blames no target.
 func (p *setup) connect() (listen.Reason, bool) {
 	s := p.s
+	// Looked at again: the connect that made this connection may have
+	// returned, and been remembered, only after it was accepted.
+	if p.s.loopGuard.looped(p.peer) {
+		return listen.ReasonLoop, false
+	}
 	g, view, key := p.r.Lookup(flowhash.ProtoTCP, p.l.zone, p.src, p.dst)
 	p.g, p.view = g, view
 	var buf [1 + balance.Retries]int
@@ -206,6 +222,7 @@ func (p *setup) connect() (listen.Reason, bool) {
 		t, err := s.dialTarget(cand, p.src, g.Config().Attributes.PreserveClientIP)
 		if err == nil {
 			p.t, p.tgt = t, cand
+			p.loopKey = s.loopGuard.mark(t, cand.Addr)
 			p.id = s.ids.Add(1)
 			return 0, true
 		}
@@ -258,9 +275,11 @@ func (p *setup) start() {
 	f.reset.Store(false)
 	f.ended.Store(0)
 	f.touch()
+	f.loopKey = p.loopKey
 	if err := f.setup(); err != nil {
 		p.c.Close()
 		p.t.Close()
+		s.loopGuard.forget(p.loopKey)
 		p.release()
 		s.flowPool.Put(f)
 		return

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -338,4 +339,53 @@ func writeSized(t *testing.T, n int) string {
 		t.Fatal(err)
 	}
 	return path
+}
+
+// A target that is l4lb's own listener is refused, with the target's path:
+// the same address, or a wildcard listener's port on a loopback or (with
+// the host's addresses) any local address. So are 0.0.0.0/8 and
+// 240.0.0.0/4.
+func TestLoopsAndReservedTargetsRefused(t *testing.T) {
+	yaml := func(bind, target string) string {
+		return fmt.Sprintf("listeners: [{name: web, port: 8171, bind: [%q], target_group: web}]\n"+
+			"target_groups: [{name: web, targets: [{address: %q}]}]\n", bind, target)
+	}
+	load := func(y string) error {
+		raw, err := DecodeYAML([]byte(y))
+		if err != nil {
+			return err
+		}
+		_, err = Normalize(raw)
+		return err
+	}
+	for _, c := range []struct{ bind, target, want string }{
+		{"0.0.0.0", "127.0.0.1:8171", `target_groups[0].targets[0].address: 127.0.0.1:8171 is l4lb's own listener "web"`},
+		{"0.0.0.0", "127.9.9.9:8171", "own listener"},
+		{"::", "[::1]:8171", "own listener"},
+		{"::", "127.0.0.1:8171", "own listener"},
+		{"192.0.2.7", "192.0.2.7:8171", "own listener"},
+		{"0.0.0.0", "0.0.0.1:80", "0.0.0.0/8"},
+		{"0.0.0.0", "240.0.0.1:80", "240.0.0.0/4"},
+		{"0.0.0.0", "255.255.255.255:80", "broadcast"},
+	} {
+		err := load(yaml(c.bind, c.target))
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("bind %s, target %s: %v; want %q", c.bind, c.target, err, c.want)
+		}
+	}
+	for _, c := range [][2]string{{"0.0.0.0", "127.0.0.1:8172"}, {"192.0.2.7", "192.0.2.8:8171"}, {"0.0.0.0", "192.0.2.8:8171"}} {
+		if err := load(yaml(c[0], c[1])); err != nil {
+			t.Errorf("bind %s, target %s: %v", c[0], c[1], err)
+		}
+	}
+	// A host address, known to the caller, behind a wildcard listener.
+	raw, _ := DecodeYAML([]byte(yaml("0.0.0.0", "192.0.2.8:8171")))
+	cfg, err := Normalize(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host := func(a netip.Addr) bool { return a == netip.MustParseAddr("192.0.2.8") }
+	if errs := CheckLoops(cfg, host); len(errs) != 1 || !strings.Contains(errs.Error(), "own listener") {
+		t.Fatalf("a host address behind 0.0.0.0:8171: %v", errs)
+	}
 }

@@ -133,6 +133,7 @@ func (n *normalizer) run() *Config {
 		n.dsrListener(fmt.Sprintf("listeners[%d]", i), &cfg.Listeners[i], cfg)
 	}
 	cfg.BGP = n.bgp(cfg)
+	n.errs = append(n.errs, CheckLoops(cfg, nil)...)
 	return cfg
 }
 

@@ -107,18 +107,29 @@ func ParseTargetAddress(s string, defaultPort uint16) (netip.AddrPort, error) {
 	return netip.AddrPortFrom(ip.Unmap(), defaultPort), checkTargetIP(s, ip)
 }
 
+// Address blocks no flow can be forwarded to (RFC 6890).
+var (
+	thisNetwork = netip.MustParsePrefix("0.0.0.0/8")   // "this host on this network" (RFC 1122)
+	reserved4   = netip.MustParsePrefix("240.0.0.0/4") // reserved for future use (RFC 1112), and broadcast
+)
+
 // checkTargetIP refuses addresses no flow can be forwarded to: the
-// unspecified address (a connect to it reaches this host, often l4lb
-// itself), multicast and broadcast.
+// unspecified address and the rest of 0.0.0.0/8 (a connect to them reaches
+// this host, often l4lb itself), the reserved 240.0.0.0/4, multicast and
+// broadcast.
 func checkTargetIP(s string, ip netip.Addr) error {
 	ip = ip.Unmap()
 	switch {
 	case ip.IsUnspecified():
 		return fmt.Errorf("%q: the unspecified address is not a target", s)
-	case ip.IsMulticast():
-		return fmt.Errorf("%q: a multicast address is not a target", s)
+	case thisNetwork.Contains(ip):
+		return fmt.Errorf("%q: 0.0.0.0/8 (this network, RFC 1122) is not a target", s)
 	case ip == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
 		return fmt.Errorf("%q: the broadcast address is not a target", s)
+	case reserved4.Contains(ip):
+		return fmt.Errorf("%q: 240.0.0.0/4 (reserved, RFC 1112) is not a target", s)
+	case ip.IsMulticast():
+		return fmt.Errorf("%q: a multicast address is not a target", s)
 	}
 	return nil
 }

@@ -1,0 +1,59 @@
+package lb
+
+import (
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/l4lb/l4lb/pkg/config"
+	"github.com/l4lb/l4lb/pkg/metrics"
+)
+
+// freeLoopbackPort is a port nothing listens on at 127.0.0.1 just now.
+func freeLoopbackPort(t *testing.T) uint16 {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return uint16(ln.Addr().(*net.TCPAddr).Port)
+}
+
+// A target that is the listener itself, past the config's and the API's
+// checks (a config built in code here; a host address gained later, or a
+// NAT, in life): the connection l4lb makes to it comes back from l4lb's
+// own address and is refused as a loop, so one client connection makes
+// one hop, not thousands.
+func TestForwardingLoopCutAtOneHop(t *testing.T) {
+	port := freeLoopbackPort(t)
+	self := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)
+	reg := prometheus.NewRegistry()
+	cfg := testConfig([]config.Target{{Address: self, Weight: 1}}, func(l *config.Listener, _ *config.TargetGroup) {
+		l.Port = port
+	})
+	srv, addr := startServer(t, cfg, Options{Metrics: metrics.New(reg), ConnectTimeout: time.Second})
+	for i := range 3 {
+		c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err == nil {
+			t.Fatalf("connection %d: a looped flow answered", i)
+		}
+		c.Close()
+	}
+	waitFor(t, func() bool { return sumWhere(reg, "l4lb_rejected_flows_total", `reason="loop"`) == 3 })
+	time.Sleep(300 * time.Millisecond) // anything still looping shows now
+	if n := sumWhere(reg, "l4lb_rejected_flows_total", `reason="loop"`); n != 3 {
+		t.Fatalf("3 client connections, %v refused as loops", n)
+	}
+	if n := sumWhere(reg, "l4lb_new_flows_total"); n > 3 {
+		t.Fatalf("3 client connections became %v flows", n)
+	}
+	waitFor(t, func() bool { return srv.ActiveFlows() == 0 })
+}
