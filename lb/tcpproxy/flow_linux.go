@@ -21,7 +21,7 @@ type flow struct {
 	id        uint64
 	client    *net.TCPConn
 	target    *net.TCPConn
-	loopKey   netip.AddrPort   // target's local end, remembered by the loop guard
+	loopKey   connEnds         // target's ends, remembered by the loop guard
 	cs        *tls.Conn        // a TLS listener's client side, over client; nil on plain TCP
 	ts        *tls.Conn        // a TLS target group's target side, over target; nil on plain TCP
 	tinfo     *tlsterm.Info    // a TLS listener's handshake, for its access log
@@ -170,7 +170,8 @@ func (f *flow) finish(h *halfFlow, how copyErr) {
 	f.tgt.AddFlows(-1)
 	f.srv.flows.remove(f)
 	l.releaseSource(f.src)
-	f.srv.budget.Release()
+	f.srv.budget.Release() // the client's descriptor
+	f.srv.budget.Release() // the target's
 	l.active.Dec()
 	f.client, f.target, f.cs, f.ts, f.tinfo, f.l, f.tgt = nil, nil, nil, nil, nil, nil, nil
 	for i := range f.halves {

@@ -133,7 +133,10 @@ func New(cfg *config.Config, reg *registry.Registry, opts Options) (*Server, err
 		opts.IDs = new(atomic.Uint64)
 	}
 	s := &Server{cfg: cfg, log: opts.Logger, m: opts.Metrics, opts: opts, reg: reg, ids: opts.IDs, terms: map[string]*tlsterm.Terminator{}}
-	s.budget.Max = opts.MaxFlows
+	// The budget counts descriptors: a connection takes one when accepted
+	// and a second when its target is dialled, so one that says nothing
+	// (a TLS client before its hello) costs one, not a flow's two.
+	s.budget.Max = 2 * opts.MaxFlows
 	s.loopGuard.local = opts.Local
 	// No TCP keepalives (NLB sends none; the idle timeout ends dead flows):
 	// that saves four setsockopt calls per socket per flow.

@@ -36,7 +36,7 @@ type setup struct {
 	src, dst netip.AddrPort // the client (a trusted PROXY header's source) and the listener address
 	checkPP  bool           // the copy must refuse a PROXY header in the first bytes
 	id       uint64         // the flow's number, for PROXY unique IDs
-	budget   bool           // holds a slot of the TCP flow budget
+	budget   int            // descriptors it holds of the TCP budget: the client's, then the target's
 	source   bool           // holds a max_connections_per_source slot
 	settled  bool           // the tracker no longer counts it as in setup
 	tc       *tls.Conn      // a TLS listener's terminated client side
@@ -46,7 +46,7 @@ type setup struct {
 	sni      string // the name its ClientHello asked for
 	r        *listen.Route
 	t        *net.TCPConn   // the target connection, once dialled
-	loopKey  netip.AddrPort // t's local end, when the target is on this host (loopGuard)
+	loopKey  connEnds       // t's ends, when the target is on this host (loopGuard)
 	peer     netip.AddrPort // the connection's far end, whatever a PROXY header says
 	tgt      *registry.Target
 	g        *registry.Group
@@ -120,22 +120,25 @@ func (p *setup) reject(why listen.Reason) {
 // checkLoop refuses a connection that l4lb itself made to a target: the
 // target is this listener, and forwarding it again would loop.
 func (p *setup) checkLoop() (listen.Reason, bool) {
-	return listen.ReasonLoop, !p.s.loopGuard.looped(p.peer)
+	return listen.ReasonLoop, !p.s.loopGuard.looped(p.peer, p.dst)
 }
 
 func (p *setup) release() {
 	if p.source {
 		p.l.releaseSource(p.src)
 	}
-	if p.budget {
+	for ; p.budget > 0; p.budget-- {
 		p.s.budget.Release()
 	}
 }
 
-// takeBudget holds a slot of the TCP flows' descriptor budget.
+// takeBudget holds the client's descriptor in the TCP budget.
 func (p *setup) takeBudget() (listen.Reason, bool) {
-	p.budget = p.s.budget.Acquire()
-	return listen.ReasonLocalResources, p.budget
+	if !p.s.budget.Acquire() {
+		return listen.ReasonLocalResources, false
+	}
+	p.budget++
+	return 0, true
 }
 
 // readProxyHeader handles proxy_protocol_accept: a trusted upstream must
@@ -211,9 +214,14 @@ func (p *setup) connect() (listen.Reason, bool) {
 	s := p.s
 	// Looked at again: the connect that made this connection may have
 	// returned, and been remembered, only after it was accepted.
-	if p.s.loopGuard.looped(p.peer) {
+	if p.s.loopGuard.looped(p.peer, p.dst) {
 		return listen.ReasonLoop, false
 	}
+	// The target's descriptor.
+	if !s.budget.Acquire() {
+		return listen.ReasonLocalResources, false
+	}
+	p.budget++
 	g, view, key := p.r.Lookup(flowhash.ProtoTCP, p.l.zone, p.src, p.dst)
 	p.g, p.view = g, view
 	var buf [1 + balance.Retries]int
