@@ -80,5 +80,11 @@ func bfdSummary(b *api.BFDSession) string {
 	if b.State != "up" && b.Diagnostic != "" {
 		out += " (" + b.Diagnostic + ")"
 	}
+	if b.Authentication != "" && b.Authentication != "none" {
+		out += ", " + b.Authentication
+	}
+	if n := b.Packets["ttl"] + b.Packets["auth"]; n > 0 {
+		out += fmt.Sprintf(", %d dropped (ttl %d, auth %d)", n, b.Packets["ttl"], b.Packets["auth"])
+	}
 	return out
 }

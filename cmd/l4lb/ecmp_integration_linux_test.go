@@ -24,7 +24,10 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/net/ipv4"
+
 	"github.com/l4lb/l4lb/internal/netnstest"
+	"github.com/l4lb/l4lb/lb/bfd"
 	"github.com/l4lb/l4lb/pkg/api"
 )
 
@@ -139,11 +142,16 @@ func newECMPLab(t *testing.T) *ecmpLab {
 
 	// BIRD on the router: a session to each node, ECMP into the kernel,
 	// and BFD beside each session, which ends it (and drops the node's
-	// route) within 600 ms of the node's silence.
+	// route) within 600 ms of the node's silence. BFD is authenticated
+	// (meticulous keyed SHA1), so a spoofed Down cannot end a session.
 	conf := fmt.Sprintf(`router id %s;
 protocol device { scan time 1; }
 protocol bfd {
-	interface "*" { min rx interval 200 ms; min tx interval 200 ms; multiplier 3; };
+	interface "*" {
+		min rx interval 200 ms; min tx interval 200 ms; multiplier 3;
+		authentication meticulous keyed sha1;
+		password "`+ecmpBFDKey+`" { id 7; };
+	};
 }
 protocol kernel {
 	merge paths yes;
@@ -164,6 +172,33 @@ template bgp lb {
 	}
 	netnstest.BIRD(t, l.router, l.dir, conf)
 	return l
+}
+
+// ecmpBFDKey is the BFD sessions' SHA1 key.
+const ecmpBFDKey = "ecmp-bfd-key"
+
+// TestSpoofBFDHelper is not a test: run in the router's namespace by the
+// ECMP test, it sends three unauthenticated BFD Downs, TTL 255, to the
+// node named by L4LB_SPOOF_BFD, as an attacker on the link would.
+func TestSpoofBFDHelper(t *testing.T) {
+	dst := os.Getenv("L4LB_SPOOF_BFD")
+	if dst == "" {
+		t.Skip("run by TestECMPOverBGP inside the router's namespace")
+	}
+	c, err := net.Dial("udp4", net.JoinHostPort(dst, "3784"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := ipv4.NewConn(c).SetTTL(255); err != nil {
+		t.Fatal(err)
+	}
+	down := bfd.Packet{State: bfd.Down, Diag: bfd.DiagNeighborDown, DetectMult: 3, MyDiscriminator: 0x5eed, DesiredMinTx: 1e6, RequiredMinRx: 1e6}
+	for range 3 {
+		if _, err := c.Write(down.Append(nil)); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 func tail(b []byte, n int) []byte {
@@ -205,7 +240,7 @@ target_groups:
 bgp:
   local_as: %[6]d
   router_id: %[1]s
-  peers: [{address: %[7]s, as: %[8]d, hold_time: 3s, bfd: {interval: 200ms, multiplier: 3}}]
+  peers: [{address: %[7]s, as: %[8]d, hold_time: 3s, bfd: {interval: 200ms, multiplier: 3, authentication: {type: meticulous_keyed_sha1, key_id: 7, password: "`+ecmpBFDKey+`"}}}]
   announce: {a: [%[3]s/32]}
   withdraw_grace: 2s
 `, ecmpNode(i), dir, ecmpVIP, strings.Join(targets, ", "), hc, ecmpNodeAS, ecmpRouterN, ecmpRouterAS, strings.Join(dsrTargets, ", "), strings.Join(udpDSRTargets, ", "))
@@ -553,6 +588,20 @@ func TestECMPOverBGP(t *testing.T) {
 		t.Errorf("BIRD's BFD sessions: want 3 up\n%s", sessions)
 	} else {
 		t.Logf("BIRD's BFD sessions with the nodes:\n%s", sessions)
+	}
+	// A spoofed Down from the router's own address, TTL 255, as RFC 5880
+	// allows without authentication: refused for it, counted, and the
+	// sessions and the route stay.
+	if b := st.Peers[0].BFD; b.Authentication != "meticulous_keyed_sha1" || b.Packets["accepted"] == 0 {
+		t.Errorf("node 3's BFD session: %+v; want authenticated packets taken", b)
+	}
+	l.in(l.router, "env", "L4LB_SPOOF_BFD="+ecmpNode(3), os.Args[0], "-test.run=^TestSpoofBFDHelper$")
+	time.Sleep(time.Second)
+	if st2, table := l.bgpStatus(bin, 3); st2.Peers[0].BFD.State != "up" || st2.Peers[0].BFD.Packets["auth"] < 3 || len(l.nextHops()) != 3 ||
+		!st2.Peers[0].Since.Equal(st.Peers[0].Since) {
+		t.Errorf("node 3 after 3 spoofed BFD Downs: %+v, next hops %v\n%s", st2.Peers[0].BFD, l.nextHops(), table)
+	} else {
+		t.Logf("3 spoofed BFD Downs from the router's address, TTL 255, refused for lack of authentication:\n%s", table)
 	}
 	deregister(3, "deregister")
 	took = l.waitHops(2, 10*time.Second)

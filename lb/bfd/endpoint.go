@@ -40,16 +40,59 @@ type Endpoint struct {
 	byPeer map[netip.Addr]*Session
 	done   chan struct{}
 
-	// Discarded counts received packets that were not for any session
-	// or failed Parse or the TTL check.
+	// Discarded counts received packets that were not taken: malformed,
+	// for no session, of the wrong TTL, or failing authentication.
 	Discarded atomic.Uint64
+	// count, if not nil, hears of every packet received: the session's
+	// peer (or the source when no session took it) and the result.
+	count func(peer netip.Addr, r Result)
+}
+
+// Result is what became of a received packet, as metrics and status
+// count it.
+type Result uint8
+
+const (
+	Accepted         Result = iota // passed every check, and reached its session
+	DroppedMalformed               // Parse refused it (RFC 5880 section 6.8.6)
+	DroppedNoSession               // no session has its discriminator or source
+	DroppedTTL                     // single hop, a TTL below 255 (RFC 5881 section 5)
+	DroppedAuth                    // authentication missing, unexpected or wrong
+	numResults
+)
+
+var resultNames = [numResults]string{"accepted", "malformed", "no_session", "ttl", "auth"}
+
+func (r Result) String() string { return resultNames[r] }
+
+// Results lists every Result, for metrics to resolve their series once.
+func Results() []Result {
+	return []Result{Accepted, DroppedMalformed, DroppedNoSession, DroppedTTL, DroppedAuth}
+}
+
+// Counts are a session's received packets by result.
+type Counts [numResults]atomic.Uint64
+
+func (e *Endpoint) counted(peer netip.Addr, r Result, c *Counts) {
+	if r != Accepted {
+		e.Discarded.Add(1)
+	}
+	if c != nil {
+		c[r].Add(1)
+	}
+	if e.count != nil {
+		e.count(peer, r)
+	}
 }
 
 // Listen opens an endpoint on laddr (port 3784 for routers to reach it,
 // or 4784 multihop; an unspecified address takes every address of its
 // family). Its sessions are single hop (RFC 5881), or multihop (RFC 5883):
 // they send to port 4784, and take packets whatever their TTL.
-func Listen(laddr netip.AddrPort, multihop bool, log *zap.Logger) (*Endpoint, error) {
+//
+// count, if not nil, hears of every packet received, from the endpoint's
+// goroutine.
+func Listen(laddr netip.AddrPort, multihop bool, log *zap.Logger, count func(peer netip.Addr, r Result)) (*Endpoint, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
@@ -57,7 +100,7 @@ func Listen(laddr netip.AddrPort, multihop bool, log *zap.Logger) (*Endpoint, er
 	if err != nil {
 		return nil, fmt.Errorf("bfd: %w", err)
 	}
-	e := &Endpoint{log: log, conn: conn, multihop: multihop,
+	e := &Endpoint{log: log, conn: conn, multihop: multihop, count: count,
 		byDisc: map[uint32]*Session{}, byPeer: map[netip.Addr]*Session{}, done: make(chan struct{})}
 	if laddr.Addr().Is4() {
 		pc := ipv4.NewPacketConn(conn)
@@ -121,16 +164,26 @@ func (e *Endpoint) serve() {
 			return
 		}
 		if err != nil {
-			e.Discarded.Add(1)
+			e.counted(src, DroppedMalformed, nil)
 			continue
 		}
 		p, err := Parse(buf[:n])
-		s := e.session(p, src)
-		if err != nil || s == nil || hops < e.minTTL() {
-			e.Discarded.Add(1)
+		if err != nil {
+			e.counted(src, DroppedMalformed, nil)
 			continue
 		}
-		s.deliver(p)
+		s := e.session(p, src)
+		switch {
+		case s == nil:
+			e.counted(src, DroppedNoSession, nil)
+		case hops < e.minTTL():
+			e.counted(src, DroppedTTL, &s.counts)
+		case s.authenticate(buf[:n], p) != nil:
+			e.counted(src, DroppedAuth, &s.counts)
+		default:
+			e.counted(src, Accepted, &s.counts)
+			s.deliver(p)
+		}
 	}
 }
 

@@ -6,9 +6,10 @@
 // stops sending it flows that soon.
 //
 // Only what a router peering with l4lb uses is built: asynchronous mode
-// with control packets, no echo function, no demand mode and no
-// authentication. A packet that asks for any of them is discarded, as
-// RFC 5880 section 6.8.6 says.
+// with control packets, Keyed SHA1 and Meticulous Keyed SHA1
+// authentication (RFC 5880 section 6.7.4), no echo function and no demand
+// mode. A packet that asks for what is not built is discarded, as RFC 5880
+// section 6.8.6 says.
 package bfd
 
 import (
@@ -82,6 +83,9 @@ type Packet struct {
 	DetectMult                                     uint8
 	MyDiscriminator, YourDiscriminator             uint32
 	DesiredMinTx, RequiredMinRx, RequiredMinEchoRx uint32
+	// Auth is the authentication section's fields, when the A bit is set
+	// (the digest is checked by the session, on the raw packet).
+	Auth authSection
 }
 
 // Parse errors: each makes a received packet one to discard.
@@ -92,7 +96,7 @@ var (
 	ErrDetectMult    = errors.New("bfd: detect multiplier is zero")
 	ErrMultipoint    = errors.New("bfd: multipoint bit set")
 	ErrDiscriminator = errors.New("bfd: missing discriminator")
-	ErrAuth          = errors.New("bfd: authentication is not supported")
+	ErrAuth          = errors.New("bfd: an authentication type that is not built (simple password, MD5)")
 )
 
 // Parse reads a control packet and checks it as RFC 5880 section 6.8.6
@@ -123,8 +127,10 @@ func Parse(b []byte) (Packet, error) {
 	switch n := int(b[3]); {
 	case n < headerLen, auth && n < headerLen+2, n > len(b):
 		return Packet{}, ErrLength
-	case auth:
+	case auth && AuthType(b[headerLen]) != AuthKeyedSHA1 && AuthType(b[headerLen]) != AuthMeticulousKeyedSHA1:
 		return Packet{}, ErrAuth
+	case auth && (n != headerLen+sha1AuthLen || b[headerLen+1] != sha1AuthLen):
+		return Packet{}, ErrLength
 	case p.DetectMult == 0:
 		return Packet{}, ErrDetectMult
 	case p.Multipoint:
@@ -132,11 +138,18 @@ func Parse(b []byte) (Packet, error) {
 	case p.MyDiscriminator == 0, p.YourDiscriminator == 0 && p.State != Down && p.State != AdminDown:
 		return Packet{}, ErrDiscriminator
 	}
+	if auth {
+		p.Auth = authSection{typ: AuthType(b[headerLen]), keyID: b[headerLen+2], seq: binary.BigEndian.Uint32(b[headerLen+4:])}
+	}
 	return p, nil
 }
 
-// Append appends p, as sent on the wire, to b.
-func (p *Packet) Append(b []byte) []byte {
+// Append appends p, as sent on the wire, to b, without authentication.
+func (p *Packet) Append(b []byte) []byte { return p.appendAuth(b, nil, 0) }
+
+// appendAuth appends p to b, authenticated by a with sequence number seq
+// when a is enabled.
+func (p *Packet) appendAuth(b []byte, a *Auth, seq uint32) []byte {
 	flags := byte(p.State) << 6
 	for _, f := range []struct {
 		set bool
@@ -146,9 +159,17 @@ func (p *Packet) Append(b []byte) []byte {
 			flags |= f.bit
 		}
 	}
-	b = append(b, version<<5|byte(p.Diag)&0x1f, flags, p.DetectMult, headerLen)
+	length := byte(headerLen)
+	if a.Enabled() {
+		flags |= 0x04
+		length += sha1AuthLen
+	}
+	b = append(b, version<<5|byte(p.Diag)&0x1f, flags, p.DetectMult, length)
 	for _, v := range []uint32{p.MyDiscriminator, p.YourDiscriminator, p.DesiredMinTx, p.RequiredMinRx, p.RequiredMinEchoRx} {
 		b = binary.BigEndian.AppendUint32(b, v)
+	}
+	if a.Enabled() {
+		b = a.appendAuth(b, seq)
 	}
 	return b
 }

@@ -25,6 +25,8 @@ type Config struct {
 	Interval time.Duration
 	// Multiplier is how many intervals of silence take the session down.
 	Multiplier uint8
+	// Auth authenticates every packet both ways; nil: none.
+	Auth *Auth
 }
 
 func (c Config) check() error {
@@ -36,7 +38,7 @@ func (c Config) check() error {
 	case c.Multiplier == 0:
 		return errors.New("bfd: multiplier is zero")
 	}
-	return nil
+	return c.Auth.check()
 }
 
 // Status is a session as seen now.
@@ -63,11 +65,42 @@ type Session struct {
 
 	mu sync.Mutex
 	f  *fsm
+	// Authentication's sequence numbers (RFC 5880 section 6.8.1): the
+	// next one sent, and the last one taken, while known.
+	xmitSeq  uint32
+	rcvSeq   uint32
+	seqKnown bool
+	lastAuth time.Time // when a packet was last taken
+
+	counts Counts
 }
 
 func newSession(e *Endpoint, cfg Config, disc uint32, notify func(Status)) *Session {
 	return &Session{e: e, cfg: cfg, notify: notify, rx: make(chan Packet, 16), stop: make(chan struct{}), done: make(chan struct{}),
-		f: newFSM(disc, cfg.Interval, cfg.Multiplier, time.Now())}
+		f: newFSM(disc, cfg.Interval, cfg.Multiplier, time.Now()), xmitSeq: rand.Uint32()}
+}
+
+// authenticate checks a received packet against the session's
+// authentication, its sequence number included, and takes the sequence
+// number when it passes. A sequence number is forgotten after twice the
+// detection time without a packet taken (RFC 5880 section 6.8.1), so a
+// peer that restarted is taken again.
+func (s *Session) authenticate(raw []byte, p Packet) error {
+	a := s.cfg.Auth
+	if err := a.verify(raw, p); err != nil || !a.Enabled() {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := time.Now()
+	if s.seqKnown && now.Sub(s.lastAuth) > 2*s.f.detectTime() && s.f.detectTime() > 0 {
+		s.seqKnown = false
+	}
+	if s.seqKnown && !inWindow(a.Type, p.Auth.seq, s.rcvSeq, p.DetectMult) {
+		return ErrAuthSequence
+	}
+	s.rcvSeq, s.seqKnown, s.lastAuth = p.Auth.seq, true, now
+	return nil
 }
 
 // open makes the socket the session sends from: a source port from
@@ -122,8 +155,17 @@ func (s *Session) send(final bool) {
 	if final {
 		p.Poll = false // never both (RFC 5880 section 6.5)
 	}
-	var buf [headerLen]byte
-	s.conn.Write(p.Append(buf[:0])) // a peer not listening yet is no error
+	var seq uint32
+	if s.cfg.Auth.Enabled() {
+		// Every packet takes the next number: meticulous authentication
+		// needs it, and keyed SHA1 allows it.
+		s.mu.Lock()
+		s.xmitSeq++
+		seq = s.xmitSeq
+		s.mu.Unlock()
+	}
+	var buf [headerLen + sha1AuthLen]byte
+	s.conn.Write(p.appendAuth(buf[:0], s.cfg.Auth, seq)) // a peer not listening yet is no error
 }
 
 // jitter shortens an interval by up to a quarter (at least a tenth with a
@@ -219,6 +261,18 @@ func (s *Session) Status() Status {
 	defer s.mu.Unlock()
 	return Status{Peer: s.cfg.Peer, State: s.f.state, RemoteState: s.f.remoteSt, Diag: s.f.diag, Since: s.f.since,
 		TxInterval: s.f.txInterval(), DetectTime: s.f.detectTime()}
+}
+
+// Packets are the packets received for the session, by result (the
+// Result names), those never seen left out.
+func (s *Session) Packets() map[string]uint64 {
+	out := map[string]uint64{}
+	for _, r := range Results() {
+		if n := s.counts[r].Load(); n > 0 {
+			out[r.String()] = n
+		}
+	}
+	return out
 }
 
 // Close takes the session administratively down, tells the peer (a few

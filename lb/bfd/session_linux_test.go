@@ -27,7 +27,7 @@ func newSideOn(t *testing.T, local, peer string, interval time.Duration, multiho
 	if multihop {
 		port = MultihopPort
 	}
-	e, err := Listen(netip.AddrPortFrom(netip.MustParseAddr(local), port), multihop, nil)
+	e, err := Listen(netip.AddrPortFrom(netip.MustParseAddr(local), port), multihop, nil, nil)
 	if err != nil {
 		t.Fatalf("cannot listen on %s:%d (another BFD daemon?): %v", local, port, err)
 	}
@@ -39,7 +39,12 @@ func newSideOn(t *testing.T, local, peer string, interval time.Duration, multiho
 
 func (sd *side) start(t *testing.T, peer string, interval time.Duration) {
 	t.Helper()
-	s, err := sd.e.Add(Config{Peer: netip.MustParseAddr(peer), Interval: interval, Multiplier: 3}, func(st Status) { sd.states <- st })
+	sd.startAuth(t, peer, interval, nil)
+}
+
+func (sd *side) startAuth(t *testing.T, peer string, interval time.Duration, auth *Auth) {
+	t.Helper()
+	s, err := sd.e.Add(Config{Peer: netip.MustParseAddr(peer), Interval: interval, Multiplier: 3, Auth: auth}, func(st Status) { sd.states <- st })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,4 +204,74 @@ func TestMultihopSessionsOnLoopback(t *testing.T) {
 		t.Fatalf("a after b stopped: %+v; want diagnostic %q", st, DiagNeighborDown)
 	}
 	a.s.Close()
+}
+
+// Sessions authenticated with meticulous keyed SHA1 come up; a spoofed
+// Down with the right discriminators and TTL 255 but no authentication, a
+// replay of a real packet and one signed with another key are refused and
+// counted, and the session stays up; a peer with the wrong key never
+// brings one up.
+func TestAuthenticatedSessions(t *testing.T) {
+	const interval = 50 * time.Millisecond
+	key := &Auth{Type: AuthMeticulousKeyedSHA1, KeyID: 1, Key: []byte("bfd-secret")}
+	a := &side{states: make(chan Status, 64)}
+	b := &side{states: make(chan Status, 64)}
+	for _, sd := range []struct {
+		s           *side
+		local, peer string
+	}{{a, "127.0.0.8", "127.0.0.9"}, {b, "127.0.0.9", "127.0.0.8"}} {
+		e, err := Listen(netip.AddrPortFrom(netip.MustParseAddr(sd.local), Port), false, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { e.Close() })
+		sd.s.e = e
+		sd.s.startAuth(t, sd.peer, interval, key)
+	}
+	a.await(t, Up, 5*time.Second)
+	b.await(t, Up, 5*time.Second)
+	settled(t, a, interval)
+
+	c, err := net.DialUDP("udp4", net.UDPAddrFromAddrPort(netip.MustParseAddrPort("127.0.0.9:0")),
+		net.UDPAddrFromAddrPort(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.8"), Port)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := ipv4.NewConn(c).SetTTL(255); err != nil {
+		t.Fatal(err)
+	}
+	down := Packet{State: Down, Diag: DiagAdminDown, DetectMult: 3, MyDiscriminator: b.s.f.local, YourDiscriminator: a.s.f.local, DesiredMinTx: 1e6, RequiredMinRx: 1e6}
+	b.s.mu.Lock()
+	old := b.s.xmitSeq - 20 // a number a has seen already
+	b.s.mu.Unlock()
+	other := &Auth{Type: AuthMeticulousKeyedSHA1, KeyID: 1, Key: []byte("guessed")}
+	before := a.s.counts[DroppedAuth].Load()
+	for _, pkt := range [][]byte{down.Append(nil), down.appendAuth(nil, key, old), down.appendAuth(nil, other, old+100)} {
+		c.Write(pkt)
+	}
+	for wait := time.Now().Add(5 * time.Second); time.Now().Before(wait) && a.s.counts[DroppedAuth].Load() < before+3; {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := a.s.counts[DroppedAuth].Load() - before; n != 3 {
+		t.Fatalf("%d spoofed packets refused for authentication; want 3 (%v)", n, a.s.Packets())
+	}
+	time.Sleep(3 * interval)
+	if st := a.s.Status(); st.State != Up {
+		t.Fatalf("a after a spoofed Down: %+v", st)
+	}
+	if p := a.s.Packets(); p["accepted"] == 0 || p["auth"] != 3 {
+		t.Fatalf("a's packets: %v", p)
+	}
+	a.s.Close()
+	b.s.Close()
+	// The wrong key: nothing comes up.
+	a.startAuth(t, "127.0.0.9", interval, key)
+	b.startAuth(t, "127.0.0.8", interval, other)
+	time.Sleep(20 * interval)
+	if st := a.s.Status(); st.State == Up || a.s.Packets()["auth"] == 0 {
+		t.Fatalf("with the wrong key: %+v, %v", st, a.s.Packets())
+	}
+	a.s.Close()
+	b.s.Close()
 }

@@ -55,7 +55,7 @@ func (b *bfdPeers) update(peers []config.BGPPeer) error {
 	for addr, bp := range b.sessions {
 		p, ok := want[addr]
 		switch {
-		case !ok || p.LocalAddress != bp.cfg.LocalAddress || p.Multihop != bp.cfg.Multihop:
+		case !ok || p.LocalAddress != bp.cfg.LocalAddress || p.Multihop != bp.cfg.Multihop || p.BFD.Auth != bp.cfg.BFD.Auth:
 			b.end(addr, bp)
 			continue
 		case p.BFD != bp.cfg.BFD:
@@ -97,7 +97,7 @@ func (b *bfdPeers) start(p config.BGPPeer) error {
 	e := b.endpoints[on]
 	if e == nil {
 		var err error
-		if e, err = bfd.Listen(on, p.Multihop > 0, b.log); err != nil {
+		if e, err = bfd.Listen(on, p.Multihop > 0, b.log, b.count); err != nil {
 			return err
 		}
 		b.endpoints[on] = e
@@ -105,7 +105,7 @@ func (b *bfdPeers) start(p config.BGPPeer) error {
 	peer := p.Address.String()
 	up := b.m.Gauge(metrics.BFDSessionUp, peer)
 	was := bfd.Down
-	s, err := e.Add(bfd.Config{Peer: p.Address, Local: p.LocalAddress, Interval: p.BFD.Interval, Multiplier: p.BFD.Multiplier}, func(st bfd.Status) {
+	s, err := e.Add(bfd.Config{Peer: p.Address, Local: p.LocalAddress, Interval: p.BFD.Interval, Multiplier: p.BFD.Multiplier, Auth: bfdAuth(p.BFD.Auth)}, func(st bfd.Status) {
 		if st.State == bfd.Up {
 			up.Set(1)
 		} else {
@@ -123,6 +123,28 @@ func (b *bfdPeers) start(p config.BGPPeer) error {
 	b.sessions[p.Address] = &bfdPeer{cfg: p, s: s, on: on}
 	b.log.Info("BFD session started", zap.String("peer", peer), zap.Duration("interval", p.BFD.Interval), zap.Uint8("multiplier", p.BFD.Multiplier), zap.Uint8("multihop", p.Multihop))
 	return nil
+}
+
+// bfdAuth is the config's authentication in the bfd package's terms.
+func bfdAuth(a config.BFDAuth) *bfd.Auth {
+	switch a.Type {
+	case config.BFDAuthKeyedSHA1:
+		return &bfd.Auth{Type: bfd.AuthKeyedSHA1, KeyID: a.KeyID, Key: []byte(a.Password)}
+	case config.BFDAuthMeticulousKeyedSHA1:
+		return &bfd.Auth{Type: bfd.AuthMeticulousKeyedSHA1, KeyID: a.KeyID, Key: []byte(a.Password)}
+	}
+	return nil
+}
+
+// count counts a received BFD packet. The peer label is the session's
+// peer, or empty for a packet no session took: a flood of spoofed sources
+// must not make a series each.
+func (b *bfdPeers) count(src netip.Addr, r bfd.Result) {
+	peer := src.String()
+	if r == bfd.DroppedMalformed || r == bfd.DroppedNoSession {
+		peer = ""
+	}
+	b.m.Counter(metrics.BFDPackets, peer, r.String()).Inc()
 }
 
 // end takes a session administratively down (the router sees that it was
@@ -168,5 +190,5 @@ func (b *bfdPeers) status(addr netip.Addr) *l4api.BFDSession {
 	st := bp.s.Status()
 	return &l4api.BFDSession{State: st.State.String(), RemoteState: st.RemoteState.String(), Diagnostic: st.Diag.String(), Since: st.Since,
 		TxIntervalMS: float64(st.TxInterval.Microseconds()) / 1000, DetectTimeMS: float64(st.DetectTime.Microseconds()) / 1000,
-		Multihop: bp.cfg.Multihop > 0}
+		Multihop: bp.cfg.Multihop > 0, Packets: bp.s.Packets(), Authentication: bp.cfg.BFD.Auth.Type.String()}
 }

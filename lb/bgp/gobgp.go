@@ -1,6 +1,7 @@
 package bgp
 
 import (
+	"fmt"
 	"net/netip"
 	"strings"
 
@@ -85,7 +86,16 @@ func sessionState(p *api.Peer) string {
 
 // logger hands GoBGP's log lines to zap. GoBGP says a lot at info (every
 // FSM step); l4lb logs the session changes itself, so those go to debug.
-type logger struct{ l *zap.Logger }
+type logger struct {
+	l *zap.Logger
+	// rejected hears of a connection from an address that is no peer.
+	rejected func(remote string)
+}
+
+// gobgpUnknownPeer is GoBGP's message for a connection from an address
+// that is no configured peer. GoBGP offers no other hook, so its log line
+// is the sign; it says Info, and l4lb logs GoBGP's Info at debug.
+const gobgpUnknownPeer = "Can't find configuration for a new passive connection"
 
 func fields(f gobgplog.Fields) []zap.Field {
 	out := make([]zap.Field, 0, len(f))
@@ -99,7 +109,13 @@ func (g logger) Panic(msg string, f gobgplog.Fields) { g.l.Error(msg, fields(f).
 func (g logger) Fatal(msg string, f gobgplog.Fields) { g.l.Error(msg, fields(f)...) }
 func (g logger) Error(msg string, f gobgplog.Fields) { g.l.Error(msg, fields(f)...) }
 func (g logger) Warn(msg string, f gobgplog.Fields)  { g.l.Warn(msg, fields(f)...) }
-func (g logger) Info(msg string, f gobgplog.Fields)  { g.l.Debug(msg, fields(f)...) }
+func (g logger) Info(msg string, f gobgplog.Fields) {
+	if msg == gobgpUnknownPeer && g.rejected != nil {
+		g.rejected(fmt.Sprint(f["Key"]))
+		return
+	}
+	g.l.Debug(msg, fields(f)...)
+}
 func (g logger) Debug(msg string, f gobgplog.Fields) { g.l.Debug(msg, fields(f)...) }
 func (g logger) SetLevel(gobgplog.LogLevel)          {}
 func (g logger) GetLevel() gobgplog.LogLevel {

@@ -58,10 +58,14 @@ type Speaker struct {
 	routes  []*route
 	settled map[string]bool   // zones Settling has let go once
 	peers   map[string]string // address -> last session state seen, for logs and metrics
-	leaving bool
-	bfd     *bfdPeers
-	stop    chan struct{}
-	done    chan struct{}
+
+	rejMu         sync.Mutex // guards the rate limit of rejectedConn's log
+	rejLast       time.Time
+	rejSuppressed int
+	leaving       bool
+	bfd           *bfdPeers
+	stop          chan struct{}
+	done          chan struct{}
 }
 
 // route is one prefix of one zone.
@@ -97,6 +101,22 @@ func (s *Speaker) setConfig(cfg *config.BGP) {
 	}
 }
 
+// rejectedConn counts a BGP connection from an address that is no peer
+// (bgp_rejected_connections_total) and logs it, one line a second at most:
+// a scan or a flood must not fill the log.
+func (s *Speaker) rejectedConn(remote string) {
+	s.opts.Metrics.Counter(metrics.BGPRejectedConnections).Inc()
+	now := time.Now()
+	s.rejMu.Lock()
+	defer s.rejMu.Unlock()
+	if now.Sub(s.rejLast) < time.Second {
+		s.rejSuppressed++
+		return
+	}
+	s.log.Warn("BGP connection refused: the address is no configured peer", zap.String("remote", remote), zap.Int("more_since_last_line", s.rejSuppressed))
+	s.rejLast, s.rejSuppressed = now, 0
+}
+
 // Start brings the speaker up: its sessions to every peer, and the loop that
 // announces a zone's prefixes while the zone is healthy. A speaker that was
 // stopped can start again (after a failed upgrade), and announces again.
@@ -107,7 +127,7 @@ func (s *Speaker) Start() error {
 		return nil
 	}
 	cfg := s.cfg
-	b := server.NewBgpServer(server.LoggerOption(logger{s.log}))
+	b := server.NewBgpServer(server.LoggerOption(logger{l: s.log, rejected: s.rejectedConn}))
 	go b.Serve()
 	listen := int32(cfg.ListenPort)
 	if listen == 0 {

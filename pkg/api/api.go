@@ -157,6 +157,11 @@ type BFDSession struct {
 	TxIntervalMS float64 `json:"tx_interval_ms"`
 	DetectTimeMS float64 `json:"detect_time_ms"`
 	Multihop     bool    `json:"multihop,omitempty"` // RFC 5883, port 4784
+	// Authentication is none, keyed_sha1 or meticulous_keyed_sha1.
+	Authentication string `json:"authentication,omitempty"`
+	// Packets are the control packets received for the session, by
+	// result: accepted, or dropped for ttl or auth.
+	Packets map[string]uint64 `json:"packets,omitempty"`
 }
 
 // BGPRoute is one prefix a zone announces, and whether it is announced now.

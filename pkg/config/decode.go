@@ -68,8 +68,16 @@ type RawBGPPeer struct {
 
 // RawBFD is a peer's bfd block as written; its presence turns BFD on.
 type RawBFD struct {
-	Interval   string `yaml:"interval,omitempty"`
-	Multiplier *int   `yaml:"multiplier,omitempty"`
+	Interval       string      `yaml:"interval,omitempty"`
+	Multiplier     *int        `yaml:"multiplier,omitempty"`
+	Authentication *RawBFDAuth `yaml:"authentication,omitempty"`
+}
+
+// RawBFDAuth is a BFD session's authentication as written.
+type RawBFDAuth struct {
+	Type     string `yaml:"type,omitempty"`
+	KeyID    *int   `yaml:"key_id,omitempty"`
+	Password string `yaml:"password,omitempty"`
 }
 
 // RawListener is one listener as written.

@@ -123,6 +123,12 @@ func (b *BGP) toRaw() *RawBGP {
 		if p.BFD.Enabled() {
 			mult := int(p.BFD.Multiplier)
 			rp.BFD = &RawBFD{Interval: dur(p.BFD.Interval), Multiplier: &mult}
+			if a := p.BFD.Auth; a.Type != BFDAuthNone {
+				id := int(a.KeyID)
+				// The key is not printed: validate's output is shown and
+				// pasted, and a key belongs in the file alone.
+				rp.BFD.Authentication = &RawBFDAuth{Type: a.Type.String(), KeyID: &id, Password: "(redacted)"}
+			}
 		}
 		r.Peers = append(r.Peers, rp)
 	}

@@ -154,6 +154,27 @@ func (n *normalizer) bfd(path string, r *RawBFD) BFD {
 			b.Multiplier = uint8(*r.Multiplier)
 		}
 	}
+	if a := r.Authentication; a != nil {
+		ap := path + ".authentication"
+		t, err := parseEnum(bfdAuthNames, a.Type)
+		if err != nil {
+			n.errs.add(ap+".type", "%v", err)
+		}
+		b.Auth.Type = BFDAuthType(t)
+		if b.Auth.Type != BFDAuthNone {
+			if len(a.Password) == 0 || len(a.Password) > 20 {
+				n.errs.add(ap+".password", "a SHA1 key is 1 to 20 bytes, not %d", len(a.Password))
+			}
+			b.Auth.Password = a.Password
+			if a.KeyID != nil {
+				if *a.KeyID < 0 || *a.KeyID > 255 {
+					n.errs.add(ap+".key_id", "%d is outside 0-255", *a.KeyID)
+				} else {
+					b.Auth.KeyID = uint8(*a.KeyID)
+				}
+			}
+		}
+	}
 	return b
 }
 

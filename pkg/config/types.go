@@ -97,7 +97,30 @@ type BFD struct {
 	// the session is up.
 	Interval   time.Duration
 	Multiplier uint8 // missed intervals that take the session down
+	Auth       BFDAuth
 }
+
+// BFDAuth authenticates a BFD session's packets (RFC 5880 section 6.7),
+// as BIRD's authentication and password options do. The zero value is
+// none.
+type BFDAuth struct {
+	Type     BFDAuthType
+	KeyID    uint8
+	Password string // 1 to 20 bytes
+}
+
+// BFDAuthType is a BFD authentication type.
+type BFDAuthType uint8
+
+const (
+	BFDAuthNone BFDAuthType = iota
+	BFDAuthKeyedSHA1
+	BFDAuthMeticulousKeyedSHA1
+)
+
+var bfdAuthNames = []string{"none", "keyed_sha1", "meticulous_keyed_sha1"}
+
+func (t BFDAuthType) String() string { return bfdAuthNames[t] }
 
 // Enabled reports whether the peer runs BFD.
 func (b BFD) Enabled() bool { return b.Interval > 0 }

@@ -59,6 +59,8 @@ const (
 	BGPSessionUp
 	BGPAnnouncedRoutes
 	BFDSessionUp
+	BFDPackets
+	BGPRejectedConnections
 	numIDs
 )
 
@@ -110,6 +112,8 @@ var table = [numIDs]struct {
 	Upgrades:                {"upgrades_total", counter, "Binary upgrades this process started, by result (success, failed).", []string{LabelResult}},
 	BGPSessionUp:            {"bgp_session_up", gauge, "1 while the BGP session to the peer is established, else 0.", []string{LabelPeer}},
 	BFDSessionUp:            {"bfd_session_up", gauge, "1 while the BFD session with the BGP peer is up, else 0.", []string{LabelPeer}},
+	BFDPackets:              {"bfd_packets_total", counter, "BFD control packets received, by result (accepted, malformed, no_session, ttl, auth); peer is empty for those no session took.", []string{LabelPeer, LabelResult}},
+	BGPRejectedConnections:  {"bgp_rejected_connections_total", counter, "BGP connections refused because their source is no configured peer.", nil},
 	BGPAnnouncedRoutes:      {"bgp_announced_routes", gauge, "Prefixes the BGP speaker announces now (its zones are healthy and the node is not leaving).", nil},
 }
 
