@@ -5,7 +5,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 # their stacks.
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build run test deps lint bench bench-compare fuzz clean generate check-generated
+.PHONY: all build run test test-unit deps lint bench bench-compare fuzz clean generate check-generated
 
 all: build
 
@@ -38,7 +38,7 @@ FUZZ_TARGETS = FuzzConfig:150000:./pkg/config FuzzFlags:200000:./pkg/config \
 	FuzzReadHeader:500000:./pkg/proxyproto FuzzProgram:300000:./lb/fastpath \
 	FuzzTCPProgram:200000:./lb/fastpath FuzzDecap:200000:./lb/dsr \
 	FuzzServerName:500000:./pkg/tlshello FuzzAdminAPI:100000:./lb \
-	FuzzParse:500000:./lb/bfd
+	FuzzParse:500000:./lb/bfd FuzzAuth:100000:./lb/bfd
 fuzz-each = for t in $(FUZZ_TARGETS); do \
 	name=$${t%%:*}; rest=$${t\#*:}; n=$${rest%%:*}; pkg=$${rest\#*:}; \
 	echo "$(GO) test -run '^$$' -fuzz $$name -fuzztime $$((n * $(1)))x $$pkg"; \
@@ -51,6 +51,11 @@ fuzz-each = for t in $(FUZZ_TARGETS); do \
 test: deps lint check-generated build
 	$(GO) test -race -count=1 -timeout 10m -tags integration ./...
 	@$(call fuzz-each,1)
+
+## test-unit: the tests that need no root, no daemon and no namespace, with
+## the race detector (a few minutes; make test runs them all)
+test-unit:
+	$(GO) test -race -short -count=1 ./...
 
 lint:
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -2,9 +2,12 @@ package bgp
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -13,7 +16,9 @@ import (
 	"github.com/osrg/gobgp/v3/pkg/server"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/l4lb/l4lb/pkg/config"
 	"github.com/l4lb/l4lb/pkg/metrics"
@@ -304,5 +309,46 @@ func TestSpeakerWaitsForSettling(t *testing.T) {
 	waitFor(t, "three more rounds of the speaker's loop", func() bool { return z.rounds() >= from+3 })
 	if st := s.Status(); !st.Routes[0].Announced {
 		t.Fatalf("a settled zone was withdrawn for a new target: %+v", st.Routes[0])
+	}
+}
+
+// Connections from an address that is no peer are refused by GoBGP; l4lb
+// counts each and logs them, one line a second at most, so a scan neither
+// goes unseen nor fills the log.
+func TestSpeakerCountsUnknownConnections(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.2:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	cfg := speakerConfig(1) // the peer is never reached; only the listener matters
+	cfg.ListenPort = port
+	core, logs := observer.New(zap.InfoLevel)
+	m := metrics.New(prometheus.NewRegistry())
+	s := New(cfg, Options{Logger: zap.New(core), Metrics: m, Healthy: (&zones{healthy: map[string]bool{}}).get})
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Stop)
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.66")}, Timeout: 2 * time.Second}
+	for range 5 {
+		c, err := d.Dial("tcp", net.JoinHostPort("127.0.0.2", strconv.Itoa(port)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		c.Read(make([]byte, 1)) // closed by the speaker
+		c.Close()
+	}
+	waitFor(t, "5 refused connections counted", func() bool {
+		return testutil.ToFloat64(m.Counter(metrics.BGPRejectedConnections)) == 5
+	})
+	lines := logs.FilterMessageSnippet("no configured peer").All()
+	if len(lines) < 1 || len(lines) > 2 {
+		t.Fatalf("%d log lines for 5 refused connections within a second or so; want 1 (2 if a second passed)", len(lines))
+	}
+	if got := lines[0].ContextMap()["remote"]; !strings.Contains(fmt.Sprint(got), "127.0.0.66") {
+		t.Fatalf("the line names %v, not the source", got)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/l4lb/l4lb/bench"
 	"github.com/l4lb/l4lb/internal/testpki"
 )
 
@@ -32,49 +33,18 @@ const (
 const idleTLS = 2000
 
 func tlsBench(bin, haproxy string, dur time.Duration, workers int, bulk int64) error {
-	dir, err := os.MkdirTemp("", "l4lb-bench-tls")
+	ts, err := newTLSSetup("l4lb-bench-tls")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	ca, err := testpki.NewCA(dir)
-	if err != nil {
-		return err
-	}
-	ecCert, ecKey, err := ca.IssueFiles(false, "bench.test")
-	if err != nil {
-		return err
-	}
+	defer ts.close()
+	dir, ca, echo, sink := ts.dir, ts.ca, ts.echo.Addr.String(), ts.sink.Addr.String()
+	ecCert, ecKey, ecBundle := ts.cert, ts.key, ts.bundle
 	rsaCert, rsaKey, err := ca.IssueFiles(true, "bench.test")
 	if err != nil {
 		return err
 	}
-	echoT, sinkT, err := startTargets()
-	if err != nil {
-		return err
-	}
-	defer echoT.Close()
-	defer sinkT.Close()
-	echo, sink := echoT.Addr.String(), sinkT.Addr.String()
-
-	// HAProxy wants the chain and key in one file.
-	bundle := func(cert, key string) (string, error) {
-		c, err := os.ReadFile(cert)
-		if err != nil {
-			return "", err
-		}
-		k, err := os.ReadFile(key)
-		if err != nil {
-			return "", err
-		}
-		path := cert + ".bundle"
-		return path, os.WriteFile(path, append(c, k...), 0o600)
-	}
-	ecBundle, err := bundle(ecCert, ecKey)
-	if err != nil {
-		return err
-	}
-	rsaBundle, err := bundle(rsaCert, rsaKey)
+	rsaBundle, err := haproxyBundle(rsaCert, rsaKey)
 	if err != nil {
 		return err
 	}
@@ -183,6 +153,57 @@ target_groups:
 		fmt.Printf("| %s | %.1f | %.1f | %s |\n", r.name, h, l, ratio)
 	}
 	return nil
+}
+
+// tlsSetup is what the TLS benchmarks share: a folder, a CA, an ECDSA
+// certificate for bench.test (its files, and HAProxy's bundle of both),
+// and an echo and a sink target.
+type tlsSetup struct {
+	dir               string
+	ca                *testpki.CA
+	cert, key, bundle string
+	echo, sink        *bench.Target
+}
+
+func newTLSSetup(name string) (*tlsSetup, error) {
+	dir, err := os.MkdirTemp("", name)
+	if err != nil {
+		return nil, err
+	}
+	ts := &tlsSetup{dir: dir}
+	if ts.ca, err = testpki.NewCA(dir); err == nil {
+		if ts.cert, ts.key, err = ts.ca.IssueFiles(false, "bench.test"); err == nil {
+			if ts.bundle, err = haproxyBundle(ts.cert, ts.key); err == nil {
+				ts.echo, ts.sink, err = startTargets()
+			}
+		}
+	}
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	return ts, nil
+}
+
+func (ts *tlsSetup) close() {
+	ts.echo.Close()
+	ts.sink.Close()
+	os.RemoveAll(ts.dir)
+}
+
+// haproxyBundle writes cert's chain and key into one file, as HAProxy's
+// "crt" wants them, and returns its path.
+func haproxyBundle(cert, key string) (string, error) {
+	c, err := os.ReadFile(cert)
+	if err != nil {
+		return "", err
+	}
+	k, err := os.ReadFile(key)
+	if err != nil {
+		return "", err
+	}
+	path := cert + ".bundle"
+	return path, os.WriteFile(path, append(c, k...), 0o600)
 }
 
 // handshakes runs workers clients for dur, each connecting, handshaking,

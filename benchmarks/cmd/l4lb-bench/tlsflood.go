@@ -13,8 +13,6 @@ import (
 	"sync"
 	"syscall"
 	"time"
-
-	"github.com/l4lb/l4lb/internal/testpki"
 )
 
 // The TLS flood contenders' ports, as offsets from -port-base.
@@ -60,31 +58,12 @@ func tlsFloodBench(bin, haproxy string, dur time.Duration) error {
 	lim.Cur = lim.Max
 	syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
 	maxconn := max(int(lim.Cur)/2-500, 1000)
-	dir, err := os.MkdirTemp("", "l4lb-bench-tlsflood")
+	ts, err := newTLSSetup("l4lb-bench-tlsflood")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	ca, err := testpki.NewCA(dir)
-	if err != nil {
-		return err
-	}
-	cert, key, err := ca.IssueFiles(false, "bench.test")
-	if err != nil {
-		return err
-	}
-	echoT, sinkT, err := startTargets()
-	if err != nil {
-		return err
-	}
-	defer echoT.Close()
-	defer sinkT.Close()
-	c, _ := os.ReadFile(cert)
-	k, _ := os.ReadFile(key)
-	bundle := cert + ".bundle"
-	if err := os.WriteFile(bundle, append(c, k...), 0o600); err != nil {
-		return err
-	}
+	defer ts.close()
+	dir, cert, key, bundle, echoT := ts.dir, ts.cert, ts.key, ts.bundle, ts.echo
 	hcfg := fmt.Sprintf(`global
     maxconn %d
     nbthread 2
