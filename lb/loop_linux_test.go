@@ -61,3 +61,37 @@ func TestForwardingLoopCutAtOneHop(t *testing.T) {
 	}
 	waitFor(t, func() bool { return srv.ActiveFlows() == 0 })
 }
+
+// A UDP target that is the listener itself: the flow l4lb opens to it is
+// remembered before its first datagram, which comes back from l4lb's own
+// address and is refused as a loop, on the first hop.
+func TestUDPForwardingLoopCut(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := uint16(pc.LocalAddr().(*net.UDPAddr).Port)
+	pc.Close()
+	self := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)
+	reg := prometheus.NewRegistry()
+	cfg := testConfig([]config.Target{{Address: self, Weight: 1}}, func(l *config.Listener, g *config.TargetGroup) {
+		l.Protocol, g.Protocol = config.UDP, config.UDP
+		l.Port = port
+		l.UDPIdleTimeout = config.DefaultUDPIdleTimeout
+	})
+	cfg.MaxFlows = config.DefaultMaxFlows
+	startedServer(t, cfg, Options{Metrics: metrics.New(reg)})
+	c, err := net.Dial("udp", self.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for range 3 {
+		c.Write([]byte("ping"))
+	}
+	waitFor(t, func() bool { return sumWhere(reg, "l4lb_rejected_flows_total", `reason="loop"`) >= 1 })
+	time.Sleep(300 * time.Millisecond)
+	if n := sumWhere(reg, "l4lb_new_flows_total"); n != 1 {
+		t.Fatalf("one client flow became %v flows", n)
+	}
+}

@@ -102,14 +102,15 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	tcpFlows, udpFlows := listen.Budgets(opts.OpenFiles, haveTCP, haveUDP)
 	s.keys = tlsterm.NewTicketKeys(tlsterm.DefaultRotation, opts.TicketKeys)
 	ids := new(atomic.Uint64) // one numbering, so no two flows share a PROXY unique ID
+	loops := &listen.LoopGuard{Local: s.host.Local}
 	if s.tcp, err = tcpproxy.New(cfg, reg, tcpproxy.Options{Logger: opts.Logger, Metrics: opts.Metrics, ConnectTimeout: opts.ConnectTimeout,
-		SocketsPerAddr: opts.SocketsPerAddr, PipeSize: opts.PipeSize, MaxFlows: tcpFlows, IDs: ids, Inherit: opts.Inherit, ProxyHeaderTimeout: opts.ProxyHeaderTimeout, Local: s.host.Local,
+		SocketsPerAddr: opts.SocketsPerAddr, PipeSize: opts.PipeSize, MaxFlows: tcpFlows, IDs: ids, Inherit: opts.Inherit, ProxyHeaderTimeout: opts.ProxyHeaderTimeout, Loops: loops,
 		TLS: tlsterm.Options{Keys: s.keys}}); err != nil {
 		s.keys.Close()
 		return nil, err
 	}
 	if s.udp, err = udpproxy.New(cfg, reg, udpproxy.Options{Logger: opts.Logger, Metrics: opts.Metrics,
-		SocketsPerAddr: opts.SocketsPerAddr, MaxFlows: udpFlows, IDs: ids, Inherit: opts.Inherit}); err != nil {
+		SocketsPerAddr: opts.SocketsPerAddr, MaxFlows: udpFlows, IDs: ids, Inherit: opts.Inherit, Loops: loops}); err != nil {
 		return nil, err
 	}
 	reg.Subscribe(s.tcp)

@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/l4lb/l4lb/lb/listen"
 	"github.com/l4lb/l4lb/lb/registry"
 	"github.com/l4lb/l4lb/lb/tlsterm"
 )
@@ -21,7 +22,7 @@ type flow struct {
 	id        uint64
 	client    *net.TCPConn
 	target    *net.TCPConn
-	loopKey   connEnds         // target's ends, remembered by the loop guard
+	loopKey   listen.ConnEnds  // target's ends, remembered by the loop guard
 	cs        *tls.Conn        // a TLS listener's client side, over client; nil on plain TCP
 	ts        *tls.Conn        // a TLS target group's target side, over target; nil on plain TCP
 	tinfo     *tlsterm.Info    // a TLS listener's handshake, for its access log
@@ -163,7 +164,7 @@ func (f *flow) finish(h *halfFlow, how copyErr) {
 	}
 	f.client.Close()
 	f.target.Close()
-	f.srv.loopGuard.forget(f.loopKey)
+	f.srv.loopGuard.Forget(f.loopKey)
 	if f.tinfo != nil {
 		f.logTLS()
 	}

@@ -64,10 +64,10 @@ type Options struct {
 	// untrusted client's first bytes while they are only a prefix of a
 	// PROXY signature; 0: DefaultProxyHeaderTimeout.
 	ProxyHeaderTimeout time.Duration
-	// Local reports whether an address is this host's; connections to
-	// targets at such addresses are remembered, so that one that comes
-	// back to a listener is refused as a loop. Nil: loopback addresses.
-	Local func(netip.Addr) bool
+	// Loops remembers l4lb's connections to targets on this host, so that
+	// one that comes back to a listener is refused as a loop; shared with
+	// the UDP path. Nil: a guard of its own that knows loopback addresses.
+	Loops *listen.LoopGuard
 }
 
 // Server runs the TCP listeners of one configuration.
@@ -86,7 +86,7 @@ type Server struct {
 	pipes     pipePool
 	bufs      bufPool
 	flows     tracker
-	loopGuard loopGuard
+	loopGuard *listen.LoopGuard
 	parker    *parker
 	flowPool  sync.Pool
 	scan      time.Duration // parker's idle-expiry scan interval
@@ -120,9 +120,6 @@ func New(cfg *config.Config, reg *registry.Registry, opts Options) (*Server, err
 	if opts.ProxyHeaderTimeout <= 0 {
 		opts.ProxyHeaderTimeout = DefaultProxyHeaderTimeout
 	}
-	if opts.Local == nil {
-		opts.Local = netip.Addr.IsLoopback
-	}
 	if opts.SocketsPerAddr == 0 {
 		opts.SocketsPerAddr = runtime.GOMAXPROCS(0)
 	}
@@ -137,7 +134,10 @@ func New(cfg *config.Config, reg *registry.Registry, opts Options) (*Server, err
 	// and a second when its target is dialled, so one that says nothing
 	// (a TLS client before its hello) costs one, not a flow's two.
 	s.budget.Max = 2 * opts.MaxFlows
-	s.loopGuard.local = opts.Local
+	s.loopGuard = opts.Loops
+	if s.loopGuard == nil {
+		s.loopGuard = &listen.LoopGuard{}
+	}
 	// No TCP keepalives (NLB sends none; the idle timeout ends dead flows):
 	// that saves four setsockopt calls per socket per flow.
 	s.dialer = net.Dialer{Timeout: opts.ConnectTimeout, KeepAlive: -1}

@@ -45,9 +45,9 @@ type setup struct {
 	accepted time.Time
 	sni      string // the name its ClientHello asked for
 	r        *listen.Route
-	t        *net.TCPConn   // the target connection, once dialled
-	loopKey  connEnds       // t's ends, when the target is on this host (loopGuard)
-	peer     netip.AddrPort // the connection's far end, whatever a PROXY header says
+	t        *net.TCPConn    // the target connection, once dialled
+	loopKey  listen.ConnEnds // t's ends, when the target is on this host (loopGuard)
+	peer     netip.AddrPort  // the connection's far end, whatever a PROXY header says
 	tgt      *registry.Target
 	g        *registry.Group
 	view     *registry.View
@@ -112,7 +112,7 @@ func (p *setup) reject(why listen.Reason) {
 	p.c.Close()
 	if p.t != nil {
 		p.t.Close()
-		p.s.loopGuard.forget(p.loopKey)
+		p.s.loopGuard.Forget(p.loopKey)
 	}
 	p.release()
 }
@@ -120,7 +120,7 @@ func (p *setup) reject(why listen.Reason) {
 // checkLoop refuses a connection that l4lb itself made to a target: the
 // target is this listener, and forwarding it again would loop.
 func (p *setup) checkLoop() (listen.Reason, bool) {
-	return listen.ReasonLoop, !p.s.loopGuard.looped(p.peer, p.dst)
+	return listen.ReasonLoop, !p.s.loopGuard.Looped(p.peer, p.dst)
 }
 
 func (p *setup) release() {
@@ -214,7 +214,7 @@ func (p *setup) connect() (listen.Reason, bool) {
 	s := p.s
 	// Looked at again: the connect that made this connection may have
 	// returned, and been remembered, only after it was accepted.
-	if p.s.loopGuard.looped(p.peer, p.dst) {
+	if p.s.loopGuard.Looped(p.peer, p.dst) {
 		return listen.ReasonLoop, false
 	}
 	// The target's descriptor.
@@ -230,7 +230,7 @@ func (p *setup) connect() (listen.Reason, bool) {
 		t, err := s.dialTarget(cand, p.src, g.Config().Attributes.PreserveClientIP)
 		if err == nil {
 			p.t, p.tgt = t, cand
-			p.loopKey = s.loopGuard.mark(t, cand.Addr)
+			p.loopKey = s.loopGuard.Mark(t.LocalAddr().(*net.TCPAddr).AddrPort(), cand.Addr)
 			p.id = s.ids.Add(1)
 			return 0, true
 		}
@@ -287,7 +287,7 @@ func (p *setup) start() {
 	if err := f.setup(); err != nil {
 		p.c.Close()
 		p.t.Close()
-		s.loopGuard.forget(p.loopKey)
+		s.loopGuard.Forget(p.loopKey)
 		p.release()
 		s.flowPool.Put(f)
 		return

@@ -30,12 +30,18 @@ type udpFlow struct {
 	namelen uint32
 	src     netip.Addr // reply source for wildcard listeners
 	pp      []byte     // PROXY v2 header sent before every datagram, or nil
+	loopKey listen.ConnEnds
 
 	mu     sync.RWMutex // writers hold it shared; close holds it exclusively
 	closed bool
 }
 
 func (u *udpFront) newFlow(key flowtable.Key, now time.Time) *udpFlow {
+	loops := u.srv.opts.Loops
+	if loops.Looped(key.Src, key.Dst) {
+		u.rejects[listen.ReasonLoop].Inc()
+		return nil
+	}
 	if !u.acl.Load().Permits(key.Src.Addr()) {
 		u.rejects[listen.ReasonACL].Inc()
 		return nil
@@ -82,6 +88,11 @@ func (u *udpFront) newFlow(key flowtable.Key, now time.Time) *udpFlow {
 		return nil
 	}
 	f := &udpFlow{key: key, fd: fd, tgt: tgt, start: now}
+	// Remembered before the first datagram is sent: a UDP socket has its
+	// local address once connected.
+	if sa, err := unix.Getsockname(fd); err == nil {
+		f.loopKey = loops.Mark(sockaddrAddrPort(sa), tgt.Addr)
+	}
 	if g.Config().Attributes.ProxyProtocolV2 {
 		if f.pp, err = proxyproto.V2(true, key.Src, key.Dst, proxyproto.TLVs{FlowID: u.srv.ids.Add(1), EndpointID: u.srv.cfg.EndpointID}); err != nil {
 			unix.Close(fd)
@@ -165,6 +176,17 @@ func dialUDP(tgt *registry.Target, client netip.AddrPort) (int, error) {
 	return fd, nil
 }
 
+// sockaddrAddrPort is sa as an address and port.
+func sockaddrAddrPort(sa unix.Sockaddr) netip.AddrPort {
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port))
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr).Unmap(), uint16(a.Port))
+	}
+	return netip.AddrPort{}
+}
+
 // release closes a flow's socket once no writer holds it and frees its slot.
 func (u *udpFront) release(f *udpFlow) {
 	f.mu.Lock()
@@ -172,6 +194,7 @@ func (u *udpFront) release(f *udpFlow) {
 		f.closed = true
 		unix.EpollCtl(u.epfd, unix.EPOLL_CTL_DEL, f.fd, nil)
 		unix.Close(f.fd)
+		u.srv.opts.Loops.Forget(f.loopKey)
 		u.srv.budget.Release()
 		f.tgt.AddFlows(-1)
 	}

@@ -77,7 +77,7 @@ func newFront(s *Server, lc *config.Listener, b config.BindAddr, r *listen.Route
 		return m.Counter(f, append(append([]string{}, lbl...), extra...)...)
 	}
 	u.newFlows = c(metrics.NewFlows)
-	u.rejects = listen.NewRejectCounters(m, lbl, listen.ReasonFlowTableFull, listen.ReasonACL, listen.ReasonNoTarget, listen.ReasonDatagramDropped, listen.ReasonLocalResources)
+	u.rejects = listen.NewRejectCounters(m, lbl, listen.ReasonFlowTableFull, listen.ReasonACL, listen.ReasonNoTarget, listen.ReasonDatagramDropped, listen.ReasonLocalResources, listen.ReasonLoop)
 	u.dropped = u.rejects[listen.ReasonDatagramDropped]
 	u.evictions = m.Counter(metrics.FlowEvictions, lc.Name, "table_full")
 	u.rxDrops = c(metrics.UDPReceiveDrops)

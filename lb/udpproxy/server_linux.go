@@ -44,6 +44,10 @@ type Options struct {
 	// Inherit has the sockets a previous process handed over; nil binds
 	// every socket afresh.
 	Inherit listen.Inherit
+	// Loops remembers l4lb's flows to targets on this host, so that one
+	// that comes back to a listener is refused as a loop; shared with the
+	// TCP path. Nil: a guard of its own that knows loopback addresses.
+	Loops *listen.LoopGuard
 }
 
 // Server runs the UDP listeners of one configuration.
@@ -77,6 +81,9 @@ func New(cfg *config.Config, reg *registry.Registry, opts Options) (*Server, err
 	}
 	s := &Server{cfg: cfg, log: opts.Logger, m: opts.Metrics, opts: opts, reg: reg, ids: opts.IDs}
 	s.budget.Max = opts.MaxFlows
+	if s.opts.Loops == nil {
+		s.opts.Loops = &listen.LoopGuard{}
+	}
 	for i := range cfg.Listeners {
 		lc := &cfg.Listeners[i]
 		if !lc.Protocol.HasUDP() {
