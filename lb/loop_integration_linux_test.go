@@ -65,16 +65,16 @@ func testLoopOnHostAddress(t *testing.T) {
 		t.Fatalf("ip addr add: %v %s", err, out)
 	}
 	waitFor(t, func() bool { return srv.host.Local(netip.MustParseAddr("198.18.71.2")) })
-	c, err := net.DialTimeout("tcp", "198.18.71.1:8171", 2*time.Second)
-	if err != nil {
-		t.Fatal(err)
+	// The loop is cut so fast that the reset can reach the client while
+	// its connect is still being reported.
+	if c, err := net.DialTimeout("tcp", "198.18.71.1:8171", 2*time.Second); err == nil {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		c.Read(make([]byte, 1))
+		c.Close()
 	}
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	c.Read(make([]byte, 1))
-	c.Close()
 	waitFor(t, func() bool { return sumWhere(reg, "l4lb_rejected_flows_total", `reason="loop"`) >= 1 })
 	time.Sleep(300 * time.Millisecond)
-	if n := sumWhere(reg, "l4lb_new_flows_total"); n > 2 {
+	if n := sumWhere(reg, "l4lb_new_flows_total"); n != 1 {
 		t.Fatalf("one client connection became %v flows", n)
 	}
 }

@@ -3,6 +3,8 @@ package listen
 import (
 	"net/netip"
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // LoopGuard cuts forwarding loops at run time, whatever the config and the
@@ -10,13 +12,23 @@ import (
 // remembers both ends of every connection l4lb makes to a target on this
 // host, and a connection that reaches a listener with those same ends is
 // l4lb meeting itself. It is refused (reason loop), so a looped flow makes
-// one hop, not thousands. A loop through a NAT that rewrites the
+// one hop, not thousands: a connect to a local target under way is waited
+// for (see Dialing). A loop through a NAT that rewrites the
 // destination is not seen here. Targets elsewhere cost nothing here. The
 // TCP and UDP paths share one, so a loop across them is seen too.
 type LoopGuard struct {
 	Local func(netip.Addr) bool // this host's addresses; nil: loopback ones
 	dials sync.Map              // ConnEnds -> struct{}: connections to local targets
+	// connecting counts the connects under way to each local target
+	// (netip.AddrPort -> *atomic.Int32).
+	connecting sync.Map
 }
+
+// loopWait bounds how long Looped waits for a connect under way to the
+// same address to be remembered: a connect on this host completes in
+// microseconds, the wait only happens when l4lb is connecting to the very
+// address a local peer reached, and a refused connect ends it at once.
+const loopWait = 20 * time.Millisecond
 
 // connEnds is a TCP connection's two ends, as its dialler sees them. Both
 // are needed: Linux gives one local port to connections to different
@@ -46,6 +58,28 @@ func (g *LoopGuard) Mark(local, target netip.AddrPort) ConnEnds {
 	return key
 }
 
+// Dialing says a TCP connect to target begins. done, called when it ends,
+// remembers the connection from local (Mark) if it succeeded (an invalid
+// local says it did not) and returns Mark's key. Until then Looped waits
+// for it, so that an accept that wins the race with the connect's return
+// is still seen as the loop it is.
+func (g *LoopGuard) Dialing(target netip.AddrPort) (done func(local netip.AddrPort) ConnEnds) {
+	if !g.local(target.Addr()) {
+		return func(netip.AddrPort) ConnEnds { return ConnEnds{} }
+	}
+	target = unmapped(target)
+	n, _ := g.connecting.LoadOrStore(target, new(atomic.Int32))
+	n.(*atomic.Int32).Add(1)
+	return func(local netip.AddrPort) ConnEnds {
+		var key ConnEnds
+		if local.IsValid() {
+			key = g.Mark(local, target)
+		}
+		n.(*atomic.Int32).Add(-1)
+		return key
+	}
+}
+
 // Forget drops what Mark remembered.
 func (g *LoopGuard) Forget(key ConnEnds) {
 	if key.local.IsValid() {
@@ -54,13 +88,24 @@ func (g *LoopGuard) Forget(key ConnEnds) {
 }
 
 // Looped reports whether a connection or flow from peer to the listener
-// address dst is one of l4lb's own to a target. A TCP connection's
-// connect can return after the accept at the other end, so the TCP path
-// asks again before it connects onwards.
+// address dst is one of l4lb's own to a target. While a connect to dst is
+// under way (Dialing), it waits for that connect to be remembered, for
+// loopWait at most.
 func (g *LoopGuard) Looped(peer, dst netip.AddrPort) bool {
 	if !g.local(peer.Addr()) {
 		return false
 	}
-	_, ok := g.dials.Load(ConnEnds{unmapped(peer), unmapped(dst)})
-	return ok
+	key := ConnEnds{unmapped(peer), unmapped(dst)}
+	deadline := time.Now().Add(loopWait)
+	for {
+		if _, ok := g.dials.Load(key); ok {
+			return true
+		}
+		n, ok := g.connecting.Load(key.remote)
+		if !ok || n.(*atomic.Int32).Load() == 0 || time.Now().After(deadline) {
+			_, ok := g.dials.Load(key) // the connect may have ended just now
+			return ok
+		}
+		time.Sleep(50 * time.Microsecond)
+	}
 }

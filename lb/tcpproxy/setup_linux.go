@@ -212,11 +212,6 @@ func (p *setup) chooseRoute() (listen.Reason, bool) {
 // blames no target.
 func (p *setup) connect() (listen.Reason, bool) {
 	s := p.s
-	// Looked at again: the connect that made this connection may have
-	// returned, and been remembered, only after it was accepted.
-	if p.s.loopGuard.Looped(p.peer, p.dst) {
-		return listen.ReasonLoop, false
-	}
 	// The target's descriptor.
 	if !s.budget.Acquire() {
 		return listen.ReasonLocalResources, false
@@ -227,10 +222,15 @@ func (p *setup) connect() (listen.Reason, bool) {
 	var buf [1 + balance.Retries]int
 	for _, i := range view.Balance.Pick(key, buf[:]) {
 		cand := view.Targets[i]
+		dialed := s.loopGuard.Dialing(cand.Addr)
 		t, err := s.dialTarget(cand, p.src, g.Config().Attributes.PreserveClientIP)
+		var local netip.AddrPort
+		if err == nil {
+			local = t.LocalAddr().(*net.TCPAddr).AddrPort()
+		}
+		p.loopKey = dialed(local)
 		if err == nil {
 			p.t, p.tgt = t, cand
-			p.loopKey = s.loopGuard.Mark(t.LocalAddr().(*net.TCPAddr).AddrPort(), cand.Addr)
 			p.id = s.ids.Add(1)
 			return 0, true
 		}
