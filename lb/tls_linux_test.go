@@ -643,3 +643,32 @@ func TestTLSIdleFlowsPark(t *testing.T) {
 		}
 	}
 }
+
+// The probe that locked clients out: 1,100 connections to a TLS listener
+// that send nothing, more than its 1,024 handshake slots. They hold no
+// slot, so clients from another source all complete their handshakes, at
+// once.
+func TestTLSSilentFloodLocksNobodyOut(t *testing.T) {
+	ca := testpki.New(t)
+	_, addr, reg := tlsServer(t, config.ListenerTLS{Certificates: []config.Certificate{issue(t, ca, false, "api.test")}}, Options{})
+	for range 1100 {
+		c := dialFrom(t, "127.0.0.30", addr)
+		defer c.Close()
+	}
+	conf := &tls.Config{ServerName: "api.test", RootCAs: ca.Pool}
+	for i := range 20 {
+		d := &net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.1.1")}}
+		start := time.Now()
+		c, err := tls.DialWithDialer(d, "tcp", addr, conf)
+		if err != nil {
+			t.Fatalf("client %d under 1,100 silent connections: %v", i, err)
+		}
+		c.Close()
+		if took := time.Since(start); took > time.Second {
+			t.Fatalf("client %d took %v", i, took)
+		}
+	}
+	if n := sumWhere(reg, "l4lb_rejected_flows_total"); n != 0 {
+		t.Fatalf("%v connections refused", n)
+	}
+}

@@ -57,7 +57,14 @@ func newBGPStatus() *cobra.Command {
 			for _, r := range st.Routes {
 				fmt.Fprintf(tw, "%s\t%s\t%t\t%s\t%s\n", r.Zone, r.Prefix, r.Announced, dash(strings.Join(r.Communities, " ")), r.Why)
 			}
-			return tw.Flush()
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			if n := st.BFDDropped["malformed"] + st.BFDDropped["no_session"]; n > 0 || st.RejectedConnections > 0 {
+				fmt.Fprintf(w, "\nrefused: %d BFD packets for no session (%d malformed), %d BGP connections from no configured peer\n",
+					n, st.BFDDropped["malformed"], st.RejectedConnections)
+			}
+			return nil
 		},
 	}
 	addClientFlags(cmd, &c)

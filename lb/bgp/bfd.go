@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 
 	"go.uber.org/zap"
 
@@ -22,6 +23,9 @@ type bfdPeers struct {
 	log  *zap.Logger
 	m    *metrics.Metrics
 	lost func(peer netip.Addr) // the BFD session with peer failed
+
+	// unmatched counts the packets no session took, by result.
+	unmatched [2]atomic.Uint64 // malformed, no_session
 
 	mu        sync.Mutex
 	endpoints map[netip.AddrPort]*bfd.Endpoint // by the local address they receive on
@@ -141,8 +145,13 @@ func bfdAuth(a config.BFDAuth) *bfd.Auth {
 // must not make a series each.
 func (b *bfdPeers) count(src netip.Addr, r bfd.Result) {
 	peer := src.String()
-	if r == bfd.DroppedMalformed || r == bfd.DroppedNoSession {
+	switch r {
+	case bfd.DroppedMalformed:
 		peer = ""
+		b.unmatched[0].Add(1)
+	case bfd.DroppedNoSession:
+		peer = ""
+		b.unmatched[1].Add(1)
 	}
 	b.m.Counter(metrics.BFDPackets, peer, r.String()).Inc()
 }
@@ -177,6 +186,17 @@ func (b *bfdPeers) close() {
 		b.end(addr, bp)
 	}
 	b.closeIdle()
+}
+
+// dropped counts the packets no session took, by why.
+func (b *bfdPeers) dropped() map[string]uint64 {
+	out := map[string]uint64{}
+	for i, r := range []bfd.Result{bfd.DroppedMalformed, bfd.DroppedNoSession} {
+		if n := b.unmatched[i].Load(); n > 0 {
+			out[r.String()] = n
+		}
+	}
+	return out
 }
 
 // status is the BFD session with addr, or nil.

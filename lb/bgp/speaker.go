@@ -17,6 +17,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	api "github.com/osrg/gobgp/v3/api"
@@ -59,7 +60,8 @@ type Speaker struct {
 	settled map[string]bool   // zones Settling has let go once
 	peers   map[string]string // address -> last session state seen, for logs and metrics
 
-	rejMu         sync.Mutex // guards the rate limit of rejectedConn's log
+	rejected      atomic.Uint64 // connections from no configured peer
+	rejMu         sync.Mutex    // guards the rate limit of rejectedConn's log
 	rejLast       time.Time
 	rejSuppressed int
 	leaving       bool
@@ -106,6 +108,7 @@ func (s *Speaker) setConfig(cfg *config.BGP) {
 // a scan or a flood must not fill the log.
 func (s *Speaker) rejectedConn(remote string) {
 	s.opts.Metrics.Counter(metrics.BGPRejectedConnections).Inc()
+	s.rejected.Add(1)
 	now := time.Now()
 	s.rejMu.Lock()
 	defer s.rejMu.Unlock()
@@ -444,7 +447,8 @@ func sameSpeaker(a, b *config.BGP) bool {
 func (s *Speaker) Status() l4api.BGPStatus {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := l4api.BGPStatus{LocalAS: s.cfg.LocalAS, RouterID: s.cfg.RouterID.String(), Leaving: s.leaving, Peers: []l4api.BGPPeer{}, Routes: []l4api.BGPRoute{}}
+	out := l4api.BGPStatus{LocalAS: s.cfg.LocalAS, RouterID: s.cfg.RouterID.String(), Leaving: s.leaving, Peers: []l4api.BGPPeer{}, Routes: []l4api.BGPRoute{},
+		BFDDropped: s.bfd.dropped(), RejectedConnections: s.rejected.Load()}
 	if s.bgp != nil {
 		s.bgp.ListPeer(context.Background(), &api.ListPeerRequest{}, func(p *api.Peer) {
 			bp := l4api.BGPPeer{Address: p.GetConf().GetNeighborAddress(), AS: p.GetConf().GetPeerAsn(), State: sessionState(p),

@@ -344,6 +344,9 @@ func TestSpeakerCountsUnknownConnections(t *testing.T) {
 	waitFor(t, "5 refused connections counted", func() bool {
 		return testutil.ToFloat64(m.Counter(metrics.BGPRejectedConnections)) == 5
 	})
+	if n := s.Status().RejectedConnections; n != 5 {
+		t.Errorf("bgp status counts %d refused connections, want 5", n)
+	}
 	lines := logs.FilterMessageSnippet("no configured peer").All()
 	if len(lines) < 1 || len(lines) > 2 {
 		t.Fatalf("%d log lines for 5 refused connections within a second or so; want 1 (2 if a second passed)", len(lines))

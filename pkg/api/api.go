@@ -130,6 +130,12 @@ type BGPStatus struct {
 	Leaving bool       `json:"leaving"`
 	Peers   []BGPPeer  `json:"peers"`
 	Routes  []BGPRoute `json:"routes"`
+	// BFDDropped counts the BFD packets no session took, by why:
+	// malformed, or no_session (an unknown discriminator or source).
+	BFDDropped map[string]uint64 `json:"bfd_dropped,omitempty"`
+	// RejectedConnections counts BGP connections from addresses that are
+	// no configured peer.
+	RejectedConnections uint64 `json:"rejected_connections,omitempty"`
 }
 
 // BGPPeer is one BGP session.
