@@ -107,6 +107,12 @@ type Result struct {
 	RSSAfterKB   int64   `json:"rss_after_kb,omitempty"`
 	KBPerConn    float64 `json:"kb_per_conn,omitempty"`
 	DuringResult string  `json:"during,omitempty"`
+	// ProcCPU and MachineCPU are set by the comparison harness
+	// (benchmarks/), which knows the balancer's processes: the CPU seconds
+	// its processes used over the window, and those the whole machine did
+	// (load generator, targets and softirq included).
+	ProcCPU    float64 `json:"proc_cpu_seconds,omitempty"`
+	MachineCPU float64 `json:"machine_cpu_seconds,omitempty"`
 }
 
 // PercentilePoint is one point of the latency distribution: the latency,

@@ -93,7 +93,7 @@ func compare(all []contender, o compareOptions, w io.Writer) error {
 		if !strings.Contains(","+o.only+",", ","+c.name+",") {
 			continue
 		}
-		echoAddr, sinkAddr, _, stop, ok := c.run(echo, sink, dir)
+		echoAddr, sinkAddr, pids, stop, ok := c.run(echo, sink, dir)
 		if !ok {
 			continue
 		}
@@ -107,7 +107,7 @@ func compare(all []contender, o compareOptions, w io.Writer) error {
 			if conns == 0 {
 				conns = o.connections
 			}
-			if r := o.median(c.name, sc.s, target, conns); r != nil {
+			if r := o.median(c.name, sc.s, target, conns, pids); r != nil {
 				res.Results[c.name][sc.s] = r
 			}
 		}
@@ -150,16 +150,24 @@ func rerender(path string, w io.Writer) error {
 }
 
 // median runs scenario s against addr for o.rounds rounds and returns the
-// median round, or nil if none ran; failed rounds are reported.
-func (o compareOptions) median(who string, s bench.Scenario, addr string, conns int) *bench.Result {
+// median round, or nil if none ran; failed rounds are reported. Each round
+// carries the CPU time that pids (the balancer's processes) and the whole
+// machine used over it, warm-up included, as its ops are.
+func (o compareOptions) median(who string, s bench.Scenario, addr string, conns int, pids []int) *bench.Result {
 	var rounds []*bench.Result
 	for range o.rounds {
+		p0, m0 := procCPU(pids), machineCPU()
 		r, err := bench.Run(context.Background(), s, bench.Options{Addr: addr, Duration: o.duration,
 			Warmup: 300 * time.Millisecond, Connections: conns})
+		p1, m1 := procCPU(pids), machineCPU()
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "l4lb-bench: %s, %s: %v\n", who, s, err)
 			continue
 		}
+		// The warm-up's ops are not counted, so neither is its CPU: the
+		// window's share of it is.
+		share := r.Duration.Seconds() / (r.Duration.Seconds() + 0.3)
+		r.ProcCPU, r.MachineCPU = (p1-p0)*share, (m1-m0)*share
 		rounds = append(rounds, r)
 	}
 	if len(rounds) == 0 {
@@ -198,6 +206,12 @@ var compareMetrics = []metric{
 	{"request p50, us", bench.TCPRR, func(r *bench.Result) float64 { return lat(r).P50 }, false},
 	{"request p99, us", bench.TCPRR, func(r *bench.Result) float64 { return lat(r).P99 }, false},
 	{"request p99.9, us", bench.TCPRR, func(r *bench.Result) float64 { return lat(r).P999 }, false},
+	{"balancer CPU per 1000 new connections, ms", bench.TCPConnect, func(r *bench.Result) float64 { return perThousand(r.ProcCPU, r.Ops) }, false},
+	{"balancer CPU per 1000 requests, ms", bench.TCPRR, func(r *bench.Result) float64 { return perThousand(r.ProcCPU, r.Ops) }, false},
+	{"balancer CPU per GB, one stream, s", bench.TCPThroughput, func(r *bench.Result) float64 { return perGB(r.ProcCPU, r.Bytes) }, false},
+	{"machine CPU per 1000 new connections, ms", bench.TCPConnect, func(r *bench.Result) float64 { return perThousand(r.MachineCPU, r.Ops) }, false},
+	{"machine CPU per 1000 requests, ms", bench.TCPRR, func(r *bench.Result) float64 { return perThousand(r.MachineCPU, r.Ops) }, false},
+	{"machine CPU per GB, one stream, s", bench.TCPThroughput, func(r *bench.Result) float64 { return perGB(r.MachineCPU, r.Bytes) }, false},
 }
 
 func lat(r *bench.Result) bench.Latency {
@@ -214,6 +228,8 @@ var udpMetrics = []metric{
 	{"datagrams replied/s, 4 senders flooding", bench.UDPPPS, func(r *bench.Result) float64 {
 		return float64(r.Received) / r.Duration.Seconds()
 	}, true},
+	{"balancer CPU per 1000 requests, ms", bench.UDPRR, func(r *bench.Result) float64 { return perThousand(r.ProcCPU, r.Ops) }, false},
+	{"machine CPU per 1000 requests, ms", bench.UDPRR, func(r *bench.Result) float64 { return perThousand(r.MachineCPU, r.Ops) }, false},
 }
 
 // metrics are the figures of c's protocol, and its contenders' peers: the
@@ -277,7 +293,7 @@ func (c *comparison) table(w io.Writer) {
 		fmt.Fprintf(w, " %s | %s | %s | %s |\n", ratio(c.value("l4lb", m), proxy), ratio(c.value("l4lb", m), direct),
 			ratio(c.value("l4lb-kernel", m), peer), ratio(c.value("l4lb-kernel", m), direct))
 	}
-	fmt.Fprintln(w, "\nRatios of latencies: lower is better.")
+	fmt.Fprintln(w, "\nRatios of latencies and of CPU costs: lower is better. The balancer's CPU is its processes' user and system time; the machine's includes the load generator, the targets and softirq, so a balancer's whole cost is its figure less direct's.")
 	if c.Protocol == "tcp" {
 		defer fmt.Fprintf(w, "\nThe contenders' own output: %s\n", logDir)
 	}
@@ -324,6 +340,8 @@ func (c *comparison) plots(dir string) error {
 		{"throughput", "TCP throughput, one stream", "Gbit/s", compareMetrics[0]},
 		{"connections", "New TCP connections per second", "connections/s", compareMetrics[1]},
 		{"requests", "Requests per second on persistent connections", "requests/s", compareMetrics[3]},
+		{"cpu-connections", "Balancer CPU per 1000 new connections (lower is better)", "ms", compareMetrics[7]},
+		{"cpu-requests", "Balancer CPU per 1000 requests (lower is better)", "ms", compareMetrics[8]},
 	} {
 		if err := bars(b.file, b.title, b.ylabel, b.m); err != nil {
 			return err
@@ -334,7 +352,7 @@ func (c *comparison) plots(dir string) error {
 	p.Title.Text = "Request latency on persistent connections"
 	p.Y.Label.Text = "microseconds"
 	const w = 12
-	for i, m := range compareMetrics[4:] {
+	for i, m := range compareMetrics[4:7] { // p50, p99, p99.9
 		var vals plotter.Values
 		for _, n := range c.Contenders {
 			vals = append(vals, c.value(n, m))
@@ -367,13 +385,13 @@ func save(p *plot.Plot, dir, name string) error {
 // udpContender is a way to reach the UDP echo target.
 type udpContender struct {
 	name  string
-	start func(echo, dir string) (addr string, stop func(), err error)
+	start func(echo, dir string) (addr string, pids []int, stop func(), err error)
 }
 
 // udpContenders are direct, nginx's stream proxy and l4lb's two UDP paths.
 func udpContenders(bin, nginx string) []udpContender {
-	l4lb := func(port int, kernel bool) func(echo, dir string) (string, func(), error) {
-		return func(echo, dir string) (string, func(), error) {
+	l4lb := func(port int, kernel bool) func(echo, dir string) (string, []int, func(), error) {
+		return func(echo, dir string) (string, []int, func(), error) {
 			extra, attrs := "", ""
 			if kernel {
 				extra = "load_balancer: {udp_fast_path: true, udp_fast_path_interfaces: [lo]}\n"
@@ -383,38 +401,38 @@ func udpContenders(bin, nginx string) []udpContender {
 			cfg := fmt.Sprintf("admin: {listen: \"off\"}\n%slisteners:\n  - {name: echo, protocol: UDP, port: %d, bind: [127.0.0.1], target_group: echo}\n"+
 				"target_groups:\n  - {name: echo, protocol: UDP, targets: [{address: %q}]%s}\n", extra, port, echo, attrs)
 			if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-				return "", nil, err
+				return "", nil, nil, err
 			}
 			os.MkdirAll(logDir, 0o755)
 			logPath := filepath.Join(logDir, fmt.Sprintf("l4lb-udp-%d.log", port))
 			logf, err := os.Create(logPath)
 			if err != nil {
-				return "", nil, err
+				return "", nil, nil, err
 			}
 			defer logf.Close()
 			cmd := exec.Command(bin, "serve", "--config", path, "--log-level", "info")
 			cmd.Stderr = logf
 			if err := cmd.Start(); err != nil {
-				return "", nil, err
+				return "", nil, nil, err
 			}
 			time.Sleep(time.Second) // binds, loads the programs
 			if b, _ := os.ReadFile(logPath); kernel && !strings.Contains(string(b), "UDP listener forwarded in the kernel") {
 				stopper(cmd)()
-				return "", nil, fmt.Errorf("the UDP fast path did not come up (needs root):\n%s", b)
+				return "", nil, nil, fmt.Errorf("the UDP fast path did not come up (needs root):\n%s", b)
 			}
-			return fmt.Sprintf("127.0.0.1:%d", port), stopper(cmd), nil
+			return fmt.Sprintf("127.0.0.1:%d", port), []int{cmd.Process.Pid}, stopper(cmd), nil
 		}
 	}
 	return []udpContender{
-		{"direct", func(string, string) (string, func(), error) { return "", func() {}, nil }},
-		{"nginx", func(echo, dir string) (string, func(), error) { return startNginxUDP(nginx, echo, dir) }},
+		{"direct", func(string, string) (string, []int, func(), error) { return "", nil, func() {}, nil }},
+		{"nginx", func(echo, dir string) (string, []int, func(), error) { return startNginxUDP(nginx, echo, dir) }},
 		{"l4lb", l4lb(port(440), false)},
 		{"l4lb-kernel", l4lb(port(441), true)},
 	}
 }
 
 // startNginxUDP runs nginx's stream proxy for UDP: two workers, reuseport.
-func startNginxUDP(bin, echo, dir string) (string, func(), error) {
+func startNginxUDP(bin, echo, dir string) (string, []int, func(), error) {
 	mod := ""
 	if _, err := os.Stat("/usr/lib/nginx/modules/ngx_stream_module.so"); err == nil {
 		mod = "load_module /usr/lib/nginx/modules/ngx_stream_module.so;"
@@ -429,14 +447,14 @@ stream { server { listen 127.0.0.1:%[4]d udp reuseport; proxy_pass %[3]s; proxy_
 `, mod, dir, echo, port(430))
 	path := filepath.Join(dir, "nginx-udp.conf")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-		return "", nil, err
+		return "", nil, nil, err
 	}
 	cmd := exec.Command(bin, "-c", path, "-e", filepath.Join(dir, "nginx-udp-error.log"))
 	if err := cmd.Start(); err != nil {
-		return "", nil, err
+		return "", nil, nil, err
 	}
 	time.Sleep(500 * time.Millisecond)
-	return fmt.Sprintf("127.0.0.1:%d", port(430)), func() {
+	return fmt.Sprintf("127.0.0.1:%d", port(430)), withChildren(cmd.Process.Pid), func() {
 		cmd.Process.Signal(os.Interrupt)
 		cmd.Wait()
 	}, nil
@@ -452,7 +470,7 @@ func compareUDP(o compareOptions, dir string) (*comparison, error) {
 	res := &comparison{Protocol: "udp", Rounds: o.rounds, Results: map[string]map[bench.Scenario]*bench.Result{},
 		Note: fmt.Sprintf("each figure is the median of %d rounds of %v; contenders run one at a time on loopback", o.rounds, o.duration)}
 	for _, c := range o.udp {
-		addr, stop, err := c.start(echo.Addr.String(), dir)
+		addr, pids, stop, err := c.start(echo.Addr.String(), dir)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "l4lb-bench: UDP %s left out: %v\n", c.name, err)
 			continue
@@ -462,7 +480,7 @@ func compareUDP(o compareOptions, dir string) (*comparison, error) {
 		}
 		res.Results[c.name] = map[bench.Scenario]*bench.Result{}
 		for _, sc := range []scenarioRun{{bench.UDPRR, false, 16}, {bench.UDPPPS, false, 4}} {
-			if r := o.median("UDP "+c.name, sc.s, addr, sc.conn); r != nil {
+			if r := o.median("UDP "+c.name, sc.s, addr, sc.conn, pids); r != nil {
 				res.Results[c.name][sc.s] = r
 			}
 		}

@@ -160,14 +160,7 @@ stream {
 		return "", nil, nil, fmt.Errorf("nginx does not listen; see %s/nginx-error.log", dir)
 	}
 	// The master and its workers: the workers hold the connections.
-	pids := []int{cmd.Process.Pid}
-	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", cmd.Process.Pid, cmd.Process.Pid)); err == nil {
-		for _, f := range strings.Fields(string(b)) {
-			if p, err := strconv.Atoi(f); err == nil {
-				pids = append(pids, p)
-			}
-		}
-	}
+	pids := withChildren(cmd.Process.Pid)
 	stop := func() {
 		// SIGTERM: the master takes its workers down with it (a killed
 		// master would leave them serving).
@@ -175,6 +168,19 @@ stream {
 		cmd.Wait()
 	}
 	return addr, pids, stop, nil
+}
+
+// withChildren is pid and its children (nginx's workers).
+func withChildren(pid int) []int {
+	pids := []int{pid}
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid)); err == nil {
+		for _, f := range strings.Fields(string(b)) {
+			if p, err := strconv.Atoi(f); err == nil {
+				pids = append(pids, p)
+			}
+		}
+	}
+	return pids
 }
 
 // startNftables is the kernel's own NAT balancer, the rule kube-proxy's
