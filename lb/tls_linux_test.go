@@ -664,7 +664,7 @@ func TestTLSSilentFloodLocksNobodyOut(t *testing.T) {
 			t.Fatalf("client %d under 1,100 silent connections: %v", i, err)
 		}
 		c.Close()
-		if took := time.Since(start); took > time.Second {
+		if took := time.Since(start); took > 3*time.Second { // milliseconds here; generous for -race on a loaded host
 			t.Fatalf("client %d took %v", i, took)
 		}
 	}

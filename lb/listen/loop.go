@@ -26,9 +26,11 @@ type LoopGuard struct {
 
 // loopWait bounds how long Looped waits for a connect under way to the
 // same address to be remembered: a connect on this host completes in
-// microseconds, the wait only happens when l4lb is connecting to the very
-// address a local peer reached, and a refused connect ends it at once.
-const loopWait = 20 * time.Millisecond
+// microseconds, and the wait only happens when l4lb is connecting to the
+// very address a local peer reached (never in a sane configuration), so
+// the bound is generous: a goroutine held off the CPU on a loaded host
+// is still waited for.
+const loopWait = 250 * time.Millisecond
 
 // connEnds is a TCP connection's two ends, as its dialler sees them. Both
 // are needed: Linux gives one local port to connections to different
