@@ -56,14 +56,23 @@ func (f *flow) lastActive() time.Time { return time.Unix(0, f.last.Load()) }
 // abort resets both sides (SO_LINGER 0 sends RST), ending both directions.
 // Parked directions are resumed first, while their descriptors are open. It
 // reports whether this call was the one that aborted the flow.
-func (f *flow) abort() bool {
+func (f *flow) abort() bool { return f.abortResetting(true, true) }
+
+// abortResetting is abort with a reset sent only to the sides named: a
+// side whose own reset ended the flow has nothing to receive, and a
+// setsockopt on it would be spent for nothing.
+func (f *flow) abortResetting(client, target bool) bool {
 	if !f.aborted.CompareAndSwap(false, true) {
 		return false
 	}
 	f.srv.parker.unpark(&f.halves[0])
 	f.srv.parker.unpark(&f.halves[1])
-	f.client.SetLinger(0)
-	f.target.SetLinger(0)
+	if client {
+		f.client.SetLinger(0)
+	}
+	if target {
+		f.target.SetLinger(0)
+	}
 	f.client.Close()
 	f.target.Close()
 	return true
@@ -148,16 +157,21 @@ func (f *flow) finish(h *halfFlow, how copyErr) {
 		// target's side did. A refused PROXY header is counted as such.
 		// Both directions can fail on the same reset before the abort
 		// below closes them: a flow counts one.
-		switch clientSide := (h == &f.halves[0]) != h.errAtDst; {
-		case h.err == errUntrustedHeader:
+		clientSide := (h == &f.halves[0]) != h.errAtDst
+		switch {
+		case h.err == errUntrustedHeader, h.err == errHeaderTimeout:
 		case !f.reset.CompareAndSwap(false, true):
 		case clientSide:
 			l.clientRsts.Inc()
 		default:
 			f.tgt.Resets.Inc()
 		}
-		// Pass the reset on to the other side.
-		f.abort()
+		if h.err == errUntrustedHeader || h.err == errHeaderTimeout {
+			f.abort() // l4lb refuses the client: both sides are reset
+		} else {
+			// Pass the reset on to the other side.
+			f.abortResetting(!clientSide, clientSide)
+		}
 	}
 	if f.ended.Add(1) < 2 {
 		return
