@@ -687,8 +687,10 @@ func TestECMPOverBGP(t *testing.T) {
 	close(watching)
 	var upgraded ecmpLoad
 	json.Unmarshal([]byte(<-load), &upgraded)
-	if least := <-fewest; least != 2 || upgraded.OK == 0 || upgraded.Failed != 0 {
-		t.Errorf("node 3's upgrade: the FIB went down to %d next hops (want 2: withdrawn first), load %+v (want none failed)", least, upgraded)
+	// The route moves twice here (withdrawn, then announced again), so a
+	// handshake can straddle a rehash, as when a node leaves (below).
+	if least := <-fewest; least != 2 || upgraded.OK == 0 || !rehashedOnly(upgraded) {
+		t.Errorf("node 3's upgrade: the FIB went down to %d next hops (want 2: withdrawn first), load %+v (want none failed, but for handshakes reset by the router's rehash)", least, upgraded)
 	}
 	t.Logf("node 3 upgraded under load: withdrawn, handed over after %v, announced again by the new process %v later; %d connections, %d failed",
 		handedOver.Round(time.Millisecond), took.Round(time.Millisecond), upgraded.OK, upgraded.Failed)
@@ -846,14 +848,22 @@ func TestECMPOverBGP(t *testing.T) {
 	// node 1) is reset by node 1, which has no socket for it; that is the
 	// router's rehash, not node 2 cutting a flow, and any other failure,
 	// or more than a couple, is.
-	straddled := left.Failed <= 2
-	for _, e := range left.Errors {
-		straddled = straddled && strings.Contains(e, "connection reset by peer")
-	}
-	if left.OK == 0 || !straddled || leftDSR.OK == 0 || leftDSR.Failed != 0 {
+	if left.OK == 0 || !rehashedOnly(left) || leftDSR.OK == 0 || leftDSR.Failed != 0 {
 		t.Errorf("connections while node 2 left gracefully: proxied %+v, DSR %+v; want none failed (but for proxied ones reset when the router moved them mid-handshake)", left, leftDSR)
 	}
 	t.Logf("node 2 left: %d DSR connections, %d failed; %d proxied connections, %d failed %v", leftDSR.OK, leftDSR.Failed, left.OK, left.Failed, left.Errors)
+}
+
+// rehashedOnly reports whether the proxied connections that failed under
+// ld are at most a couple, each reset: handshakes that straddled the
+// instant the router moved their flow to another node, which has no
+// socket for them. Any other failure is l4lb's.
+func rehashedOnly(ld ecmpLoad) bool {
+	ok := ld.Failed <= 2
+	for _, e := range ld.Errors {
+		ok = ok && strings.Contains(e, "connection reset by peer")
+	}
+	return ok
 }
 
 // ecmpGuardDrops reads the packet counter of the guard's drop rule that
