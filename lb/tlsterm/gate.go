@@ -123,10 +123,3 @@ func (g *gate) take(src netip.Prefix) {
 	g.total++
 	g.bySrc[src]++
 }
-
-// inUse is the slots taken, for tests and status.
-func (g *gate) inUse() int {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.total
-}
