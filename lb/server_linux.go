@@ -141,19 +141,15 @@ func (s *Server) Start() error {
 // (rejected_flows_total{reason="loop"}) until the target is deregistered.
 func (s *Server) hostChanged() {
 	cfg := s.Registry.Config()
-	for _, g := range s.Registry.TargetGroups() {
-		gc := s.Registry.Group(g.Name)
-		if gc == nil {
+	for _, tg := range cfg.TargetGroups {
+		g := s.Registry.Group(tg.Name)
+		if g == nil {
 			continue
 		}
-		for _, t := range g.Targets {
-			ap, err := netip.ParseAddrPort(t.Address)
-			if err != nil {
-				continue
-			}
-			if l, ok := config.ListenerAt(cfg, gc.Config().Protocol, ap, s.host.Local); ok {
+		for _, t := range g.Targets() {
+			if l, ok := config.ListenerAt(cfg, tg.Protocol, t.Addr, s.host.Local); ok {
 				s.log.Error("a target is now l4lb's own listener (the host gained its address); its flows would loop and are refused",
-					zap.String("target_group", g.Name), zap.String("target", t.Address), zap.String("listener", l))
+					zap.String("target_group", tg.Name), zap.String("target", t.Name), zap.String("listener", l))
 			}
 		}
 	}

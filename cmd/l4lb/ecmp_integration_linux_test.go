@@ -596,8 +596,15 @@ func TestECMPOverBGP(t *testing.T) {
 		t.Errorf("node 3's BFD session: %+v; want authenticated packets taken", b)
 	}
 	l.in(l.router, "env", "L4LB_SPOOF_BFD="+ecmpNode(3), os.Args[0], "-test.run=^TestSpoofBFDHelper$")
-	time.Sleep(time.Second)
-	if st2, table := l.bgpStatus(bin, 3); st2.Peers[0].BFD.State != "up" || st2.Peers[0].BFD.Packets["auth"] < 3 || len(l.nextHops()) != 3 ||
+	st2, table := l.bgpStatus(bin, 3)
+	for deadline := time.Now().Add(5 * time.Second); st2.Peers[0].BFD.Packets["auth"] < 3 && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+		st2, table = l.bgpStatus(bin, 3)
+	}
+	// Counted, and three intervals on (600 ms, the detection time), the
+	// sessions and the route are as they were.
+	time.Sleep(600 * time.Millisecond)
+	if st2, table = l.bgpStatus(bin, 3); st2.Peers[0].BFD.State != "up" || st2.Peers[0].BFD.Packets["auth"] < 3 || len(l.nextHops()) != 3 ||
 		!st2.Peers[0].Since.Equal(st.Peers[0].Since) {
 		t.Errorf("node 3 after 3 spoofed BFD Downs: %+v, next hops %v\n%s", st2.Peers[0].BFD, l.nextHops(), table)
 	} else {

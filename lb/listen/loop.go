@@ -40,8 +40,9 @@ type ConnEnds struct{ local, remote netip.AddrPort }
 func unmapped(a netip.AddrPort) netip.AddrPort { return netip.AddrPortFrom(a.Addr().Unmap(), a.Port()) }
 
 func (g *LoopGuard) local(a netip.Addr) bool {
+	a = a.Unmap()
 	if g.Local == nil {
-		return a.Unmap().IsLoopback()
+		return a.IsLoopback()
 	}
 	return g.Local(a)
 }
@@ -60,26 +61,31 @@ func (g *LoopGuard) Mark(local, target netip.AddrPort) ConnEnds {
 	return key
 }
 
-// Dialing says a TCP connect to target begins. done, called when it ends,
-// remembers the connection from local (Mark) if it succeeded (an invalid
-// local says it did not) and returns Mark's key. Until then Looped waits
-// for it, so that an accept that wins the race with the connect's return
-// is still seen as the loop it is.
-func (g *LoopGuard) Dialing(target netip.AddrPort) (done func(local netip.AddrPort) ConnEnds) {
+// Dialing says a TCP connect to target begins; Dialed says it ended.
+// Between the two, Looped waits for it, so that an accept that wins the
+// race with the connect's return is still seen as the loop it is.
+func (g *LoopGuard) Dialing(target netip.AddrPort) {
+	if g.local(target.Addr()) {
+		n, _ := g.connecting.LoadOrStore(unmapped(target), new(atomic.Int32))
+		n.(*atomic.Int32).Add(1)
+	}
+}
+
+// Dialed ends what Dialing began: it remembers the connection from local
+// to target if the connect succeeded (an invalid local says it did not),
+// and returns Mark's key.
+func (g *LoopGuard) Dialed(local, target netip.AddrPort) ConnEnds {
 	if !g.local(target.Addr()) {
-		return func(netip.AddrPort) ConnEnds { return ConnEnds{} }
+		return ConnEnds{}
 	}
-	target = unmapped(target)
-	n, _ := g.connecting.LoadOrStore(target, new(atomic.Int32))
-	n.(*atomic.Int32).Add(1)
-	return func(local netip.AddrPort) ConnEnds {
-		var key ConnEnds
-		if local.IsValid() {
-			key = g.Mark(local, target)
-		}
+	var key ConnEnds
+	if local.IsValid() {
+		key = g.Mark(local, target)
+	}
+	if n, ok := g.connecting.Load(unmapped(target)); ok {
 		n.(*atomic.Int32).Add(-1)
-		return key
 	}
+	return key
 }
 
 // Forget drops what Mark remembered.

@@ -222,13 +222,13 @@ func (p *setup) connect() (listen.Reason, bool) {
 	var buf [1 + balance.Retries]int
 	for _, i := range view.Balance.Pick(key, buf[:]) {
 		cand := view.Targets[i]
-		dialed := s.loopGuard.Dialing(cand.Addr)
+		s.loopGuard.Dialing(cand.Addr)
 		t, err := s.dialTarget(cand, p.src, g.Config().Attributes.PreserveClientIP)
 		var local netip.AddrPort
 		if err == nil {
 			local = t.LocalAddr().(*net.TCPAddr).AddrPort()
 		}
-		p.loopKey = dialed(local)
+		p.loopKey = s.loopGuard.Dialed(local, cand.Addr)
 		if err == nil {
 			p.t, p.tgt = t, cand
 			p.id = s.ids.Add(1)

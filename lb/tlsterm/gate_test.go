@@ -45,7 +45,7 @@ func TestGate(t *testing.T) {
 				got <- n
 			}
 		}()
-		time.Sleep(20 * time.Millisecond) // arrival order
+		waiting(t, g, n)
 	}
 	g.release(b)
 	if n := <-got; n != b {
@@ -59,5 +59,24 @@ func TestGate(t *testing.T) {
 	g.resize(1, 1)
 	if err := g.acquire(b, 10*time.Millisecond); !errors.Is(err, ErrBusy) {
 		t.Fatalf("over a reduced cap: %v", err)
+	}
+}
+
+// waiting returns once the gate's last waiter is one from n.
+func waiting(t *testing.T, g *gate, n netip.Prefix) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		g.mu.Lock()
+		w := len(g.waiters)
+		last := w > 0 && g.waiters[w-1].src == n
+		g.mu.Unlock()
+		if last {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no waiter from %v queued", n)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
