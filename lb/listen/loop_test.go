@@ -11,7 +11,7 @@ import (
 // connect to its address is under way waits for it.
 func TestLoopGuard(t *testing.T) {
 	g := &LoopGuard{Local: func(a netip.Addr) bool { return a.IsLoopback() || a == netip.MustParseAddr("192.0.2.1") }}
-	lb := netip.MustParseAddrPort("192.0.2.1:8171")  // a listener, on a host address
+	lb := netip.MustParseAddrPort("192.0.2.1:8171")    // a listener, on a host address
 	mine := netip.MustParseAddrPort("192.0.2.1:40000") // l4lb's end of a connection to it
 	if g.Looped(mine, lb) {
 		t.Fatal("looped before any connect")
