@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -395,14 +396,27 @@ func TestNoAllocationPerChunk(t *testing.T) {
 	}
 }
 
-// Idle flows park both directions (no goroutine waits for them), wake on the
-// next byte with nothing lost, and still idle out.
+// Idle flows hold no goroutine: on the event loop none ever waits for
+// them, and on the goroutine path (TLS, or with the event loop off) both
+// directions park. They wake on the next byte with nothing lost, and still
+// idle out.
 func TestIdleFlowsPark(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		opts   Options
+		parked bool
+	}{{"event loop", Options{}, false}, {"goroutines", Options{NoEventLoop: true}, true}} {
+		t.Run(tc.name, func(t *testing.T) { testIdleFlows(t, tc.opts, tc.parked) })
+	}
+}
+
+func testIdleFlows(t *testing.T, opts Options, parks bool) {
 	e := startEcho(t)
 	srv, addr := startServer(t, testConfig([]config.Target{{Address: e.addr, Weight: 1}}, func(l *config.Listener, _ *config.TargetGroup) {
 		l.IdleTimeout = 3 * time.Second // directions park after 750ms of quiet
-	}), Options{})
+	}), opts)
 	const n = 20
+	before := runtime.NumGoroutine()
 	var conns []net.Conn
 	for range n {
 		c, err := net.Dial("tcp", addr)
@@ -415,8 +429,13 @@ func TestIdleFlowsPark(t *testing.T) {
 		io.ReadFull(c, make([]byte, 2))
 		conns = append(conns, c)
 	}
-	waitFor(t, func() bool { return srv.ParkedDirections() == 2*n })
-	// Traffic on a parked flow resumes it, in both directions.
+	if parks {
+		waitFor(t, func() bool { return srv.ParkedDirections() == 2*n })
+	} else if g := runtime.NumGoroutine() - before - n; g > n/4 {
+		// The echo target has a goroutine per connection; l4lb none.
+		t.Fatalf("%d more goroutines than the echo's for %d idle flows on the event loop", g, n)
+	}
+	// Traffic on an idle flow resumes it, in both directions.
 	for i, c := range conns {
 		msg := []byte{byte('a' + i%26), 'x'}
 		if _, err := c.Write(msg); err != nil {
@@ -424,10 +443,10 @@ func TestIdleFlowsPark(t *testing.T) {
 		}
 		got := make([]byte, 2)
 		if _, err := io.ReadFull(c, got); err != nil || string(got) != string(msg) {
-			t.Fatalf("flow %d after parking: %q, %v", i, got, err)
+			t.Fatalf("flow %d after a quiet time: %q, %v", i, got, err)
 		}
 	}
-	// Left alone, parked flows are closed at the idle timeout.
+	// Left alone, idle flows are closed at the idle timeout.
 	waitFor(t, func() bool { return srv.ActiveFlows() == 0 })
 	if srv.ParkedDirections() != 0 {
 		t.Fatalf("%d directions still parked after every flow ended", srv.ParkedDirections())

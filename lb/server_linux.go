@@ -55,6 +55,9 @@ type Options struct {
 	// and targets may therefore not be; nil reads them, and Start keeps
 	// them current.
 	HostAddrs *hostaddr.Set
+	// NoEventLoop carries every TCP flow on goroutines, as before the
+	// event loops (see tcpproxy.Options); for comparisons.
+	NoEventLoop bool
 }
 
 // Server runs one configuration. It embeds its target registry, whose
@@ -105,7 +108,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	loops := &listen.LoopGuard{Local: s.host.Local}
 	if s.tcp, err = tcpproxy.New(cfg, reg, tcpproxy.Options{Logger: opts.Logger, Metrics: opts.Metrics, ConnectTimeout: opts.ConnectTimeout,
 		SocketsPerAddr: opts.SocketsPerAddr, PipeSize: opts.PipeSize, MaxFlows: tcpFlows, IDs: ids, Inherit: opts.Inherit, ProxyHeaderTimeout: opts.ProxyHeaderTimeout, Loops: loops,
-		TLS: tlsterm.Options{Keys: s.keys}}); err != nil {
+		NoEventLoop: opts.NoEventLoop, TLS: tlsterm.Options{Keys: s.keys}}); err != nil {
 		s.keys.Close()
 		return nil, err
 	}

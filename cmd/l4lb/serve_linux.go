@@ -61,7 +61,8 @@ func serve(ctx context.Context, l loaded, log *zap.Logger, connectTimeout time.D
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m := metrics.New(reg)
-	srv, err := lb.New(cfg, lb.Options{Logger: log, Metrics: m, ConnectTimeout: connectTimeout, Inherit: ho.inherited(), TicketKeys: ho.savedTicketKeys()})
+	srv, err := lb.New(cfg, lb.Options{Logger: log, Metrics: m, ConnectTimeout: connectTimeout, Inherit: ho.inherited(), TicketKeys: ho.savedTicketKeys(),
+		NoEventLoop: os.Getenv("L4LB_TCP_EVENT_LOOP") == "off"})
 	if err != nil {
 		return usageError{err}
 	}

@@ -88,6 +88,10 @@ func (g *LoopGuard) Dialed(local, target netip.AddrPort) ConnEnds {
 	return key
 }
 
+// Watches reports whether connections to target are remembered (the
+// target is on this host): only those need their local address.
+func (g *LoopGuard) Watches(target netip.AddrPort) bool { return g.local(target.Addr()) }
+
 // Forget drops what Mark remembered.
 func (g *LoopGuard) Forget(key ConnEnds) {
 	if key.local.IsValid() {

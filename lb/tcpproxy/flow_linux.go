@@ -10,6 +10,7 @@ import (
 	"github.com/l4lb/l4lb/lb/listen"
 	"github.com/l4lb/l4lb/lb/registry"
 	"github.com/l4lb/l4lb/lb/tlsterm"
+	"github.com/l4lb/l4lb/pkg/api"
 )
 
 // flow is one proxied TCP connection: the client side, the target side and
@@ -195,4 +196,21 @@ func (f *flow) finish(h *halfFlow, how copyErr) {
 		h.rd, h.wr, h.rdc, h.wrc = nil, nil, nil, nil
 	}
 	f.srv.flowPool.Put(f)
+}
+
+// The tracker's view of a goroutine flow (trackedFlow).
+
+func (f *flow) flowID() uint64             { return f.id }
+func (f *flow) listenerOf() *listener      { return f.l }
+func (f *flow) targetOf() *registry.Target { return f.tgt }
+
+func (f *flow) resetFlow(_ uint64, lb bool) {
+	if l := f.l; f.abort() && lb {
+		l.lbResets.Inc()
+	}
+}
+
+func (f *flow) describe(now time.Time) api.Flow {
+	return api.Flow{Listener: f.l.cfg.Name, Protocol: "TCP", Client: f.client.RemoteAddr().String(),
+		Target: f.tgt.Name, TargetGroup: f.tgt.Group().Name(), AgeSeconds: now.Sub(f.start).Seconds()}
 }

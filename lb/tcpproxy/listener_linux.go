@@ -1,17 +1,14 @@
 package tcpproxy
 
 import (
-	"context"
 	"errors"
-	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"sync/atomic"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 
 	"github.com/l4lb/l4lb/lb/listen"
 	"github.com/l4lb/l4lb/lb/tlsterm"
@@ -20,7 +17,7 @@ import (
 )
 
 // listener is one listener on one bind address: SocketsPerAddr SO_REUSEPORT
-// sockets, each with its own accept loop, so the kernel spreads connections
+// sockets, each served by one event loop, so the kernel spreads connections
 // over cores.
 type listener struct {
 	srv   *Server
@@ -29,10 +26,10 @@ type listener struct {
 	zone  string
 	route atomic.Pointer[listen.Route]
 	acl   listen.ACL
-	socks []*net.TCPListener
+	socks []*lsock
 	// slot holds the listener's current generation: a reload that keeps
 	// the address builds a new listener on the same sockets and stores it
-	// here, and the accept loops serve new connections with it. Flows keep
+	// here, and the event loops serve new connections with it. Flows keep
 	// the generation they were accepted by.
 	slot *atomic.Pointer[listener]
 
@@ -107,34 +104,36 @@ func (l *listener) Addr() net.Addr {
 	if len(l.socks) == 0 {
 		return nil
 	}
-	return l.socks[0].Addr()
+	return net.TCPAddrFromAddrPort(l.socks[0].addr)
 }
 
+// bind opens the listener's sockets (or takes them from the previous
+// process), outside Go's poller: the event loops accept from them.
 func (l *listener) bind() error {
-	lc := net.ListenConfig{Control: listen.Control, KeepAlive: -1}
-	add := func(ln net.Listener) (uint16, error) {
-		tl, ok := ln.(*net.TCPListener)
-		if !ok {
-			ln.Close()
-			return 0, fmt.Errorf("not a TCP listening socket: %s", ln.Addr())
+	add := func(fd int) (uint16, error) {
+		var r rawAddr
+		addr, err := r.sockname(fd)
+		if err != nil {
+			unix.Close(fd)
+			return 0, os.NewSyscallError("getsockname", err)
 		}
-		l.socks = append(l.socks, tl)
-		return tl.Addr().(*net.TCPAddr).AddrPort().Port(), nil
+		l.socks = append(l.socks, &lsock{fd: fd, addr: addr, l: l.slot, slot: -1})
+		return addr.Port(), nil
 	}
 	return listen.BindEach(l.srv.opts.SocketsPerAddr, "tcp", l.cfg.Name, netip.AddrPortFrom(l.bindA.IP, l.cfg.Port), l.srv.opts.Inherit,
-		func(network, addr string) (uint16, error) {
-			ln, err := lc.Listen(context.Background(), network, addr)
+		func(_, addr string) (uint16, error) {
+			fd, err := listenRaw(netip.MustParseAddrPort(addr))
 			if err != nil {
 				return 0, err
 			}
-			return add(ln)
+			return add(fd)
 		},
 		func(f *os.File) (uint16, error) {
-			ln, err := net.FileListener(f)
+			fd, err := adoptRaw(f)
 			if err != nil {
 				return 0, err
 			}
-			return add(ln)
+			return add(fd)
 		})
 }
 
@@ -143,7 +142,7 @@ func (l *listener) bind() error {
 func (l *listener) files(add func(name string, f *os.File)) error {
 	at := netip.AddrPortFrom(l.bindA.IP, l.cfg.Port)
 	for i, sock := range l.socks {
-		f, err := sock.File()
+		f, err := sock.file()
 		if err != nil {
 			return err
 		}
@@ -152,37 +151,58 @@ func (l *listener) files(add func(name string, f *os.File)) error {
 	return nil
 }
 
+// file is a duplicate of the socket that os/exec may hand to a child. The
+// socket is nonblocking, and os.File would set a nonblocking descriptor
+// back to blocking when it is passed on, which would stall the loop's
+// accept: so the duplicate is made while the socket is blocking, on the
+// loop (which is then not accepting), and the socket turned back at once.
+func (ls *lsock) file() (*os.File, error) {
+	var f *os.File
+	var err error
+	dup := func() {
+		if err = unix.SetNonblock(ls.fd, false); err != nil {
+			return
+		}
+		var nfd int
+		if nfd, err = unix.FcntlInt(uintptr(ls.fd), unix.F_DUPFD_CLOEXEC, 0); err == nil {
+			f = os.NewFile(uintptr(nfd), "tcp-listener")
+		}
+		if serr := unix.SetNonblock(ls.fd, true); err == nil {
+			err = serr
+		}
+	}
+	if ls.lp != nil {
+		ls.lp.do(evCmd{fn: dup})
+	} else {
+		dup()
+	}
+	if err == nil && f == nil {
+		err = errors.New("the event loop has stopped")
+	}
+	return f, err
+}
+
+// close stops accepting on the listener's sockets and closes them.
 func (l *listener) close() {
-	for _, s := range l.socks {
-		s.Close()
+	for _, ls := range l.socks {
+		if ls.lp != nil {
+			ls.lp.do(evCmd{remove: ls})
+			ls.lp = nil
+		}
+		if ls.fd >= 0 {
+			unix.Close(ls.fd)
+			ls.fd = -1
+		}
 	}
 }
 
-// acceptLoop follows net/http's Server.Serve: shutdown is checked before the
-// error, temporary errors (out of descriptors) back off instead of spinning.
-func (s *Server) acceptLoop(slot *atomic.Pointer[listener], sock *net.TCPListener) {
-	defer s.loops.Done()
-	l := slot.Load()
-	var delay time.Duration
-	for {
-		c, err := sock.AcceptTCP()
-		if err != nil {
-			if s.closing.Load() || errors.Is(err, net.ErrClosed) {
-				return
-			}
-			if delay == 0 {
-				delay = 5 * time.Millisecond
-			} else {
-				delay = min(2*delay, time.Second)
-			}
-			s.log.Warn("accept failed; retrying", zap.String(logListener, l.cfg.Name), zap.Error(err), zap.Duration("retry_in", delay))
-			time.Sleep(delay)
-			continue
-		}
-		delay = 0
-		l = slot.Load() // a reload may have changed its attributes
-		s.flows.accepted()
-		go s.serveConn(l, c)
+// serve hands the listener's sockets to the event loops, socket i to loop
+// i mod n, so each core accepts from its own.
+func (l *listener) serve(loops []*evloop) {
+	for i, ls := range l.socks {
+		lp := loops[i%len(loops)]
+		ls.lp = lp
+		lp.do(evCmd{add: ls})
 	}
 }
 
@@ -191,7 +211,7 @@ func (l *listener) port() uint16 {
 	if len(l.socks) == 0 {
 		return l.cfg.Port
 	}
-	return l.socks[0].Addr().(*net.TCPAddr).AddrPort().Port()
+	return l.socks[0].addr.Port()
 }
 
 // releaseSource gives back the slot a flow from src took, if the listener

@@ -169,10 +169,7 @@ func (c *Change) Commit() error {
 		l.slot.Store(l)
 	}
 	for _, l := range start {
-		for _, sock := range l.socks {
-			s.loops.Add(1)
-			go s.acceptLoop(l.slot, sock)
-		}
+		l.serve(s.evloops)
 	}
 	for _, l := range c.remove {
 		l.close()
@@ -222,8 +219,8 @@ func (s *Server) retire(l *listener) {
 		s.bg.Add(1) // before Shutdown can reach its Wait: it takes s.mu first
 		s.mu.Unlock()
 		defer s.bg.Done()
-		s.endFlowsWhere(func(f *flow) bool {
-			return f.l.slot == slot && f.tgt.Group().Config().Attributes.DeregistrationConnectionTermination
+		s.endFlowsWhere(func(f trackedFlow) bool {
+			return f.listenerOf().slot == slot && f.targetOf().Group().Config().Attributes.DeregistrationConnectionTermination
 		}, "listener "+l.cfg.Name, "listener removed by reload; deregistration delay over")
 	})
 	s.retired = append(s.retired, rt)

@@ -68,6 +68,10 @@ type Options struct {
 	// one that comes back to a listener is refused as a loop; shared with
 	// the UDP path. Nil: a guard of its own that knows loopback addresses.
 	Loops *listen.LoopGuard
+	// NoEventLoop runs every flow on goroutines of its own, as l4lb did
+	// before its event loops (for comparisons); the event loops still
+	// accept.
+	NoEventLoop bool
 }
 
 // Server runs the TCP listeners of one configuration.
@@ -105,7 +109,7 @@ type Server struct {
 	cut              atomic.Bool    // the drain's deadline passed: every flow is reset
 	moved            atomic.Int64   // bytes moved by finished flows
 	spliced          atomic.Int64   // the part of moved that splice(2) carried
-	loops            sync.WaitGroup // accept loops
+	evloops          []*evloop      // one per core: accept, and carry plain TCP flows
 	bg               sync.WaitGroup // flow terminations in progress
 }
 
@@ -187,22 +191,31 @@ func (s *Server) Start() error {
 		return err
 	}
 	s.parker = p
+	fail := func(err error) error {
+		for _, o := range s.listeners {
+			o.close()
+		}
+		s.stopLoops()
+		s.parker.close()
+		s.parker = nil
+		return err
+	}
+	for range max(runtime.GOMAXPROCS(0), 1) {
+		lp, err := newEvloop(s, min(s.scan, max(s.opts.ConnectTimeout/4, 10*time.Millisecond)))
+		if err != nil {
+			return fail(err)
+		}
+		s.evloops = append(s.evloops, lp)
+		go lp.run()
+	}
 	for _, l := range s.listeners {
 		if err := l.bind(); err != nil {
-			for _, o := range s.listeners {
-				o.close()
-			}
-			s.parker.close()
-			s.parker = nil
-			return err
+			return fail(err)
 		}
 	}
 	s.startKernelPath()
 	for _, l := range s.listeners {
-		for _, sock := range l.socks {
-			s.loops.Add(1)
-			go s.acceptLoop(l.slot, sock)
-		}
+		l.serve(s.evloops)
 		s.log.Info("listener up", zap.String(logListener, l.cfg.Name), zap.String("protocol", l.protocol()), zap.Stringer(logAddr, l.Addr()), zap.Int(logSockets, len(l.socks)))
 	}
 	s.certStop = make(chan struct{})
@@ -228,7 +241,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.retired = nil
 	s.mu.Unlock()
-	s.loops.Wait()
 	s.log.Info("drain start", zap.Int(logFlows, s.flows.count()))
 	var err error
 	idle := s.flows.idle()
@@ -246,6 +258,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 	}
 	s.bg.Wait()
+	s.stopLoops()
 	if s.parker != nil {
 		s.parker.close()
 	}
@@ -257,6 +270,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.log.Info("drain end")
 	return err
+}
+
+// stopLoops ends the event loops; their flows have ended.
+func (s *Server) stopLoops() {
+	for _, lp := range s.evloops {
+		lp.stop()
+	}
+	s.evloops = nil
 }
 
 // ReleaseKernel detaches this process's kernel programs after a binary
@@ -373,12 +394,11 @@ func (s *Server) ZoneRoutes(zone string) map[string][]*listen.Route {
 func (s *Server) Flows(listener string, limit int) []api.Flow {
 	out := []api.Flow{}
 	now := time.Now()
-	s.flows.each(func(f *flow) bool {
-		if listener != "" && f.l.cfg.Name != listener {
+	s.flows.each(func(f trackedFlow) bool {
+		if listener != "" && f.listenerOf().cfg.Name != listener {
 			return true
 		}
-		out = append(out, api.Flow{Listener: f.l.cfg.Name, Protocol: "TCP", Client: f.client.RemoteAddr().String(),
-			Target: f.tgt.Name, TargetGroup: f.tgt.Group().Name(), AgeSeconds: now.Sub(f.start).Seconds()})
+		out = append(out, f.describe(now))
 		return len(out) < limit
 	})
 	return out

@@ -13,20 +13,20 @@ import (
 // do not all reconnect in the same instant. It stops early when l4lb shuts
 // down.
 func (s *Server) endFlows(t *registry.Target, why string) {
-	s.endFlowsWhere(func(f *flow) bool { return f.tgt == t }, t.Name, why)
+	s.endFlowsWhere(func(f trackedFlow) bool { return f.targetOf() == t }, t.Name, why)
 }
 
 // endFlowsWhere resets the flows that match, spread over a few seconds so
 // that their clients do not all come back at once.
-func (s *Server) endFlowsWhere(match func(*flow) bool, what, why string) {
+func (s *Server) endFlowsWhere(match func(trackedFlow) bool, what, why string) {
 	type victim struct {
-		f  *flow
+		f  trackedFlow
 		id uint64
 	}
 	var vs []victim
-	s.flows.each(func(f *flow) bool {
+	s.flows.each(func(f trackedFlow) bool {
 		if match(f) {
-			vs = append(vs, victim{f, f.id})
+			vs = append(vs, victim{f, f.flowID()})
 		}
 		return true
 	})

@@ -2,7 +2,24 @@ package tcpproxy
 
 import (
 	"sync"
+	"time"
+
+	"github.com/l4lb/l4lb/lb/registry"
+	"github.com/l4lb/l4lb/pkg/api"
 )
+
+// trackedFlow is what the tracker knows of an open flow, on a goroutine
+// (flow) or on an event loop (evFlow).
+type trackedFlow interface {
+	flowID() uint64
+	listenerOf() *listener
+	targetOf() *registry.Target
+	// resetFlow resets both sides if it still is flow id, counting the
+	// reset as l4lb's when lb is set. An event loop's flow is reset by its
+	// loop, shortly after.
+	resetFlow(id uint64, lb bool)
+	describe(now time.Time) api.Flow
+}
 
 // tracker knows every open flow, so that shutdown can wait for them and, at
 // its deadline, close the rest (traefik's connection tracker). It is sharded to
@@ -16,17 +33,17 @@ type tracker struct {
 
 type trackerShard struct {
 	mu    sync.Mutex
-	flows map[*flow]struct{}
+	flows map[trackedFlow]struct{}
 }
 
 func (t *tracker) init() {
 	for i := range t.shards {
-		t.shards[i].flows = map[*flow]struct{}{}
+		t.shards[i].flows = map[trackedFlow]struct{}{}
 	}
 }
 
-func (t *tracker) add(f *flow) {
-	sh := &t.shards[f.id%uint64(len(t.shards))]
+func (t *tracker) add(f trackedFlow) {
+	sh := &t.shards[f.flowID()%uint64(len(t.shards))]
 	sh.mu.Lock()
 	sh.flows[f] = struct{}{}
 	sh.mu.Unlock()
@@ -35,8 +52,8 @@ func (t *tracker) add(f *flow) {
 	t.mu.Unlock()
 }
 
-func (t *tracker) remove(f *flow) {
-	sh := &t.shards[f.id%uint64(len(t.shards))]
+func (t *tracker) remove(f trackedFlow) {
+	sh := &t.shards[f.flowID()%uint64(len(t.shards))]
 	sh.mu.Lock()
 	delete(sh.flows, f)
 	sh.mu.Unlock()
@@ -90,7 +107,7 @@ func (t *tracker) closeAll() int {
 		sh := &t.shards[i]
 		sh.mu.Lock()
 		for f := range sh.flows {
-			f.abort()
+			f.resetFlow(f.flowID(), false)
 			n++
 		}
 		sh.mu.Unlock()
@@ -100,7 +117,7 @@ func (t *tracker) closeAll() int {
 
 // each calls fn for open flows until it returns false. Flows seen under a
 // shard's lock have not finished, so their fields are stable.
-func (t *tracker) each(fn func(*flow) bool) {
+func (t *tracker) each(fn func(trackedFlow) bool) {
 	for i := range t.shards {
 		sh := &t.shards[i]
 		sh.mu.Lock()
@@ -115,19 +132,14 @@ func (t *tracker) each(fn func(*flow) bool) {
 }
 
 // reset resets f if it is still the open flow numbered id, counting the
-// reset as l4lb's, and reports whether this call ended it. The flow's
+// reset as l4lb's. The flow's
 // presence in its shard, checked under the shard's lock, proves it has not
 // finished and been reused for another connection.
-func (t *tracker) reset(f *flow, id uint64) bool {
+func (t *tracker) reset(f trackedFlow, id uint64) {
 	sh := &t.shards[id%uint64(len(t.shards))]
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if _, ok := sh.flows[f]; !ok || f.id != id {
-		return false
+	if _, ok := sh.flows[f]; ok && f.flowID() == id {
+		f.resetFlow(id, true)
 	}
-	if !f.abort() {
-		return false
-	}
-	f.l.lbResets.Inc()
-	return true
 }
