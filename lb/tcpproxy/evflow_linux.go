@@ -222,7 +222,7 @@ func (f *evFlow) dialNext() {
 		if err == nil {
 			tag, rerr := lp.register(fd, f.slot)
 			if rerr != nil {
-				unix.Close(fd)
+				sysClose(fd)
 				s.loopGuard.Forget(f.loopKey)
 				f.reject(listen.ReasonLocalResources)
 				return
@@ -250,7 +250,7 @@ func (f *evFlow) dialNext() {
 // target and tries the next.
 func (f *evFlow) connectFailed(err error) {
 	s := f.lp.s
-	unix.Close(f.tfd)
+	sysClose(f.tfd)
 	f.tfd, f.ttag = -1, 0
 	s.loopGuard.Forget(f.loopKey)
 	f.loopKey = listen.ConnEnds{}
@@ -386,7 +386,7 @@ func (f *evFlow) step(i int) bool {
 		}
 		if d.eof {
 			if !d.shut {
-				unix.Shutdown(dst, unix.SHUT_WR)
+				sysShutdownWrite(dst)
 				d.shut = true
 				moved = true
 			}
@@ -421,7 +421,7 @@ func (f *evFlow) fill(d *evDir, src, dst int, in, out *bool, hup bool) error {
 			d.p, d.hasPipe = p, true
 		}
 		for {
-			n, err := unix.Splice(src, nil, d.p.w, nil, maxChunk, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+			n, err := sysSplice(src, d.p.w, maxChunk)
 			switch {
 			case err == unix.EINTR:
 				continue
@@ -446,7 +446,7 @@ func (f *evFlow) fill(d *evDir, src, dst int, in, out *bool, hup bool) error {
 		}
 	}
 	for {
-		n, err := unix.Read(src, lp.buf)
+		n, err := sysRead(src, lp.buf)
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -490,7 +490,7 @@ func (f *evFlow) fill(d *evDir, src, dst int, in, out *bool, hup bool) error {
 func writeSome(fd int, b []byte) (int, error) {
 	w := 0
 	for w < len(b) {
-		n, err := unix.Write(fd, b[w:])
+		n, err := sysWrite(fd, b[w:])
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -508,7 +508,7 @@ func writeSome(fd int, b []byte) (int, error) {
 func (f *evFlow) flush(d *evDir, dst int) (done bool, err error) {
 	s := f.lp.s
 	for d.inPipe > 0 {
-		n, err := unix.Splice(d.p.r, nil, dst, nil, d.inPipe, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		n, err := sysSplice(d.p.r, dst, d.inPipe)
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -518,8 +518,8 @@ func (f *evFlow) flush(d *evDir, dst int) (done bool, err error) {
 			return false, err
 		}
 		d.inPipe -= int(n)
-		d.n += n
-		d.spliced += n
+		d.n += int64(n)
+		d.spliced += int64(n)
 	}
 	if d.hasPipe && !d.bulk {
 		s.pipes.put(d.p) // empty: small messages need none
@@ -612,8 +612,8 @@ func (f *evFlow) finish() {
 	}
 	l.bytesIn.Add(float64(f.dirs[0].n))
 	l.bytesOut.Add(float64(f.dirs[1].n))
-	unix.Close(f.cfd)
-	unix.Close(f.tfd)
+	sysClose(f.cfd)
+	sysClose(f.tfd)
 	s.loopGuard.Forget(f.loopKey)
 	if f.open {
 		s.flows.remove(f)
@@ -633,9 +633,9 @@ func (f *evFlow) reject(why listen.Reason) {
 		l.lbResets.Inc()
 	}
 	setLinger0(f.cfd)
-	unix.Close(f.cfd)
+	sysClose(f.cfd)
 	if f.tfd >= 0 {
-		unix.Close(f.tfd)
+		sysClose(f.tfd)
 		f.lp.s.loopGuard.Forget(f.loopKey)
 	}
 	f.state = evDone

@@ -152,7 +152,7 @@ func (lp *evloop) run() {
 // stops.
 func (lp *evloop) poll(uintptr) bool {
 	for {
-		n, err := unix.EpollWait(lp.epfd, lp.events, 0)
+		n, err := sysEpollPoll(lp.epfd, lp.events)
 		if err == unix.EINTR {
 			continue
 		}
@@ -205,7 +205,7 @@ func (lp *evloop) register(fd int, slot int32) (uint32, error) {
 		lp.tags = firstTag
 	}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: slot, Pad: int32(lp.tags)}
-	if err := unix.EpollCtl(lp.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+	if err := sysEpollCtl(lp.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		return 0, os.NewSyscallError("epoll_ctl", err)
 	}
 	return lp.tags, nil

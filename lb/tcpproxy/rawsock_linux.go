@@ -61,7 +61,7 @@ func errnoErr(e syscall.Errno) error {
 // peer's address in r.
 func (r *rawAddr) accept(lfd int) (int, error) {
 	r.len = unix.SizeofSockaddrInet6
-	fd, _, e := unix.Syscall6(unix.SYS_ACCEPT4, uintptr(lfd), uintptr(unsafe.Pointer(&r.sa)), uintptr(unsafe.Pointer(&r.len)), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
+	fd, _, e := unix.RawSyscall6(unix.SYS_ACCEPT4, uintptr(lfd), uintptr(unsafe.Pointer(&r.sa)), uintptr(unsafe.Pointer(&r.len)), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
 	return int(fd), errnoErr(e)
 }
 
@@ -83,7 +83,7 @@ func (r *rawAddr) bind(fd int, ap netip.AddrPort) error {
 
 func (r *rawAddr) connect(fd int, ap netip.AddrPort) error {
 	p, n := r.set(ap)
-	_, _, e := unix.Syscall(unix.SYS_CONNECT, uintptr(fd), uintptr(p), uintptr(n))
+	_, _, e := unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(p), uintptr(n))
 	return errnoErr(e)
 }
 
@@ -109,12 +109,12 @@ func (r *rawAddr) dialFrom(target, client netip.AddrPort, preserve, anyPort bool
 	if preserve && client.Addr().Is4() != target.Addr().Is4() {
 		return -1, errFamilies
 	}
-	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	fd, err := sysSocket(family)
 	if err != nil {
-		return -1, os.NewSyscallError("socket", err)
+		return -1, err
 	}
 	// Small messages are passed on as they come, as the client sent them.
-	err = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	err = sysSetInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	if err == nil && preserve {
 		err = listen.SetTransparent(fd, v6)
 		if err == nil && anyPort {
@@ -131,7 +131,7 @@ func (r *rawAddr) dialFrom(target, client netip.AddrPort, preserve, anyPort bool
 		}
 	}
 	if err != nil {
-		unix.Close(fd)
+		sysClose(fd)
 		return -1, err
 	}
 	return fd, nil
@@ -228,5 +228,57 @@ func adoptRaw(f *os.File) (int, error) {
 
 // setLinger0 makes close(2) send a reset.
 func setLinger0(fd int) {
-	_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+	l := unix.Linger{Onoff: 1}
+	unix.RawSyscall6(unix.SYS_SETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_LINGER, uintptr(unsafe.Pointer(&l)), unsafe.Sizeof(l), 0)
+}
+
+// The event loop's system calls never block (every socket is nonblocking,
+// and epoll_wait is asked not to wait), so they are made raw: without the
+// scheduler's enter/exit bookkeeping, which for calls of a few
+// microseconds costs more than it saves, and keeps the runtime's monitor
+// thread waking every 20 µs to look for blocked threads.
+
+func sysRead(fd int, b []byte) (int, error) {
+	n, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
+	return int(n), errnoErr(e)
+}
+
+func sysWrite(fd int, b []byte) (int, error) {
+	n, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
+	return int(n), errnoErr(e)
+}
+
+func sysSplice(in, out, n int) (int, error) {
+	m, _, e := unix.RawSyscall6(unix.SYS_SPLICE, uintptr(in), 0, uintptr(out), 0, uintptr(n), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+	return int(m), errnoErr(e)
+}
+
+func sysClose(fd int) {
+	unix.RawSyscall(unix.SYS_CLOSE, uintptr(fd), 0, 0)
+}
+
+func sysShutdownWrite(fd int) {
+	unix.RawSyscall(unix.SYS_SHUTDOWN, uintptr(fd), unix.SHUT_WR, 0)
+}
+
+func sysEpollCtl(epfd, op, fd int, ev *unix.EpollEvent) error {
+	_, _, e := unix.RawSyscall6(unix.SYS_EPOLL_CTL, uintptr(epfd), uintptr(op), uintptr(fd), uintptr(unsafe.Pointer(ev)), 0, 0)
+	return errnoErr(e)
+}
+
+// sysEpollPoll reads the events there are, without waiting.
+func sysEpollPoll(epfd int, events []unix.EpollEvent) (int, error) {
+	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(unsafe.SliceData(events))), uintptr(len(events)), 0, 0, 0)
+	return int(n), errnoErr(e)
+}
+
+func sysSocket(family int) (int, error) {
+	fd, _, e := unix.RawSyscall(unix.SYS_SOCKET, uintptr(family), unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	return int(fd), errnoErr(e)
+}
+
+func sysSetInt(fd, level, opt, v int) error {
+	val := int32(v)
+	_, _, e := unix.RawSyscall6(unix.SYS_SETSOCKOPT, uintptr(fd), uintptr(level), uintptr(opt), uintptr(unsafe.Pointer(&val)), 4, 0)
+	return errnoErr(e)
 }

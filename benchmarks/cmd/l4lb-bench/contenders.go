@@ -68,6 +68,11 @@ func tcpContenders(bin, haproxy, nginx, adminAddr string) []contender {
 		{"l4lb", "proxy", func(e, s, d string) (string, []int, func(), error) {
 			return startL4LB(bin, e, s, d, adminAddr, modeSocket)
 		}},
+		// The socket path with its event loops off: every flow on two
+		// goroutines, as before them.
+		{"l4lb-goroutines", "proxy", func(e, s, d string) (string, []int, func(), error) {
+			return startL4LB(bin, e, s, d, adminAddr, modeSocketGoroutines)
+		}},
 		{"l4lb-kernel", "kernel", func(e, s, d string) (string, []int, func(), error) {
 			return startL4LB(bin, e, s, d, adminAddr, modeKernel)
 		}},
@@ -213,6 +218,7 @@ const (
 	modeSocket             = iota // the socket path
 	modeKernel                    // the TCP kernel fast path
 	modeSocketBesideKernel        // the socket path, with kernel programs on lo for other listeners
+	modeSocketGoroutines          // the socket path without its event loops
 )
 
 // startL4LB runs l4lb on its socket path, or on its TCP kernel fast path
@@ -224,6 +230,8 @@ func startL4LB(bin, echo, sink, dir, adminAddr string, mode int) (string, []int,
 		lport = port(510)
 		extra = "load_balancer: {tcp_fast_path: true, tcp_fast_path_interfaces: [lo]}\n"
 		attrs = `, attributes: {preserve_client_ip.enabled: "true"}`
+	case modeSocketGoroutines:
+		lport = port(530)
 	case modeSocketBesideKernel:
 		lport = port(520)
 		extra = "load_balancer: {tcp_fast_path: true, tcp_fast_path_interfaces: [lo], udp_fast_path: true, udp_fast_path_interfaces: [lo]}\n"
@@ -259,11 +267,14 @@ target_groups:`, lport+2, lport+3), 1)
 	defer logf.Close()
 	cmd := exec.Command(bin, "serve", "--config", path, "--log-level", "info")
 	cmd.Stderr = logf
+	if mode == modeSocketGoroutines {
+		cmd.Env = append(os.Environ(), "L4LB_TCP_EVENT_LOOP=off")
+	}
 	if err := cmd.Start(); err != nil {
 		return "", nil, nil, fmt.Errorf("starting l4lb (make build): %w", err)
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", lport)
-	if mode != modeSocket {
+	if mode != modeSocket && mode != modeSocketGoroutines {
 		waitListening(addr)
 		time.Sleep(300 * time.Millisecond)
 		if b, _ := os.ReadFile(logPath); !strings.Contains(string(b), "TCP listener forwarded in the kernel") {
