@@ -200,6 +200,7 @@ func waitGone(t *testing.T, pid int, within time.Duration) {
 // is called, or after a minute and a half at most.
 type load struct {
 	addr string
+	dial func() (net.Conn, error)
 	stop chan struct{}
 	wg   sync.WaitGroup
 
@@ -219,7 +220,12 @@ const (
 )
 
 func startLoad(addr string, connectors, transfers int) *load {
-	l := &load{addr: addr, stop: make(chan struct{})}
+	return startLoadDial(addr, func() (net.Conn, error) { return net.DialTimeout("tcp", addr, 3*time.Second) }, connectors, transfers)
+}
+
+// startLoadDial is startLoad over connections dial makes (TLS, say).
+func startLoadDial(addr string, dial func() (net.Conn, error), connectors, transfers int) *load {
+	l := &load{addr: addr, dial: dial, stop: make(chan struct{})}
 	end := time.Now().Add(90 * time.Second)
 	loop := func(one func()) {
 		l.wg.Add(1)
@@ -272,7 +278,7 @@ func (l *load) problem(s string) {
 }
 
 func (l *load) connectOnce() error {
-	c, err := net.DialTimeout("tcp", l.addr, 3*time.Second)
+	c, err := l.dial()
 	if err != nil {
 		return err
 	}
@@ -294,7 +300,7 @@ func (l *load) connectOnce() error {
 // transferOnce sends xferSize random bytes, paced, and checks that the
 // echo's SHA-256 matches what was sent.
 func (l *load) transferOnce() error {
-	c, err := net.DialTimeout("tcp", l.addr, 3*time.Second)
+	c, err := l.dial()
 	if err != nil {
 		return err
 	}
@@ -1019,6 +1025,67 @@ target_groups:
 	waitGone(t, u.OldPID, 30*time.Second)
 	if !hello() {
 		t.Fatal("the session did not resume on the process the upgrade started")
+	}
+}
+
+// Plain TCP flows run on the event loops and terminated TLS flows on
+// goroutines: under checksummed load on both, a reload and an upgrade fail
+// no connection and break no transfer of either.
+func TestEventLoopAndTLSFlowsSurviveReloadAndUpgrade(t *testing.T) {
+	t1, t2 := startIDTarget(t), startIDTarget(t)
+	ca := testpki.New(t)
+	cert, key := ca.Issue(t, false, "api.test")
+	pWeb, pTLS, pAdmin := freePort(t), freePort(t), freePort(t)
+	yaml := func(weight int) string {
+		return fmt.Sprintf(`admin: {listen: "127.0.0.1:%s"}
+listeners:
+  - {name: web, port: %s, bind: [127.0.0.1], target_group: web}
+  - {name: tls, protocol: TLS, port: %s, bind: [127.0.0.1], target_group: web, tls: {certificates: [{cert: %q, key: %q}]}}
+target_groups:
+  - name: web
+    targets: [{address: %q}, {address: %q, weight: %d}]
+    attributes: {deregistration_delay.timeout_seconds: "2"}
+    health_check: {interval: 200ms, timeout: 150ms, healthy_threshold: 2, unhealthy_threshold: 2}
+`, pAdmin, pWeb, pTLS, cert, key, t1.addr, t2.addr, weight)
+	}
+	bin := filepath.Join(t.TempDir(), "l4lb")
+	buildL4LB(t, bin, "evloop-test-1")
+	d := startDaemon(t, bin, pAdmin, yaml(1))
+	waitUntil(t, "both targets healthy", func() bool {
+		s := states(t, d.admin)
+		return s[t1.addr] == api.StateHealthy && s[t2.addr] == api.StateHealthy
+	})
+	conf := &tls.Config{ServerName: "api.test", RootCAs: ca.Pool}
+	tlsDial := func() (net.Conn, error) {
+		return tls.DialWithDialer(&net.Dialer{Timeout: 3 * time.Second}, "tcp", "127.0.0.1:"+pTLS, conf)
+	}
+	plain := startLoad("127.0.0.1:"+pWeb, 2, 3)
+	terminated := startLoadDial("127.0.0.1:"+pTLS, tlsDial, 2, 3)
+	time.Sleep(time.Second)
+
+	d.write(yaml(3))
+	if code, _, errs := runCLI("reload", "--admin", d.admin); code != 0 {
+		t.Fatalf("l4lb reload: exit %d: %s", code, errs)
+	}
+	reloaded := time.Now()
+	time.Sleep(1500 * time.Millisecond)
+	buildL4LB(t, bin+".new", "evloop-test-2")
+	if err := os.Rename(bin+".new", bin); err != nil {
+		t.Fatal(err)
+	}
+	u := d.upgrade()
+	upgraded := time.Now()
+	waitGone(t, u.OldPID, 30*time.Second)
+	time.Sleep(time.Second) // the new process carries both kinds for a while
+	plain.check(t, "plain TCP (event loop) across a reload and an upgrade")
+	terminated.check(t, "TLS (goroutines) across a reload and an upgrade")
+	for _, l := range []*load{plain, terminated} {
+		if l.spanning(reloaded) == 0 || l.spanning(upgraded) == 0 {
+			t.Fatalf("%s: no transfer was in flight across the reload (%d) or the upgrade (%d)", l.addr, l.spanning(reloaded), l.spanning(upgraded))
+		}
+		if l.xfers.Load() == 0 || l.conns.Load() == 0 {
+			t.Fatalf("%s: no load went through", l.addr)
+		}
 	}
 }
 
