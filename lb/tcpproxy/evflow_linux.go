@@ -29,7 +29,8 @@ type lsock struct {
 	// Owned by the loop: its registration, and the back-off after an
 	// accept error.
 	slot        int32
-	paused      bool
+	paused      bool // after an accept error, until pausedUntil
+	queued      bool // in the loop's backlog
 	pausedUntil int64
 	delay       time.Duration
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -49,6 +50,7 @@ type evloop struct {
 	free  []int32
 	tags  uint32
 
+	backlog []*lsock  // listening sockets with connections left after a batch
 	flows   []*evFlow // open flows, for the scans; a flow knows its index
 	pool    []*evFlow // finished flows, for reuse
 	mu      sync.Mutex
@@ -160,16 +162,20 @@ func (lp *evloop) poll(uintptr) bool {
 			lp.s.log.Error("epoll_wait", zap.Error(err))
 			return true
 		}
-		if n == 0 {
+		if n == 0 && len(lp.backlog) == 0 {
 			return lp.stopped.Load()
 		}
 		lp.now = time.Now().UnixNano()
 		for i := range n {
 			lp.handle(&lp.events[i])
 		}
+		lp.acceptBacklog()
 		if lp.now >= lp.next || lp.stopped.Load() {
 			return true
 		}
+		// Read again before waiting: events that came while these were
+		// handled are taken now, without parking the goroutine and being
+		// woken for them.
 	}
 }
 
@@ -280,13 +286,14 @@ func (lp *evloop) runCmds() {
 	lp.spare = cmds
 }
 
-// addListener starts accepting on ls, level-triggered: each batch takes
-// what is queued, up to acceptBatch, and the rest comes in the next.
+// addListener starts accepting on ls, edge-triggered: each event takes
+// what is queued, acceptBatch at a time (the loop's other events are
+// handled between batches), until the socket says there is no more.
 func (lp *evloop) addListener(ls *lsock) {
 	s := lp.takeSlot()
 	lp.slots[s] = evSlot{ls: ls}
 	ls.slot = s
-	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: s, Pad: tagListen}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLET, Fd: s, Pad: tagListen}
 	if err := unix.EpollCtl(lp.epfd, unix.EPOLL_CTL_ADD, ls.fd, &ev); err != nil {
 		lp.s.log.Error("cannot accept on a listening socket", zap.Stringer(logAddr, ls.addr), zap.Error(err))
 		lp.freeSlot(s)
@@ -304,6 +311,10 @@ func (lp *evloop) removeListener(ls *lsock) {
 	unix.EpollCtl(lp.epfd, unix.EPOLL_CTL_DEL, ls.fd, nil)
 	lp.freeSlot(ls.slot)
 	ls.slot = -1
+	if ls.queued {
+		ls.queued = false
+		lp.backlog = slices.DeleteFunc(lp.backlog, func(x *lsock) bool { return x == ls })
+	}
 }
 
 // acceptBatch bounds the connections one listening socket's event takes,
@@ -311,7 +322,7 @@ func (lp *evloop) removeListener(ls *lsock) {
 const acceptBatch = 64
 
 func (lp *evloop) acceptFrom(ls *lsock) {
-	if lp.now < ls.pausedUntil {
+	if ls.paused || ls.queued {
 		return
 	}
 	for range acceptBatch {
@@ -334,6 +345,21 @@ func (lp *evloop) acceptFrom(ls *lsock) {
 			return
 		}
 	}
+	// More may be queued, and no new edge will say so: take them after
+	// this batch of events.
+	ls.queued = true
+	lp.backlog = append(lp.backlog, ls)
+}
+
+// acceptBacklog goes on accepting from the sockets that had more queued
+// than one batch.
+func (lp *evloop) acceptBacklog() {
+	for n := len(lp.backlog); n > 0; n-- {
+		ls := lp.backlog[0]
+		lp.backlog = append(lp.backlog[:0], lp.backlog[1:]...)
+		ls.queued = false
+		lp.acceptFrom(ls)
+	}
 }
 
 // sweep ends flows idle past their timeout, fails connects past the
@@ -348,9 +374,10 @@ func (lp *evloop) sweep() {
 	}
 	for i := range lp.slots {
 		if ls := lp.slots[i].ls; ls != nil && ls.paused && lp.now >= ls.pausedUntil {
-			ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(i), Pad: tagListen}
+			ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLET, Fd: int32(i), Pad: tagListen}
 			if unix.EpollCtl(lp.epfd, unix.EPOLL_CTL_ADD, ls.fd, &ev) == nil {
 				ls.paused = false
+				lp.acceptFrom(ls) // what queued meanwhile brought no edge
 			}
 		}
 	}
