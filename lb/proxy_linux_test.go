@@ -457,3 +457,39 @@ func testIdleFlows(t *testing.T, opts Options, parks bool) {
 		}
 	}
 }
+
+// Handing the listening sockets to a new process (os/exec asks each file
+// for its descriptor, and os.File may set it to blocking then) leaves them
+// nonblocking here: the event loop would otherwise stall in accept4 once
+// the queue is empty, and with it every flow of that loop.
+func TestHandedOverSocketsStayNonblocking(t *testing.T) {
+	e := startEcho(t)
+	srv, addr := startServer(t, testConfig([]config.Target{{Address: e.addr, Weight: 1}}, nil), Options{})
+	var files []*os.File
+	if err := srv.Files(func(_ string, f *os.File) { files = append(files, f) }); err != nil {
+		t.Fatal(err)
+	}
+	if len(files) == 0 {
+		t.Fatal("no socket handed over")
+	}
+	for _, f := range files {
+		f.Fd() // what os/exec does with ExtraFiles
+		defer f.Close()
+	}
+	// An idle loop must still carry a flow opened after the handover.
+	deadline := time.Now().Add(5 * time.Second)
+	for range 20 {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(deadline)
+		if _, err := c.Write([]byte("hi")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, make([]byte, 2)); err != nil {
+			t.Fatalf("after the handover: %v", err)
+		}
+		c.Close()
+	}
+}

@@ -73,7 +73,6 @@ type evCmd struct {
 	reset       *evFlow         // reset a flow, if it still is flow id
 	id          uint64          //
 	countLB     bool            // count the reset as l4lb's
-	fn          func()          // run on the loop (tests, handover)
 	ack         chan<- struct{} // closed once done
 }
 
@@ -275,8 +274,6 @@ func (lp *evloop) runCmds() {
 			if l := f.l; f.open && f.id == c.id && f.abort(true, true) && c.countLB {
 				l.lbResets.Inc()
 			}
-		case c.fn != nil:
-			c.fn()
 		}
 		if c.ack != nil {
 			close(c.ack)

@@ -1,7 +1,6 @@
 package tcpproxy
 
 import (
-	"errors"
 	"net"
 	"net/netip"
 	"os"
@@ -151,35 +150,15 @@ func (l *listener) files(add func(name string, f *os.File)) error {
 	return nil
 }
 
-// file is a duplicate of the socket that os/exec may hand to a child. The
-// socket is nonblocking, and os.File would set a nonblocking descriptor
-// back to blocking when it is passed on, which would stall the loop's
-// accept: so the duplicate is made while the socket is blocking, on the
-// loop (which is then not accepting), and the socket turned back at once.
+// file is a duplicate of the socket, for a new process. os.NewFile leaves
+// a nonblocking descriptor nonblocking when os/exec asks for it (Fd), so
+// the socket the loop accepts from stays nonblocking.
 func (ls *lsock) file() (*os.File, error) {
-	var f *os.File
-	var err error
-	dup := func() {
-		if err = unix.SetNonblock(ls.fd, false); err != nil {
-			return
-		}
-		var nfd int
-		if nfd, err = unix.FcntlInt(uintptr(ls.fd), unix.F_DUPFD_CLOEXEC, 0); err == nil {
-			f = os.NewFile(uintptr(nfd), "tcp-listener")
-		}
-		if serr := unix.SetNonblock(ls.fd, true); err == nil {
-			err = serr
-		}
+	nfd, err := unix.FcntlInt(uintptr(ls.fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, os.NewSyscallError("fcntl", err)
 	}
-	if ls.lp != nil {
-		ls.lp.do(evCmd{fn: dup})
-	} else {
-		dup()
-	}
-	if err == nil && f == nil {
-		err = errors.New("the event loop has stopped")
-	}
-	return f, err
+	return os.NewFile(uintptr(nfd), "tcp-listener"), nil
 }
 
 // close stops accepting on the listener's sockets and closes them.
