@@ -42,7 +42,7 @@ type scenarioRun struct {
 var compareScenarios = []scenarioRun{
 	{bench.TCPThroughput, true, 1},
 	{bench.TCPConnect, false, 0},
-	{bench.TCPRR, false, 0},
+	{bench.TCPRR, false, 64}, // keep-alive requests over 64 connections
 }
 
 // comparison is what compare writes as JSON.
@@ -86,34 +86,39 @@ func compare(all []contender, o compareOptions, w io.Writer) error {
 		Protocol: "tcp",
 		Machine:  machine{CPUs: runtime.NumCPU(), Kernel: strings.TrimSpace(string(kernel)), Go: runtime.Version(), Date: time.Now().UTC().Format(time.RFC3339)},
 		Rounds:   o.rounds,
-		Note:     fmt.Sprintf("each figure is the median of %d rounds of %v; contenders run one at a time on loopback", o.rounds, o.duration),
+		Note:     fmt.Sprintf("each figure is the median of %d rounds of %v; contenders run one at a time on loopback, rounds interleaved", o.rounds, o.duration),
 		Results:  map[string]map[bench.Scenario]*bench.Result{},
 	}
+	var chosen []contender
 	for _, c := range all {
-		if !strings.Contains(","+o.only+",", ","+c.name+",") {
-			continue
+		if strings.Contains(","+o.only+",", ","+c.name+",") {
+			chosen = append(chosen, c)
 		}
-		echoAddr, sinkAddr, pids, stop, ok := c.run(echo, sink, dir)
-		if !ok {
-			continue
+	}
+	rounds := newRounds()
+	for round := range o.rounds {
+		for _, c := range chosen {
+			echoAddr, sinkAddr, pids, stop, ok := c.run(echo, sink, dir)
+			if !ok {
+				continue
+			}
+			for _, sc := range compareScenarios {
+				target := echoAddr
+				if sc.sink {
+					target = sinkAddr
+				}
+				conns := sc.conn
+				if conns == 0 {
+					conns = o.connections
+				}
+				rounds.add(c.name, sc.s, o.once(c.name, sc.s, target, conns, pids))
+			}
+			stop()
+			fmt.Fprintf(os.Stderr, "%-16s round %d of %d done\n", c.name, round+1, o.rounds)
 		}
-		res.Results[c.name] = map[bench.Scenario]*bench.Result{}
-		for _, sc := range compareScenarios {
-			target := echoAddr
-			if sc.sink {
-				target = sinkAddr
-			}
-			conns := sc.conn
-			if conns == 0 {
-				conns = o.connections
-			}
-			if r := o.median(c.name, sc.s, target, conns, pids); r != nil {
-				res.Results[c.name][sc.s] = r
-			}
-		}
-		stop()
-		res.Contenders = append(res.Contenders, c.name)
-		fmt.Fprintf(os.Stderr, "%-14s done\n", c.name)
+	}
+	for _, c := range chosen {
+		rounds.median(&res, c.name)
 	}
 	if o.udp != nil {
 		u, err := compareUDP(o, dir)
@@ -153,27 +158,52 @@ func rerender(path string, w io.Writer) error {
 // median round, or nil if none ran; failed rounds are reported. Each round
 // carries the CPU time that pids (the balancer's processes) and the whole
 // machine used over it, warm-up included, as its ops are.
-func (o compareOptions) median(who string, s bench.Scenario, addr string, conns int, pids []int) *bench.Result {
-	var rounds []*bench.Result
-	for range o.rounds {
-		p0, m0 := procCPU(pids), machineCPU()
-		r, err := bench.Run(context.Background(), s, bench.Options{Addr: addr, Duration: o.duration,
-			Warmup: 300 * time.Millisecond, Connections: conns})
-		p1, m1 := procCPU(pids), machineCPU()
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "l4lb-bench: %s, %s: %v\n", who, s, err)
-			continue
-		}
-		// The warm-up's ops are not counted, so neither is its CPU: the
-		// window's share of it is.
-		share := r.Duration.Seconds() / (r.Duration.Seconds() + 0.3)
-		r.ProcCPU, r.MachineCPU = (p1-p0)*share, (m1-m0)*share
-		rounds = append(rounds, r)
-	}
-	if len(rounds) == 0 {
+// once runs one round of scenario s against addr, with the CPU that the
+// contender's processes and the machine spent meanwhile; nil if it failed.
+func (o compareOptions) once(who string, s bench.Scenario, addr string, conns int, pids []int) *bench.Result {
+	p0, m0 := procCPU(pids), machineCPU()
+	r, err := bench.Run(context.Background(), s, bench.Options{Addr: addr, Duration: o.duration,
+		Warmup: 300 * time.Millisecond, Connections: conns})
+	p1, m1 := procCPU(pids), machineCPU()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "l4lb-bench: %s, %s: %v\n", who, s, err)
 		return nil
 	}
-	return medianResult(rounds)
+	// The warm-up's ops are not counted, so neither is its CPU: the
+	// window's share of it is.
+	share := r.Duration.Seconds() / (r.Duration.Seconds() + 0.3)
+	r.ProcCPU, r.MachineCPU = (p1-p0)*share, (m1-m0)*share
+	return r
+}
+
+// roundResults collects each contender's rounds per scenario. Rounds are
+// interleaved (round 1 of every contender, then round 2, ...), so a slow
+// minute of this shared machine falls on every contender's figures alike
+// rather than on one contender's all.
+type roundResults map[string]map[bench.Scenario][]*bench.Result
+
+func newRounds() roundResults { return roundResults{} }
+
+func (rr roundResults) add(who string, s bench.Scenario, r *bench.Result) {
+	if r == nil {
+		return
+	}
+	if rr[who] == nil {
+		rr[who] = map[bench.Scenario][]*bench.Result{}
+	}
+	rr[who][s] = append(rr[who][s], r)
+}
+
+// median puts who's median round of each scenario into res.
+func (rr roundResults) median(res *comparison, who string) {
+	if len(rr[who]) == 0 {
+		return
+	}
+	res.Results[who] = map[bench.Scenario]*bench.Result{}
+	for s, rs := range rr[who] {
+		res.Results[who][s] = medianResult(rs)
+	}
+	res.Contenders = append(res.Contenders, who)
 }
 
 // medianResult is the round whose rate is the median.
@@ -468,25 +498,27 @@ func compareUDP(o compareOptions, dir string) (*comparison, error) {
 	}
 	defer echo.Close()
 	res := &comparison{Protocol: "udp", Rounds: o.rounds, Results: map[string]map[bench.Scenario]*bench.Result{},
-		Note: fmt.Sprintf("each figure is the median of %d rounds of %v; contenders run one at a time on loopback", o.rounds, o.duration)}
-	for _, c := range o.udp {
-		addr, pids, stop, err := c.start(echo.Addr.String(), dir)
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "l4lb-bench: UDP %s left out: %v\n", c.name, err)
-			continue
-		}
-		if addr == "" {
-			addr = echo.Addr.String()
-		}
-		res.Results[c.name] = map[bench.Scenario]*bench.Result{}
-		for _, sc := range []scenarioRun{{bench.UDPRR, false, 16}, {bench.UDPPPS, false, 4}} {
-			if r := o.median("UDP "+c.name, sc.s, addr, sc.conn, pids); r != nil {
-				res.Results[c.name][sc.s] = r
+		Note: fmt.Sprintf("each figure is the median of %d rounds of %v; contenders run one at a time on loopback, rounds interleaved", o.rounds, o.duration)}
+	rounds := newRounds()
+	for round := range o.rounds {
+		for _, c := range o.udp {
+			addr, pids, stop, err := c.start(echo.Addr.String(), dir)
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "l4lb-bench: UDP %s left out: %v\n", c.name, err)
+				continue
 			}
+			if addr == "" {
+				addr = echo.Addr.String()
+			}
+			for _, sc := range []scenarioRun{{bench.UDPRR, false, 16}, {bench.UDPPPS, false, 4}} {
+				rounds.add(c.name, sc.s, o.once("UDP "+c.name, sc.s, addr, sc.conn, pids))
+			}
+			stop()
+			fmt.Fprintf(os.Stderr, "UDP %-12s round %d of %d done\n", c.name, round+1, o.rounds)
 		}
-		stop()
-		res.Contenders = append(res.Contenders, c.name)
-		fmt.Fprintf(os.Stderr, "UDP %-10s done\n", c.name)
+	}
+	for _, c := range o.udp {
+		rounds.median(res, c.name)
 	}
 	return res, nil
 }
