@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
 	"github.com/l4lb/l4lb/lb/flowtable"
@@ -228,9 +229,16 @@ func (u *udpFront) replyLoop() {
 	scan := min(time.Second, max(u.cfg.UDPIdleTimeout/4, 10*time.Millisecond))
 	lastScan := time.Now()
 	var expired []*udpFlow
+	w, err := newEpollWaiter(u.epfd, events)
+	if err != nil {
+		u.srv.log.Error("UDP replies cannot be waited for", zap.String(logListener, u.cfg.Name), zap.Error(err))
+		return
+	}
+	defer w.close()
 	for {
-		n, err := unix.EpollWait(u.epfd, events, int(scan/time.Millisecond))
-		if err != nil && err != unix.EINTR {
+		n, err := w.wait(lastScan.Add(scan))
+		if err != nil {
+			u.srv.log.Error("UDP reply loop: epoll_wait failed", zap.String(logListener, u.cfg.Name), zap.Error(err))
 			return
 		}
 		if u.srv.closing.Load() || u.closing.Load() {

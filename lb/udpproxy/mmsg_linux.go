@@ -68,8 +68,10 @@ func (b *batch) prepRecv(n int, withOOB bool) {
 	}
 }
 
+// recvmmsg and sendmmsg never wait (MSG_DONTWAIT), so they are made raw,
+// without the scheduler's enter and exit bookkeeping.
 func recvmmsg(fd int, b *batch, n int) (int, error) {
-	r, _, e := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&b.hdrs[0])), uintptr(n), unix.MSG_DONTWAIT, 0, 0)
+	r, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&b.hdrs[0])), uintptr(n), unix.MSG_DONTWAIT, 0, 0)
 	if e != 0 {
 		return 0, e
 	}
@@ -77,7 +79,7 @@ func recvmmsg(fd int, b *batch, n int) (int, error) {
 }
 
 func sendmmsg(fd int, b *batch, n int) (int, error) {
-	r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&b.hdrs[0])), uintptr(n), unix.MSG_DONTWAIT, 0, 0)
+	r, _, e := unix.RawSyscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&b.hdrs[0])), uintptr(n), unix.MSG_DONTWAIT, 0, 0)
 	if e != 0 {
 		return 0, e
 	}
