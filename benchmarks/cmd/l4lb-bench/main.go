@@ -37,7 +37,7 @@ func main() {
 	idle := flag.Int("idle-conns", 3000, "idle connections for the memory test")
 	settle := flag.Duration("idle-settle", 5*time.Second, "wait before reading the proxy's memory in the idle test")
 	tests := flag.String("tests", "bulk,conn,rr,idle,dns,udp,tls,tls-flood", "tests to run")
-	only := flag.String("contenders", "direct,haproxy,nginx,nftables,l4lb,l4lb-kernel,l4lb+programs", "TCP contenders to run")
+	only := flag.String("contenders", "direct,haproxy,nginx,nftables,l4lb,l4lb-goroutines,l4lb-kernel,l4lb+programs", "TCP contenders to run")
 	tlsBulkBytes := flag.Int64("tls-bulk-bytes", 1<<30, "bytes sent through one terminated TLS connection")
 	adminAddr := flag.String("l4lb-admin", "off", "admin address of the l4lb under test (for profiling)")
 	flag.StringVar(&logDir, "logs", "benchmarks/results/logs", "where the contenders' own output goes, a file each")
