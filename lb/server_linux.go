@@ -58,6 +58,10 @@ type Options struct {
 	// NoEventLoop carries every TCP flow on goroutines, as before the
 	// event loops (see tcpproxy.Options); for comparisons.
 	NoEventLoop bool
+	// Instance names this l4lb among others on the host: the kernel paths
+	// pin under load_balancer.bpffs/INSTANCE, and a restarted process with
+	// the same instance adopts those pins. "" pins nothing.
+	Instance string
 }
 
 // Server runs one configuration. It embeds its target registry, whose
@@ -106,14 +110,15 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	s.keys = tlsterm.NewTicketKeys(tlsterm.DefaultRotation, opts.TicketKeys)
 	ids := new(atomic.Uint64) // one numbering, so no two flows share a PROXY unique ID
 	loops := &listen.LoopGuard{Local: s.host.Local}
+	kernelPin := s.kernelPinDir(cfg, opts.Instance)
 	if s.tcp, err = tcpproxy.New(cfg, reg, tcpproxy.Options{Logger: opts.Logger, Metrics: opts.Metrics, ConnectTimeout: opts.ConnectTimeout,
 		SocketsPerAddr: opts.SocketsPerAddr, PipeSize: opts.PipeSize, MaxFlows: tcpFlows, IDs: ids, Inherit: opts.Inherit, ProxyHeaderTimeout: opts.ProxyHeaderTimeout, Loops: loops,
-		NoEventLoop: opts.NoEventLoop, TLS: tlsterm.Options{Keys: s.keys}}); err != nil {
+		NoEventLoop: opts.NoEventLoop, KernelPin: kernelPin, TLS: tlsterm.Options{Keys: s.keys}}); err != nil {
 		s.keys.Close()
 		return nil, err
 	}
 	if s.udp, err = udpproxy.New(cfg, reg, udpproxy.Options{Logger: opts.Logger, Metrics: opts.Metrics,
-		SocketsPerAddr: opts.SocketsPerAddr, MaxFlows: udpFlows, IDs: ids, Inherit: opts.Inherit, Loops: loops}); err != nil {
+		SocketsPerAddr: opts.SocketsPerAddr, MaxFlows: udpFlows, IDs: ids, Inherit: opts.Inherit, Loops: loops, KernelPin: kernelPin}); err != nil {
 		return nil, err
 	}
 	reg.Subscribe(s.tcp)

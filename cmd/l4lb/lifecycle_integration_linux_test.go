@@ -29,7 +29,9 @@ import (
 
 	"github.com/l4lb/l4lb/bench"
 	"github.com/l4lb/l4lb/internal/testpki"
+	"github.com/l4lb/l4lb/lb/fastpath"
 	"github.com/l4lb/l4lb/pkg/api"
+	"github.com/l4lb/l4lb/pkg/config"
 )
 
 // buildL4LB builds this tree's l4lb at path, stamped with version. Built
@@ -60,23 +62,42 @@ func startDaemon(t *testing.T, bin, adminPort, yaml string, env ...string) *daem
 	t.Helper()
 	dir := t.TempDir()
 	d := &daemon{t: t, bin: bin, config: filepath.Join(dir, "l4lb.yaml"), admin: "http://127.0.0.1:" + adminPort,
-		log: filepath.Join(dir, "l4lb.log"), exited: make(chan error, 1)}
+		log: filepath.Join(dir, "l4lb.log")}
 	d.write(yaml)
-	logf, err := os.Create(d.log)
+	d.start(env...)
+	// A process killed here leaves its kernel paths' pins (they outlive
+	// l4lb by design): they go with the test.
+	t.Cleanup(func() { fastpath.Unpin(filepath.Join(config.DefaultBPFFS, instanceName(d.config, &config.Config{}))) })
+	return d
+}
+
+// start runs bin serve on d's config, appending to d's log, and waits until
+// it is ready.
+func (d *daemon) start(env ...string) {
+	t := d.t
+	t.Helper()
+	logf, err := os.OpenFile(d.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer logf.Close()
-	d.cmd = exec.Command(bin, "serve", "--config", d.config, "--shutdown-timeout", "30s")
-	d.cmd.Stdout, d.cmd.Stderr = logf, logf
-	d.cmd.Env = append(os.Environ(), env...)
-	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := d.cmd.Start(); err != nil {
+	d.exited = make(chan error, 1)
+	cmd := exec.Command(d.bin, "serve", "--config", d.config, "--shutdown-timeout", "30s")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = append(os.Environ(), env...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	go func() { d.exited <- d.cmd.Wait() }()
+	d.cmd = cmd
+	exited, done := d.exited, make(chan struct{})
+	go func() {
+		exited <- cmd.Wait()
+		close(done)
+	}()
 	t.Cleanup(func() {
-		syscall.Kill(-d.cmd.Process.Pid, syscall.SIGKILL) // every process the upgrades started too
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) // every process the upgrades started too
+		<-done
 		if t.Failed() {
 			b, _ := os.ReadFile(d.log)
 			if len(b) > 64<<10 {
@@ -88,7 +109,7 @@ func startDaemon(t *testing.T, bin, adminPort, yaml string, env ...string) *daem
 	deadline := time.Now().Add(20 * time.Second)
 	for d.readyz() != http.StatusOK {
 		select {
-		case err := <-d.exited:
+		case err := <-exited:
 			b, _ := os.ReadFile(d.log)
 			t.Fatalf("l4lb exited at start: %v\n%s", err, b)
 		default:
@@ -98,7 +119,6 @@ func startDaemon(t *testing.T, bin, adminPort, yaml string, env ...string) *daem
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return d
 }
 
 func (d *daemon) write(yaml string) {

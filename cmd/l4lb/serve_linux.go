@@ -4,12 +4,14 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -62,7 +64,7 @@ func serve(ctx context.Context, l loaded, log *zap.Logger, connectTimeout time.D
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m := metrics.New(reg)
 	srv, err := lb.New(cfg, lb.Options{Logger: log, Metrics: m, ConnectTimeout: connectTimeout, Inherit: ho.inherited(), TicketKeys: ho.savedTicketKeys(),
-		NoEventLoop: os.Getenv("L4LB_TCP_EVENT_LOOP") == "off"})
+		NoEventLoop: os.Getenv("L4LB_TCP_EVENT_LOOP") == "off", Instance: instanceName(l.path, cfg)})
 	if err != nil {
 		return usageError{err}
 	}
@@ -322,4 +324,27 @@ func raiseFileLimit(log *zap.Logger) {
 	if r.Cur < 65536 {
 		log.Warn("open-file limit is low: each flow needs two descriptors; raise LimitNOFILE", zap.Uint64("nofile", r.Cur), zap.Int("max_flows_about", int(r.Cur/2)))
 	}
+}
+
+// instanceName names this l4lb among others on the host, the same on every
+// start with the same config file: the kernel paths pin under
+// load_balancer.bpffs/NAME, and a process restarted after a crash adopts
+// those pins. It is the config file's name and a hash of its absolute
+// path (of the admin address without a file).
+func instanceName(path string, cfg *config.Config) string {
+	key, base := "admin "+cfg.Admin.Listen, "l4lb"
+	if path != "" {
+		if abs, err := filepath.Abs(path); err == nil {
+			key = abs
+		}
+		base = strings.TrimSuffix(filepath.Base(path), filepath.Ext(path))
+	}
+	clean := strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' {
+			return r
+		}
+		return '_'
+	}, base)
+	sum := sha256.Sum256([]byte(key))
+	return fmt.Sprintf("%s-%x", clean, sum[:4])
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -42,6 +43,10 @@ type Options struct {
 	// instead of a new one, so the flows it pinned keep their targets and
 	// both processes' programs see the same flows while they overlap.
 	Inherit interface{ Take(name string) *os.File }
+	// Pin is a directory on the BPF filesystem where the links and maps
+	// are pinned, so that forwarding outlives the process (pin_linux.go);
+	// "" pins nothing. Pins found there are adopted.
+	Pin string
 }
 
 // Path is the loaded programs, their maps and their attachments.
@@ -66,6 +71,13 @@ type Path struct {
 	// changed, say), whose flows then end when that process exits.
 	KeptFlows bool
 	Inherited []error
+	// AdoptedPins says the flow maps were taken from pins a previous
+	// process left (it died, or stopped without removing them);
+	// AdoptedLinks counts the pinned links moved to this Path's programs.
+	AdoptedPins  bool
+	AdoptedLinks int
+	pinned       bool  // PinMaps pinned this Path's maps
+	pinErr       error // why something could not be pinned
 }
 
 // famPath is one address family's maps.
@@ -203,6 +215,22 @@ func New(opts Options) (*Path, error) {
 				lopts.MapReplacements[name] = m
 			}
 		}
+	}
+	if opts.Pin != "" {
+		if err := os.MkdirAll(opts.Pin, 0o700); err != nil {
+			p.pinErr = fmt.Errorf("fastpath: %w", err)
+		}
+	}
+	if opts.Pin != "" && opts.Inherit == nil && p.pinErr == nil {
+		if lopts.MapReplacements == nil {
+			lopts.MapReplacements = map[string]*ebpf.Map{}
+			defer func() {
+				for _, m := range lopts.MapReplacements {
+					m.Close() // loading took its own reference
+				}
+			}()
+		}
+		p.pinnedFlowMaps(spec, lopts.MapReplacements)
 	}
 	p.KeptFlows = len(lopts.MapReplacements) > 0
 	var objs fastpathBPFObjects
@@ -407,7 +435,16 @@ func (p *Path) Attach(ifname string) error {
 		prog *ebpf.Program
 		at   ebpf.AttachType
 	}{{p.ingress, ebpf.AttachTCXIngress}, {p.egress, ebpf.AttachTCXEgress}} {
-		l, err := link.AttachTCX(link.TCXOptions{Interface: ifi.Index, Program: a.prog, Attach: a.at})
+		var l link.Link
+		if p.opts.Pin != "" && p.pinErr == nil {
+			side := "in"
+			if a.at == ebpf.AttachTCXEgress {
+				side = "out"
+			}
+			l, err = p.attachPinned(filepath.Join(p.opts.Pin, "link_"+side+"_"+ifname), ifi.Index, a.prog, a.at)
+		} else {
+			l, err = link.AttachTCX(link.TCXOptions{Interface: ifi.Index, Program: a.prog, Attach: a.at})
+		}
 		if err != nil {
 			return fmt.Errorf("%w: attaching to %s: %v", ErrUnsupported, ifname, err)
 		}
@@ -452,6 +489,7 @@ func (p *Path) Stats(id int) (Stats, error) {
 // Close detaches the programs and frees the maps; pinned flows end with
 // them, unless a new process took the flow maps over (FlowFiles).
 func (p *Path) Close() error {
+	p.unpinIfOwner()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var errs []error

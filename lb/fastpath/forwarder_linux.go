@@ -112,7 +112,10 @@ func NewForwarder(fronts []Front, opts ForwarderOptions) (*Forwarder, error) {
 	for _, err := range p.Inherited {
 		opts.Log.Warn(proto+" fast path: a flow map handed over by the previous process is not used", zap.Error(err))
 	}
-	if p.KeptFlows {
+	switch {
+	case p.AdoptedPins:
+		opts.Log.Info(proto+" fast path: adopted the flows a previous process pinned", zap.String("bpffs", p.opts.Pin))
+	case p.KeptFlows:
 		opts.Log.Info(proto + " fast path: kept the previous process's flows")
 	}
 	k := &Forwarder{p: p, opts: opts, proto: proto, sweep: 10 * time.Second, kick: make(chan struct{}, 1), end: make(chan endReq, 64),
@@ -176,6 +179,17 @@ func NewForwarder(fronts []Front, opts ForwarderOptions) (*Forwarder, error) {
 			warnAcceptLocal(opts.Log, ifaces)
 		}
 	}
+	if p.opts.Pin != "" {
+		if err := p.PinMaps(); err != nil {
+			opts.Log.Warn(proto+" fast path not pinned: it stops forwarding when l4lb stops", zap.String("bpffs", p.opts.Pin), zap.Error(err))
+		} else {
+			opts.Log.Info(proto+" fast path pinned: it forwards on if l4lb dies", zap.String("bpffs", p.opts.Pin), zap.Int("adopted_links", p.AdoptedLinks))
+		}
+	}
+	// The guard is the fallback: pinned programs forward on after l4lb
+	// dies, and what reaches the guard is what they did not take (no pins
+	// possible, or pins that died with a private mount namespace, as
+	// under ip netns exec): dropped rather than reset.
 	g, err := installGuard(fronts, p.opts.Protocol, os.Getpid())
 	if err != nil {
 		opts.Log.Warn("no guard for the "+proto+" DSR listeners: were l4lb to die, this host would reset their flows until the routers moved them", zap.Error(err))

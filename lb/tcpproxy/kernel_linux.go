@@ -1,6 +1,7 @@
 package tcpproxy
 
 import (
+	"path/filepath"
 	"net"
 	"net/netip"
 
@@ -55,13 +56,22 @@ func (s *Server) startKernelPath() {
 		fronts = append(fronts, l.kernelFront())
 	}
 	if k := fastpath.Start(fronts, fastpath.ForwarderOptions{
-		Path:       fastpath.Options{Protocol: flowhash.ProtoTCP, MaxFlows: s.cfg.MaxFlows, Inherit: s.opts.Inherit},
+		Path:       fastpath.Options{Protocol: flowhash.ProtoTCP, MaxFlows: s.cfg.MaxFlows, Inherit: s.opts.Inherit, Pin: pinDir(s.opts.KernelPin, "tcp")},
 		Interfaces: s.cfg.TCPFastPathInterfaces,
 		Log:        s.log,
 		Passive:    s.reg.PassiveFailure,
 	}); k != nil {
 		s.kernel.Store(k)
 	}
+}
+
+// pinDir is where a kernel path of proto pins, under the instance's
+// directory; "" when nothing is pinned.
+func pinDir(instance, proto string) string {
+	if instance == "" {
+		return ""
+	}
+	return filepath.Join(instance, proto)
 }
 
 // kernelFront describes l to the kernel path, with its metrics. Its key is

@@ -72,6 +72,10 @@ type Options struct {
 	// before its event loops (for comparisons); the event loops still
 	// accept.
 	NoEventLoop bool
+	// KernelPin is the instance's directory on the BPF filesystem: the
+	// TCP kernel path pins its links and maps in its "tcp" directory, so
+	// they outlive the process. "" pins nothing.
+	KernelPin string
 }
 
 // Server runs the TCP listeners of one configuration.

@@ -1,6 +1,7 @@
 package udpproxy
 
 import (
+	"path/filepath"
 	"net"
 	"net/netip"
 
@@ -32,7 +33,7 @@ func (s *Server) startKernelPath() {
 		fronts = append(fronts, u.kernelFront())
 	}
 	if k := fastpath.Start(fronts, fastpath.ForwarderOptions{
-		Path:       fastpath.Options{MaxFlows: s.cfg.MaxFlows, Inherit: s.opts.Inherit},
+		Path:       fastpath.Options{MaxFlows: s.cfg.MaxFlows, Inherit: s.opts.Inherit, Pin: pinDir(s.opts.KernelPin)},
 		Interfaces: s.cfg.UDPFastPathInterfaces,
 		Log:        s.log,
 	}); k != nil {
@@ -74,4 +75,13 @@ func (s *Server) endFlows(t *registry.Target, why string) {
 	if k := s.kernel.Load(); k != nil {
 		k.EndFlows(t, why)
 	}
+}
+
+// pinDir is where the UDP kernel path pins, under the instance's
+// directory; "" when nothing is pinned.
+func pinDir(instance string) string {
+	if instance == "" {
+		return ""
+	}
+	return filepath.Join(instance, "udp")
 }

@@ -48,6 +48,9 @@ type Options struct {
 	// that comes back to a listener is refused as a loop; shared with the
 	// TCP path. Nil: a guard of its own that knows loopback addresses.
 	Loops *listen.LoopGuard
+	// KernelPin is where the UDP kernel path pins its links and maps, so
+	// they outlive the process; "" pins nothing.
+	KernelPin string
 }
 
 // Server runs the UDP listeners of one configuration.

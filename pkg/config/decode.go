@@ -40,6 +40,8 @@ type RawLoadBalancer struct {
 	UDPFastPathInterfaces []string `yaml:"udp_fast_path_interfaces,omitempty"`
 	TCPFastPath           *bool    `yaml:"tcp_fast_path,omitempty"`
 	TCPFastPathInterfaces []string `yaml:"tcp_fast_path_interfaces,omitempty"`
+	// BPFFS is where the kernel paths pin their links and maps.
+	BPFFS *string `yaml:"bpffs,omitempty"`
 }
 
 // RawBGP is the bgp section as written: the embedded speaker that

@@ -24,6 +24,7 @@ const (
 	DefaultMinHealthyCount     = 1
 	MaxTargetWeight            = 1000
 	DefaultBGPPort             = 179
+	DefaultBPFFS               = "/sys/fs/bpf/l4lb" // the kernel paths' pins, a directory per instance
 	DefaultBGPHoldTime         = 90 * time.Second
 	DefaultBGPWithdrawGrace    = 5 * time.Second
 	DefaultBFDInterval         = 300 * time.Millisecond

@@ -34,8 +34,12 @@ func (c *Config) ToRaw() *Raw {
 	cz := c.CrossZone
 	mf := c.MaxFlows
 	fp, tfp := c.UDPFastPath, c.TCPFastPath
+	bpffs := c.BPFFS
+	if bpffs == "" {
+		bpffs = "off"
+	}
 	r.LoadBalancer = RawLoadBalancer{CrossZone: &cz, ShutdownTimeout: dur(c.ShutdownTimeout), MaxFlows: &mf, EndpointID: c.EndpointID,
-		UDPFastPath: &fp, UDPFastPathInterfaces: c.UDPFastPathInterfaces, TCPFastPath: &tfp, TCPFastPathInterfaces: c.TCPFastPathInterfaces}
+		UDPFastPath: &fp, UDPFastPathInterfaces: c.UDPFastPathInterfaces, TCPFastPath: &tfp, TCPFastPathInterfaces: c.TCPFastPathInterfaces, BPFFS: &bpffs}
 	for _, l := range c.Listeners {
 		port := int(l.Port)
 		maxc := l.MaxConnectionsPerSource

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -91,6 +92,17 @@ func (n *normalizer) run() *Config {
 	}
 	if f := n.raw.LoadBalancer.TCPFastPath; f != nil {
 		cfg.TCPFastPath = *f
+	}
+	cfg.BPFFS = DefaultBPFFS
+	if b := n.raw.LoadBalancer.BPFFS; b != nil {
+		switch {
+		case *b == "" || *b == "off":
+			cfg.BPFFS = ""
+		case !filepath.IsAbs(*b):
+			n.errs.add("load_balancer.bpffs", "%q is not an absolute path (or off)", *b)
+		default:
+			cfg.BPFFS = filepath.Clean(*b)
+		}
 	}
 	cfg.UDPFastPathInterfaces = n.interfaces("load_balancer.udp_fast_path_interfaces", n.raw.LoadBalancer.UDPFastPathInterfaces)
 	cfg.TCPFastPathInterfaces = n.interfaces("load_balancer.tcp_fast_path_interfaces", n.raw.LoadBalancer.TCPFastPathInterfaces)

@@ -49,8 +49,13 @@ type Config struct {
 	// TCPFastPathInterfaces are where its programs run; empty means every
 	// interface that is up.
 	TCPFastPathInterfaces []string
-	Listeners             []Listener
-	TargetGroups          []TargetGroup
+	// BPFFS is the directory on the BPF filesystem under which the kernel
+	// paths pin their links and maps, one directory per l4lb instance, so
+	// that they go on forwarding if l4lb dies (load_balancer.bpffs;
+	// DefaultBPFFS). Empty pins nothing.
+	BPFFS        string
+	Listeners    []Listener
+	TargetGroups []TargetGroup
 	// BGP, when not nil, announces each zone's addresses to routers while
 	// the zone is healthy (the bgp section).
 	BGP *BGP
