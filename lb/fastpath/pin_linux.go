@@ -35,7 +35,7 @@ const bpffsMagic = 0xcafe4a11
 func MountBPFFS(dir string) error {
 	root := "/sys/fs/bpf"
 	var st unix.Statfs_t
-	if err := unix.Statfs(root, &st); err != nil || st.Type != bpffsMagic {
+	if err := unix.Statfs(root, &st); err != nil || uint32(st.Type) != bpffsMagic {
 		if err := os.MkdirAll(root, 0o755); err != nil {
 			return fmt.Errorf("fastpath: %s: %w", root, err)
 		}
@@ -46,7 +46,7 @@ func MountBPFFS(dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("fastpath: %w", err)
 	}
-	if err := unix.Statfs(dir, &st); err != nil || st.Type != bpffsMagic {
+	if err := unix.Statfs(dir, &st); err != nil || uint32(st.Type) != bpffsMagic {
 		return fmt.Errorf("fastpath: %s is not on a BPF filesystem", dir)
 	}
 	return nil

@@ -1,9 +1,9 @@
 package tcpproxy
 
 import (
-	"path/filepath"
 	"net"
 	"net/netip"
+	"path/filepath"
 
 	"go.uber.org/zap"
 

@@ -1,9 +1,9 @@
 package udpproxy
 
 import (
-	"path/filepath"
 	"net"
 	"net/netip"
+	"path/filepath"
 
 	"go.uber.org/zap"
 
