@@ -202,6 +202,12 @@ target_groups:
 	killed := time.Now()
 	t.Logf("l4lb (PID %d) killed with SIGKILL", pid)
 
+	code, out, _ := runCLI("kernel", "status")
+	if code != 0 || !strings.Contains(out, fmt.Sprintf("%d (gone: orphan", pid)) {
+		t.Fatalf("l4lb kernel status while l4lb is down: exit %d:\n%s", code, out)
+	}
+	t.Logf("l4lb kernel status while down:\n%s", out)
+
 	// The outage: established flows, new connections and new flows.
 	for i, c := range conns {
 		if err := echo(c, fmt.Sprintf("during %d", i)); err != nil {
@@ -253,9 +259,12 @@ target_groups:
 			t.Fatalf("%s: links %v after the restart, %v before: a second set was attached instead of the pinned one moved", proto, after, before)
 		}
 	}
-	code, out, _ := runCLI("kernel", "status")
+	code, out, _ = runCLI("kernel", "status")
 	if code != 0 || !strings.Contains(out, fmt.Sprintf("%d (running)", d.cmd.Process.Pid)) {
 		t.Fatalf("l4lb kernel status: exit %d:\n%s", code, out)
+	}
+	if code, _, errs := runCLI("kernel", "detach", filepath.Base(pins)); code == 0 || !strings.Contains(errs, "runs") {
+		t.Fatalf("l4lb kernel detach of a running instance: exit %d: %s", code, errs)
 	}
 	for i, c := range conns {
 		if err := echo(c, fmt.Sprintf("after %d", i)); err != nil {
