@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"runtime"
 	"testing"
 	"time"
 
@@ -135,3 +136,25 @@ func TestSequentialFlows(t *testing.T) {
 }
 
 func errorsIs(err, target error) bool { return errors.Is(err, target) }
+
+// A New that fails leaves nothing running: a UDP listener whose route
+// cannot be built (its group is missing) fails after the TLS ticket keys,
+// which rotate on a goroutine of their own, were made.
+func TestFailedNewLeaksNoGoroutine(t *testing.T) {
+	cfg := testConfig([]config.Target{{Address: netip.MustParseAddrPort("127.0.0.1:1"), Weight: 1}}, nil)
+	cfg.Listeners = append(cfg.Listeners, config.Listener{Name: "dns", Protocol: config.UDP, Port: 0,
+		Bind: []config.BindAddr{{IP: netip.MustParseAddr("127.0.0.1")}}, TargetGroup: "missing"})
+	before := runtime.NumGoroutine()
+	for range 20 {
+		if _, err := New(cfg, Options{}); err == nil {
+			t.Fatal("New accepted a listener of a missing group")
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before+2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines after 20 failed News, %d before", runtime.NumGoroutine(), before)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

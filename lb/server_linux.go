@@ -119,6 +119,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	}
 	if s.udp, err = udpproxy.New(cfg, reg, udpproxy.Options{Logger: opts.Logger, Metrics: opts.Metrics,
 		SocketsPerAddr: opts.SocketsPerAddr, MaxFlows: udpFlows, IDs: ids, Inherit: opts.Inherit, Loops: loops, KernelPin: kernelPin}); err != nil {
+		s.keys.Close() // its rotation goroutine
 		return nil, err
 	}
 	reg.Subscribe(s.tcp)

@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 	"sync/atomic"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -67,7 +68,14 @@ type Forwarder struct {
 	fronts []*front
 	sweep  time.Duration
 	kick   chan struct{}
-	end    chan endReq // flows to end, handled by the loop
+	// Targets whose flows are to end: a pending set and a kick, so that
+	// asking never blocks. The registry asks while it holds a group's
+	// lock, which the loop's own table writes take, and the loop itself
+	// asks (passive health from its counters): a bounded channel could
+	// fill and wedge both.
+	endMu   sync.Mutex
+	ends    map[netip.AddrPort]endReq
+	endKick chan struct{}
 	stop   chan struct{}
 	done   chan struct{}
 	resets map[netip.AddrPort]Resets // per target, at the last collect
@@ -118,7 +126,7 @@ func NewForwarder(fronts []Front, opts ForwarderOptions) (*Forwarder, error) {
 	case p.KeptFlows:
 		opts.Log.Info(proto + " fast path: kept the previous process's flows")
 	}
-	k := &Forwarder{p: p, opts: opts, proto: proto, sweep: 10 * time.Second, kick: make(chan struct{}, 1), end: make(chan endReq, 64),
+	k := &Forwarder{p: p, opts: opts, proto: proto, sweep: 10 * time.Second, kick: make(chan struct{}, 1), endKick: make(chan struct{}, 1), ends: map[netip.AddrPort]endReq{},
 		stop: make(chan struct{}), done: make(chan struct{}), resets: map[netip.AddrPort]Resets{}}
 	for _, fr := range fronts {
 		id, err := p.AddService(fr.VIP, fr.Idle, fr.Sticky)
@@ -231,8 +239,10 @@ func (k *Forwarder) Run() {
 			if err := k.Sync(); err != nil {
 				k.opts.Log.Error("writing "+k.proto+" fast path tables", zap.Error(err))
 			}
-		case r := <-k.end:
-			k.endFlows(r)
+		case <-k.endKick:
+			for _, r := range k.takeEnds() {
+				k.endFlows(r)
+			}
 		case <-stats.C:
 			k.collect()
 		case <-sweep.C:
@@ -252,11 +262,29 @@ func (k *Forwarder) Changed() {
 
 // EndFlows has the loop end the kernel's flows pinned to t, after writing
 // the tables (so the clients' next packets cannot be pinned to t again).
+// It never blocks: the request joins a pending set, which the loop takes
+// whole (one request per target: asking twice ends its flows once).
 func (k *Forwarder) EndFlows(t *registry.Target, why string) {
+	a := netip.AddrPortFrom(t.Addr.Addr().Unmap(), t.Addr.Port())
+	k.endMu.Lock()
+	k.ends[a] = endReq{a, t.Name, why}
+	k.endMu.Unlock()
 	select {
-	case k.end <- endReq{netip.AddrPortFrom(t.Addr.Addr().Unmap(), t.Addr.Port()), t.Name, why}:
-	case <-k.stop:
+	case k.endKick <- struct{}{}:
+	default:
 	}
+}
+
+// takeEnds empties the pending set.
+func (k *Forwarder) takeEnds() []endReq {
+	k.endMu.Lock()
+	defer k.endMu.Unlock()
+	out := make([]endReq, 0, len(k.ends))
+	for _, r := range k.ends {
+		out = append(out, r)
+	}
+	clear(k.ends)
+	return out
 }
 
 func (k *Forwarder) endFlows(r endReq) {

@@ -142,12 +142,38 @@ func FuzzReadHeader(f *testing.F) {
 	f.Add([]byte("PROXY TCP4 192.0.2.9 127.0.0.1 1234 80\r\n"))
 	f.Add([]byte("PROXY UNKNOWN\r\n"))
 	f.Add(Local())
+	// A header is accepted only after a signature, consumes exactly
+	// itself, reads the same from its own bytes, and its addresses survive
+	// being written as v2 and read back. Anything else is refused, never a
+	// panic.
 	f.Fuzz(func(t *testing.T, data []byte) {
-		r := bytes.NewReader(data)
 		c, _ := net.Pipe()
 		defer c.Close()
-		ReadHeader(c, r, time.Now().Add(time.Second))
-		HasSignature(data)
+		read := func(b []byte) (netip.AddrPort, netip.AddrPort, int, error) {
+			r := bytes.NewReader(b)
+			src, dst, err := ReadHeader(c, r, time.Now().Add(time.Second))
+			return src, dst, len(b) - r.Len(), err
+		}
+		src, dst, n, err := read(data)
+		if err != nil {
+			return
+		}
+		if !HasSignature(data) {
+			t.Fatalf("accepted %q, which has no PROXY signature", data)
+		}
+		if s2, d2, n2, err := read(data[:n]); err != nil || s2 != src || d2 != dst || n2 != n {
+			t.Fatalf("the header's own %d bytes read as %v %v (%d bytes), %v; the whole input as %v %v", n, s2, d2, n2, err, src, dst)
+		}
+		if !src.IsValid() || !dst.IsValid() || src.Addr().Is4() != dst.Addr().Is4() {
+			return
+		}
+		enc, err := V2(false, src, dst, TLVs{})
+		if err != nil {
+			t.Fatalf("cannot write back %v %v: %v", src, dst, err)
+		}
+		if s3, d3, _, err := read(enc); err != nil || s3 != src || d3 != dst {
+			t.Fatalf("%v %v written as v2 read back as %v %v, %v", src, dst, s3, d3, err)
+		}
 	})
 }
 
