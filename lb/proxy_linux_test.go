@@ -2,7 +2,9 @@ package lb
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
+	"github.com/l4lb/l4lb/internal/testpki"
 	"hash/crc32"
 	"io"
 	"math"
@@ -491,5 +493,59 @@ func TestHandedOverSocketsStayNonblocking(t *testing.T) {
 			t.Fatalf("after the handover: %v", err)
 		}
 		c.Close()
+	}
+}
+
+// The drain's deadline ends connections still in setup too: a connect to
+// a target that never answers (connect timeout 20 s here) does not keep
+// Shutdown past its context, on the event loop and on goroutines (TLS).
+func TestShutdownCutsConnectsUnderWay(t *testing.T) {
+	hole := blackhole(t)
+	ca := testpki.New(t)
+	for _, tc := range []struct {
+		name string
+		tls  bool
+	}{{"event loop", false}, {"goroutines (TLS)", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := testConfig([]config.Target{{Address: hole, Weight: 1}}, func(l *config.Listener, _ *config.TargetGroup) {
+				if tc.tls {
+					l.Protocol = config.TLS
+					l.TLS = &config.ListenerTLS{Certificates: []config.Certificate{issue(t, ca, false, "api.test")},
+						SecurityPolicy: config.DefaultSecurityPolicy, ALPNPolicy: config.ALPNNone}
+				}
+			})
+			srv, err := New(cfg, Options{ConnectTimeout: 20 * time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := srv.Start(); err != nil {
+				t.Fatal(err)
+			}
+			defer srv.Close()
+			addr := srv.Addrs("test")[0].String()
+			for range 4 {
+				c, err := net.Dial("tcp", addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				if tc.tls {
+					tc := tls.Client(c, &tls.Config{ServerName: "api.test", RootCAs: ca.Pool})
+					tc.SetDeadline(time.Now().Add(5 * time.Second))
+					if err := tc.Handshake(); err != nil {
+						t.Fatal(err)
+					}
+					tc.Write([]byte("hi")) // TLS 1.3: the server's handshake ends with the client's first record
+				}
+			}
+			waitFor(t, func() bool { return srv.ActiveFlows() >= 4 })
+			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+			defer cancel()
+			start := time.Now()
+			srv.Shutdown(ctx)
+			if took := time.Since(start); took > 3*time.Second {
+				t.Fatalf("Shutdown took %v with a 300 ms context: it waited for connects under way", took)
+			}
+		})
 	}
 }

@@ -1,7 +1,6 @@
 package tcpproxy
 
 import (
-	"context"
 	"errors"
 	"net"
 	"net/netip"
@@ -21,7 +20,7 @@ func (s *Server) dialTarget(t *registry.Target, client netip.AddrPort, preserve 
 		// time, unique across all destinations, so the host's port range
 		// would cap l4lb's connections to all targets together. Left to
 		// connect(2), a port is only unique per target.
-		c, err := s.dialer.DialContext(context.Background(), "tcp", t.Name)
+		c, err := s.dialer.DialContext(s.cutCtx, "tcp", t.Name)
 		if err != nil {
 			return nil, err
 		}
@@ -30,10 +29,10 @@ func (s *Server) dialTarget(t *registry.Target, client netip.AddrPort, preserve 
 	if client.Addr().Is4() != t.Addr.Addr().Is4() {
 		return nil, errors.New("cannot preserve an IPv4 client's address towards an IPv6 target, or the reverse")
 	}
-	c, err := s.tdialer.DialTCP(context.Background(), "tcp", client, t.Addr)
+	c, err := s.tdialer.DialTCP(s.cutCtx, "tcp", client, t.Addr)
 	if errors.Is(err, syscall.EADDRINUSE) || errors.Is(err, syscall.EADDRNOTAVAIL) {
 		t.PortErrors.Inc()
-		c, err = s.tdialAny.DialTCP(context.Background(), "tcp", netip.AddrPortFrom(client.Addr(), 0), t.Addr)
+		c, err = s.tdialAny.DialTCP(s.cutCtx, "tcp", netip.AddrPortFrom(client.Addr(), 0), t.Addr)
 	}
 	return c, err
 }

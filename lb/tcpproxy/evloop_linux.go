@@ -12,6 +12,8 @@ import (
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
+
+	"github.com/l4lb/l4lb/lb/listen"
 )
 
 // evloop is one of the per-core event loops that carry plain TCP flows, as
@@ -73,6 +75,7 @@ type evCmd struct {
 	reset       *evFlow         // reset a flow, if it still is flow id
 	id          uint64          //
 	countLB     bool            // count the reset as l4lb's
+	cut         bool            // the drain's deadline: end the connects under way
 	ack         chan<- struct{} // closed once done
 }
 
@@ -269,6 +272,8 @@ func (lp *evloop) runCmds() {
 			lp.addListener(c.add)
 		case c.remove != nil:
 			lp.removeListener(c.remove)
+		case c.cut:
+			lp.cutSetups()
 		case c.reset != nil:
 			f := c.reset
 			if l := f.l; f.open && f.id == c.id && f.abort(true, true) && c.countLB {
@@ -380,6 +385,19 @@ func (lp *evloop) sweep() {
 	}
 	if lp.now-int64(time.Second) > lp.next {
 		lp.s.log.Debug("TCP event loop scan late")
+	}
+}
+
+// cutSetups resets the connections whose target connect is under way, at
+// the drain's deadline (counted as l4lb's resets, local_resources): open
+// flows are reset through the tracker, and these would otherwise keep the
+// drain waiting for their connects.
+func (lp *evloop) cutSetups() {
+	for i := 0; i < len(lp.flows); i++ {
+		if f := lp.flows[i]; f.state == evConnecting {
+			f.reject(listen.ReasonLocalResources)
+			i-- // the last flow took its place
+		}
 	}
 }
 

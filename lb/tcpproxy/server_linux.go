@@ -110,11 +110,16 @@ type Server struct {
 	targetTLSConfigs sync.Map
 	kernel           atomic.Pointer[fastpath.Forwarder] // the kernel fast path, when on
 	closing          atomic.Bool
-	cut              atomic.Bool    // the drain's deadline passed: every flow is reset
-	moved            atomic.Int64   // bytes moved by finished flows
-	spliced          atomic.Int64   // the part of moved that splice(2) carried
-	evloops          []*evloop      // one per core: accept, and carry plain TCP flows
-	bg               sync.WaitGroup // flow terminations in progress
+	cut              atomic.Bool // the drain's deadline passed: every flow is reset
+	// cutCtx ends with the drain's deadline: connects and handshakes with
+	// targets under way stop then, so a drain never waits out a connect
+	// timeout.
+	cutCtx    context.Context
+	cutCancel context.CancelFunc
+	moved     atomic.Int64   // bytes moved by finished flows
+	spliced   atomic.Int64   // the part of moved that splice(2) carried
+	evloops   []*evloop      // one per core: accept, and carry plain TCP flows
+	bg        sync.WaitGroup // flow terminations in progress
 }
 
 // New prepares the TCP listeners of cfg without binding anything.
@@ -155,6 +160,7 @@ func New(cfg *config.Config, reg *registry.Registry, opts Options) (*Server, err
 	s.bufs = bufPool{max: 4096}
 	s.flows.init()
 	s.flowPool.New = func() any { return newFlow(s) }
+	s.cutCtx, s.cutCancel = context.WithCancel(context.Background())
 	s.scan = time.Second
 	for i := range cfg.Listeners {
 		lc := &cfg.Listeners[i]
@@ -256,12 +262,17 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		case <-ctx.Done():
 			err = ctx.Err()
 			s.cut.Store(true)
+			s.cutCancel()
+			for _, lp := range s.evloops {
+				lp.post(evCmd{cut: true})
+			}
 			cut := s.flows.closeAll()
 			s.log.Warn("drain deadline reached, closing flows", zap.Int(logFlows, cut))
 			<-idle
 		}
 	}
 	s.bg.Wait()
+	s.cutCancel()
 	s.stopLoops()
 	if s.parker != nil {
 		s.parker.close()

@@ -58,6 +58,10 @@ type setup struct {
 // copies target to client.
 func (s *Server) serveConn(l *listener, c *net.TCPConn) {
 	p := setup{s: s, l: l, c: c, accepted: time.Now()}
+	s.flows.setups.Store(c, struct{}{})
+	if s.cut.Load() { // the drain's deadline passed while it was handed over
+		c.Close()
+	}
 	defer p.settle()
 	defer func() {
 		if v := recover(); v != nil {
@@ -93,6 +97,7 @@ func (s *Server) serveConn(l *listener, c *net.TCPConn) {
 func (p *setup) settle() {
 	if !p.settled {
 		p.settled = true
+		p.s.flows.setups.Delete(p.c)
 		p.s.flows.settled()
 	}
 }

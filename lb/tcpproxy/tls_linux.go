@@ -237,7 +237,7 @@ func (p *setup) encryptToTarget() (listen.Reason, bool) {
 		}
 	}
 	tt := tls.Client(p.t, cfg)
-	ctx, cancel := context.WithTimeout(context.Background(), p.s.opts.ConnectTimeout)
+	ctx, cancel := context.WithTimeout(p.s.cutCtx, p.s.opts.ConnectTimeout)
 	defer cancel()
 	if err := tt.HandshakeContext(ctx); err != nil {
 		p.tgt.TLSErrors.Inc()

@@ -1,6 +1,7 @@
 package tcpproxy
 
 import (
+	"net"
 	"sync"
 	"time"
 
@@ -26,6 +27,10 @@ type trackedFlow interface {
 // keep the per-flow lock short under many cores.
 type tracker struct {
 	shards [16]trackerShard
+	// setups are the client connections of goroutine flows still in
+	// setup (a TLS handshake, a PROXY header, a connect), which closeAll
+	// closes too: the drain's deadline must not wait for them.
+	setups sync.Map   // *net.TCPConn -> struct{}
 	mu     sync.Mutex // guards n and waiters
 	n      int
 	waiter chan struct{}
@@ -112,6 +117,11 @@ func (t *tracker) closeAll() int {
 		}
 		sh.mu.Unlock()
 	}
+	t.setups.Range(func(c, _ any) bool {
+		c.(*net.TCPConn).Close()
+		n++
+		return true
+	})
 	return n
 }
 
