@@ -363,7 +363,11 @@ func (k *Forwarder) collect() {
 	}
 	now, err := k.p.TargetResets()
 	if err != nil {
+		// A partial read must not become the baseline: the next full one
+		// would count the missing targets' resets again, and passive
+		// health would fire for them again.
 		k.opts.Log.Error("reading "+k.proto+" fast path target resets", zap.Error(err))
+		return
 	}
 	seen := map[*registry.Target]bool{}
 	for _, f := range k.fronts {

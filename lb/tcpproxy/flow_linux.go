@@ -139,6 +139,7 @@ func (f *flow) drive(h *halfFlow) {
 }
 
 func (f *flow) finish(h *halfFlow, how copyErr) {
+	h.finished = true
 	l := f.l
 	f.srv.spliced.Add(h.spliced)
 	f.srv.moved.Add(h.n)

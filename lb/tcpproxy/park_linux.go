@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 )
 
@@ -31,6 +32,7 @@ const (
 // it, so request/response traffic pays nothing for this.
 type parker struct {
 	epfd   int
+	log    *zap.Logger
 	wake   int           // eventfd that interrupts the wait on close
 	scan   time.Duration // how often parked flows are checked for idle expiry
 	mu     sync.Mutex
@@ -58,7 +60,7 @@ const (
 	gcEvery      = 10 * time.Second
 )
 
-func newParker(scan time.Duration) (*parker, error) {
+func newParker(scan time.Duration, log *zap.Logger) (*parker, error) {
 	fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, err
@@ -74,7 +76,7 @@ func newParker(scan time.Duration) (*parker, error) {
 		unix.Close(wake)
 		return nil, err
 	}
-	p := &parker{epfd: fd, wake: wake, scan: scan, done: make(chan struct{})}
+	p := &parker{epfd: fd, wake: wake, scan: scan, done: make(chan struct{}), log: log}
 	go p.loop()
 	return p, nil
 }
@@ -171,6 +173,11 @@ func (p *parker) loop() {
 	for !p.closed.Load() {
 		n, err := unix.EpollWait(p.epfd, events, wait)
 		if err != nil && err != unix.EINTR {
+			// Parked directions would wait for events that never come:
+			// wake them all, and refuse parking from now on (idle
+			// directions keep their goroutines).
+			p.log.Error("parking idle flows stopped: epoll_wait failed; idle flows keep their goroutines from now on", zap.Error(err))
+			p.wakeAll()
 			return
 		}
 		for i := range max(n, 0) {
@@ -230,8 +237,8 @@ func (p *parker) expire(now time.Time) {
 	}
 }
 
-// close stops the loop; directions still parked are woken first.
-func (p *parker) close() {
+// wakeAll refuses further parks and resumes every parked direction.
+func (p *parker) wakeAll() {
 	p.mu.Lock()
 	p.closed.Store(true)
 	hs := make([]*halfFlow, 0, len(p.slots))
@@ -244,6 +251,11 @@ func (p *parker) close() {
 	for _, h := range hs {
 		p.unpark(h)
 	}
+}
+
+// close stops the loop; directions still parked are woken first.
+func (p *parker) close() {
+	p.wakeAll()
 	unix.Write(p.wake, []byte{1, 0, 0, 0, 0, 0, 0, 0})
 	<-p.done
 	p.bg.Wait()

@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 	"golang.org/x/sys/unix"
 )
 
@@ -57,7 +59,7 @@ func TestParkerReclaim(t *testing.T) {
 // the parker would watch that socket instead, and the flow would stay
 // parked until its idle timeout.
 func TestParkRefusesClosedSocket(t *testing.T) {
-	p, err := newParker(time.Second)
+	p, err := newParker(time.Second, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,5 +130,29 @@ func TestParkRefusesClosedSocket(t *testing.T) {
 	f2.aborted.Store(true)
 	if p.park(h2) || p.count() != 0 {
 		t.Fatal("an aborted flow's direction was parked")
+	}
+}
+
+// A parker whose wait fails says so, wakes what it holds and refuses new
+// parks, where it used to stop silently and leave parked directions
+// waiting for events that would never come.
+func TestParkerReportsWaitFailure(t *testing.T) {
+	core, logs := observer.New(zap.ErrorLevel)
+	p, err := newParker(10*time.Millisecond, zap.New(core))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(p.wake)
+	unix.Close(p.epfd) // the next wait fails
+	select {
+	case <-p.done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the parker's loop did not stop")
+	}
+	if logs.Len() == 0 {
+		t.Fatal("the failed wait was not reported")
+	}
+	if !p.closed.Load() {
+		t.Fatal("parking still accepted after the loop stopped")
 	}
 }

@@ -196,7 +196,7 @@ func New(cfg *config.Config, reg *registry.Registry, opts Options) (*Server, err
 // Start binds every listener and starts its accept loops. On error nothing is
 // left bound.
 func (s *Server) Start() error {
-	p, err := newParker(s.scan)
+	p, err := newParker(s.scan, s.log)
 	if err != nil {
 		return err
 	}

@@ -51,6 +51,7 @@ type setup struct {
 	tgt      *registry.Target
 	g        *registry.Group
 	view     *registry.View
+	f        *flow // the flow, once started
 }
 
 // serveConn takes an accepted connection through admission, target choice and
@@ -66,7 +67,7 @@ func (s *Server) serveConn(l *listener, c *net.TCPConn) {
 	defer func() {
 		if v := recover(); v != nil {
 			s.log.Error("panic serving connection", zap.Any("panic", v), zap.ByteString("stack", debug.Stack()))
-			c.Close()
+			p.recovered()
 		}
 	}()
 	p.src = c.RemoteAddr().(*net.TCPAddr).AddrPort()
@@ -90,6 +91,28 @@ func (s *Server) serveConn(l *listener, c *net.TCPConn) {
 		}
 	}
 	p.start()
+}
+
+// recovered cleans up after a panic on the connection's goroutine: before
+// the flow started, it gives back what the setup steps took (the target
+// connection, the budget's descriptors, the per-source slot); after, this
+// goroutine was the flow's client-to-target direction, which ends, with
+// resets, so that the flow is released when the other direction ends.
+func (p *setup) recovered() {
+	if f := p.f; f != nil {
+		f.abort()
+		if h := &f.halves[0]; !h.finished {
+			f.finish(h, endShutdown)
+		}
+		return
+	}
+	p.c.SetLinger(0)
+	p.c.Close()
+	if p.t != nil {
+		p.t.Close()
+		p.s.loopGuard.Forget(p.loopKey)
+	}
+	p.release()
 }
 
 // settle tells the tracker this connection's setup is over: it was refused,
@@ -298,6 +321,7 @@ func (p *setup) start() {
 		return
 	}
 	s.flows.add(f)
+	p.f = f // from here a panic's cleanup ends the flow
 	p.settle()
 	p.tgt.AddFlows(1)
 	l.newFlows.Inc()

@@ -95,6 +95,7 @@ type halfFlow struct {
 	// to its destination, not from reading its source: it tells a
 	// target's reset from a client's.
 	errAtDst bool
+	finished bool // finish ran for this direction (a panic's cleanup checks)
 
 	slot  int32        // parker slot while parked
 	state atomic.Int32 // running or parked
@@ -112,7 +113,7 @@ func (h *halfFlow) bind() {
 }
 
 func (h *halfFlow) reset() {
-	h.n, h.spliced, h.inPipe, h.bufOff, h.bufEnd, h.err, h.eof, h.bulk = 0, 0, 0, 0, 0, nil, false, false
+	h.n, h.spliced, h.inPipe, h.bufOff, h.bufEnd, h.err, h.eof, h.bulk, h.finished = 0, 0, 0, 0, 0, nil, false, false, false
 }
 
 func (h *halfFlow) pending() int { return h.inPipe + h.bufEnd - h.bufOff }

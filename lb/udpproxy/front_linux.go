@@ -233,6 +233,7 @@ func (u *udpFront) readLoop(sock *net.UDPConn) {
 	}
 	port := sock.LocalAddr().(*net.UDPAddr).AddrPort().Port()
 	var drops uint32 // the socket's drop count, as last reported
+	var rerr error   // a receive error other than EAGAIN, for the loop to report
 	read := func(fd uintptr) bool {
 		for {
 			b.prepRecv(udpBatch, true)
@@ -240,8 +241,12 @@ func (u *udpFront) readLoop(sock *net.UDPConn) {
 			if err == unix.EINTR {
 				continue
 			}
+			if err != nil && err != unix.EAGAIN {
+				rerr = err
+				return true
+			}
 			if err != nil || n == 0 {
-				return err != unix.EAGAIN // wait for more, or give up on a real error
+				return false // wait for more
 			}
 			if d, ok := b.drops(n - 1); ok && d != drops {
 				u.rxDrops.Add(float64(d - drops)) // uint32 arithmetic survives a wrap
@@ -292,14 +297,25 @@ func (u *udpFront) readLoop(sock *net.UDPConn) {
 			u.bytesIn.Add(float64(bytes))
 		}
 	}
+	var logged time.Time
 	for {
-		if err := rc.Read(read); err != nil {
-			if errors.Is(err, net.ErrClosed) || u.srv.closing.Load() || u.stopped.Load() {
-				return
-			}
-			u.srv.log.Warn("udp read failed", zap.String(logListener, u.cfg.Name), zap.Error(err))
-			time.Sleep(10 * time.Millisecond)
+		err := rc.Read(read)
+		if err == nil {
+			err, rerr = rerr, nil
 		}
+		if err == nil {
+			continue
+		}
+		if errors.Is(err, net.ErrClosed) || u.srv.closing.Load() || u.stopped.Load() {
+			return
+		}
+		// Logged at most once a second, and retried after a pause, so an
+		// error that repeats neither floods the log nor spins a core.
+		if now := time.Now(); now.Sub(logged) >= time.Second {
+			logged = now
+			u.srv.log.Warn("udp read failed; retrying", zap.String(logListener, u.cfg.Name), zap.Error(err))
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
