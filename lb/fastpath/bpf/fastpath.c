@@ -450,22 +450,26 @@ static __always_inline __u16 touch(void *v, struct endpoint *to, bool v6)
 
 /* rewrite replaces the address and port at the given offsets (whose old
  * values are from and from_port) with to's, fixing the layer 4 checksum (a
- * zero IPv4 UDP checksum stays zero) and the IPv4 header checksum. */
+ * zero IPv4 UDP checksum stays zero) and the IPv4 header checksum. A helper
+ * that fails leaves the packet half rewritten (an address changed and its
+ * checksum not, or the reverse): such a packet is dropped, never passed on
+ * to be misdelivered or refused by the peer's stack. */
 static __always_inline int rewrite(struct __sk_buff *skb, const struct pkt *p, bool v6, __u32 off_addr, const __u32 *from,
 				   __u32 off_port, __u16 from_port, const struct endpoint *to)
 {
 	__u64 mangled = cfg_proto == PROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+	long err = 0;
 #pragma unroll
 	for (int i = 0; i < 4; i++)
 		if (i < addr_words(v6))
-			bpf_l4_csum_replace(skb, p->off_csum, from[i], to->addr[i],
-					    BPF_F_PSEUDO_HDR | mangled | sizeof(__u32));
-	bpf_l4_csum_replace(skb, p->off_csum, from_port, to->port, mangled | sizeof(__u16));
+			err |= bpf_l4_csum_replace(skb, p->off_csum, from[i], to->addr[i],
+						   BPF_F_PSEUDO_HDR | mangled | sizeof(__u32));
+	err |= bpf_l4_csum_replace(skb, p->off_csum, from_port, to->port, mangled | sizeof(__u16));
 	if (!v6)
-		bpf_l3_csum_replace(skb, ETH_HLEN + 10, from[0], to->addr[0], sizeof(__u32));
-	bpf_skb_store_bytes(skb, off_addr, to->addr, 4 * addr_words(v6), 0);
-	bpf_skb_store_bytes(skb, off_port, &to->port, sizeof(__u16), 0);
-	return TCX_PASS;
+		err |= bpf_l3_csum_replace(skb, ETH_HLEN + 10, from[0], to->addr[0], sizeof(__u32));
+	err |= bpf_skb_store_bytes(skb, off_addr, to->addr, 4 * addr_words(v6), 0);
+	err |= bpf_skb_store_bytes(skb, off_port, &to->port, sizeof(__u16), 0);
+	return err ? TCX_DROP : TCX_PASS;
 }
 
 /* encap4 wraps the packet for direct server return, the inner packet left
