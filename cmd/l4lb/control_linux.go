@@ -82,6 +82,7 @@ func (c *control) Reload() (api.Config, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.src == nil {
+		c.m.Counter(metrics.ConfigReloads, "refused").Inc()
 		return api.Config{}, fmt.Errorf("%w: this l4lb has no config to reload", api.ErrInvalid)
 	}
 	cfg, hash, err := c.src()

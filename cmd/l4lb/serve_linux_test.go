@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -148,7 +149,23 @@ func TestServeSignals(t *testing.T) {
 	}
 
 	syscall.Kill(os.Getpid(), syscall.SIGHUP)
-	time.Sleep(100 * time.Millisecond) // let the signal be handled, if it were to stop anything
+	// The reload the signal asks for is counted once it is handled.
+	reloads := func() bool {
+		req, _ := http.NewRequest("GET", u.admin+"/metrics", nil)
+		req.Header.Set("Authorization", "Bearer s3cret")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return strings.Contains(string(b), "l4lb_config_reloads_total{")
+	}
+	for deadline := time.Now().Add(10 * time.Second); !reloads(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("SIGHUP was not handled within 10 s")
+		}
+	}
 	select {
 	case err := <-done:
 		t.Fatalf("serve returned after SIGHUP: %v", err)

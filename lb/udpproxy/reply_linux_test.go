@@ -69,7 +69,11 @@ func TestReplyNeverUsesAReusedDescriptor(t *testing.T) {
 	if _, err := target.WriteToUDP([]byte("reply"), &upAddr); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(20 * time.Millisecond) // loopback delivery
+	// Wait until the reply is queued on the upstream socket.
+	pfd := []unix.PollFd{{Fd: int32(up), Events: unix.POLLIN}}
+	if n, err := unix.Poll(pfd, 5000); err != nil || n != 1 {
+		t.Fatalf("the target's reply did not arrive: %d, %v", n, err)
+	}
 
 	ca := client.LocalAddr().(*net.UDPAddr).AddrPort()
 	u := &udpFront{
