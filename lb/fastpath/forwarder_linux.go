@@ -6,8 +6,8 @@ import (
 	"net/netip"
 	"os"
 	"strings"
-	"sync/atomic"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -76,10 +76,10 @@ type Forwarder struct {
 	endMu   sync.Mutex
 	ends    map[netip.AddrPort]endReq
 	endKick chan struct{}
-	stop   chan struct{}
-	done   chan struct{}
-	resets map[netip.AddrPort]Resets // per target, at the last collect
-	guard  *guard                    // the DSR fronts' rules for after a crash
+	stop    chan struct{}
+	done    chan struct{}
+	resets  map[netip.AddrPort]Resets // per target, at the last collect
+	guard   *guard                    // the DSR fronts' rules for after a crash
 }
 
 // endReq asks the loop to end the flows pinned to a target.
