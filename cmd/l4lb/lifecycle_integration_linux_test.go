@@ -486,8 +486,10 @@ func TestReloadUnderLoad(t *testing.T) {
 	time.Sleep(time.Second)
 	close(old.stop) // no new transfers to the listener that goes; those under way go on
 	d.write(lifecycleYAML(pAdmin, map[string]string{"web": pWeb, "new": pNew}, []*idTarget{t2, t3}, ""))
-	code, out, errs := runCLI("reload", "--admin", d.admin)
+	// Taken before the call: the drain's delay starts within it, so the
+	// time from here bounds the delay from below.
 	reloaded := time.Now()
+	code, out, errs := runCLI("reload", "--admin", d.admin)
 	if code != 0 {
 		t.Fatalf("l4lb reload: exit %d: %s", code, errs)
 	}
