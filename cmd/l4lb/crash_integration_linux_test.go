@@ -80,12 +80,7 @@ func pinnedLinkIDs(t *testing.T, dir string) map[string]uint32 {
 // flow's target, and a target registered after the restart receives new
 // flows. A clean stop then removes the pins.
 func TestKernelPathOutlivesCrash(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("the kernel paths need root, which CI has")
-		}
-		t.Skip("the kernel paths need root")
-	}
+	needRoot(t, "the kernel paths")
 	// 127.57/16 to 127.61/16 are this test's own.
 	a, b := tcpEchoAt(t, "127.57.0.2:9080"), tcpEchoAt(t, "127.57.0.3:9080")
 	cAddr := "127.57.0.4:9080"
@@ -130,20 +125,6 @@ target_groups:
 		}
 	}
 
-	echo := func(c net.Conn, msg string) error {
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		if _, err := c.Write([]byte(msg)); err != nil {
-			return err
-		}
-		got := make([]byte, len(msg))
-		if _, err := io.ReadFull(c, got); err != nil {
-			return err
-		}
-		if string(got) != msg {
-			return fmt.Errorf("echo %q, want %q", got, msg)
-		}
-		return nil
-	}
 	dial := func(net4 byte, i int) (net.Conn, error) {
 		dl := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, net4, 0, byte(i+1))}, Timeout: 3 * time.Second}
 		return dl.Dial("tcp", vip)

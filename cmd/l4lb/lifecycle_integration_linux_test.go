@@ -806,12 +806,7 @@ func kernelTarget(t *testing.T, ip string) string {
 // its programs on the old one's flow maps; new flows use the new table;
 // and the new process's sockets read no datagram at all.
 func TestUpgradeKeepsKernelUDPFlows(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("the UDP fast path needs root, which CI has")
-		}
-		t.Skip("the UDP fast path needs root")
-	}
+	needRoot(t, "the UDP fast path")
 	// 127.50/16 is this test's own: other tests' kernel programs on lo use
 	// other addresses.
 	a, b, c := kernelTarget(t, "127.50.0.2"), kernelTarget(t, "127.50.0.3"), kernelTarget(t, "127.50.0.4")
@@ -1111,6 +1106,34 @@ target_groups:
 	}
 }
 
+// needRoot skips t on a machine without root, and fails it on CI, which
+// has root: a skipped check there would hide a regression.
+func needRoot(t *testing.T, what string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal(what + " needs root, which CI has")
+		}
+		t.Skip(what + " needs root")
+	}
+}
+
+// echo sends msg on c and checks that it comes back, within 5 s.
+func echo(c net.Conn, msg string) error {
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write([]byte(msg)); err != nil {
+		return err
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, got); err != nil {
+		return err
+	}
+	if string(got) != msg {
+		return fmt.Errorf("echo %q, want %q", got, msg)
+	}
+	return nil
+}
+
 // tcpEchoAt runs a TCP echo target at addr for the test.
 func tcpEchoAt(t *testing.T, addr string) string {
 	t.Helper()
@@ -1128,12 +1151,7 @@ func tcpEchoAt(t *testing.T, addr string) string {
 // reset it), because the new process loaded its programs on the old one's
 // flow maps; new connections work too, and none goes through user space.
 func TestUpgradeKeepsKernelTCPFlows(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("the TCP fast path needs root, which CI has")
-		}
-		t.Skip("the TCP fast path needs root")
-	}
+	needRoot(t, "the TCP fast path")
 	// 127.53/16 is this test's own.
 	a, b, c := tcpEchoAt(t, "127.53.0.2:9080"), tcpEchoAt(t, "127.53.0.3:9080"), tcpEchoAt(t, "127.53.0.4:9080")
 	pWeb, pAdmin := freePort(t), freePort(t)
@@ -1165,20 +1183,6 @@ target_groups:
 	})
 	if log, _ := os.ReadFile(d.log); !strings.Contains(string(log), "TCP listener forwarded in the kernel") {
 		t.Fatalf("the listener is not on the kernel path:\n%s", log)
-	}
-	echo := func(c net.Conn, msg string) error {
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		if _, err := c.Write([]byte(msg)); err != nil {
-			return err
-		}
-		got := make([]byte, len(msg))
-		if _, err := io.ReadFull(c, got); err != nil {
-			return err
-		}
-		if string(got) != msg {
-			return fmt.Errorf("echo %q, want %q", got, msg)
-		}
-		return nil
 	}
 	var conns []net.Conn
 	for i := range 50 {

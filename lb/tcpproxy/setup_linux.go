@@ -106,7 +106,15 @@ func (p *setup) recovered() {
 		}
 		return
 	}
-	p.c.SetLinger(0)
+	p.abandon(true)
+}
+
+// abandon closes the client (resetting it when asked), closes any target
+// connection, and gives back the slots the steps took.
+func (p *setup) abandon(reset bool) {
+	if reset {
+		p.c.SetLinger(0)
+	}
 	p.c.Close()
 	if p.t != nil {
 		p.t.Close()
@@ -134,15 +142,7 @@ func (p *setup) reject(why listen.Reason) {
 		p.l.lbResets.Inc()
 	}
 	// A failed handshake has sent its alert; a reset could overtake it.
-	if why != listen.ReasonTLSHandshake {
-		p.c.SetLinger(0)
-	}
-	p.c.Close()
-	if p.t != nil {
-		p.t.Close()
-		p.s.loopGuard.Forget(p.loopKey)
-	}
-	p.release()
+	p.abandon(why != listen.ReasonTLSHandshake)
 }
 
 // checkLoop refuses a connection that l4lb itself made to a target: the
