@@ -5,6 +5,8 @@ import (
 	"crypto/rsa"
 	"crypto/tls"
 	"errors"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 	"io"
 	"net"
 	"net/netip"
@@ -185,7 +187,8 @@ func TestTLSALPNPolicies(t *testing.T) {
 func TestTLSCertificateReloadedFromDisk(t *testing.T) {
 	ca := testpki.New(t)
 	pair := issue(t, ca, false, "api.test")
-	_, addr, _ := tlsServer(t, config.ListenerTLS{Certificates: []config.Certificate{pair}}, Options{})
+	core, logs := observer.New(zap.ErrorLevel)
+	_, addr, _ := tlsServer(t, config.ListenerTLS{Certificates: []config.Certificate{pair}}, Options{Logger: zap.New(core)})
 	conf := &tls.Config{ServerName: "api.test", RootCAs: ca.Pool}
 	before, err := dialTLS(t, addr, conf)
 	if err != nil {
@@ -196,7 +199,9 @@ func TestTLSCertificateReloadedFromDisk(t *testing.T) {
 
 	// A broken file first: kept out.
 	os.WriteFile(pair.Cert, []byte("not a certificate"), 0o600)
-	time.Sleep(2500 * time.Millisecond)
+	waitFor(t, func() bool {
+		return logs.FilterMessage("TLS certificate not reloaded; the running one is kept").Len() > 0
+	})
 	if c, err := dialTLS(t, addr, conf); err != nil || c.ConnectionState().PeerCertificates[0].SerialNumber.Cmp(serial) != 0 {
 		t.Fatalf("a broken certificate file replaced the running one: %v", err)
 	} else {

@@ -316,21 +316,33 @@ func TestSpeakerWaitsForSettling(t *testing.T) {
 // counts each and logs them, one line a second at most, so a scan neither
 // goes unseen nor fills the log.
 func TestSpeakerCountsUnknownConnections(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.2:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
 	cfg := speakerConfig(1) // the peer is never reached; only the listener matters
-	cfg.ListenPort = port
 	core, logs := observer.New(zap.InfoLevel)
 	m := metrics.New(prometheus.NewRegistry())
-	s := New(cfg, Options{Logger: zap.New(core), Metrics: m, Healthy: (&zones{healthy: map[string]bool{}}).get})
-	if err := s.Start(); err != nil {
-		t.Fatal(err)
+	// The speaker listens on every address: a port free on all of them
+	// when picked can still be taken (another test's outgoing connection)
+	// before the speaker binds it, so a bind that finds it taken tries
+	// another.
+	var port int
+	var s *Speaker
+	for attempt := 1; ; attempt++ {
+		ln, err := net.Listen("tcp4", "0.0.0.0:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port = ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
+		cfg.ListenPort = port
+		s = New(cfg, Options{Logger: zap.New(core), Metrics: m, Healthy: (&zones{healthy: map[string]bool{}}).get})
+		err = s.Start()
+		if err == nil {
+			t.Cleanup(s.Stop)
+			break
+		}
+		if attempt == 5 || !strings.Contains(err.Error(), "address already in use") {
+			t.Fatal(err)
+		}
 	}
-	t.Cleanup(s.Stop)
 	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.66")}, Timeout: 2 * time.Second}
 	for range 5 {
 		c, err := d.Dial("tcp", net.JoinHostPort("127.0.0.2", strconv.Itoa(port)))
