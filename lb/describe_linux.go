@@ -167,3 +167,24 @@ func (s *Server) ZoneHealth(zone string) (api.ZoneHealth, error) {
 	})
 	return out, nil
 }
+
+// The admin API's view of the registry (admin.Registry), by name rather
+// than by embedding: the registry's other methods stay its own.
+
+// TargetGroups describes every target group and its targets.
+func (s *Server) TargetGroups() []api.TargetGroup { return s.Registry.TargetGroups() }
+
+// TargetGroup describes one target group.
+func (s *Server) TargetGroup(name string) (api.TargetGroup, error) {
+	return s.Registry.TargetGroup(name)
+}
+
+// Register adds a target to a group, or updates its weight or zone.
+func (s *Server) Register(group string, req api.RegisterRequest) (api.TargetHealth, error) {
+	return s.Registry.Register(group, req)
+}
+
+// Deregister starts a target's draining.
+func (s *Server) Deregister(group, address string) error {
+	return s.Registry.Deregister(group, address)
+}

@@ -123,9 +123,9 @@ func TestTargetGaugesAndSeries(t *testing.T) {
 	cfg.Zones = []config.Zone{{Name: "a", IPs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}}, {Name: "b", IPs: []netip.Addr{netip.MustParseAddr("127.0.0.2")}}}
 	reg := prometheus.NewRegistry()
 	srv, _ := startServer(t, cfg, Options{Metrics: metrics.New(reg)})
-	srv.SetHealth("tg", a.addr, true, "", "")
-	srv.SetHealth("tg", b.addr, true, "", "")
-	srv.SetHealth("tg", c.addr, false, api.ReasonFailedHealthChecks, "")
+	srv.Registry.SetHealth("tg", a.addr, true, "", "")
+	srv.Registry.SetHealth("tg", b.addr, true, "", "")
+	srv.Registry.SetHealth("tg", c.addr, false, api.ReasonFailedHealthChecks, "")
 	gauge := func(name, zone string) float64 {
 		v, ok := series(t, reg, name, map[string]string{"target_group": "tg", "zone": zone})
 		if !ok {

@@ -123,8 +123,8 @@ func TestFailOpenWhenAllUnhealthy(t *testing.T) {
 		g.Attributes.UnhealthyConnectionTermination = true
 	})
 	srv, addr := startServer(t, cfg, Options{Metrics: m})
-	srv.SetHealth("tg", a.addr, true, "", "")
-	srv.SetHealth("tg", b.addr, true, "", "")
+	srv.Registry.SetHealth("tg", a.addr, true, "", "")
+	srv.Registry.SetHealth("tg", b.addr, true, "", "")
 	// Healthy: not fail-open, nothing counted.
 	c, _ := openFlow(t, srv, addr)
 	c.Close()
@@ -132,7 +132,7 @@ func TestFailOpenWhenAllUnhealthy(t *testing.T) {
 		t.Fatalf("unhealthy routing counted %v with healthy targets", v)
 	}
 	// One unhealthy: flows go to the other only.
-	srv.SetHealth("tg", a.addr, false, api.ReasonFailedHealthChecks, "")
+	srv.Registry.SetHealth("tg", a.addr, false, api.ReasonFailedHealthChecks, "")
 	for range 20 {
 		c, tgt := openFlow(t, srv, addr)
 		if tgt != b.addr.String() {
@@ -141,7 +141,7 @@ func TestFailOpenWhenAllUnhealthy(t *testing.T) {
 		c.Close()
 	}
 	// Both unhealthy while their ports serve: traffic keeps flowing to both.
-	srv.SetHealth("tg", b.addr, false, api.ReasonResponseCodeMismatch, "")
+	srv.Registry.SetHealth("tg", b.addr, false, api.ReasonResponseCodeMismatch, "")
 	seen := map[string]bool{}
 	for range 40 {
 		c, tgt := openFlow(t, srv, addr)
@@ -169,8 +169,8 @@ func TestUnhealthyTerminatesFlows(t *testing.T) {
 		g.Attributes.UnhealthyConnectionTermination = true
 	})
 	srv, addr := startServer(t, cfg, Options{})
-	srv.SetHealth("tg", a.addr, true, "", "")
-	srv.SetHealth("tg", b.addr, true, "", "")
+	srv.Registry.SetHealth("tg", a.addr, true, "", "")
+	srv.Registry.SetHealth("tg", b.addr, true, "", "")
 	var onA net.Conn
 	for onA == nil {
 		c, tgt := openFlow(t, srv, addr)
@@ -178,7 +178,7 @@ func TestUnhealthyTerminatesFlows(t *testing.T) {
 			onA = c
 		}
 	}
-	srv.SetHealth("tg", a.addr, false, api.ReasonFailedHealthChecks, "")
+	srv.Registry.SetHealth("tg", a.addr, false, api.ReasonFailedHealthChecks, "")
 	onA.SetDeadline(time.Now().Add(10 * time.Second))
 	if _, err := onA.Read(make([]byte, 1)); err == nil {
 		t.Fatal("flow to an unhealthy target was not reset")
@@ -250,8 +250,8 @@ func TestZoneHealth(t *testing.T) {
 	})
 	cfg.Zones = []config.Zone{{Name: "a", IPs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}}, {Name: "b", IPs: []netip.Addr{netip.MustParseAddr("127.0.0.2")}}}
 	srv, _ := startServer(t, cfg, Options{})
-	srv.SetHealth("tg", a.addr, true, "", "")
-	srv.SetHealth("tg", b.addr, false, api.ReasonFailedHealthChecks, "")
+	srv.Registry.SetHealth("tg", a.addr, true, "", "")
+	srv.Registry.SetHealth("tg", b.addr, false, api.ReasonFailedHealthChecks, "")
 	za, err := srv.ZoneHealth("a")
 	if err != nil || !za.Healthy {
 		t.Fatalf("zone a: %+v %v", za, err)
@@ -286,7 +286,7 @@ func TestZoneHealthUDP(t *testing.T) {
 	if err != nil || zb.Healthy || !strings.Contains(zb.Listeners["test"], "0 healthy") {
 		t.Fatalf("zone b with an initial target: %+v %v", zb, err)
 	}
-	srv.SetHealth("tg", a.addr, true, "", "")
+	srv.Registry.SetHealth("tg", a.addr, true, "", "")
 	if zb, err = srv.ZoneHealth("b"); err != nil || !zb.Healthy || zb.Listeners["test"] != "ok" {
 		t.Fatalf("zone b with a healthy target: %+v %v", zb, err)
 	}

@@ -67,7 +67,7 @@ type Options struct {
 // Server runs one configuration. It embeds its target registry, whose
 // methods serve the admin API.
 type Server struct {
-	*registry.Registry
+	Registry *registry.Registry // the targets, groups and their health; the admin API serves it
 
 	log      *zap.Logger
 	tcp      *tcpproxy.Server
