@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"os"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -112,4 +113,16 @@ func SetTransparent(fd int, v6 bool) error {
 		return unix.SetsockoptInt(fd, unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1)
 	}
 	return unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_TRANSPARENT, 1)
+}
+
+// EpollPoll reads the events an epoll set has, without waiting. It is a
+// raw system call, without the scheduler's enter and exit bookkeeping: it
+// never blocks, and the loops that wait for their sets through Go's poller
+// (the TCP event loops, the UDP reply loops) call it on every wakeup.
+func EpollPoll(epfd int, events []unix.EpollEvent) (int, error) {
+	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(unsafe.SliceData(events))), uintptr(len(events)), 0, 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
 }

@@ -156,7 +156,7 @@ func (lp *evloop) run() {
 // stops.
 func (lp *evloop) poll(uintptr) bool {
 	for {
-		n, err := sysEpollPoll(lp.epfd, lp.events)
+		n, err := listen.EpollPoll(lp.epfd, lp.events)
 		if err == unix.EINTR {
 			continue
 		}

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"os"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
@@ -49,6 +50,21 @@ type listener struct {
 	term       *tlsterm.Terminator
 	tlsErrors  prometheus.Counter
 	handshakes map[handshakeKey]prometheus.Counter
+}
+
+// lsock is one SO_REUSEPORT listening socket, served by one event loop.
+type lsock struct {
+	fd   int
+	addr netip.AddrPort            // bound address
+	l    *atomic.Pointer[listener] // the listener's slot: its current generation
+	lp   *evloop
+	// Owned by the loop: its registration, and the back-off after an
+	// accept error.
+	slot        int32
+	paused      bool // after an accept error, until pausedUntil
+	queued      bool // in the loop's backlog
+	pausedUntil int64
+	delay       time.Duration
 }
 
 // trusted reports whether ip may send a PROXY header (proxy_protocol_accept).

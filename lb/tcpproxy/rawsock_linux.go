@@ -266,12 +266,6 @@ func sysEpollCtl(epfd, op, fd int, ev *unix.EpollEvent) error {
 	return errnoErr(e)
 }
 
-// sysEpollPoll reads the events there are, without waiting.
-func sysEpollPoll(epfd int, events []unix.EpollEvent) (int, error) {
-	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(unsafe.SliceData(events))), uintptr(len(events)), 0, 0, 0)
-	return int(n), errnoErr(e)
-}
-
 func sysSocket(family int) (int, error) {
 	fd, _, e := unix.RawSyscall(unix.SYS_SOCKET, uintptr(family), unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	return int(fd), errnoErr(e)

@@ -5,9 +5,10 @@ import (
 	"os"
 	"syscall"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/l4lb/l4lb/lb/listen"
 )
 
 // epollWaiter waits for an epoll set through Go's poller: an epoll
@@ -51,16 +52,12 @@ func newEpollWaiter(epfd int, events []unix.EpollEvent) (*epollWaiter, error) {
 // to wait for more.
 func (w *epollWaiter) poll(uintptr) bool {
 	for {
-		n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(w.epfd), uintptr(unsafe.Pointer(unsafe.SliceData(w.events))), uintptr(len(w.events)), 0, 0, 0)
-		if e == unix.EINTR {
+		n, err := listen.EpollPoll(w.epfd, w.events)
+		if err == unix.EINTR {
 			continue
 		}
-		if e != 0 {
-			w.n, w.err = 0, e
-			return true
-		}
-		w.n, w.err = int(n), nil
-		return n > 0
+		w.n, w.err = n, err
+		return n > 0 || err != nil
 	}
 }
 
