@@ -120,6 +120,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	if s.udp, err = udpproxy.New(cfg, reg, udpproxy.Options{Logger: opts.Logger, Metrics: opts.Metrics,
 		SocketsPerAddr: opts.SocketsPerAddr, MaxFlows: udpFlows, IDs: ids, Inherit: opts.Inherit, Loops: loops, KernelPin: kernelPin}); err != nil {
 		s.keys.Close() // its rotation goroutine
+		s.tcp.Discard()
 		return nil, err
 	}
 	reg.Subscribe(s.tcp)

@@ -677,3 +677,44 @@ func TestTLSSilentFloodLocksNobodyOut(t *testing.T) {
 		t.Fatalf("%v connections refused", n)
 	}
 }
+
+// TestFailedNewClosesAccessLogs builds servers that fail, in the TCP plane
+// and in the UDP plane, after a TLS listener's access log was opened: no
+// descriptor of the log may be left open.
+func TestFailedNewClosesAccessLogs(t *testing.T) {
+	ca := testpki.New(t)
+	pair := issue(t, ca, false, "api.test")
+	logFile := filepath.Join(t.TempDir(), "tls-access.log")
+	for _, proto := range []config.Protocol{config.TCP, config.UDP} {
+		cfg := testConfig([]config.Target{{Address: netip.MustParseAddrPort("127.0.0.1:1"), Weight: 1}}, func(l *config.Listener, _ *config.TargetGroup) {
+			l.Protocol = config.TLS
+			l.TLS = &config.ListenerTLS{Certificates: []config.Certificate{pair}, SecurityPolicy: config.DefaultSecurityPolicy, ALPNPolicy: config.ALPNNone, AccessLog: logFile}
+		})
+		cfg.Listeners = append(cfg.Listeners, config.Listener{Name: "bad", Protocol: proto, Port: 0,
+			Bind: []config.BindAddr{{IP: netip.MustParseAddr("127.0.0.1")}}, TargetGroup: "missing"})
+		for range 5 {
+			if _, err := New(cfg, Options{}); err == nil {
+				t.Fatalf("New accepted a %s listener of a missing group", proto)
+			}
+		}
+		if n := openFilesAt(t, logFile); n != 0 {
+			t.Fatalf("%d descriptors of the access log open after failed News (the %s plane failed)", n, proto)
+		}
+	}
+}
+
+// openFilesAt counts this process's descriptors open on path.
+func openFilesAt(t *testing.T, path string) int {
+	t.Helper()
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, fd := range fds {
+		if to, err := os.Readlink("/proc/self/fd/" + fd.Name()); err == nil && to == path {
+			n++
+		}
+	}
+	return n
+}

@@ -33,6 +33,7 @@ type Change struct {
 	remove  []*listener
 	terms   map[string]*tlsterm.Terminator // the TLS listeners' terminations after the reload
 	commits []func()                       // put the kept ones' new certificates in force
+	aborts  []func()                       // give back what preparing them opened
 }
 
 // Prepare binds the listeners cfg adds.
@@ -51,57 +52,62 @@ func (s *Server) Prepare(cfg *config.Config) (*Change, error) {
 	}
 	// TLS first: a certificate that does not load fails the reload before
 	// anything is bound.
-	terms, commits, err := s.prepareTerms(cfg)
-	if err != nil {
+	c := &Change{s: s, cfg: cfg}
+	if err := c.prepareTerms(); err != nil {
+		c.Abort()
 		return nil, err
 	}
-	add, remove, err := listen.Diff(cfg, config.Protocol.HasTCP, cur, open, (*listener).close)
-	if err != nil {
+	var err error
+	if c.add, c.remove, err = listen.Diff(cfg, config.Protocol.HasTCP, cur, open, (*listener).close); err != nil {
+		c.Abort()
 		return nil, err
 	}
-	for _, l := range add {
-		l.term = terms[l.cfg.Name]
+	for _, l := range c.add {
+		l.term = c.terms[l.cfg.Name]
 	}
-	return &Change{s: s, cfg: cfg, add: add, remove: remove, terms: terms, commits: commits}, nil
+	return c, nil
 }
 
 // prepareTerms reads the TLS settings and certificates of cfg's TLS
 // listeners: kept listeners' terminations are prepared in place (the
 // certificate cache and session tickets carry over), added ones built.
-func (s *Server) prepareTerms(cfg *config.Config) (map[string]*tlsterm.Terminator, []func(), error) {
+func (c *Change) prepareTerms() error {
+	s := c.s
 	s.mu.Lock()
 	cur := s.terms
 	s.mu.Unlock()
-	terms := map[string]*tlsterm.Terminator{}
-	var commits []func()
-	for i := range cfg.Listeners {
-		lc := &cfg.Listeners[i]
+	c.terms = map[string]*tlsterm.Terminator{}
+	for i := range c.cfg.Listeners {
+		lc := &c.cfg.Listeners[i]
 		if lc.Protocol != config.TLS {
 			continue
 		}
 		if t := cur[lc.Name]; t != nil {
-			commit, err := t.Prepare(lc.TLS)
+			commit, abort, err := t.Prepare(lc.TLS)
 			if err != nil {
-				return nil, nil, err
+				return err
 			}
-			terms[lc.Name], commits = t, append(commits, commit)
+			c.terms[lc.Name], c.commits, c.aborts = t, append(c.commits, commit), append(c.aborts, abort)
 			continue
 		}
 		t, err := tlsterm.New(lc.TLS, "listener "+lc.Name, s.opts.TLS)
 		if err != nil {
-			return nil, nil, err
+			return err
 		}
-		terms[lc.Name] = t
+		c.terms[lc.Name], c.aborts = t, append(c.aborts, t.Close)
 	}
-	return terms, commits, nil
+	return nil
 }
 
-// Abort closes what Prepare bound.
+// Abort closes what Prepare bound and opened.
 func (c *Change) Abort() {
 	for _, l := range c.add {
 		l.close()
 	}
-	c.add = nil
+	for _, abort := range c.aborts {
+		abort()
+	}
+	c.add, c.aborts = nil, nil
 }
 
 // Commit switches to the new listeners: added ones start accepting, kept
@@ -110,10 +116,23 @@ func (c *Change) Abort() {
 func (c *Change) Commit() error {
 	s, cfg := c.s, c.cfg
 	s.mu.Lock()
+	dropped := s.terms
 	s.terms = c.terms
 	s.mu.Unlock()
 	for _, commit := range c.commits {
 		commit()
+	}
+	c.aborts = nil
+	// A TLS listener the reload removed closes its access log once its
+	// flows have drained (lines of flows that outlive that are not logged).
+	var delay time.Duration
+	for _, l := range c.remove {
+		delay = max(delay, l.drainDelay())
+	}
+	for name, t := range dropped {
+		if c.terms[name] != t {
+			time.AfterFunc(delay, t.Close)
+		}
 	}
 	cur := map[listen.Key]*listener{}
 	for _, l := range s.current() {
@@ -197,16 +216,22 @@ func (c *Change) Commit() error {
 	return nil
 }
 
-// retire lets a removed listener's flows run until the longest
-// deregistration delay of its target groups, then resets those whose group
-// has connection termination on (s.mu held).
-func (s *Server) retire(l *listener) {
+// drainDelay is the longest deregistration delay of l's target groups.
+func (l *listener) drainDelay() time.Duration {
 	var delay time.Duration
 	for _, r := range l.allRoutes() {
 		for _, g := range r.Groups {
 			delay = max(delay, g.Config().Attributes.DeregistrationDelay)
 		}
 	}
+	return delay
+}
+
+// retire lets a removed listener's flows run until the longest
+// deregistration delay of its target groups, then resets those whose group
+// has connection termination on (s.mu held).
+func (s *Server) retire(l *listener) {
+	delay := l.drainDelay()
 	slot := l.slot
 	rt := &retired{l: l}
 	rt.timer = time.AfterFunc(delay, func() {

@@ -170,16 +170,19 @@ func New(cfg *config.Config, reg *registry.Registry, opts Options) (*Server, err
 		s.scan = min(s.scan, max(lc.IdleTimeout/4, 10*time.Millisecond))
 		r, err := listen.NewRoute(lc, reg)
 		if err != nil {
+			s.closeTerms()
 			return nil, err
 		}
 		rules, err := listen.NewRules(lc, reg)
 		if err != nil {
+			s.closeTerms()
 			return nil, err
 		}
 		limit := listen.NewSourceLimit(lc.MaxConnectionsPerSource)
 		if lc.Protocol == config.TLS {
 			term, err := tlsterm.New(lc.TLS, "listener "+lc.Name, opts.TLS)
 			if err != nil {
+				s.closeTerms()
 				return nil, err
 			}
 			s.terms[lc.Name] = term
@@ -278,6 +281,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.parker.close()
 	}
 	s.pipes.drain()
+	s.closeTerms()
 	// The kernel's flows end with its programs, unless a new process took
 	// their maps over (an upgrade) and runs its own.
 	if k := s.kernel.Swap(nil); k != nil {
@@ -285,6 +289,19 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.log.Info("drain end")
 	return err
+}
+
+// Discard gives back what New opened (the TLS listeners' access logs), for
+// a server that will not be started.
+func (s *Server) Discard() { s.closeTerms() }
+
+// closeTerms closes the TLS listeners' access logs.
+func (s *Server) closeTerms() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, t := range s.terms {
+		t.Close()
+	}
 }
 
 // stopLoops ends the event loops; their flows have ended.

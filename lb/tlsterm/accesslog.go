@@ -36,10 +36,11 @@ type Entry struct {
 
 // accessLog appends NLB's TLS access-log lines to a file.
 type accessLog struct {
-	mu   sync.Mutex
-	f    *os.File
-	w    *bufio.Writer
-	path string
+	mu     sync.Mutex
+	f      *os.File
+	w      *bufio.Writer
+	path   string
+	closed bool
 }
 
 func openAccessLog(path string) (*accessLog, error) {
@@ -82,13 +83,21 @@ func (a *accessLog) write(e Entry) {
 		i.Start.UTC().Format(time.RFC3339))
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.closed {
+		return
+	}
 	a.w.WriteString(line)
 	a.w.Flush()
 }
 
+// close flushes and closes the file; lines written later are dropped.
 func (a *accessLog) close() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.closed {
+		return
+	}
+	a.closed = true
 	a.w.Flush()
 	a.f.Close()
 }

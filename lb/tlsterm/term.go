@@ -169,13 +169,19 @@ func (t *Terminator) build(lt *config.ListenerTLS, c *certs, cur *state) (*state
 }
 
 // Prepare reads a reloaded listener's TLS settings and certificates;
-// commit puts them in force for the next handshake. Certificates that fail
-// to load are refused, with the error, and the running ones kept.
-func (t *Terminator) Prepare(lt *config.ListenerTLS) (commit func(), err error) {
+// commit puts them in force for the next handshake, abort gives back what
+// they opened (a new access log). Certificates that fail to load are
+// refused, with the error, and the running ones kept.
+func (t *Terminator) Prepare(lt *config.ListenerTLS) (commit, abort func(), err error) {
 	cur := t.state.Load()
 	st, err := t.build(lt, nil, cur)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
+	}
+	abort = func() {
+		if st.log != nil && st.log != cur.log {
+			st.log.close()
+		}
 	}
 	return func() {
 		t.mu.Lock()
@@ -185,7 +191,17 @@ func (t *Terminator) Prepare(lt *config.ListenerTLS) (commit func(), err error) 
 		if old.log != nil && old.log != st.log {
 			old.log.close()
 		}
-	}, nil
+	}, abort, nil
+}
+
+// Close closes the access log; handshakes and lines after it are not
+// logged.
+func (t *Terminator) Close() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if st := t.state.Load(); st.log != nil {
+		st.log.close()
+	}
 }
 
 // Refresh reads the certificate files again if any changed since they were

@@ -193,8 +193,7 @@ func (u *udpFront) release(f *udpFlow) {
 	f.mu.Lock()
 	if !f.closed {
 		f.closed = true
-		unix.EpollCtl(u.epfd, unix.EPOLL_CTL_DEL, f.fd, nil)
-		unix.Close(f.fd)
+		unix.Close(f.fd) // which takes it out of the epoll set: it has no duplicate
 		u.srv.opts.Loops.Forget(f.loopKey)
 		u.srv.budget.Release()
 		f.tgt.AddFlows(-1)
@@ -241,7 +240,7 @@ func (u *udpFront) replyLoop() {
 			u.srv.log.Error("UDP reply loop: epoll_wait failed", zap.String(logListener, u.cfg.Name), zap.Error(err))
 			return
 		}
-		if u.srv.closing.Load() || u.closing.Load() {
+		if u.closing.Load() { // set once the read loops have ended
 			u.table.Range(func(_ flowtable.Key, f *udpFlow) bool { u.release(f); return true })
 			return
 		}

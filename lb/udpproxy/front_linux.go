@@ -45,15 +45,16 @@ type udpFront struct {
 	wildcard bool
 	table    *flowtable.Table[*udpFlow]
 
-	epfd    int
+	epfd    int // set by bind, closed by close once no loop uses it
 	wake    int
-	mu      sync.Mutex // guards slots and free
+	readers sync.WaitGroup // the read loops, which make flows
+	mu      sync.Mutex     // guards slots and free
 	slots   []*udpFlow
 	free    []int32
 	done    chan struct{}
 	started bool         // the reply loop runs (and will close done)
-	closing atomic.Bool  // close was called: the reply loop ends its flows and exits
-	stopped atomic.Bool  // stopReading was called: the read loops exit
+	closing atomic.Bool  // the read loops have ended: the reply loop ends the flows and exits
+	stopped atomic.Bool  // stopReading or close was called: the read loops exit
 	replied atomic.Int64 // when a reply last left, Unix nanoseconds
 
 	newFlows, evictions                prometheus.Counter
@@ -174,19 +175,24 @@ func (u *udpFront) Addr() net.Addr {
 
 func (u *udpFront) start() {
 	for _, sock := range u.socks {
-		u.srv.loops.Add(1)
+		u.readers.Add(1)
 		go u.readLoop(sock)
 	}
 	u.started = true
 	go u.replyLoop()
 }
 
-// close stops reading; the reply loop closes every flow and exits.
+// close stops reading; the reply loop closes every flow and exits. The read
+// loops have ended before the reply loop's last sweep, so no flow is made
+// after it (its socket and budget slot would be lost), and before the epoll
+// set closes, so none is added to a closed or reused descriptor.
 func (u *udpFront) close() {
-	u.closing.Store(true)
+	u.stopped.Store(true)
 	for _, s := range u.socks {
 		s.Close()
 	}
+	u.readers.Wait()
+	u.closing.Store(true)
 	if u.started {
 		unix.Write(u.wake, []byte{1, 0, 0, 0, 0, 0, 0, 0})
 		<-u.done
@@ -219,7 +225,7 @@ func (u *udpFront) quietFor(d time.Duration, now time.Time) bool {
 // readLoop takes client datagrams in batches and forwards each on its flow's
 // upstream socket, creating the flow on its first datagram.
 func (u *udpFront) readLoop(sock *net.UDPConn) {
-	defer u.srv.loops.Done()
+	defer u.readers.Done()
 	rc, err := sock.SyscallConn()
 	if err != nil {
 		return
@@ -236,6 +242,11 @@ func (u *udpFront) readLoop(sock *net.UDPConn) {
 	var rerr error   // a receive error other than EAGAIN, for the loop to report
 	read := func(fd uintptr) bool {
 		for {
+			if u.stopped.Load() {
+				// A closed socket stays open while this callback runs:
+				// without this check a flood would keep it reading.
+				return true
+			}
 			b.prepRecv(udpBatch, true)
 			n, err := recvmmsg(int(fd), b, udpBatch)
 			if err == unix.EINTR {

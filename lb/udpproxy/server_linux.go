@@ -67,7 +67,7 @@ type Server struct {
 	ids    *atomic.Uint64
 
 	closing atomic.Bool
-	loops   sync.WaitGroup // read loops
+	bgMu    sync.Mutex     // orders EndFlows' bg.Add before Close's bg.Wait
 	bg      sync.WaitGroup // flow terminations in progress
 }
 
@@ -134,7 +134,9 @@ func (s *Server) Shutdown(ctx context.Context) {
 	for _, u := range fronts {
 		u.stopReading()
 	}
-	s.loops.Wait()
+	for _, u := range fronts {
+		u.readers.Wait()
+	}
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	for {
@@ -171,14 +173,15 @@ func (s *Server) ReleaseKernel() {
 
 // Close stops the kernel path and the listeners; their flows end.
 func (s *Server) Close() {
+	s.bgMu.Lock()
 	s.closing.Store(true)
+	s.bgMu.Unlock()
 	if k := s.kernel.Swap(nil); k != nil {
 		k.Close()
 	}
 	for _, u := range s.current() {
 		u.close()
 	}
-	s.loops.Wait()
 	s.bg.Wait()
 }
 
@@ -193,8 +196,10 @@ func (s *Server) SnapshotChanged(*registry.Group) {
 // EndFlows ends the flows pinned to t, in user space and in the kernel
 // (registry.Subscriber).
 func (s *Server) EndFlows(t *registry.Target, why string) {
+	s.bgMu.Lock()
+	defer s.bgMu.Unlock()
 	if s.closing.Load() {
-		return
+		return // Close has ended every flow, or is ending them
 	}
 	s.bg.Add(1)
 	go func() {
