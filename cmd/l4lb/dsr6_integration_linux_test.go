@@ -78,18 +78,7 @@ func TestDSRIPv6InNamespaces(t *testing.T) {
 
 	bin := filepath.Join(t.TempDir(), "l4lb")
 	buildL4LB(t, bin, "dsr6-test")
-	script := exec.Command(ipBin, "netns", "exec", target, "sh", "../../deploy/dsr-target.sh", "--gue-port", "6080", dsr6VIP)
-	out, err := script.CombinedOutput()
-	if code := script.ProcessState.ExitCode(); code == 3 {
-		dec := exec.Command(ipBin, "netns", "exec", target, bin, "dsr-target", "--interface", "t0", "--vip", dsr6VIP, "--gue-port", "6080")
-		dec.Stdout, dec.Stderr = io.Discard, os.Stderr
-		if err := dec.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { dec.Process.Kill(); dec.Wait() })
-	} else if err != nil {
-		t.Fatalf("deploy/dsr-target.sh: %v\n%s", err, out)
-	}
+	dsr6Decap(t, ipBin, target, bin, "t0", dsr6VIP)
 
 	// The target: on the VIP, TCP and UDP port 7000 answer with the peer's
 	// address; port 8080 (its own address) passes health checks.
@@ -166,6 +155,26 @@ target_groups:
 		if !strings.Contains(string(b), want) {
 			t.Errorf("l4lb's log lacks %s: the listener is not on the kernel path by DSR", want)
 		}
+	}
+}
+
+// dsr6Decap takes the node's IPv6-in-IPv6 and GUE-over-IPv6 packets for vip
+// off in namespace ns: with deploy/dsr-target.sh where the kernel has
+// ip6_tunnel and fou6, and with l4lb dsr-target on interface dev where it
+// has not (the script's exit 3).
+func dsr6Decap(t *testing.T, ipBin, ns, bin, dev, vip string) {
+	t.Helper()
+	script := exec.Command(ipBin, "netns", "exec", ns, "sh", "../../deploy/dsr-target.sh", "--gue-port", "6080", vip)
+	out, err := script.CombinedOutput()
+	if code := script.ProcessState.ExitCode(); code == 3 {
+		dec := exec.Command(ipBin, "netns", "exec", ns, bin, "dsr-target", "--interface", dev, "--vip", vip, "--gue-port", "6080")
+		dec.Stdout, dec.Stderr = io.Discard, os.Stderr
+		if err := dec.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { dec.Process.Kill(); dec.Wait() })
+	} else if err != nil {
+		t.Fatalf("deploy/dsr-target.sh: %v\n%s", err, out)
 	}
 }
 
