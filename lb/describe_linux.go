@@ -1,6 +1,7 @@
 package lb
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -172,19 +173,65 @@ func (s *Server) ZoneHealth(zone string) (api.ZoneHealth, error) {
 // than by embedding: the registry's other methods stay its own.
 
 // TargetGroups describes every target group and its targets.
-func (s *Server) TargetGroups() []api.TargetGroup { return s.Registry.TargetGroups() }
+func (s *Server) TargetGroups() []api.TargetGroup {
+	groups := s.Registry.TargetGroups()
+	out := make([]api.TargetGroup, len(groups))
+	for i, g := range groups {
+		out[i] = wireGroup(g)
+	}
+	return out
+}
 
 // TargetGroup describes one target group.
 func (s *Server) TargetGroup(name string) (api.TargetGroup, error) {
-	return s.Registry.TargetGroup(name)
+	g, err := s.Registry.TargetGroup(name)
+	if err != nil {
+		return api.TargetGroup{}, wireErr(err)
+	}
+	return wireGroup(g), nil
 }
 
 // Register adds a target to a group, or updates its weight or zone.
 func (s *Server) Register(group string, req api.RegisterRequest) (api.TargetHealth, error) {
-	return s.Registry.Register(group, req)
+	h, err := s.Registry.Register(group, registry.Registration{Address: req.Address, Zone: req.Zone, Weight: req.Weight})
+	if err != nil {
+		return api.TargetHealth{}, wireErr(err)
+	}
+	return wireTarget(h), nil
 }
 
 // Deregister starts a target's draining.
 func (s *Server) Deregister(group, address string) error {
-	return s.Registry.Deregister(group, address)
+	return wireErr(s.Registry.Deregister(group, address))
 }
+
+func wireGroup(g registry.GroupHealth) api.TargetGroup {
+	out := api.TargetGroup{Name: g.Name, Protocol: g.Protocol.String(), Port: int(g.Port), FailOpen: g.FailOpen,
+		Targets: make([]api.TargetHealth, len(g.Targets)), Listeners: g.Listeners}
+	for i, t := range g.Targets {
+		out.Targets[i] = wireTarget(t)
+	}
+	return out
+}
+
+func wireTarget(t registry.Health) api.TargetHealth {
+	return api.TargetHealth{Address: t.Address.String(), Zone: t.Zone, Weight: t.Weight, State: t.State.String(),
+		Reason: t.Reason, Description: t.Description, ActiveFlows: t.ActiveFlows}
+}
+
+// wireErr gives a registry error the admin API's kind of error (404, 400),
+// keeping its text.
+func wireErr(err error) error {
+	switch {
+	case errors.Is(err, registry.ErrNotFound):
+		return kindError{err, api.ErrNotFound}
+	case errors.Is(err, registry.ErrInvalid):
+		return kindError{err, api.ErrInvalid}
+	}
+	return err
+}
+
+type kindError struct{ err, kind error }
+
+func (e kindError) Error() string   { return e.err.Error() }
+func (e kindError) Unwrap() []error { return []error{e.err, e.kind} }

@@ -1,6 +1,8 @@
 package lb
 
 import (
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -319,5 +321,29 @@ func TestRegisterRefuses(t *testing.T) {
 	}
 	if _, err := srv.Register("tg", api.RegisterRequest{Address: "127.0.0.1:1"}); err != nil {
 		t.Fatalf("a plain loopback target: %v", err)
+	}
+}
+
+// The registry speaks its own types; the admin API's words for states,
+// reasons and errors must be the ones it converts them to.
+func TestRegistryVocabularyIsTheAPIs(t *testing.T) {
+	for st, want := range map[registry.State]string{registry.Initial: api.StateInitial, registry.Healthy: api.StateHealthy,
+		registry.Unhealthy: api.StateUnhealthy, registry.UnhealthyDraining: api.StateUnhealthyDraining,
+		registry.Draining: api.StateDraining, registry.Unused: api.StateUnused} {
+		if st.String() != want {
+			t.Errorf("state %d is %q, the API says %q", st, st, want)
+		}
+		if back, ok := registry.ParseState(want); !ok || back != st {
+			t.Errorf("ParseState(%q) = %v, %v", want, back, ok)
+		}
+	}
+	if registry.ReasonInitialHealthChecking != api.ReasonInitialHealthChecking || registry.ReasonDeregistrationInProgress != api.ReasonDeregistrationInProgress {
+		t.Error("the registry's reason codes differ from the API's")
+	}
+	for reg, wire := range map[error]error{registry.ErrNotFound: api.ErrNotFound, registry.ErrInvalid: api.ErrInvalid} {
+		err := wireErr(fmt.Errorf("%w: detail", reg))
+		if !errors.Is(err, wire) || !errors.Is(err, reg) || err.Error() != reg.Error()+": detail" {
+			t.Errorf("wireErr(%v) = %v: not %v", reg, err, wire)
+		}
 	}
 }

@@ -8,7 +8,6 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/l4lb/l4lb/pkg/api"
 	"github.com/l4lb/l4lb/pkg/config"
 )
 
@@ -96,7 +95,7 @@ func (r *Registry) update(g *Group, tg *config.TargetGroup) {
 		case ok:
 			t.zone, t.weight, t.fromFile = ft.Zone, ft.Weight, true
 			if t.state == Draining { // listed again: back in service
-				g.setState(t, Initial, api.ReasonInitialHealthChecking, "")
+				g.setState(t, Initial, ReasonInitialHealthChecking, "")
 				watch = append(watch, t)
 			}
 			delete(listed, t.Addr)

@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/l4lb/l4lb/pkg/api"
 	"github.com/l4lb/l4lb/pkg/config"
 )
 
@@ -26,15 +25,15 @@ func withGroups(r *Registry, groups ...config.TargetGroup) *config.Config {
 }
 
 // describeAll maps each target of group to what describe-health says.
-func describeAll(t *testing.T, r *Registry, group string) map[string]api.TargetHealth {
+func describeAll(t *testing.T, r *Registry, group string) map[string]Health {
 	t.Helper()
 	tg, err := r.TargetGroup(group)
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := map[string]api.TargetHealth{}
+	out := map[string]Health{}
 	for _, th := range tg.Targets {
-		out[th.Address] = th
+		out[th.Address.String()] = th
 	}
 	return out
 }
@@ -57,7 +56,7 @@ func TestApply(t *testing.T) {
 	for _, a := range []netip.AddrPort{ta, tb, tc} {
 		r.SetHealth("web", a, true, "", "")
 	}
-	if _, err := r.Register("web", api.RegisterRequest{Address: td.String(), Zone: "a", Weight: 3}); err != nil {
+	if _, err := r.Register("web", Registration{Address: td.String(), Zone: "a", Weight: 3}); err != nil {
 		t.Fatal(err)
 	}
 	base := w.startsNow() // WatchHealth started every target's checker
@@ -71,7 +70,7 @@ func TestApply(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := describeAll(t, r, "web")
-	for addr, want := range map[netip.AddrPort]string{ta: api.StateHealthy, tb: api.StateHealthy, tc: api.StateDraining, td: api.StateInitial, te: api.StateInitial} {
+	for addr, want := range map[netip.AddrPort]State{ta: Healthy, tb: Healthy, tc: Draining, td: Initial, te: Initial} {
 		if got[addr.String()].State != want {
 			t.Errorf("%s: %q, want %q", addr, got[addr.String()].State, want)
 		}
@@ -82,7 +81,7 @@ func TestApply(t *testing.T) {
 	if !r.Group("web").Config().Attributes.Stickiness {
 		t.Error("the new attributes are not in force")
 	}
-	if r.Group("db") == nil || describeAll(t, r, "db")[tf.String()].State != api.StateInitial {
+	if r.Group("db") == nil || describeAll(t, r, "db")[tf.String()].State != Initial {
 		t.Fatal("the added group is not there with its target initial")
 	}
 	starts := w.startsNow()
@@ -106,7 +105,7 @@ func TestApply(t *testing.T) {
 	if after[tf] != starts[tf] || after[tc] != starts[tc] {
 		t.Errorf("checkers restarted outside the changed group, or for a draining target: %v", after)
 	}
-	if got := describeAll(t, r, "web"); got[ta.String()].State != api.StateHealthy {
+	if got := describeAll(t, r, "web"); got[ta.String()].State != Healthy {
 		t.Errorf("a check change reset a state: %+v", got[ta.String()])
 	}
 
@@ -138,8 +137,8 @@ func (w *watcher) watchedNow(a netip.AddrPort) bool {
 func TestSaveRestore(t *testing.T) {
 	r, _, _ := testRegistry(t, nil)
 	r.SetHealth("web", ta, true, "", "")
-	r.SetHealth("web", tb, false, api.ReasonTimeout, "")
-	if _, err := r.Register("web", api.RegisterRequest{Address: td.String(), Zone: "a", Weight: 3}); err != nil {
+	r.SetHealth("web", tb, false, "Target.Timeout", "")
+	if _, err := r.Register("web", Registration{Address: td.String(), Zone: "a", Weight: 3}); err != nil {
 		t.Fatal(err)
 	}
 	r.SetHealth("web", td, true, "", "")
@@ -151,7 +150,7 @@ func TestSaveRestore(t *testing.T) {
 	next, _, _ := testRegistry(t, func(g *config.TargetGroup) { g.Targets = g.Targets[1:] }) // ta dropped
 	next.Restore(saved)
 	got := describeAll(t, next, "web")
-	want := map[string]string{tb.String(): api.StateUnhealthy, tc.String(): api.StateDraining, td.String(): api.StateHealthy}
+	want := map[string]State{tb.String(): Unhealthy, tc.String(): Draining, td.String(): Healthy}
 	if len(got) != len(want) {
 		t.Fatalf("restored %v, want %v", got, want)
 	}
@@ -160,7 +159,7 @@ func TestSaveRestore(t *testing.T) {
 			t.Errorf("%s: %q, want %q", a, got[a].State, s)
 		}
 	}
-	if got[td.String()].Weight != 3 || got[tb.String()].Reason != api.ReasonTimeout {
+	if got[td.String()].Weight != 3 || got[tb.String()].Reason != "Target.Timeout" {
 		t.Errorf("registration or reason lost: %+v %+v", got[td.String()], got[tb.String()])
 	}
 }
@@ -202,7 +201,7 @@ func TestUnsettled(t *testing.T) {
 	for _, a := range []netip.AddrPort{ta, tb} {
 		r.SetHealth("web", a, true, "", "")
 	}
-	r.SetHealth("web", tc, false, api.ReasonFailedHealthChecks, "refused")
+	r.SetHealth("web", tc, false, "Target.FailedHealthChecks", "refused")
 	if got := g.Unsettled(); got != "" {
 		t.Fatalf("every target checked (healthy or not): Unsettled says %q", got)
 	}

@@ -16,6 +16,7 @@
 package registry
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -26,7 +27,6 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/l4lb/l4lb/pkg/api"
 	"github.com/l4lb/l4lb/pkg/config"
 	"github.com/l4lb/l4lb/pkg/metrics"
 )
@@ -256,27 +256,27 @@ func (r *Registry) logErr(err error) {
 // Register adds a target to a group (or takes a draining one back). New flows
 // reach it once it passes its health checks, or at once while the group fails
 // open.
-func (r *Registry) Register(groupName string, req api.RegisterRequest) (api.TargetHealth, error) {
+func (r *Registry) Register(groupName string, req Registration) (Health, error) {
 	g := r.Group(groupName)
 	if g == nil {
-		return api.TargetHealth{}, fmt.Errorf("%w: no target group %q", api.ErrNotFound, groupName)
+		return Health{}, fmt.Errorf("%w: no target group %q", ErrNotFound, groupName)
 	}
 	addr, err := config.ParseTargetAddress(req.Address, g.Config().Port)
 	if err != nil {
-		return api.TargetHealth{}, fmt.Errorf("%w: address: %v", api.ErrInvalid, err)
+		return Health{}, fmt.Errorf("%w: address: %v", ErrInvalid, err)
 	}
 	weight := req.Weight
 	if weight == 0 {
 		weight = config.DefaultTargetWeight
 	}
 	if weight < 1 || weight > config.MaxTargetWeight {
-		return api.TargetHealth{}, fmt.Errorf("%w: weight: %d is outside 1-%d", api.ErrInvalid, weight, config.MaxTargetWeight)
+		return Health{}, fmt.Errorf("%w: weight: %d is outside 1-%d", ErrInvalid, weight, config.MaxTargetWeight)
 	}
 	if req.Zone != "" && !slices.ContainsFunc(r.Config().Zones, func(z config.Zone) bool { return z.Name == req.Zone }) {
-		return api.TargetHealth{}, fmt.Errorf("%w: zone: no zone named %q", api.ErrInvalid, req.Zone)
+		return Health{}, fmt.Errorf("%w: zone: no zone named %q", ErrInvalid, req.Zone)
 	}
 	if r.own(addr) {
-		return api.TargetHealth{}, fmt.Errorf("%w: address: %s is l4lb's own listener or admin address; forwarding to it would loop", api.ErrInvalid, addr)
+		return Health{}, fmt.Errorf("%w: address: %s is l4lb's own listener or admin address; forwarding to it would loop", ErrInvalid, addr)
 	}
 	g.mu.Lock()
 	t := g.find(addr)
@@ -286,7 +286,7 @@ func (r *Registry) Register(groupName string, req api.RegisterRequest) (api.Targ
 		g.targets = append(g.targets, t)
 	case t.state == Draining:
 		t.zone, t.weight = req.Zone, weight
-		g.setState(t, Initial, api.ReasonInitialHealthChecking, "")
+		g.setState(t, Initial, ReasonInitialHealthChecking, "")
 	default:
 		t.zone, t.weight = req.Zone, weight // registering again updates
 	}
@@ -294,7 +294,7 @@ func (r *Registry) Register(groupName string, req api.RegisterRequest) (api.Targ
 	th := t.describe()
 	g.mu.Unlock()
 	if err != nil {
-		return api.TargetHealth{}, err
+		return Health{}, err
 	}
 	if w := r.watcher(); w != nil {
 		w.Watch(g.Name(), addr, g.checkSpec())
@@ -309,11 +309,11 @@ func (r *Registry) Register(groupName string, req api.RegisterRequest) (api.Targ
 func (r *Registry) Deregister(groupName, address string) error {
 	g := r.Group(groupName)
 	if g == nil {
-		return fmt.Errorf("%w: no target group %q", api.ErrNotFound, groupName)
+		return fmt.Errorf("%w: no target group %q", ErrNotFound, groupName)
 	}
 	addr, err := config.ParseTargetAddress(address, g.Config().Port)
 	if err != nil {
-		return fmt.Errorf("%w: address: %v", api.ErrInvalid, err)
+		return fmt.Errorf("%w: address: %v", ErrInvalid, err)
 	}
 	return r.deregister(g, addr)
 }
@@ -323,7 +323,7 @@ func (r *Registry) deregister(g *Group, addr netip.AddrPort) error {
 	defer g.mu.Unlock()
 	t := g.find(addr)
 	if t == nil {
-		return fmt.Errorf("%w: %s is not registered in %q", api.ErrNotFound, addr, g.Name())
+		return fmt.Errorf("%w: %s is not registered in %q", ErrNotFound, addr, g.Name())
 	}
 	if t.state == Draining {
 		return nil
@@ -331,7 +331,7 @@ func (r *Registry) deregister(g *Group, addr netip.AddrPort) error {
 	if w := r.watcher(); w != nil {
 		w.Unwatch(g.Name(), addr)
 	}
-	g.setState(t, Draining, api.ReasonDeregistrationInProgress, "Target deregistration is in progress")
+	g.setState(t, Draining, ReasonDeregistrationInProgress, "Target deregistration is in progress")
 	if err := g.rebuild(); err != nil {
 		return err
 	}
@@ -353,15 +353,38 @@ func (r *Registry) deregister(g *Group, addr netip.AddrPort) error {
 	return nil
 }
 
+// Errors the registry's calls wrap: the admin API answers 404 and 400.
+var (
+	ErrNotFound = errors.New("not found")
+	ErrInvalid  = errors.New("invalid")
+)
+
+// Registration is a target as the admin API registers it.
+type Registration struct {
+	Address string // IP:PORT, or IP for the group's port
+	Zone    string
+	Weight  int // 0: the default
+}
+
+// GroupHealth is a target group with its targets' health.
+type GroupHealth struct {
+	Name      string
+	Protocol  config.Protocol
+	Port      uint16
+	FailOpen  bool // routing to all targets: too few are healthy
+	Targets   []Health
+	Listeners []string // the listeners that route to it
+}
+
 // TargetGroups describes every group, sorted by name.
-func (r *Registry) TargetGroups() []api.TargetGroup {
+func (r *Registry) TargetGroups() []GroupHealth {
 	groups := r.all()
 	names := make([]string, 0, len(groups))
 	for n := range groups {
 		names = append(names, n)
 	}
 	sort.Strings(names)
-	out := make([]api.TargetGroup, 0, len(names))
+	out := make([]GroupHealth, 0, len(names))
 	for _, n := range names {
 		tg, _ := r.TargetGroup(n)
 		out = append(out, tg)
@@ -370,12 +393,12 @@ func (r *Registry) TargetGroups() []api.TargetGroup {
 }
 
 // TargetGroup describes one group and its targets' health.
-func (r *Registry) TargetGroup(name string) (api.TargetGroup, error) {
+func (r *Registry) TargetGroup(name string) (GroupHealth, error) {
 	g := r.Group(name)
 	if g == nil {
-		return api.TargetGroup{}, fmt.Errorf("%w: no target group %q", api.ErrNotFound, name)
+		return GroupHealth{}, fmt.Errorf("%w: no target group %q", ErrNotFound, name)
 	}
-	out := api.TargetGroup{Name: name, Protocol: g.Config().Protocol.String(), Port: int(g.Config().Port), Targets: []api.TargetHealth{}}
+	out := GroupHealth{Name: name, Protocol: g.Config().Protocol, Port: g.Config().Port, Targets: []Health{}}
 	g.mu.Lock()
 	snap := g.snap.Load()
 	out.FailOpen = snap.All.FailOpen

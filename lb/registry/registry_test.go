@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/l4lb/l4lb/pkg/api"
 	"github.com/l4lb/l4lb/pkg/config"
 )
 
@@ -110,7 +109,7 @@ func TestStatesAndViews(t *testing.T) {
 	if v := g.Snapshot().ForZone("a"); !slices.Equal(names(v.Targets), []string{ta.String()}) {
 		t.Fatalf("zone a: %v", names(v.Targets))
 	}
-	r.SetHealth("web", tb, false, api.ReasonTimeout, "")
+	r.SetHealth("web", tb, false, "Target.Timeout", "")
 	if v := g.Snapshot().ForZone("b"); !slices.Equal(names(v.Targets), []string{tc.String()}) {
 		t.Fatalf("zone b after tb failed: %v", names(v.Targets))
 	}
@@ -118,12 +117,12 @@ func TestStatesAndViews(t *testing.T) {
 		t.Fatalf("ended flows: %v", got)
 	}
 	tg, _ := r.TargetGroup("web")
-	if tg.Targets[1].State != "unhealthy" || tg.Targets[1].Reason != api.ReasonTimeout {
+	if tg.Targets[1].State != Unhealthy || tg.Targets[1].Reason != "Target.Timeout" {
 		t.Fatalf("describe: %+v", tg.Targets[1])
 	}
 	// Zone a's last target failing makes zone a fail open, not end flows
 	// that would come straight back.
-	r.SetHealth("web", ta, false, api.ReasonTimeout, "")
+	r.SetHealth("web", ta, false, "Target.Timeout", "")
 	if v := g.Snapshot().ForZone("a"); !v.FailOpen || !v.Counted {
 		t.Fatalf("zone a with its only target unhealthy: %+v", v)
 	}
@@ -173,7 +172,7 @@ func TestDeregistrationDelay(t *testing.T) {
 	if err := r.Deregister("web", tc.String()); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.Register("web", api.RegisterRequest{Address: tc.String(), Zone: "b", Weight: 2}); err != nil {
+	if _, err := r.Register("web", Registration{Address: tc.String(), Zone: "b", Weight: 2}); err != nil {
 		t.Fatal(err)
 	}
 	clock.Advance(time.Hour)
@@ -205,9 +204,9 @@ func TestUnhealthyDrainingInterval(t *testing.T) {
 	for _, a := range []netip.AddrPort{ta, tb, tc} {
 		r.SetHealth("web", a, true, "", "")
 	}
-	r.SetHealth("web", tc, false, api.ReasonFailedHealthChecks, "")
+	r.SetHealth("web", tc, false, "Target.FailedHealthChecks", "")
 	tg, _ := r.TargetGroup("web")
-	if tg.Targets[2].State != api.StateUnhealthyDraining {
+	if tg.Targets[2].State != UnhealthyDraining {
 		t.Fatalf("state %s, want unhealthy.draining", tg.Targets[2].State)
 	}
 	clock.Advance(59 * time.Second)
@@ -218,7 +217,7 @@ func TestUnhealthyDrainingInterval(t *testing.T) {
 	if len(rec.endedFlows()) != 1 {
 		t.Fatal("flows not ended after the draining interval")
 	}
-	if tg, _ = r.TargetGroup("web"); tg.Targets[2].State != api.StateUnhealthy {
+	if tg, _ = r.TargetGroup("web"); tg.Targets[2].State != Unhealthy {
 		t.Fatalf("state %s after the interval, want unhealthy", tg.Targets[2].State)
 	}
 }
@@ -227,22 +226,22 @@ func TestRegisterValidation(t *testing.T) {
 	r, _, _ := testRegistry(t, nil)
 	for _, c := range []struct {
 		group string
-		req   api.RegisterRequest
+		req   Registration
 		want  error
 	}{
-		{"nope", api.RegisterRequest{Address: "10.0.0.1:80"}, api.ErrNotFound},
-		{"web", api.RegisterRequest{Address: "bogus"}, api.ErrInvalid},
-		{"web", api.RegisterRequest{Address: "10.0.0.1:80", Weight: 1001}, api.ErrInvalid},
-		{"web", api.RegisterRequest{Address: "10.0.0.1:80", Zone: "z"}, api.ErrInvalid},
-		{"web", api.RegisterRequest{Address: "0.0.0.0:80"}, api.ErrInvalid},
-		{"web", api.RegisterRequest{Address: "127.0.0.1:9900"}, api.ErrInvalid},
+		{"nope", Registration{Address: "10.0.0.1:80"}, ErrNotFound},
+		{"web", Registration{Address: "bogus"}, ErrInvalid},
+		{"web", Registration{Address: "10.0.0.1:80", Weight: 1001}, ErrInvalid},
+		{"web", Registration{Address: "10.0.0.1:80", Zone: "z"}, ErrInvalid},
+		{"web", Registration{Address: "0.0.0.0:80"}, ErrInvalid},
+		{"web", Registration{Address: "127.0.0.1:9900"}, ErrInvalid},
 	} {
 		if _, err := r.Register(c.group, c.req); !errorsIs(err, c.want) {
 			t.Errorf("Register(%s, %+v) = %v, want %v", c.group, c.req, err, c.want)
 		}
 	}
-	th, err := r.Register("web", api.RegisterRequest{Address: "10.0.3.10"})
-	if err != nil || th.Address != "10.0.3.10:80" || th.State != api.StateInitial || th.Weight != 1 {
+	th, err := r.Register("web", Registration{Address: "10.0.3.10"})
+	if err != nil || th.Address.String() != "10.0.3.10:80" || th.State != Initial || th.Weight != 1 {
 		t.Fatalf("Register = %+v, %v", th, err)
 	}
 }

@@ -4,8 +4,6 @@ import (
 	"net/netip"
 
 	"go.uber.org/zap"
-
-	"github.com/l4lb/l4lb/pkg/api"
 )
 
 // Saved is one target as a binary upgrade hands it to the new process: its
@@ -64,15 +62,16 @@ func (r *Registry) Restore(saved []Saved) {
 			continue
 		}
 		restored++
-		switch sv.State {
-		case api.StateHealthy:
+		state, _ := ParseState(sv.State)
+		switch state {
+		case Healthy:
 			g.setState(t, Healthy, "", "")
-		case api.StateUnhealthy, api.StateUnhealthyDraining:
+		case Unhealthy, UnhealthyDraining:
 			g.setState(t, Unhealthy, sv.Reason, sv.Detail)
 		}
 		r.logErr(g.rebuild())
 		g.mu.Unlock()
-		if sv.State == api.StateDraining {
+		if state == Draining {
 			r.logErr(r.deregister(g, addr))
 		}
 	}

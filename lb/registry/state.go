@@ -1,7 +1,5 @@
 package registry
 
-import "github.com/l4lb/l4lb/pkg/api"
-
 // State is a target's NLB state.
 type State uint8
 
@@ -14,14 +12,22 @@ const (
 	Unused
 )
 
+// stateNames are NLB's names of the states.
 var stateNames = [...]string{
-	Initial:           api.StateInitial,
-	Healthy:           api.StateHealthy,
-	Unhealthy:         api.StateUnhealthy,
-	UnhealthyDraining: api.StateUnhealthyDraining,
-	Draining:          api.StateDraining,
-	Unused:            api.StateUnused,
+	Initial:           "initial",
+	Healthy:           "healthy",
+	Unhealthy:         "unhealthy",
+	UnhealthyDraining: "unhealthy.draining",
+	Draining:          "draining",
+	Unused:            "unused",
 }
+
+// Reason codes the registry gives, as NLB names them (health checks give
+// the others).
+const (
+	ReasonInitialHealthChecking    = "Elb.InitialHealthChecking"
+	ReasonDeregistrationInProgress = "Target.DeregistrationInProgress"
+)
 
 // String is NLB's name of the state, as describe-target-health shows it.
 func (s State) String() string {
@@ -29,6 +35,16 @@ func (s State) String() string {
 		return stateNames[s]
 	}
 	return "unknown"
+}
+
+// ParseState is the state NLB names name.
+func ParseState(name string) (State, bool) {
+	for s, n := range stateNames {
+		if n == name {
+			return State(s), true
+		}
+	}
+	return 0, false
 }
 
 // live says whether a target in this state may take new flows when its

@@ -6,7 +6,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/l4lb/l4lb/pkg/api"
 	"github.com/l4lb/l4lb/pkg/metrics"
 )
 
@@ -38,7 +37,7 @@ type Target struct {
 
 func (g *Group) newTarget(addr netip.AddrPort, zone string, weight int) *Target {
 	t := &Target{group: g, Addr: addr, Name: addr.String(), zone: zone, weight: weight,
-		state: Initial, reason: api.ReasonInitialHealthChecking}
+		state: Initial, reason: ReasonInitialHealthChecking}
 	m := g.r.m
 	m.AddTarget(g.Name(), t.Name)
 	t.ConnectErrors = m.Counter(metrics.TargetConnectErrors, g.Name(), t.Name)
@@ -58,8 +57,19 @@ func (t *Target) AddFlows(n int64) { t.active.Add(n) }
 // Flows is the number of flows pinned to the target now.
 func (t *Target) Flows() int64 { return t.active.Load() }
 
+// Health is a target's row of describe-target-health.
+type Health struct {
+	Address     netip.AddrPort
+	Zone        string
+	Weight      int
+	State       State
+	Reason      string
+	Description string
+	ActiveFlows int64
+}
+
 // describe is the target's row of describe-target-health (g.mu held).
-func (t *Target) describe() api.TargetHealth {
-	return api.TargetHealth{Address: t.Name, Zone: t.zone, Weight: t.weight, State: t.state.String(),
+func (t *Target) describe() Health {
+	return Health{Address: t.Addr, Zone: t.zone, Weight: t.weight, State: t.state,
 		Reason: t.reason, Description: t.detail, ActiveFlows: t.Flows()}
 }
