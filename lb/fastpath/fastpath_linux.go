@@ -80,6 +80,9 @@ type Path struct {
 	pinErr       error // why something could not be pinned
 }
 
+// Options are the options p was made with, defaults filled in.
+func (p *Path) Options() Options { return p.opts }
+
 // famPath is one address family's maps.
 type famPath struct {
 	f                       family

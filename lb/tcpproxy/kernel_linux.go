@@ -8,6 +8,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/l4lb/l4lb/lb/fastpath"
+	"github.com/l4lb/l4lb/lb/kernelpath"
 	"github.com/l4lb/l4lb/lb/listen"
 	"github.com/l4lb/l4lb/lb/registry"
 	"github.com/l4lb/l4lb/pkg/config"
@@ -47,7 +48,7 @@ func (s *Server) startKernelPath() {
 	if !s.cfg.TCPFastPath {
 		return
 	}
-	var fronts []fastpath.Front
+	var fronts []kernelpath.Front
 	for _, l := range s.listeners {
 		if why := kernelEligible(l); why != "" {
 			s.log.Info("TCP listener stays in user space", zap.String(logListener, l.cfg.Name), zap.Stringer(logAddr, l.Addr()), zap.String("reason", why))
@@ -55,7 +56,7 @@ func (s *Server) startKernelPath() {
 		}
 		fronts = append(fronts, l.kernelFront())
 	}
-	if k := fastpath.Start(fronts, fastpath.ForwarderOptions{
+	if k := kernelpath.Start(fronts, kernelpath.ForwarderOptions{
 		Path:       fastpath.Options{Protocol: flowhash.ProtoTCP, MaxFlows: s.cfg.MaxFlows, Inherit: s.opts.Inherit, Pin: pinDir(s.opts.KernelPin, "tcp")},
 		Interfaces: s.cfg.TCPFastPathInterfaces,
 		Log:        s.log,
@@ -76,12 +77,12 @@ func pinDir(instance, proto string) string {
 
 // kernelFront describes l to the kernel path, with its metrics. Its key is
 // its slot, which reloads keep.
-func (l *listener) kernelFront() fastpath.Front {
+func (l *listener) kernelFront() kernelpath.Front {
 	vip := l.Addr().(*net.TCPAddr).AddrPort()
 	m := l.srv.m
 	lbl := []string{l.cfg.Name, l.protocol(), l.zone}
 	slot := l.slot
-	return fastpath.Front{
+	return kernelpath.Front{
 		Key: slot, Name: l.cfg.Name, Zone: l.zone, Idle: l.cfg.IdleTimeout,
 		VIP:     netip.AddrPortFrom(vip.Addr().Unmap(), vip.Port()),
 		Sticky:  l.route.Load().Groups[0].Config().Attributes.Stickiness,
@@ -89,7 +90,7 @@ func (l *listener) kernelFront() fastpath.Front {
 		GUEPort: l.route.Load().Groups[0].Config().GUEPort,
 		Allow:   l.acl.Allow, Deny: l.acl.Deny,
 		Group: func() *registry.Group { return slot.Load().route.Load().Groups[0] },
-		Count: fastpath.Counters{
+		Count: kernelpath.Counters{
 			PacketsIn: m.Counter(metrics.ProcessedPackets, append(lbl, "in")...), BytesIn: l.bytesIn,
 			PacketsOut: m.Counter(metrics.ProcessedPackets, append(lbl, "out")...), BytesOut: l.bytesOut,
 			NewFlows: l.newFlows, Evictions: m.Counter(metrics.FlowEvictions, l.cfg.Name, "table_full"),

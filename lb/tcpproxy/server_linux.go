@@ -12,7 +12,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/l4lb/l4lb/lb/fastpath"
+	"github.com/l4lb/l4lb/lb/kernelpath"
 	"github.com/l4lb/l4lb/lb/listen"
 	"github.com/l4lb/l4lb/lb/registry"
 	"github.com/l4lb/l4lb/lb/tlsterm"
@@ -108,7 +108,7 @@ type Server struct {
 	// targetTLSConfigs are TLS target groups' client configurations, by
 	// *config.TargetGroup (one per group configuration).
 	targetTLSConfigs sync.Map
-	kernel           atomic.Pointer[fastpath.Forwarder] // the kernel fast path, when on
+	kernel           atomic.Pointer[kernelpath.Forwarder] // the kernel fast path, when on
 	closing          atomic.Bool
 	cut              atomic.Bool // the drain's deadline passed: every flow is reset
 	// cutCtx ends with the drain's deadline: connects and handshakes with

@@ -8,6 +8,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/l4lb/l4lb/lb/fastpath"
+	"github.com/l4lb/l4lb/lb/kernelpath"
 	"github.com/l4lb/l4lb/lb/listen"
 	"github.com/l4lb/l4lb/lb/registry"
 	"github.com/l4lb/l4lb/pkg/config"
@@ -24,7 +25,7 @@ func (s *Server) startKernelPath() {
 	if !s.cfg.UDPFastPath {
 		return
 	}
-	var fronts []fastpath.Front
+	var fronts []kernelpath.Front
 	for _, u := range s.udp {
 		if why := kernelEligible(u); why != "" {
 			s.log.Info("UDP listener stays in user space", zap.String(logListener, u.cfg.Name), zap.Stringer(logAddr, u.Addr()), zap.String("reason", why))
@@ -32,7 +33,7 @@ func (s *Server) startKernelPath() {
 		}
 		fronts = append(fronts, u.kernelFront())
 	}
-	if k := fastpath.Start(fronts, fastpath.ForwarderOptions{
+	if k := kernelpath.Start(fronts, kernelpath.ForwarderOptions{
 		Path:       fastpath.Options{MaxFlows: s.cfg.MaxFlows, Inherit: s.opts.Inherit, Pin: pinDir(s.opts.KernelPin)},
 		Interfaces: s.cfg.UDPFastPathInterfaces,
 		Log:        s.log,
@@ -42,10 +43,10 @@ func (s *Server) startKernelPath() {
 }
 
 // kernelFront describes u to the kernel path, with its metrics.
-func (u *udpFront) kernelFront() fastpath.Front {
+func (u *udpFront) kernelFront() kernelpath.Front {
 	vip := u.Addr().(*net.UDPAddr).AddrPort()
 	acl := u.acl.Load()
-	return fastpath.Front{
+	return kernelpath.Front{
 		Key: u, Name: u.cfg.Name, Zone: u.zone, Idle: u.cfg.UDPIdleTimeout,
 		VIP:     netip.AddrPortFrom(vip.Addr().Unmap(), vip.Port()),
 		Sticky:  u.route.Load().Groups[0].Config().Attributes.Stickiness,
@@ -53,7 +54,7 @@ func (u *udpFront) kernelFront() fastpath.Front {
 		GUEPort: u.route.Load().Groups[0].Config().GUEPort,
 		Allow:   acl.Allow, Deny: acl.Deny,
 		Group: func() *registry.Group { return u.route.Load().Groups[0] },
-		Count: fastpath.Counters{
+		Count: kernelpath.Counters{
 			PacketsIn: u.pktsIn, BytesIn: u.bytesIn, PacketsOut: u.pktsOut, BytesOut: u.bytesOut,
 			NewFlows: u.newFlows, Evictions: u.evictions,
 			RefusedFull: u.rejects[listen.ReasonFlowTableFull], RefusedNoTarget: u.rejects[listen.ReasonNoTarget],

@@ -12,7 +12,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/l4lb/l4lb/lb/fastpath"
+	"github.com/l4lb/l4lb/lb/kernelpath"
 	"github.com/l4lb/l4lb/lb/listen"
 	"github.com/l4lb/l4lb/lb/registry"
 	"github.com/l4lb/l4lb/pkg/config"
@@ -60,9 +60,9 @@ type Server struct {
 	m      *metrics.Metrics
 	opts   Options
 	reg    *registry.Registry
-	mu     sync.Mutex                         // guards udp
-	udp    []*udpFront                        // the current listeners, one per bind address
-	kernel atomic.Pointer[fastpath.Forwarder] // the fast path, when on
+	mu     sync.Mutex                           // guards udp
+	udp    []*udpFront                          // the current listeners, one per bind address
+	kernel atomic.Pointer[kernelpath.Forwarder] // the fast path, when on
 	budget listen.Budget
 	ids    *atomic.Uint64
 

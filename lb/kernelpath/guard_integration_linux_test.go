@@ -1,6 +1,6 @@
 //go:build integration
 
-package fastpath
+package kernelpath
 
 import (
 	"errors"

@@ -1,4 +1,4 @@
-package fastpath
+package kernelpath
 
 import (
 	"fmt"
@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/l4lb/l4lb/lb/fastpath"
 	"github.com/l4lb/l4lb/lb/registry"
 	"github.com/l4lb/l4lb/pkg/flowhash"
 	"github.com/l4lb/l4lb/pkg/maglev"
@@ -47,7 +48,7 @@ type Counters struct {
 
 // ForwarderOptions configure a Forwarder.
 type ForwarderOptions struct {
-	Path       Options
+	Path       fastpath.Options
 	Interfaces []string // where to attach; empty means every interface that is up
 	Log        *zap.Logger
 	// Passive hears of a TCP target that refused connections (answered a
@@ -55,14 +56,14 @@ type ForwarderOptions struct {
 	Passive func(*registry.Target)
 }
 
-// Forwarder keeps a Path in step with the registry for a set of fronts: it
+// Forwarder keeps a fastpath.Path in step with the registry for a set of fronts: it
 // writes each front's Maglev table into the kernel whenever its group's
 // snapshot changes, carries the kernel's counters and flow counts into the
 // fronts' metrics and the targets' flow counts, sweeps idle flows, ends the
 // flows of targets that leave, and (TCP) feeds the targets' resets into
 // passive health.
 type Forwarder struct {
-	p      *Path
+	p      *fastpath.Path
 	opts   ForwarderOptions
 	proto  string
 	fronts []*front
@@ -78,8 +79,8 @@ type Forwarder struct {
 	endKick chan struct{}
 	stop    chan struct{}
 	done    chan struct{}
-	resets  map[netip.AddrPort]Resets // per target, at the last collect
-	guard   *guard                    // the DSR fronts' rules for after a crash
+	resets  map[netip.AddrPort]fastpath.Resets // per target, at the last collect
+	guard   *guard                             // the DSR fronts' rules for after a crash
 }
 
 // endReq asks the loop to end the flows pinned to a target.
@@ -93,14 +94,14 @@ type front struct {
 	Front
 	id      int
 	gone    atomic.Bool // removed by a reload: no new flows in the kernel
-	last    Stats
+	last    fastpath.Stats
 	flows   atomic.Int64                        // what the last sweep added to the front's gauges
 	evicted uint64                              // evictions counted so far
 	per     map[netip.AddrPort]int64            // and to each target's flow count
 	tgts    map[netip.AddrPort]*registry.Target // the targets that got a count
 }
 
-// NewForwarder loads a Path for fronts, writes their tables and attaches
+// NewForwarder loads a fastpath.Path for fronts, writes their tables and attaches
 // it. Call Run to keep it up to date.
 func NewForwarder(fronts []Front, opts ForwarderOptions) (*Forwarder, error) {
 	po := opts.Path
@@ -112,22 +113,22 @@ func NewForwarder(fronts []Front, opts ForwarderOptions) (*Forwarder, error) {
 			po.Services6++
 		}
 	}
-	p, err := New(po)
+	p, err := fastpath.New(po)
 	if err != nil {
 		return nil, err
 	}
-	proto := protoName(p.opts.Protocol)
+	proto := protoName(p.Options().Protocol)
 	for _, err := range p.Inherited {
 		opts.Log.Warn(proto+" fast path: a flow map handed over by the previous process is not used", zap.Error(err))
 	}
 	switch {
 	case p.AdoptedPins:
-		opts.Log.Info(proto+" fast path: adopted the flows a previous process pinned", zap.String("bpffs", p.opts.Pin))
+		opts.Log.Info(proto+" fast path: adopted the flows a previous process pinned", zap.String("bpffs", p.Options().Pin))
 	case p.KeptFlows:
 		opts.Log.Info(proto + " fast path: kept the previous process's flows")
 	}
 	k := &Forwarder{p: p, opts: opts, proto: proto, sweep: 10 * time.Second, kick: make(chan struct{}, 1), endKick: make(chan struct{}, 1), ends: map[netip.AddrPort]endReq{},
-		stop: make(chan struct{}), done: make(chan struct{}), resets: map[netip.AddrPort]Resets{}}
+		stop: make(chan struct{}), done: make(chan struct{}), resets: map[netip.AddrPort]fastpath.Resets{}}
 	for _, fr := range fronts {
 		id, err := p.AddService(fr.VIP, fr.Idle, fr.Sticky)
 		if err == nil {
@@ -187,18 +188,18 @@ func NewForwarder(fronts []Front, opts ForwarderOptions) (*Forwarder, error) {
 			warnAcceptLocal(opts.Log, ifaces)
 		}
 	}
-	if p.opts.Pin != "" {
+	if p.Options().Pin != "" {
 		if err := p.PinMaps(); err != nil {
-			opts.Log.Warn(proto+" fast path not pinned: it stops forwarding when l4lb stops", zap.String("bpffs", p.opts.Pin), zap.Error(err))
+			opts.Log.Warn(proto+" fast path not pinned: it stops forwarding when l4lb stops", zap.String("bpffs", p.Options().Pin), zap.Error(err))
 		} else {
-			opts.Log.Info(proto+" fast path pinned: it forwards on if l4lb dies", zap.String("bpffs", p.opts.Pin), zap.Int("adopted_links", p.AdoptedLinks))
+			opts.Log.Info(proto+" fast path pinned: it forwards on if l4lb dies", zap.String("bpffs", p.Options().Pin), zap.Int("adopted_links", p.AdoptedLinks))
 		}
 	}
 	// The guard is the fallback: pinned programs forward on after l4lb
 	// dies, and what reaches the guard is what they did not take (no pins
 	// possible, or pins that died with a private mount namespace, as
 	// under ip netns exec): dropped rather than reset.
-	g, err := installGuard(fronts, p.opts.Protocol, os.Getpid())
+	g, err := installGuard(fronts, p.Options().Protocol, os.Getpid())
 	if err != nil {
 		opts.Log.Warn("no guard for the "+proto+" DSR listeners: were l4lb to die, this host would reset their flows until the routers moved them", zap.Error(err))
 	}
@@ -224,7 +225,7 @@ func Start(fronts []Front, opts ForwarderOptions) *Forwarder {
 	return k
 }
 
-// Run keeps the Path up to date until Close.
+// Run keeps the fastpath.Path up to date until Close.
 func (k *Forwarder) Run() {
 	defer close(k.done)
 	stats := time.NewTicker(500 * time.Millisecond)
@@ -330,7 +331,7 @@ func (k *Forwarder) Sync() error {
 			watch = append(watch, t.Addr)
 		}
 	}
-	if k.p.opts.Protocol == flowhash.ProtoTCP {
+	if k.p.Options().Protocol == flowhash.ProtoTCP {
 		return k.p.WatchTargets(watch)
 	}
 	return nil
@@ -358,7 +359,7 @@ func (k *Forwarder) collect() {
 		add(c.ClientResets, st.ClientResets-d.ClientResets)
 		f.last = st
 	}
-	if k.p.opts.Protocol != flowhash.ProtoTCP {
+	if k.p.Options().Protocol != flowhash.ProtoTCP {
 		return
 	}
 	now, err := k.p.TargetResets()
@@ -391,7 +392,7 @@ func (k *Forwarder) collect() {
 	k.resets = now
 }
 
-// protoName names a protocol in logs; 0 is UDP, a Path's default.
+// protoName names a protocol in logs; 0 is UDP, a fastpath.Path's default.
 func protoName(p uint8) string {
 	if p == flowhash.ProtoTCP {
 		return "TCP"
@@ -419,7 +420,7 @@ func (k *Forwarder) expire() {
 	for i := range per {
 		per[i] = map[netip.AddrPort]int64{}
 	}
-	if _, err := k.p.Sweep(func(fl Flow) {
+	if _, err := k.p.Sweep(func(fl fastpath.Flow) {
 		if fl.Service < len(k.fronts) {
 			perFront[fl.Service]++
 			per[fl.Service][fl.Target]++
@@ -494,7 +495,7 @@ func (k *Forwarder) Flows() int {
 	return n
 }
 
-// FlowFiles hands the flow maps over to a new process (Path.FlowFiles).
+// FlowFiles hands the flow maps over to a new process (fastpath.Path.FlowFiles).
 func (k *Forwarder) FlowFiles(add func(name string, f *os.File)) error { return k.p.FlowFiles(add) }
 
 // Close stops the loop and unloads the programs; the flows they pinned end
@@ -585,11 +586,11 @@ func UpInterfaces() []string {
 func dsrSource(g *registry.Group) (netip.Addr, error) {
 	ts := g.Config().Targets
 	if len(ts) == 0 {
-		return netip.Addr{}, fmt.Errorf("fastpath: target group %s forwards by dsr but has no targets to find a source address by", g.Config().Name)
+		return netip.Addr{}, fmt.Errorf("kernel path: target group %s forwards by dsr but has no targets to find a source address by", g.Config().Name)
 	}
 	c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(ts[0].Address))
 	if err != nil {
-		return netip.Addr{}, fmt.Errorf("fastpath: no route to %s for direct server return: %w", ts[0].Address, err)
+		return netip.Addr{}, fmt.Errorf("kernel path: no route to %s for direct server return: %w", ts[0].Address, err)
 	}
 	defer c.Close()
 	return c.LocalAddr().(*net.UDPAddr).AddrPort().Addr().Unmap(), nil

@@ -1,4 +1,4 @@
-package fastpath
+package kernelpath
 
 import (
 	"net/netip"
