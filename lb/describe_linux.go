@@ -139,7 +139,7 @@ func (s *Server) ZoneUnsettled(zone string) string {
 // zoneGroups calls fn with each listener bound in zone (by name) and each
 // target group it routes to, TCP and UDP alike.
 func (s *Server) zoneGroups(zone string, fn func(listener string, g *registry.Group)) {
-	for _, plane := range []map[string][]*listen.Route{s.tcp.ZoneRoutes(zone), s.udp.ZoneRoutes(zone)} {
+	for _, plane := range []map[string][]*listen.Route{s.tcp.Listeners().ZoneRoutes(zone), s.udp.Listeners().ZoneRoutes(zone)} {
 		for name, routes := range plane {
 			for _, r := range routes {
 				for _, g := range r.Groups {

@@ -246,7 +246,7 @@ func (s *Server) isOwnAddress(addr netip.AddrPort) bool {
 	if s.tcp == nil || s.udp == nil { // still being built
 		return false
 	}
-	return slices.ContainsFunc(s.tcp.Bound(), own) || slices.ContainsFunc(s.udp.Bound(), own)
+	return slices.ContainsFunc(s.tcp.Listeners().Bound(), own) || slices.ContainsFunc(s.udp.Listeners().Bound(), own)
 }
 
 // Files adds a duplicate of every listening socket, by name, for a new
@@ -259,10 +259,10 @@ func (s *Server) Files(add func(name string, f *os.File)) error {
 }
 
 // Addrs returns the bound TCP addresses of the named listener, one per bind IP.
-func (s *Server) Addrs(name string) []net.Addr { return s.tcp.Addrs(name) }
+func (s *Server) Addrs(name string) []net.Addr { return s.tcp.Listeners().Addrs(name) }
 
 // UDPAddrs returns the bound UDP addresses of the named listener.
-func (s *Server) UDPAddrs(name string) []net.Addr { return s.udp.Addrs(name) }
+func (s *Server) UDPAddrs(name string) []net.Addr { return s.udp.Listeners().Addrs(name) }
 
 // MovedBytes reports the bytes carried by finished TCP flows, and how many of
 // them moved by splice(2) without entering user space.

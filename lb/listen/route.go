@@ -1,7 +1,13 @@
-// Package listen is the layer the TCP and UDP data planes share: what a
-// listener forwards to (routes, SNI rules, ACLs), the reasons a flow is
-// refused and their counters, the descriptor budgets, and the socket options
-// of listeners and of transparent (client-IP preserving) sockets.
+// Package listen is the layer the TCP and UDP data planes share, in three
+// file sets:
+//
+//   - route*: what a listener forwards to (routes, SNI rules, ACLs);
+//   - admit*: whether a flow may start (the descriptor budgets, the
+//     per-source limit, the loop guard, the reasons a flow is refused and
+//     their counters);
+//   - socket*: the listener sockets (socket options, transparent sockets,
+//     binding and handover, a reload's difference, the set of listener
+//     addresses a plane serves).
 //
 //	r, err := listen.NewRoute(lc, reg)
 //	g, view, key := r.Lookup(flowhash.ProtoTCP, zone, client, vip)

@@ -1,11 +1,7 @@
 package tcpproxy
 
 import (
-	"net"
-	"net/netip"
 	"path/filepath"
-
-	"go.uber.org/zap"
 
 	"github.com/l4lb/l4lb/lb/fastpath"
 	"github.com/l4lb/l4lb/lb/kernelpath"
@@ -48,22 +44,13 @@ func (s *Server) startKernelPath() {
 	if !s.cfg.TCPFastPath {
 		return
 	}
-	var fronts []kernelpath.Front
-	for _, l := range s.listeners {
-		if why := kernelEligible(l); why != "" {
-			s.log.Info("TCP listener stays in user space", zap.String(logListener, l.cfg.Name), zap.Stringer(logAddr, l.Addr()), zap.String("reason", why))
-			continue
-		}
-		fronts = append(fronts, l.kernelFront())
-	}
-	if k := kernelpath.Start(fronts, kernelpath.ForwarderOptions{
+	fronts := kernelpath.Offer(s.log, "TCP", s.current(), kernelEligible, (*listener).kernelFront)
+	s.kernel.Set(kernelpath.Start(fronts, kernelpath.ForwarderOptions{
 		Path:       fastpath.Options{Protocol: flowhash.ProtoTCP, MaxFlows: s.cfg.MaxFlows, Inherit: s.opts.Inherit, Pin: pinDir(s.opts.KernelPin, "tcp")},
 		Interfaces: s.cfg.TCPFastPathInterfaces,
 		Log:        s.log,
 		Passive:    s.reg.PassiveFailure,
-	}); k != nil {
-		s.kernel.Store(k)
-	}
+	}))
 }
 
 // pinDir is where a kernel path of proto pins, under the instance's
@@ -78,19 +65,12 @@ func pinDir(instance, proto string) string {
 // kernelFront describes l to the kernel path, with its metrics. Its key is
 // its slot, which reloads keep.
 func (l *listener) kernelFront() kernelpath.Front {
-	vip := l.Addr().(*net.TCPAddr).AddrPort()
 	m := l.srv.m
 	lbl := []string{l.cfg.Name, l.protocol(), l.zone}
 	slot := l.slot
-	return kernelpath.Front{
-		Key: slot, Name: l.cfg.Name, Zone: l.zone, Idle: l.cfg.IdleTimeout,
-		VIP:     netip.AddrPortFrom(vip.Addr().Unmap(), vip.Port()),
-		Sticky:  l.route.Load().Groups[0].Config().Attributes.Stickiness,
-		DSR:     l.route.Load().Groups[0].Config().Forwarding == config.ForwardDSR,
-		GUEPort: l.route.Load().Groups[0].Config().GUEPort,
-		Allow:   l.acl.Allow, Deny: l.acl.Deny,
-		Group: func() *registry.Group { return slot.Load().route.Load().Groups[0] },
-		Count: kernelpath.Counters{
+	return kernelpath.NewFront(slot, l.cfg, l.zone, l.cfg.IdleTimeout, l.Addr(), l.route.Load(), &l.acl,
+		func() *registry.Group { return slot.Load().route.Load().Groups[0] },
+		kernelpath.Counters{
 			PacketsIn: m.Counter(metrics.ProcessedPackets, append(lbl, "in")...), BytesIn: l.bytesIn,
 			PacketsOut: m.Counter(metrics.ProcessedPackets, append(lbl, "out")...), BytesOut: l.bytesOut,
 			NewFlows: l.newFlows, Evictions: m.Counter(metrics.FlowEvictions, l.cfg.Name, "table_full"),
@@ -98,17 +78,13 @@ func (l *listener) kernelFront() kernelpath.Front {
 			RefusedNoTarget: l.rejects[listen.ReasonNoTarget], RefusedACL: l.rejects[listen.ReasonACL],
 			Collisions:   l.rejects[listen.ReasonLocalResources],
 			ClientResets: l.clientRsts, Active: l.active,
-		},
-	}
+		})
 }
 
 // KernelPath reports whether the kernel fast path runs.
-func (s *Server) KernelPath() bool { return s.kernel.Load() != nil }
+func (s *Server) KernelPath() bool { return s.kernel.Running() }
 
 // KernelFlows is the number of flows the kernel pins, as of its last sweep.
 func (s *Server) KernelFlows() int {
-	if k := s.kernel.Load(); k != nil {
-		return k.Flows()
-	}
-	return 0
+	return s.kernel.Flows()
 }

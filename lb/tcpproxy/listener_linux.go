@@ -114,6 +114,9 @@ func (l *listener) protocol() string {
 	return "TCP"
 }
 
+// Zone is the zone of the listener's address.
+func (l *listener) Zone() string { return l.zone }
+
 // Addr is the address the listener is bound to.
 func (l *listener) Addr() net.Addr {
 	if len(l.socks) == 0 {
@@ -152,9 +155,9 @@ func (l *listener) bind() error {
 		})
 }
 
-// files adds a duplicate of each of the listener's sockets, by name, for a
+// Files adds a duplicate of each of the listener's sockets, by name, for a
 // new process to take over.
-func (l *listener) files(add func(name string, f *os.File)) error {
+func (l *listener) Files(add func(name string, f *os.File)) error {
 	at := netip.AddrPortFrom(l.bindA.IP, l.cfg.Port)
 	for i, sock := range l.socks {
 		f, err := sock.file()
@@ -223,8 +226,8 @@ func (l *listener) routeFor(host string) *listen.Route {
 	return listen.RouteFor(l.rules, l.route.Load(), host)
 }
 
-// allRoutes is the listener's own route and its rules' routes.
-func (l *listener) allRoutes() []*listen.Route {
+// Routes is the listener's own route and its rules' routes.
+func (l *listener) Routes() []*listen.Route {
 	rs := []*listen.Route{l.route.Load()}
 	for _, r := range l.rules {
 		rs = append(rs, r.Route)

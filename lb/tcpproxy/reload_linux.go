@@ -11,7 +11,7 @@ import (
 	"github.com/l4lb/l4lb/pkg/config"
 )
 
-func (l *listener) key() listen.Key {
+func (l *listener) Key() listen.Key {
 	return listen.Key{Name: l.cfg.Name, IP: l.bindA.IP, Port: l.cfg.Port}
 }
 
@@ -38,10 +38,7 @@ type Change struct {
 
 // Prepare binds the listeners cfg adds.
 func (s *Server) Prepare(cfg *config.Config) (*Change, error) {
-	cur := map[listen.Key]*listener{}
-	for _, l := range s.current() {
-		cur[l.key()] = l
-	}
+	cur := s.set.ByKey()
 	open := func(lc *config.Listener, b config.BindAddr) (*listener, error) {
 		l := newListener(s, lc, b, nil)
 		if err := l.bind(); err != nil {
@@ -134,10 +131,7 @@ func (c *Change) Commit() error {
 			time.AfterFunc(delay, t.Close)
 		}
 	}
-	cur := map[listen.Key]*listener{}
-	for _, l := range s.current() {
-		cur[l.key()] = l
-	}
+	cur := s.set.ByKey()
 	var next []*listener
 	var start []*listener
 	for i := range cfg.Listeners {
@@ -183,7 +177,7 @@ func (c *Change) Commit() error {
 		}
 	}
 	s.mu.Lock()
-	s.listeners = next
+	s.set.Store(next)
 	for _, l := range next {
 		l.slot.Store(l)
 	}
@@ -219,7 +213,7 @@ func (c *Change) Commit() error {
 // drainDelay is the longest deregistration delay of l's target groups.
 func (l *listener) drainDelay() time.Duration {
 	var delay time.Duration
-	for _, r := range l.allRoutes() {
+	for _, r := range l.Routes() {
 		for _, g := range r.Groups {
 			delay = max(delay, g.Config().Attributes.DeregistrationDelay)
 		}

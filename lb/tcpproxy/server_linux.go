@@ -86,11 +86,11 @@ type Server struct {
 	opts      Options
 	reg       *registry.Registry
 	dialer    net.Dialer
-	tdialer   net.Dialer  // transparent: binds the client's address
-	tdialAny  net.Dialer  // transparent, the port left to connect(2)
-	mu        sync.Mutex  // guards listeners and retired
-	listeners []*listener // the current generation of each bound address
-	retired   []*retired  // removed by a reload, their flows draining
+	tdialer   net.Dialer            // transparent: binds the client's address
+	tdialAny  net.Dialer            // transparent, the port left to connect(2)
+	set       listen.Set[*listener] // the current generation of each bound address
+	mu        sync.Mutex            // guards retired and terms
+	retired   []*retired            // removed by a reload, their flows draining
 	pipes     pipePool
 	bufs      bufPool
 	flows     tracker
@@ -108,7 +108,7 @@ type Server struct {
 	// targetTLSConfigs are TLS target groups' client configurations, by
 	// *config.TargetGroup (one per group configuration).
 	targetTLSConfigs sync.Map
-	kernel           atomic.Pointer[kernelpath.Forwarder] // the kernel fast path, when on
+	kernel           kernelpath.Slot // the kernel fast path, when on
 	closing          atomic.Bool
 	cut              atomic.Bool // the drain's deadline passed: every flow is reset
 	// cutCtx ends with the drain's deadline: connects and handshakes with
@@ -162,6 +162,7 @@ func New(cfg *config.Config, reg *registry.Registry, opts Options) (*Server, err
 	s.flowPool.New = func() any { return newFlow(s) }
 	s.cutCtx, s.cutCancel = context.WithCancel(context.Background())
 	s.scan = time.Second
+	var listeners []*listener
 	for i := range cfg.Listeners {
 		lc := &cfg.Listeners[i]
 		if !lc.Protocol.HasTCP() {
@@ -190,9 +191,10 @@ func New(cfg *config.Config, reg *registry.Registry, opts Options) (*Server, err
 		for _, b := range lc.Bind {
 			l := newListener(s, lc, b, r)
 			l.limit, l.rules = limit, rules
-			s.listeners = append(s.listeners, l)
+			listeners = append(listeners, l)
 		}
 	}
+	s.set.Store(listeners)
 	return s, nil
 }
 
@@ -205,7 +207,7 @@ func (s *Server) Start() error {
 	}
 	s.parker = p
 	fail := func(err error) error {
-		for _, o := range s.listeners {
+		for _, o := range s.current() {
 			o.close()
 		}
 		s.stopLoops()
@@ -221,13 +223,13 @@ func (s *Server) Start() error {
 		s.evloops = append(s.evloops, lp)
 		go lp.run()
 	}
-	for _, l := range s.listeners {
+	for _, l := range s.current() {
 		if err := l.bind(); err != nil {
 			return fail(err)
 		}
 	}
 	s.startKernelPath()
-	for _, l := range s.listeners {
+	for _, l := range s.current() {
 		l.serve(s.evloops)
 		s.log.Info("listener up", zap.String(logListener, l.cfg.Name), zap.String("protocol", l.protocol()), zap.Stringer(logAddr, l.Addr()), zap.Int(logSockets, len(l.socks)))
 	}
@@ -246,7 +248,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.certStop = nil
 	}
 	s.mu.Lock()
-	for _, l := range s.listeners {
+	for _, l := range s.current() {
 		l.close()
 	}
 	for _, r := range s.retired {
@@ -284,9 +286,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.closeTerms()
 	// The kernel's flows end with its programs, unless a new process took
 	// their maps over (an upgrade) and runs its own.
-	if k := s.kernel.Swap(nil); k != nil {
-		k.Close()
-	}
+	s.kernel.Close()
 	s.log.Info("drain end")
 	return err
 }
@@ -313,23 +313,16 @@ func (s *Server) stopLoops() {
 }
 
 // ReleaseKernel detaches this process's kernel programs after a binary
-// upgrade: the new process runs its own on the same flow maps, and two
-// programs in a row would have this one, with tables no longer kept,
-// serve new flows. Its flows stay pinned in the maps the new process took.
+// upgrade (kernelpath.Slot.Release).
 func (s *Server) ReleaseKernel() {
-	if k := s.kernel.Swap(nil); k != nil {
-		k.Close()
-		s.log.Info("TCP kernel path handed to the new process")
-	}
+	s.kernel.Release(s.log, "TCP")
 }
 
 // SnapshotChanged has the kernel path write its tables again; new
 // connections in user space read the snapshot as they come
 // (registry.Subscriber).
 func (s *Server) SnapshotChanged(*registry.Group) {
-	if k := s.kernel.Load(); k != nil {
-		k.Changed()
-	}
+	s.kernel.Changed()
 }
 
 // EndFlows resets the flows pinned to t, spread over a few seconds
@@ -343,83 +336,34 @@ func (s *Server) EndFlows(t *registry.Target, why string) {
 		defer s.bg.Done()
 		s.endFlows(t, why)
 	}()
-	if k := s.kernel.Load(); k != nil {
-		k.EndFlows(t, why)
-	}
+	s.kernel.EndFlows(t, why)
 }
 
-// Files adds a duplicate of every listening socket, by name, for a new
-// process to take over (a binary upgrade).
+// Files adds a duplicate of every listening socket, and of the kernel fast
+// path's flow maps, by name, for a new process to take over (a binary
+// upgrade).
 func (s *Server) Files(add func(name string, f *os.File)) error {
-	for _, l := range s.current() {
-		if err := l.files(add); err != nil {
-			return err
-		}
+	if err := s.set.Files(add); err != nil {
+		return err
 	}
-	if k := s.kernel.Load(); k != nil {
-		return k.FlowFiles(add)
-	}
-	return nil
+	return s.kernel.FlowFiles(add)
 }
 
 // current is the listeners now.
-func (s *Server) current() []*listener {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.listeners
-}
+func (s *Server) current() []*listener { return s.set.Current() }
 
-// Addrs returns the bound addresses of the named listener, one per bind IP.
-func (s *Server) Addrs(name string) []net.Addr {
-	var out []net.Addr
-	for _, l := range s.current() {
-		if l.cfg.Name == name && len(l.socks) > 0 {
-			out = append(out, l.Addr())
-		}
-	}
-	return out
-}
-
-// Bound lists every bound listener address.
-func (s *Server) Bound() []netip.AddrPort {
-	var out []netip.AddrPort
-	for _, l := range s.current() {
-		if a, ok := l.Addr().(*net.TCPAddr); ok {
-			out = append(out, a.AddrPort())
-		}
-	}
-	return out
-}
+// Listeners answers about the listeners' addresses.
+func (s *Server) Listeners() listen.Listeners { return &s.set }
 
 // Endpoint describes the named listener's address that is dst (the first,
 // when dst is not given) for a route explanation: the route of the SNI name
 // asked about, on a listener with rules.
 func (s *Server) Endpoint(name string, dst netip.Addr, sni string) (listen.Endpoint, bool) {
-	var first *listener
-	for _, l := range s.current() {
-		if l.cfg.Name != name {
-			continue
-		}
-		if first == nil || (dst.IsValid() && l.bindA.IP == dst.Unmap()) {
-			first = l
-		}
-	}
-	if first == nil {
+	l, ok := s.set.Find(name, dst)
+	if !ok {
 		return listen.Endpoint{}, false
 	}
-	return listen.Endpoint{Zone: first.zone, IP: first.bindA.IP, Port: first.port(), Route: first.routeFor(sni), HasRules: len(first.rules) > 0}, true
-}
-
-// ZoneRoutes lists, per listener name, the routes of the listeners bound in
-// zone (for zone health).
-func (s *Server) ZoneRoutes(zone string) map[string][]*listen.Route {
-	out := map[string][]*listen.Route{}
-	for _, l := range s.current() {
-		if l.zone == zone {
-			out[l.cfg.Name] = append(out[l.cfg.Name], l.allRoutes()...)
-		}
-	}
-	return out
+	return listen.Endpoint{Zone: l.zone, IP: l.bindA.IP, Port: l.port(), Route: l.routeFor(sni), HasRules: len(l.rules) > 0}, true
 }
 
 // Flows lists up to limit open flows (of one listener when named).

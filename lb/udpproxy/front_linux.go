@@ -152,9 +152,9 @@ func (u *udpFront) bind() error {
 	return unix.EpollCtl(u.epfd, unix.EPOLL_CTL_ADD, u.wake, &ev)
 }
 
-// files adds a duplicate of each of the front's sockets, by name, for a new
+// Files adds a duplicate of each of the front's sockets, by name, for a new
 // process to take over.
-func (u *udpFront) files(add func(name string, f *os.File)) error {
+func (u *udpFront) Files(add func(name string, f *os.File)) error {
 	at := netip.AddrPortFrom(u.bindA.IP, u.cfg.Port)
 	for i, sock := range u.socks {
 		f, err := sock.File()
@@ -166,6 +166,13 @@ func (u *udpFront) files(add func(name string, f *os.File)) error {
 	return nil
 }
 
+// Zone is the zone of the front's address.
+func (u *udpFront) Zone() string { return u.zone }
+
+// Routes is the front's route.
+func (u *udpFront) Routes() []*listen.Route { return []*listen.Route{u.route.Load()} }
+
+// Addr is the address the front is bound to.
 func (u *udpFront) Addr() net.Addr {
 	if len(u.socks) == 0 {
 		return nil

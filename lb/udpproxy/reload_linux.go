@@ -7,7 +7,7 @@ import (
 	"github.com/l4lb/l4lb/pkg/config"
 )
 
-func (u *udpFront) key() listen.Key {
+func (u *udpFront) Key() listen.Key {
 	return listen.Key{Name: u.cfg.Name, IP: u.bindA.IP, Port: u.cfg.Port}
 }
 
@@ -23,10 +23,7 @@ type Change struct {
 
 // Prepare binds the listeners cfg adds.
 func (s *Server) Prepare(cfg *config.Config) (*Change, error) {
-	cur := map[listen.Key]*udpFront{}
-	for _, u := range s.current() {
-		cur[u.key()] = u
-	}
+	cur := s.set.ByKey()
 	open := func(lc *config.Listener, b config.BindAddr) (*udpFront, error) {
 		u := newFront(s, lc, b, nil)
 		if err := u.bind(); err != nil {
@@ -58,10 +55,7 @@ func (c *Change) Abort() {
 // arrived on it. Its kernel flows, if any, idle out.
 func (c *Change) Commit() error {
 	s, cfg := c.s, c.cfg
-	cur := map[listen.Key]*udpFront{}
-	for _, u := range s.current() {
-		cur[u.key()] = u
-	}
+	cur := s.set.ByKey()
 	k := s.kernel.Load()
 	var next, start []*udpFront
 	for i := range cfg.Listeners {
@@ -95,9 +89,7 @@ func (c *Change) Commit() error {
 			next = append(next, u)
 		}
 	}
-	s.mu.Lock()
-	s.udp = next
-	s.mu.Unlock()
+	s.set.Store(next)
 	for _, u := range start {
 		u.start()
 		why := "added by reload: the kernel path takes listeners when l4lb starts"

@@ -60,9 +60,8 @@ type Server struct {
 	m      *metrics.Metrics
 	opts   Options
 	reg    *registry.Registry
-	mu     sync.Mutex                           // guards udp
-	udp    []*udpFront                          // the current listeners, one per bind address
-	kernel atomic.Pointer[kernelpath.Forwarder] // the fast path, when on
+	set    listen.Set[*udpFront] // the current listeners, one per bind address
+	kernel kernelpath.Slot       // the fast path, when on
 	budget listen.Budget
 	ids    *atomic.Uint64
 
@@ -87,6 +86,7 @@ func New(cfg *config.Config, reg *registry.Registry, opts Options) (*Server, err
 	if s.opts.Loops == nil {
 		s.opts.Loops = &listen.LoopGuard{}
 	}
+	var fronts []*udpFront
 	for i := range cfg.Listeners {
 		lc := &cfg.Listeners[i]
 		if !lc.Protocol.HasUDP() {
@@ -97,25 +97,26 @@ func New(cfg *config.Config, reg *registry.Registry, opts Options) (*Server, err
 			return nil, err
 		}
 		for _, b := range lc.Bind {
-			s.udp = append(s.udp, newFront(s, lc, b, r))
+			fronts = append(fronts, newFront(s, lc, b, r))
 		}
 	}
+	s.set.Store(fronts)
 	return s, nil
 }
 
 // Start binds every listener, hands the qualifying ones to the kernel fast
 // path (when on), and starts reading. On error nothing is left bound.
 func (s *Server) Start() error {
-	for _, u := range s.udp {
+	for _, u := range s.current() {
 		if err := u.bind(); err != nil {
-			for _, o := range s.udp {
+			for _, o := range s.current() {
 				o.close()
 			}
 			return err
 		}
 	}
 	s.startKernelPath()
-	for _, u := range s.udp {
+	for _, u := range s.current() {
 		u.start()
 		s.log.Info("listener up", zap.String(logListener, u.cfg.Name), zap.String("protocol", "UDP"), zap.Stringer(logAddr, u.Addr()), zap.Int(logSockets, len(u.socks)))
 	}
@@ -161,14 +162,9 @@ func (s *Server) Shutdown(ctx context.Context) {
 }
 
 // ReleaseKernel detaches this process's kernel programs after a binary
-// upgrade: the new process runs its own on the same flow maps, and two
-// programs in a row would have this one, with tables no longer kept,
-// serve new flows. Its flows stay pinned in the maps the new process took.
+// upgrade (kernelpath.Slot.Release).
 func (s *Server) ReleaseKernel() {
-	if k := s.kernel.Swap(nil); k != nil {
-		k.Close()
-		s.log.Info("UDP kernel path handed to the new process")
-	}
+	s.kernel.Release(s.log, "UDP")
 }
 
 // Close stops the kernel path and the listeners; their flows end.
@@ -176,9 +172,7 @@ func (s *Server) Close() {
 	s.bgMu.Lock()
 	s.closing.Store(true)
 	s.bgMu.Unlock()
-	if k := s.kernel.Swap(nil); k != nil {
-		k.Close()
-	}
+	s.kernel.Close()
 	for _, u := range s.current() {
 		u.close()
 	}
@@ -188,9 +182,7 @@ func (s *Server) Close() {
 // SnapshotChanged has the kernel path write its tables again
 // (registry.Subscriber).
 func (s *Server) SnapshotChanged(*registry.Group) {
-	if k := s.kernel.Load(); k != nil {
-		k.Changed()
-	}
+	s.kernel.Changed()
 }
 
 // EndFlows ends the flows pinned to t, in user space and in the kernel
@@ -212,87 +204,37 @@ func (s *Server) EndFlows(t *registry.Target, why string) {
 // path's flow maps, by name, for a new process to take over (a binary
 // upgrade).
 func (s *Server) Files(add func(name string, f *os.File)) error {
-	for _, u := range s.current() {
-		if err := u.files(add); err != nil {
-			return err
-		}
+	if err := s.set.Files(add); err != nil {
+		return err
 	}
-	if k := s.kernel.Load(); k != nil {
-		return k.FlowFiles(add)
-	}
-	return nil
+	return s.kernel.FlowFiles(add)
 }
 
 // current is the listeners now.
-func (s *Server) current() []*udpFront {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.udp
-}
+func (s *Server) current() []*udpFront { return s.set.Current() }
 
-// Addrs returns the bound addresses of the named listener.
-func (s *Server) Addrs(name string) []net.Addr {
-	var out []net.Addr
-	for _, u := range s.current() {
-		if u.cfg.Name == name && len(u.socks) > 0 {
-			out = append(out, u.Addr())
-		}
-	}
-	return out
-}
-
-// Bound lists every bound listener address.
-func (s *Server) Bound() []netip.AddrPort {
-	var out []netip.AddrPort
-	for _, u := range s.current() {
-		if a, ok := u.Addr().(*net.UDPAddr); ok {
-			out = append(out, a.AddrPort())
-		}
-	}
-	return out
-}
+// Listeners answers about the listeners' addresses.
+func (s *Server) Listeners() listen.Listeners { return &s.set }
 
 // Endpoint describes the named listener's address that is dst (the first,
 // when dst is not given), for a route explanation.
 func (s *Server) Endpoint(name string, dst netip.Addr) (listen.Endpoint, bool) {
-	var first *udpFront
-	for _, u := range s.current() {
-		if u.cfg.Name != name {
-			continue
-		}
-		if first == nil || (dst.IsValid() && u.bindA.IP == dst.Unmap()) {
-			first = u
-		}
-	}
-	if first == nil {
+	u, ok := s.set.Find(name, dst)
+	if !ok {
 		return listen.Endpoint{}, false
 	}
-	port := first.cfg.Port
-	if a, ok := first.Addr().(*net.UDPAddr); ok {
+	port := u.cfg.Port
+	if a, ok := u.Addr().(*net.UDPAddr); ok {
 		port = a.AddrPort().Port()
 	}
-	return listen.Endpoint{Zone: first.zone, IP: first.bindA.IP, Port: port, Route: first.route.Load()}, true
-}
-
-// ZoneRoutes lists, per listener name, the routes of the listeners bound in
-// zone (for zone health).
-func (s *Server) ZoneRoutes(zone string) map[string][]*listen.Route {
-	out := map[string][]*listen.Route{}
-	for _, u := range s.current() {
-		if u.zone == zone {
-			out[u.cfg.Name] = append(out[u.cfg.Name], u.route.Load())
-		}
-	}
-	return out
+	return listen.Endpoint{Zone: u.zone, IP: u.bindA.IP, Port: port, Route: u.route.Load()}, true
 }
 
 // Flows is the number of flows: the socket path's tables, and the kernel's
 // as of its last sweep.
 func (s *Server) Flows() int {
 	n := s.UserFlows()
-	if k := s.kernel.Load(); k != nil {
-		n += k.Flows()
-	}
+	n += s.kernel.Flows()
 	return n
 }
 
@@ -306,13 +248,10 @@ func (s *Server) UserFlows() int {
 }
 
 // KernelPath reports whether the kernel fast path runs.
-func (s *Server) KernelPath() bool { return s.kernel.Load() != nil }
+func (s *Server) KernelPath() bool { return s.kernel.Running() }
 
 // SyncKernel writes the kernel path's tables now, as a snapshot change
 // would soon (for tests that must not wait for it).
 func (s *Server) SyncKernel() error {
-	if k := s.kernel.Load(); k != nil {
-		return k.Sync()
-	}
-	return nil
+	return s.kernel.Sync()
 }
