@@ -2,16 +2,18 @@
 // file sets:
 //
 //   - route*: what a listener forwards to (routes, SNI rules, ACLs);
+//
 //   - admit*: whether a flow may start (the descriptor budgets, the
 //     per-source limit, the loop guard, the reasons a flow is refused and
 //     their counters);
+//
 //   - socket*: the listener sockets (socket options, transparent sockets,
 //     binding and handover, a reload's difference, the set of listener
 //     addresses a plane serves).
 //
-//	r, err := listen.NewRoute(lc, reg)
-//	g, view, key := r.Lookup(flowhash.ProtoTCP, zone, client, vip)
-//	prefs := view.Balance.Pick(key, buf[:])
+//     r, err := listen.NewRoute(lc, reg)
+//     g, view, key := r.Lookup(flowhash.ProtoTCP, zone, client, vip)
+//     prefs := view.Balance.Pick(key, buf[:])
 package listen
 
 import (
