@@ -1,19 +1,14 @@
 // Package listen is the layer the TCP and UDP data planes share, in three
-// file sets:
+// file sets: route* is what a listener forwards to (routes, SNI rules,
+// ACLs); admit* is whether a flow may start (the descriptor budgets, the
+// per-source limit, the loop guard, the reasons a flow is refused and their
+// counters); socket* is the listener sockets (socket options, transparent
+// sockets, binding and handover, a reload's difference, the set of listener
+// addresses a plane serves).
 //
-//   - route*: what a listener forwards to (routes, SNI rules, ACLs);
-//
-//   - admit*: whether a flow may start (the descriptor budgets, the
-//     per-source limit, the loop guard, the reasons a flow is refused and
-//     their counters);
-//
-//   - socket*: the listener sockets (socket options, transparent sockets,
-//     binding and handover, a reload's difference, the set of listener
-//     addresses a plane serves).
-//
-//     r, err := listen.NewRoute(lc, reg)
-//     g, view, key := r.Lookup(flowhash.ProtoTCP, zone, client, vip)
-//     prefs := view.Balance.Pick(key, buf[:])
+//	r, err := listen.NewRoute(lc, reg)
+//	g, view, key := r.Lookup(flowhash.ProtoTCP, zone, client, vip)
+//	prefs := view.Balance.Pick(key, buf[:])
 package listen
 
 import (
