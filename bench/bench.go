@@ -86,7 +86,20 @@ type Result struct {
 	Gbps        float64       `json:"gbps,omitempty"`
 	Sent        int64         `json:"sent,omitempty"`     // udp-pps: datagrams sent
 	Received    int64         `json:"received,omitempty"` // udp-pps: replies
-	Errors      int64         `json:"errors"`             // all of the below, and other failures
+	Failures
+	Latency *Latency `json:"latency_us,omitempty"`
+	// Timeline is the rate of each second of the window; Percentiles the
+	// latency distribution, for plots.
+	Timeline     []float64         `json:"timeline,omitempty"`
+	Percentiles  []PercentilePoint `json:"percentiles,omitempty"`
+	IdleMemory                     // idle-conns
+	DuringResult string            `json:"during,omitempty"`
+	Cost
+}
+
+// Failures are what went wrong in a run.
+type Failures struct {
+	Errors int64 `json:"errors"` // all of the below, and other failures
 	// FailedConnects are connects that failed; Resets, exchanges that
 	// ended in a reset; Broken, replies that did not match their request
 	// (checksummed), came short, or timed out.
@@ -95,22 +108,23 @@ type Result struct {
 	Broken         int64 `json:"broken"`
 	// RecoverySeconds, with a failure scenario: from its start to the last
 	// error after it (0: none after it).
-	RecoverySeconds float64  `json:"recovery_seconds,omitempty"`
-	Latency         *Latency `json:"latency_us,omitempty"`
-	// Timeline is the rate of each second of the window; Percentiles the
-	// latency distribution, for plots.
-	Timeline    []float64         `json:"timeline,omitempty"`
-	Percentiles []PercentilePoint `json:"percentiles,omitempty"`
-	// idle-conns
-	Held         int     `json:"held,omitempty"`
-	RSSBeforeKB  int64   `json:"rss_before_kb,omitempty"`
-	RSSAfterKB   int64   `json:"rss_after_kb,omitempty"`
-	KBPerConn    float64 `json:"kb_per_conn,omitempty"`
-	DuringResult string  `json:"during,omitempty"`
-	// ProcCPU and MachineCPU are set by the comparison harness
-	// (benchmarks/), which knows the balancer's processes: the CPU seconds
-	// its processes used over the window, and those the whole machine did
-	// (load generator, targets and softirq included).
+	RecoverySeconds float64 `json:"recovery_seconds,omitempty"`
+}
+
+// IdleMemory is what idle-conns measures: the connections it held, and the
+// balancer's resident memory before and after.
+type IdleMemory struct {
+	Held        int     `json:"held,omitempty"`
+	RSSBeforeKB int64   `json:"rss_before_kb,omitempty"`
+	RSSAfterKB  int64   `json:"rss_after_kb,omitempty"`
+	KBPerConn   float64 `json:"kb_per_conn,omitempty"`
+}
+
+// Cost is set by the comparison harness (benchmarks/), which knows the
+// balancer's processes: the CPU seconds its processes used over the window,
+// and those the whole machine did (load generator, targets and softirq
+// included).
+type Cost struct {
 	ProcCPU    float64 `json:"proc_cpu_seconds,omitempty"`
 	MachineCPU float64 `json:"machine_cpu_seconds,omitempty"`
 }

@@ -26,7 +26,7 @@ func idleConns(ctx context.Context, o Options) (*Result, error) {
 		return nil, err
 	}
 	start := time.Now()
-	res := &Result{RSSBeforeKB: before}
+	res := &Result{IdleMemory: IdleMemory{RSSBeforeKB: before}}
 	var conns []net.Conn
 	defer func() {
 		for _, c := range conns {

@@ -10,25 +10,35 @@ import (
 	"github.com/l4lb/l4lb/lb/balance"
 	"github.com/l4lb/l4lb/lb/listen"
 	"github.com/l4lb/l4lb/lb/registry"
+	"github.com/l4lb/l4lb/lb/tcpproxy"
+	"github.com/l4lb/l4lb/lb/udpproxy"
 	"github.com/l4lb/l4lb/pkg/api"
 	"github.com/l4lb/l4lb/pkg/config"
 	"github.com/l4lb/l4lb/pkg/flowhash"
 	"github.com/l4lb/l4lb/pkg/maglev"
 )
 
+// view answers the admin API's questions about routes, flows, zones and
+// target groups, from the registry and the two data planes.
+type view struct {
+	reg *registry.Registry
+	tcp *tcpproxy.Server
+	udp *udpproxy.Server
+}
+
 // findEndpoint finds the named listener's TCP or UDP side, preferring the one
 // bound to dst.
-func (s *Server) findEndpoint(name, protocol string, dst netip.Addr, sni string) (listen.Endpoint, bool) {
+func (v *view) findEndpoint(name, protocol string, dst netip.Addr, sni string) (listen.Endpoint, bool) {
 	if protocol == "tcp" {
-		return s.tcp.Endpoint(name, dst, sni)
+		return v.tcp.Endpoint(name, dst, sni)
 	}
-	return s.udp.Endpoint(name, dst)
+	return v.udp.Endpoint(name, dst)
 }
 
 // Route answers which target a new flow from src to dst would get, and why,
 // by the same computation as a real connection. sni is the name a TLS
 // client's hello asks for, on a listener with SNI rules ("": none).
-func (s *Server) Route(listenerName, src, dst, protocol, sni string) (api.Route, error) {
+func (v *view) Route(listenerName, src, dst, protocol, sni string) (api.Route, error) {
 	if protocol == "" {
 		protocol = "tcp"
 	}
@@ -49,7 +59,7 @@ func (s *Server) Route(listenerName, src, dst, protocol, sni string) (api.Route,
 		return api.Route{}, fmt.Errorf("%w: sni: SNI rules route TCP flows only", api.ErrInvalid)
 	}
 	sni = strings.TrimSuffix(strings.ToLower(sni), ".")
-	l, found := s.findEndpoint(listenerName, protocol, dstAP.Addr(), sni)
+	l, found := v.findEndpoint(listenerName, protocol, dstAP.Addr(), sni)
 	proto := uint8(flowhash.ProtoTCP)
 	if protocol == "udp" {
 		proto = flowhash.ProtoUDP
@@ -92,7 +102,7 @@ func (s *Server) Route(listenerName, src, dst, protocol, sni string) (api.Route,
 		}
 	}
 	why = append(why, fmt.Sprintf("%s hash %s owns slot %d of the Maglev table", out.Key, out.Hash, key%maglev.DefaultSize))
-	if len(s.Registry.Config().Zones) > 0 && l.Zone != "" && !g.CrossZone() {
+	if len(v.reg.Config().Zones) > 0 && l.Zone != "" && !g.CrossZone() {
 		why = append(why, fmt.Sprintf("built from zone %s's targets (cross-zone off)", l.Zone))
 	}
 	if snap.FailOpen {
@@ -112,23 +122,23 @@ func (s *Server) Route(listenerName, src, dst, protocol, sni string) (api.Route,
 }
 
 // Flows lists up to limit open TCP flows (of one listener when named).
-func (s *Server) Flows(listenerName string, limit int) ([]api.Flow, error) {
-	if listenerName != "" && !slices.ContainsFunc(s.Registry.Config().Listeners, func(l config.Listener) bool { return l.Name == listenerName }) {
+func (v *view) Flows(listenerName string, limit int) ([]api.Flow, error) {
+	if listenerName != "" && !slices.ContainsFunc(v.reg.Config().Listeners, func(l config.Listener) bool { return l.Name == listenerName }) {
 		return nil, fmt.Errorf("%w: no listener %q", api.ErrNotFound, listenerName)
 	}
 	if limit <= 0 {
 		limit = 100
 	}
-	return s.tcp.Flows(listenerName, limit), nil
+	return v.tcp.Flows(listenerName, limit), nil
 }
 
 // ZoneUnsettled names a target of the groups that zone's listeners route to
 // whose first health checks have not finished, or is "" when there is none.
 // Until they have, this process's tables may differ from those of other
 // l4lb nodes whose checks have.
-func (s *Server) ZoneUnsettled(zone string) string {
+func (v *view) ZoneUnsettled(zone string) string {
 	why := ""
-	s.zoneGroups(zone, func(_ string, g *registry.Group) {
+	v.zoneGroups(zone, func(_ string, g *registry.Group) {
 		if t := g.Unsettled(); t != "" && why == "" {
 			why = "target " + t + " of target group " + g.Name()
 		}
@@ -138,8 +148,8 @@ func (s *Server) ZoneUnsettled(zone string) string {
 
 // zoneGroups calls fn with each listener bound in zone (by name) and each
 // target group it routes to, TCP and UDP alike.
-func (s *Server) zoneGroups(zone string, fn func(listener string, g *registry.Group)) {
-	for _, plane := range []map[string][]*listen.Route{s.tcp.Listeners().ZoneRoutes(zone), s.udp.Listeners().ZoneRoutes(zone)} {
+func (v *view) zoneGroups(zone string, fn func(listener string, g *registry.Group)) {
+	for _, plane := range []map[string][]*listen.Route{v.tcp.Listeners().ZoneRoutes(zone), v.udp.Listeners().ZoneRoutes(zone)} {
 		for name, routes := range plane {
 			for _, r := range routes {
 				for _, g := range r.Groups {
@@ -152,12 +162,12 @@ func (s *Server) zoneGroups(zone string, fn func(listener string, g *registry.Gr
 
 // ZoneHealth reports whether every listener bound in zone can reach a healthy
 // target there, counting against the dns_failover minimum when one is set.
-func (s *Server) ZoneHealth(zone string) (api.ZoneHealth, error) {
-	if !slices.ContainsFunc(s.Registry.Config().Zones, func(z config.Zone) bool { return z.Name == zone }) {
+func (v *view) ZoneHealth(zone string) (api.ZoneHealth, error) {
+	if !slices.ContainsFunc(v.reg.Config().Zones, func(z config.Zone) bool { return z.Name == zone }) {
 		return api.ZoneHealth{}, fmt.Errorf("%w: no zone %q", api.ErrNotFound, zone)
 	}
 	out := api.ZoneHealth{Zone: zone, Healthy: true, Listeners: map[string]string{}}
-	s.zoneGroups(zone, func(name string, g *registry.Group) {
+	v.zoneGroups(zone, func(name string, g *registry.Group) {
 		if out.Listeners[name] == "" { // a TCP_UDP listener is checked on both
 			out.Listeners[name] = "ok"
 		}
@@ -173,8 +183,8 @@ func (s *Server) ZoneHealth(zone string) (api.ZoneHealth, error) {
 // than by embedding: the registry's other methods stay its own.
 
 // TargetGroups describes every target group and its targets.
-func (s *Server) TargetGroups() []api.TargetGroup {
-	groups := s.Registry.TargetGroups()
+func (v *view) TargetGroups() []api.TargetGroup {
+	groups := v.reg.TargetGroups()
 	out := make([]api.TargetGroup, len(groups))
 	for i, g := range groups {
 		out[i] = wireGroup(g)
@@ -183,8 +193,8 @@ func (s *Server) TargetGroups() []api.TargetGroup {
 }
 
 // TargetGroup describes one target group.
-func (s *Server) TargetGroup(name string) (api.TargetGroup, error) {
-	g, err := s.Registry.TargetGroup(name)
+func (v *view) TargetGroup(name string) (api.TargetGroup, error) {
+	g, err := v.reg.TargetGroup(name)
 	if err != nil {
 		return api.TargetGroup{}, wireErr(err)
 	}
@@ -192,8 +202,8 @@ func (s *Server) TargetGroup(name string) (api.TargetGroup, error) {
 }
 
 // Register adds a target to a group, or updates its weight or zone.
-func (s *Server) Register(group string, req api.RegisterRequest) (api.TargetHealth, error) {
-	h, err := s.Registry.Register(group, registry.Registration{Address: req.Address, Zone: req.Zone, Weight: req.Weight})
+func (v *view) Register(group string, req api.RegisterRequest) (api.TargetHealth, error) {
+	h, err := v.reg.Register(group, registry.Registration{Address: req.Address, Zone: req.Zone, Weight: req.Weight})
 	if err != nil {
 		return api.TargetHealth{}, wireErr(err)
 	}
@@ -201,8 +211,8 @@ func (s *Server) Register(group string, req api.RegisterRequest) (api.TargetHeal
 }
 
 // Deregister starts a target's draining.
-func (s *Server) Deregister(group, address string) error {
-	return wireErr(s.Registry.Deregister(group, address))
+func (v *view) Deregister(group, address string) error {
+	return wireErr(v.reg.Deregister(group, address))
 }
 
 func wireGroup(g registry.GroupHealth) api.TargetGroup {

@@ -64,14 +64,12 @@ type Options struct {
 	Instance string
 }
 
-// Server runs one configuration. It embeds its target registry, whose
-// methods serve the admin API.
+// Server runs one configuration. Its view answers the admin API.
 type Server struct {
-	Registry *registry.Registry // the targets, groups and their health; the admin API serves it
+	Registry *registry.Registry // the targets, groups and their health
 
+	view
 	log      *zap.Logger
-	tcp      *tcpproxy.Server
-	udp      *udpproxy.Server
 	started  atomic.Bool // every listener bound and serving
 	closing  atomic.Bool
 	reserved atomic.Pointer[[]netip.AddrPort]
@@ -100,7 +98,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.Registry = reg
+	s.Registry, s.reg = reg, reg
 	haveTCP, haveUDP := false, false
 	for _, lc := range cfg.Listeners {
 		haveTCP = haveTCP || lc.Protocol.HasTCP()

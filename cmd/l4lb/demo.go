@@ -49,7 +49,7 @@ func newDemo() *cobra.Command {
 			interval, timeout := "1s", "500ms"
 			check, rise := "http:///", 2
 			o := serveOpts{flags: config.Flags{Listen: []string{"tcp://" + listen}, Targets: targets, Admin: &adminAddr,
-				HealthCheck: &check, HealthInterval: &interval, HealthTimeout: &timeout, HealthyThreshold: &rise}}
+				HealthFlags: config.HealthFlags{HealthCheck: &check, HealthInterval: &interval, HealthTimeout: &timeout, HealthyThreshold: &rise}}}
 			cfg, hash, err := loadServeConfig(&o)
 			if err != nil {
 				return err

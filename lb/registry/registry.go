@@ -75,13 +75,23 @@ type Registry struct {
 	groups atomic.Pointer[map[string]*Group] // replaced whole by Apply
 	log    *zap.Logger
 	m      *metrics.Metrics
-	clock  Clock
 	own    func(netip.AddrPort) bool
 	apply  sync.Mutex // one Apply at a time
+	hooks
+	timerSet
+}
 
+// hooks are whom the registry tells: the data planes and the health checks.
+type hooks struct {
 	mu     sync.Mutex // guards what follows
 	health HealthWatcher
 	subs   []Subscriber
+}
+
+// timerSet holds the pending drain and delay timers.
+type timerSet struct {
+	clock  Clock
+	mu     sync.Mutex // guards what follows
 	timers map[Timer]struct{}
 	closed bool
 }
@@ -97,7 +107,8 @@ func New(cfg *config.Config, opts Options) (*Registry, error) {
 	if opts.Own == nil {
 		opts.Own = func(netip.AddrPort) bool { return false }
 	}
-	r := &Registry{log: opts.Logger, m: opts.Metrics, clock: opts.Clock, own: opts.Own, timers: map[Timer]struct{}{}}
+	r := &Registry{log: opts.Logger, m: opts.Metrics, own: opts.Own}
+	r.timerSet = timerSet{clock: opts.Clock, timers: map[Timer]struct{}{}}
 	r.cfg.Store(cfg)
 	groups := map[string]*Group{}
 	for i := range cfg.TargetGroups {
@@ -121,25 +132,25 @@ func (r *Registry) Group(name string) *Group { return (*r.groups.Load())[name] }
 func (r *Registry) all() map[string]*Group { return *r.groups.Load() }
 
 // Subscribe adds a data plane to tell about snapshots and flows to end.
-func (r *Registry) Subscribe(s Subscriber) {
-	r.mu.Lock()
-	r.subs = append(r.subs, s)
-	r.mu.Unlock()
+func (h *hooks) Subscribe(s Subscriber) {
+	h.mu.Lock()
+	h.subs = append(h.subs, s)
+	h.mu.Unlock()
 }
 
-func (r *Registry) subscribers() []Subscriber {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.subs
+func (h *hooks) subscribers() []Subscriber {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.subs
 }
 
 // WatchHealth starts the checks of every registered target on w, and of
 // every target registered later. Without it, targets stay initial and
 // routing fails open to all of them.
 func (r *Registry) WatchHealth(w HealthWatcher) {
-	r.mu.Lock()
+	r.hooks.mu.Lock()
 	r.health = w
-	r.mu.Unlock()
+	r.hooks.mu.Unlock()
 	for _, g := range r.all() {
 		g.mu.Lock()
 		for _, t := range g.targets {
@@ -151,47 +162,47 @@ func (r *Registry) WatchHealth(w HealthWatcher) {
 	}
 }
 
-func (r *Registry) watcher() HealthWatcher {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.health
+func (h *hooks) watcher() HealthWatcher {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.health
 }
 
 // PassiveFailure reports a failed connect on live traffic, which counts as a
 // failed health check. A failure of l4lb's own (out of descriptors or ports)
 // must never come here.
-func (r *Registry) PassiveFailure(t *Target) {
-	if w := r.watcher(); w != nil {
+func (h *hooks) PassiveFailure(t *Target) {
+	if w := h.watcher(); w != nil {
 		w.PassiveFailure(t.group.Name(), t.Addr)
 	}
 }
 
 // Close stops every pending timer; no flow is ended after it returns.
-func (r *Registry) Close() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.closed = true
-	for t := range r.timers {
+func (ts *timerSet) Close() {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	ts.closed = true
+	for t := range ts.timers {
 		t.Stop()
 	}
-	clear(r.timers)
+	clear(ts.timers)
 }
 
 // after runs fn once d has passed, unless t's state changed first or the
 // registry closed. Called with t's group lock held; fn runs without it.
-func (r *Registry) after(t *Target, d time.Duration, fn func()) {
+func (ts *timerSet) after(t *Target, d time.Duration, fn func()) {
 	gen := t.generation
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.closed {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	if ts.closed {
 		return
 	}
 	var timer Timer
-	timer = r.clock.AfterFunc(d, func() {
-		r.mu.Lock()
-		_, pending := r.timers[timer]
-		delete(r.timers, timer)
-		r.mu.Unlock()
+	timer = ts.clock.AfterFunc(d, func() {
+		ts.mu.Lock()
+		_, pending := ts.timers[timer]
+		delete(ts.timers, timer)
+		ts.mu.Unlock()
 		t.group.mu.Lock()
 		current := t.generation == gen
 		t.group.mu.Unlock()
@@ -199,7 +210,7 @@ func (r *Registry) after(t *Target, d time.Duration, fn func()) {
 			fn()
 		}
 	})
-	r.timers[timer] = struct{}{}
+	ts.timers[timer] = struct{}{}
 }
 
 // endFlows tells every data plane to end t's flows.

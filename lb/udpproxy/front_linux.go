@@ -40,23 +40,37 @@ type udpFront struct {
 	zone     string
 	route    atomic.Pointer[listen.Route]
 	acl      atomic.Pointer[listen.ACL] // replaced by a reload
-	socks    []*net.UDPConn
-	sendRC   syscall.RawConn // the socket replies leave from
 	wildcard bool
-	table    *flowtable.Table[*udpFlow]
+	udpSockets
+	udpFlows
+	udpMetrics
+}
 
-	epfd    int // set by bind, closed by close once no loop uses it
+// udpSockets are a front's sockets and the loops that read them.
+type udpSockets struct {
+	socks   []*net.UDPConn
+	sendRC  syscall.RawConn // the socket replies leave from
+	epfd    int             // set by bind, closed by close once no loop uses it
 	wake    int
 	readers sync.WaitGroup // the read loops, which make flows
-	mu      sync.Mutex     // guards slots and free
+	done    chan struct{}
+	started bool        // the reply loop runs (and will close done)
+	closing atomic.Bool // the read loops have ended: the reply loop ends the flows and exits
+	stopped atomic.Bool // stopReading or close was called: the read loops exit
+}
+
+// udpFlows are a front's flows: the table, and the slots the reply loop's
+// epoll events name them by.
+type udpFlows struct {
+	table   *flowtable.Table[*udpFlow]
+	mu      sync.Mutex // guards slots and free
 	slots   []*udpFlow
 	free    []int32
-	done    chan struct{}
-	started bool         // the reply loop runs (and will close done)
-	closing atomic.Bool  // the read loops have ended: the reply loop ends the flows and exits
-	stopped atomic.Bool  // stopReading or close was called: the read loops exit
 	replied atomic.Int64 // when a reply last left, Unix nanoseconds
+}
 
+// udpMetrics are a front's counters and gauges.
+type udpMetrics struct {
 	newFlows, evictions                prometheus.Counter
 	rejects                            *listen.RejectCounters
 	pktsIn, pktsOut, bytesIn, bytesOut prometheus.Counter
@@ -65,8 +79,9 @@ type udpFront struct {
 }
 
 func newFront(s *Server, lc *config.Listener, b config.BindAddr, r *listen.Route) *udpFront {
-	u := &udpFront{srv: s, cfg: lc, bindA: b, zone: b.Zone, wildcard: b.IP.IsUnspecified(),
-		table: flowtable.NewTable[*udpFlow](flowtable.Options{Max: s.cfg.MaxFlows, Idle: lc.UDPIdleTimeout}), done: make(chan struct{})}
+	u := &udpFront{srv: s, cfg: lc, bindA: b, zone: b.Zone, wildcard: b.IP.IsUnspecified()}
+	u.table = flowtable.NewTable[*udpFlow](flowtable.Options{Max: s.cfg.MaxFlows, Idle: lc.UDPIdleTimeout})
+	u.done = make(chan struct{})
 	acl := listen.NewACL(lc)
 	u.acl.Store(&acl)
 	if r != nil {

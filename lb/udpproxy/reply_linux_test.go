@@ -76,13 +76,12 @@ func TestReplyNeverUsesAReusedDescriptor(t *testing.T) {
 	}
 
 	ca := client.LocalAddr().(*net.UDPAddr).AddrPort()
-	u := &udpFront{
-		sendRC:   rc,
-		table:    flowtable.NewTable[*udpFlow](flowtable.Options{Max: 4, Idle: time.Minute}),
-		dropped:  prometheus.NewCounter(prometheus.CounterOpts{Name: "dropped"}),
-		pktsOut:  prometheus.NewCounter(prometheus.CounterOpts{Name: "out"}),
-		bytesOut: prometheus.NewCounter(prometheus.CounterOpts{Name: "bytes"}),
-	}
+	u := &udpFront{}
+	u.sendRC = rc
+	u.table = flowtable.NewTable[*udpFlow](flowtable.Options{Max: 4, Idle: time.Minute})
+	u.dropped = prometheus.NewCounter(prometheus.CounterOpts{Name: "dropped"})
+	u.pktsOut = prometheus.NewCounter(prometheus.CounterOpts{Name: "out"})
+	u.bytesOut = prometheus.NewCounter(prometheus.CounterOpts{Name: "bytes"})
 	f := &udpFlow{key: flowtable.Key{Src: ca, Dst: netip.MustParseAddrPort("127.0.0.1:1")}, fd: up}
 	f.name, f.namelen = sockaddr(ca)
 	u.reply(f, newBatch(udpBatch, udpBufSize), time.Now())

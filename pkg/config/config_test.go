@@ -124,9 +124,7 @@ func TestFlags(t *testing.T) {
 	f := Flags{
 		Listen:              []string{"tcp://127.0.0.1:8080"},
 		Targets:             []string{"127.0.0.1:9001", "127.0.0.1:9002,weight=2"},
-		HealthCheck:         ptr("http://:9100/health"),
-		HealthInterval:      ptr("200ms"),
-		UnhealthyThreshold:  ptr(3),
+		HealthFlags:         HealthFlags{HealthCheck: ptr("http://:9100/health"), HealthInterval: ptr("200ms"), UnhealthyThreshold: ptr(3)},
 		IdleTimeout:         ptr("2s"),
 		DeregistrationDelay: ptr("1500ms"),
 		Stickiness:          ptr("source_ip"),
@@ -163,7 +161,7 @@ func TestFlagErrorsNameTheFlag(t *testing.T) {
 		Listen:      []string{"sctp://:1", "tcp://:0", "tcp://nohost:80"},
 		Targets:     []string{"somewhere", "127.0.0.1:1,colour=red"},
 		Zones:       []string{"a"},
-		HealthCheck: ptr("ftp://x/"),
+		HealthFlags: HealthFlags{HealthCheck: ptr("ftp://x/")},
 	}
 	err := f.Apply(&Raw{})
 	errs, ok := err.(Errors)
@@ -186,7 +184,7 @@ func TestFlagsOverrideFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := Flags{IdleTimeout: ptr("9s"), HealthyThreshold: ptr(2)}
+	f := Flags{IdleTimeout: ptr("9s"), HealthFlags: HealthFlags{HealthyThreshold: ptr(2)}}
 	if err := f.Apply(raw); err != nil {
 		t.Fatal(err)
 	}
@@ -227,7 +225,7 @@ func FuzzFlags(f *testing.F) {
 	f.Add(":53", "[::1]:53", "b=::1", "tcp")
 	f.Add("udp://[::]:5353", "10.0.0.1,weight=0", "=", "https:///")
 	f.Fuzz(func(t *testing.T, listen, target, zone, health string) {
-		fl := Flags{Listen: []string{listen}, Targets: []string{target}, Zones: []string{zone}, HealthCheck: &health}
+		fl := Flags{Listen: []string{listen}, Targets: []string{target}, Zones: []string{zone}, HealthFlags: HealthFlags{HealthCheck: &health}}
 		raw := &Raw{}
 		if err := fl.Apply(raw); err != nil {
 			for _, line := range strings.Split(err.Error(), "\n") {

@@ -12,14 +12,10 @@ import (
 // Flags are the `l4lb serve` flags. A nil pointer or empty slice is a flag that
 // was not given; given flags override the file (Apply).
 type Flags struct {
-	Listen              []string // tcp://IP:PORT, udp://, tcp_udp://, tls://; ":PORT" binds every zone IP
-	Targets             []string // ADDR[,zone=Z][,weight=W], into target group "default"
-	Zones               []string // NAME=IP[;IP]
-	HealthCheck         *string  // tcp | tcp://:PORT | http://[:PORT]/PATH | https://[:PORT]/PATH
-	HealthInterval      *string
-	HealthTimeout       *string
-	HealthyThreshold    *int
-	UnhealthyThreshold  *int
+	Listen  []string // tcp://IP:PORT, udp://, tcp_udp://, tls://; ":PORT" binds every zone IP
+	Targets []string // ADDR[,zone=Z][,weight=W], into target group "default"
+	Zones   []string // NAME=IP[;IP]
+	HealthFlags
 	ProxyProtocolV2     *bool
 	PreserveClientIP    *bool
 	Stickiness          *string // source_ip
@@ -29,13 +25,27 @@ type Flags struct {
 	IdleTimeout         *string
 	UDPIdleTimeout      *string
 	DeregistrationDelay *string
-	TLSCerts            []string
-	TLSKeys             []string
-	ALPNPolicy          *string
-	SecurityPolicy      *string
-	Admin               *string
-	AdminTokenFile      *string
-	ShutdownTimeout     *string
+	TLSFlags
+	Admin           *string
+	AdminTokenFile  *string
+	ShutdownTimeout *string
+}
+
+// HealthFlags set every target group's health check.
+type HealthFlags struct {
+	HealthCheck        *string // tcp | tcp://:PORT | http://[:PORT]/PATH | https://[:PORT]/PATH
+	HealthInterval     *string
+	HealthTimeout      *string
+	HealthyThreshold   *int
+	UnhealthyThreshold *int
+}
+
+// TLSFlags set the TLS listeners' certificates and policies.
+type TLSFlags struct {
+	TLSCerts       []string
+	TLSKeys        []string
+	ALPNPolicy     *string
+	SecurityPolicy *string
 }
 
 // Apply lays the given flags over raw: --listen adds listeners that forward to

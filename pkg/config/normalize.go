@@ -63,9 +63,15 @@ func Normalize(raw *Raw) (*Config, error) {
 }
 
 type normalizer struct {
-	raw    *Raw
-	errs   Errors
+	raw *Raw
+	fields
 	zoneOf map[netip.Addr]string
+}
+
+// fields parses single values (durations, prefixes, thresholds and the
+// like), recording what is wrong under each value's path.
+type fields struct {
+	errs Errors
 }
 
 func (n *normalizer) run() *Config {
@@ -333,7 +339,7 @@ func (n *normalizer) groupRef(path, name string, lp Protocol, cfg *Config) {
 	}
 }
 
-func (n *normalizer) protocol(path, s string) Protocol {
+func (n *fields) protocol(path, s string) Protocol {
 	if s == "" {
 		return TCP
 	}
@@ -344,7 +350,7 @@ func (n *normalizer) protocol(path, s string) Protocol {
 	return Protocol(p)
 }
 
-func (n *normalizer) duration(path, s string, def time.Duration) time.Duration {
+func (n *fields) duration(path, s string, def time.Duration) time.Duration {
 	if s == "" {
 		return def
 	}
@@ -361,7 +367,7 @@ func (n *normalizer) duration(path, s string, def time.Duration) time.Duration {
 	return d
 }
 
-func (n *normalizer) prefixes(path string, ss []string) []netip.Prefix {
+func (n *fields) prefixes(path string, ss []string) []netip.Prefix {
 	var out []netip.Prefix
 	for i, s := range ss {
 		p, err := ParsePrefix(s)
@@ -413,7 +419,7 @@ func lowerAll(ss []string) []string {
 }
 
 // interfaces checks a list of interface names.
-func (n *normalizer) interfaces(path string, names []string) []string {
+func (n *fields) interfaces(path string, names []string) []string {
 	for i, name := range names {
 		if name == "" || len(name) > 15 || strings.ContainsAny(name, "/ ") {
 			n.errs.add(fmt.Sprintf("%s[%d]", path, i), "%q is not an interface name", name)

@@ -179,7 +179,7 @@ func (n *normalizer) bfd(path string, r *RawBFD) BFD {
 }
 
 // communities parses standard communities written AS:value.
-func (n *normalizer) communities(path string, in []string) []uint32 {
+func (n *fields) communities(path string, in []string) []uint32 {
 	var out []uint32
 	for i, s := range in {
 		as, val, ok := strings.Cut(s, ":")

@@ -197,7 +197,7 @@ func (n *normalizer) healthCheck(path string, r *RawHealthCheck, g *TargetGroup)
 	h.UnhealthyThreshold = n.threshold(path+".unhealthy_threshold", r.UnhealthyThreshold, DefaultUnhealthyThreshold)
 }
 
-func (n *normalizer) threshold(path string, v *int, def int) int {
+func (n *fields) threshold(path string, v *int, def int) int {
 	if v == nil {
 		return def
 	}
@@ -268,7 +268,7 @@ func (n *normalizer) attributes(path string, given map[string]string, g *TargetG
 
 // intAttr parses an integer attribute within [lo, hi]; with off, "off" is
 // accepted and read as 0.
-func (n *normalizer) intAttr(v, path string) func(lo, hi int, off bool) int {
+func (n *fields) intAttr(v, path string) func(lo, hi int, off bool) int {
 	return func(lo, hi int, off bool) int {
 		if off && v == "off" {
 			return 0
@@ -286,7 +286,7 @@ func (n *normalizer) intAttr(v, path string) func(lo, hi int, off bool) int {
 	}
 }
 
-func (n *normalizer) boolAttr(v, path string) bool {
+func (n *fields) boolAttr(v, path string) bool {
 	b, err := parseBool(v)
 	if err != nil {
 		n.errs.add(path, "want true or false, got %q", v)
