@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -71,6 +70,12 @@ type Path struct {
 	// changed, say), whose flows then end when that process exits.
 	KeptFlows bool
 	Inherited []error
+	pins
+}
+
+// pins are a Path's links and maps on the BPF filesystem, in Options.Pin.
+type pins struct {
+	dir string
 	// AdoptedPins says the flow maps were taken from pins a previous
 	// process left (it died, or stopped without removing them);
 	// AdoptedLinks counts the pinned links moved to this Path's programs.
@@ -166,7 +171,7 @@ func New(opts Options) (*Path, error) {
 	if opts.Services+opts.Services6 > svcMask {
 		return nil, fmt.Errorf("fastpath: %d services; at most %d", opts.Services+opts.Services6, svcMask)
 	}
-	p := &Path{opts: opts}
+	p := &Path{opts: opts, pins: pins{dir: opts.Pin}}
 	fail := func(err error) (*Path, error) {
 		p.Close()
 		return nil, err
@@ -209,8 +214,8 @@ func New(opts Options) (*Path, error) {
 				m.Close() // loading took its own reference
 			}
 		}()
-		for _, name := range p.handedOver() {
-			m, err := inheritedMap(opts.Inherit.Take(p.handoverName(name)), spec.Maps[name])
+		for _, name := range handedOver(opts.Protocol) {
+			m, err := inheritedMap(opts.Inherit.Take(handoverName(opts.Protocol, name)), spec.Maps[name])
 			if err != nil {
 				p.Inherited = append(p.Inherited, err)
 			}
@@ -233,7 +238,7 @@ func New(opts Options) (*Path, error) {
 				}
 			}()
 		}
-		p.pinnedFlowMaps(spec, lopts.MapReplacements)
+		p.Inherited = append(p.Inherited, p.pins.flowMaps(spec, handedOver(opts.Protocol), lopts.MapReplacements)...)
 	}
 	p.KeptFlows = len(lopts.MapReplacements) > 0
 	var objs fastpathBPFObjects
@@ -444,7 +449,7 @@ func (p *Path) Attach(ifname string) error {
 			if a.at == ebpf.AttachTCXEgress {
 				side = "out"
 			}
-			l, err = p.attachPinned(filepath.Join(p.opts.Pin, "link_"+side+"_"+ifname), ifi.Index, a.prog, a.at)
+			l, err = p.attachPinned("link_"+side+"_"+ifname, ifi.Index, a.prog, a.at)
 		} else {
 			l, err = link.AttachTCX(link.TCXOptions{Interface: ifi.Index, Program: a.prog, Attach: a.at})
 		}

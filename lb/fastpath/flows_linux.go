@@ -29,8 +29,8 @@ func (p *Path) Sweep(live func(Flow)) (expired int, err error) {
 	removed := make([]uint64, len(idle))
 	var errs []error
 	for _, fp := range p.fams {
-		for _, m := range p.flowMaps(fp) {
-			n, err := p.sweep(fp, m, m == fp.syn, idle, removed, live)
+		for _, m := range fp.flowMaps(p.opts.Protocol) {
+			n, err := fp.sweep(m, m == fp.syn, &p.opts, idle, removed, live)
 			expired += n
 			errs = append(errs, err)
 		}
@@ -68,8 +68,8 @@ func (p *Path) Evicted(id, live int) uint64 {
 
 // flowMaps are the maps that hold a family's flows: for TCP, the
 // established and the embryonic ones.
-func (p *Path) flowMaps(fp *famPath) []*ebpf.Map {
-	if p.opts.Protocol == flowhash.ProtoTCP {
+func (fp *famPath) flowMaps(proto uint8) []*ebpf.Map {
+	if proto == flowhash.ProtoTCP {
 		return []*ebpf.Map{fp.flows, fp.syn}
 	}
 	return []*ebpf.Map{fp.flows}
@@ -78,8 +78,8 @@ func (p *Path) flowMaps(fp *famPath) []*ebpf.Map {
 // sweep removes the idle flows of one of a family's flow maps (embryonic:
 // TCP's map of incomplete handshakes). A TCP flow is idle after its
 // service's timeout, TCPSynTimeout while embryonic, or TCPLinger once
-// closed.
-func (p *Path) sweep(fp *famPath, m *ebpf.Map, embryonic bool, idle, removed []uint64, live func(Flow)) (expired int, err error) {
+// closed (o's timeouts).
+func (fp *famPath) sweep(m *ebpf.Map, embryonic bool, o *Options, idle, removed []uint64, live func(Flow)) (expired int, err error) {
 	type entry struct {
 		key, val []byte
 		last     uint64
@@ -110,9 +110,9 @@ func (p *Path) sweep(fp *famPath, m *ebpf.Map, embryonic bool, idle, removed []u
 		limit := idle[svc]
 		switch {
 		case flags&closedFlag != 0:
-			limit = min(limit, uint64(p.opts.TCPLinger))
+			limit = min(limit, uint64(o.TCPLinger))
 		case embryonic:
-			limit = min(limit, uint64(p.opts.TCPSynTimeout))
+			limit = min(limit, uint64(o.TCPSynTimeout))
 		}
 		return now-last > limit
 	}
@@ -178,7 +178,7 @@ func (p *Path) EndFlowsTo(target netip.AddrPort) (int, error) {
 	n := 0
 	var errs []error
 	removed := make([]uint64, len(p.svcs))
-	for _, m := range p.flowMaps(fp) {
+	for _, m := range fp.flowMaps(p.opts.Protocol) {
 		var keys, rkeys, vals [][]byte
 		err := fp.readAll(m, func(k, v []byte) {
 			if fp.svc(v)&replyFlag == 0 && bytes.Equal(v[:len(want)], want) {

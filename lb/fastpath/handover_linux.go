@@ -12,9 +12,9 @@ import (
 
 // handedOver names the maps that hold flows, which a binary upgrade hands
 // to the new process: the flow maps, and for TCP the embryonic ones too.
-func (p *Path) handedOver() []string {
+func handedOver(proto uint8) []string {
 	names := []string{"l4lb_flows_v4", "l4lb_flows_v6"}
-	if p.opts.Protocol == flowhash.ProtoTCP {
+	if proto == flowhash.ProtoTCP {
 		names = append(names, "l4lb_syn_v4", "l4lb_syn_v6")
 	}
 	return names
@@ -22,8 +22,8 @@ func (p *Path) handedOver() []string {
 
 // handoverName names a map among the descriptors of an upgrade. UDP's keep
 // the names of the releases that had no TCP path.
-func (p *Path) handoverName(m string) string {
-	if p.opts.Protocol == flowhash.ProtoTCP {
+func handoverName(proto uint8, m string) string {
+	if proto == flowhash.ProtoTCP {
 		return "fastpath/tcp/" + m
 	}
 	return "fastpath/flows_" + m[len("l4lb_flows_"):]
@@ -57,12 +57,12 @@ func (p *Path) FlowFiles(add func(name string, f *os.File)) error {
 		"l4lb_flows_v4": p.fams[0].flows, "l4lb_flows_v6": p.fams[1].flows,
 		"l4lb_syn_v4": p.fams[0].syn, "l4lb_syn_v6": p.fams[1].syn,
 	}
-	for _, name := range p.handedOver() {
+	for _, name := range handedOver(p.opts.Protocol) {
 		fd, err := unix.FcntlInt(uintptr(maps[name].FD()), unix.F_DUPFD_CLOEXEC, 0)
 		if err != nil {
 			return fmt.Errorf("fastpath: %w", err)
 		}
-		n := p.handoverName(name)
+		n := handoverName(p.opts.Protocol, name)
 		add(n, os.NewFile(uintptr(fd), n))
 	}
 	return nil

@@ -52,33 +52,36 @@ func MountBPFFS(dir string) error {
 	return nil
 }
 
-// pinnedFlowMaps loads the flow maps pinned in dir that fit spec, for New
-// to load its programs on.
-func (p *Path) pinnedFlowMaps(spec *ebpf.CollectionSpec, into map[string]*ebpf.Map) {
-	for _, name := range p.handedOver() {
-		m, err := ebpf.LoadPinnedMap(filepath.Join(p.opts.Pin, name), nil)
+// flowMaps loads the flow maps of names pinned in the directory that fit
+// spec, for New to load its programs on, and says why any was not taken.
+func (pn *pins) flowMaps(spec *ebpf.CollectionSpec, names []string, into map[string]*ebpf.Map) []error {
+	var errs []error
+	for _, name := range names {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(pn.dir, name), nil)
 		if err != nil {
 			if !errors.Is(err, os.ErrNotExist) {
-				p.Inherited = append(p.Inherited, fmt.Errorf("fastpath: pinned %s: %w", name, err))
+				errs = append(errs, fmt.Errorf("fastpath: pinned %s: %w", name, err))
 			}
 			continue
 		}
 		if err := spec.Maps[name].Compatible(m); err != nil {
 			m.Close()
-			p.Inherited = append(p.Inherited, fmt.Errorf("fastpath: pinned %s is not used, its flows end: %w", name, err))
+			errs = append(errs, fmt.Errorf("fastpath: pinned %s is not used, its flows end: %w", name, err))
 			continue
 		}
 		into[name] = m
-		p.AdoptedPins = true
+		pn.AdoptedPins = true
 	}
+	return errs
 }
 
-// attachPinned runs prog at (ifindex, at) through the link pinned at path
-// when there is one (moving it to prog), or a new link pinned there.
-func (p *Path) attachPinned(path string, ifindex int, prog *ebpf.Program, at ebpf.AttachType) (link.Link, error) {
+// attachPinned runs prog at (ifindex, at) through the link pinned under
+// name when there is one (moving it to prog), or a new link pinned there.
+func (pn *pins) attachPinned(name string, ifindex int, prog *ebpf.Program, at ebpf.AttachType) (link.Link, error) {
+	path := filepath.Join(pn.dir, name)
 	if l, err := link.LoadPinnedLink(path, nil); err == nil {
 		if err := l.Update(prog); err == nil {
-			p.AdoptedLinks++
+			pn.AdoptedLinks++
 			return l, nil
 		}
 		// A link that cannot take the program (another kind of link, or
@@ -92,7 +95,7 @@ func (p *Path) attachPinned(path string, ifindex int, prog *ebpf.Program, at ebp
 	}
 	if err := l.Pin(path); err != nil {
 		// Forward all the same, only not past this process.
-		p.pinErr = errors.Join(p.pinErr, fmt.Errorf("pinning %s: %w", path, err))
+		pn.pinErr = errors.Join(pn.pinErr, fmt.Errorf("pinning %s: %w", path, err))
 	}
 	return l, nil
 }
@@ -197,12 +200,12 @@ func Unpin(dir string) error {
 
 // unpinIfOwner removes this Path's pins if this process still owns them:
 // after an upgrade the new process does, and they stay for it.
-func (p *Path) unpinIfOwner() {
-	if !p.pinned {
+func (pn *pins) unpinIfOwner() {
+	if !pn.pinned {
 		return
 	}
-	if pid, err := PinOwner(p.opts.Pin); err == nil && pid == os.Getpid() {
-		Unpin(p.opts.Pin)
-		os.Remove(filepath.Dir(p.opts.Pin)) // the instance's, once its last path is gone
+	if pid, err := PinOwner(pn.dir); err == nil && pid == os.Getpid() {
+		Unpin(pn.dir)
+		os.Remove(filepath.Dir(pn.dir)) // the instance's, once its last path is gone
 	}
 }
