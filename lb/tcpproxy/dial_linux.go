@@ -13,7 +13,7 @@ import (
 // group preserves client IPs. The client's port is tried first; if this host
 // already uses it towards anyone, another port of the client's IP is taken
 // and the collision counted (port_allocation_errors_total).
-func (s *Server) dialTarget(t *registry.Target, client netip.AddrPort, preserve bool) (*net.TCPConn, error) {
+func (s *engine) dialTarget(t *registry.Target, client netip.AddrPort, preserve bool) (*net.TCPConn, error) {
 	if !preserve {
 		// No local address: DialTCP with a zero one would bind(0.0.0.0:0)
 		// first, which costs a system call and takes the source port at bind

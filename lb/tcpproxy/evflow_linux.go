@@ -36,7 +36,16 @@ type evFlow struct {
 	at    int // index in lp.flows
 	state uint8
 	open  bool // counted as a flow (tracker, metrics), past its setup
+	evEnds
+	evSetup
+	evReady
+	last, idle   int64 // last byte moved; idle timeout (ns)
+	resetCounted bool
+	dirs         [2]evDir // 0: client to target, 1: target to client
+}
 
+// evEnds are an event-loop flow's two sockets and whom they join.
+type evEnds struct {
 	l        *listener
 	id       uint64
 	cfd, tfd int
@@ -47,8 +56,11 @@ type evFlow struct {
 	tgt      *registry.Target
 	start    int64 // unix nanoseconds
 	loopKey  listen.ConnEnds
+}
 
-	// Setup: the preference list being tried, and what the flow holds.
+// evSetup is an event-loop flow's setup: the preference list being tried,
+// and what the flow holds.
+type evSetup struct {
 	g        *registry.Group
 	view     *registry.View
 	prefs    [1 + balance.Retries]int
@@ -58,14 +70,14 @@ type evFlow struct {
 	deadline int64 // of the connect under way
 	budget   int8
 	source   bool
+}
 
-	// Edge-triggered readiness as the events last said (reads and writes
-	// clear it when the kernel says to wait), and whether a side hung up.
+// evReady is edge-triggered readiness as the events last said (reads and
+// writes clear it when the kernel says to wait), and whether a side hung
+// up.
+type evReady struct {
 	cIn, cOut, tIn, tOut bool
 	cHup, tHup           bool
-	last, idle           int64 // last byte moved; idle timeout (ns)
-	resetCounted         bool
-	dirs                 [2]evDir // 0: client to target, 1: target to client
 }
 
 // errFamilies refuses a transparent connect across address families.
@@ -419,7 +431,7 @@ func (f *evFlow) release() {
 	}
 	lp.untrack(f)
 	lp.freeSlot(f.slot)
-	*f = evFlow{lp: lp, state: evDone, cfd: -1, tfd: -1}
+	*f = evFlow{lp: lp, state: evDone, evEnds: evEnds{cfd: -1, tfd: -1}}
 	lp.pool = append(lp.pool, f)
 }
 

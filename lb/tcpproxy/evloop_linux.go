@@ -45,21 +45,29 @@ type evloop struct {
 	next   int64   // when the next scan is due
 	onWait func(fd uintptr) bool
 
-	// Registrations: an event's Fd is an index into slots and its Pad the
-	// tag of the registration, so an event for a socket closed earlier in
-	// the same batch (its slot reused) is recognised and ignored.
-	slots []evSlot
-	free  []int32
-	tags  uint32
-
+	evSlots
 	backlog []*lsock  // listening sockets with connections left after a batch
 	flows   []*evFlow // open flows, for the scans; a flow knows its index
 	pool    []*evFlow // finished flows, for reuse
-	mu      sync.Mutex
-	cmds    []evCmd // posted by other goroutines
-	spare   []evCmd
+	evCmds
 	stopped atomic.Bool
 	done    chan struct{}
+}
+
+// evSlots are a loop's registrations: an event's Fd is an index into slots
+// and its Pad the tag of the registration, so an event for a socket closed
+// earlier in the same batch (its slot reused) is recognised and ignored.
+type evSlots struct {
+	slots []evSlot
+	free  []int32
+	tags  uint32
+}
+
+// evCmds are the commands other goroutines post to a loop.
+type evCmds struct {
+	mu    sync.Mutex
+	cmds  []evCmd
+	spare []evCmd
 }
 
 // evSlot is what a registration's events are for: a listening socket or
@@ -98,7 +106,7 @@ func newEvloop(s *Server, scan time.Duration) (*evloop, error) {
 		return nil, os.NewSyscallError("eventfd", err)
 	}
 	lp := &evloop{s: s, epfd: epfd, wake: wake, events: make([]unix.EpollEvent, 256), buf: make([]byte, bufSize),
-		scan: int64(scan), tags: firstTag, done: make(chan struct{})}
+		scan: int64(scan), evSlots: evSlots{tags: firstTag}, done: make(chan struct{})}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: -1, Pad: tagWake}
 	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wake, &ev); err != nil {
 		lp.closeFDs()
@@ -219,19 +227,19 @@ func (lp *evloop) register(fd int, slot int32) (uint32, error) {
 	return lp.tags, nil
 }
 
-func (lp *evloop) takeSlot() int32 {
-	if n := len(lp.free); n > 0 {
-		s := lp.free[n-1]
-		lp.free = lp.free[:n-1]
+func (es *evSlots) takeSlot() int32 {
+	if n := len(es.free); n > 0 {
+		s := es.free[n-1]
+		es.free = es.free[:n-1]
 		return s
 	}
-	lp.slots = append(lp.slots, evSlot{})
-	return int32(len(lp.slots) - 1)
+	es.slots = append(es.slots, evSlot{})
+	return int32(len(es.slots) - 1)
 }
 
-func (lp *evloop) freeSlot(s int32) {
-	lp.slots[s] = evSlot{}
-	lp.free = append(lp.free, s)
+func (es *evSlots) freeSlot(s int32) {
+	es.slots[s] = evSlot{}
+	es.free = append(es.free, s)
 }
 
 // post hands cmd to the loop and wakes it. It reports false if the loop

@@ -18,15 +18,13 @@ import (
 // the callbacks its directions bound once, so serving a flow allocates nothing
 // of l4lb's own beyond what the net package does for accept and connect.
 type flow struct {
-	srv       *Server
-	l         *listener
-	id        uint64
-	client    *net.TCPConn
-	target    *net.TCPConn
-	loopKey   listen.ConnEnds  // target's ends, remembered by the loop guard
-	cs        *tls.Conn        // a TLS listener's client side, over client; nil on plain TCP
-	ts        *tls.Conn        // a TLS target group's target side, over target; nil on plain TCP
-	tinfo     *tlsterm.Info    // a TLS listener's handshake, for its access log
+	srv     *Server
+	l       *listener
+	id      uint64
+	client  *net.TCPConn
+	target  *net.TCPConn
+	loopKey listen.ConnEnds // target's ends, remembered by the loop guard
+	flowTLS
 	dst       netip.AddrPort   // the listener address the client reached
 	tgt       *registry.Target // the registered target it reached
 	src       netip.AddrPort   // the client: the peer, or a trusted PROXY header's source
@@ -39,6 +37,13 @@ type flow struct {
 	last      atomic.Int64 // unix nanoseconds of the last byte moved
 	ended     atomic.Int32 // directions finished; the second one releases the flow
 	halves    [2]halfFlow  // 0: client to target, 1: target to client
+}
+
+// flowTLS are a flow's TLS ends, when it has any.
+type flowTLS struct {
+	cs    *tls.Conn     // a TLS listener's client side, over client; nil on plain TCP
+	ts    *tls.Conn     // a TLS target group's target side, over target; nil on plain TCP
+	tinfo *tlsterm.Info // a TLS listener's handshake, for its access log
 }
 
 func newFlow(s *Server) any {

@@ -94,9 +94,7 @@ func newListener(s *Server, lc *config.Listener, b config.BindAddr, r *listen.Ro
 	l.clientRsts = m.Counter(metrics.TCPClientResets, lbl...)
 	l.rejects = listen.NewRejectCounters(m, lbl, listen.ReasonACL, listen.ReasonNoTarget, listen.ReasonProxyProtocol, listen.ReasonSourceLimit, listen.ReasonTLSHello, listen.ReasonLocalResources, listen.ReasonTLSBadSNI, listen.ReasonLoop)
 	if lc.Protocol == config.TLS {
-		s.mu.Lock()
-		l.term = s.terms[lc.Name]
-		s.mu.Unlock()
+		l.term = s.term(lc.Name)
 		l.tlsErrors = m.Counter(metrics.ClientTLSErrors, lbl...)
 		for _, r := range []listen.Reason{listen.ReasonTLSHandshake, listen.ReasonTLSHelloTimeout, listen.ReasonTLSBusy, listen.ReasonTLSSourceBusy} {
 			l.rejects[r] = m.Counter(metrics.RejectedFlows, append(lbl, r.String())...)

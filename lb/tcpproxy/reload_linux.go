@@ -70,9 +70,7 @@ func (s *Server) Prepare(cfg *config.Config) (*Change, error) {
 // certificate cache and session tickets carry over), added ones built.
 func (c *Change) prepareTerms() error {
 	s := c.s
-	s.mu.Lock()
-	cur := s.terms
-	s.mu.Unlock()
+	cur := s.termsNow()
 	c.terms = map[string]*tlsterm.Terminator{}
 	for i := range c.cfg.Listeners {
 		lc := &c.cfg.Listeners[i]
@@ -112,10 +110,7 @@ func (c *Change) Abort() {
 // keep theirs and their targets), removed ones stop accepting and drain.
 func (c *Change) Commit() error {
 	s, cfg := c.s, c.cfg
-	s.mu.Lock()
-	dropped := s.terms
-	s.terms = c.terms
-	s.mu.Unlock()
+	dropped := s.swapTerms(c.terms)
 	for _, commit := range c.commits {
 		commit()
 	}

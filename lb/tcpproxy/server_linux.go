@@ -78,19 +78,33 @@ type Options struct {
 	KernelPin string
 }
 
-// Server runs the TCP listeners of one configuration.
+// Server runs the TCP listeners of one configuration. It has three parts:
+// the acceptor (the listener set, the event loops that accept, reloads and
+// the kernel path), the flow engine that carries flows (engine), and TLS
+// (tlsPart).
 type Server struct {
-	cfg       *config.Config
-	log       *zap.Logger
-	m         *metrics.Metrics
-	opts      Options
-	reg       *registry.Registry
+	cfg     *config.Config
+	log     *zap.Logger
+	m       *metrics.Metrics
+	opts    Options
+	reg     *registry.Registry
+	set     listen.Set[*listener] // the current generation of each bound address
+	mu      sync.Mutex            // guards retired
+	retired []*retired            // removed by a reload, their flows draining
+	evloops []*evloop             // one per core: accept, and carry plain TCP flows
+	kernel  kernelpath.Slot       // the kernel fast path, when on
+	closing atomic.Bool
+	bg      sync.WaitGroup // flow terminations in progress
+	engine
+	tlsPart
+}
+
+// engine carries flows: it dials targets, moves the bytes (splice or
+// buffers), parks idle directions, and tracks what is open.
+type engine struct {
 	dialer    net.Dialer
-	tdialer   net.Dialer            // transparent: binds the client's address
-	tdialAny  net.Dialer            // transparent, the port left to connect(2)
-	set       listen.Set[*listener] // the current generation of each bound address
-	mu        sync.Mutex            // guards retired and terms
-	retired   []*retired            // removed by a reload, their flows draining
+	tdialer   net.Dialer // transparent: binds the client's address
+	tdialAny  net.Dialer // transparent, the port left to connect(2)
 	pipes     pipePool
 	bufs      bufPool
 	flows     tracker
@@ -100,26 +114,50 @@ type Server struct {
 	scan      time.Duration // parker's idle-expiry scan interval
 	budget    listen.Budget
 	ids       *atomic.Uint64
-
-	// terms are the TLS listeners' terminations, by listener name, shared
-	// by the listener's addresses and generations (guarded by mu).
-	terms    map[string]*tlsterm.Terminator
-	certStop chan struct{} // ends the certificate watch
-	// targetTLSConfigs are TLS target groups' client configurations, by
-	// *config.TargetGroup (one per group configuration).
-	targetTLSConfigs sync.Map
-	kernel           kernelpath.Slot // the kernel fast path, when on
-	closing          atomic.Bool
-	cut              atomic.Bool // the drain's deadline passed: every flow is reset
+	moved     atomic.Int64 // bytes moved by finished flows
+	spliced   atomic.Int64 // the part of moved that splice(2) carried
+	cut       atomic.Bool  // the drain's deadline passed: every flow is reset
 	// cutCtx ends with the drain's deadline: connects and handshakes with
 	// targets under way stop then, so a drain never waits out a connect
 	// timeout.
 	cutCtx    context.Context
 	cutCancel context.CancelFunc
-	moved     atomic.Int64   // bytes moved by finished flows
-	spliced   atomic.Int64   // the part of moved that splice(2) carried
-	evloops   []*evloop      // one per core: accept, and carry plain TCP flows
-	bg        sync.WaitGroup // flow terminations in progress
+}
+
+// tlsPart is the TLS listeners' terminations and the TLS target groups'
+// client configurations.
+type tlsPart struct {
+	termsMu sync.Mutex // guards terms
+	// terms are the TLS listeners' terminations, by listener name, shared
+	// by the listener's addresses and generations.
+	terms    map[string]*tlsterm.Terminator
+	certStop chan struct{} // ends the certificate watch
+	// targetTLSConfigs are TLS target groups' client configurations, by
+	// *config.TargetGroup (one per group configuration).
+	targetTLSConfigs sync.Map
+}
+
+// term is the named TLS listener's termination, or nil.
+func (t *tlsPart) term(name string) *tlsterm.Terminator {
+	t.termsMu.Lock()
+	defer t.termsMu.Unlock()
+	return t.terms[name]
+}
+
+// termsNow are the terminations now; the caller must not change the map.
+func (t *tlsPart) termsNow() map[string]*tlsterm.Terminator {
+	t.termsMu.Lock()
+	defer t.termsMu.Unlock()
+	return t.terms
+}
+
+// swapTerms puts terms in force and returns those they replace.
+func (t *tlsPart) swapTerms(terms map[string]*tlsterm.Terminator) map[string]*tlsterm.Terminator {
+	t.termsMu.Lock()
+	defer t.termsMu.Unlock()
+	old := t.terms
+	t.terms = terms
+	return old
 }
 
 // New prepares the TCP listeners of cfg without binding anything.
@@ -142,7 +180,8 @@ func New(cfg *config.Config, reg *registry.Registry, opts Options) (*Server, err
 	if opts.IDs == nil {
 		opts.IDs = new(atomic.Uint64)
 	}
-	s := &Server{cfg: cfg, log: opts.Logger, m: opts.Metrics, opts: opts, reg: reg, ids: opts.IDs, terms: map[string]*tlsterm.Terminator{}}
+	s := &Server{cfg: cfg, log: opts.Logger, m: opts.Metrics, opts: opts, reg: reg}
+	s.ids, s.terms = opts.IDs, map[string]*tlsterm.Terminator{}
 	// The budget counts descriptors: a connection takes one when accepted
 	// and a second when its target is dialled, so one that says nothing
 	// (a TLS client before its hello) costs one, not a flow's two.
@@ -296,11 +335,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 func (s *Server) Discard() { s.closeTerms() }
 
 // closeTerms closes the TLS listeners' access logs.
-func (s *Server) closeTerms() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, t := range s.terms {
-		t.Close()
+func (t *tlsPart) closeTerms() {
+	for _, term := range t.termsNow() {
+		term.Close()
 	}
 }
 
@@ -367,7 +404,7 @@ func (s *Server) Endpoint(name string, dst netip.Addr, sni string) (listen.Endpo
 }
 
 // Flows lists up to limit open flows (of one listener when named).
-func (s *Server) Flows(listener string, limit int) []api.Flow {
+func (s *engine) Flows(listener string, limit int) []api.Flow {
 	out := []api.Flow{}
 	now := time.Now()
 	s.flows.each(func(f trackedFlow) bool {
@@ -382,11 +419,11 @@ func (s *Server) Flows(listener string, limit int) []api.Flow {
 
 // MovedBytes reports the bytes carried by finished flows, and how many of
 // them moved by splice(2) without entering user space.
-func (s *Server) MovedBytes() (total, spliced int64) { return s.moved.Load(), s.spliced.Load() }
+func (s *engine) MovedBytes() (total, spliced int64) { return s.moved.Load(), s.spliced.Load() }
 
 // ParkedDirections is the number of flow directions waiting without a
 // goroutine (idle for a while).
-func (s *Server) ParkedDirections() int { return s.parker.count() }
+func (s *engine) ParkedDirections() int { return s.parker.count() }
 
 // ActiveFlows is the number of flows open now.
-func (s *Server) ActiveFlows() int { return s.flows.count() }
+func (s *engine) ActiveFlows() int { return s.flows.count() }

@@ -39,11 +39,8 @@ type setup struct {
 	budget   int            // descriptors it holds of the TCP budget: the client's, then the target's
 	source   bool           // holds a max_connections_per_source slot
 	settled  bool           // the tracker no longer counts it as in setup
-	tc       *tls.Conn      // a TLS listener's terminated client side
-	tt       *tls.Conn      // a TLS target group's encrypted target side
-	tinfo    *tlsterm.Info  // the client handshake, for the access log
+	setupTLS
 	accepted time.Time
-	sni      string // the name its ClientHello asked for
 	r        *listen.Route
 	t        *net.TCPConn    // the target connection, once dialled
 	loopKey  listen.ConnEnds // t's ends, when the target is on this host (loopGuard)
@@ -52,6 +49,14 @@ type setup struct {
 	g        *registry.Group
 	view     *registry.View
 	f        *flow // the flow, once started
+}
+
+// setupTLS are a connection's TLS ends while it is set up.
+type setupTLS struct {
+	tc    *tls.Conn     // a TLS listener's terminated client side
+	tt    *tls.Conn     // a TLS target group's encrypted target side
+	tinfo *tlsterm.Info // the client handshake, for the access log
+	sni   string        // the name its ClientHello asked for
 }
 
 // serveConn takes an accepted connection through admission, target choice and

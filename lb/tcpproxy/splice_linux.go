@@ -70,27 +70,15 @@ type halfFlow struct {
 	src, dst *net.TCPConn
 	srcRC    syscall.RawConn
 	dstRC    syscall.RawConn
+	halfBuffers
 
-	bulk    bool // splice mode
-	p       pipe
-	hasPipe bool
-	inPipe  int // bytes spliced into the pipe, not yet out
-
-	buf     *[]byte
-	bufOff  int // buf[bufOff:bufEnd] is read, not yet written
-	bufEnd  int
 	n       int64 // bytes moved
 	err     error // set by the callbacks
 	eof     bool
 	onRead  func(fd uintptr) bool
 	onWrite func(fd uintptr) bool
 	spliced int64 // bytes of n that moved by splice(2)
-	checkPP bool  // the first bytes must not be a PROXY header (untrusted client)
-	// ppPrefix says the client's first bytes are a strict prefix of a PROXY
-	// signature: the direction waits for more, but no longer than the
-	// PROXY header timeout, and does not park meanwhile.
-	ppPrefix bool
-	ppSince  time.Time // when the prefix was first seen
+	halfPP
 	// errAtDst says the error that ended the direction came from writing
 	// to its destination, not from reading its source: it tells a
 	// target's reset from a client's.
@@ -99,9 +87,35 @@ type halfFlow struct {
 
 	slot  int32        // parker slot while parked
 	state atomic.Int32 // running or parked
+	halfStream
+}
 
-	// A direction with a TLS end copies through these (runStream): the
-	// reader and writer, and the connections whose deadlines bound them.
+// halfBuffers are what a direction's bytes pass through: a pipe in splice
+// mode, a buffer otherwise.
+type halfBuffers struct {
+	bulk    bool // splice mode
+	p       pipe
+	hasPipe bool
+	inPipe  int // bytes spliced into the pipe, not yet out
+	buf     *[]byte
+	bufOff  int // buf[bufOff:bufEnd] is read, not yet written
+	bufEnd  int
+}
+
+// halfPP refuses a PROXY header at the start of an untrusted client's
+// bytes.
+type halfPP struct {
+	checkPP bool // the first bytes must not be a PROXY header (untrusted client)
+	// ppPrefix says the client's first bytes are a strict prefix of a PROXY
+	// signature: the direction waits for more, but no longer than the
+	// PROXY header timeout, and does not park meanwhile.
+	ppPrefix bool
+	ppSince  time.Time // when the prefix was first seen
+}
+
+// halfStream is how a direction with a TLS end copies (runStream): the
+// reader and writer, and the connections whose deadlines bound them.
+type halfStream struct {
 	rd       io.Reader
 	wr       io.Writer
 	rdc, wrc net.Conn

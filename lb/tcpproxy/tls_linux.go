@@ -36,9 +36,7 @@ func (s *Server) watchCerts(stop <-chan struct{}) {
 			return
 		case <-t.C:
 		}
-		s.mu.Lock()
-		terms := s.terms
-		s.mu.Unlock()
+		terms := s.termsNow()
 		for name, term := range terms {
 			switch changed, err := term.Refresh(); {
 			case err != nil:
@@ -252,7 +250,7 @@ func (p *setup) encryptToTarget() (listen.Reason, bool) {
 // targetTLS is the client configuration of a TLS target group, built once
 // per configuration of the group (a reload builds a new one); its session
 // cache lets flows resume their sessions with the targets.
-func (s *Server) targetTLS(g *config.TargetGroup) (*tls.Config, error) {
+func (s *tlsPart) targetTLS(g *config.TargetGroup) (*tls.Config, error) {
 	if c, ok := s.targetTLSConfigs.Load(g); ok {
 		return c.(*tls.Config), nil
 	}
