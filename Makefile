@@ -22,7 +22,8 @@ deps:
 	@bash scripts/deps.sh
 
 ## generate: rebuild the kernel programs (lb/fastpath/bpf, lb/dsr/bpf) into the
-## committed objects and Go bindings (bpf2go; clang, llvm, libbpf-dev)
+## committed objects and Go bindings (bpf2go; clang and llvm, with the headers in
+## lb/bpf-headers)
 generate:
 	$(GO) generate ./lb/fastpath ./lb/dsr
 

@@ -32,7 +32,6 @@ elif ! nginx -V 2>&1 | grep -q -- '--with-stream\b' && [ ! -e /usr/lib/nginx/mod
 fi
 have clang || need clang "to build the kernel programs (make generate, and the check that the committed objects match)"
 have llvm-strip || need llvm "llvm-strip, which bpf2go runs on the kernel objects"
-[ -e /usr/include/bpf/bpf_helpers.h ] || need libbpf-dev "the BPF helper headers the kernel programs include"
 [ -e /etc/ssl/certs/ca-certificates.crt ] || need ca-certificates "CA roots for HTTPS health checks"
 
 if [ ${#pkgs[@]} -eq 0 ]; then

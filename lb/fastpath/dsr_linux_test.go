@@ -15,14 +15,14 @@ import (
 
 // runGrown runs the ingress program on pkt and returns its output whole,
 // which encapsulation makes longer than the input.
-func runGrown(t *testing.T, p *Path, pkt []byte) (int32, []byte) {
+func runGrown(t *testing.T, p *Path, pkt []byte) (fastpathBPFTcxVerdict, []byte) {
 	t.Helper()
 	opts := ebpf.RunOptions{Data: pkt, DataOut: make([]byte, len(pkt)+64)}
 	ret, err := p.ingress.Run(&opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return int32(ret), opts.DataOut
+	return fastpathBPFTcxVerdict(ret), opts.DataOut
 }
 
 // encapsulated checks that out is pkt inside an outer IPv4 header from src

@@ -168,7 +168,7 @@ func New(opts Options) (*Path, error) {
 		return nil, fmt.Errorf("fastpath: protocol %d; UDP (17) or TCP (6)", opts.Protocol)
 	}
 	tcp := opts.Protocol == flowhash.ProtoTCP
-	if opts.Services+opts.Services6 > svcMask {
+	if opts.Services+opts.Services6 > int(svcMask) {
 		return nil, fmt.Errorf("fastpath: %d services; at most %d", opts.Services+opts.Services6, svcMask)
 	}
 	p := &Path{opts: opts, pins: pins{dir: opts.Pin}}
@@ -373,15 +373,8 @@ func (p *Path) SetTable(id int, slots []netip.AddrPort) error {
 	}
 	key := make([]byte, fp.f.svcKeySize)
 	putAddr(key, s.vip)
-	var val [svcValSize]byte
-	binary.NativeEndian.PutUint32(val[0:], base)
-	binary.NativeEndian.PutUint32(val[4:], s.flags)
-	binary.NativeEndian.PutUint32(val[8:], uint32(id))
-	if s.encap.IsValid() {
-		copy(val[12:], s.encap.AsSlice())
-	}
-	binary.BigEndian.PutUint16(val[28:], s.guePort)
-	if err := fp.services.Update(key, val[:], ebpf.UpdateAny); err != nil {
+	val := fastpathBPFSvcVal{Base: base, Flags: s.flags, Id: uint32(id), EncapSrc: words(s.encap), EncapPort: netOrder(s.guePort)}
+	if err := fp.services.Update(key, &val, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("fastpath: switching table: %w", err)
 	}
 	s.active = next
@@ -412,10 +405,11 @@ func (p *Path) SetACL(id int, allow, deny []netip.Prefix) error {
 			if list.flag == svcAllow && pre.Bits() == 0 {
 				all = true // the whole family is allowed: no check
 			}
-			key := make([]byte, 8+fp.f.addrLen)
-			binary.NativeEndian.PutUint32(key[0:], uint32(32+pre.Bits()))
-			binary.NativeEndian.PutUint32(key[4:], uint32(id))
-			copy(key[8:], pre.Addr().AsSlice())
+			// The prefix length counts the service id's 32 bits too.
+			var key any = &fastpathBPFAclKey4{Prefixlen: uint32(32 + pre.Bits()), Svc: uint32(id), Addr: words(pre.Addr())[0]}
+			if is6 {
+				key = &fastpathBPFAclKey6{Prefixlen: uint32(32 + pre.Bits()), Svc: uint32(id), Addr: words(pre.Addr())}
+			}
 			if err := list.m.Update(key, []byte{1}, ebpf.UpdateAny); err != nil {
 				return fmt.Errorf("fastpath: %s: adding %s: %w", s.vip, pre, err)
 			}
@@ -471,13 +465,13 @@ func (p *Path) Stats(id int) (Stats, error) {
 		statClientRst: {}, statTargetRst: {}, statPromote: {}, statMidflow: {},
 	}
 	for kind, d := range dst {
-		var per [][statValSize]byte
+		var per []fastpathBPFStat // one per CPU
 		if err := p.stats.Lookup(uint32(id*statKinds+kind), &per); err != nil {
 			return st, fmt.Errorf("fastpath: reading stats: %w", err)
 		}
 		for _, v := range per {
-			d[0] += binary.NativeEndian.Uint64(v[0:])
-			d[1] += binary.NativeEndian.Uint64(v[8:])
+			d[0] += v.Packets
+			d[1] += v.Bytes
 		}
 	}
 	st.PacketsIn, st.BytesIn = dst[statForward][0], dst[statForward][1]
@@ -527,20 +521,38 @@ func (p *Path) Close() error {
 // slotValues shapes flat slot values as the batch call wants them: one
 // fixed-size array per key.
 func slotValues(flat []byte, size int) any {
-	switch size {
-	case ipv4.slotValSize:
-		v := make([][ipv4SlotSize]byte, len(flat)/size)
-		for i := range v {
-			copy(v[i][:], flat[i*size:])
-		}
-		return v
-	default:
-		v := make([][ipv6SlotSize]byte, len(flat)/size)
+	if size == ipv4.slotValSize {
+		v := make([]slot4, len(flat)/size)
 		for i := range v {
 			copy(v[i][:], flat[i*size:])
 		}
 		return v
 	}
+	v := make([]slot6, len(flat)/size)
+	for i := range v {
+		copy(v[i][:], flat[i*size:])
+	}
+	return v
+}
+
+// words holds a's bytes as the programs' __u32 address fields do: in
+// network order, read as native words. The zero address is all zeros.
+func words(a netip.Addr) (w [4]uint32) {
+	if !a.IsValid() {
+		return w
+	}
+	b := a.AsSlice()
+	for i := 0; i+4 <= len(b); i += 4 {
+		w[i/4] = binary.NativeEndian.Uint32(b[i:])
+	}
+	return w
+}
+
+// netOrder is v as the programs keep ports: network order in a __u16.
+func netOrder(v uint16) uint16 {
+	var b [2]byte
+	binary.BigEndian.PutUint16(b[:], v)
+	return binary.NativeEndian.Uint16(b[:])
 }
 
 // putAddr writes an address and port in network order: the layout of a

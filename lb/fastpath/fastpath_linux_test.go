@@ -123,24 +123,24 @@ func addrs(b []byte) (src, dst netip.AddrPort) {
 }
 
 // run runs the ingress program on a frame; runOut the egress one.
-func run(t *testing.T, p *Path, pkt []byte) (int32, []byte) {
+func run(t *testing.T, p *Path, pkt []byte) (fastpathBPFTcxVerdict, []byte) {
 	t.Helper()
 	return runProg(t, p.ingress, pkt)
 }
 
-func runOut(t *testing.T, p *Path, pkt []byte) (int32, []byte) {
+func runOut(t *testing.T, p *Path, pkt []byte) (fastpathBPFTcxVerdict, []byte) {
 	t.Helper()
 	return runProg(t, p.egress, pkt)
 }
 
-func runProg(t *testing.T, prog *ebpf.Program, pkt []byte) (int32, []byte) {
+func runProg(t *testing.T, prog *ebpf.Program, pkt []byte) (fastpathBPFTcxVerdict, []byte) {
 	t.Helper()
 	out := make([]byte, len(pkt)+256)
 	ret, err := prog.Run(&ebpf.RunOptions{Data: pkt, DataOut: out})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return int32(ret), out[:len(pkt)]
+	return fastpathBPFTcxVerdict(ret), out[:len(pkt)]
 }
 
 // The program picks the slot user space computes, for flow and source
@@ -387,7 +387,7 @@ func checkFrame(t *testing.T, prog *ebpf.Program, in []byte) {
 	if err != nil {
 		return // the kernel's test harness refused the frame (a truncated IP header, say)
 	}
-	ret, out := int32(r), buf[:len(in)]
+	ret, out := fastpathBPFTcxVerdict(r), buf[:len(in)]
 	switch ret {
 	case tcxNext, tcxDrop:
 		if string(out) != string(in) {
@@ -626,7 +626,7 @@ func TestProgramACL(t *testing.T) {
 	for _, c := range []struct {
 		client string
 		vip    netip.AddrPort
-		want   int32
+		want   fastpathBPFTcxVerdict
 	}{
 		{"127.1.1.1:1000", v4, tcxPass},
 		{"127.1.2.3:1000", v4, tcxDrop}, // denied inside the allowed /16

@@ -27,6 +27,16 @@ type fastpathBPFAclKey6 struct {
 	Addr      [4]uint32
 }
 
+type fastpathBPFFlowFlag uint32
+
+const (
+	fastpathBPFFlowFlagREPLY_FLAG  fastpathBPFFlowFlag = 32768
+	fastpathBPFFlowFlagFIN_FLAG    fastpathBPFFlowFlag = 16384
+	fastpathBPFFlowFlagCLOSED_FLAG fastpathBPFFlowFlag = 8192
+	fastpathBPFFlowFlagDSR_FLAG    fastpathBPFFlowFlag = 4096
+	fastpathBPFFlowFlagSVC_MASK    fastpathBPFFlowFlag = 4095
+)
+
 type fastpathBPFFlowKey4 struct {
 	_     structs.HostLayout
 	Saddr uint32
@@ -64,6 +74,13 @@ type fastpathBPFPorts struct {
 	_    structs.HostLayout
 	Bits [1024]uint64
 }
+
+type fastpathBPFPortsKey uint32
+
+const (
+	fastpathBPFPortsKeyPORTS_LISTENERS fastpathBPFPortsKey = 0
+	fastpathBPFPortsKeyPORTS_TARGETS   fastpathBPFPortsKey = 1
+)
 
 type fastpathBPFScratch struct {
 	_    structs.HostLayout
@@ -118,6 +135,33 @@ type fastpathBPFStat struct {
 	Bytes   uint64
 }
 
+type fastpathBPFStatKind uint32
+
+const (
+	fastpathBPFStatKindSTAT_FORWARD    fastpathBPFStatKind = 0
+	fastpathBPFStatKindSTAT_REPLY      fastpathBPFStatKind = 1
+	fastpathBPFStatKindSTAT_NEW_FLOW   fastpathBPFStatKind = 2
+	fastpathBPFStatKindSTAT_FULL       fastpathBPFStatKind = 3
+	fastpathBPFStatKindSTAT_NO_TARGET  fastpathBPFStatKind = 4
+	fastpathBPFStatKindSTAT_COLLIDE    fastpathBPFStatKind = 5
+	fastpathBPFStatKindSTAT_ACL        fastpathBPFStatKind = 6
+	fastpathBPFStatKindSTAT_CLIENT_RST fastpathBPFStatKind = 7
+	fastpathBPFStatKindSTAT_TARGET_RST fastpathBPFStatKind = 8
+	fastpathBPFStatKindSTAT_PROMOTE    fastpathBPFStatKind = 9
+	fastpathBPFStatKindSTAT_MIDFLOW    fastpathBPFStatKind = 10
+	fastpathBPFStatKindSTAT_KINDS      fastpathBPFStatKind = 12
+)
+
+type fastpathBPFSvcFlag uint32
+
+const (
+	fastpathBPFSvcFlagSVC_STICKY fastpathBPFSvcFlag = 1
+	fastpathBPFSvcFlagSVC_ALLOW  fastpathBPFSvcFlag = 2
+	fastpathBPFSvcFlagSVC_DENY   fastpathBPFSvcFlag = 4
+	fastpathBPFSvcFlagSVC_DSR    fastpathBPFSvcFlag = 8
+	fastpathBPFSvcFlagSVC_GUE    fastpathBPFSvcFlag = 16
+)
+
 type fastpathBPFSvcKey4 struct {
 	_    structs.HostLayout
 	Addr uint32
@@ -148,30 +192,43 @@ type fastpathBPFTargetStat struct {
 	Rst    uint64
 }
 
+type fastpathBPFTcxVerdict uint32
+
+const (
+	fastpathBPFTcxVerdictTCX_NEXT fastpathBPFTcxVerdict = 4294967295
+	fastpathBPFTcxVerdictTCX_PASS fastpathBPFTcxVerdict = 0
+	fastpathBPFTcxVerdictTCX_DROP fastpathBPFTcxVerdict = 2
+)
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	fastpathBPFMapL4lbAllowV4   = "l4lb_allow_v4"
-	fastpathBPFMapL4lbAllowV6   = "l4lb_allow_v6"
-	fastpathBPFMapL4lbDenyV4    = "l4lb_deny_v4"
-	fastpathBPFMapL4lbDenyV6    = "l4lb_deny_v6"
-	fastpathBPFMapL4lbFlowsV4   = "l4lb_flows_v4"
-	fastpathBPFMapL4lbFlowsV6   = "l4lb_flows_v6"
-	fastpathBPFMapL4lbPorts     = "l4lb_ports"
-	fastpathBPFMapL4lbScratch   = "l4lb_scratch"
-	fastpathBPFMapL4lbStats     = "l4lb_stats"
-	fastpathBPFMapL4lbSvcsV4    = "l4lb_svcs_v4"
-	fastpathBPFMapL4lbSvcsV6    = "l4lb_svcs_v6"
-	fastpathBPFMapL4lbSynV4     = "l4lb_syn_v4"
-	fastpathBPFMapL4lbSynV6     = "l4lb_syn_v6"
-	fastpathBPFMapL4lbTablesV4  = "l4lb_tables_v4"
-	fastpathBPFMapL4lbTablesV6  = "l4lb_tables_v6"
-	fastpathBPFMapL4lbTargetsV4 = "l4lb_targets_v4"
-	fastpathBPFMapL4lbTargetsV6 = "l4lb_targets_v6"
-	fastpathBPFProgL4lbIn       = "l4lb_in"
-	fastpathBPFProgL4lbOut      = "l4lb_out"
-	fastpathBPFVarCfgProto      = "cfg_proto"
+	fastpathBPFMapL4lbAllowV4        = "l4lb_allow_v4"
+	fastpathBPFMapL4lbAllowV6        = "l4lb_allow_v6"
+	fastpathBPFMapL4lbDenyV4         = "l4lb_deny_v4"
+	fastpathBPFMapL4lbDenyV6         = "l4lb_deny_v6"
+	fastpathBPFMapL4lbFlowsV4        = "l4lb_flows_v4"
+	fastpathBPFMapL4lbFlowsV6        = "l4lb_flows_v6"
+	fastpathBPFMapL4lbPorts          = "l4lb_ports"
+	fastpathBPFMapL4lbScratch        = "l4lb_scratch"
+	fastpathBPFMapL4lbStats          = "l4lb_stats"
+	fastpathBPFMapL4lbSvcsV4         = "l4lb_svcs_v4"
+	fastpathBPFMapL4lbSvcsV6         = "l4lb_svcs_v6"
+	fastpathBPFMapL4lbSynV4          = "l4lb_syn_v4"
+	fastpathBPFMapL4lbSynV6          = "l4lb_syn_v6"
+	fastpathBPFMapL4lbTablesV4       = "l4lb_tables_v4"
+	fastpathBPFMapL4lbTablesV6       = "l4lb_tables_v6"
+	fastpathBPFMapL4lbTargetsV4      = "l4lb_targets_v4"
+	fastpathBPFMapL4lbTargetsV6      = "l4lb_targets_v6"
+	fastpathBPFProgL4lbIn            = "l4lb_in"
+	fastpathBPFProgL4lbOut           = "l4lb_out"
+	fastpathBPFVarCfgProto           = "cfg_proto"
+	fastpathBPFVarL4lbEnumFlowFlag   = "l4lb_enum_flow_flag"
+	fastpathBPFVarL4lbEnumPortsKey   = "l4lb_enum_ports_key"
+	fastpathBPFVarL4lbEnumStatKind   = "l4lb_enum_stat_kind"
+	fastpathBPFVarL4lbEnumSvcFlag    = "l4lb_enum_svc_flag"
+	fastpathBPFVarL4lbEnumTcxVerdict = "l4lb_enum_tcx_verdict"
 )
 
 // loadFastpathBPF returns the embedded CollectionSpec for fastpathBPF.
@@ -247,7 +304,12 @@ type fastpathBPFMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fastpathBPFVariableSpecs struct {
-	CfgProto *ebpf.VariableSpec `ebpf:"cfg_proto"`
+	CfgProto           *ebpf.VariableSpec `ebpf:"cfg_proto"`
+	L4lbEnumFlowFlag   *ebpf.VariableSpec `ebpf:"l4lb_enum_flow_flag"`
+	L4lbEnumPortsKey   *ebpf.VariableSpec `ebpf:"l4lb_enum_ports_key"`
+	L4lbEnumStatKind   *ebpf.VariableSpec `ebpf:"l4lb_enum_stat_kind"`
+	L4lbEnumSvcFlag    *ebpf.VariableSpec `ebpf:"l4lb_enum_svc_flag"`
+	L4lbEnumTcxVerdict *ebpf.VariableSpec `ebpf:"l4lb_enum_tcx_verdict"`
 }
 
 // fastpathBPFObjects contains all objects after they have been loaded into the kernel.
@@ -315,7 +377,12 @@ func (m *fastpathBPFMaps) Close() error {
 //
 // It can be passed to loadFastpathBPFObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fastpathBPFVariables struct {
-	CfgProto *ebpf.Variable `ebpf:"cfg_proto"`
+	CfgProto           *ebpf.Variable `ebpf:"cfg_proto"`
+	L4lbEnumFlowFlag   *ebpf.Variable `ebpf:"l4lb_enum_flow_flag"`
+	L4lbEnumPortsKey   *ebpf.Variable `ebpf:"l4lb_enum_ports_key"`
+	L4lbEnumStatKind   *ebpf.Variable `ebpf:"l4lb_enum_stat_kind"`
+	L4lbEnumSvcFlag    *ebpf.Variable `ebpf:"l4lb_enum_svc_flag"`
+	L4lbEnumTcxVerdict *ebpf.Variable `ebpf:"l4lb_enum_tcx_verdict"`
 }
 
 // fastpathBPFPrograms contains all programs after they have been loaded into the kernel.

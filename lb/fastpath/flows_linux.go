@@ -210,9 +210,9 @@ func (p *Path) EndFlowsTo(target netip.AddrPort) (int, error) {
 // slices are only valid during the call: fn copies what it keeps.
 func (fp *famPath) readAll(m *ebpf.Map, fn func(k, v []byte)) error {
 	if fp.f.keySize == ipv4.keySize {
-		return readBatch(m, func(k [12]byte, v [16]byte) { fn(k[:], v[:]) })
+		return readBatch(m, func(k flowKey4, v flowVal4) { fn(k[:], v[:]) })
 	}
-	return readBatch(m, func(k [36]byte, v [32]byte) { fn(k[:], v[:]) })
+	return readBatch(m, func(k flowKey6, v flowVal6) { fn(k[:], v[:]) })
 }
 
 // readBatch reads a whole map in batches of fixed-size keys and values.
@@ -240,7 +240,7 @@ func (fp *famPath) addr(b []byte) netip.Addr {
 	return a
 }
 
-func (fp *famPath) svc(v []byte) uint16 { return binary.NativeEndian.Uint16(v[fp.f.addrLen+2:]) }
+func (fp *famPath) svc(v []byte) uint16 { return binary.NativeEndian.Uint16(v[fp.f.svcOff:]) }
 
 func (fp *famPath) last(v []byte) uint64 { return binary.NativeEndian.Uint64(v[fp.f.lastOff:]) }
 

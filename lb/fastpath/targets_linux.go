@@ -31,7 +31,7 @@ func (p *Path) WatchTargets(targets []netip.AddrPort) error {
 		key := make([]byte, fp.f.slotValSize)
 		var have []netip.AddrPort
 		it := fp.targets.Iterate()
-		var val [targetStatSize]byte
+		var val fastpathBPFTargetStat
 		for it.Next(&key, &val) {
 			have = append(have, netip.AddrPortFrom(fp.addr(key), binary.BigEndian.Uint16(key[fp.f.addrLen:])))
 		}
@@ -52,8 +52,7 @@ func (p *Path) WatchTargets(targets []netip.AddrPort) error {
 		fp := p.familyOf(t.Addr())
 		k := make([]byte, fp.f.slotValSize)
 		putAddr(k, t)
-		var zero [targetStatSize]byte
-		if err := fp.targets.Update(k, zero[:], ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
+		if err := fp.targets.Update(k, &fastpathBPFTargetStat{}, ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
 			errs = append(errs, fmt.Errorf("fastpath: watching target %s: %w", t, err))
 		}
 	}
@@ -66,11 +65,11 @@ func (p *Path) TargetResets() (map[netip.AddrPort]Resets, error) {
 	var errs []error
 	for _, fp := range p.fams {
 		key := make([]byte, fp.f.slotValSize)
-		var val [targetStatSize]byte
+		var val fastpathBPFTargetStat
 		it := fp.targets.Iterate()
 		for it.Next(&key, &val) {
 			t := netip.AddrPortFrom(fp.addr(key), binary.BigEndian.Uint16(key[fp.f.addrLen:]))
-			out[t] = Resets{SYN: binary.NativeEndian.Uint64(val[0:]), Other: binary.NativeEndian.Uint64(val[8:])}
+			out[t] = Resets{SYN: val.SynRst, Other: val.Rst}
 		}
 		errs = append(errs, it.Err())
 	}

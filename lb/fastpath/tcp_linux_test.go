@@ -429,7 +429,7 @@ func FuzzTCPProgram(f *testing.F) {
 				continue
 			}
 			out := buf[:len(in)]
-			switch int32(r) {
+			switch fastpathBPFTcxVerdict(r) {
 			case tcxNext, tcxDrop:
 				if string(out) != string(in) {
 					t.Fatalf("returned %d but changed the frame", int32(r))

@@ -73,6 +73,14 @@ char LICENSE[] SEC("license") = "Apache-2.0";
 #define TCP_RST 0x04
 #define TCP_ACK 0x10
 
+/* Each enum of fastpath.h named once, so that its type is in the object's
+ * BTF and bpf2go exports its constants to Go. */
+volatile const enum stat_kind l4lb_enum_stat_kind;
+volatile const enum ports_key l4lb_enum_ports_key;
+volatile const enum svc_flag l4lb_enum_svc_flag;
+volatile const enum flow_flag l4lb_enum_flow_flag;
+volatile const enum tcx_verdict l4lb_enum_tcx_verdict;
+
 /* The protocol this load serves, PROTO_UDP or PROTO_TCP: set by the loader. */
 volatile const __u8 cfg_proto = PROTO_UDP;
 

@@ -1,6 +1,7 @@
-/* Constants and layouts the kernel programs share with package fastpath
- * (Go). TestHeaderMatchesGo parses the #defines below and compares each one
- * with its Go twin, so a change on one side alone fails the tests. */
+/* Constants the kernel programs share with package fastpath (Go). The
+ * flow hash's and the table size's are checked on real packets
+ * (TestProgramMatchesUserSpaceHash and the table tests), the enums are
+ * exported to Go by bpf2go. */
 #ifndef L4LB_FASTPATH_H
 #define L4LB_FASTPATH_H
 
@@ -18,44 +19,58 @@
 /* Slots of a Maglev table (pkg/maglev.DefaultSize). */
 #define MAGLEV_SIZE 65537
 
+/* The constants below are enums, which bpf2go exports to Go from the
+ * object's BTF (fastpath.c names each enum type once), so Go uses these
+ * very values and no twin of them is kept. */
+
 /* Counter kinds, per service, in l4lb_stats: key = service * STAT_KINDS + kind. */
-#define STAT_FORWARD 0   /* datagrams client -> target (count, payload bytes) */
-#define STAT_REPLY 1     /* datagrams target -> client */
-#define STAT_NEW_FLOW 2  /* flows created */
-#define STAT_FULL 3      /* new flows refused: a flow map refused the entries */
-#define STAT_NO_TARGET 4 /* new flows refused: the table has no target */
-#define STAT_COLLIDE 5   /* new flows refused: another listener's flow holds the target-side tuple */
-#define STAT_ACL 6       /* new flows refused by the listener's allow or deny list */
-#define STAT_CLIENT_RST 7 /* TCP: resets from clients */
-#define STAT_TARGET_RST 8 /* TCP: resets from targets */
-#define STAT_PROMOTE 9    /* TCP: handshakes completed (flows moved to the established map) */
-#define STAT_MIDFLOW 10   /* TCP: flows picked up mid-connection (begun on another node) */
-#define STAT_KINDS 12
+enum stat_kind {
+	STAT_FORWARD = 0,     /* datagrams client -> target (count, payload bytes) */
+	STAT_REPLY = 1,       /* datagrams target -> client */
+	STAT_NEW_FLOW = 2,    /* flows created */
+	STAT_FULL = 3,        /* new flows refused: a flow map refused the entries */
+	STAT_NO_TARGET = 4,   /* new flows refused: the table has no target */
+	STAT_COLLIDE = 5,     /* new flows refused: another listener's flow holds the target-side tuple */
+	STAT_ACL = 6,         /* new flows refused by the listener's allow or deny list */
+	STAT_CLIENT_RST = 7,  /* TCP: resets from clients */
+	STAT_TARGET_RST = 8,  /* TCP: resets from targets */
+	STAT_PROMOTE = 9,     /* TCP: handshakes completed (flows moved to the established map) */
+	STAT_MIDFLOW = 10,    /* TCP: flows picked up mid-connection (begun on another node) */
+	STAT_KINDS = 12,
+};
 
 /* Keys of the port bitmaps. */
-#define PORTS_LISTENERS 0
-#define PORTS_TARGETS 1
+enum ports_key {
+	PORTS_LISTENERS = 0,
+	PORTS_TARGETS = 1,
+};
 
 /* Service flags. */
-#define SVC_STICKY 1 /* key on the source address alone */
-#define SVC_ALLOW 2  /* check the allow list (it does not admit the whole family) */
-#define SVC_DENY 4   /* check the deny list */
-#define SVC_DSR 8    /* direct server return: IPIP to the target, replies go direct */
-#define SVC_GUE 16   /* with SVC_DSR: IP in UDP (GUE variant 1) instead of IPIP */
+enum svc_flag {
+	SVC_STICKY = 1, /* key on the source address alone */
+	SVC_ALLOW = 2,  /* check the allow list (it does not admit the whole family) */
+	SVC_DENY = 4,   /* check the deny list */
+	SVC_DSR = 8,    /* direct server return: IPIP to the target, replies go direct */
+	SVC_GUE = 16,   /* with SVC_DSR: IP in UDP (GUE variant 1) instead of IPIP */
+};
 
 /* In a flow value's service field: the entry is a reply (target-side) one;
  * TCP: its direction sent a FIN; the flow is over (FIN both ways, or a RST)
  * and only lingers for stray segments; the flow is forwarded by direct
  * server return. The rest is the service id. */
-#define REPLY_FLAG 0x8000
-#define FIN_FLAG 0x4000
-#define CLOSED_FLAG 0x2000
-#define DSR_FLAG 0x1000
-#define SVC_MASK 0x0fff
+enum flow_flag {
+	REPLY_FLAG = 0x8000,
+	FIN_FLAG = 0x4000,
+	CLOSED_FLAG = 0x2000,
+	DSR_FLAG = 0x1000,
+	SVC_MASK = 0x0fff,
+};
 
 /* tcx verdicts. */
-#define TCX_NEXT -1 /* not ours: the next program, then the stack, sees it unchanged */
-#define TCX_PASS 0  /* rewritten: on into the stack */
-#define TCX_DROP 2
+enum tcx_verdict {
+	TCX_NEXT = -1, /* not ours: the next program, then the stack, sees it unchanged */
+	TCX_PASS = 0,  /* rewritten: on into the stack */
+	TCX_DROP = 2,
+};
 
 #endif

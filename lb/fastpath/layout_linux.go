@@ -1,0 +1,93 @@
+package fastpath
+
+import "unsafe"
+
+// Layouts and constants shared with the kernel programs, from what bpf2go
+// generates out of bpf/fastpath.h's enums and bpf/fastpath.c's structs.
+
+// family is what differs between IPv4 and IPv6 in the maps: how long the
+// addresses are, and so the entries' sizes and where their fields sit,
+// all taken from the types bpf2go generates from bpf/fastpath.c's structs.
+type family struct {
+	name        string
+	addrLen     int16 // 4 or 16
+	keySize     int   // flow key: saddr, daddr, sport, dport
+	valSize     int   // flow value: address, port, service, last seen
+	svcOff      int   // the service field of a flow value
+	lastOff     int   // the last-seen time of a flow value
+	svcKeySize  int   // service key: address, port, pad
+	slotValSize int   // table value: address, port, pad
+}
+
+var (
+	ipv4 = family{name: "v4", addrLen: 4,
+		keySize: int(unsafe.Sizeof(fastpathBPFFlowKey4{})), valSize: int(unsafe.Sizeof(fastpathBPFFlowVal4{})),
+		svcOff: int(unsafe.Offsetof(fastpathBPFFlowVal4{}.Svc)), lastOff: int(unsafe.Offsetof(fastpathBPFFlowVal4{}.Last)),
+		svcKeySize: int(unsafe.Sizeof(fastpathBPFSvcKey4{})), slotValSize: int(unsafe.Sizeof(fastpathBPFSlot4{}))}
+	ipv6 = family{name: "v6", addrLen: 16,
+		keySize: int(unsafe.Sizeof(fastpathBPFFlowKey6{})), valSize: int(unsafe.Sizeof(fastpathBPFFlowVal6{})),
+		svcOff: int(unsafe.Offsetof(fastpathBPFFlowVal6{}.Svc)), lastOff: int(unsafe.Offsetof(fastpathBPFFlowVal6{}.Last)),
+		svcKeySize: int(unsafe.Sizeof(fastpathBPFSvcKey6{})), slotValSize: int(unsafe.Sizeof(fastpathBPFSlot6{}))}
+)
+
+// Entries read and written whole, as fixed-size arrays (batch calls).
+type (
+	flowKey4 = [unsafe.Sizeof(fastpathBPFFlowKey4{})]byte
+	flowVal4 = [unsafe.Sizeof(fastpathBPFFlowVal4{})]byte
+	flowKey6 = [unsafe.Sizeof(fastpathBPFFlowKey6{})]byte
+	flowVal6 = [unsafe.Sizeof(fastpathBPFFlowVal6{})]byte
+	slot4    = [unsafe.Sizeof(fastpathBPFSlot4{})]byte
+	slot6    = [unsafe.Sizeof(fastpathBPFSlot6{})]byte
+)
+
+// Short names for the constants bpf2go exports from bpf/fastpath.h's enums
+// (the values are the programs' own: none is restated here).
+const (
+	// Counter kinds, per service, in the stats map.
+	statForward   = int(fastpathBPFStatKindSTAT_FORWARD)
+	statReply     = int(fastpathBPFStatKindSTAT_REPLY)
+	statNewFlow   = int(fastpathBPFStatKindSTAT_NEW_FLOW)
+	statFull      = int(fastpathBPFStatKindSTAT_FULL)
+	statNoTarget  = int(fastpathBPFStatKindSTAT_NO_TARGET)
+	statCollide   = int(fastpathBPFStatKindSTAT_COLLIDE)
+	statACL       = int(fastpathBPFStatKindSTAT_ACL)
+	statClientRst = int(fastpathBPFStatKindSTAT_CLIENT_RST)
+	statTargetRst = int(fastpathBPFStatKindSTAT_TARGET_RST)
+	statPromote   = int(fastpathBPFStatKindSTAT_PROMOTE)
+	statMidflow   = int(fastpathBPFStatKindSTAT_MIDFLOW)
+	statKinds     = int(fastpathBPFStatKindSTAT_KINDS)
+
+	// Keys of the port bitmaps.
+	portsListeners = int(fastpathBPFPortsKeyPORTS_LISTENERS)
+	portsTargets   = int(fastpathBPFPortsKeyPORTS_TARGETS)
+
+	// Service flags.
+	svcSticky = uint32(fastpathBPFSvcFlagSVC_STICKY)
+	svcAllow  = uint32(fastpathBPFSvcFlagSVC_ALLOW)
+	svcDeny   = uint32(fastpathBPFSvcFlagSVC_DENY)
+	svcDSR    = uint32(fastpathBPFSvcFlagSVC_DSR)
+	svcGUE    = uint32(fastpathBPFSvcFlagSVC_GUE)
+
+	// A flow value's service field: flags, and the service id.
+	replyFlag  = uint16(fastpathBPFFlowFlagREPLY_FLAG)
+	finFlag    = uint16(fastpathBPFFlowFlagFIN_FLAG)
+	closedFlag = uint16(fastpathBPFFlowFlagCLOSED_FLAG)
+	dsrFlag    = uint16(fastpathBPFFlowFlagDSR_FLAG)
+	svcMask    = uint16(fastpathBPFFlowFlagSVC_MASK)
+)
+
+// GUESourcePort is the outer UDP source port of a flow that direct server
+// return encapsulates in GUE, from its flow hash (flowhash.Flow): one port
+// of the dynamic range per flow, so that routers that hash on ports spread
+// the flows, and keep each on one path. The program computes the same.
+func GUESourcePort(flowHash uint64) uint16 {
+	return 0xc000 | uint16((flowHash^flowHash>>32)&0x3fff)
+}
+
+// FlowLabel is the outer flow label of an IPv6 flow that direct server
+// return encapsulates, from its flow hash: routers that hash on the flow
+// label spread the flows, and keep each on one path. The program computes
+// the same.
+func FlowLabel(flowHash uint64) uint32 {
+	return uint32((flowHash ^ flowHash>>32) & 0xfffff)
+}
