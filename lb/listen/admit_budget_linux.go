@@ -32,6 +32,9 @@ func (b *Budget) Release() {
 	}
 }
 
+// InUse is how many slots are taken now (0 without a bound).
+func (b *Budget) InUse() int64 { return b.n.Load() }
+
 // Budgets derives the TCP and UDP flow bounds from the open-file limit. A
 // reserve (1/16 of the limit, 64 to 4096) stays for listener sockets, health
 // checks, the admin API and the epoll sets. Of the rest, UDP flows (one

@@ -59,6 +59,21 @@ type setupTLS struct {
 	sni   string        // the name its ClientHello asked for
 }
 
+// setupSteps are what a connection on a goroutine goes through before its
+// flow starts, in order; the first that refuses it ends it.
+var setupSteps = [...]func(*setup) (listen.Reason, bool){
+	(*setup).checkLoop,
+	(*setup).takeBudget,
+	(*setup).readProxyHeader,
+	(*setup).checkACL,
+	(*setup).takeSourceSlot,
+	(*setup).handshake,
+	(*setup).chooseRoute,
+	(*setup).connect,
+	(*setup).sendProxyHeader,
+	(*setup).encryptToTarget,
+}
+
 // serveConn takes an accepted connection through admission, target choice and
 // connect, then copies client to target itself while a second goroutine
 // copies target to client.
@@ -78,18 +93,7 @@ func (s *Server) serveConn(l *listener, c *net.TCPConn) {
 	p.src = c.RemoteAddr().(*net.TCPAddr).AddrPort()
 	p.dst = c.LocalAddr().(*net.TCPAddr).AddrPort()
 	p.peer = p.src
-	for _, step := range [...]func(*setup) (listen.Reason, bool){
-		(*setup).checkLoop,
-		(*setup).takeBudget,
-		(*setup).readProxyHeader,
-		(*setup).checkACL,
-		(*setup).takeSourceSlot,
-		(*setup).handshake,
-		(*setup).chooseRoute,
-		(*setup).connect,
-		(*setup).sendProxyHeader,
-		(*setup).encryptToTarget,
-	} {
+	for _, step := range setupSteps {
 		if why, ok := step(&p); !ok {
 			p.reject(why)
 			return
