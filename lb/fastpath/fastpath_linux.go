@@ -329,9 +329,7 @@ func (p *Path) RemoveService(id int) error {
 	if s.gone {
 		return nil
 	}
-	key := make([]byte, s.fam.f.svcKeySize)
-	putAddr(key, s.vip)
-	if err := s.fam.services.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	if err := s.fam.services.Delete(svcKey(s.vip)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("fastpath: removing service %s: %w", s.vip, err)
 	}
 	s.gone = true
@@ -354,27 +352,42 @@ func (p *Path) SetTable(id int, slots []netip.AddrPort) error {
 		return nil // removed: the program no longer looks at its table
 	}
 	fp := s.fam
-	size := fp.f.slotValSize
 	next := 1 - s.active
 	base := uint32((2*s.index + next) * maglev.DefaultSize)
 	keys := make([]uint32, maglev.DefaultSize)
-	vals := make([]byte, maglev.DefaultSize*size)
 	for i := range keys {
 		keys[i] = base + uint32(i)
-		if slots != nil && slots[i].IsValid() && p.familyOf(slots[i].Addr()) == fp && !slots[i].Addr().Is4In6() {
-			putAddr(vals[i*size:], slots[i])
+	}
+	// A slot whose target is of the other family stays empty (port 0).
+	mine := func(i int) bool {
+		return slots != nil && slots[i].IsValid() && p.familyOf(slots[i].Addr()) == fp && !slots[i].Addr().Is4In6()
+	}
+	var vals any
+	if fp.f.addrLen == 4 {
+		v := make([]fastpathBPFSlot4, maglev.DefaultSize)
+		for i := range v {
+			if mine(i) {
+				v[i] = fastpathBPFSlot4{Addr: words(slots[i].Addr())[0], Port: netOrder(slots[i].Port())}
+			}
 		}
+		vals = v
+	} else {
+		v := make([]fastpathBPFSlot6, maglev.DefaultSize)
+		for i := range v {
+			if mine(i) {
+				v[i] = fastpathBPFSlot6{Addr: words(slots[i].Addr()), Port: netOrder(slots[i].Port())}
+			}
+		}
+		vals = v
 	}
 	if err := p.addPorts(portsTargets, slots); err != nil {
 		return err
 	}
-	if _, err := fp.tables.BatchUpdate(keys, slotValues(vals, size), nil); err != nil {
+	if _, err := fp.tables.BatchUpdate(keys, vals, nil); err != nil {
 		return fmt.Errorf("fastpath: writing table: %w", err)
 	}
-	key := make([]byte, fp.f.svcKeySize)
-	putAddr(key, s.vip)
 	val := fastpathBPFSvcVal{Base: base, Flags: s.flags, Id: uint32(id), EncapSrc: words(s.encap), EncapPort: netOrder(s.guePort)}
-	if err := fp.services.Update(key, &val, ebpf.UpdateAny); err != nil {
+	if err := fp.services.Update(svcKey(s.vip), &val, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("fastpath: switching table: %w", err)
 	}
 	s.active = next
@@ -518,21 +531,32 @@ func (p *Path) Close() error {
 	return errors.Join(errs...)
 }
 
-// slotValues shapes flat slot values as the batch call wants them: one
-// fixed-size array per key.
-func slotValues(flat []byte, size int) any {
-	if size == ipv4.slotValSize {
-		v := make([]slot4, len(flat)/size)
-		for i := range v {
-			copy(v[i][:], flat[i*size:])
-		}
-		return v
+// svcKey is the service map's key of vip, in the generated type of its
+// family.
+func svcKey(vip netip.AddrPort) any {
+	if vip.Addr().Is4() {
+		return &fastpathBPFSvcKey4{Addr: words(vip.Addr())[0], Port: netOrder(vip.Port())}
 	}
-	v := make([]slot6, len(flat)/size)
-	for i := range v {
-		copy(v[i][:], flat[i*size:])
+	return &fastpathBPFSvcKey6{Addr: words(vip.Addr()), Port: netOrder(vip.Port())}
+}
+
+// slotKey is a target as the target map keys it (a table slot's layout),
+// in the generated type of its family.
+func slotKey(t netip.AddrPort) any {
+	if t.Addr().Is4() {
+		return &fastpathBPFSlot4{Addr: words(t.Addr())[0], Port: netOrder(t.Port())}
 	}
-	return v
+	return &fastpathBPFSlot6{Addr: words(t.Addr()), Port: netOrder(t.Port())}
+}
+
+// fromWords is the address that words gives w, of n bytes.
+func fromWords(w []uint32, n int) netip.Addr {
+	var b [16]byte
+	for i, x := range w {
+		binary.NativeEndian.PutUint32(b[4*i:], x)
+	}
+	a, _ := netip.AddrFromSlice(b[:n])
+	return a
 }
 
 // words holds a's bytes as the programs' __u32 address fields do: in
@@ -548,7 +572,8 @@ func words(a netip.Addr) (w [4]uint32) {
 	return w
 }
 
-// netOrder is v as the programs keep ports: network order in a __u16.
+// netOrder is v as the programs keep ports: network order in a __u16 (and
+// back: the swap is its own inverse).
 func netOrder(v uint16) uint16 {
 	var b [2]byte
 	binary.BigEndian.PutUint16(b[:], v)

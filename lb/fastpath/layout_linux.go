@@ -9,35 +9,32 @@ import "unsafe"
 // addresses are, and so the entries' sizes and where their fields sit,
 // all taken from the types bpf2go generates from bpf/fastpath.c's structs.
 type family struct {
-	name        string
-	addrLen     int16 // 4 or 16
-	keySize     int   // flow key: saddr, daddr, sport, dport
-	valSize     int   // flow value: address, port, service, last seen
-	svcOff      int   // the service field of a flow value
-	lastOff     int   // the last-seen time of a flow value
-	svcKeySize  int   // service key: address, port, pad
-	slotValSize int   // table value: address, port, pad
+	name    string
+	addrLen int16 // 4 or 16
+	keySize int   // flow key: saddr, daddr, sport, dport
+	valSize int   // flow value: address, port, service, last seen
+	svcOff  int   // the service field of a flow value
+	lastOff int   // the last-seen time of a flow value
 }
 
 var (
 	ipv4 = family{name: "v4", addrLen: 4,
 		keySize: int(unsafe.Sizeof(fastpathBPFFlowKey4{})), valSize: int(unsafe.Sizeof(fastpathBPFFlowVal4{})),
-		svcOff: int(unsafe.Offsetof(fastpathBPFFlowVal4{}.Svc)), lastOff: int(unsafe.Offsetof(fastpathBPFFlowVal4{}.Last)),
-		svcKeySize: int(unsafe.Sizeof(fastpathBPFSvcKey4{})), slotValSize: int(unsafe.Sizeof(fastpathBPFSlot4{}))}
+		svcOff: int(unsafe.Offsetof(fastpathBPFFlowVal4{}.Svc)), lastOff: int(unsafe.Offsetof(fastpathBPFFlowVal4{}.Last))}
 	ipv6 = family{name: "v6", addrLen: 16,
 		keySize: int(unsafe.Sizeof(fastpathBPFFlowKey6{})), valSize: int(unsafe.Sizeof(fastpathBPFFlowVal6{})),
-		svcOff: int(unsafe.Offsetof(fastpathBPFFlowVal6{}.Svc)), lastOff: int(unsafe.Offsetof(fastpathBPFFlowVal6{}.Last)),
-		svcKeySize: int(unsafe.Sizeof(fastpathBPFSvcKey6{})), slotValSize: int(unsafe.Sizeof(fastpathBPFSlot6{}))}
+		svcOff: int(unsafe.Offsetof(fastpathBPFFlowVal6{}.Svc)), lastOff: int(unsafe.Offsetof(fastpathBPFFlowVal6{}.Last))}
 )
 
-// Entries read and written whole, as fixed-size arrays (batch calls).
+// Flow entries, read and written whole as fixed-size arrays (batch calls)
+// and taken apart by the byte-level accessors (decode, reverseKey), which
+// serve both families with one code path; TestEntryLayouts checks that the
+// generated types lay them out as those accessors expect.
 type (
 	flowKey4 = [unsafe.Sizeof(fastpathBPFFlowKey4{})]byte
 	flowVal4 = [unsafe.Sizeof(fastpathBPFFlowVal4{})]byte
 	flowKey6 = [unsafe.Sizeof(fastpathBPFFlowKey6{})]byte
 	flowVal6 = [unsafe.Sizeof(fastpathBPFFlowVal6{})]byte
-	slot4    = [unsafe.Sizeof(fastpathBPFSlot4{})]byte
-	slot6    = [unsafe.Sizeof(fastpathBPFSlot6{})]byte
 )
 
 // Short names for the constants bpf2go exports from bpf/fastpath.h's enums

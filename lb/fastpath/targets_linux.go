@@ -1,7 +1,6 @@
 package fastpath
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -28,31 +27,21 @@ func (p *Path) WatchTargets(targets []netip.AddrPort) error {
 	}
 	var errs []error
 	for _, fp := range p.fams {
-		key := make([]byte, fp.f.slotValSize)
 		var have []netip.AddrPort
-		it := fp.targets.Iterate()
-		var val fastpathBPFTargetStat
-		for it.Next(&key, &val) {
-			have = append(have, netip.AddrPortFrom(fp.addr(key), binary.BigEndian.Uint16(key[fp.f.addrLen:])))
-		}
-		errs = append(errs, it.Err())
+		errs = append(errs, fp.eachTarget(func(t netip.AddrPort, _ fastpathBPFTargetStat) { have = append(have, t) }))
 		for _, t := range have {
 			if want[t] {
 				delete(want, t)
 				continue
 			}
-			k := make([]byte, fp.f.slotValSize)
-			putAddr(k, t)
-			if err := fp.targets.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			if err := fp.targets.Delete(slotKey(t)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 				errs = append(errs, fmt.Errorf("fastpath: forgetting target %s: %w", t, err))
 			}
 		}
 	}
 	for t := range want {
 		fp := p.familyOf(t.Addr())
-		k := make([]byte, fp.f.slotValSize)
-		putAddr(k, t)
-		if err := fp.targets.Update(k, &fastpathBPFTargetStat{}, ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
+		if err := fp.targets.Update(slotKey(t), &fastpathBPFTargetStat{}, ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
 			errs = append(errs, fmt.Errorf("fastpath: watching target %s: %w", t, err))
 		}
 	}
@@ -64,14 +53,28 @@ func (p *Path) TargetResets() (map[netip.AddrPort]Resets, error) {
 	out := map[netip.AddrPort]Resets{}
 	var errs []error
 	for _, fp := range p.fams {
-		key := make([]byte, fp.f.slotValSize)
-		var val fastpathBPFTargetStat
-		it := fp.targets.Iterate()
-		for it.Next(&key, &val) {
-			t := netip.AddrPortFrom(fp.addr(key), binary.BigEndian.Uint16(key[fp.f.addrLen:]))
-			out[t] = Resets{SYN: val.SynRst, Other: val.Rst}
-		}
-		errs = append(errs, it.Err())
+		errs = append(errs, fp.eachTarget(func(t netip.AddrPort, v fastpathBPFTargetStat) {
+			out[t] = Resets{SYN: v.SynRst, Other: v.Rst}
+		}))
 	}
 	return out, errors.Join(errs...)
+}
+
+// eachTarget calls fn with each watched target of the family and its
+// counts.
+func (fp *famPath) eachTarget(fn func(netip.AddrPort, fastpathBPFTargetStat)) error {
+	it := fp.targets.Iterate()
+	var val fastpathBPFTargetStat
+	if fp.f.addrLen == 4 {
+		var k fastpathBPFSlot4
+		for it.Next(&k, &val) {
+			fn(netip.AddrPortFrom(fromWords([]uint32{k.Addr}, 4), netOrder(k.Port)), val)
+		}
+	} else {
+		var k fastpathBPFSlot6
+		for it.Next(&k, &val) {
+			fn(netip.AddrPortFrom(fromWords(k.Addr[:], 16), netOrder(k.Port)), val)
+		}
+	}
+	return it.Err()
 }
