@@ -581,7 +581,7 @@ func netOrder(v uint16) uint16 {
 }
 
 // putAddr writes an address and port in network order: the layout of a
-// slot value, a service key and the head of a flow value.
+// flow value's head (EndFlowsTo matches targets by it).
 func putAddr(b []byte, a netip.AddrPort) {
 	ip := a.Addr().AsSlice()
 	copy(b, ip)
