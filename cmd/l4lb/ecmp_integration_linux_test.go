@@ -671,9 +671,7 @@ func TestECMPOverBGP(t *testing.T) {
 	// Node 3 upgrades its binary under load: it withdraws its route and
 	// waits before it hands over, the new process announces once its zone
 	// is healthy, and no connection fails.
-	load := make(chan string, 1)
-	go func() { load <- l.helper(l.client, "load", "ECMP_SECONDS=10") }()
-	time.Sleep(time.Second)
+	load, _ := l.helperStream(l.client, "load", "ECMP_SECONDS=10") // once answers come
 	fewest, watching := make(chan int, 1), make(chan struct{})
 	go func() {
 		least := 3
@@ -726,8 +724,7 @@ func TestECMPOverBGP(t *testing.T) {
 		t.Errorf("DSR flows per node: %v; want 20 in all, some of them on node 3's new process", carried)
 	}
 	t.Logf("DSR transfers under way; flows per node: %v", carried)
-	go func() { load <- l.helper(l.client, "load", "ECMP_SECONDS=6") }()
-	time.Sleep(time.Second)
+	load, _ = l.helperStream(l.client, "load", "ECMP_SECONDS=6")
 	l.procs[0].Process.Signal(syscall.SIGKILL)
 	var killed ecmpLoad
 	json.Unmarshal([]byte(<-load), &killed)
@@ -809,8 +806,7 @@ func TestECMPOverBGP(t *testing.T) {
 		}
 	}
 	t.Logf("the targets' logs: each of the %d DSR connections reached one target, the one l4lb route names on every node", len(tcpSaw))
-	go func() { load <- l.helper(l.client, "load", "ECMP_SECONDS=8") }()
-	time.Sleep(time.Second)
+	load, _ = l.helperStream(l.client, "load", "ECMP_SECONDS=8")
 	l.in(l.nodes[2], "ip", "link", "set", "n0", "down")
 	l.killAll(l.nodes[2]) // the process its upgrade started
 	vanished := time.Now()
@@ -827,10 +823,8 @@ func TestECMPOverBGP(t *testing.T) {
 	// Node 2 leaves gracefully: its route goes before any flow is cut,
 	// and no connection fails: short proxied connections (the socket
 	// path) and short DSR ones (the kernel path) both run throughout.
-	dsrLoad := make(chan string, 1)
-	go func() { load <- l.helper(l.client, "load", "ECMP_SECONDS=6") }()
-	go func() { dsrLoad <- l.helper(l.client, "load", "ECMP_SECONDS=6", "ECMP_PORT=9000") }()
-	time.Sleep(time.Second)
+	load, _ = l.helperStream(l.client, "load", "ECMP_SECONDS=6")
+	dsrLoad, _ := l.helperStream(l.client, "load", "ECMP_SECONDS=6", "ECMP_PORT=9000")
 	l.procs[1].Process.Signal(syscall.SIGTERM)
 	took = l.waitHops(1, 5*time.Second)
 	if hops := l.nextHops(); len(hops) != 1 || hops[0] != ecmpNode(1) {
@@ -935,7 +929,8 @@ func TestECMPHelper(t *testing.T) {
 		if os.Getenv("ECMP_PORT") == "9000" { // short DSR connections
 			ask = func() error { return ecmpAskDSR(time.Second) }
 		}
-		res = ecmpLoadFor(time.Duration(secs)*time.Second, ask)
+		// Under way once answers come: the test's fault follows.
+		res = ecmpLoadFor(time.Duration(secs)*time.Second, ask, func() { fmt.Println("STARTED {}") })
 	}
 	b, _ := json.Marshal(res)
 	fmt.Printf("\nRESULT %s\n", b)
@@ -1168,7 +1163,8 @@ func ecmpUDP(flows, src, port int) any {
 // ecmpLoadFor opens connections to the VIP, four at a time, for d, and
 // counts those that fail (in 1 s) and the span of the failures, from
 // the start of the first failed attempt to the end of the last.
-func ecmpLoadFor(d time.Duration, ask func() error) ecmpLoad {
+func ecmpLoadFor(d time.Duration, ask func() error, underway func()) ecmpLoad {
+	var once sync.Once
 	var mu sync.Mutex
 	var res ecmpLoad
 	var first, last time.Time
@@ -1195,7 +1191,11 @@ func ecmpLoadFor(d time.Duration, ask func() error) ecmpLoad {
 				} else {
 					res.OK++
 				}
+				ok := res.OK
 				mu.Unlock()
+				if ok >= 20 && underway != nil {
+					once.Do(underway)
+				}
 				time.Sleep(5 * time.Millisecond)
 			}
 		}()

@@ -226,6 +226,7 @@ type load struct {
 
 	conns, connFails atomic.Int64
 	xfers, broken    atomic.Int64
+	begun            atomic.Int64 // transfers started
 	mu               sync.Mutex
 	problems         []string
 	spans            [][2]time.Time // each finished transfer's start and end
@@ -275,6 +276,7 @@ func startLoadDial(addr string, dial func() (net.Conn, error), connectors, trans
 	for range transfers {
 		loop(func() {
 			start := time.Now()
+			l.begun.Add(1)
 			if err := l.transferOnce(); err != nil {
 				l.broken.Add(1)
 				l.problem("transfer: " + err.Error())
@@ -287,6 +289,22 @@ func startLoadDial(addr string, dial func() (net.Conn, error), connectors, trans
 		})
 	}
 	return l
+}
+
+// underway waits until the load runs: connections answered and transfers
+// in flight, for an operation to fall in the middle of them.
+func (l *load) underway(t *testing.T) {
+	t.Helper()
+	c, x := l.conns.Load(), l.begun.Load()
+	waitUntil(t, "load under way on "+l.addr, func() bool { return l.conns.Load() >= c+10 || l.begun.Load() >= x+2 })
+}
+
+// carried waits until n more transfers completed: the operation before it
+// has carried traffic since, end to end.
+func (l *load) carried(t *testing.T, n int64) {
+	t.Helper()
+	x := l.xfers.Load()
+	waitUntil(t, fmt.Sprintf("%d more transfers on %s", n, l.addr), func() bool { return l.xfers.Load() >= x+n })
 }
 
 func (l *load) problem(s string) {
@@ -483,7 +501,8 @@ func TestReloadUnderLoad(t *testing.T) {
 
 	web := startLoad("127.0.0.1:"+pWeb, 2, 3)
 	old := startLoad("127.0.0.1:"+pOld, 0, 2)
-	time.Sleep(time.Second)
+	web.underway(t)
+	old.underway(t)
 	close(old.stop) // no new transfers to the listener that goes; those under way go on
 	d.write(lifecycleYAML(pAdmin, map[string]string{"web": pWeb, "new": pNew}, []*idTarget{t2, t3}, ""))
 	// Taken before the call: the drain's delay starts within it, so the
@@ -517,7 +536,9 @@ func TestReloadUnderLoad(t *testing.T) {
 	waitUntil(t, "the added target healthy and serving", func() bool {
 		return states(t, d.admin)[t3.addr] == api.StateHealthy && t3.hits.Load() > 0
 	})
-	time.Sleep(500 * time.Millisecond)
+	// New connections keep coming; none of them may reach the removed one.
+	h3 := t3.hits.Load()
+	waitUntil(t, "20 more connections on the added target", func() bool { return t3.hits.Load() >= h3+20 })
 	if t1.hits.Load() != hits {
 		t.Fatal("the removed target got new connections after it was deregistered")
 	}
@@ -704,7 +725,7 @@ func TestUpgradeUnderLoad(t *testing.T) {
 	}()
 
 	ld := startLoad("127.0.0.1:"+pWeb, 2, 4)
-	time.Sleep(time.Second)
+	ld.underway(t)
 	buildL4LB(t, bin+".new", "upgrade-test-2")
 	if err := os.Rename(bin+".new", bin); err != nil {
 		t.Fatal(err)
@@ -1081,14 +1102,16 @@ target_groups:
 	}
 	plain := startLoad("127.0.0.1:"+pWeb, 2, 3)
 	terminated := startLoadDial("127.0.0.1:"+pTLS, tlsDial, 2, 3)
-	time.Sleep(time.Second)
+	plain.underway(t)
+	terminated.underway(t)
 
 	d.write(yaml(3))
 	if code, _, errs := runCLI("reload", "--admin", d.admin); code != 0 {
 		t.Fatalf("l4lb reload: exit %d: %s", code, errs)
 	}
 	reloaded := time.Now()
-	time.Sleep(1500 * time.Millisecond)
+	plain.carried(t, 2)
+	terminated.carried(t, 2)
 	buildL4LB(t, bin+".new", "evloop-test-2")
 	if err := os.Rename(bin+".new", bin); err != nil {
 		t.Fatal(err)
@@ -1096,7 +1119,8 @@ target_groups:
 	u := d.upgrade()
 	upgraded := time.Now()
 	waitGone(t, u.OldPID, 30*time.Second)
-	time.Sleep(time.Second) // the new process carries both kinds for a while
+	plain.carried(t, 2) // the new process carries both kinds for a while
+	terminated.carried(t, 2)
 	plain.check(t, "plain TCP (event loop) across a reload and an upgrade")
 	terminated.check(t, "TLS (goroutines) across a reload and an upgrade")
 	for _, l := range []*load{plain, terminated} {
