@@ -41,13 +41,14 @@ const (
 	crashT2  = "fd00:19:2::11"
 )
 
-// TestKernelPathOutlivesCrashOverDSR kills l4lb with SIGKILL while TCP
-// streams and UDP flows run over DSR (IPv6 in IPv6, GUE over IPv6). The
-// streams' checksummed transfers complete, UDP flows keep their target, new
-// connections and flows are served while l4lb is down, and a restarted
-// l4lb adopts the pinned links (no second set) and sends new connections to
-// a target registered after the restart.
-func TestKernelPathOutlivesCrashOverDSR(t *testing.T) {
+// TestKernelPathOutlivesCrashInNamespaces kills l4lb with SIGKILL while TCP
+// streams and UDP flows run on the kernel paths, over DSR (port 7000: IPv6
+// in IPv6, GUE over IPv6) and over NAT (port 7100: the node rewrites the
+// addresses both ways). The streams' checksummed transfers complete, UDP
+// flows keep their target, new connections and flows are served while l4lb
+// is down, and a restarted l4lb adopts the pinned links (no second set) and
+// sends new connections to a target registered after the restart.
+func TestKernelPathOutlivesCrashInNamespaces(t *testing.T) {
 	needRoot(t, "the kernel paths")
 	ipBin := netnstest.IP(t)
 	nsenter := netnstest.Need(t, "nsenter", "util-linux")
@@ -97,9 +98,13 @@ load_balancer: {tcp_fast_path: true, tcp_fast_path_interfaces: [n0], udp_fast_pa
 listeners:
   - {name: tcp6, port: 7000, bind: ["%[1]s"], target_group: tcp6}
   - {name: udp6, protocol: UDP, port: 7000, bind: ["%[1]s"], target_group: udp6, udp_idle_timeout: 60s}
+  - {name: nat6, port: 7100, bind: ["%[1]s"], target_group: nat6}
+  - {name: natudp6, protocol: UDP, port: 7100, bind: ["%[1]s"], target_group: natudp6, udp_idle_timeout: 60s}
 target_groups:
   - {name: tcp6, forwarding: dsr, targets: [{address: "[%[2]s]:7000"}], %[3]s}
   - {name: udp6, protocol: UDP, forwarding: dsr, encapsulation: gue, gue_port: 6080, targets: [{address: "[%[2]s]:7000"}], %[3]s}
+  - {name: nat6, targets: [{address: "[%[2]s]:7100"}], attributes: {preserve_client_ip.enabled: "true"}, %[3]s}
+  - {name: natudp6, protocol: UDP, targets: [{address: "[%[2]s]:7100"}], attributes: {preserve_client_ip.enabled: "true"}, %[3]s}
 `, crashVIP, crashT1, hc), 0o644)
 	pins := filepath.Join(config.DefaultBPFFS, instanceName(cfgPath, &config.Config{}))
 	var srv *exec.Cmd
@@ -141,7 +146,8 @@ target_groups:
 	}
 	t.Cleanup(func() { exec.Command(bin, "kernel", "detach", "--force", filepath.Base(pins)).Run() })
 	log1 := start(1)
-	waitLog(log1, "TCP fast path pinned", "UDP fast path pinned", `"listener":"tcp6","encapsulation_source"`, `"listener":"udp6","encapsulation_source"`)
+	waitLog(log1, "TCP fast path pinned", "UDP fast path pinned", `"listener":"tcp6","encapsulation_source"`, `"listener":"udp6","encapsulation_source"`,
+		`forwarded in the kernel","listener":"nat6"`, `forwarded in the kernel","listener":"natudp6"`)
 	links := map[string]map[string]uint32{"tcp": pinnedLinkIDs(t, filepath.Join(pins, "tcp")), "udp": pinnedLinkIDs(t, filepath.Join(pins, "udp"))}
 
 	cl := crashRole(t, ipBin, client, "client")
@@ -155,7 +161,7 @@ target_groups:
 		t.Fatalf("l4lb kernel status while l4lb is down: %v\n%s", err, out)
 	}
 	cl.send("down")
-	cl.expect(t, "down new_tcp=20/20 new_udp=20/20 udp_same=10/10")
+	cl.expect(t, "down new_tcp=40/40 new_udp=40/40 udp_same=20/20")
 
 	log2 := start(2)
 	waitLog(log2, "TCP fast path: adopted the flows a previous process pinned", "UDP fast path: adopted the flows a previous process pinned")
@@ -164,15 +170,17 @@ target_groups:
 			t.Fatalf("%s: links %v after the restart, %v before: a second set was attached", proto, after, before)
 		}
 	}
-	reg := exec.Command(ipBin, "netns", "exec", node, bin, "targets", "register", "--admin", "127.0.0.1:9900", "--target-group", "tcp6", "--target", "["+crashT2+"]:7000")
-	if out, err := reg.CombinedOutput(); err != nil {
-		t.Fatalf("l4lb targets register: %v\n%s", err, out)
+	for group, port := range map[string]string{"tcp6": "7000", "nat6": "7100"} {
+		reg := exec.Command(ipBin, "netns", "exec", node, bin, "targets", "register", "--admin", "127.0.0.1:9900", "--target-group", group, "--target", "["+crashT2+"]:"+port)
+		if out, err := reg.CombinedOutput(); err != nil {
+			t.Fatalf("l4lb targets register: %v\n%s", err, out)
+		}
 	}
 	cl.send("up")
 	up := cl.expect(t, "up ")
 	cl.send("finish")
 	done := cl.expect(t, "streams=16 broken=0")
-	t.Logf("SIGKILL over DSR: down %v; %s; %s", time.Since(killed).Round(10*time.Millisecond), up, done)
+	t.Logf("SIGKILL with kernel flows over DSR and NAT: down %v; %s; %s", time.Since(killed).Round(10*time.Millisecond), up, done)
 
 	srv.Process.Signal(syscall.SIGTERM)
 	select {
@@ -194,8 +202,15 @@ type crashPeer struct {
 
 func crashRole(t *testing.T, ipBin, ns, role string, env ...string) *crashPeer {
 	t.Helper()
-	cmd := exec.Command(ipBin, "netns", "exec", ns, os.Args[0], "-test.run=^TestKernelPathOutlivesCrashOverDSRHelper$")
-	cmd.Env = append(append(os.Environ(), "L4LB_CRASH_ROLE="+role), env...)
+	return nsRole(t, ipBin, ns, "TestKernelPathOutlivesCrashInNamespacesHelper", append([]string{"L4LB_CRASH_ROLE=" + role}, env...)...)
+}
+
+// nsRole runs this test binary's test named helper in namespace ns, with
+// env, until t ends; it talks over the helper's standard input and output.
+func nsRole(t *testing.T, ipBin, ns, helper string, env ...string) *crashPeer {
+	t.Helper()
+	cmd := exec.Command(ipBin, "netns", "exec", ns, os.Args[0], "-test.run=^"+helper+"$")
+	cmd.Env = append(os.Environ(), env...)
 	out, _ := cmd.StdoutPipe()
 	in, _ := cmd.StdinPipe()
 	cmd.Stderr = os.Stderr
@@ -219,42 +234,45 @@ func (p *crashPeer) expect(t *testing.T, prefix string) string {
 	return line
 }
 
-// TestKernelPathOutlivesCrashOverDSRHelper is a role of
-// TestKernelPathOutlivesCrashOverDSR run inside a namespace; it does
+// TestKernelPathOutlivesCrashInNamespacesHelper is a role of
+// TestKernelPathOutlivesCrashInNamespaces run inside a namespace; it does
 // nothing on its own.
-func TestKernelPathOutlivesCrashOverDSRHelper(t *testing.T) {
+func TestKernelPathOutlivesCrashInNamespacesHelper(t *testing.T) {
 	switch os.Getenv("L4LB_CRASH_ROLE") {
 	case "target":
 		crashServe(t)
 	case "client":
 		crashClient(t)
 	default:
-		t.Skip("a role of TestKernelPathOutlivesCrashOverDSR")
+		t.Skip("a role of TestKernelPathOutlivesCrashInNamespaces")
 	}
 }
 
-// crashServe is a target: on the VIP, TCP port 7000 says its name on a line
-// and then echoes, UDP port 7000 answers with its name; TCP port 8080 on
-// its own address passes health checks.
+// crashServe is a target: TCP port 7000 on the VIP (DSR) and 7100 on its
+// own address (NAT) say its name on a line and then echo, UDP on the same
+// answers with its name; TCP port 8080 on its own address passes health
+// checks.
 func crashServe(t *testing.T) {
-	name := os.Getenv("L4LB_CRASH_NAME")
-	vip := net.JoinHostPort(crashVIP, "7000")
-	serveTCP(t, vip, func(c net.Conn) {
-		defer c.Close()
-		fmt.Fprintf(c, "tcp %s\n", name)
-		io.Copy(c, c)
-	})
-	serveTCP(t, net.JoinHostPort(os.Getenv("L4LB_CRASH_ADDR"), "8080"), func(c net.Conn) { c.Close() })
-	serveUDP(t, vip, func(net.Addr) []byte { return []byte("udp " + name) })
+	name, own := os.Getenv("L4LB_CRASH_NAME"), os.Getenv("L4LB_CRASH_ADDR")
+	for _, at := range []string{net.JoinHostPort(crashVIP, "7000"), net.JoinHostPort(own, "7100")} {
+		serveTCP(t, at, func(c net.Conn) {
+			defer c.Close()
+			fmt.Fprintf(c, "tcp %s\n", name)
+			io.Copy(c, c)
+		})
+		serveUDP(t, at, func(net.Addr) []byte { return []byte("udp " + name) })
+	}
+	serveTCP(t, net.JoinHostPort(own, "8080"), func(c net.Conn) { c.Close() })
 	fmt.Println("ready")
 	io.Copy(io.Discard, os.Stdin)
 }
 
-// crashClient opens 16 checksummed streams and 10 UDP flows, then follows
-// the test's commands: "down" (l4lb was killed), "up" (it was restarted
-// and t2 registered), "finish" (end the streams and check them).
+// crashClient opens 16 checksummed streams and 20 UDP flows, half over
+// DSR (port 7000) and half over NAT (port 7100), then follows the test's
+// commands: "down" (l4lb was killed), "up" (it was restarted and t2
+// registered in both TCP groups), "finish" (end the streams and check them).
 func crashClient(t *testing.T) {
-	vip := net.JoinHostPort(crashVIP, "7000")
+	vips := []string{net.JoinHostPort(crashVIP, "7000"), net.JoinHostPort(crashVIP, "7100")}
 	fail := func(format string, args ...any) {
 		fmt.Printf("error "+format+"\n", args...)
 		os.Exit(1)
@@ -266,7 +284,7 @@ func crashClient(t *testing.T) {
 		}
 	}
 	// hello connects and reads the target's name.
-	hello := func() (net.Conn, *bufio.Reader, string, error) {
+	hello := func(vip string) (net.Conn, *bufio.Reader, string, error) {
 		c, err := net.DialTimeout("tcp", vip, 2*time.Second)
 		if err != nil {
 			return nil, nil, "", err
@@ -298,7 +316,7 @@ func crashClient(t *testing.T) {
 	var broken atomic.Int64
 	var sums [][2]hash.Hash // each stream's bytes sent and echoed
 	for i := range 16 {
-		c, r, _, err := hello()
+		c, r, _, err := hello(vips[i%2])
 		if err != nil {
 			fail("stream %d: %v", i, err)
 		}
@@ -325,8 +343,8 @@ func crashClient(t *testing.T) {
 	}
 	var udp []net.Conn
 	var names []string
-	for i := range 10 {
-		c, err := net.Dial("udp", vip)
+	for i := range 20 {
+		c, err := net.Dial("udp", vips[i%2])
 		if err != nil {
 			fail("udp %d: %v", i, err)
 		}
@@ -349,42 +367,47 @@ func crashClient(t *testing.T) {
 
 	await("down")
 	newTCP, newUDP := 0, 0
-	for range 20 {
-		if c, _, _, err := hello(); err == nil {
+	for i := range 40 {
+		if c, _, _, err := hello(vips[i%2]); err == nil {
 			newTCP++
 			c.Close()
 		}
-		if c, err := net.Dial("udp", vip); err == nil {
+		if c, err := net.Dial("udp", vips[i%2]); err == nil {
 			if _, err := ask(c); err == nil {
 				newUDP++
 			}
 			c.Close()
 		}
 	}
-	fmt.Printf("down new_tcp=%d/20 new_udp=%d/20 udp_same=%d/10\n", newTCP, newUDP, same())
+	fmt.Printf("down new_tcp=%d/40 new_udp=%d/40 udp_same=%d/20\n", newTCP, newUDP, same())
 
 	await("up")
-	// t2 turns healthy within a few checks; new connections then reach it.
-	opened, t2 := 0, false
-	for deadline := time.Now().Add(30 * time.Second); !t2 && time.Now().Before(deadline); {
-		c, _, name, err := hello()
-		if err != nil {
-			fail("a new connection after the restart: %v", err)
+	// t2 turns healthy within a few checks; new connections then reach it,
+	// over DSR and over NAT.
+	var reached []string
+	for _, vip := range vips {
+		opened, t2 := 0, false
+		for deadline := time.Now().Add(30 * time.Second); !t2 && time.Now().Before(deadline); {
+			c, _, name, err := hello(vip)
+			if err != nil {
+				fail("a new connection to %s after the restart: %v", vip, err)
+			}
+			c.Close()
+			opened++
+			t2 = name == "t2"
+			if !t2 {
+				time.Sleep(20 * time.Millisecond)
+			}
 		}
-		c.Close()
-		opened++
-		t2 = name == "t2"
 		if !t2 {
-			time.Sleep(20 * time.Millisecond)
+			fail("none of %d new connections to %s reached t2, registered after the restart", opened, vip)
 		}
+		reached = append(reached, fmt.Sprintf("%s after %d", vip, opened))
 	}
-	if !t2 {
-		fail("none of %d new connections reached t2, registered after the restart", opened)
+	if n := same(); n != 20 {
+		fail("%d of 20 UDP flows kept their target across the restart", n)
 	}
-	if n := same(); n != 10 {
-		fail("%d of 10 UDP flows kept their target across the restart", n)
-	}
-	fmt.Printf("up t2_reached_after=%d udp_same=10/10\n", opened)
+	fmt.Printf("up t2 reached: %s; udp_same=20/20\n", strings.Join(reached, ", "))
 
 	await("finish")
 	stop.Store(true)

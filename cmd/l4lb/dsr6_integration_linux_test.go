@@ -82,18 +82,7 @@ func TestDSRIPv6InNamespaces(t *testing.T) {
 
 	// The target: on the VIP, TCP and UDP port 7000 answer with the peer's
 	// address; port 8080 (its own address) passes health checks.
-	tgt := exec.Command(ipBin, "netns", "exec", target, os.Args[0], "-test.run=^TestDSRIPv6Helper$")
-	tgt.Env = append(os.Environ(), "L4LB_DSR6_ROLE=target")
-	tgtOut, _ := tgt.StdoutPipe()
-	tgtIn, _ := tgt.StdinPipe()
-	tgt.Stderr = os.Stderr
-	if err := tgt.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tgtIn.Close(); tgt.Process.Kill(); tgt.Wait() })
-	if line, err := bufio.NewReader(tgtOut).ReadString('\n'); err != nil || strings.TrimSpace(line) != "ready" {
-		t.Fatalf("target: %q %v", line, err)
-	}
+	nsRole(t, ipBin, target, "TestDSRIPv6Helper", "L4LB_DSR6_ROLE=target").expect(t, "ready")
 
 	dir := t.TempDir()
 	hc := `health_check: {protocol: TCP, port: "8080", interval: 1s, healthy_threshold: 2, unhealthy_threshold: 2}`
