@@ -13,9 +13,10 @@ import (
 )
 
 // idleConns opens Connections connections, moves one byte each way on
-// each (so each reached its target), waits Settle for the process PID to
-// reach a steady state, and reports its resident memory growth per
-// connection. Read it after the process has carried other traffic: a fresh
+// each (so each reached an echo target), waits Settle for the process PID
+// to reach a steady state, and reports its resident memory growth per
+// connection. Opening stops when Duration has passed, however many are
+// open then. Read it after the process has carried other traffic: a fresh
 // process grows for reasons that have nothing to do with idle connections.
 func idleConns(ctx context.Context, o Options) (*Result, error) {
 	if o.PID <= 0 {
@@ -34,21 +35,32 @@ func idleConns(ctx context.Context, o Options) (*Result, error) {
 		}
 	}()
 	b := []byte{'x'}
+	opening, stop := context.WithTimeout(ctx, o.Duration)
+	defer stop()
+	end, _ := opening.Deadline()
 	for range o.Connections {
-		if ctx.Err() != nil || int64(len(conns)) >= o.MaxOps {
+		if !time.Now().Before(end) || ctx.Err() != nil || int64(len(conns)) >= o.MaxOps {
 			break
 		}
-		c, err := dialer.DialContext(ctx, "tcp", o.Addr)
+		c, err := dialer.DialContext(opening, "tcp", o.Addr)
 		if err != nil {
-			res.Errors++
+			if time.Now().Before(end) {
+				res.Errors++
+				res.FailedConnects++
+			}
 			continue
 		}
-		c.SetDeadline(time.Now().Add(ioTimeout))
-		if _, err := c.Write(b); err == nil {
+		deadline := time.Now().Add(ioTimeout)
+		if end.Before(deadline) {
+			deadline = end
+		}
+		c.SetDeadline(deadline)
+		if _, err = c.Write(b); err == nil {
 			_, err = io.ReadFull(c, b)
 		}
 		if err != nil {
 			res.Errors++
+			res.Broken++ // no echo: the target does not echo, or is slow
 			c.Close()
 			continue
 		}
@@ -58,8 +70,12 @@ func idleConns(ctx context.Context, o Options) (*Result, error) {
 			o.Progress(Progress{Elapsed: time.Since(start), Ops: int64(len(conns)), Errors: res.Errors})
 		}
 	}
+	settle := o.Settle
+	if len(conns) == 0 {
+		settle = 0 // nothing to measure
+	}
 	select {
-	case <-time.After(o.Settle):
+	case <-time.After(settle):
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"text/tabwriter"
@@ -41,12 +42,12 @@ func WriteTable(w io.Writer, rs ...*Result) error {
 		case TCPThroughput:
 			row("throughput", "%.2f Gbit/s (%d bytes)", r.Gbps, r.Bytes)
 		case TCPConnect:
-			row("connections/s", "%.0f (%d)", r.Rate, r.Ops)
+			row("connections/s", "%.0f (%d connections in all)", r.Rate, r.Ops)
 		case UDPPPS:
-			row("sent", "%.0f datagrams/s (%d)", float64(r.Sent)/r.Duration.Seconds(), r.Sent)
-			row("replies", "%.0f datagrams/s (%d)", float64(r.Received)/r.Duration.Seconds(), r.Received)
+			row("sent", "%.0f datagrams/s (%d in all)", float64(r.Sent)/r.Duration.Seconds(), r.Sent)
+			row("replies", "%.0f datagrams/s (%d in all)", float64(r.Received)/r.Duration.Seconds(), r.Received)
 		default:
-			row("requests/s", "%.0f (%d)", r.Rate, r.Ops)
+			row("requests/s", "%.0f (%d requests in all)", r.Rate, r.Ops)
 		}
 		if l := r.Latency; l != nil {
 			row("latency p50 / p90 / p99 / p99.9", "%s / %s / %s / %s", us(l.P50), us(l.P90), us(l.P99), us(l.P999))
@@ -61,6 +62,39 @@ func WriteTable(w io.Writer, rs ...*Result) error {
 		}
 	}
 	return tw.Flush()
+}
+
+// Failed says why a run failed when none of its operations succeeded (no
+// request answered, no connection held, no byte or reply carried), or nil.
+// noVerify says replies were not compared with requests.
+func (r *Result) Failed(noVerify bool) error {
+	var worked bool
+	switch r.Scenario {
+	case IdleConns:
+		worked = r.Held > 0
+	case UDPPPS:
+		worked = r.Received > 0 || r.Sent == 0
+	case TCPThroughput:
+		worked = r.Bytes > 0
+	default:
+		worked = r.Ops > 0
+	}
+	if worked || r.Errors == 0 && r.Sent == 0 {
+		return nil
+	}
+	msg := fmt.Sprintf("every operation against %s failed: %d errors (%d failed connects, %d resets, %d broken)",
+		r.Addr, r.Errors, r.FailedConnects, r.Resets, r.Broken)
+	switch {
+	case r.Scenario == UDPPPS:
+		msg = fmt.Sprintf("%d datagrams sent to %s and no reply: is it an echo target (l4lb bench target echo --listen udp://...)?", r.Sent, r.Addr)
+	case r.FailedConnects == r.Errors:
+		msg += ": nothing accepts connections there"
+	case r.Broken > 0 && r.Scenario == IdleConns:
+		msg += ": no connection echoed its byte: idle-conns needs an echo target (l4lb bench target echo)"
+	case r.Broken > 0 && !noVerify:
+		msg += ": the replies did not match the requests: is it an echo target (l4lb bench target echo)? --no-verify accepts any reply"
+	}
+	return errors.New(msg)
 }
 
 func us(v float64) string {

@@ -44,7 +44,9 @@ time from the failure to the last error.
 
 With --rate the load is open-loop: requests are due on a fixed schedule and
 latency counts from when each was due (coordinated omission corrected).
-Every run is bounded by --duration (after --warmup) and --max-ops.
+Every run is bounded by --duration (after --warmup) and --max-ops;
+idle-conns opens connections for --duration at most, then waits --settle.
+A run in which every operation failed exits 1 and says why.
 "l4lb bench target" runs echo, sink and rr targets to load.`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) != 2 {
@@ -104,10 +106,14 @@ Every run is bounded by --duration (after --warmup) and --max-ops.
 					return err
 				}
 			}
+			write := bench.WriteTable
 			if output == "json" {
-				return bench.WriteJSON(cmd.OutOrStdout(), res)
+				write = bench.WriteJSON
 			}
-			return bench.WriteTable(cmd.OutOrStdout(), res)
+			if err := write(cmd.OutOrStdout(), res); err != nil {
+				return err
+			}
+			return res.Failed(o.NoVerify) // a run where nothing worked exits 1
 		},
 	}
 	f := cmd.Flags()

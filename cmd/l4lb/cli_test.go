@@ -3,10 +3,14 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/l4lb/l4lb/bench"
 )
@@ -119,5 +123,69 @@ func TestBenchCLI(t *testing.T) {
 		if code, _, _ := runCLI(args...); code != 2 {
 			t.Errorf("%v: exit %d, want 2", args, code)
 		}
+	}
+}
+
+// notEcho accepts connections and answers each with an HTTP response that
+// matches no request, as a web server in front of a bench run would.
+func notEcho(t *testing.T, answer bool) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				if answer {
+					c.Read(make([]byte, 4096))
+					c.Write([]byte("HTTP/1.0 400 Bad Request\r\n\r\n"))
+					return
+				}
+				io.Copy(io.Discard, c) // says nothing, holds the connection
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// A bench run in which every operation failed exits non-zero and says why,
+// with the flag that helps.
+func TestBenchAllFailedExitsNonZero(t *testing.T) {
+	addr := notEcho(t, true)
+	code, out, errs := runCLI("bench", "tcp-rr", addr, "--duration", "1s", "--warmup", "0s", "--connections", "2")
+	if code == 0 {
+		t.Fatalf("exit 0 for a run where every reply was broken:\n%s", out)
+	}
+	if !strings.Contains(errs, "every operation") || !strings.Contains(errs, "--no-verify") {
+		t.Fatalf("the error does not say why or what helps: %s", errs)
+	}
+	if !strings.Contains(out, "requests in all") {
+		t.Errorf("the table does not say what its bracketed count is:\n%s", out)
+	}
+	code, _, errs = runCLI("bench", "tcp-connect", "127.0.0.1:1", "--duration", "1s", "--warmup", "0s", "--connections", "2")
+	if code == 0 || !strings.Contains(errs, "nothing accepts connections") {
+		t.Fatalf("connects all refused: exit %d: %s", code, errs)
+	}
+}
+
+// idle-conns against a target that never echoes ends within --duration
+// (then --settle), instead of waiting 5 s for each connection.
+func TestBenchIdleConnsBoundedByDuration(t *testing.T) {
+	addr := notEcho(t, false)
+	start := time.Now()
+	code, _, errs := runCLI("bench", "idle-conns", addr, "--connections", "200", "--duration", "1s", "--settle", "0s", "--pid", strconv.Itoa(os.Getpid()))
+	took := time.Since(start)
+	if took > 4*time.Second { // 200 connections at 5 s each before
+		t.Fatalf("idle-conns took %v with --duration 1s", took)
+	}
+	if code == 0 || !strings.Contains(errs, "echo target") {
+		t.Fatalf("no connection held: exit %d: %s", code, errs)
 	}
 }
