@@ -144,6 +144,14 @@ func (s *Server) Start() error {
 	return nil
 }
 
+// Announce logs every listener as up. Call it once every address the
+// process needs (the admin API's too) is bound, so that no "listener up"
+// precedes a failure to start.
+func (s *Server) Announce() {
+	s.tcp.Announce()
+	s.udp.Announce()
+}
+
 // hostChanged says which targets an address the host gained made into
 // l4lb's own listeners: their flows would loop, and are refused as such
 // (rejected_flows_total{reason="loop"}) until the target is deregistered.

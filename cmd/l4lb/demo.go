@@ -58,7 +58,10 @@ func newDemo() *cobra.Command {
 			if err != nil {
 				return usageError{err}
 			}
-			return runServe(ctx, loaded{cfg: cfg, hash: hash}, log, config.DefaultConnectTimeout, func(net.Addr) {
+			// The demo's targets live in this process, and make run waits
+			// for it: a new process would orphan both.
+			noUpgrade := "the demo does not upgrade: its targets run inside it, and make run waits for this process. Stop it (Ctrl-C) and start it again"
+			return runServe(ctx, loaded{cfg: cfg, hash: hash, noUpgrade: noUpgrade}, log, config.DefaultConnectTimeout, func(net.Addr) {
 				fmt.Fprintf(out, `
 l4lb demo is up: listener %s -> targets %v
 Try:

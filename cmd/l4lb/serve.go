@@ -132,7 +132,7 @@ func newServe() *cobra.Command {
 			return usageError{err}
 		}
 		defer log.Sync()
-		return runServe(cmd.Context(), loaded{cfg, hash, o.configPath, src, sigs}, log, o.connectTimeout, nil)
+		return runServe(cmd.Context(), loaded{cfg: cfg, hash: hash, path: o.configPath, src: src, sigs: sigs}, log, o.connectTimeout, nil)
 	}
 	return cmd
 }
@@ -145,6 +145,9 @@ type loaded struct {
 	path string
 	src  func() (*config.Config, string, error)
 	sigs *signals // caught since the process started; nil: serve catches them
+	// noUpgrade says why this process refuses a binary upgrade ("": it
+	// upgrades).
+	noUpgrade string
 }
 
 // loadServeConfig reads the config file, applies the flags given on top, and

@@ -40,6 +40,17 @@ func runServe(ctx context.Context, l loaded, log *zap.Logger, connectTimeout tim
 	})
 }
 
+// cannotBind gives an address that cannot be bound (held by another
+// process or l4lb, not on this host, a port that needs privileges) the exit
+// code of the config errors: the config and the host disagree, and nothing
+// served.
+func cannotBind(err error) error {
+	if errors.Is(err, listen.ErrHeld) || errors.Is(err, syscall.EADDRINUSE) || errors.Is(err, syscall.EADDRNOTAVAIL) || errors.Is(err, syscall.EACCES) {
+		return usageError{err}
+	}
+	return err
+}
+
 // serve runs l.cfg until SIGTERM or SIGINT (or ctx ends), then withdraws its
 // BGP routes, waits bgp.withdraw_grace, and drains. SIGHUP
 // reloads the config, SIGUSR2 upgrades the binary; after an upgrade this
@@ -75,7 +86,7 @@ func serve(ctx context.Context, l loaded, log *zap.Logger, connectTimeout time.D
 	defer checks.Close()
 	srv.Registry.WatchHealth(checks)
 	if err := srv.Start(); err != nil {
-		return err
+		return cannotBind(err)
 	}
 	ctl := newControl(srv, l, log, m)
 	node := newBGPNode(srv, log, m)
@@ -88,10 +99,13 @@ func serve(ctx context.Context, l loaded, log *zap.Logger, connectTimeout time.D
 	adm, err := startAdmin(cfg, log, reg, srv, ctl, node, ho.inherited())
 	if err != nil {
 		srv.Close()
-		return err
+		return cannotBind(err)
 	}
 	defer adm.stop()
 	ctl.upgrade = func() (api.Upgrade, error) {
+		if l.noUpgrade != "" {
+			return api.Upgrade{}, fmt.Errorf("%w: %s", api.ErrConflict, l.noUpgrade)
+		}
 		// The routers move new flows to the other nodes first; this
 		// process's sessions close so the new one can open its own.
 		undo := node.handOver()
@@ -101,6 +115,7 @@ func serve(ctx context.Context, l loaded, log *zap.Logger, connectTimeout time.D
 		}
 		return u, err
 	}
+	srv.Announce()
 	ho.ready()
 	log.Info("l4lb started", zap.Int("listeners", len(cfg.Listeners)), zap.Int("target_groups", len(cfg.TargetGroups)), zap.String("config_sha256", l.hash))
 	if ready != nil {

@@ -55,6 +55,7 @@ func BindEach(n int, proto, name string, at netip.AddrPort, inh Inherit, open fu
 		network = proto + "6"
 	}
 	port := at.Port()
+	own := false // the address's group is this process's, or its predecessor's
 	for i := range n {
 		if inh != nil {
 			if f := inh.Take(SocketName(proto, name, at, i)); f != nil {
@@ -63,10 +64,16 @@ func BindEach(n int, proto, name string, at netip.AddrPort, inh Inherit, open fu
 				if err != nil {
 					return fmt.Errorf("listener %s: taking over %s %s: %w", name, proto, at, err)
 				}
-				port = p
+				port, own = p, true
 				continue
 			}
 		}
+		if !own && port != 0 {
+			if err := checkFree(proto, netip.AddrPortFrom(at.Addr(), port)); err != nil {
+				return fmt.Errorf("listener %s: %w", name, err)
+			}
+		}
+		own = true
 		addr := netip.AddrPortFrom(at.Addr(), port).String()
 		p, err := open(network, addr)
 		if err != nil {

@@ -44,7 +44,7 @@ func (s *Server) startKernelPath() {
 	if !s.cfg.TCPFastPath {
 		return
 	}
-	fronts := kernelpath.Offer(s.log, "TCP", s.current(), kernelEligible, (*listener).kernelFront)
+	fronts := kernelpath.Offer(s.log, "TCP", s.set.Current(), kernelEligible, (*listener).kernelFront)
 	s.kernel.Set(kernelpath.Start(fronts, kernelpath.ForwarderOptions{
 		Path:       fastpath.Options{Protocol: flowhash.ProtoTCP, MaxFlows: s.cfg.MaxFlows, Inherit: s.opts.Inherit, Pin: pinDir(s.opts.KernelPin, "tcp")},
 		Interfaces: s.cfg.TCPFastPathInterfaces,

@@ -246,7 +246,7 @@ func (s *Server) Start() error {
 	}
 	s.parker = p
 	fail := func(err error) error {
-		for _, o := range s.current() {
+		for _, o := range s.set.Current() {
 			o.close()
 		}
 		s.stopLoops()
@@ -262,15 +262,14 @@ func (s *Server) Start() error {
 		s.evloops = append(s.evloops, lp)
 		go lp.run()
 	}
-	for _, l := range s.current() {
+	for _, l := range s.set.Current() {
 		if err := l.bind(); err != nil {
 			return fail(err)
 		}
 	}
 	s.startKernelPath()
-	for _, l := range s.current() {
+	for _, l := range s.set.Current() {
 		l.serve(s.evloops)
-		s.log.Info("listener up", zap.String(logListener, l.cfg.Name), zap.String("protocol", l.protocol()), zap.Stringer(logAddr, l.Addr()), zap.Int(logSockets, len(l.socks)))
 	}
 	s.certStop = make(chan struct{})
 	s.bg.Add(1)
@@ -287,7 +286,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.certStop = nil
 	}
 	s.mu.Lock()
-	for _, l := range s.current() {
+	for _, l := range s.set.Current() {
 		l.close()
 	}
 	for _, r := range s.retired {
@@ -328,6 +327,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.kernel.Close()
 	s.log.Info("drain end")
 	return err
+}
+
+// Announce logs each listener as up; the caller does once every address
+// of the process is bound.
+func (s *Server) Announce() {
+	for _, l := range s.set.Current() {
+		s.log.Info("listener up", zap.String(logListener, l.cfg.Name), zap.String("protocol", l.protocol()), zap.Stringer(logAddr, l.Addr()), zap.Int(logSockets, len(l.socks)))
+	}
 }
 
 // Discard gives back what New opened (the TLS listeners' access logs), for
@@ -385,9 +392,6 @@ func (s *Server) Files(add func(name string, f *os.File)) error {
 	}
 	return s.kernel.FlowFiles(add)
 }
-
-// current is the listeners now.
-func (s *Server) current() []*listener { return s.set.Current() }
 
 // Listeners answers about the listeners' addresses.
 func (s *Server) Listeners() listen.Listeners { return &s.set }

@@ -65,7 +65,7 @@ func TestPanicInSetupGivesBackWhatItTook(t *testing.T) {
 		setupSteps = steps
 		s.Shutdown(t.Context())
 	}()
-	addr := s.current()[0].Addr().String()
+	addr := s.set.Current()[0].Addr().String()
 
 	for i := range 3 { // a leaked per-source slot would refuse the second
 		c, err := net.Dial("tcp", addr)

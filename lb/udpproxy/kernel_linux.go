@@ -22,7 +22,7 @@ func (s *Server) startKernelPath() {
 	if !s.cfg.UDPFastPath {
 		return
 	}
-	fronts := kernelpath.Offer(s.log, "UDP", s.current(), kernelEligible, (*udpFront).kernelFront)
+	fronts := kernelpath.Offer(s.log, "UDP", s.set.Current(), kernelEligible, (*udpFront).kernelFront)
 	s.kernel.Set(kernelpath.Start(fronts, kernelpath.ForwarderOptions{
 		Path:       fastpath.Options{MaxFlows: s.cfg.MaxFlows, Inherit: s.opts.Inherit, Pin: pinDir(s.opts.KernelPin)},
 		Interfaces: s.cfg.UDPFastPathInterfaces,
@@ -46,7 +46,7 @@ func (u *udpFront) kernelFront() kernelpath.Front {
 // endFlows ends the UDP flows pinned to t, in user space and in the kernel.
 func (s *Server) endFlows(t *registry.Target, why string) {
 	n := 0
-	for _, u := range s.current() {
+	for _, u := range s.set.Current() {
 		n += u.endFlows(t)
 	}
 	if n > 0 {

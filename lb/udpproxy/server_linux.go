@@ -107,20 +107,27 @@ func New(cfg *config.Config, reg *registry.Registry, opts Options) (*Server, err
 // Start binds every listener, hands the qualifying ones to the kernel fast
 // path (when on), and starts reading. On error nothing is left bound.
 func (s *Server) Start() error {
-	for _, u := range s.current() {
+	for _, u := range s.set.Current() {
 		if err := u.bind(); err != nil {
-			for _, o := range s.current() {
+			for _, o := range s.set.Current() {
 				o.close()
 			}
 			return err
 		}
 	}
 	s.startKernelPath()
-	for _, u := range s.current() {
+	for _, u := range s.set.Current() {
 		u.start()
-		s.log.Info("listener up", zap.String(logListener, u.cfg.Name), zap.String("protocol", "UDP"), zap.Stringer(logAddr, u.Addr()), zap.Int(logSockets, len(u.socks)))
 	}
 	return nil
+}
+
+// Announce logs each listener as up; the caller does once every address
+// of the process is bound.
+func (s *Server) Announce() {
+	for _, u := range s.set.Current() {
+		s.log.Info("listener up", zap.String(logListener, u.cfg.Name), zap.String("protocol", "UDP"), zap.Stringer(logAddr, u.Addr()), zap.Int(logSockets, len(u.socks)))
+	}
 }
 
 // ReplyGrace is how long a draining UDP listener keeps its flows after the
@@ -131,7 +138,7 @@ const ReplyGrace = time.Second
 // Shutdown stops reading, lets replies in flight reach their clients until
 // the flows have been quiet for ReplyGrace (or ctx ends), then closes.
 func (s *Server) Shutdown(ctx context.Context) {
-	fronts := s.current()
+	fronts := s.set.Current()
 	for _, u := range fronts {
 		u.stopReading()
 	}
@@ -173,7 +180,7 @@ func (s *Server) Close() {
 	s.closing.Store(true)
 	s.bgMu.Unlock()
 	s.kernel.Close()
-	for _, u := range s.current() {
+	for _, u := range s.set.Current() {
 		u.close()
 	}
 	s.bg.Wait()
@@ -210,9 +217,6 @@ func (s *Server) Files(add func(name string, f *os.File)) error {
 	return s.kernel.FlowFiles(add)
 }
 
-// current is the listeners now.
-func (s *Server) current() []*udpFront { return s.set.Current() }
-
 // Listeners answers about the listeners' addresses.
 func (s *Server) Listeners() listen.Listeners { return &s.set }
 
@@ -241,7 +245,7 @@ func (s *Server) Flows() int {
 // UserFlows is the number of flows in the socket path's tables.
 func (s *Server) UserFlows() int {
 	n := 0
-	for _, u := range s.current() {
+	for _, u := range s.set.Current() {
 		n += u.table.Len()
 	}
 	return n
