@@ -387,3 +387,21 @@ func TestLoopsAndReservedTargetsRefused(t *testing.T) {
 		t.Fatalf("a host address behind 0.0.0.0:8171: %v", errs)
 	}
 }
+
+// A YAML syntax error names the file and the line that broke the document,
+// not the line where the list it broke began; a misspelt key says which
+// key was meant.
+func TestErrorsNameFileLineAndNearKey(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "l4lb.yaml")
+	os.WriteFile(path, []byte("listeners:\n  - name: web\n    protocol: TCP\n   port: 18080\n"), 0o644)
+	_, err := Load(path)
+	if err == nil || !strings.HasPrefix(err.Error(), path+":4: yaml: ") {
+		t.Fatalf("a syntax error on line 4: %v", err)
+	}
+	os.WriteFile(path, []byte("listeners:\n  - name: web\n    protocl: TCP\n    port: 18080\n    target_group: tg\ntarget_groups: [{name: tg}]\n"), 0o644)
+	_, err = Load(path)
+	if err == nil || !strings.Contains(err.Error(), "listeners[0].protocl: unknown key; did you mean protocol?") {
+		t.Fatalf("a misspelt key: %v", err)
+	}
+}

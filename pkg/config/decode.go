@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"reflect"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -233,7 +234,7 @@ func (e Errors) err() error {
 func DecodeYAML(data []byte) (*Raw, error) {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
-		return nil, Errors{{Path: "(file)", Msg: err.Error()}}
+		return nil, Errors{syntaxError(data, err)}
 	}
 	raw := &Raw{}
 	if len(doc.Content) == 0 {
@@ -243,6 +244,68 @@ func DecodeYAML(data []byte) (*Raw, error) {
 	d := &decoder{errs: &errs, budget: maxNodes(len(data))}
 	d.decode(doc.Content[0], reflect.ValueOf(raw).Elem(), "")
 	return raw, errs.err() // raw holds what decoded, even with errors
+}
+
+// syntaxError is a YAML syntax error at its line. yaml.v3 names the line
+// where the construct it was reading began (a list that starts on line 1),
+// not the line that broke it: the first line at which a prefix of the
+// document stops parsing is that one.
+func syntaxError(data []byte, err error) FieldError {
+	msg := err.Error()
+	if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
+		msg = "yaml: " + m[2]
+	}
+	lines := strings.SplitAfter(string(data), "\n")
+	var doc yaml.Node
+	lo, hi := 1, len(lines) // the first failing prefix is in [lo, hi]
+	if yaml.Unmarshal(data, &doc) == nil {
+		return FieldError{Path: "(file)", Msg: msg}
+	}
+	for lo < hi {
+		mid := (lo + hi) / 2
+		if yaml.Unmarshal([]byte(strings.Join(lines[:mid], "")), &doc) != nil {
+			hi = mid
+		} else {
+			lo = mid + 1
+		}
+	}
+	text := strings.TrimRight(lines[lo-1], "\r\n")
+	return FieldError{Path: fmt.Sprintf("(file):%d", lo), Msg: fmt.Sprintf("%s (%q)", msg, text)}
+}
+
+var yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
+
+// closest is the word of words nearest to w (a typo: at most two edits,
+// and fewer than half of w), or "".
+func closest(w string, words []string) string {
+	best, bestD := "", 3
+	for _, c := range words {
+		if d := editDistance(w, c); d < bestD && 2*d < len(w) {
+			best, bestD = c, d
+		}
+	}
+	return best
+}
+
+// editDistance is the Levenshtein distance of a and b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
 
 // maxNodes bounds the values a document of n bytes may decode to. Aliases
@@ -311,7 +374,11 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 			f, ok := fields[key]
 			switch {
 			case !ok:
-				errs.add(join(path, key), "unknown key (valid: %s)", strings.Join(sortedKeys(fields), ", "))
+				if near := closest(key, sortedKeys(fields)); near != "" {
+					errs.add(join(path, key), "unknown key; did you mean %s? (valid: %s)", near, strings.Join(sortedKeys(fields), ", "))
+				} else {
+					errs.add(join(path, key), "unknown key (valid: %s)", strings.Join(sortedKeys(fields), ", "))
+				}
 			case seen[key]:
 				errs.add(join(path, key), "given twice")
 			default:

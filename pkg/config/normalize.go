@@ -46,7 +46,18 @@ func LoadRaw(path string) (*Raw, error) {
 	if err != nil {
 		return nil, err
 	}
-	return DecodeYAML(data)
+	raw, err := DecodeYAML(data)
+	var errs Errors
+	if errors.As(err, &errs) {
+		// The file, not "(file)": the reader sees which one.
+		for i := range errs {
+			if rest, ok := strings.CutPrefix(errs[i].Path, "(file)"); ok {
+				errs[i].Path = path + rest
+			}
+		}
+		return raw, errs
+	}
+	return raw, err
 }
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
