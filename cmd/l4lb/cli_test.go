@@ -189,3 +189,61 @@ func TestBenchIdleConnsBoundedByDuration(t *testing.T) {
 		t.Fatalf("no connection held: exit %d: %s", code, errs)
 	}
 }
+
+// validate refuses what serve refuses, in the same words and paths: a
+// certificate file that is not there, and every error of a config with
+// several.
+func TestValidateAsStrictAsServe(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, yaml string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(yaml), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	tlsCfg := write("tls.yaml", `admin: {listen: "off"}
+listeners:
+  - {name: https, protocol: TLS, port: 18443, bind: [127.0.0.1], target_group: web,
+     tls: {certificates: [{cert: `+dir+`/missing.pem, key: `+dir+`/missing.key}]}}
+target_groups: [{name: web, protocol: TCP, targets: [{address: "127.0.0.1:9001"}]}]
+`)
+	three := write("three.yaml", `admin: {listen: "off"}
+listeners:
+  - {name: web, protocol: TCP, port: 18080, bind: [127.0.0.1]}
+  - {name: web2, protocl: TCP, port: 18081, target_group: nope}
+target_groups: [{name: tg, protocol: TCP, targets: [{address: "127.0.0.1:1"}]}]
+`)
+	for _, c := range []struct {
+		file string
+		want []string
+	}{
+		{tlsCfg, []string{"listeners[0].tls.certificates[0]: open " + dir + "/missing.pem: no such file or directory"}},
+		{three, []string{"listeners[0].target_group: required (or forward)", "listeners[1].protocl: unknown key; did you mean protocol?", `listeners[1].target_group: no target group named "nope"`}},
+	} {
+		vcode, _, verrs := runCLI("validate", "--config", c.file)
+		scode, _, serrs := runCLI("serve", "--config", c.file)
+		if vcode != 2 || scode != 2 {
+			t.Fatalf("%s: validate exit %d, serve exit %d; want 2 and 2\nvalidate: %s\nserve: %s", c.file, vcode, scode, verrs, serrs)
+		}
+		if verrs != serrs {
+			t.Errorf("%s: validate and serve word it differently:\nvalidate: %s\nserve:    %s", c.file, verrs, serrs)
+		}
+		for _, w := range c.want {
+			if !strings.Contains(verrs, w) {
+				t.Errorf("%s: validate does not say %q:\n%s", c.file, w, verrs)
+			}
+		}
+	}
+}
+
+// An empty target group is valid (targets may be registered later) but
+// warned about: its listeners reset every client until then.
+func TestValidateWarnsOfAnEmptyTargetGroup(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "empty.yaml")
+	os.WriteFile(p, []byte("listeners: [{name: web, protocol: TCP, port: 18080, bind: [127.0.0.1], target_group: tg}]\ntarget_groups: [{name: tg, protocol: TCP}]\n"), 0o644)
+	code, _, errs := runCLI("validate", "--config", p)
+	if code != 0 || !strings.Contains(errs, "warning: target_groups[0].targets: empty: listener web resets every client") {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+}

@@ -150,29 +150,34 @@ type loaded struct {
 	noUpgrade string
 }
 
+// checkBeforeServing is what validate and serve check beyond the config's
+// own rules: the host (a target at its own listener's address loops) and
+// the files the config names.
+func checkBeforeServing(cfg *config.Config) error {
+	errs := config.CheckLoops(cfg, hostaddr.New().Local)
+	errs = append(errs, config.CheckFiles(cfg)...)
+	if len(errs) > 0 {
+		return errs
+	}
+	return nil
+}
+
 // loadServeConfig reads the config file, applies the flags given on top, and
 // validates the result. It returns the config and its hash.
 func loadServeConfig(o *serveOpts) (*config.Config, string, error) {
-	raw := &config.Raw{}
 	var data []byte
 	if o.configPath != "" {
 		var err error
 		if data, err = config.ReadFile(o.configPath); err != nil {
 			return nil, "", usageError{err}
 		}
-		if raw, err = config.DecodeYAML(data); err != nil {
-			return nil, "", asUsage(err)
-		}
 	}
-	if err := o.flags.Apply(raw); err != nil {
-		return nil, "", err
-	}
-	cfg, err := config.Normalize(raw)
+	cfg, err := config.LoadWithFlags(o.configPath, &o.flags)
 	if err != nil {
-		return nil, "", err
+		return nil, "", asUsage(err)
 	}
-	if errs := config.CheckLoops(cfg, hostaddr.New().Local); len(errs) > 0 {
-		return nil, "", errs
+	if err := checkBeforeServing(cfg); err != nil {
+		return nil, "", err
 	}
 	if data == nil {
 		data, _ = json.Marshal(cfg)

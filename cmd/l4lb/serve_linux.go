@@ -116,6 +116,9 @@ func serve(ctx context.Context, l loaded, log *zap.Logger, connectTimeout time.D
 		return u, err
 	}
 	srv.Announce()
+	for _, w := range config.Warnings(cfg) {
+		log.Warn(w.Error())
+	}
 	ho.ready()
 	log.Info("l4lb started", zap.Int("listeners", len(cfg.Listeners)), zap.Int("target_groups", len(cfg.TargetGroups)), zap.String("config_sha256", l.hash))
 	if ready != nil {

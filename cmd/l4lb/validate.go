@@ -1,10 +1,11 @@
 package main
 
 import (
+	"fmt"
+
 	"github.com/spf13/cobra"
 
 	"github.com/l4lb/l4lb/pkg/config"
-	"github.com/l4lb/l4lb/pkg/hostaddr"
 )
 
 func newValidate() *cobra.Command {
@@ -21,10 +22,12 @@ func newValidate() *cobra.Command {
 			if err != nil {
 				return asUsage(err)
 			}
-			// As strict as serve: a target at this host's address behind a
-			// wildcard listener's port loops.
-			if errs := config.CheckLoops(cfg, hostaddr.New().Local); len(errs) > 0 {
-				return errs
+			// As strict as serve, in the same words.
+			if err := checkBeforeServing(cfg); err != nil {
+				return err
+			}
+			for _, w := range config.Warnings(cfg) {
+				fmt.Fprintln(cmd.ErrOrStderr(), "warning:", w.Error())
 			}
 			out, err := cfg.YAML()
 			if err != nil {

@@ -1,6 +1,7 @@
 package tcpproxy
 
 import (
+	"fmt"
 	"slices"
 	"time"
 
@@ -85,7 +86,7 @@ func (c *Change) prepareTerms() error {
 			c.terms[lc.Name], c.commits, c.aborts = t, append(c.commits, commit), append(c.aborts, abort)
 			continue
 		}
-		t, err := tlsterm.New(lc.TLS, "listener "+lc.Name, s.opts.TLS)
+		t, err := tlsterm.New(lc.TLS, fmt.Sprintf("listeners[%d]", i), s.opts.TLS)
 		if err != nil {
 			return err
 		}

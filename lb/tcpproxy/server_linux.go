@@ -2,6 +2,7 @@ package tcpproxy
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -220,7 +221,7 @@ func New(cfg *config.Config, reg *registry.Registry, opts Options) (*Server, err
 		}
 		limit := listen.NewSourceLimit(lc.MaxConnectionsPerSource)
 		if lc.Protocol == config.TLS {
-			term, err := tlsterm.New(lc.TLS, "listener "+lc.Name, opts.TLS)
+			term, err := tlsterm.New(lc.TLS, fmt.Sprintf("listeners[%d]", i), opts.TLS)
 			if err != nil {
 				s.closeTerms()
 				return nil, err

@@ -14,11 +14,28 @@ import (
 )
 
 // Load reads, decodes and normalizes a YAML config file.
-func Load(path string) (*Config, error) {
-	raw, err := LoadRaw(path)
+func Load(path string) (*Config, error) { return LoadWithFlags(path, nil) }
+
+// LoadWithFlags reads, decodes and normalizes a YAML config file ("": none)
+// with flags laid over it (nil: none). Every problem, of the file, the flags
+// and validation, comes back in one Errors, as validate prints them.
+func LoadWithFlags(path string, flags *Flags) (*Config, error) {
+	raw := &Raw{}
+	var err error
+	if path != "" {
+		raw, err = LoadRaw(path)
+	}
 	var decodeErrs Errors
 	if !errors.As(err, &decodeErrs) || raw == nil {
 		if err != nil {
+			return nil, err
+		}
+	}
+	if flags != nil {
+		var flagErrs Errors
+		if err := flags.Apply(raw); errors.As(err, &flagErrs) {
+			decodeErrs = append(decodeErrs, flagErrs...)
+		} else if err != nil {
 			return nil, err
 		}
 	}
