@@ -26,6 +26,11 @@ type Route struct {
 	Groups []*registry.Group
 	cum    []int // cumulative forward weights, parallel to groups
 	total  int
+	// sticky picks the group by the client's address, not the flow's: every
+	// group of a weighted forward has stickiness on, so a client stays in
+	// one group (a canary's users see one version), as NLB's target group
+	// stickiness on a forward action keeps them.
+	sticky bool
 }
 
 // Pick chooses the group of a flow from its hash, so a flow (and, with
@@ -72,6 +77,10 @@ func NewRoute(l *config.Listener, reg *registry.Registry) (*Route, error) {
 	if len(r.Groups) == 0 {
 		return nil, fmt.Errorf("listener %s: forwards to no target group", l.Name)
 	}
+	r.sticky = len(r.Groups) > 1
+	for _, g := range r.Groups {
+		r.sticky = r.sticky && g.Config().Attributes.Stickiness
+	}
 	return r, nil
 }
 
@@ -116,9 +125,13 @@ func (a *ACL) Permits(ip netip.Addr) bool {
 
 // Lookup picks the group of a flow, the routing view of the zone it arrived
 // in, and its Maglev key: the 5-tuple hash, or the source IP's with
-// stickiness.
+// stickiness. Among sticky weighted groups the group, too, is the source
+// IP's.
 func (r *Route) Lookup(proto uint8, zone string, src, dst netip.AddrPort) (*registry.Group, *registry.View, uint64) {
 	key := flowhash.Flow(proto, src, dst)
+	if r.sticky {
+		key = flowhash.Source(src.Addr())
+	}
 	g := r.Pick(key)
 	snap := g.Snapshot().ForZone(zone)
 	if snap.Balance.Stickiness {
