@@ -84,7 +84,7 @@ func (c *control) Reload() (api.Config, error) {
 	defer c.mu.Unlock()
 	if c.src == nil {
 		c.m.Counter(metrics.ConfigReloads, "refused").Inc()
-		return api.Config{}, fmt.Errorf("%w: this l4lb has no config to reload", api.ErrInvalid)
+		return api.Config{}, fmt.Errorf("%w: there is no config file to reload: this l4lb was started from flags alone (serve --config FILE reloads FILE)", api.ErrInvalid)
 	}
 	cfg, hash, err := c.src()
 	if err != nil {

@@ -113,3 +113,27 @@ func lastLine(b []byte) string {
 	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
 	return lines[len(lines)-1]
 }
+
+// l4lb reload of a process started from flags alone says there is no file
+// to reload, instead of "reloaded" with an empty file name.
+func TestReloadWithoutAFileSaysSo(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "l4lb")
+	buildL4LB(t, bin, "flags-test")
+	target := tcpEchoAt(t, "127.0.0.1:"+freePort(t))
+	pWeb, pAdmin := freePort(t), freePort(t)
+	srv := exec.Command(bin, "serve", "--listen", "tcp://127.0.0.1:"+pWeb, "--target", target, "--admin", "127.0.0.1:"+pAdmin)
+	srv.Stdout, srv.Stderr = os.Stderr, os.Stderr
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Process.Signal(syscall.SIGTERM); srv.Wait() })
+	admin := "127.0.0.1:" + pAdmin
+	waitUntil(t, "l4lb up", func() bool {
+		code, _, _ := runCLI("targets", "describe-health", "--admin", admin, "--target-group", "default")
+		return code == 0
+	})
+	code, out, errs := runCLI("reload", "--admin", admin)
+	if code == 0 || !strings.Contains(errs, "no config file to reload") {
+		t.Fatalf("l4lb reload of a flags-only process: exit %d: %s%s", code, out, errs)
+	}
+}

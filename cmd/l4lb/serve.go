@@ -132,6 +132,9 @@ func newServe() *cobra.Command {
 			return usageError{err}
 		}
 		defer log.Sync()
+		if o.configPath == "" {
+			src = nil // started from flags alone: no file to read again
+		}
 		return runServe(cmd.Context(), loaded{cfg: cfg, hash: hash, path: o.configPath, src: src, sigs: sigs}, log, o.connectTimeout, nil)
 	}
 	return cmd
