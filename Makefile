@@ -3,7 +3,8 @@ BIN     := bin/l4lb
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 # -s -w: no symbol table or DWARF (34 MB to 24 MB); panics still print
 # their stacks.
-LDFLAGS := -s -w -X main.version=$(VERSION)
+COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 
 .PHONY: all build run test test-unit deps lint bench bench-compare fuzz clean generate check-generated
 

@@ -36,6 +36,8 @@ func (d *duringFlags) add(cmd *cobra.Command) {
 	f.StringVar(&d.what, "during", "", "a failure at half the run: kill-target, deregister, reload, upgrade or health-flap")
 	f.StringVar(&d.admin.base, "admin", "", "admin API of the l4lb under test (deregister, reload, upgrade)")
 	f.StringVar(&d.tokenFile, "token-file", "", "file holding the admin API bearer token")
+	f.StringVar(&d.tokenFile, "admin-token-file", "", "serve's name of --token-file")
+	f.MarkHidden("admin-token-file")
 	f.StringVar(&d.group, "target-group", "", "deregister: the target's group")
 	f.StringVar(&d.target, "target", "", "deregister: the target's address")
 	f.IntVar(&d.targetPID, "target-pid", 0, "kill-target, health-flap: the target's process")

@@ -32,8 +32,10 @@ type adminClient struct {
 }
 
 func addClientFlags(cmd *cobra.Command, c *adminClient) {
-	cmd.Flags().StringVar(&c.base, "admin", "http://"+config.DefaultAdminListen, "admin API URL or host:port")
+	cmd.Flags().StringVar(&c.base, "admin", config.DefaultAdminListen, "admin API host:port or URL")
 	tokenFile := cmd.Flags().String("token-file", "", "file holding the admin API bearer token")
+	cmd.Flags().StringVar(tokenFile, "admin-token-file", "", "serve's name of --token-file")
+	cmd.Flags().MarkHidden("admin-token-file")
 	cmd.Flags().StringVarP(&c.output, "output", "o", "table", "table|json")
 	cmd.PreRunE = func(*cobra.Command, []string) error {
 		if c.output != "table" && c.output != "json" {

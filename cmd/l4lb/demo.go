@@ -16,7 +16,7 @@ import (
 const demoListen = "127.0.0.1:8080"
 
 func newDemo() *cobra.Command {
-	var listen, adminAddr, logLevel string
+	var listen, adminAddr, logLevel, logFormat string
 	cmd := &cobra.Command{
 		Use:   "demo",
 		Short: "Run l4lb on 127.0.0.1:8080 in front of three built-in demo targets",
@@ -54,7 +54,7 @@ func newDemo() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			log, err := newLogger(logLevel, "console", cmd.ErrOrStderr())
+			log, err := newLogger(logLevel, logFormat, cmd.ErrOrStderr())
 			if err != nil {
 				return usageError{err}
 			}
@@ -82,5 +82,6 @@ Press Ctrl-C to stop (in-flight requests finish first).
 	cmd.Flags().StringVar(&listen, "listen", demoListen, "address of the demo listener")
 	cmd.Flags().StringVar(&adminAddr, "admin", config.DefaultAdminListen, "admin API address, or off")
 	cmd.Flags().StringVar(&logLevel, "log-level", "info", "debug|info|warn|error")
+	cmd.Flags().StringVar(&logFormat, "log-format", "console", "json|console")
 	return cmd
 }

@@ -15,17 +15,19 @@ func newDSRTarget() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "dsr-target --interface IF --vip IP [--vip IP...] [--gue-port PORT]",
 		Short: "On a target of a dsr target group: take the l4lb nodes' IPIP, IPv6-in-IPv6 or GUE packets in (a tc program), until stopped",
-		Long: `On a target of a target group with forwarding: dsr, the l4lb nodes send each
-client packet inside an outer IPv4 header (IPIP), an IPv6 packet inside an
-outer IPv6 header; with encapsulation: gue, a UDP header to the group's
-gue_port follows the outer header. A kernel with the ipip (and fou, and
-ip6_tunnel) module takes
-that off itself (deploy/dsr-target.sh sets it up); on one
-without, this command runs a tc program on each --interface that does, for
-packets to the --vip addresses, until SIGTERM or SIGINT: IPIP and IPv6 in
-IPv6 always, GUE (over IPv4 or IPv6) when --gue-port names the port. The VIPs must be on a local interface (lo)
-and the service must listen on the listener's port; deploy/dsr-target.sh
-does both.`,
+		Long: `Take direct server return's outer headers off on a target.
+
+The l4lb nodes of a target group with forwarding: dsr send each client
+packet inside an outer header: IPv4 in IPv4 (IPIP), IPv6 in IPv6, and with
+encapsulation: gue a UDP header to the group's gue_port after it. A kernel
+with the ipip, fou and ip6_tunnel modules takes them off itself
+(deploy/dsr-target.sh sets that up). On one without, this command runs a
+tc program on each --interface that does, for packets to the --vip
+addresses, until SIGTERM or SIGINT: IPIP and IPv6 in IPv6 always, GUE (over
+IPv4 or IPv6) when --gue-port names the port.
+
+The VIPs must be on a local interface (lo), and the service must listen on
+the listener's port; deploy/dsr-target.sh does both.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var addrs []netip.Addr

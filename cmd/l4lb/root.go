@@ -68,5 +68,6 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 		}
 		return cmd.Help()
 	}
+	addExamples(root)
 	return root
 }

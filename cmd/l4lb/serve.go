@@ -39,10 +39,10 @@ type serveOpts struct {
 func newServe() *cobra.Command {
 	var o serveOpts
 	var f struct {
-		healthCheck, healthInterval, healthTimeout, stickiness, idle, udpIdle, dereg string
-		alpn, policy, admin, tokenFile, shutdown                                     string
-		healthy, unhealthy                                                           int
-		ppv2, preserve, crossZone, udpFastPath, tcpFastPath                          bool
+		healthCheck, stickiness, alpn, policy, admin, tokenFile       string
+		healthInterval, healthTimeout, idle, udpIdle, dereg, shutdown time.Duration
+		healthy, unhealthy                                            int
+		ppv2, preserve, crossZone, udpFastPath, tcpFastPath           bool
 	}
 	cmd := &cobra.Command{
 		Use:   "serve [--config FILE] [flags]",
@@ -53,10 +53,10 @@ func newServe() *cobra.Command {
 	fl.StringVar(&o.configPath, "config", "", "config file (YAML); flags override it")
 	fl.StringArrayVar(&o.flags.Listen, "listen", nil, "listener URL, repeatable: tcp://IP:PORT, udp://, tcp_udp://, tls:// (terminated; needs --tls-cert and --tls-key); :PORT binds every zone IP")
 	fl.StringArrayVar(&o.flags.Targets, "target", nil, "target ADDR[,zone=Z][,weight=W] of group \"default\", repeatable")
-	fl.StringArrayVar(&o.flags.Zones, "zone", nil, "availability zone NAME=IP[;IP], repeatable")
+	fl.StringArrayVar(&o.flags.Zones, "zone", nil, "availability zone NAME=IP[,IP], repeatable")
 	fl.StringVar(&f.healthCheck, "health-check", "tcp", "tcp | tcp://:PORT | http://[:PORT]/PATH | https://[:PORT]/PATH")
-	fl.StringVar(&f.healthInterval, "health-interval", "30s", "time between health checks")
-	fl.StringVar(&f.healthTimeout, "health-timeout", "10s", "health check timeout (HTTP default 6s)")
+	fl.DurationVar(&f.healthInterval, "health-interval", config.DefaultHealthInterval, "time between health checks")
+	fl.DurationVar(&f.healthTimeout, "health-timeout", 0, "health check timeout (default 10s; 6s for HTTP and HTTPS checks)")
 	fl.IntVar(&f.healthy, "healthy-threshold", config.DefaultHealthyThreshold, "consecutive passes to become healthy")
 	fl.IntVar(&f.unhealthy, "unhealthy-threshold", config.DefaultUnhealthyThreshold, "consecutive failures to become unhealthy")
 	fl.BoolVar(&f.ppv2, "proxy-protocol-v2", false, "send a PROXY protocol v2 header to targets")
@@ -65,16 +65,18 @@ func newServe() *cobra.Command {
 	fl.BoolVar(&f.crossZone, "cross-zone", false, "let every zone use every zone's targets")
 	fl.BoolVar(&f.udpFastPath, "udp-fast-path", false, "forward qualifying UDP listeners in the kernel (needs --preserve-client-ip)")
 	fl.BoolVar(&f.tcpFastPath, "tcp-fast-path", false, "forward qualifying TCP listeners in the kernel as a NAT (needs --preserve-client-ip)")
-	fl.StringVar(&f.idle, "idle-timeout", "350s", "close TCP flows idle this long")
-	fl.StringVar(&f.udpIdle, "udp-idle-timeout", "120s", "expire UDP flows idle this long")
-	fl.StringVar(&f.dereg, "deregistration-delay", "300s", "how long a deregistered target keeps its flows")
+	fl.DurationVar(&f.idle, "idle-timeout", config.DefaultIdleTimeout, "close TCP flows idle this long")
+	fl.DurationVar(&f.udpIdle, "udp-idle-timeout", config.DefaultUDPIdleTimeout, "expire UDP flows idle this long")
+	fl.DurationVar(&f.dereg, "deregistration-delay", config.DefaultDeregistrationDelay, "how long a deregistered target keeps its flows")
 	fl.StringArrayVar(&o.flags.TLSCerts, "tls-cert", nil, "certificate chain (PEM) for TLS listeners, repeatable; the first is the default, SNI picks among the rest")
 	fl.StringArrayVar(&o.flags.TLSKeys, "tls-key", nil, "key (PEM) of the --tls-cert at the same position")
 	fl.StringVar(&f.alpn, "alpn-policy", "None", "ALPN policy of TLS listeners: None, HTTP1Only, HTTP2Only, HTTP2Optional, HTTP2Preferred")
 	fl.StringVar(&f.policy, "security-policy", config.DefaultSecurityPolicy, "ELB security policy of TLS listeners (versions and cipher suites)")
 	fl.StringVar(&f.admin, "admin", config.DefaultAdminListen, `admin API address, or "off"`)
 	fl.StringVar(&f.tokenFile, "admin-token-file", "", "file holding the admin API bearer token")
-	fl.StringVar(&f.shutdown, "shutdown-timeout", "30s", "how long SIGTERM waits for flows before closing them")
+	fl.StringVar(&f.tokenFile, "token-file", "", "the client commands' name of --admin-token-file")
+	fl.MarkHidden("token-file")
+	fl.DurationVar(&f.shutdown, "shutdown-timeout", config.DefaultShutdownTimeout, "how long SIGTERM waits for flows before closing them")
 	fl.StringVar(&o.logLevel, "log-level", "info", "debug|info|warn|error")
 	fl.StringVar(&o.logFormat, "log-format", "json", "json|console")
 	fl.DurationVar(&o.connectTimeout, "connect-timeout", config.DefaultConnectTimeout, "timeout of one connect to a target before trying the next")
@@ -90,17 +92,27 @@ func newServe() *cobra.Command {
 			return nil
 		}
 		o.flags.HealthCheck = str("health-check", f.healthCheck)
-		o.flags.HealthInterval = str("health-interval", f.healthInterval)
-		o.flags.HealthTimeout = str("health-timeout", f.healthTimeout)
+		dur := func(name string, v time.Duration) *string {
+			if set(name) {
+				s := v.String()
+				return &s
+			}
+			return nil
+		}
+		o.flags.HealthInterval = dur("health-interval", f.healthInterval)
+		o.flags.HealthTimeout = dur("health-timeout", f.healthTimeout)
 		o.flags.Stickiness = str("stickiness", f.stickiness)
-		o.flags.IdleTimeout = str("idle-timeout", f.idle)
-		o.flags.UDPIdleTimeout = str("udp-idle-timeout", f.udpIdle)
-		o.flags.DeregistrationDelay = str("deregistration-delay", f.dereg)
+		o.flags.IdleTimeout = dur("idle-timeout", f.idle)
+		o.flags.UDPIdleTimeout = dur("udp-idle-timeout", f.udpIdle)
+		o.flags.DeregistrationDelay = dur("deregistration-delay", f.dereg)
 		o.flags.ALPNPolicy = str("alpn-policy", f.alpn)
 		o.flags.SecurityPolicy = str("security-policy", f.policy)
 		o.flags.Admin = str("admin", f.admin)
 		o.flags.AdminTokenFile = str("admin-token-file", f.tokenFile)
-		o.flags.ShutdownTimeout = str("shutdown-timeout", f.shutdown)
+		if set("token-file") {
+			o.flags.AdminTokenFile = &f.tokenFile
+		}
+		o.flags.ShutdownTimeout = dur("shutdown-timeout", f.shutdown)
 		if set("healthy-threshold") {
 			o.flags.HealthyThreshold = &f.healthy
 		}

@@ -14,7 +14,7 @@ import (
 type Flags struct {
 	Listen  []string // tcp://IP:PORT, udp://, tcp_udp://, tls://; ":PORT" binds every zone IP
 	Targets []string // ADDR[,zone=Z][,weight=W], into target group "default"
-	Zones   []string // NAME=IP[;IP]
+	Zones   []string // NAME=IP[,IP]
 	HealthFlags
 	ProxyProtocolV2     *bool
 	PreserveClientIP    *bool
@@ -56,13 +56,15 @@ func (f *Flags) Apply(r *Raw) error {
 	for i, z := range f.Zones {
 		name, ips, ok := strings.Cut(z, "=")
 		if !ok || name == "" || ips == "" {
-			errs.add(fmt.Sprintf("--zone[%d]", i), "want NAME=IP[;IP], got %q", z)
+			errs.add(fmt.Sprintf("--zone[%d]", i), "want NAME=IP[,IP], got %q", z)
 			continue
 		}
 		if r.Zones == nil {
 			r.Zones = map[string][]string{}
 		}
-		r.Zones[name] = strings.Split(ips, ";")
+		// A comma, as --target uses; a semicolon (which needs quoting
+		// in a shell) is still taken.
+		r.Zones[name] = strings.FieldsFunc(ips, func(r rune) bool { return r == ',' || r == ';' })
 	}
 	if len(f.Targets) > 0 {
 		g := defaultGroup(r)
