@@ -29,7 +29,7 @@ const (
 // ID names one collector of the table.
 type ID int
 
-// The collectors (SPEC §6 and §10).
+// The collectors (docs/reference.md, "Metrics").
 const (
 	ActiveFlows ID = iota
 	NewFlows
@@ -115,6 +115,25 @@ var table = [numIDs]struct {
 	BFDPackets:              {"bfd_packets_total", counter, "BFD control packets received, by result (accepted, malformed, no_session, ttl, auth); peer is empty for those no session took.", []string{LabelPeer, LabelResult}},
 	BGPRejectedConnections:  {"bgp_rejected_connections_total", counter, "BGP connections refused because their source is no configured peer.", nil},
 	BGPAnnouncedRoutes:      {"bgp_announced_routes", gauge, "Prefixes the BGP speaker announces now (its zones are healthy and the node is not leaving).", nil},
+}
+
+// Desc describes one metric, for the reference.
+type Desc struct {
+	Name, Type, Help string
+	Labels           []string
+}
+
+// Describe lists every metric l4lb exports, in the table's order.
+func Describe() []Desc {
+	out := make([]Desc, 0, len(table))
+	for _, m := range table {
+		typ := "counter"
+		if m.kind == gauge {
+			typ = "gauge"
+		}
+		out = append(out, Desc{Name: "l4lb_" + m.name, Type: typ, Help: m.help, Labels: m.labels})
+	}
+	return out
 }
 
 func with(labels []string, more ...string) []string {
