@@ -16,26 +16,26 @@ import (
 	"github.com/l4lb/l4lb/bench"
 )
 
+// benchScenarios are the scenarios, with what each measures and which of
+// the scenario flags it takes.
+var benchScenarios = []struct {
+	s                                  bench.Scenario
+	short                              string
+	rate, verify, request, during, pid bool
+}{
+	{bench.TCPThroughput, "stream writes to a sink target; Gbit/s", false, false, false, true, false},
+	{bench.TCPConnect, "connect, --size bytes each way, close; connections/s and latency", true, true, false, true, false},
+	{bench.TCPRR, "--size bytes each way on persistent connections; requests/s and latency", true, true, true, true, false},
+	{bench.UDPRR, "a datagram and its reply; requests/s and latency", true, true, false, true, false},
+	{bench.UDPPPS, "datagrams as fast as they go; sent and replied per second", false, false, false, true, false},
+	{bench.IdleConns, "hold --connections connections; memory per connection of --pid", false, false, false, false, true},
+}
+
 func newBench() *cobra.Command {
-	var o bench.Options
-	var output string
-	var during duringFlags
-	var requestFile, plotFile string
-	names := make([]string, len(bench.Scenarios))
-	for i, s := range bench.Scenarios {
-		names[i] = string(s)
-	}
 	cmd := &cobra.Command{
-		Use:   "bench " + strings.Join(names, "|") + " ADDR",
+		Use:   "bench SCENARIO ADDR",
 		Short: "Load-test an address (l4lb, another balancer, a target) and report rates and latency percentiles",
 		Long: `Load-test ADDR (host:port) with one scenario and print what it measured.
-
-  tcp-throughput  stream writes to a sink target, Gbit/s
-  tcp-connect     connect, --size bytes each way, close; connections/s and latency
-  tcp-rr          --size bytes each way on persistent connections; requests/s and latency
-  udp-rr          a datagram and its reply; requests/s and latency
-  udp-pps         datagrams as fast as they go; sent and replied per second
-  idle-conns      hold --connections connections; memory per connection of --pid
 
 With --during, a failure happens at half the run (kill-target, deregister,
 reload, upgrade, health-flap), and the report tells failed connects, resets,
@@ -49,27 +49,51 @@ idle-conns opens connections for --duration at most, then waits --settle.
 A run in which every operation failed exits 1 and says why.
 "l4lb bench target" runs echo, sink and rr targets to load.`,
 		Args: func(cmd *cobra.Command, args []string) error {
-			if len(args) != 2 {
-				return usageError{fmt.Errorf("want a scenario (%s) and an address", strings.Join(names, ", "))}
+			if len(args) > 0 {
+				return usageError{fmt.Errorf("no scenario %q; one of %s", args[0], strings.Join(scenarioNames(), ", "))}
+			}
+			return usageError{fmt.Errorf("want a scenario (%s) and an address", strings.Join(scenarioNames(), ", "))}
+		},
+		RunE: func(cmd *cobra.Command, args []string) error { return nil },
+	}
+	for _, sc := range benchScenarios {
+		cmd.AddCommand(newBenchScenario(sc.s, sc.short, sc.rate, sc.verify, sc.request, sc.during, sc.pid))
+	}
+	cmd.AddCommand(newBenchTarget())
+	return cmd
+}
+
+func scenarioNames() []string {
+	names := make([]string, len(benchScenarios))
+	for i, sc := range benchScenarios {
+		names[i] = string(sc.s)
+	}
+	return names
+}
+
+// newBenchScenario is one scenario's command, with the common flags and
+// those of its own.
+func newBenchScenario(s bench.Scenario, short string, rate, verify, request, during, pid bool) *cobra.Command {
+	var o bench.Options
+	var output, requestFile, plotFile string
+	var dflags duringFlags
+	cmd := &cobra.Command{
+		Use:   string(s) + " ADDR",
+		Short: short,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) != 1 {
+				return usageError{fmt.Errorf("want an address (host:port)")}
 			}
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s := bench.Scenario(args[0])
-			known := false
-			for _, k := range bench.Scenarios {
-				known = known || k == s
-			}
-			if !known {
-				return usageError{fmt.Errorf("no scenario %q; one of %s", args[0], strings.Join(names, ", "))}
-			}
 			if output != "table" && output != "json" {
 				return usageError{fmt.Errorf("-o %q: table or json", output)}
 			}
 			if s == bench.IdleConns && o.PID <= 0 {
 				return usageError{fmt.Errorf("idle-conns needs --pid, the process whose memory to read")}
 			}
-			o.Addr = args[1]
+			o.Addr = args[0]
 			if requestFile != "" {
 				b, err := os.ReadFile(requestFile)
 				if err != nil {
@@ -80,7 +104,7 @@ A run in which every operation failed exits 1 and says why.
 				}
 				o.Request = b
 			}
-			d, err := during.build()
+			d, err := dflags.build()
 			if err != nil {
 				return err
 			}
@@ -118,28 +142,42 @@ A run in which every operation failed exits 1 and says why.
 	}
 	f := cmd.Flags()
 	f.DurationVar(&o.Duration, "duration", 10*time.Second, "measured time")
-	f.DurationVar(&o.Warmup, "warmup", time.Second, "load before measuring, not counted (0s: none)")
-	f.IntVar(&o.Connections, "connections", 16, "concurrent connections or sockets (idle-conns: how many to hold)")
-	f.Float64Var(&o.Rate, "rate", 0, "requests per second over all connections, open-loop (0: as fast as replies come)")
-	f.IntVar(&o.Size, "size", 0, "payload bytes (default 64; tcp-throughput 131072)")
-	f.Int64Var(&o.MaxOps, "max-ops", 100_000_000, "stop after this many operations")
-	f.IntVar(&o.PID, "pid", 0, "idle-conns: the process whose resident memory is read")
-	f.DurationVar(&o.Settle, "settle", 5*time.Second, "idle-conns: wait before reading memory")
 	f.StringVarP(&output, "output", "o", "table", "table or json")
-	f.BoolVar(&o.NoVerify, "no-verify", false, "do not compare replies with requests (targets that do not echo)")
-	f.StringVar(&requestFile, "request-file", "", "send this file as each request (an HTTP request, a Redis PING) instead of --size bytes")
-	f.IntVar(&o.ResponseSize, "response-size", 0, "with --request-file: the bytes of each response")
-	f.StringVar(&plotFile, "plot", "", "also draw the run as SVG in this file: the rate each second, and latency by percentile")
-	during.add(cmd)
-	cmd.PreRun = func(cmd *cobra.Command, _ []string) {
-		if !cmd.Flags().Changed("warmup") {
-			return
+	f.Int64Var(&o.MaxOps, "max-ops", 100_000_000, "stop after this many operations")
+	if s == bench.IdleConns {
+		f.IntVar(&o.Connections, "connections", 16, "connections to hold")
+	} else {
+		f.IntVar(&o.Connections, "connections", 16, "concurrent connections or sockets")
+		f.DurationVar(&o.Warmup, "warmup", time.Second, "load before measuring, not counted (0s: none)")
+		size := "payload bytes (default 64)"
+		if s == bench.TCPThroughput {
+			size = "bytes per write (default 131072)"
 		}
-		if o.Warmup == 0 {
+		f.IntVar(&o.Size, "size", 0, size)
+		f.StringVar(&plotFile, "plot", "", "also draw the run as SVG in this file: the rate each second, and latency by percentile")
+	}
+	if rate {
+		f.Float64Var(&o.Rate, "rate", 0, "requests per second over all connections, open-loop (0: as fast as replies come)")
+	}
+	if verify {
+		f.BoolVar(&o.NoVerify, "no-verify", false, "do not compare replies with requests (targets that do not echo)")
+	}
+	if request {
+		f.StringVar(&requestFile, "request-file", "", "send this file as each request (an HTTP request, a Redis PING) instead of --size bytes")
+		f.IntVar(&o.ResponseSize, "response-size", 0, "with --request-file: the bytes of each response")
+	}
+	if pid {
+		f.IntVar(&o.PID, "pid", 0, "the process whose resident memory is read (required)")
+		f.DurationVar(&o.Settle, "settle", 5*time.Second, "wait before reading memory")
+	}
+	if during {
+		dflags.add(cmd)
+	}
+	cmd.PreRun = func(cmd *cobra.Command, _ []string) {
+		if cmd.Flags().Changed("warmup") && o.Warmup == 0 {
 			o.Warmup = -1 // asked for none
 		}
 	}
-	cmd.AddCommand(newBenchTarget())
 	return cmd
 }
 

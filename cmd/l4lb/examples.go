@@ -31,6 +31,14 @@ var examples = map[string]string{
 	"l4lb bench": `  l4lb bench tcp-rr 127.0.0.1:18080 --duration 10s --connections 32
   l4lb bench tcp-connect 127.0.0.1:18080 --rate 2000 --during upgrade --admin 127.0.0.1:19900
   l4lb bench udp-rr 127.0.0.1:5353 --no-verify`,
+	"l4lb bench tcp-throughput": `  l4lb bench tcp-throughput 127.0.0.1:18081 --duration 10s --connections 4   # to a sink target`,
+	"l4lb bench tcp-connect": `  l4lb bench tcp-connect 127.0.0.1:18080 --rate 2000
+  l4lb bench tcp-connect 127.0.0.1:18080 --during upgrade --admin 127.0.0.1:19900`,
+	"l4lb bench tcp-rr": `  l4lb bench tcp-rr 127.0.0.1:18080 --connections 64 --duration 30s
+  l4lb bench tcp-rr 127.0.0.1:6379 --request-file ping.txt --response-size 7 --plot run.svg`,
+	"l4lb bench udp-rr":     `  l4lb bench udp-rr 127.0.0.1:5353 --rate 10000 --no-verify   # a resolver answers, it does not echo`,
+	"l4lb bench udp-pps":    `  l4lb bench udp-pps 127.0.0.1:19003 --size 64 --connections 8`,
+	"l4lb bench idle-conns": `  l4lb bench idle-conns 127.0.0.1:18080 --connections 10000 --pid 1234 --duration 30s`,
 	"l4lb bench target": `  l4lb bench target echo --listen tcp://127.0.0.1:19001
   l4lb bench target sink --listen tcp://127.0.0.1:19002`,
 	"l4lb bgp":           `  l4lb bgp status`,
