@@ -403,6 +403,9 @@ func TestNoAllocationPerChunk(t *testing.T) {
 // directions park. They wake on the next byte with nothing lost, and still
 // idle out.
 func TestIdleFlowsPark(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits out idle periods for seconds; make test runs it")
+	}
 	for _, tc := range []struct {
 		name   string
 		opts   Options

@@ -606,6 +606,9 @@ func TestTLSServerNameAndLogEscaping(t *testing.T) {
 // hold no buffer: the next record wakes them with nothing lost, messages
 // larger than a record included, and parked flows still idle out.
 func TestTLSIdleFlowsPark(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits out idle periods for seconds; make test runs it")
+	}
 	ca := testpki.New(t)
 	e := startEcho(t)
 	cfg := testConfig([]config.Target{{Address: e.addr, Weight: 1}}, func(l *config.Listener, _ *config.TargetGroup) {

@@ -89,6 +89,9 @@ func newBFDRouter(t *testing.T) *bfdRouter {
 // session is reset, rather than held until the hold time; when the router
 // speaks again both come back.
 func TestSpeakerBFD(t *testing.T) {
+	if testing.Short() {
+		t.Skip("seconds of real sessions and timers; make test runs it")
+	}
 	r := newRouter(t)
 	peer := newBFDRouter(t)
 	z := &zones{healthy: map[string]bool{"a": true}}

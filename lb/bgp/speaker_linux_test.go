@@ -228,6 +228,9 @@ func TestSpeakerUpdateKeepsSession(t *testing.T) {
 // that drops a peer closes its session, and that router forgets the
 // routes; the other session stays up throughout.
 func TestSpeakerUpdatePeers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("seconds of real sessions and timers; make test runs it")
+	}
 	r1, r2 := newRouterOn(t, "127.0.0.1"), newRouterOn(t, "127.0.0.3")
 	z := &zones{healthy: map[string]bool{"a": true}}
 	m := metrics.New(prometheus.NewRegistry())

@@ -28,7 +28,11 @@ func mustNew(t *testing.T, bs []Backend) *Table {
 // slot more than any other.
 func TestEqualWeightsDifferByAtMostOne(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
-	for _, n := range []int{1, 2, 3, 7, 10, 33, 64, 100, 257} {
+	sizes := []int{1, 2, 3, 7, 10, 33, 64, 100, 257}
+	if testing.Short() {
+		sizes = []int{1, 3, 10, 64} // make test runs them all
+	}
+	for _, n := range sizes {
 		bs := backends(n)
 		w := 1 + rng.IntN(5) // equal weights other than 1 must behave the same
 		for i := range bs {
@@ -49,7 +53,11 @@ func TestEqualWeightsDifferByAtMostOne(t *testing.T) {
 // the removed backend's own 1/N share of keys.
 func TestRemovalMovesFewKeys(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
-	for _, n := range []int{2, 3, 5, 10, 20, 50, 99, 100} {
+	sizes := []int{2, 3, 5, 10, 20, 50, 99, 100}
+	if testing.Short() {
+		sizes = []int{2, 5, 20} // make test runs them all
+	}
+	for _, n := range sizes {
 		bs := backends(n)
 		before := mustNew(t, bs)
 		gone := rng.IntN(n)
@@ -88,7 +96,11 @@ func TestOrderIndependent(t *testing.T) {
 	bs := backends(17)
 	ref := mustNew(t, bs)
 	rng := rand.New(rand.NewPCG(5, 6))
-	for range 5 {
+	rounds := 5
+	if testing.Short() {
+		rounds = 2
+	}
+	for range rounds {
 		sh := append([]Backend(nil), bs...)
 		rng.Shuffle(len(sh), func(i, j int) { sh[i], sh[j] = sh[j], sh[i] })
 		tb := mustNew(t, sh)
