@@ -81,8 +81,13 @@ func newBenchScenario(s bench.Scenario, short string, rate, verify, request, dur
 		Use:   string(s) + " ADDR",
 		Short: short,
 		Args: func(cmd *cobra.Command, args []string) error {
-			if len(args) != 1 {
+			switch {
+			case len(args) == 0:
 				return usageError{fmt.Errorf("want an address (host:port)")}
+			case len(args) > 1:
+				// --pid $(pidof l4lb) with two l4lb processes leaves the
+				// second PID here.
+				return usageError{fmt.Errorf("want one address, got %q: is a flag given several values (--pid $(pidof l4lb) with two l4lb processes running)?", strings.Join(args, " "))}
 			}
 			return nil
 		},

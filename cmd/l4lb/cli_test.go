@@ -247,3 +247,13 @@ func TestValidateWarnsOfAnEmptyTargetGroup(t *testing.T) {
 		t.Fatalf("exit %d: %s", code, errs)
 	}
 }
+
+// --pid $(pidof l4lb) with two l4lb processes expands to two PIDs; the
+// second lands among the arguments, and the error says what probably
+// happened.
+func TestBenchSeveralPIDsSaysWhy(t *testing.T) {
+	code, _, errs := runCLI("bench", "idle-conns", "127.0.0.1:1", "--pid", "123", "456")
+	if code != 2 || !strings.Contains(errs, "pidof") {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+}

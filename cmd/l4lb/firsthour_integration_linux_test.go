@@ -41,7 +41,7 @@ target_groups: [{name: web, protocol: TCP, targets: [{address: %q}]}]
 		second.Process.Kill()
 		t.Fatal("a second l4lb on a held address kept running")
 	}
-	if code := second.ProcessState.ExitCode(); code != 2 || !strings.Contains(string(out), "in use by process "+strconv.Itoa(first)+" (l4lb)") {
+	if code := second.ProcessState.ExitCode(); code != 2 || !strings.Contains(string(out), "address already in use by process "+strconv.Itoa(first)+" (l4lb); a second l4lb there would take part of its flows") {
 		t.Fatalf("the second l4lb: exit %d:\n%s", code, out)
 	}
 	if strings.Contains(string(out), "listener up") {

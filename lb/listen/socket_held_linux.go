@@ -56,10 +56,12 @@ func checkFree(proto string, at netip.AddrPort) error {
 	switch {
 	case pid == os.Getpid():
 		return nil
+	case pid > 0 && comm == "l4lb":
+		return fmt.Errorf("%w: %s %s: address already in use by process %d (l4lb); a second l4lb there would take part of its flows", ErrHeld, proto, at, pid)
 	case pid > 0:
-		return fmt.Errorf("%w: %s %s is in use by process %d (%s); a second l4lb there would take part of its flows", ErrHeld, proto, at, pid, comm)
+		return fmt.Errorf("%w: %s %s: address already in use by process %d (%s)", ErrHeld, proto, at, pid, comm)
 	}
-	return fmt.Errorf("%w: %s %s is in use by another socket", ErrHeld, proto, at)
+	return fmt.Errorf("%w: %s %s: address already in use", ErrHeld, proto, at)
 }
 
 // holder finds the process whose socket holds at (a listening one for TCP),
