@@ -1,7 +1,6 @@
 package fastpath
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -529,63 +528,6 @@ func (p *Path) Close() error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// svcKey is the service map's key of vip, in the generated type of its
-// family.
-func svcKey(vip netip.AddrPort) any {
-	if vip.Addr().Is4() {
-		return &fastpathBPFSvcKey4{Addr: words(vip.Addr())[0], Port: netOrder(vip.Port())}
-	}
-	return &fastpathBPFSvcKey6{Addr: words(vip.Addr()), Port: netOrder(vip.Port())}
-}
-
-// slotKey is a target as the target map keys it (a table slot's layout),
-// in the generated type of its family.
-func slotKey(t netip.AddrPort) any {
-	if t.Addr().Is4() {
-		return &fastpathBPFSlot4{Addr: words(t.Addr())[0], Port: netOrder(t.Port())}
-	}
-	return &fastpathBPFSlot6{Addr: words(t.Addr()), Port: netOrder(t.Port())}
-}
-
-// fromWords is the address that words gives w, of n bytes.
-func fromWords(w []uint32, n int) netip.Addr {
-	var b [16]byte
-	for i, x := range w {
-		binary.NativeEndian.PutUint32(b[4*i:], x)
-	}
-	a, _ := netip.AddrFromSlice(b[:n])
-	return a
-}
-
-// words holds a's bytes as the programs' __u32 address fields do: in
-// network order, read as native words. The zero address is all zeros.
-func words(a netip.Addr) (w [4]uint32) {
-	if !a.IsValid() {
-		return w
-	}
-	b := a.AsSlice()
-	for i := 0; i+4 <= len(b); i += 4 {
-		w[i/4] = binary.NativeEndian.Uint32(b[i:])
-	}
-	return w
-}
-
-// netOrder is v as the programs keep ports: network order in a __u16 (and
-// back: the swap is its own inverse).
-func netOrder(v uint16) uint16 {
-	var b [2]byte
-	binary.BigEndian.PutUint16(b[:], v)
-	return binary.NativeEndian.Uint16(b[:])
-}
-
-// putAddr writes an address and port in network order: the layout of a
-// flow value's head (EndFlowsTo matches targets by it).
-func putAddr(b []byte, a netip.AddrPort) {
-	ip := a.Addr().AsSlice()
-	copy(b, ip)
-	binary.BigEndian.PutUint16(b[len(ip):], a.Port())
 }
 
 // addPorts adds the ports of addrs to a port bitmap (p.mu held), writing it
