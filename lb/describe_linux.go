@@ -1,13 +1,18 @@
 package lb
 
 import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/l4lb/l4lb/lb/balance"
+	"github.com/l4lb/l4lb/lb/cluster"
 	"github.com/l4lb/l4lb/lb/listen"
 	"github.com/l4lb/l4lb/lb/registry"
 	"github.com/l4lb/l4lb/lb/tcpproxy"
@@ -21,9 +26,10 @@ import (
 // view answers the admin API's questions about routes, flows, zones and
 // target groups, from the registry and the two data planes.
 type view struct {
-	reg *registry.Registry
-	tcp *tcpproxy.Server
-	udp *udpproxy.Server
+	reg   *registry.Registry
+	store *cluster.Store // registry.backend etcd: registrations go through it
+	tcp   *tcpproxy.Server
+	udp   *udpproxy.Server
 }
 
 // findEndpoint finds the named listener's TCP or UDP side, preferring the one
@@ -201,18 +207,64 @@ func (v *view) TargetGroup(name string) (api.TargetGroup, error) {
 	return wireGroup(g), nil
 }
 
-// Register adds a target to a group, or updates its weight or zone.
+// Register adds a target to a group, or updates its weight or zone: on
+// every node, through etcd, with the etcd backend.
 func (v *view) Register(group string, req api.RegisterRequest) (api.TargetHealth, error) {
-	h, err := v.reg.Register(group, registry.Registration{Address: req.Address, Zone: req.Zone, Weight: req.Weight})
+	r := registry.Registration{Address: req.Address, Zone: req.Zone, Weight: req.Weight}
+	register := v.reg.Register
+	if v.store != nil {
+		register = func(group string, r registry.Registration) (registry.Health, error) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			return v.store.Register(ctx, group, r)
+		}
+	}
+	h, err := register(group, r)
 	if err != nil {
 		return api.TargetHealth{}, wireErr(err)
 	}
 	return wireTarget(h), nil
 }
 
-// Deregister starts a target's draining.
+// Deregister starts a target's draining: on every node, through etcd, with
+// the etcd backend.
 func (v *view) Deregister(group, address string) error {
+	if v.store != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		return wireErr(v.store.Deregister(ctx, group, address))
+	}
 	return wireErr(v.reg.Deregister(group, address))
+}
+
+// Cluster is this node's view of where registrations live: the backend,
+// the etcd revision applied, and a hash of its routing tables (nodes with
+// the same hash pick the same targets).
+func (v *view) Cluster() api.Cluster {
+	out := api.Cluster{Backend: v.reg.Config().Registry.Backend, Prefix: v.reg.Config().Registry.Prefix, TableHash: v.tableHash()}
+	if v.store != nil {
+		st := v.store.Status()
+		out.AppliedRevision, out.Connected = st.Applied, st.Connected
+		if !st.Connected {
+			out.UnreachableSince = &st.LostAt
+		}
+	}
+	return out
+}
+
+// tableHash digests what the Maglev tables are built from: every group's
+// targets with their weights, zones and states.
+func (v *view) tableHash() string {
+	h := sha256.New()
+	for _, g := range v.reg.TargetGroups() {
+		fmt.Fprintf(h, "%s\n", g.Name)
+		ts := slices.Clone(g.Targets)
+		slices.SortFunc(ts, func(a, b registry.Health) int { return a.Address.Compare(b.Address) })
+		for _, t := range ts {
+			fmt.Fprintf(h, "%s %d %s %s\n", t.Address, t.Weight, t.Zone, t.State)
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil)[:8])
 }
 
 func wireGroup(g registry.GroupHealth) api.TargetGroup {

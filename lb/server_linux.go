@@ -13,6 +13,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/l4lb/l4lb/lb/cluster"
 	"github.com/l4lb/l4lb/lb/listen"
 	"github.com/l4lb/l4lb/lb/registry"
 	"github.com/l4lb/l4lb/lb/tcpproxy"
@@ -123,6 +124,15 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	}
 	reg.Subscribe(s.tcp)
 	reg.Subscribe(s.udp)
+	if cfg.Registry.Backend == config.RegistryEtcd {
+		// The cluster's registrations, applied before the first flow, so
+		// this node's tables are the other nodes' from the start.
+		if s.store, err = cluster.Open(context.Background(), cfg.Registry, reg, s.log); err != nil {
+			s.keys.Close()
+			s.tcp.Discard()
+			return nil, err
+		}
+	}
 	s.log.Info("flow budgets", zap.Int64("open_files", opts.OpenFiles), zap.Int64("tcp_flows", tcpFlows), zap.Int64("udp_flows", udpFlows))
 	return s, nil
 }
@@ -188,6 +198,9 @@ func (s *Server) ReleaseKernel() {
 // then closes the rest. It returns ctx's error if flows had to be cut.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.closing.Store(true)
+	if s.store != nil {
+		s.store.Close() // no registration changes during the drain
+	}
 	s.Registry.Close()
 	udpDone := make(chan struct{})
 	go func() {

@@ -25,6 +25,7 @@ have bird && have birdc || need bird2 "BIRD 2, the router of the BGP/ECMP namesp
 have prlimit || need util-linux "prlimit, for the descriptor-limit test"
 have openssl || need openssl "openssl s_client, a real TLS client for the TLS listener tests"
 have curl || need curl "the README's examples, which a test runs against the demo"
+have etcd || need etcd-server "a real etcd cluster for the etcd registry backend's test"
 if ! have nginx; then
 	need nginx-light "nginx, a PROXY protocol peer"
 	need libnginx-mod-stream "nginx's stream module, a benchmark contender"

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"reflect"
 	"slices"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -132,7 +133,7 @@ func (r *Registry) update(g *Group, tg *config.TargetGroup) {
 		}
 	}
 	for _, t := range gone {
-		r.logErr(r.deregister(g, t.Addr))
+		r.logErr(r.deregister(g, t.Addr, time.Time{}))
 	}
 }
 
@@ -140,7 +141,7 @@ func (r *Registry) update(g *Group, tg *config.TargetGroup) {
 func (r *Registry) retire(g *Group) {
 	r.log.Info("target group removed; its targets drain", zap.String(logGroup, g.Name()))
 	for _, t := range g.Targets() {
-		r.logErr(r.deregister(g, t.Addr))
+		r.logErr(r.deregister(g, t.Addr, time.Time{}))
 	}
 }
 

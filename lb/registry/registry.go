@@ -326,10 +326,23 @@ func (r *Registry) Deregister(groupName, address string) error {
 	if err != nil {
 		return fmt.Errorf("%w: address: %v", ErrInvalid, err)
 	}
-	return r.deregister(g, addr)
+	return r.deregister(g, addr, time.Time{})
 }
 
-func (r *Registry) deregister(g *Group, addr netip.AddrPort) error {
+// DeregisterAt is Deregister of a request made at a given time (recorded
+// in a shared store): the deregistration delay counts from then, so every
+// node that applies it drains until the same moment.
+func (r *Registry) DeregisterAt(groupName string, addr netip.AddrPort, at time.Time) error {
+	g := r.Group(groupName)
+	if g == nil {
+		return fmt.Errorf("%w: no target group %q", ErrNotFound, groupName)
+	}
+	return r.deregister(g, addr, at)
+}
+
+// deregister drains addr for the group's deregistration delay, counted from
+// at (zero: now).
+func (r *Registry) deregister(g *Group, addr netip.AddrPort, at time.Time) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	t := g.find(addr)
@@ -347,8 +360,12 @@ func (r *Registry) deregister(g *Group, addr netip.AddrPort) error {
 		return err
 	}
 	a := &g.Config().Attributes
-	r.log.Info("drain start", zap.String(logGroup, g.Name()), zap.String(logTarget, t.Name), zap.Duration("deregistration_delay", a.DeregistrationDelay))
-	r.after(t, a.DeregistrationDelay, func() {
+	delay := a.DeregistrationDelay
+	if !at.IsZero() {
+		delay = max(0, delay-time.Since(at)) // wall clocks: the time comes from another node
+	}
+	r.log.Info("drain start", zap.String(logGroup, g.Name()), zap.String(logTarget, t.Name), zap.Duration("deregistration_delay", delay))
+	r.after(t, delay, func() {
 		if a.DeregistrationConnectionTermination {
 			r.endFlows(t, "deregistration delay over")
 		}

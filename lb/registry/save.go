@@ -2,6 +2,7 @@ package registry
 
 import (
 	"net/netip"
+	"time"
 
 	"go.uber.org/zap"
 )
@@ -72,7 +73,7 @@ func (r *Registry) Restore(saved []Saved) {
 		r.logErr(g.rebuild())
 		g.mu.Unlock()
 		if state == Draining {
-			r.logErr(r.deregister(g, addr))
+			r.logErr(r.deregister(g, addr, time.Time{}))
 		}
 	}
 	r.log.Info("targets taken over from the previous process", zap.Int("targets", restored), zap.Int("saved", len(saved)))

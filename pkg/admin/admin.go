@@ -33,8 +33,10 @@ type Options struct {
 	Ready    func() bool
 	// BGP reports the BGP speaker's sessions and routes; false when the
 	// config has no bgp section (GET /v1/bgp is then 404).
-	BGP   func() (api.BGPStatus, bool)
-	Token string
+	BGP func() (api.BGPStatus, bool)
+	// Cluster reports where registrations live (GET /v1/cluster).
+	Cluster func() api.Cluster
+	Token   string
 }
 
 // Handler returns the admin API. Serve it with the bounds of Server.
@@ -55,6 +57,11 @@ func Handler(o Options) http.Handler {
 	}
 	if o.Control != nil {
 		controlRoutes(mux, o.Control)
+	}
+	if o.Cluster != nil {
+		mux.HandleFunc("GET /v1/cluster", func(w http.ResponseWriter, _ *http.Request) {
+			writeJSON(w, http.StatusOK, o.Cluster())
+		})
 	}
 	if o.BGP != nil {
 		mux.HandleFunc("GET /v1/bgp", func(w http.ResponseWriter, _ *http.Request) {

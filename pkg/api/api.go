@@ -107,6 +107,16 @@ type Config struct {
 	Version  string    `json:"version,omitempty"` // of the binary that runs it
 }
 
+// Cluster is GET /v1/cluster: where this node's registrations live.
+type Cluster struct {
+	Backend          string     `json:"backend"` // file or etcd
+	Prefix           string     `json:"prefix,omitempty"`
+	AppliedRevision  int64      `json:"applied_revision,omitempty"` // etcd: the revision this node applied
+	Connected        bool       `json:"connected"`                  // etcd: the watch runs
+	UnreachableSince *time.Time `json:"unreachable_since,omitempty"`
+	TableHash        string     `json:"table_hash"` // equal on nodes that pick the same targets
+}
+
 // Upgrade is the answer to POST /v1/upgrade: the new process serves.
 type Upgrade struct {
 	OldPID int `json:"old_pid"`

@@ -405,3 +405,37 @@ func TestErrorsNameFileLineAndNearKey(t *testing.T) {
 		t.Fatalf("a misspelt key: %v", err)
 	}
 }
+
+// The registry section: the file backend by default, etcd with endpoints
+// and a prefix, and each mistake named by its path.
+func TestRegistrySection(t *testing.T) {
+	base := "listeners: [{name: web, protocol: TCP, port: 80, bind: [127.0.0.1], target_group: tg}]\ntarget_groups: [{name: tg, protocol: TCP}]\n"
+	load := func(extra string) (*Config, error) {
+		raw, err := DecodeYAML([]byte(base + extra))
+		if err != nil {
+			return nil, err
+		}
+		return Normalize(raw)
+	}
+	cfg, err := load("")
+	if err != nil || cfg.Registry.Backend != RegistryFile {
+		t.Fatalf("no registry section: %+v, %v", cfg.Registry, err)
+	}
+	cfg, err = load("registry: {backend: etcd, endpoints: [http://127.0.0.1:2379], prefix: /l4lb/prod}\n")
+	if err != nil || cfg.Registry.Backend != RegistryEtcd || cfg.Registry.Prefix != "/l4lb/prod" || len(cfg.Registry.Endpoints) != 1 {
+		t.Fatalf("etcd: %+v, %v", cfg.Registry, err)
+	}
+	roundTrips(t, cfg.ToRaw())
+	for extra, want := range map[string]string{
+		"registry: {backend: consul}\n":                                         "registry.backend: \"consul\" is not file or etcd",
+		"registry: {backend: etcd, prefix: /l4lb/x}\n":                          "registry.endpoints: required",
+		"registry: {backend: etcd, endpoints: [127.0.0.1:2379], prefix: /x}\n":  "registry.endpoints[0]: want http://HOST:PORT",
+		"registry: {backend: etcd, endpoints: [http://127.0.0.1:2379]}\n":       "registry.prefix: required",
+		"registry: {backend: etcd, endpoints: [http://a:1], prefix: l4lb/x/}\n": "registry.prefix: \"l4lb/x/\"",
+		"registry: {endpoints: [http://a:1]}\n":                                 "registry.backend: endpoints, prefix and tls belong to backend etcd",
+	} {
+		if _, err := load(extra); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v; want %q", strings.TrimSpace(extra), err, want)
+		}
+	}
+}

@@ -22,6 +22,22 @@ type Raw struct {
 	Listeners    []RawListener       `yaml:"listeners,omitempty"`
 	TargetGroups []RawTargetGroup    `yaml:"target_groups,omitempty"`
 	BGP          *RawBGP             `yaml:"bgp,omitempty"`
+	Registry     *RawRegistry        `yaml:"registry,omitempty"`
+}
+
+// RawRegistry is the registry section as written.
+type RawRegistry struct {
+	Backend   string          `yaml:"backend,omitempty"`
+	Endpoints []string        `yaml:"endpoints,omitempty"`
+	Prefix    string          `yaml:"prefix,omitempty"`
+	TLS       *RawRegistryTLS `yaml:"tls,omitempty"`
+}
+
+// RawRegistryTLS is how l4lb reaches etcd over TLS.
+type RawRegistryTLS struct {
+	CAFile   string `yaml:"ca_file,omitempty"`
+	CertFile string `yaml:"cert_file,omitempty"`
+	KeyFile  string `yaml:"key_file,omitempty"`
 }
 
 // RawAdmin is the admin section as written.

@@ -38,6 +38,12 @@ func (c *Config) ToRaw() *Raw {
 	if bpffs == "" {
 		bpffs = "off"
 	}
+	if c.Registry.Backend == RegistryEtcd {
+		r.Registry = &RawRegistry{Backend: RegistryEtcd, Endpoints: c.Registry.Endpoints, Prefix: c.Registry.Prefix}
+		if t := c.Registry.TLS; t != (RegistryTLS{}) {
+			r.Registry.TLS = &RawRegistryTLS{CAFile: t.CAFile, CertFile: t.CertFile, KeyFile: t.KeyFile}
+		}
+	}
 	r.LoadBalancer = RawLoadBalancer{CrossZone: &cz, ShutdownTimeout: dur(c.ShutdownTimeout), MaxFlows: &mf, EndpointID: c.EndpointID,
 		UDPFastPath: &fp, UDPFastPathInterfaces: c.UDPFastPathInterfaces, TCPFastPath: &tfp, TCPFastPathInterfaces: c.TCPFastPathInterfaces, BPFFS: &bpffs}
 	for _, l := range c.Listeners {

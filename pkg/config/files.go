@@ -44,6 +44,19 @@ func CheckFiles(cfg *Config) Errors {
 			errs.add(fmt.Sprintf("target_groups[%d].tls.ca_file", i), "%s holds no PEM certificate", g.TLS.CAFile)
 		}
 	}
+	t := cfg.Registry.TLS
+	if t.CertFile != "" && t.KeyFile != "" {
+		if _, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile); err != nil {
+			errs.add("registry.tls", "%v", err)
+		}
+	}
+	if t.CAFile != "" {
+		if pem, err := os.ReadFile(t.CAFile); err != nil {
+			errs.add("registry.tls.ca_file", "%v", err)
+		} else if !x509.NewCertPool().AppendCertsFromPEM(pem) {
+			errs.add("registry.tls.ca_file", "%s holds no PEM certificate", t.CAFile)
+		}
+	}
 	if f := cfg.Admin.TokenFile; f != "" {
 		b, err := os.ReadFile(f)
 		switch {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -180,7 +181,49 @@ func (n *normalizer) run() *Config {
 	}
 	cfg.BGP = n.bgp(cfg)
 	n.errs = append(n.errs, CheckLoops(cfg, nil)...)
+	cfg.Registry = n.registry()
 	return cfg
+}
+
+// registry normalizes the registry section: the file backend unless etcd
+// is named, with its endpoints and prefix.
+func (n *normalizer) registry() Registry {
+	r := n.raw.Registry
+	if r == nil || r.Backend == "" || r.Backend == RegistryFile {
+		if r != nil && (len(r.Endpoints) > 0 || r.Prefix != "" || r.TLS != nil) {
+			n.errs.add("registry.backend", "endpoints, prefix and tls belong to backend etcd; the file backend takes none")
+		}
+		return Registry{Backend: RegistryFile}
+	}
+	if r.Backend != RegistryEtcd {
+		n.errs.add("registry.backend", "%q is not file or etcd", r.Backend)
+		return Registry{Backend: RegistryFile}
+	}
+	out := Registry{Backend: RegistryEtcd, Prefix: r.Prefix}
+	if len(r.Endpoints) == 0 {
+		n.errs.add("registry.endpoints", "required with backend etcd")
+	}
+	for i, e := range r.Endpoints {
+		u, err := url.Parse(e)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			n.errs.add(fmt.Sprintf("registry.endpoints[%d]", i), "want http://HOST:PORT or https://HOST:PORT, got %q", e)
+			continue
+		}
+		out.Endpoints = append(out.Endpoints, e)
+	}
+	switch {
+	case r.Prefix == "":
+		n.errs.add("registry.prefix", "required with backend etcd: one prefix per cluster of l4lb nodes, such as /l4lb/prod")
+	case !strings.HasPrefix(r.Prefix, "/") || strings.HasSuffix(r.Prefix, "/"):
+		n.errs.add("registry.prefix", "%q: want /NAME[/NAME...], with no / at the end", r.Prefix)
+	}
+	if t := r.TLS; t != nil {
+		out.TLS = RegistryTLS{CAFile: t.CAFile, CertFile: t.CertFile, KeyFile: t.KeyFile}
+		if (t.CertFile == "") != (t.KeyFile == "") {
+			n.errs.add("registry.tls", "cert_file and key_file go together")
+		}
+	}
+	return out
 }
 
 func (n *normalizer) admin(cfg *Config) {

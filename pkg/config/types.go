@@ -59,6 +59,29 @@ type Config struct {
 	// BGP, when not nil, announces each zone's addresses to routers while
 	// the zone is healthy (the bgp section).
 	BGP *BGP
+	// Registry is where the target groups' registrations live.
+	Registry Registry
+}
+
+// Registry backends.
+const (
+	RegistryFile = "file" // this config and the admin API of each node (the default)
+	RegistryEtcd = "etcd" // an etcd cluster that every node watches
+)
+
+// Registry says where registrations live. With etcd, every node watches
+// Prefix, and a registration through any node's API (or any client of
+// etcd) reaches every node.
+type Registry struct {
+	Backend   string
+	Endpoints []string // etcd client URLs
+	Prefix    string   // one per cluster of l4lb nodes: /l4lb/prod
+	TLS       RegistryTLS
+}
+
+// RegistryTLS is the client TLS towards etcd; empty files: none.
+type RegistryTLS struct {
+	CAFile, CertFile, KeyFile string
 }
 
 // BGP is the embedded BGP speaker's configuration.

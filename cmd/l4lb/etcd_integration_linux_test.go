@@ -1,0 +1,226 @@
+//go:build integration
+
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/l4lb/l4lb/internal/netnstest"
+	"github.com/l4lb/l4lb/pkg/api"
+)
+
+// etcdMember is one member of a test etcd cluster (Debian's etcd-server).
+type etcdMember struct {
+	name, client, peer, dir string
+	cmd                     *exec.Cmd
+}
+
+func (m *etcdMember) start(t *testing.T, bin, cluster, state string) {
+	t.Helper()
+	m.cmd = exec.Command(bin, "--name", m.name, "--data-dir", m.dir,
+		"--listen-client-urls", m.client, "--advertise-client-urls", m.client,
+		"--listen-peer-urls", m.peer, "--initial-advertise-peer-urls", m.peer,
+		"--initial-cluster", cluster, "--initial-cluster-state", state, "--initial-cluster-token", "l4lb-test",
+		"--heartbeat-interval", "50", "--election-timeout", "500", "--logger", "zap", "--log-level", "error")
+	m.cmd.Stdout, m.cmd.Stderr = os.Stderr, os.Stderr
+	if err := m.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	cmd := m.cmd
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+}
+
+func (m *etcdMember) kill() {
+	m.cmd.Process.Kill()
+	m.cmd.Wait()
+}
+
+// clusterView is a node's GET /v1/cluster.
+func clusterView(t *testing.T, admin string) api.Cluster {
+	t.Helper()
+	resp, err := http.Get(admin + "/v1/cluster")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var c api.Cluster
+	json.NewDecoder(resp.Body).Decode(&c)
+	return c
+}
+
+// Three l4lb nodes share their registrations through a 3-member etcd
+// cluster: one registration through one node reaches every node at the same
+// revision; a deregistration through another drains on every node and ends
+// on all of them together; with every etcd member down the nodes serve on,
+// and when etcd returns they resume, and a registration reaches all again.
+func TestEtcdRegistryReachesEveryNode(t *testing.T) {
+	etcdBin := netnstest.Need(t, "etcd", "etcd-server")
+	var members []*etcdMember
+	var initial []string
+	for i := range 3 {
+		m := &etcdMember{name: fmt.Sprintf("e%d", i), client: "http://127.0.0.1:" + freePort(t), peer: "http://127.0.0.1:" + freePort(t), dir: t.TempDir()}
+		members = append(members, m)
+		initial = append(initial, m.name+"="+m.peer)
+	}
+	for _, m := range members {
+		m.start(t, etcdBin, strings.Join(initial, ","), "new")
+	}
+	var endpoints []string
+	for _, m := range members {
+		endpoints = append(endpoints, fmt.Sprintf("%q", m.client))
+	}
+
+	t1, t2 := tcpEchoAt(t, "127.0.0.1:"+freePort(t)), tcpEchoAt(t, "127.0.0.1:"+freePort(t))
+	t3 := tcpEchoAt(t, "127.0.0.1:"+freePort(t))
+	bin := filepath.Join(t.TempDir(), "l4lb")
+	buildL4LB(t, bin, "etcd-test")
+	prefix := fmt.Sprintf("/l4lb/test-%d", os.Getpid())
+	var nodes []*daemon
+	var webs []string
+	for range 3 {
+		pWeb, pAdmin := freePort(t), freePort(t)
+		yaml := fmt.Sprintf(`admin: {listen: "127.0.0.1:%s"}
+registry: {backend: etcd, endpoints: [%s], prefix: %s}
+listeners: [{name: web, protocol: TCP, port: %s, bind: [127.0.0.1], target_group: web}]
+target_groups:
+  - name: web
+    protocol: TCP
+    targets: [{address: %q}]
+    health_check: {protocol: TCP, interval: 200ms, timeout: 150ms, healthy_threshold: 2}
+    attributes: {deregistration_delay.timeout_seconds: 3}
+`, pAdmin, strings.Join(endpoints, ", "), prefix, pWeb, t1)
+		nodes = append(nodes, startDaemon(t, bin, pAdmin, yaml))
+		webs = append(webs, "127.0.0.1:"+pWeb)
+	}
+	everyNode := func(what string, cond func(d *daemon) bool) time.Duration {
+		t.Helper()
+		start := time.Now()
+		waitUntil(t, what, func() bool {
+			for _, d := range nodes {
+				if !cond(d) {
+					return false
+				}
+			}
+			return true
+		})
+		return time.Since(start)
+	}
+	serves := func(when string) {
+		t.Helper()
+		for i, web := range webs {
+			for j := range 10 {
+				c, err := net.DialTimeout("tcp", web, 3*time.Second)
+				if err != nil {
+					t.Fatalf("%s: node %d, connection %d: %v", when, i+1, j, err)
+				}
+				err = echo(c, "x")
+				c.Close()
+				if err != nil {
+					t.Fatalf("%s: node %d, connection %d: %v", when, i+1, j, err)
+				}
+			}
+		}
+	}
+
+	// One registration through node 1 reaches every node.
+	if code, _, errs := runCLI("targets", "register", "--admin", nodes[0].admin, "--target-group", "web", "--target", t2); code != 0 {
+		t.Fatalf("register: exit %d: %s", code, errs)
+	}
+	took := everyNode("the registration on every node", func(d *daemon) bool { _, ok := groupStates(t, d.admin, "web")[t2]; return ok })
+	rev := clusterView(t, nodes[0].admin).AppliedRevision
+	for i, d := range nodes {
+		if c := clusterView(t, d.admin); c.AppliedRevision != rev || !c.Connected || c.Backend != "etcd" {
+			t.Fatalf("node %d: %+v; node 1 applied revision %d", i+1, c, rev)
+		}
+	}
+	everyNode("both targets healthy on every node", func(d *daemon) bool {
+		s := groupStates(t, d.admin, "web")
+		return s[t1] == api.StateHealthy && s[t2] == api.StateHealthy
+	})
+	hash := clusterView(t, nodes[0].admin).TableHash
+	for i, d := range nodes {
+		if h := clusterView(t, d.admin).TableHash; h != hash {
+			t.Fatalf("node %d's tables hash to %s, node 1's to %s", i+1, h, hash)
+		}
+	}
+	t.Logf("a registration through node 1 reached all 3 nodes in %v, at revision %d; tables hash to %s on all", took.Round(10*time.Millisecond), rev, hash)
+	serves("after the registration")
+
+	// A deregistration through node 2 drains on every node and ends on all
+	// of them together.
+	if code, _, errs := runCLI("targets", "deregister", "--admin", nodes[1].admin, "--target-group", "web", "--target", t2); code != 0 {
+		t.Fatalf("deregister: exit %d: %s", code, errs)
+	}
+	everyNode("draining on every node", func(d *daemon) bool { return groupStates(t, d.admin, "web")[t2] == api.StateDraining })
+	ended := make([]time.Time, len(nodes))
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		left := 0
+		for i, d := range nodes {
+			if ended[i].IsZero() {
+				if _, ok := groupStates(t, d.admin, "web")[t2]; !ok {
+					ended[i] = time.Now()
+				} else {
+					left++
+				}
+			}
+		}
+		if left == 0 {
+			break
+		}
+	}
+	first, last := ended[0], ended[0]
+	for i, e := range ended {
+		if e.IsZero() {
+			t.Fatalf("node %d still drains the target 10 s after its deregistration", i+1)
+		}
+		first, last = minTime(first, e), maxTime(last, e)
+	}
+	if spread := last.Sub(first); spread > time.Second {
+		t.Fatalf("the drains ended %v apart", spread)
+	}
+	t.Logf("a deregistration through node 2 drained on every node; the drains ended within %v of each other (polled every 20 ms)", last.Sub(first).Round(10*time.Millisecond))
+
+	// etcd away: every member killed. The nodes serve on, and say so.
+	for _, m := range members {
+		m.kill()
+	}
+	serves("with etcd down")
+	everyNode("the nodes see etcd away", func(d *daemon) bool { return !clusterView(t, d.admin).Connected })
+	serves("with etcd down, seen")
+	for _, m := range members {
+		m.start(t, etcdBin, strings.Join(initial, ","), "existing")
+	}
+	everyNode("the nodes back on etcd", func(d *daemon) bool { return clusterView(t, d.admin).Connected })
+	if code, _, errs := runCLI("targets", "register", "--admin", nodes[2].admin, "--target-group", "web", "--target", t3); code != 0 {
+		t.Fatalf("register after etcd returned: exit %d: %s", code, errs)
+	}
+	everyNode("the registration after etcd returned on every node", func(d *daemon) bool { _, ok := groupStates(t, d.admin, "web")[t3]; return ok })
+	serves("after etcd returned")
+	for _, d := range nodes {
+		d.cmd.Process.Signal(syscall.SIGTERM)
+	}
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
