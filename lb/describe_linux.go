@@ -252,6 +252,19 @@ func (v *view) Cluster() api.Cluster {
 	return out
 }
 
+// ReadyDetail is what /readyz adds while this node is ready: with the etcd
+// backend and etcd away, that it serves the registrations it applied last.
+func (v *view) ReadyDetail() map[string]string {
+	if v.store == nil {
+		return nil
+	}
+	st := v.store.Status()
+	if st.Connected {
+		return map[string]string{"registry": fmt.Sprintf("etcd, revision %d applied", st.Applied)}
+	}
+	return map[string]string{"registry": fmt.Sprintf("etcd unreachable since %s: serving the registrations of revision %d", st.LostAt.UTC().Format(time.RFC3339), st.Applied)}
+}
+
 // tableHash digests what the Maglev tables are built from: every group's
 // targets with their weights, zones and states.
 func (v *view) tableHash() string {

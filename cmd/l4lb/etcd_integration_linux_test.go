@@ -5,11 +5,13 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -153,7 +155,7 @@ target_groups:
 			t.Fatalf("node %d's tables hash to %s, node 1's to %s", i+1, h, hash)
 		}
 	}
-	t.Logf("a registration through node 1 reached all 3 nodes in %v, at revision %d; tables hash to %s on all", took.Round(10*time.Millisecond), rev, hash)
+	t.Logf("a registration through node 1 was on all 3 nodes %v after the call returned (polled every 20 ms), at revision %d; tables hash to %s on all", took.Round(10*time.Millisecond), rev, hash)
 	serves("after the registration")
 
 	// A deregistration through node 2 drains on every node and ends on all
@@ -196,6 +198,21 @@ target_groups:
 	}
 	serves("with etcd down")
 	everyNode("the nodes see etcd away", func(d *daemon) bool { return !clusterView(t, d.admin).Connected })
+	for i, d := range nodes {
+		resp, err := http.Get(d.admin + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var body map[string]string
+		json.NewDecoder(resp.Body).Decode(&body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || !strings.Contains(body["registry"], "etcd unreachable since") {
+			t.Fatalf("node %d's /readyz with etcd away: %d %v", i+1, resp.StatusCode, body)
+		}
+		if m := metricValue(t, d.admin, "l4lb_registry_etcd_up"); m != 0 {
+			t.Fatalf("node %d: l4lb_registry_etcd_up %v with etcd away", i+1, m)
+		}
+	}
 	serves("with etcd down, seen")
 	for _, m := range members {
 		m.start(t, etcdBin, strings.Join(initial, ","), "existing")
@@ -209,6 +226,25 @@ target_groups:
 	for _, d := range nodes {
 		d.cmd.Process.Signal(syscall.SIGTERM)
 	}
+}
+
+// metricValue reads an unlabelled metric from a node's /metrics.
+func metricValue(t *testing.T, admin, name string) float64 {
+	t.Helper()
+	resp, err := http.Get(admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			return f
+		}
+	}
+	t.Fatalf("no %s in %s/metrics", name, admin)
+	return 0
 }
 
 func minTime(a, b time.Time) time.Time {

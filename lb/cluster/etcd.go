@@ -25,12 +25,17 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
 	"github.com/l4lb/l4lb/lb/registry"
 	"github.com/l4lb/l4lb/pkg/config"
+	"github.com/l4lb/l4lb/pkg/metrics"
 )
+
+// gauges are the store's metrics (nil-safe: a nil Metrics counts nothing).
+type gauges struct{ revision, up prometheus.Gauge }
 
 // Record is one registration as etcd holds it.
 type Record struct {
@@ -50,6 +55,7 @@ type Store struct {
 	prefix string
 	reg    *registry.Registry
 	log    *zap.Logger
+	m      gauges
 
 	applied   atomic.Int64 // the etcd revision this node has applied
 	connected atomic.Bool  // the watch runs
@@ -67,7 +73,7 @@ type Store struct {
 // reg, then follows changes until Close. It fails when etcd cannot be
 // reached at start: a node that never saw the cluster's state would serve
 // a different table from the others.
-func Open(ctx context.Context, c config.Registry, reg *registry.Registry, log *zap.Logger) (*Store, error) {
+func Open(ctx context.Context, c config.Registry, reg *registry.Registry, m *metrics.Metrics, log *zap.Logger) (*Store, error) {
 	cc := clientv3.Config{Endpoints: c.Endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()}
 	if c.TLS != (config.RegistryTLS{}) {
 		t, err := tlsConfig(c.TLS)
@@ -80,7 +86,8 @@ func Open(ctx context.Context, c config.Registry, reg *registry.Registry, log *z
 	if err != nil {
 		return nil, fmt.Errorf("registry: etcd %v: %w", c.Endpoints, err)
 	}
-	s := &Store{cli: cli, prefix: c.Prefix + "/targets/", reg: reg, log: log, done: make(chan struct{})}
+	s := &Store{cli: cli, prefix: c.Prefix + "/targets/", reg: reg, log: log, done: make(chan struct{}),
+		m: gauges{revision: m.Gauge(metrics.RegistryAppliedRevision), up: m.Gauge(metrics.RegistryEtcdUp)}}
 	s.appliedC = sync.NewCond(&s.mu)
 	get, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -94,6 +101,7 @@ func Open(ctx context.Context, c config.Registry, reg *registry.Registry, log *z
 	}
 	s.setApplied(resp.Header.Revision)
 	s.connected.Store(true)
+	s.m.up.Set(1)
 	log.Info("registry: etcd state applied", zap.String("prefix", c.Prefix), zap.Int("registrations", len(resp.Kvs)), zap.Int64("revision", resp.Header.Revision))
 	wctx, stop := context.WithCancel(context.Background())
 	s.cancel = stop
@@ -124,6 +132,7 @@ func (s *Store) probe(ctx context.Context) {
 		case err != nil:
 			s.lost(err)
 		case !s.connected.Swap(true):
+			s.m.up.Set(1)
 			s.log.Info("registry: etcd answers again", zap.Int64("applied_revision", s.applied.Load()))
 		}
 	}
@@ -162,6 +171,7 @@ func (s *Store) watch(ctx context.Context) {
 				break
 			}
 			if !s.connected.Swap(true) {
+				s.m.up.Set(1)
 				s.log.Info("registry: etcd watch resumed", zap.Int64("from_revision", s.applied.Load()+1))
 			}
 			for _, ev := range resp.Events {
@@ -184,6 +194,7 @@ func (s *Store) watch(ctx context.Context) {
 // lost records that the watch broke; the node serves what it applied.
 func (s *Store) lost(err error) {
 	if s.connected.Swap(false) {
+		s.m.up.Set(0)
 		s.since.Store(time.Now().UnixNano())
 		s.log.Warn("registry: etcd unreachable; serving the state applied last", zap.Int64("revision", s.applied.Load()), zap.Error(err))
 	}
@@ -193,6 +204,7 @@ func (s *Store) setApplied(rev int64) {
 	s.mu.Lock()
 	if rev > s.applied.Load() {
 		s.applied.Store(rev)
+		s.m.revision.Set(float64(rev))
 	}
 	s.appliedC.Broadcast()
 	s.mu.Unlock()

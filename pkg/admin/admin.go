@@ -36,7 +36,10 @@ type Options struct {
 	BGP func() (api.BGPStatus, bool)
 	// Cluster reports where registrations live (GET /v1/cluster).
 	Cluster func() api.Cluster
-	Token   string
+	// ReadyDetail adds to /readyz's body what a ready node still wants
+	// said (etcd away: it serves the state it applied last).
+	ReadyDetail func() map[string]string
+	Token       string
 }
 
 // Handler returns the admin API. Serve it with the bounds of Server.
@@ -46,11 +49,18 @@ func Handler(o Options) http.Handler {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		body := map[string]string{"status": "ready"}
+		if o.ReadyDetail != nil {
+			for k, v := range o.ReadyDetail() {
+				body[k] = v
+			}
+		}
 		if o.Ready != nil && !o.Ready() {
-			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready"})
+			body["status"] = "not ready"
+			writeJSON(w, http.StatusServiceUnavailable, body)
 			return
 		}
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+		writeJSON(w, http.StatusOK, body)
 	})
 	if o.Registry != nil {
 		registryRoutes(mux, o.Registry)

@@ -58,6 +58,8 @@ const (
 	Upgrades
 	BGPSessionUp
 	BGPAnnouncedRoutes
+	RegistryAppliedRevision
+	RegistryEtcdUp
 	BFDSessionUp
 	BFDPackets
 	BGPRejectedConnections
@@ -115,6 +117,8 @@ var table = [numIDs]struct {
 	BFDPackets:              {"bfd_packets_total", counter, "BFD control packets received, by result (accepted, malformed, no_session, ttl, auth); peer is empty for those no session took.", []string{LabelPeer, LabelResult}},
 	BGPRejectedConnections:  {"bgp_rejected_connections_total", counter, "BGP connections refused because their source is no configured peer.", nil},
 	BGPAnnouncedRoutes:      {"bgp_announced_routes", gauge, "Prefixes the BGP speaker announces now (its zones are healthy and the node is not leaving).", nil},
+	RegistryAppliedRevision: {"registry_applied_revision", gauge, "registry.backend etcd: the etcd revision of the registrations this node applied (equal on nodes in step).", nil},
+	RegistryEtcdUp:          {"registry_etcd_up", gauge, "registry.backend etcd: 1 while etcd answers, 0 while the node serves the state it applied last.", nil},
 }
 
 // Desc describes one metric, for the reference.
