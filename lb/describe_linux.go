@@ -211,19 +211,27 @@ func (v *view) TargetGroup(name string) (api.TargetGroup, error) {
 // every node, through etcd, with the etcd backend.
 func (v *view) Register(group string, req api.RegisterRequest) (api.TargetHealth, error) {
 	r := registry.Registration{Address: req.Address, Zone: req.Zone, Weight: req.Weight}
+	var leaseID int64
 	register := v.reg.Register
-	if v.store != nil {
+	switch {
+	case v.store != nil:
 		register = func(group string, r registry.Registration) (registry.Health, error) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			return v.store.Register(ctx, group, r)
+			h, id, err := v.store.Register(ctx, group, r, cluster.Lease{TTL: req.LeaseSeconds, ID: req.LeaseID})
+			leaseID = id
+			return h, err
 		}
+	case req.LeaseSeconds > 0:
+		return api.TargetHealth{}, fmt.Errorf("%w: lease_seconds: a registration with a lease needs registry.backend etcd", api.ErrInvalid)
 	}
 	h, err := register(group, r)
 	if err != nil {
 		return api.TargetHealth{}, wireErr(err)
 	}
-	return wireTarget(h), nil
+	th := wireTarget(h)
+	th.LeaseID = leaseID
+	return th, nil
 }
 
 // Deregister starts a target's draining: on every node, through etcd, with

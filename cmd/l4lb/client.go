@@ -11,9 +11,11 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"os/signal"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -172,7 +174,7 @@ func newUpgrade() *cobra.Command {
 
 func newTargets() *cobra.Command {
 	cmd := &cobra.Command{Use: "targets", Short: "Describe, register and deregister targets", Args: cobra.NoArgs}
-	cmd.AddCommand(newDescribeHealth(), newRegister(), newDeregister())
+	cmd.AddCommand(newDescribeHealth(), newRegister(), newDeregister(), newAgent())
 	return cmd
 }
 
@@ -208,6 +210,7 @@ func newDescribeHealth() *cobra.Command {
 func newRegister() *cobra.Command {
 	var c adminClient
 	var group, spec string
+	var lease time.Duration
 	cmd := &cobra.Command{
 		Use:   "register --target-group NAME --target ADDR[,zone=Z][,weight=W]",
 		Short: "Register a target",
@@ -217,6 +220,9 @@ func newRegister() *cobra.Command {
 			if err != nil {
 				return usageError{fmt.Errorf("--target: %w", err)}
 			}
+			if lease > 0 {
+				req.LeaseSeconds = max(int(lease.Seconds()), 1)
+			}
 			var th api.TargetHealth
 			if err := c.do(http.MethodPost, "/v1/target-groups/"+url.PathEscape(group)+"/targets", req, &th); err != nil {
 				return err
@@ -225,11 +231,77 @@ func newRegister() *cobra.Command {
 				return printJSON(cmd.OutOrStdout(), th)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "registered %s in %s: %s (%s)\n", th.Address, group, th.State, dash(th.Reason))
+			if th.LeaseID != 0 {
+				fmt.Fprintf(cmd.OutOrStdout(), "on etcd lease %d of %v: register again within it, or l4lb targets agent keeps it\n", th.LeaseID, lease)
+			}
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&group, "target-group", "", "target group name (required)")
 	cmd.Flags().StringVar(&spec, "target", "", "ADDR[,zone=Z][,weight=W] (required)")
+	cmd.Flags().DurationVar(&lease, "lease", 0, "registry backend etcd: tie the registration to an etcd lease of this length; it is deregistered on every node when not renewed")
+	cmd.MarkFlagRequired("target-group")
+	cmd.MarkFlagRequired("target")
+	addClientFlags(cmd, &c)
+	return cmd
+}
+
+// newAgent is a target's own keeper: it registers the target with a lease,
+// renews it every third of the lease, and deregisters on SIGTERM or
+// SIGINT. If the target's host dies, the lease lapses and every node
+// drains the target.
+func newAgent() *cobra.Command {
+	var c adminClient
+	var group, spec string
+	var lease time.Duration
+	cmd := &cobra.Command{
+		Use:   "agent --target-group G --target ADDR [--lease 30s]",
+		Short: "Keep a target registered while it runs (registry backend etcd), and deregister it on stop",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			req, err := parseTargetSpec(spec)
+			if err != nil {
+				return usageError{fmt.Errorf("--target: %w", err)}
+			}
+			if lease < 3*time.Second {
+				return usageError{fmt.Errorf("--lease %v: at least 3s (it is renewed every third)", lease)}
+			}
+			req.LeaseSeconds = int(lease.Seconds())
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			path := "/v1/target-groups/" + url.PathEscape(group) + "/targets"
+			out := cmd.OutOrStdout()
+			registered := false
+			for {
+				var th api.TargetHealth
+				if err := c.do(http.MethodPost, path, req, &th); err != nil {
+					// The node may be restarting: try again, and let the
+					// lease decide, not one failed call.
+					fmt.Fprintf(cmd.ErrOrStderr(), "l4lb targets agent: registering %s: %v\n", req.Address, err)
+				} else {
+					if !registered || th.LeaseID != req.LeaseID {
+						fmt.Fprintf(out, "registered %s in %s on etcd lease %d (%v)\n", th.Address, group, th.LeaseID, lease)
+					}
+					registered, req.LeaseID = true, th.LeaseID
+				}
+				select {
+				case <-ctx.Done():
+					if !registered {
+						return nil
+					}
+					if err := c.do(http.MethodDelete, path+"/"+url.PathEscape(req.Address), nil, nil); err != nil {
+						return fmt.Errorf("deregistering %s on stop: %w (the lease lapses within %v)", req.Address, err, lease)
+					}
+					fmt.Fprintf(out, "deregistered %s from %s: draining\n", req.Address, group)
+					return nil
+				case <-time.After(lease / 3):
+				}
+			}
+		},
+	}
+	cmd.Flags().StringVar(&group, "target-group", "", "target group name (required)")
+	cmd.Flags().StringVar(&spec, "target", "", "ADDR[,zone=Z][,weight=W] (required)")
+	cmd.Flags().DurationVar(&lease, "lease", 30*time.Second, "the etcd lease the registration lives on; renewed every third of it")
 	cmd.MarkFlagRequired("target-group")
 	cmd.MarkFlagRequired("target")
 	addClientFlags(cmd, &c)

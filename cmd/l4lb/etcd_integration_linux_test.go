@@ -192,6 +192,42 @@ target_groups:
 	}
 	t.Logf("a deregistration through node 2 drained on every node; the drains ended within %v of each other (polled every 20 ms)", last.Sub(first).Round(10*time.Millisecond))
 
+	// A target kept by its agent on a 3 s lease: when the agent dies, the
+	// lease lapses and every node drains the target; an agent stopped
+	// cleanly deregisters at once.
+	t4, t5 := tcpEchoAt(t, "127.0.0.1:"+freePort(t)), tcpEchoAt(t, "127.0.0.1:"+freePort(t))
+	agent := func(target string) *exec.Cmd {
+		a := exec.Command(bin, "targets", "agent", "--admin", nodes[0].admin, "--target-group", "web", "--target", target, "--lease", "3s")
+		a.Stdout, a.Stderr = os.Stderr, os.Stderr
+		if err := a.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { a.Process.Kill(); a.Wait() })
+		everyNode("the agent's target on every node", func(d *daemon) bool { _, ok := groupStates(t, d.admin, "web")[target]; return ok })
+		return a
+	}
+	a4 := agent(t4)
+	time.Sleep(4 * time.Second) // past one lease: the agent's renewals keep it
+	for i, d := range nodes {
+		if s := groupStates(t, d.admin, "web")[t4]; s == "" || s == api.StateDraining {
+			t.Fatalf("node %d: the agent's target is %q a lease later; the renewals did not keep it", i+1, s)
+		}
+	}
+	a4.Process.Kill()
+	killed := time.Now()
+	a4.Wait()
+	everyNode("the dead agent's target draining on every node", func(d *daemon) bool { return groupStates(t, d.admin, "web")[t4] == api.StateDraining })
+	lapsed := time.Since(killed)
+	if lapsed > 4*time.Second {
+		t.Fatalf("the dead agent's target drained %v after the kill; the lease is 3 s", lapsed)
+	}
+	a5 := agent(t5)
+	a5.Process.Signal(syscall.SIGTERM)
+	stopped := time.Now()
+	everyNode("the stopped agent's target draining on every node", func(d *daemon) bool { return groupStates(t, d.admin, "web")[t5] == api.StateDraining })
+	t.Logf("an agent on a 3 s lease: SIGKILLed, its target drained on every node %v later; stopped, %v later",
+		lapsed.Round(10*time.Millisecond), time.Since(stopped).Round(10*time.Millisecond))
+
 	// etcd away: every member killed. The nodes serve on, and say so.
 	for _, m := range members {
 		m.kill()

@@ -22,6 +22,7 @@ var examples = map[string]string{
 	"l4lb targets describe-health": `  l4lb targets describe-health --target-group web -o json`,
 	"l4lb targets register": `  l4lb targets register --target-group web --target 10.0.1.12:8080,zone=a,weight=2
   l4lb targets register --admin https://lb1:9900 --token-file /etc/l4lb/token --target-group web --target 10.0.1.12`,
+	"l4lb targets agent":      `  l4lb targets agent --admin 10.0.0.5:9900 --target-group web --target 10.0.1.12:8080 --lease 30s   # in the target's systemd unit`,
 	"l4lb targets deregister": `  l4lb targets deregister --target-group web --target 10.0.1.12:8080`,
 	"l4lb route": `  l4lb route --listener web --src 198.18.0.2:5555
   l4lb route --listener web --src 198.18.0.2:20000-20009 --protocol udp

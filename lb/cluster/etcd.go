@@ -253,37 +253,88 @@ func (s *Store) key(group string, addr netip.AddrPort) string {
 	return s.prefix + group + "/" + addr.String()
 }
 
+// Lease ties a registration to an etcd lease: TTL seconds (0: none), and
+// the lease a previous registration got, to renew (0: a new one).
+type Lease struct {
+	TTL int
+	ID  int64
+}
+
 // Register writes a registration for every node, and returns once this
-// node has applied it. The address is checked by the local registry's
-// rules first, so a bad one is refused before anything is written.
-func (s *Store) Register(ctx context.Context, group string, req registry.Registration) (registry.Health, error) {
+// node has applied it, with the lease it lives on (0: none). The address is
+// checked by the local registry's rules first, so a bad one is refused
+// before anything is written.
+func (s *Store) Register(ctx context.Context, group string, req registry.Registration, lease Lease) (registry.Health, int64, error) {
 	g := s.reg.Group(group)
 	if g == nil {
-		return registry.Health{}, fmt.Errorf("%w: no target group %q", registry.ErrNotFound, group)
+		return registry.Health{}, 0, fmt.Errorf("%w: no target group %q", registry.ErrNotFound, group)
 	}
 	addr, err := config.ParseTargetAddress(req.Address, g.Config().Port)
 	if err != nil {
-		return registry.Health{}, fmt.Errorf("%w: address: %v", registry.ErrInvalid, err)
+		return registry.Health{}, 0, fmt.Errorf("%w: address: %v", registry.ErrInvalid, err)
 	}
 	weight := req.Weight
 	if weight == 0 {
 		weight = config.DefaultTargetWeight
 	}
 	if weight < 1 || weight > config.MaxTargetWeight {
-		return registry.Health{}, fmt.Errorf("%w: weight: %d is outside 1-%d", registry.ErrInvalid, weight, config.MaxTargetWeight)
+		return registry.Health{}, 0, fmt.Errorf("%w: weight: %d is outside 1-%d", registry.ErrInvalid, weight, config.MaxTargetWeight)
+	}
+	var opts []clientv3.OpOption
+	leaseID := clientv3.LeaseID(0)
+	if lease.TTL > 0 {
+		if leaseID, err = s.lease(ctx, lease); err != nil {
+			return registry.Health{}, 0, err
+		}
+		if int64(leaseID) == lease.ID && s.unchanged(ctx, group, addr, req.Zone, weight, leaseID) {
+			// A renewal: the lease was kept alive, and the record is
+			// as it was; nothing to write.
+			for _, h := range s.health(group) {
+				if h.Address == addr {
+					return h, int64(leaseID), nil
+				}
+			}
+		}
+		opts = append(opts, clientv3.WithLease(leaseID))
 	}
 	b, _ := json.Marshal(Record{Group: group, Address: addr.String(), Zone: req.Zone, Weight: weight, RegisteredAt: time.Now().UTC()})
-	resp, err := s.cli.Put(ctx, s.key(group, addr), string(b))
+	resp, err := s.cli.Put(ctx, s.key(group, addr), string(b), opts...)
 	if err != nil {
-		return registry.Health{}, fmt.Errorf("registry: writing to etcd: %w", err)
+		return registry.Health{}, 0, fmt.Errorf("registry: writing to etcd: %w", err)
 	}
 	s.waitApplied(ctx, resp.Header.Revision)
 	for _, h := range s.health(group) {
 		if h.Address == addr {
-			return h, nil
+			return h, int64(leaseID), nil
 		}
 	}
-	return registry.Health{Address: addr, Zone: req.Zone, Weight: weight, State: registry.Initial, Reason: registry.ReasonInitialHealthChecking}, nil
+	return registry.Health{Address: addr, Zone: req.Zone, Weight: weight, State: registry.Initial, Reason: registry.ReasonInitialHealthChecking}, int64(leaseID), nil
+}
+
+// unchanged says whether the record of addr is there, on lease id, with
+// this zone and weight, and not deregistered.
+func (s *Store) unchanged(ctx context.Context, group string, addr netip.AddrPort, zone string, weight int, id clientv3.LeaseID) bool {
+	got, err := s.cli.Get(ctx, s.key(group, addr))
+	if err != nil || len(got.Kvs) != 1 || clientv3.LeaseID(got.Kvs[0].Lease) != id {
+		return false
+	}
+	var r Record
+	return json.Unmarshal(got.Kvs[0].Value, &r) == nil && r.DeregisteredAt == nil && r.Zone == zone && r.Weight == weight
+}
+
+// lease renews the caller's lease, or grants a new one when it has none or
+// it lapsed.
+func (s *Store) lease(ctx context.Context, l Lease) (clientv3.LeaseID, error) {
+	if l.ID != 0 {
+		if _, err := s.cli.KeepAliveOnce(ctx, clientv3.LeaseID(l.ID)); err == nil {
+			return clientv3.LeaseID(l.ID), nil
+		}
+	}
+	g, err := s.cli.Grant(ctx, int64(l.TTL))
+	if err != nil {
+		return 0, fmt.Errorf("registry: an etcd lease: %w", err)
+	}
+	return g.ID, nil
 }
 
 // Deregister records a deregistration, with its time, for every node. A

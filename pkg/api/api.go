@@ -44,6 +44,7 @@ type TargetHealth struct {
 	Reason      string `json:"reason,omitempty"`
 	Description string `json:"description,omitempty"`
 	ActiveFlows int64  `json:"active_flows"`
+	LeaseID     int64  `json:"lease_id,omitempty"` // a registration with a lease: pass it back to renew it
 }
 
 // TargetGroup is a group with its targets.
@@ -61,6 +62,12 @@ type RegisterRequest struct {
 	Address string `json:"address"`
 	Zone    string `json:"zone,omitempty"`
 	Weight  int    `json:"weight,omitempty"`
+	// LeaseSeconds (registry backend etcd) ties the registration to an
+	// etcd lease of this many seconds: it lives while the caller registers
+	// again within that time (passing LeaseID back), and is deregistered,
+	// on every node, when it lapses.
+	LeaseSeconds int   `json:"lease_seconds,omitempty"`
+	LeaseID      int64 `json:"lease_id,omitempty"`
 }
 
 // Route says which target a flow would get, and why.
