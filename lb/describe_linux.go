@@ -250,12 +250,23 @@ func (v *view) Deregister(group, address string) error {
 // the same hash pick the same targets).
 func (v *view) Cluster() api.Cluster {
 	out := api.Cluster{Backend: v.reg.Config().Registry.Backend, Prefix: v.reg.Config().Registry.Prefix, TableHash: v.tableHash()}
+	for _, g := range v.reg.TargetGroups() {
+		for _, t := range g.Targets {
+			out.Targets++
+			if t.State == registry.Healthy {
+				out.Healthy++
+			}
+		}
+	}
 	if v.store != nil {
 		st := v.store.Status()
 		out.AppliedRevision, out.Connected = st.Applied, st.Connected
 		if !st.Connected {
 			out.UnreachableSince = &st.LostAt
 		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		out.Nodes, _ = v.store.Nodes(ctx)
+		cancel()
 	}
 	return out
 }

@@ -155,6 +155,17 @@ target_groups:
 			t.Fatalf("node %d's tables hash to %s, node 1's to %s", i+1, h, hash)
 		}
 	}
+	// l4lb cluster status finds every node through etcd.
+	code, out, errs := runCLI("cluster", "status", "--admin", nodes[0].admin, "-o", "json")
+	var st []nodeStatus
+	if code != 0 || json.Unmarshal([]byte(out), &st) != nil || len(st) != 3 {
+		t.Fatalf("cluster status: exit %d: %s%s", code, out, errs)
+	}
+	for _, n := range st {
+		if n.Error != "" || n.AppliedRevision != rev || n.TableHash != hash || n.Healthy != 2 {
+			t.Fatalf("cluster status: %+v; want revision %d, hash %s, 2 healthy", n, rev, hash)
+		}
+	}
 	t.Logf("a registration through node 1 was on all 3 nodes %v after the call returned (polled every 20 ms), at revision %d; tables hash to %s on all", took.Round(10*time.Millisecond), rev, hash)
 	serves("after the registration")
 

@@ -52,6 +52,7 @@ type Record struct {
 // Store is a node's link to the cluster's registrations.
 type Store struct {
 	cli    *clientv3.Client
+	root   string // the cluster's prefix
 	prefix string
 	reg    *registry.Registry
 	log    *zap.Logger
@@ -73,7 +74,7 @@ type Store struct {
 // reg, then follows changes until Close. It fails when etcd cannot be
 // reached at start: a node that never saw the cluster's state would serve
 // a different table from the others.
-func Open(ctx context.Context, c config.Registry, reg *registry.Registry, m *metrics.Metrics, log *zap.Logger) (*Store, error) {
+func Open(ctx context.Context, c config.Registry, admin string, reg *registry.Registry, m *metrics.Metrics, log *zap.Logger) (*Store, error) {
 	cc := clientv3.Config{Endpoints: c.Endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()}
 	if c.TLS != (config.RegistryTLS{}) {
 		t, err := tlsConfig(c.TLS)
@@ -86,7 +87,7 @@ func Open(ctx context.Context, c config.Registry, reg *registry.Registry, m *met
 	if err != nil {
 		return nil, fmt.Errorf("registry: etcd %v: %w", c.Endpoints, err)
 	}
-	s := &Store{cli: cli, prefix: c.Prefix + "/targets/", reg: reg, log: log, done: make(chan struct{}),
+	s := &Store{cli: cli, root: c.Prefix, prefix: c.Prefix + "/targets/", reg: reg, log: log, done: make(chan struct{}),
 		m: gauges{revision: m.Gauge(metrics.RegistryAppliedRevision), up: m.Gauge(metrics.RegistryEtcdUp)}}
 	s.appliedC = sync.NewCond(&s.mu)
 	get, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -107,7 +108,56 @@ func Open(ctx context.Context, c config.Registry, reg *registry.Registry, m *met
 	s.cancel = stop
 	go s.watch(wctx)
 	go s.probe(wctx)
+	if admin != "" {
+		go s.announce(wctx, admin)
+	}
 	return s, nil
+}
+
+// announce records this node under PREFIX/nodes/ADMIN on a lease it keeps
+// alive, so l4lb cluster status finds every node through etcd. A node
+// that dies leaves the list within the lease (10 s).
+func (s *Store) announce(ctx context.Context, admin string) {
+	b, _ := json.Marshal(map[string]any{"admin": admin, "pid": os.Getpid(), "started_at": time.Now().UTC()})
+	for ctx.Err() == nil {
+		if err := s.keepNode(ctx, admin, string(b)); err != nil && ctx.Err() == nil {
+			s.log.Debug("registry: recording this node in etcd", zap.Error(err))
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func (s *Store) keepNode(ctx context.Context, admin, value string) error {
+	g, err := s.cli.Grant(ctx, 10)
+	if err != nil {
+		return err
+	}
+	if _, err := s.cli.Put(ctx, s.root+"/nodes/"+admin, value, clientv3.WithLease(g.ID)); err != nil {
+		return err
+	}
+	ch, err := s.cli.KeepAlive(ctx, g.ID)
+	if err != nil {
+		return err
+	}
+	for range ch { // until the lease is lost (etcd away) or ctx ends
+	}
+	return errors.New("node lease lost")
+}
+
+// Nodes lists the admin addresses of the nodes recorded in etcd.
+func (s *Store) Nodes(ctx context.Context) ([]string, error) {
+	resp, err := s.cli.Get(ctx, s.root+"/nodes/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, kv := range resp.Kvs {
+		out = append(out, strings.TrimPrefix(string(kv.Key), s.root+"/nodes/"))
+	}
+	return out, nil
 }
 
 // probe asks etcd every second whether it answers: a watch whose members

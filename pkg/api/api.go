@@ -122,6 +122,12 @@ type Cluster struct {
 	Connected        bool       `json:"connected"`                  // etcd: the watch runs
 	UnreachableSince *time.Time `json:"unreachable_since,omitempty"`
 	TableHash        string     `json:"table_hash"` // equal on nodes that pick the same targets
+	// Nodes are the admin addresses of the cluster's nodes, as recorded in
+	// etcd (etcd backend).
+	Nodes []string `json:"nodes,omitempty"`
+	// Targets and Healthy count this node's targets, over every group.
+	Targets int `json:"targets"`
+	Healthy int `json:"healthy"`
 }
 
 // Upgrade is the answer to POST /v1/upgrade: the new process serves.
