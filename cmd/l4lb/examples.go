@@ -42,12 +42,14 @@ var examples = map[string]string{
 	"l4lb bench idle-conns": `  l4lb bench idle-conns 127.0.0.1:18080 --connections 10000 --pid 1234 --duration 30s`,
 	"l4lb bench target": `  l4lb bench target echo --listen tcp://127.0.0.1:19001
   l4lb bench target sink --listen tcp://127.0.0.1:19002`,
-	"l4lb bgp":           `  l4lb bgp status`,
-	"l4lb bgp status":    `  l4lb bgp status --admin 127.0.0.1:9900 -o json`,
-	"l4lb dsr-target":    `  l4lb dsr-target --interface eth0 --vip 198.18.10.1 --gue-port 6080`,
-	"l4lb kernel":        `  l4lb kernel status`,
-	"l4lb kernel status": `  l4lb kernel status -o json`,
-	"l4lb kernel detach": `  l4lb kernel detach l4lb-1a2b3c4d             # an instance from kernel status`,
+	"l4lb bgp":            `  l4lb bgp status`,
+	"l4lb bgp status":     `  l4lb bgp status --admin 127.0.0.1:9900 -o json`,
+	"l4lb dsr-target":     `  l4lb dsr-target --interface eth0 --vip 198.18.10.1 --gue-port 6080`,
+	"l4lb cluster":        `  l4lb cluster status`,
+	"l4lb cluster status": `  l4lb cluster status --admin 10.0.0.5:9900 --token-file /etc/l4lb/token -o json`,
+	"l4lb kernel":         `  l4lb kernel status`,
+	"l4lb kernel status":  `  l4lb kernel status -o json`,
+	"l4lb kernel detach":  `  l4lb kernel detach l4lb-1a2b3c4d             # an instance from kernel status`,
 }
 
 // addExamples gives each command of the tree its Examples section.
