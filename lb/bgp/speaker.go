@@ -445,12 +445,20 @@ func sameSpeaker(a, b *config.BGP) bool {
 
 // Status reports the sessions and the routes.
 func (s *Speaker) Status() l4api.BGPStatus {
+	// What the speaker holds, read under its lock; the sessions are asked
+	// of GoBGP without it, so a GoBGP call that waits on the speaker (a
+	// peer event) can never wait on this one.
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	out := l4api.BGPStatus{LocalAS: s.cfg.LocalAS, RouterID: s.cfg.RouterID.String(), Leaving: s.leaving, Peers: []l4api.BGPPeer{}, Routes: []l4api.BGPRoute{},
 		BFDDropped: s.bfd.dropped(), RejectedConnections: s.rejected.Load()}
-	if s.bgp != nil {
-		s.bgp.ListPeer(context.Background(), &api.ListPeerRequest{}, func(p *api.Peer) {
+	bgp := s.bgp
+	routes := make([]route, len(s.routes))
+	for i, r := range s.routes {
+		routes[i] = *r
+	}
+	s.mu.Unlock()
+	if bgp != nil {
+		bgp.ListPeer(context.Background(), &api.ListPeerRequest{}, func(p *api.Peer) {
 			bp := l4api.BGPPeer{Address: p.GetConf().GetNeighborAddress(), AS: p.GetConf().GetPeerAsn(), State: sessionState(p),
 				HoldTime: int(p.GetTimers().GetState().GetNegotiatedHoldTime())}
 			ts := p.GetTimers().GetState().GetDowntime()
@@ -471,8 +479,14 @@ func (s *Speaker) Status() l4api.BGPStatus {
 		pb, _ := netip.ParseAddr(b.Address)
 		return pa.Compare(pb)
 	})
-	for _, r := range s.routes {
-		br := l4api.BGPRoute{Zone: r.zone, Prefix: r.prefix.String(), Announced: r.uuid != nil, Why: r.why}
+	// A route counts as announced once a session is up to send it on: in
+	// the speaker's table alone, no router has it yet.
+	established := slices.ContainsFunc(out.Peers, func(p l4api.BGPPeer) bool { return p.State == "established" })
+	for _, r := range routes {
+		br := l4api.BGPRoute{Zone: r.zone, Prefix: r.prefix.String(), Announced: r.uuid != nil && established, Why: r.why}
+		if r.uuid != nil && !established {
+			br.Why = "waiting for session: no BGP session is established to send it on"
+		}
 		for _, c := range r.communities {
 			br.Communities = append(br.Communities, fmt.Sprintf("%d:%d", c>>16, c&0xffff))
 		}
