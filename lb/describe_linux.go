@@ -211,21 +211,19 @@ func (v *view) TargetGroup(name string) (api.TargetGroup, error) {
 // every node, through etcd, with the etcd backend.
 func (v *view) Register(group string, req api.RegisterRequest) (api.TargetHealth, error) {
 	r := registry.Registration{Address: req.Address, Zone: req.Zone, Weight: req.Weight}
+	var h registry.Health
 	var leaseID int64
-	register := v.reg.Register
+	var err error
 	switch {
 	case v.store != nil:
-		register = func(group string, r registry.Registration) (registry.Health, error) {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			h, id, err := v.store.Register(ctx, group, r, cluster.Lease{TTL: req.LeaseSeconds, ID: req.LeaseID})
-			leaseID = id
-			return h, err
-		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		h, leaseID, err = v.store.Register(ctx, group, r, cluster.Lease{TTL: req.LeaseSeconds, ID: req.LeaseID})
+		cancel()
 	case req.LeaseSeconds > 0:
 		return api.TargetHealth{}, fmt.Errorf("%w: lease_seconds: a registration with a lease needs registry.backend etcd", api.ErrInvalid)
+	default:
+		h, err = v.reg.Register(group, r)
 	}
-	h, err := register(group, r)
 	if err != nil {
 		return api.TargetHealth{}, wireErr(err)
 	}

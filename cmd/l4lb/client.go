@@ -237,12 +237,8 @@ func newRegister() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&group, "target-group", "", "target group name (required)")
-	cmd.Flags().StringVar(&spec, "target", "", "ADDR[,zone=Z][,weight=W] (required)")
+	addTargetFlags(cmd, &c, &group, &spec)
 	cmd.Flags().DurationVar(&lease, "lease", 0, "registry backend etcd: tie the registration to an etcd lease of this length; it is deregistered on every node when not renewed")
-	cmd.MarkFlagRequired("target-group")
-	cmd.MarkFlagRequired("target")
-	addClientFlags(cmd, &c)
 	return cmd
 }
 
@@ -299,13 +295,19 @@ func newAgent() *cobra.Command {
 			}
 		},
 	}
-	cmd.Flags().StringVar(&group, "target-group", "", "target group name (required)")
-	cmd.Flags().StringVar(&spec, "target", "", "ADDR[,zone=Z][,weight=W] (required)")
+	addTargetFlags(cmd, &c, &group, &spec)
 	cmd.Flags().DurationVar(&lease, "lease", 30*time.Second, "the etcd lease the registration lives on; renewed every third of it")
+	return cmd
+}
+
+// addTargetFlags adds the flags that name a target to register, and the
+// admin client's.
+func addTargetFlags(cmd *cobra.Command, c *adminClient, group, spec *string) {
+	cmd.Flags().StringVar(group, "target-group", "", "target group name (required)")
+	cmd.Flags().StringVar(spec, "target", "", "ADDR[,zone=Z][,weight=W] (required)")
 	cmd.MarkFlagRequired("target-group")
 	cmd.MarkFlagRequired("target")
-	addClientFlags(cmd, &c)
-	return cmd
+	addClientFlags(cmd, c)
 }
 
 func newDeregister() *cobra.Command {

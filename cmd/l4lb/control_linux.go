@@ -8,13 +8,11 @@ import (
 	"os"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/l4lb/l4lb/lb"
-	"github.com/l4lb/l4lb/lb/listen"
 	"github.com/l4lb/l4lb/pkg/api"
 	"github.com/l4lb/l4lb/pkg/config"
 	"github.com/l4lb/l4lb/pkg/metrics"
@@ -104,7 +102,7 @@ func (c *control) Reload() (api.Config, error) {
 	if err := c.srv.Reload(cfg); err != nil {
 		c.log.Error("reload failed; the running config is kept", zap.Error(err))
 		c.m.Counter(metrics.ConfigReloads, "failed").Inc()
-		if errors.Is(err, listen.ErrHeld) || errors.Is(err, syscall.EADDRINUSE) || errors.Is(err, syscall.EADDRNOTAVAIL) || errors.Is(err, syscall.EACCES) {
+		if isBindError(err) {
 			// The file is good, the host is not ready for it (another
 			// process holds the port): a conflict, not l4lb's fault.
 			return api.Config{}, fmt.Errorf("%w: %v", api.ErrConflict, err)

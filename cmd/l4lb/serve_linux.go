@@ -45,10 +45,15 @@ func runServe(ctx context.Context, l loaded, log *zap.Logger, connectTimeout tim
 // code of the config errors: the config and the host disagree, and nothing
 // served.
 func cannotBind(err error) error {
-	if errors.Is(err, listen.ErrHeld) || errors.Is(err, syscall.EADDRINUSE) || errors.Is(err, syscall.EADDRNOTAVAIL) || errors.Is(err, syscall.EACCES) {
+	if isBindError(err) {
 		return usageError{err}
 	}
 	return err
+}
+
+// isBindError says err is an address this host will not let l4lb bind.
+func isBindError(err error) bool {
+	return errors.Is(err, listen.ErrHeld) || errors.Is(err, syscall.EADDRINUSE) || errors.Is(err, syscall.EADDRNOTAVAIL) || errors.Is(err, syscall.EACCES)
 }
 
 // serve runs l.cfg until SIGTERM or SIGINT (or ctx ends), then withdraws its

@@ -311,24 +311,13 @@ type Lease struct {
 }
 
 // Register writes a registration for every node, and returns once this
-// node has applied it, with the lease it lives on (0: none). The address is
-// checked by the local registry's rules first, so a bad one is refused
-// before anything is written.
+// node has applied it, with the lease it lives on (0: none). It is checked
+// by the local registry's rules first, so what one node would refuse is
+// refused before anything is written.
 func (s *Store) Register(ctx context.Context, group string, req registry.Registration, lease Lease) (registry.Health, int64, error) {
-	g := s.reg.Group(group)
-	if g == nil {
-		return registry.Health{}, 0, fmt.Errorf("%w: no target group %q", registry.ErrNotFound, group)
-	}
-	addr, err := config.ParseTargetAddress(req.Address, g.Config().Port)
+	_, addr, weight, err := s.reg.Check(group, req) // refused here as on one node
 	if err != nil {
-		return registry.Health{}, 0, fmt.Errorf("%w: address: %v", registry.ErrInvalid, err)
-	}
-	weight := req.Weight
-	if weight == 0 {
-		weight = config.DefaultTargetWeight
-	}
-	if weight < 1 || weight > config.MaxTargetWeight {
-		return registry.Health{}, 0, fmt.Errorf("%w: weight: %d is outside 1-%d", registry.ErrInvalid, weight, config.MaxTargetWeight)
+		return registry.Health{}, 0, err
 	}
 	var opts []clientv3.OpOption
 	leaseID := clientv3.LeaseID(0)

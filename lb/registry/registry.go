@@ -264,30 +264,41 @@ func (r *Registry) logErr(err error) {
 	}
 }
 
-// Register adds a target to a group (or takes a draining one back). New flows
-// reach it once it passes its health checks, or at once while the group fails
-// open.
-func (r *Registry) Register(groupName string, req Registration) (Health, error) {
+// Check is what Register refuses, for a registration that another store
+// (etcd) will carry to every node: the group, the address (with the
+// group's port when it has none), the weight (0: the default), the zone,
+// and l4lb's own addresses.
+func (r *Registry) Check(groupName string, req Registration) (*Group, netip.AddrPort, int, error) {
 	g := r.Group(groupName)
 	if g == nil {
-		return Health{}, fmt.Errorf("%w: no target group %q", ErrNotFound, groupName)
+		return nil, netip.AddrPort{}, 0, fmt.Errorf("%w: no target group %q", ErrNotFound, groupName)
 	}
 	addr, err := config.ParseTargetAddress(req.Address, g.Config().Port)
 	if err != nil {
-		return Health{}, fmt.Errorf("%w: address: %v", ErrInvalid, err)
+		return nil, netip.AddrPort{}, 0, fmt.Errorf("%w: address: %v", ErrInvalid, err)
 	}
 	weight := req.Weight
 	if weight == 0 {
 		weight = config.DefaultTargetWeight
 	}
-	if weight < 1 || weight > config.MaxTargetWeight {
-		return Health{}, fmt.Errorf("%w: weight: %d is outside 1-%d", ErrInvalid, weight, config.MaxTargetWeight)
+	switch {
+	case weight < 1 || weight > config.MaxTargetWeight:
+		return nil, netip.AddrPort{}, 0, fmt.Errorf("%w: weight: %d is outside 1-%d", ErrInvalid, weight, config.MaxTargetWeight)
+	case req.Zone != "" && !slices.ContainsFunc(r.Config().Zones, func(z config.Zone) bool { return z.Name == req.Zone }):
+		return nil, netip.AddrPort{}, 0, fmt.Errorf("%w: zone: no zone named %q", ErrInvalid, req.Zone)
+	case r.own(addr):
+		return nil, netip.AddrPort{}, 0, fmt.Errorf("%w: address: %s is l4lb's own listener or admin address; forwarding to it would loop", ErrInvalid, addr)
 	}
-	if req.Zone != "" && !slices.ContainsFunc(r.Config().Zones, func(z config.Zone) bool { return z.Name == req.Zone }) {
-		return Health{}, fmt.Errorf("%w: zone: no zone named %q", ErrInvalid, req.Zone)
-	}
-	if r.own(addr) {
-		return Health{}, fmt.Errorf("%w: address: %s is l4lb's own listener or admin address; forwarding to it would loop", ErrInvalid, addr)
+	return g, addr, weight, nil
+}
+
+// Register adds a target to a group (or takes a draining one back). New flows
+// reach it once it passes its health checks, or at once while the group fails
+// open.
+func (r *Registry) Register(groupName string, req Registration) (Health, error) {
+	g, addr, weight, err := r.Check(groupName, req)
+	if err != nil {
+		return Health{}, err
 	}
 	g.mu.Lock()
 	t := g.find(addr)
@@ -437,11 +448,6 @@ func (r *Registry) TargetGroup(name string) (GroupHealth, error) {
 		out.Targets = append(out.Targets, t.describe())
 	}
 	g.mu.Unlock()
-	for _, l := range r.Config().Listeners {
-		if l.TargetGroup == name || slices.ContainsFunc(l.Forward, func(f config.Forward) bool { return f.TargetGroup == name }) ||
-			slices.ContainsFunc(l.Rules, func(rl config.Rule) bool { return rl.TargetGroup == name }) {
-			out.Listeners = append(out.Listeners, l.Name)
-		}
-	}
+	out.Listeners = r.Config().ListenersOf(name)
 	return out, nil
 }

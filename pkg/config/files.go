@@ -78,12 +78,7 @@ func Warnings(cfg *Config) Errors {
 		if len(g.Targets) > 0 {
 			continue
 		}
-		var by []string
-		for _, l := range cfg.Listeners {
-			if l.TargetGroup == g.Name || slicesContainsForward(l, g.Name) {
-				by = append(by, l.Name)
-			}
-		}
+		by := cfg.ListenersOf(g.Name)
 		if len(by) == 0 {
 			out.add(fmt.Sprintf("target_groups[%d].targets", i), "empty, and no listener routes to it")
 			continue
@@ -93,18 +88,21 @@ func Warnings(cfg *Config) Errors {
 	return out
 }
 
-// slicesContainsForward says whether l forwards to group (a weighted
-// forward or an SNI rule).
-func slicesContainsForward(l Listener, group string) bool {
-	for _, f := range l.Forward {
-		if f.TargetGroup == group {
-			return true
+// ListenersOf names the listeners that route to group: as their own
+// target group, in a weighted forward, or by an SNI rule.
+func (c *Config) ListenersOf(group string) []string {
+	var out []string
+	for _, l := range c.Listeners {
+		routes := l.TargetGroup == group
+		for _, f := range l.Forward {
+			routes = routes || f.TargetGroup == group
+		}
+		for _, r := range l.Rules {
+			routes = routes || r.TargetGroup == group
+		}
+		if routes {
+			out = append(out, l.Name)
 		}
 	}
-	for _, r := range l.Rules {
-		if r.TargetGroup == group {
-			return true
-		}
-	}
-	return false
+	return out
 }
