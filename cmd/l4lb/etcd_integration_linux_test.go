@@ -155,6 +155,15 @@ target_groups:
 			t.Fatalf("node %d's tables hash to %s, node 1's to %s", i+1, h, hash)
 		}
 	}
+	// What one node refuses is refused before anything is written: no node
+	// sees it.
+	if code, _, errs := runCLI("targets", "register", "--admin", nodes[0].admin, "--target-group", "web", "--target", "127.0.0.1:9,zone=nowhere"); code == 0 || !strings.Contains(errs, `no zone named "nowhere"`) {
+		t.Fatalf("a registration in an unknown zone: exit %d: %s", code, errs)
+	}
+	if got := clusterView(t, nodes[1].admin).AppliedRevision; got != rev {
+		t.Fatalf("a refused registration was written: node 2 applied revision %d, %d before", got, rev)
+	}
+
 	// l4lb cluster status finds every node through etcd.
 	code, out, errs := runCLI("cluster", "status", "--admin", nodes[0].admin, "-o", "json")
 	var st []nodeStatus
