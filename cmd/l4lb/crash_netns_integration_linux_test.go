@@ -164,7 +164,9 @@ target_groups:
 	cl.expect(t, "down new_tcp=40/40 new_udp=40/40 udp_same=20/20")
 
 	log2 := start(2)
-	waitLog(log2, "TCP fast path: adopted the flows a previous process pinned", "UDP fast path: adopted the flows a previous process pinned")
+	// "l4lb started" comes once the admin API, which the registration below
+	// uses, is up too.
+	waitLog(log2, "TCP fast path: adopted the flows a previous process pinned", "UDP fast path: adopted the flows a previous process pinned", "l4lb started")
 	for proto, before := range links {
 		if after := pinnedLinkIDs(t, filepath.Join(pins, proto)); fmt.Sprint(after) != fmt.Sprint(before) {
 			t.Fatalf("%s: links %v after the restart, %v before: a second set was attached", proto, after, before)
