@@ -13,6 +13,7 @@ import (
 
 	"github.com/l4lb/l4lb/lb/balance"
 	"github.com/l4lb/l4lb/lb/cluster"
+	"github.com/l4lb/l4lb/lb/kernelpath"
 	"github.com/l4lb/l4lb/lb/listen"
 	"github.com/l4lb/l4lb/lb/registry"
 	"github.com/l4lb/l4lb/lb/tcpproxy"
@@ -127,7 +128,9 @@ func (v *view) Route(listenerName, src, dst, protocol, sni string) (api.Route, e
 	return out, nil
 }
 
-// Flows lists up to limit open TCP flows (of one listener when named).
+// Flows lists up to limit open flows (of one listener when named): TCP on
+// the socket path, then TCP in the kernel (NAT or DSR), then UDP, each with
+// the path that carries it.
 func (v *view) Flows(listenerName string, limit int) ([]api.Flow, error) {
 	if listenerName != "" && !slices.ContainsFunc(v.reg.Config().Listeners, func(l config.Listener) bool { return l.Name == listenerName }) {
 		return nil, fmt.Errorf("%w: no listener %q", api.ErrNotFound, listenerName)
@@ -135,7 +138,22 @@ func (v *view) Flows(listenerName string, limit int) ([]api.Flow, error) {
 	if limit <= 0 {
 		limit = 100
 	}
-	return v.tcp.Flows(listenerName, limit), nil
+	out := v.tcp.Flows(listenerName, limit)
+	if len(out) < limit {
+		k, err := kernelpath.Describe(v.tcp.Kernel(), "TCP", listenerName, limit-len(out))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, k...)
+	}
+	if len(out) < limit {
+		u, err := v.udp.FlowList(listenerName, limit-len(out))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, u...)
+	}
+	return out, nil
 }
 
 // ZoneUnsettled names a target of the groups that zone's listeners route to

@@ -77,7 +77,7 @@ func tcpKernelServer(t *testing.T, vip netip.AddrPort, cts []config.Target, mod 
 	cfg.TCPFastPath, cfg.TCPFastPathInterfaces = true, []string{"lo"}
 	reg := prometheus.NewRegistry()
 	srv := startedServer(t, cfg, Options{Metrics: metrics.New(reg)})
-	if !srv.tcp.KernelPath() {
+	if !srv.tcp.Kernel().Running() {
 		if os.Geteuid() != 0 && os.Getenv("CI") == "" {
 			t.Skip("the TCP fast path needs root")
 		}
@@ -143,7 +143,7 @@ func TestKernelTCPFlows(t *testing.T) {
 		t.Fatalf("%d flows went through user space", f)
 	}
 	waitFor(t, func() bool { return counterValue(t, reg, "l4lb_new_flows_total") == n })
-	waitFor(t, func() bool { return srv.tcp.KernelFlows() == n })
+	waitFor(t, func() bool { return srv.tcp.Kernel().Flows() == n })
 	waitFor(t, func() bool { return counterValue(t, reg, "l4lb_active_flows") == n })
 	if b := counterValue(t, reg, "l4lb_processed_bytes_total"); b != 2*5*n {
 		t.Fatalf("processed bytes %v, want %d", b, 2*5*n)
@@ -153,10 +153,10 @@ func TestKernelTCPFlows(t *testing.T) {
 	}
 	// Closed flows linger a few seconds for stray segments, then go.
 	deadline := time.Now().Add(15 * time.Second)
-	for srv.tcp.KernelFlows() != 0 && time.Now().Before(deadline) {
+	for srv.tcp.Kernel().Flows() != 0 && time.Now().Before(deadline) {
 		time.Sleep(200 * time.Millisecond)
 	}
-	if f := srv.tcp.KernelFlows(); f != 0 {
+	if f := srv.tcp.Kernel().Flows(); f != 0 {
 		t.Fatalf("%d kernel flows left after every connection closed", f)
 	}
 	if a := counterValue(t, reg, "l4lb_active_flows"); a != 0 {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/l4lb/l4lb/lb"
 	"github.com/l4lb/l4lb/lb/bgp"
+	"github.com/l4lb/l4lb/lb/registry"
 	"github.com/l4lb/l4lb/pkg/api"
 	"github.com/l4lb/l4lb/pkg/config"
 	"github.com/l4lb/l4lb/pkg/metrics"
@@ -25,16 +26,32 @@ type bgpNode struct {
 }
 
 // newBGPNode announces a zone while it is healthy, the first time once its
-// targets' first health checks are over (bgp.Options.Settling).
+// targets' first health checks are over (bgp.Options.Settling). Zone health
+// is read again as soon as a target group changes.
 func newBGPNode(srv *lb.Server, log *zap.Logger, m *metrics.Metrics) *bgpNode {
+	changed := make(chan struct{}, 1)
+	srv.Registry.Subscribe(groupsChanged(changed))
 	return &bgpNode{opts: bgp.Options{Logger: log, Metrics: m, Healthy: func(zone string) (bool, string) {
 		zh, err := srv.ZoneHealth(zone)
 		if err != nil {
 			return false, err.Error()
 		}
 		return zh.Healthy, zoneProblem(zh)
-	}, Settling: srv.ZoneUnsettled}}
+	}, Settling: srv.ZoneUnsettled, Changed: changed}}
 }
+
+// groupsChanged is a registry subscriber that says, without blocking, that
+// some group's targets changed.
+type groupsChanged chan struct{}
+
+func (c groupsChanged) SnapshotChanged(*registry.Group) {
+	select {
+	case c <- struct{}{}:
+	default: // a read is already due
+	}
+}
+
+func (groupsChanged) EndFlows(*registry.Target, string) {}
 
 // zoneProblem names the first listener that keeps a zone unhealthy.
 func zoneProblem(zh api.ZoneHealth) string {

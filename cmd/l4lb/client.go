@@ -129,6 +129,7 @@ func printJSON(w io.Writer, v any) error {
 
 func newReload() *cobra.Command {
 	var c adminClient
+	var w announceWait
 	cmd := &cobra.Command{
 		Use:   "reload",
 		Short: "Reload the config file of a running l4lb (POST /v1/reload); a bad file changes nothing, exit 2",
@@ -139,18 +140,23 @@ func newReload() *cobra.Command {
 				return err
 			}
 			if c.output == "json" {
-				return printJSON(cmd.OutOrStdout(), cfg)
+				if err := printJSON(cmd.OutOrStdout(), cfg); err != nil {
+					return err
+				}
+			} else {
+				fmt.Fprintf(cmd.OutOrStdout(), "reloaded %s (sha256 %s) at %s\n", cfg.Path, cfg.SHA256, cfg.LoadedAt.Format(time.RFC3339))
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "reloaded %s (sha256 %s) at %s\n", cfg.Path, cfg.SHA256, cfg.LoadedAt.Format(time.RFC3339))
-			return nil
+			return w.report(cmd, &c, 0)
 		},
 	}
 	addClientFlags(cmd, &c)
+	addWaitFlags(cmd, &w)
 	return cmd
 }
 
 func newUpgrade() *cobra.Command {
 	var c adminClient
+	var w announceWait
 	cmd := &cobra.Command{
 		Use:   "upgrade",
 		Short: "Start the l4lb binary again with the listeners of the running one, which then drains (as SIGUSR2)",
@@ -161,14 +167,19 @@ func newUpgrade() *cobra.Command {
 			if err := c.do(http.MethodPost, "/v1/upgrade", nil, &u); err != nil {
 				return err
 			}
+			c.http.Timeout = 10 * time.Second
 			if c.output == "json" {
-				return printJSON(cmd.OutOrStdout(), u)
+				if err := printJSON(cmd.OutOrStdout(), u); err != nil {
+					return err
+				}
+			} else {
+				fmt.Fprintf(cmd.OutOrStdout(), "upgraded: pid %d serves, pid %d drains\n", u.NewPID, u.OldPID)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "upgraded: pid %d serves, pid %d drains\n", u.NewPID, u.OldPID)
-			return nil
+			return w.report(cmd, &c, u.NewPID)
 		},
 	}
 	addClientFlags(cmd, &c)
+	addWaitFlags(cmd, &w)
 	return cmd
 }
 

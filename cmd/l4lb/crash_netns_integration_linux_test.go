@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"hash"
 	"io"
@@ -22,6 +23,7 @@ import (
 	"time"
 
 	"github.com/l4lb/l4lb/internal/netnstest"
+	"github.com/l4lb/l4lb/pkg/api"
 	"github.com/l4lb/l4lb/pkg/config"
 )
 
@@ -180,9 +182,25 @@ target_groups:
 	}
 	cl.send("up")
 	up := cl.expect(t, "up ")
+	// The node lists the flows it carries in the kernel, each with its path,
+	// the streams that outlived the crash among them.
+	out, err := exec.Command(ipBin, "netns", "exec", node, bin, "flows", "--admin", "127.0.0.1:9900", "--limit", "1000", "-o", "json").CombinedOutput()
+	var flows []api.Flow
+	if err != nil || json.Unmarshal(out, &flows) != nil {
+		t.Fatalf("l4lb flows: %v\n%s", err, out)
+	}
+	paths := map[string]int{}
+	for _, f := range flows {
+		paths[f.Listener+" "+f.Path]++
+	}
+	for _, want := range []string{"tcp6 dsr", "nat6 kernel", "udp6 dsr", "natudp6 kernel"} {
+		if paths[want] == 0 {
+			t.Fatalf("l4lb flows lists no flow of listener %s: %v", want, paths)
+		}
+	}
 	cl.send("finish")
 	done := cl.expect(t, "streams=16 broken=0")
-	t.Logf("SIGKILL with kernel flows over DSR and NAT: down %v; %s; %s", time.Since(killed).Round(10*time.Millisecond), up, done)
+	t.Logf("SIGKILL with kernel flows over DSR and NAT: down %v; %s; %s; l4lb flows after the restart, by listener and path: %v", time.Since(killed).Round(10*time.Millisecond), up, done, paths)
 
 	srv.Process.Signal(syscall.SIGTERM)
 	select {

@@ -27,8 +27,10 @@ var examples = map[string]string{
 	"l4lb route": `  l4lb route --listener web --src 198.18.0.2:5555
   l4lb route --listener web --src 198.18.0.2:20000-20009 --protocol udp
   l4lb route --listener https --src 198.18.0.2:5555 --sni api.example.com`,
-	"l4lb reload":  `  l4lb reload --admin 127.0.0.1:9900             # as SIGHUP: read the config file again`,
-	"l4lb upgrade": `  l4lb upgrade --admin 127.0.0.1:9900 -o json     # as SIGUSR2: hand over to the binary on disk`,
+	"l4lb reload": `  l4lb reload --admin 127.0.0.1:9900             # as SIGHUP: read the config file again
+  l4lb reload --admin 10.0.0.11:9900 --wait      # one node of a rolling reload: back once it announces`,
+	"l4lb upgrade": `  l4lb upgrade --admin 127.0.0.1:9900 -o json     # as SIGUSR2: hand over to the binary on disk
+  for n in 10.0.0.11 10.0.0.12 10.0.0.13; do l4lb upgrade --admin $n:9900 --wait || break; done`,
 	"l4lb bench": `  l4lb bench tcp-rr 127.0.0.1:18080 --duration 10s --connections 32
   l4lb bench tcp-connect 127.0.0.1:18080 --rate 2000 --during upgrade --admin 127.0.0.1:19900
   l4lb bench udp-rr 127.0.0.1:5353 --no-verify`,
@@ -42,10 +44,12 @@ var examples = map[string]string{
 	"l4lb bench idle-conns": `  l4lb bench idle-conns 127.0.0.1:18080 --connections 10000 --pid 1234 --duration 30s`,
 	"l4lb bench target": `  l4lb bench target echo --listen tcp://127.0.0.1:19001
   l4lb bench target sink --listen tcp://127.0.0.1:19002`,
-	"l4lb bgp":            `  l4lb bgp status`,
-	"l4lb bgp status":     `  l4lb bgp status --admin 127.0.0.1:9900 -o json`,
-	"l4lb dsr-target":     `  l4lb dsr-target --interface eth0 --vip 198.18.10.1 --gue-port 6080`,
-	"l4lb cluster":        `  l4lb cluster status`,
+	"l4lb bgp":        `  l4lb bgp status`,
+	"l4lb bgp status": `  l4lb bgp status --admin 127.0.0.1:9900 -o json`,
+	"l4lb dsr-target": `  l4lb dsr-target --interface eth0 --vip 198.18.10.1 --gue-port 6080`,
+	"l4lb cluster":    `  l4lb cluster status`,
+	"l4lb flows": `  l4lb flows --listener web --limit 20          # which node carries a flow, and on which path
+  l4lb flows -o json | jq '.[] | select(.path == "dsr")'`,
 	"l4lb cluster status": `  l4lb cluster status --admin 10.0.0.5:9900 --token-file /etc/l4lb/token -o json`,
 	"l4lb kernel":         `  l4lb kernel status`,
 	"l4lb kernel status":  `  l4lb kernel status -o json`,

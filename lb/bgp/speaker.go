@@ -46,6 +46,10 @@ type Options struct {
 	Settling func(zone string) string
 	// Every is how often zone health is read; 500 ms when zero.
 	Every time.Duration
+	// Changed, when a value arrives, has zone health read at once: the
+	// registry's targets changed (a zone's last target deregistered is
+	// withdrawn then, not at the next Every).
+	Changed <-chan struct{}
 }
 
 // Speaker is the embedded BGP speaker of one l4lb process.
@@ -185,6 +189,7 @@ func (s *Speaker) loop(stop, done chan struct{}) {
 		case <-stop:
 			return
 		case <-t.C:
+		case <-s.opts.Changed:
 		}
 	}
 }

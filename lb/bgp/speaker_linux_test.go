@@ -194,6 +194,25 @@ func TestSpeakerAnnouncesWhileHealthy(t *testing.T) {
 	}
 }
 
+// With zone health read only now and then, a change the registry reports
+// has it read at once: a zone whose last target left is withdrawn then.
+func TestSpeakerReadsHealthOnChange(t *testing.T) {
+	r := newRouter(t)
+	z := &zones{healthy: map[string]bool{"a": true}}
+	changed := make(chan struct{}, 1)
+	s := New(speakerConfig(r.port, zoneA), Options{Logger: zaptest.NewLogger(t), Metrics: metrics.New(prometheus.NewRegistry()), Healthy: z.get, Every: time.Hour, Changed: changed})
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Stop)
+	// The first read, at start, came before the session: it announced
+	// into the speaker's table, which the session then sends.
+	waitFor(t, "zone a's prefix", func() bool { _, ok := r.routes(t)["198.18.10.1/32"]; return ok })
+	z.set("a", false)
+	changed <- struct{}{}
+	waitFor(t, "zone a withdrawn on the change, not at the next hourly read", func() bool { return len(r.routes(t)) == 0 })
+}
+
 // A reload that changes only what is announced keeps the session: the
 // dropped prefix is withdrawn, the new one announced. (A change of the
 // session restarts the speaker; GoBGP keeps some settings in package

@@ -132,6 +132,7 @@ type Flow struct {
 	Service int
 	Client  netip.AddrPort
 	Target  netip.AddrPort
+	Idle    time.Duration // since its last packet (client to target), as List read it
 }
 
 // ErrUnsupported means the kernel refused the program or its maps (no BPF,
@@ -254,12 +255,13 @@ func New(opts Options) (*Path, error) {
 	return p, nil
 }
 
-// familyOf is the family that serves a (unmapped) address.
-func (p *Path) familyOf(a netip.Addr) *famPath {
+// familyOf is the family of fams (IPv4, IPv6) that serves a (unmapped)
+// address.
+func familyOf(fams *[2]*famPath, a netip.Addr) *famPath {
 	if a.Is4() {
-		return p.fams[0]
+		return fams[0]
 	}
-	return p.fams[1]
+	return fams[1]
 }
 
 // AddService serves a listener address: datagrams to it are forwarded once
@@ -270,7 +272,7 @@ func (p *Path) AddService(vip netip.AddrPort, idle time.Duration, sticky bool) (
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	fp := p.familyOf(vip.Addr())
+	fp := familyOf(&p.fams, vip.Addr())
 	if fp.n == fp.max {
 		return 0, fmt.Errorf("fastpath: %s: all %d services of its family in use", vip, fp.max)
 	}
@@ -359,7 +361,7 @@ func (p *Path) SetTable(id int, slots []netip.AddrPort) error {
 	}
 	// A slot whose target is of the other family stays empty (port 0).
 	mine := func(i int) bool {
-		return slots != nil && slots[i].IsValid() && p.familyOf(slots[i].Addr()) == fp && !slots[i].Addr().Is4In6()
+		return slots != nil && slots[i].IsValid() && familyOf(&p.fams, slots[i].Addr()) == fp && !slots[i].Addr().Is4In6()
 	}
 	var vals any
 	if fp.f.addrLen == 4 {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -172,7 +173,7 @@ func deleteFlow(m *ebpf.Map, key []byte) error {
 // returns how many there were. The clients' next datagrams make new flows.
 func (p *Path) EndFlowsTo(target netip.AddrPort) (int, error) {
 	target = netip.AddrPortFrom(target.Addr().Unmap(), target.Port())
-	fp := p.familyOf(target.Addr())
+	fp := familyOf(&p.fams, target.Addr())
 	want := make([]byte, fp.f.addrLen+2)
 	putAddr(want, target)
 	n := 0
@@ -204,6 +205,34 @@ func (p *Path) EndFlowsTo(target netip.AddrPort) (int, error) {
 	}
 	p.addRemoved(removed)
 	return n, errors.Join(errs...)
+}
+
+// List calls fn for each flow the maps hold (its client-side entry), until
+// fn returns false. It reads the maps and changes nothing.
+func (p *Path) List(fn func(Flow) bool) error {
+	now := monotonic()
+	more := true
+	for _, fp := range p.fams {
+		for _, m := range fp.flowMaps(p.opts.Protocol) {
+			if !more {
+				return nil
+			}
+			err := fp.readAll(m, func(k, v []byte) {
+				if !more || fp.svc(v)&replyFlag != 0 {
+					return
+				}
+				f := fp.decode(k, v)
+				if last := fp.last(v); now > last {
+					f.Idle = time.Duration(now - last)
+				}
+				more = fn(f)
+			})
+			if err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // readAll calls fn for every entry of one of the family's flow maps. The

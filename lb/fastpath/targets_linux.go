@@ -40,7 +40,7 @@ func (p *Path) WatchTargets(targets []netip.AddrPort) error {
 		}
 	}
 	for t := range want {
-		fp := p.familyOf(t.Addr())
+		fp := familyOf(&p.fams, t.Addr())
 		if err := fp.targets.Update(slotKey(t), &fastpathBPFTargetStat{}, ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
 			errs = append(errs, fmt.Errorf("fastpath: watching target %s: %w", t, err))
 		}

@@ -1,12 +1,14 @@
 package kernelpath
 
 import (
+	"fmt"
 	"os"
 	"sync/atomic"
 
 	"go.uber.org/zap"
 
 	"github.com/l4lb/l4lb/lb/registry"
+	"github.com/l4lb/l4lb/pkg/api"
 )
 
 // Slot holds a data plane's kernel path while one runs. Every method does
@@ -42,6 +44,36 @@ func (s *Slot) Flows() int {
 		return k.Flows()
 	}
 	return 0
+}
+
+// List calls fn with each flow the kernel pins (Forwarder.List).
+func (s *Slot) List(listener string, fn func(Listed) bool) error {
+	if k := s.k.Load(); k != nil {
+		return k.List(listener, fn)
+	}
+	return nil
+}
+
+// Describe lists up to limit flows the kernel path in slot pins now, of
+// the listener named (every one when ""), as GET /v1/flows shows them.
+func Describe(slot *Slot, proto, listener string, limit int) ([]api.Flow, error) {
+	var out []api.Flow
+	err := slot.List(listener, func(l Listed) bool {
+		if len(out) >= limit {
+			return false
+		}
+		path := "kernel"
+		if l.DSR {
+			path = "dsr"
+		}
+		out = append(out, api.Flow{Listener: l.Listener, Protocol: proto, Client: l.Client.String(), Target: l.Target.String(),
+			TargetGroup: l.Group, Path: path, IdleSeconds: l.Idle.Seconds()})
+		return true
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing the %s kernel path's flows: %w", proto, err)
+	}
+	return out, nil
 }
 
 // Sync writes the tables now.

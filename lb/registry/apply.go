@@ -15,7 +15,9 @@ import (
 // Apply brings the registry to cfg, a validated configuration, as a
 // difference:
 //
-//   - groups added are built, their targets initial and checked;
+//   - groups added are built, their targets initial and checked; until
+//     such a group has served in a zone, it does not make the zone
+//     unhealthy (Group.ZoneProblem);
 //   - groups removed drain every target under their deregistration rules,
 //     and are gone from the API at once;
 //   - groups kept take the new attributes (for new flows) and health check
@@ -52,6 +54,7 @@ func (r *Registry) Apply(cfg *config.Config) error {
 			}
 			return fmt.Errorf("target group %s: %w", tg.Name, err)
 		}
+		g.settling = true // not shared yet
 		next[tg.Name] = g
 		added = append(added, g)
 	}

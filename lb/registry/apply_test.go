@@ -206,3 +206,56 @@ func TestUnsettled(t *testing.T) {
 		t.Fatalf("every target checked (healthy or not): Unsettled says %q", got)
 	}
 }
+
+// A group a reload adds does not make a zone unhealthy while its targets
+// are on their first checks, nor if they fail them: a zone's prefix is
+// withdrawn only when a group that was serving stops. Once it has served
+// in a zone, it counts there as any group does. A group there at start
+// counts at once.
+func TestReloadedGroupSettles(t *testing.T) {
+	r, _, _ := testRegistry(t, nil)
+	if p := r.Group("web").ZoneProblem("a"); p == "" {
+		t.Fatal("a group there at start, all initial: zone a reports no problem")
+	}
+	api := config.TargetGroup{Name: "api", Protocol: config.TCP, Port: 80, Targets: []config.Target{{Address: td, Zone: "a", Weight: 1}}}
+	api.Attributes.CrossZone = config.CrossZoneInherit
+	if err := r.Apply(withGroups(r, *r.Group("web").Config(), api)); err != nil {
+		t.Fatal(err)
+	}
+	g := r.Group("api")
+	if p := g.ZoneProblem("a"); p != "" || !g.Settling("a") {
+		t.Fatalf("a group just added, its target initial: zone a problem %q, settling %v", p, g.Settling("a"))
+	}
+	r.SetHealth("api", td, false, "Target.FailedHealthChecks", "refused")
+	if p := g.ZoneProblem("a"); p != "" {
+		t.Fatalf("a group just added that never served: zone a problem %q", p)
+	}
+	r.SetHealth("api", td, true, "", "")
+	if p := g.ZoneProblem("a"); p != "" || g.Settling("a") {
+		t.Fatalf("serving: zone a problem %q, settling %v", p, g.Settling("a"))
+	}
+	r.SetHealth("api", td, false, "Target.FailedHealthChecks", "refused")
+	if p := g.ZoneProblem("a"); p == "" {
+		t.Fatal("the group served in zone a and stopped: zone a reports no problem")
+	}
+}
+
+// When a zone's last target drains, the zone's view is the group's other
+// zones' targets: new flows that arrive before the routers hear the zone's
+// withdrawal are served, not reset (cross-zone fail-over).
+func TestZoneFailsOverAcrossZones(t *testing.T) {
+	r, _, _ := testRegistry(t, nil)
+	for _, a := range []netip.AddrPort{ta, tb, tc} {
+		r.SetHealth("web", a, true, "", "")
+	}
+	if err := r.Deregister("web", ta.String()); err != nil {
+		t.Fatal(err)
+	}
+	g := r.Group("web")
+	if v := g.Snapshot().ForZone("a"); !slices.Equal(names(v.Targets), []string{tb.String(), tc.String()}) {
+		t.Fatalf("zone a with its only target draining routes to %v, want zone b's", names(v.Targets))
+	}
+	if p := g.ZoneProblem("a"); p == "" {
+		t.Fatal("zone a has no target of its own left: want a problem (the prefix is withdrawn)")
+	}
+}

@@ -24,6 +24,12 @@ type Group struct {
 	targets   []*Target
 	snap      atomic.Pointer[Snapshot]
 	zonesSeen map[string]bool // zones whose state gauges were set
+	// settling is set on a group a reload added: until it has served in a
+	// zone (ZoneProblem found it able to), it is no problem for that zone,
+	// as targets on their first checks are none at start. A prefix is
+	// withdrawn only when a group that was serving stops.
+	settling bool
+	served   map[string]bool // zones the group has been able to serve
 
 	// UnhealthyRouting counts flows routed while the group fails open with
 	// unhealthy targets in the view.
@@ -62,7 +68,7 @@ func (s *Snapshot) forZoneOf(t *Target) *View {
 
 func newGroup(r *Registry, tg *config.TargetGroup) (*Group, error) {
 	c := *tg
-	g := &Group{r: r, zonesSeen: map[string]bool{}}
+	g := &Group{r: r, zonesSeen: map[string]bool{}, served: map[string]bool{}}
 	g.cfg.Store(&c)
 	g.crossZone.Store(tg.CrossZoneEnabled(r.Config().CrossZone))
 	g.UnhealthyRouting = r.m.Counter(metrics.UnhealthyRoutingFlows, tg.Name)
@@ -128,9 +134,19 @@ func (g *Group) rebuild() error {
 			if len(in) == 0 {
 				continue
 			}
-			if snap.Zones[z], err = g.view(in); err != nil {
+			zv, err := g.view(in)
+			if err != nil {
 				return err
 			}
+			if len(zv.Targets) == 0 && len(all.Targets) > 0 {
+				// Nothing left to route to in the zone (its last target
+				// drains, say): new flows that still arrive, before the
+				// routers hear the zone's withdrawal, go to the other
+				// zones' targets rather than being reset, as NLB's
+				// cross-zone fail-over does.
+				zv = all
+			}
+			snap.Zones[z] = zv
 		}
 	}
 	g.snap.Store(snap)
@@ -252,10 +268,31 @@ func (g *Group) Unsettled() string {
 }
 
 // ZoneProblem says why the group cannot serve zone, or "" if it can,
-// counting against the dns_failover minimum when one is set.
+// counting against the dns_failover minimum when one is set. A group a
+// reload added has no problem in a zone until it has once served there: it
+// is settling (Settling says so).
 func (g *Group) ZoneProblem(zone string) string {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	why := g.zoneProblem(zone)
+	if why == "" {
+		g.served[zone] = true
+	}
+	if g.settling && !g.served[zone] {
+		return ""
+	}
+	return why
+}
+
+// Settling says whether g is a group a reload added that has not yet
+// served in zone.
+func (g *Group) Settling(zone string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.settling && !g.served[zone]
+}
+
+func (g *Group) zoneProblem(zone string) string {
 	healthy, total := 0, 0
 	for _, t := range g.targets {
 		if !g.crossZone.Load() && t.zone != "" && t.zone != zone {

@@ -442,6 +442,6 @@ func (f *evFlow) listenerOf() *listener        { return f.l }
 func (f *evFlow) targetOf() *registry.Target   { return f.tgt }
 func (f *evFlow) resetFlow(id uint64, lb bool) { f.lp.post(evCmd{reset: f, id: id, countLB: lb}) }
 func (f *evFlow) describe(now time.Time) api.Flow {
-	return api.Flow{Listener: f.l.cfg.Name, Protocol: "TCP", Client: f.peer.String(), Target: f.tgt.Name,
+	return api.Flow{Listener: f.l.cfg.Name, Protocol: "TCP", Path: "socket", Client: f.peer.String(), Target: f.tgt.Name,
 		TargetGroup: f.tgt.Group().Name(), AgeSeconds: now.Sub(time.Unix(0, f.start)).Seconds()}
 }

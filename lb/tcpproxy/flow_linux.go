@@ -217,6 +217,6 @@ func (f *flow) resetFlow(_ uint64, lb bool) {
 }
 
 func (f *flow) describe(now time.Time) api.Flow {
-	return api.Flow{Listener: f.l.cfg.Name, Protocol: "TCP", Client: f.client.RemoteAddr().String(),
+	return api.Flow{Listener: f.l.cfg.Name, Protocol: "TCP", Path: "socket", Client: f.client.RemoteAddr().String(),
 		Target: f.tgt.Name, TargetGroup: f.tgt.Group().Name(), AgeSeconds: now.Sub(f.start).Seconds()}
 }

@@ -81,10 +81,6 @@ func (l *listener) kernelFront() kernelpath.Front {
 		})
 }
 
-// KernelPath reports whether the kernel fast path runs.
-func (s *Server) KernelPath() bool { return s.kernel.Running() }
-
-// KernelFlows is the number of flows the kernel pins, as of its last sweep.
-func (s *Server) KernelFlows() int {
-	return s.kernel.Flows()
-}
+// Kernel is the slot of the kernel fast path: whether it runs, and its
+// flows.
+func (s *Server) Kernel() *kernelpath.Slot { return &s.kernel }

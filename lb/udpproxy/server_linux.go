@@ -12,9 +12,11 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/l4lb/l4lb/lb/flowtable"
 	"github.com/l4lb/l4lb/lb/kernelpath"
 	"github.com/l4lb/l4lb/lb/listen"
 	"github.com/l4lb/l4lb/lb/registry"
+	"github.com/l4lb/l4lb/pkg/api"
 	"github.com/l4lb/l4lb/pkg/config"
 	"github.com/l4lb/l4lb/pkg/metrics"
 )
@@ -240,6 +242,31 @@ func (s *Server) Flows() int {
 	n := s.UserFlows()
 	n += s.kernel.Flows()
 	return n
+}
+
+// FlowList lists up to limit flows (of one listener when named): the
+// socket path's, then the kernel path's.
+func (s *Server) FlowList(listener string, limit int) ([]api.Flow, error) {
+	var out []api.Flow
+	now := time.Now()
+	for _, u := range s.set.Current() {
+		if listener != "" && u.cfg.Name != listener {
+			continue
+		}
+		u.table.Range(func(k flowtable.Key, f *udpFlow) bool {
+			if len(out) >= limit {
+				return false
+			}
+			out = append(out, api.Flow{Listener: u.cfg.Name, Protocol: "UDP", Client: k.Src.String(), Target: f.tgt.Name,
+				TargetGroup: f.tgt.Group().Name(), Path: "socket", AgeSeconds: now.Sub(f.start).Seconds()})
+			return true
+		})
+	}
+	if len(out) >= limit {
+		return out, nil
+	}
+	k, err := kernelpath.Describe(&s.kernel, "UDP", listener, limit-len(out))
+	return append(out, k...), err
 }
 
 // UserFlows is the number of flows in the socket path's tables.

@@ -88,12 +88,21 @@ type Route struct {
 
 // Flow is one active flow.
 type Flow struct {
-	Listener    string  `json:"listener"`
-	Protocol    string  `json:"protocol"`
-	Client      string  `json:"client"`
-	Target      string  `json:"target"`
-	TargetGroup string  `json:"target_group"`
-	AgeSeconds  float64 `json:"age_seconds"`
+	Listener    string `json:"listener"`
+	Protocol    string `json:"protocol"`
+	Client      string `json:"client"`
+	Target      string `json:"target"`
+	TargetGroup string `json:"target_group"`
+	// Path is what carries the flow on this node: socket (l4lb's own
+	// sockets), kernel (the kernel path, by NAT) or dsr (the kernel path,
+	// by direct server return: replies do not come back through).
+	Path string `json:"path"`
+	// AgeSeconds is how long the flow has been open; the kernel keeps no
+	// start time, so kernel and dsr flows leave it out.
+	AgeSeconds float64 `json:"age_seconds,omitempty"`
+	// IdleSeconds is how long since the client last sent (kernel and dsr
+	// flows).
+	IdleSeconds float64 `json:"idle_seconds,omitempty"`
 }
 
 // ZoneHealth answers GET /v1/zones/{zone}/health.
