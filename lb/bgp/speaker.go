@@ -182,6 +182,12 @@ func (s *Speaker) loop(stop, done chan struct{}) {
 	defer t.Stop()
 	for {
 		s.mu.Lock()
+		if s.bgp == nil {
+			// Stopped: Stop took the server and closed stop, and this
+			// round's select may have taken the ticker instead.
+			s.mu.Unlock()
+			return
+		}
 		s.sync()
 		s.watchPeers()
 		s.mu.Unlock()

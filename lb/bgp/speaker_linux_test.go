@@ -213,6 +213,30 @@ func TestSpeakerReadsHealthOnChange(t *testing.T) {
 	waitFor(t, "zone a withdrawn on the change, not at the next hourly read", func() bool { return len(r.routes(t)) == 0 })
 }
 
+// Stop ends the speaker's loop even when the loop's ticker fires as it
+// stops: the loop must not ask a stopped server (a nil one) for its peers.
+// A loop that did panicked inside GoBGP and never ended, and Stop waited
+// for it forever.
+func TestSpeakerStopsWhileTicking(t *testing.T) {
+	z := &zones{healthy: map[string]bool{"a": true}}
+	s := New(speakerConfig(1, zoneA), Options{Logger: zap.NewNop(), Metrics: metrics.New(prometheus.NewRegistry()), Healthy: z.get, Every: time.Millisecond})
+	for range 40 {
+		if err := s.Start(); err != nil {
+			t.Fatal(err)
+		}
+		for n := z.rounds(); z.rounds() < n+3; {
+			time.Sleep(time.Millisecond)
+		}
+		stopped := make(chan struct{})
+		go func() { s.Stop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(20 * time.Second):
+			t.Fatal("Stop did not return: the speaker's loop did not end")
+		}
+	}
+}
+
 // A reload that changes only what is announced keeps the session: the
 // dropped prefix is withdrawn, the new one announced. (A change of the
 // session restarts the speaker; GoBGP keeps some settings in package
