@@ -163,6 +163,9 @@ func (v *view) Flows(listenerName string, limit int) ([]api.Flow, error) {
 func (v *view) ZoneUnsettled(zone string) string {
 	why := ""
 	v.zoneGroups(zone, func(_ string, g *registry.Group) {
+		if g.Settling(zone) {
+			return // a group a reload added, which has not served: no gate
+		}
 		if t := g.Unsettled(); t != "" && why == "" {
 			why = "target " + t + " of target group " + g.Name()
 		}

@@ -184,6 +184,15 @@ func (s *Store) probe(ctx context.Context) {
 		case !s.connected.Swap(true):
 			s.m.up.Set(1)
 			s.log.Info("registry: etcd answers again", zap.Int64("applied_revision", s.applied.Load()))
+		default:
+			// Ask the watch for a progress notice: it comes after every
+			// event up to the store's revision now, and the node then has
+			// applied that revision. Writes outside the targets (node
+			// records, other clusters) move the revision too, so without it
+			// nodes that started at different times would show different
+			// revisions for the same registrations. (The watch's context:
+			// the notice goes to that stream.)
+			s.cli.RequestProgress(clientv3.WithRequireLeader(ctx))
 		}
 	}
 }

@@ -230,6 +230,17 @@ func TestReloadedGroupSettles(t *testing.T) {
 	if p := g.ZoneProblem("a"); p != "" {
 		t.Fatalf("a group just added that never served: zone a problem %q", p)
 	}
+	// A binary upgrade hands the group's settling to the new process,
+	// whose registry builds every group at start.
+	next, err := New(r.Config(), Options{Clock: &ManualClock{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(next.Close)
+	next.Restore(r.Save())
+	if ng := next.Group("api"); !ng.Settling("a") || ng.ZoneProblem("a") != "" {
+		t.Fatalf("after an upgrade: settling %v, zone a problem %q; want the group still settling", ng.Settling("a"), ng.ZoneProblem("a"))
+	}
 	r.SetHealth("api", td, true, "", "")
 	if p := g.ZoneProblem("a"); p != "" || g.Settling("a") {
 		t.Fatalf("serving: zone a problem %q, settling %v", p, g.Settling("a"))

@@ -1,7 +1,9 @@
 package registry
 
 import (
+	"maps"
 	"net/netip"
+	"slices"
 	"time"
 
 	"go.uber.org/zap"
@@ -20,6 +22,11 @@ type Saved struct {
 	Reason   string `json:"reason,omitempty"`
 	Detail   string `json:"detail,omitempty"`
 	FromFile bool   `json:"from_file"`
+	// GroupSettling and GroupServed carry the group's settling (a reload
+	// added it) and the zones it has served in, so that the new process
+	// withdraws no zone for a group that never served (Group.ZoneProblem).
+	GroupSettling bool     `json:"group_settling,omitempty"`
+	GroupServed   []string `json:"group_served,omitempty"`
 }
 
 // Save lists every target of every group.
@@ -27,9 +34,11 @@ func (r *Registry) Save() []Saved {
 	var out []Saved
 	for _, g := range r.all() {
 		g.mu.Lock()
+		served := slices.Sorted(maps.Keys(g.served))
 		for _, t := range g.targets {
 			out = append(out, Saved{Group: g.Name(), Address: t.Name, Zone: t.zone, Weight: t.weight,
-				State: t.state.String(), Reason: t.reason, Detail: t.detail, FromFile: t.fromFile})
+				State: t.state.String(), Reason: t.reason, Detail: t.detail, FromFile: t.fromFile,
+				GroupSettling: g.settling, GroupServed: served})
 		}
 		g.mu.Unlock()
 	}
@@ -53,6 +62,10 @@ func (r *Registry) Restore(saved []Saved) {
 			continue
 		}
 		g.mu.Lock()
+		g.settling = sv.GroupSettling
+		for _, z := range sv.GroupServed {
+			g.served[z] = true
+		}
 		t := g.find(addr)
 		if t == nil && !sv.FromFile {
 			t = g.newTarget(addr, sv.Zone, max(sv.Weight, 1))
