@@ -26,13 +26,16 @@ import (
 // ecmpVIP, and b, whose VIP is ecmpVIPB. Every node binds both.
 const ecmpVIPB = "198.18.10.2"
 
+// etcdLab is the ECMP lab with the nodes on etcd.
+type etcdLab struct{ *ecmpLab }
+
 // etcdPorts are the client ports of the three members; each peer port is
 // one above.
 var etcdPorts = []int{2379, 2479, 2579}
 
 // startEtcdNode runs l4lb on node i (1-based) with the etcd registry. The
 // file lists the zone b targets t2 and t3; zone a's are registered.
-func (l *ecmpLab) startEtcdNode(bin string, i int, extra string) {
+func (l *etcdLab) startEtcdNode(bin string, i int, extra string) {
 	dir := filepath.Join(l.dir, fmt.Sprintf("node%d", i))
 	os.MkdirAll(dir, 0o755)
 	os.WriteFile(filepath.Join(dir, "token"), []byte(ecmpToken), 0o600)
@@ -81,13 +84,13 @@ bgp:
 }
 
 // hopsOf is the router's ECMP next hops for vip.
-func (l *ecmpLab) hopsOf(vip string) int {
+func (l *etcdLab) hopsOf(vip string) int {
 	out, _ := exec.Command(l.ip, "-n", l.router, "route", "show", vip+"/32").CombinedOutput()
 	return strings.Count(string(out), "via ")
 }
 
 // waitHopsOf waits until vip has n next hops.
-func (l *ecmpLab) waitHopsOf(vip string, n int, within time.Duration) time.Duration {
+func (l *etcdLab) waitHopsOf(vip string, n int, within time.Duration) time.Duration {
 	l.t.Helper()
 	start := time.Now()
 	for l.hopsOf(vip) != n {
@@ -101,7 +104,7 @@ func (l *ecmpLab) waitHopsOf(vip string, n int, within time.Duration) time.Durat
 
 // fewestHops watches both VIPs' next hops every 20 ms until the returned
 // function is called, which gives the fewest each had.
-func (l *ecmpLab) fewestHops() func() (a, b int) {
+func (l *etcdLab) fewestHops() func() (a, b int) {
 	stop, res := make(chan struct{}), make(chan [2]int, 1)
 	go func() {
 		least := [2]int{99, 99}
@@ -124,14 +127,14 @@ func (l *ecmpLab) fewestHops() func() (a, b int) {
 
 // cli runs l4lb in the client's namespace against node i (1-based), with
 // the token; it returns the output and the exit error.
-func (l *ecmpLab) cli(bin string, i int, args ...string) (string, error) {
+func (l *etcdLab) cli(bin string, i int, args ...string) (string, error) {
 	args = append(args, "--admin", fmt.Sprintf("http://%s:9900", ecmpNode(i)), "--token-file", filepath.Join(l.dir, fmt.Sprintf("node%d", i), "token"))
 	out, err := exec.Command(l.ip, append([]string{"netns", "exec", l.client, bin}, args...)...).CombinedOutput()
 	return string(out), err
 }
 
 // clusterStatus is l4lb cluster status through node 1, every node's view.
-func (l *ecmpLab) clusterStatus(bin string) []nodeStatus {
+func (l *etcdLab) clusterStatus(bin string) []nodeStatus {
 	l.t.Helper()
 	out, err := l.cli(bin, 1, "cluster", "status", "-o", "json")
 	var st []nodeStatus
@@ -143,7 +146,7 @@ func (l *ecmpLab) clusterStatus(bin string) []nodeStatus {
 
 // sameRevision waits until every node applied one revision, and at least
 // min; it returns it and how long it took.
-func (l *ecmpLab) sameRevision(bin string, min int64) (int64, time.Duration) {
+func (l *etcdLab) sameRevision(bin string, min int64) (int64, time.Duration) {
 	l.t.Helper()
 	start := time.Now()
 	for {
@@ -164,7 +167,7 @@ func (l *ecmpLab) sameRevision(bin string, min int64) (int64, time.Duration) {
 
 // noTargetRejects is the flows every node refused for want of a target
 // (l4lb_rejected_flows_total, reason no_target).
-func (l *ecmpLab) noTargetRejects() float64 {
+func (l *etcdLab) noTargetRejects() float64 {
 	l.t.Helper()
 	sum := 0.0
 	for i := range l.nodes {
@@ -195,7 +198,7 @@ type etcdLoad struct {
 
 // loadOn starts a load helper on dst (VIP:port) in the client's namespace;
 // it runs until stop is called, which returns its result.
-func (l *ecmpLab) loadOn(dst string) (stop func() etcdLoad) {
+func (l *etcdLab) loadOn(dst string) (stop func() etcdLoad) {
 	l.t.Helper()
 	cmd := exec.Command(l.ip, "netns", "exec", l.client, os.Args[0], "-test.run=^TestECMPEtcdHelper$")
 	cmd.Env = append(os.Environ(), "L4LB_ECMP_ETCD_LOAD="+dst)
@@ -300,7 +303,7 @@ func isRouteFailure(err error) bool {
 
 // etcdMember is member i of the lab's etcd cluster, in the router's
 // namespace.
-func (l *ecmpLab) etcdMember(etcdBin string, i int, state string) *exec.Cmd {
+func (l *etcdLab) etcdMember(etcdBin string, i int, state string) *exec.Cmd {
 	name := fmt.Sprintf("e%d", i)
 	client := fmt.Sprintf("http://%s:%d", ecmpRouterN, etcdPorts[i])
 	peer := fmt.Sprintf("http://%s:%d", ecmpRouterN, etcdPorts[i]+1)
@@ -323,7 +326,7 @@ func (l *ecmpLab) etcdMember(etcdBin string, i int, state string) *exec.Cmd {
 
 // etcdLeader is the index of the member that leads, asked of each member
 // (the v3 JSON gateway's maintenance status).
-func (l *ecmpLab) etcdLeader() int {
+func (l *etcdLab) etcdLeader() int {
 	l.t.Helper()
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
 		for i, p := range etcdPorts {
@@ -355,7 +358,7 @@ func (l *ecmpLab) etcdLeader() int {
 func TestECMPWithEtcdRegistry(t *testing.T) {
 	etcdBin := netnstest.Need(t, "etcd", "etcd-server")
 	netnstest.Need(t, "curl", "curl")
-	l := newECMPLab(t)
+	l := &etcdLab{newECMPLab(t)}
 	bin := filepath.Join(t.TempDir(), "l4lb")
 	buildL4LB(t, bin, "ecmp-etcd-test")
 	for i, ns := range l.tgts {

@@ -344,6 +344,14 @@ func (s *Store) Register(ctx context.Context, group string, req registry.Registr
 			}
 		}
 		opts = append(opts, clientv3.WithLease(leaseID))
+	} else if s.unchanged(ctx, group, addr, req.Zone, weight, 0) {
+		// Registered already, as asked: nothing to write (a target that
+		// registers at every boot costs etcd no write, and no node work).
+		for _, h := range s.health(group) {
+			if h.Address == addr {
+				return h, 0, nil
+			}
+		}
 	}
 	b, _ := json.Marshal(Record{Group: group, Address: addr.String(), Zone: req.Zone, Weight: weight, RegisteredAt: time.Now().UTC()})
 	resp, err := s.cli.Put(ctx, s.key(group, addr), string(b), opts...)

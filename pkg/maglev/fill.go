@@ -80,7 +80,11 @@ func fill(backends []Backend, order []int, g, size int) []uint32 {
 		score(row, ids, weight, s)
 		cands = append(cands, best(row, k)...)
 	}
-	slices.SortFunc(cands, byScore)
+	if uniform(weight) {
+		sortByL(cands)
+	} else {
+		slices.SortFunc(cands, byScore)
+	}
 
 	const empty = ^uint32(0)
 	slots := make([]uint32, size)
@@ -108,6 +112,52 @@ func fill(backends []Backend, order []int, g, size int) []uint32 {
 		}
 	}
 	return slots
+}
+
+// uniform says whether every backend has the same weight (after dividing by
+// the weights' gcd, the common case of all 1).
+func uniform(weight []uint64) bool {
+	for _, w := range weight {
+		if w != weight[0] {
+			return false
+		}
+	}
+	return true
+}
+
+// sortByL sorts candidates of equal weight into byScore's order, faster: with
+// equal weights a higher score is a smaller l (l = 0, an infinite score,
+// first), so byScore is the order of (l, slot, rank). The candidates come
+// in slot order, and each slot's in byScore's order (best), so a stable
+// sort by l alone gives that order: a least-significant-digit radix sort,
+// 16 bits a pass, over the bits l uses (38: l is at most 53 in 32.32).
+func sortByL(cands []candidate) {
+	tmp := make([]candidate, len(cands))
+	src, dst := cands, tmp
+	var count [1 << 16]int
+	for shift := uint(0); shift < 64; shift += 16 {
+		clear(count[:])
+		for _, c := range src {
+			count[c.l>>shift&0xffff]++
+		}
+		if count[src[0].l>>shift&0xffff] == len(src) {
+			continue // one digit for all: this pass would move nothing
+		}
+		sum := 0
+		for i, n := range count {
+			count[i] = sum
+			sum += n
+		}
+		for _, c := range src {
+			d := c.l >> shift & 0xffff
+			dst[count[d]] = c
+			count[d]++
+		}
+		src, dst = dst, src
+	}
+	if &src[0] != &cands[0] {
+		copy(cands, src)
+	}
 }
 
 // score fills row with every backend's weighted rendezvous score for slot s.

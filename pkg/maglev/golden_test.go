@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"fmt"
 	"math"
+	"math/rand/v2"
+	"slices"
 	"testing"
 )
 
@@ -38,6 +40,65 @@ func TestGoldenTable(t *testing.T) {
 	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != goldenTable {
 		t.Fatalf("the table of the golden backends changed: sha256 %s, want %s", got, goldenTable)
+	}
+}
+
+// Tables of equal weights take the fill's faster sort (sortByL): they must
+// be the tables the general sort gave, which these hashes are (taken before
+// the faster sort existed).
+func TestGoldenEqualWeights(t *testing.T) {
+	want := map[int]string{
+		1:  "ccdfec163ea23ff794acfd1706b5abaf44298ff47b09721489ba6392c40e16ed",
+		3:  "d7a6bc977e4abb64d4f488e51a2a99497284fd656110ff2bbd2ef0ba0d19918e",
+		20: "e9f571941f0baa2fd0e45972997a2110dabc008fe4ee3042d2e1dc79b1402aa0",
+		50: "faaab534ddf45c99de0d0e90ac19e38c4b094ffcc350e38d868a8dc201e72d3d",
+	}
+	for n, hash := range want {
+		bs := make([]Backend, n)
+		for i := range bs {
+			bs[i] = Backend{Name: fmt.Sprintf("10.%d.%d.%d:%d", i%4, i/4, 10+i, 8000+i%3), Weight: 3}
+		}
+		tab, err := New(bs, DefaultSize)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := sha256.New()
+		var b [4]byte
+		for _, s := range tab.slots {
+			binary.LittleEndian.PutUint32(b[:], s)
+			h.Write(b[:])
+		}
+		if got := hex.EncodeToString(h.Sum(nil)); got != hash {
+			t.Errorf("%d backends of equal weight: table sha256 %s, want %s", n, got, hash)
+		}
+	}
+}
+
+// The fast sort of equal-weight candidates gives byScore's order exactly,
+// ties of l included, for random candidates in the order fill makes them.
+func TestSortByLIsByScore(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 11))
+	for round := range 200 {
+		n := 1 + r.IntN(30)
+		k := min(topK, n)
+		var cands []candidate
+		row := make([]candidate, n)
+		for s := range 200 + r.IntN(300) {
+			for i := range row {
+				l := r.Uint64N(1 << 38)
+				if r.IntN(4) == 0 {
+					l = r.Uint64N(8) // ties, and l = 0 (an infinite score)
+				}
+				row[i] = candidate{w: 5, l: l, slot: int32(s), rank: int32(i)}
+			}
+			cands = append(cands, best(row, k)...)
+		}
+		want := slices.Clone(cands)
+		slices.SortFunc(want, byScore)
+		sortByL(cands)
+		if !slices.Equal(cands, want) {
+			t.Fatalf("round %d (%d backends): the radix order differs from byScore's", round, n)
+		}
 	}
 }
 
