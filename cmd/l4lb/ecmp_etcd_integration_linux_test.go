@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/l4lb/l4lb/internal/netnstest"
+	"github.com/l4lb/l4lb/pkg/api"
 )
 
 // The ECMP lab of TestECMPOverBGP (BIRD before three l4lb nodes, four
@@ -526,6 +527,74 @@ func TestECMPWithEtcdRegistry(t *testing.T) {
 	}
 	rev2, took := l.sameRevision(bin, rev+1)
 	t.Logf("etcd back: a registration through node 3 reached all 3 nodes at revision %d, %v after it returned", rev2, took.Round(10*time.Millisecond))
+
+	// Health stays each node's own. Node 1 alone loses its path to t2 (a
+	// zone b target): it takes t2 out of its own tables, and its tables
+	// then differ from the others' for some flows, but it sends no flow to
+	// a target it cannot reach, and no connection fails.
+	t2 := ecmpTargets[1]
+	l.in(l.nodes[0], "nft", "add", "table", "inet", "cut")
+	l.in(l.nodes[0], "nft", "add", "chain", "inet", "cut", "out", "{ type filter hook output priority 0; }")
+	l.in(l.nodes[0], "nft", "add", "rule", "inet", "cut", "out", "ip", "daddr", t2, "drop")
+	t2State := func(node int) string {
+		out, err := l.cli(bin, node, "targets", "describe-health", "--target-group", "web", "-o", "json")
+		var ths []api.TargetHealth
+		if err != nil || json.Unmarshal([]byte(out), &ths) != nil {
+			t.Fatalf("describe-health on node %d: %v\n%s", node, err, out)
+		}
+		for _, th := range ths {
+			if th.Address == t2+":8080" {
+				return th.State
+			}
+		}
+		return ""
+	}
+	for deadline := time.Now().Add(15 * time.Second); t2State(1) != api.StateUnhealthy; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("node 1 cut from %s: its state there is %q 15 s on", t2, t2State(1))
+		}
+	}
+	if s2, s3 := t2State(2), t2State(3); s2 != api.StateHealthy || s3 != api.StateHealthy {
+		t.Fatalf("node 1 alone is cut from %s, but nodes 2 and 3 say %s and %s", t2, s2, s3)
+	}
+	routesB := func(node int) []api.Route {
+		out, err := l.cli(bin, node, "route", "--listener", "web", "--dst", ecmpVIPB+":80", "--src", ecmpClient+":20000-29999", "-o", "json")
+		var rs []api.Route
+		if err != nil || json.Unmarshal([]byte(out), &rs) != nil || len(rs) != 10000 {
+			t.Fatalf("l4lb route on node %d: %v\n%.300s", node, err, out)
+		}
+		return rs
+	}
+	r1, r2, r3 := routesB(1), routesB(2), routesB(3)
+	differ, toT2 := 0, 0
+	for i := range r1 {
+		if r2[i].Target != r3[i].Target {
+			t.Fatalf("nodes 2 and 3, which agree on health, name different targets for %s", r2[i].Source)
+		}
+		if r1[i].Target != r2[i].Target {
+			differ++
+		}
+		if r2[i].Target == t2+":8080" {
+			toT2++
+		}
+		if r1[i].Target == t2+":8080" {
+			t.Fatalf("node 1, cut from %s, still routes %s to it", t2, r1[i].Source)
+		}
+	}
+	stop = l.loadOn(ecmpVIPB + ":80")
+	time.Sleep(3 * time.Second)
+	cut := stop()
+	l.in(l.nodes[0], "nft", "delete", "table", "inet", "cut")
+	if cut.OK == 0 || cut.ByL4LB+cut.ByRoute != 0 {
+		t.Errorf("node 1 cut from %s: load on zone b's VIP %+v; want none failed", t2, cut)
+	}
+	t.Logf("node 1 alone cut from %s: its zone b table differs from nodes 2 and 3 for %d of 10000 flows (%d of them on %s there); %d connections to zone b's VIP, %d failed",
+		t2, differ, toT2, t2, cut.OK, cut.ByL4LB+cut.ByRoute)
+	for deadline := time.Now().Add(15 * time.Second); t2State(1) != api.StateHealthy; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("node 1's path to %s is back, but its state there is %q 15 s on", t2, t2State(1))
+		}
+	}
 
 	// A rolling upgrade, one node at a time with --wait: the VIP keeps at
 	// least two next hops, and no connection fails but a handshake that
