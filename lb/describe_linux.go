@@ -88,6 +88,9 @@ func (v *view) Route(listenerName, src, dst, protocol, sni string) (api.Route, e
 	g, snap, key := l.Route.Lookup(proto, l.Zone, srcAP, dstAP)
 	out := api.Route{Listener: listenerName, Protocol: protocol, Source: srcAP.String(), Destination: dstAP.String(),
 		Zone: l.Zone, TargetGroup: g.Name(), Key: "5-tuple", Hash: fmt.Sprintf("%#016x", key), FailOpen: snap.FailOpen}
+	if v.store != nil {
+		out.AppliedRevision = v.store.Status().Applied
+	}
 	if snap.Balance.Stickiness {
 		out.Key = "source_ip"
 	}

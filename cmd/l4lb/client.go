@@ -385,6 +385,9 @@ func newRoute() *cobra.Command {
 			fmt.Fprintf(tw, "target group\t%s\n", rt.TargetGroup)
 			fmt.Fprintf(tw, "retry order\t%s\n", strings.Join(rt.Preference, ", "))
 			fmt.Fprintf(tw, "why\t%s\n", rt.Why)
+			if rt.AppliedRevision != 0 {
+				fmt.Fprintf(tw, "registrations\tetcd revision %d\n", rt.AppliedRevision)
+			}
 			return tw.Flush()
 		},
 	}

@@ -408,7 +408,13 @@ func TestECMPWithEtcdRegistry(t *testing.T) {
 		}
 	}
 	start := time.Now()
-	l.agree("TCP, web", l.routes(bin, "web", "tcp", 20000, 10000))
+	agreed := l.routes(bin, "web", "tcp", 20000, 10000)
+	l.agree("TCP, web", agreed)
+	for i, rs := range agreed {
+		if rs[0].AppliedRevision != rev {
+			t.Fatalf("l4lb route on node %d answers from revision %d; the nodes applied %d", i+1, rs[0].AppliedRevision, rev)
+		}
+	}
 	hashes := map[string]bool{}
 	for _, n := range l.clusterStatus(bin) {
 		hashes[n.TableHash] = true

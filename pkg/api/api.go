@@ -84,6 +84,10 @@ type Route struct {
 	Hash        string   `json:"hash"`
 	FailOpen    bool     `json:"fail_open"`
 	Why         string   `json:"why"`
+	// AppliedRevision is the etcd revision of the registrations the answer
+	// comes from (registry backend etcd): nodes at one revision, with
+	// the same health, answer alike.
+	AppliedRevision int64 `json:"applied_revision,omitempty"`
 }
 
 // Flow is one active flow.
