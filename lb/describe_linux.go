@@ -234,7 +234,7 @@ func (v *view) TargetGroup(name string) (api.TargetGroup, error) {
 // Register adds a target to a group, or updates its weight or zone: on
 // every node, through etcd, with the etcd backend.
 func (v *view) Register(group string, req api.RegisterRequest) (api.TargetHealth, error) {
-	r := registry.Registration{Address: req.Address, Zone: req.Zone, Weight: req.Weight}
+	r := registry.Registration{Address: req.Address, Zone: req.Zone, Weight: req.Weight, QUICServerID: req.QUICServerID}
 	var h registry.Health
 	var leaseID int64
 	var err error
@@ -332,7 +332,7 @@ func wireGroup(g registry.GroupHealth) api.TargetGroup {
 
 func wireTarget(t registry.Health) api.TargetHealth {
 	return api.TargetHealth{Address: t.Address.String(), Zone: t.Zone, Weight: t.Weight, State: t.State.String(),
-		Reason: t.Reason, Description: t.Description, ActiveFlows: t.ActiveFlows}
+		Reason: t.Reason, Description: t.Description, ActiveFlows: t.ActiveFlows, QUICServerID: t.QUICServerID}
 }
 
 // wireErr gives a registry error the admin API's kind of error (404, 400),

@@ -220,17 +220,18 @@ func newDescribeHealth() *cobra.Command {
 
 func newRegister() *cobra.Command {
 	var c adminClient
-	var group, spec string
+	var tf targetFlags
 	var lease time.Duration
 	cmd := &cobra.Command{
 		Use:   "register --target-group NAME --target ADDR[,zone=Z][,weight=W]",
 		Short: "Register a target",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			req, err := parseTargetSpec(spec)
+			req, err := tf.request()
 			if err != nil {
-				return usageError{fmt.Errorf("--target: %w", err)}
+				return err
 			}
+			group := tf.group
 			if lease > 0 {
 				req.LeaseSeconds = max(int(lease.Seconds()), 1)
 			}
@@ -248,7 +249,7 @@ func newRegister() *cobra.Command {
 			return nil
 		},
 	}
-	addTargetFlags(cmd, &c, &group, &spec)
+	tf.add(cmd, &c)
 	cmd.Flags().DurationVar(&lease, "lease", 0, "registry backend etcd: tie the registration to an etcd lease of this length; it is deregistered on every node when not renewed")
 	return cmd
 }
@@ -259,17 +260,18 @@ func newRegister() *cobra.Command {
 // drains the target.
 func newAgent() *cobra.Command {
 	var c adminClient
-	var group, spec string
+	var tf targetFlags
 	var lease time.Duration
 	cmd := &cobra.Command{
 		Use:   "agent --target-group G --target ADDR [--lease 30s]",
 		Short: "Keep a target registered while it runs (registry backend etcd), and deregister it on stop",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			req, err := parseTargetSpec(spec)
+			req, err := tf.request()
 			if err != nil {
-				return usageError{fmt.Errorf("--target: %w", err)}
+				return err
 			}
+			group := tf.group
 			if lease < 3*time.Second {
 				return usageError{fmt.Errorf("--lease %v: at least 3s (it is renewed every third)", lease)}
 			}
@@ -306,19 +308,32 @@ func newAgent() *cobra.Command {
 			}
 		},
 	}
-	addTargetFlags(cmd, &c, &group, &spec)
+	tf.add(cmd, &c)
 	cmd.Flags().DurationVar(&lease, "lease", 30*time.Second, "the etcd lease the registration lives on; renewed every third of it")
 	return cmd
 }
 
-// addTargetFlags adds the flags that name a target to register, and the
-// admin client's.
-func addTargetFlags(cmd *cobra.Command, c *adminClient, group, spec *string) {
-	cmd.Flags().StringVar(group, "target-group", "", "target group name (required)")
-	cmd.Flags().StringVar(spec, "target", "", "ADDR[,zone=Z][,weight=W] (required)")
+// targetFlags name a target to register: register and agent share them.
+type targetFlags struct{ group, spec, quicID string }
+
+// add adds the flags, and the admin client's.
+func (f *targetFlags) add(cmd *cobra.Command, c *adminClient) {
+	cmd.Flags().StringVar(&f.group, "target-group", "", "target group name (required)")
+	cmd.Flags().StringVar(&f.spec, "target", "", "ADDR[,zone=Z][,weight=W] (required)")
+	cmd.Flags().StringVar(&f.quicID, "quic-server-id", "", "QUIC and TCP_QUIC groups (required there): the server ID the target's connection IDs carry, 0x and 16 lowercase hex digits")
 	cmd.MarkFlagRequired("target-group")
 	cmd.MarkFlagRequired("target")
 	addClientFlags(cmd, c)
+}
+
+// request is the registration the flags describe.
+func (f *targetFlags) request() (api.RegisterRequest, error) {
+	req, err := parseTargetSpec(f.spec)
+	if err != nil {
+		return req, usageError{fmt.Errorf("--target: %w", err)}
+	}
+	req.QUICServerID = f.quicID
+	return req, nil
 }
 
 func newDeregister() *cobra.Command {

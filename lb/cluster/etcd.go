@@ -43,6 +43,7 @@ type Record struct {
 	Address      string    `json:"address"`
 	Zone         string    `json:"zone,omitempty"`
 	Weight       int       `json:"weight"`
+	QUICServerID string    `json:"quic_server_id,omitempty"`
 	RegisteredAt time.Time `json:"registered_at"`
 	// DeregisteredAt is when its deregistration was asked for; the
 	// deregistration delay counts from it on every node.
@@ -289,7 +290,7 @@ func (s *Store) apply(key, value []byte, deleted bool) {
 		s.deregister(group, addr, *r.DeregisteredAt)
 		return
 	}
-	if _, err := s.reg.Register(group, registry.Registration{Address: addr.String(), Zone: r.Zone, Weight: r.Weight}); err != nil {
+	if _, err := s.reg.Register(group, registry.Registration{Address: addr.String(), Zone: r.Zone, Weight: r.Weight, QUICServerID: r.QUICServerID}); err != nil {
 		s.log.Warn("registry: a registration this node cannot apply", zap.String("key", string(key)), zap.Error(err))
 	}
 }
@@ -353,7 +354,7 @@ func (s *Store) Register(ctx context.Context, group string, req registry.Registr
 			}
 		}
 	}
-	b, _ := json.Marshal(Record{Group: group, Address: addr.String(), Zone: req.Zone, Weight: weight, RegisteredAt: time.Now().UTC()})
+	b, _ := json.Marshal(Record{Group: group, Address: addr.String(), Zone: req.Zone, Weight: weight, QUICServerID: req.QUICServerID, RegisteredAt: time.Now().UTC()})
 	resp, err := s.cli.Put(ctx, s.key(group, addr), string(b), opts...)
 	if err != nil {
 		return registry.Health{}, 0, fmt.Errorf("registry: writing to etcd: %w", err)

@@ -97,7 +97,7 @@ func (r *Registry) update(g *Group, tg *config.TargetGroup) {
 		ft, ok := listed[t.Addr]
 		switch {
 		case ok:
-			t.zone, t.weight, t.fromFile = ft.Zone, ft.Weight, true
+			t.zone, t.weight, t.fromFile, t.quicID = ft.Zone, ft.Weight, true, ft.QUICServerID
 			if t.state == Draining { // listed again: back in service
 				g.setState(t, Initial, ReasonInitialHealthChecking, "")
 				watch = append(watch, t)
@@ -109,7 +109,7 @@ func (r *Registry) update(g *Group, tg *config.TargetGroup) {
 	}
 	for _, ft := range tg.Targets {
 		if _, left := listed[ft.Address]; left {
-			t := g.newTarget(ft.Address, ft.Zone, ft.Weight)
+			t := g.newTarget(ft.Address, ft.Zone, ft.Weight, ft.QUICServerID)
 			t.fromFile = true
 			g.targets = append(g.targets, t)
 			watch = append(watch, t)

@@ -13,6 +13,7 @@ import (
 	"github.com/l4lb/l4lb/lb/balance"
 	"github.com/l4lb/l4lb/pkg/config"
 	"github.com/l4lb/l4lb/pkg/metrics"
+	"github.com/l4lb/l4lb/pkg/quiclb"
 )
 
 // Group is a target group: its registered targets (guarded by mu) and its
@@ -42,6 +43,10 @@ type Group struct {
 type Snapshot struct {
 	All   *View            // cross-zone, or a listener outside every zone
 	Zones map[string]*View // without cross-zone: each zone's own view
+	// ServerIDs (QUIC and TCP_QUIC groups) maps a server ID to the target
+	// that issues it, while its connections' packets are to reach it:
+	// initial, healthy, or draining (until its deregistration delay ends).
+	ServerIDs map[uint64]*Target
 }
 
 // View is the routing view from one zone.
@@ -74,7 +79,7 @@ func newGroup(r *Registry, tg *config.TargetGroup) (*Group, error) {
 	g.crossZone.Store(tg.CrossZoneEnabled(r.Config().CrossZone))
 	g.UnhealthyRouting = r.m.Counter(metrics.UnhealthyRoutingFlows, tg.Name)
 	for _, t := range tg.Targets {
-		nt := g.newTarget(t.Address, t.Zone, t.Weight)
+		nt := g.newTarget(t.Address, t.Zone, t.Weight, t.QUICServerID)
 		nt.fromFile = true
 		g.targets = append(g.targets, nt)
 	}
@@ -112,7 +117,7 @@ func (g *Group) rebuild() error {
 	if err != nil {
 		return err
 	}
-	snap := &Snapshot{All: all, Zones: map[string]*View{}}
+	snap := &Snapshot{All: all, Zones: map[string]*View{}, ServerIDs: g.serverIDs()}
 	if !g.crossZone.Load() {
 		// Without cross-zone each zone routes among its own targets (and
 		// zone-less ones), failing open within the zone as NLB's nodes do.
@@ -157,6 +162,26 @@ func (g *Group) rebuild() error {
 	}
 	g.countStates()
 	return nil
+}
+
+// serverIDs maps the server IDs of the targets that take their
+// connections' packets (g.mu held); nil for a group without them.
+func (g *Group) serverIDs() map[uint64]*Target {
+	var out map[uint64]*Target
+	for _, t := range g.targets {
+		if t.quicID == "" || !(t.state == Initial || t.state == Healthy || t.state == Draining) {
+			continue
+		}
+		id, err := quiclb.ParseServerID(t.quicID)
+		if err != nil {
+			continue // checked at registration
+		}
+		if out == nil {
+			out = map[uint64]*Target{}
+		}
+		out[id] = t
+	}
+	return out
 }
 
 // built lists the balance groups of the current snapshot, which a rebuild

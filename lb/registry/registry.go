@@ -289,7 +289,34 @@ func (r *Registry) Check(groupName string, req Registration) (*Group, netip.Addr
 	case r.own(addr):
 		return nil, netip.AddrPort{}, 0, fmt.Errorf("%w: address: %s is l4lb's own listener or admin address; forwarding to it would loop", ErrInvalid, addr)
 	}
+	if err := g.checkServerID(addr, req.QUICServerID); err != nil {
+		return nil, netip.AddrPort{}, 0, err
+	}
 	return g, addr, weight, nil
+}
+
+// checkServerID applies NLB's rules to a registration's QUIC server ID:
+// required in QUIC and TCP_QUIC groups and refused in others, unique in
+// the group, and fixed while its target is registered (a draining target
+// still is, and still receives its connections' packets).
+func (g *Group) checkServerID(addr netip.AddrPort, id string) error {
+	if err := config.CheckQUICServerID(g.Config().Protocol, id); err != nil {
+		return fmt.Errorf("%w: quic_server_id: %v", ErrInvalid, err)
+	}
+	if id == "" {
+		return nil
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, t := range g.targets {
+		switch {
+		case t.Addr == addr && t.quicID != id:
+			return fmt.Errorf("%w: quic_server_id: target %s is registered with server ID %s, which cannot change while it is registered: deregister it, and register it again once its drain ends", ErrInvalid, addr, t.quicID)
+		case t.Addr != addr && t.quicID == id:
+			return fmt.Errorf("%w: quic_server_id: %s is target %s's: a server ID is unique within its target group", ErrInvalid, id, t.Addr)
+		}
+	}
+	return nil
 }
 
 // Register adds a target to a group (or takes a draining one back). New flows
@@ -304,7 +331,7 @@ func (r *Registry) Register(groupName string, req Registration) (Health, error) 
 	t := g.find(addr)
 	switch {
 	case t == nil:
-		t = g.newTarget(addr, req.Zone, weight)
+		t = g.newTarget(addr, req.Zone, weight, req.QUICServerID)
 		g.targets = append(g.targets, t)
 	case t.state == Draining:
 		t.zone, t.weight = req.Zone, weight
@@ -385,6 +412,9 @@ func (r *Registry) deregister(g *Group, addr netip.AddrPort, at time.Time) error
 		g.targets = slices.DeleteFunc(g.targets, func(x *Target) bool { return x == t })
 		if len(g.targets) < n {
 			r.m.RemoveTarget(g.Name(), t.Name)
+			// Gone from the snapshot too: its QUIC server ID routes no
+			// more packets to it.
+			r.logErr(g.rebuild())
 		}
 		g.mu.Unlock()
 		r.log.Info("drain end", zap.String(logGroup, g.Name()), zap.String(logTarget, t.Name))
@@ -400,9 +430,10 @@ var (
 
 // Registration is a target as the admin API registers it.
 type Registration struct {
-	Address string // IP:PORT, or IP for the group's port
-	Zone    string
-	Weight  int // 0: the default
+	Address      string // IP:PORT, or IP for the group's port
+	Zone         string
+	Weight       int    // 0: the default
+	QUICServerID string // QUIC and TCP_QUIC groups: required, 0x and 16 lowercase hex digits
 }
 
 // GroupHealth is a target group with its targets' health.

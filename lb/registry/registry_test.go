@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -256,3 +257,48 @@ func TestStateNames(t *testing.T) {
 }
 
 func errorsIs(err, target error) bool { return err != nil && errors.Is(err, target) }
+
+// NLB's rules for QUIC server IDs: required in a QUIC group and refused in
+// others, unique in the group, and fixed while the target is registered
+// (draining included); the snapshot maps each ID to its target while the
+// target takes its connections' packets.
+func TestQUICServerIDs(t *testing.T) {
+	r, _, _ := testRegistry(t, nil)
+	if _, err := r.Register("web", Registration{Address: "10.0.9.1:80", QUICServerID: "0x0000000000000001"}); err == nil || !strings.Contains(err.Error(), "only QUIC and TCP_QUIC target groups") {
+		t.Fatalf("a server ID in a TCP group: %v", err)
+	}
+	quic := config.TargetGroup{Name: "h3", Protocol: config.QUIC, Port: 443, Targets: []config.Target{{Address: netip.MustParseAddrPort("10.0.9.10:443"), Weight: 1, QUICServerID: "0x0000000000000010"}}}
+	quic.Attributes.DeregistrationDelay = time.Minute
+	if err := r.Apply(withGroups(r, *r.Group("web").Config(), quic)); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		reg  Registration
+		want string
+	}{
+		{Registration{Address: "10.0.9.11:443"}, "required for a QUIC target group"},
+		{Registration{Address: "10.0.9.11:443", QUICServerID: "0x10"}, "16 lowercase hex digits"},
+		{Registration{Address: "10.0.9.11:443", QUICServerID: "0x0000000000000010"}, "is target 10.0.9.10:443's"},
+		{Registration{Address: "10.0.9.10:443", QUICServerID: "0x0000000000000011"}, "cannot change while it is registered"},
+	} {
+		if _, err := r.Register("h3", c.reg); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%+v: %v, want %q", c.reg, err, c.want)
+		}
+	}
+	if _, err := r.Register("h3", Registration{Address: "10.0.9.11:443", QUICServerID: "0x0000000000000011"}); err != nil {
+		t.Fatal(err)
+	}
+	ids := r.Group("h3").Snapshot().ServerIDs
+	if ids[0x10] == nil || ids[0x10].Name != "10.0.9.10:443" || ids[0x11] == nil || len(ids) != 2 {
+		t.Fatalf("the snapshot's server IDs: %v", ids)
+	}
+	if err := r.Deregister("h3", "10.0.9.11:443"); err != nil {
+		t.Fatal(err)
+	}
+	if r.Group("h3").Snapshot().ServerIDs[0x11] == nil {
+		t.Fatal("a draining target's server ID no longer routes: its connections' packets must reach it until the delay ends")
+	}
+	if _, err := r.Register("h3", Registration{Address: "10.0.9.11:443", QUICServerID: "0x0000000000000012"}); err == nil {
+		t.Fatal("a draining target's server ID changed")
+	}
+}

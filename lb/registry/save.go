@@ -26,6 +26,7 @@ type Saved struct {
 	// added it) and the zones it has served in, so that the new process
 	// withdraws no zone for a group that never served (Group.ZoneProblem).
 	GroupSettling bool     `json:"group_settling,omitempty"`
+	QUICServerID  string   `json:"quic_server_id,omitempty"`
 	GroupServed   []string `json:"group_served,omitempty"`
 }
 
@@ -38,7 +39,7 @@ func (r *Registry) Save() []Saved {
 		for _, t := range g.targets {
 			out = append(out, Saved{Group: g.Name(), Address: t.Name, Zone: t.zone, Weight: t.weight,
 				State: t.state.String(), Reason: t.reason, Detail: t.detail, FromFile: t.fromFile,
-				GroupSettling: g.settling, GroupServed: served})
+				GroupSettling: g.settling, GroupServed: served, QUICServerID: t.quicID})
 		}
 		g.mu.Unlock()
 	}
@@ -68,7 +69,7 @@ func (r *Registry) Restore(saved []Saved) {
 		}
 		t := g.find(addr)
 		if t == nil && !sv.FromFile {
-			t = g.newTarget(addr, sv.Zone, max(sv.Weight, 1))
+			t = g.newTarget(addr, sv.Zone, max(sv.Weight, 1), sv.QUICServerID)
 			g.targets = append(g.targets, t)
 		}
 		if t == nil {

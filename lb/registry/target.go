@@ -31,12 +31,13 @@ type Target struct {
 	state      State
 	reason     string
 	detail     string
-	generation int  // bumped on every state change, so stale timers do nothing
-	fromFile   bool // listed in the config file (else registered through the API)
+	generation int    // bumped on every state change, so stale timers do nothing
+	fromFile   bool   // listed in the config file (else registered through the API)
+	quicID     string // QUIC and TCP_QUIC groups: its server ID (0x...), fixed while registered
 }
 
-func (g *Group) newTarget(addr netip.AddrPort, zone string, weight int) *Target {
-	t := &Target{group: g, Addr: addr, Name: addr.String(), zone: zone, weight: weight,
+func (g *Group) newTarget(addr netip.AddrPort, zone string, weight int, quicID string) *Target {
+	t := &Target{group: g, Addr: addr, Name: addr.String(), zone: zone, weight: weight, quicID: quicID,
 		state: Initial, reason: ReasonInitialHealthChecking}
 	m := g.r.m
 	m.AddTarget(g.Name(), t.Name)
@@ -66,10 +67,12 @@ type Health struct {
 	Reason      string
 	Description string
 	ActiveFlows int64
+	// QUICServerID is a QUIC or TCP_QUIC group's target's server ID.
+	QUICServerID string
 }
 
 // describe is the target's row of describe-target-health (g.mu held).
 func (t *Target) describe() Health {
 	return Health{Address: t.Addr, Zone: t.zone, Weight: t.weight, State: t.state,
-		Reason: t.reason, Description: t.detail, ActiveFlows: t.Flows()}
+		Reason: t.reason, Description: t.detail, ActiveFlows: t.Flows(), QUICServerID: t.quicID}
 }

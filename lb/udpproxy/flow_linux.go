@@ -37,7 +37,9 @@ type udpFlow struct {
 	closed bool
 }
 
-func (u *udpFront) newFlow(key flowtable.Key, now time.Time) *udpFlow {
+// newFlow makes key's flow, to want when it is not nil (the target a QUIC
+// connection ID names), else to the target the flow hash picks.
+func (u *udpFront) newFlow(key flowtable.Key, now time.Time, want *registry.Target) *udpFlow {
 	loops := u.srv.opts.Loops
 	if loops.Looped(key.Src, key.Dst) {
 		u.rejects[listen.ReasonLoop].Inc()
@@ -48,13 +50,16 @@ func (u *udpFront) newFlow(key flowtable.Key, now time.Time) *udpFlow {
 		return nil
 	}
 	g, snap, hash := u.route.Load().Lookup(flowhash.ProtoUDP, u.zone, key.Src, key.Dst)
-	var buf [1]int
-	prefs := snap.Balance.Pick(hash, buf[:])
-	if len(prefs) == 0 {
-		u.rejects[listen.ReasonNoTarget].Inc()
-		return nil
+	tgt := want
+	if tgt == nil {
+		var buf [1]int
+		prefs := snap.Balance.Pick(hash, buf[:])
+		if len(prefs) == 0 {
+			u.rejects[listen.ReasonNoTarget].Inc()
+			return nil
+		}
+		tgt = snap.Targets[prefs[0]]
 	}
-	tgt := snap.Targets[prefs[0]]
 	var client netip.AddrPort
 	if g.Config().Attributes.PreserveClientIP {
 		client = key.Src

@@ -41,6 +41,7 @@ type udpFront struct {
 	route    atomic.Pointer[listen.Route]
 	acl      atomic.Pointer[listen.ACL] // replaced by a reload
 	wildcard bool
+	quic     *quicRouting // QUIC and TCP_QUIC listeners; nil for UDP
 	udpSockets
 	udpFlows
 	udpMetrics
@@ -104,6 +105,9 @@ func newFront(s *Server, lc *config.Listener, b config.BindAddr, r *listen.Route
 	u.bytesOut = c(metrics.ProcessedBytes, "out")
 	u.active = m.Gauge(metrics.ActiveFlows, lbl...)
 	u.entries = m.Gauge(metrics.FlowTableEntries, lc.Name)
+	if lc.Protocol.IsQUIC() {
+		u.quic = newQUICRouting(m, lc)
+	}
 	return u
 }
 
@@ -305,7 +309,11 @@ func (u *udpFront) readLoop(sock *net.UDPConn) {
 					u.dropped.Inc() // cannot happen with 64 KiB buffers; counted if it does
 					continue
 				}
-				flows[i] = u.lookup(b.addr(i), dst, now)
+				if u.quic != nil {
+					flows[i] = u.quic.lookup(u, b.addr(i), dst, b.bufs[i][:b.hdrs[i].len], now)
+				} else {
+					flows[i] = u.lookup(b.addr(i), dst, now)
+				}
 			}
 			for i := range n {
 				f := flows[i]
@@ -358,7 +366,7 @@ func (u *udpFront) lookup(src, dst netip.AddrPort, now time.Time) *udpFlow {
 	if f, ok := u.table.Get(key, now); ok {
 		return f
 	}
-	return u.newFlow(key, now)
+	return u.newFlow(key, now, nil)
 }
 
 // send writes the first k datagrams of out on f's upstream socket and

@@ -12,7 +12,12 @@ import (
 )
 
 // kernelEligible says why a UDP front cannot go to the kernel, or "".
-func kernelEligible(u *udpFront) string { return u.route.Load().KernelReason(u.bindA) }
+func kernelEligible(u *udpFront) string {
+	if u.quic != nil {
+		return "it routes QUIC by connection ID, which the kernel program does not do yet"
+	}
+	return u.route.Load().KernelReason(u.bindA)
+}
 
 // startKernelPath hands the qualifying fronts (already bound, so their ports
 // are known) to the kernel fast path (load_balancer.udp_fast_path). A kernel

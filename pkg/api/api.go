@@ -45,6 +45,8 @@ type TargetHealth struct {
 	Description string `json:"description,omitempty"`
 	ActiveFlows int64  `json:"active_flows"`
 	LeaseID     int64  `json:"lease_id,omitempty"` // a registration with a lease: pass it back to renew it
+	// QUICServerID is a QUIC or TCP_QUIC group's target's server ID.
+	QUICServerID string `json:"quic_server_id,omitempty"`
 }
 
 // TargetGroup is a group with its targets.
@@ -68,6 +70,10 @@ type RegisterRequest struct {
 	// on every node, when it lapses.
 	LeaseSeconds int   `json:"lease_seconds,omitempty"`
 	LeaseID      int64 `json:"lease_id,omitempty"`
+	// QUICServerID is required in QUIC and TCP_QUIC groups, and refused in
+	// others: 0x and 16 lowercase hex digits, unique in the group, and
+	// fixed while the target is registered.
+	QUICServerID string `json:"quic_server_id,omitempty"`
 }
 
 // Route says which target a flow would get, and why.

@@ -115,6 +115,13 @@ type RawListener struct {
 	MaxConnectionsPerSource *int            `yaml:"max_connections_per_source,omitempty"`
 	ProxyProtocolAccept     *RawProxyAccept `yaml:"proxy_protocol_accept,omitempty"`
 	TLS                     *RawTLS         `yaml:"tls,omitempty"`
+	QUIC                    *RawQUIC        `yaml:"quic,omitempty"`
+}
+
+// RawQUIC is a QUIC or TCP_QUIC listener's quic section as written: the
+// QUIC-LB plaintext layout of its targets' connection IDs.
+type RawQUIC struct {
+	ConnectionIDLength *int `yaml:"connection_id_length,omitempty"`
 }
 
 // RawForward is one weighted target group as written.
@@ -178,9 +185,10 @@ type RawTargetTLS struct {
 
 // RawTarget is one target as written.
 type RawTarget struct {
-	Address string `yaml:"address,omitempty"`
-	Zone    string `yaml:"zone,omitempty"`
-	Weight  *int   `yaml:"weight,omitempty"`
+	Address      string `yaml:"address,omitempty"`
+	Zone         string `yaml:"zone,omitempty"`
+	Weight       *int   `yaml:"weight,omitempty"`
+	QUICServerID string `yaml:"quic_server_id,omitempty"`
 }
 
 // RawHealthCheck is a health_check section as written.

@@ -77,6 +77,10 @@ func (c *Config) ToRaw() *Raw {
 			}
 			rl.TLS = t
 		}
+		if l.QUIC != nil {
+			n := l.QUIC.ConnIDLen
+			rl.QUIC = &RawQUIC{ConnectionIDLength: &n}
+		}
 		r.Listeners = append(r.Listeners, rl)
 	}
 	for _, g := range c.TargetGroups {
@@ -87,7 +91,7 @@ func (c *Config) ToRaw() *Raw {
 		}
 		for _, t := range g.Targets {
 			w := t.Weight
-			rg.Targets = append(rg.Targets, RawTarget{Address: t.Address.String(), Zone: t.Zone, Weight: &w})
+			rg.Targets = append(rg.Targets, RawTarget{Address: t.Address.String(), Zone: t.Zone, Weight: &w, QUICServerID: t.QUICServerID})
 		}
 		h := g.HealthCheck
 		hi, ui := h.HealthyThreshold, h.UnhealthyThreshold

@@ -15,17 +15,23 @@ const (
 	UDP
 	TCPUDP
 	TLS
+	QUIC    // QUIC v1 passthrough, routed by connection ID
+	TCPQUIC // TCP and QUIC on one port
 )
 
-var protocolNames = []string{TCP: "TCP", UDP: "UDP", TCPUDP: "TCP_UDP", TLS: "TLS"}
+var protocolNames = []string{TCP: "TCP", UDP: "UDP", TCPUDP: "TCP_UDP", TLS: "TLS", QUIC: "QUIC", TCPQUIC: "TCP_QUIC"}
 
 func (p Protocol) String() string { return enumName(protocolNames, int(p)) }
 
 // HasTCP reports whether the protocol carries TCP (TLS runs over TCP).
-func (p Protocol) HasTCP() bool { return p == TCP || p == TCPUDP || p == TLS }
+func (p Protocol) HasTCP() bool { return p == TCP || p == TCPUDP || p == TLS || p == TCPQUIC }
 
-// HasUDP reports whether the protocol carries UDP.
-func (p Protocol) HasUDP() bool { return p == UDP || p == TCPUDP }
+// HasUDP reports whether the protocol carries UDP (QUIC runs over UDP).
+func (p Protocol) HasUDP() bool { return p == UDP || p == TCPUDP || p == QUIC || p == TCPQUIC }
+
+// IsQUIC reports whether the protocol's datagrams are QUIC, routed by the
+// server ID in their connection IDs.
+func (p Protocol) IsQUIC() bool { return p == QUIC || p == TCPQUIC }
 
 // HealthProtocol is the protocol of a health check.
 type HealthProtocol uint8

@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/l4lb/l4lb/pkg/quiclb"
 )
 
 // Load reads, decodes and normalizes a YAML config file.
@@ -173,6 +175,7 @@ func (n *normalizer) run() *Config {
 		}
 		cfg.Listeners = append(cfg.Listeners, l)
 	}
+	n.quicListeners(cfg)
 	if len(cfg.Listeners) == 0 {
 		n.errs.add("listeners", "at least one listener is required")
 	}
@@ -384,7 +387,51 @@ func (n *normalizer) listener(path string, r *RawListener, cfg *Config) Listener
 		l.ProxyProtocolAccept = n.prefixes(path+".proxy_protocol_accept.from", r.ProxyProtocolAccept.From)
 	}
 	n.listenerTLS(path, r, &l)
+	n.listenerQUIC(path, r, &l)
 	return l
+}
+
+// listenerQUIC reads a QUIC or TCP_QUIC listener's quic section, and
+// refuses what such a listener cannot do: it routes datagrams by the
+// server ID in their connection IDs, to one target group.
+func (n *normalizer) listenerQUIC(path string, r *RawListener, l *Listener) {
+	if !l.Protocol.IsQUIC() {
+		if r.QUIC != nil {
+			n.errs.add(path+".quic", "only QUIC and TCP_QUIC listeners take a quic section")
+		}
+		return
+	}
+	l.QUIC = &ListenerQUIC{ConnIDLen: DefaultQUICConnIDLen}
+	if r.QUIC != nil && r.QUIC.ConnectionIDLength != nil {
+		if c := *r.QUIC.ConnectionIDLength; c < quiclb.MinConnIDLen || c > quiclb.MaxConnIDLen {
+			n.errs.add(path+".quic.connection_id_length", "%d is outside %d-%d (1 octet, an 8-byte server ID, and the target's own)", c, quiclb.MinConnIDLen, quiclb.MaxConnIDLen)
+		} else {
+			l.QUIC.ConnIDLen = c
+		}
+	}
+	if len(r.Forward) > 0 {
+		n.errs.add(path+".forward", "a %s listener routes by connection ID to one target group: use target_group", l.Protocol)
+	}
+}
+
+// quicListeners checks NLB's rules for QUIC listeners: one QUIC or
+// TCP_QUIC listener per load balancer, and none beside UDP or TCP_UDP
+// listeners.
+func (n *normalizer) quicListeners(cfg *Config) {
+	quic, udp := -1, -1
+	for i, l := range cfg.Listeners {
+		switch {
+		case l.Protocol.IsQUIC() && quic >= 0:
+			n.errs.add(fmt.Sprintf("listeners[%d].protocol", i), "listener %q is %s already: a load balancer has one QUIC or TCP_QUIC listener", cfg.Listeners[quic].Name, cfg.Listeners[quic].Protocol)
+		case l.Protocol.IsQUIC():
+			quic = i
+		case l.Protocol.HasUDP() && udp < 0:
+			udp = i
+		}
+	}
+	if quic >= 0 && udp >= 0 {
+		n.errs.add(fmt.Sprintf("listeners[%d].protocol", quic), "a %s listener cannot share a load balancer with UDP or TCP_UDP listeners (listener %q is %s)", cfg.Listeners[quic].Protocol, cfg.Listeners[udp].Name, cfg.Listeners[udp].Protocol)
+	}
 }
 
 // groupRef checks that a listener's group exists and speaks a protocol the
@@ -400,10 +447,12 @@ func (n *normalizer) groupRef(path, name string, lp Protocol, cfg *Config) {
 		return
 	}
 	ok := map[Protocol][]Protocol{
-		TCP:    {TCP, TCPUDP},
-		UDP:    {UDP, TCPUDP},
-		TCPUDP: {TCPUDP},
-		TLS:    {TCP, TLS},
+		TCP:     {TCP, TCPUDP},
+		UDP:     {UDP, TCPUDP},
+		TCPUDP:  {TCPUDP},
+		TLS:     {TCP, TLS},
+		QUIC:    {QUIC},
+		TCPQUIC: {TCPQUIC},
 	}[lp]
 	if lp != 0 && g.Protocol != 0 && !slices.Contains(ok, g.Protocol) {
 		n.errs.add(path, "a %s listener cannot forward to %s target group %q", lp, g.Protocol, name)

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/l4lb/l4lb/pkg/quiclb"
 )
 
 // Target groups: their targets, health checks and attributes.
@@ -49,7 +51,21 @@ func (n *normalizer) targetGroup(path string, r *RawTargetGroup, cfg *Config) Ta
 			}
 			tgt.Weight = *rt.Weight
 		}
+		tgt.QUICServerID = rt.QUICServerID
+		if err := CheckQUICServerID(g.Protocol, rt.QUICServerID); err != nil {
+			n.errs.add(tp+".quic_server_id", "%v", err)
+		}
 		g.Targets = append(g.Targets, tgt)
+	}
+	ids := map[string]string{}
+	for i, t := range g.Targets {
+		if t.QUICServerID == "" {
+			continue
+		}
+		if other, ok := ids[t.QUICServerID]; ok {
+			n.errs.add(fmt.Sprintf("%s.targets[%d].quic_server_id", path, i), "%s is also target %s's: a server ID is unique within its target group", t.QUICServerID, other)
+		}
+		ids[t.QUICServerID] = t.Address.String()
 	}
 	switch g.Forwarding = r.Forwarding; g.Forwarding {
 	case "":
@@ -71,6 +87,12 @@ func (n *normalizer) targetGroup(path string, r *RawTargetGroup, cfg *Config) Ta
 	n.encapsulation(path, r, &g)
 	n.healthCheck(path+".health_check", r.HealthCheck, &g)
 	n.attributes(path+".attributes", r.Attributes, &g)
+	if g.Protocol.IsQUIC() && g.Attributes.ProxyProtocolV2 {
+		n.errs.add(path+".attributes.proxy_protocol_v2.enabled", "a %s target group passes QUIC datagrams as they are: a PROXY header would break them", g.Protocol)
+	}
+	if g.Protocol.IsQUIC() && g.Forwarding == ForwardDSR {
+		n.errs.add(path+".forwarding", "a %s target group is routed by connection ID, which only the socket path does yet: use nat", g.Protocol)
+	}
 	if g.Forwarding == ForwardDSR && g.Attributes.ProxyProtocolV2 {
 		n.errs.add(path+".forwarding", "dsr forwards packets as they are: it cannot send a PROXY header (proxy_protocol_v2.enabled)")
 	}
@@ -87,6 +109,22 @@ func (n *normalizer) targetGroup(path string, r *RawTargetGroup, cfg *Config) Ta
 		}
 	}
 	return g
+}
+
+// CheckQUICServerID says what is wrong with a target's QUIC server ID in
+// a group of protocol p, as NLB's API words it: required, in NLB's
+// spelling, for QUIC and TCP_QUIC groups, and refused for every other.
+func CheckQUICServerID(p Protocol, id string) error {
+	switch {
+	case p.IsQUIC() && id == "":
+		return fmt.Errorf("required for a %s target group: the server ID its connection IDs carry (0x and 16 lowercase hex digits)", p)
+	case !p.IsQUIC() && id != "":
+		return fmt.Errorf("only QUIC and TCP_QUIC target groups take a server ID; this group is %s", p)
+	case id == "":
+		return nil
+	}
+	_, err := quiclb.ParseServerID(id)
+	return err
 }
 
 // ParseTargetAddress parses "IP:PORT", or a bare IP that takes defaultPort.

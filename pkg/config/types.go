@@ -192,7 +192,22 @@ type Listener struct {
 	MaxConnectionsPerSource int // 0 means unlimited
 	ProxyProtocolAccept     []netip.Prefix
 	TLS                     *ListenerTLS // nil unless Protocol is TLS
+	// QUIC is the layout of a QUIC or TCP_QUIC listener's connection IDs;
+	// nil for other protocols.
+	QUIC *ListenerQUIC
 }
+
+// ListenerQUIC is the QUIC-LB plaintext layout of the connection IDs a
+// QUIC listener's targets issue: octet 0 holds 3 config-rotation bits (7:
+// unroutable), octets 1..8 the target's server ID, and the rest is the
+// target's own, up to ConnIDLen bytes.
+type ListenerQUIC struct {
+	ConnIDLen int // 9..20; DefaultQUICConnIDLen
+}
+
+// DefaultQUICConnIDLen is the default length of a QUIC listener's
+// connection IDs.
+const DefaultQUICConnIDLen = 16
 
 // BindAddr is a listening address and the zone it belongs to.
 type BindAddr struct {
@@ -304,6 +319,9 @@ type Target struct {
 	Address netip.AddrPort
 	Zone    string // "" means reachable from every zone
 	Weight  int
+	// QUICServerID is a QUIC or TCP_QUIC group's target's server ID, as
+	// NLB writes it: 0x and 16 lowercase hex digits; "" in other groups.
+	QUICServerID string
 }
 
 // HealthCheck configures the active checks of a target group.

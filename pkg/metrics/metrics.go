@@ -63,6 +63,8 @@ const (
 	BFDSessionUp
 	BFDPackets
 	BGPRejectedConnections
+	QUICPackets
+	QUICMigrations
 	numIDs
 )
 
@@ -118,6 +120,8 @@ var table = [numIDs]struct {
 	BGPRejectedConnections:  {"bgp_rejected_connections_total", counter, "BGP connections refused because their source is no configured peer.", nil},
 	BGPAnnouncedRoutes:      {"bgp_announced_routes", gauge, "Prefixes the BGP speaker announces now (its zones are healthy and the node is not leaving).", nil},
 	RegistryAppliedRevision: {"registry_applied_revision", gauge, "registry.backend etcd: the etcd revision of the registrations this node applied (equal on nodes in step).", nil},
+	QUICPackets:             {"quic_packets_total", counter, "QUIC listeners' datagrams from clients, by how they were routed: cid (the server ID in the destination connection ID), hash (the flow hash: Initial and 0-RTT), unknown_cid (an ID of no target, or unroutable: the 5-tuple flow), bad_version and short (dropped).", []string{LabelListener, "route"}},
+	QUICMigrations:          {"quic_migrations_total", counter, "QUIC connections seen from a new client address or port, and kept on their target by connection ID.", []string{LabelListener}},
 	RegistryEtcdUp:          {"registry_etcd_up", gauge, "registry.backend etcd: 1 while etcd answers, 0 while the node serves the state it applied last.", nil},
 }
 

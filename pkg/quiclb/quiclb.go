@@ -56,6 +56,8 @@ const (
 	// Short: too short to hold its connection ID, or no QUIC packet at
 	// all; dropped.
 	Short
+	// NumRoutes is how many routes there are.
+	NumRoutes = iota
 )
 
 var routeNames = [...]string{ByHash: "hash", ByCID: "cid", UnknownCID: "unknown_cid", BadVersion: "bad_version", Short: "short"}

@@ -1,0 +1,272 @@
+package lb
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/quic-go/quic-go"
+
+	"github.com/l4lb/l4lb/healthcheck"
+	"github.com/l4lb/l4lb/internal/testpki"
+	"github.com/l4lb/l4lb/pkg/config"
+	"github.com/l4lb/l4lb/pkg/metrics"
+	"github.com/l4lb/l4lb/pkg/quiclb"
+)
+
+const quicALPN = "l4lb-test"
+
+// serverIDs issues a target's QUIC connection IDs in the QUIC-LB plaintext
+// layout: its server ID at octets 1..8, random around it.
+type serverIDs struct {
+	id  uint64
+	len int
+}
+
+func (g serverIDs) GenerateConnectionID() (quic.ConnectionID, error) {
+	r := make([]byte, g.len-8)
+	rand.Read(r)
+	return quic.ConnectionIDFromBytes(quiclb.ConnID(g.id, g.len, r)), nil
+}
+
+func (g serverIDs) ConnectionIDLen() int { return g.len }
+
+// quicTarget is a quic-go server that answers each stream with its name. It
+// also listens on TCP on the same port, for l4lb's health checks.
+type quicTarget struct {
+	name string
+	id   string // its server ID, as NLB writes it
+	addr netip.AddrPort
+}
+
+func startQUICTarget(t *testing.T, name string, id uint64, tlsConf *tls.Config) quicTarget {
+	t.Helper()
+	var uc *net.UDPConn
+	var tcp net.Listener
+	for range 20 { // a port free for UDP and TCP alike
+		c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tcp, err = net.Listen("tcp", c.LocalAddr().String()); err == nil {
+			uc = c
+			break
+		}
+		c.Close()
+	}
+	if uc == nil {
+		t.Fatal("no port free for both UDP and TCP")
+	}
+	go func() {
+		for {
+			c, err := tcp.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	tr := &quic.Transport{Conn: uc, ConnectionIDGenerator: serverIDs{id: id, len: config.DefaultQUICConnIDLen}}
+	ln, err := tr.Listen(tlsConf, &quic.Config{MaxIdleTimeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close(); tr.Close(); tcp.Close() })
+	go func() {
+		for {
+			conn, err := ln.Accept(context.Background())
+			if err != nil {
+				return
+			}
+			go func() {
+				for {
+					st, err := conn.AcceptStream(context.Background())
+					if err != nil {
+						return
+					}
+					go func() {
+						defer st.Close()
+						if _, err := bufio.NewReader(st).ReadString('\n'); err == nil {
+							fmt.Fprintf(st, "%s\n", name)
+						}
+					}()
+				}
+			}()
+		}
+	}()
+	return quicTarget{name: name, id: quiclb.FormatServerID(id), addr: uc.LocalAddr().(*net.UDPAddr).AddrPort()}
+}
+
+// askQUIC opens a stream on conn and returns the server's name.
+func askQUIC(ctx context.Context, conn *quic.Conn) (string, error) {
+	st, err := conn.OpenStreamSync(ctx)
+	if err != nil {
+		return "", err
+	}
+	defer st.Close()
+	if d, ok := ctx.Deadline(); ok {
+		st.SetDeadline(d)
+	}
+	if _, err := st.Write([]byte("who\n")); err != nil {
+		return "", err
+	}
+	line, err := bufio.NewReader(st).ReadString('\n')
+	return strings.TrimSpace(line), err
+}
+
+// quicMigrations opens n QUIC connections to lbAddr, asks each which
+// server it reached, then moves each to a new local port (every third to
+// a new local address too, 127.0.0.2) and asks again. It returns how many
+// connections broke: failed after the move, or reached another server.
+func quicMigrations(t *testing.T, lbAddr string, n int, clientTLS *tls.Config) (broken int, errs []string) {
+	t.Helper()
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			fail := func(err error) {
+				mu.Lock()
+				defer mu.Unlock()
+				broken++
+				if len(errs) < 3 {
+					errs = append(errs, err.Error())
+				}
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			uc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			tr := &quic.Transport{Conn: uc}
+			defer tr.Close()
+			addr, _ := net.ResolveUDPAddr("udp", lbAddr)
+			conn, err := tr.Dial(ctx, addr, clientTLS, &quic.Config{MaxIdleTimeout: 10 * time.Second})
+			if err != nil {
+				t.Errorf("connection %d: %v", i, err)
+				return
+			}
+			defer conn.CloseWithError(0, "")
+			before, err := askQUIC(ctx, conn)
+			if err != nil {
+				t.Errorf("connection %d before the move: %v", i, err)
+				return
+			}
+			local := net.IPv4(127, 0, 0, 1)
+			if i%3 == 0 {
+				local = net.IPv4(127, 0, 0, 2)
+			}
+			uc2, err := net.ListenUDP("udp", &net.UDPAddr{IP: local})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			tr2 := &quic.Transport{Conn: uc2}
+			defer tr2.Close()
+			path, err := conn.AddPath(tr2)
+			if err != nil {
+				t.Errorf("connection %d: %v", i, err)
+				return
+			}
+			probe, cancelProbe := context.WithTimeout(ctx, 2*time.Second)
+			err = path.Probe(probe)
+			cancelProbe()
+			if err == nil {
+				err = path.Switch()
+			}
+			if err != nil {
+				fail(fmt.Errorf("moving to %s: %w", uc2.LocalAddr(), err))
+				return
+			}
+			ask, cancelAsk := context.WithTimeout(ctx, 2*time.Second)
+			after, err := askQUIC(ask, conn)
+			cancelAsk()
+			switch {
+			case err != nil:
+				fail(fmt.Errorf("after moving to %s: %w", uc2.LocalAddr(), err))
+			case after != before:
+				fail(fmt.Errorf("reached %s before the move and %s after", before, after))
+			}
+		})
+	}
+	wg.Wait()
+	return broken, errs
+}
+
+// A QUIC listener routes by the server ID in each packet's connection ID:
+// 50 quic-go connections through l4lb each move to a new local port, a
+// third of them to a new local address too, and every one keeps its
+// server. Against a plain UDP listener, which hashes the 5-tuple, most
+// moved connections break: the check can fail.
+func TestQUICConnectionsKeepTheirTargetWhenTheyMove(t *testing.T) {
+	ca := testpki.New(t)
+	certFile, keyFile := ca.Issue(t, false, "localhost")
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverTLS := &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{quicALPN}}
+	clientTLS := &tls.Config{RootCAs: ca.Pool, ServerName: "localhost", NextProtos: []string{quicALPN}}
+	var targets []quicTarget
+	for i, id := range []uint64{0x0123456789abcdef, 0x1111111111111111, 0xfedcba9876543210} {
+		targets = append(targets, startQUICTarget(t, fmt.Sprintf("server%d", i+1), id, serverTLS))
+	}
+	run := func(quicListener bool) (broken int, errs []string, m *metrics.Metrics) {
+		var ts []config.Target
+		for _, tg := range targets {
+			ct := config.Target{Address: tg.addr, Weight: 1}
+			if quicListener {
+				ct.QUICServerID = tg.id
+			}
+			ts = append(ts, ct)
+		}
+		cfg := udpConfig(ts, func(l *config.Listener, g *config.TargetGroup) {
+			if quicListener {
+				l.Protocol, g.Protocol = config.QUIC, config.QUIC
+				l.QUIC = &config.ListenerQUIC{ConnIDLen: config.DefaultQUICConnIDLen}
+			}
+			g.HealthCheck = config.HealthCheck{Protocol: config.HealthTCP, Interval: 200 * time.Millisecond, Timeout: 100 * time.Millisecond, HealthyThreshold: 2, UnhealthyThreshold: 2}
+		})
+		m = metrics.New(prometheus.NewRegistry())
+		srv := startedServer(t, cfg, Options{Metrics: m})
+		checks := healthcheck.NewScheduler(srv.Registry, healthcheck.Options{})
+		defer checks.Close()
+		srv.Registry.WatchHealth(checks)
+		waitFor(t, func() bool {
+			g, _ := srv.Registry.TargetGroup("tg")
+			healthy := 0
+			for _, th := range g.Targets {
+				if th.State.String() == "healthy" {
+					healthy++
+				}
+			}
+			return healthy == len(targets)
+		})
+		broken, errs = quicMigrations(t, srv.UDPAddrs("test")[0].String(), 50, clientTLS)
+		srv.Close()
+		return broken, errs, m
+	}
+	broken, errs, m := run(true)
+	byCID := testutil.ToFloat64(m.Counter(metrics.QUICPackets, "test", "cid"))
+	moved := testutil.ToFloat64(m.Counter(metrics.QUICMigrations, "test"))
+	if broken != 0 || moved < 50 || byCID == 0 {
+		t.Fatalf("QUIC listener: %d of 50 moved connections broke %v; %v migrations counted, %v packets routed by connection ID", broken, errs, moved, byCID)
+	}
+	plain, plainErrs, _ := run(false)
+	if plain < 15 {
+		t.Fatalf("plain UDP listener: only %d of 50 moved connections broke %v; a 5-tuple hash should move about two thirds of them to another server", plain, plainErrs)
+	}
+	t.Logf("50 QUIC connections moved to a new port (17 to a new address too): through a QUIC listener %d broke (%v migrations, %v packets by connection ID, %v by hash); through a plain UDP listener %d broke, e.g. %v",
+		broken, moved, byCID, testutil.ToFloat64(m.Counter(metrics.QUICPackets, "test", "hash")), plain, plainErrs[:min(1, len(plainErrs))])
+}
