@@ -124,11 +124,11 @@ func askQUIC(ctx context.Context, conn *quic.Conn) (string, error) {
 	return strings.TrimSpace(line), err
 }
 
-// quicMigrations opens n QUIC connections to lbAddr, asks each which
-// server it reached, then moves each to a new local port (every third to
-// a new local address too, 127.0.0.2) and asks again. It returns how many
-// connections broke: failed after the move, or reached another server.
-func quicMigrations(t *testing.T, lbAddr string, n int, clientTLS *tls.Config) (broken int, errs []string) {
+// quicMigrations opens n QUIC connections to lbAddr from 127.0.0.1, asks
+// each which server it reached, then moves each to a new local port on
+// moveTo(i) and asks again. It returns how many connections broke: failed
+// after the move, or reached another server.
+func quicMigrations(t *testing.T, lbAddr string, n int, clientTLS *tls.Config, moveTo func(i int) net.IP) (broken int, errs []string) {
 	t.Helper()
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -163,11 +163,7 @@ func quicMigrations(t *testing.T, lbAddr string, n int, clientTLS *tls.Config) (
 				t.Errorf("connection %d before the move: %v", i, err)
 				return
 			}
-			local := net.IPv4(127, 0, 0, 1)
-			if i%3 == 0 {
-				local = net.IPv4(127, 0, 0, 2)
-			}
-			uc2, err := net.ListenUDP("udp", &net.UDPAddr{IP: local})
+			uc2, err := net.ListenUDP("udp", &net.UDPAddr{IP: moveTo(i)})
 			if err != nil {
 				t.Error(err)
 				return
@@ -204,12 +200,14 @@ func quicMigrations(t *testing.T, lbAddr string, n int, clientTLS *tls.Config) (
 	return broken, errs
 }
 
-// A QUIC listener routes by the server ID in each packet's connection ID:
-// 50 quic-go connections through l4lb each move to a new local port, a
-// third of them to a new local address too, and every one keeps its
-// server. Against a plain UDP listener, which hashes the 5-tuple, most
-// moved connections break: the check can fail.
-func TestQUICConnectionsKeepTheirTargetWhenTheyMove(t *testing.T) {
+// quicLab is three quic-go servers, each with its server ID, and the TLS
+// configurations of a server and a client.
+type quicLab struct {
+	targets   []quicTarget
+	clientTLS *tls.Config
+}
+
+func newQUICLab(t *testing.T) *quicLab {
 	ca := testpki.New(t)
 	certFile, keyFile := ca.Issue(t, false, "localhost")
 	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
@@ -217,44 +215,67 @@ func TestQUICConnectionsKeepTheirTargetWhenTheyMove(t *testing.T) {
 		t.Fatal(err)
 	}
 	serverTLS := &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{quicALPN}}
-	clientTLS := &tls.Config{RootCAs: ca.Pool, ServerName: "localhost", NextProtos: []string{quicALPN}}
-	var targets []quicTarget
+	l := &quicLab{clientTLS: &tls.Config{RootCAs: ca.Pool, ServerName: "localhost", NextProtos: []string{quicALPN}}}
 	for i, id := range []uint64{0x0123456789abcdef, 0x1111111111111111, 0xfedcba9876543210} {
-		targets = append(targets, startQUICTarget(t, fmt.Sprintf("server%d", i+1), id, serverTLS))
+		l.targets = append(l.targets, startQUICTarget(t, fmt.Sprintf("server%d", i+1), id, serverTLS))
 	}
-	run := func(quicListener bool) (broken int, errs []string, m *metrics.Metrics) {
-		var ts []config.Target
-		for _, tg := range targets {
-			ct := config.Target{Address: tg.addr, Weight: 1}
-			if quicListener {
-				ct.QUICServerID = tg.id
-			}
-			ts = append(ts, ct)
+	return l
+}
+
+// server starts an l4lb in front of the lab's servers, with a QUIC
+// listener (or a plain UDP one), once every server is healthy.
+func (l *quicLab) server(t *testing.T, quicListener bool) (*Server, *metrics.Metrics) {
+	t.Helper()
+	var ts []config.Target
+	for _, tg := range l.targets {
+		ct := config.Target{Address: tg.addr, Weight: 1}
+		if quicListener {
+			ct.QUICServerID = tg.id
 		}
-		cfg := udpConfig(ts, func(l *config.Listener, g *config.TargetGroup) {
-			if quicListener {
-				l.Protocol, g.Protocol = config.QUIC, config.QUIC
-				l.QUIC = &config.ListenerQUIC{ConnIDLen: config.DefaultQUICConnIDLen}
+		ts = append(ts, ct)
+	}
+	cfg := udpConfig(ts, func(l *config.Listener, g *config.TargetGroup) {
+		if quicListener {
+			l.Protocol, g.Protocol = config.QUIC, config.QUIC
+			l.QUIC = &config.ListenerQUIC{ConnIDLen: config.DefaultQUICConnIDLen}
+		}
+		g.HealthCheck = config.HealthCheck{Protocol: config.HealthTCP, Interval: 200 * time.Millisecond, Timeout: 100 * time.Millisecond, HealthyThreshold: 2, UnhealthyThreshold: 2}
+	})
+	m := metrics.New(prometheus.NewRegistry())
+	srv := startedServer(t, cfg, Options{Metrics: m})
+	checks := healthcheck.NewScheduler(srv.Registry, healthcheck.Options{})
+	t.Cleanup(checks.Close)
+	srv.Registry.WatchHealth(checks)
+	waitFor(t, func() bool {
+		g, _ := srv.Registry.TargetGroup("tg")
+		healthy := 0
+		for _, th := range g.Targets {
+			if th.State.String() == "healthy" {
+				healthy++
 			}
-			g.HealthCheck = config.HealthCheck{Protocol: config.HealthTCP, Interval: 200 * time.Millisecond, Timeout: 100 * time.Millisecond, HealthyThreshold: 2, UnhealthyThreshold: 2}
-		})
-		m = metrics.New(prometheus.NewRegistry())
-		srv := startedServer(t, cfg, Options{Metrics: m})
-		checks := healthcheck.NewScheduler(srv.Registry, healthcheck.Options{})
-		defer checks.Close()
-		srv.Registry.WatchHealth(checks)
-		waitFor(t, func() bool {
-			g, _ := srv.Registry.TargetGroup("tg")
-			healthy := 0
-			for _, th := range g.Targets {
-				if th.State.String() == "healthy" {
-					healthy++
-				}
+		}
+		return healthy == len(l.targets)
+	})
+	return srv, m
+}
+
+// A QUIC listener routes by the server ID in each packet's connection ID:
+// 50 quic-go connections through l4lb each move to a new local port, a
+// third of them to a new local address too, and every one keeps its
+// server. Against a plain UDP listener, which hashes the 5-tuple, most
+// moved connections break: the check can fail.
+func TestQUICConnectionsKeepTheirTargetWhenTheyMove(t *testing.T) {
+	l := newQUICLab(t)
+	run := func(quicListener bool) (int, []string, *metrics.Metrics) {
+		srv, m := l.server(t, quicListener)
+		defer srv.Close()
+		// Every third to a new address too.
+		broken, errs := quicMigrations(t, srv.UDPAddrs("test")[0].String(), 50, l.clientTLS, func(i int) net.IP {
+			if i%3 == 0 {
+				return net.IPv4(127, 0, 0, 2)
 			}
-			return healthy == len(targets)
+			return net.IPv4(127, 0, 0, 1)
 		})
-		broken, errs = quicMigrations(t, srv.UDPAddrs("test")[0].String(), 50, clientTLS)
-		srv.Close()
 		return broken, errs, m
 	}
 	broken, errs, m := run(true)
@@ -269,4 +290,79 @@ func TestQUICConnectionsKeepTheirTargetWhenTheyMove(t *testing.T) {
 	}
 	t.Logf("50 QUIC connections moved to a new port (17 to a new address too): through a QUIC listener %d broke (%v migrations, %v packets by connection ID, %v by hash); through a plain UDP listener %d broke, e.g. %v",
 		broken, moved, byCID, testutil.ToFloat64(m.Counter(metrics.QUICPackets, "test", "hash")), plain, plainErrs[:min(1, len(plainErrs))])
+}
+
+// Across two l4lb nodes: a relay in front stands for the routers' ECMP,
+// sending clients from 127.0.0.1 to node A and from 127.0.0.2 to node B.
+// 50 connections start on node A and move to 127.0.0.2, so every moved
+// packet reaches node B, which has never seen the connection: it routes
+// by the server ID to the same server, and none breaks.
+func TestQUICConnectionsMoveAcrossNodes(t *testing.T) {
+	l := newQUICLab(t)
+	a, _ := l.server(t, true)
+	b, mb := l.server(t, true)
+	relay := startRelay(t, map[netip.Addr]string{
+		netip.MustParseAddr("127.0.0.1"): a.UDPAddrs("test")[0].String(),
+		netip.MustParseAddr("127.0.0.2"): b.UDPAddrs("test")[0].String(),
+	})
+	broken, errs := quicMigrations(t, relay, 50, l.clientTLS, func(int) net.IP { return net.IPv4(127, 0, 0, 2) })
+	moved := testutil.ToFloat64(mb.Counter(metrics.QUICMigrations, "test"))
+	if broken != 0 || moved < 50 {
+		t.Fatalf("%d of 50 connections broke moving from node A to node B %v; node B counted %v migrations", broken, errs, moved)
+	}
+	t.Logf("50 QUIC connections moved from node A to node B: %d broke; node B took %v of them by connection ID", broken, moved)
+}
+
+// startRelay forwards datagrams to the node its map names for the client's
+// address, one upstream socket per client address and port (as a router's
+// ECMP keeps a 5-tuple on one next hop), and the replies back; it returns
+// its address.
+func startRelay(t *testing.T, nodes map[netip.Addr]string) string {
+	t.Helper()
+	front, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	up := map[netip.AddrPort]*net.UDPConn{}
+	t.Cleanup(func() {
+		front.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range up {
+			c.Close()
+		}
+	})
+	go func() {
+		buf := make([]byte, 65536)
+		for {
+			n, from, err := front.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			c := up[from]
+			if c == nil {
+				to, _ := net.ResolveUDPAddr("udp", nodes[from.Addr().Unmap()])
+				if c, err = net.DialUDP("udp", nil, to); err != nil {
+					mu.Unlock()
+					continue
+				}
+				up[from] = c
+				go func() {
+					rb := make([]byte, 65536)
+					for {
+						n, err := c.Read(rb)
+						if err != nil {
+							return
+						}
+						front.WriteToUDPAddrPort(rb[:n], from)
+					}
+				}()
+			}
+			mu.Unlock()
+			c.Write(buf[:n])
+		}
+	}()
+	return front.LocalAddr().String()
 }
