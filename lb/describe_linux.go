@@ -22,6 +22,7 @@ import (
 	"github.com/l4lb/l4lb/pkg/config"
 	"github.com/l4lb/l4lb/pkg/flowhash"
 	"github.com/l4lb/l4lb/pkg/maglev"
+	"github.com/l4lb/l4lb/pkg/quiclb"
 )
 
 // view answers the admin API's questions about routes, flows, zones and
@@ -128,6 +129,48 @@ func (v *view) Route(listenerName, src, dst, protocol, sni string) (api.Route, e
 		why = append(why, "an existing flow of this 5-tuple stays on its own target")
 	}
 	out.Why = strings.Join(why, "; ")
+	return out, nil
+}
+
+// RouteQUIC says which target a QUIC listener sends a short-header packet
+// whose destination connection ID is dcid to: the target whose server ID
+// it carries, or, for an ID of no target or an unroutable one (codepoint
+// 7), the 5-tuple flow's (which l4lb route --src answers).
+func (v *view) RouteQUIC(listenerName, dcid string) (api.Route, error) {
+	i := slices.IndexFunc(v.reg.Config().Listeners, func(l config.Listener) bool { return l.Name == listenerName })
+	if i < 0 {
+		return api.Route{}, fmt.Errorf("%w: no listener %q", api.ErrNotFound, listenerName)
+	}
+	l := v.reg.Config().Listeners[i]
+	if l.QUIC == nil {
+		return api.Route{}, fmt.Errorf("%w: quic_dcid: listener %q is %s, not QUIC or TCP_QUIC", api.ErrInvalid, listenerName, l.Protocol)
+	}
+	hexID, ok := strings.CutPrefix(strings.ToLower(dcid), "0x")
+	cid, err := hex.DecodeString(hexID)
+	if !ok || err != nil || len(cid) == 0 || len(cid) > quiclb.MaxConnIDLen {
+		return api.Route{}, fmt.Errorf("%w: quic_dcid: want 0x and up to %d bytes of hex, got %q", api.ErrInvalid, quiclb.MaxConnIDLen, dcid)
+	}
+	if len(cid) != l.QUIC.ConnIDLen {
+		return api.Route{}, fmt.Errorf("%w: quic_dcid: %d bytes; listener %q's targets issue connection IDs of %d (quic.connection_id_length)", api.ErrInvalid, len(cid), listenerName, l.QUIC.ConnIDLen)
+	}
+	g, err := v.reg.TargetGroup(l.TargetGroup)
+	if err != nil {
+		return api.Route{}, wireErr(err)
+	}
+	out := api.Route{Listener: listenerName, Protocol: "quic", TargetGroup: g.Name, Key: "quic_server_id", Preference: []string{}}
+	id, ok := quiclb.ServerID(cid)
+	if !ok {
+		out.Why = "the connection ID is unroutable (config-rotation codepoint 7): the packet goes by its 5-tuple flow (l4lb route --src)"
+		return out, nil
+	}
+	out.Hash = quiclb.FormatServerID(id)
+	grp := v.reg.Group(l.TargetGroup)
+	if t := grp.Snapshot().ServerIDs[id]; t != nil {
+		out.Target, out.Preference = t.Name, []string{t.Name}
+		out.Why = fmt.Sprintf("server ID %s, at octets 1-8 of the connection ID, is target %s's; it goes there whatever the client's address", out.Hash, t.Name)
+		return out, nil
+	}
+	out.Why = fmt.Sprintf("server ID %s names no target that takes packets (none has it, or its target is unhealthy or gone): the packet goes by its 5-tuple flow (l4lb route --src)", out.Hash)
 	return out, nil
 }
 

@@ -311,6 +311,23 @@ func TestQUICConnectionsMoveAcrossNodes(t *testing.T) {
 		t.Fatalf("%d of 50 connections broke moving from node A to node B %v; node B counted %v migrations", broken, errs, moved)
 	}
 	t.Logf("50 QUIC connections moved from node A to node B: %d broke; node B took %v of them by connection ID", broken, moved)
+
+	// l4lb route --quic-dcid says the same, on either node.
+	cid := fmt.Sprintf("0x%x", quiclb.ConnID(0x1111111111111111, config.DefaultQUICConnIDLen, make([]byte, 8)))
+	for _, srv := range []*Server{a, b} {
+		rt, err := srv.RouteQUIC("test", cid)
+		if err != nil || rt.Target != l.targets[1].addr.String() || rt.Hash != "0x1111111111111111" {
+			t.Fatalf("route of %s: %+v %v; want %s", cid, rt, err, l.targets[1].addr)
+		}
+	}
+	unroutable := "0xe0" + strings.Repeat("00", config.DefaultQUICConnIDLen-1)
+	unknown := fmt.Sprintf("0x%x", quiclb.ConnID(0x42, config.DefaultQUICConnIDLen, make([]byte, 8)))
+	for dcid, want := range map[string]string{unroutable: "unroutable", unknown: "names no target", "0x0102": "bytes; listener", "nothex": "want 0x"} {
+		rt, err := a.RouteQUIC("test", dcid)
+		if got := fmt.Sprint(rt.Why, err); rt.Target != "" || !strings.Contains(got, want) {
+			t.Errorf("route of %s: %+v %v; want %q", dcid, rt, err, want)
+		}
+	}
 }
 
 // startRelay forwards datagrams to the node its map names for the client's

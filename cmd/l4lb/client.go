@@ -364,14 +364,35 @@ func newDeregister() *cobra.Command {
 
 func newRoute() *cobra.Command {
 	var c adminClient
-	var listener, src, dst, proto, sni string
+	var listener, src, dst, proto, sni, dcid string
 	cmd := &cobra.Command{
-		Use:   "route --listener NAME --src IP:PORT[-PORT] [--dst IP:PORT] [--protocol tcp|udp] [--sni HOST]",
+		Use:   "route --listener NAME --src IP:PORT[-PORT] [--dst IP:PORT] [--protocol tcp|udp] [--sni HOST] | --listener NAME --quic-dcid 0x...",
 		Short: "Show which target a flow would get, and why",
 		Long: `Show which target a flow would get, and why. With a range of client ports
-(--src 198.18.0.2:20000-29999) it shows the target of each flow, one per line.`,
+(--src 198.18.0.2:20000-29999) it shows the target of each flow, one per line.
+On a QUIC or TCP_QUIC listener, --quic-dcid shows which target a packet with
+that destination connection ID reaches, whatever its source.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if dcid != "" {
+				var rt api.Route
+				if err := c.do(http.MethodGet, "/v1/route?"+url.Values{"listener": {listener}, "quic_dcid": {dcid}}.Encode(), nil, &rt); err != nil {
+					return err
+				}
+				if c.output == "json" {
+					return printJSON(cmd.OutOrStdout(), rt)
+				}
+				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+				fmt.Fprintf(tw, "packet	QUIC, destination connection ID %s (listener %s)\n", dcid, rt.Listener)
+				fmt.Fprintf(tw, "server ID	%s\n", dash(rt.Hash))
+				fmt.Fprintf(tw, "target	%s\n", dash(rt.Target))
+				fmt.Fprintf(tw, "target group	%s\n", rt.TargetGroup)
+				fmt.Fprintf(tw, "why	%s\n", rt.Why)
+				return tw.Flush()
+			}
+			if src == "" {
+				return usageError{fmt.Errorf("--src is required (or --quic-dcid)")}
+			}
 			ip, lo, hi, isRange, err := parseSourceRange(src)
 			if err != nil {
 				return usageError{fmt.Errorf("--src: %w", err)}
@@ -411,8 +432,8 @@ func newRoute() *cobra.Command {
 	cmd.Flags().StringVar(&dst, "dst", "", "listener IP:PORT the client reaches (default: the listener's address)")
 	cmd.Flags().StringVar(&proto, "protocol", "tcp", "tcp|udp")
 	cmd.Flags().StringVar(&sni, "sni", "", "the server name a TLS client asks for, on a listener with SNI rules")
+	cmd.Flags().StringVar(&dcid, "quic-dcid", "", "QUIC and TCP_QUIC listeners: a destination connection ID, 0x and hex; shows the target its server ID names")
 	cmd.MarkFlagRequired("listener")
-	cmd.MarkFlagRequired("src")
 	addClientFlags(cmd, &c)
 	return cmd
 }

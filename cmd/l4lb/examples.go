@@ -26,7 +26,8 @@ var examples = map[string]string{
 	"l4lb targets deregister": `  l4lb targets deregister --target-group web --target 10.0.1.12:8080`,
 	"l4lb route": `  l4lb route --listener web --src 198.18.0.2:5555
   l4lb route --listener web --src 198.18.0.2:20000-20009 --protocol udp
-  l4lb route --listener https --src 198.18.0.2:5555 --sni api.example.com`,
+  l4lb route --listener https --src 198.18.0.2:5555 --sni api.example.com
+  l4lb route --listener h3 --quic-dcid 0x000123456789abcdef5f2c11a0b3e4d7`,
 	"l4lb reload": `  l4lb reload --admin 127.0.0.1:9900             # as SIGHUP: read the config file again
   l4lb reload --admin 10.0.0.11:9900 --wait      # one node of a rolling reload: back once it announces`,
 	"l4lb upgrade": `  l4lb upgrade --admin 127.0.0.1:9900 -o json     # as SIGUSR2: hand over to the binary on disk

@@ -19,6 +19,9 @@ type Registry interface {
 	Register(group string, req api.RegisterRequest) (api.TargetHealth, error)
 	Deregister(group, address string) error
 	Route(listener, src, dst, protocol, sni string) (api.Route, error)
+	// RouteQUIC says which target a QUIC listener sends a packet whose
+	// destination connection ID is dcid (0x and hex) to, and why.
+	RouteQUIC(listener, dcid string) (api.Route, error)
 	Flows(listener string, limit int) ([]api.Flow, error)
 	ZoneHealth(zone string) (api.ZoneHealth, error)
 }
@@ -63,8 +66,13 @@ func registryRoutes(mux *http.ServeMux, r Registry) {
 	})
 	mux.HandleFunc("GET /v1/route", func(w http.ResponseWriter, req *http.Request) {
 		q := req.URL.Query()
+		if dcid := q.Get("quic_dcid"); dcid != "" && q.Get("listener") != "" {
+			rt, err := r.RouteQUIC(q.Get("listener"), dcid)
+			reply(w, http.StatusOK, rt, err)
+			return
+		}
 		if q.Get("listener") == "" || q.Get("src") == "" {
-			writeError(w, http.StatusBadRequest, "listener and src are required")
+			writeError(w, http.StatusBadRequest, "listener and src (or quic_dcid) are required")
 			return
 		}
 		rt, err := r.Route(q.Get("listener"), q.Get("src"), q.Get("dst"), q.Get("protocol"), q.Get("sni"))
