@@ -18,6 +18,7 @@ import (
 	"github.com/l4lb/l4lb/lb/registry"
 	"github.com/l4lb/l4lb/lb/tcpproxy"
 	"github.com/l4lb/l4lb/lb/udpproxy"
+	"github.com/l4lb/l4lb/lb/zoneshift"
 	"github.com/l4lb/l4lb/pkg/api"
 	"github.com/l4lb/l4lb/pkg/config"
 	"github.com/l4lb/l4lb/pkg/flowhash"
@@ -28,10 +29,11 @@ import (
 // view answers the admin API's questions about routes, flows, zones and
 // target groups, from the registry and the two data planes.
 type view struct {
-	reg   *registry.Registry
-	store *cluster.Store // registry.backend etcd: registrations go through it
-	tcp   *tcpproxy.Server
-	udp   *udpproxy.Server
+	reg    *registry.Registry
+	store  *cluster.Store // registry.backend etcd: registrations go through it
+	tcp    *tcpproxy.Server
+	udp    *udpproxy.Server
+	shifts *zoneshift.Shifts
 }
 
 // findEndpoint finds the named listener's TCP or UDP side, preferring the one
@@ -240,6 +242,9 @@ func (v *view) ZoneHealth(zone string) (api.ZoneHealth, error) {
 		return api.ZoneHealth{}, fmt.Errorf("%w: no zone %q", api.ErrNotFound, zone)
 	}
 	out := api.ZoneHealth{Zone: zone, Healthy: true, Listeners: map[string]string{}}
+	if sh, ok := v.shifts.Active(zone); ok {
+		out.Healthy, out.ZonalShift = false, wireShift(sh)
+	}
 	v.zoneGroups(zone, func(name string, g *registry.Group) {
 		if out.Listeners[name] == "" { // a TCP_UDP listener is checked on both
 			out.Listeners[name] = "ok"

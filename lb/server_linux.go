@@ -19,6 +19,7 @@ import (
 	"github.com/l4lb/l4lb/lb/tcpproxy"
 	"github.com/l4lb/l4lb/lb/tlsterm"
 	"github.com/l4lb/l4lb/lb/udpproxy"
+	"github.com/l4lb/l4lb/lb/zoneshift"
 	"github.com/l4lb/l4lb/pkg/config"
 	"github.com/l4lb/l4lb/pkg/hostaddr"
 	"github.com/l4lb/l4lb/pkg/metrics"
@@ -67,7 +68,8 @@ type Options struct {
 
 // Server runs one configuration. Its view answers the admin API.
 type Server struct {
-	Registry *registry.Registry // the targets, groups and their health
+	Registry   *registry.Registry // the targets, groups and their health
+	ZoneShifts *zoneshift.Shifts  // zones taken out of service (zonal shifts)
 
 	view
 	log      *zap.Logger
@@ -100,6 +102,8 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		return nil, err
 	}
 	s.Registry, s.reg = reg, reg
+	s.ZoneShifts = zoneshift.New(opts.Logger, opts.Metrics)
+	s.shifts = s.ZoneShifts
 	haveTCP, haveUDP := false, false
 	for _, lc := range cfg.Listeners {
 		haveTCP = haveTCP || lc.Protocol.HasTCP()
@@ -198,6 +202,7 @@ func (s *Server) ReleaseKernel() {
 // then closes the rest. It returns ctx's error if flows had to be cut.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.closing.Store(true)
+	s.ZoneShifts.Close()
 	if s.store != nil {
 		s.store.Close() // no registration changes during the drain
 	}

@@ -6,6 +6,7 @@ import (
 	"context"
 	"sort"
 	"sync"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -31,10 +32,14 @@ type bgpNode struct {
 func newBGPNode(srv *lb.Server, log *zap.Logger, m *metrics.Metrics) *bgpNode {
 	changed := make(chan struct{}, 1)
 	srv.Registry.Subscribe(groupsChanged(changed))
+	srv.ZoneShifts.OnChange(func() { groupsChanged(changed).SnapshotChanged(nil) })
 	return &bgpNode{opts: bgp.Options{Logger: log, Metrics: m, Healthy: func(zone string) (bool, string) {
 		zh, err := srv.ZoneHealth(zone)
 		if err != nil {
 			return false, err.Error()
+		}
+		if sh := zh.ZonalShift; sh != nil {
+			return false, "zonal shift away from the zone until " + sh.Expires.Format(time.RFC3339)
 		}
 		return zh.Healthy, zoneProblem(zh)
 	}, Settling: srv.ZoneUnsettled, Changed: changed}}

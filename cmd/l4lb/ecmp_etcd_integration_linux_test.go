@@ -602,6 +602,30 @@ func TestECMPWithEtcdRegistry(t *testing.T) {
 		}
 	}
 
+	// A zonal shift away from zone b on node 2: its health answers 503 and
+	// it withdraws zone b's prefix within a second; zone a stays announced.
+	// A cancel brings it back.
+	stop = l.loadOn(ecmpVIPB + ":80")
+	shifted := time.Now()
+	if out, err := l.cli(bin, 2, "zones", "shift", "--away-from", "b", "--expires-in", "1h"); err != nil {
+		t.Fatalf("zones shift: %v\n%s", err, out)
+	}
+	l.waitHopsOf(ecmpVIPB, 2, 5*time.Second)
+	withdrawnIn := time.Since(shifted)
+	if withdrawnIn > time.Second || l.hopsOf(ecmpVIP) != 3 {
+		t.Errorf("zonal shift of zone b on node 2: zone b's next hops went to 2 after %v (want within 1 s), zone a has %d", withdrawnIn, l.hopsOf(ecmpVIP))
+	}
+	if out, err := l.cli(bin, 2, "zones", "cancel", "b"); err != nil {
+		t.Fatalf("zones cancel: %v\n%s", err, out)
+	}
+	back := l.waitHopsOf(ecmpVIPB, 3, 10*time.Second)
+	during := stop()
+	if during.OK == 0 || during.ByRoute != 0 || !rehashedOnly(ecmpLoad{Failed: during.ByL4LB, Errors: during.Errors}) {
+		t.Errorf("connections to zone b's VIP during the shift: %+v", during)
+	}
+	t.Logf("zonal shift of zone b on node 2: withdrawn from the router %v after the call, back %v after the cancel; %d connections to zone b, %d failed %v",
+		withdrawnIn.Round(time.Millisecond), back.Round(time.Millisecond), during.OK, during.ByL4LB+during.ByRoute, during.Errors)
+
 	// A rolling upgrade, one node at a time with --wait: the VIP keeps at
 	// least two next hops, and no connection fails but a handshake that
 	// straddles the router's rehash (deploy/README.md says why).

@@ -85,6 +85,7 @@ func serve(ctx context.Context, l loaded, log *zap.Logger, connectTimeout time.D
 		return usageError{err}
 	}
 	srv.Registry.Restore(ho.savedTargets()) // nothing unless this is an upgrade
+	srv.ZoneShifts.Restore(ho.savedShifts())
 	// Results flow from the checks into the registry; the registry tells
 	// the checks which targets to probe.
 	checks := healthcheck.NewScheduler(srv.Registry, healthcheck.Options{Logger: log, Metrics: m})

@@ -14,6 +14,7 @@ import (
 	"github.com/l4lb/l4lb/lb"
 	"github.com/l4lb/l4lb/lb/listen"
 	"github.com/l4lb/l4lb/lb/registry"
+	"github.com/l4lb/l4lb/lb/zoneshift"
 	"github.com/l4lb/l4lb/pkg/api"
 	"github.com/l4lb/l4lb/pkg/upgrade"
 )
@@ -22,8 +23,9 @@ import (
 // targets and states, and the TLS session-ticket keys (so clients resume
 // their sessions on the new process).
 const (
-	stateFile = "state/targets.json"
-	keysFile  = "state/tls-ticket-keys.json"
+	stateFile  = "state/targets.json"
+	keysFile   = "state/tls-ticket-keys.json"
+	shiftsFile = "state/zonal-shifts.json"
 )
 
 // handoff is this process's side of binary upgrades: what it inherited when
@@ -63,6 +65,13 @@ func (h *handoff) savedTargets() []registry.Saved {
 	var saved []registry.Saved
 	h.read(stateFile, "targets", &saved)
 	return saved
+}
+
+// savedShifts reads the zonal shifts the previous process had in force.
+func (h *handoff) savedShifts() []zoneshift.Shift {
+	var shifts []zoneshift.Shift
+	h.read(shiftsFile, "zonal shifts", &shifts)
+	return shifts
 }
 
 // savedTicketKeys reads the TLS session-ticket keys the previous process
@@ -118,7 +127,7 @@ func (h *handoff) run(srv *lb.Server, adm *adminServer) (api.Upgrade, error) {
 	if err := adm.files(add); err != nil {
 		return api.Upgrade{}, fmt.Errorf("handing over the admin API: %w", err)
 	}
-	for name, v := range map[string]any{stateFile: srv.Registry.Save(), keysFile: srv.TicketKeys()} {
+	for name, v := range map[string]any{stateFile: srv.Registry.Save(), keysFile: srv.TicketKeys(), shiftsFile: srv.ZoneShifts.List()} {
 		f, err := savedFile(v)
 		if err != nil {
 			return api.Upgrade{}, err

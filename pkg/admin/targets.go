@@ -24,6 +24,9 @@ type Registry interface {
 	RouteQUIC(listener, dcid string) (api.Route, error)
 	Flows(listener string, limit int) ([]api.Flow, error)
 	ZoneHealth(zone string) (api.ZoneHealth, error)
+	Zones() []api.Zone
+	ShiftZone(zone, expiresIn string) (api.ZonalShift, error)
+	CancelZoneShift(zone string) error
 }
 
 // maxBody bounds request bodies; a registration is a few dozen bytes.
@@ -91,6 +94,28 @@ func registryRoutes(mux *http.ServeMux, r Registry) {
 		}
 		fl, err := r.Flows(q.Get("listener"), limit)
 		reply(w, http.StatusOK, fl, err)
+	})
+	mux.HandleFunc("GET /v1/zones", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, r.Zones())
+	})
+	mux.HandleFunc("POST /v1/zones/{zone}/shift", func(w http.ResponseWriter, req *http.Request) {
+		var body api.ZoneShiftRequest
+		dec := json.NewDecoder(io.LimitReader(req.Body, maxBody))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&body); err != nil {
+			writeError(w, http.StatusBadRequest, "malformed JSON body: "+err.Error())
+			return
+		}
+		if body.ExpiresIn == "" {
+			writeError(w, http.StatusBadRequest, "expires_in: required (a duration, 1m to 72h)")
+			return
+		}
+		sh, err := r.ShiftZone(req.PathValue("zone"), body.ExpiresIn)
+		reply(w, http.StatusOK, sh, err)
+	})
+	mux.HandleFunc("DELETE /v1/zones/{zone}/shift", func(w http.ResponseWriter, req *http.Request) {
+		err := r.CancelZoneShift(req.PathValue("zone"))
+		reply(w, http.StatusOK, map[string]string{"zone": req.PathValue("zone"), "zonal_shift": "cancelled"}, err)
 	})
 	mux.HandleFunc("GET /v1/zones/{zone}/health", func(w http.ResponseWriter, req *http.Request) {
 		zh, err := r.ZoneHealth(req.PathValue("zone"))

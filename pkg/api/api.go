@@ -120,6 +120,31 @@ type ZoneHealth struct {
 	Zone      string            `json:"zone"`
 	Healthy   bool              `json:"healthy"`
 	Listeners map[string]string `json:"listeners"` // listener -> "ok" or why not
+	// ZonalShift is the shift that takes the zone out of service, if one
+	// is in force: the zone is then unhealthy, whatever its targets.
+	ZonalShift *ZonalShift `json:"zonal_shift,omitempty"`
+}
+
+// ZonalShift is a zone taken out of service until Expires (NLB's
+// start-zonal-shift).
+type ZonalShift struct {
+	Zone    string    `json:"zone"`
+	Started time.Time `json:"started"`
+	Expires time.Time `json:"expires"`
+}
+
+// ZoneShiftRequest is the body of POST /v1/zones/{zone}/shift.
+type ZoneShiftRequest struct {
+	ExpiresIn string `json:"expires_in"` // a duration, 1m to 72h: "1h"
+}
+
+// Zone is one zone of GET /v1/zones: its addresses, its health, and its
+// zonal shift, if one is in force.
+type Zone struct {
+	Name       string      `json:"name"`
+	IPs        []string    `json:"ips"`
+	Healthy    bool        `json:"healthy"`
+	ZonalShift *ZonalShift `json:"zonal_shift,omitempty"`
 }
 
 // Config describes the configuration a running l4lb serves: the SHA-256 of
