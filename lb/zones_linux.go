@@ -61,4 +61,3 @@ func shiftErr(err error) error {
 	}
 	return err
 }
-
