@@ -67,12 +67,13 @@ func startQUICTarget(t *testing.T, name string, id uint64, tlsConf *tls.Config) 
 	if uc == nil {
 		t.Fatal("no port free for both UDP and TCP")
 	}
-	go func() {
+	go func() { // TCP: the HTTP/2 fallback's stand-in says its name too
 		for {
 			c, err := tcp.Accept()
 			if err != nil {
 				return
 			}
+			fmt.Fprintf(c, "%s\n", name)
 			c.Close()
 		}
 	}()
@@ -226,6 +227,18 @@ func newQUICLab(t *testing.T) *quicLab {
 // listener (or a plain UDP one), once every server is healthy.
 func (l *quicLab) server(t *testing.T, quicListener bool) (*Server, *metrics.Metrics) {
 	t.Helper()
+	proto := config.UDP
+	if quicListener {
+		proto = config.QUIC
+	}
+	return l.serverOf(t, proto, 0)
+}
+
+// serverOf starts an l4lb with a listener of protocol proto on port (0:
+// any) in front of the lab's servers, once every server is healthy.
+func (l *quicLab) serverOf(t *testing.T, proto config.Protocol, port uint16) (*Server, *metrics.Metrics) {
+	t.Helper()
+	quicListener := proto.IsQUIC()
 	var ts []config.Target
 	for _, tg := range l.targets {
 		ct := config.Target{Address: tg.addr, Weight: 1}
@@ -235,8 +248,8 @@ func (l *quicLab) server(t *testing.T, quicListener bool) (*Server, *metrics.Met
 		ts = append(ts, ct)
 	}
 	cfg := udpConfig(ts, func(l *config.Listener, g *config.TargetGroup) {
+		l.Protocol, g.Protocol, l.Port = proto, proto, port
 		if quicListener {
-			l.Protocol, g.Protocol = config.QUIC, config.QUIC
 			l.QUIC = &config.ListenerQUIC{ConnIDLen: config.DefaultQUICConnIDLen}
 		}
 		g.HealthCheck = config.HealthCheck{Protocol: config.HealthTCP, Interval: 200 * time.Millisecond, Timeout: 100 * time.Millisecond, HealthyThreshold: 2, UnhealthyThreshold: 2}
@@ -382,4 +395,49 @@ func startRelay(t *testing.T, nodes map[netip.Addr]string) string {
 		}
 	}()
 	return front.LocalAddr().String()
+}
+
+// A TCP_QUIC listener serves TCP and QUIC on one port, from one target
+// group: QUIC connections keep their server when they move, and TCP
+// connections on the same port reach the group's servers.
+func TestTCPQUICServesBothOnOnePort(t *testing.T) {
+	l := newQUICLab(t)
+	var port uint16
+	for range 20 { // a port free for UDP and TCP alike
+		c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := c.LocalAddr().(*net.UDPAddr).Port
+		ln, err := net.Listen("tcp", c.LocalAddr().String())
+		c.Close()
+		if err == nil {
+			ln.Close()
+			port = uint16(p)
+			break
+		}
+	}
+	srv, _ := l.serverOf(t, config.TCPQUIC, port)
+	tcpAddr, udpAddr := srv.Addrs("test")[0].String(), srv.UDPAddrs("test")[0].String()
+	if tcpAddr != udpAddr {
+		t.Fatalf("TCP on %s, QUIC on %s: want one port", tcpAddr, udpAddr)
+	}
+	seen := map[string]bool{}
+	for range 30 {
+		c, err := net.DialTimeout("tcp", tcpAddr, 2*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		line, err := bufio.NewReader(c).ReadString('\n')
+		c.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen[strings.TrimSpace(line)] = true
+	}
+	broken, errs := quicMigrations(t, udpAddr, 20, l.clientTLS, func(int) net.IP { return net.IPv4(127, 0, 0, 2) })
+	if broken != 0 || len(seen) < 2 {
+		t.Fatalf("TCP_QUIC on %s: %d of 20 moved QUIC connections broke %v; TCP reached %v", tcpAddr, broken, errs, seen)
+	}
+	t.Logf("TCP_QUIC on %s: 30 TCP connections reached %d servers; 20 QUIC connections moved, %d broke", tcpAddr, len(seen), broken)
 }
