@@ -73,7 +73,7 @@ func (s *Shifts) Start(zone string, d time.Duration) (Shift, error) {
 		return Shift{}, fmt.Errorf("%w: expires_in: %v is outside %v to %v", ErrInvalid, d, MinExpiry, MaxExpiry)
 	}
 	now := s.now()
-	sh := Shift{Zone: zone, Started: now.UTC().Truncate(time.Second), Expires: now.Add(d).UTC().Truncate(time.Second)}
+	sh := Shift{Zone: zone, Started: now.UTC(), Expires: now.Add(d).UTC()}
 	s.put(sh)
 	s.log.Warn("zonal shift started: the zone's health is 503 and its prefixes are withdrawn until it expires", zap.String("zone", zone), zap.Time("expires", sh.Expires))
 	return sh, nil

@@ -19,9 +19,9 @@ func TestShifts(t *testing.T) {
 	m := metrics.New(prometheus.NewRegistry())
 	s := New(nil, m)
 	t.Cleanup(s.Close)
-	// The clock runs a minute behind, less 300 ms: a one-minute shift (the
-	// shortest) expires 300 ms from now.
-	s.now = func() time.Time { return time.Now().Add(-time.Minute + 300*time.Millisecond) }
+	// The clock runs a minute behind, less a second: a one-minute shift
+	// (the shortest) expires a second from now.
+	s.now = func() time.Time { return time.Now().Add(-time.Minute + time.Second) }
 	var changes atomic.Int32
 	s.OnChange(func() { changes.Add(1) })
 	for _, d := range []time.Duration{30 * time.Second, 73 * time.Hour} {

@@ -36,7 +36,7 @@ func main() {
 	conns := flag.Int("concurrency", 16, "client workers for the rate tests")
 	idle := flag.Int("idle-conns", 3000, "idle connections for the memory test")
 	settle := flag.Duration("idle-settle", 5*time.Second, "wait before reading the proxy's memory in the idle test")
-	tests := flag.String("tests", "bulk,conn,rr,idle,dns,udp,tls,tls-flood", "tests to run")
+	tests := flag.String("tests", "bulk,conn,rr,idle,dns,udp,tls,tls-flood,quic", "tests to run")
 	only := flag.String("contenders", "direct,haproxy,nginx,nftables,l4lb,l4lb-goroutines,l4lb-kernel,l4lb+programs", "TCP contenders to run")
 	tlsBulkBytes := flag.Int64("tls-bulk-bytes", 1<<30, "bytes sent through one terminated TLS connection")
 	adminAddr := flag.String("l4lb-admin", "off", "admin address of the l4lb under test (for profiling)")
@@ -78,6 +78,12 @@ func main() {
 	run := func(name string) bool { return strings.Contains(","+*tests+",", ","+name+",") }
 	if run("udp") {
 		if err := udpBench(*bin, *dur, 4); err != nil {
+			fmt.Fprintln(os.Stderr, "l4lb-bench:", err)
+			os.Exit(1)
+		}
+	}
+	if run("quic") {
+		if err := quicBench(*bin, *nginx, *dur, 8); err != nil {
 			fmt.Fprintln(os.Stderr, "l4lb-bench:", err)
 			os.Exit(1)
 		}
