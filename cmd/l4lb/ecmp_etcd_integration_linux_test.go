@@ -61,27 +61,7 @@ bgp:
   announce: {a: [%[4]s/32], b: [%[5]s/32]}
   withdraw_grace: 2s
 %[11]s`, ecmpNode(i), dir, strings.Join(endpoints, ", "), ecmpVIP, ecmpVIPB, ecmpTargets[1], ecmpTargets[2], ecmpNodeAS, ecmpRouterN, ecmpRouterAS, extra)
-	path := filepath.Join(dir, "l4lb.yaml")
-	os.WriteFile(path, []byte(cfg), 0o644)
-	logf, err := os.OpenFile(filepath.Join(dir, "l4lb.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		l.t.Fatal(err)
-	}
-	cmd := exec.Command(l.ip, "netns", "exec", l.nodes[i-1], bin, "serve", "--config", path, "--log-level", "info")
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		l.t.Fatal(err)
-	}
-	logf.Close()
-	l.procs = append(l.procs, cmd)
-	l.t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		if l.t.Failed() {
-			b, _ := os.ReadFile(logf.Name())
-			l.t.Logf("node %d's log (the end):\n%s", i, tail(b, 8<<10))
-		}
-	})
+	l.serveNode(bin, i, cfg)
 }
 
 // hopsOf is the router's ECMP next hops for vip.

@@ -244,9 +244,17 @@ bgp:
   announce: {a: [%[3]s/32]}
   withdraw_grace: 2s
 `, ecmpNode(i), dir, ecmpVIP, strings.Join(targets, ", "), hc, ecmpNodeAS, ecmpRouterN, ecmpRouterAS, strings.Join(dsrTargets, ", "), strings.Join(udpDSRTargets, ", "))
+	return l.serveNode(bin, i, cfg)
+}
+
+// serveNode writes cfg as node i's config and runs l4lb serve on it in the
+// node's namespace, its output appended to the node's log (shown if the
+// test fails).
+func (l *ecmpLab) serveNode(bin string, i int, cfg string) *exec.Cmd {
+	dir := filepath.Join(l.dir, fmt.Sprintf("node%d", i))
 	path := filepath.Join(dir, "l4lb.yaml")
 	os.WriteFile(path, []byte(cfg), 0o644)
-	logf, err := os.Create(filepath.Join(dir, "l4lb.log"))
+	logf, err := os.OpenFile(filepath.Join(dir, "l4lb.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		l.t.Fatal(err)
 	}
@@ -262,7 +270,7 @@ bgp:
 		cmd.Wait()
 		if l.t.Failed() {
 			b, _ := os.ReadFile(logf.Name())
-			l.t.Logf("node %d's log (the end):\n%s", i, tail(b, 6<<10))
+			l.t.Logf("node %d's log (the end):\n%s", i, tail(b, 8<<10))
 		}
 	})
 	return cmd
