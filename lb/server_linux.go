@@ -131,7 +131,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	if cfg.Registry.Backend == config.RegistryEtcd {
 		// The cluster's registrations, applied before the first flow, so
 		// this node's tables are the other nodes' from the start.
-		if s.store, err = cluster.Open(context.Background(), cfg.Registry, cfg.Admin.Listen, reg, opts.Metrics, s.log); err != nil {
+		if s.store, err = cluster.Open(context.Background(), cfg.Registry, cfg.Admin.Listen, reg, s.ZoneShifts, opts.Metrics, s.log); err != nil {
 			s.keys.Close()
 			s.tcp.Discard()
 			return nil, err

@@ -1,6 +1,7 @@
 package lb
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -38,15 +39,30 @@ func (v *view) ShiftZone(zone, expiresIn string) (api.ZonalShift, error) {
 	if err != nil {
 		return api.ZonalShift{}, fmt.Errorf("%w: expires_in: want a duration such as 30m or 1h, got %q", api.ErrInvalid, expiresIn)
 	}
-	sh, err := v.shifts.Start(zone, d)
+	var sh zoneshift.Shift
+	if v.store != nil { // every node's, through etcd
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		sh, err = v.store.Shifts.Start(ctx, zone, d)
+	} else {
+		sh, err = v.shifts.Start(zone, d)
+	}
 	if err != nil {
 		return api.ZonalShift{}, shiftErr(err)
 	}
 	return *wireShift(sh), nil
 }
 
-// CancelZoneShift ends zone's shift now.
-func (v *view) CancelZoneShift(zone string) error { return shiftErr(v.shifts.Cancel(zone)) }
+// CancelZoneShift ends zone's shift now: on every node, through etcd, with
+// the etcd backend.
+func (v *view) CancelZoneShift(zone string) error {
+	if v.store != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		return shiftErr(v.store.Shifts.Cancel(ctx, zone))
+	}
+	return shiftErr(v.shifts.Cancel(zone))
+}
 
 func wireShift(sh zoneshift.Shift) *api.ZonalShift {
 	return &api.ZonalShift{Zone: sh.Zone, Started: sh.Started, Expires: sh.Expires}

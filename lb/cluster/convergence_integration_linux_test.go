@@ -84,7 +84,7 @@ func TestRegistrationConvergence(t *testing.T) {
 			var s *Store
 			for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
 				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-				s, err = Open(ctx, config.Registry{Backend: "etcd", Endpoints: []string{client}, Prefix: prefix}, "", reg, metrics.New(prometheus.NewRegistry()), zap.NewNop())
+				s, err = Open(ctx, config.Registry{Backend: "etcd", Endpoints: []string{client}, Prefix: prefix}, "", reg, nil, metrics.New(prometheus.NewRegistry()), zap.NewNop())
 				cancel()
 				if err == nil || time.Now().After(deadline) {
 					break

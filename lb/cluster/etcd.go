@@ -30,6 +30,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/l4lb/l4lb/lb/registry"
+	"github.com/l4lb/l4lb/lb/zoneshift"
 	"github.com/l4lb/l4lb/pkg/config"
 	"github.com/l4lb/l4lb/pkg/metrics"
 )
@@ -56,6 +57,8 @@ type Store struct {
 	root   string // the cluster's prefix
 	prefix string
 	reg    *registry.Registry
+	// Shifts are the zonal shifts every node shares.
+	Shifts *Shifts
 	log    *zap.Logger
 	m      gauges
 
@@ -75,7 +78,7 @@ type Store struct {
 // reg, then follows changes until Close. It fails when etcd cannot be
 // reached at start: a node that never saw the cluster's state would serve
 // a different table from the others.
-func Open(ctx context.Context, c config.Registry, admin string, reg *registry.Registry, m *metrics.Metrics, log *zap.Logger) (*Store, error) {
+func Open(ctx context.Context, c config.Registry, admin string, reg *registry.Registry, shifts *zoneshift.Shifts, m *metrics.Metrics, log *zap.Logger) (*Store, error) {
 	cc := clientv3.Config{Endpoints: c.Endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()}
 	if c.TLS != (config.RegistryTLS{}) {
 		t, err := tlsConfig(c.TLS)
@@ -91,20 +94,21 @@ func Open(ctx context.Context, c config.Registry, admin string, reg *registry.Re
 	s := &Store{cli: cli, root: c.Prefix, prefix: c.Prefix + "/targets/", reg: reg, log: log, done: make(chan struct{}),
 		m: gauges{revision: m.Gauge(metrics.RegistryAppliedRevision), up: m.Gauge(metrics.RegistryEtcdUp)}}
 	s.appliedC = sync.NewCond(&s.mu)
+	s.Shifts = &Shifts{st: s, local: shifts}
 	get, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	resp, err := cli.Get(get, s.prefix, clientv3.WithPrefix())
+	resp, err := cli.Get(get, s.root+"/", clientv3.WithPrefix())
 	if err != nil {
 		cli.Close()
 		return nil, fmt.Errorf("registry: reading %s from etcd %v: %w", s.prefix, c.Endpoints, err)
 	}
 	for _, kv := range resp.Kvs {
-		s.apply(kv.Key, kv.Value, false)
+		s.applyKey(kv.Key, kv.Value, false)
 	}
 	s.setApplied(resp.Header.Revision)
 	s.connected.Store(true)
 	s.m.up.Set(1)
-	log.Info("registry: etcd state applied", zap.String("prefix", c.Prefix), zap.Int("registrations", len(resp.Kvs)), zap.Int64("revision", resp.Header.Revision))
+	log.Info("registry: etcd state applied", zap.String("prefix", c.Prefix), zap.Int("keys", len(resp.Kvs)), zap.Int64("revision", resp.Header.Revision))
 	wctx, stop := context.WithCancel(context.Background())
 	s.cancel = stop
 	go s.watch(wctx)
@@ -224,7 +228,7 @@ func tlsConfig(t config.RegistryTLS) (*tls.Config, error) {
 func (s *Store) watch(ctx context.Context) {
 	defer close(s.done)
 	for ctx.Err() == nil {
-		wch := s.cli.Watch(clientv3.WithRequireLeader(ctx), s.prefix, clientv3.WithPrefix(), clientv3.WithRev(s.applied.Load()+1))
+		wch := s.cli.Watch(clientv3.WithRequireLeader(ctx), s.root+"/", clientv3.WithPrefix(), clientv3.WithRev(s.applied.Load()+1))
 		for resp := range wch {
 			if err := resp.Err(); err != nil {
 				s.lost(err)
@@ -235,7 +239,7 @@ func (s *Store) watch(ctx context.Context) {
 				s.log.Info("registry: etcd watch resumed", zap.Int64("from_revision", s.applied.Load()+1))
 			}
 			for _, ev := range resp.Events {
-				s.apply(ev.Kv.Key, ev.Kv.Value, ev.Type == clientv3.EventTypeDelete)
+				s.applyKey(ev.Kv.Key, ev.Kv.Value, ev.Type == clientv3.EventTypeDelete)
 			}
 			s.setApplied(resp.Header.Revision)
 		}

@@ -69,14 +69,35 @@ func (s *Shifts) OnChange(f func()) {
 // Start shifts traffic away from zone until d from now (a shift in force
 // there is replaced: its expiry moves).
 func (s *Shifts) Start(zone string, d time.Duration) (Shift, error) {
-	if d < MinExpiry || d > MaxExpiry {
-		return Shift{}, fmt.Errorf("%w: expires_in: %v is outside %v to %v", ErrInvalid, d, MinExpiry, MaxExpiry)
+	if err := CheckExpiry(d); err != nil {
+		return Shift{}, err
 	}
 	now := s.now()
 	sh := Shift{Zone: zone, Started: now.UTC(), Expires: now.Add(d).UTC()}
 	s.put(sh)
 	s.log.Warn("zonal shift started: the zone's health is 503 and its prefixes are withdrawn until it expires", zap.String("zone", zone), zap.Time("expires", sh.Expires))
 	return sh, nil
+}
+
+// CheckExpiry says what is wrong with a shift's length, if anything.
+func CheckExpiry(d time.Duration) error {
+	if d < MinExpiry || d > MaxExpiry {
+		return fmt.Errorf("%w: expires_in: %v is outside %v to %v", ErrInvalid, d, MinExpiry, MaxExpiry)
+	}
+	return nil
+}
+
+// Apply puts in force a shift another node started (through the cluster's
+// etcd), unless it has expired.
+func (s *Shifts) Apply(sh Shift) {
+	if !sh.Expires.After(s.now()) {
+		return
+	}
+	if cur, ok := s.Active(sh.Zone); ok && cur == sh {
+		return
+	}
+	s.put(sh)
+	s.log.Warn("zonal shift in force, from the cluster: the zone's health is 503 and its prefixes are withdrawn until it expires", zap.String("zone", sh.Zone), zap.Time("expires", sh.Expires))
 }
 
 // put puts sh in force, with its timer, and says so.
