@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -206,6 +207,7 @@ func quicMigrations(t *testing.T, lbAddr string, n int, clientTLS *tls.Config, m
 type quicLab struct {
 	targets   []quicTarget
 	clientTLS *tls.Config
+	kernel    bool // serve on the UDP kernel path (on lo)
 }
 
 func newQUICLab(t *testing.T) *quicLab {
@@ -238,7 +240,7 @@ func (l *quicLab) server(t *testing.T, quicListener bool) (*Server, *metrics.Met
 // any) in front of the lab's servers, once every server is healthy.
 func (l *quicLab) serverOf(t *testing.T, proto config.Protocol, port uint16) (*Server, *metrics.Metrics) {
 	t.Helper()
-	quicListener := proto.IsQUIC()
+	quicListener, kernel := proto.IsQUIC(), l.kernel
 	var ts []config.Target
 	for _, tg := range l.targets {
 		ct := config.Target{Address: tg.addr, Weight: 1}
@@ -253,9 +255,19 @@ func (l *quicLab) serverOf(t *testing.T, proto config.Protocol, port uint16) (*S
 			l.QUIC = &config.ListenerQUIC{ConnIDLen: config.DefaultQUICConnIDLen}
 		}
 		g.HealthCheck = config.HealthCheck{Protocol: config.HealthTCP, Interval: 200 * time.Millisecond, Timeout: 100 * time.Millisecond, HealthyThreshold: 2, UnhealthyThreshold: 2}
+		g.Attributes.PreserveClientIP = kernel // the kernel path forwards only so
 	})
+	if l.kernel {
+		cfg.UDPFastPath, cfg.UDPFastPathInterfaces = true, []string{"lo"}
+	}
 	m := metrics.New(prometheus.NewRegistry())
 	srv := startedServer(t, cfg, Options{Metrics: m})
+	if l.kernel && !srv.udp.KernelPath() {
+		if os.Geteuid() != 0 && os.Getenv("CI") == "" {
+			t.Skip("the UDP kernel path needs root")
+		}
+		t.Fatal("the UDP kernel path did not come up")
+	}
 	checks := healthcheck.NewScheduler(srv.Registry, healthcheck.Options{})
 	t.Cleanup(checks.Close)
 	srv.Registry.WatchHealth(checks)

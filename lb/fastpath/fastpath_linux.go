@@ -3,9 +3,11 @@ package fastpath
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -94,6 +96,7 @@ type famPath struct {
 	syn                     *ebpf.Map // TCP flows whose handshake has not completed
 	targets                 *ebpf.Map // TCP resets per watched target
 	allow, deny             *ebpf.Map // LPM tries keyed by service and prefix
+	quic                    *ebpf.Map // QUIC services' server IDs, to their targets
 	max                     int       // services it has tables for
 	n                       int       // services it serves
 }
@@ -102,9 +105,11 @@ type service struct {
 	vip     netip.AddrPort
 	idle    time.Duration
 	sticky  bool
-	flags   uint32     // svcSticky, svcAllow, svcDeny, svcDSR, svcGUE
-	encap   netip.Addr // svcDSR: the outer source
-	guePort uint16     // svcGUE: the outer UDP destination port
+	flags   uint32                    // svcSticky, svcAllow, svcDeny, svcDSR, svcGUE
+	encap   netip.Addr                // svcDSR: the outer source
+	guePort uint16                    // svcGUE: the outer UDP destination port
+	quicLen uint8                     // svcQUIC: the length of the targets' connection IDs
+	quicIDs map[uint64]netip.AddrPort // svcQUIC: the server IDs written to the program
 	fam     *famPath
 	index   int    // within its family: which tables are its own
 	removed uint64 // flows removed by Sweep and EndFlowsTo
@@ -121,10 +126,15 @@ type Stats struct {
 	RefusedNoTarget      uint64 // the table had no target
 	RefusedCollision     uint64 // another listener's flow holds the same target-side tuple
 	RefusedACL           uint64 // the listener's allow or deny list
-	ClientResets         uint64 // TCP: resets from clients
-	TargetResets         uint64 // TCP: resets from targets
-	Established          uint64 // TCP: handshakes completed
-	PickedUp             uint64 // TCP: flows picked up mid-connection, begun on another node
+	// QUIC services: new flows' first datagrams by route (pkg/quiclb.Route
+	// order: hash, cid, unknown_cid, bad_version, short; the last two
+	// dropped), and connections seen from a new address.
+	QUIC           [5]uint64
+	QUICMigrations uint64
+	ClientResets   uint64 // TCP: resets from clients
+	TargetResets   uint64 // TCP: resets from targets
+	Established    uint64 // TCP: handshakes completed
+	PickedUp       uint64 // TCP: flows picked up mid-connection, begun on another node
 }
 
 // Flow is one pinned flow, as the sweep sees it.
@@ -203,6 +213,7 @@ func New(opts Options) (*Path, error) {
 			size("l4lb_syn_"+f.name, 1)
 			size("l4lb_targets_"+f.name, 1)
 		}
+		size("l4lb_quic_"+f.name, min(n, 1)*opts.MaxTargets) // the QUIC services' server IDs
 		size("l4lb_allow_"+f.name, opts.ACLPrefixes)
 		size("l4lb_deny_"+f.name, opts.ACLPrefixes)
 	}
@@ -249,9 +260,9 @@ func New(opts Options) (*Path, error) {
 	p.stats, p.scratch, p.ports, p.ingress, p.egress = m.L4lbStats, m.L4lbScratch, m.L4lbPorts, objs.L4lbIn, objs.L4lbOut
 	p.portSet = [2]map[uint16]bool{{}, {}}
 	p.fams[0] = &famPath{f: ipv4, max: opts.Services, services: m.L4lbSvcsV4, tables: m.L4lbTablesV4, flows: m.L4lbFlowsV4,
-		syn: m.L4lbSynV4, targets: m.L4lbTargetsV4, allow: m.L4lbAllowV4, deny: m.L4lbDenyV4}
+		syn: m.L4lbSynV4, targets: m.L4lbTargetsV4, allow: m.L4lbAllowV4, deny: m.L4lbDenyV4, quic: m.L4lbQuicV4}
 	p.fams[1] = &famPath{f: ipv6, max: opts.Services6, services: m.L4lbSvcsV6, tables: m.L4lbTablesV6, flows: m.L4lbFlowsV6,
-		syn: m.L4lbSynV6, targets: m.L4lbTargetsV6, allow: m.L4lbAllowV6, deny: m.L4lbDenyV6}
+		syn: m.L4lbSynV6, targets: m.L4lbTargetsV6, allow: m.L4lbAllowV6, deny: m.L4lbDenyV6, quic: m.L4lbQuicV6}
 	return p, nil
 }
 
@@ -387,12 +398,52 @@ func (p *Path) SetTable(id int, slots []netip.AddrPort) error {
 	if _, err := fp.tables.BatchUpdate(keys, vals, nil); err != nil {
 		return fmt.Errorf("fastpath: writing table: %w", err)
 	}
-	val := fastpathBPFSvcVal{Base: base, Flags: s.flags, Id: uint32(id), EncapSrc: words(s.encap), EncapPort: netOrder(s.guePort)}
+	val := fastpathBPFSvcVal{Base: base, Flags: s.flags, Id: uint32(id), EncapSrc: words(s.encap), EncapPort: netOrder(s.guePort), QuicLen: s.quicLen}
 	if err := fp.services.Update(svcKey(s.vip), &val, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("fastpath: switching table: %w", err)
 	}
 	s.active = next
 	return nil
+}
+
+// RouteQUIC makes service id route QUIC by connection ID from its next
+// SetTable on: a new flow's first datagram goes to the target its server
+// ID names (ids; pkg/quiclb's layout, connIDLen bytes in a short header),
+// whatever the client's address, else by the table; a version other than
+// 1, or a datagram too short for its connection ID, is dropped. Call it
+// again with the new IDs whenever they change; entries of IDs no longer
+// named are removed.
+func (p *Path) RouteQUIC(id int, connIDLen int, ids map[uint64]netip.AddrPort) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s := p.svcs[id]
+	s.flags |= svcQUIC
+	s.quicLen = uint8(connIDLen)
+	key := func(sid uint64) fastpathBPFQuicKey { return fastpathBPFQuicKey{Svc: uint32(id), Id: sid} }
+	for sid, t := range ids {
+		if !t.IsValid() || familyOf(&p.fams, t.Addr().Unmap()) != s.fam {
+			continue
+		}
+		t = netip.AddrPortFrom(t.Addr().Unmap(), t.Port())
+		var err error
+		if s.fam.f.addrLen == 4 {
+			err = s.fam.quic.Update(key(sid), fastpathBPFSlot4{Addr: words(t.Addr())[0], Port: netOrder(t.Port())}, ebpf.UpdateAny)
+		} else {
+			err = s.fam.quic.Update(key(sid), fastpathBPFSlot6{Addr: words(t.Addr()), Port: netOrder(t.Port())}, ebpf.UpdateAny)
+		}
+		if err != nil {
+			return fmt.Errorf("fastpath: writing server ID %#x: %w", sid, err)
+		}
+	}
+	for sid := range s.quicIDs {
+		if _, ok := ids[sid]; !ok {
+			if err := s.fam.quic.Delete(key(sid)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return fmt.Errorf("fastpath: removing server ID %#x: %w", sid, err)
+			}
+		}
+	}
+	s.quicIDs = maps.Clone(ids)
+	return p.addPorts(portsTargets, slices.Collect(maps.Values(ids)))
 }
 
 // SetACL gives service id the allow and deny lists of its listener, with
@@ -477,6 +528,7 @@ func (p *Path) Stats(id int) (Stats, error) {
 	dst := []*[2]uint64{
 		statForward: {}, statReply: {}, statNewFlow: {}, statFull: {}, statNoTarget: {}, statCollide: {}, statACL: {},
 		statClientRst: {}, statTargetRst: {}, statPromote: {}, statMidflow: {},
+		statQUICHash: {}, statQUICCID: {}, statQUICUnknown: {}, statQUICBadVersion: {}, statQUICShort: {}, statQUICMigration: {},
 	}
 	for kind, d := range dst {
 		var per []fastpathBPFStat // one per CPU
@@ -499,6 +551,10 @@ func (p *Path) Stats(id int) (Stats, error) {
 	st.TargetResets = dst[statTargetRst][0]
 	st.Established = dst[statPromote][0]
 	st.PickedUp = dst[statMidflow][0]
+	for i, k := range []int{statQUICHash, statQUICCID, statQUICUnknown, statQUICBadVersion, statQUICShort} {
+		st.QUIC[i] = dst[k][0]
+	}
+	st.QUICMigrations = dst[statQUICMigration][0]
 	return st, nil
 }
 

@@ -82,6 +82,13 @@ const (
 	fastpathBPFPortsKeyPORTS_TARGETS   fastpathBPFPortsKey = 1
 )
 
+type fastpathBPFQuicKey struct {
+	_   structs.HostLayout
+	Svc uint32
+	Pad uint32
+	Id  uint64
+}
+
 type fastpathBPFScratch struct {
 	_    structs.HostLayout
 	Rkey struct {
@@ -138,18 +145,24 @@ type fastpathBPFStat struct {
 type fastpathBPFStatKind uint32
 
 const (
-	fastpathBPFStatKindSTAT_FORWARD    fastpathBPFStatKind = 0
-	fastpathBPFStatKindSTAT_REPLY      fastpathBPFStatKind = 1
-	fastpathBPFStatKindSTAT_NEW_FLOW   fastpathBPFStatKind = 2
-	fastpathBPFStatKindSTAT_FULL       fastpathBPFStatKind = 3
-	fastpathBPFStatKindSTAT_NO_TARGET  fastpathBPFStatKind = 4
-	fastpathBPFStatKindSTAT_COLLIDE    fastpathBPFStatKind = 5
-	fastpathBPFStatKindSTAT_ACL        fastpathBPFStatKind = 6
-	fastpathBPFStatKindSTAT_CLIENT_RST fastpathBPFStatKind = 7
-	fastpathBPFStatKindSTAT_TARGET_RST fastpathBPFStatKind = 8
-	fastpathBPFStatKindSTAT_PROMOTE    fastpathBPFStatKind = 9
-	fastpathBPFStatKindSTAT_MIDFLOW    fastpathBPFStatKind = 10
-	fastpathBPFStatKindSTAT_KINDS      fastpathBPFStatKind = 12
+	fastpathBPFStatKindSTAT_FORWARD          fastpathBPFStatKind = 0
+	fastpathBPFStatKindSTAT_REPLY            fastpathBPFStatKind = 1
+	fastpathBPFStatKindSTAT_NEW_FLOW         fastpathBPFStatKind = 2
+	fastpathBPFStatKindSTAT_FULL             fastpathBPFStatKind = 3
+	fastpathBPFStatKindSTAT_NO_TARGET        fastpathBPFStatKind = 4
+	fastpathBPFStatKindSTAT_COLLIDE          fastpathBPFStatKind = 5
+	fastpathBPFStatKindSTAT_ACL              fastpathBPFStatKind = 6
+	fastpathBPFStatKindSTAT_CLIENT_RST       fastpathBPFStatKind = 7
+	fastpathBPFStatKindSTAT_TARGET_RST       fastpathBPFStatKind = 8
+	fastpathBPFStatKindSTAT_PROMOTE          fastpathBPFStatKind = 9
+	fastpathBPFStatKindSTAT_MIDFLOW          fastpathBPFStatKind = 10
+	fastpathBPFStatKindSTAT_QUIC_HASH        fastpathBPFStatKind = 11
+	fastpathBPFStatKindSTAT_QUIC_CID         fastpathBPFStatKind = 12
+	fastpathBPFStatKindSTAT_QUIC_UNKNOWN     fastpathBPFStatKind = 13
+	fastpathBPFStatKindSTAT_QUIC_BAD_VERSION fastpathBPFStatKind = 14
+	fastpathBPFStatKindSTAT_QUIC_SHORT       fastpathBPFStatKind = 15
+	fastpathBPFStatKindSTAT_QUIC_MIGRATION   fastpathBPFStatKind = 16
+	fastpathBPFStatKindSTAT_KINDS            fastpathBPFStatKind = 18
 )
 
 type fastpathBPFSvcFlag uint32
@@ -160,6 +173,7 @@ const (
 	fastpathBPFSvcFlagSVC_DENY   fastpathBPFSvcFlag = 4
 	fastpathBPFSvcFlagSVC_DSR    fastpathBPFSvcFlag = 8
 	fastpathBPFSvcFlagSVC_GUE    fastpathBPFSvcFlag = 16
+	fastpathBPFSvcFlagSVC_QUIC   fastpathBPFSvcFlag = 32
 )
 
 type fastpathBPFSvcKey4 struct {
@@ -183,7 +197,8 @@ type fastpathBPFSvcVal struct {
 	Id        uint32
 	EncapSrc  [4]uint32
 	EncapPort uint16
-	Pad       uint16
+	QuicLen   uint8
+	Pad       uint8
 }
 
 type fastpathBPFTargetStat struct {
@@ -211,6 +226,8 @@ const (
 	fastpathBPFMapL4lbFlowsV4        = "l4lb_flows_v4"
 	fastpathBPFMapL4lbFlowsV6        = "l4lb_flows_v6"
 	fastpathBPFMapL4lbPorts          = "l4lb_ports"
+	fastpathBPFMapL4lbQuicV4         = "l4lb_quic_v4"
+	fastpathBPFMapL4lbQuicV6         = "l4lb_quic_v6"
 	fastpathBPFMapL4lbScratch        = "l4lb_scratch"
 	fastpathBPFMapL4lbStats          = "l4lb_stats"
 	fastpathBPFMapL4lbSvcsV4         = "l4lb_svcs_v4"
@@ -288,6 +305,8 @@ type fastpathBPFMapSpecs struct {
 	L4lbFlowsV4   *ebpf.MapSpec `ebpf:"l4lb_flows_v4"`
 	L4lbFlowsV6   *ebpf.MapSpec `ebpf:"l4lb_flows_v6"`
 	L4lbPorts     *ebpf.MapSpec `ebpf:"l4lb_ports"`
+	L4lbQuicV4    *ebpf.MapSpec `ebpf:"l4lb_quic_v4"`
+	L4lbQuicV6    *ebpf.MapSpec `ebpf:"l4lb_quic_v6"`
 	L4lbScratch   *ebpf.MapSpec `ebpf:"l4lb_scratch"`
 	L4lbStats     *ebpf.MapSpec `ebpf:"l4lb_stats"`
 	L4lbSvcsV4    *ebpf.MapSpec `ebpf:"l4lb_svcs_v4"`
@@ -339,6 +358,8 @@ type fastpathBPFMaps struct {
 	L4lbFlowsV4   *ebpf.Map `ebpf:"l4lb_flows_v4"`
 	L4lbFlowsV6   *ebpf.Map `ebpf:"l4lb_flows_v6"`
 	L4lbPorts     *ebpf.Map `ebpf:"l4lb_ports"`
+	L4lbQuicV4    *ebpf.Map `ebpf:"l4lb_quic_v4"`
+	L4lbQuicV6    *ebpf.Map `ebpf:"l4lb_quic_v6"`
 	L4lbScratch   *ebpf.Map `ebpf:"l4lb_scratch"`
 	L4lbStats     *ebpf.Map `ebpf:"l4lb_stats"`
 	L4lbSvcsV4    *ebpf.Map `ebpf:"l4lb_svcs_v4"`
@@ -360,6 +381,8 @@ func (m *fastpathBPFMaps) Close() error {
 		m.L4lbFlowsV4,
 		m.L4lbFlowsV6,
 		m.L4lbPorts,
+		m.L4lbQuicV4,
+		m.L4lbQuicV6,
 		m.L4lbScratch,
 		m.L4lbStats,
 		m.L4lbSvcsV4,

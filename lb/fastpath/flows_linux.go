@@ -36,11 +36,12 @@ func (p *Path) Sweep(live func(Flow)) (expired int, err error) {
 			errs = append(errs, err)
 		}
 	}
-	p.addRemoved(removed)
+	addRemoved(p, removed)
 	return expired, errors.Join(errs...)
 }
 
-func (p *Path) addRemoved(removed []uint64) {
+// addRemoved adds to each service's count of flows removed by user space.
+func addRemoved(p *Path, removed []uint64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for i, n := range removed {
@@ -203,7 +204,7 @@ func (p *Path) EndFlowsTo(target netip.AddrPort) (int, error) {
 			errs = append(errs, deleteFlow(m, rkeys[i]))
 		}
 	}
-	p.addRemoved(removed)
+	addRemoved(p, removed)
 	return n, errors.Join(errs...)
 }
 

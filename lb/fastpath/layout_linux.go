@@ -58,6 +58,13 @@ const (
 	statMidflow   = int(fastpathBPFStatKindSTAT_MIDFLOW)
 	statKinds     = int(fastpathBPFStatKindSTAT_KINDS)
 
+	statQUICHash       = int(fastpathBPFStatKindSTAT_QUIC_HASH)
+	statQUICCID        = int(fastpathBPFStatKindSTAT_QUIC_CID)
+	statQUICUnknown    = int(fastpathBPFStatKindSTAT_QUIC_UNKNOWN)
+	statQUICBadVersion = int(fastpathBPFStatKindSTAT_QUIC_BAD_VERSION)
+	statQUICShort      = int(fastpathBPFStatKindSTAT_QUIC_SHORT)
+	statQUICMigration  = int(fastpathBPFStatKindSTAT_QUIC_MIGRATION)
+
 	// Keys of the port bitmaps.
 	portsListeners = int(fastpathBPFPortsKeyPORTS_LISTENERS)
 	portsTargets   = int(fastpathBPFPortsKeyPORTS_TARGETS)
@@ -68,6 +75,7 @@ const (
 	svcDeny   = uint32(fastpathBPFSvcFlagSVC_DENY)
 	svcDSR    = uint32(fastpathBPFSvcFlagSVC_DSR)
 	svcGUE    = uint32(fastpathBPFSvcFlagSVC_GUE)
+	svcQUIC   = uint32(fastpathBPFSvcFlagSVC_QUIC)
 
 	// A flow value's service field: flags, and the service id.
 	replyFlag  = uint16(fastpathBPFFlowFlagREPLY_FLAG)

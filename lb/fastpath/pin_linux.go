@@ -167,7 +167,7 @@ func (p *Path) namedMaps() map[string]*ebpf.Map {
 	for _, fp := range p.fams {
 		n := fp.f.name
 		for k, m := range map[string]*ebpf.Map{"svcs": fp.services, "tables": fp.tables, "flows": fp.flows, "syn": fp.syn,
-			"targets": fp.targets, "allow": fp.allow, "deny": fp.deny} {
+			"targets": fp.targets, "allow": fp.allow, "deny": fp.deny, "quic": fp.quic} {
 			ms["l4lb_"+k+"_"+n] = m
 		}
 	}

@@ -22,17 +22,18 @@ import (
 // Front is one listener address a Forwarder serves, as its server (UDP or
 // TCP) describes it.
 type Front struct {
-	Key         any // the server's own handle for it: Drop and Serves take it
-	Name        string
-	VIP         netip.AddrPort // a specific address, unmapped
-	Zone        string
-	Idle        time.Duration
-	Sticky      bool
-	DSR         bool   // forward by direct server return (IP in IP; replies go direct)
-	GUEPort     uint16 // with DSR: encapsulate in UDP to this port (GUE) instead of IPIP
-	Allow, Deny []netip.Prefix
-	Group       func() *registry.Group // its one target group, now
-	Count       Counters
+	Key           any // the server's own handle for it: Drop and Serves take it
+	Name          string
+	VIP           netip.AddrPort // a specific address, unmapped
+	Zone          string
+	Idle          time.Duration
+	Sticky        bool
+	DSR           bool   // forward by direct server return (IP in IP; replies go direct)
+	GUEPort       uint16 // with DSR: encapsulate in UDP to this port (GUE) instead of IPIP
+	QUICConnIDLen int    // QUIC listeners: route by connection ID, of this length
+	Allow, Deny   []netip.Prefix
+	Group         func() *registry.Group // its one target group, now
+	Count         Counters
 }
 
 // Counters are a front's metrics, which the kernel's counts feed. Any may be
@@ -44,6 +45,10 @@ type Counters struct {
 	Collisions                               prometheus.Counter
 	ClientResets                             prometheus.Counter // TCP
 	Active, Entries                          prometheus.Gauge
+	// QUIC listeners: datagrams by route (pkg/quiclb.Route order), and
+	// migrations.
+	QUIC           [5]prometheus.Counter
+	QUICMigrations prometheus.Counter
 }
 
 // ForwarderOptions configure a Forwarder.
@@ -324,6 +329,17 @@ func (k *Forwarder) Sync() error {
 				}
 			}
 		}
+		if f.QUICConnIDLen > 0 {
+			// The server IDs first: the table switch below makes the
+			// service's QUIC routing take effect.
+			ids := map[uint64]netip.AddrPort{}
+			for id, t := range f.Group().Snapshot().ServerIDs {
+				ids[id] = t.Addr
+			}
+			if err := k.p.RouteQUIC(f.id, f.QUICConnIDLen, ids); err != nil {
+				return fmt.Errorf("listener %s: %w", f.Name, err)
+			}
+		}
 		if err := k.p.SetTable(f.id, slots); err != nil {
 			return fmt.Errorf("listener %s: %w", f.Name, err)
 		}
@@ -357,6 +373,10 @@ func (k *Forwarder) collect() {
 		add(c.Collisions, st.RefusedCollision-d.RefusedCollision)
 		add(c.RefusedACL, st.RefusedACL-d.RefusedACL)
 		add(c.ClientResets, st.ClientResets-d.ClientResets)
+		for i := range st.QUIC {
+			add(c.QUIC[i], st.QUIC[i]-d.QUIC[i])
+		}
+		add(c.QUICMigrations, st.QUICMigrations-d.QUICMigrations)
 		f.last = st
 	}
 	if k.p.Options().Protocol != flowhash.ProtoTCP {

@@ -39,10 +39,14 @@ func NewFront(key any, lc *config.Listener, zone string, idle time.Duration, add
 		vip = a.AddrPort()
 	}
 	g := r.Groups[0].Config()
-	return Front{
+	f := Front{
 		Key: key, Name: lc.Name, Zone: zone, Idle: idle,
 		VIP:    netip.AddrPortFrom(vip.Addr().Unmap(), vip.Port()),
 		Sticky: g.Attributes.Stickiness, DSR: g.Forwarding == config.ForwardDSR, GUEPort: g.GUEPort,
 		Allow: acl.Allow, Deny: acl.Deny, Group: group, Count: c,
 	}
+	if lc.QUIC != nil {
+		f.QUICConnIDLen = lc.QUIC.ConnIDLen
+	}
+	return f
 }

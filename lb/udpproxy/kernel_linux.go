@@ -12,12 +12,7 @@ import (
 )
 
 // kernelEligible says why a UDP front cannot go to the kernel, or "".
-func kernelEligible(u *udpFront) string {
-	if u.quic != nil {
-		return "it routes QUIC by connection ID, which the kernel program does not do yet"
-	}
-	return u.route.Load().KernelReason(u.bindA)
-}
+func kernelEligible(u *udpFront) string { return u.route.Load().KernelReason(u.bindA) }
 
 // startKernelPath hands the qualifying fronts (already bound, so their ports
 // are known) to the kernel fast path (load_balancer.udp_fast_path). A kernel
@@ -37,15 +32,18 @@ func (s *Server) startKernelPath() {
 
 // kernelFront describes u to the kernel path, with its metrics.
 func (u *udpFront) kernelFront() kernelpath.Front {
+	c := kernelpath.Counters{
+		PacketsIn: u.pktsIn, BytesIn: u.bytesIn, PacketsOut: u.pktsOut, BytesOut: u.bytesOut,
+		NewFlows: u.newFlows, Evictions: u.evictions,
+		RefusedFull: u.rejects[listen.ReasonFlowTableFull], RefusedNoTarget: u.rejects[listen.ReasonNoTarget],
+		RefusedACL: u.rejects[listen.ReasonACL], Collisions: u.dropped,
+		Active: u.active, Entries: u.entries,
+	}
+	if u.quic != nil { // the kernel counts QUIC routes as the socket path does
+		c.QUIC, c.QUICMigrations = u.quic.packets, u.quic.migrations
+	}
 	return kernelpath.NewFront(u, u.cfg, u.zone, u.cfg.UDPIdleTimeout, u.Addr(), u.route.Load(), u.acl.Load(),
-		func() *registry.Group { return u.route.Load().Groups[0] },
-		kernelpath.Counters{
-			PacketsIn: u.pktsIn, BytesIn: u.bytesIn, PacketsOut: u.pktsOut, BytesOut: u.bytesOut,
-			NewFlows: u.newFlows, Evictions: u.evictions,
-			RefusedFull: u.rejects[listen.ReasonFlowTableFull], RefusedNoTarget: u.rejects[listen.ReasonNoTarget],
-			RefusedACL: u.rejects[listen.ReasonACL], Collisions: u.dropped,
-			Active: u.active, Entries: u.entries,
-		})
+		func() *registry.Group { return u.route.Load().Groups[0] }, c)
 }
 
 // endFlows ends the UDP flows pinned to t, in user space and in the kernel.

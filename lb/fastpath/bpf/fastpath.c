@@ -121,7 +121,14 @@ struct svc_val {
 	__u32 id;
 	__u32 encap_src[4]; /* SVC_DSR: the outer source address (IPv4: the first word) */
 	__u16 encap_port;   /* SVC_GUE: the outer UDP destination port (network order) */
-	__u16 pad;
+	__u8 quic_len;      /* SVC_QUIC: the length of the targets' connection IDs */
+	__u8 pad;
+};
+/* SVC_QUIC: a service's server ID, to the target that issues it. */
+struct quic_key {
+	__u32 svc;
+	__u32 pad;
+	__u64 id; /* the 8 bytes of the connection ID, read big-endian */
 };
 /* A Maglev slot: its target; port 0 is an empty slot. */
 struct slot4 {
@@ -230,7 +237,13 @@ struct {
 		__type(value, __u8);                                     \
 		__uint(map_flags, BPF_F_NO_PREALLOC);                    \
 		__uint(max_entries, 1);                                  \
-	} l4lb_deny_v##f SEC(".maps");
+	} l4lb_deny_v##f SEC(".maps");                               \
+	struct {                                                     \
+		__uint(type, BPF_MAP_TYPE_HASH);                         \
+		__type(key, struct quic_key);                            \
+		__type(value, struct slot##f);                           \
+		__uint(max_entries, 1);                                  \
+	} l4lb_quic_v##f SEC(".maps");
 
 FAMILY_MAPS(4)
 FAMILY_MAPS(6)
@@ -640,6 +653,70 @@ static __always_inline bool acl_refuses(const struct pkt *p, __u32 id, __u32 fla
 	return (flags & SVC_ALLOW) && !bpf_map_lookup_elem(MAP(l4lb_allow, v6), &k);
 }
 
+/* QUIC routes of a datagram (pkg/quiclb.Route). */
+enum quic_route {
+	QUIC_HASH,
+	QUIC_CID,
+	QUIC_UNKNOWN,
+	QUIC_BAD_VERSION,
+	QUIC_SHORT,
+};
+
+/* server_id reads the 8 bytes of a server ID at off, big-endian. (From
+ * the packet, not the copy of its head: an index into a stack array that
+ * two call sites share becomes pointer arithmetic the verifier refuses.) */
+static __always_inline bool server_id(struct __sk_buff *skb, __u32 off, __u64 *id)
+{
+	__u64 raw;
+	if (bpf_skb_load_bytes(skb, off, &raw, 8))
+		return false;
+	*id = bpf_be64_to_cpu(raw);
+	return true;
+}
+
+/* quic_classify reads a QUIC service's datagram as pkg/quiclb.Classify
+ * does: its route, and for QUIC_CID the server ID (as the packet holds it)
+ * and whether the header was short. */
+static __always_inline int quic_classify(struct __sk_buff *skb, const struct pkt *p, __u32 cid_len, __u64 *id, bool *shorthdr)
+{
+	__u32 off = p->off_sport + UDP_HLEN;
+	if (skb->len <= off)
+		return QUIC_SHORT;
+	__u32 plen = skb->len - off;
+	__u8 b[16] = {};
+	if (plen >= 16) {
+		if (bpf_skb_load_bytes(skb, off, b, 16))
+			return QUIC_SHORT;
+	} else if (plen >= 6) {
+		if (bpf_skb_load_bytes(skb, off, b, 6))
+			return QUIC_SHORT;
+	} else if (bpf_skb_load_bytes(skb, off, b, 1)) {
+		return QUIC_SHORT;
+	}
+	*shorthdr = !(b[0] & 0x80);
+	if (*shorthdr) {
+		/* 1 octet, then the destination ID of the listener's length. */
+		if (plen < 1 + cid_len || cid_len < 9 || plen < 10)
+			return QUIC_SHORT;
+		if ((b[1] >> 5) == 7)
+			return QUIC_UNKNOWN;
+		return server_id(skb, off + 2, id) ? QUIC_CID : QUIC_SHORT;
+	}
+	/* Long: 1 octet, version, DCID length, DCID, SCID length, ... */
+	if (plen < 6)
+		return QUIC_SHORT;
+	if (b[1] != 0 || b[2] != 0 || b[3] != 0 || b[4] != 1)
+		return QUIC_BAD_VERSION;
+	__u32 dcid_len = b[5];
+	if (dcid_len > 20 || plen < 6 + dcid_len + 1)
+		return QUIC_SHORT;
+	/* A Handshake packet carries the server's ID; Initial and 0-RTT the
+	 * client's own (and plen >= 16 whenever dcid_len >= 9). */
+	if (((b[0] >> 4) & 3) == 2 && dcid_len >= 9 && (b[6] >> 5) != 7)
+		return server_id(skb, off + 7, id) ? QUIC_CID : QUIC_SHORT;
+	return QUIC_HASH;
+}
+
 /* new_flow serves the first datagram of a flow to a service: it picks the
  * target, creates the flow's entries and forwards the datagram. A TCP flow
  * starts in the embryonic map, or, picked up mid-connection (midflow), in
@@ -654,9 +731,31 @@ static __always_inline int new_flow(struct __sk_buff *skb, const struct pkt *p, 
 	if (acl_refuses(p, id, flags, v6))
 		return refuse(id, STAT_ACL, p->bytes);
 
-	__u64 h = (flags & SVC_STICKY) ? source_hash(p, v6) : flow_hash(p, v6);
-	__u32 slot = base + (__u32)(h % MAGLEV_SIZE);
-	void *t = bpf_map_lookup_elem(MAP(l4lb_tables, v6), &slot);
+	void *t = NULL;
+	if (flags & SVC_QUIC) {
+		/* The server ID in the connection ID names the target, whatever
+		 * the client's address: a connection that moved keeps it. */
+		struct quic_key qk = {.svc = id};
+		bool shorthdr = false;
+		int route = quic_classify(skb, p, s->quic_len, &qk.id, &shorthdr);
+		if (route == QUIC_BAD_VERSION)
+			return refuse(id, STAT_QUIC_BAD_VERSION, p->bytes);
+		if (route == QUIC_SHORT)
+			return refuse(id, STAT_QUIC_SHORT, p->bytes);
+		if (route == QUIC_CID) {
+			t = bpf_map_lookup_elem(MAP(l4lb_quic, v6), &qk);
+			if (!t)
+				route = QUIC_UNKNOWN;
+			else if (shorthdr)
+				count(id, STAT_QUIC_MIGRATION, 0);
+		}
+		count(id, route == QUIC_CID ? STAT_QUIC_CID : route == QUIC_UNKNOWN ? STAT_QUIC_UNKNOWN : STAT_QUIC_HASH, p->bytes);
+	}
+	if (!t) {
+		__u64 h = (flags & SVC_STICKY) ? source_hash(p, v6) : flow_hash(p, v6);
+		__u32 slot = base + (__u32)(h % MAGLEV_SIZE);
+		t = bpf_map_lookup_elem(MAP(l4lb_tables, v6), &slot);
+	}
 	if (!t || *val_port(t, v6) == 0) /* a slot has the flow value's head */
 		return refuse(id, STAT_NO_TARGET, p->bytes);
 	struct endpoint to = {};

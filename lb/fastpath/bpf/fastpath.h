@@ -36,7 +36,15 @@ enum stat_kind {
 	STAT_TARGET_RST = 8,  /* TCP: resets from targets */
 	STAT_PROMOTE = 9,     /* TCP: handshakes completed (flows moved to the established map) */
 	STAT_MIDFLOW = 10,    /* TCP: flows picked up mid-connection (begun on another node) */
-	STAT_KINDS = 12,
+	/* QUIC services: new flows' first datagrams by how they were routed
+	 * (pkg/quiclb's routes), and connections seen from a new address. */
+	STAT_QUIC_HASH = 11,        /* Initial, 0-RTT: the flow hash */
+	STAT_QUIC_CID = 12,         /* the server ID of the destination connection ID */
+	STAT_QUIC_UNKNOWN = 13,     /* an ID of no target, or unroutable: the flow hash */
+	STAT_QUIC_BAD_VERSION = 14, /* a version other than 1: dropped */
+	STAT_QUIC_SHORT = 15,       /* too short for its connection ID: dropped */
+	STAT_QUIC_MIGRATION = 16,   /* a short header by ID from a new address */
+	STAT_KINDS = 18,
 };
 
 /* Keys of the port bitmaps. */
@@ -52,6 +60,7 @@ enum svc_flag {
 	SVC_DENY = 4,   /* check the deny list */
 	SVC_DSR = 8,    /* direct server return: IPIP to the target, replies go direct */
 	SVC_GUE = 16,   /* with SVC_DSR: IP in UDP (GUE variant 1) instead of IPIP */
+	SVC_QUIC = 32,  /* QUIC: route by the server ID in the connection ID (pkg/quiclb) */
 };
 
 /* In a flow value's service field: the entry is a reply (target-side) one;
