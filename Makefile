@@ -41,7 +41,8 @@ FUZZ_TARGETS = FuzzConfig:150000:./pkg/config FuzzFlags:200000:./pkg/config \
 	FuzzTCPProgram:200000:./lb/fastpath FuzzDecap:200000:./lb/dsr \
 	FuzzServerName:500000:./pkg/tlshello FuzzAdminAPI:100000:./lb \
 	FuzzParse:500000:./lb/bfd FuzzAuth:100000:./lb/bfd \
-	FuzzApply:5000:./lb/cluster FuzzClassify:300000:./pkg/quiclb
+	FuzzApply:5000:./lb/cluster FuzzClassify:300000:./pkg/quiclb \
+	FuzzQUICProgram:100000:./lb/fastpath
 fuzz-each = for t in $(FUZZ_TARGETS); do \
 	name=$${t%%:*}; rest=$${t\#*:}; n=$${rest%%:*}; pkg=$${rest\#*:}; \
 	echo "$(GO) test -run '^$$' -fuzz $$name -fuzztime $$((n * $(1)))x $$pkg"; \

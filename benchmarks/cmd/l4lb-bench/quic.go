@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -64,7 +65,8 @@ func quicBench(bin, nginx string, dur time.Duration, workers int) error {
 	}{
 		{"direct (quic-go)", func() (string, []int, func(), error) { return target, nil, func() {}, nil }},
 		{"nginx stream (UDP, by 5-tuple)", func() (string, []int, func(), error) { return startNginxUDP(nginx, target, dir) }},
-		{"l4lb QUIC listener (socket path)", func() (string, []int, func(), error) { return startL4LBQUIC(bin, target, dir) }},
+		{"l4lb QUIC listener (socket path)", func() (string, []int, func(), error) { return startL4LBQUIC(bin, target, dir, false) }},
+		{"l4lb QUIC listener (kernel path)", func() (string, []int, func(), error) { return startL4LBQUIC(bin, target, dir, true) }},
 	} {
 		addr, pids, stopProxy, err := c.start()
 		if err != nil {
@@ -139,27 +141,42 @@ func quicSink(tlsConf *tls.Config, id uint64) (string, func(), error) {
 	return uc.LocalAddr().String(), func() { ln.Close(); tr.Close() }, nil
 }
 
-// startL4LBQUIC runs l4lb with a QUIC listener before target.
-func startL4LBQUIC(bin, target, dir string) (string, []int, func(), error) {
-	p := port(460)
+// startL4LBQUIC runs l4lb with a QUIC listener before target, on its
+// socket path or its UDP kernel path.
+func startL4LBQUIC(bin, target, dir string, kernel bool) (string, []int, func(), error) {
+	p, extra, attrs := port(460), "", ""
+	if kernel {
+		p, extra, attrs = port(461), "load_balancer: {udp_fast_path: true, udp_fast_path_interfaces: [lo]}\n", `
+    attributes: {preserve_client_ip.enabled: "true"}`
+	}
 	cfg := fmt.Sprintf(`admin: {listen: "off"}
-listeners:
+%slisteners:
   - {name: h3, protocol: QUIC, port: %d, bind: [127.0.0.1], target_group: h3}
 target_groups:
   - name: h3
     protocol: QUIC
-    targets: [{address: %q, quic_server_id: "0x0123456789abcdef"}]
-`, p, target)
-	path := filepath.Join(dir, "l4lb-quic.yaml")
+    targets: [{address: %q, quic_server_id: "0x0123456789abcdef"}]%s
+`, extra, p, target, attrs)
+	path := filepath.Join(dir, fmt.Sprintf("l4lb-quic-%d.yaml", p))
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		return "", nil, nil, err
 	}
-	cmd := exec.Command(bin, "serve", "--config", path, "--log-level", "warn")
-	cmd.Stderr = os.Stderr
+	logPath := filepath.Join(dir, fmt.Sprintf("l4lb-quic-%d.log", p))
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return "", nil, nil, err
+	}
+	defer logf.Close()
+	cmd := exec.Command(bin, "serve", "--config", path, "--log-level", "info")
+	cmd.Stderr = logf
 	if err := cmd.Start(); err != nil {
 		return "", nil, nil, err
 	}
-	time.Sleep(time.Second) // binds; the target fails open until checked
+	time.Sleep(time.Second) // binds, loads the programs; the target fails open until checked
+	if b, _ := os.ReadFile(logPath); kernel && !strings.Contains(string(b), "UDP listener forwarded in the kernel") {
+		stopper(cmd)()
+		return "", nil, nil, fmt.Errorf("the UDP kernel path did not come up (needs root)")
+	}
 	return fmt.Sprintf("127.0.0.1:%d", p), []int{cmd.Process.Pid}, stopper(cmd), nil
 }
 
