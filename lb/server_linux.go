@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/l4lb/l4lb/lb/cluster"
+	"github.com/l4lb/l4lb/lb/events"
 	"github.com/l4lb/l4lb/lb/listen"
 	"github.com/l4lb/l4lb/lb/registry"
 	"github.com/l4lb/l4lb/lb/tcpproxy"
@@ -70,6 +71,7 @@ type Options struct {
 type Server struct {
 	Registry   *registry.Registry // the targets, groups and their health
 	ZoneShifts *zoneshift.Shifts  // zones taken out of service (zonal shifts)
+	Events     *events.Log        // what happened, for GET /v1/events
 
 	view
 	log      *zap.Logger
@@ -97,12 +99,13 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	if s.host == nil {
 		s.host, s.watching = hostaddr.New(), true
 	}
-	reg, err := registry.New(cfg, registry.Options{Logger: opts.Logger, Metrics: opts.Metrics, Clock: opts.Clock, Own: s.isOwnAddress})
+	s.Events = events.New(0)
+	reg, err := registry.New(cfg, registry.Options{Logger: opts.Logger, Metrics: opts.Metrics, Clock: opts.Clock, Own: s.isOwnAddress, Events: s.Events})
 	if err != nil {
 		return nil, err
 	}
 	s.Registry, s.reg = reg, reg
-	s.ZoneShifts = zoneshift.New(opts.Logger, opts.Metrics)
+	s.ZoneShifts = zoneshift.New(opts.Logger, opts.Metrics, s.Events)
 	s.shifts = s.ZoneShifts
 	haveTCP, haveUDP := false, false
 	for _, lc := range cfg.Listeners {
@@ -120,7 +123,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		s.keys.Close()
 		return nil, err
 	}
-	if s.udp, err = udpproxy.New(cfg, reg, udpproxy.Options{Logger: opts.Logger, Metrics: opts.Metrics,
+	if s.udp, err = udpproxy.New(cfg, reg, udpproxy.Options{Logger: opts.Logger, Metrics: opts.Metrics, Events: s.Events,
 		SocketsPerAddr: opts.SocketsPerAddr, MaxFlows: udpFlows, IDs: ids, Inherit: opts.Inherit, Loops: loops, KernelPin: kernelPin}); err != nil {
 		s.keys.Close() // its rotation goroutine
 		s.tcp.Discard()

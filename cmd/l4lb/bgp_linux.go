@@ -42,7 +42,7 @@ func newBGPNode(srv *lb.Server, log *zap.Logger, m *metrics.Metrics) *bgpNode {
 			return false, "zonal shift away from the zone until " + sh.Expires.Format(time.RFC3339)
 		}
 		return zh.Healthy, zoneProblem(zh)
-	}, Settling: srv.ZoneUnsettled, Changed: changed}}
+	}, Settling: srv.ZoneUnsettled, Changed: changed, Events: srv.Events}}
 }
 
 // groupsChanged is a registry subscriber that says, without blocking, that

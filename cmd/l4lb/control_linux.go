@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/l4lb/l4lb/lb"
+	"github.com/l4lb/l4lb/lb/events"
 	"github.com/l4lb/l4lb/pkg/api"
 	"github.com/l4lb/l4lb/pkg/config"
 	"github.com/l4lb/l4lb/pkg/metrics"
@@ -97,11 +98,13 @@ func (c *control) Reload() (api.Config, error) {
 			c.log.Error("reload refused; the running config is kept", zap.String("problem", l))
 		}
 		c.m.Counter(metrics.ConfigReloads, "refused").Inc()
+		c.srv.Events.Add(events.Reload, "config", "refused: "+strings.Join(lines, "; "))
 		return api.Config{}, refusal(lines)
 	}
 	if err := c.srv.Reload(cfg); err != nil {
 		c.log.Error("reload failed; the running config is kept", zap.Error(err))
 		c.m.Counter(metrics.ConfigReloads, "failed").Inc()
+		c.srv.Events.Add(events.Reload, "config", "failed: "+err.Error())
 		if isBindError(err) {
 			// The file is good, the host is not ready for it (another
 			// process holds the port): a conflict, not l4lb's fault.
@@ -119,6 +122,7 @@ func (c *control) Reload() (api.Config, error) {
 	c.cfg = cfg
 	c.loaded(c.current.Path, hash)
 	c.m.Counter(metrics.ConfigReloads, "success").Inc()
+	c.srv.Events.Add(events.Reload, "config", "success: sha256 "+hash)
 	c.log.Info("reloaded", zap.String("sha256", hash))
 	return c.current, nil
 }
@@ -131,9 +135,11 @@ func (c *control) Upgrade() (api.Upgrade, error) {
 	if c.upgrade == nil {
 		return api.Upgrade{}, errors.New("upgrade is not available in this process")
 	}
+	c.srv.Events.Add(events.Upgrade, "process", fmt.Sprintf("pid %d hands over to the binary on disk", os.Getpid()))
 	u, err := c.upgrade()
 	if err != nil {
 		c.m.Counter(metrics.Upgrades, "failed").Inc()
+		c.srv.Events.Add(events.Upgrade, "process", "failed, this process serves on: "+err.Error())
 		c.log.Error("upgrade failed; this process keeps serving", zap.Error(err))
 		return api.Upgrade{}, err
 	}

@@ -51,6 +51,8 @@ var examples = map[string]string{
 	"l4lb cluster":    `  l4lb cluster status`,
 	"l4lb flows": `  l4lb flows --listener web --limit 20          # which node carries a flow, and on which path
   l4lb flows -o json | jq '.[] | select(.path == "dsr")'`,
+	"l4lb events": `  l4lb events --follow                         # what happens, as it happens
+  l4lb events --since 2026-12-06T10:00:00Z -o json`,
 	"l4lb zones":          `  l4lb zones list`,
 	"l4lb zones list":     `  l4lb zones list --admin 10.0.0.11:9900 -o json`,
 	"l4lb zones shift":    `  l4lb zones shift --away-from a --expires-in 1h   # zone a out of service for an hour`,

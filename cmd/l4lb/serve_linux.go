@@ -23,6 +23,7 @@ import (
 
 	"github.com/l4lb/l4lb/healthcheck"
 	"github.com/l4lb/l4lb/lb"
+	"github.com/l4lb/l4lb/lb/events"
 	"github.com/l4lb/l4lb/lb/listen"
 	"github.com/l4lb/l4lb/pkg/admin"
 	"github.com/l4lb/l4lb/pkg/api"
@@ -85,6 +86,10 @@ func serve(ctx context.Context, l loaded, log *zap.Logger, connectTimeout time.D
 		return usageError{err}
 	}
 	srv.Registry.Restore(ho.savedTargets()) // nothing unless this is an upgrade
+	if ho.child != nil {                    // an upgrade: the previous process's events go on
+		srv.Events.Restore(ho.savedEvents())
+		srv.Events.Add(events.Upgrade, "process", fmt.Sprintf("pid %d serves, taking over from pid %d", os.Getpid(), os.Getppid()))
+	}
 	srv.ZoneShifts.Restore(ho.savedShifts())
 	// Results flow from the checks into the registry; the registry tells
 	// the checks which targets to probe.
@@ -259,7 +264,7 @@ func startAdmin(cfg *config.Config, log *zap.Logger, reg *prometheus.Registry, s
 		return nil, fmt.Errorf("admin API: %w", err)
 	}
 	srv.Reserve(a.ln.Addr().(*net.TCPAddr).AddrPort())
-	h := admin.Handler(admin.Options{Registry: srv, Control: ctl, Gatherer: reg, Token: token, Ready: ready, BGP: node.status, Cluster: srv.Cluster, ReadyDetail: srv.ReadyDetail})
+	h := admin.Handler(admin.Options{Registry: srv, Control: ctl, Gatherer: reg, Token: token, Ready: ready, BGP: node.status, Cluster: srv.Cluster, ReadyDetail: srv.ReadyDetail, Events: srv.Feed()})
 	// Bounded connections and request times, and a reserve of probe-only
 	// connections: slow bodies, silent connections or 401s cannot use up
 	// l4lb's descriptors, which its flows need, nor starve /healthz and

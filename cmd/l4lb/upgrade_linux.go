@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"time"
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
 	"github.com/l4lb/l4lb/lb"
+	"github.com/l4lb/l4lb/lb/events"
 	"github.com/l4lb/l4lb/lb/listen"
 	"github.com/l4lb/l4lb/lb/registry"
 	"github.com/l4lb/l4lb/lb/zoneshift"
@@ -26,6 +28,7 @@ const (
 	stateFile  = "state/targets.json"
 	keysFile   = "state/tls-ticket-keys.json"
 	shiftsFile = "state/zonal-shifts.json"
+	eventsFile = "state/events.json"
 )
 
 // handoff is this process's side of binary upgrades: what it inherited when
@@ -65,6 +68,13 @@ func (h *handoff) savedTargets() []registry.Saved {
 	var saved []registry.Saved
 	h.read(stateFile, "targets", &saved)
 	return saved
+}
+
+// savedEvents reads the previous process's recent events.
+func (h *handoff) savedEvents() []events.Event {
+	var evs []events.Event
+	h.read(eventsFile, "events", &evs)
+	return evs
 }
 
 // savedShifts reads the zonal shifts the previous process had in force.
@@ -127,7 +137,7 @@ func (h *handoff) run(srv *lb.Server, adm *adminServer) (api.Upgrade, error) {
 	if err := adm.files(add); err != nil {
 		return api.Upgrade{}, fmt.Errorf("handing over the admin API: %w", err)
 	}
-	for name, v := range map[string]any{stateFile: srv.Registry.Save(), keysFile: srv.TicketKeys(), shiftsFile: srv.ZoneShifts.List()} {
+	for name, v := range map[string]any{stateFile: srv.Registry.Save(), keysFile: srv.TicketKeys(), shiftsFile: srv.ZoneShifts.List(), eventsFile: srv.Events.Since(0, time.Time{})} {
 		f, err := savedFile(v)
 		if err != nil {
 			return api.Upgrade{}, err

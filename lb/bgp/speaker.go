@@ -24,6 +24,7 @@ import (
 	"github.com/osrg/gobgp/v3/pkg/server"
 	"go.uber.org/zap"
 
+	"github.com/l4lb/l4lb/lb/events"
 	l4api "github.com/l4lb/l4lb/pkg/api"
 	"github.com/l4lb/l4lb/pkg/config"
 	"github.com/l4lb/l4lb/pkg/metrics"
@@ -50,6 +51,9 @@ type Options struct {
 	// registry's targets changed (a zone's last target deregistered is
 	// withdrawn then, not at the next Every).
 	Changed <-chan struct{}
+	// Events, when not nil, hears of sessions up and down, and routes
+	// announced and withdrawn.
+	Events *events.Log
 }
 
 // Speaker is the embedded BGP speaker of one l4lb process.
@@ -234,6 +238,7 @@ func (s *Speaker) sync() {
 			}
 			r.uuid, r.why = uuid, "zone healthy"
 			s.log.Info("announced", zap.String("zone", r.zone), zap.Stringer("prefix", r.prefix))
+			s.opts.Events.Add(events.BGPRoute, r.prefix.String(), "announced (zone "+r.zone+")")
 		case why != "" && r.uuid != nil:
 			if err := s.bgp.DeletePath(context.Background(), &api.DeletePathRequest{TableType: api.TableType_GLOBAL, Uuid: r.uuid}); err != nil {
 				s.log.Error("could not withdraw", zap.String("zone", r.zone), zap.Stringer("prefix", r.prefix), zap.Error(err))
@@ -241,6 +246,7 @@ func (s *Speaker) sync() {
 			}
 			r.uuid, r.why = nil, why
 			s.log.Info("withdrawn", zap.String("zone", r.zone), zap.Stringer("prefix", r.prefix), zap.String("why", why))
+			s.opts.Events.Add(events.BGPRoute, r.prefix.String(), "withdrawn: "+why)
 		case why != "":
 			r.why = why
 		}
@@ -271,8 +277,10 @@ func (s *Speaker) watchPeers() {
 			switch {
 			case state == "established":
 				s.log.Info("BGP session up", zap.String("peer", addr))
+				s.opts.Events.Add(events.BGPSession, addr, "up")
 			case prev == "established":
 				s.log.Warn("BGP session down", zap.String("peer", addr), zap.String("state", state))
+				s.opts.Events.Add(events.BGPSession, addr, "down ("+state+")")
 			}
 			s.peers[addr] = state
 		}
@@ -434,6 +442,7 @@ func (s *Speaker) bfdLost(peer netip.Addr) {
 		return
 	}
 	s.log.Warn("BFD session with the peer failed: resetting the BGP session", zap.Stringer("peer", peer))
+	s.opts.Events.Add(events.BFDSession, peer.String(), "down: the BGP session is reset")
 	if err := b.ResetPeer(context.Background(), &api.ResetPeerRequest{Address: peer.String(), Communication: "BFD session down"}); err != nil {
 		s.log.Error("resetting the BGP session", zap.Stringer("peer", peer), zap.Error(err))
 	}

@@ -20,6 +20,7 @@ import (
 	"go.uber.org/zap/zaptest"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/l4lb/l4lb/lb/events"
 	"github.com/l4lb/l4lb/pkg/config"
 	"github.com/l4lb/l4lb/pkg/metrics"
 )
@@ -145,7 +146,8 @@ func TestSpeakerAnnouncesWhileHealthy(t *testing.T) {
 	z := &zones{healthy: map[string]bool{"a": true, "b": false}}
 	reg := prometheus.NewRegistry()
 	m := metrics.New(reg)
-	s := New(speakerConfig(r.port, zoneA, zoneB), Options{Logger: zaptest.NewLogger(t), Metrics: m, Healthy: z.get, Every: 20 * time.Millisecond})
+	ev := events.New(0)
+	s := New(speakerConfig(r.port, zoneA, zoneB), Options{Logger: zaptest.NewLogger(t), Metrics: m, Healthy: z.get, Every: 20 * time.Millisecond, Events: ev})
 	if err := s.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -191,6 +193,23 @@ func TestSpeakerAnnouncesWhileHealthy(t *testing.T) {
 	waitFor(t, "the router forgets the routes when the session closes", heard())
 	if up := testutil.ToFloat64(m.Gauge(metrics.BGPSessionUp, "127.0.0.1")); up != 0 {
 		t.Errorf("l4lb_bgp_session_up %v after Stop, want 0", up)
+	}
+	// The events say the same: the session came up, and each route was
+	// announced and withdrawn, in order.
+	var said []string
+	for _, e := range ev.Since(0, time.Time{}) {
+		said = append(said, e.Kind+" "+e.Object+" "+strings.SplitN(e.Detail, ":", 2)[0])
+	}
+	if !slices.Contains(said, "bgp_session 127.0.0.1 up") {
+		t.Fatalf("events %q lack the session coming up", said)
+	}
+	for _, want := range []string{"bgp_route 198.18.10.1/32 announced (zone a)", "bgp_route 198.18.11.0/24 announced (zone b)",
+		"bgp_route 198.18.10.1/32 withdrawn", "bgp_route 198.18.10.1/32 announced (zone a)"} {
+		i := slices.Index(said, want)
+		if i < 0 {
+			t.Fatalf("events %q lack %q in order", said, want)
+		}
+		said = said[i+1:]
 	}
 }
 

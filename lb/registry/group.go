@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/l4lb/l4lb/lb/balance"
+	"github.com/l4lb/l4lb/lb/events"
 	"github.com/l4lb/l4lb/pkg/config"
 	"github.com/l4lb/l4lb/pkg/metrics"
 	"github.com/l4lb/l4lb/pkg/quiclb"
@@ -156,7 +157,19 @@ func (g *Group) rebuild() error {
 			snap.Zones[z] = zv
 		}
 	}
-	g.snap.Store(snap)
+	if old := g.snap.Swap(snap); old != nil && old.All.FailOpen != all.FailOpen {
+		healthy := 0
+		for _, t := range g.targets {
+			if t.state == Healthy {
+				healthy++
+			}
+		}
+		if all.FailOpen {
+			g.r.events.Add(events.FailOpen, g.Name(), fmt.Sprintf("%d of %d targets healthy: routing to every live one", healthy, len(g.targets)))
+		} else {
+			g.r.events.Add(events.FailOpenEnd, g.Name(), fmt.Sprintf("%d of %d targets healthy", healthy, len(g.targets)))
+		}
+	}
 	for _, s := range g.r.subscribers() {
 		s.SnapshotChanged(g)
 	}
@@ -287,6 +300,13 @@ func (g *Group) find(addr netip.AddrPort) *Target {
 func (g *Group) setState(t *Target, state State, reason, detail string) {
 	if t.state == state && t.reason == reason {
 		return
+	}
+	if t.state != state {
+		what := t.state.String() + " -> " + state.String()
+		if reason != "" {
+			what += " (" + reason + ")"
+		}
+		g.r.events.Add(events.TargetState, g.Name()+"/"+t.Name, what)
 	}
 	t.state, t.reason, t.detail = state, reason, detail
 	t.generation++

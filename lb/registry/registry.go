@@ -27,6 +27,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/l4lb/l4lb/lb/events"
 	"github.com/l4lb/l4lb/pkg/config"
 	"github.com/l4lb/l4lb/pkg/metrics"
 )
@@ -67,6 +68,8 @@ type Options struct {
 	// Own reports whether an address is one l4lb answers on itself (a
 	// listener, the admin API): registering it as a target would loop.
 	Own func(netip.AddrPort) bool
+	// Events, when not nil, hears of state changes, drains and fail-open.
+	Events *events.Log
 }
 
 // Registry holds every target group of a configuration.
@@ -76,6 +79,7 @@ type Registry struct {
 	log    *zap.Logger
 	m      *metrics.Metrics
 	own    func(netip.AddrPort) bool
+	events *events.Log
 	apply  sync.Mutex // one Apply at a time
 	hooks
 	timerSet
@@ -107,7 +111,7 @@ func New(cfg *config.Config, opts Options) (*Registry, error) {
 	if opts.Own == nil {
 		opts.Own = func(netip.AddrPort) bool { return false }
 	}
-	r := &Registry{log: opts.Logger, m: opts.Metrics, own: opts.Own}
+	r := &Registry{log: opts.Logger, m: opts.Metrics, own: opts.Own, events: opts.Events}
 	r.timerSet = timerSet{clock: opts.Clock, timers: map[Timer]struct{}{}}
 	r.cfg.Store(cfg)
 	groups := map[string]*Group{}
@@ -403,6 +407,7 @@ func (r *Registry) deregister(g *Group, addr netip.AddrPort, at time.Time) error
 		delay = max(0, delay-time.Since(at)) // wall clocks: the time comes from another node
 	}
 	r.log.Info("drain start", zap.String(logGroup, g.Name()), zap.String(logTarget, t.Name), zap.Duration("deregistration_delay", delay))
+	r.events.Add(events.DrainStart, g.Name()+"/"+t.Name, "deregistration delay "+delay.Round(time.Millisecond).String())
 	r.after(t, delay, func() {
 		if a.DeregistrationConnectionTermination {
 			r.endFlows(t, "deregistration delay over")
@@ -418,6 +423,7 @@ func (r *Registry) deregister(g *Group, addr netip.AddrPort, at time.Time) error
 		}
 		g.mu.Unlock()
 		r.log.Info("drain end", zap.String(logGroup, g.Name()), zap.String(logTarget, t.Name))
+		r.events.Add(events.DrainEnd, g.Name()+"/"+t.Name, "deregistered")
 	})
 	return nil
 }

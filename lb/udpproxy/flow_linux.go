@@ -2,6 +2,7 @@ package udpproxy
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"sync"
 	"time"
@@ -9,6 +10,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
+	"github.com/l4lb/l4lb/lb/events"
 	"github.com/l4lb/l4lb/lb/flowtable"
 	"github.com/l4lb/l4lb/lb/listen"
 	"github.com/l4lb/l4lb/lb/registry"
@@ -72,6 +74,11 @@ func (u *udpFront) newFlow(key flowtable.Key, now time.Time, want *registry.Targ
 			u.active.Dec()
 			u.entries.Dec()
 			u.evictions.Inc()
+			if last := u.evicted.Swap(now.UnixNano()); now.UnixNano()-last > int64(10*time.Second) {
+				// The first eviction after a quiet while: the table is
+				// under pressure (a flood of new sources, or too small).
+				u.srv.opts.Events.Add(events.FlowPressure, u.cfg.Name, fmt.Sprintf("flow table full (%d flows): evicting idle flows", u.table.Len()))
+			}
 		}
 	}
 	if !u.srv.budget.Acquire() {

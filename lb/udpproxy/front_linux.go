@@ -68,6 +68,7 @@ type udpFlows struct {
 	slots   []*udpFlow
 	free    []int32
 	replied atomic.Int64 // when a reply last left, Unix nanoseconds
+	evicted atomic.Int64 // when a flow was last evicted, Unix nanoseconds
 }
 
 // udpMetrics are a front's counters and gauges.

@@ -12,6 +12,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/l4lb/l4lb/lb/events"
 	"github.com/l4lb/l4lb/lb/flowtable"
 	"github.com/l4lb/l4lb/lb/kernelpath"
 	"github.com/l4lb/l4lb/lb/listen"
@@ -36,7 +37,8 @@ const (
 type Options struct {
 	Logger         *zap.Logger
 	Metrics        *metrics.Metrics
-	SocketsPerAddr int // 0: GOMAXPROCS, one read loop per core
+	Events         *events.Log // hears when a full flow table starts evicting
+	SocketsPerAddr int         // 0: GOMAXPROCS, one read loop per core
 	// MaxFlows bounds the socket-path flows of all listeners together (each
 	// holds a descriptor); 0 is no bound. Each listener's table has its own
 	// bound too (load_balancer.max_flows).

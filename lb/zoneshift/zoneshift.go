@@ -16,6 +16,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/l4lb/l4lb/lb/events"
 	"github.com/l4lb/l4lb/pkg/metrics"
 )
 
@@ -42,6 +43,7 @@ type Shift struct {
 type Shifts struct {
 	log *zap.Logger
 	m   *metrics.Metrics
+	ev  *events.Log
 	now func() time.Time
 
 	mu       sync.Mutex
@@ -51,11 +53,11 @@ type Shifts struct {
 }
 
 // New returns no shift in force.
-func New(log *zap.Logger, m *metrics.Metrics) *Shifts {
+func New(log *zap.Logger, m *metrics.Metrics, ev *events.Log) *Shifts {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &Shifts{log: log, m: m, now: time.Now, shifts: map[string]Shift{}, timers: map[string]*time.Timer{}}
+	return &Shifts{log: log, m: m, ev: ev, now: time.Now, shifts: map[string]Shift{}, timers: map[string]*time.Timer{}}
 }
 
 // OnChange has f called, without blocking on anything of this package's,
@@ -109,6 +111,7 @@ func (s *Shifts) put(sh Shift) {
 	s.shifts[sh.Zone] = sh
 	s.timers[sh.Zone] = time.AfterFunc(time.Until(sh.Expires), func() { s.end(sh, "expired") })
 	s.m.Gauge(metrics.ZonalShiftActive, sh.Zone).Set(1)
+	s.ev.Add(events.ZonalShift, sh.Zone, "until "+sh.Expires.Format(time.RFC3339))
 	calls := slices.Clone(s.onChange)
 	s.mu.Unlock()
 	for _, f := range calls {
@@ -129,6 +132,7 @@ func (s *Shifts) end(sh Shift, why string) bool {
 		delete(s.timers, sh.Zone)
 	}
 	s.m.Gauge(metrics.ZonalShiftActive, sh.Zone).Set(0)
+	s.ev.Add(events.ZonalShiftEnd, sh.Zone, why)
 	calls := slices.Clone(s.onChange)
 	s.mu.Unlock()
 	s.log.Info("zonal shift ended: the zone serves again", zap.String("zone", sh.Zone), zap.String("why", why))

@@ -17,7 +17,7 @@ import (
 // expired; expiries outside NLB's bounds are refused.
 func TestShifts(t *testing.T) {
 	m := metrics.New(prometheus.NewRegistry())
-	s := New(nil, m)
+	s := New(nil, m, nil)
 	t.Cleanup(s.Close)
 	// The clock runs a minute behind, less a second: a one-minute shift
 	// (the shortest) expires a second from now.
@@ -50,7 +50,7 @@ func TestShifts(t *testing.T) {
 	if err := s.Cancel("a"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("cancelling an expired shift: %v", err)
 	}
-	next := New(nil, nil)
+	next := New(nil, nil, nil)
 	t.Cleanup(next.Close)
 	next.Restore(saved)
 	if len(next.List()) != 0 {

@@ -36,6 +36,8 @@ type Options struct {
 	BGP func() (api.BGPStatus, bool)
 	// Cluster reports where registrations live (GET /v1/cluster).
 	Cluster func() api.Cluster
+	// Events serves GET /v1/events; nil serves none.
+	Events Events
 	// ReadyDetail adds to /readyz's body what a ready node still wants
 	// said (etcd away: it serves the state it applied last).
 	ReadyDetail func() map[string]string
@@ -67,6 +69,9 @@ func Handler(o Options) http.Handler {
 	}
 	if o.Control != nil {
 		controlRoutes(mux, o.Control)
+	}
+	if o.Events != nil {
+		eventsRoute(mux, o.Events)
 	}
 	if o.Cluster != nil {
 		mux.HandleFunc("GET /v1/cluster", func(w http.ResponseWriter, _ *http.Request) {

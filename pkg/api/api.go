@@ -125,6 +125,18 @@ type ZoneHealth struct {
 	ZonalShift *ZonalShift `json:"zonal_shift,omitempty"`
 }
 
+// Event is one thing that happened to a running l4lb (GET /v1/events): a
+// target's state changed, a drain began or ended, a group failed open, a
+// reload, an upgrade, a BGP session or route, flow-table pressure, a zonal
+// shift.
+type Event struct {
+	Seq    uint64    `json:"seq"` // 1, 2, ... in order; ?since= takes one
+	Time   time.Time `json:"time"`
+	Kind   string    `json:"kind"`
+	Object string    `json:"object"`
+	Detail string    `json:"detail,omitempty"`
+}
+
 // ZonalShift is a zone taken out of service until Expires (NLB's
 // start-zonal-shift).
 type ZonalShift struct {
