@@ -26,6 +26,7 @@ have prlimit || need util-linux "prlimit, for the descriptor-limit test"
 have openssl || need openssl "openssl s_client, a real TLS client for the TLS listener tests"
 have curl || need curl "the README's examples, which a test runs against the demo"
 have etcd || need etcd-server "a real etcd cluster for the etcd registry backend's test"
+have promtool || need prometheus "promtool, which checks and unit-tests the shipped alerting rules"
 if ! have nginx; then
 	need nginx-light "nginx, a PROXY protocol peer"
 	need libnginx-mod-stream "nginx's stream module, a benchmark contender"

@@ -30,6 +30,7 @@ func (s *Server) watchCerts(stop <-chan struct{}) {
 	defer s.bg.Done()
 	t := time.NewTicker(certCheck)
 	defer t.Stop()
+	certExpiry(s.m, s.termsNow())
 	for {
 		select {
 		case <-stop:
@@ -44,6 +45,17 @@ func (s *Server) watchCerts(stop <-chan struct{}) {
 			case changed:
 				s.log.Info("TLS certificates reloaded", zap.String(logListener, name))
 			}
+		}
+		certExpiry(s.m, terms)
+	}
+}
+
+// certExpiry sets l4lb_tls_certificate_not_after_seconds of each listener's
+// certificates (an alert warns of one about to expire).
+func certExpiry(m *metrics.Metrics, terms map[string]*tlsterm.Terminator) {
+	for name, term := range terms {
+		for file, notAfter := range term.Certificates() {
+			m.Gauge(metrics.TLSCertificateNotAfter, name, file).Set(float64(notAfter.Unix()))
 		}
 	}
 }

@@ -95,6 +95,17 @@ func New(lt *config.ListenerTLS, path string, o Options) (*Terminator, error) {
 	return t, nil
 }
 
+// Certificates lists the certificates in use: each one's file and when it
+// expires.
+func (t *Terminator) Certificates() map[string]time.Time {
+	st := t.state.Load()
+	out := make(map[string]time.Time, len(st.certs.list))
+	for _, c := range st.certs.list {
+		out[st.certs.file[c]] = c.Leaf.NotAfter
+	}
+	return out
+}
+
 // ALPN preference lists of NLB's policies, server's order first.
 var alpnProtos = map[config.ALPNPolicy][]string{
 	config.ALPNHTTP1Only:      {"http/1.1", "http/1.0"},

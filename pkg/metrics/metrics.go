@@ -66,6 +66,7 @@ const (
 	QUICPackets
 	QUICMigrations
 	ZonalShiftActive
+	TLSCertificateNotAfter
 	numIDs
 )
 
@@ -123,6 +124,7 @@ var table = [numIDs]struct {
 	RegistryAppliedRevision: {"registry_applied_revision", gauge, "registry.backend etcd: the etcd revision of the registrations this node applied (equal on nodes in step).", nil},
 	QUICPackets:             {"quic_packets_total", counter, "QUIC listeners' datagrams from clients, by how they were routed: cid (the server ID in the destination connection ID), hash (the flow hash: Initial and 0-RTT), unknown_cid (an ID of no target, or unroutable: the 5-tuple flow), bad_version and short (dropped).", []string{LabelListener, "route"}},
 	QUICMigrations:          {"quic_migrations_total", counter, "QUIC connections seen from a new client address or port, and kept on their target by connection ID.", []string{LabelListener}},
+	TLSCertificateNotAfter:  {"tls_certificate_not_after_seconds", gauge, "When a TLS listener's certificate expires, in Unix seconds (its leaf's NotAfter), by certificate file.", []string{LabelListener, "certificate"}},
 	ZonalShiftActive:        {"zonal_shift_active", gauge, "1 while a zonal shift takes the zone out of service (its health is 503, its prefixes withdrawn), else 0.", []string{LabelZone}},
 	RegistryEtcdUp:          {"registry_etcd_up", gauge, "registry.backend etcd: 1 while etcd answers, 0 while the node serves the state it applied last.", nil},
 }
