@@ -6,7 +6,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null)
 LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 
-.PHONY: all build run test test-unit deps lint bench bench-compare fuzz clean generate check-generated
+.PHONY: all build run test test-unit deps lint bench bench-compare fuzz clean generate check-generated deb release
 
 all: build
 
@@ -87,5 +87,25 @@ bench-compare: deps build
 fuzz:
 	@$(call fuzz-each,6)
 
+## deb: dist/l4lb_VERSION_ARCH.deb (static binary, /etc/l4lb/l4lb.yaml as a
+## conffile, systemd units, sysctl file, man pages, completions); it starts
+## nothing on install
+deb:
+	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o bin/l4lb-static ./cmd/l4lb
+	BIN=bin/l4lb-static VERSION=$(VERSION) scripts/deb.sh
+
+## release: static linux/amd64 and linux/arm64 tarballs and SHA256SUMS in
+## dist/, stamped with the version git describe gives
+release:
+	@rm -rf dist/release && mkdir -p dist/release
+	@for arch in amd64 arm64; do \
+		d=dist/release/l4lb-$(VERSION)-linux-$$arch; mkdir -p $$d; \
+		CGO_ENABLED=0 GOOS=linux GOARCH=$$arch $(GO) build -ldflags "$(LDFLAGS)" -o $$d/l4lb ./cmd/l4lb || exit 1; \
+		cp -r LICENSE README.md CHANGELOG.md deploy $$d/; \
+		tar -C dist/release -czf dist/release/l4lb-$(VERSION)-linux-$$arch.tar.gz l4lb-$(VERSION)-linux-$$arch; \
+		rm -rf $$d; \
+	done
+	cd dist/release && sha256sum *.tar.gz > SHA256SUMS && cat SHA256SUMS
+
 clean:
-	rm -rf bin
+	rm -rf bin dist

@@ -27,6 +27,8 @@ have openssl || need openssl "openssl s_client, a real TLS client for the TLS li
 have curl || need curl "the README's examples, which a test runs against the demo"
 have etcd || need etcd-server "a real etcd cluster for the etcd registry backend's test"
 have promtool || need prometheus "promtool, which checks and unit-tests the shipped alerting rules"
+have lintian || need lintian "lintian, which checks the Debian package make deb builds"
+have man || need man-db "man, which the package test reads the installed pages with"
 if ! have nginx; then
 	need nginx-light "nginx, a PROXY protocol peer"
 	need libnginx-mod-stream "nginx's stream module, a benchmark contender"

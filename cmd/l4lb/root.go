@@ -59,7 +59,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(newServe(), newValidate(), newVersion(), newDemo(), newTargets(), newRoute(), newReload(), newUpgrade(), newBench(), newBGP(), newDSRTarget(), newKernel(), newCluster(), newFlows(), newZones(), newEvents())
+	root.AddCommand(newServe(), newValidate(), newVersion(), newDemo(), newTargets(), newRoute(), newReload(), newUpgrade(), newBench(), newBGP(), newDSRTarget(), newKernel(), newCluster(), newFlows(), newZones(), newEvents(), newGenDocs())
 	// Unknown subcommands and bad arguments are usage errors too.
 	root.Args = cobra.ArbitraryArgs
 	root.RunE = func(cmd *cobra.Command, args []string) error {
