@@ -51,6 +51,7 @@ var examples = map[string]string{
 	"l4lb cluster":    `  l4lb cluster status`,
 	"l4lb flows": `  l4lb flows --listener web --limit 20          # which node carries a flow, and on which path
   l4lb flows -o json | jq '.[] | select(.path == "dsr")'`,
+	"l4lb gen-docs": `  l4lb gen-docs --dir build/docs                # man1/*.1 and completions/, as make deb packs them`,
 	"l4lb events": `  l4lb events --follow                         # what happens, as it happens
   l4lb events --since 2026-12-06T10:00:00Z -o json`,
 	"l4lb zones":          `  l4lb zones list`,
