@@ -22,8 +22,11 @@ var (
 
 // connectRetrySeconds is how soon a session that could not connect tries
 // again (GoBGP's default is two minutes: a router that comes up after l4lb
-// would wait that long for its routes).
-const connectRetrySeconds = 5
+// would wait that long for its routes). The speaker only connects out, so
+// after a BFD failure this bounds how soon the node rejoins, once the
+// router's own error wait is over: 1 s keeps that within deploy/README's
+// 5 s on a loaded host (at 5 s a missed attempt alone took it past).
+const connectRetrySeconds = 1
 
 // idleAfterResetSeconds is how long a session reset (its BFD session
 // failed) waits before it connects again; GoBGP's default is 30 s.

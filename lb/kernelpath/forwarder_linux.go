@@ -515,29 +515,6 @@ func (k *Forwarder) Flows() int {
 	return n
 }
 
-// Listed is one flow the kernel pins, as GET /v1/flows shows it.
-type Listed struct {
-	Listener string
-	Group    string
-	DSR      bool // forwarded by direct server return (else NAT)
-	fastpath.Flow
-}
-
-// List calls fn with each flow the kernel pins now (read from its maps),
-// of the listener named (every one when ""), until fn returns false.
-func (k *Forwarder) List(listener string, fn func(Listed) bool) error {
-	return k.p.List(func(fl fastpath.Flow) bool {
-		if fl.Service >= len(k.fronts) {
-			return true
-		}
-		f := k.fronts[fl.Service]
-		if listener != "" && f.Name != listener {
-			return true
-		}
-		return fn(Listed{Listener: f.Name, Group: f.Group().Name(), DSR: f.DSR, Flow: fl})
-	})
-}
-
 // FlowFiles hands the flow maps over to a new process (fastpath.Path.FlowFiles).
 func (k *Forwarder) FlowFiles(add func(name string, f *os.File)) error { return k.p.FlowFiles(add) }
 
