@@ -32,7 +32,7 @@ type bgpNode struct {
 func newBGPNode(srv *lb.Server, log *zap.Logger, m *metrics.Metrics) *bgpNode {
 	changed := make(chan struct{}, 1)
 	srv.Registry.Subscribe(groupsChanged(changed))
-	srv.ZoneShifts.OnChange(func() { groupsChanged(changed).SnapshotChanged(nil) })
+	srv.ZoneShifts.OnChange(groupsChanged(changed).kick)
 	return &bgpNode{opts: bgp.Options{Logger: log, Metrics: m, Healthy: func(zone string) (bool, string) {
 		zh, err := srv.ZoneHealth(zone)
 		if err != nil {
@@ -49,7 +49,10 @@ func newBGPNode(srv *lb.Server, log *zap.Logger, m *metrics.Metrics) *bgpNode {
 // some group's targets changed.
 type groupsChanged chan struct{}
 
-func (c groupsChanged) SnapshotChanged(*registry.Group) {
+func (c groupsChanged) SnapshotChanged(*registry.Group) { c.kick() }
+
+// kick says, without blocking, that zone health is to be read again.
+func (c groupsChanged) kick() {
 	select {
 	case c <- struct{}{}:
 	default: // a read is already due

@@ -37,42 +37,32 @@ func newQUICRouting(m *metrics.Metrics, lc *config.Listener) *quicRouting {
 	return q
 }
 
-// target reads a client datagram: drop it (a version other than 1, or
-// too short for its connection ID), or route it to the target its server
-// ID names (nil: by the 5-tuple flow). moved says it is a short header
-// routed by ID: from a new address, a migration.
-func (q *quicRouting) target(u *udpFront, payload []byte) (tgt *registry.Target, drop, moved bool) {
-	p := quiclb.Classify(payload, q.connIDLen)
-	switch p.Route {
-	case quiclb.BadVersion, quiclb.Short:
-		q.packets[p.Route].Inc()
-		return nil, true, false
-	case quiclb.ByCID:
-		if t := u.route.Load().Groups[0].Snapshot().ServerIDs[p.ServerID]; t != nil {
-			q.packets[quiclb.ByCID].Inc()
-			return t, false, !p.Long
-		}
-		q.packets[quiclb.UnknownCID].Inc() // an ID of no target: the 5-tuple
-		return nil, false, false
-	}
-	q.packets[p.Route].Inc()
-	return nil, false, false
-}
-
 // lookup finds a QUIC datagram's flow on front u, making it if it is new:
 // to the target the datagram's connection ID names, else by the flow hash.
-// nil means drop.
+// nil means drop: a version other than 1, or a datagram too short for its
+// connection ID. A datagram of a flow there is goes by the flow, with no
+// server ID lookup; the routes of new flows' first datagrams (and the
+// drops) are counted, as the kernel program counts them.
 func (q *quicRouting) lookup(u *udpFront, src, dst netip.AddrPort, payload []byte, now time.Time) *udpFlow {
-	tgt, drop, moved := q.target(u, payload)
-	if drop {
+	p := quiclb.Classify(payload, q.connIDLen)
+	if p.Route == quiclb.BadVersion || p.Route == quiclb.Short {
+		q.packets[p.Route].Inc()
 		return nil
 	}
 	key := flowtable.Key{Proto: flowhash.ProtoUDP, Src: src, Dst: dst}
 	if f, ok := u.table.Get(key, now); ok {
 		return f
 	}
+	var tgt *registry.Target
+	route := p.Route
+	if route == quiclb.ByCID {
+		if tgt = u.route.Load().Groups[0].Snapshot().ServerIDs[p.ServerID]; tgt == nil {
+			route = quiclb.UnknownCID // an ID of no target: the flow hash
+		}
+	}
+	q.packets[route].Inc()
 	f := u.newFlow(key, now, tgt)
-	if f != nil && moved {
+	if f != nil && tgt != nil && !p.Long { // a short header by ID from a new 5-tuple
 		q.migrations.Inc()
 	}
 	return f
