@@ -54,6 +54,7 @@ type watch struct {
 	m    Machine
 	pass prometheus.Counter
 	fail prometheus.Counter
+	took prometheus.Gauge // the last active check's duration
 }
 
 // NewScheduler returns a scheduler reporting to rep.
@@ -72,6 +73,7 @@ func (s *Scheduler) Watch(group string, target netip.AddrPort, spec config.Healt
 	w := &watch{key: k, spec: spec, stop: make(chan struct{}), m: Machine{Rise: spec.HealthyThreshold, Fall: spec.UnhealthyThreshold}}
 	w.pass = s.m.Counter(metrics.HealthChecks, group, target.String(), "success")
 	w.fail = s.m.Counter(metrics.HealthChecks, group, target.String(), "failure")
+	w.took = s.m.Gauge(metrics.HealthCheckLastDuration, group, target.String())
 	s.mu.Lock()
 	if old, ok := s.watches[k]; ok {
 		close(old.stop)
@@ -128,6 +130,7 @@ func (s *Scheduler) loop(w *watch) {
 			return
 		default:
 		}
+		w.took.Set(time.Since(start).Seconds())
 		s.observe(w, res)
 		t.Reset(max(w.spec.Interval-time.Since(start), 0))
 	}

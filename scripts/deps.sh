@@ -29,6 +29,7 @@ have etcd || need etcd-server "a real etcd cluster for the etcd registry backend
 have promtool || need prometheus "promtool, which checks and unit-tests the shipped alerting rules"
 have lintian || need lintian "lintian, which checks the Debian package make deb builds"
 have man || need man-db "man, which the package test reads the installed pages with"
+have chromium || need chromium "a real browser (headless) for the console's test"
 if ! have nginx; then
 	need nginx-light "nginx, a PROXY protocol peer"
 	need libnginx-mod-stream "nginx's stream module, a benchmark contender"

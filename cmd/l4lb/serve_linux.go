@@ -264,7 +264,7 @@ func startAdmin(cfg *config.Config, log *zap.Logger, reg *prometheus.Registry, s
 		return nil, fmt.Errorf("admin API: %w", err)
 	}
 	srv.Reserve(a.ln.Addr().(*net.TCPAddr).AddrPort())
-	h := admin.Handler(admin.Options{Registry: srv, Control: ctl, Gatherer: reg, Token: token, Ready: ready, BGP: node.status, Cluster: srv.Cluster, ReadyDetail: srv.ReadyDetail, Events: srv.Feed()})
+	h := admin.Handler(admin.Options{Registry: srv, Control: ctl, Gatherer: reg, Token: token, Ready: ready, BGP: node.status, Cluster: srv.Cluster, ReadyDetail: srv.ReadyDetail, Events: srv.Feed(), Listeners: srv.Listeners})
 	// Bounded connections and request times, and a reserve of probe-only
 	// connections: slow bodies, silent connections or 401s cannot use up
 	// l4lb's descriptors, which its flows need, nor starve /healthz and

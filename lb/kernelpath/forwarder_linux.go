@@ -504,6 +504,22 @@ func (f *front) count(now map[netip.AddrPort]int64) {
 	}
 }
 
+// Path says how the kernel carries the named listener's address vip:
+// "kernel" (NAT), "dsr", or "" when it does not.
+func (k *Forwarder) Path(name string, vip netip.AddrPort) string {
+	vip = netip.AddrPortFrom(vip.Addr().Unmap(), vip.Port())
+	for _, f := range k.fronts {
+		if f.Name != name || f.VIP != vip || f.gone.Load() {
+			continue
+		}
+		if f.DSR {
+			return "dsr"
+		}
+		return "kernel"
+	}
+	return ""
+}
+
 // Flows is the number of flows the kernel pins, as of the last sweep.
 func (k *Forwarder) Flows() int {
 	n := 0

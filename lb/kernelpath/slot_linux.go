@@ -2,6 +2,7 @@ package kernelpath
 
 import (
 	"fmt"
+	"net/netip"
 	"os"
 	"sync/atomic"
 
@@ -36,6 +37,14 @@ func (s *Slot) EndFlows(t *registry.Target, why string) {
 	if k := s.k.Load(); k != nil {
 		k.EndFlows(t, why)
 	}
+}
+
+// Path is Forwarder.Path, or "" while no forwarder runs.
+func (s *Slot) Path(name string, vip netip.AddrPort) string {
+	if k := s.k.Load(); k != nil {
+		return k.Path(name, vip)
+	}
+	return ""
 }
 
 // Flows is the number of flows the kernel pins, as of its last sweep.

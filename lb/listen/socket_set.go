@@ -30,6 +30,8 @@ type Listeners interface {
 	// ZoneRoutes lists, per listener name, the routes of those bound in
 	// zone.
 	ZoneRoutes(zone string) map[string][]*Route
+	// Each calls fn with every bound address: its key, zone and address.
+	Each(fn func(k Key, zone string, addr netip.AddrPort))
 }
 
 // Set is a data plane's listener addresses now. A reload replaces the list
@@ -88,6 +90,18 @@ func (s *Set[M]) Bound() []netip.AddrPort {
 		}
 	}
 	return out
+}
+
+// Each calls fn with every bound address, in the list's order.
+func (s *Set[M]) Each(fn func(k Key, zone string, addr netip.AddrPort)) {
+	for _, m := range s.Current() {
+		switch a := m.Addr().(type) {
+		case *net.TCPAddr:
+			fn(m.Key(), m.Zone(), a.AddrPort())
+		case *net.UDPAddr:
+			fn(m.Key(), m.Zone(), a.AddrPort())
+		}
+	}
 }
 
 // Files adds a duplicate of every member's sockets, by name.

@@ -21,6 +21,8 @@ type Target struct {
 	PortErrors    prometheus.Counter // source ports exhausted dialing it
 	TLSErrors     prometheus.Counter // failed TLS handshakes (TLS target groups)
 	Resets        prometheus.Counter // flows its side ended with an error
+	NewFlows      prometheus.Counter // flows the socket paths pinned to it
+	Bytes         prometheus.Counter // bytes the socket paths moved to and from it
 
 	group  *Group
 	active atomic.Int64 // flows pinned to it, as the data planes count them
@@ -45,6 +47,8 @@ func (g *Group) newTarget(addr netip.AddrPort, zone string, weight int, quicID s
 	t.PortErrors = m.Counter(metrics.PortAllocationErrors, g.Name(), t.Name)
 	t.TLSErrors = m.Counter(metrics.TargetTLSErrors, g.Name(), t.Name)
 	t.Resets = m.Counter(metrics.TCPTargetResets, g.Name(), t.Name)
+	t.NewFlows = m.Counter(metrics.TargetNewFlows, g.Name(), t.Name)
+	t.Bytes = m.Counter(metrics.TargetProcessedBytes, g.Name(), t.Name)
 	return t
 }
 

@@ -311,6 +311,7 @@ func (f *evFlow) established() {
 	s.flows.add(f)
 	s.flows.settled()
 	f.tgt.AddFlows(1)
+	f.tgt.NewFlows.Inc()
 	l.newFlows.Inc()
 	l.active.Inc()
 	if s.cut.Load() {
@@ -389,6 +390,9 @@ func (f *evFlow) finish() {
 	}
 	l.bytesIn.Add(float64(f.dirs[0].n))
 	l.bytesOut.Add(float64(f.dirs[1].n))
+	if f.tgt != nil {
+		f.tgt.Bytes.Add(float64(f.dirs[0].n + f.dirs[1].n))
+	}
 	sysClose(f.cfd)
 	sysClose(f.tfd)
 	s.loopGuard.Forget(f.loopKey)

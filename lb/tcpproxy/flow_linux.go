@@ -153,6 +153,7 @@ func (f *flow) finish(h *halfFlow, how copyErr) {
 	} else {
 		l.bytesOut.Add(float64(h.n))
 	}
+	f.tgt.Bytes.Add(float64(h.n))
 	switch how {
 	case endIdle:
 		if f.abort() {

@@ -333,6 +333,7 @@ func (p *setup) start() {
 	p.f = f // from here a panic's cleanup ends the flow
 	p.settle()
 	p.tgt.AddFlows(1)
+	p.tgt.NewFlows.Inc()
 	l.newFlows.Inc()
 	l.active.Inc()
 	if s.cut.Load() {

@@ -131,6 +131,7 @@ func (u *udpFront) newFlow(key flowtable.Key, now time.Time, want *registry.Targ
 		g.UnhealthyRouting.Inc()
 	}
 	tgt.AddFlows(1) // release takes it back, whatever happens next
+	tgt.NewFlows.Inc()
 	u.mu.Lock()
 	if n := len(u.free); n > 0 {
 		f.slot = u.free[n-1]
@@ -319,6 +320,7 @@ func (u *udpFront) reply(f *udpFlow, b *batch, now time.Time) {
 		}
 		u.pktsOut.Add(float64(sent))
 		u.bytesOut.Add(float64(bytes))
+		f.tgt.Bytes.Add(float64(bytes))
 		u.replied.Store(now.UnixNano())
 		if n < udpBatch {
 			return // drained; epoll is level-triggered and says if more came

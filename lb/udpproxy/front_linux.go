@@ -321,7 +321,7 @@ func (u *udpFront) readLoop(sock *net.UDPConn) {
 				if f == nil {
 					continue
 				}
-				k := 0
+				k, fbytes := 0, 0
 				for j := i; j < n; j++ {
 					if flows[j] != f {
 						continue
@@ -329,9 +329,11 @@ func (u *udpFront) readLoop(sock *net.UDPConn) {
 					flows[j] = nil
 					size := int(b.hdrs[j].len)
 					out.setPayload(k, f.pp, b.bufs[j][:size])
-					bytes += size
+					fbytes += size
 					k++
 				}
+				bytes += fbytes
+				f.tgt.Bytes.Add(float64(fbytes))
 				sent := u.send(f, out, k)
 				pkts += sent
 			}

@@ -283,6 +283,10 @@ func (s *Server) UserFlows() int {
 // KernelPath reports whether the kernel fast path runs.
 func (s *Server) KernelPath() bool { return s.kernel.Running() }
 
+// Kernel is the slot of the kernel fast path: whether it runs, and its
+// forwarder.
+func (s *Server) Kernel() *kernelpath.Slot { return &s.kernel }
+
 // SyncKernel writes the kernel path's tables now, as a snapshot change
 // would soon (for tests that must not wait for it).
 func (s *Server) SyncKernel() error {

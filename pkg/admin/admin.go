@@ -11,8 +11,11 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/netip"
+	"net/url"
 	"strings"
 	"time"
 
@@ -38,6 +41,8 @@ type Options struct {
 	Cluster func() api.Cluster
 	// Events serves GET /v1/events; nil serves none.
 	Events Events
+	// Listeners lists the listeners and their addresses, for the console.
+	Listeners func() []api.ListenerInfo
 	// ReadyDetail adds to /readyz's body what a ready node still wants
 	// said (etcd away: it serves the state it applied last).
 	ReadyDetail func() map[string]string
@@ -66,6 +71,7 @@ func Handler(o Options) http.Handler {
 	})
 	if o.Registry != nil {
 		registryRoutes(mux, o.Registry)
+		consoleRoutes(mux, &o)
 	}
 	if o.Control != nil {
 		controlRoutes(mux, o.Control)
@@ -107,9 +113,15 @@ func Handler(o Options) http.Handler {
 				return
 			}
 		}
-		if probe {
+		if msg := crossSite(r); msg != "" {
+			refuse(w, http.StatusForbidden, msg)
+			return
+		}
+		if probe || isConsolePage(r) {
 			// Probes carry no credentials (kubelet, systemd, a load
-			// balancer's health check), and these say nothing secret.
+			// balancer's health check), and these say nothing secret;
+			// nor does the console's page, which asks for the token
+			// before it reads anything.
 			mux.ServeHTTP(w, r)
 			return
 		}
@@ -145,4 +157,37 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
 	json.NewEncoder(w).Encode(v)
+}
+
+// crossSite says why a request that a web page in an operator's browser
+// may have made for another site is refused, or "" when it is not one:
+//   - a change (POST, DELETE) whose Origin is not the admin address's own:
+//     the console sends its own origin; the CLI and scripts send none;
+//   - a request to a loopback address whose Host is a name other than
+//     localhost: a DNS name rebound to 127.0.0.1 that would otherwise
+//     reach a token-less API from a page of that name's site.
+func crossSite(r *http.Request) string {
+	host := r.Host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	if la, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
+		if ta, ok := la.(*net.TCPAddr); ok && ta.IP.IsLoopback() && host != "" && host != "localhost" {
+			if _, err := netip.ParseAddr(strings.Trim(host, "[]")); err != nil {
+				return fmt.Sprintf("Host %q is no address of the admin API (a loopback admin address answers to localhost and IP addresses only)", r.Host)
+			}
+		}
+	}
+	if r.Method == http.MethodGet || r.Method == http.MethodHead {
+		return ""
+	}
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return ""
+	}
+	u, err := url.Parse(origin)
+	if err != nil || u.Host != r.Host {
+		return fmt.Sprintf("cross-origin change refused: Origin %q is not this admin address", origin)
+	}
+	return ""
 }

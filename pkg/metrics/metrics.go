@@ -67,6 +67,9 @@ const (
 	QUICMigrations
 	ZonalShiftActive
 	TLSCertificateNotAfter
+	TargetNewFlows
+	TargetProcessedBytes
+	HealthCheckLastDuration
 	numIDs
 )
 
@@ -126,6 +129,9 @@ var table = [numIDs]struct {
 	QUICMigrations:          {"quic_migrations_total", counter, "QUIC connections seen from a new client address or port, and kept on their target by connection ID.", []string{LabelListener}},
 	TLSCertificateNotAfter:  {"tls_certificate_not_after_seconds", gauge, "When a TLS listener's certificate expires, in Unix seconds (its leaf's NotAfter), by certificate file.", []string{LabelListener, "certificate"}},
 	ZonalShiftActive:        {"zonal_shift_active", gauge, "1 while a zonal shift takes the zone out of service (its health is 503, its prefixes withdrawn), else 0.", []string{LabelZone}},
+	TargetNewFlows:          {"target_new_flows_total", counter, "Flows the socket paths pinned to the target (the kernel path counts its flows per listener).", target},
+	TargetProcessedBytes:    {"target_processed_bytes_total", counter, "Bytes the socket paths moved to and from the target, both directions (TCP: as each flow ends; UDP: as datagrams go).", target},
+	HealthCheckLastDuration: {"health_check_last_duration_seconds", gauge, "How long the target's last active health check took, passed or failed.", target},
 	RegistryEtcdUp:          {"registry_etcd_up", gauge, "registry.backend etcd: 1 while etcd answers, 0 while the node serves the state it applied last.", nil},
 }
 
@@ -220,7 +226,7 @@ func (m *Metrics) AddTarget(group, tgt string) {
 		case ID(id) == HealthChecks:
 			m.counters[id].WithLabelValues(group, tgt, "success")
 			m.counters[id].WithLabelValues(group, tgt, "failure")
-		case len(d.labels) == 2:
+		case len(d.labels) == 2 && d.kind == counter:
 			m.counters[id].WithLabelValues(group, tgt)
 		}
 	}
