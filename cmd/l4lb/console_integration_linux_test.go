@@ -91,56 +91,8 @@ target_groups:
 	}()
 	defer func() { close(stopTraffic); <-trafficDone }()
 
-	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(browser), chromedp.NoSandbox,
-		chromedp.DisableGPU, chromedp.WindowSize(1500, 1100))
-	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancelAlloc()
-	ctx, cancel := chromedp.NewContext(actx)
-	defer cancel()
-	deadline := time.AfterFunc(3*time.Minute, cancel) // the whole browser part, bounded
-	defer deadline.Stop()
-
-	var mu sync.Mutex
-	var problems, requests []string
-	if err := chromedp.Listen(ctx, func(ev any) {
-		if e, ok := ev.(*network.EventRequestWillBeSent); ok {
-			mu.Lock()
-			requests = append(requests, e.Request.URL)
-			mu.Unlock()
-		}
-	}); err != nil {
-		t.Fatalf("chromium did not start (%s): %v", browser, err)
-	}
-	messages := chromedp.Console(ctx)
-	go func() {
-		for m, err := range messages {
-			if err != nil {
-				return
-			}
-			switch m.Type {
-			case "debug", "info", "log":
-				continue // what the browser says to developers: no fault of the page
-			}
-			mu.Lock()
-			problems = append(problems, fmt.Sprintf("%s: %s (%s:%d)", m.Type, m.Text, m.URL, m.Line))
-			mu.Unlock()
-		}
-	}()
-	if _, err := chromedp.Call(ctx, network.Enable, network.EnableParams{}); err != nil {
-		t.Fatal(err)
-	}
-	run := func(what string, steps ...chromedp.Action[chromedp.Void]) {
-		t.Helper()
-		if err := chromedp.Do(ctx, steps...); err != nil {
-			t.Fatalf("%s: %v", what, err)
-		}
-	}
-	poll := func(what, expr string, within time.Duration) {
-		t.Helper()
-		if _, err := chromedp.Run(ctx, chromedp.Poll[bool](expr, chromedp.WithPollingInterval(50*time.Millisecond), chromedp.WithPollingTimeout(within))); err != nil {
-			t.Fatalf("%s: %v", what, err)
-		}
-	}
+	pg := openBrowser(t, browser, d.admin)
+	run, poll, ctx := pg.run, pg.poll, pg.ctx
 	rowSel := func(addr string) string { return fmt.Sprintf(`#groups tr[data-target=%q]`, addr) }
 	rowIs := func(addr, state, reason string) string {
 		return fmt.Sprintf(`(() => { const r = document.querySelector(%q); return !!r && r.dataset.state === %q && r.cells[4].textContent === %q; })()`,
@@ -215,19 +167,41 @@ target_groups:
 		t.Fatal(err)
 	}
 
-	mu.Lock()
-	defer mu.Unlock()
-	if len(problems) > 0 {
-		t.Errorf("the page wrote to the console:\n%s", strings.Join(problems, "\n"))
-	}
-	if len(requests) == 0 {
-		t.Error("no request was recorded")
-	}
-	for _, u := range requests {
-		if !strings.HasPrefix(u, d.admin+"/") && !strings.HasPrefix(u, "data:") {
-			t.Errorf("the page asked for %s, outside the admin address %s", u, d.admin)
+	// 200 targets: every row there within a few updates, each update of
+	// the page well within the poll interval; the filter narrows them.
+	for i := range 197 {
+		body := fmt.Sprintf(`{"address": "127.0.2.%d:9", "zone": "a", "weight": %d}`, 1+i, 1+i%3)
+		req, _ := http.NewRequest(http.MethodPost, d.admin+"/v1/target-groups/web/targets", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("register %s: %s", body, resp.Status)
 		}
 	}
+	poll("200 target rows", `document.querySelectorAll('#groups tr[data-target]').length === 200`, 10*time.Second)
+	var worst float64
+	for range 5 {
+		run("an update", chromedp.Sleep(time.Second))
+		ms, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.documentElement.dataset.renderMs`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var v float64
+		fmt.Sscan(ms, &v)
+		worst = max(worst, v)
+	}
+	t.Logf("200 targets: the slowest of 5 page updates took %.1f ms", worst)
+	if worst > 900 {
+		t.Errorf("with 200 targets a page update takes %.1f ms: nearly the poll interval or more", worst)
+	}
+	run("filter", chromedp.SendKeys("#filter", "127.0.2.19"))
+	poll("the filtered rows", `document.querySelectorAll('#groups tr[data-target]').length === 9`, 5*time.Second)
+
+	pg.check()
 }
 
 // targetState is a target's row of describe-target-health, through the API.
@@ -251,4 +225,123 @@ func targetState(t *testing.T, admin, token, addr string) api.TargetHealth {
 	}
 	t.Fatalf("%s is not in group web: %+v", addr, tg.Targets)
 	return api.TargetHealth{}
+}
+
+// page is a headless chromium with one tab, which records what the page
+// writes to the console and every request it makes.
+type page struct {
+	t        *testing.T
+	ctx      context.Context
+	admin    string
+	mu       sync.Mutex
+	problems []string
+	requests []string
+}
+
+// openBrowser starts chromium (closed with the test, and bounded to 3
+// minutes).
+func openBrowser(t *testing.T, browser, admin string) *page {
+	t.Helper()
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(browser), chromedp.NoSandbox,
+		chromedp.DisableGPU, chromedp.WindowSize(1500, 1100))
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	t.Cleanup(cancelAlloc)
+	ctx, cancel := chromedp.NewContext(actx)
+	t.Cleanup(cancel)
+	deadline := time.AfterFunc(3*time.Minute, cancel)
+	t.Cleanup(func() { deadline.Stop() })
+	p := &page{t: t, ctx: ctx, admin: admin}
+	if err := chromedp.Listen(ctx, func(ev any) {
+		if e, ok := ev.(*network.EventRequestWillBeSent); ok {
+			p.mu.Lock()
+			p.requests = append(p.requests, e.Request.URL)
+			p.mu.Unlock()
+		}
+	}); err != nil {
+		t.Fatalf("chromium did not start (%s): %v", browser, err)
+	}
+	messages := chromedp.Console(ctx)
+	go func() {
+		for m, err := range messages {
+			if err != nil {
+				return
+			}
+			switch m.Type {
+			case "debug", "info", "log":
+				continue // what the browser says to developers: no fault of the page
+			}
+			p.mu.Lock()
+			p.problems = append(p.problems, fmt.Sprintf("%s: %s (%s:%d)", m.Type, m.Text, m.URL, m.Line))
+			p.mu.Unlock()
+		}
+	}()
+	if _, err := chromedp.Call(ctx, network.Enable, network.EnableParams{}); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func (p *page) run(what string, steps ...chromedp.Action[chromedp.Void]) {
+	p.t.Helper()
+	if err := chromedp.Do(p.ctx, steps...); err != nil {
+		p.t.Fatalf("%s: %v", what, err)
+	}
+}
+
+// poll waits until the JavaScript expression is true.
+func (p *page) poll(what, expr string, within time.Duration) {
+	p.t.Helper()
+	if _, err := chromedp.Run(p.ctx, chromedp.Poll[bool](expr, chromedp.WithPollingInterval(50*time.Millisecond), chromedp.WithPollingTimeout(within))); err != nil {
+		p.t.Fatalf("%s: %v", what, err)
+	}
+}
+
+// check fails the test if the page wrote a warning or an error to the
+// console, or asked for anything outside the admin address.
+func (p *page) check() {
+	p.t.Helper()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.problems) > 0 {
+		p.t.Errorf("the page wrote to the console:\n%s", strings.Join(p.problems, "\n"))
+	}
+	if len(p.requests) == 0 {
+		p.t.Error("no request was recorded")
+	}
+	for _, u := range p.requests {
+		if !strings.HasPrefix(u, p.admin+"/") && !strings.HasPrefix(u, "data:") {
+			p.t.Errorf("the page asked for %s, outside the admin address %s", u, p.admin)
+		}
+	}
+}
+
+// Without a token on the API, the console reads everything and changes
+// nothing: no change buttons, and it says why.
+func TestConsoleReadOnlyInBrowser(t *testing.T) {
+	browser := netnstest.Need(t, "chromium", "chromium")
+	bin := filepath.Join(t.TempDir(), "l4lb")
+	buildL4LB(t, bin, "console-test")
+	tg, err := bench.StartTarget(bench.TargetEcho, "tcp", "127.0.0.1:0", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tg.Close()
+	pWeb, pAdmin := freePort(t), freePort(t)
+	d := startDaemon(t, bin, pAdmin, fmt.Sprintf(`admin: {listen: "127.0.0.1:%s"}
+listeners: [{name: web, port: %s, target_group: web}]
+target_groups:
+  - {name: web, targets: [{address: %q}], health_check: {protocol: TCP, interval: 500ms, healthy_threshold: 2}}
+`, pAdmin, pWeb, tg.Addr.String()))
+	pg := openBrowser(t, browser, d.admin)
+	pg.run("load the console", chromedp.Navigate(d.admin+"/"))
+	pg.poll("the target's row, healthy", `document.querySelectorAll('#groups tr[data-target][data-state="healthy"]').length === 1`, 10*time.Second)
+	pg.poll("read-only", `(() => { const b = document.getElementById('auth-btn'); return b.disabled && b.textContent === 'read-only'; })()`, 5*time.Second)
+	n, err := chromedp.Run(pg.ctx, chromedp.Evaluate[int](`document.querySelectorAll('button[data-action]').length`))
+	if err != nil || n != 0 {
+		t.Fatalf("a console without a token shows %d change buttons (%v), want none", n, err)
+	}
+	if open, _ := chromedp.Run(pg.ctx, chromedp.Evaluate[bool](`document.getElementById('token-dialog').open`)); open {
+		t.Fatal("a console without a token asks for one")
+	}
+	pg.check()
 }
