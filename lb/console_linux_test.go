@@ -219,3 +219,11 @@ func TestConsoleManyTargets(t *testing.T) {
 	}
 	t.Logf("200 targets: the snapshot is %d bytes, answered in %v", len(body), took)
 }
+
+// consoleOf is the console's snapshot of srv, whose metrics are on reg.
+func consoleOf(t *testing.T, srv *Server, reg *prometheus.Registry) api.Console {
+	t.Helper()
+	ts := httptest.NewServer(admin.Handler(admin.Options{Registry: srv, Gatherer: reg, Token: consoleToken, Listeners: srv.Listeners}))
+	defer ts.Close()
+	return snapshot(t, ts.URL)
+}

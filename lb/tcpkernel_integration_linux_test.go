@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"syscall"
 	"testing"
@@ -16,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/l4lb/l4lb/healthcheck"
+	"github.com/l4lb/l4lb/pkg/api"
 	"github.com/l4lb/l4lb/pkg/config"
 	"github.com/l4lb/l4lb/pkg/metrics"
 )
@@ -147,6 +149,15 @@ func TestKernelTCPFlows(t *testing.T) {
 	waitFor(t, func() bool { return counterValue(t, reg, "l4lb_active_flows") == n })
 	if b := counterValue(t, reg, "l4lb_processed_bytes_total"); b != 2*5*n {
 		t.Fatalf("processed bytes %v, want %d", b, 2*5*n)
+	}
+	// The console shows the listener on the kernel path, with the
+	// kernel's counts.
+	c := consoleOf(t, srv, reg)
+	if a := c.Listeners[0].Addresses; len(a) != 1 || a[0].Path != "kernel" || a[0].Address != "tcp://"+vip.String() {
+		t.Fatalf("the console's listener addresses: %+v, want tcp://%s on the kernel path", a, vip)
+	}
+	if !slices.ContainsFunc(c.Kernel, func(k api.KernelCounter) bool { return k.Name == "packets in" && k.Value >= 3*n }) {
+		t.Fatalf("the console's kernel counters: %+v, want at least %d packets in", c.Kernel, 3*n)
 	}
 	for _, c := range conns {
 		c.Close() // FIN both ways: the echo closes too

@@ -68,6 +68,7 @@ Try:
   curl http://%s/                         # answered by one of the three demo targets
   for i in $(seq 6); do curl -s http://%s/; done   # new connections spread over the targets
   curl http://%s/metrics | grep l4lb_      # Prometheus metrics
+  open http://%s/ in a browser             # the live console (read-only: the demo's API has no token)
   bin/l4lb targets describe-health --target-group default   # state, reason, flows
   bin/l4lb route --listener tcp-8080 --src 127.0.0.9:5555     # which target, and why
   bin/l4lb targets deregister --target-group default --target %s   # drain one
@@ -75,7 +76,7 @@ A dead target never fails a client: a refused connect is retried on the next
 target of the flow's Maglev preference list, and health checks (HTTP every 1s)
 take it out of rotation.
 Press Ctrl-C to stop (in-flight requests finish first).
-`, listen, targets, listen, listen, adminAddr, targets[0])
+`, listen, targets, listen, listen, adminAddr, adminAddr, targets[0])
 			})
 		},
 	}
