@@ -6,8 +6,8 @@ import (
 	"io"
 	"math"
 	"net/http"
-	"net/netip"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -98,7 +98,7 @@ func TestConsolePageAndToken(t *testing.T) {
 		!strings.Contains(csp, "connect-src 'self'") || !strings.Contains(csp, "default-src 'none'") {
 		t.Fatalf("GET /ui/: %d, CSP %q, page %.200s", resp.StatusCode, csp, page)
 	}
-	for _, f := range []string{"console.js", "console.css"} {
+	for _, f := range []string{"console.js", "render.js", "console.css"} {
 		if code, body := consoleDo(t, http.MethodGet, ts.URL+"/ui/"+f, "", nil, ""); code != http.StatusOK || len(body) < 1000 {
 			t.Fatalf("GET /ui/%s: %d, %d bytes", f, code, len(body))
 		}
