@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/l4lb/l4lb/lb/flowtable"
+	"github.com/l4lb/l4lb/lb/registry"
 )
 
 // TestReplyNeverUsesAReusedDescriptor closes the listener socket that
@@ -82,7 +83,8 @@ func TestReplyNeverUsesAReusedDescriptor(t *testing.T) {
 	u.dropped = prometheus.NewCounter(prometheus.CounterOpts{Name: "dropped"})
 	u.pktsOut = prometheus.NewCounter(prometheus.CounterOpts{Name: "out"})
 	u.bytesOut = prometheus.NewCounter(prometheus.CounterOpts{Name: "bytes"})
-	f := &udpFlow{key: flowtable.Key{Src: ca, Dst: netip.MustParseAddrPort("127.0.0.1:1")}, fd: up}
+	f := &udpFlow{key: flowtable.Key{Src: ca, Dst: netip.MustParseAddrPort("127.0.0.1:1")}, fd: up,
+		tgt: &registry.Target{Bytes: prometheus.NewCounter(prometheus.CounterOpts{Name: "target_bytes"})}}
 	f.name, f.namelen = sockaddr(ca)
 	u.reply(f, newBatch(udpBatch, udpBufSize), time.Now())
 

@@ -163,18 +163,21 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 // may have made for another site is refused, or "" when it is not one:
 //   - a change (POST, DELETE) whose Origin is not the admin address's own:
 //     the console sends its own origin; the CLI and scripts send none;
-//   - a request to a loopback address whose Host is a name other than
-//     localhost: a DNS name rebound to 127.0.0.1 that would otherwise
-//     reach a token-less API from a page of that name's site.
+//   - a request to a loopback address whose Host is a dotted DNS name
+//     (other than *.localhost): a site's name rebound to 127.0.0.1 that
+//     would otherwise reach a token-less API from that site's pages. A
+//     name without a dot (localhost, the host's own name, which Debian
+//     maps to 127.0.1.1) names no site and passes.
 func crossSite(r *http.Request) string {
 	host := r.Host
 	if h, _, err := net.SplitHostPort(host); err == nil {
 		host = h
 	}
 	if la, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
-		if ta, ok := la.(*net.TCPAddr); ok && ta.IP.IsLoopback() && host != "" && host != "localhost" {
+		name := strings.ToLower(strings.TrimSuffix(host, "."))
+		if ta, ok := la.(*net.TCPAddr); ok && ta.IP.IsLoopback() && strings.Contains(name, ".") && !strings.HasSuffix(name, ".localhost") {
 			if _, err := netip.ParseAddr(strings.Trim(host, "[]")); err != nil {
-				return fmt.Sprintf("Host %q is no address of the admin API (a loopback admin address answers to localhost and IP addresses only)", r.Host)
+				return fmt.Sprintf("Host %q is refused: a loopback admin address answers to IP addresses and names without a dot (localhost), not to a site's name that may have been rebound to it", r.Host)
 			}
 		}
 	}
