@@ -143,6 +143,9 @@ func TestConsoleCrossSiteRefused(t *testing.T) {
 	if code, _ := consoleDo(t, http.MethodGet, ts.URL+"/v1/console", consoleToken, map[string]string{"Host": "rebound.example"}, ""); code != http.StatusForbidden {
 		t.Fatalf("a read under a DNS name: %d, want 403", code)
 	}
+	if code, _ := consoleDo(t, http.MethodGet, ts.URL+"/readyz", "", map[string]string{"Host": "probe.example"}, ""); code != http.StatusOK {
+		t.Fatalf("a probe under a DNS name: %d, want 200 (probes say nothing, and change nothing)", code)
+	}
 	if tg, _ := srv.TargetGroup("tg"); len(tg.Targets) != 1 {
 		t.Fatalf("a refused change changed the group: %+v", tg.Targets)
 	}

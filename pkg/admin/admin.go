@@ -113,15 +113,19 @@ func Handler(o Options) http.Handler {
 				return
 			}
 		}
+		if probe {
+			// Probes carry no credentials (kubelet, systemd, a load
+			// balancer's health check), and these say nothing secret.
+			mux.ServeHTTP(w, r)
+			return
+		}
 		if msg := crossSite(r); msg != "" {
 			refuse(w, http.StatusForbidden, msg)
 			return
 		}
-		if probe || isConsolePage(r) {
-			// Probes carry no credentials (kubelet, systemd, a load
-			// balancer's health check), and these say nothing secret;
-			// nor does the console's page, which asks for the token
-			// before it reads anything.
+		if isConsolePage(r) {
+			// The console's page says nothing secret either: it asks
+			// for the token before it reads anything.
 			mux.ServeHTTP(w, r)
 			return
 		}
