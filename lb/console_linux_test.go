@@ -29,7 +29,7 @@ func consoleAPI(t *testing.T) (*httptest.Server, string, *Server) {
 	e := startEcho(t)
 	reg := prometheus.NewRegistry()
 	srv, addr := startServer(t, testConfig([]config.Target{{Address: e.addr, Weight: 1}}, nil), Options{Metrics: metrics.New(reg)})
-	h := admin.Handler(admin.Options{Registry: srv, Gatherer: reg, Token: consoleToken, Listeners: srv.Listeners, Events: srv.Feed()})
+	h := admin.Handler(admin.Options{Registry: srv, Gatherer: reg, Token: consoleToken, Listeners: srv.Listeners, Events: srv.Feed(), Context: t.Context()})
 	ts := httptest.NewServer(h)
 	t.Cleanup(ts.Close)
 	return ts, addr, srv
@@ -211,7 +211,7 @@ func TestConsoleManyTargets(t *testing.T) {
 	}
 	reg := prometheus.NewRegistry()
 	srv := startedServer(t, testConfig(targets, nil), Options{Metrics: metrics.New(reg)})
-	ts := httptest.NewServer(admin.Handler(admin.Options{Registry: srv, Gatherer: reg, Token: consoleToken, Listeners: srv.Listeners}))
+	ts := httptest.NewServer(admin.Handler(admin.Options{Registry: srv, Gatherer: reg, Token: consoleToken, Listeners: srv.Listeners, Context: t.Context()}))
 	defer ts.Close()
 	snapshot(t, ts.URL)
 	time.Sleep(2500 * time.Millisecond) // sparklines of a few points
@@ -228,7 +228,7 @@ func TestConsoleManyTargets(t *testing.T) {
 // consoleOf is the console's snapshot of srv, whose metrics are on reg.
 func consoleOf(t *testing.T, srv *Server, reg *prometheus.Registry) api.Console {
 	t.Helper()
-	ts := httptest.NewServer(admin.Handler(admin.Options{Registry: srv, Gatherer: reg, Token: consoleToken, Listeners: srv.Listeners}))
+	ts := httptest.NewServer(admin.Handler(admin.Options{Registry: srv, Gatherer: reg, Token: consoleToken, Listeners: srv.Listeners, Context: t.Context()}))
 	defer ts.Close()
 	return snapshot(t, ts.URL)
 }

@@ -225,6 +225,7 @@ type adminServer struct {
 	hs       *http.Server
 	done     chan struct{}
 	released atomic.Bool
+	end      context.CancelFunc // ends the console's sampling
 }
 
 // startAdmin serves the admin API on cfg.Admin.Listen (the socket a
@@ -244,7 +245,8 @@ func startAdmin(cfg *config.Config, log *zap.Logger, reg *prometheus.Registry, s
 			return nil, usageError{fmt.Errorf("admin.token_file: %s is empty", cfg.Admin.TokenFile)}
 		}
 	}
-	a := &adminServer{name: "admin/" + cfg.Admin.Listen, done: make(chan struct{})}
+	sampling, end := context.WithCancel(context.Background())
+	a := &adminServer{name: "admin/" + cfg.Admin.Listen, done: make(chan struct{}), end: end}
 	// After an upgrade the socket is the new process's, which serves; a
 	// request still answered here on an old keep-alive connection says so
 	// too, so a checker sees no 503 at the handover.
@@ -261,10 +263,11 @@ func startAdmin(cfg *config.Config, log *zap.Logger, reg *prometheus.Registry, s
 		a.ln, err = net.Listen("tcp", cfg.Admin.Listen)
 	}
 	if err != nil {
+		end()
 		return nil, fmt.Errorf("admin API: %w", err)
 	}
 	srv.Reserve(a.ln.Addr().(*net.TCPAddr).AddrPort())
-	h := admin.Handler(admin.Options{Registry: srv, Control: ctl, Gatherer: reg, Token: token, Ready: ready, BGP: node.status, Cluster: srv.Cluster, ReadyDetail: srv.ReadyDetail, Events: srv.Feed(), Listeners: srv.Listeners})
+	h := admin.Handler(admin.Options{Registry: srv, Control: ctl, Gatherer: reg, Token: token, Ready: ready, BGP: node.status, Cluster: srv.Cluster, ReadyDetail: srv.ReadyDetail, Events: srv.Feed(), Listeners: srv.Listeners, Context: sampling})
 	// Bounded connections and request times, and a reserve of probe-only
 	// connections: slow bodies, silent connections or 401s cannot use up
 	// l4lb's descriptors, which its flows need, nor starve /healthz and
@@ -325,6 +328,7 @@ func (a *adminServer) stop() {
 	if a == nil {
 		return
 	}
+	defer a.end()
 	ctx, cancel := context.WithTimeout(context.Background(), adminStopGrace)
 	defer cancel()
 	a.hs.Shutdown(ctx)

@@ -8,6 +8,7 @@
 package admin
 
 import (
+	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"fmt"
@@ -43,6 +44,10 @@ type Options struct {
 	Events Events
 	// Listeners lists the listeners and their addresses, for the console.
 	Listeners func() []api.ListenerInfo
+	// Context ends the console's sampling of the metrics when it is done
+	// (the server's shutdown; a test's end); nil: the sampling ends only
+	// two minutes after the last console closed.
+	Context context.Context
 	// ReadyDetail adds to /readyz's body what a ready node still wants
 	// said (etcd away: it serves the state it applied last).
 	ReadyDetail func() map[string]string

@@ -62,7 +62,7 @@ func consoleRoutes(mux *http.ServeMux, o *Options) {
 		w.Header().Set("Cache-Control", "no-store")
 		writeJSON(w, http.StatusOK, map[string]string{"auth": authMode(o.Token)})
 	})
-	smp := newSampler(o.Gatherer)
+	smp := newSampler(o.Context, o.Gatherer)
 	mux.HandleFunc("GET /v1/console", func(w http.ResponseWriter, _ *http.Request) {
 		smp.view()
 		writeJSON(w, http.StatusOK, o.snapshot(smp))

@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"context"
 	"math"
 	"strings"
 	"sync"
@@ -34,7 +35,8 @@ var objectLabels = map[string]bool{"listener": true, "target_group": true, "targ
 
 // sampler keeps the last two samples of the metrics and the sparklines.
 type sampler struct {
-	g prometheus.Gatherer
+	g    prometheus.Gatherer
+	done <-chan struct{} // closed: stop sampling for good
 
 	mu      sync.Mutex
 	at      time.Time // when cur was taken
@@ -45,8 +47,21 @@ type sampler struct {
 	running bool
 }
 
-func newSampler(g prometheus.Gatherer) *sampler {
-	return &sampler{g: g, cur: map[string]series{}, rate: map[string]series{}, spark: map[string][]float64{}}
+func newSampler(ctx context.Context, g prometheus.Gatherer) *sampler {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	return &sampler{g: g, done: ctx.Done(), cur: map[string]series{}, rate: map[string]series{}, spark: map[string][]float64{}}
+}
+
+// stopped says whether the sampler's context is done.
+func (s *sampler) stopped() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
 }
 
 // view marks the console as open, starting the sampling loop if it does
@@ -54,7 +69,7 @@ func newSampler(g prometheus.Gatherer) *sampler {
 func (s *sampler) view() {
 	s.mu.Lock()
 	s.viewed = time.Now()
-	start := !s.running && s.g != nil
+	start := !s.running && s.g != nil && !s.stopped()
 	s.running = s.running || start
 	first := s.at.IsZero()
 	s.mu.Unlock()
@@ -69,9 +84,13 @@ func (s *sampler) view() {
 func (s *sampler) loop() {
 	t := time.NewTicker(sampleStep)
 	defer t.Stop()
-	for range t.C {
+	for {
+		select {
+		case <-t.C:
+		case <-s.done:
+		}
 		s.mu.Lock()
-		idle := time.Since(s.viewed) > sampleLinger
+		idle := time.Since(s.viewed) > sampleLinger || s.stopped()
 		if idle {
 			s.running = false
 		}
@@ -137,7 +156,9 @@ func (s *sampler) sample() {
 		prev := s.cur[obj]
 		r := series{}
 		for k, v := range vals {
-			if p, ok := prev[k]; ok && dt > 0 && v >= p {
+			// A series new to a known object (a reject reason counted for
+			// the first time) counted from 0; a new object has no rate yet.
+			if p := prev[k]; prev != nil && dt > 0 && v >= p {
 				r[k] = round2((v - p) / dt)
 			}
 		}
