@@ -243,7 +243,9 @@ type page struct {
 func openBrowser(t *testing.T, browser, admin string) *page {
 	t.Helper()
 	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(browser), chromedp.NoSandbox,
-		chromedp.DisableGPU, chromedp.WindowSize(1500, 1100))
+		chromedp.DisableGPU, chromedp.WindowSize(1500, 1100),
+		// The browser itself asks nothing of the internet either.
+		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-domain-reliability", true))
 	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
 	t.Cleanup(cancelAlloc)
 	ctx, cancel := chromedp.NewContext(actx)
