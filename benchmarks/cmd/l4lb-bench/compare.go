@@ -427,30 +427,17 @@ func udpContenders(bin, nginx string) []udpContender {
 				extra = "load_balancer: {udp_fast_path: true, udp_fast_path_interfaces: [lo]}\n"
 				attrs = `, attributes: {preserve_client_ip.enabled: "true"}`
 			}
-			path := filepath.Join(dir, fmt.Sprintf("l4lb-udp-%d.yaml", port))
 			cfg := fmt.Sprintf("admin: {listen: \"off\"}\n%slisteners:\n  - {name: echo, protocol: UDP, port: %d, bind: [127.0.0.1], target_group: echo}\n"+
 				"target_groups:\n  - {name: echo, protocol: UDP, targets: [{address: %q}]%s}\n", extra, port, echo, attrs)
-			if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-				return "", nil, nil, err
+			need := ""
+			if kernel {
+				need = "UDP listener forwarded in the kernel"
 			}
-			os.MkdirAll(logDir, 0o755)
-			logPath := filepath.Join(logDir, fmt.Sprintf("l4lb-udp-%d.log", port))
-			logf, err := os.Create(logPath)
+			pid, stop, err := serveL4LB(bin, dir, fmt.Sprintf("l4lb-udp-%d", port), cfg, need)
 			if err != nil {
 				return "", nil, nil, err
 			}
-			defer logf.Close()
-			cmd := exec.Command(bin, "serve", "--config", path, "--log-level", "info")
-			cmd.Stderr = logf
-			if err := cmd.Start(); err != nil {
-				return "", nil, nil, err
-			}
-			time.Sleep(time.Second) // binds, loads the programs
-			if b, _ := os.ReadFile(logPath); kernel && !strings.Contains(string(b), "UDP listener forwarded in the kernel") {
-				stopper(cmd)()
-				return "", nil, nil, fmt.Errorf("the UDP fast path did not come up (needs root):\n%s", b)
-			}
-			return fmt.Sprintf("127.0.0.1:%d", port), []int{cmd.Process.Pid}, stopper(cmd), nil
+			return fmt.Sprintf("127.0.0.1:%d", port), []int{pid}, stop, nil
 		}
 	}
 	return []udpContender{

@@ -254,35 +254,18 @@ target_groups:
   - {name: other-udp, protocol: UDP, port: %d, bind: [127.0.0.2], target_group: other-udp}
 target_groups:`, lport+2, lport+3), 1)
 	}
-	path := filepath.Join(dir, fmt.Sprintf("l4lb-%d.yaml", lport))
-	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-		return "", nil, nil, err
+	need, env := "", []string(nil)
+	if mode != modeSocket && mode != modeSocketGoroutines {
+		need = "TCP listener forwarded in the kernel"
 	}
-	os.MkdirAll(logDir, 0o755)
-	logPath := filepath.Join(logDir, fmt.Sprintf("l4lb-%d.log", lport))
-	logf, err := os.Create(logPath)
+	if mode == modeSocketGoroutines {
+		env = []string{"L4LB_TCP_EVENT_LOOP=off"}
+	}
+	pid, stop, err := serveL4LB(bin, dir, fmt.Sprintf("l4lb-%d", lport), cfg, need, env...)
 	if err != nil {
 		return "", nil, nil, err
 	}
-	defer logf.Close()
-	cmd := exec.Command(bin, "serve", "--config", path, "--log-level", "info")
-	cmd.Stderr = logf
-	if mode == modeSocketGoroutines {
-		cmd.Env = append(os.Environ(), "L4LB_TCP_EVENT_LOOP=off")
-	}
-	if err := cmd.Start(); err != nil {
-		return "", nil, nil, fmt.Errorf("starting l4lb (make build): %w", err)
-	}
-	addr := fmt.Sprintf("127.0.0.1:%d", lport)
-	if mode != modeSocket && mode != modeSocketGoroutines {
-		waitListening(addr)
-		time.Sleep(300 * time.Millisecond)
-		if b, _ := os.ReadFile(logPath); !strings.Contains(string(b), "TCP listener forwarded in the kernel") {
-			stopper(cmd)()
-			return "", nil, nil, fmt.Errorf("the TCP fast path did not come up (needs root):\n%s", b)
-		}
-	}
-	return addr, []int{cmd.Process.Pid}, stopper(cmd), nil
+	return fmt.Sprintf("127.0.0.1:%d", lport), []int{pid}, stop, nil
 }
 
 func waitListening(addr string) bool {

@@ -9,9 +9,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -157,27 +154,15 @@ target_groups:
     protocol: QUIC
     targets: [{address: %q, quic_server_id: "0x0123456789abcdef"}]%s
 `, extra, p, target, attrs)
-	path := filepath.Join(dir, fmt.Sprintf("l4lb-quic-%d.yaml", p))
-	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-		return "", nil, nil, err
+	need := ""
+	if kernel {
+		need = "UDP listener forwarded in the kernel"
 	}
-	logPath := filepath.Join(dir, fmt.Sprintf("l4lb-quic-%d.log", p))
-	logf, err := os.Create(logPath)
+	pid, stop, err := serveL4LB(bin, dir, fmt.Sprintf("l4lb-quic-%d", p), cfg, need)
 	if err != nil {
 		return "", nil, nil, err
 	}
-	defer logf.Close()
-	cmd := exec.Command(bin, "serve", "--config", path, "--log-level", "info")
-	cmd.Stderr = logf
-	if err := cmd.Start(); err != nil {
-		return "", nil, nil, err
-	}
-	time.Sleep(time.Second) // binds, loads the programs; the target fails open until checked
-	if b, _ := os.ReadFile(logPath); kernel && !strings.Contains(string(b), "UDP listener forwarded in the kernel") {
-		stopper(cmd)()
-		return "", nil, nil, fmt.Errorf("the UDP kernel path did not come up (needs root)")
-	}
-	return fmt.Sprintf("127.0.0.1:%d", p), []int{cmd.Process.Pid}, stopper(cmd), nil
+	return fmt.Sprintf("127.0.0.1:%d", p), []int{pid}, stop, nil
 }
 
 // quicHandshakes runs workers that each, until dur ends, open a connection,
