@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -72,6 +73,21 @@ func (c *adminClient) init(tokenFile string) error {
 
 // do sends a request and decodes a 2xx JSON answer into out; other answers
 // become errors carrying the server's reason.
+// request is a request to the API, with the token; a body is JSON.
+func (c *adminClient) request(ctx context.Context, method, path string, body io.Reader) (*http.Request, error) {
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return nil, usageError{fmt.Errorf("--admin: %w", err)}
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	return req, nil
+}
+
 func (c *adminClient) do(method, path string, body, out any) error {
 	var rd io.Reader
 	if body != nil {
@@ -81,15 +97,9 @@ func (c *adminClient) do(method, path string, body, out any) error {
 		}
 		rd = bytes.NewReader(b)
 	}
-	req, err := http.NewRequest(method, c.base+path, rd)
+	req, err := c.request(context.Background(), method, path, rd)
 	if err != nil {
-		return usageError{fmt.Errorf("--admin: %w", err)}
-	}
-	if c.token != "" {
-		req.Header.Set("Authorization", "Bearer "+c.token)
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
+		return err
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {

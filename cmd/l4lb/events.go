@@ -47,12 +47,9 @@ object per event: an array, or with --follow one object per line.`,
 			}
 			q.Set("follow", "1")
 			c.http.Timeout = 0 // the stream lasts until interrupted
-			req, err := http.NewRequestWithContext(cmd.Context(), http.MethodGet, c.base+"/v1/events?"+q.Encode(), nil)
+			req, err := c.request(cmd.Context(), http.MethodGet, "/v1/events?"+q.Encode(), nil)
 			if err != nil {
-				return usageError{fmt.Errorf("--admin: %w", err)}
-			}
-			if c.token != "" {
-				req.Header.Set("Authorization", "Bearer "+c.token)
+				return err
 			}
 			resp, err := c.http.Do(req)
 			if err != nil {

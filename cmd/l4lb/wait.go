@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -99,12 +100,9 @@ func (w announceWait) check(c *adminClient, pid int) (bool, string) {
 // get reads path's JSON answer into out (when not nil); a 404 of GET
 // /v1/bgp is errNoBGP.
 func (c *adminClient) get(path string, out any) error {
-	req, err := http.NewRequest(http.MethodGet, c.base+path, nil)
+	req, err := c.request(context.Background(), http.MethodGet, path, nil)
 	if err != nil {
 		return err
-	}
-	if c.token != "" {
-		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
