@@ -213,8 +213,7 @@ func TestConsoleManyTargets(t *testing.T) {
 	srv := startedServer(t, testConfig(targets, nil), Options{Metrics: metrics.New(reg)})
 	ts := httptest.NewServer(admin.Handler(admin.Options{Registry: srv, Gatherer: reg, Token: consoleToken, Listeners: srv.Listeners, Context: t.Context()}))
 	defer ts.Close()
-	snapshot(t, ts.URL)
-	time.Sleep(2500 * time.Millisecond) // sparklines of a few points
+	waitFor(t, func() bool { return len(snapshot(t, ts.URL).TargetGroups[0].Targets[199].Spark) >= 2 }) // sampled twice
 	start := time.Now()
 	code, body := consoleDo(t, http.MethodGet, ts.URL+"/v1/console", consoleToken, nil, "")
 	took := time.Since(start)

@@ -47,6 +47,7 @@ async function poll() {
     // How long a whole update took, for whoever wants to know (the test
     // with hundreds of targets reads it).
     document.documentElement.dataset.renderMs = (performance.now() - t0).toFixed(1);
+    document.documentElement.dataset.renderedAt = s.time;
     live(true);
   } catch (e) {
     if (e.status === 401) {
