@@ -302,3 +302,119 @@ func TestKernelTCPDeregistrationEndsFlows(t *testing.T) {
 		t.Fatalf("a connection to the remaining target broke: %v", err)
 	}
 }
+
+// 200 targets of one group turn unhealthy at once while each carries a
+// kernel flow. Ending their flows (termination on unhealthy, the default)
+// is asked while the registry holds the group's lock, which the kernel
+// path's forwarder takes too when it writes tables; nothing may wedge.
+// Every call returns, every flow of an unhealthy target ends, the flow of
+// the one healthy target goes on, and the forwarder still writes tables: a
+// target healthy again receives new flows.
+func TestKernelTCPManyTargetsUnhealthyAtOnce(t *testing.T) {
+	const n = 201 // target 0 stays healthy, so the group never fails open
+	targets := make([]*seeingTarget, n)
+	var cts []config.Target
+	for i := range n {
+		targets[i] = startSeeingTarget(t, netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 56, byte(i / 200), byte(1 + i%200)}), 9080).String())
+		cts = append(cts, config.Target{Address: targets[i].addr, Weight: 1})
+	}
+	vip := netip.MustParseAddrPort("127.46.3.100:9081")
+	srv, _ := tcpKernelServer(t, vip, cts, func(_ *config.Listener, g *config.TargetGroup) {
+		g.Attributes.UnhealthyConnectionTermination = true
+	})
+	// The test is their health check: healthy first, out of the initial
+	// state (in which the group fails open).
+	var wg sync.WaitGroup
+	for _, s := range targets {
+		wg.Go(func() { srv.Registry.SetHealth("tg", s.addr, true, "", "") })
+	}
+	wg.Wait()
+	if gh, _ := srv.Registry.TargetGroup("tg"); gh.FailOpen {
+		t.Fatal("the group fails open with every target healthy")
+	}
+	landedOn := func(c net.Conn) int {
+		client := c.LocalAddr().(*net.TCPAddr).AddrPort()
+		return slices.IndexFunc(targets, func(s *seeingTarget) bool { return s.saw(client) })
+	}
+	// One open kernel flow on each target (the coupon collector's 1 200
+	// connections on average; extras are closed at once).
+	flows, left := make([]net.Conn, n), n
+	for i := 0; left > 0; i++ {
+		if i == 6000 {
+			t.Fatalf("6000 connections and %d targets still without a flow", left)
+		}
+		c, err := echoFrom(netip.AddrFrom4([4]byte{127, 54, byte(i / 200), byte(1 + i%200)}), vip)
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		if j := landedOn(c); j >= 0 && flows[j] == nil {
+			flows[j], left = c, left-1
+			defer c.Close()
+			continue
+		}
+		c.Close()
+	}
+	if f := srv.tcp.ActiveFlows(); f != 0 {
+		t.Fatalf("%d flows went through user space", f)
+	}
+
+	start := time.Now()
+	for _, s := range targets[1:] {
+		wg.Go(func() {
+			srv.Registry.SetHealth("tg", s.addr, false, api.ReasonFailedHealthChecks, "turned unhealthy by the test")
+		})
+	}
+	returned := make(chan struct{})
+	go func() { wg.Wait(); close(returned) }()
+	select {
+	case <-returned:
+		t.Logf("200 targets turned unhealthy in %v", time.Since(start).Round(time.Millisecond))
+	case <-time.After(10 * time.Second):
+		t.Fatal("200 health transitions did not return within 10 s: the registry and the kernel path wedged")
+	}
+
+	ping := func(c net.Conn) error {
+		c.SetDeadline(time.Now().Add(2 * time.Second))
+		if _, err := c.Write([]byte("ping")); err != nil {
+			return err
+		}
+		_, err := io.ReadFull(c, make([]byte, 4))
+		return err
+	}
+	for i, c := range flows[1:] {
+		deadline := time.Now().Add(10 * time.Second)
+		for ping(c) == nil {
+			if time.Now().After(deadline) {
+				t.Fatalf("the flow of unhealthy target %s still carries data 10 s later", targets[i+1].addr)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	t.Logf("their 200 flows ended within %v of the first transition", time.Since(start).Round(time.Millisecond))
+	if err := ping(flows[0]); err != nil {
+		t.Fatalf("the healthy target's flow broke: %v", err)
+	}
+	// The kernel's table is written once the forwarder hears of the new
+	// snapshot: new connections reach the target soon after.
+	back := targets[7]
+	srv.Registry.SetHealth("tg", back.addr, true, "", "")
+	deadline := time.Now().Add(10 * time.Second)
+	for i := 0; ; i++ {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d new connections in 10 s and none reached %s, healthy again", i, back.addr)
+		}
+		c, err := echoFrom(netip.AddrFrom4([4]byte{127, 55, byte(i / 200), byte(1 + i%200)}), vip)
+		if err != nil {
+			t.Fatalf("a new connection after the wave: %v", err)
+		}
+		j := landedOn(c)
+		c.Close()
+		if j == 7 {
+			break
+		}
+		if j != 0 {
+			t.Fatalf("a new connection reached target %d, which is unhealthy", j)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -170,38 +170,56 @@ func deleteFlow(m *ebpf.Map, key []byte) error {
 	return nil
 }
 
-// EndFlowsTo removes every flow pinned to target, both of its entries, and
-// returns how many there were. The clients' next datagrams make new flows.
-func (p *Path) EndFlowsTo(target netip.AddrPort) (int, error) {
-	target = netip.AddrPortFrom(target.Addr().Unmap(), target.Port())
-	fp := familyOf(&p.fams, target.Addr())
-	want := make([]byte, fp.f.addrLen+2)
-	putAddr(want, target)
+// EndFlowsTo removes every flow pinned to one of targets, both of its
+// entries, and returns how many there were. Each flow map is read once,
+// however many targets: a group that fails at once ends all its targets'
+// flows in one pass. The clients' next datagrams make new flows.
+func (p *Path) EndFlowsTo(targets ...netip.AddrPort) (int, error) {
+	var want [2]map[string]bool // per family: the targets' encoded addresses
+	for _, t := range targets {
+		t = netip.AddrPortFrom(t.Addr().Unmap(), t.Port())
+		i := 0
+		if !t.Addr().Is4() {
+			i = 1
+		}
+		b := make([]byte, p.fams[i].f.addrLen+2)
+		putAddr(b, t)
+		if want[i] == nil {
+			want[i] = map[string]bool{}
+		}
+		want[i][string(b)] = true
+	}
 	n := 0
 	var errs []error
 	removed := make([]uint64, len(p.svcs))
-	for _, m := range fp.flowMaps(p.opts.Protocol) {
-		var keys, rkeys, vals [][]byte
-		err := fp.readAll(m, func(k, v []byte) {
-			if fp.svc(v)&replyFlag == 0 && bytes.Equal(v[:len(want)], want) {
-				keys, rkeys, vals = append(keys, bytes.Clone(k)), append(rkeys, fp.reverseKey(k, v)), append(vals, bytes.Clone(v))
-			}
-		})
-		if err != nil {
-			errs = append(errs, err)
+	for i, fp := range p.fams {
+		if want[i] == nil {
 			continue
 		}
-		for i := range keys {
-			err := m.Delete(keys[i])
-			if err == nil {
-				n++
-				if svc := int(fp.svc(vals[i]) & svcMask); svc < len(removed) {
-					removed[svc]++
+		size := fp.f.addrLen + 2
+		for _, m := range fp.flowMaps(p.opts.Protocol) {
+			var keys, rkeys, vals [][]byte
+			err := fp.readAll(m, func(k, v []byte) {
+				if fp.svc(v)&replyFlag == 0 && want[i][string(v[:size])] {
+					keys, rkeys, vals = append(keys, bytes.Clone(k)), append(rkeys, fp.reverseKey(k, v)), append(vals, bytes.Clone(v))
 				}
-			} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
-				errs = append(errs, fmt.Errorf("fastpath: deleting a flow entry: %w", err))
+			})
+			if err != nil {
+				errs = append(errs, err)
+				continue
 			}
-			errs = append(errs, deleteFlow(m, rkeys[i]))
+			for j := range keys {
+				err := m.Delete(keys[j])
+				if err == nil {
+					n++
+					if svc := int(fp.svc(vals[j]) & svcMask); svc < len(removed) {
+						removed[svc]++
+					}
+				} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
+					errs = append(errs, fmt.Errorf("fastpath: deleting a flow entry: %w", err))
+				}
+				errs = append(errs, deleteFlow(m, rkeys[j]))
+			}
 		}
 	}
 	addRemoved(p, removed)

@@ -2,8 +2,10 @@ package kernelpath
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -244,9 +246,7 @@ func (k *Forwarder) Run() {
 				k.opts.Log.Error("writing "+k.proto+" fast path tables", zap.Error(err))
 			}
 		case <-k.endKick:
-			for _, r := range k.takeEnds() {
-				k.endFlows(r)
-			}
+			k.endFlows(k.takeEnds())
 		case <-stats.C:
 			k.collect()
 		case <-sweep.C:
@@ -291,16 +291,30 @@ func (k *Forwarder) takeEnds() []endReq {
 	return out
 }
 
-func (k *Forwarder) endFlows(r endReq) {
+// endFlows ends the kernel's flows to the targets of rs, once the tables
+// no longer route new flows to them: one table write and one pass over the
+// flow maps for all of them.
+func (k *Forwarder) endFlows(rs []endReq) {
+	if len(rs) == 0 {
+		return
+	}
 	if err := k.Sync(); err != nil {
 		k.opts.Log.Error("writing "+k.proto+" fast path tables", zap.Error(err))
 	}
-	n, err := k.p.EndFlowsTo(r.target)
+	targets := make([]netip.AddrPort, len(rs))
+	names := make([]string, len(rs))
+	whys := map[string]bool{}
+	for i, r := range rs {
+		targets[i], names[i] = r.target, r.name
+		whys[r.why] = true
+	}
+	n, err := k.p.EndFlowsTo(targets...)
 	if err != nil {
 		k.opts.Log.Error("ending "+k.proto+" fast path flows", zap.Error(err))
 	}
 	if n > 0 {
-		k.opts.Log.Info("ended "+k.proto+" flows in the kernel", zap.String("target", r.name), zap.Int("flows", n), zap.String("why", r.why))
+		k.opts.Log.Info("ended "+k.proto+" flows in the kernel", zap.Strings("targets", names), zap.Int("flows", n),
+			zap.Strings("why", slices.Sorted(maps.Keys(whys))))
 	}
 }
 
@@ -380,7 +394,13 @@ func (k *Forwarder) collect() {
 	if k.p.Options().Protocol != flowhash.ProtoTCP {
 		return
 	}
-	now, err := k.p.TargetResets()
+	k.countResets(k.p.TargetResets())
+}
+
+// countResets adds to each target's counter what its reset counts in the
+// kernel grew by since the last read, and hears refused connects as
+// passive health failures.
+func (k *Forwarder) countResets(now map[netip.AddrPort]fastpath.Resets, err error) {
 	if err != nil {
 		// A partial read must not become the baseline: the next full one
 		// would count the missing targets' resets again, and passive
@@ -400,10 +420,16 @@ func (k *Forwarder) collect() {
 			add(t.Resets, r.SYN-was.SYN+r.Other-was.Other)
 			// Each refusal is a failed connect, as on the socket path; a
 			// few per collect suffice to cross any unhealthy threshold.
-			if k.opts.Passive != nil {
-				for range min(r.SYN-was.SYN, 10) {
-					k.opts.Passive(t)
-				}
+			// They are reported off this loop, a goroutine a target: a
+			// health change rebuilds the group's tables under its lock,
+			// which this loop's table writes take too, and changes that
+			// come together share one rebuild.
+			if n := min(r.SYN-was.SYN, 10); n > 0 && k.opts.Passive != nil {
+				go func() {
+					for range n {
+						k.opts.Passive(t)
+					}
+				}()
 			}
 		}
 	}

@@ -3,18 +3,15 @@ package registry
 import (
 	"fmt"
 	"net/netip"
-	"slices"
 	"sync"
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
-	"github.com/l4lb/l4lb/lb/balance"
 	"github.com/l4lb/l4lb/lb/events"
 	"github.com/l4lb/l4lb/pkg/config"
 	"github.com/l4lb/l4lb/pkg/metrics"
-	"github.com/l4lb/l4lb/pkg/quiclb"
 )
 
 // Group is a target group: its registered targets (guarded by mu) and its
@@ -33,44 +30,16 @@ type Group struct {
 	// withdrawn only when a group that was serving stops.
 	settling bool
 	served   map[string]bool // zones the group has been able to serve
+	// changed counts health transitions set, and rebuilt the count the
+	// current snapshot includes: transitions that arrive together share
+	// one rebuild (see Registry.SetHealth).
+	changed, rebuilt uint64
+	builds           uint64     // snapshots installed
+	building         sync.Mutex // rebuilds outside mu, one at a time
 
 	// UnhealthyRouting counts flows routed while the group fails open with
 	// unhealthy targets in the view.
 	UnhealthyRouting prometheus.Counter
-}
-
-// Snapshot is the immutable routing view of a group: per zone, the Maglev
-// table over the targets that may take new flows there.
-type Snapshot struct {
-	All   *View            // cross-zone, or a listener outside every zone
-	Zones map[string]*View // without cross-zone: each zone's own view
-	// ServerIDs (QUIC and TCP_QUIC groups) maps a server ID to the target
-	// that issues it, while its connections' packets are to reach it:
-	// initial, healthy, or draining (until its deregistration delay ends).
-	ServerIDs map[uint64]*Target
-}
-
-// View is the routing view from one zone.
-type View struct {
-	Balance  *balance.Group
-	Targets  []*Target // parallel to Balance.Targets
-	FailOpen bool      // too few healthy targets: routing to all live ones
-	Counted  bool      // FailOpen with unhealthy targets: count such flows
-}
-
-// ForZone is the view a listener in zone routes with.
-func (s *Snapshot) ForZone(zone string) *View {
-	if v, ok := s.Zones[zone]; ok {
-		return v
-	}
-	return s.All
-}
-
-func (s *Snapshot) forZoneOf(t *Target) *View {
-	if t.zone == "" {
-		return s.All
-	}
-	return s.ForZone(t.zone)
 }
 
 func newGroup(r *Registry, tg *config.TargetGroup) (*Group, error) {
@@ -110,181 +79,115 @@ func (g *Group) Targets() []*Target {
 	return append([]*Target(nil), g.targets...)
 }
 
-// rebuild computes a new snapshot from the targets' states and tells the
-// subscribers. Called with g.mu held (or before the group is shared).
+// rebuild computes a new snapshot from the targets' states and installs it.
+// Called with g.mu held (or before the group is shared).
 func (g *Group) rebuild() error {
-	built := g.built()
-	all, err := g.view(g.targets, built)
+	snap, err := g.plan().snapshot()
 	if err != nil {
 		return err
 	}
-	snap := &Snapshot{All: all, Zones: map[string]*View{}, ServerIDs: g.serverIDs()}
-	if !g.crossZone.Load() {
-		// Without cross-zone each zone routes among its own targets (and
-		// zone-less ones), failing open within the zone as NLB's nodes do.
-		// A zone with no targets at all uses the group-wide view.
-		names := map[string]bool{}
-		for _, z := range g.r.Config().Zones {
-			names[z.Name] = true
+	g.install(snap, g.changed)
+	return nil
+}
+
+// rebuildFor makes sure the snapshot includes health change number mine
+// (see Registry.SetHealth), computing the tables without g.mu: changes
+// that come together set their states while one rebuild computes, and the
+// next rebuild takes them all. Called without g.mu.
+func (g *Group) rebuildFor(mine uint64) error {
+	g.building.Lock()
+	defer g.building.Unlock()
+	g.mu.Lock()
+	if g.rebuilt >= mine {
+		g.mu.Unlock()
+		return nil
+	}
+	p, changed, builds := g.plan(), g.changed, g.builds
+	g.mu.Unlock()
+	snap, err := p.snapshot()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	switch {
+	case g.builds != builds:
+		// Rebuilt meanwhile (a registration, a reload), from states that
+		// include mine: this snapshot is older than the one in force.
+	case err != nil:
+		g.r.logErr(err)
+		return err
+	default:
+		g.install(snap, changed)
+	}
+	return nil
+}
+
+// lockSettled takes g.mu once every health change set so far is in the
+// routing snapshot, so that a state read under it is one in force.
+func (g *Group) lockSettled() {
+	for {
+		g.mu.Lock()
+		if g.rebuilt >= g.changed {
+			return
 		}
-		for _, t := range g.targets {
-			if t.zone != "" {
-				names[t.zone] = true
-			}
-		}
-		for z := range names {
-			var in []*Target
-			for _, t := range g.targets {
-				if t.zone == z || t.zone == "" {
-					in = append(in, t)
-				}
-			}
-			if len(in) == 0 {
-				continue
-			}
-			zv, err := g.view(in, built)
-			if err != nil {
-				return err
-			}
-			if len(zv.Targets) == 0 && len(all.Targets) > 0 {
-				// Nothing left to route to in the zone (its last target
-				// drains, say): new flows that still arrive, before the
-				// routers hear the zone's withdrawal, go to the other
-				// zones' targets rather than being reset, as NLB's
-				// cross-zone fail-over does.
-				zv = all
-			}
-			snap.Zones[z] = zv
+		n := g.changed
+		g.mu.Unlock()
+		if err := g.rebuildFor(n); err != nil {
+			g.mu.Lock() // logged; the snapshot in force is the last good one
+			return
 		}
 	}
-	if old := g.snap.Swap(snap); old != nil && old.All.FailOpen != all.FailOpen {
+}
+
+// install makes snap the group's routing view, computed from the states of
+// health change number changed, tells the subscribers and sets the
+// target gauges (g.mu held).
+func (g *Group) install(snap *Snapshot, changed uint64) {
+	g.rebuilt = changed
+	g.builds++
+	if old := g.snap.Swap(snap); old != nil && old.All.FailOpen != snap.All.FailOpen {
 		healthy := 0
-		for _, t := range g.targets {
-			if t.state == Healthy {
-				healthy++
-			}
+		for _, c := range snap.counts {
+			healthy += c.healthy
 		}
-		if all.FailOpen {
-			g.r.events.Add(events.FailOpen, g.Name(), fmt.Sprintf("%d of %d targets healthy: routing to every live one", healthy, len(g.targets)))
+		if snap.All.FailOpen {
+			g.r.events.Add(events.FailOpen, g.Name(), fmt.Sprintf("%d of %d targets healthy: routing to every live one", healthy, snap.targets))
 		} else {
-			g.r.events.Add(events.FailOpenEnd, g.Name(), fmt.Sprintf("%d of %d targets healthy", healthy, len(g.targets)))
+			g.r.events.Add(events.FailOpenEnd, g.Name(), fmt.Sprintf("%d of %d targets healthy", healthy, snap.targets))
 		}
 	}
 	for _, s := range g.r.subscribers() {
 		s.SnapshotChanged(g)
 	}
-	g.countStates()
-	return nil
+	// Every zone the group has counted before is set again, so a zone
+	// whose last healthy target left drops to 0 rather than keeping its
+	// old value.
+	if m := g.r.m; m != nil {
+		for z := range snap.counts {
+			g.zonesSeen[z] = true
+		}
+		for z := range g.zonesSeen {
+			c := snap.counts[z]
+			m.Gauge(metrics.HealthyTargets, g.Name(), z).Set(float64(c.healthy))
+			m.Gauge(metrics.UnhealthyTargets, g.Name(), z).Set(float64(c.unhealthy))
+		}
+	}
 }
 
-// serverIDs maps the server IDs of the targets that take their
-// connections' packets (g.mu held); nil for a group without them.
-func (g *Group) serverIDs() map[uint64]*Target {
-	var out map[uint64]*Target
-	for _, t := range g.targets {
-		if t.quicID == "" || !(t.state == Initial || t.state == Healthy || t.state == Draining) {
-			continue
-		}
-		id, err := quiclb.ParseServerID(t.quicID)
-		if err != nil {
-			continue // checked at registration
-		}
-		if out == nil {
-			out = map[uint64]*Target{}
-		}
-		out[id] = t
+// plan is what a rebuild computes a snapshot from, read under g.mu.
+func (g *Group) plan() plan {
+	p := plan{name: g.Name(), attrs: g.Config().Attributes, crossZone: g.crossZone.Load(), members: make([]member, len(g.targets))}
+	for _, z := range g.r.Config().Zones {
+		p.zones = append(p.zones, z.Name)
 	}
-	return out
-}
-
-// built lists the balance groups of the current snapshot, which a rebuild
-// takes again for a view whose targets did not change: a Maglev table of
-// 65537 slots is milliseconds of work, and most changes (a target on its
-// first checks, another zone's) leave most views as they were.
-func (g *Group) built() []*balance.Group {
-	snap := g.snap.Load()
-	if snap == nil {
-		return nil
+	for i, t := range g.targets {
+		p.members[i] = member{t: t, state: t.state, zone: t.zone, weight: t.weight, quicID: t.quicID}
 	}
-	out := []*balance.Group{snap.All.Balance}
-	for _, v := range snap.Zones {
-		out = append(out, v.Balance)
-	}
-	return out
-}
-
-// view builds the routing view over targets: the healthy ones, or, below the
-// minimum healthy count or percentage (NLB's unhealthy state routing), every
-// live one. A balance group of built with the same spec is taken as it is.
-func (g *Group) view(targets []*Target, built []*balance.Group) (*View, error) {
-	a := &g.Config().Attributes
-	var healthy, live []*Target
-	unhealthy := 0
-	for _, t := range targets {
-		if t.state == Healthy {
-			healthy = append(healthy, t)
-		}
-		if t.state.live() {
-			live = append(live, t)
-		}
-		if t.state.unhealthy() {
-			unhealthy++
+	if snap := g.snap.Load(); snap != nil {
+		p.built = append(p.built, snap.All.Balance)
+		for _, v := range snap.Zones {
+			p.built = append(p.built, v.Balance)
 		}
 	}
-	failOpen := len(healthy) < max(a.UnhealthyRoutingMinHealthyCount, 1) ||
-		(a.UnhealthyRoutingMinHealthyPercentage > 0 && len(healthy)*100 < a.UnhealthyRoutingMinHealthyPercentage*len(live))
-	use := healthy
-	if failOpen {
-		use = live
-	}
-	spec := balance.GroupSpec{Name: g.Name(), Stickiness: a.Stickiness}
-	for _, t := range use {
-		spec.Targets = append(spec.Targets, balance.Target{Addr: t.Addr, Zone: t.zone, Weight: t.weight})
-	}
-	i := slices.IndexFunc(built, func(b *balance.Group) bool {
-		return b.Name == spec.Name && b.Stickiness == spec.Stickiness && slices.Equal(b.Targets, spec.Targets)
-	})
-	if i >= 0 {
-		return &View{Balance: built[i], Targets: use, FailOpen: failOpen, Counted: failOpen && unhealthy > 0}, nil
-	}
-	bal, err := balance.NewGroup(spec)
-	if err != nil {
-		return nil, err
-	}
-	return &View{Balance: bal, Targets: use, FailOpen: failOpen, Counted: failOpen && unhealthy > 0}, nil
-}
-
-// countStates sets the healthy and unhealthy target gauges, per zone. Every
-// zone the group has counted before is set again, so a zone whose last
-// healthy target left drops to 0 rather than keeping its old value.
-func (g *Group) countStates() {
-	m := g.r.m
-	if m == nil {
-		return
-	}
-	type counts struct{ healthy, unhealthy int }
-	byZone := map[string]*counts{}
-	for z := range g.zonesSeen {
-		byZone[z] = &counts{}
-	}
-	for _, t := range g.targets {
-		c := byZone[t.zone]
-		if c == nil {
-			c = &counts{}
-			byZone[t.zone] = c
-		}
-		switch {
-		case t.state == Healthy:
-			c.healthy++
-		case t.state.unhealthy():
-			c.unhealthy++
-		}
-	}
-	for z, c := range byZone {
-		g.zonesSeen[z] = true
-		m.Gauge(metrics.HealthyTargets, g.Name(), z).Set(float64(c.healthy))
-		m.Gauge(metrics.UnhealthyTargets, g.Name(), z).Set(float64(c.unhealthy))
-	}
+	return p
 }
 
 func (g *Group) find(addr netip.AddrPort) *Target {
@@ -326,7 +229,7 @@ func (g *Group) checkSpec() config.HealthCheck {
 // Unsettled names a target of the group whose first health checks have not
 // finished (state initial), or is "" when there is none.
 func (g *Group) Unsettled() string {
-	g.mu.Lock()
+	g.lockSettled()
 	defer g.mu.Unlock()
 	for _, t := range g.targets {
 		if t.state == Initial {
@@ -341,7 +244,7 @@ func (g *Group) Unsettled() string {
 // reload added has no problem in a zone until it has once served there: it
 // is settling (Settling says so).
 func (g *Group) ZoneProblem(zone string) string {
-	g.mu.Lock()
+	g.lockSettled()
 	defer g.mu.Unlock()
 	why := g.zoneProblem(zone)
 	if why == "" {

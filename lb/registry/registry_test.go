@@ -302,3 +302,47 @@ func TestQUICServerIDs(t *testing.T) {
 		t.Fatal("a draining target's server ID changed")
 	}
 }
+
+// 100 health transitions at once, as a failed rack's checkers report them,
+// share rebuilds: the tables are computed outside the group's lock, so the
+// transitions that arrive meanwhile all go into the next one. Each call
+// returns with a snapshot that includes its change, and every flow to end
+// is ended once.
+func TestHealthTransitionsTogetherShareRebuilds(t *testing.T) {
+	var many []config.Target
+	for i := range 101 {
+		many = append(many, config.Target{Address: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 9, 0, byte(1 + i)}), 80), Weight: 1})
+	}
+	r, _, rec := testRegistry(t, func(g *config.TargetGroup) { g.Targets = many })
+	g := r.Group("web")
+	set := func(ts []config.Target, healthy bool) {
+		var wg sync.WaitGroup
+		for _, tg := range ts {
+			wg.Go(func() {
+				r.SetHealth("web", tg.Address, healthy, "Target.Timeout", "")
+				if i := slices.IndexFunc(g.Snapshot().All.Targets, func(t *Target) bool { return t.Addr == tg.Address }); (i >= 0) != healthy {
+					t.Errorf("SetHealth(%s, %v) returned before a snapshot that includes it", tg.Address, healthy)
+				}
+			})
+		}
+		wg.Wait()
+	}
+	set(many, true)
+	rec.mu.Lock()
+	rec.changed = 0
+	rec.mu.Unlock()
+	set(many[1:], false)
+	if v := g.Snapshot().All; v.FailOpen || len(v.Targets) != 1 || v.Targets[0].Addr != many[0].Address {
+		t.Fatalf("after 100 targets turned unhealthy: %d targets in the view, fail-open %v", len(v.Targets), v.FailOpen)
+	}
+	if got := rec.endedFlows(); len(got) != 100 {
+		t.Fatalf("%d targets' flows ended, want 100", len(got))
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	// One rebuild each took 100; a few suffice when they share.
+	if rec.changed > 20 {
+		t.Fatalf("%d rebuilds for 100 transitions at once", rec.changed)
+	}
+	t.Logf("%d rebuilds for 100 transitions at once", rec.changed)
+}
