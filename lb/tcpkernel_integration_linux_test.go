@@ -88,6 +88,16 @@ func tcpKernelServer(t *testing.T, vip netip.AddrPort, cts []config.Target, mod 
 	return srv, reg
 }
 
+// pingEcho sends "ping" on an echo connection and reads it back.
+func pingEcho(c net.Conn) error {
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := c.Write([]byte("ping")); err != nil {
+		return err
+	}
+	_, err := io.ReadFull(c, make([]byte, 4))
+	return err
+}
+
 // echoFrom connects from a given local address (any port) and checks an
 // echo.
 func echoFrom(local netip.Addr, vip netip.AddrPort) (net.Conn, error) {
@@ -283,22 +293,14 @@ func TestKernelTCPDeregistrationEndsFlows(t *testing.T) {
 			onB = c
 		}
 	}
-	roundTrip := func(c net.Conn) error {
-		c.SetDeadline(time.Now().Add(2 * time.Second))
-		if _, err := c.Write([]byte("ping")); err != nil {
-			return err
-		}
-		_, err := io.ReadFull(c, make([]byte, 4))
-		return err
-	}
 	if err := srv.Deregister("tg", a.addr.String()); err != nil {
 		t.Fatal(err)
 	}
-	if err := roundTrip(onA); err != nil {
+	if err := pingEcho(onA); err != nil {
 		t.Fatalf("during the deregistration delay: %v", err)
 	}
-	waitFor(t, func() bool { return roundTrip(onA) != nil })
-	if err := roundTrip(onB); err != nil {
+	waitFor(t, func() bool { return pingEcho(onA) != nil })
+	if err := pingEcho(onB); err != nil {
 		t.Fatalf("a connection to the remaining target broke: %v", err)
 	}
 }
@@ -373,17 +375,9 @@ func TestKernelTCPManyTargetsUnhealthyAtOnce(t *testing.T) {
 		t.Fatal("200 health transitions did not return within 10 s: the registry and the kernel path wedged")
 	}
 
-	ping := func(c net.Conn) error {
-		c.SetDeadline(time.Now().Add(2 * time.Second))
-		if _, err := c.Write([]byte("ping")); err != nil {
-			return err
-		}
-		_, err := io.ReadFull(c, make([]byte, 4))
-		return err
-	}
 	for i, c := range flows[1:] {
 		deadline := time.Now().Add(10 * time.Second)
-		for ping(c) == nil {
+		for pingEcho(c) == nil {
 			if time.Now().After(deadline) {
 				t.Fatalf("the flow of unhealthy target %s still carries data 10 s later", targets[i+1].addr)
 			}
@@ -391,7 +385,7 @@ func TestKernelTCPManyTargetsUnhealthyAtOnce(t *testing.T) {
 		}
 	}
 	t.Logf("their 200 flows ended within %v of the first transition", time.Since(start).Round(time.Millisecond))
-	if err := ping(flows[0]); err != nil {
+	if err := pingEcho(flows[0]); err != nil {
 		t.Fatalf("the healthy target's flow broke: %v", err)
 	}
 	// The kernel's table is written once the forwarder hears of the new
