@@ -231,7 +231,7 @@ func (r *Registry) endFlows(t *Target, why string) {
 // tables. A rack that fails has every target's checker report within
 // moments, and each rebuild of a large group is a Maglev fill (about
 // 150 ms at 200 targets): one rebuild each, in turn under the group's
-// lock, kept dead targets in the table for over 30 s. So the state is set
+// lock, kept dead targets in the table for over 40 s. So the state is set
 // under the lock, and the tables are computed outside it (rebuildFor): the
 // transitions that arrive meanwhile set their states, and the next rebuild
 // takes them all.
