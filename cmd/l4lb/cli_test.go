@@ -86,6 +86,41 @@ func TestExamplesValidate(t *testing.T) {
 	}
 }
 
+// Every config block README.md marks as whole (the line before its fence
+// starts "<!-- validates") validates as pasted into a file.
+func TestReadmeConfigsValidate(t *testing.T) {
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(string(b), "\n")
+	found := 0
+	for i := 0; i+1 < len(lines); i++ {
+		if !strings.HasPrefix(lines[i], "<!-- validates") {
+			continue
+		}
+		if lines[i+1] != "```yaml" {
+			t.Fatalf("README.md:%d: a validates mark not followed by a ```yaml block", i+1)
+		}
+		j := i + 2
+		for j < len(lines) && lines[j] != "```" {
+			j++
+		}
+		f := filepath.Join(t.TempDir(), "l4lb.yaml")
+		if err := os.WriteFile(f, []byte(strings.Join(lines[i+2:j], "\n")+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if code, _, errs := runCLI("validate", "--config", f); code != 0 {
+			t.Errorf("README.md:%d: validate exits %d:\n%s", i+3, code, errs)
+		}
+		found++
+		i = j
+	}
+	if found == 0 {
+		t.Fatal("README.md marks no config block as whole")
+	}
+}
+
 // l4lb bench: a run prints JSON with the work it did; bad usage exits 2.
 func TestBenchCLI(t *testing.T) {
 	tg, err := bench.StartTarget(bench.TargetEcho, "tcp", "127.0.0.1:0", 0)
