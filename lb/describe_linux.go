@@ -370,8 +370,8 @@ func (v *view) tableHash() string {
 }
 
 func wireGroup(g registry.GroupHealth) api.TargetGroup {
-	out := api.TargetGroup{Name: g.Name, Protocol: g.Protocol.String(), Port: int(g.Port), FailOpen: g.FailOpen,
-		Targets: make([]api.TargetHealth, len(g.Targets)), Listeners: g.Listeners}
+	out := api.TargetGroup{TargetGroupInfo: api.TargetGroupInfo{Name: g.Name, Protocol: g.Protocol.String(), Port: int(g.Port),
+		FailOpen: g.FailOpen, Listeners: g.Listeners}, Targets: make([]api.TargetHealth, len(g.Targets))}
 	for i, t := range g.Targets {
 		out.Targets[i] = wireTarget(t)
 	}

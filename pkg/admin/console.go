@@ -106,8 +106,7 @@ func (o *Options) snapshot(smp *sampler) api.Console {
 			c.Kernel = append(c.Kernel, kernelCounters(li, cur[listenerKey(li.Name)], rate[listenerKey(li.Name)])...)
 		}
 		for _, g := range groups {
-			gr := api.TargetGroupRate{Name: g.Name, Protocol: g.Protocol, Port: g.Port, FailOpen: g.FailOpen,
-				Listeners: g.Listeners, Targets: make([]api.TargetRate, 0, len(g.Targets))}
+			gr := api.TargetGroupRate{TargetGroupInfo: g.TargetGroupInfo, Targets: make([]api.TargetRate, 0, len(g.Targets))}
 			for _, t := range g.Targets {
 				k := targetKey(g.Name, t.Address)
 				v, r := cur[k], rate[k]

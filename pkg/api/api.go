@@ -49,14 +49,19 @@ type TargetHealth struct {
 	QUICServerID string `json:"quic_server_id,omitempty"`
 }
 
+// TargetGroupInfo is what a target group is, apart from its targets.
+type TargetGroupInfo struct {
+	Name      string   `json:"name"`
+	Protocol  string   `json:"protocol"`
+	Port      int      `json:"port,omitempty"`
+	FailOpen  bool     `json:"fail_open"` // routing to all targets: too few are healthy
+	Listeners []string `json:"listeners,omitempty"`
+}
+
 // TargetGroup is a group with its targets.
 type TargetGroup struct {
-	Name      string         `json:"name"`
-	Protocol  string         `json:"protocol"`
-	Port      int            `json:"port,omitempty"`
-	FailOpen  bool           `json:"fail_open"` // routing to all targets: too few are healthy
-	Targets   []TargetHealth `json:"targets"`
-	Listeners []string       `json:"listeners,omitempty"`
+	TargetGroupInfo
+	Targets []TargetHealth `json:"targets"`
 }
 
 // RegisterRequest is the body of POST /v1/target-groups/{name}/targets.

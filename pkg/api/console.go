@@ -55,12 +55,8 @@ type ListenerState struct {
 
 // TargetGroupRate is a target group with its targets' traffic.
 type TargetGroupRate struct {
-	Name      string       `json:"name"`
-	Protocol  string       `json:"protocol"`
-	Port      int          `json:"port,omitempty"`
-	FailOpen  bool         `json:"fail_open"`
-	Listeners []string     `json:"listeners,omitempty"`
-	Targets   []TargetRate `json:"targets"`
+	TargetGroupInfo
+	Targets []TargetRate `json:"targets"`
 }
 
 // TargetRate is a target's health with its traffic. Its rates count the
